@@ -1,0 +1,147 @@
+"""One forward and one backward pass per batch, capturing every tracked layer's inputs and
+pre-activation gradients for all tokens at once.
+
+With a = layer input (plus a constant 1 for the bias) and g = dLoss/d(layer output), the
+per-example weight gradient is sum_t g_t a_t^T, so (a, g) per token is all EK-FAC, document
+gradients and scores need. Parameters are frozen during the pass: autograd then computes only
+gradients with respect to activations, which is cheaper than a training step's backward.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Literal
+
+import torch
+import torch.nn.functional as F
+
+from .batching import TokenBatch
+from .errors import NumericalError
+from .model import LoadedModel
+
+Labels = Literal["data", "sampled"]
+
+
+@dataclass
+class Captured:
+    """Per-token layer inputs and output gradients for one batch, padding zeroed, float32 or wider."""
+
+    a: dict[str, torch.Tensor]  # (B, T, d_in), bias column included
+    g: dict[str, torch.Tensor]  # (B, T, d_out)
+    losses: torch.Tensor  # (B,) summed loss of each sequence over its target tokens
+
+    def per_example_gradients(self, name: str) -> torch.Tensor:
+        """(B, d_out, d_in) exact per-example gradients of one layer."""
+        return torch.bmm(self.g[name].transpose(1, 2), self.a[name])
+
+
+@contextmanager
+def _frozen_parameters(model: torch.nn.Module) -> Iterator[None]:
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def _differentiable_embeddings(module, inputs, output):
+    # With every parameter frozen, the graph must start at the embeddings' output.
+    return output.detach().requires_grad_(True)
+
+
+def sequence_losses(
+    logits: torch.Tensor,
+    batch: TokenBatch,
+    labels: Labels = "data",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Summed next-token negative log-likelihood of each sequence over its target tokens.
+
+    With labels="sampled" the targets are drawn from the model's own predictive distribution,
+    which makes the gradient covariance the true Fisher rather than the empirical one.
+    """
+    logits = logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32))
+    mask = batch.target_mask[:, 1:]
+    targets = batch.input_ids[:, 1:]
+    vocab = logits.shape[-1]
+    if labels == "sampled":
+        with torch.no_grad():
+            probs = torch.softmax(logits.reshape(-1, vocab), dim=-1)
+            targets = torch.multinomial(probs, 1, generator=generator).view_as(targets)
+    nll = F.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1), reduction="none")
+    return (nll.view_as(targets) * mask).sum(dim=1)
+
+
+def capture(
+    lm: LoadedModel,
+    batch: TokenBatch,
+    labels: Labels = "data",
+    generator: torch.Generator | None = None,
+) -> Captured:
+    """Run one forward and one backward pass and return (a, g) of every tracked layer."""
+    batch = batch.to(lm.device)
+    inputs: dict[str, torch.Tensor] = {}
+    outputs: dict[str, torch.Tensor] = {}
+    grads: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def forward_hook(name: str):
+        def hook(module, args, output):
+            inputs[name] = args[0].detach()
+            outputs[name] = output.detach()
+
+            def store_grad(grad: torch.Tensor) -> None:
+                grads[name] = grad.detach()
+
+            output.register_hook(store_grad)
+
+        return hook
+
+    for layer in lm.layers:
+        handles.append(layer.module.register_forward_hook(forward_hook(layer.name)))
+    handles.append(lm.model.get_input_embeddings().register_forward_hook(_differentiable_embeddings))
+    try:
+        with _frozen_parameters(lm.model), lm.autocast():
+            logits = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        if not torch.isfinite(logits).all():
+            _raise_first_non_finite(outputs)
+        losses = sequence_losses(logits, batch, labels, generator)
+        losses.sum().backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    accumulate = lm.accumulate_dtype
+    real = batch.attention_mask.to(accumulate).unsqueeze(-1)
+    a, g = {}, {}
+    for layer in lm.layers:
+        if layer.name not in grads:
+            raise NumericalError(
+                f"layer {layer.name} received no gradient: is it used in the forward pass of this model?"
+            )
+        x = inputs[layer.name].to(accumulate) * real
+        a[layer.name] = torch.cat([x, real], dim=-1) if layer.has_bias else x
+        g[layer.name] = grads[layer.name].to(accumulate) * real
+    return Captured(a, g, losses.detach())
+
+
+def _raise_first_non_finite(outputs: dict[str, torch.Tensor]) -> None:
+    for name, output in outputs.items():  # hooks ran, and so were filled, in forward order
+        check_finite(output, "output", name)
+    raise NumericalError(
+        "the model's logits are not finite although every tracked layer's output is; run with dtype "
+        "float32 or bfloat16, or check the model's weights"
+    )
+
+
+def check_finite(tensor: torch.Tensor, what: str, layer: str) -> None:
+    """Raise a NumericalError naming the layer when `tensor` holds inf or nan."""
+    if not torch.isfinite(tensor).all():
+        raise NumericalError(
+            f"{what} of layer {layer} is not finite (inf or nan). This usually means float16 "
+            "overflow: run with dtype float32 or bfloat16, or check the model's weights."
+        )

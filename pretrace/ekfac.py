@@ -1,0 +1,283 @@
+"""EK-FAC: Kronecker-factored eigenbases with eigenvalues corrected on per-example gradients.
+
+Fitting is split into passes whose partial results are sums, so a corpus can be fitted shard
+by shard and merged: `CovarianceState` (A = sum a a^T, S = sum g g^T) -> `Eigenbasis`
+(eigenvectors in float64) -> `LambdaState` (sum over examples of (Q_S^T dW Q_A)^2) ->
+`Factors` (the damped preconditioner).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from .batching import TokenBatch
+from .capture import Captured, Labels, capture, check_finite
+from .errors import InputError
+from .model import LoadedModel
+from .serialization import pack, unpack
+
+Progress = Callable[[int], None]
+FISHER_LABELS: dict[str, Labels] = {"sampled": "sampled", "empirical": "data"}
+
+
+def batch_generator(batch: TokenBatch, seed: int, device: torch.device) -> torch.Generator:
+    """A generator seeded by the batch's content, so sampled labels do not depend on which
+    shard or run a batch lands in: split fits then merge to exactly the whole fit."""
+    digest = zlib.crc32(batch.input_ids.cpu().numpy().astype(np.int64).tobytes())
+    generator = torch.Generator(device=device)
+    generator.manual_seed((seed * 1_000_003 + digest) % (2**63))
+    return generator
+
+
+def _labels(fisher: str) -> Labels:
+    try:
+        return FISHER_LABELS[fisher]
+    except KeyError:
+        raise InputError(f"fisher: {fisher!r} is not one of sampled, empirical") from None
+
+
+def _fitting_passes(
+    lm: LoadedModel, batches: Iterable[TokenBatch], fisher: str, seed: int, progress: Progress | None
+) -> Iterable[tuple[TokenBatch, Captured]]:
+    labels = _labels(fisher)
+    for batch in batches:
+        generator = batch_generator(batch, seed, lm.device) if labels == "sampled" else None
+        yield batch, capture(lm, batch, labels, generator)
+        if progress is not None:
+            progress(batch.size)
+
+
+@dataclass
+class CovarianceState:
+    """Sums of activation (A) and pre-activation-gradient (S) outer products over tokens."""
+
+    A: dict[str, torch.Tensor]  # float64 (d_in, d_in)
+    S: dict[str, torch.Tensor]  # float64 (d_out, d_out)
+    n_tokens: int
+    n_examples: int
+
+    def merge(self, other: "CovarianceState") -> "CovarianceState":
+        if self.A.keys() != other.A.keys():
+            raise InputError("cannot merge covariances of different tracked layers")
+        return CovarianceState(
+            {k: self.A[k] + other.A[k] for k in self.A},
+            {k: self.S[k] + other.S[k] for k in self.S},
+            self.n_tokens + other.n_tokens,
+            self.n_examples + other.n_examples,
+        )
+
+    def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        tensors = {f"{k}::A": v for k, v in self.A.items()} | {f"{k}::S": v for k, v in self.S.items()}
+        return pack(tensors, "covariances", layers=list(self.A), n_tokens=self.n_tokens, n_examples=self.n_examples)
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> "CovarianceState":
+        meta = unpack(metadata, "covariances")
+        layers = meta["layers"]
+        return cls(
+            {k: tensors[f"{k}::A"] for k in layers},
+            {k: tensors[f"{k}::S"] for k in layers},
+            meta["n_tokens"],
+            meta["n_examples"],
+        )
+
+
+def fit_covariances(
+    lm: LoadedModel,
+    batches: Iterable[TokenBatch],
+    fisher: str = "sampled",
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> CovarianceState:
+    """First EK-FAC pass: A and S summed in float64 over every real token."""
+    A = {layer.name: torch.zeros(layer.d_in, layer.d_in, dtype=torch.float64) for layer in lm.layers}
+    S = {layer.name: torch.zeros(layer.d_out, layer.d_out, dtype=torch.float64) for layer in lm.layers}
+    n_tokens = n_examples = 0
+    for batch, cap in _fitting_passes(lm, batches, fisher, seed, progress):
+        for name in A:
+            a = cap.a[name].flatten(0, 1)
+            g = cap.g[name].flatten(0, 1)
+            batch_A, batch_S = a.T @ a, g.T @ g
+            check_finite(batch_A, "activation covariance", name)
+            check_finite(batch_S, "gradient covariance", name)
+            A[name] += batch_A.double().cpu()
+            S[name] += batch_S.double().cpu()
+        n_tokens += batch.n_tokens
+        n_examples += batch.size
+    return CovarianceState(A, S, n_tokens, n_examples)
+
+
+@dataclass
+class Eigenbasis:
+    """Eigenvectors of A and S per layer (decomposed in float64, kept in float32)."""
+
+    QA: dict[str, torch.Tensor]
+    QS: dict[str, torch.Tensor]
+    eigvals_A: dict[str, torch.Tensor]
+    eigvals_S: dict[str, torch.Tensor]
+
+    def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        tensors = {}
+        for k in self.QA:
+            tensors |= {f"{k}::QA": self.QA[k], f"{k}::QS": self.QS[k]}
+            tensors |= {f"{k}::eigvals_A": self.eigvals_A[k], f"{k}::eigvals_S": self.eigvals_S[k]}
+        return pack(tensors, "eigenbasis", layers=list(self.QA))
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> "Eigenbasis":
+        layers = unpack(metadata, "eigenbasis")["layers"]
+        return cls(*({k: tensors[f"{k}::{part}"] for k in layers} for part in ("QA", "QS", "eigvals_A", "eigvals_S")))
+
+
+def eigenbasis(cov: CovarianceState) -> Eigenbasis:
+    """Eigendecompose the token-averaged covariances in float64."""
+    if cov.n_tokens == 0:
+        raise InputError("no tokens were seen while fitting covariances: the fitting data is empty")
+    QA, QS, eA, eS = {}, {}, {}, {}
+    for name in cov.A:
+        for source, Q, e in ((cov.A[name], QA, eA), (cov.S[name], QS, eS)):
+            matrix = source.double() / cov.n_tokens
+            check_finite(matrix, "covariance", name)
+            values, vectors = torch.linalg.eigh(0.5 * (matrix + matrix.T))
+            Q[name], e[name] = vectors.float(), values.float()
+    return Eigenbasis(QA, QS, eA, eS)
+
+
+@dataclass
+class LambdaState:
+    """Sums over examples of squared per-example gradients in the Kronecker eigenbasis."""
+
+    sums: dict[str, torch.Tensor]  # float64 (d_out, d_in)
+    n_examples: int
+
+    def merge(self, other: "LambdaState") -> "LambdaState":
+        if self.sums.keys() != other.sums.keys():
+            raise InputError("cannot merge eigenvalue corrections of different tracked layers")
+        return LambdaState({k: self.sums[k] + other.sums[k] for k in self.sums}, self.n_examples + other.n_examples)
+
+    def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        return pack(self.sums, "lambdas", layers=list(self.sums), n_examples=self.n_examples)
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> "LambdaState":
+        meta = unpack(metadata, "lambdas")
+        return cls({k: tensors[k] for k in meta["layers"]}, meta["n_examples"])
+
+
+def rotated_gradients(a: torch.Tensor, g: torch.Tensor, QA: torch.Tensor, QS: torch.Tensor) -> torch.Tensor:
+    """Per-example Q_S^T (sum_t g_t a_t^T) Q_A, rotating whichever side is cheaper."""
+    tokens, d_in, d_out = a.shape[1], a.shape[2], g.shape[2]
+    if tokens * (d_in * d_in + d_out * d_out) < d_out * d_in * (d_out + d_in):
+        return torch.bmm((g @ QS).transpose(1, 2), a @ QA)
+    return QS.T @ torch.bmm(g.transpose(1, 2), a) @ QA
+
+
+def fit_lambdas(
+    lm: LoadedModel,
+    basis: Eigenbasis,
+    batches: Iterable[TokenBatch],
+    fisher: str = "sampled",
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> LambdaState:
+    """Second EK-FAC pass: the eigenvalue correction, summed in float64 over examples."""
+    sums = {layer.name: torch.zeros(layer.d_out, layer.d_in, dtype=torch.float64) for layer in lm.layers}
+    QA = {k: v.to(lm.device, lm.accumulate_dtype) for k, v in basis.QA.items()}
+    QS = {k: v.to(lm.device, lm.accumulate_dtype) for k, v in basis.QS.items()}
+    n_examples = 0
+    for batch, cap in _fitting_passes(lm, batches, fisher, seed, progress):
+        for name in sums:
+            rotated = rotated_gradients(cap.a[name], cap.g[name], QA[name], QS[name])
+            squared = rotated.square().sum(dim=0)
+            check_finite(squared, "eigenvalue correction", name)
+            sums[name] += squared.double().cpu()
+        n_examples += batch.size
+    return LambdaState(sums, n_examples)
+
+
+@dataclass(frozen=True)
+class Damping:
+    """lambda = relative x mean(Lambda) per layer, or a fixed absolute value."""
+
+    relative: float | None = None
+    absolute: float | None = None
+
+    def __post_init__(self):
+        if self.relative is None and self.absolute is None:
+            object.__setattr__(self, "relative", 0.1)
+        if (self.relative is None) == (self.absolute is None):
+            raise InputError("damping: give exactly one of a relative factor or {absolute: value}")
+        value = self.relative if self.relative is not None else self.absolute
+        if not value > 0:
+            raise InputError(f"damping: must be positive, got {value}")
+
+    def value(self, lambdas: torch.Tensor) -> float:
+        return self.absolute if self.absolute is not None else self.relative * float(lambdas.mean())
+
+    def describe(self) -> dict:
+        return {"relative": self.relative} if self.absolute is None else {"absolute": self.absolute}
+
+
+@dataclass
+class Factors:
+    """The EK-FAC preconditioner: H^-1 V = Q_S [(Q_S^T V Q_A) / (Lambda + lambda)] Q_A^T."""
+
+    QA: dict[str, torch.Tensor]
+    QS: dict[str, torch.Tensor]
+    lambdas: dict[str, torch.Tensor]  # float32 (d_out, d_in), mean over examples
+    damping: dict[str, float]
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self.QA)
+
+    def to(self, device: torch.device, dtype: torch.dtype = torch.float32) -> "Factors":
+        move = lambda d: {k: v.to(device, dtype) for k, v in d.items()}  # noqa: E731
+        return Factors(move(self.QA), move(self.QS), move(self.lambdas), dict(self.damping))
+
+    def precondition_in_eigenbasis(self, name: str, V: torch.Tensor) -> torch.Tensor:
+        """(Q_S^T V Q_A) / (Lambda + lambda) for V of shape (..., d_out, d_in)."""
+        return (self.QS[name].T @ V @ self.QA[name]) / (self.lambdas[name] + self.damping[name])
+
+    def inverse_hvp(self, name: str, V: torch.Tensor) -> torch.Tensor:
+        return self.QS[name] @ self.precondition_in_eigenbasis(name, V) @ self.QA[name].T
+
+    def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        tensors = {}
+        for k in self.QA:
+            tensors |= {f"{k}::QA": self.QA[k], f"{k}::QS": self.QS[k], f"{k}::lambdas": self.lambdas[k]}
+        return pack(tensors, "factors", layers=self.layers, damping=self.damping)
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> "Factors":
+        meta = unpack(metadata, "factors")
+        layers = meta["layers"]
+        parts = ({k: tensors[f"{k}::{part}"] for k in layers} for part in ("QA", "QS", "lambdas"))
+        return cls(*parts, {k: float(meta["damping"][k]) for k in layers})
+
+
+def make_factors(basis: Eigenbasis, lambdas: LambdaState, damping: Damping = Damping()) -> Factors:
+    """Average the eigenvalue correction and fix each layer's damping."""
+    if lambdas.n_examples == 0:
+        raise InputError("no examples were seen while fitting eigenvalue corrections")
+    mean = {k: (v / lambdas.n_examples).float() for k, v in lambdas.sums.items()}
+    return Factors(dict(basis.QA), dict(basis.QS), mean, {k: damping.value(v) for k, v in mean.items()})
+
+
+def fit_factors(
+    lm: LoadedModel,
+    batches: Callable[[], Iterable[TokenBatch]],
+    fisher: str = "sampled",
+    damping: Damping = Damping(),
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> Factors:
+    """All passes in one call, for notebooks; `batches` is called once per pass."""
+    cov = fit_covariances(lm, batches(), fisher, seed, progress)
+    basis = eigenbasis(cov)
+    return make_factors(basis, fit_lambdas(lm, basis, batches(), fisher, seed, progress), damping)

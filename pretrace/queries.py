@@ -1,0 +1,180 @@
+"""Query gradients: the preconditioned gradient of each query's completion loss.
+
+The measurement is log p(completion | prompt) summed over completion tokens. We store the
+EK-FAC-preconditioned gradient of its negative (the completion's loss), so that
+score = <H^-1 grad(-log p_q), grad L_d> is positive when upweighting document d lowers the
+query's loss, i.e. raises the probability of its completion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from .batching import batches
+from .capture import capture, check_finite
+from .ekfac import Factors, rotated_gradients
+from .serialization import pack, unpack
+from .errors import InputError
+from .model import LoadedModel
+from .projection import KroneckerProjection
+
+
+@dataclass(frozen=True)
+class Query:
+    id: str
+    prompt: str
+    completion: str
+    kind: str = ""
+    answer: str = ""
+
+
+def encode_queries(
+    queries: Sequence[Query], tokenizer, max_context: int | None = None
+) -> tuple[list[list[int]], list[int]]:
+    """Token ids of prompt+completion and the index where each completion starts.
+
+    Prompt and completion are tokenized separately so the completion's tokens are exactly
+    the ones scored, whatever the tokenizer would merge across the boundary.
+    """
+    sequences, starts = [], []
+    for query in queries:
+        if not query.completion or not query.completion.strip():
+            raise InputError(f"query {query.id!r}: the completion is empty; give the text whose probability to explain")
+        prompt = tokenizer(query.prompt, add_special_tokens=True)["input_ids"]
+        completion = tokenizer(query.completion, add_special_tokens=False)["input_ids"]
+        if not prompt:
+            raise InputError(f"query {query.id!r}: the prompt is empty and the tokenizer adds no BOS token; give a prompt")
+        ids = list(prompt) + list(completion)
+        if max_context is not None and len(ids) > max_context:
+            raise InputError(
+                f"query {query.id!r}: prompt+completion is {len(ids)} tokens, longer than the model's "
+                f"context of {max_context}; shorten the prompt or the completion"
+            )
+        sequences.append(ids)
+        starts.append(len(prompt))
+    return sequences, starts
+
+
+@dataclass
+class QueryGradients:
+    """Preconditioned (optionally projected, optionally rank-r) query gradients per layer.
+
+    Dense: `left[name]` is (Q, k_out, k_in) and `right` is empty. Low rank: the gradient is
+    left[name] @ right[name]^T with left (Q, k_out, r) and right (Q, k_in, r).
+    """
+
+    ids: list[str]
+    logprobs: torch.Tensor  # (Q,) log p(completion | prompt) in nats
+    left: dict[str, torch.Tensor]
+    right: dict[str, torch.Tensor]
+    projection: dict | None
+    rank: int | None
+
+    def dense(self, name: str) -> torch.Tensor:
+        """(Q, k_out, k_in), reconstructing low-rank factors when needed."""
+        if self.rank is None:
+            return self.left[name]
+        return self.left[name] @ self.right[name].transpose(1, 2)
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self.left)
+
+    def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        tensors = {f"{k}::left": v for k, v in self.left.items()} | {f"{k}::right": v for k, v in self.right.items()}
+        tensors["logprobs"] = self.logprobs
+        return pack(
+            tensors, "query_gradients", ids=self.ids, layers=self.layers, projection=self.projection, rank=self.rank
+        )
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> "QueryGradients":
+        meta = unpack(metadata, "query_gradients")
+        layers, rank = meta["layers"], meta["rank"]
+        right = {} if rank is None else {k: tensors[f"{k}::right"] for k in layers}
+        left = {k: tensors[f"{k}::left"] for k in layers}
+        return cls(meta["ids"], tensors["logprobs"], left, right, meta["projection"], rank)
+
+
+def _low_rank(X: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    U, S, Vh = torch.linalg.svd(X, full_matrices=False)
+    r = min(rank, S.shape[-1])
+    return U[..., :r] * S[..., None, :r], Vh[..., :r, :].transpose(-1, -2)
+
+
+def compute_query_gradients(
+    lm: LoadedModel,
+    factors: Factors,
+    queries: Sequence[Query],
+    *,
+    projection: KroneckerProjection | None = None,
+    rank: int | None = None,
+    batch_size: int = 8,
+    progress: Callable[[int], None] | None = None,
+) -> QueryGradients:
+    """Gradients of each completion's loss, preconditioned by EK-FAC, projected, compressed."""
+    sequences, starts = encode_queries(queries, lm.tokenizer, lm.max_context)
+    return query_gradients_from_tokens(
+        lm, factors, sequences, starts, [q.id for q in queries],
+        projection=projection, rank=rank, batch_size=batch_size, progress=progress,
+    )
+
+
+def query_gradients_from_tokens(
+    lm: LoadedModel,
+    factors: Factors,
+    sequences: Sequence[Sequence[int]],
+    completion_starts: Sequence[int],
+    ids: Sequence[str],
+    *,
+    projection: KroneckerProjection | None = None,
+    rank: int | None = None,
+    batch_size: int = 8,
+    progress: Callable[[int], None] | None = None,
+) -> QueryGradients:
+    """As `compute_query_gradients`, for queries already tokenized (completion from the index given)."""
+    if rank is not None and rank < 1:
+        raise InputError(f"query_rank: must be a positive integer or null, got {rank}")
+    missing = [layer.name for layer in lm.layers if layer.name not in factors.QA]
+    if missing:
+        raise InputError(f"the EK-FAC factors were fitted without layers {missing}; refit them for these layers")
+    factors = factors.to(lm.device, lm.accumulate_dtype)
+    proj = projection.to(lm.device, lm.accumulate_dtype) if projection is not None else None
+    # Rotating back out of the eigenbasis and projecting compose into one pair of matrices.
+    back_left, back_right = {}, {}
+    for name in factors.layers:
+        P_out = None if proj is None else proj.P_out[name]
+        P_in = None if proj is None else proj.P_in[name]
+        back_left[name] = factors.QS[name] if P_out is None else P_out @ factors.QS[name]
+        back_right[name] = factors.QA[name] if P_in is None else P_in @ factors.QA[name]
+    left: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in lm.layers}
+    right: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in lm.layers}
+    logprobs = []
+    pad = lm.pad_token_id
+    for _, batch in batches(sequences, batch_size, pad, first_target=completion_starts):
+        cap = capture(lm, batch, "data")
+        logprobs.append(-cap.losses.double().cpu())
+        for name in left:
+            rotated = rotated_gradients(cap.a[name], cap.g[name], factors.QA[name], factors.QS[name])
+            scaled = rotated / (factors.lambdas[name] + factors.damping[name])
+            X = back_left[name] @ scaled @ back_right[name].T
+            check_finite(X, "preconditioned query gradient", name)
+            if rank is None:
+                left[name].append(X.cpu())
+            else:
+                L, R = _low_rank(X, rank)
+                left[name].append(L.cpu())
+                right[name].append(R.cpu())
+        if progress is not None:
+            progress(batch.size)
+    return QueryGradients(
+        list(ids),
+        torch.cat(logprobs),
+        {k: torch.cat(v) for k, v in left.items()},
+        {k: torch.cat(v) for k, v in right.items() if v},
+        None if projection is None else projection.describe(),
+        rank,
+    )

@@ -1,0 +1,72 @@
+"""Query x document influence: a matrix product of stored gradients, or streamed from the model.
+
+score(q, d) = sum over layers of <H^-1 grad(-log p_q), grad L_d>. Positive: upweighting d in
+training raises the probability of q's completion.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from .documents import DocumentGradients, iter_document_gradients
+from .errors import InputError
+from .model import LoadedModel
+from .projection import KroneckerProjection
+from .queries import QueryGradients
+
+
+def _flat_queries(queries: QueryGradients, device: torch.device) -> dict[str, torch.Tensor]:
+    return {name: queries.dense(name).flatten(1).to(device) for name in queries.layers}
+
+
+def _check_compatible(queries: QueryGradients, layers: Sequence[str], projection: dict | None) -> None:
+    if list(queries.layers) != list(layers):
+        raise InputError(
+            f"query gradients track layers {queries.layers} but document gradients track {list(layers)}; "
+            "recompute one of them with the same layer patterns"
+        )
+    if queries.projection != projection:
+        raise InputError(
+            f"query gradients were projected with {queries.projection} but documents with {projection}; "
+            "both sides must use the same projection (sizes and seed)"
+        )
+
+
+def _add_scores(total: torch.Tensor, flat_queries: dict[str, torch.Tensor], grads: dict[str, torch.Tensor]) -> torch.Tensor:
+    for name, q in flat_queries.items():
+        total += q @ grads[name].flatten(1).to(q).T
+    return total
+
+
+def score_matrix(queries: QueryGradients, documents: DocumentGradients) -> torch.Tensor:
+    """(Q, N) influence from stored gradients, summed over layers in float32."""
+    _check_compatible(queries, list(documents.grads), documents.projection)
+    total = torch.zeros(len(queries.ids), len(documents.ids), dtype=torch.float32)
+    return _add_scores(total, _flat_queries(queries, torch.device("cpu")), documents.grads)
+
+
+def stream_scores(
+    lm: LoadedModel,
+    queries: QueryGradients,
+    sequences: Sequence[Sequence[int]],
+    *,
+    projection: KroneckerProjection | None = None,
+    batch_size: int = 8,
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """(Q, N) influence computed batch by batch from the model, storing no document gradient.
+
+    Memory is bounded by one batch's gradients and the (Q, N) result, so every query is
+    scored in a single pass over the documents.
+    """
+    _check_compatible(queries, [layer.name for layer in lm.layers], None if projection is None else projection.describe())
+    flat = _flat_queries(queries, lm.device)
+    scores = torch.zeros(len(queries.ids), len(sequences), dtype=torch.float32)
+    for index, grads, _ in iter_document_gradients(
+        lm, sequences, projection=projection, batch_size=batch_size, progress=progress
+    ):
+        block = torch.zeros(len(queries.ids), len(index), dtype=torch.float32, device=lm.device)
+        scores[:, index.start : index.stop] = _add_scores(block, flat, grads).cpu()
+    return scores
