@@ -107,7 +107,7 @@ class Storage:
         return self.fs.isfile(self._path(key))
 
     def list(self, prefix: str = "") -> list[str]:
-        """Keys of all objects under the folder ``prefix`` (recursive, sorted, temp files hidden)."""
+        """Keys of all objects under the folder ``prefix``: recursive, sorted, no temp files."""
         base = self._path(prefix) if prefix else self._root
         start = len(self._root) + 1
         return sorted(

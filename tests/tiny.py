@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
@@ -84,3 +86,28 @@ def random_sequences(n: int, vocab_size: int = 300, min_len: int = 5, max_len: i
     g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(min_len, max_len + 1, (n,), generator=g)
     return [[1] + torch.randint(3, vocab_size, (int(k) - 1,), generator=g).tolist() for k in lengths]
+
+
+def sentence_documents(tokenizer, n: int = 60, seed: int = 0) -> list[list[int]]:
+    """Documents made of pairs of SENTENCES, so gradients share real structure with queries."""
+    rng = random.Random(seed)
+    return [tokenizer(" ".join(rng.sample(SENTENCES, 2)))["input_ids"] for _ in range(n)]
+
+
+def trained_tiny_llama(tokenizer, documents: list[list[int]], steps: int = 40, seed: int = 0) -> torch.nn.Module:
+    """A tiny Llama fitted for a few seconds: random weights give scores with no structure,
+    which makes projection-accuracy measurements meaningless."""
+    from pretrace.batching import collate
+    from pretrace.capture import sequence_losses
+
+    model = tiny_model("llama", vocab_size=len(tokenizer), seed=seed).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    rng = random.Random(seed)
+    for _ in range(steps):
+        batch = collate(rng.sample(documents, 16), pad_id=tokenizer.pad_token_id)
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        loss = sequence_losses(logits, batch).sum() / batch.n_tokens
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()

@@ -80,11 +80,6 @@ def fact(country: Country, relation: str) -> tuple[str, str]:
     raise ValueError(f"unknown relation {relation!r}; expected one of {RELATIONS}")
 
 
-def fact_answer(country: Country, relation: str) -> str:
-    """The bare answer of a fact: the completion without its space and full stop."""
-    return fact(country, relation)[1].strip().removesuffix(".")
-
-
 def encyclopedia(country: Country, rng: random.Random) -> str:
     """A short encyclopedia entry: continent first, then the other facts in random order."""
     rest = ["".join(fact(country, r)) for r in RELATIONS if r != "continent"]

@@ -32,16 +32,24 @@ def _stdlib_files() -> list[Path]:
     )
 
 
-def _units(source: str, tree: ast.Module) -> Iterator[ast.AST]:
-    """Top-level functions and classes; the methods of classes too long to keep whole."""
+def _units(tree: ast.Module, lines: list[str]) -> Iterator[tuple[int, str]]:
+    """(line number, dedented source) of top-level functions and classes, with decorators;
+    a class too long to keep whole gives its methods instead."""
     for node in tree.body:
         if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
             continue
-        text = ast.get_source_segment(source, node) or ""
+        text = _segment(node, lines)
         if isinstance(node, ast.ClassDef) and len(text) > MAX_CHARS:
-            yield from (n for n in node.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef))
+            for method in node.body:
+                if isinstance(method, ast.FunctionDef | ast.AsyncFunctionDef):
+                    yield method.lineno, _segment(method, lines)
         else:
-            yield node
+            yield node.lineno, text
+
+
+def _segment(node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef, lines: list[str]) -> str:
+    start = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+    return textwrap.dedent("".join(lines[start - 1 : node.end_lineno]))
 
 
 def code_documents(n: int, rng: random.Random) -> list[Record]:
@@ -59,10 +67,9 @@ def code_documents(n: int, rng: random.Random) -> list[Record]:
             continue
         rel = path.relative_to(root).as_posix()
         kept = 0
-        for node in _units(source, tree):
-            text = textwrap.dedent(ast.get_source_segment(source, node, padded=True) or "")
+        for lineno, text in _units(tree, source.splitlines(keepends=True)):
             if MIN_CHARS <= len(text) <= MAX_CHARS and kept < _UNITS_PER_FILE:
-                records.append({"id": f"code/{rel}:{node.lineno}", "text": text, "source": "code", "path": rel})
+                records.append({"id": f"code/{rel}:{lineno}", "text": text, "source": "code", "path": rel})
                 kept += 1
         if len(records) >= n:
             return records[:n]

@@ -1,0 +1,199 @@
+"""The one configuration schema, shared by ``pretrace.yaml`` and the Dagster resources.
+
+Keeping a single schema means a setting is named, defaulted and validated once, whether it
+comes from a file, a notebook or Dagster run config. Errors are InputErrors that name the source
+(the file) and the key, and suggest the nearest valid key for a typo.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+
+from pretrace.errors import InputError
+
+PATH_KEYS = ("model", "corpus", "queries", "storage")
+"""Keys holding a local path or URL; relative paths are relative to the YAML file's folder."""
+
+
+def _positive_number(value: Any) -> float:
+    """A finite number > 0; numeric strings count, since PyYAML reads ``1e-3`` as a string."""
+    number = math.nan
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except ValueError:
+            pass
+    if not (math.isfinite(number) and number > 0):
+        raise ValueError(
+            "must be a number > 0 (relative to the mean eigenvalue, e.g. 0.1) or "
+            "{absolute: <number > 0>}"
+        )
+    return number
+
+
+class Damping(BaseModel):
+    """λ added to the EK-FAC eigenvalues: ``relative`` × mean eigenvalue, or ``absolute``.
+
+    YAML forms: a number (relative), or ``{absolute: <number>}`` (``{relative: <number>}`` too).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    relative: float | None = None
+    absolute: float | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_yaml(cls, value: Any) -> Any:
+        if isinstance(value, Damping):
+            return value
+        if isinstance(value, Mapping) and len(value) == 1 and set(value) <= set(cls.model_fields):
+            ((key, number),) = value.items()
+            return {key: _positive_number(number)}
+        return {"relative": _positive_number(value)}
+
+    @model_serializer
+    def _to_yaml(self) -> float | dict[str, float]:
+        return self.relative if self.relative is not None else {"absolute": self.absolute}
+
+    def resolve(self, mean_eigenvalue: float) -> float:
+        """The damping λ for a layer whose corrected eigenvalues have this mean."""
+        return self.relative * mean_eigenvalue if self.relative is not None else self.absolute
+
+
+class PretraceConfig(BaseModel):
+    """Every setting of a pretrace run, with the defaults of the documented ``pretrace.yaml``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    model: str = "./checkpoints/my-model"
+    corpus: str = "./corpus"
+    queries: str = "./queries.jsonl"
+    storage: str = "./data"
+    layers: list[str] = Field(default_factory=lambda: ["mlp"], min_length=1)
+    fisher: Literal["sampled", "empirical"] = "sampled"
+    damping: Damping = Field(default_factory=lambda: Damping(relative=0.1))
+    projection: tuple[StrictInt, StrictInt] | None = None
+    query_rank: StrictInt | None = Field(default=None, gt=0)
+    max_length: StrictInt = Field(default=512, ge=2)
+    batch_size: StrictInt = Field(default=8, gt=0)
+    fit_shards: Literal["all"] | list[str] = "all"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    trust_remote_code: bool = False
+    seed: StrictInt = Field(default=0, ge=0)
+    top_k: StrictInt = Field(default=50, gt=0)
+
+    @field_validator("projection", mode="before")
+    @classmethod
+    def _projection(cls, value: Any) -> Any:
+        if value is None or value == "none":
+            return None
+        pair = isinstance(value, (list, tuple)) and len(value) == 2
+        if not pair or not all(type(k) is int and k > 0 for k in value):
+            raise ValueError('must be "none" or [k_out, k_in], two integers > 0')
+        return tuple(value)
+
+    @field_serializer("projection")
+    def _projection_yaml(self, value: tuple[int, int] | None) -> str | list[int]:
+        return "none" if value is None else list(value)
+
+    @field_validator("layers")
+    @classmethod
+    def _regexes(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a valid regular expression ({exc})") from None
+        return patterns
+
+    @field_validator("fit_shards", mode="before")
+    @classmethod
+    def _shards(cls, value: Any) -> Any:
+        names = isinstance(value, list) and value and all(isinstance(v, str) for v in value)
+        if value != "all" and not names:
+            raise ValueError('must be "all" or a non-empty list of shard names')
+        return value
+
+    def resolve_paths(self, base_dir: str | os.PathLike) -> PretraceConfig:
+        """A copy whose relative local paths are made absolute against ``base_dir``; URLs stay."""
+        update = {}
+        for key in PATH_KEYS:
+            value = getattr(self, key)
+            if "://" not in value:
+                update[key] = os.path.abspath(os.path.join(base_dir, os.path.expanduser(value)))
+        return self.model_copy(update=update)
+
+    def to_yaml(self) -> str:
+        """The configuration as ``pretrace.yaml`` text that :func:`load_config` reads back."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def parse_config(data: Mapping[str, Any] | None, source: str) -> PretraceConfig:
+    """Validate a mapping (parsed YAML, Dagster run config); errors name ``source`` and the key."""
+    try:
+        return PretraceConfig.model_validate(dict(data or {}))
+    except ValidationError as exc:
+        problems = "\n".join(f"  - {_describe(error)}" for error in exc.errors())
+        raise InputError(f"{source}: invalid configuration\n{problems}") from None
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(key, PretraceConfig.model_fields, n=1)
+        valid = ", ".join(PretraceConfig.model_fields)
+        hint = f"did you mean `{close[0]}`?" if close else f"valid keys: {valid}"
+        return f"`{key}` is not a setting; {hint}"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"`{key}`: {message} (got {error['input']!r})"
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys silently; a repeated setting is a mistake."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"`{key}` is set twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_config(path: str | os.PathLike) -> PretraceConfig:
+    """Read and validate ``pretrace.yaml``; relative paths in it are relative to its folder."""
+    path = Path(path)
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except FileNotFoundError:
+        message = f"{path}: configuration file not found; create it or fix the path"
+        raise InputError(message) from None
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise InputError(f"{path}: not valid YAML: {exc}") from None
+    if data is not None and not isinstance(data, Mapping):
+        raise InputError(f"{path}: expected `key: value` settings, got a {type(data).__name__}")
+    return parse_config(data, str(path)).resolve_paths(path.parent.absolute())

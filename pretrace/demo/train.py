@@ -1,0 +1,136 @@
+"""Train the demo's tiny Llama on the demo corpus, so the whole pipeline runs without a download.
+
+The model is small enough to train in a couple of minutes on a laptop CPU, yet it learns the
+corpus's templates (facts, worked solutions), which is what the influence analysis looks for.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from pretrace.corpus import read_records
+from pretrace.demo.tokenizer import train_tokenizer
+
+MODEL_SHAPE = {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 512}
+LEARNING_RATE = 3e-3
+WARMUP_STEPS = 10
+_FINAL_LOSS_WINDOW = 10
+
+
+def _documents(texts: list[str], tokenizer: PreTrainedTokenizerFast) -> list[torch.Tensor]:
+    """Each text as <bos> ids <eos>, the unit that packing keeps whole and shuffles."""
+    encoded = tokenizer(texts, add_special_tokens=True)["input_ids"]
+    return [torch.tensor([*ids, tokenizer.eos_token_id]) for ids in encoded]
+
+
+def _batches(docs: list[torch.Tensor], max_length: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Endless batches of max_length blocks; each epoch packs the documents in a new order."""
+    while True:
+        order = torch.randperm(len(docs), generator=generator).tolist()
+        stream = torch.cat([docs[i] for i in order])
+        blocks = stream[: len(stream) // max_length * max_length].view(-1, max_length)
+        for start in range(0, len(blocks) - batch_size + 1, batch_size):
+            yield blocks[start : start + batch_size]
+
+
+def _schedule(steps: int) -> Callable[[int], float]:
+    """Linear warm-up, then cosine decay to a tenth of the peak learning rate at `steps`."""
+    def factor(step: int) -> float:
+        if step < WARMUP_STEPS:
+            return (step + 1) / WARMUP_STEPS
+        progress = min(1.0, (step - WARMUP_STEPS) / max(1, steps - WARMUP_STEPS))
+        return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+def _replace_dir(tmp: Path, out_dir: Path) -> None:
+    """Move a finished checkpoint into place, replacing any previous one."""
+    old = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.old")
+    if out_dir.exists():
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def train_demo_model(
+    corpus_files: list[Path],
+    out_dir: Path,
+    *,
+    max_length: int = 256,
+    steps: int = 200,
+    batch_size: int = 16,
+    time_budget_s: float = 150,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Train a tokenizer and a tiny LlamaForCausalLM on the corpus; save both to out_dir.
+
+    Stops after `steps` optimizer steps or once `time_budget_s` has elapsed (tokenizer
+    included), whichever comes first. The checkpoint is written under a temporary name and
+    renamed, so a killed run leaves none; training.json records the steps, time and losses.
+    """
+    started = time.monotonic()
+    torch.manual_seed(seed)
+    texts = [r["text"] for f in corpus_files for r in read_records(str(f))]
+    tokenizer = train_tokenizer(texts)
+    docs = _documents(texts, tokenizer)
+    tokenizer.model_max_length = max_length  # after packing, which encodes whole documents
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), max_position_embeddings=max_length, tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, **MODEL_SHAPE,
+    )
+    model = LlamaForCausalLM(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, betas=(0.9, 0.95), weight_decay=0.01)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(steps))
+    batches = _batches(docs, max_length, batch_size, torch.Generator().manual_seed(seed))
+
+    model.train()
+    losses: list[float] = []
+    for step, batch in zip(range(steps), batches):
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if progress is not None:
+            progress(step + 1, steps)
+        if time.monotonic() - started >= time_budget_s:
+            break
+    seconds = time.monotonic() - started
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.eval()
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    summary = {
+        "steps": len(losses),
+        "stopped_by": "steps" if len(losses) == steps else "time_budget",
+        "seconds": round(seconds, 2),
+        "initial_loss": losses[0],
+        "final_loss": sum(losses[-_FINAL_LOSS_WINDOW:]) / len(losses[-_FINAL_LOSS_WINDOW:]),
+        "losses": [round(x, 4) for x in losses],
+        "documents": len(docs),
+        "corpus_tokens": sum(len(d) for d in docs),
+        "tokens_seen": len(losses) * batch_size * max_length,
+        "max_length": max_length,
+        "batch_size": batch_size,
+        "seed": seed,
+    }
+    (tmp / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _replace_dir(tmp, out_dir)
+    return out_dir

@@ -1,0 +1,136 @@
+"""Scores: stored vs streamed, the sign by finite differences, projection accuracy."""
+
+import pytest
+import torch
+
+from pretrace.batching import batches
+from pretrace.documents import compute_document_gradients
+from pretrace.ekfac import fit_factors
+from pretrace.errors import InputError
+from pretrace.model import wrap_model
+from pretrace.projection import KroneckerProjection
+from pretrace.queries import Query, compute_query_gradients, encode_queries
+from pretrace.scores import score_matrix, stream_scores
+from tests.tiny import random_sequences, sentence_documents, tiny_model, tiny_tokenizer, trained_tiny_llama
+
+QUERIES = [
+    Query("capital", "The capital of France is", " Paris."),
+    Query("slope", "The slope between (1, 2) and (3, 8) is", " (8 - 2) / (3 - 1) = 3."),
+    Query("arith", "(7 - 4) * 8 =", " 3 * 8 = 24"),
+    Query("code", "def add(a, b):", "\n    return a + b\n"),
+]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    lm = wrap_model(tiny_model("llama", seed=1), tiny_tokenizer(), device="cpu")
+    docs = random_sequences(40, min_len=8, max_len=40, seed=11)
+    factors = fit_factors(lm, lambda: (b for _, b in batches(docs, 8, 0)))
+    return lm, docs, factors
+
+
+def pearson(x, y):
+    x, y = x - x.mean(), y - y.mean()
+    return float((x @ y) / (x.norm() * y.norm()))
+
+
+@pytest.mark.parametrize("k", [None, 8])
+def test_stored_and_streamed_scores_agree(setup, k):
+    lm, docs, factors = setup
+    proj = None if k is None else KroneckerProjection.build(lm.layer_shapes(), k, k, seed=5)
+    qg = compute_query_gradients(lm, factors, QUERIES, projection=proj)
+    stored = score_matrix(qg, compute_document_gradients(lm, docs, [str(i) for i in range(len(docs))], projection=proj, batch_size=6))
+    streamed = stream_scores(lm, qg, docs, projection=proj, batch_size=7)
+    assert stored.shape == (len(QUERIES), len(docs))
+    torch.testing.assert_close(streamed, stored, rtol=1e-4, atol=1e-5 * float(stored.abs().max()))
+
+
+def test_low_rank_queries_score_like_their_reconstruction(setup):
+    lm, docs, factors = setup
+    low = compute_query_gradients(lm, factors, QUERIES, rank=2)
+    dense = compute_query_gradients(lm, factors, QUERIES)
+    streamed = stream_scores(lm, low, docs)
+    assert pearson(streamed.flatten(), stream_scores(lm, dense, docs).flatten()) > 0.5
+    dg = compute_document_gradients(lm, docs, list(map(str, range(len(docs)))))
+    torch.testing.assert_close(streamed, score_matrix(low, dg), rtol=1e-4, atol=1e-6)
+
+
+def test_positive_score_means_upweighting_raises_completion_probability():
+    """First-order check of the sign and scale: a step eps * H^-1 grad(L_d) on document d changes
+    log p(completion) by eps * score(q, d)."""
+    lm = wrap_model(tiny_model("llama", seed=2).double(), tiny_tokenizer(), device="cpu")
+    docs = random_sequences(12, min_len=8, max_len=24, seed=3)
+    factors = fit_factors(lm, lambda: (b for _, b in batches(docs, 4, 0)), fisher="empirical")
+    qg = compute_query_gradients(lm, factors, QUERIES[:2])
+    dg = compute_document_gradients(lm, docs[:3], ["a", "b", "c"])
+    scores = score_matrix(qg, dg)
+    sequences, starts = encode_queries(QUERIES[:2], lm.tokenizer)
+
+    def logprobs():
+        with torch.no_grad():
+            out = []
+            for seq, start in zip(sequences, starts):
+                ids = torch.tensor([seq])
+                logp = torch.log_softmax(lm.model(input_ids=ids).logits[0, :-1], -1)
+                out.append(logp.gather(1, ids[0, 1:, None])[start - 1 :].sum())
+            return torch.stack(out)
+
+    f64 = factors.to(torch.device("cpu"), torch.float64)
+    steps = [{l.name: f64.inverse_hvp(l.name, dg.grads[l.name][doc].double()) for l in lm.layers} for doc in range(3)]
+
+    def shift(doc, eps):
+        with torch.no_grad():
+            for layer in lm.layers:
+                layer.module.weight -= eps * steps[doc][layer.name]  # a gradient step on d = upweighting d
+
+    for doc in range(3):
+        # H^-1 amplifies: scale the step so no weight moves by more than 3e-5 (RMSNorm runs in float32).
+        eps = 3e-5 / max(float(step.abs().max()) for step in steps[doc].values())
+        shift(doc, eps)
+        up = logprobs()
+        shift(doc, -2 * eps)
+        down = logprobs()
+        shift(doc, eps)
+        finite_difference = (up - down) / (2 * eps)
+        torch.testing.assert_close(finite_difference, scores[:, doc].double(), rtol=1e-2, atol=0.0)
+    assert (scores > 0).any() and (scores < 0).any()
+
+
+# Pearson correlation of projected against exact scores, per query, on a tiny Llama trained
+# for a few seconds (MLP layers of 64 x 32 and 32 x 64). Each floor is the smallest per-query
+# value measured over projection seeds 0-9 at that k, rounded down (measured 2026-11-25:
+# k=8 0.488, k=16 0.769, k=32 0.975); `pytest -s` prints the values.
+PROJECTION_FLOORS = {8: 0.45, 16: 0.75, 32: 0.97}
+
+
+@pytest.fixture(scope="module")
+def trained():
+    tok = tiny_tokenizer()
+    docs = sentence_documents(tok)
+    lm = wrap_model(trained_tiny_llama(tok, docs), tok, device="cpu")
+    return lm, docs, fit_factors(lm, lambda: (b for _, b in batches(docs, 8, 0)))
+
+
+def projected_pearson(trained, k, seed):
+    lm, docs, factors = trained
+    exact = stream_scores(lm, compute_query_gradients(lm, factors, QUERIES), docs)
+    proj = KroneckerProjection.build(lm.layer_shapes(), k, k, seed=seed)
+    approx = stream_scores(lm, compute_query_gradients(lm, factors, QUERIES, projection=proj), docs, projection=proj)
+    return [pearson(approx[i], exact[i]) for i in range(len(QUERIES))]
+
+
+@pytest.mark.parametrize("k", PROJECTION_FLOORS)
+def test_projected_scores_track_exact_scores(trained, k):
+    correlations = projected_pearson(trained, k, seed=0)
+    print(f"k={k}: per-query Pearson {[round(c, 3) for c in correlations]}")
+    assert min(correlations) >= PROJECTION_FLOORS[k], correlations
+
+
+def test_mismatched_projection_is_refused(setup):
+    lm, docs, factors = setup
+    qg = compute_query_gradients(lm, factors, QUERIES, projection=KroneckerProjection.build(lm.layer_shapes(), 8, 8, seed=1))
+    other = KroneckerProjection.build(lm.layer_shapes(), 8, 8, seed=2)
+    with pytest.raises(InputError, match="same projection"):
+        stream_scores(lm, qg, docs, projection=other)
+    with pytest.raises(InputError, match="same projection"):
+        score_matrix(qg, compute_document_gradients(lm, docs[:2], ["x", "y"]))
