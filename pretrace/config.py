@@ -66,6 +66,8 @@ class Damping(BaseModel):
     def _from_yaml(cls, value: Any) -> Any:
         if isinstance(value, Damping):
             return value
+        if isinstance(value, Mapping) and not value:  # Damping() in code: the paper's default
+            return {"relative": 0.1}
         if isinstance(value, Mapping) and len(value) == 1 and set(value) <= set(cls.model_fields):
             ((key, number),) = value.items()
             return {key: _positive_number(number)}
@@ -91,7 +93,7 @@ class PretraceConfig(BaseModel):
     storage: str = "./data"
     layers: list[str] = Field(default_factory=lambda: ["mlp"], min_length=1)
     fisher: Literal["sampled", "empirical"] = "sampled"
-    damping: Damping = Field(default_factory=lambda: Damping(relative=0.1))
+    damping: Damping = Field(default_factory=Damping)
     projection: tuple[StrictInt, StrictInt] | None = None
     query_rank: StrictInt | None = Field(default=None, gt=0)
     max_length: StrictInt = Field(default=512, ge=2)

@@ -152,12 +152,13 @@ def _jsonl_rows(url: str) -> Iterator[tuple[int, Any]]:
                 if not text.strip():
                     continue
                 try:
-                    yield number, json.loads(text)
+                    record = json.loads(text)
                 except json.JSONDecodeError as exc:
                     raise InputError(
                         f"{url}, line {number}: not valid JSON ({exc.msg} at column {exc.colno}); "
                         "each line must hold exactly one JSON object"
                     ) from None
+                yield number, record
         except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
             raise InputError(
                 f"{url}: not a complete gzip file ({exc}); re-compress it with gzip"

@@ -17,6 +17,7 @@ import torch
 
 from .batching import TokenBatch
 from .capture import Captured, Labels, capture, check_finite
+from .config import Damping
 from .errors import InputError
 from .model import LoadedModel
 from .serialization import pack, unpack
@@ -200,29 +201,6 @@ def fit_lambdas(
     return LambdaState(sums, n_examples)
 
 
-@dataclass(frozen=True)
-class Damping:
-    """lambda = relative x mean(Lambda) per layer, or a fixed absolute value."""
-
-    relative: float | None = None
-    absolute: float | None = None
-
-    def __post_init__(self):
-        if self.relative is None and self.absolute is None:
-            object.__setattr__(self, "relative", 0.1)
-        if (self.relative is None) == (self.absolute is None):
-            raise InputError("damping: give exactly one of a relative factor or {absolute: value}")
-        value = self.relative if self.relative is not None else self.absolute
-        if not value > 0:
-            raise InputError(f"damping: must be positive, got {value}")
-
-    def value(self, lambdas: torch.Tensor) -> float:
-        return self.absolute if self.absolute is not None else self.relative * float(lambdas.mean())
-
-    def describe(self) -> dict:
-        return {"relative": self.relative} if self.absolute is None else {"absolute": self.absolute}
-
-
 @dataclass
 class Factors:
     """The EK-FAC preconditioner: H^-1 V = Q_S [(Q_S^T V Q_A) / (Lambda + lambda)] Q_A^T."""
@@ -266,7 +244,7 @@ def make_factors(basis: Eigenbasis, lambdas: LambdaState, damping: Damping = Dam
     if lambdas.n_examples == 0:
         raise InputError("no examples were seen while fitting eigenvalue corrections")
     mean = {k: (v / lambdas.n_examples).float() for k, v in lambdas.sums.items()}
-    return Factors(dict(basis.QA), dict(basis.QS), mean, {k: damping.value(v) for k, v in mean.items()})
+    return Factors(dict(basis.QA), dict(basis.QS), mean, {k: damping.resolve(float(v.mean())) for k, v in mean.items()})
 
 
 def fit_factors(

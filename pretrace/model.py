@@ -176,12 +176,12 @@ def _local_checkpoint(path: str) -> Path:
         if not local.is_dir():
             raise InputError(f"model: {path} is not a directory; give a checkpoint saved with save_pretrained")
         return local
-    import fsspec
+    from .storage import open_fs
 
     digest = hashlib.sha256(path.encode()).hexdigest()[:16]
     cache = Path(tempfile.gettempdir()) / "pretrace-models" / digest
     if not (cache / "config.json").exists():
-        fs, remote = fsspec.core.url_to_fs(path)
+        fs, remote = open_fs(path)
         try:
             if not fs.exists(f"{remote.rstrip('/')}/config.json"):
                 raise InputError(f"model: no config.json under {path}; upload a save_pretrained directory")

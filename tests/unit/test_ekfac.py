@@ -10,9 +10,9 @@ from safetensors import safe_open
 from pretrace.batching import batches, collate
 from pretrace.capture import capture
 from pretrace.documents import compute_document_gradients
+from pretrace.config import Damping
 from pretrace.ekfac import (
     CovarianceState,
-    Damping,
     Eigenbasis,
     Factors,
     LambdaState,
@@ -179,9 +179,8 @@ def test_non_finite_weights_name_the_layer():
         fit_covariances(lm, [collate(random_sequences(2), 0)])
 
 
-def test_damping_validation():
-    with pytest.raises(InputError, match="positive"):
-        Damping(relative=-0.1)
-    with pytest.raises(InputError, match="exactly one"):
-        Damping(relative=0.1, absolute=1.0)
-    assert Damping(relative=None, absolute=2.0).value(torch.ones(3)) == 2.0
+def test_damping_forms():
+    assert Damping.model_validate(0.1).resolve(2.0) == pytest.approx(0.2)
+    assert Damping.model_validate({"absolute": 2.0}).resolve(5.0) == 2.0
+    with pytest.raises(ValueError, match="must be a number > 0"):
+        Damping.model_validate(-0.1)
