@@ -121,7 +121,7 @@ def read_records(url: str) -> Iterator[dict[str, Any]]:
     suffix = _suffix(name)
     if suffix is None:
         raise InputError(f"{url}: not a corpus file; use .jsonl, .jsonl.gz or .parquet")
-    unit, rows = ("row", _parquet_rows(url)) if suffix == ".parquet" else ("line", _jsonl_rows(url))
+    unit, rows = ("row", _parquet_rows(url)) if suffix == ".parquet" else ("line", jsonl_rows(url))
     first_seen: dict[str, int] = {}
     for number, raw in rows:
         record = _document(raw, f"{url}, {unit} {number}", default_source=name[: -len(suffix)])
@@ -136,7 +136,8 @@ def read_records(url: str) -> Iterator[dict[str, Any]]:
         raise InputError(f"{url}: the file has no records; add documents or remove the file")
 
 
-def _jsonl_rows(url: str) -> Iterator[tuple[int, Any]]:
+def jsonl_rows(url: str) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed JSON) of a .jsonl or .jsonl.gz file; blank lines are skipped."""
     fs, path = open_fs(url)
     with fs.open(path, "rb") as raw:
         stream = gzip.GzipFile(fileobj=raw) if url.endswith(".gz") else raw

@@ -206,7 +206,7 @@ def load_model(
     trust_remote_code: bool = False,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer from a local directory or an fsspec URL (s3://...)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     local = _local_checkpoint(path)
     if not (local / "config.json").exists():
@@ -224,7 +224,32 @@ def load_model(
                 "(e.g. Llama, GPT-2, GPT-NeoX, OLMo, Cohere)."
             ) from None
         raise
-    tokenizer = AutoTokenizer.from_pretrained(local, trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+    return wrap_model(model, tokenizer, layers=layers, device=device, dtype=dtype)
+
+
+def load_tokenizer(path: str, *, trust_remote_code: bool = False):
+    """The checkpoint's tokenizer alone (tokenizing a corpus needs no weights)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(_local_checkpoint(path), trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    return wrap_model(model, tokenizer, layers=layers, device=device, dtype=dtype)
+    return tokenizer
+
+
+def checkpoint_fingerprint(path: str) -> str:
+    """A digest that changes whenever any file of the checkpoint does.
+
+    Files are identified by name, size and modification time (locally) or ETag (S3), which
+    change with the content, so even a large checkpoint is fingerprinted without reading it.
+    """
+    from .storage import open_fs
+
+    fs, root = open_fs(path)
+    digest = hashlib.sha256()
+    for file in sorted(fs.find(root)):
+        info = fs.info(file)
+        stamp = info.get("ETag") or info.get("mtime")
+        digest.update(f"{file.removeprefix(root)}:{info.get('size')}:{stamp}".encode())
+    return digest.hexdigest()[:16]

@@ -106,6 +106,10 @@ class Storage:
     def exists(self, key: str) -> bool:
         return self.fs.isfile(self._path(key))
 
+    def size(self, key: str) -> int:
+        """Bytes stored under ``key``."""
+        return int(self.fs.size(self._path(key)))
+
     def list(self, prefix: str = "") -> list[str]:
         """Keys of all objects under the folder ``prefix``: recursive, sorted, no temp files."""
         base = self._path(prefix) if prefix else self._root

@@ -1,0 +1,62 @@
+"""Reading the user's queries file: JSONL records {id, kind, prompt, completion, answer}."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+
+from .corpus import jsonl_rows
+from .errors import InputError
+from .queries import Query
+
+REQUIRED = ("id", "kind", "prompt", "completion")
+QUERY_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("kind", pa.string()),
+        ("prompt", pa.string()),
+        ("completion", pa.string()),
+        ("answer", pa.string()),
+        ("intermediates", pa.list_(pa.string())),
+        ("meta", pa.string()),
+    ]
+)
+
+
+def read_queries(url: str) -> pa.Table:
+    """Validated queries as a table; errors name the file, line and missing field."""
+    columns: dict[str, list] = {name: [] for name in QUERY_SCHEMA.names}
+    first_line: dict[str, int] = {}
+    for number, raw in jsonl_rows(url):
+        where = f"{url}, line {number}"
+        if not isinstance(raw, dict):
+            raise InputError(f"{where}: expected an object with {', '.join(REQUIRED)}")
+        missing = [f for f in REQUIRED if not isinstance(raw.get(f), str) or (f == "id" and not raw[f])]
+        if missing:
+            raise InputError(
+                f"{where}: the query lacks {', '.join(f'`{m}`' for m in missing)} (strings); every query "
+                f"needs {', '.join(REQUIRED)} and may give `answer` and `intermediates`"
+            )
+        if raw["id"] in first_line:
+            raise InputError(f"{where}: duplicate query id {raw['id']!r}, already used on line {first_line[raw['id']]}")
+        first_line[raw["id"]] = number
+        intermediates = raw.get("intermediates") or []
+        if not isinstance(intermediates, list) or not all(isinstance(x, str) for x in intermediates):
+            raise InputError(f"{where}: `intermediates` must be a list of strings")
+        for field in REQUIRED:
+            columns[field].append(raw[field])
+        columns["answer"].append(str(raw.get("answer") or ""))
+        columns["intermediates"].append(intermediates)
+        extra = {k: v for k, v in raw.items() if k not in QUERY_SCHEMA.names}
+        columns["meta"].append(json.dumps(extra, ensure_ascii=False, default=str))
+    if not first_line:
+        raise InputError(f"{url}: the file has no queries; add one JSON object per line")
+    return pa.table(columns, schema=QUERY_SCHEMA)
+
+
+def queries_from_table(table: pa.Table) -> list[Query]:
+    return [
+        Query(row["id"], row["prompt"], row["completion"], row["kind"], row["answer"])
+        for row in table.select(["id", "prompt", "completion", "kind", "answer"]).to_pylist()
+    ]
