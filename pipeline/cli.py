@@ -92,5 +92,24 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except PretraceError as exc:
-        raise SystemExit(f"pretrace: {exc}") from None
+    except Exception as exc:
+        cause = _user_error(exc)
+        if cause is None:
+            raise
+        raise SystemExit(f"pretrace: {cause}") from None
+
+
+def _user_error(exc: BaseException | None) -> str | None:
+    """The error meant for the user (a PretraceError, or an asset's dg.Failure), unwrapped from
+    Dagster's step error."""
+    while exc is not None:
+        if isinstance(exc, PretraceError):
+            return str(exc)
+        if isinstance(exc, dg.Failure):
+            return exc.description
+        exc = getattr(exc, "user_exception", None) or exc.__cause__
+    return None
+
+
+if __name__ == "__main__":
+    main()

@@ -13,6 +13,7 @@ from typing import Callable
 import dagster as dg
 from dagster._core.definitions.observe import observe  # no public in-process observe yet
 
+from assets.corpus import corpus_by_shard
 from assets.ekfac import fit_shards
 from assets.partitions import shard_partitions
 from pretrace.model import checkpoint_fingerprint
@@ -57,9 +58,14 @@ def materialize_pipeline(
 ) -> list[str]:
     """Bring every asset up to date; returns the shards present."""
     run = _Run(defs, instance, log)
+    run.resources["storage"].open().check_writable()  # fail before any work, not after an hour
     observe([defs.resolve_assets_def("corpus_files")], instance=instance)  # resources come bound
-    shards = sorted(instance.get_dynamic_partitions(shard_partitions.name))
     config = config_from_resources(*(run.resources[k] for k in ("storage", "influence", "model_settings", "compute")))
+    registered = set(instance.get_dynamic_partitions(shard_partitions.name))
+    present = set(corpus_by_shard(config.corpus))
+    if registered - present:
+        log(f"corpus files gone, their shards are not recomputed: {sorted(registered - present)}")
+    shards = sorted(registered & present)
 
     before = run.data_version("model")
     if not run.has("model") or (not _model_is_trained(defs) and checkpoint_fingerprint(config.model) != before):
