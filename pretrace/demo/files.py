@@ -39,7 +39,7 @@ def _encode(path: Path, records: Sequence[dict]) -> bytes:
 
 
 def write_records(path: Path, records: Sequence[dict[str, object]]) -> Path:
-    """Write records to path, in the format its suffix names, atomically (Parquet: string fields)."""
+    """Write records atomically, in the format path's suffix names (Parquet: string fields)."""
     data = _encode(path, records)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)

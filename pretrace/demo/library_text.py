@@ -13,13 +13,21 @@ import textwrap
 import tokenize
 from collections.abc import Iterator
 from pathlib import Path
-
 from pydoc_data.topics import topics
 
 MIN_CHARS, MAX_CHARS = 200, 1000
 _UNITS_PER_FILE = 3
 # Vendored packages, the test suite and generated data are not the library's own code.
-_SKIP_DIRS = {"site-packages", "test", "tests", "idlelib", "encodings", "lib2to3", "turtledemo", "pydoc_data"}
+_SKIP_DIRS = {
+    "site-packages",
+    "test",
+    "tests",
+    "idlelib",
+    "encodings",
+    "lib2to3",
+    "turtledemo",
+    "pydoc_data",
+}
 
 Record = dict[str, str]
 
@@ -27,8 +35,10 @@ Record = dict[str, str]
 def _stdlib_files() -> list[Path]:
     root = Path(sysconfig.get_paths()["stdlib"])
     return sorted(
-        p for p in root.rglob("*.py")
-        if not _SKIP_DIRS.intersection(p.relative_to(root).parts[:-1]) and not p.parts[-2].startswith("config-")
+        p
+        for p in root.rglob("*.py")
+        if not _SKIP_DIRS.intersection(p.relative_to(root).parts[:-1])
+        and not p.parts[-2].startswith("config-")
     )
 
 
@@ -69,7 +79,9 @@ def code_documents(n: int, rng: random.Random) -> list[Record]:
         kept = 0
         for lineno, text in _units(tree, source.splitlines(keepends=True)):
             if MIN_CHARS <= len(text) <= MAX_CHARS and kept < _UNITS_PER_FILE:
-                records.append({"id": f"code/{rel}:{lineno}", "text": text, "source": "code", "path": rel})
+                records.append(
+                    {"id": f"code/{rel}:{lineno}", "text": text, "source": "code", "path": rel}
+                )
                 kept += 1
         if len(records) >= n:
             return records[:n]

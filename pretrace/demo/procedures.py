@@ -103,28 +103,35 @@ class Arithmetic:
 
     def prose(self, rng: random.Random) -> str:
         do = _DO[self.op2].format(x=self.inner, y=self.c)
-        return rng.choice([
-            f"To evaluate {self.key}, start inside the brackets: {self.a} {self.op1} {self.b} "
-            f"is {self.inner}. Next {do}, which gives {self.value}. So {self.key} = {self.value}.",
-            f"The brackets in {self.key} come first, so we compute {self.a} {self.op1} {self.b} "
-            f"= {self.inner}. Now we {do}: {self.inner} {self.op2} {self.c} = {self.value}. "
-            f"The result is {self.value}.",
-        ])
+        bracket = f"{self.a} {self.op1} {self.b}"
+        return rng.choice(
+            [
+                f"To evaluate {self.key}, start inside the brackets: {bracket} is {self.inner}. "
+                f"Next {do}, which gives {self.value}. So {self.key} = {self.value}.",
+                f"The brackets in {self.key} come first, so we compute {bracket} = {self.inner}. "
+                f"Now we {do}: {self.inner} {self.op2} {self.c} = {self.value}. "
+                f"The result is {self.value}.",
+            ]
+        )
 
     def code(self, rng: random.Random) -> str:
-        return rng.choice([
-            f"# Compute {self.key} one operation at a time.\n"
-            f"inner = {self.a} {self.op1} {self.b}  # {self.inner}\n"
-            f"result = inner {self.op2} {self.c}  # {self.value}\n"
-            f"print(result)\n",
-            f"def evaluate():\n"
-            f'    """Evaluate {self.key}: brackets first, then the outer operation."""\n'
-            f"    first = {self.a} {self.op1} {self.b}  # {self.inner}\n"
-            f"    return first {self.op2} {self.c}  # {self.value}\n",
-        ])
+        return rng.choice(
+            [
+                f"# Compute {self.key} one operation at a time.\n"
+                f"inner = {self.a} {self.op1} {self.b}  # {self.inner}\n"
+                f"result = inner {self.op2} {self.c}  # {self.value}\n"
+                f"print(result)\n",
+                f"def evaluate():\n"
+                f'    """Evaluate {self.key}: brackets first, then the outer operation."""\n'
+                f"    first = {self.a} {self.op1} {self.b}  # {self.inner}\n"
+                f"    return first {self.op2} {self.c}  # {self.value}\n",
+            ]
+        )
 
     def result(self, rng: random.Random) -> str:
-        return rng.choice([f"{self.key} = {self.value}.", f"The value of {self.key} is {self.value}."])
+        return rng.choice(
+            [f"{self.key} = {self.value}.", f"The value of {self.key} is {self.value}."]
+        )
 
 
 @dataclass(frozen=True)
@@ -167,29 +174,39 @@ class Slope:
         return f"Find the slope of the line through {self.key}."
 
     def _differences(self) -> tuple[str, str]:
-        return (f"{self.y2} - {_signed(self.y1)} = {self.dy}", f"{self.x2} - {_signed(self.x1)} = {self.dx}")
+        return (
+            f"{self.y2} - {_signed(self.y1)} = {self.dy}",
+            f"{self.x2} - {_signed(self.x1)} = {self.dx}",
+        )
+
+    def _quotient(self) -> str:
+        return f"{self.dy} / {_signed(self.dx)} = {self.answer}"
 
     def steps(self) -> list[str]:
         rise, run = self._differences()
         return [
             f"Subtract the y-coordinates: {rise}.",
             f"Subtract the x-coordinates: {run}.",
-            f"Divide the change in y by the change in x: {self.dy} / {_signed(self.dx)} = {self.answer}.",
+            f"Divide the change in y by the change in x: {self._quotient()}.",
         ]
 
     def prose(self, rng: random.Random) -> str:
         rise, run = self._differences()
-        return rng.choice([
-            f"The slope of the line through {self.key} is the change in y divided by the change "
-            f"in x. The change in y is {rise} and the change in x is {run}, so the slope is "
-            f"{self.dy} / {_signed(self.dx)} = {self.answer}.",
-            f"Slope = (y2 - y1) / (x2 - x1). For the points {self.key} this is "
-            f"({self.y2} - {_signed(self.y1)}) / ({self.x2} - {_signed(self.x1)}) = "
-            f"{self.dy} / {_signed(self.dx)} = {self.answer}.",
-        ])
+        return rng.choice(
+            [
+                f"The slope of the line through {self.key} is the change in y divided by the "
+                f"change in x. The change in y is {rise} and the change in x is {run}, so the "
+                f"slope is {self._quotient()}.",
+                f"Slope = (y2 - y1) / (x2 - x1). For the points {self.key} this is "
+                f"({self.y2} - {_signed(self.y1)}) / ({self.x2} - {_signed(self.x1)}) = "
+                f"{self._quotient()}.",
+            ]
+        )
 
     def code(self, rng: random.Random) -> str:
-        header = rng.choice([f"# Slope of the line through {self.key}.", f"# Points {self.key}: rise over run."])
+        header = rng.choice(
+            [f"# Slope of the line through {self.key}.", f"# Points {self.key}: rise over run."]
+        )
         return (
             f"{header}\n"
             f"x1, y1 = {self.x1}, {self.y1}\n"
@@ -201,10 +218,12 @@ class Slope:
         )
 
     def result(self, rng: random.Random) -> str:
-        return rng.choice([
-            f"The slope of the line through {self.key} is {self.answer}.",
-            f"Slope of the line through {self.key}: {self.answer}.",
-        ])
+        return rng.choice(
+            [
+                f"The slope of the line through {self.key} is {self.answer}.",
+                f"Slope of the line through {self.key}: {self.answer}.",
+            ]
+        )
 
 
 @dataclass(frozen=True)
@@ -247,19 +266,26 @@ class Linear:
 
     def _isolate(self) -> str:
         if self.b > 0:
-            return f"Subtract {self.b} from both sides: {self.a}x = {self.c} - {self.b} = {self.rhs}."
+            return (
+                f"Subtract {self.b} from both sides: {self.a}x = {self.c} - {self.b} = {self.rhs}."
+            )
         return f"Add {-self.b} to both sides: {self.a}x = {self.c} + {-self.b} = {self.rhs}."
 
     def steps(self) -> list[str]:
-        return [self._isolate(), f"Divide both sides by {self.a}: x = {self.rhs} / {self.a} = {self.x}."]
+        return [
+            self._isolate(),
+            f"Divide both sides by {self.a}: x = {self.rhs} / {self.a} = {self.x}.",
+        ]
 
     def prose(self, rng: random.Random) -> str:
-        return rng.choice([
-            f"To solve {self.key}, first get the x term alone. {self._isolate()} "
-            f"Then divide both sides by {self.a}, which gives x = {self.x}.",
-            f"We want x with {self.key}. Undo the constant term to get {self.a}x = {self.rhs}, "
-            f"then undo the multiplication: x = {self.rhs} / {self.a} = {self.x}.",
-        ])
+        return rng.choice(
+            [
+                f"To solve {self.key}, first get the x term alone. {self._isolate()} "
+                f"Then divide both sides by {self.a}, which gives x = {self.x}.",
+                f"We want x with {self.key}. Undo the constant term to get {self.a}x = {self.rhs}, "
+                f"then undo the multiplication: x = {self.rhs} / {self.a} = {self.x}.",
+            ]
+        )
 
     def code(self, rng: random.Random) -> str:
         header = rng.choice([f"# Solve {self.key} for x.", f"# x such that {self.key}"])
@@ -272,7 +298,9 @@ class Linear:
         )
 
     def result(self, rng: random.Random) -> str:
-        return rng.choice([f"The solution of {self.key} is x = {self.x}.", f"If {self.key}, then x = {self.x}."])
+        return rng.choice(
+            [f"The solution of {self.key} is x = {self.x}.", f"If {self.key}, then x = {self.x}."]
+        )
 
 
 _SAMPLERS = {cls.task: cls.sample for cls in (Arithmetic, Slope, Linear)}

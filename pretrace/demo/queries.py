@@ -31,35 +31,58 @@ _CONTROLS = (
 )
 
 
+def _query(
+    qid: str,
+    kind: str,
+    prompt: str,
+    completion: str,
+    answer: str,
+    intermediates: tuple[str, ...] = (),
+) -> dict[str, object]:
+    return {
+        "id": qid,
+        "kind": kind,
+        "prompt": prompt,
+        "completion": completion,
+        "answer": answer,
+        "intermediates": list(intermediates),
+    }
+
+
 def _answer(completion: str) -> str:
     """The bare answer of a one-word continuation: " Paris." -> "Paris"."""
     return completion.strip().removesuffix(".")
 
 
 def _factual(rng: random.Random) -> list[dict[str, object]]:
-    countries = rng.sample(facts.well_known(), PER_KIND)
+    """Alternating relations (capital, continent, currency) of well-known countries."""
     rows = []
-    for i, country in enumerate(countries):
-        relation = facts.RELATIONS[i % len(facts.RELATIONS)]
-        prompt, completion = facts.fact(country, relation)
-        rows.append({"id": f"factual-{i}", "kind": "factual", "prompt": prompt, "completion": completion,
-                     "answer": _answer(completion), "intermediates": []})
+    for i, country in enumerate(rng.sample(facts.well_known(), PER_KIND)):
+        prompt, completion = facts.fact(country, facts.RELATIONS[i % len(facts.RELATIONS)])
+        rows.append(_query(f"factual-{i}", "factual", prompt, completion, _answer(completion)))
     return rows
 
 
 def _reasoning(task: str, rng: random.Random) -> list[dict[str, object]]:
+    problems = procedures.sample_problems(task, PER_KIND, rng, held_out=True)
     return [
-        {"id": f"{task}-{i}", "kind": task, "prompt": procedures.steps_prompt(p),
-         "completion": procedures.steps_solution(p), "answer": p.answer, "intermediates": list(p.intermediates)}
-        for i, p in enumerate(procedures.sample_problems(task, PER_KIND, rng, held_out=True))
+        _query(
+            f"{task}-{i}",
+            task,
+            procedures.steps_prompt(p),
+            procedures.steps_solution(p),
+            p.answer,
+            p.intermediates,
+        )
+        for i, p in enumerate(problems)
     ]
 
 
 def _control(rng: random.Random) -> list[dict[str, object]]:
+    pairs = rng.sample(_CONTROLS, PER_KIND)
     return [
-        {"id": f"control-{i}", "kind": "control", "prompt": prompt, "completion": completion,
-         "answer": _answer(completion), "intermediates": []}
-        for i, (prompt, completion) in enumerate(rng.sample(_CONTROLS, PER_KIND))
+        _query(f"control-{i}", "control", prompt, completion, _answer(completion))
+        for i, (prompt, completion) in enumerate(pairs)
     ]
 
 
@@ -71,7 +94,11 @@ def build_demo_queries(path: Path, *, seed: int = 0) -> Path:
     """
     rows = [
         *_factual(random.Random(f"{seed}:factual")),
-        *(row for task in procedures.TASKS for row in _reasoning(task, random.Random(f"{seed}:{task}"))),
+        *(
+            row
+            for task in procedures.TASKS
+            for row in _reasoning(task, random.Random(f"{seed}:{task}"))
+        ),
         *_control(random.Random(f"{seed}:control")),
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
