@@ -20,6 +20,8 @@ from pretrace.model import checkpoint_fingerprint
 from resources.settings import config_from_resources
 
 Log = Callable[[str], None]
+# Dagster's console logger defaults to DEBUG (every step event); the assets' own progress is INFO.
+QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 class _Run:
@@ -46,7 +48,7 @@ class _Run:
         where = f"{asset}[{partition}]" if partition else asset
         self.log(f"materializing {where}")
         dg.materialize(self.assets, selection=[asset], partition_key=partition, instance=self.instance,
-                       resources=self.resources)
+                       resources=self.resources, run_config=QUIET)
         self.ran.add((asset, partition))
 
     def has(self, asset: str, partition: str | None = None) -> bool:

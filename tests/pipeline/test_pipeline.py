@@ -26,6 +26,11 @@ def materialized(instance, asset):
     return [(r.asset_materialization.partition, r.run_id) for r in records]
 
 
+def model_version(instance):
+    record = instance.fetch_materializations(dg.AssetKey("model"), limit=1).records[0]
+    return record.asset_materialization.tags["dagster/data_version"]
+
+
 @pytest.fixture
 def project(tmp_path):
     config_path = make_project(tmp_path)
@@ -90,3 +95,19 @@ def test_a_new_query_recomputes_scores_but_no_document_gradients(project):
     assert new["document_gradients"] == [] and new["ekfac_factors"] == []
     assert len(new["query_gradients"]) == 1
     assert sorted(p for p, _ in new["influence_scores"]) == shards
+
+
+def test_a_changed_model_recomputes_everything(project):
+    config, defs, instance, shards = project
+    before = {a: materialized(instance, a) for a in ALL_ASSETS}
+    old_version = model_version(instance)
+    from tests.tiny import tiny_model
+
+    tiny_model("llama", seed=99).save_pretrained(config.model)  # retrained weights, same shapes
+    materialize_pipeline(defs, instance, log=lambda m: None)
+    new = {a: [m for m in materialized(instance, a) if m not in before[a]] for a in ALL_ASSETS}
+    assert model_version(instance) != old_version
+    for asset in ["model", "ekfac_eigenbasis", "ekfac_factors", "query_gradients", "influence_report"]:
+        assert len(new[asset]) == 1, asset
+    for asset in ["corpus_shards", "ekfac_covariances", "ekfac_lambdas", "document_gradients", "influence_scores"]:
+        assert sorted(p for p, _ in new[asset]) == shards, asset
