@@ -55,14 +55,24 @@ def _shard_pass(context, storage, influence, model_settings, compute, what: str,
     )
 
 
-def _sum_states(store: Storage, asset: str, shards: list[str], cls) -> tuple[object, list[str]]:
-    """Add up the per-shard states that exist; name the shards that are missing."""
+def _reduce(context: dg.AssetExecutionContext, storage: StorageResource, influence: InfluenceResource,
+            model_settings: ModelResource, compute: ComputeResource, asset: str, cls):
+    """Add up the per-shard states of `asset` over the fit shards that have one.
+
+    Returns (config, store, summed state, shards missing); warns about the missing ones.
+    """
+    config = config_from_resources(storage, influence, model_settings, compute)
+    store = storage.open()
+    shards = fit_shards(config, context.instance)
     keys = {s: shard_key_of(asset, s) for s in shards}
     present = [s for s, k in keys.items() if store.exists(k)]
     if not present:
         raise dg.Failure(f"no {asset} partition is materialized for the fit shards {shards}; materialize them first")
+    missing = sorted(set(shards) - set(present))
+    if missing:
+        context.log.warning(f"reducing {asset} without the shards not materialized yet: {missing}")
     states = (cls.from_tensors(*store.read_tensors(keys[s])) for s in present)
-    return reduce(lambda x, y: x.merge(y), states), sorted(set(shards) - set(present))
+    return config, store, reduce(lambda x, y: x.merge(y), states), missing
 
 
 @dg.asset(partitions_def=shard_partitions, deps=[corpus_shards, "model"], group_name="ekfac", pool=GPU_POOL,
@@ -79,11 +89,9 @@ def ekfac_eigenbasis(context: dg.AssetExecutionContext, storage: StorageResource
                      model_settings: ModelResource, compute: ComputeResource) -> dg.MaterializeResult:
     """Summed covariances, eigendecomposed in float64."""
     started = time.monotonic()
-    config = config_from_resources(storage, influence, model_settings, compute)
-    store = storage.open()
-    covariances, missing = _sum_states(store, "ekfac_covariances", fit_shards(config, context.instance), CovarianceState)
-    if missing:
-        context.log.warning(f"fitting without shards whose covariances are not materialized: {missing}")
+    _, store, covariances, missing = _reduce(
+        context, storage, influence, model_settings, compute, "ekfac_covariances", CovarianceState
+    )
     basis = eigenbasis(covariances)
     store.write_tensors(EIGENBASIS_KEY, *basis.to_tensors())
     return dg.MaterializeResult(metadata={
@@ -113,11 +121,9 @@ def ekfac_factors(context: dg.AssetExecutionContext, storage: StorageResource, i
                   model_settings: ModelResource, compute: ComputeResource) -> dg.MaterializeResult:
     """The preconditioner: eigenbasis, averaged corrected eigenvalues and per-layer damping."""
     started = time.monotonic()
-    config = config_from_resources(storage, influence, model_settings, compute)
-    store = storage.open()
-    lambdas, missing = _sum_states(store, "ekfac_lambdas", fit_shards(config, context.instance), LambdaState)
-    if missing:
-        context.log.warning(f"fitting without shards whose eigenvalue corrections are not materialized: {missing}")
+    config, store, lambdas, missing = _reduce(
+        context, storage, influence, model_settings, compute, "ekfac_lambdas", LambdaState
+    )
     basis = Eigenbasis.from_tensors(*store.read_tensors(EIGENBASIS_KEY))
     factors = make_factors(basis, lambdas, config.damping)
     store.write_tensors(FACTORS_KEY, *factors.to_tensors())
