@@ -13,7 +13,11 @@ from pretrace.projection import KroneckerProjection
 from pretrace.storage import Storage
 from resources.settings import ComputeResource, ModelResource, loaded_model
 
+from .k8s import GPU_OP_TAGS
+
 GPU_POOL = "gpu"
+# What every GPU-heavy asset declares: the concurrency pool, and a GPU for its pod on Kubernetes.
+GPU_ASSET = {"pool": GPU_POOL, "op_tags": GPU_OP_TAGS}
 MODEL_INFO_KEY = "model/model.json"
 
 

@@ -17,7 +17,7 @@ from pretrace.ekfac import CovarianceState, Eigenbasis, LambdaState, eigenbasis,
 from pretrace.storage import Storage
 from resources.settings import ComputeResource, InfluenceResource, ModelResource, StorageResource, config_from_resources
 
-from .common import GPU_POOL, artefact_metadata, model_for, progress_logger, shard_key_of, shard_sequences
+from .common import GPU_ASSET, artefact_metadata, model_for, progress_logger, shard_key_of, shard_sequences
 from .corpus import corpus_shards
 from .partitions import shard_partitions
 
@@ -75,7 +75,7 @@ def _reduce(context: dg.AssetExecutionContext, storage: StorageResource, influen
     return config, store, reduce(lambda x, y: x.merge(y), states), missing
 
 
-@dg.asset(partitions_def=shard_partitions, deps=[corpus_shards, "model"], group_name="ekfac", pool=GPU_POOL,
+@dg.asset(partitions_def=shard_partitions, deps=[corpus_shards, "model"], group_name="ekfac", **GPU_ASSET,
           kinds={"pytorch", "safetensors"}, code_version="1")
 def ekfac_covariances(context: dg.AssetExecutionContext, storage: StorageResource, influence: InfluenceResource,
                       model_settings: ModelResource, compute: ComputeResource) -> dg.MaterializeResult:
@@ -107,7 +107,7 @@ def _fit_lambdas(lm, data, config, progress, store: Storage) -> LambdaState:
 
 
 @dg.asset(partitions_def=shard_partitions, deps=[ekfac_eigenbasis, corpus_shards, "model"], group_name="ekfac",
-          pool=GPU_POOL, kinds={"pytorch", "safetensors"}, code_version="1")
+          **GPU_ASSET, kinds={"pytorch", "safetensors"}, code_version="1")
 def ekfac_lambdas(context: dg.AssetExecutionContext, storage: StorageResource, influence: InfluenceResource,
                   model_settings: ModelResource, compute: ComputeResource) -> dg.MaterializeResult:
     """Per-shard sums of the eigenvalue correction (Q_S^T dW Q_A)^2 over documents."""

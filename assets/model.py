@@ -15,7 +15,7 @@ from pretrace.model import checkpoint_fingerprint, load_model
 from pretrace.storage import Storage
 from resources.settings import InfluenceResource, ModelResource, StorageResource
 
-from .common import MODEL_INFO_KEY, artefact_metadata
+from .common import GPU_ASSET, MODEL_INFO_KEY, artefact_metadata
 from .corpus import corpus_by_shard, corpus_files
 
 DEMO_CHECKPOINT = "model/checkpoint"
@@ -56,7 +56,7 @@ def user_model(storage: StorageResource, model_settings: ModelResource) -> dg.Ma
     return _record(storage.open(), model_settings.model, model_settings, time.monotonic())
 
 
-@dg.asset(name="model", deps=[corpus_files], group_name="model", kinds={"pytorch"}, code_version="1", pool="gpu")
+@dg.asset(name="model", deps=[corpus_files], group_name="model", kinds={"pytorch"}, code_version="1", **GPU_ASSET)
 def demo_model(
     context: dg.AssetExecutionContext,
     storage: StorageResource,

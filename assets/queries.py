@@ -12,7 +12,7 @@ from pretrace.query_file import queries_from_table, read_queries
 from pretrace.queries import compute_query_gradients
 from resources.settings import ComputeResource, InfluenceResource, ModelResource, StorageResource, config_from_resources
 
-from .common import GPU_POOL, artefact_metadata, markdown_preview, model_for, progress_logger, projection_for
+from .common import GPU_ASSET, artefact_metadata, markdown_preview, model_for, progress_logger, projection_for
 from .ekfac import FACTORS_KEY, ekfac_factors
 
 QUERIES_KEY = "queries/queries.parquet"
@@ -40,7 +40,7 @@ def queries(storage: StorageResource, influence: InfluenceResource) -> dg.Materi
     )
 
 
-@dg.asset(deps=[queries, ekfac_factors, "model"], group_name="queries", pool=GPU_POOL,
+@dg.asset(deps=[queries, ekfac_factors, "model"], group_name="queries", **GPU_ASSET,
           kinds={"pytorch", "safetensors"}, code_version="1")
 def query_gradients(context: dg.AssetExecutionContext, storage: StorageResource, influence: InfluenceResource,
                     model_settings: ModelResource, compute: ComputeResource) -> dg.MaterializeResult:
