@@ -29,6 +29,7 @@ ui: venv
 
 bench: venv
 	$(PY) bench/influence.py
+	$(PY) bench/report.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache

@@ -10,13 +10,13 @@ import pyarrow.compute as pc
 from pretrace.documents import DocumentGradients
 from pretrace.queries import QueryGradients
 from pretrace.scores import score_matrix
-from pretrace.statistics import ScoreStatistics, top_documents
+from pretrace.statistics import summarize_shard
 from resources.settings import InfluenceResource, StorageResource
 
 from .common import artefact_metadata, markdown_preview, shard_key_of
 from .gradients import document_gradients
 from .partitions import shard_partitions
-from .queries import QUERY_GRADIENTS_KEY, query_gradients
+from .queries import QUERY_GRADIENTS_KEY, QUERY_TABLE_KEY, query_gradients
 
 
 def score_keys(shard: str) -> dict[str, str]:
@@ -29,7 +29,7 @@ def score_keys(shard: str) -> dict[str, str]:
 
 
 @dg.asset(partitions_def=shard_partitions, deps=[query_gradients, document_gradients], group_name="influence",
-          kinds={"parquet"}, code_version="1")
+          kinds={"parquet"}, code_version="2")
 def influence_scores(context: dg.AssetExecutionContext, storage: StorageResource,
                      influence: InfluenceResource) -> dg.MaterializeResult:
     """One row per (query, document): score > 0 means the document raised the completion's probability."""
@@ -46,8 +46,10 @@ def influence_scores(context: dg.AssetExecutionContext, storage: StorageResource
         "score": pa.array(scores.flatten().numpy(), pa.float32()),
     })
     store.write_parquet(keys["scores"], table)
-    store.write_tensors(keys["statistics"], *ScoreStatistics.of(queries.ids, scores).to_tensors())
-    top = top_documents(queries.ids, docs.ids, scores, influence.top_k)
+    documents = store.read_parquet(shard_key_of("corpus_shards", shard, "parquet"), columns=["doc_id", "source", "text"])
+    query_table = store.read_parquet(QUERY_TABLE_KEY, columns=["id", "answer", "intermediates"])
+    statistics, top = summarize_shard(queries.ids, docs.ids, scores, documents, query_table, k=influence.top_k)
+    store.write_tensors(keys["statistics"], *statistics.to_tensors())
     store.write_parquet(keys["top"], top)
     return dg.MaterializeResult(metadata={
         **artefact_metadata(store, *keys.values(), started=started),

@@ -1,86 +1,373 @@
-"""Per-shard sufficient statistics of a query x document score block.
+"""Per-shard statistics of a query x document score block, which merge into corpus-wide ones.
 
-The report never rereads all scores: sums, sums of squares and cross-products give Pearson
-correlations between queries over the whole corpus, and per-shard top/bottom-k lists merge
-into the global ones. Every field is additive (or a k-way merge), so shards reduce in any order.
+The report never rereads scores. When a shard is scored, :func:`summarize_shard` reduces its
+(Q, N) score matrix to a :class:`ShardStatistics` of size independent of N (apart from the
+fixed-length top lists) and a table of the shard's top and bottom k documents per query.
+Every field is additive or a k-way merge, so shards reduce in any order, one at a time, and
+memory stays bounded however many shards there are:
+
+- ``n``, ``mean`` (Q,), ``comoment`` (Q, Q) = sum_d (s_qd - mean_q)(s_q'd - mean_q'): the
+  sufficient statistics of the Pearson correlation between queries over documents. They are
+  the centred form of (n, sums, cross-products) and merge with Chan et al.'s pairwise update,
+  which avoids the cancellation of ``E[s s'] - E[s] E[s']`` when means are large.
+- ``positive_sum``, ``abs_sum``, ``positive_count`` (Q,): total positive / absolute influence
+  and how many documents have a positive score.
+- ``top_values`` (Q, L): the L largest scores of each query, exact (L = ``exact_top``, default
+  1000, or the number of documents if fewer). The merge of per-shard top-L lists is the
+  corpus-wide top-L list, so ranks 1..L are exact.
+- ``hist_count``, ``hist_sum`` (Q, W): a histogram of the positive scores in log-spaced bins
+  ``[2^(b/B), 2^((b+1)/B))`` for integer b (B = ``bins_per_octave``, default 16; columns start
+  at ``b = hist_offset``): per bin, how many documents and the sum of their scores. The bins
+  are the same for every shard, so histograms merge by adding. They give shares of positive
+  influence beyond rank L with a proven error bound (see ``pretrace.report.concentration``).
+- ``sources``: documents per corpus source.
+- ``targets`` / ``target_docs``: each query's answer and intermediate results (normalized,
+  see ``pretrace.report.answers``) and how many documents contain each: the base rate at
+  which an answer appears in a random document.
+
+Stored by the ``influence_scores`` asset as ``influence_scores/<shard>.stats.safetensors``
+(the arrays above as tensors; query_ids, n, hist_offset, exact_top, bins_per_octave, sources
+and targets as JSON in the safetensors metadata, format version 2) and
+``influence_scores/<shard>.top.parquet`` (:data:`TOP_SCHEMA`: the shard's top and bottom k per
+query with source, excerpt and answer flags). Size per shard: 8 Q^2 + 4 Q L + 16 Q W bytes plus
+2 Q k rows, independent of the number of documents.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field, replace
+from typing import Iterable
 
+import numpy as np
+import polars as pl
 import pyarrow as pa
 import torch
 
+from .errors import InputError
+from .report.answers import documents_containing, excerpt, find_answer, normalize_answer
 from .serialization import pack, unpack
 
+TOP_K = 50
+EXACT_TOP = 1000
+BINS_PER_OCTAVE = 16
+_CHUNK_ELEMENTS = 1 << 22  # float64 temporaries of summarize: 32 MB
+_KIND = "shard_statistics"
+_VERSION = 2
+
 TOP_SCHEMA = pa.schema(
-    [("query_id", pa.string()), ("side", pa.string()), ("rank", pa.int32()), ("doc_id", pa.string()), ("score", pa.float32())]
+    [
+        ("query_id", pa.string()),
+        ("side", pa.string()),  # "top" (largest scores) or "bottom" (smallest)
+        ("rank", pa.int32()),  # 1 = most extreme
+        ("doc_id", pa.string()),
+        ("source", pa.string()),
+        ("score", pa.float32()),
+        ("excerpt", pa.string()),  # about 300 characters, around the answer (or an intermediate result)
+        ("answer_found", pa.bool_()),  # null when the query has no answer
+        ("intermediates_found", pa.list_(pa.bool_())),  # one flag per intermediate result
+    ]
 )
 
 
+def log_bins(values: np.ndarray, bins_per_octave: int) -> np.ndarray:
+    """Bin index b of positive values: b = floor(B log2 v), so v lies in [2^(b/B), 2^((b+1)/B))."""
+    return np.floor(np.log2(values) * bins_per_octave).astype(np.int64)
+
+
+def bin_edges(bins: np.ndarray, bins_per_octave: int) -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper edges of log bins, widened by 1e-12 to cover rounding in log2."""
+    b = np.asarray(bins, dtype=np.float64)
+    return 2.0 ** (b / bins_per_octave) * (1 - 1e-12), 2.0 ** ((b + 1) / bins_per_octave) * (1 + 1e-12)
+
+
 @dataclass
-class ScoreStatistics:
+class ShardStatistics:
+    """Mergeable statistics of the scores of a set of documents (one shard, or many merged)."""
+
     query_ids: list[str]
     n: int
-    sum: torch.Tensor  # (Q,) float64
-    sumsq: torch.Tensor  # (Q,)
-    cross: torch.Tensor  # (Q, Q) sum over documents of s_q s_q'
-    positive_sum: torch.Tensor  # (Q,)
-    abs_sum: torch.Tensor  # (Q,)
+    mean: np.ndarray  # (Q,) float64
+    comoment: np.ndarray  # (Q, Q) float64
+    positive_sum: np.ndarray  # (Q,) float64
+    abs_sum: np.ndarray  # (Q,) float64
+    positive_count: np.ndarray  # (Q,) int64
+    top_values: np.ndarray  # (Q, min(exact_top, n)) float32, descending
+    hist_count: np.ndarray  # (Q, W) int64
+    hist_sum: np.ndarray  # (Q, W) float64
+    hist_offset: int = 0
+    exact_top: int = EXACT_TOP
+    bins_per_octave: int = BINS_PER_OCTAVE
+    sources: dict[str, int] = field(default_factory=dict)
+    targets: list[list[str]] = field(default_factory=list)  # per query: [answer, *intermediates]
+    target_docs: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # flattened
 
+    # ----------------------------------------------------------------------------- building
     @classmethod
-    def of(cls, query_ids: list[str], scores: torch.Tensor) -> "ScoreStatistics":
-        s = scores.double()
-        return cls(list(query_ids), s.shape[1], s.sum(1), s.square().sum(1), s @ s.T, s.clamp(min=0).sum(1), s.abs().sum(1))
-
-    def merge(self, other: "ScoreStatistics") -> "ScoreStatistics":
-        if self.query_ids != other.query_ids:
-            raise ValueError("cannot merge statistics of different query sets; rescore the older shards")
-        return ScoreStatistics(
-            self.query_ids, self.n + other.n, self.sum + other.sum, self.sumsq + other.sumsq,
-            self.cross + other.cross, self.positive_sum + other.positive_sum, self.abs_sum + other.abs_sum,
+    def of(
+        cls,
+        query_ids: list[str],
+        scores: torch.Tensor | np.ndarray,
+        *,
+        sources: list[str] | None = None,
+        texts: list[str] | None = None,
+        targets: list[list[str]] | None = None,
+        exact_top: int = EXACT_TOP,
+        bins_per_octave: int = BINS_PER_OCTAVE,
+    ) -> "ShardStatistics":
+        """Statistics of a (Q, N) score matrix; ``texts`` and ``targets`` give the answer base rates."""
+        s32 = _as_numpy(scores)
+        q, n = s32.shape
+        if len(query_ids) != q:
+            raise InputError(f"{len(query_ids)} query ids for a score matrix of {q} rows")
+        targets = [list(t) for t in targets] if targets is not None else [[] for _ in range(q)]
+        flat = [t for ts in targets for t in ts]
+        # Column chunks bound the float64 temporaries to about 32 MB whatever the shard size.
+        step = max(1, _CHUNK_ELEMENTS // max(q, 1))
+        chunks = [slice(a, min(a + step, n)) for a in range(0, n, step)]
+        mean = s32.sum(axis=1, dtype=np.float64) / n if n else np.zeros(q)
+        comoment = np.zeros((q, q))
+        positive_sum, abs_sum = np.zeros(q), np.zeros(q)
+        positive_count = np.zeros(q, np.int64)
+        lowest, highest = None, None
+        for c in chunks:
+            x = s32[:, c].astype(np.float64)
+            positive_sum += np.where(x > 0, x, 0.0).sum(axis=1)
+            abs_sum += np.abs(x).sum(axis=1)
+            positive_count += (x > 0).sum(axis=1)
+            if (x > 0).any():
+                bins = log_bins(x[x > 0], bins_per_octave)
+                lowest = int(bins.min()) if lowest is None else min(lowest, int(bins.min()))
+                highest = int(bins.max()) if highest is None else max(highest, int(bins.max()))
+            x -= mean[:, None]
+            comoment += x @ x.T
+        offset, width = (lowest, highest - lowest + 1) if lowest is not None else (0, 0)
+        count, total = np.zeros((q, width), np.int64), np.zeros((q, width))
+        if width:
+            for c in chunks:
+                x = s32[:, c].astype(np.float64)
+                rows, cols = np.nonzero(x > 0)
+                values = x[rows, cols]
+                index = rows * width + (log_bins(values, bins_per_octave) - offset)
+                count += np.bincount(index, minlength=q * width).reshape(q, width)
+                total += np.bincount(index, weights=values, minlength=q * width).reshape(q, width)
+        length = min(exact_top, n)
+        if length == 0:
+            top = np.zeros((q, 0), np.float32)
+        else:
+            top = -np.partition(-s32, length - 1, axis=1)[:, :length] if length < n else s32.copy()
+            top = -np.sort(-top, axis=1)
+        source_counts: dict[str, int] = {}
+        for name in sources if sources is not None else ["unknown"] * n:
+            source_counts[name] = source_counts.get(name, 0) + 1
+        target_docs = documents_containing(texts, flat) if texts is not None else np.zeros(len(flat), np.int64)
+        return cls(
+            list(query_ids), n, mean, comoment, positive_sum, abs_sum,
+            positive_count, np.ascontiguousarray(top), count, total, offset, exact_top,
+            bins_per_octave, dict(sorted(source_counts.items())), targets, target_docs.astype(np.int64),
         )
 
-    def correlation(self) -> torch.Tensor:
-        """(Q, Q) Pearson correlation of the queries' influence over all documents."""
-        mean = self.sum / self.n
-        covariance = self.cross / self.n - torch.outer(mean, mean)
-        std = covariance.diagonal().clamp(min=0).sqrt()
-        return covariance / torch.outer(std, std)
+    # ------------------------------------------------------------------------------ merging
+    def merge(self, other: "ShardStatistics") -> "ShardStatistics":
+        """The statistics of both document sets together.
 
+        Commutative and associative: counts, sources and top lists exactly, sums up to rounding.
+        """
+        if self.query_ids != other.query_ids:
+            raise InputError(
+                "cannot merge statistics of different query sets "
+                f"({len(self.query_ids)} vs {len(other.query_ids)} queries); rescore the older shards"
+            )
+        if self.bins_per_octave != other.bins_per_octave:
+            raise InputError("cannot merge histograms with different bins_per_octave; rescore the older shards")
+        if self.targets != other.targets:
+            raise InputError("the queries' answers changed between shards; rescore the older shards")
+        n = self.n + other.n
+        if self.n == 0 or other.n == 0:
+            mean, comoment = (other.mean, other.comoment) if self.n == 0 else (self.mean, self.comoment)
+        else:
+            delta = other.mean - self.mean
+            mean = self.mean + delta * (other.n / n)
+            comoment = self.comoment + other.comoment + np.outer(delta, delta) * (self.n * other.n / n)
+        exact_top = min(self.exact_top, other.exact_top)
+        both = np.concatenate([self.top_values, other.top_values], axis=1)
+        top = -np.sort(-both, axis=1)[:, : min(exact_top, n)]
+        offset, count, total = _merge_histograms(self, other)
+        sources = dict(self.sources)
+        for name, c in other.sources.items():
+            sources[name] = sources.get(name, 0) + c
+        return ShardStatistics(
+            self.query_ids, n, mean, comoment, self.positive_sum + other.positive_sum, self.abs_sum + other.abs_sum,
+            self.positive_count + other.positive_count, np.ascontiguousarray(top), count, total, offset,
+            exact_top, self.bins_per_octave, dict(sorted(sources.items())), self.targets,
+            self.target_docs + other.target_docs,
+        )
+
+    # ----------------------------------------------------------------------------- results
+    def correlation(self) -> np.ndarray:
+        """(Q, Q) Pearson correlation of the queries' influence over all documents (NaN if constant)."""
+        std = np.sqrt(np.clip(np.diag(self.comoment), 0, None))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = self.comoment / np.outer(std, std)
+        r = np.clip(r, -1.0, 1.0)
+        np.fill_diagonal(r, np.where(std > 0, 1.0, np.nan))
+        return r
+
+    def answer_docs(self) -> list[list[int]]:
+        """Per query, the number of documents containing each of its targets."""
+        out, i = [], 0
+        for ts in self.targets:
+            out.append(self.target_docs[i : i + len(ts)].tolist())
+            i += len(ts)
+        return out
+
+    # ------------------------------------------------------------------------ serialization
     def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        tensors = {"sum": self.sum, "sumsq": self.sumsq, "cross": self.cross,
-                   "positive_sum": self.positive_sum, "abs_sum": self.abs_sum}
-        return pack(tensors, "score_statistics", query_ids=self.query_ids, n=self.n)
+        tensors = {
+            "mean": self.mean, "comoment": self.comoment, "positive_sum": self.positive_sum,
+            "abs_sum": self.abs_sum, "positive_count": self.positive_count, "top_values": self.top_values,
+            "hist_count": self.hist_count, "hist_sum": self.hist_sum, "target_docs": self.target_docs,
+        }
+        return pack(
+            {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in tensors.items()}, _KIND,
+            version=_VERSION, query_ids=self.query_ids, n=self.n, hist_offset=self.hist_offset,
+            exact_top=self.exact_top, bins_per_octave=self.bins_per_octave, sources=self.sources,
+            targets=self.targets,
+        )
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> "ScoreStatistics":
-        meta = unpack(metadata, "score_statistics")
-        return cls(meta["query_ids"], meta["n"], tensors["sum"], tensors["sumsq"], tensors["cross"],
-                   tensors["positive_sum"], tensors["abs_sum"])
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> "ShardStatistics":
+        meta = unpack(metadata, _KIND)
+        if meta.get("version") != _VERSION:
+            raise InputError(
+                f"shard statistics of format version {meta.get('version')!r}, expected {_VERSION}: "
+                "rematerialize influence_scores for this shard"
+            )
+        t = {k: v.numpy() for k, v in tensors.items()}
+        return cls(
+            meta["query_ids"], meta["n"], t["mean"], t["comoment"], t["positive_sum"], t["abs_sum"],
+            t["positive_count"], t["top_values"], t["hist_count"], t["hist_sum"], meta["hist_offset"],
+            meta["exact_top"], meta["bins_per_octave"], meta["sources"], meta["targets"], t["target_docs"],
+        )
+
+    def select(self, query_ids: list[str]) -> "ShardStatistics":
+        """The statistics of a subset of the queries, in the given order."""
+        index = [self.query_ids.index(q) for q in query_ids]
+        offsets = np.cumsum([0] + [len(t) for t in self.targets])
+        flat = [i for q in index for i in range(offsets[q], offsets[q + 1])]
+        return replace(
+            self, query_ids=list(query_ids), mean=self.mean[index], comoment=self.comoment[np.ix_(index, index)],
+            positive_sum=self.positive_sum[index], abs_sum=self.abs_sum[index],
+            positive_count=self.positive_count[index], top_values=self.top_values[index],
+            hist_count=self.hist_count[index], hist_sum=self.hist_sum[index],
+            targets=[self.targets[q] for q in index], target_docs=self.target_docs[flat],
+        )
 
 
-def top_documents(query_ids: list[str], doc_ids: list[str], scores: torch.Tensor, k: int) -> pa.Table:
-    """The k highest ('top') and k lowest ('bottom') scored documents of each query."""
-    k = min(k, scores.shape[1])
+def _as_numpy(scores: torch.Tensor | np.ndarray) -> np.ndarray:
+    s = scores.detach().cpu().float().numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores, np.float32)
+    if s.ndim != 2:
+        raise InputError(f"expected a (queries, documents) score matrix, got shape {s.shape}")
+    if not np.isfinite(s).all():
+        raise InputError("the score matrix holds NaN or infinite values")
+    return s
+
+
+def _merge_histograms(a: ShardStatistics, b: ShardStatistics) -> tuple[int, np.ndarray, np.ndarray]:
+    widths = [(x.hist_offset, x.hist_count.shape[1]) for x in (a, b) if x.hist_count.shape[1]]
+    if not widths:
+        return 0, a.hist_count.copy(), a.hist_sum.copy()
+    lo = min(o for o, _ in widths)
+    hi = max(o + w for o, w in widths)
+    q = len(a.query_ids)
+    count, total = np.zeros((q, hi - lo), np.int64), np.zeros((q, hi - lo))
+    for x in (a, b):
+        w = x.hist_count.shape[1]
+        if w:
+            start = x.hist_offset - lo
+            count[:, start : start + w] += x.hist_count
+            total[:, start : start + w] += x.hist_sum
+    return lo, count, total
+
+
+# ------------------------------------------------------------------------------ query targets
+def query_targets(query_ids: list[str], queries: pa.Table | None) -> list[list[str]]:
+    """Per query id, its normalized [answer, *intermediates] ("" where it has no answer)."""
+    if queries is None:
+        return [[] for _ in query_ids]
+    rows = {r["id"]: r for r in queries.to_pylist()}
+    out = []
+    for q in query_ids:
+        row = rows.get(q, {})
+        inter = [normalize_answer(x) for x in (row.get("intermediates") or [])]
+        out.append([normalize_answer(row.get("answer"))] + [x for x in inter if x])
+    return out
+
+
+# ------------------------------------------------------------------------------- top lists
+def top_documents(
+    query_ids: list[str],
+    doc_ids: list[str],
+    scores: torch.Tensor | np.ndarray,
+    k: int = TOP_K,
+    *,
+    sources: list[str] | None = None,
+    texts: list[str] | None = None,
+    targets: list[list[str]] | None = None,
+) -> pa.Table:
+    """The k highest ('top') and k lowest ('bottom') scored documents of each query.
+
+    Ties are broken by doc_id, so the selection (and its merge across shards) is deterministic.
+    """
+    s = _as_numpy(scores)
+    n = s.shape[1]
+    k = min(k, n)
     rows: dict[str, list] = {name: [] for name in TOP_SCHEMA.names}
-    for side, largest in (("top", True), ("bottom", False)):
-        values, index = scores.topk(k, dim=1, largest=largest)
-        for q, query_id in enumerate(query_ids):
-            rows["query_id"] += [query_id] * k
-            rows["side"] += [side] * k
-            rows["rank"] += list(range(1, k + 1))
-            rows["doc_id"] += [doc_ids[i] for i in index[q].tolist()]
-            rows["score"] += values[q].tolist()
+    if k == 0:
+        return pa.table(rows, schema=TOP_SCHEMA)
+    for q, query_id in enumerate(query_ids):
+        answer, *intermediates = (targets[q] if targets else None) or [""]
+        for side in ("top", "bottom"):
+            picked = _extreme(s[q], doc_ids, k, largest=side == "top")
+            for rank, i in enumerate(picked, start=1):
+                text = texts[i] if texts is not None else ""
+                rows["query_id"].append(query_id)
+                rows["side"].append(side)
+                rows["rank"].append(rank)
+                rows["doc_id"].append(doc_ids[i])
+                rows["source"].append(sources[i] if sources is not None else "unknown")
+                rows["score"].append(float(s[q, i]))
+                found = find_answer(text, answer) is not None if answer else None
+                steps = [find_answer(text, x) is not None for x in intermediates]
+                # the excerpt shows the answer, else the first intermediate result, else the start
+                focus = answer if found else next((x for x, f in zip(intermediates, steps) if f), None)
+                rows["excerpt"].append(excerpt(text, focus))
+                rows["answer_found"].append(found)
+                rows["intermediates_found"].append(steps)
     return pa.table(rows, schema=TOP_SCHEMA)
 
 
-def merge_top_documents(tables: list[pa.Table], k: int) -> pa.Table:
-    """Global top/bottom k from per-shard lists (each holds its shard's own top/bottom k)."""
-    import polars as pl
+def _extreme(values: np.ndarray, doc_ids: list[str], k: int, largest: bool) -> np.ndarray:
+    """Indices of the k largest (or smallest) values, ties broken by id, most extreme first."""
+    n = values.size
+    if largest:
+        threshold = np.partition(values, n - k)[n - k]
+        candidates = np.nonzero(values >= threshold)[0]
+        key = -values[candidates]
+    else:
+        threshold = np.partition(values, k - 1)[k - 1]
+        candidates = np.nonzero(values <= threshold)[0]
+        key = values[candidates]
+    ids = np.asarray([doc_ids[i] for i in candidates], dtype=str)  # only the candidates: k plus ties
+    return candidates[np.lexsort((ids, key))[:k]]
 
-    merged = pl.from_arrow(pa.concat_tables(tables))
+
+def merge_top_documents(tables: Iterable[pa.Table], k: int) -> pa.Table:
+    """Global top/bottom k from per-shard lists (each holding its shard's own top/bottom k)."""
+    tables = [t for t in tables if t.num_rows]
+    if not tables:
+        return TOP_SCHEMA.empty_table()
+    merged = pl.from_arrow(pa.concat_tables([t.select(TOP_SCHEMA.names).cast(TOP_SCHEMA) for t in tables]))
     best = (
         merged.with_columns(key=pl.when(pl.col("side") == "top").then(-pl.col("score")).otherwise(pl.col("score")))
         .sort(["query_id", "side", "key", "doc_id"])
@@ -89,3 +376,47 @@ def merge_top_documents(tables: list[pa.Table], k: int) -> pa.Table:
         .with_columns(rank=pl.int_range(1, pl.len() + 1).over(["query_id", "side"]).cast(pl.Int32))
     )
     return best.select(TOP_SCHEMA.names).to_arrow().cast(TOP_SCHEMA)
+
+
+# ------------------------------------------------------------------------------ one shard
+def summarize_shard(
+    query_ids: list[str],
+    doc_ids: list[str],
+    scores: torch.Tensor | np.ndarray,
+    documents: pa.Table | None = None,
+    queries: pa.Table | None = None,
+    *,
+    k: int = TOP_K,
+    exact_top: int = EXACT_TOP,
+    bins_per_octave: int = BINS_PER_OCTAVE,
+) -> tuple[ShardStatistics, pa.Table]:
+    """The statistics and the top/bottom-k table of one shard's (Q, N) scores.
+
+    ``documents``: the shard's documents with columns doc_id, source, text (any order; the
+    tokenized ``corpus_shards`` table); without it sources are "unknown" and no answer is searched.
+    ``queries``: the queries table with id, answer, intermediates.
+    """
+    sources = texts = None
+    if documents is not None:
+        position = {d: i for i, d in enumerate(documents.column("doc_id").to_pylist())}
+        missing = [d for d in doc_ids if d not in position]
+        if missing:
+            raise InputError(f"{len(missing)} scored documents are not in the shard's documents, e.g. {missing[0]!r}")
+        index = [position[d] for d in doc_ids]
+        names = documents.column_names
+        if "source" in names:
+            column = documents.column("source").to_pylist()
+            sources = [column[i] or "unknown" for i in index]
+        if "text" in names:
+            column = documents.column("text").to_pylist()
+            texts = [column[i] or "" for i in index]
+    targets = query_targets(query_ids, queries)
+    stats = ShardStatistics.of(query_ids, scores, sources=sources, texts=texts, targets=targets,
+                               exact_top=exact_top, bins_per_octave=bins_per_octave)
+    top = top_documents(query_ids, doc_ids, scores, k, sources=sources, texts=texts, targets=targets)
+    return stats, top
+
+
+def fraction_rank(fraction: float, n: int) -> int:
+    """How many documents the top ``fraction`` of ``n`` is: ceil(fraction n), at least 1."""
+    return max(1, math.ceil(fraction * n - 1e-9))

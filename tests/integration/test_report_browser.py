@@ -1,0 +1,90 @@
+"""The HTML report renders in a real headless Chromium: every section and every plot is there."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pretrace.report.analysis import ReportConfig
+from pretrace.report.build import ShardFiles, build_report
+from pretrace.report.figures import FIGURES
+from pretrace.report.html import SECTIONS
+from pretrace.report.synthetic import synthetic_queries, synthetic_shard
+from pretrace.statistics import summarize_shard
+from pretrace.storage import Storage
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed (apt-get install chromium)"),
+]
+
+
+@pytest.fixture(scope="module")
+def report_path(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    store = Storage(str(root))
+    queries = synthetic_queries(20, seed=2)
+    ids = queries.column("id").to_pylist()
+    files = []
+    for s in range(3):
+        doc_ids, scores, docs = synthetic_shard(queries, 2000, s, seed=2)
+        stats, top = summarize_shard(ids, doc_ids, scores, docs, queries, k=20)
+        files.append(ShardFiles(f"shard-{s}", f"influence_scores/shard-{s}.stats.safetensors",
+                                f"influence_scores/shard-{s}.top.parquet"))
+        store.write_tensors(files[-1].statistics, *stats.to_tensors())
+        store.write_parquet(files[-1].top, top)
+    build_report(store, files, queries, ReportConfig(k=20, bootstrap=300, permutations=200))
+    return root / "influence_report" / "report.html"
+
+
+def test_report_renders_every_section_and_plot_offline(report_path, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    external = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.on("request", lambda r: external.append(r.url)
+                    if not r.url.startswith(("file:", "data:")) else None)
+            page.goto(report_path.as_uri(), wait_until="load")
+            assert page.title() == "pretrace influence report"
+
+            for section_id, title in SECTIONS:
+                section = page.locator(f"section#{section_id}")
+                assert section.count() == 1, section_id
+                assert section.locator("h2").inner_text() == title
+                if section_id != "notes":
+                    assert len(section.locator(".reading").inner_text()) > 40, section_id
+
+            images = page.evaluate("""() => Array.from(document.images).map(i => ({
+                name: i.dataset.figure, complete: i.complete, width: i.naturalWidth, height: i.naturalHeight,
+                section: i.closest('section').id}))""")
+            assert sorted(i["name"] for i in images) == sorted(FIGURES)
+            for image in images:
+                assert image["complete"] and image["width"] > 100 and image["height"] > 100, image
+            assert {i["section"] for i in images} == {"correlation", "magnitude", "concentration", "answers", "sources"}
+
+            # the per-query document lists open and hold the shown rows, top and bottom
+            details = page.locator("#top-documents details")
+            assert details.count() == 20
+            details.first.locator("summary").click()
+            assert details.first.locator("tbody tr").count() == 2 * 10
+            assert details.first.locator("tbody tr").first.is_visible()
+
+            shot = tmp_path / "report.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 50_000
+        finally:
+            browser.close()
+    assert external == [], f"the report fetched external resources: {external[:5]}"
+    target = os.environ.get("PRETRACE_SCREENSHOT_DIR")
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(target) / "report.png")
+    print(f"screenshot: {shot}")

@@ -1,0 +1,374 @@
+"""The report's analyses on synthetic statistics with known answers, its files, and the asset."""
+
+import math
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pytest
+from polars.testing import assert_frame_equal
+
+from pretrace.report.analysis import POOLED, ReportConfig, analyze, wilson
+from pretrace.report.answers import count_answer, documents_containing, excerpt, find_answer, normalize_answer
+from pretrace.report.build import ShardFiles, build_report, merge_shards, merge_stored
+from pretrace.report.correlation import group_means, pair_groups, same_kind_permutation_test
+from pretrace.report.html import SECTIONS
+from pretrace.report.narrative import readings
+from pretrace.report.synthetic import synthetic_queries, synthetic_shard
+from pretrace.statistics import summarize_shard
+from pretrace.storage import Storage
+
+FAST = ReportConfig(k=10, bootstrap=300, permutations=200)
+
+
+# ------------------------------------------------------------------------------------ answers
+@pytest.mark.parametrize("text, answer", [
+    ("so the result is 12.", "12"),
+    ("12 apples", "12"),
+    ("x=12", "12"),
+    ("(12)", "12"),
+    ("5-12 is negative", "12"),
+    ("the slope is -3 here", "-3"),
+    ("The capital is Paris.", "Paris"),
+    ("the capital is paris, of course", "Paris."),
+    ("answer: 3.5 exactly", "3.5"),
+    ("lives in Buenos\nAires now", "Buenos Aires"),
+    ("totals 1,200 items", "1,200"),
+])
+def test_answer_search_finds_planted_answers(text, answer):
+    assert find_answer(text, answer) is not None
+
+
+@pytest.mark.parametrize("text, answer", [
+    ("312", "12"),
+    ("12.5", "12"),
+    ("3.12", "12"),
+    ("123", "12"),
+    ("a12", "12"),
+    ("12a", "12"),
+    ("12,000", "12"),
+    ("x = -12", "12"),
+    ("(-12)", "12"),
+    ("Parisian cafes", "Paris"),
+    ("Romeo", "Rome"),
+    ("3.55", "3.5"),
+    ("13.5", "3.5"),
+    ("no answer at all", "12"),
+    ("anything", ""),
+    ("anything", None),
+])
+def test_answer_search_ignores_near_misses(text, answer):
+    assert find_answer(text, answer) is None
+
+
+def test_answer_counts_and_documents_containing():
+    assert count_answer("12 and 12 but not 312 or 12.5", "12") == 2
+    texts = ["12 12", "312", "x 12", "", "12.0"]
+    assert documents_containing(texts, ["12", "12.", "312", "7", ""]).tolist() == [2, 2, 1, 0, 0]
+    assert normalize_answer("  Paris. ") == "Paris"
+
+
+def test_documents_containing_agrees_with_a_search_of_each_text():
+    rng = np.random.default_rng(7)
+    pieces = ["12", "312", "12.5", "-12", "5-12", "1,2", "x12", "Lima", "lima,", "Limas", " ", ".", "(", "\n"]
+    texts = ["".join(rng.choice(pieces, size=rng.integers(0, 12))) for _ in range(500)]
+    answers = ["12", "Lima", "1,2", "2", "-12", "5"]
+    expected = [sum(find_answer(t, a) is not None for t in texts) for a in answers]
+    assert documents_containing(texts, answers).tolist() == expected
+    assert min(expected) >= 0 and max(expected) > 50
+
+
+def test_excerpt_is_centred_on_the_answer():
+    text = "a" * 1000 + " the answer is 42 " + "b" * 1000
+    piece = excerpt(text, "42", width=100)
+    assert "42" in piece and piece.startswith("…") and piece.endswith("…") and len(piece) <= 102
+    assert excerpt("short text", "zz") == "short text"
+
+
+# ----------------------------------------------------------------------------- hand-made data
+def hand_queries():
+    return pa.table({
+        "id": ["f", "r"], "kind": ["factual", "arithmetic"], "prompt": ["p1", "p2"], "completion": ["c1", "c2"],
+        "answer": ["Lima", "12"], "intermediates": [[], ["4", "3"]], "logprob": [-2.0, -8.0],
+    })
+
+
+def hand_shards():
+    """8 documents in 2 shards with sources A A A A B B C C and known rankings."""
+    sources = ["A", "A", "A", "A", "B", "B", "C", "C"]
+    texts = ["Lima", "12", "4 and 3", "nothing", "Lima is here", "312 and 12.5", "x 12 y", "4"]
+    scores = np.array([
+        [-5.0, -4.0, 0.5, 0.0, 9.0, 8.0, 1.0, 2.0],  # f: top 4, 5; bottom 0, 1
+        [3.0, 0.2, -0.5, 0.1, -1.0, -2.0, 6.0, -7.0],  # r: top 6, 0; bottom 7, 5
+    ], dtype=np.float32)
+    ids = [f"d{i}" for i in range(8)]
+    queries = hand_queries()
+    out = []
+    for cols in (slice(0, 3), slice(3, 8)):
+        docs = pa.table({"doc_id": ids[cols], "source": sources[cols], "text": texts[cols]})
+        out.append(summarize_shard(["f", "r"], ids[cols], scores[:, cols], docs, queries, k=2))
+    return out, scores
+
+
+def hand_analysis():
+    shards, scores = hand_shards()
+    stats, top = merge_shards(shards, 2)
+    return analyze(stats, top, hand_queries(), ReportConfig(k=2, bootstrap=50, permutations=20)), scores
+
+
+def test_source_ratios_match_a_hand_count():
+    a, _ = hand_analysis()
+    got = {(r["kind"], r["side"], r["source"]): (r["count"], r["ratio"]) for r in a.sources.to_dicts()}
+    # corpus shares: A 1/2, B 1/4, C 1/4
+    expected = {
+        ("factual", "top", "A"): (0, 0.0), ("factual", "top", "B"): (2, 4.0), ("factual", "top", "C"): (0, 0.0),
+        ("factual", "bottom", "A"): (2, 2.0), ("factual", "bottom", "B"): (0, 0.0),
+        ("arithmetic", "top", "A"): (1, 1.0), ("arithmetic", "top", "C"): (1, 2.0), ("arithmetic", "top", "B"): (0, 0.0),
+        ("arithmetic", "bottom", "B"): (1, 2.0), ("arithmetic", "bottom", "C"): (1, 2.0),
+        ("arithmetic", "bottom", "A"): (0, 0.0),
+    }
+    for key, (count, ratio) in expected.items():
+        assert got[key][0] == count, key
+        assert got[key][1] == pytest.approx(ratio), key
+    assert a.corpus_sources == {"A": 4, "B": 2, "C": 2}
+
+
+def test_answers_in_top_documents_are_counted_per_query_and_kind():
+    a, _ = hand_analysis()
+    rows = {r["query_id"]: r for r in a.answers.to_dicts()}
+    # f: top documents d4 "Lima is here" (yes) and d5 "312 and 12.5" (no); "Lima" is in d0 and d4
+    assert rows["f"]["docs_with_answer"] == 1 and rows["f"]["answer_in_top"] is True
+    assert rows["f"]["corpus_docs_with_answer"] == 2
+    assert rows["f"]["expected_by_chance"] == pytest.approx(2 * 2 / 8)
+    # r: top d6 "x 12 y" (answer yes), d0 "Lima"; intermediates "4", "3": "4 and 3" (d2) and "4" (d7) are not in its top
+    assert rows["r"]["docs_with_answer"] == 1
+    assert rows["r"]["corpus_docs_with_answer"] == 2  # d1 "12" and d6; not "312 and 12.5"
+    assert rows["r"]["intermediates"] == 2 and rows["r"]["intermediates_in_top"] == 0
+    kinds = {r["kind"]: r for r in a.answers_kinds.to_dicts()}
+    assert kinds["factual"]["answer_in_top"] == 1 and kinds["factual"]["share_answer_in_top"] == 1.0
+    assert kinds["arithmetic"]["share_intermediates_in_top"] == 0.0
+
+
+def test_magnitude_per_nat_is_total_influence_over_the_completion_information():
+    a, scores = hand_analysis()
+    rows = {r["query_id"]: r for r in a.magnitude.to_dicts()}
+    positive = np.clip(scores.astype(np.float64), 0, None).sum(axis=1)
+    absolute = np.abs(scores.astype(np.float64)).sum(axis=1)
+    assert rows["f"]["positive_per_nat"] == pytest.approx(positive[0] / 2.0)
+    assert rows["r"]["positive_per_nat"] == pytest.approx(positive[1] / 8.0)
+    assert rows["r"]["absolute_per_nat"] == pytest.approx(absolute[1] / 8.0)
+    cmp = a.magnitude_comparison.filter(pl.col("measure") == "positive_per_nat").row(0, named=True)
+    assert cmp["reasoning_over_factual"] == pytest.approx((positive[1] / 8) / (positive[0] / 2))
+
+
+def test_top_documents_carry_the_query_beside_them():
+    a, _ = hand_analysis()
+    top = a.top_documents.filter((pl.col("query_id") == "f") & (pl.col("side") == "top"))
+    assert top["doc_id"].to_list() == ["d4", "d5"]
+    assert top["rank"].to_list() == [1, 2]
+    assert set(top["prompt"]) == {"p1"} and set(top["completion"]) == {"c1"}
+    assert top["answer_found"].to_list() == [True, False]
+
+
+# -------------------------------------------------------------------------------- correlation
+def test_group_means_average_the_right_pairs():
+    kinds = ["factual", "factual", "slope", "slope", "linear", "control"]
+    cats = ["factual", "factual", "reasoning", "reasoning", "reasoning", "control"]
+    rng = np.random.default_rng(0)
+    r = rng.uniform(-1, 1, (6, 6))
+    r = (r + r.T) / 2
+    np.fill_diagonal(r, 1)
+    groups = pair_groups(kinds, cats)
+    gm = group_means(r, groups, kinds, draws=500)
+    assert gm.means["within slope"] == pytest.approx(r[2, 3])
+    assert gm.means["same reasoning kind"] == pytest.approx(r[2, 3])
+    assert gm.means["different reasoning kinds"] == pytest.approx((r[2, 4] + r[3, 4]) / 2)
+    assert gm.means["within factual"] == pytest.approx(r[0, 1])
+    assert gm.means["reasoning vs factual"] == pytest.approx(r[np.ix_([0, 1], [2, 3, 4])].mean())
+    assert gm.means["control vs others"] == pytest.approx(r[5, :5].mean())
+    assert gm.pairs["reasoning vs factual"] == 6
+    lo, hi = gm.interval("control vs others")
+    assert lo <= gm.means["control vs others"] <= hi
+
+
+def test_permutation_test_separates_structure_from_noise():
+    kinds = ["slope"] * 5 + ["linear"] * 5
+    cats = ["reasoning"] * 10
+    structured = np.full((10, 10), 0.05)
+    structured[:5, :5] = structured[5:, 5:] = 0.6
+    np.fill_diagonal(structured, 1)
+    diff, p = same_kind_permutation_test(structured, kinds, cats, permutations=500)
+    assert diff == pytest.approx(0.55) and p < 0.05  # 2 of the C(10,5) = 252 labelings are as extreme
+    rng = np.random.default_rng(3)
+    noise = rng.uniform(-0.1, 0.1, (10, 10))
+    noise = (noise + noise.T) / 2
+    _, p = same_kind_permutation_test(noise, kinds, cats, permutations=500)
+    assert p > 0.05
+
+
+def test_wilson_interval():
+    lo, hi = wilson(0, 10)
+    assert lo == 0 and 0.25 < hi < 0.35
+    lo, hi = wilson(5, 10)
+    assert lo < 0.5 < hi
+
+
+# ----------------------------------------------------------------- merge order and incremental
+@pytest.fixture(scope="module")
+def synthetic():
+    queries = synthetic_queries(15, seed=1)
+    ids = queries.column("id").to_pylist()
+    shards = []
+    for s in range(4):
+        doc_ids, scores, docs = synthetic_shard(queries, 600, s, seed=1)
+        shards.append((doc_ids, scores, docs))
+    return queries, ids, shards
+
+
+def summaries(synthetic, indices):
+    queries, ids, shards = synthetic
+    return [summarize_shard(ids, shards[i][0], shards[i][1], shards[i][2], queries, k=FAST.k, exact_top=200)
+            for i in indices]
+
+
+def assert_same_tables(a, b):
+    ta, tb = a.tables(), b.tables()
+    assert ta.keys() == tb.keys()
+    for name in ta:
+        assert_frame_equal(ta[name], tb[name], check_exact=False, rel_tol=1e-9, abs_tol=1e-12), name
+
+
+def test_report_does_not_depend_on_shard_order_and_a_new_shard_updates_it_as_a_rescan_would(synthetic):
+    queries, ids, shards = synthetic
+    parts = summaries(synthetic, range(4))
+    forward = analyze(*merge_shards(parts, FAST.k), queries, FAST)
+    backward = analyze(*merge_shards(parts[::-1], FAST.k), queries, FAST)
+    assert_same_tables(forward, backward)
+    # incremental: the report of shards 0-2, then shard 3 merged into that state
+    stats, top = merge_shards(parts[:3], FAST.k)
+    before = analyze(stats, top, queries, FAST)
+    stats, top = merge_shards([(stats, top), parts[3]], FAST.k)
+    assert_same_tables(analyze(stats, top, queries, FAST), forward)
+    # and from scratch: all documents as one shard
+    doc_ids = sum((s[0] for s in shards), [])
+    scores = np.concatenate([s[1] for s in shards], axis=1)
+    docs = pa.concat_tables([s[2] for s in shards])
+    whole = summarize_shard(ids, doc_ids, scores, docs, queries, k=FAST.k, exact_top=200)
+    assert_same_tables(analyze(*merge_shards([whole], FAST.k), queries, FAST), forward)
+    assert forward.n_documents == 2400 and before.n_documents == 1800
+    assert not before.correlation_groups.equals(forward.correlation_groups)  # the new shard did change it
+
+
+def test_synthetic_structure_is_recovered_and_read_out(synthetic):
+    queries, _, _ = synthetic
+    a = analyze(*merge_shards(summaries(synthetic, range(4)), FAST.k), queries, FAST)
+    g = {r["group"]: r for r in a.correlation_groups.to_dicts()}
+    assert g["same reasoning kind"]["mean_r"] > g["different reasoning kinds"]["mean_r"] + 0.3
+    assert g["same reasoning kind"]["mean_r"] > g["within factual"]["mean_r"] + 0.3
+    kinds = {r["kind"]: r for r in a.answers_kinds.to_dicts()}
+    assert kinds["factual"]["share_answer_in_top"] == 1.0  # planted into the top documents
+    text = readings(a)
+    assert text["correlation"][0].startswith("Reasoning queries of the same kind correlate more")
+    assert "less total positive influence" in text["magnitude"][0]
+    assert POOLED in a.magnitude_kinds["kind"].to_list()
+
+
+def test_readings_hedge_when_intervals_overlap():
+    rng = np.random.default_rng(5)
+    q, n = 8, 2000
+    kinds = ["factual", "factual", "factual", "factual", "slope", "slope", "slope", "slope"]
+    queries = pa.table({"id": [f"q{i}" for i in range(q)], "kind": kinds, "prompt": [""] * q,
+                        "completion": [""] * q, "answer": [None] * q, "intermediates": [[]] * q,
+                        "logprob": [-1.0, -4.0, -2.0, -3.0, -3.0, -1.0, -4.0, -2.0]})
+    scores = rng.standard_normal((q, n)).astype(np.float32)  # no structure at all
+    parts = summarize_shard(queries["id"].to_pylist(), [f"d{i}" for i in range(n)], scores, None, queries, k=5)
+    a = analyze(*merge_shards([parts], 5), queries, ReportConfig(k=5, bootstrap=300, permutations=50))
+    text = readings(a)
+    assert "cannot be told apart" in text["correlation"][0]
+    assert "about as much" in text["magnitude"][0]
+    assert "No query has an answer" in text["answers"][0]
+
+
+# ------------------------------------------------------------------------------ files, asset
+def write_shards(store: Storage, synthetic, prefix="influence_scores"):
+    queries, _, _ = synthetic
+    files = []
+    for i, (stats, top) in enumerate(summaries(synthetic, range(4))):
+        files.append(ShardFiles(f"s{i}", f"{prefix}/s{i}.stats.safetensors", f"{prefix}/s{i}.top.parquet"))
+        store.write_tensors(files[-1].statistics, *stats.to_tensors())
+        store.write_parquet(files[-1].top, top)
+    return files
+
+
+def test_build_report_writes_html_parquet_and_figures(tmp_path, synthetic):
+    queries = synthetic[0]
+    store = Storage(str(tmp_path))
+    files = write_shards(store, synthetic)
+    report, keys = build_report(store, files, queries, FAST)
+    assert "influence_report/report.html" in keys
+    html = store.read_bytes("influence_report/report.html").decode()
+    for sid, _ in SECTIONS:
+        assert f'<section id="{sid}">' in html
+    assert html.count("data:image/png;base64,") == len(report.figures) == 7
+    assert "<script" not in html and "http://" not in html and "https://" not in html
+    top = store.read_parquet("influence_report/top_documents.parquet")
+    assert top.num_rows == 15 * 2 * FAST.k
+    assert store.read_bytes("influence_report/figures/correlation_matrix.png")[:8] == b"\x89PNG\r\n\x1a\n"
+    md = report.markdown_tables()
+    assert md["correlation"].startswith("| group |") and "same reasoning kind" in md["correlation"]
+    assert all(v.startswith("![") for v in report.markdown_figures().values())
+    # reading the stored statistics gives the same report as merging in memory
+    again = analyze(*merge_stored(store, files, FAST.k), queries, FAST)
+    assert_same_tables(again, report.analysis)
+
+
+def test_merge_stored_names_a_shard_scored_with_other_queries(tmp_path, synthetic):
+    store = Storage(str(tmp_path))
+    files = write_shards(store, synthetic)
+    queries, ids, shards = synthetic
+    stats, top = summarize_shard(ids[:3], shards[0][0], shards[0][1][:3], shards[0][2], queries, k=3)
+    store.write_tensors(files[2].statistics, *stats.to_tensors())
+    with pytest.raises(Exception, match="s2"):
+        merge_stored(store, files, 3)
+
+
+def test_influence_report_asset_materializes_from_stored_shard_statistics(tmp_path, synthetic):
+    dg = pytest.importorskip("dagster")
+    from assets.queries import QUERY_TABLE_KEY
+    from assets.report import REPORT_KEY, influence_report
+    from assets.scores import score_keys
+    from resources.settings import InfluenceResource, StorageResource
+
+    queries = synthetic[0]
+    store = Storage(str(tmp_path))
+    store.write_parquet(QUERY_TABLE_KEY, queries)
+    for i, (stats, top) in enumerate(summaries(synthetic, range(2))):
+        keys = score_keys(f"s{i}.jsonl")
+        store.write_tensors(keys["statistics"], *stats.to_tensors())
+        store.write_parquet(keys["top"], top)
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("shard", ["s0.jsonl", "s1.jsonl", "unscored.jsonl"])
+    result = dg.materialize([influence_report], instance=instance, resources={
+        "storage": StorageResource(storage=str(tmp_path)), "influence": InfluenceResource(top_k=FAST.k)})
+    assert result.success
+    metadata = result.asset_materializations_for_node("influence_report")[0].metadata
+    assert metadata["shards"].value == 2 and metadata["documents"].value == 1200
+    assert "same reasoning kind" in metadata["correlation"].value
+    assert metadata["plot_correlation_matrix"].value.startswith("![correlation_matrix](data:image/png;base64,")
+    assert store.exists(REPORT_KEY)
+    assert math.isfinite(metadata["seconds"].value)
+
+
+def test_report_benchmark_memory_stays_flat_when_documents_double():
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, str(root / "bench" / "report.py"), "--docs", "20000", "--shards", "4",
+                          "--queries", "10", "--k", "5"], capture_output=True, text=True, timeout=300, cwd=root)
+    assert out.returncode == 0, out.stderr[-3000:]
+    values = dict(re.findall(r"^(\w+): (\S+)$", out.stdout, flags=re.MULTILINE))
+    assert int(values["documents_2x"]) == 2 * int(values["documents_1x"]) == 40_000
+    assert float(values["report_peak_mem_growth_2x"]) < 1.15
