@@ -1,10 +1,12 @@
 """Corpus refresh (sensor and schedule) and the declarative automation, on an ephemeral instance."""
 
+import gc
 import json
 import os
 import warnings
 
 import dagster as dg
+from dagster._core.storage.defs_state.base import set_defs_state_storage
 import pytest
 
 from pipeline.definitions import build_definitions
@@ -13,7 +15,6 @@ from pretrace.config import load_config
 from tests.pipeline.project import make_project, write_corpus_file
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
-_KEEP_ALIVE = []
 
 
 @pytest.fixture
@@ -104,24 +105,30 @@ def test_a_fresh_cursor_trusts_what_the_instance_already_materialized(setup):
     assert by_shard(result)["part-b.jsonl"].tags[CHANGE_TAG] == "changed"
 
 
-def test_the_schedule_runs_the_same_refresh(setup, tmp_path):
+@pytest.fixture
+def isolated_defs_state():
+    """A schedule context, when garbage-collected, leaves its instance's storage as the process's
+    current defs-state storage (a Dagster context variable); later Definitions loads in this
+    process would then resolve a disposed instance. Collect it here and restore the variable."""
+    with set_defs_state_storage(None):
+        yield
+        gc.collect()
+
+
+def test_the_schedule_runs_the_same_refresh(setup, tmp_path, isolated_defs_state):
     _, defs, _ = setup
     schedule = defs.resolve_schedule_def("corpus_refresh_schedule")
     assert schedule.cron_schedule == "0 3 * * *"
     assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
-    # Schedule contexts need a persistent instance. It registers itself (by weakref) as the
-    # process's defs-state storage, so it is kept alive: closing it would break later
-    # Definitions loads in this process ("undefined DagsterInstance weakref").
-    instance = dg.DagsterInstance.local_temp(str(tmp_path))
-    _KEEP_ALIVE.append(instance)
-    context = dg.build_schedule_context(instance=instance, resources={"influence": defs.resources["influence"]})
-    requests = schedule(context)
-    assert {r.partition_key for r in requests} == {"part-a.jsonl", "part-b.jsonl"}
-    assert set(instance.get_dynamic_partitions("shard")) == {"part-a.jsonl", "part-b.jsonl"}
-    context = dg.build_schedule_context(instance=instance, resources={"influence": defs.resources["influence"]})
-    # Not materialized yet: the next tick asks again with the same run keys, which the
-    # scheduler daemon drops as duplicates.
-    assert {r.run_key for r in schedule(context)} == {r.run_key for r in requests}
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        context = dg.build_schedule_context(instance=instance, resources={"influence": defs.resources["influence"]})
+        requests = schedule(context)
+        assert {r.partition_key for r in requests} == {"part-a.jsonl", "part-b.jsonl"}
+        assert set(instance.get_dynamic_partitions("shard")) == {"part-a.jsonl", "part-b.jsonl"}
+        context = dg.build_schedule_context(instance=instance, resources={"influence": defs.resources["influence"]})
+        # Not materialized yet: the next tick asks again with the same run keys, which the
+        # scheduler daemon drops as duplicates.
+        assert {r.run_key for r in schedule(context)} == {r.run_key for r in requests}
 
 
 def test_the_refresh_cron_is_configurable(tmp_path, monkeypatch):
