@@ -9,6 +9,8 @@ gradients with respect to activations, which is cheaper than a training step's b
 
 from __future__ import annotations
 
+import functools
+import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Literal
@@ -58,15 +60,20 @@ def sequence_losses(
     batch: TokenBatch,
     labels: Labels = "data",
     generator: torch.Generator | None = None,
+    first: int | None = None,
 ) -> torch.Tensor:
     """Summed next-token negative log-likelihood of each sequence over its target tokens.
 
-    With labels="sampled" the targets are drawn from the model's own predictive distribution,
-    which makes the gradient covariance the true Fisher rather than the empirical one.
+    `logits` cover every position, or (with `first`) only positions first..T-2, the ones that
+    predict tokens first+1..T-1. With labels="sampled" the targets are drawn from the model's
+    own predictive distribution, which makes the gradient covariance the true Fisher rather
+    than the empirical one.
     """
-    logits = logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32))
-    mask = batch.target_mask[:, 1:]
-    targets = batch.input_ids[:, 1:]
+    if first is None:
+        first, logits = 0, logits[:, :-1]
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    mask = batch.target_mask[:, first + 1 :]
+    targets = batch.input_ids[:, first + 1 :]
     vocab = logits.shape[-1]
     if labels == "sampled":
         with torch.no_grad():
@@ -104,12 +111,17 @@ def capture(
     for layer in lm.layers:
         handles.append(layer.module.register_forward_hook(forward_hook(layer.name)))
     handles.append(lm.model.get_input_embeddings().register_forward_hook(_differentiable_embeddings))
+    # The LM head and softmax dominate small models: compute them only where tokens are predicted.
+    first = _first_predicting_position(batch)
+    keep = {"logits_to_keep": torch.arange(first, batch.input_ids.shape[1] - 1, device=lm.device)}
+    if not _accepts_logits_to_keep(type(lm.model)):
+        first, keep = None, {}
     try:
         with _frozen_parameters(lm.model), lm.autocast():
-            logits = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        if not torch.isfinite(logits).all():
+            logits = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **keep).logits
+        if not _all_finite(logits):
             _raise_first_non_finite(outputs)
-        losses = sequence_losses(logits, batch, labels, generator)
+        losses = sequence_losses(logits, batch, labels, generator, first)
         losses.sum().backward()
     finally:
         for handle in handles:
@@ -117,16 +129,36 @@ def capture(
 
     accumulate = lm.accumulate_dtype
     real = batch.attention_mask.to(accumulate).unsqueeze(-1)
+    padded = not bool(batch.attention_mask.all())
     a, g = {}, {}
     for layer in lm.layers:
         if layer.name not in grads:
             raise NumericalError(
                 f"layer {layer.name} received no gradient: is it used in the forward pass of this model?"
             )
-        x = inputs[layer.name].to(accumulate) * real
+        x, grad = inputs[layer.name].to(accumulate), grads[layer.name].to(accumulate)
+        if padded:
+            x, grad = x * real, grad * real
         a[layer.name] = torch.cat([x, real], dim=-1) if layer.has_bias else x
-        g[layer.name] = grads[layer.name].to(accumulate) * real
+        g[layer.name] = grad
     return Captured(a, g, losses.detach())
+
+
+def _first_predicting_position(batch: TokenBatch) -> int:
+    """The first position whose next token is a target in some sequence of the batch."""
+    targets = batch.target_mask[:, 1:].any(dim=0).nonzero()
+    return int(targets[0]) if len(targets) else 0
+
+
+@functools.cache
+def _accepts_logits_to_keep(forward_owner: type) -> bool:
+    return "logits_to_keep" in inspect.signature(forward_owner.forward).parameters
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    """One reduction instead of a full boolean pass: a sum is finite when every term is, and
+    only when the sum itself overflows do we look element by element."""
+    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
 
 
 def _raise_first_non_finite(outputs: dict[str, torch.Tensor]) -> None:
@@ -140,7 +172,7 @@ def _raise_first_non_finite(outputs: dict[str, torch.Tensor]) -> None:
 
 def check_finite(tensor: torch.Tensor, what: str, layer: str) -> None:
     """Raise a NumericalError naming the layer when `tensor` holds inf or nan."""
-    if not torch.isfinite(tensor).all():
+    if not _all_finite(tensor):
         raise NumericalError(
             f"{what} of layer {layer} is not finite (inf or nan). This usually means float16 "
             "overflow: run with dtype float32 or bfloat16, or check the model's weights."

@@ -1,0 +1,545 @@
+"""Influence benchmark: pretrace's paths against a plain forward+backward measured in the same run.
+
+    python bench/influence.py            # the default shape (6-10 minutes on a shared 2-core CPU)
+    python bench/influence.py --quick    # a tiny smoke run (~20 s, mostly imports)
+
+Every figure is a ratio of two times measured in this run, on this machine, with the same
+number of threads, so it does not depend on how fast the machine is. The baseline is one
+training-style pass over the documents: forward with Hugging Face's own `labels=` loss (mean
+next-token cross-entropy), loss.backward() into parameter gradients, no optimizer, at the same
+batch size as the path it is compared with. bench/README.md describes every figure.
+
+The model is a randomly initialised Llama built here from a LlamaConfig (no download); the
+documents and queries are random token ids drawn from a Zipf distribution over the vocabulary
+(a rough imitation of natural token frequencies). Random weights and random text are enough for
+timings; the projection-accuracy figure on them is a statement about this synthetic setup only.
+
+Output: a human-readable log, a markdown table for the README, then one `name: value` line
+per figure (the machine-readable part; tests/unit/test_bench_smoke.py parses it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+from pretrace.batching import batches, collate  # noqa: E402
+from pretrace.documents import compute_document_gradients  # noqa: E402
+from pretrace.ekfac import Factors, fit_factors  # noqa: E402
+from pretrace.model import wrap_model  # noqa: E402
+from pretrace.projection import KroneckerProjection  # noqa: E402
+from pretrace.queries import query_gradients_from_tokens  # noqa: E402
+from pretrace.scores import score_matrix, stream_scores  # noqa: E402
+
+FIGURES = [
+    "score_vs_fwdbwd",
+    "kronfluence_vs_pretrace",
+    "kronfluence_default_vs_pretrace",
+    "factors_vs_fwdbwd",
+    "kronfluence_factors_vs_fwdbwd",
+    "new_queries_vs_fwdbwd",
+    "projected_pearson",
+    "projected_pearson_min",
+    "peak_mem_mb",
+    "peak_mem_growth_2x",
+    "fwdbwd_peak_mem_mb",
+]
+TARGETS = {
+    "score_vs_fwdbwd": "<= 1.3",
+    "kronfluence_vs_pretrace": ">= 3",
+    "factors_vs_fwdbwd": "<= 3.5",
+    "new_queries_vs_fwdbwd": "<= 0.1",
+    "peak_mem_growth_2x": "~ 1",
+}
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--docs", type=int, default=256, help="documents scored (default 256)")
+    p.add_argument("--doc-len", type=int, default=128, help="tokens per document (default 128)")
+    p.add_argument("--queries", type=int, default=128, help="queries (default 128)")
+    p.add_argument("--prompt-len", type=int, default=32)
+    p.add_argument("--completion-len", type=int, default=16)
+    p.add_argument("--vocab", type=int, default=32000, help="vocabulary size (default 32000, Llama-2's)")
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--intermediate", type=int, default=512)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--projection", type=int, nargs=2, default=[32, 32], metavar=("K_OUT", "K_IN"),
+                   help="Kronecker projection of stored document gradients, per layer (default 32 32)")
+    p.add_argument("--fisher", choices=["sampled", "empirical"], default="empirical",
+                   help="labels for factor fitting, on both sides (default empirical)")
+    p.add_argument("--repeats", type=int, default=3, help="timed repetitions per figure; the median is reported")
+    p.add_argument("--slow-repeats", type=int, default=1,
+                   help="timed repetitions of factor fitting and of kronfluence (default 1)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads for every timing (default 1: on a shared machine more threads "
+                        "oversubscribe the cores and timings become erratic)")
+    p.add_argument("--no-kronfluence", action="store_true", help="skip the kronfluence figures (printed as nan)")
+    p.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses (printed as nan)")
+    p.add_argument("--quick", action="store_true", help="a tiny run for smoke tests")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--memory-child", nargs=3, metavar=("DIR", "MODE", "N_DOCS"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.docs, args.doc_len, args.queries = 16, 24, 8
+        args.prompt_len, args.completion_len = 8, 4
+        args.vocab, args.hidden, args.intermediate, args.layers, args.heads = 512, 32, 64, 2, 4
+        args.batch_size, args.projection, args.repeats, args.slow_repeats = 4, [8, 8], 1, 1
+    return args
+
+
+def config_of(args) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.heads,
+        max_position_embeddings=max(args.doc_len, args.prompt_len + args.completion_len),
+        tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+
+
+def build_model(args) -> LlamaForCausalLM:
+    torch.manual_seed(args.seed)
+    return LlamaForCausalLM(config_of(args)).eval()
+
+
+def zipf_tokens(n: int, length: int, vocab: int, generator: torch.Generator) -> list[list[int]]:
+    """Sequences starting with <bos>=1, other ids Zipf(1)-distributed over 3..vocab-1."""
+    ranks = torch.arange(1, vocab - 2, dtype=torch.float64)
+    weights = 1.0 / ranks
+    ids = torch.multinomial(weights, n * (length - 1), replacement=True, generator=generator) + 3
+    ids = ids.view(n, length - 1)
+    return [[1] + row.tolist() for row in ids]
+
+
+def make_data(args, n_docs: int | None = None):
+    n_docs = args.docs if n_docs is None else n_docs
+    g = torch.Generator().manual_seed(args.seed + 1)
+    docs = zipf_tokens(n_docs, args.doc_len, args.vocab, g)
+    qg = torch.Generator().manual_seed(args.seed + 2)
+    queries = zipf_tokens(args.queries, args.prompt_len + args.completion_len, args.vocab, qg)
+    starts = [args.prompt_len] * len(queries)
+    return docs, queries, starts
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def median_time(fn: Callable[[], object], repeats: int) -> tuple[float, list[float]]:
+    times = []
+    for _ in range(max(1, repeats)):
+        gc.collect()
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def fwdbwd(model, sequences, batch_size, pad_id=0) -> None:
+    """The baseline: a training step without the optimizer. Forward with Hugging Face's own
+    causal-LM loss (`labels=`, mean next-token cross-entropy), then loss.backward() into the
+    parameters' .grad."""
+    model.requires_grad_(True)
+    for _, batch in batches(sequences, batch_size, pad_id):
+        labels = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)
+        loss = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels).loss
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+
+
+def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
+    x, y = x.double() - x.double().mean(), y.double() - y.double().mean()
+    return float((x @ y) / (x.norm() * y.norm()))
+
+
+def fmt_times(times: list[float]) -> str:
+    return "[" + ", ".join(f"{t:.2f}" for t in times) + "] s"
+
+
+# ----------------------------------------------------------------------------- kronfluence
+
+
+def kronfluence_runner(lm, args, docs, queries, starts, output_dir: str):
+    """An Analyzer set up exactly like pretrace: same layers, labels, damping and summed losses."""
+    logging.getLogger("kronfluence").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="kronfluence")
+    import copy
+
+    from kronfluence.analyzer import Analyzer, prepare_model
+    from kronfluence.arguments import FactorArguments, ScoreArguments
+    from kronfluence.task import Task
+    from kronfluence.utils.dataset import DataLoaderKwargs
+
+    def summed_losses(model, batch, sample=False):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+        targets, mask = batch["input_ids"][:, 1:], batch["target_mask"][:, 1:]
+        if sample:
+            with torch.no_grad():
+                probs = torch.softmax(logits.reshape(-1, logits.shape[-1]), dim=-1)
+                targets = torch.multinomial(probs, 1).view_as(targets)
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+        return (nll.view_as(targets) * mask).sum()
+
+    names = [layer.name for layer in lm.layers]
+
+    class SummedLM(Task):
+        def compute_train_loss(self, batch, model, sample=False):
+            return summed_losses(model, batch, sample)
+
+        def compute_measurement(self, batch, model):
+            return summed_losses(model, batch)  # completion tokens only: the query's loss
+
+        def get_influence_tracked_modules(self):
+            return names
+
+        def get_attention_mask(self, batch):
+            return batch["attention_mask"]
+
+    class Seqs(torch.utils.data.Dataset):
+        def __init__(self, seqs, first=None):
+            self.seqs, self.first = seqs, first
+
+        def __len__(self):
+            return len(self.seqs)
+
+        def __getitem__(self, i):
+            return self.seqs[i], 1 if self.first is None else self.first[i]
+
+    def collate_fn(items):
+        seqs, first = zip(*items)
+        b = collate(list(seqs), 0, list(first))
+        return {"input_ids": b.input_ids, "attention_mask": b.attention_mask, "target_mask": b.target_mask}
+
+    task = SummedLM()
+    model = prepare_model(copy.deepcopy(lm.model), task)
+    analyzer = Analyzer("bench", model, task, cpu=True, disable_tqdm=True, output_dir=output_dir)
+    analyzer.set_dataloader_kwargs(DataLoaderKwargs(collate_fn=collate_fn))
+    factor_args = FactorArguments(strategy="ekfac", use_empirical_fisher=args.fisher == "empirical",
+                                  covariance_max_examples=None, lambda_max_examples=None)
+    # One pass over the documents for all queries, as pretrace does: accumulate every query batch.
+    one_pass = ScoreArguments(damping_factor=None,
+                              query_gradient_accumulation_steps=math.ceil(len(queries) / args.batch_size))
+    default = ScoreArguments(damping_factor=None)  # kronfluence's default: one pass per query batch
+
+    def fit(n_docs=None):
+        analyzer.fit_all_factors("ekfac", Seqs(docs[:n_docs]), per_device_batch_size=args.batch_size,
+                                 factor_args=factor_args, overwrite_output_dir=True)
+
+    def score(n_queries=None, n_docs=None, accumulate=True):
+        q, s = queries[:n_queries], starts[:n_queries]
+        analyzer.compute_pairwise_scores(
+            "pairwise", "ekfac", Seqs(q, s), Seqs(docs[:n_docs]),
+            per_device_query_batch_size=args.batch_size, per_device_train_batch_size=args.batch_size,
+            score_args=one_pass if accumulate else default, overwrite_output_dir=True,
+        )
+        return analyzer.load_pairwise_scores("pairwise")["all_modules"]
+
+    return fit, score
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _hwm_bytes() -> int:
+    """This process's peak RSS (VmHWM). Not ru_maxrss: Linux carries the parent's RSS at fork
+    into a child's ru_maxrss across exec, so a child started by a big parent reports the
+    parent's size (measured here: 2.6 GB for a child whose own peak was 1 GB)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # not Linux: KiB on Linux, bytes on macOS
+
+
+def memory_child(args) -> None:
+    """In a fresh process: one measured operation over N documents, then its memory as JSON.
+
+    "score": stream_scores of every query against the N documents (query gradients are computed
+    first, in this process, from factors the parent saved). "fwdbwd": the baseline training
+    step over the N documents. Reported: VmHWM (the process's RSS high-water mark, which the
+    kernel keeps exactly), VmHWM and RSS just before the operation, and the RSS peak sampled
+    every 2 ms during it.
+    """
+    directory, mode, n_docs = args.memory_child[0], args.memory_child[1], int(args.memory_child[2])
+    torch.set_num_threads(args.threads)
+    lm = wrap_model(build_model(args), None, layers=["mlp"], device="cpu")
+    docs, queries, starts = make_data(args, n_docs)
+    if mode == "score":
+        tensors = load_file(os.path.join(directory, "factors.safetensors"))
+        with open(os.path.join(directory, "factors.json")) as f:
+            factors = Factors.from_tensors(tensors, json.load(f))
+        qg = query_gradients_from_tokens(lm, factors, queries, starts, [str(i) for i in range(len(queries))],
+                                         batch_size=args.batch_size)
+        del tensors, factors
+        operation = lambda: stream_scores(lm, qg, docs, batch_size=args.batch_size)  # noqa: E731
+    else:
+        operation = lambda: fwdbwd(lm.model, docs, args.batch_size)  # noqa: E731
+    gc.collect()
+    before, hwm_before = _rss_bytes(), _hwm_bytes()
+    peak = [before]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    operation()
+    done.set()
+    sampler.join()
+    print(json.dumps({"hwm": _hwm_bytes(), "hwm_before": hwm_before, "before": before,
+                      "sampled_peak": max(peak[0], _rss_bytes())}))
+
+
+def memory_children(args, directory: str, jobs: list[tuple[str, int]]) -> list[dict]:
+    """Run the measurements concurrently (each process's own peak is unaffected by the others)."""
+    procs = []
+    for mode, n_docs in jobs:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-child", directory, mode, str(n_docs)]
+        procs.append(subprocess.Popen(cmd + shape_flags(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True, cwd=str(ROOT)))
+    results = []
+    for proc in procs:
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"memory subprocess failed:\n{err[-3000:]}")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
+
+
+def shape_flags(args) -> list[str]:
+    """The shape flags, so a child process rebuilds the same model and data."""
+    return ["--doc-len", str(args.doc_len), "--queries", str(args.queries), "--prompt-len", str(args.prompt_len),
+            "--completion-len", str(args.completion_len), "--vocab", str(args.vocab), "--hidden", str(args.hidden),
+            "--intermediate", str(args.intermediate), "--layers", str(args.layers), "--heads", str(args.heads),
+            "--batch-size", str(args.batch_size), "--threads", str(args.threads), "--seed", str(args.seed)]
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.memory_child:
+        memory_child(args)
+        return 0
+    torch.set_num_threads(args.threads)
+    wall = time.perf_counter()
+
+    def log(*parts):
+        print(f"[{time.perf_counter() - wall:5.0f}s]", *parts, flush=True)
+
+    model = build_model(args)
+    lm = wrap_model(model, None, layers=["mlp"], device="cpu")
+    docs, queries, starts = make_data(args)
+    qids = [str(i) for i in range(len(queries))]
+    n_params = sum(p.numel() for p in model.parameters())
+    tracked = sum(layer.d_in * layer.d_out for layer in lm.layers)
+    B, R, R_slow = args.batch_size, args.repeats, args.slow_repeats
+    log(f"# pretrace influence benchmark ({'quick' if args.quick else 'default'} shape)")
+    log(f"model: random Llama, {args.layers} layers, hidden {args.hidden}, MLP {args.intermediate}, "
+        f"{args.heads} heads, vocab {args.vocab} ({n_params / 1e6:.1f}M parameters; {len(lm.layers)} tracked "
+        f"MLP linears, {tracked / 1e6:.2f}M tracked weights), float32")
+    log(f"data: {args.docs} documents x {args.doc_len} tokens, {args.queries} queries x "
+        f"({args.prompt_len} prompt + {args.completion_len} completion) tokens; random Zipf token ids")
+    log(f"batch size {B}, torch threads {args.threads}, {args.fisher} Fisher, median of {R} runs "
+        f"({R_slow} for factor fitting and kronfluence), projection {args.projection[0]}x{args.projection[1]} "
+        "per layer for stored document gradients")
+    log("the baseline (fwdbwd) is a training step without the optimizer over all the documents: forward with "
+        "Hugging Face's labels= loss, loss.backward() into parameter .grad")
+
+    batches_fn = lambda: (b for _, b in batches(docs, B, lm.pad_token_id))  # noqa: E731
+    results: dict[str, float] = {}
+
+    # Warm-up: every path once on a small slice (allocator, kernels, lazy imports).
+    few = docs[: 2 * B]
+    fwdbwd(model, few, B)
+    warm_factors = fit_factors(lm, lambda: (b for _, b in batches(few, B, 0)), fisher=args.fisher)
+    warm_q = query_gradients_from_tokens(lm, warm_factors, queries[:B], starts[:B], qids[:B], batch_size=B)
+    stream_scores(lm, warm_q, few, batch_size=B)
+
+    base, times = median_time(lambda: fwdbwd(model, docs, B), R)
+    log(f"baseline fwdbwd over the documents: {base:.2f} s median {fmt_times(times)}")
+
+    factors = None
+
+    def fit():
+        nonlocal factors
+        factors = fit_factors(lm, batches_fn, fisher=args.fisher)
+
+    t_factors, times = median_time(fit, R_slow)
+    results["factors_vs_fwdbwd"] = t_factors / base
+    log(f"pretrace fit_factors (covariance pass, eigh, eigenvalue-correction pass): {t_factors:.2f} s {fmt_times(times)}")
+
+    qg_exact = None
+
+    def exact_queries():
+        nonlocal qg_exact
+        qg_exact = query_gradients_from_tokens(lm, factors, queries, starts, qids, batch_size=B)
+
+    t_qexact, times = median_time(exact_queries, R)
+    log(f"pretrace exact query gradients ({args.queries} queries): {t_qexact:.2f} s {fmt_times(times)}")
+    exact = None
+
+    def stream():
+        nonlocal exact
+        exact = stream_scores(lm, qg_exact, docs, batch_size=B)
+
+    t_stream, times = median_time(stream, R)
+    results["score_vs_fwdbwd"] = t_stream / base
+    log(f"pretrace stream_scores ({args.queries} x {args.docs}, exact, query gradients precomputed): "
+        f"{t_stream:.2f} s {fmt_times(times)}")
+
+    # New queries against stored projected document gradients (computed here, not timed).
+    proj = KroneckerProjection.build(lm.layer_shapes(), args.projection[0], args.projection[1], seed=args.seed)
+    stored = compute_document_gradients(lm, docs, [str(i) for i in range(len(docs))], projection=proj, batch_size=B)
+    projected = None
+
+    def new_queries():
+        nonlocal projected
+        qg = query_gradients_from_tokens(lm, factors, queries, starts, qids, projection=proj, batch_size=B)
+        projected = score_matrix(qg, stored)
+
+    t_new, times = median_time(new_queries, R)
+    results["new_queries_vs_fwdbwd"] = t_new / base
+    stored_mb = sum(v.numel() * v.element_size() for v in stored.grads.values()) / 2**20
+    log(f"pretrace new queries (projected query gradients + score_matrix against {stored_mb:.1f} MiB of stored "
+        f"document gradients): {t_new:.2f} s {fmt_times(times)}")
+    correlations = [pearson(projected[i], exact[i]) for i in range(len(queries))]
+    results["projected_pearson"] = statistics.mean(correlations)
+    results["projected_pearson_min"] = min(correlations)
+
+    # kronfluence on the same work.
+    nan = float("nan")
+    results["kronfluence_vs_pretrace"] = results["kronfluence_factors_vs_fwdbwd"] = nan
+    results["kronfluence_default_vs_pretrace"] = nan
+    try:
+        import kronfluence  # noqa: F401
+    except ImportError:
+        log("kronfluence is not installed: its figures are nan")
+        args.no_kronfluence = True
+    if not args.no_kronfluence:
+        with tempfile.TemporaryDirectory(prefix="bench-kronfluence-") as out:
+            kfit, kscore = kronfluence_runner(lm, args, docs, queries, starts, out)
+            if not args.quick:  # warm-up
+                kfit(n_docs=2 * B)
+                kscore(n_queries=B, n_docs=B)
+            t_kfit, times = median_time(kfit, R_slow)  # the last fit is the one scored with
+            log(f"kronfluence fit_all_factors: {t_kfit:.2f} s {fmt_times(times)}")
+            theirs = None
+
+            def kron_scores():
+                nonlocal theirs
+                theirs = kscore()
+
+            t_kscore, times = median_time(kron_scores, R_slow)
+            log(f"kronfluence compute_pairwise_scores (its query gradients included; all query batches "
+                f"accumulated, so one pass over the documents like pretrace): {t_kscore:.2f} s {fmt_times(times)}")
+            # Context: kronfluence's default ScoreArguments go over the documents once per query
+            # batch; measured on a slice of the documents (both sides) to keep the run short.
+            n_sub = min(len(docs), max(B, len(docs) // 16))
+            t_kdefault, times = median_time(lambda: kscore(n_docs=n_sub, accumulate=False), R_slow)
+            log(f"kronfluence compute_pairwise_scores with default ScoreArguments ({math.ceil(len(queries) / B)} "
+                f"passes over the documents), on the first {n_sub} documents: {t_kdefault:.2f} s {fmt_times(times)}")
+        sub = docs[:n_sub]
+        t_sub, times = median_time(lambda: stream_scores(
+            lm, query_gradients_from_tokens(lm, factors, queries, starts, qids, batch_size=B), sub, batch_size=B), R_slow)
+        log(f"  pretrace on those {n_sub} documents (exact query gradients + stream_scores): {t_sub:.2f} s {fmt_times(times)}")
+        results["kronfluence_default_vs_pretrace"] = t_kdefault / t_sub
+        ours = t_qexact + t_stream
+        results["kronfluence_vs_pretrace"] = t_kscore / ours
+        results["kronfluence_factors_vs_fwdbwd"] = t_kfit / base
+        agree = [pearson(theirs[i], exact[i]) for i in range(len(queries))]
+        rel = float((theirs - exact).norm() / exact.norm())
+        log(f"  pretrace on the same work (exact query gradients + stream_scores): {ours:.2f} s; kronfluence's "
+            f"scores against pretrace's: min per-query Pearson {min(agree):.6f}, relative error {rel:.1e}")
+
+    # Memory: each measurement in its own fresh process.
+    results["peak_mem_mb"] = results["peak_mem_growth_2x"] = results["fwdbwd_peak_mem_mb"] = nan
+    if not args.no_memory:
+        with tempfile.TemporaryDirectory(prefix="bench-memory-") as directory:
+            tensors, metadata = factors.to_tensors()
+            save_file(tensors, os.path.join(directory, "factors.safetensors"))
+            with open(os.path.join(directory, "factors.json"), "w") as f:
+                json.dump(metadata, f)
+            jobs = [("score", args.docs), ("score", 2 * args.docs), ("fwdbwd", args.docs)]
+            one, two, base_mem = memory_children(args, directory, jobs)
+        mb = lambda v: v / 2**20  # noqa: E731
+        results["peak_mem_mb"] = mb(one["hwm"])
+        results["peak_mem_growth_2x"] = two["hwm"] / one["hwm"]
+        results["fwdbwd_peak_mem_mb"] = mb(base_mem["hwm"])
+        qg_mb = tracked * args.queries * 4 / 2**20
+        for (mode, n), m in zip(jobs, (one, two, base_mem)):
+            what = "stream_scores" if mode == "score" else "baseline fwdbwd"
+            log(f"memory, {what} over {n} documents (fresh process): peak RSS (VmHWM) {mb(m['hwm']):.0f} MiB "
+                f"({mb(m['hwm_before']):.0f} before the operation); RSS before {mb(m['before']):.0f} MiB, "
+                f"sampled peak during {mb(m['sampled_peak']):.0f} MiB")
+        log(f"  (the exact query gradients held while scoring are {qg_mb:.0f} MiB)")
+
+    total = time.perf_counter() - wall
+    log(f"baseline fwdbwd {base:.2f} s on this machine; whole benchmark {total:.0f} s\n")
+    describe = {
+        "score_vs_fwdbwd": f"stream_scores, {args.queries} queries x {args.docs} docs, exact, query gradients "
+                           "precomputed / fwdbwd",
+        "kronfluence_vs_pretrace": "kronfluence compute_pairwise_scores / pretrace exact query gradients + "
+                                   "stream_scores (same factors, queries, documents, batch size)",
+        "kronfluence_default_vs_pretrace": "the same with kronfluence's default ScoreArguments (one pass over the "
+                                           "documents per query batch), on a slice of the documents (context)",
+        "factors_vs_fwdbwd": f"pretrace fit_factors ({args.fisher} Fisher: two passes + eigh) / fwdbwd",
+        "kronfluence_factors_vs_fwdbwd": "kronfluence fit_all_factors, same settings / fwdbwd (context)",
+        "new_queries_vs_fwdbwd": f"{args.queries} new queries (their gradients counted) scored against stored "
+                                 f"{args.projection[0]}x{args.projection[1]}-projected document gradients / fwdbwd",
+        "projected_pearson": "mean per-query Pearson of those projected scores against exact scores",
+        "projected_pearson_min": "min per-query Pearson, projected against exact",
+        "peak_mem_mb": f"peak RSS (VmHWM, MiB) of a fresh process stream-scoring {args.docs} docs (interpreter, "
+                       "model and query gradients included)",
+        "peak_mem_growth_2x": f"the same for {2 * args.docs} docs / for {args.docs} docs",
+        "fwdbwd_peak_mem_mb": f"peak RSS (VmHWM, MiB) of a fresh process running fwdbwd over {args.docs} docs "
+                              "(context)",
+    }
+    print("| figure | value | target | what it measures |")
+    print("|---|---|---|---|")
+    for name in FIGURES:
+        print(f"| `{name}` | {results[name]:.3g} | {TARGETS.get(name, '')} | {describe[name]} |")
+    print()
+    for name in FIGURES:
+        print(f"{name}: {results[name]:.4g}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
