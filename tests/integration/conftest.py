@@ -1,4 +1,5 @@
-"""Session fixtures: a throwaway PostgreSQL, a tiny project materialized against it, `dagster dev`."""
+"""Fixtures of this package: a throwaway PostgreSQL, a tiny project materialized against it and
+`dagster dev`; package-scoped, so the servers stop before the rest of the suite runs."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SHARDS = ["part-a.jsonl", "part-b.jsonl", "part-c.jsonl"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def postgres():
     if postgres_bin() is None:
         pytest.skip("PostgreSQL binaries (initdb, pg_ctl) are not installed: apt-get install -y postgresql")
@@ -23,7 +24,7 @@ def postgres():
         yield params
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ops_project(tmp_path_factory, postgres):
     """A tiny project with three corpus files, fully materialized into a Postgres-backed instance."""
     root = tmp_path_factory.mktemp("ops")
@@ -45,7 +46,7 @@ def ops_project(tmp_path_factory, postgres):
     return {"root": root, "config": config_path, "home": home}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def dagster_server(ops_project):
     env = {"PRETRACE_CONFIG": str(ops_project["config"]), "PRETRACE_SENSOR_INTERVAL_S": "5",
            "PRETRACE_AUTOMATION_INTERVAL_S": "5"}
