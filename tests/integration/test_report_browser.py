@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+
 from pretrace.report.analysis import ReportConfig
 from pretrace.report.build import ShardFiles, build_report
 from pretrace.report.figures import FIGURES
@@ -13,14 +14,11 @@ from pretrace.report.html import SECTIONS
 from pretrace.report.synthetic import synthetic_queries, synthetic_shard
 from pretrace.statistics import summarize_shard
 from pretrace.storage import Storage
-
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+from tests.integration.browser import CHROMIUM, CHROMIUM_ARGS, needs_chromium
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed (apt-get install chromium)"),
+    needs_chromium,
 ]
 
 
@@ -47,7 +45,7 @@ def test_report_renders_every_section_and_plot_offline(report_path, tmp_path):
 
     external = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 900})
             page.on("request", lambda r: external.append(r.url)

@@ -2,18 +2,15 @@
 
 import re
 import time
-from pathlib import Path
 
 import dagster as dg
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+from tests.integration.browser import CHROMIUM, CHROMIUM_ARGS, needs_chromium
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed (apt-get install chromium)"),
+    needs_chromium,
 ]
 
 
