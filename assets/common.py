@@ -1,6 +1,7 @@
 """What every asset shares: artefact keys, progress logging, metadata, the model and projection."""
 
 
+import os
 import time
 from typing import Callable
 
@@ -19,6 +20,7 @@ GPU_POOL = "gpu"
 # What every GPU-heavy asset declares: the concurrency pool, and a GPU for its pod on Kubernetes.
 GPU_ASSET = {"pool": GPU_POOL, "op_tags": GPU_OP_TAGS}
 MODEL_INFO_KEY = "model/model.json"
+PROGRESS_INTERVAL_ENV = "PRETRACE_PROGRESS_INTERVAL_S"
 
 
 def shard_key_of(asset: str, shard: str, suffix: str = "safetensors") -> str:
@@ -26,15 +28,26 @@ def shard_key_of(asset: str, shard: str, suffix: str = "safetensors") -> str:
     return f"{asset}/{shard}.{suffix}"
 
 
+def progress_interval() -> float:
+    """Seconds between progress lines in run logs: $PRETRACE_PROGRESS_INTERVAL_S, 10 by default
+    (shorter for watching small runs closely, longer to keep big runs' event logs lean)."""
+    value = os.environ.get(PROGRESS_INTERVAL_ENV)
+    try:
+        return max(0.0, float(value)) if value else 10.0
+    except ValueError:
+        raise dg.Failure(f"${PROGRESS_INTERVAL_ENV}={value!r} is not a number of seconds") from None
+
+
 def progress_logger(context: dg.AssetExecutionContext, total: int, what: str) -> Callable[[int], None]:
-    """A callback that logs counts and an ETA at most every 10 s, and at the end."""
+    """A callback that logs counts and an ETA every `progress_interval()` seconds and at the end."""
     start = time.monotonic()
+    every = progress_interval()
     state = {"done": 0, "logged": start}
 
     def advance(n: int) -> None:
         state["done"] += n
         now = time.monotonic()
-        if now - state["logged"] < 10 and state["done"] < total:
+        if now - state["logged"] < every and state["done"] < total:
             return
         state["logged"] = now
         rate = state["done"] / max(now - start, 1e-9)

@@ -3,17 +3,21 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
-from tests.integration.servers import dagster_dev, postgres_bin, postgres_server, write_dagster_home
+from tests.integration.servers import dagster_dev, postgres_bin, postgres_server, wait_for, write_dagster_home
 from tests.pipeline.project import make_project, write_corpus_file
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARDS = ["part-a.jsonl", "part-b.jsonl", "part-c.jsonl"]
+# The file dropped into the running deployment: big enough that document_gradients takes
+# seconds (about 1 ms per 32-token chunk on one CPU core, two chunks a document), so a test
+# can kill it mid-step.
+DROPPED = "part-d.jsonl"
+DROPPED_DOCS = 2000
 
 
 @pytest.fixture(scope="package")
@@ -28,34 +32,44 @@ def postgres():
 def ops_project(tmp_path_factory, postgres):
     """A tiny project with three corpus files, fully materialized into a Postgres-backed instance."""
     root = tmp_path_factory.mktemp("ops")
-    config_path = make_project(root / "project")
+    config_path = make_project(root / "project", projection=[8, 8])  # keeps the big shard's gradients small
     write_corpus_file(root / "project" / "corpus" / "part-c.jsonl", 8, 3, "c")
     home = write_dagster_home(root / "dagster_home", postgres)
     from pipeline.definitions import build_definitions
     from pipeline.runner import materialize_pipeline
     from pretrace.config import load_config
 
-    old = os.environ.get("DAGSTER_HOME")
-    os.environ["DAGSTER_HOME"] = str(home)
-    try:
-        with dg.DagsterInstance.get() as instance:
-            shards = materialize_pipeline(build_definitions(load_config(config_path)), instance, log=lambda m: None)
-    finally:
-        os.environ.pop("DAGSTER_HOME") if old is None else os.environ.__setitem__("DAGSTER_HOME", old)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        shards = materialize_pipeline(build_definitions(load_config(config_path)), instance, log=lambda m: None)
     assert shards == SHARDS
-    return {"root": root, "config": config_path, "home": home}
+    return {"root": root, "config": config_path, "home": home, "corpus": root / "project" / "corpus",
+            "storage": root / "project" / "data"}
 
 
 @pytest.fixture(scope="package")
 def dagster_server(ops_project):
     env = {"PRETRACE_CONFIG": str(ops_project["config"]), "PRETRACE_SENSOR_INTERVAL_S": "5",
-           "PRETRACE_AUTOMATION_INTERVAL_S": "5"}
+           "PRETRACE_AUTOMATION_INTERVAL_S": "5", "PRETRACE_PROGRESS_INTERVAL_S": "0.2"}
     with dagster_dev(ops_project["home"], env, cwd=ROOT) as server:
         yield server
 
 
 @pytest.fixture
-def instance(ops_project, monkeypatch):
-    monkeypatch.setenv("DAGSTER_HOME", str(ops_project["home"]))
-    with dg.DagsterInstance.get() as instance:
+def instance(ops_project):
+    with dg.DagsterInstance.from_config(str(ops_project["home"])) as instance:
         yield instance
+
+
+@pytest.fixture(scope="package")
+def dropped_shard(ops_project, dagster_server):
+    """A new corpus file moved into the watched folder of the running deployment, and the
+    corpus sensor's finished run for it."""
+    staged = write_corpus_file(ops_project["root"] / DROPPED, DROPPED_DOCS, 4, "d")
+    staged.replace(ops_project["corpus"] / DROPPED)  # appears whole, as a well-behaved producer writes
+    tags = {"dagster/partition": DROPPED, "dagster/sensor_name": "corpus_sensor"}
+    with dg.DagsterInstance.from_config(str(ops_project["home"])) as instance:
+        def finished_run():
+            runs = instance.get_runs(dg.RunsFilter(tags=tags))
+            return runs[0] if runs and runs[0].is_finished else None
+
+        return wait_for(finished_run, 300, f"the corpus sensor's run for {DROPPED}")

@@ -76,9 +76,59 @@ def write_dagster_home(home: Path, pg: dict, gpu_limit: int = 1) -> Path:
     return home
 
 
+def wait_for(predicate, deadline_s: float, what: str, every: float = 2):
+    """Poll `predicate` until it returns something truthy; a TimeoutError names what never came."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {deadline_s:.0f} s waiting for {what}")
+        time.sleep(every)
+
+
+def _run_mutation(field: str, argument: str, input_type: str) -> str:
+    """A GraphQL mutation that launches one run and answers its id or the error."""
+    return f"""
+mutation($params: {input_type}!) {{
+  {field}({argument}: $params) {{
+    __typename
+    ... on LaunchRunSuccess {{ run {{ runId }} }}
+    ... on PythonError {{ message stack }}
+    ... on Error {{ message }}
+  }}
+}}"""
+
+
+LAUNCH_RUN = _run_mutation("launchRun", "executionParams", "ExecutionParams")
+REEXECUTE_RUN = _run_mutation("launchRunReexecution", "reexecutionParams", "ReexecutionParams")
+REPOSITORIES = "{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }"
+
+
 class DagsterDev:
     def __init__(self, url: str, proc: subprocess.Popen, log: Path):
         self.url, self.proc, self.log = url, proc, log
+
+    def launch_assets(self, assets: list[str], partition: str) -> str:
+        """Launch one run materializing `assets` for `partition`, as the UI's Materialize does; its id."""
+        (repo,) = self.graphql(REPOSITORIES)["repositoriesOrError"]["nodes"]
+        selector = {"repositoryLocationName": repo["location"]["name"], "repositoryName": repo["name"],
+                    "jobName": "__ASSET_JOB", "assetSelection": [{"path": [a]} for a in assets]}
+        params = {"selector": selector, "runConfigData": {},
+                  "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]}}
+        return self._run_id(self.graphql(LAUNCH_RUN, {"params": params})["launchRun"])
+
+    def reexecute(self, run_id: str, strategy: str = "FROM_FAILURE") -> str:
+        """Re-execute a finished run, as the run page's Re-execute menu does; the new run's id."""
+        params = {"parentRunId": run_id, "strategy": strategy}
+        return self._run_id(self.graphql(REEXECUTE_RUN, {"params": params})["launchRunReexecution"])
+
+    @staticmethod
+    def _run_id(result: dict) -> str:
+        if result["__typename"] != "LaunchRunSuccess":
+            raise RuntimeError(f"launch failed: {result}")
+        return result["run"]["runId"]
 
     def graphql(self, query: str, variables: dict | None = None, timeout: float = 60) -> dict:
         body = json.dumps({"query": query, "variables": variables or {}}).encode()

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import dagster as dg
 import pytest
 
 from tests.integration.conftest import SHARDS
+from tests.integration.servers import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -28,17 +27,6 @@ query($id: String!) {
     ... on PartitionBackfill { status }
   }
 }"""
-
-
-def wait_for(predicate, deadline_s: float, what: str, every: float = 2):
-    deadline = time.monotonic() + deadline_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(every)
 
 
 def step_windows(instance, run_ids, step: str):

@@ -111,3 +111,28 @@ def test_a_changed_model_recomputes_everything(project):
         assert len(new[asset]) == 1, asset
     for asset in ["corpus_shards", "ekfac_covariances", "ekfac_lambdas", "document_gradients", "influence_scores"]:
         assert sorted(p for p, _ in new[asset]) == shards, asset
+
+
+def test_progress_lines_follow_the_configured_interval(monkeypatch):
+    from types import SimpleNamespace
+
+    from assets.common import PROGRESS_INTERVAL_ENV, progress_interval, progress_logger
+
+    monkeypatch.delenv(PROGRESS_INTERVAL_ENV, raising=False)
+    assert progress_interval() == 10.0
+    lines: list[str] = []
+    context = SimpleNamespace(log=SimpleNamespace(info=lines.append))
+    monkeypatch.setenv(PROGRESS_INTERVAL_ENV, "0")
+    advance = progress_logger(context, 6, "documents")
+    for _ in range(3):
+        advance(2)
+    assert [line.split(" (")[0] for line in lines] == ["documents: 2/6", "documents: 4/6", "documents: 6/6"]
+    lines.clear()
+    monkeypatch.setenv(PROGRESS_INTERVAL_ENV, "3600")
+    advance = progress_logger(context, 6, "documents")
+    for _ in range(3):
+        advance(2)
+    assert [line.split(" (")[0] for line in lines] == ["documents: 6/6"]  # only the last
+    monkeypatch.setenv(PROGRESS_INTERVAL_ENV, "soon")
+    with pytest.raises(dg.Failure, match=r"PRETRACE_PROGRESS_INTERVAL_S='soon' is not a number"):
+        progress_interval()
