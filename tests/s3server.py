@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import boto3
 import pytest
@@ -48,6 +49,15 @@ def s3_server() -> Iterator[str]:
 def s3_root(s3_server: str) -> str:
     """A fresh, empty ``s3://BUCKET/<unique prefix>`` for one test."""
     return f"s3://{BUCKET}/{uuid.uuid4().hex[:12]}"
+
+
+def upload(local: Path, url: str) -> None:
+    """Copy every file under the folder `local` to the S3 prefix `url`, one PUT each."""
+    from pretrace.storage import Storage
+
+    store = Storage(url)
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        store.write_bytes(path.relative_to(local).as_posix(), path.read_bytes())
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
-"""Fixtures of this package: a throwaway PostgreSQL, a tiny project materialized against it and
-`dagster dev`; package-scoped, so the servers stop before the rest of the suite runs."""
+"""Fixtures of this package: a throwaway PostgreSQL, a local S3 holding a tiny project's corpus
+and artefacts, the project materialized into a Postgres-backed instance, and `dagster dev` over
+it all; package-scoped, so the servers stop before the rest of the suite runs."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import dagster as dg
 import pytest
 
 from tests.integration.servers import dagster_dev, postgres_bin, postgres_server, wait_for, write_dagster_home
+from pretrace.storage import Storage
 from tests.pipeline.project import make_project, write_corpus_file
+from tests.s3server import BUCKET, s3_server, upload  # noqa: F401 (s3_server is a fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARDS = ["part-a.jsonl", "part-b.jsonl", "part-c.jsonl"]
@@ -29,11 +32,15 @@ def postgres():
 
 
 @pytest.fixture(scope="package")
-def ops_project(tmp_path_factory, postgres):
-    """A tiny project with three corpus files, fully materialized into a Postgres-backed instance."""
+def ops_project(tmp_path_factory, postgres, s3_server):
+    """A tiny project whose three corpus files and all artefacts live on S3, as on a cluster, fully
+    materialized into a Postgres-backed instance. The model stays on local disk."""
     root = tmp_path_factory.mktemp("ops")
-    config_path = make_project(root / "project", projection=[8, 8])  # keeps the big shard's gradients small
+    s3 = f"s3://{BUCKET}/ops-{root.name}"
+    # A projection keeps the big dropped shard's stored gradients small.
+    config_path = make_project(root / "project", storage=f"{s3}/data", corpus=f"{s3}/corpus", projection=[8, 8])
     write_corpus_file(root / "project" / "corpus" / "part-c.jsonl", 8, 3, "c")
+    upload(root / "project" / "corpus", f"{s3}/corpus")
     home = write_dagster_home(root / "dagster_home", postgres)
     from pipeline.definitions import build_definitions
     from pipeline.runner import materialize_pipeline
@@ -42,8 +49,7 @@ def ops_project(tmp_path_factory, postgres):
     with dg.DagsterInstance.from_config(str(home)) as instance:
         shards = materialize_pipeline(build_definitions(load_config(config_path)), instance, log=lambda m: None)
     assert shards == SHARDS
-    return {"root": root, "config": config_path, "home": home, "corpus": root / "project" / "corpus",
-            "storage": root / "project" / "data"}
+    return {"root": root, "config": config_path, "home": home, "corpus": f"{s3}/corpus", "storage": f"{s3}/data"}
 
 
 @pytest.fixture(scope="package")
@@ -62,10 +68,10 @@ def instance(ops_project):
 
 @pytest.fixture(scope="package")
 def dropped_shard(ops_project, dagster_server):
-    """A new corpus file moved into the watched folder of the running deployment, and the
+    """A new corpus file put into the watched S3 prefix of the running deployment, and the
     corpus sensor's finished run for it."""
     staged = write_corpus_file(ops_project["root"] / DROPPED, DROPPED_DOCS, 4, "d")
-    staged.replace(ops_project["corpus"] / DROPPED)  # appears whole, as a well-behaved producer writes
+    Storage(ops_project["corpus"]).write_bytes(DROPPED, staged.read_bytes())  # one PUT: appears whole
     tags = {"dagster/partition": DROPPED, "dagster/sensor_name": "corpus_sensor"}
     with dg.DagsterInstance.from_config(str(ops_project["home"])) as instance:
         def finished_run():

@@ -4,12 +4,12 @@
 import hashlib
 import re
 import signal
-from pathlib import Path
 
 import dagster as dg
 import psutil
 import pytest
 
+from pretrace.storage import open_fs
 from tests.integration.conftest import DROPPED
 from tests.integration.servers import wait_for
 
@@ -21,10 +21,13 @@ REWRITTEN = {f"document_gradients/{DROPPED}.safetensors", f"influence_scores/{DR
              f"influence_scores/{DROPPED}.stats.safetensors", f"influence_scores/{DROPPED}.top.parquet"}
 
 
-def snapshot(storage: Path) -> dict[str, tuple[str, int]]:
-    """(sha256, mtime_ns) of every artefact but the report, which automation may rebuild meanwhile."""
-    return {str(p.relative_to(storage)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-            for p in sorted(storage.rglob("*")) if p.is_file() and not p.relative_to(storage).parts[0] == "influence_report"}
+def snapshot(storage: str) -> dict[str, tuple[str, str]]:
+    """(sha256, last modified) of every object but the report's, which automation may rebuild
+    meanwhile. Temporary objects count too: none may be left."""
+    fs, root = open_fs(storage)
+    return {path[len(root) + 1:]: (hashlib.sha256(fs.cat_file(path)).hexdigest(), str(info["LastModified"]))
+            for path, info in sorted(fs.find(root, detail=True).items())
+            if not path[len(root) + 1:].startswith("influence_report/")}
 
 
 def run_messages(instance, run_id: str) -> list[str]:
@@ -79,7 +82,6 @@ def test_run_killed_mid_document_gradients_reexecutes_to_identical_artefacts(dro
     assert failed.status == dg.DagsterRunStatus.FAILURE
     assert not step_succeeded(instance, run_id, "document_gradients")
     assert snapshot(storage) == reference
-    assert not [p for p in storage.rglob(".tmp-*")], "a temporary file was left behind"
 
     # Re-execute from failure: the killed run's gpu slot must be freed for its steps to start.
     rerun_id = dagster_server.reexecute(run_id, "FROM_FAILURE")

@@ -8,15 +8,10 @@ from pipeline.runner import materialize_pipeline
 from pretrace.config import load_config
 from pretrace.storage import Storage
 from tests.pipeline.project import make_project
+from tests.s3server import upload
 
 pytest_plugins = ["tests.s3server"]
 pytestmark = pytest.mark.integration
-
-
-def upload(local, url):
-    store = Storage(url)
-    for path in sorted(p for p in local.rglob("*") if p.is_file()):
-        store.write_bytes(path.relative_to(local).as_posix(), path.read_bytes())
 
 
 def test_pipeline_reads_and_writes_s3(tmp_path, s3_root):
