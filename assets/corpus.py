@@ -11,7 +11,7 @@ from pretrace.model import load_tokenizer
 from resources.settings import InfluenceResource, ModelResource, StorageResource
 
 from .common import MODEL_INFO_KEY, artefact_metadata, markdown_preview, shard_key_of
-from .partitions import shard_partitions
+from .partitions import PER_SHARD, shard_partitions
 
 
 def corpus_by_shard(corpus: str) -> dict[str, CorpusFile]:
@@ -35,7 +35,7 @@ def corpus_files(context: dg.AssetExecutionContext, influence: InfluenceResource
 
 
 @dg.asset(
-    partitions_def=shard_partitions,
+    **PER_SHARD,
     deps=[corpus_files, "model"],
     group_name="corpus",
     kinds={"parquet"},

@@ -19,7 +19,7 @@ from resources.settings import ComputeResource, InfluenceResource, ModelResource
 
 from .common import GPU_ASSET, artefact_metadata, model_for, progress_logger, shard_key_of, shard_sequences
 from .corpus import corpus_shards
-from .partitions import shard_partitions
+from .partitions import PER_SHARD, shard_partitions
 
 EIGENBASIS_KEY = "ekfac_eigenbasis/eigenbasis.safetensors"
 FACTORS_KEY = "ekfac_factors/factors.safetensors"
@@ -75,7 +75,7 @@ def _reduce(context: dg.AssetExecutionContext, storage: StorageResource, influen
     return config, store, reduce(lambda x, y: x.merge(y), states), missing
 
 
-@dg.asset(partitions_def=shard_partitions, deps=[corpus_shards, "model"], group_name="ekfac", **GPU_ASSET,
+@dg.asset(**PER_SHARD, deps=[corpus_shards, "model"], group_name="ekfac", **GPU_ASSET,
           kinds={"pytorch", "safetensors"}, code_version="1")
 def ekfac_covariances(context: dg.AssetExecutionContext, storage: StorageResource, influence: InfluenceResource,
                       model_settings: ModelResource, compute: ComputeResource) -> dg.MaterializeResult:
@@ -106,7 +106,7 @@ def _fit_lambdas(lm, data, config, progress, store: Storage) -> LambdaState:
     return fit_lambdas(lm, basis, data, config.fisher, config.seed, progress)
 
 
-@dg.asset(partitions_def=shard_partitions, deps=[ekfac_eigenbasis, corpus_shards, "model"], group_name="ekfac",
+@dg.asset(**PER_SHARD, deps=[ekfac_eigenbasis, corpus_shards, "model"], group_name="ekfac",
           **GPU_ASSET, kinds={"pytorch", "safetensors"}, code_version="1")
 def ekfac_lambdas(context: dg.AssetExecutionContext, storage: StorageResource, influence: InfluenceResource,
                   model_settings: ModelResource, compute: ComputeResource) -> dg.MaterializeResult:

@@ -10,10 +10,10 @@ from resources.settings import ComputeResource, InfluenceResource, ModelResource
 
 from .common import GPU_ASSET, artefact_metadata, model_for, progress_logger, projection_for, shard_key_of, shard_sequences
 from .corpus import corpus_shards
-from .partitions import shard_partitions
+from .partitions import PER_SHARD
 
 
-@dg.asset(partitions_def=shard_partitions, deps=[corpus_shards, "model"], group_name="influence", **GPU_ASSET,
+@dg.asset(**PER_SHARD, deps=[corpus_shards, "model"], group_name="influence", **GPU_ASSET,
           kinds={"pytorch", "safetensors"}, code_version="1")
 def document_gradients(context: dg.AssetExecutionContext, storage: StorageResource, influence: InfluenceResource,
                        model_settings: ModelResource, compute: ComputeResource) -> dg.MaterializeResult:

@@ -15,7 +15,7 @@ from resources.settings import InfluenceResource, StorageResource
 
 from .common import artefact_metadata, markdown_preview, shard_key_of
 from .gradients import document_gradients
-from .partitions import shard_partitions
+from .partitions import PER_SHARD
 from .queries import QUERY_GRADIENTS_KEY, QUERY_TABLE_KEY, query_gradients
 
 
@@ -28,7 +28,7 @@ def score_keys(shard: str) -> dict[str, str]:
     }
 
 
-@dg.asset(partitions_def=shard_partitions, deps=[query_gradients, document_gradients], group_name="influence",
+@dg.asset(**PER_SHARD, deps=[query_gradients, document_gradients], group_name="influence",
           kinds={"parquet"}, code_version="2")
 def influence_scores(context: dg.AssetExecutionContext, storage: StorageResource,
                      influence: InfluenceResource) -> dg.MaterializeResult:

@@ -1,6 +1,6 @@
 """Pytest fixtures for a local S3 (moto's standalone server), for tests that exercise s3:// URLs.
 
-Use from a test module with ``pytest_plugins = ["tests.s3server"]`` (or import the fixtures).
+Registered for the whole suite by tests/conftest.py.
 The server runs in a thread of the test process; code under test reaches it over real HTTP
 through the standard AWS environment variables, exactly as it would reach AWS or MinIO.
 """

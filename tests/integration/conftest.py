@@ -12,7 +12,7 @@ import pytest
 from tests.integration.servers import dagster_dev, postgres_bin, postgres_server, wait_for, write_dagster_home
 from pretrace.storage import Storage
 from tests.pipeline.project import make_project, write_corpus_file
-from tests.s3server import BUCKET, s3_server, upload  # noqa: F401 (s3_server is a fixture)
+from tests.s3server import BUCKET, upload
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARDS = ["part-a.jsonl", "part-b.jsonl", "part-c.jsonl"]

@@ -11,8 +11,6 @@ import yaml
 
 from tests.pipeline.project import QUERIES, make_project
 
-pytest_plugins = ["tests.s3server"]
-
 
 def pretrace(*args, cwd, env=None, timeout=300):
     env = {**os.environ, "DAGSTER_HOME": str(cwd / ".dagster_home"), **(env or {})}

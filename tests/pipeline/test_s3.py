@@ -10,7 +10,6 @@ from pretrace.storage import Storage
 from tests.pipeline.project import make_project
 from tests.s3server import upload
 
-pytest_plugins = ["tests.s3server"]
 pytestmark = pytest.mark.integration
 
 

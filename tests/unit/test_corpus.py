@@ -23,7 +23,6 @@ from pretrace.errors import InputError
 from pretrace.storage import Storage
 from tests.tiny import tiny_tokenizer
 
-pytest_plugins = ["tests.s3server"]
 
 RECORDS = [
     {"id": "d1", "text": "The capital of France is Paris.", "source": "wiki", "lang": "en"},

@@ -13,8 +13,6 @@ import torch
 from pretrace.errors import InputError
 from pretrace.storage import Storage, open_fs
 
-pytest_plugins = ["tests.s3server"]
-
 
 @pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.integration)])
 def storage(request: pytest.FixtureRequest, tmp_path) -> Storage:
