@@ -21,7 +21,7 @@ def latest_metadata(instance, asset: str, partition: str) -> dict:
     return record.asset_materialization.metadata
 
 
-def test_new_corpus_file_becomes_a_partition_a_run_and_one_report_update(dropped_shard, instance):
+def test_new_corpus_file_becomes_a_partition_a_run_and_a_report_update(dropped_shard, instance):
     run = dropped_shard
     assert run.status == dg.DagsterRunStatus.SUCCESS, run.status
     assert run.tags["pretrace/change"] == "new"
@@ -32,11 +32,12 @@ def test_new_corpus_file_becomes_a_partition_a_run_and_one_report_update(dropped
 
     def report_with_new_shard():
         (latest,) = instance.fetch_materializations(dg.AssetKey("influence_report"), limit=1).records or [None]
-        return latest if latest and latest.timestamp > scored_at else None
+        shards = latest and latest.asset_materialization.metadata["shards"].value
+        return latest if shards == len(SHARDS) + 1 else None
 
-    report = wait_for(report_with_new_shard, 180, "influence_report to follow the new shard")
+    report = wait_for(report_with_new_shard, 180, "influence_report to include the new shard")
+    assert report.timestamp > scored_at
     metadata = report.asset_materialization.metadata
-    assert metadata["shards"].value == len(SHARDS) + 1
     # Every chunk of every shard, the new one included, is in the report.
     assert metadata["documents"].value == sum(latest_metadata(instance, "corpus_shards", shard)["chunks"].value
                                               for shard in [*SHARDS, DROPPED])
