@@ -28,14 +28,21 @@ def shard_key_of(asset: str, shard: str, suffix: str = "safetensors") -> str:
     return f"{asset}/{shard}.{suffix}"
 
 
-def progress_interval() -> float:
-    """Seconds between progress lines in run logs: $PRETRACE_PROGRESS_INTERVAL_S, 10 by default
-    (shorter for watching small runs closely, longer to keep big runs' event logs lean)."""
-    value = os.environ.get(PROGRESS_INTERVAL_ENV)
+def seconds_from_env(name: str, default: float, minimum: float = 0.0) -> float:
+    """A duration from the environment, for knobs that tests and small deployments turn down."""
+    value = os.environ.get(name)
+    if not value:
+        return default
     try:
-        return max(0.0, float(value)) if value else 10.0
+        return max(minimum, float(value))
     except ValueError:
-        raise dg.Failure(f"${PROGRESS_INTERVAL_ENV}={value!r} is not a number of seconds") from None
+        raise ValueError(f"${name}={value!r} is not a number of seconds") from None
+
+
+def progress_interval() -> float:
+    """Seconds between progress lines in run logs: short to watch small runs, long to keep big
+    runs' event logs lean."""
+    return seconds_from_env(PROGRESS_INTERVAL_ENV, 10.0)
 
 
 def progress_logger(context: dg.AssetExecutionContext, total: int, what: str) -> Callable[[int], None]:

@@ -4,7 +4,8 @@ import dagster as dg
 
 shard_partitions = dg.DynamicPartitionsDefinition(name="shard")
 
-# What every per-shard asset declares. Backfills launch one run per shard, so a failed shard is
-# retried alone and a run holds a `gpu` slot for one shard's steps only; loading the model once
-# per run costs seconds where a real shard costs minutes.
+# What every per-shard asset declares. A backfill launches one run per shard, so a failed shard
+# is retried alone and the others are not redone; batching shards per run would save a model
+# load (seconds) per shard that costs minutes, at the price of retrying a whole batch. Such runs
+# name their shard in the `dagster/asset_partition_range_start`/`_end` tags.
 PER_SHARD = {"partitions_def": shard_partitions, "backfill_policy": dg.BackfillPolicy.multi_run(1)}

@@ -20,11 +20,11 @@ fresh sensor on an existing deployment does not redo the whole corpus.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 
 import dagster as dg
 
+from assets.common import seconds_from_env
 from assets.corpus import corpus_by_shard
 from assets.partitions import shard_partitions
 from pretrace.corpus import CorpusFile
@@ -40,9 +40,8 @@ _MAX_TAG = 1000
 
 
 def interval_from_env(name: str, default: int) -> int:
-    """A tick interval in seconds from the environment (tests and small deployments shorten it)."""
-    value = os.environ.get(name)
-    return max(1, int(value)) if value else default
+    """A tick interval in whole seconds (Dagster's unit), at least one."""
+    return int(seconds_from_env(name, default, minimum=1))
 
 
 def file_state(f: CorpusFile) -> str:

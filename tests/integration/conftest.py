@@ -6,13 +6,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import boto3
 import dagster as dg
 import pytest
 
-from tests.integration.servers import dagster_dev, postgres_bin, postgres_server, wait_for, write_dagster_home
+from tests.integration.servers import (dagster_dev, finished_run, postgres_bin, postgres_server, wait_for,
+                                       write_dagster_home)
 from pretrace.storage import Storage
 from tests.pipeline.project import make_project, write_corpus_file
-from tests.s3server import BUCKET, upload
+from tests.s3server import upload
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARDS = ["part-a.jsonl", "part-b.jsonl", "part-c.jsonl"]
@@ -21,6 +23,8 @@ SHARDS = ["part-a.jsonl", "part-b.jsonl", "part-c.jsonl"]
 # can kill it mid-step.
 DROPPED = "part-d.jsonl"
 DROPPED_DOCS = 2000
+# Versioned, so tests can count the writes to each object.
+OPS_BUCKET = "pretrace-ops"
 
 
 @pytest.fixture(scope="package")
@@ -36,7 +40,10 @@ def ops_project(tmp_path_factory, postgres, s3_server):
     """A tiny project whose three corpus files and all artefacts live on S3, as on a cluster, fully
     materialized into a Postgres-backed instance. The model stays on local disk."""
     root = tmp_path_factory.mktemp("ops")
-    s3 = f"s3://{BUCKET}/ops-{root.name}"
+    s3_client = boto3.client("s3", endpoint_url=s3_server)
+    s3_client.create_bucket(Bucket=OPS_BUCKET)
+    s3_client.put_bucket_versioning(Bucket=OPS_BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    s3 = f"s3://{OPS_BUCKET}/{root.name}"
     # A projection keeps the big dropped shard's stored gradients small.
     config_path = make_project(root / "project", storage=f"{s3}/data", corpus=f"{s3}/corpus", projection=[8, 8])
     write_corpus_file(root / "project" / "corpus" / "part-c.jsonl", 8, 3, "c")
@@ -72,10 +79,6 @@ def dropped_shard(ops_project, dagster_server):
     corpus sensor's finished run for it."""
     staged = write_corpus_file(ops_project["root"] / DROPPED, DROPPED_DOCS, 4, "d")
     Storage(ops_project["corpus"]).write_bytes(DROPPED, staged.read_bytes())  # one PUT: appears whole
-    tags = {"dagster/partition": DROPPED, "dagster/sensor_name": "corpus_sensor"}
+    filters = dg.RunsFilter(tags={"dagster/partition": DROPPED, "dagster/sensor_name": "corpus_sensor"})
     with dg.DagsterInstance.from_config(str(ops_project["home"])) as instance:
-        def finished_run():
-            runs = instance.get_runs(dg.RunsFilter(tags=tags))
-            return runs[0] if runs and runs[0].is_finished else None
-
-        return wait_for(finished_run, 300, f"the corpus sensor's run for {DROPPED}")
+        return wait_for(lambda: finished_run(instance, filters), 300, f"the corpus sensor's run for {DROPPED}")

@@ -13,9 +13,14 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
+import dagster as dg
 import yaml
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -34,7 +39,7 @@ def postgres_bin() -> Path | None:
 
 
 @contextlib.contextmanager
-def postgres_server(db: str = "dagster"):
+def postgres_server(db: str = "dagster") -> Iterator[dict]:
     """Start PostgreSQL in a temp dir (as the `postgres` user when run as root); yield its params."""
     bindir = postgres_bin()
     if bindir is None:
@@ -76,8 +81,9 @@ def write_dagster_home(home: Path, pg: dict, gpu_limit: int = 1) -> Path:
     return home
 
 
-def wait_for(predicate, deadline_s: float, what: str, every: float = 2):
-    """Poll `predicate` until it returns something truthy; a TimeoutError names what never came."""
+def wait_for(predicate: Callable[[], T | None], deadline_s: float, what: str, every: float = 2) -> T:
+    """Poll `predicate` until it returns something truthy; a TimeoutError names what never came.
+    Predicates raise themselves when what they wait for can no longer come (a failed run)."""
     deadline = time.monotonic() + deadline_s
     while True:
         value = predicate()
@@ -86,6 +92,12 @@ def wait_for(predicate, deadline_s: float, what: str, every: float = 2):
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {deadline_s:.0f} s waiting for {what}")
         time.sleep(every)
+
+
+def finished_run(instance: dg.DagsterInstance, filters: dg.RunsFilter) -> dg.DagsterRun | None:
+    """The latest run matching `filters` once it has finished, else None."""
+    runs = instance.get_runs(filters, limit=1)
+    return runs[0] if runs and runs[0].is_finished else None
 
 
 def _run_mutation(field: str, argument: str, input_type: str) -> str:
@@ -104,17 +116,33 @@ mutation($params: {input_type}!) {{
 LAUNCH_RUN = _run_mutation("launchRun", "executionParams", "ExecutionParams")
 REEXECUTE_RUN = _run_mutation("launchRunReexecution", "reexecutionParams", "ReexecutionParams")
 REPOSITORIES = "{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }"
+LATEST_TICK = """
+query($selector: SensorSelector!) {
+  sensorOrError(sensorSelector: $selector) {
+    __typename
+    ... on Sensor { sensorState { ticks(limit: 1) { status timestamp cursor skipReason } } }
+  }
+}"""
 
 
 class DagsterDev:
     def __init__(self, url: str, proc: subprocess.Popen, log: Path):
         self.url, self.proc, self.log = url, proc, log
 
+    def repository(self) -> dict[str, str]:
+        """The selector fields of the one code location's repository."""
+        (repo,) = self.graphql(REPOSITORIES)["repositoriesOrError"]["nodes"]
+        return {"repositoryLocationName": repo["location"]["name"], "repositoryName": repo["name"]}
+
+    def latest_tick(self, sensor: str) -> dict | None:
+        """status, timestamp, cursor and skipReason of a sensor's latest tick."""
+        selector = {**self.repository(), "sensorName": sensor}
+        ticks = self.graphql(LATEST_TICK, {"selector": selector})["sensorOrError"]["sensorState"]["ticks"]
+        return ticks[0] if ticks else None
+
     def launch_assets(self, assets: list[str], partition: str) -> str:
         """Launch one run materializing `assets` for `partition`, as the UI's Materialize does; its id."""
-        (repo,) = self.graphql(REPOSITORIES)["repositoriesOrError"]["nodes"]
-        selector = {"repositoryLocationName": repo["location"]["name"], "repositoryName": repo["name"],
-                    "jobName": "__ASSET_JOB", "assetSelection": [{"path": [a]} for a in assets]}
+        selector = {**self.repository(), "jobName": "__ASSET_JOB", "assetSelection": [{"path": [a]} for a in assets]}
         params = {"selector": selector, "runConfigData": {},
                   "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]}}
         return self._run_id(self.graphql(LAUNCH_RUN, {"params": params})["launchRun"])
@@ -141,7 +169,7 @@ class DagsterDev:
 
 
 @contextlib.contextmanager
-def dagster_dev(home: Path, env: dict[str, str], cwd: Path, timeout: float = 180):
+def dagster_dev(home: Path, env: dict[str, str], cwd: Path, timeout: float = 180) -> Iterator[DagsterDev]:
     """`dagster dev` (webserver + daemon) on 127.0.0.1 and a free port; yields a DagsterDev."""
     port = free_port()
     log = home / "dagster-dev.log"
