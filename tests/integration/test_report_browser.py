@@ -14,7 +14,7 @@ from pretrace.report.html import SECTIONS
 from pretrace.report.synthetic import synthetic_queries, synthetic_shard
 from pretrace.statistics import summarize_shard
 from pretrace.storage import Storage
-from tests.integration.browser import CHROMIUM, CHROMIUM_ARGS, needs_chromium
+from tests.integration.browser import chromium_page, needs_chromium
 
 pytestmark = [
     pytest.mark.integration,
@@ -41,45 +41,38 @@ def report_path(tmp_path_factory):
 
 
 def test_report_renders_every_section_and_plot_offline(report_path, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     external = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.on("request", lambda r: external.append(r.url)
-                    if not r.url.startswith(("file:", "data:")) else None)
-            page.goto(report_path.as_uri(), wait_until="load")
-            assert page.title() == "pretrace influence report"
+    with chromium_page(1200, 900) as page:
+        page.on("request", lambda r: external.append(r.url)
+                if not r.url.startswith(("file:", "data:")) else None)
+        page.goto(report_path.as_uri(), wait_until="load")
+        assert page.title() == "pretrace influence report"
 
-            for section_id, title in SECTIONS:
-                section = page.locator(f"section#{section_id}")
-                assert section.count() == 1, section_id
-                assert section.locator("h2").inner_text() == title
-                if section_id != "notes":
-                    assert len(section.locator(".reading").inner_text()) > 40, section_id
+        for section_id, title in SECTIONS:
+            section = page.locator(f"section#{section_id}")
+            assert section.count() == 1, section_id
+            assert section.locator("h2").inner_text() == title
+            if section_id != "notes":
+                assert len(section.locator(".reading").inner_text()) > 40, section_id
 
-            images = page.evaluate("""() => Array.from(document.images).map(i => ({
-                name: i.dataset.figure, complete: i.complete, width: i.naturalWidth, height: i.naturalHeight,
-                section: i.closest('section').id}))""")
-            assert sorted(i["name"] for i in images) == sorted(FIGURES)
-            for image in images:
-                assert image["complete"] and image["width"] > 100 and image["height"] > 100, image
-            assert {i["section"] for i in images} == {"correlation", "magnitude", "concentration", "answers", "sources"}
+        images = page.evaluate("""() => Array.from(document.images).map(i => ({
+            name: i.dataset.figure, complete: i.complete, width: i.naturalWidth, height: i.naturalHeight,
+            section: i.closest('section').id}))""")
+        assert sorted(i["name"] for i in images) == sorted(FIGURES)
+        for image in images:
+            assert image["complete"] and image["width"] > 100 and image["height"] > 100, image
+        assert {i["section"] for i in images} == {"correlation", "magnitude", "concentration", "answers", "sources"}
 
-            # the per-query document lists open and hold the shown rows, top and bottom
-            details = page.locator("#top-documents details")
-            assert details.count() == 20
-            details.first.locator("summary").click()
-            assert details.first.locator("tbody tr").count() == 2 * 10
-            assert details.first.locator("tbody tr").first.is_visible()
+        # the per-query document lists open and hold the shown rows, top and bottom
+        details = page.locator("#top-documents details")
+        assert details.count() == 20
+        details.first.locator("summary").click()
+        assert details.first.locator("tbody tr").count() == 2 * 10
+        assert details.first.locator("tbody tr").first.is_visible()
 
-            shot = tmp_path / "report.png"
-            page.screenshot(path=str(shot), full_page=True)
-            assert shot.stat().st_size > 50_000
-        finally:
-            browser.close()
+        shot = tmp_path / "report.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 50_000
     assert external == [], f"the report fetched external resources: {external[:5]}"
     target = os.environ.get("PRETRACE_SCREENSHOT_DIR")
     if target:

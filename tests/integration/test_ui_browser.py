@@ -1,12 +1,14 @@
-"""The Dagster web UI in a real browser: find the asset graph, press Materialize, see success."""
+"""The Dagster web UI in a real browser: the asset graph, Materialize and its run, the shard
+partitions and the report's metadata."""
 
 import re
-import time
 
 import dagster as dg
 import pytest
 
-from tests.integration.browser import CHROMIUM, CHROMIUM_ARGS, needs_chromium
+from tests.integration.browser import chromium_page, needs_chromium
+from tests.integration.conftest import SHARDS
+from tests.integration.servers import wait_for
 
 pytestmark = [
     pytest.mark.integration,
@@ -14,18 +16,16 @@ pytestmark = [
 ]
 
 
-def materializations(instance, asset):
+def materializations(instance: dg.DagsterInstance, asset: str) -> int:
     return len(instance.fetch_materializations(dg.AssetKey(asset), limit=1000).records)
 
 
 def test_materialize_an_asset_from_the_ui(dagster_server, instance, tmp_path):
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     before = materializations(instance, "queries")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
+    with chromium_page() as page:
         page.goto(f"{dagster_server.url}/asset-groups", wait_until="networkidle")
         expect(page.get_by_text("Global asset lineage")).to_be_visible(timeout=60_000)
         for group in ("corpus", "model", "ekfac", "queries", "influence", "report"):  # the graph's groups
@@ -40,13 +40,26 @@ def test_materialize_an_asset_from_the_ui(dagster_server, instance, tmp_path):
             pass
         # Accessible names carry the icon's name first ("materialization Materialize").
         page.get_by_role("button", name=re.compile(r"^(\S+ )?Materialize$")).first.click()
-        deadline = time.monotonic() + 120
-        while materializations(instance, "queries") == before:
-            assert time.monotonic() < deadline, "the run launched from the UI did not materialize `queries`"
-            time.sleep(1)
+        wait_for(lambda: materializations(instance, "queries") > before, 120,
+                 "the run launched from the UI to materialize `queries`", every=1)
         run_id = instance.fetch_materializations(dg.AssetKey("queries"), limit=1).records[0].run_id
         page.goto(f"{dagster_server.url}/runs/{run_id}", wait_until="networkidle")
         expect(page.get_by_text("Success").first).to_be_visible(timeout=60_000)  # the run's own page
         page.screenshot(path=str(tmp_path / "run.png"), full_page=True)
-        browser.close()
+    print(f"screenshots in {tmp_path}")
+
+
+def test_the_ui_shows_shard_partitions_and_report_metadata(dagster_server, tmp_path):
+    from playwright.sync_api import expect
+
+    with chromium_page() as page:
+        page.goto(f"{dagster_server.url}/assets/document_gradients?view=partitions", wait_until="networkidle")
+        for shard in SHARDS:
+            expect(page.get_by_text(shard, exact=True).first).to_be_visible(timeout=60_000)
+        page.screenshot(path=str(tmp_path / "partitions.png"), full_page=True)
+
+        page.goto(f"{dagster_server.url}/assets/influence_report?view=events", wait_until="networkidle")
+        for entry in ("report", "shards", "documents", "correlation"):
+            expect(page.get_by_text(entry, exact=True).first).to_be_visible(timeout=60_000)
+        page.screenshot(path=str(tmp_path / "report-metadata.png"), full_page=True)
     print(f"screenshots in {tmp_path}")
