@@ -3,6 +3,7 @@
 
 import hashlib
 import time
+from collections import Counter
 
 import dagster as dg
 import pyarrow as pa
@@ -28,7 +29,7 @@ def queries(storage: StorageResource, influence: InfluenceResource) -> dg.Materi
     table = read_queries(influence.queries)
     store.write_parquet(QUERIES_KEY, table)
     digest = hashlib.sha256(store.read_bytes(QUERIES_KEY)).hexdigest()[:16]
-    kinds = {k: table.column("kind").to_pylist().count(k) for k in sorted(set(table.column("kind").to_pylist()))}
+    kinds = dict(sorted(Counter(table.column("kind").to_pylist()).items()))
     return dg.MaterializeResult(
         metadata={
             **artefact_metadata(store, QUERIES_KEY, started=started),

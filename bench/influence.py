@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -42,17 +41,18 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from pretrace.batching import batches, collate  # noqa: E402
+from bench.memory import hwm_bytes as _hwm_bytes  # noqa: E402
+from pretrace.batching import batches  # noqa: E402
 from pretrace.documents import compute_document_gradients  # noqa: E402
 from pretrace.ekfac import Factors, fit_factors  # noqa: E402
 from pretrace.model import wrap_model  # noqa: E402
 from pretrace.projection import KroneckerProjection  # noqa: E402
 from pretrace.queries import query_gradients_from_tokens  # noqa: E402
 from pretrace.scores import score_matrix, stream_scores  # noqa: E402
+from tests.peer import Sequences, collate_fn, pearson, summed_task  # noqa: E402
 
 FIGURES = [
     "score_vs_fwdbwd",
@@ -174,11 +174,6 @@ def fwdbwd(model, sequences, batch_size, pad_id=0) -> None:
     model.zero_grad(set_to_none=True)
 
 
-def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
-    x, y = x.double() - x.double().mean(), y.double() - y.double().mean()
-    return float((x @ y) / (x.norm() * y.norm()))
-
-
 def fmt_times(times: list[float]) -> str:
     return "[" + ", ".join(f"{t:.2f}" for t in times) + "] s"
 
@@ -194,53 +189,12 @@ def kronfluence_runner(lm, args, docs, queries, starts, output_dir: str):
 
     from kronfluence.analyzer import Analyzer, prepare_model
     from kronfluence.arguments import FactorArguments, ScoreArguments
-    from kronfluence.task import Task
     from kronfluence.utils.dataset import DataLoaderKwargs
 
-    def summed_losses(model, batch, sample=False):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
-        targets, mask = batch["input_ids"][:, 1:], batch["target_mask"][:, 1:]
-        if sample:
-            with torch.no_grad():
-                probs = torch.softmax(logits.reshape(-1, logits.shape[-1]), dim=-1)
-                targets = torch.multinomial(probs, 1).view_as(targets)
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
-        return (nll.view_as(targets) * mask).sum()
-
-    names = [layer.name for layer in lm.layers]
-
-    class SummedLM(Task):
-        def compute_train_loss(self, batch, model, sample=False):
-            return summed_losses(model, batch, sample)
-
-        def compute_measurement(self, batch, model):
-            return summed_losses(model, batch)  # completion tokens only: the query's loss
-
-        def get_influence_tracked_modules(self):
-            return names
-
-        def get_attention_mask(self, batch):
-            return batch["attention_mask"]
-
-    class Seqs(torch.utils.data.Dataset):
-        def __init__(self, seqs, first=None):
-            self.seqs, self.first = seqs, first
-
-        def __len__(self):
-            return len(self.seqs)
-
-        def __getitem__(self, i):
-            return self.seqs[i], 1 if self.first is None else self.first[i]
-
-    def collate_fn(items):
-        seqs, first = zip(*items)
-        b = collate(list(seqs), 0, list(first))
-        return {"input_ids": b.input_ids, "attention_mask": b.attention_mask, "target_mask": b.target_mask}
-
-    task = SummedLM()
+    task = summed_task([layer.name for layer in lm.layers], sampled_labels=args.fisher == "sampled")
     model = prepare_model(copy.deepcopy(lm.model), task)
     analyzer = Analyzer("bench", model, task, cpu=True, disable_tqdm=True, output_dir=output_dir)
-    analyzer.set_dataloader_kwargs(DataLoaderKwargs(collate_fn=collate_fn))
+    analyzer.set_dataloader_kwargs(DataLoaderKwargs(collate_fn=collate_fn(0)))
     factor_args = FactorArguments(strategy="ekfac", use_empirical_fisher=args.fisher == "empirical",
                                   covariance_max_examples=None, lambda_max_examples=None)
     # One pass over the documents for all queries, as pretrace does: accumulate every query batch.
@@ -249,13 +203,13 @@ def kronfluence_runner(lm, args, docs, queries, starts, output_dir: str):
     default = ScoreArguments(damping_factor=None)  # kronfluence's default: one pass per query batch
 
     def fit(n_docs=None):
-        analyzer.fit_all_factors("ekfac", Seqs(docs[:n_docs]), per_device_batch_size=args.batch_size,
+        analyzer.fit_all_factors("ekfac", Sequences(docs[:n_docs]), per_device_batch_size=args.batch_size,
                                  factor_args=factor_args, overwrite_output_dir=True)
 
     def score(n_queries=None, n_docs=None, accumulate=True):
         q, s = queries[:n_queries], starts[:n_queries]
         analyzer.compute_pairwise_scores(
-            "pairwise", "ekfac", Seqs(q, s), Seqs(docs[:n_docs]),
+            "pairwise", "ekfac", Sequences(q, s), Sequences(docs[:n_docs]),
             per_device_query_batch_size=args.batch_size, per_device_train_batch_size=args.batch_size,
             score_args=one_pass if accumulate else default, overwrite_output_dir=True,
         )
@@ -270,17 +224,6 @@ def kronfluence_runner(lm, args, docs, queries, starts, output_dir: str):
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _hwm_bytes() -> int:
-    """This process's peak RSS (VmHWM). Not ru_maxrss: Linux carries the parent's RSS at fork
-    into a child's ru_maxrss across exec, so a child started by a big parent reports the
-    parent's size (measured here: 2.6 GB for a child whose own peak was 1 GB)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # not Linux: KiB on Linux, bytes on macOS
 
 
 def memory_child(args) -> None:

@@ -5,11 +5,12 @@
     python bench/report.py --docs 500000 --shards 50 --queries 40
 
 Doubling adds shards of the same size (the way a corpus grows: more files). Each step runs in its
-own subprocess and its peak RSS is read with wait4: the two halves of the per-shard summaries
-(synthetic scores -> `summarize_shard` -> safetensors/Parquet, what `influence_scores` does after
-the GEMM), then the report over N documents and over 2N. The report merges one shard at a time,
-so its peak memory must not grow with the number of documents: `report_peak_mem_growth_2x` is
-peak RSS at 2N over peak RSS at N, and should stay close to 1.
+own subprocess, which reports its own peak RSS (VmHWM, see bench/memory.py): the two halves of
+the per-shard summaries (synthetic scores -> `summarize_shard` -> safetensors/Parquet, what
+`influence_scores` does after the GEMM), then the report over N documents and over 2N. The
+report merges one shard at a time, so its peak memory must not grow with the number of
+documents: `report_peak_mem_growth_2x` is peak RSS at 2N over peak RSS at N, and should stay
+close to 1.
 
 Output: a human-readable log, then one `name: value` line per figure.
 """
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.memory import hwm_bytes  # noqa: E402
+
 FIGURES = [
     "documents_1x", "documents_2x", "shards_1x", "queries",
     "summarize_seconds_per_shard", "summarize_peak_rss_mb",
@@ -37,38 +39,26 @@ FIGURES = [
 ]
 
 
-def shard_files(first: int, last: int):
-    from pretrace.report.build import ShardFiles
-
-    return [ShardFiles(f"shard-{i:05d}", f"influence_scores/shard-{i:05d}.stats.safetensors",
-                       f"influence_scores/shard-{i:05d}.top.parquet") for i in range(first, last)]
-
-
 def child_summarize(args) -> dict:
-    from pretrace.report.synthetic import synthetic_shard
-    from pretrace.statistics import summarize_shard
+    from pretrace.report.synthetic import write_synthetic_shards
     from pretrace.storage import Storage
 
     store = Storage(args.root)
     queries = store.read_parquet("query_gradients/queries.parquet")
-    ids = queries.column("id").to_pylist()
     start = time.perf_counter()
-    for files, i in zip(shard_files(args.first, args.last), range(args.first, args.last)):
-        doc_ids, scores, docs = synthetic_shard(queries, args.docs_per_shard, i)
-        stats, top = summarize_shard(ids, doc_ids, scores, docs, queries, k=args.k)
-        store.write_tensors(files.statistics, *stats.to_tensors())
-        store.write_parquet(files.top, top)
+    write_synthetic_shards(store, queries, args.docs_per_shard, range(args.first, args.last), k=args.k)
     return {"seconds": time.perf_counter() - start, "shards": args.last - args.first}
 
 
 def child_report(args) -> dict:
     from pretrace.report.analysis import ReportConfig
     from pretrace.report.build import make_report, merge_stored, write_report
+    from pretrace.report.synthetic import synthetic_shard_files
     from pretrace.storage import Storage
 
     store = Storage(args.root)
     queries = store.read_parquet("query_gradients/queries.parquet")
-    files = shard_files(0, args.last)
+    files = synthetic_shard_files(range(args.last))
     start = time.perf_counter()
     stats, top = merge_stored(store, files, args.k)
     merged = time.perf_counter()
@@ -78,7 +68,7 @@ def child_report(args) -> dict:
             "html_bytes": len(report.html)}
 
 
-def run_child(kind: str, root: str, extra: list[str]) -> subprocess.Popen:
+def run_child(kind: str, root: str, extra: list[str]) -> tuple[subprocess.Popen, Path]:
     out = Path(root) / f"result-{kind}-{'-'.join(extra)}.json"
     cmd = [sys.executable, __file__, "--child", kind, "--root", root, "--result", str(out), *extra]
     return subprocess.Popen(cmd, cwd=ROOT), out
@@ -86,13 +76,9 @@ def run_child(kind: str, root: str, extra: list[str]) -> subprocess.Popen:
 
 def wait(proc_and_out) -> dict:
     proc, out = proc_and_out
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
+    if proc.wait() != 0:
         raise SystemExit(f"benchmark child failed with exit code {proc.returncode}")
-    result = json.loads(out.read_text())
-    result["peak_rss_mb"] = usage.ru_maxrss / 1024  # kilobytes on Linux
-    return result
+    return json.loads(out.read_text())
 
 
 def main() -> None:
@@ -113,6 +99,7 @@ def main() -> None:
 
     if args.child:
         result = (child_summarize if args.child == "summarize" else child_report)(args)
+        result["peak_rss_mb"] = hwm_bytes() / 2**20  # the child's own peak, not ru_maxrss (bench/memory.py)
         Path(args.result).write_text(json.dumps(result))
         return
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import MutableMapping
 from pathlib import Path
 
 import dagster as dg
@@ -19,11 +20,17 @@ from .settings import CONFIG_ENV, DEMO_DIR_ENV, demo_config
 DAGSTER_HOME_DIR = ".dagster_home"
 
 
-def _instance() -> dg.DagsterInstance:
-    """A persistent instance, so `pretrace ui` afterwards shows the runs and their metadata."""
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(DAGSTER_HOME_DIR).absolute())))
+def _dagster_home(env: MutableMapping[str, str]) -> Path:
+    """$DAGSTER_HOME (./.dagster_home unless set), created with a dagster.yaml: one persistent
+    instance, so `pretrace ui` shows the runs of `pretrace demo|run` and their metadata."""
+    home = Path(env.setdefault("DAGSTER_HOME", str(Path(DAGSTER_HOME_DIR).absolute())))
     home.mkdir(parents=True, exist_ok=True)
     (home / "dagster.yaml").touch()
+    return home
+
+
+def _instance() -> dg.DagsterInstance:
+    _dagster_home(os.environ)
     return dg.DagsterInstance.get()
 
 
@@ -62,9 +69,7 @@ def run(args: argparse.Namespace) -> None:
 
 def ui(args: argparse.Namespace) -> None:
     env = dict(os.environ)
-    env.setdefault("DAGSTER_HOME", str(Path(DAGSTER_HOME_DIR).absolute()))
-    Path(env["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
-    (Path(env["DAGSTER_HOME"]) / "dagster.yaml").touch()
+    _dagster_home(env)
     if args.config:
         env[CONFIG_ENV] = str(Path(args.config).absolute())
     env.setdefault(DEMO_DIR_ENV, str(Path(".").absolute()))

@@ -19,6 +19,8 @@ from assets.partitions import shard_partitions
 from pretrace.model import checkpoint_fingerprint
 from resources.settings import config_from_resources
 
+from .sensors import last_file_token
+
 Log = Callable[[str], None]
 # Dagster's console logger defaults to DEBUG (every step event); the assets' own progress is INFO.
 QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
@@ -75,10 +77,8 @@ def materialize_pipeline(
     model_changed = run.data_version("model") != before
 
     for shard in shards:
-        latest = run.latest("corpus_shards", shard)
-        token = latest.asset_materialization.metadata.get("file_token") if latest else None
-        current = _file_token(instance, shard)
-        if model_changed or latest is None or token is None or token.value != current:
+        token = last_file_token(instance, shard)
+        if model_changed or token is None or token != _file_token(instance, shard):
             run.materialize("corpus_shards", shard)
 
     if refit or model_changed or not run.has("ekfac_factors"):

@@ -115,16 +115,6 @@ def plan_refresh(instance: dg.DagsterInstance, corpus: str, cursor: str | None) 
     return plan
 
 
-def refresh_requests(
-    instance: dg.DagsterInstance, corpus: str, cursor: str | None
-) -> tuple[list[dg.RunRequest], list[str], str]:
-    """(run requests, removed shards, new cursor); registers new partitions on the instance."""
-    plan = plan_refresh(instance, corpus, cursor)
-    if plan.new:
-        instance.add_dynamic_partitions(shard_partitions.name, plan.new)
-    return plan.run_requests(), plan.removed, plan.cursor()
-
-
 def build_corpus_sensor(minimum_interval_seconds: int | None = None) -> dg.SensorDefinition:
     interval = minimum_interval_seconds or interval_from_env(SENSOR_INTERVAL_ENV, 60)
 

@@ -248,8 +248,7 @@ def checkpoint_fingerprint(path: str) -> str:
 
     fs, root = open_fs(path)
     digest = hashlib.sha256()
-    for file in sorted(fs.find(root)):
-        info = fs.info(file)
+    for file, info in sorted(fs.find(root, detail=True).items()):  # the listing has size and stamp
         stamp = info.get("ETag") or info.get("mtime")
         digest.update(f"{file.removeprefix(root)}:{info.get('size')}:{stamp}".encode())
     return digest.hexdigest()[:16]

@@ -116,7 +116,22 @@ class ShardStatistics:
         bins_per_octave: int = BINS_PER_OCTAVE,
     ) -> "ShardStatistics":
         """Statistics of a (Q, N) score matrix; ``texts`` and ``targets`` give the answer base rates."""
-        s32 = _as_numpy(scores)
+        return cls._of_checked(query_ids, _as_numpy(scores), sources=sources, texts=texts, targets=targets,
+                               exact_top=exact_top, bins_per_octave=bins_per_octave)
+
+    @classmethod
+    def _of_checked(
+        cls,
+        query_ids: list[str],
+        s32: np.ndarray,
+        *,
+        sources: list[str] | None,
+        texts: list[str] | None,
+        targets: list[list[str]] | None,
+        exact_top: int,
+        bins_per_octave: int,
+    ) -> "ShardStatistics":
+        """:meth:`of` for a matrix :func:`_as_numpy` already checked, so callers check it only once."""
         q, n = s32.shape
         if len(query_ids) != q:
             raise InputError(f"{len(query_ids)} query ids for a score matrix of {q} rows")
@@ -124,33 +139,26 @@ class ShardStatistics:
         flat = [t for ts in targets for t in ts]
         # Column chunks bound the float64 temporaries to about 32 MB whatever the shard size.
         step = max(1, _CHUNK_ELEMENTS // max(q, 1))
-        chunks = [slice(a, min(a + step, n)) for a in range(0, n, step)]
         mean = s32.sum(axis=1, dtype=np.float64) / n if n else np.zeros(q)
         comoment = np.zeros((q, q))
         positive_sum, abs_sum = np.zeros(q), np.zeros(q)
         positive_count = np.zeros(q, np.int64)
-        lowest, highest = None, None
-        for c in chunks:
-            x = s32[:, c].astype(np.float64)
-            positive_sum += np.where(x > 0, x, 0.0).sum(axis=1)
-            abs_sum += np.abs(x).sum(axis=1)
-            positive_count += (x > 0).sum(axis=1)
-            if (x > 0).any():
-                bins = log_bins(x[x > 0], bins_per_octave)
-                lowest = int(bins.min()) if lowest is None else min(lowest, int(bins.min()))
-                highest = int(bins.max()) if highest is None else max(highest, int(bins.max()))
-            x -= mean[:, None]
-            comoment += x @ x.T
-        offset, width = (lowest, highest - lowest + 1) if lowest is not None else (0, 0)
+        offset, width = _histogram_range(s32, bins_per_octave)
         count, total = np.zeros((q, width), np.int64), np.zeros((q, width))
-        if width:
-            for c in chunks:
-                x = s32[:, c].astype(np.float64)
-                rows, cols = np.nonzero(x > 0)
+        for a in range(0, n, step):
+            x = s32[:, a : a + step].astype(np.float64)
+            positive = x > 0
+            positive_sum += np.where(positive, x, 0.0).sum(axis=1)
+            abs_sum += np.abs(x).sum(axis=1)
+            positive_count += positive.sum(axis=1)
+            if width:
+                rows, cols = np.nonzero(positive)
                 values = x[rows, cols]
                 index = rows * width + (log_bins(values, bins_per_octave) - offset)
                 count += np.bincount(index, minlength=q * width).reshape(q, width)
                 total += np.bincount(index, weights=values, minlength=q * width).reshape(q, width)
+            x -= mean[:, None]
+            comoment += x @ x.T
         length = min(exact_top, n)
         if length == 0:
             top = np.zeros((q, 0), np.float32)
@@ -273,6 +281,29 @@ def _as_numpy(scores: torch.Tensor | np.ndarray) -> np.ndarray:
     return s
 
 
+def _histogram_range(s32: np.ndarray, bins_per_octave: int) -> tuple[int, int]:
+    """First log bin and number of bins spanned by the positive scores ((0, 0) if there are none).
+
+    The bin is monotone in the value, so only the smallest positive and the largest score are
+    binned: no log2 over every score. They are binned as float64, like the chunks, so they agree.
+    """
+    highest = s32.max(initial=0.0)
+    if highest <= 0:
+        return 0, 0
+    lo, hi = log_bins(np.array([_smallest_positive(s32), highest], np.float64), bins_per_octave).tolist()
+    return lo, hi - lo + 1
+
+
+def _smallest_positive(s32: np.ndarray) -> np.float32:
+    """The smallest positive value of a finite float32 matrix holding one, without a masked pass.
+
+    Positive floats order like their bit patterns; subtracting 1 wraps 0 to the largest pattern
+    and leaves negatives (sign bit set) above every positive, so a plain integer minimum finds it
+    (masked minima and np.where are many times slower on scores of random sign).
+    """
+    return ((s32.view(np.uint32) - np.uint32(1)).min() + np.uint32(1)).view(np.float32)
+
+
 def _merge_histograms(a: ShardStatistics, b: ShardStatistics) -> tuple[int, np.ndarray, np.ndarray]:
     widths = [(x.hist_offset, x.hist_count.shape[1]) for x in (a, b) if x.hist_count.shape[1]]
     if not widths:
@@ -319,7 +350,20 @@ def top_documents(
 
     Ties are broken by doc_id, so the selection (and its merge across shards) is deterministic.
     """
-    s = _as_numpy(scores)
+    return _top_documents(query_ids, doc_ids, _as_numpy(scores), k, sources=sources, texts=texts, targets=targets)
+
+
+def _top_documents(
+    query_ids: list[str],
+    doc_ids: list[str],
+    s: np.ndarray,
+    k: int,
+    *,
+    sources: list[str] | None,
+    texts: list[str] | None,
+    targets: list[list[str]] | None,
+) -> pa.Table:
+    """:func:`top_documents` for a matrix :func:`_as_numpy` already checked, so callers check it only once."""
     n = s.shape[1]
     k = min(k, n)
     rows: dict[str, list] = {name: [] for name in TOP_SCHEMA.names}
@@ -411,9 +455,10 @@ def summarize_shard(
             column = documents.column("text").to_pylist()
             texts = [column[i] or "" for i in index]
     targets = query_targets(query_ids, queries)
-    stats = ShardStatistics.of(query_ids, scores, sources=sources, texts=texts, targets=targets,
-                               exact_top=exact_top, bins_per_octave=bins_per_octave)
-    top = top_documents(query_ids, doc_ids, scores, k, sources=sources, texts=texts, targets=targets)
+    s32 = _as_numpy(scores)  # checked once for both reductions
+    stats = ShardStatistics._of_checked(query_ids, s32, sources=sources, texts=texts, targets=targets,
+                                        exact_top=exact_top, bins_per_octave=bins_per_octave)
+    top = _top_documents(query_ids, doc_ids, s32, k, sources=sources, texts=texts, targets=targets)
     return stats, top
 
 

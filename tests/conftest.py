@@ -1,3 +1,50 @@
-"""Fixtures every test package may use: the local S3 server (tests/s3server.py)."""
+"""Fixtures every test package may use: the local S3 server (tests/s3server.py), one torch thread,
+and a trained tiny Llama."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerFast
 
 pytest_plugins = ["tests.s3server"]
+
+
+@contextlib.contextmanager
+def _torch_on_one_thread() -> Iterator[None]:
+    """On a shared 2-core machine, two torch threads oversubscribed by other processes made small
+    training steps ~60x slower (measured 15 s vs 0.2 s for 10 steps); one thread avoids that.
+    torch is imported here so test packages that never use it do not pay for the import."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """torch on one thread for the whole module that asks for it (see _torch_on_one_thread)."""
+    with _torch_on_one_thread():
+        yield
+
+
+@pytest.fixture(scope="session")
+def trained_llama() -> tuple[PreTrainedTokenizerFast, torch.nn.Module]:
+    """(tokenizer, model): the tiny Llama trained on sentence_documents, trained once per session,
+    on one thread. Shared, so consumers must not change its weights (wrap_model only moves it and
+    sets eval mode; kronfluence works on a deep copy)."""
+    from tests.tiny import sentence_documents, tiny_tokenizer, trained_tiny_llama
+
+    tok = tiny_tokenizer()
+    with _torch_on_one_thread():
+        return tok, trained_tiny_llama(tok, sentence_documents(tok))

@@ -21,6 +21,23 @@ BUCKET = "pretrace-test"
 _AWS_VARS_TO_CLEAR = ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION")
 
 
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that was free when asked (the caller binds it soon after)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _point_aws_at(mp: pytest.MonkeyPatch, endpoint: str) -> None:
+    """Send every AWS client to `endpoint` with dummy credentials, whatever the caller's environment says."""
+    for name in _AWS_VARS_TO_CLEAR:
+        mp.delenv(name, raising=False)
+    mp.setenv("AWS_ENDPOINT_URL", endpoint)
+    mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+    mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[str]:
     """Start moto on a free port of 127.0.0.1, point the AWS variables at it, yield the endpoint.
@@ -32,12 +49,7 @@ def s3_server() -> Iterator[str]:
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
     with pytest.MonkeyPatch.context() as mp:
-        for name in _AWS_VARS_TO_CLEAR:
-            mp.delenv(name, raising=False)
-        mp.setenv("AWS_ENDPOINT_URL", endpoint)
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        _point_aws_at(mp, endpoint)
         boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
         try:
             yield endpoint
@@ -63,12 +75,6 @@ def upload(local: Path, url: str) -> None:
 @pytest.fixture
 def unreachable_s3(monkeypatch: pytest.MonkeyPatch) -> str:
     """Point the AWS variables at a closed port of 127.0.0.1 for one test; yields the endpoint."""
-    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
-        sock.bind(("127.0.0.1", 0))
-        endpoint = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    endpoint = f"http://127.0.0.1:{free_port()}"  # free a moment ago: nothing listens there
+    _point_aws_at(monkeypatch, endpoint)
     return endpoint

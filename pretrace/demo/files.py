@@ -16,8 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-FORMATS = (".jsonl", ".jsonl.gz", ".parquet")
-
+from pretrace.corpus import CORPUS_SUFFIXES
 
 def _jsonl(records: Sequence[dict]) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
@@ -35,7 +34,7 @@ def _encode(path: Path, records: Sequence[dict]) -> bytes:
         buffer = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(list(records), schema=schema), buffer)
         return buffer.getvalue()
-    raise ValueError(f"cannot write {path}: the name must end with one of {FORMATS}")
+    raise ValueError(f"cannot write {path}: the name must end with one of {CORPUS_SUFFIXES}")
 
 
 def write_records(path: Path, records: Sequence[dict[str, object]]) -> Path:

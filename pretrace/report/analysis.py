@@ -250,7 +250,7 @@ def analyze(stats: ShardStatistics, top: pa.Table, queries: pa.Table, config: Re
     power_law_kinds = pl.DataFrame(pl_rows)
 
     # 5. answers in the top documents
-    answers = _answers(stats, top_df, qf, config)
+    answers = _answers(stats, top_df, qf)
     answers_kinds = _answers_by_kind(answers, groups, ids, config)
 
     # 6. sources
@@ -300,7 +300,7 @@ def _ratio_comparison(magnitude: pl.DataFrame, config: ReportConfig, rng: np.ran
     return pl.DataFrame(rows)
 
 
-def _answers(stats: ShardStatistics, top_df: pl.DataFrame, qf: pl.DataFrame, config: ReportConfig) -> pl.DataFrame:
+def _answers(stats: ShardStatistics, top_df: pl.DataFrame, qf: pl.DataFrame) -> pl.DataFrame:
     top = top_df.filter(pl.col("side") == "top")
     corpus = stats.answer_docs()
     rows = []

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 from datetime import datetime, timezone
 from typing import Callable
 
@@ -12,7 +11,7 @@ import polars as pl
 
 from .analysis import Analysis
 from .concentration import share_bound
-from .narrative import num, pct
+from .narrative import interval, num, pct
 
 SECTIONS = [
     ("correlation", "Do reasoning queries share influential documents?"),
@@ -82,15 +81,9 @@ def _reading(lines: list[str]) -> str:
     return '<div class="reading">' + "".join(f"<p>{html.escape(x)}</p>" for x in lines) + "</div>"
 
 
-def _ci(row_lo: float | None, row_hi: float | None, fmt: Formatter = lambda x: num(x, 3)) -> str:
-    if row_lo is None or row_hi is None or not (math.isfinite(row_lo) and math.isfinite(row_hi)):
-        return ""
-    return f"[{fmt(row_lo)}, {fmt(row_hi)}]"
-
-
 def _with_ci(df: pl.DataFrame, value: str, lo: str, hi: str, name: str, fmt: Formatter = lambda x: num(x, 3)) -> pl.DataFrame:
     return df.with_columns(pl.struct([value, lo, hi]).map_elements(
-        lambda r: f"{fmt(r[value])} {_ci(r[lo], r[hi], fmt)}".strip(), return_dtype=pl.String).alias(name))
+        lambda r: f"{fmt(r[value])} {interval(r[lo], r[hi], fmt, missing='')}".strip(), return_dtype=pl.String).alias(name))
 
 
 def section_correlation(a: Analysis, figs: dict[str, bytes], reading: list[str]) -> str:

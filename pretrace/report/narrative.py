@@ -42,9 +42,9 @@ def pct(x: float | None, digits: int = 1) -> str:
     return f"{100 * x:.{digits}f}%"
 
 
-def interval(lo: float | None, hi: float | None, fmt=num) -> str:
+def interval(lo: float | None, hi: float | None, fmt=num, missing: str = "[no interval]") -> str:
     if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
-        return "[no interval]"
+        return missing
     return f"[{fmt(lo)}, {fmt(hi)}]"
 
 

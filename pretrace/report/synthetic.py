@@ -9,8 +9,14 @@ top-scoring documents; reasoning answers are not.
 
 from __future__ import annotations
 
+from typing import Iterable, Sequence
+
 import numpy as np
 import pyarrow as pa
+
+from ..statistics import EXACT_TOP, summarize_shard
+from ..storage import Storage
+from .build import ShardFiles
 
 KINDS = ("factual", "arithmetic", "slope", "linear", "control")
 SOURCES = ("web", "wiki", "code", "math")
@@ -74,11 +80,14 @@ def synthetic_scores(queries: pa.Table, n_docs: int, seed: int, alpha: float = 2
     return scores
 
 
-def synthetic_documents(queries: pa.Table, scores: np.ndarray, shard: int, seed: int, plant: int = 3) -> pa.Table:
-    """doc_id, source, text for a shard; each factual answer planted into its query's top ``plant`` documents."""
+def synthetic_documents(queries: pa.Table, scores: np.ndarray, shard: int, seed: int, sources: np.ndarray,
+                        plant: int = 3) -> pa.Table:
+    """doc_id, source, text for a shard; each factual answer planted into its query's top ``plant`` documents.
+
+    ``sources`` are the ones ``scores`` were drawn with, so the text agrees with the scores.
+    """
     rng = np.random.default_rng(seed + 7919)
     n = scores.shape[1]
-    sources = synthetic_sources(n, seed)
     words = rng.integers(0, len(_WORDS), size=(n, 8))
     numbers = rng.integers(0, 5000, size=(n, 2))
     texts = [f"{' '.join(_WORDS[w] for w in words[i])} {numbers[i, 0]} and {numbers[i, 1]}." for i in range(n)]
@@ -94,6 +103,26 @@ def synthetic_documents(queries: pa.Table, scores: np.ndarray, shard: int, seed:
 def synthetic_shard(queries: pa.Table, n_docs: int, shard: int, seed: int = 0) -> tuple[list[str], np.ndarray, pa.Table]:
     """(doc ids, scores, documents) of one synthetic shard."""
     shard_seed = seed * 100_003 + shard
-    scores = synthetic_scores(queries, n_docs, seed=shard_seed, sources=synthetic_sources(n_docs, shard_seed))
-    documents = synthetic_documents(queries, scores, shard, seed=shard_seed)
+    sources = synthetic_sources(n_docs, shard_seed)
+    scores = synthetic_scores(queries, n_docs, seed=shard_seed, sources=sources)
+    documents = synthetic_documents(queries, scores, shard, seed=shard_seed, sources=sources)
     return documents.column("doc_id").to_pylist(), scores, documents
+
+
+def synthetic_shard_files(shards: Iterable[int], name: str = "shard-{:05d}") -> list[ShardFiles]:
+    """Where ``write_synthetic_shards`` stores each shard (``name`` formats the shard index), for readers."""
+    return [ShardFiles(name.format(i), f"influence_scores/{name.format(i)}.stats.safetensors",
+                       f"influence_scores/{name.format(i)}.top.parquet") for i in shards]
+
+
+def write_synthetic_shards(store: Storage, queries: pa.Table, n_docs: int, shards: Sequence[int], *, k: int,
+                           seed: int = 0, exact_top: int = EXACT_TOP, name: str = "shard-{:05d}") -> list[ShardFiles]:
+    """Summarize and store synthetic shards as ``influence_scores`` stores real ones, so the report can read them."""
+    ids = queries.column("id").to_pylist()
+    files = synthetic_shard_files(shards, name)
+    for shard, where in zip(shards, files):
+        doc_ids, scores, documents = synthetic_shard(queries, n_docs, shard, seed=seed)
+        stats, top = summarize_shard(ids, doc_ids, scores, documents, queries, k=k, exact_top=exact_top)
+        store.write_tensors(where.statistics, *stats.to_tensors())
+        store.write_parquet(where.top, top)
+    return files

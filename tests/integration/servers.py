@@ -7,7 +7,6 @@ import glob
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,13 +19,9 @@ from typing import TypeVar
 import dagster as dg
 import yaml
 
+from tests.s3server import free_port
+
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def postgres_bin() -> Path | None:
@@ -186,7 +181,7 @@ def dagster_dev(home: Path, env: dict[str, str], cwd: Path, timeout: float = 180
             if proc.poll() is not None:
                 raise RuntimeError(f"dagster dev exited ({proc.returncode}):\n{log.read_text()[-4000:]}")
             try:
-                data = server.graphql("{ repositoriesOrError { __typename ... on RepositoryConnection { nodes { name } } } }")
+                data = server.graphql(REPOSITORIES)
                 if data["repositoriesOrError"].get("nodes"):
                     break
             except OSError:

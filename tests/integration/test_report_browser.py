@@ -8,11 +8,10 @@ import pytest
 
 
 from pretrace.report.analysis import ReportConfig
-from pretrace.report.build import ShardFiles, build_report
+from pretrace.report.build import build_report
 from pretrace.report.figures import FIGURES
 from pretrace.report.html import SECTIONS
-from pretrace.report.synthetic import synthetic_queries, synthetic_shard
-from pretrace.statistics import summarize_shard
+from pretrace.report.synthetic import synthetic_queries, write_synthetic_shards
 from pretrace.storage import Storage
 from tests.integration.browser import chromium_page, needs_chromium
 
@@ -27,15 +26,7 @@ def report_path(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     store = Storage(str(root))
     queries = synthetic_queries(20, seed=2)
-    ids = queries.column("id").to_pylist()
-    files = []
-    for s in range(3):
-        doc_ids, scores, docs = synthetic_shard(queries, 2000, s, seed=2)
-        stats, top = summarize_shard(ids, doc_ids, scores, docs, queries, k=20)
-        files.append(ShardFiles(f"shard-{s}", f"influence_scores/shard-{s}.stats.safetensors",
-                                f"influence_scores/shard-{s}.top.parquet"))
-        store.write_tensors(files[-1].statistics, *stats.to_tensors())
-        store.write_parquet(files[-1].top, top)
+    files = write_synthetic_shards(store, queries, 2000, range(3), k=20, seed=2, name="shard-{}")
     build_report(store, files, queries, ReportConfig(k=20, bootstrap=300, permutations=200))
     return root / "influence_report" / "report.html"
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 import yaml
 
+from pretrace.demo.files import write_records
 from tests.tiny import SENTENCES, tiny_model, tiny_tokenizer
 
 QUERIES = [
@@ -21,8 +21,7 @@ def write_corpus_file(path: Path, n: int, seed: int, prefix: str) -> Path:
     rng = random.Random(seed)
     rows = [{"id": f"{prefix}-{i}", "text": " ".join(rng.sample(SENTENCES, 2)), "source": rng.choice(["prose", "math"])}
             for i in range(n)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return write_records(path, rows)
 
 
 def make_project(root: Path, storage: str | None = None, **settings) -> Path:
@@ -32,7 +31,7 @@ def make_project(root: Path, storage: str | None = None, **settings) -> Path:
     (root / "corpus").mkdir()
     write_corpus_file(root / "corpus" / "part-a.jsonl", 14, 1, "a")
     write_corpus_file(root / "corpus" / "part-b.jsonl", 10, 2, "b")
-    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in QUERIES))
+    write_records(root / "queries.jsonl", QUERIES)
     config = {"model": "model", "corpus": "corpus", "queries": "queries.jsonl", "storage": storage or "data",
               "device": "cpu", "batch_size": 4, "max_length": 32, "top_k": 5, **settings}
     (root / "pretrace.yaml").write_text(yaml.safe_dump(config))

@@ -1,5 +1,7 @@
 """The asset graph end to end on a tiny project, against the core library."""
 
+from pathlib import Path
+
 import dagster as dg
 import pyarrow.parquet as pq
 import pytest
@@ -74,7 +76,7 @@ def _score_matrix(storage, shard, doc_ids):
 def test_a_new_corpus_file_runs_only_its_own_partition(project):
     config, defs, instance, _ = project
     before = {a: materialized(instance, a) for a in ALL_ASSETS}
-    write_corpus_file(__import__("pathlib").Path(config.corpus) / "part-c.jsonl", 6, 3, "c")
+    write_corpus_file(Path(config.corpus) / "part-c.jsonl", 6, 3, "c")
     materialize_pipeline(defs, instance, log=lambda m: None)
     new = {a: [m for m in materialized(instance, a) if m not in before[a]] for a in ALL_ASSETS}
     assert [p for p, _ in new["corpus_shards"]] == ["part-c.jsonl"]

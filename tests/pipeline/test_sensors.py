@@ -4,6 +4,7 @@ import gc
 import json
 import os
 import warnings
+from pathlib import Path
 
 import dagster as dg
 from dagster._core.storage.defs_state.base import set_defs_state_storage
@@ -63,7 +64,7 @@ def test_a_changed_file_gets_a_new_run_with_a_new_run_key(setup):
     first = tick(defs, instance)
     path = os.path.join(config.corpus, "part-b.jsonl")
     stat = os.stat(path)
-    write_corpus_file(__import__("pathlib").Path(path), 12, 9, "b2")
+    write_corpus_file(Path(path), 12, 9, "b2")
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))  # coarse-mtime filesystems
     second = tick(defs, instance, first.cursor)
     requests = by_shard(second)
@@ -86,7 +87,7 @@ def test_a_removed_file_is_reported_not_silently_kept(setup, capfd):
     assert "WARNING - corpus files removed: part-a.jsonl" in logged
     assert set(json.loads(second.cursor)) == {"part-b.jsonl"}
     # Runs requested later carry the removal in their tags, so it shows on the run page too.
-    write_corpus_file(__import__("pathlib").Path(config.corpus) / "part-c.jsonl", 5, 4, "c")
+    write_corpus_file(Path(config.corpus) / "part-c.jsonl", 5, 4, "c")
     third = tick(defs, instance, second.cursor)
     assert set(by_shard(third)) == {"part-c.jsonl"}
     assert by_shard(third)["part-c.jsonl"].tags[REMOVED_TAG] == "part-a.jsonl"
@@ -185,7 +186,6 @@ def test_automation_carries_a_new_shard_and_updates_the_report_once_per_batch(se
     _materialize(instance, "document_gradients", ["part-c.jsonl", "part-d.jsonl"])
     _materialize(instance, "influence_scores", ["part-c.jsonl", "part-d.jsonl"])
     cursor, requested = evaluate(cursor)
-    print(requested)
     assert ("influence_report", None) in requested
     _materialize(instance, "influence_report")
     cursor, requested = evaluate(cursor)

@@ -1,4 +1,4 @@
-"""bench/influence.py --quick runs end to end and prints every figure as a finite number."""
+"""The benchmarks run end to end on small shapes and print their figures as `name: value` lines."""
 
 import importlib.util
 import math
@@ -8,23 +8,31 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 HAVE_KRONFLUENCE = importlib.util.find_spec("kronfluence") is not None
+
+
+def run_bench(script: str, *args: str) -> tuple[dict[str, str], str]:
+    """Run ``bench/<script>`` with ``args``; its `name: value` figures and its whole stdout."""
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return dict(re.findall(r"^(\w+): (\S+)$", out.stdout, flags=re.MULTILINE)), out.stdout
 
 
 def test_quick_benchmark_prints_every_figure():
     from bench.influence import FIGURES
 
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "influence.py"), "--quick"],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    values = dict(re.findall(r"^(\w+): (\S+)$", out.stdout, flags=re.MULTILINE))
+    values, stdout = run_bench("influence.py", "--quick")
     for name in FIGURES:
-        assert name in values, f"{name} missing from the output:\n{out.stdout[-2000:]}"
+        assert name in values, f"{name} missing from the output:\n{stdout[-2000:]}"
         value = float(values[name])
         if name.startswith("kronfluence") and math.isnan(value) and not HAVE_KRONFLUENCE:
             continue  # printed as nan when kronfluence is not installed
         assert math.isfinite(value), f"{name}: {values[name]}"
-    assert "| figure | value |" in out.stdout  # the markdown table for the README
+    assert "| figure | value |" in stdout  # the markdown table for the README
+
+
+def test_report_benchmark_memory_stays_flat_when_documents_double():
+    values, _ = run_bench("report.py", "--docs", "20000", "--shards", "4", "--queries", "10", "--k", "5")
+    assert int(values["documents_2x"]) == 2 * int(values["documents_1x"]) == 40_000
+    assert float(values["report_peak_mem_growth_2x"]) < 1.15

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 import re
 from pathlib import Path
@@ -19,6 +17,7 @@ from pretrace.corpus import (
     shard_key,
     tokenize_documents,
 )
+from pretrace.demo.files import write_records
 from pretrace.errors import InputError
 from pretrace.storage import Storage
 from tests.tiny import tiny_tokenizer
@@ -31,20 +30,10 @@ RECORDS = [
 ]
 
 
-def jsonl_bytes(lines: list) -> bytes:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in lines).encode()
-
-
 def write_corpus_file(path: Path, records: list[dict]) -> Path:
-    """Write ``records`` in the format that ``path``'s suffix names."""
+    """write_records, creating the folder first (tests write into fresh subfolders)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.name.endswith(".parquet"):
-        pq.write_table(pa.Table.from_pylist(records), path)
-    elif path.name.endswith(".gz"):
-        path.write_bytes(gzip.compress(jsonl_bytes(records)))
-    else:
-        path.write_bytes(jsonl_bytes(records))
-    return path
+    return write_records(path, records)
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +47,9 @@ def tokenizer():
 def test_list_corpus_files_keeps_only_corpus_files(tmp_path: Path) -> None:
     for name in ("b.jsonl", "a.parquet", "c.jsonl.gz"):
         write_corpus_file(tmp_path / name, RECORDS)
-    for name in ("notes.txt", ".hidden.jsonl", "sub/d.jsonl"):
+    for name in (".hidden.jsonl", "sub/d.jsonl"):
         write_corpus_file(tmp_path / name, RECORDS)
+    (tmp_path / "notes.txt").write_text("not a corpus file")
     files = list_corpus_files(str(tmp_path))
     assert [f.name for f in files] == ["a.parquet", "b.jsonl", "c.jsonl.gz"]
     assert files[1].url == str(tmp_path / "b.jsonl")
@@ -87,12 +77,12 @@ def test_unreachable_corpus_bucket(unreachable_s3: str) -> None:
 @pytest.mark.integration
 def test_corpus_on_s3(s3_root: str, tmp_path: Path) -> None:
     storage = Storage(s3_root)
-    storage.write_bytes("corpus/docs.jsonl", jsonl_bytes(RECORDS))
+    local = write_corpus_file(tmp_path / "docs.jsonl", RECORDS)
+    storage.write_bytes("corpus/docs.jsonl", local.read_bytes())
     storage.write_bytes("corpus/skip.txt", b"")
     files = list_corpus_files(f"{s3_root}/corpus/")
     assert [(f.name, f.url) for f in files] == [("docs.jsonl", f"{s3_root}/corpus/docs.jsonl")]
     assert files[0].token  # the ETag
-    local = write_corpus_file(tmp_path / "docs.jsonl", RECORDS)
     assert list(read_records(files[0].url)) == list(read_records(str(local)))
 
 
@@ -183,8 +173,8 @@ def test_bad_parquet_rows_name_file_and_row(tmp_path: Path) -> None:
 
 
 def test_corrupt_gzip(tmp_path: Path) -> None:
-    path = tmp_path / "bad.jsonl.gz"
-    path.write_bytes(gzip.compress(jsonl_bytes(RECORDS))[:-12])
+    path = write_corpus_file(tmp_path / "bad.jsonl.gz", RECORDS)
+    path.write_bytes(path.read_bytes()[:-12])
     with pytest.raises(InputError, match=re.escape(str(path)) + ": not a complete gzip file"):
         list(read_records(str(path)))
 

@@ -18,22 +18,22 @@ import logging
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from pretrace.batching import batches, collate
+from pretrace.batching import batches
 from pretrace.ekfac import Damping, fit_factors
 from pretrace.model import wrap_model
 from pretrace.queries import Query, encode_queries, query_gradients_from_tokens
 from pretrace.scores import stream_scores
-from tests.tiny import sentence_documents, tiny_tokenizer, trained_tiny_llama
+from tests.tiny import sentence_documents
 
 kronfluence = pytest.importorskip(
     "kronfluence", reason="kronfluence is not installed (make venv installs it with --no-deps)"
 )
 from kronfluence.analyzer import Analyzer, prepare_model  # noqa: E402
 from kronfluence.arguments import FactorArguments, ScoreArguments  # noqa: E402
-from kronfluence.task import Task  # noqa: E402
 from kronfluence.utils.dataset import DataLoaderKwargs  # noqa: E402
+
+from tests.peer import Sequences, collate_fn, pearson, summed_task  # noqa: E402
 
 pytestmark = [pytest.mark.peer, pytest.mark.filterwarnings("ignore:.*GradScaler.*:FutureWarning")]
 
@@ -49,73 +49,10 @@ BATCH = 8
 N_DOCS = 48
 
 
-def _summed_losses(model, batch) -> torch.Tensor:
-    """(B,) summed next-token loss over the tokens `target_mask` marks (pretrace's definition)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logits = logits[:, :-1].float()
-    targets, mask = batch["input_ids"][:, 1:], batch["target_mask"][:, 1:]
-    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
-    return (nll.view_as(targets) * mask).sum(dim=1)
-
-
-class SummedLanguageModelling(Task):
-    def __init__(self, module_names: list[str]):
-        self.module_names = module_names
-
-    def compute_train_loss(self, batch, model, sample=False):
-        assert not sample, "this comparison uses the empirical Fisher"
-        return _summed_losses(model, batch).sum()
-
-    def compute_measurement(self, batch, model):
-        # Queries mark only their completion tokens as targets: the completion's loss.
-        return _summed_losses(model, batch).sum()
-
-    def get_influence_tracked_modules(self):
-        return self.module_names
-
-    def get_attention_mask(self, batch):
-        return batch["attention_mask"]
-
-
-class Sequences(torch.utils.data.Dataset):
-    def __init__(self, sequences, starts=None):
-        self.sequences, self.starts = sequences, starts
-
-    def __len__(self):
-        return len(self.sequences)
-
-    def __getitem__(self, i):
-        return self.sequences[i], (1 if self.starts is None else self.starts[i])
-
-
-def _collate(items, pad_id):
-    sequences, starts = zip(*items)
-    batch = collate(list(sequences), pad_id, list(starts))
-    return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "target_mask": batch.target_mask}
-
-
-def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
-    x, y = x.double() - x.double().mean(), y.double() - y.double().mean()
-    return float((x @ y) / (x.norm() * y.norm()))
-
-
 @pytest.fixture(scope="module")
-def setup():
-    # One thread: on a shared 2-core machine, two torch threads oversubscribed by other processes
-    # made this module's training step ~60x slower (measured 15 s vs 0.2 s for 10 steps).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield _setup()
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _setup():
-    torch.manual_seed(0)
-    tok = tiny_tokenizer()
+def setup(one_torch_thread, trained_llama):
+    tok, model = trained_llama
     docs = sentence_documents(tok, n=N_DOCS, seed=3)
-    model = trained_tiny_llama(tok, sentence_documents(tok), steps=40)
     lm = wrap_model(model, tok, layers=["mlp"], device="cpu")
     sequences, starts = encode_queries(QUERIES, tok)
     return lm, tok, docs, sequences, starts
@@ -132,10 +69,10 @@ def _kronfluence_scores(lm, tok, docs, sequences, starts, output_dir):
     logging.getLogger("kronfluence").setLevel(logging.ERROR)
 
     model = copy.deepcopy(lm.model)  # prepare_model wraps modules in place
-    task = SummedLanguageModelling([layer.name for layer in lm.layers])
+    task = summed_task([layer.name for layer in lm.layers])
     model = prepare_model(model, task)
     analyzer = Analyzer("peer", model, task, cpu=True, disable_tqdm=True, output_dir=str(output_dir))
-    analyzer.set_dataloader_kwargs(DataLoaderKwargs(collate_fn=lambda items: _collate(items, tok.pad_token_id)))
+    analyzer.set_dataloader_kwargs(DataLoaderKwargs(collate_fn=collate_fn(tok.pad_token_id)))
     factor_args = FactorArguments(
         strategy="ekfac",
         use_empirical_fisher=True,

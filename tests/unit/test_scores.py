@@ -11,7 +11,8 @@ from pretrace.model import wrap_model
 from pretrace.projection import KroneckerProjection
 from pretrace.queries import Query, compute_query_gradients, encode_queries
 from pretrace.scores import score_matrix, stream_scores
-from tests.tiny import random_sequences, sentence_documents, tiny_model, tiny_tokenizer, trained_tiny_llama
+from tests.peer import pearson
+from tests.tiny import random_sequences, sentence_documents, tiny_model, tiny_tokenizer
 
 QUERIES = [
     Query("capital", "The capital of France is", " Paris."),
@@ -27,11 +28,6 @@ def setup():
     docs = random_sequences(40, min_len=8, max_len=40, seed=11)
     factors = fit_factors(lm, lambda: (b for _, b in batches(docs, 8, 0)))
     return lm, docs, factors
-
-
-def pearson(x, y):
-    x, y = x - x.mean(), y - y.mean()
-    return float((x @ y) / (x.norm() * y.norm()))
 
 
 @pytest.mark.parametrize("k", [None, 8])
@@ -104,10 +100,10 @@ PROJECTION_FLOORS = {8: 0.45, 16: 0.75, 32: 0.97}
 
 
 @pytest.fixture(scope="module")
-def trained():
-    tok = tiny_tokenizer()
+def trained(trained_llama):
+    tok, model = trained_llama
     docs = sentence_documents(tok)
-    lm = wrap_model(trained_tiny_llama(tok, docs), tok, device="cpu")
+    lm = wrap_model(model, tok, device="cpu")
     return lm, docs, fit_factors(lm, lambda: (b for _, b in batches(docs, 8, 0)))
 
 
