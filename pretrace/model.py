@@ -178,7 +178,8 @@ def _local_checkpoint(path: str) -> Path:
         return local
     from .storage import open_fs
 
-    digest = hashlib.sha256(path.encode()).hexdigest()[:16]
+    # Keyed by the files' fingerprint too: a checkpoint re-uploaded to the same URL is fetched again.
+    digest = hashlib.sha256(f"{path}\n{checkpoint_fingerprint(path)}".encode()).hexdigest()[:16]
     cache = Path(tempfile.gettempdir()) / "pretrace-models" / digest
     if not (cache / "config.json").exists():
         fs, remote = open_fs(path)

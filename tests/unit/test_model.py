@@ -89,3 +89,17 @@ def test_bfloat16_autocast_accumulates_in_float32():
         assert grad.dtype == torch.float32
         cosine = torch.nn.functional.cosine_similarity(grad.flatten(1), g32.grads[name].flatten(1)).min()
         assert cosine > 0.95, name
+
+
+def test_a_checkpoint_replaced_on_s3_is_downloaded_again(tmp_path, s3_root):
+    from tests.s3server import upload
+
+    url = f"{s3_root}/model"
+    for seed in (1, 2):
+        local = tmp_path / f"seed{seed}"
+        tiny_model("llama", seed=seed).save_pretrained(local)
+        tiny_tokenizer().save_pretrained(local)
+        upload(local, url)  # the second upload replaces the first under the same URL
+        loaded = load_model(url, device="cpu").model.state_dict()
+        expected = tiny_model("llama", seed=seed).state_dict()
+        assert all(torch.equal(loaded[k], expected[k]) for k in expected), f"stale weights after upload {seed}"
