@@ -1,31 +1,30 @@
-"""What every asset shares: artefact keys, progress logging, metadata, the model and projection."""
+"""What every asset shares: one artefact computation per materialization, its result, progress."""
 
+from __future__ import annotations
 
 import os
 import time
-from typing import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
 
-from pretrace.config import PretraceConfig
-from pretrace.model import LoadedModel
-from pretrace.projection import KroneckerProjection
-from pretrace.storage import Storage
-from resources.settings import ComputeResource, ModelResource, loaded_model
+from pretrace.computation import Computation
+from pretrace.errors import ConcurrentChange, PretraceError
+from pretrace.layout import Manifest
+from resources.pretrace import PretraceResource
 
 from .k8s import GPU_OP_TAGS
 
 GPU_POOL = "gpu"
 # What every GPU-heavy asset declares: the concurrency pool, and a GPU for its pod on Kubernetes.
 GPU_ASSET = {"pool": GPU_POOL, "op_tags": GPU_OP_TAGS}
-MODEL_INFO_KEY = "model/model.json"
 PROGRESS_INTERVAL_ENV = "PRETRACE_PROGRESS_INTERVAL_S"
-
-
-def shard_key_of(asset: str, shard: str, suffix: str = "safetensors") -> str:
-    """Artefacts are laid out as <asset>/<shard>.<suffix> under the storage root."""
-    return f"{asset}/{shard}.{suffix}"
+# Transient failures (an S3 hiccup, an OOM-killed worker's retry) get two more tries; errors in
+# the user's input or settings are dg.Failures that are never retried.
+RETRY = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)
 
 
 def seconds_from_env(name: str, default: float, minimum: float = 0.0) -> float:
@@ -64,43 +63,59 @@ def progress_logger(context: dg.AssetExecutionContext, total: int, what: str) ->
     return advance
 
 
-def artefact_metadata(storage: Storage, *keys: str, started: float) -> dict:
-    """Where the outputs are, how big, and how long it took."""
-    return {
-        "paths": dg.MetadataValue.json([storage.url(k) for k in keys]),
-        "bytes": sum(storage.size(k) for k in keys),
-        "seconds": round(time.monotonic() - started, 2),
-    }
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """pretrace's own errors become one-line Dagster failures (no stack trace in the UI); a
+    concurrent change may succeed on a retry, a bad input never does."""
+    try:
+        yield
+    except PretraceError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=isinstance(exc, ConcurrentChange)) from exc
 
 
-def markdown_preview(table: pa.Table, columns: list[str], rows: int = 10, width: int = 80) -> dg.MetadataValue:
-    """A short Markdown table for the UI, cells cut to `width` characters."""
-    head = table.select(columns).slice(0, rows).to_pylist()
-    clean = lambda v: str(v).replace("|", "\\|").replace("\n", " ")[:width]  # noqa: E731
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(clean(row[c]) for c in columns) + " |" for row in head]
-    return dg.MetadataValue.md("\n".join(lines))
+@contextmanager
+def computing(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> Iterator[Computation]:
+    """The computation of this asset's artefact (this partition's), with user errors unwrapped."""
+    with user_errors():
+        # A backfill run of one shard has a one-key partition range, not a partition key: read
+        # the key itself, which Dagster gives for both.
+        shard = context.partition_key if context.assets_def.partitions_def else None
+        yield Computation(pretrace.project(), context.assets_def.key.to_user_string(), shard)
 
 
-def model_for(storage: Storage, model: ModelResource, compute: ComputeResource) -> LoadedModel:
-    """The checkpoint recorded by the `model` asset, loaded once per process."""
-    if not storage.exists(MODEL_INFO_KEY):
-        raise dg.Failure("the `model` asset has not been materialized yet: materialize it first")
-    info = storage.read_json(MODEL_INFO_KEY)
-    return loaded_model(info["path"], info["fingerprint"], model, compute)
+def materialized(computation: Computation, manifest: Manifest, started: float, **metadata) -> dg.MaterializeResult:
+    """The Dagster result of a commit: the content fingerprint as the data version, where the
+    files are, how big, how long it took, and the asset's own metadata."""
+    storage = computation.project.storage
+    keys = [f"{manifest.artefact}/{name}" for name in manifest.files]
+    return dg.MaterializeResult(
+        metadata={
+            "paths": dg.MetadataValue.json([storage.url(k) for k in keys][:50]),
+            "bytes": sum(d["bytes"] for d in manifest.files.values()),
+            "seconds": round(time.monotonic() - started, 2),
+            "fingerprint": manifest.fingerprint,
+            **metadata,
+        },
+        data_version=dg.DataVersion(manifest.fingerprint),
+    )
 
 
-def projection_for(config: PretraceConfig, lm: LoadedModel) -> KroneckerProjection | None:
-    if config.projection is None:
-        return None
-    k_out, k_in = config.projection
-    return KroneckerProjection.build(lm.layer_shapes(), k_out, k_in, seed=config.seed)
+def table_preview(table: pa.Table, columns: list[str], rows: int = 10, width: int = 80) -> dg.MetadataValue:
+    """The first rows of a table, as a Dagster table with a column schema (cells cut to `width`)."""
+    clip = lambda v: v[:width] if isinstance(v, str) else v  # noqa: E731
+    records = [{c: clip(row[c]) for c in columns} for row in table.select(columns).slice(0, rows).to_pylist()]
+    return table_metadata(records, {c: str(table.schema.field(c).type) for c in columns})
 
 
-def shard_sequences(storage: Storage, shard: str) -> tuple[list[str], list[list[int]]]:
-    """Document ids and token ids of a tokenized shard."""
-    key = shard_key_of("corpus_shards", shard, "parquet")
-    if not storage.exists(key):
-        raise dg.Failure(f"corpus_shards has no partition {shard!r} yet: materialize corpus_shards[{shard}] first")
-    table = storage.read_parquet(key, columns=["doc_id", "input_ids"])
-    return table.column("doc_id").to_pylist(), table.column("input_ids").to_pylist()
+def table_metadata(records: list[dict], columns: dict[str, str]) -> dg.MetadataValue:
+    """Rows as a Dagster table with a column schema (name -> type); cells that are not plain
+    values show as text, missing ones as empty."""
+    plain = lambda v: "" if v is None else v if isinstance(v, (str, int, float, bool)) else str(v)  # noqa: E731
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord({c: plain(row[c]) for c in columns}) for row in records],
+        schema=dg.TableSchema(columns=[dg.TableColumn(c, t) for c, t in columns.items()]))
+
+
+def report_link(url: str) -> dg.MetadataValue:
+    """A clickable link to a report: file:// for a local root, the s3:// URL otherwise."""
+    return dg.MetadataValue.url(Path(url).as_uri()) if "://" not in url else dg.MetadataValue.path(url)

@@ -1,9 +1,9 @@
-"""The `model` asset: the checkpoint under study, recorded with a content fingerprint.
+"""The `model` asset: the checkpoint under study, described and fingerprinted by content.
 
-The fingerprint is the asset's data version, so a changed checkpoint marks everything
-downstream stale in the UI. The demo variant trains a tiny model on the demo corpus instead.
+Its data version is the content fingerprint of that description, so a changed checkpoint (or a
+changed `layers`) marks everything downstream stale. The demo variant trains a tiny model on
+the demo corpus instead, and stores the checkpoint with the description.
 """
-
 
 import tempfile
 import time
@@ -11,78 +11,64 @@ from pathlib import Path
 
 import dagster as dg
 
-from pretrace.model import checkpoint_fingerprint, load_model
-from pretrace.storage import Storage
-from resources.settings import InfluenceResource, ModelResource, StorageResource
+from pretrace.computation import model_description
+from pretrace.fingerprint import tree_fingerprint
+from resources.pretrace import PretraceResource
 
-from .common import GPU_ASSET, MODEL_INFO_KEY, artefact_metadata
-from .corpus import corpus_by_shard, corpus_files
+from .common import GPU_ASSET, computing, materialized
+from .corpus import corpus_files
 
-DEMO_CHECKPOINT = "model/checkpoint"
+CHECKPOINT_DESCRIPTION = "The user's Hugging Face checkpoint (`model:`), versioned by the content of its files."
 
 
-def _record(store: Storage, path: str, model_settings: ModelResource, started: float) -> dg.MaterializeResult:
-    """Load the checkpoint once to validate it, then write model/model.json."""
-    fingerprint = checkpoint_fingerprint(path)
-    lm = load_model(path, layers=model_settings.layers, device="cpu", trust_remote_code=model_settings.trust_remote_code)
-    info = {
-        "path": path,
-        "fingerprint": fingerprint,
-        "architecture": type(lm.model).__name__,
-        "parameters": sum(p.numel() for p in lm.model.parameters()),
-        "max_context": lm.max_context,
-        "tracked_layers": [layer.name for layer in lm.layers],
-        "tracked_parameters": sum(layer.d_in * layer.d_out for layer in lm.layers),
+@dg.observable_source_asset(name="checkpoint", group_name="model", description=CHECKPOINT_DESCRIPTION)
+def checkpoint(pretrace: PretraceResource) -> dg.DataVersion:
+    project = pretrace.project()
+    return dg.DataVersion(project.source("checkpoint"))
+
+
+def _metadata(info: dict) -> dict:
+    layers = "\n".join(f"- `{layer['name']}` ({layer['d_out']} x {layer['d_in']})" for layer in info["tracked_layers"])
+    return {
+        "architecture": info["architecture"],
+        "parameters": info["parameters"],
+        "tracked_parameters": sum(layer["d_out"] * layer["d_in"] for layer in info["tracked_layers"]),
+        "tracked_layers": dg.MetadataValue.md(layers),
     }
-    store.write_json(MODEL_INFO_KEY, info)
-    layers_md = "\n".join(f"- `{layer.name}` ({layer.d_out} x {layer.d_in})" for layer in lm.layers)
-    return dg.MaterializeResult(
-        metadata={
-            **artefact_metadata(store, MODEL_INFO_KEY, started=started),
-            "checkpoint": path,
-            "fingerprint": fingerprint,
-            "architecture": info["architecture"],
-            "parameters": info["parameters"],
-            "tracked_parameters": info["tracked_parameters"],
-            "tracked_layers": dg.MetadataValue.md(layers_md),
-        },
-        data_version=dg.DataVersion(fingerprint),
-    )
 
 
-@dg.asset(name="model", group_name="model", kinds={"pytorch"}, code_version="1")
-def user_model(storage: StorageResource, model_settings: ModelResource) -> dg.MaterializeResult:
-    """The Hugging Face checkpoint given by `model:` (a local folder or an s3:// URL)."""
-    return _record(storage.open(), model_settings.model, model_settings, time.monotonic())
+@dg.asset(name="model", deps=[checkpoint], group_name="model", kinds={"pytorch"})
+def user_model(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> dg.MaterializeResult:
+    """The Hugging Face checkpoint given by `model:` (a local folder or an s3:// URL), validated."""
+    started = time.monotonic()
+    with computing(context, pretrace) as run:
+        config = run.project.config
+        info = model_description(config.model, run.expected.inputs["checkpoint"], config.layers, config.trust_remote_code)
+        manifest = run.commit({"model.json": info})
+    return materialized(run, manifest, started, checkpoint=config.model, **_metadata(info))
 
 
-@dg.asset(name="model", deps=[corpus_files], group_name="model", kinds={"pytorch"}, code_version="1", **GPU_ASSET)
-def demo_model(
-    context: dg.AssetExecutionContext,
-    storage: StorageResource,
-    influence: InfluenceResource,
-    model_settings: ModelResource,
-) -> dg.MaterializeResult:
+@dg.asset(name="model", deps=[corpus_files], group_name="model", kinds={"pytorch"}, **GPU_ASSET)
+def demo_model(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> dg.MaterializeResult:
     """A tiny Llama and its BPE tokenizer, trained on the demo corpus (a few CPU minutes)."""
     from pretrace.demo.train import train_demo_model
 
     started = time.monotonic()
-    store = storage.open()
-    files = [Path(f.url) for f in corpus_by_shard(influence.corpus).values()]
-    with tempfile.TemporaryDirectory(prefix="pretrace-demo-model-") as tmp:
+    with computing(context, pretrace) as run, tempfile.TemporaryDirectory(prefix="pretrace-demo-model-") as tmp:
+        config = run.project.config
+        files = [Path(run.project.corpus[s].url) for s in run.project.shards]
         out = Path(tmp) / "checkpoint"
 
         def progress(step: int, total: int) -> None:
             if step % 25 == 0 or step == total:
                 context.log.info(f"training the demo model: step {step}/{total}")
 
-        train_demo_model(files, out, max_length=min(influence.max_length, 256), seed=influence.seed, progress=progress)
-        for file in sorted(out.iterdir()):
-            store.write_bytes(f"{DEMO_CHECKPOINT}/{file.name}", file.read_bytes())
-        training = store.read_json(f"{DEMO_CHECKPOINT}/training.json")
-    context.log.info(f"trained {training['steps']} steps; loss {training['initial_loss']:.2f} -> {training['final_loss']:.2f}")
-    result = _record(store, store.url(DEMO_CHECKPOINT), model_settings, started)
-    return dg.MaterializeResult(
-        metadata={**result.metadata, "training_steps": training["steps"], "final_loss": training["final_loss"]},
-        data_version=result.data_version,
-    )
+        training = train_demo_model(files, out, max_length=min(config.max_length, 256), seed=config.seed,
+                                    progress=progress)
+        info = model_description(out, tree_fingerprint(str(out), run.project.digests), config.layers, False)
+        outputs = {f"checkpoint/{f.name}": f for f in sorted(out.iterdir())}
+        manifest = run.commit({**outputs, "model.json": info})
+    context.log.info(f"trained {training['steps']} steps; loss {training['initial_loss']:.2f} -> "
+                     f"{training['final_loss']:.2f}")
+    return materialized(run, manifest, started, training_steps=training["steps"],
+                        final_loss=training["final_loss"], **_metadata(info))

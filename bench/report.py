@@ -52,7 +52,8 @@ def child_summarize(args) -> dict:
 
 def child_report(args) -> dict:
     from pretrace.report.analysis import ReportConfig
-    from pretrace.report.build import make_report, merge_stored, write_report
+    from pretrace.report.build import make_report, write_report
+    from pretrace.report.merge import merge_stored
     from pretrace.report.synthetic import synthetic_shard_files
     from pretrace.storage import Storage
 

@@ -1,63 +1,113 @@
-"""Declarative automation: shards flow through gradients and scores, the report follows batches.
+"""Declarative automation driven by the recompute policy: every artefact is kept current.
 
-- `document_gradients` and `influence_scores` are `eager`: a partition runs when one of its
-  dependencies updates (a re-tokenized shard, a new model, new query gradients) or when it
-  becomes missing, once its dependencies exist and nothing upstream is in progress. Updates made
-  by a run that also materialized the asset (the sensor's `shard_job`, a backfill of both) are
-  ignored, so those partitions are not computed twice.
-- `influence_report` runs once per batch: after any `influence_scores` partition updated, and
-  only when no `influence_scores` partition is in progress or about to be requested. Ten new
-  files mean one report, not ten.
+One custom condition, `OutOfDate`, is put on every materializable asset. On each tick it asks
+`pretrace.provenance.Project` which partitions are missing or stale with all their inputs
+current, and requests those whose expected manifest it has not requested before. So:
 
-The conditions are applied here, with `map_asset_specs`, so assets/ stays free of scheduling
-policy. The automation sensor is declared explicitly so that it starts RUNNING: Dagster's
-implicit default automation sensor would do too, but a declared one says so in code and lets
-its interval be set ($PRETRACE_AUTOMATION_INTERVAL_S, 30 s by default).
+- a new corpus file flows through tokens, gradients and scores to one new report, stage by
+  stage (downstream waits until upstream is current: the policy calls it `waiting`);
+- a changed setting, model, corpus file or query set recomputes exactly what the policy says;
+- a run that fails is not retried over and over: the same expected manifest is requested once,
+  and a changed input (a fixed file, a new setting) makes a new one;
+- an artefact deleted from storage is missing again, whatever the instance remembers.
+
+The condition runs arbitrary Python, so the automation sensor evaluates it in the code server
+(`use_user_code_server=True`). Its interval is $PRETRACE_AUTOMATION_INTERVAL_S (30 s).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import hashlib
+import json
+from collections.abc import Sequence
 
 import dagster as dg
+
+from pretrace.errors import PretraceError
+from pretrace.layout import canonical_json
+from pretrace.provenance import Project
+from resources.pretrace import PretraceResource
 
 from .sensors import interval_from_env
 
 AUTOMATION_INTERVAL_ENV = "PRETRACE_AUTOMATION_INTERVAL_S"
-EAGER_ASSETS = ("document_gradients", "influence_scores")
-REPORT_ASSET = "influence_report"
-
-AC = dg.AutomationCondition
-
-REPORT_CONDITION = (
-    AC.any_deps_updated().since_last_handled()
-    & ~AC.any_deps_match(AC.in_progress() | AC.will_be_requested()).with_label("any_deps_in_progress_or_requested")
-    & ~AC.in_progress()
-).with_label("once after each batch of scored shards")
+_TICK_PROJECTS: dict[tuple, Project] = {}
+_WARNED: set[object] = set()  # the tick whose unreadable inputs were already logged
 
 
-def condition_for(key: dg.AssetKey) -> dg.AutomationCondition | None:
-    name = key.to_user_string()
-    if name in EAGER_ASSETS:
-        return AC.eager()
-    if name == REPORT_ASSET:
-        return REPORT_CONDITION
-    return None
+def tick_project(resource: PretraceResource, evaluation_time: object) -> Project:
+    """One Project per tick, shared by the conditions of every asset evaluated in it."""
+    key = (id(resource), evaluation_time)
+    if key not in _TICK_PROJECTS:
+        _TICK_PROJECTS.clear()
+        _TICK_PROJECTS[key] = resource.project()
+    return _TICK_PROJECTS[key]
 
 
-def with_automation(assets: Sequence) -> list:
-    """The assets, with the conditions above on the ones that have one."""
-    def apply(spec: dg.AssetSpec) -> dg.AssetSpec:
-        condition = condition_for(spec.key)
-        return spec if condition is None else spec.replace_attributes(automation_condition=condition)
+def expected_digest(project: Project, asset: str, shard: str | None) -> str | None:
+    """A short digest of the manifest the partition would be computed under, when runnable."""
+    status = project.status(asset, shard)
+    if not status.runnable:
+        return None
+    return hashlib.sha256(canonical_json(list(status.expected.basis())).encode()).hexdigest()[:16]
 
-    out = []
-    for asset in assets:
-        if isinstance(asset, dg.AssetsDefinition) and any(condition_for(k) for k in asset.keys):
-            out.append(dg.map_asset_specs(apply, [asset])[0])
+
+class OutOfDate(dg.AutomationCondition):
+    """Missing or stale (by the manifests in storage), every input current, not yet requested
+    for this expected manifest."""
+
+    def __init__(self, resource: PretraceResource) -> None:
+        self.resource = resource
+
+    @property
+    def description(self) -> str:
+        return "out of date by pretrace's recompute policy, inputs current, not yet requested for this state"
+
+    @property
+    def name(self) -> str:
+        return "out_of_date"
+
+    def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
+        try:
+            return self._evaluate(context)
+        except PretraceError as exc:  # an unreadable input: nothing can be computed; say so once a tick
+            if context.evaluation_time not in _WARNED:
+                _WARNED.clear()
+                _WARNED.add(context.evaluation_time)
+                context.log.warning(f"nothing requested: {exc}")
+            return dg.AutomationResult(context=context, true_subset=context.get_empty_subset(), cursor=context.cursor)
+
+    def _evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
+        asset = context.key.to_user_string()
+        project = tick_project(self.resource, context.evaluation_time)
+        requested: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+        candidates = context.candidate_subset
+        if candidates.is_partitioned:
+            wanted = set(project.partitions(project.graph[asset]))
+            shards = [s for s in candidates.expensively_compute_partition_keys() if s in wanted]
         else:
-            out.append(asset)
-    return out
+            shards = [None] if not candidates.is_empty else []
+        due, pending = [], {}
+        for shard in shards:
+            digest = expected_digest(project, asset, shard)
+            if digest is None:
+                continue
+            pending[str(shard)] = digest
+            if requested.get(str(shard)) != digest:
+                due.append(shard)
+        if candidates.is_partitioned:
+            true_subset = candidates.compute_intersection_with_partition_keys({s for s in due})
+        else:
+            true_subset = candidates if due else context.get_empty_subset()
+        # Only what is still out of date is remembered, so the cursor stays small.
+        return dg.AutomationResult(context=context, true_subset=true_subset, cursor=json.dumps(pending, sort_keys=True))
+
+
+def with_automation(assets: Sequence, resource: PretraceResource) -> list:
+    """The assets, each materializable one kept current by `OutOfDate`."""
+    condition = OutOfDate(resource)
+    return [dg.map_asset_specs(lambda spec: spec.replace_attributes(automation_condition=condition), [a])[0]
+            if isinstance(a, dg.AssetsDefinition) and a.is_materializable else a for a in assets]
 
 
 def build_automation_sensor(minimum_interval_seconds: int | None = None) -> dg.AutomationConditionSensorDefinition:
@@ -66,5 +116,6 @@ def build_automation_sensor(minimum_interval_seconds: int | None = None) -> dg.A
         target=dg.AssetSelection.all(),
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=minimum_interval_seconds or interval_from_env(AUTOMATION_INTERVAL_ENV, 30),
-        description="Evaluates the assets' automation conditions: eager gradients and scores, one report per batch.",
+        use_user_code_server=True,
+        description="Keeps every artefact current by pretrace's recompute policy (manifests in storage).",
     )

@@ -7,25 +7,30 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import MutableMapping
 from pathlib import Path
 
 import dagster as dg
+import yaml
 
 from pretrace.config import load_config
 from pretrace.errors import PretraceError
 
-from .settings import CONFIG_ENV, DEMO_DIR_ENV, demo_config
+from .settings import CONFIG_ENV, DEMO_DIR_ENV, LOCAL_INSTANCE, demo_config
 
 DAGSTER_HOME_DIR = ".dagster_home"
 
 
 def _dagster_home(env: MutableMapping[str, str]) -> Path:
-    """$DAGSTER_HOME (./.dagster_home unless set), created with a dagster.yaml: one persistent
-    instance, so `pretrace ui` shows the runs of `pretrace demo|run` and their metadata."""
+    """$DAGSTER_HOME (./.dagster_home unless set), created with a dagster.yaml (LOCAL_INSTANCE)
+    when it has none: one persistent instance, so `pretrace ui` shows the runs of
+    `pretrace demo|run` and their metadata."""
     home = Path(env.setdefault("DAGSTER_HOME", str(Path(DAGSTER_HOME_DIR).absolute())))
     home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").touch()
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(yaml.safe_dump(LOCAL_INSTANCE, sort_keys=False))
     return home
 
 
@@ -34,23 +39,37 @@ def _instance() -> dg.DagsterInstance:
     return dg.DagsterInstance.get()
 
 
-def _run(defs: dg.Definitions, refit: bool) -> None:
+def _run(defs: dg.Definitions, force: bool) -> None:
     from .runner import materialize_pipeline
 
     started = time.monotonic()
-    storage = defs.resources["storage"].storage
-    shards = materialize_pipeline(defs, _instance(), refit=refit, log=lambda m: print(f"[pretrace] {m}", flush=True))
-    print(f"\n[pretrace] done in {time.monotonic() - started:.0f} s; {len(shards)} shard(s).")
+    ran: list[str] = []
+
+    def log(message: str) -> None:
+        ran.append(message)
+        print(f"[pretrace] {message}", flush=True)
+
+    project = materialize_pipeline(defs, _instance(), force=force, log=log)
+    storage = project.storage.root
+    work = sum(m.startswith("materializing") for m in ran)
+    print(f"\n[pretrace] done in {time.monotonic() - started:.0f} s: {work} artefact(s) computed, "
+          f"{len(project.shards)} shard(s); everything is current.")
     print(f"[pretrace] scores:  {storage}/influence_scores/<shard>.parquet  (query_id, doc_id, score)")
-    print(f"[pretrace] report:  {storage}/influence_report/")
+    print(f"[pretrace] report:  {storage}/influence_report/report.html")
     print("[pretrace] browse the runs and metadata with: pretrace ui")
+
+
+def _definitions(args: argparse.Namespace) -> dg.Definitions:
+    from .definitions import build_definitions
+
+    if args.command == "demo" or getattr(args, "config", None) is None:
+        return build_definitions(demo_config(args.dir, args.storage), demo=True)
+    return build_definitions(load_config(args.config))
 
 
 def demo(args: argparse.Namespace) -> None:
     from pretrace.demo.corpus import build_demo_corpus
     from pretrace.demo.queries import build_demo_queries
-
-    from .definitions import build_definitions
 
     config = demo_config(args.dir, args.storage)
     corpus = Path(config.corpus)
@@ -58,13 +77,46 @@ def demo(args: argparse.Namespace) -> None:
         print(f"[pretrace] building the demo corpus and queries in {corpus.parent}")
         build_demo_corpus(corpus)
         build_demo_queries(Path(config.queries))
-    _run(build_definitions(config, demo=True), refit=args.refit)
+    _run(_definitions(args), force=args.force)
 
 
 def run(args: argparse.Namespace) -> None:
-    from .definitions import build_definitions
+    _run(_definitions(args), force=args.force)
 
-    _run(build_definitions(load_config(args.config)), refit=args.refit)
+
+def status(args: argparse.Namespace) -> None:
+    """Each artefact partition's status by the recompute policy, without computing anything."""
+    project = _definitions(args).resources["pretrace"].project()
+    counts: dict[str, int] = {}
+    for artefact, shard, state in project.statuses():
+        counts[state.state] = counts.get(state.state, 0) + 1
+        if not state.current or args.all:
+            reason = f"  ({state.reason})" if state.reason else ""
+            print(f"{state.state:8} {artefact.label(shard)}{reason}")
+    orphans = project.orphans()
+    for artefact, shard in orphans:
+        print(f"{'orphan':8} {artefact.label(shard)}  (its corpus file is gone or it is no longer a fit shard)")
+    summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    print(f"[pretrace] {summary}" + (f", {len(orphans)} orphaned (pretrace clean removes them)" if orphans else ""))
+
+
+def clean(args: argparse.Namespace) -> None:
+    """Remove the artefacts of shards whose corpus file is gone, and killed writers' temporaries."""
+    from assets.partitions import shard_partitions
+
+    project = _definitions(args).resources["pretrace"].project()
+    orphans = project.orphans()
+    for artefact, shard in orphans:
+        for key in project.store.delete(artefact, shard):
+            print(f"removed {project.storage.url(key)}")
+    for path in project.storage.remove_leftovers():
+        print(f"removed {path}")
+    instance = _instance()
+    gone = sorted(set(instance.get_dynamic_partitions(shard_partitions.name)) - set(project.shards))
+    for shard in gone:
+        instance.delete_dynamic_partition(shard_partitions.name, shard)
+        print(f"removed the `shard` partition {shard}")
+    print(f"[pretrace] cleaned {len(orphans)} orphaned artefact(s) and {len(gone)} partition(s)")
 
 
 def ui(args: argparse.Namespace) -> None:
@@ -77,18 +129,35 @@ def ui(args: argparse.Namespace) -> None:
     raise SystemExit(subprocess.call(command, env=env))
 
 
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", help="the demo's artefact root, local folder or s3://bucket/prefix (default ./data)")
+    p.add_argument("--dir", default=".", help="where the demo's demo-data/ and data/ are (default: here)")
+
+
 def main(argv: list[str] | None = None) -> None:
+    # pretrace relies on Dagster features marked beta/preview on purpose; their warnings would
+    # bury the output a user reads.
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
+    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
     parser = argparse.ArgumentParser(prog="pretrace", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("demo", help="build the demo corpus, train a tiny model, compute influence")
-    p.add_argument("--storage", help="artefact root, local folder or s3://bucket/prefix (default ./data)")
-    p.add_argument("--dir", default=".", help="where demo-data/ and data/ go (default: here)")
-    p.add_argument("--refit", action="store_true", help="refit the EK-FAC factors")
+    _demo_arguments(p)
+    p.add_argument("--force", action="store_true", help="recompute every artefact, current or not")
     p.set_defaults(func=demo)
-    p = commands.add_parser("run", help="compute influence for the model, corpus and queries of a config")
+    p = commands.add_parser("run", help="compute what is missing or stale for the model, corpus and queries of a config")
     p.add_argument("--config", required=True, help="pretrace.yaml")
-    p.add_argument("--refit", action="store_true", help="refit the EK-FAC factors on the current shards")
+    p.add_argument("--force", action="store_true", help="recompute every artefact, current or not")
     p.set_defaults(func=run)
+    p = commands.add_parser("status", help="which artefacts are current, missing or stale, and why")
+    p.add_argument("--config", help="pretrace.yaml (default: the demo)")
+    p.add_argument("--all", action="store_true", help="list current artefacts too")
+    _demo_arguments(p)
+    p.set_defaults(func=status)
+    p = commands.add_parser("clean", help="remove the artefacts and partitions of corpus files that are gone")
+    p.add_argument("--config", help="pretrace.yaml (default: the demo)")
+    _demo_arguments(p)
+    p.set_defaults(func=clean)
     p = commands.add_parser("ui", help="the Dagster web UI (dagster dev) on this pipeline")
     p.add_argument("--config", help="pretrace.yaml (default: the demo)")
     p.add_argument("--host", default="127.0.0.1")

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import dagster as dg
 
+from assets.checks import CHECKS
 from assets.corpus import corpus_files, corpus_shards
 from assets.ekfac import ekfac_covariances, ekfac_eigenbasis, ekfac_factors, ekfac_lambdas
 from assets.gradients import document_gradients
 from assets.k8s import executor_from_env
-from assets.model import demo_model, user_model
-from assets.queries import queries, query_gradients
+from assets.model import checkpoint, demo_model, user_model
+from assets.queries import queries, query_file, query_gradients
 from assets.report import influence_report
 from assets.scores import influence_scores
 from pretrace.config import PretraceConfig
-from resources.settings import resources_from_config
+from pretrace.layout import artefacts, canonical_json
+from pretrace.provenance import settings_of
+from resources.pretrace import PretraceResource
 
 from .automation import build_automation_sensor, with_automation
 from .jobs import JOBS
@@ -22,19 +27,38 @@ from .sensors import build_corpus_sensor
 from .settings import workspace_config
 
 SHARED_ASSETS = [
-    corpus_files, corpus_shards, ekfac_covariances, ekfac_eigenbasis, ekfac_lambdas, ekfac_factors,
+    corpus_files, query_file, corpus_shards, ekfac_covariances, ekfac_eigenbasis, ekfac_lambdas, ekfac_factors,
     queries, query_gradients, document_gradients, influence_scores, influence_report,
 ]
 
 
+def with_code_versions(assets: list, config: PretraceConfig, demo: bool) -> list:
+    """Each asset's code version is its artefact's code version plus a digest of the settings
+    its bytes depend on: a changed setting shows in the UI as a changed code version (stale),
+    exactly when the recompute policy calls the artefact stale for it."""
+    table = artefacts(demo)
+
+    def version(spec: dg.AssetSpec) -> dg.AssetSpec:
+        artefact = table[spec.key.to_user_string()]
+        digest = hashlib.sha256(canonical_json(settings_of(artefact, config)).encode()).hexdigest()[:8]
+        return spec.replace_attributes(code_version=f"{artefact.code_version}-{digest}")
+
+    return [dg.map_asset_specs(version, [a])[0] if isinstance(a, dg.AssetsDefinition) and a.is_materializable else a
+            for a in assets]
+
+
 def build_definitions(config: PretraceConfig, demo: bool = False) -> dg.Definitions:
     """The asset graph of DESIGN.md over one configuration; the demo trains its own model."""
+    resource = PretraceResource.from_config(config, demo)
+    model_assets = [demo_model] if demo else [checkpoint, user_model]
+    assets = with_code_versions([*SHARED_ASSETS, *model_assets], config, demo)
     return dg.Definitions(
-        assets=with_automation([*SHARED_ASSETS, demo_model if demo else user_model]),
+        assets=with_automation(assets, resource),
+        asset_checks=CHECKS,
         jobs=JOBS,
         schedules=[build_refresh_schedule()],
         sensors=[build_corpus_sensor(), build_automation_sensor()],
-        resources=resources_from_config(config),
+        resources={"pretrace": resource},
         executor=executor_from_env(),  # k8s_job_executor on a cluster, so GPU op tags reach pods
     )
 

@@ -37,3 +37,14 @@ def workspace_config() -> tuple[PretraceConfig, bool]:
     if path:
         return load_config(path), False
     return demo_config(os.environ.get(DEMO_DIR_ENV, ".")), True
+
+
+LOCAL_INSTANCE = {
+    # Runs wait in a queue instead of all starting at once on a laptop; GPU-heavy steps (the
+    # `gpu` pool: fitting passes, gradients) run one at a time; a run that dies frees its slot.
+    "concurrency": {"runs": {"max_concurrent_runs": 2}, "pools": {"default_limit": 1, "granularity": "op"}},
+    "run_monitoring": {"enabled": True, "free_slots_after_run_end_seconds": 30},
+    "telemetry": {"enabled": False},
+}
+"""The dagster.yaml `pretrace demo|run|ui` write into a new $DAGSTER_HOME (infra/dagster.yaml is
+the team deployment's)."""

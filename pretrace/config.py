@@ -82,6 +82,28 @@ class Damping(BaseModel):
         return self.relative * mean_eigenvalue if self.relative is not None else self.absolute
 
 
+DESCRIPTIONS = {
+    "model": "The checkpoint under study: a folder saved with save_pretrained, or an s3:// URL.",
+    "corpus": "Folder or s3:// prefix of the corpus: .jsonl, .jsonl.gz or .parquet files; one shard per file.",
+    "queries": "JSONL file of the queries to explain: id, kind, prompt, completion, answer.",
+    "storage": "Where every artefact is written: a local folder or s3://bucket/prefix.",
+    "layers": "Regular expressions selecting the tracked linear layers by name (default: the MLPs).",
+    "fisher": "EK-FAC labels: 'sampled' from the model (true Fisher) or 'empirical' (the data's).",
+    "damping": "Damping λ = damping × mean corrected eigenvalue, per layer (the paper's 0.1).",
+    "projection": "Store document gradients projected to [k_out, k_in] per layer; unset = exact.",
+    "query_rank": "Keep preconditioned query gradients as rank-r factors per layer; unset = dense.",
+    "max_length": "Tokens per document chunk; longer documents are split into chunks.",
+    "batch_size": "Documents per forward/backward pass.",
+    "fit_shards": "Shards the EK-FAC factors are fitted on; unset = every current shard.",
+    "device": "'auto' (a GPU when present), 'cpu' or 'cuda'.",
+    "dtype": "Model compute dtype: 'float32', 'bfloat16' or 'float16' (sums stay in float32).",
+    "trust_remote_code": "Run the checkpoint's own Python code (only for checkpoints you trust).",
+    "seed": "Seed of sampled Fisher labels, projections and the report's bootstrap.",
+    "top_k": "Top and bottom documents kept per query and shard for the report.",
+}
+"""What each setting means, shown in Dagster's launchpad and by `pretrace status`."""
+
+
 class PretraceConfig(BaseModel):
     """Every setting of a pretrace run, with the defaults of the documented ``pretrace.yaml``."""
 

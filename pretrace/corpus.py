@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from pretrace.errors import InputError
+from pretrace.fingerprint import DigestCache, file_fingerprint
 from pretrace.storage import open_fs
 
 CORPUS_SUFFIXES = (".jsonl.gz", ".jsonl", ".parquet")
@@ -47,12 +48,18 @@ _MAX_KEY_LENGTH = 64
 
 @dataclass(frozen=True)
 class CorpusFile:
-    """One corpus file; ``token`` changes whenever its content does (mtime locally, ETag on S3)."""
+    """One corpus file as listed: its local path, or its S3 URL and ETag (see `fingerprint`)."""
 
     name: str
     url: str
     size: int
-    token: str
+    etag: str | None  # None for a local file, which is fingerprinted by its SHA-256
+
+    def fingerprint(self, cache: DigestCache) -> str:
+        """Changes exactly when the file's content does (`pretrace.fingerprint`)."""
+        if self.etag is None:
+            return file_fingerprint(self.url, {}, cache)
+        return file_fingerprint(None, {"ETag": self.etag, "size": self.size, "name": self.url}, cache)
 
 
 def _suffix(name: str) -> str | None:
@@ -86,7 +93,7 @@ def list_corpus_files(root_url: str) -> list[CorpusFile]:
                 name=name,
                 url=entry["name"] if local else fs.unstrip_protocol(entry["name"]),
                 size=int(entry["size"]),
-                token=repr(entry["mtime"]) if local else str(entry["ETag"]).strip('"'),
+                etag=None if local else str(entry["ETag"]).strip('"'),
             )
         )
     return sorted(files, key=lambda f: f.name)

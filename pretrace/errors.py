@@ -11,3 +11,11 @@ class InputError(PretraceError, ValueError):
 
 class NumericalError(PretraceError, ArithmeticError):
     """A gradient, covariance or score became non-finite."""
+
+
+class ConcurrentChange(PretraceError, RuntimeError):
+    """An artefact changed while a run read it: another run or project writes the same root."""
+
+
+class NotReady(PretraceError, RuntimeError):
+    """An artefact was asked for before the artefacts it is computed from are current."""

@@ -170,29 +170,40 @@ def wrap_model(
 
 
 def _local_checkpoint(path: str) -> Path:
-    """A local directory holding the checkpoint; remote URLs are copied to a cache first."""
+    """A local directory holding the checkpoint; remote URLs are copied to a cache first.
+
+    The cache lives in the user's own cache folder (mode 0700, not a shared temp path another
+    user could plant a checkpoint in) and is keyed by the objects' fingerprint, so a checkpoint
+    re-uploaded to the same URL is fetched again.
+    """
     if "://" not in path or path.startswith("file://"):
         local = Path(path.removeprefix("file://")).expanduser()
         if not local.is_dir():
             raise InputError(f"model: {path} is not a directory; give a checkpoint saved with save_pretrained")
         return local
+    from .fingerprint import DigestCache, tree_fingerprint
     from .storage import open_fs
 
-    # Keyed by the files' fingerprint too: a checkpoint re-uploaded to the same URL is fetched again.
-    digest = hashlib.sha256(f"{path}\n{checkpoint_fingerprint(path)}".encode()).hexdigest()[:16]
-    cache = Path(tempfile.gettempdir()) / "pretrace-models" / digest
+    try:
+        fingerprint = tree_fingerprint(path, DigestCache())
+    except FileNotFoundError:
+        raise InputError(f"model: no files under {path}; upload a save_pretrained directory") from None
+    except Exception as exc:  # network, credentials, missing bucket
+        raise InputError(f"model: could not list {path}: {exc}") from exc
+    root = DigestCache().path.parent / "models"
+    cache = root / hashlib.sha256(f"{path}\n{fingerprint}".encode()).hexdigest()[:16]
     if not (cache / "config.json").exists():
         fs, remote = open_fs(path)
         try:
             if not fs.exists(f"{remote.rstrip('/')}/config.json"):
                 raise InputError(f"model: no config.json under {path}; upload a save_pretrained directory")
-            staging = Path(tempfile.mkdtemp(prefix="pretrace-model-"))
+            root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            staging = Path(tempfile.mkdtemp(prefix=".download-", dir=root))
             fs.get(remote.rstrip("/") + "/", str(staging), recursive=True)
         except InputError:
             raise
         except Exception as exc:  # network, credentials, missing bucket
             raise InputError(f"model: could not download {path}: {exc}") from exc
-        cache.parent.mkdir(parents=True, exist_ok=True)
         if not cache.exists():
             staging.rename(cache)
     return cache
@@ -237,19 +248,3 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return tokenizer
-
-
-def checkpoint_fingerprint(path: str) -> str:
-    """A digest that changes whenever any file of the checkpoint does.
-
-    Files are identified by name, size and modification time (locally) or ETag (S3), which
-    change with the content, so even a large checkpoint is fingerprinted without reading it.
-    """
-    from .storage import open_fs
-
-    fs, root = open_fs(path)
-    digest = hashlib.sha256()
-    for file, info in sorted(fs.find(root, detail=True).items()):  # the listing has size and stamp
-        stamp = info.get("ETag") or info.get("mtime")
-        digest.update(f"{file.removeprefix(root)}:{info.get('size')}:{stamp}".encode())
-    return digest.hexdigest()[:16]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .config import PretraceConfig
 from .errors import InputError
 
 
@@ -61,3 +62,11 @@ class KroneckerProjection:
 
     def describe(self) -> dict:
         return {"k_out": self.k_out, "k_in": self.k_in, "seed": self.seed}
+
+
+def projection_for(config: PretraceConfig, shapes: dict[str, tuple[int, int]]) -> KroneckerProjection | None:
+    """The projection a configuration asks for (`projection: [k_out, k_in]`), or None (exact)."""
+    if config.projection is None:
+        return None
+    k_out, k_in = config.projection
+    return KroneckerProjection.build(shapes, k_out, k_in, seed=config.seed)

@@ -22,7 +22,7 @@ memory stays bounded however many shards there are:
   influence beyond rank L with a proven error bound (see ``pretrace.report.concentration``).
 - ``sources``: documents per corpus source.
 - ``targets`` / ``target_docs``: each query's answer and intermediate results (normalized,
-  see ``pretrace.report.answers``) and how many documents contain each: the base rate at
+  see ``pretrace.answers``) and how many documents contain each: the base rate at
   which an answer appears in a random document.
 
 Stored by the ``influence_scores`` asset as ``influence_scores/<shard>.stats.safetensors``
@@ -45,7 +45,7 @@ import pyarrow as pa
 import torch
 
 from .errors import InputError
-from .report.answers import documents_containing, excerpt, find_answer, normalize_answer
+from .answers import documents_containing, excerpt, find_answer, normalize_answer
 from .serialization import pack, unpack
 
 TOP_K = 50

@@ -12,9 +12,13 @@ botocore's usual credential chain), ``AWS_REGION`` or ``AWS_DEFAULT_REGION``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +33,7 @@ from fsspec.implementations.local import LocalFileSystem
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from pretrace.errors import InputError
+from pretrace.errors import ConcurrentChange, InputError
 
 # An unreachable endpoint must fail in seconds, not after minutes of backoff: a refused or
 # unroutable connection costs at most 2 attempts x 3 s. s3fs itself retries throttling and
@@ -40,6 +44,53 @@ _S3_CONFIG = {
     "retries": {"mode": "standard", "total_max_attempts": 2},
 }
 _TMP_PREFIX = ".tmp-"
+_STAGING_PREFIX = "pretrace-staging-"
+STALE_TEMPORARY_S = 24 * 3600
+"""Temporaries of another machine are removed only when older than this: their writer may live."""
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_current_umask()
+_HOST = socket.gethostname().replace(".", "_")
+
+
+def _writer_tag() -> str:
+    """Names this process in temporary files, so a later run can tell a dead writer's leftovers
+    from a live writer's work in progress."""
+    return f"{_HOST}.{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _is_leftover(name: str, age_s: float) -> bool:
+    """A temporary whose writer is dead: this machine's and its pid gone, or old enough."""
+    parts = name.split(".")
+    for host, pid in zip(parts, parts[1:]):
+        if host == _HOST and pid.isdigit():
+            return not _pid_alive(int(pid))
+    return age_s > STALE_TEMPORARY_S
+
+
+def file_digest(path: str) -> dict[str, object]:
+    """What a manifest records of a written file: SHA-256 and size."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"sha256": digest.hexdigest(), "bytes": os.path.getsize(path)}
 
 
 def _is_s3(url: str) -> bool:
@@ -126,8 +177,9 @@ class Storage:
         if self.fs.isfile(path):
             self.fs.rm_file(path)
 
-    def _write(self, key: str, fill: Callable[[str], None]) -> None:
-        """Let ``fill`` write a complete local file, then publish it under ``key`` in one step.
+    def _write(self, key: str, fill: Callable[[str], None]) -> dict[str, object]:
+        """Let ``fill`` write a complete local file, then publish it under ``key`` in one step;
+        returns the file's digest (SHA-256 and size), taken before it is published.
 
         Local: the file is written under a temporary name in the destination folder and
         ``os.replace``d over the key, which is atomic on POSIX and Windows within a filesystem.
@@ -135,25 +187,31 @@ class Storage:
         objects over 100 MB, which S3 also publishes only on completion); S3 never exposes a
         partial object. We never stream into ``fs.open(key, "wb")`` because fsspec's file
         ``__exit__`` commits the upload even when the writer raised, publishing a truncated
-        object. On failure nothing under ``key`` changes and the temporary file is removed.
+        object. On failure nothing under ``key`` changes and the temporary file is removed; a
+        killed writer's temporaries carry its host and pid, so `remove_leftovers` finds them.
+        Files get the mode the user's umask gives, as any other tool would write them.
         """
         path = self._path(key)
         if self._local:
             folder, name = os.path.split(path)
             os.makedirs(folder, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{_TMP_PREFIX}{name}.")
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{_TMP_PREFIX}{name}.{_writer_tag()}")
             os.close(fd)
             try:
                 fill(tmp)
+                os.chmod(tmp, _FILE_MODE)
+                digest = file_digest(tmp)
                 os.replace(tmp, path)
+                return digest
             finally:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
-        else:
-            with tempfile.TemporaryDirectory(prefix="pretrace-") as tmpdir:
-                tmp = os.path.join(tmpdir, "object")
-                fill(tmp)
-                self.fs.put_file(tmp, path)
+        with tempfile.TemporaryDirectory(prefix=f"{_STAGING_PREFIX}{_writer_tag()}") as tmpdir:
+            tmp = os.path.join(tmpdir, "object")
+            fill(tmp)
+            digest = file_digest(tmp)
+            self.fs.put_file(tmp, path)
+            return digest
 
     @contextmanager
     def _local_copy(self, key: str) -> Iterator[str]:
@@ -162,27 +220,78 @@ class Storage:
         if self._local:
             yield path
             return
-        with tempfile.TemporaryDirectory(prefix="pretrace-") as tmpdir:
+        with tempfile.TemporaryDirectory(prefix=f"{_STAGING_PREFIX}{_writer_tag()}") as tmpdir:
             tmp = os.path.join(tmpdir, "object")
             self.fs.get_file(path, tmp)
             yield tmp
 
-    def write_bytes(self, key: str, data: bytes) -> None:
-        self._write(key, lambda tmp: Path(tmp).write_bytes(data))
+    @contextmanager
+    def verified_copy(self, key: str, digest: dict[str, object]) -> Iterator[str]:
+        """A local file with the content of ``key``, checked to be the bytes ``digest`` describes.
+
+        A concurrent writer replaces files (a new inode locally, a new object on S3); a reader
+        that read an artefact's manifest and then its files would otherwise mix two versions.
+        Raises `ConcurrentChange` when the bytes differ or the file was replaced while in use.
+        """
+        with self._local_copy(key) as path:
+            before = os.stat(path) if self._local else None
+            found = file_digest(path)
+            if found["sha256"] != digest["sha256"]:
+                raise ConcurrentChange(f"{self.url(key)} is not the file its manifest describes")
+            yield path
+            if before is not None and os.stat(path).st_ino != before.st_ino:
+                raise ConcurrentChange(f"{self.url(key)} was replaced while it was being read")
+
+    def listing(self, prefix: str = "") -> dict[str, int]:
+        """Every key under ``prefix`` with its size, in one recursive listing; no temp files."""
+        base = self._path(prefix) if prefix else self._root
+        start = len(self._root) + 1
+        try:
+            found = self.fs.find(base, detail=True)
+        except FileNotFoundError:
+            return {}
+        return {
+            p[start:]: int(info.get("size") or 0)
+            for p, info in found.items()
+            if not p.rsplit("/", 1)[-1].startswith(_TMP_PREFIX)
+        }
+
+    def remove_leftovers(self) -> list[str]:
+        """Delete the temporaries of killed writers (under the root, and S3 staging in local
+        temp space); a live writer's are kept. Returns what was removed."""
+        removed = []
+        now = time.time()
+        if self._local and os.path.isdir(self._root):
+            for folder, _, names in os.walk(self._root):
+                for name in names:
+                    path = os.path.join(folder, name)
+                    if name.startswith(_TMP_PREFIX) and _is_leftover(name[len(_TMP_PREFIX):], now - os.path.getmtime(path)):
+                        os.unlink(path)
+                        removed.append(path)
+        staging = tempfile.gettempdir()
+        for name in os.listdir(staging):
+            path = os.path.join(staging, name)
+            if name.startswith(_STAGING_PREFIX) and _is_leftover(name[len(_STAGING_PREFIX):], now - os.path.getmtime(path)):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+        return removed
+
+    def write_bytes(self, key: str, data: bytes) -> dict[str, object]:
+        return self._write(key, lambda tmp: Path(tmp).write_bytes(data))
 
     def read_bytes(self, key: str) -> bytes:
         return self.fs.cat_file(self._path(key))
 
-    def write_json(self, key: str, obj: Any) -> None:
-        self.write_bytes(key, json.dumps(obj, ensure_ascii=False, indent=1).encode())
+    def write_json(self, key: str, obj: Any) -> dict[str, object]:
+        return self.write_bytes(key, json.dumps(obj, ensure_ascii=False, indent=1).encode())
 
     def read_json(self, key: str) -> Any:
         return json.loads(self.read_bytes(key))
 
-    def write_parquet(self, key: str, table: pa.Table | pl.DataFrame) -> None:
+    def write_parquet(self, key: str, table: pa.Table | pl.DataFrame) -> dict[str, object]:
         if isinstance(table, pl.DataFrame):
             table = table.to_arrow()
-        self._write(key, lambda tmp: pq.write_table(table, tmp))
+        return self._write(key, lambda tmp: pq.write_table(table, tmp))
 
     def read_parquet(self, key: str, columns: list[str] | None = None) -> pa.Table:
         """The table at ``key``; ``columns`` reads only those (ranged reads on S3)."""
@@ -194,7 +303,7 @@ class Storage:
         key: str,
         tensors: dict[str, torch.Tensor],
         metadata: dict[str, str] | None = None,
-    ) -> None:
+    ) -> dict[str, object]:
         """Save tensors with safetensors; views and shared storage are copied to fit its format."""
         seen: set[int] = set()
         flat = {}
@@ -205,7 +314,7 @@ class Storage:
                 tensor = tensor.clone()
             seen.add(ptr)
             flat[name] = tensor
-        self._write(key, lambda tmp: save_file(flat, tmp, metadata=metadata))
+        return self._write(key, lambda tmp: save_file(flat, tmp, metadata=metadata))
 
     def read_tensors(self, key: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         """Tensors (on CPU) and the string metadata stored with them."""

@@ -1,19 +1,5 @@
-"""Dagster resources: thin, typed views of the one configuration schema in pretrace.config."""
+"""Dagster resources: one service over the configuration schema in pretrace.config."""
 
-from .settings import (
-    ComputeResource,
-    InfluenceResource,
-    ModelResource,
-    StorageResource,
-    config_from_resources,
-    resources_from_config,
-)
+from .pretrace import PretraceResource
 
-__all__ = [
-    "ComputeResource",
-    "InfluenceResource",
-    "ModelResource",
-    "StorageResource",
-    "config_from_resources",
-    "resources_from_config",
-]
+__all__ = ["PretraceResource"]

@@ -16,6 +16,15 @@ if TYPE_CHECKING:
 pytest_plugins = ["tests.s3server"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_digest_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The suite's content-digest cache (pretrace.fingerprint) lives in its own temp folder,
+    inherited by every subprocess, so tests neither read nor fill the user's cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PRETRACE_CACHE_DIR", str(tmp_path_factory.mktemp("pretrace-cache")))
+        yield
+
+
 @contextlib.contextmanager
 def _torch_on_one_thread() -> Iterator[None]:
     """On a shared 2-core machine, two torch threads oversubscribed by other processes made small

@@ -3,7 +3,8 @@
 The model (about 2M parameters) trains in under two minutes on two CPU cores and learns the
 corpus's templates (fact sentences, the layout of worked solutions), which is what the
 influence analysis then traces. Defaults: 600 steps of 8 x 256 tokens, about 0.18 s a step on
-two idle cores, so the 150 s budget is a safety cap that binds only on a busy machine.
+two idle cores. Training is a function of the corpus, the seed and the step count alone (no
+wall-clock budget), so the same inputs give the same weights on a busy or an idle machine.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import json
 import math
 import os
 import shutil
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -76,19 +76,18 @@ def train_demo_model(
     max_length: int = 256,
     steps: int = 600,
     batch_size: int = 8,
-    time_budget_s: float = 150,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
-) -> Path:
-    """Train a tokenizer and a tiny LlamaForCausalLM on the corpus; save both to out_dir.
+) -> dict:
+    """Train a tokenizer and a tiny LlamaForCausalLM on the corpus for `steps` optimizer steps;
+    save both to out_dir and return the training summary (also saved as training.json).
 
-    Stops after `steps` optimizer steps or once `time_budget_s` has elapsed (tokenizer
-    included), whichever comes first. The checkpoint is written under a temporary name and
-    renamed, so a killed run leaves none; training.json records the steps, time and losses.
+    The checkpoint is written under a temporary name and renamed, so a killed run leaves none.
+    training.json records the steps and losses, nothing machine-dependent, so that its bytes
+    depend on the inputs alone.
     """
     if steps < 1 or batch_size < 1:
         raise InputError(f"steps ({steps}) and batch_size ({batch_size}) must be at least 1")
-    started = time.monotonic()
     torch.manual_seed(seed)
     texts = [r["text"] for f in corpus_files for r in read_records(str(f))]
     tokenizer = train_tokenizer(texts)
@@ -116,14 +115,9 @@ def train_demo_model(
 
     model.train()
     losses: list[float] = []
-    loop_started = time.monotonic()
-    loop_budget = max(time_budget_s - (loop_started - started), 1e-9)
     for step, batch in enumerate(itertools.islice(batches, steps)):
-        # Anneal towards whichever limit is nearer, so a run the budget cuts short ends annealed
-        # too; when steps run faster than budget / steps, the schedule depends on steps alone.
-        done = max(step / steps, (time.monotonic() - loop_started) / loop_budget)
         for group in optimizer.param_groups:
-            group["lr"] = LEARNING_RATE * _lr_factor(step, done)
+            group["lr"] = LEARNING_RATE * _lr_factor(step, step / steps)
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -132,9 +126,6 @@ def train_demo_model(
         losses.append(loss.item())
         if progress is not None:
             progress(step + 1, steps)
-        if time.monotonic() - started >= time_budget_s:
-            break
-    seconds = time.monotonic() - started
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -145,8 +136,6 @@ def train_demo_model(
     tokenizer.save_pretrained(tmp)
     summary = {
         "steps": len(losses),
-        "stopped_by": "steps" if len(losses) == steps else "time_budget",
-        "seconds": round(seconds, 2),
         "initial_loss": losses[0],
         "final_loss": sum(losses[-_FINAL_LOSS_WINDOW:]) / len(losses[-_FINAL_LOSS_WINDOW:]),
         "losses": [round(x, 4) for x in losses],
@@ -159,4 +148,4 @@ def train_demo_model(
     }
     (tmp / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
     _replace_dir(tmp, out_dir)
-    return out_dir
+    return summary

@@ -2,16 +2,23 @@
 
 Modules, one job each (none imports Dagster):
 
-- ``answers``: whole-token search of answers and intermediate results in document text.
-- ``concentration``: shares of positive influence held by the top documents (exact top list
-  plus log-binned histogram, with error bounds) and power-law fits of influence against rank.
+- ``sections``: the registry, one module per section of the page (correlation, magnitude,
+  concentration, answers, sources, top_documents, notes), each with its tables, reading,
+  plots and HTML; the page, the figures, the readings and the exported tables iterate over it.
+- ``section``: what a section provides.
+- ``analysis``: the inputs every section reads (merged statistics, top lists, queries in report
+  order) and each section's tables, computed once.
+- ``config``: the report's options and the categories of query kinds.
+- ``kinds``: the queries in report order and the groups every per-kind table has a row for.
 - ``correlation``: group means of query-query correlations with bootstrap intervals and a
   permutation test.
-- ``analysis``: every table of the report from merged statistics, top lists and the queries.
-- ``narrative``: plain-language readings generated from those tables.
-- ``figures``: the plots, as PNG bytes.
-- ``html``: the self-contained HTML page.
-- ``build``: reading per-shard statistics from storage, merging, writing the report.
+- ``concentration``: shares of positive influence held by the top documents (exact top list
+  plus log-binned histogram, with error bounds) and power-law fits of influence against rank.
+- ``intervals``, ``formatting``, ``html``, ``plots``: bootstrap and Wilson intervals, numbers
+  in prose, HTML pieces, PNG plotting helpers.
+- ``page``: the self-contained HTML page.
+- ``merge``: reading per-shard statistics from storage and merging them.
+- ``build``: the :class:`Report` (figures, readings, HTML, files) and writing it.
 - ``synthetic``: synthetic queries and scores with known structure, for previews and tests.
 
 Usage without Dagster::
@@ -25,14 +32,14 @@ Usage without Dagster::
 """
 
 _EXPORTS = {
-    "ReportConfig": "analysis", "analyze": "analysis", "Analysis": "analysis",
-    "Report": "build", "ShardFiles": "build", "build_report": "build", "make_report": "build",
-    "merge_shards": "build", "merge_stored": "build", "write_report": "build",
+    "ReportConfig": "config", "analyze": "analysis", "Analysis": "analysis",
+    "Report": "build", "build_report": "build", "make_report": "build", "write_report": "build",
+    "ShardFiles": "merge", "merge_shards": "merge", "merge_stored": "merge",
 }
 
 
 def __getattr__(name: str):
-    """Lazy exports, so that importing pretrace.report.answers does not load matplotlib."""
+    """Lazy exports, so that importing pretrace.report.synthetic does not load matplotlib."""
     if name in _EXPORTS:
         import importlib
 

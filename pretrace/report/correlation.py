@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-FACTUAL, REASONING, CONTROL = "factual", "reasoning", "control"
+from .config import CONTROL, FACTUAL, REASONING
 
 
 def pair_groups(kinds: list[str], categories: list[str]) -> dict[str, np.ndarray]:

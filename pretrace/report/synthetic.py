@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from ..statistics import EXACT_TOP, summarize_shard
 from ..storage import Storage
-from .build import ShardFiles
+from .merge import ShardFiles
 
 KINDS = ("factual", "arithmetic", "slope", "linear", "control")
 SOURCES = ("web", "wiki", "code", "math")

@@ -10,8 +10,7 @@ import boto3
 import dagster as dg
 import pytest
 
-from tests.integration.servers import (dagster_dev, finished_run, postgres_bin, postgres_server, wait_for,
-                                       write_dagster_home)
+from tests.integration.servers import dagster_dev, postgres_bin, postgres_server, wait_for, write_dagster_home
 from pretrace.storage import Storage
 from tests.pipeline.project import make_project, write_corpus_file
 from tests.s3server import upload
@@ -44,8 +43,10 @@ def ops_project(tmp_path_factory, postgres, s3_server):
     s3_client.create_bucket(Bucket=OPS_BUCKET)
     s3_client.put_bucket_versioning(Bucket=OPS_BUCKET, VersioningConfiguration={"Status": "Enabled"})
     s3 = f"s3://{OPS_BUCKET}/{root.name}"
-    # A projection keeps the big dropped shard's stored gradients small.
-    config_path = make_project(root / "project", storage=f"{s3}/data", corpus=f"{s3}/corpus", projection=[8, 8])
+    # A projection keeps the big dropped shard's stored gradients small; factors fitted on the
+    # first three shards only, so a dropped file costs its own partition, not a refit.
+    config_path = make_project(root / "project", storage=f"{s3}/data", corpus=f"{s3}/corpus", projection=[8, 8],
+                               fit_shards=SHARDS)
     write_corpus_file(root / "project" / "corpus" / "part-c.jsonl", 8, 3, "c")
     upload(root / "project" / "corpus", f"{s3}/corpus")
     home = write_dagster_home(root / "dagster_home", postgres)
@@ -54,8 +55,8 @@ def ops_project(tmp_path_factory, postgres, s3_server):
     from pretrace.config import load_config
 
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        shards = materialize_pipeline(build_definitions(load_config(config_path)), instance, log=lambda m: None)
-    assert shards == SHARDS
+        project = materialize_pipeline(build_definitions(load_config(config_path)), instance, log=lambda m: None)
+    assert project.shards == SHARDS
     return {"root": root, "config": config_path, "home": home, "corpus": f"{s3}/corpus", "storage": f"{s3}/data"}
 
 
@@ -76,9 +77,14 @@ def instance(ops_project):
 @pytest.fixture(scope="package")
 def dropped_shard(ops_project, dagster_server):
     """A new corpus file put into the watched S3 prefix of the running deployment, and the
-    corpus sensor's finished run for it."""
+    report the automation rebuilt once the new shard was scored."""
     staged = write_corpus_file(ops_project["root"] / DROPPED, DROPPED_DOCS, 4, "d")
     Storage(ops_project["corpus"]).write_bytes(DROPPED, staged.read_bytes())  # one PUT: appears whole
-    filters = dg.RunsFilter(tags={"dagster/partition": DROPPED, "dagster/sensor_name": "corpus_sensor"})
     with dg.DagsterInstance.from_config(str(ops_project["home"])) as instance:
-        return wait_for(lambda: finished_run(instance, filters), 300, f"the corpus sensor's run for {DROPPED}")
+        return wait_for(lambda: report_over(instance, len(SHARDS) + 1), 420, f"a report that includes {DROPPED}")
+
+
+def report_over(instance: dg.DagsterInstance, shards: int) -> dg.EventLogRecord | None:
+    """The latest influence_report materialization, once it covers `shards` shards."""
+    (latest,) = instance.fetch_materializations(dg.AssetKey("influence_report"), limit=1).records or [None]
+    return latest if latest and latest.asset_materialization.metadata["shards"].value == shards else None

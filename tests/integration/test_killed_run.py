@@ -16,8 +16,9 @@ from tests.integration.servers import finished_run, wait_for
 pytestmark = pytest.mark.integration
 
 PROGRESS = re.compile(rf"document gradients of {re.escape(DROPPED)}: (\d+)/(\d+)")
-REWRITTEN = {f"document_gradients/{DROPPED}.safetensors", f"influence_scores/{DROPPED}.parquet",
-             f"influence_scores/{DROPPED}.stats.safetensors", f"influence_scores/{DROPPED}.top.parquet"}
+REWRITTEN = {f"document_gradients/{DROPPED}.safetensors", f"document_gradients/{DROPPED}.manifest.json",
+             f"influence_scores/{DROPPED}.parquet", f"influence_scores/{DROPPED}.stats.safetensors",
+             f"influence_scores/{DROPPED}.top.parquet", f"influence_scores/{DROPPED}.manifest.json"}
 
 
 def writes(endpoint: str, storage: str) -> dict[str, tuple[int, str]]:
@@ -99,7 +100,7 @@ def test_run_killed_mid_document_gradients_reexecutes_to_identical_artefacts(dro
     def snapshot() -> dict[str, tuple[int, str]]:
         return writes(s3_server, ops_project["storage"])
 
-    reference = snapshot()  # the sensor's uninterrupted run wrote the dropped shard's artefacts
+    reference = snapshot()  # the automation's uninterrupted runs wrote the dropped shard's artefacts
     assert REWRITTEN <= set(reference)
 
     run_id = dagster_server.launch_assets(["document_gradients", "influence_scores"], DROPPED)
@@ -129,5 +130,6 @@ def test_run_killed_mid_document_gradients_reexecutes_to_identical_artefacts(dro
     after = snapshot()
     assert set(after) == set(reference)
     written = {key: after[key][0] - reference[key][0] for key in after if after[key][0] != reference[key][0]}
-    assert written == dict.fromkeys(REWRITTEN, 1)  # only the killed partition's outputs, each written once...
+    assert written == dict.fromkeys(REWRITTEN, 1)  # only the killed partition's outputs, each written once
+    # (a manifest is deleted first, then written last: the delete marker is not a version)...
     assert {key: after[key][1] for key in after} == {key: reference[key][1] for key in reference}  # ...byte-equal

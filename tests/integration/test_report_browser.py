@@ -9,8 +9,8 @@ import pytest
 
 from pretrace.report.analysis import ReportConfig
 from pretrace.report.build import build_report
-from pretrace.report.figures import FIGURES
-from pretrace.report.html import SECTIONS
+from pretrace.report.sections import CONTENTS as SECTIONS
+from pretrace.report.sections import FIGURES
 from pretrace.report.synthetic import synthetic_queries, write_synthetic_shards
 from pretrace.storage import Storage
 from tests.integration.browser import chromium_page, needs_chromium

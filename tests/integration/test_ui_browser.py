@@ -63,3 +63,70 @@ def test_the_ui_shows_shard_partitions_and_report_metadata(dagster_server, tmp_p
             expect(page.get_by_text(entry, exact=True).first).to_be_visible(timeout=60_000)
         page.screenshot(path=str(tmp_path / "report-metadata.png"), full_page=True)
     print(f"screenshots in {tmp_path}")
+
+
+STALENESS = """
+query($key: AssetKeyInput!) {
+  assetNodeOrError(assetKey: $key) { ... on AssetNode { staleStatus staleCauses { reason } } }
+}"""
+SENSOR_ID = "query($selector: SensorSelector!) { sensorOrError(sensorSelector: $selector) { ... on Sensor { id } } }"
+STOP_SENSOR = "mutation($id: String!) { stopSensor(id: $id) { __typename } }"
+RESET_SENSOR = "mutation($selector: SensorSelector!) { resetSensor(sensorSelector: $selector) { __typename } }"
+RELOAD = """
+mutation($name: String!) {
+  reloadRepositoryLocation(repositoryLocationName: $name) {
+    __typename ... on WorkspaceLocationEntry { locationOrLoadError { __typename } }
+  }
+}"""
+
+
+def staleness(server, asset: str) -> dict:
+    return server.graphql(STALENESS, {"key": {"path": [asset]}})["assetNodeOrError"]
+
+
+def reload_location(server) -> None:
+    result = server.graphql(RELOAD, {"name": server.repository()["repositoryLocationName"]})
+    assert result["reloadRepositoryLocation"]["__typename"] == "WorkspaceLocationEntry", result
+
+
+def test_a_changed_setting_shows_stale_and_materializing_it_from_the_ui_makes_it_current(
+        dagster_server, ops_project, instance, tmp_path):
+    """The UI's stale marker is the recompute policy's: `damping` changes ekfac_factors' code version."""
+    from playwright.sync_api import expect
+
+    from pretrace.config import load_config
+    from pretrace.provenance import Project
+    from tests.pipeline.project import edit_config
+
+    config_path = ops_project["config"]
+    original = config_path.read_text()
+    selector = {**dagster_server.repository(), "sensorName": "pretrace_automation"}
+    sensor_id = dagster_server.graphql(SENSOR_ID, {"selector": selector})["sensorOrError"]["id"]
+    dagster_server.graphql(STOP_SENSOR, {"id": sensor_id})  # the user, not automation, materializes it here
+    try:
+        assert staleness(dagster_server, "ekfac_factors")["staleStatus"] == "FRESH"
+        edit_config(config_path, damping=0.5)
+        reload_location(dagster_server)
+        stale = wait_for(lambda: (s := staleness(dagster_server, "ekfac_factors"))["staleStatus"] == "STALE" and s,
+                         60, "ekfac_factors to show stale")
+        assert any("code version" in c["reason"].lower() for c in stale["staleCauses"]), stale
+        assert Project(load_config(config_path)).status("ekfac_factors").state == "stale"
+        before = materializations(instance, "ekfac_factors")
+        with chromium_page() as page:
+            page.goto(f"{dagster_server.url}/assets/ekfac_factors", wait_until="networkidle")
+            # Dagster's UI calls a stale asset "Unsynced".
+            expect(page.get_by_role("button", name=re.compile(r"^Unsynced"))).to_be_visible(timeout=60_000)
+            page.screenshot(path=str(tmp_path / "stale.png"), full_page=True)
+            page.get_by_role("button", name=re.compile(r"^(\S+ )?Materialize$")).first.click()
+            wait_for(lambda: materializations(instance, "ekfac_factors") > before, 180,
+                     "the run launched from the UI to materialize ekfac_factors", every=1)
+            page.reload(wait_until="networkidle")
+            expect(page.get_by_role("button", name=re.compile(r"^Unsynced"))).to_have_count(0, timeout=60_000)
+            page.screenshot(path=str(tmp_path / "current.png"), full_page=True)
+        wait_for(lambda: staleness(dagster_server, "ekfac_factors")["staleStatus"] == "FRESH", 60,
+                 "ekfac_factors to show fresh")
+        assert Project(load_config(config_path)).status("ekfac_factors").current
+    finally:
+        config_path.write_text(original)
+        reload_location(dagster_server)
+        dagster_server.graphql(RESET_SENSOR, {"selector": selector})

@@ -1,13 +1,22 @@
-"""A tiny user project on disk: checkpoint, two corpus files, queries and pretrace.yaml."""
+"""A tiny user project on disk (checkpoint, two corpus files, queries, pretrace.yaml) and the
+ways tests run it and compare what it stored."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import random
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import dagster as dg
 import yaml
 
+from pretrace.config import PretraceConfig
 from pretrace.demo.files import write_records
+from pretrace.storage import Storage
 from tests.tiny import SENTENCES, tiny_model, tiny_tokenizer
 
 QUERIES = [
@@ -36,3 +45,54 @@ def make_project(root: Path, storage: str | None = None, **settings) -> Path:
               "device": "cpu", "batch_size": 4, "max_length": 32, "top_k": 5, **settings}
     (root / "pretrace.yaml").write_text(yaml.safe_dump(config))
     return root / "pretrace.yaml"
+
+
+def edit_config(path: Path, **changes) -> None:
+    """Change settings of a pretrace.yaml in place."""
+    config = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**config, **changes}))
+
+
+def pretrace(*args, cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`pretrace ...` as a user runs it, in a subprocess with its own DAGSTER_HOME under cwd."""
+    env = {**os.environ, "DAGSTER_HOME": str(cwd / ".dagster_home"), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def run_pipeline(config: PretraceConfig, instance: dg.DagsterInstance | None = None) -> list[str]:
+    """`pretrace run` in-process (a fresh ephemeral instance unless given): the artefact
+    partitions it materialized, in order."""
+    from pipeline.definitions import build_definitions
+    from pipeline.runner import materialize_pipeline
+
+    ran: list[str] = []
+    materialize_pipeline(build_definitions(config), instance or dg.DagsterInstance.ephemeral(),
+                         log=lambda m: ran.append(m.split(" ")[1]) if m.startswith("materializing") else None)
+    return ran
+
+
+# The report's page carries the time it was made; its tables, figures and every other artefact
+# must be byte-identical between two runs of the same state.
+_TIMESTAMPED = {"influence_report/report.html", "influence_report/manifest.json"}
+
+
+def snapshot(storage: Path | str) -> dict[str, str]:
+    """SHA-256 of every file under a storage root (a folder or an s3:// URL) but the report page
+    (and its manifest), temporaries included: a leftover would show."""
+    store = Storage(str(storage))
+    root = store.url().removeprefix("s3://")
+    found = store.fs.find(root)
+    start = len(root) + 1
+    return {path[start:]: hashlib.sha256(store.fs.cat_file(path)).hexdigest()
+            for path in sorted(found) if path[start:] not in _TIMESTAMPED}
+
+
+def clean_run_snapshot(config: PretraceConfig, scratch: Path | str) -> dict[str, str]:
+    """The storage a clean run of ``config`` ends in: fresh storage root (a folder under, or a
+    prefix of, ``scratch``), fresh instance."""
+    storage = f"{scratch}/clean-storage"
+    if "://" not in storage:
+        shutil.rmtree(storage, ignore_errors=True)
+    run_pipeline(config.model_copy(update={"storage": storage}))
+    return snapshot(storage)

@@ -1,26 +1,9 @@
 """`pretrace run` as a user runs it, and the clear errors bad input gets."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
-from tests.pipeline.project import QUERIES, make_project
-
-
-def pretrace(*args, cwd, env=None, timeout=300):
-    env = {**os.environ, "DAGSTER_HOME": str(cwd / ".dagster_home"), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def edit_config(path: Path, **changes) -> None:
-    config = yaml.safe_load(path.read_text())
-    path.write_text(yaml.safe_dump({**config, **changes}))
+from tests.pipeline.project import QUERIES, edit_config, make_project, pretrace
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +78,56 @@ def test_unknown_config_key_is_named(tmp_path):
     result = pretrace("run", "--config", str(config), cwd=tmp_path)
     assert result.returncode != 0
     assert "`dampign` is not a setting; did you mean `damping`?" in result.stderr
+
+
+def test_status_explains_what_is_stale_and_a_rerun_of_a_current_project_computes_nothing(finished, tmp_path):
+    root, config, _ = finished
+    again = pretrace("run", "--config", str(config), cwd=root)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "0 artefact(s) computed" in again.stdout and "[pretrace] materializing" not in again.stdout
+    status = pretrace("status", "--config", str(config), cwd=root)
+    assert status.returncode == 0 and status.stdout.strip().endswith("16 current")
+    changed = tmp_path / "pretrace.yaml"
+    changed.write_text(config.read_text())
+    edit_config(changed, top_k=3, storage=str(root / "data"), model=str(root / "model"), corpus=str(root / "corpus"),
+                queries=str(root / "queries.jsonl"))
+    status = pretrace("status", "--config", str(changed), cwd=root)
+    assert "stale    influence_scores[part-a.jsonl]  (`top_k` 5 -> 3)" in status.stdout
+    assert "waiting  influence_report  (influence_scores[part-a.jsonl] is stale (`top_k` 5 -> 3))" in status.stdout
+
+
+def test_an_unknown_fit_shard_is_named_with_the_valid_ones(tmp_path):
+    config = make_project(tmp_path, fit_shards=["nope.jsonl"])
+    result = pretrace("run", "--config", str(config), cwd=tmp_path)
+    assert result.returncode != 0
+    assert "fit_shards: 'nope.jsonl' is not a shard of" in result.stderr
+    assert "the shards are: part-a.jsonl, part-b.jsonl" in result.stderr
+
+
+def test_a_new_dagster_home_gets_a_run_queue_and_the_gpu_pool(tmp_path):
+    from dagster._core.instance.config import dagster_instance_config
+
+    from pipeline.cli import _dagster_home
+
+    home = _dagster_home({"DAGSTER_HOME": str(tmp_path / "home")})
+    config, _ = dagster_instance_config(str(home))  # Dagster's own loader and checks
+    assert config["concurrency"]["pools"]["default_limit"] == 1
+    assert config["concurrency"]["runs"]["max_concurrent_runs"] == 2
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    _dagster_home({"DAGSTER_HOME": str(home)})
+    assert (home / "dagster.yaml").read_text() == "telemetry:\n  enabled: false\n"  # the user's own is kept
+
+
+def test_dg_check_defs_loads_the_code_location(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    venv = Path(sys.executable).parent.parent
+    env = {**os.environ, "VIRTUAL_ENV": str(venv), "PATH": f"{venv / 'bin'}:{os.environ['PATH']}",
+           "DAGSTER_HOME": str(tmp_path)}
+    result = subprocess.run([str(venv / "bin" / "dg"), "check", "defs"], cwd=Path(__file__).resolve().parents[2],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "All definitions loaded successfully" in result.stdout + result.stderr

@@ -8,53 +8,55 @@ import pytest
 import torch
 
 from pipeline.definitions import build_definitions
-from pipeline.runner import materialize_pipeline
+from pipeline.runner import asset_order, executable
 from pretrace.batching import batches
-from pretrace.config import load_config
+from pretrace.config import Damping, load_config
+from pretrace.layout import artefacts
+from pretrace.provenance import Project
 from pretrace.corpus import read_records, tokenize_documents
 from pretrace.ekfac import fit_factors
 from pretrace.model import load_model
 from pretrace.queries import Query, compute_query_gradients
 from pretrace.scores import stream_scores
-from tests.pipeline.project import QUERIES, make_project, write_corpus_file
+from tests.pipeline.project import QUERIES, make_project, run_pipeline, write_corpus_file
 
 ALL_ASSETS = ["corpus_shards", "model", "ekfac_covariances", "ekfac_eigenbasis", "ekfac_lambdas", "ekfac_factors",
               "queries", "query_gradients", "document_gradients", "influence_scores", "influence_report"]
+SOURCES = {"corpus_files", "checkpoint", "query_file"}
 
 
-def materialized(instance, asset):
-    """(partition, run_id) of every materialization of an asset, from the event log."""
-    records = instance.fetch_materializations(dg.AssetKey(asset), limit=1000).records
-    return [(r.asset_materialization.partition, r.run_id) for r in records]
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    config = load_config(make_project(root, fit_shards=["part-a.jsonl", "part-b.jsonl"]))
+    ran = run_pipeline(config)
+    return config, ran
 
 
-def model_version(instance):
-    record = instance.fetch_materializations(dg.AssetKey("model"), limit=1).records[0]
-    return record.asset_materialization.tags["dagster/data_version"]
-
-
-@pytest.fixture
-def project(tmp_path):
-    config_path = make_project(tmp_path)
-    config = load_config(config_path)
-    instance = dg.DagsterInstance.ephemeral()
-    defs = build_definitions(config)
-    shards = materialize_pipeline(defs, instance, log=lambda m: None)
-    return config, defs, instance, shards
-
-
-def test_definitions_load_and_validate(tmp_path):
+def test_definitions_load_and_mirror_the_artefact_table(tmp_path):
     defs = build_definitions(load_config(make_project(tmp_path)))
     dg.Definitions.validate_loadable(defs)
-    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert keys == set(ALL_ASSETS) | {"corpus_files"}
+    specs = {spec.key.to_user_string(): spec for spec in defs.resolve_all_asset_specs()}
+    assert set(specs) == set(ALL_ASSETS) | SOURCES
+    # Dagster's graph (what the UI draws and marks stale) is the artefact table's graph.
+    for artefact in artefacts().values():
+        upstream = {i.name for i in artefact.inputs}
+        upstream = {"corpus_files" if u == "corpus_file" else u for u in upstream}
+        assert {d.asset_key.to_user_string() for d in specs[artefact.name].deps} == upstream, artefact.name
+    assert asset_order(defs).index("model") < asset_order(defs).index("corpus_shards")
+
+
+def test_code_versions_carry_the_settings_each_asset_depends_on(tmp_path):
+    config = load_config(make_project(tmp_path))
+    versions = lambda c: {s.key.to_user_string(): s.code_version for s in build_definitions(c).resolve_all_asset_specs()}  # noqa: E731
+    before, after = versions(config), versions(config.model_copy(update={"damping": Damping(relative=0.3)}))
+    assert {k for k in before if before[k] != after[k]} == {"ekfac_factors"}  # the UI shows it stale, and only it
 
 
 def test_every_asset_materializes_and_scores_equal_the_core_library(project):
-    config, defs, instance, shards = project
-    assert shards == ["part-a.jsonl", "part-b.jsonl"]
-    for asset in ALL_ASSETS:
-        assert materialized(instance, asset), asset
+    config, ran = project
+    shards = ["part-a.jsonl", "part-b.jsonl"]
+    assert {r.split("[")[0] for r in ran} == set(ALL_ASSETS)
     # The same computation with the core library alone, no Dagster.
     lm = load_model(config.model, device="cpu")
     per_shard = {s: tokenize_documents(read_records(f"{config.corpus}/{s}"), lm.tokenizer, config.max_length) for s in shards}
@@ -73,46 +75,45 @@ def _score_matrix(storage, shard, doc_ids):
     return torch.tensor([[index[(q["id"], d)] for d in doc_ids] for q in QUERIES])
 
 
-def test_a_new_corpus_file_runs_only_its_own_partition(project):
-    config, defs, instance, _ = project
-    before = {a: materialized(instance, a) for a in ALL_ASSETS}
+def test_the_report_shows_its_tables_plots_and_link_in_dagster(project):
+    config, _ = project
+    defs = build_definitions(config)
+    result = dg.materialize(executable(defs), selection=["influence_report"], resources=defs.resources,
+                            instance=dg.DagsterInstance.ephemeral())
+    metadata = result.asset_materializations_for_node("influence_report")[0].metadata
+    assert metadata["shards"].value == 2 and metadata["queries"].value == len(QUERIES)
+    assert metadata["report"].value == Path(config.storage, "influence_report", "report.html").as_uri()
+    correlation = metadata["correlation"]
+    assert isinstance(correlation, dg.TableMetadataValue)
+    assert [c.name for c in correlation.schema.columns][:3] == ["group", "pairs", "mean_r"]
+    assert metadata["plot_correlation_matrix"].value.startswith("![correlation_matrix](data:image/png;base64,")
+    assert result.get_asset_check_evaluations()[0].passed  # it covers every current shard
+
+
+def test_a_new_corpus_file_runs_only_its_own_partition_with_fixed_fit_shards(project):
+    config, _ = project
     write_corpus_file(Path(config.corpus) / "part-c.jsonl", 6, 3, "c")
-    materialize_pipeline(defs, instance, log=lambda m: None)
-    new = {a: [m for m in materialized(instance, a) if m not in before[a]] for a in ALL_ASSETS}
-    assert [p for p, _ in new["corpus_shards"]] == ["part-c.jsonl"]
-    assert [p for p, _ in new["document_gradients"]] == ["part-c.jsonl"]
-    assert [p for p, _ in new["influence_scores"]] == ["part-c.jsonl"]
-    for asset in ["model", "ekfac_covariances", "ekfac_eigenbasis", "ekfac_lambdas", "ekfac_factors", "query_gradients"]:
-        assert new[asset] == [], asset
-    assert len(new["influence_report"]) == 1
+    ran = run_pipeline(config)
+    assert ran == ["corpus_shards[part-c.jsonl]", "document_gradients[part-c.jsonl]",
+                   "influence_scores[part-c.jsonl]", "influence_report"]
+
+
+def test_with_fit_shards_all_a_new_file_refits_the_factors(tmp_path):
+    config = load_config(make_project(tmp_path))
+    run_pipeline(config)
+    write_corpus_file(Path(config.corpus) / "part-c.jsonl", 6, 3, "c")
+    ran = run_pipeline(config)
+    assert {"ekfac_covariances[part-c.jsonl]", "ekfac_eigenbasis", "ekfac_factors", "query_gradients"} <= set(ran)
+    assert "document_gradients[part-a.jsonl]" not in ran  # document gradients never depend on the factors
 
 
 def test_a_new_query_recomputes_scores_but_no_document_gradients(project):
-    config, defs, instance, shards = project
-    before = {a: materialized(instance, a) for a in ALL_ASSETS}
+    config, _ = project
     with open(config.queries, "a") as f:
         f.write('{"id": "new", "kind": "arithmetic", "prompt": "(7 - 4) * 8 =", "completion": " 24", "answer": "24"}\n')
-    materialize_pipeline(defs, instance, log=lambda m: None)
-    new = {a: [m for m in materialized(instance, a) if m not in before[a]] for a in ALL_ASSETS}
-    assert new["document_gradients"] == [] and new["ekfac_factors"] == []
-    assert len(new["query_gradients"]) == 1
-    assert sorted(p for p, _ in new["influence_scores"]) == shards
-
-
-def test_a_changed_model_recomputes_everything(project):
-    config, defs, instance, shards = project
-    before = {a: materialized(instance, a) for a in ALL_ASSETS}
-    old_version = model_version(instance)
-    from tests.tiny import tiny_model
-
-    tiny_model("llama", seed=99).save_pretrained(config.model)  # retrained weights, same shapes
-    materialize_pipeline(defs, instance, log=lambda m: None)
-    new = {a: [m for m in materialized(instance, a) if m not in before[a]] for a in ALL_ASSETS}
-    assert model_version(instance) != old_version
-    for asset in ["model", "ekfac_eigenbasis", "ekfac_factors", "query_gradients", "influence_report"]:
-        assert len(new[asset]) == 1, asset
-    for asset in ["corpus_shards", "ekfac_covariances", "ekfac_lambdas", "document_gradients", "influence_scores"]:
-        assert sorted(p for p, _ in new[asset]) == shards, asset
+    ran = run_pipeline(config)
+    assert ran[:2] == ["queries", "query_gradients"] and ran[-1] == "influence_report"
+    assert sorted(ran[2:-1]) == [f"influence_scores[{s}]" for s in Project(config).shards]
 
 
 def test_progress_lines_follow_the_configured_interval(monkeypatch):

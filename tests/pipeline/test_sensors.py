@@ -1,109 +1,89 @@
-"""Corpus refresh (sensor and schedule) and the declarative automation, on an ephemeral instance."""
+"""Input refresh (sensor and schedule) and the policy-driven automation, on an ephemeral instance."""
 
 import gc
 import json
 import os
-import warnings
+import shutil
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.storage.defs_state.base import set_defs_state_storage
 import pytest
+from dagster._core.storage.defs_state.base import set_defs_state_storage
 
 from pipeline.definitions import build_definitions
-from pipeline.sensors import CHANGE_TAG, FILE_TAG, REMOVED_TAG
+from pipeline.runner import QUIET, asset_order, executable
 from pretrace.config import load_config
-from tests.pipeline.project import make_project, write_corpus_file
+from tests.pipeline.project import clean_run_snapshot, make_project, snapshot, write_corpus_file
 
-warnings.filterwarnings("ignore", category=dg.BetaWarning)
+A, B = "part-a.jsonl", "part-b.jsonl"
 
 
 @pytest.fixture
 def setup(tmp_path):
     config = load_config(make_project(tmp_path))
-    defs = build_definitions(config)
-    instance = dg.DagsterInstance.ephemeral()
-    return config, defs, instance
+    return config, build_definitions(config), dg.DagsterInstance.ephemeral()
 
 
 def tick(defs, instance, cursor=None):
     sensor = defs.resolve_sensor_def("corpus_sensor")
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"influence": defs.resources["influence"]})
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"pretrace": defs.resources["pretrace"]})
     result = sensor(context)
-    assert isinstance(result, dg.SensorResult)
-    # What the sensor daemon does with the result: register the requested partitions.
-    for request in result.dynamic_partitions_requests or []:
-        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    assert isinstance(result, dg.SensorResult) and not result.run_requests
     return result
 
 
-def by_shard(result):
-    return {r.partition_key: r for r in result.run_requests or []}
+def observed(instance, asset, partition=None) -> list[str]:
+    """The data versions observed for a source (partition), oldest first."""
+    records = instance.fetch_observations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition else None),
+        limit=100).records
+    return [r.asset_observation.tags["dagster/data_version"] for r in reversed(records)]
 
 
-def test_new_files_get_partitions_and_runs_unchanged_files_skip(setup):
+def test_new_files_become_partitions_and_every_input_is_observed_once(setup):
     _, defs, instance = setup
     first = tick(defs, instance)
-    assert [list(r.partition_keys) for r in first.dynamic_partitions_requests] == [["part-a.jsonl", "part-b.jsonl"]]
-    assert set(instance.get_dynamic_partitions("shard")) == {"part-a.jsonl", "part-b.jsonl"}
-    requests = by_shard(first)
-    assert set(requests) == {"part-a.jsonl", "part-b.jsonl"}
-    assert requests["part-a.jsonl"].tags[CHANGE_TAG] == "new"
-    assert requests["part-a.jsonl"].tags[FILE_TAG].endswith("corpus/part-a.jsonl")
-    assert requests["part-a.jsonl"].run_key != requests["part-b.jsonl"].run_key
-    assert set(json.loads(first.cursor)) == {"part-a.jsonl", "part-b.jsonl"}
-
+    assert set(instance.get_dynamic_partitions("shard")) == {A, B}
+    assert "new shards: part-a.jsonl, part-b.jsonl" in first.skip_reason.skip_message
+    for asset, partition in (("corpus_files", A), ("corpus_files", B), ("checkpoint", None), ("query_file", None)):
+        (version,) = observed(instance, asset, partition)
+        assert version.startswith(("sha256:", "tree:")), version
+    assert set(json.loads(first.cursor)) == {f"corpus_files[{A}]", f"corpus_files[{B}]", "checkpoint", "query_file"}
     second = tick(defs, instance, first.cursor)
-    assert not second.run_requests and not second.dynamic_partitions_requests
-    assert "no new or changed corpus files" in second.skip_reason.skip_message
-    assert second.cursor == first.cursor
+    assert second.skip_reason.skip_message.startswith("no new or changed inputs among 4 inputs watched")
+    assert len(observed(instance, "corpus_files", A)) == 1
 
 
-def test_a_changed_file_gets_a_new_run_with_a_new_run_key(setup):
+def test_content_changes_are_observed_and_touches_are_not(setup):
     config, defs, instance = setup
     first = tick(defs, instance)
-    path = os.path.join(config.corpus, "part-b.jsonl")
-    stat = os.stat(path)
-    write_corpus_file(Path(path), 12, 9, "b2")
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))  # coarse-mtime filesystems
+    path = Path(config.corpus) / B
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5 * 10**9))  # touched, same bytes
+    assert tick(defs, instance, first.cursor).skip_reason.skip_message.startswith("no new or changed inputs")
+    write_corpus_file(path, 12, 9, "b2")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # new bytes, old modification time
     second = tick(defs, instance, first.cursor)
-    requests = by_shard(second)
-    assert set(requests) == {"part-b.jsonl"}
-    assert requests["part-b.jsonl"].tags[CHANGE_TAG] == "changed"
-    assert requests["part-b.jsonl"].run_key != by_shard(first)["part-b.jsonl"].run_key
-    assert not second.dynamic_partitions_requests
-    assert not tick(defs, instance, second.cursor).run_requests
+    assert f"changed: corpus_files[{B}]" in second.skip_reason.skip_message
+    assert len(observed(instance, "corpus_files", B)) == 2 and len(observed(instance, "corpus_files", A)) == 1
 
 
-def test_a_removed_file_is_reported_not_silently_kept(setup, capfd):
+def test_a_removed_file_is_reported_with_the_cleanup_command(setup, capfd):
     config, defs, instance = setup
     first = tick(defs, instance)
-    os.remove(os.path.join(config.corpus, "part-a.jsonl"))
+    os.remove(os.path.join(config.corpus, A))
     capfd.readouterr()
     second = tick(defs, instance, first.cursor)
-    logged = capfd.readouterr().err  # the tick's log (Dagster's console handler)
-    assert not second.run_requests
-    assert "removed" in second.skip_reason.skip_message and "part-a.jsonl" in second.skip_reason.skip_message
-    assert "WARNING - corpus files removed: part-a.jsonl" in logged
-    assert set(json.loads(second.cursor)) == {"part-b.jsonl"}
-    # Runs requested later carry the removal in their tags, so it shows on the run page too.
-    write_corpus_file(Path(config.corpus) / "part-c.jsonl", 5, 4, "c")
-    third = tick(defs, instance, second.cursor)
-    assert set(by_shard(third)) == {"part-c.jsonl"}
-    assert by_shard(third)["part-c.jsonl"].tags[REMOVED_TAG] == "part-a.jsonl"
+    assert "corpus files gone: part-a.jsonl (remove their artefacts with `pretrace clean" in second.skip_reason.skip_message
+    assert "WARNING - corpus files gone: part-a.jsonl; remove their artefacts" in capfd.readouterr().err
+    assert set(json.loads(second.cursor)) == {f"corpus_files[{B}]", "checkpoint", "query_file"}
 
 
-def test_a_fresh_cursor_trusts_what_the_instance_already_materialized(setup):
-    """A new sensor (or the cursor-less schedule) on an existing deployment does not redo the corpus."""
+def test_without_a_cursor_the_instance_observations_count(setup):
+    """A fresh sensor (or the cursor-less schedule) does not observe unchanged inputs again."""
     _, defs, instance = setup
-    from assets.corpus import corpus_by_shard
-    files = corpus_by_shard(defs.resources["influence"].corpus)
-    instance.add_dynamic_partitions("shard", list(files))
-    instance.report_runless_asset_event(dg.AssetMaterialization(
-        "corpus_shards", partition="part-a.jsonl", metadata={"file_token": files["part-a.jsonl"].token}))
-    result = tick(defs, instance)
-    assert set(by_shard(result)) == {"part-b.jsonl"}
-    assert by_shard(result)["part-b.jsonl"].tags[CHANGE_TAG] == "changed"
+    tick(defs, instance)
+    assert "no new or changed inputs" in tick(defs, instance, None).skip_reason.skip_message
 
 
 @pytest.fixture
@@ -122,14 +102,12 @@ def test_the_schedule_runs_the_same_refresh(setup, tmp_path, isolated_defs_state
     assert schedule.cron_schedule == "0 3 * * *"
     assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
     with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
-        context = dg.build_schedule_context(instance=instance, resources={"influence": defs.resources["influence"]})
-        requests = schedule(context)
-        assert {r.partition_key for r in requests} == {"part-a.jsonl", "part-b.jsonl"}
-        assert set(instance.get_dynamic_partitions("shard")) == {"part-a.jsonl", "part-b.jsonl"}
-        context = dg.build_schedule_context(instance=instance, resources={"influence": defs.resources["influence"]})
-        # Not materialized yet: the next tick asks again with the same run keys, which the
-        # scheduler daemon drops as duplicates.
-        assert {r.run_key for r in schedule(context)} == {r.run_key for r in requests}
+        context = dg.build_schedule_context(instance=instance, resources={"pretrace": defs.resources["pretrace"]})
+        result = schedule(context)
+        assert isinstance(result, dg.SkipReason) and "new shards" in result.skip_message
+        assert set(instance.get_dynamic_partitions("shard")) == {A, B}
+        context = dg.build_schedule_context(instance=instance, resources={"pretrace": defs.resources["pretrace"]})
+        assert "no new or changed inputs" in schedule(context).skip_message
 
 
 def test_the_refresh_cron_is_configurable(tmp_path, monkeypatch):
@@ -146,47 +124,87 @@ def test_sensors_start_running(setup):
     assert automation.default_status == dg.DefaultSensorStatus.RUNNING
 
 
-def _materialize(instance, asset, partitions=(None,)):
-    for p in partitions:
-        instance.report_runless_asset_event(dg.AssetMaterialization(asset, partition=p))
+def evaluate(defs, instance, cursor):
+    """One automation tick: (cursor, the (asset, partition) pairs it requests)."""
+    result = dg.evaluate_automation_conditions(defs, instance, asset_selection=dg.AssetSelection.all(), cursor=cursor)
+    requested = set()
+    for name in asset_order(defs):
+        key = dg.AssetKey(name)
+        if not result.get_num_requested(key):
+            continue
+        partitions = result.get_requested_partitions(key)
+        requested |= {(name, p) for p in partitions} if partitions != {None} else {(name, None)}
+    return result.cursor, requested
 
 
-def test_automation_carries_a_new_shard_and_updates_the_report_once_per_batch(setup):
-    _, defs, instance = setup
-    shards = ["part-a.jsonl", "part-b.jsonl"]
-    instance.add_dynamic_partitions("shard", shards)
-    for asset in ["model", "ekfac_factors", "queries", "query_gradients", "influence_report"]:
-        _materialize(instance, asset)
-    for asset in ["corpus_shards", "document_gradients", "influence_scores"]:
-        _materialize(instance, asset, shards)
-    selection = dg.AssetSelection.assets("document_gradients", "influence_scores", "influence_report")
+def materialize(defs, instance, requested) -> None:
+    for name, partition in sorted(requested, key=lambda r: asset_order(defs).index(r[0])):
+        dg.materialize(executable(defs), selection=[name], partition_key=partition, instance=instance,
+                       resources=defs.resources, run_config=QUIET)
 
-    def evaluate(cursor):
-        result = dg.evaluate_automation_conditions(defs, instance, asset_selection=selection, cursor=cursor)
-        requested = {
-            (key, p) for key in ["document_gradients", "influence_scores", "influence_report"]
-            for p in (result.get_requested_partitions(dg.AssetKey(key)) if key != "influence_report"
-                      else ([None] if result.get_num_requested(dg.AssetKey(key)) else []))
-        }
-        return result.cursor, requested
 
-    cursor, requested = evaluate(None)
-    assert requested == set()  # the first evaluation starts from the current state
+def test_automation_brings_a_new_project_to_the_clean_state_requesting_each_partition_once(setup, tmp_path):
+    config, defs, instance = setup
+    tick(defs, instance)  # the sensor registers the shards
+    cursor, seen, ticks = None, [], 0
+    while True:
+        cursor, requested = evaluate(defs, instance, cursor)
+        if not requested:
+            break
+        seen += requested
+        materialize(defs, instance, requested)
+        ticks += 1
+    assert len(seen) == len(set(seen)) == 16  # every artefact partition, once
+    assert [r for r in seen if r[0] == "influence_report"] == [("influence_report", None)]
+    assert ticks == 9  # stage by stage (the graph's depth): each waits for its inputs to be current
+    assert snapshot(Path(config.storage)) == clean_run_snapshot(config, tmp_path)
 
-    # A batch of two new shards, tokenized (by the sensor's runs or by hand).
-    instance.add_dynamic_partitions("shard", ["part-c.jsonl", "part-d.jsonl"])
-    cursor, requested = evaluate(cursor)
-    assert requested == set()  # missing upstream: nothing to do yet
-    _materialize(instance, "corpus_shards", ["part-c.jsonl", "part-d.jsonl"])
-    cursor, requested = evaluate(cursor)
-    assert requested == {("document_gradients", "part-c.jsonl"), ("document_gradients", "part-d.jsonl"),
-                         ("influence_scores", "part-c.jsonl"), ("influence_scores", "part-d.jsonl")}
+    # A new corpus file: its shard flows through, and the report is rebuilt once, at the end.
+    write_corpus_file(Path(config.corpus) / "part-c.jsonl", 6, 3, "c")
+    tick(defs, instance)
+    requested_all = []
+    while True:
+        cursor, requested = evaluate(defs, instance, cursor)
+        if not requested:
+            break
+        requested_all += sorted(requested, key=str)
+        materialize(defs, instance, requested)
+    assert ("influence_report", None) in requested_all and requested_all[-1] == ("influence_report", None)
+    assert ("corpus_shards", "part-c.jsonl") in requested_all
 
-    # The runs land (each updates gradients and scores of its shard): one report for the batch.
-    _materialize(instance, "document_gradients", ["part-c.jsonl", "part-d.jsonl"])
-    _materialize(instance, "influence_scores", ["part-c.jsonl", "part-d.jsonl"])
-    cursor, requested = evaluate(cursor)
-    assert ("influence_report", None) in requested
-    _materialize(instance, "influence_report")
-    cursor, requested = evaluate(cursor)
-    assert ("influence_report", None) not in requested  # once per batch, not once per shard
+
+def test_automation_does_not_retry_a_failed_state_but_retries_a_changed_one(setup):
+    config, defs, instance = setup
+    tick(defs, instance)
+    cursor, requested = evaluate(defs, instance, None)
+    assert ("queries", None) in requested
+    # The run of `queries` failed (it never materialized): the same state is not requested again...
+    cursor, requested = evaluate(defs, instance, cursor)
+    assert ("queries", None) not in requested
+    # ...until its input changes: the user fixed the file.
+    with open(config.queries, "a") as f:
+        f.write('{"id": "fixed", "kind": "factual", "prompt": "The capital of Peru is", "completion": " Lima."}\n')
+    cursor, requested = evaluate(defs, instance, cursor)
+    assert ("queries", None) in requested
+
+
+def test_automation_recomputes_what_a_wiped_storage_root_lost(setup, tmp_path):
+    config, defs, instance = setup
+    tick(defs, instance)
+    cursor = None
+    while True:
+        cursor, requested = evaluate(defs, instance, cursor)
+        if not requested:
+            break
+        materialize(defs, instance, requested)
+    shutil.rmtree(config.storage)
+    cursor, requested = evaluate(defs, instance, cursor)
+    assert requested == {("model", None), ("queries", None)}  # the roots first, whatever the instance remembers
+
+
+def test_automation_with_unreadable_inputs_requests_nothing_and_says_why(setup, caplog):
+    config, defs, instance = setup
+    shutil.rmtree(config.corpus)
+    _, requested = evaluate(defs, instance, None)
+    assert requested == set()
+    assert sum("nothing requested: corpus folder" in r.getMessage() for r in caplog.records) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -19,6 +20,7 @@ from pretrace.corpus import (
 )
 from pretrace.demo.files import write_records
 from pretrace.errors import InputError
+from pretrace.fingerprint import DigestCache
 from pretrace.storage import Storage
 from tests.tiny import tiny_tokenizer
 
@@ -56,12 +58,15 @@ def test_list_corpus_files_keeps_only_corpus_files(tmp_path: Path) -> None:
     assert files[1].size == (tmp_path / "b.jsonl").stat().st_size
 
 
-def test_change_token_follows_content(tmp_path: Path) -> None:
+def test_a_file_is_fingerprinted_by_its_content(tmp_path: Path) -> None:
     path = write_corpus_file(tmp_path / "a.jsonl", RECORDS)
-    before = list_corpus_files(str(tmp_path))[0].token
+    cache = DigestCache(tmp_path / "cache")
+    before = list_corpus_files(str(tmp_path))[0].fingerprint(cache)
+    assert before == f"sha256:{hashlib.sha256(path.read_bytes()).hexdigest()}"
+    stat = path.stat()
     write_corpus_file(path, RECORDS[:1])
-    os.utime(path, (1e9, 1e9))  # a distinct mtime even on coarse-grained filesystems
-    assert list_corpus_files(str(tmp_path))[0].token != before
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # rewritten, modification time kept
+    assert list_corpus_files(str(tmp_path))[0].fingerprint(cache) != before
 
 
 def test_missing_corpus_folder(tmp_path: Path) -> None:
@@ -82,7 +87,7 @@ def test_corpus_on_s3(s3_root: str, tmp_path: Path) -> None:
     storage.write_bytes("corpus/skip.txt", b"")
     files = list_corpus_files(f"{s3_root}/corpus/")
     assert [(f.name, f.url) for f in files] == [("docs.jsonl", f"{s3_root}/corpus/docs.jsonl")]
-    assert files[0].token  # the ETag
+    assert files[0].fingerprint(DigestCache(tmp_path / "cache")).startswith("etag:")
     assert list(read_records(files[0].url)) == list(read_records(str(local)))
 
 

@@ -136,16 +136,16 @@ def test_tokenizer_round_trips_through_save_pretrained(tmp_path):
 def test_tiny_training_run_saves_a_loadable_model_that_learned(corpus_files, tmp_path):
     calls = []
     shard = next(f for f in corpus_files if f.name.endswith(".parquet"))
-    out = train_demo_model(
+    out = tmp_path / "model"
+    summary = train_demo_model(
         [shard],
-        tmp_path / "model",
+        out,
         max_length=32,
         steps=20,
         batch_size=8,
-        time_budget_s=60,
         progress=lambda step, total: calls.append((step, total)),
     )
-    summary = json.loads((out / "training.json").read_text())
+    assert json.loads((out / "training.json").read_text()) == summary
     assert summary["steps"] == 20 and calls[-1] == (20, 20)
     assert summary["final_loss"] < summary["initial_loss"] - 0.5
     assert not list(tmp_path.glob(".model*")), "the temporary checkpoint was left behind"

@@ -1,6 +1,5 @@
 """The report's analyses on synthetic statistics with known answers, its files, and the asset."""
 
-import math
 
 import numpy as np
 import polars as pl
@@ -8,12 +7,14 @@ import pyarrow as pa
 import pytest
 from polars.testing import assert_frame_equal
 
-from pretrace.report.analysis import POOLED, ReportConfig, analyze, wilson
-from pretrace.report.answers import count_answer, documents_containing, excerpt, find_answer, normalize_answer
-from pretrace.report.build import ShardFiles, build_report, merge_shards, merge_stored
+from pretrace.answers import count_answer, documents_containing, excerpt, find_answer, normalize_answer
+from pretrace.report import sections
+from pretrace.report.analysis import ReportConfig, analyze
+from pretrace.report.build import build_report, markdown_table
 from pretrace.report.correlation import group_means, pair_groups, same_kind_permutation_test
-from pretrace.report.html import SECTIONS
-from pretrace.report.narrative import readings
+from pretrace.report.intervals import wilson
+from pretrace.report.kinds import POOLED
+from pretrace.report.merge import ShardFiles, merge_shards, merge_stored
 from pretrace.report.synthetic import synthetic_queries, synthetic_shard, write_synthetic_shards
 from pretrace.statistics import summarize_shard
 from pretrace.storage import Storage
@@ -118,7 +119,8 @@ def hand_analysis():
 
 def test_source_ratios_match_a_hand_count():
     a, _ = hand_analysis()
-    got = {(r["kind"], r["side"], r["source"]): (r["count"], r["ratio"]) for r in a.sources.to_dicts()}
+    got = {(r["kind"], r["side"], r["source"]): (r["count"], r["ratio"])
+           for r in a.result(sections.sources.compute).sources.to_dicts()}
     # corpus shares: A 1/2, B 1/4, C 1/4
     expected = {
         ("factual", "top", "A"): (0, 0.0), ("factual", "top", "B"): (2, 4.0), ("factual", "top", "C"): (0, 0.0),
@@ -135,7 +137,8 @@ def test_source_ratios_match_a_hand_count():
 
 def test_answers_in_top_documents_are_counted_per_query_and_kind():
     a, _ = hand_analysis()
-    rows = {r["query_id"]: r for r in a.answers.to_dicts()}
+    found = a.result(sections.answers.compute)
+    rows = {r["query_id"]: r for r in found.answers.to_dicts()}
     # f: top documents d4 "Lima is here" (yes) and d5 "312 and 12.5" (no); "Lima" is in d0 and d4
     assert rows["f"]["docs_with_answer"] == 1 and rows["f"]["answer_in_top"] is True
     assert rows["f"]["corpus_docs_with_answer"] == 2
@@ -144,26 +147,28 @@ def test_answers_in_top_documents_are_counted_per_query_and_kind():
     assert rows["r"]["docs_with_answer"] == 1
     assert rows["r"]["corpus_docs_with_answer"] == 2  # d1 "12" and d6; not "312 and 12.5"
     assert rows["r"]["intermediates"] == 2 and rows["r"]["intermediates_in_top"] == 0
-    kinds = {r["kind"]: r for r in a.answers_kinds.to_dicts()}
+    kinds = {r["kind"]: r for r in found.answers_kinds.to_dicts()}
     assert kinds["factual"]["answer_in_top"] == 1 and kinds["factual"]["share_answer_in_top"] == 1.0
     assert kinds["arithmetic"]["share_intermediates_in_top"] == 0.0
 
 
 def test_magnitude_per_nat_is_total_influence_over_the_completion_information():
     a, scores = hand_analysis()
-    rows = {r["query_id"]: r for r in a.magnitude.to_dicts()}
+    m = a.result(sections.magnitude.compute)
+    rows = {r["query_id"]: r for r in m.magnitude.to_dicts()}
     positive = np.clip(scores.astype(np.float64), 0, None).sum(axis=1)
     absolute = np.abs(scores.astype(np.float64)).sum(axis=1)
     assert rows["f"]["positive_per_nat"] == pytest.approx(positive[0] / 2.0)
     assert rows["r"]["positive_per_nat"] == pytest.approx(positive[1] / 8.0)
     assert rows["r"]["absolute_per_nat"] == pytest.approx(absolute[1] / 8.0)
-    cmp = a.magnitude_comparison.filter(pl.col("measure") == "positive_per_nat").row(0, named=True)
+    cmp = m.magnitude_comparison.filter(pl.col("measure") == "positive_per_nat").row(0, named=True)
     assert cmp["reasoning_over_factual"] == pytest.approx((positive[1] / 8) / (positive[0] / 2))
 
 
 def test_top_documents_carry_the_query_beside_them():
     a, _ = hand_analysis()
-    top = a.top_documents.filter((pl.col("query_id") == "f") & (pl.col("side") == "top"))
+    top = a.result(sections.top_documents.compute).top_documents
+    top = top.filter((pl.col("query_id") == "f") & (pl.col("side") == "top"))
     assert top["doc_id"].to_list() == ["d4", "d5"]
     assert top["rank"].to_list() == [1, 2]
     assert set(top["prompt"]) == {"p1"} and set(top["completion"]) == {"c1"}
@@ -234,7 +239,7 @@ def parts(synthetic):
 
 
 def assert_same_tables(a, b):
-    ta, tb = a.tables(), b.tables()
+    ta, tb = sections.tables(a), sections.tables(b)
     assert ta.keys() == tb.keys()
     for name in ta:
         assert_frame_equal(ta[name], tb[name], check_exact=False, rel_tol=1e-9, abs_tol=1e-12), name
@@ -257,21 +262,22 @@ def test_report_does_not_depend_on_shard_order_and_a_new_shard_updates_it_as_a_r
     whole = summarize_shard(ids, doc_ids, scores, docs, queries, k=FAST.k, exact_top=200)
     assert_same_tables(analyze(*merge_shards([whole], FAST.k), queries, FAST), forward)
     assert forward.n_documents == 2400 and before.n_documents == 1800
-    assert not before.correlation_groups.equals(forward.correlation_groups)  # the new shard did change it
+    groups = [x.result(sections.correlation.compute).correlation_groups for x in (before, forward)]
+    assert not groups[0].equals(groups[1])  # the new shard did change it
 
 
 def test_synthetic_structure_is_recovered_and_read_out(synthetic, parts):
     queries, _, _ = synthetic
     a = analyze(*merge_shards(parts, FAST.k), queries, FAST)
-    g = {r["group"]: r for r in a.correlation_groups.to_dicts()}
+    g = {r["group"]: r for r in a.result(sections.correlation.compute).correlation_groups.to_dicts()}
     assert g["same reasoning kind"]["mean_r"] > g["different reasoning kinds"]["mean_r"] + 0.3
     assert g["same reasoning kind"]["mean_r"] > g["within factual"]["mean_r"] + 0.3
-    kinds = {r["kind"]: r for r in a.answers_kinds.to_dicts()}
+    kinds = {r["kind"]: r for r in a.result(sections.answers.compute).answers_kinds.to_dicts()}
     assert kinds["factual"]["share_answer_in_top"] == 1.0  # planted into the top documents
-    text = readings(a)
+    text = sections.readings(a)
     assert text["correlation"][0].startswith("Reasoning queries of the same kind correlate more")
     assert "less total positive influence" in text["magnitude"][0]
-    assert POOLED in a.magnitude_kinds["kind"].to_list()
+    assert POOLED in a.result(sections.magnitude.compute).magnitude_kinds["kind"].to_list()
 
 
 def test_readings_hedge_when_intervals_overlap():
@@ -284,7 +290,7 @@ def test_readings_hedge_when_intervals_overlap():
     scores = rng.standard_normal((q, n)).astype(np.float32)  # no structure at all
     parts = summarize_shard(queries["id"].to_pylist(), [f"d{i}" for i in range(n)], scores, None, queries, k=5)
     a = analyze(*merge_shards([parts], 5), queries, ReportConfig(k=5, bootstrap=300, permutations=50))
-    text = readings(a)
+    text = sections.readings(a)
     assert "cannot be told apart" in text["correlation"][0]
     assert "about as much" in text["magnitude"][0]
     assert "No query has an answer" in text["answers"][0]
@@ -303,7 +309,7 @@ def test_build_report_writes_html_parquet_and_figures(tmp_path, synthetic):
     report, keys = build_report(store, files, queries, FAST)
     assert "influence_report/report.html" in keys
     html = store.read_bytes("influence_report/report.html").decode()
-    for sid, _ in SECTIONS:
+    for sid, _ in sections.CONTENTS:
         assert f'<section id="{sid}">' in html
     assert html.count("data:image/png;base64,") == len(report.figures) == 7
     assert "<script" not in html and "http://" not in html and "https://" not in html
@@ -312,6 +318,16 @@ def test_build_report_writes_html_parquet_and_figures(tmp_path, synthetic):
     assert store.read_bytes("influence_report/figures/correlation_matrix.png")[:8] == b"\x89PNG\r\n\x1a\n"
     md = report.markdown_tables()
     assert md["correlation"].startswith("| group |") and "same reasoning kind" in md["correlation"]
+    headline = report.headline_tables()
+    assert list(md) == [*headline, "readings"]
+    assert all(md[name] == markdown_table(df) for name, df in headline.items())
+    assert headline["correlation"].columns == ["group", "pairs", "mean_r", "ci_low", "ci_high"]
+    outputs = report.outputs()
+    assert [f"influence_report/{name}" for name in outputs] == keys
+    assert outputs["report.html"] == store.read_bytes("influence_report/report.html")
+    assert outputs["figures/sources.png"] == report.figures["sources"]
+    stored = pl.from_arrow(store.read_parquet("influence_report/sources.parquet"))
+    assert_frame_equal(outputs["sources.parquet"], stored)
     assert all(v.startswith("![") for v in report.markdown_figures().values())
     # reading the stored statistics gives the same report as merging in memory
     again = analyze(*merge_stored(store, files, FAST.k), queries, FAST)
@@ -326,30 +342,3 @@ def test_merge_stored_names_a_shard_scored_with_other_queries(tmp_path, syntheti
     store.write_tensors(files[2].statistics, *stats.to_tensors())
     with pytest.raises(Exception, match="s2"):
         merge_stored(store, files, 3)
-
-
-def test_influence_report_asset_materializes_from_stored_shard_statistics(tmp_path, synthetic, parts):
-    dg = pytest.importorskip("dagster")
-    from assets.queries import QUERY_TABLE_KEY
-    from assets.report import REPORT_KEY, influence_report
-    from assets.scores import score_keys
-    from resources.settings import InfluenceResource, StorageResource
-
-    queries = synthetic[0]
-    store = Storage(str(tmp_path))
-    store.write_parquet(QUERY_TABLE_KEY, queries)
-    for i, (stats, top) in enumerate(parts[:2]):
-        keys = score_keys(f"s{i}.jsonl")
-        store.write_tensors(keys["statistics"], *stats.to_tensors())
-        store.write_parquet(keys["top"], top)
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("shard", ["s0.jsonl", "s1.jsonl", "unscored.jsonl"])
-    result = dg.materialize([influence_report], instance=instance, resources={
-        "storage": StorageResource(storage=str(tmp_path)), "influence": InfluenceResource(top_k=FAST.k)})
-    assert result.success
-    metadata = result.asset_materializations_for_node("influence_report")[0].metadata
-    assert metadata["shards"].value == 2 and metadata["documents"].value == 1200
-    assert "same reasoning kind" in metadata["correlation"].value
-    assert metadata["plot_correlation_matrix"].value.startswith("![correlation_matrix](data:image/png;base64,")
-    assert store.exists(REPORT_KEY)
-    assert math.isfinite(metadata["seconds"].value)

@@ -48,7 +48,8 @@ def test_low_rank_queries_score_like_their_reconstruction(setup):
     streamed = stream_scores(lm, low, docs)
     assert pearson(streamed.flatten(), stream_scores(lm, dense, docs).flatten()) > 0.5
     dg = compute_document_gradients(lm, docs, list(map(str, range(len(docs)))))
-    torch.testing.assert_close(streamed, score_matrix(low, dg), rtol=1e-4, atol=1e-6)
+    stored = score_matrix(low, dg)
+    torch.testing.assert_close(streamed, stored, rtol=1e-4, atol=1e-5 * float(stored.abs().max()))
 
 
 def test_positive_score_means_upweighting_raises_completion_probability():

@@ -1,0 +1,114 @@
+"""One computation of one artefact (partition): what it must be computed from, reading exactly
+that, and committing the result with its manifest.
+
+The expected manifest is fixed when the computation starts (`Project.status`). Every input is
+then read against it: an upstream artefact must still have the fingerprint the manifest names,
+and each of the user's files must still have its fingerprint once it has been read. If another
+run or project rewrites one meanwhile, the computation raises `ConcurrentChange` instead of
+publishing a result mixed from two states of the storage root.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .errors import ConcurrentChange, InputError, NotReady
+from .layout import SOURCES, Artefact, ArtefactReader, Manifest
+from .model import LoadedModel, load_model, load_tokenizer
+from .provenance import Project
+
+_MODELS: dict[tuple, LoadedModel] = {}
+
+
+class Computation:
+    def __init__(self, project: Project, artefact: Artefact | str, shard: str | None = None) -> None:
+        self.project = project
+        self.artefact = project.graph[artefact] if isinstance(artefact, str) else artefact
+        self.shard = shard
+        if shard not in project.partitions(self.artefact):
+            wanted = ", ".join(s for s in project.partitions(self.artefact) if s) or "none"
+            raise InputError(f"{self.artefact.label(shard)} is not a partition this project computes "
+                             f"(its partitions: {wanted})")
+        status = project.status(self.artefact, shard)
+        if status.state == "waiting":
+            raise NotReady(f"{self.artefact.label(shard)} cannot be computed yet: {status.reason}; "
+                           "materialize its inputs first (`pretrace run` does everything in order)")
+        self.expected: Manifest = status.expected
+
+    @property
+    def label(self) -> str:
+        return self.artefact.label(self.shard)
+
+    def reader(self, name: str, shard: str | None = None) -> ArtefactReader:
+        """The input artefact ``name`` (of ``shard``), as the expected manifest names it."""
+        upstream = self.project.graph[name]
+        label = upstream.label(shard)
+        manifest = self.project.store.manifest(upstream, shard)
+        if manifest is None or manifest.fingerprint != self.expected.inputs.get(label):
+            raise ConcurrentChange(
+                f"{label} changed while {self.label} was being computed: another run or another project "
+                f"is writing {self.project.storage.root}. Give each project its own `storage:` and rerun."
+            )
+        return self.project.store.reader(upstream, manifest)
+
+    def check_sources(self) -> None:
+        """After reading the user's files: each still has the fingerprint the manifest records."""
+        for label, fingerprint in self.expected.inputs.items():
+            name, _, shard = label.partition("[")
+            if name in SOURCES and self.project.fingerprint_source(name, shard.rstrip("]") or None) != fingerprint:
+                raise ConcurrentChange(f"{label} changed while {self.label} was being computed from it; rerun")
+
+    def commit(self, outputs: dict[str, Any]) -> Manifest:
+        self.check_sources()
+        manifest = self.project.store.commit(self.artefact, self.expected, outputs)
+        self.project.forget()
+        return manifest
+
+    # ------------------------------------------------------------------ the model
+    @contextmanager
+    def checkpoint(self) -> Iterator[str]:
+        """The checkpoint the `model` artefact describes: the user's folder or URL, or the
+        demo's trained one in storage, verified."""
+        reader = self.reader("model")
+        if self.project.demo:
+            with reader.folder("checkpoint/") as folder:
+                yield str(folder)
+            return
+        yield self.project.config.model
+        if self.project.fingerprint_source("checkpoint") != reader.json("model.json")["fingerprint"]:
+            raise ConcurrentChange(f"the checkpoint {self.project.config.model} changed while {self.label} "
+                                   "was loading it; rerun")
+
+    def model_info(self) -> dict[str, Any]:
+        return self.reader("model").json("model.json")
+
+    def tokenizer(self) -> Any:
+        with self.checkpoint() as path:
+            return load_tokenizer(path, trust_remote_code=self.project.config.trust_remote_code)
+
+    def model(self) -> LoadedModel:
+        """The model under study, loaded once per process for its fingerprint and settings."""
+        config = self.project.config
+        key = (self.reader("model").manifest.fingerprint, tuple(config.layers), config.device, config.dtype,
+               config.trust_remote_code)
+        if key not in _MODELS:
+            _MODELS.clear()
+            with self.checkpoint() as path:
+                _MODELS[key] = load_model(path, layers=config.layers, device=config.device, dtype=config.dtype,
+                                          trust_remote_code=config.trust_remote_code)
+        return _MODELS[key]
+
+
+def model_description(path: str | Path, fingerprint: str, layers: list[str], trust_remote_code: bool) -> dict[str, Any]:
+    """What the `model` artefact records of a checkpoint (loaded on the CPU to validate it)."""
+    lm = load_model(str(path), layers=layers, device="cpu", trust_remote_code=trust_remote_code)
+    return {
+        "fingerprint": fingerprint,
+        "architecture": type(lm.model).__name__,
+        "parameters": sum(p.numel() for p in lm.model.parameters()),
+        "max_context": lm.max_context,
+        "tracked_layers": [{"name": layer.name, "d_out": layer.d_out, "d_in": layer.d_in} for layer in lm.layers],
+    }

@@ -1,0 +1,329 @@
+"""Every artefact pretrace stores: its files, its state class, what it is computed from, and how
+it is committed and read back with its manifest.
+
+One table (`ARTEFACTS`) names each artefact's files under the storage root, the configuration
+keys and inputs its bytes depend on, and its code version. The recompute policy
+(`pretrace.provenance`), the Dagster assets and the README's invalidation table all read it, so
+a dependency is declared once.
+
+Commit protocol, per artefact (per shard): the old manifest is deleted, the files are written
+(each atomically), then the new manifest, which lists every file's SHA-256, is written last. The
+manifest is the commit point: files without one are not an artefact, so a run killed anywhere
+leaves either the complete old artefact (killed before the delete), or none. Readers verify
+each file against the manifest they hold, so a reader never mixes two versions of an artefact
+even when another run rewrites it meanwhile (`ConcurrentChange`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+from safetensors import safe_open
+
+from .documents import DocumentGradients
+from .ekfac import CovarianceState, Eigenbasis, Factors, LambdaState
+from .errors import ConcurrentChange
+from .queries import QueryGradients
+from .statistics import ShardStatistics
+from .storage import Storage
+
+MANIFEST_FORMAT = 1
+
+Scope = Literal["shard", "one", "fit_shards", "all_shards"]
+
+
+@dataclass(frozen=True)
+class Input:
+    """Something an artefact is computed from: another artefact, or one of the user's inputs
+    (`corpus_file`, `checkpoint`, `query_file`). ``scope`` says which partitions: the same shard,
+    the one unpartitioned artefact, every fit shard, or every current shard."""
+
+    name: str
+    scope: Scope = "one"
+
+
+@dataclass(frozen=True)
+class Artefact:
+    name: str
+    per_shard: bool
+    files: dict[str, type | None]
+    """File names under ``<name>/`` (``{shard}`` is replaced per shard) -> the state class stored
+    in a safetensors file (None for tables, JSON and bytes). A name ending in ``/`` is a folder
+    whose files the computation chooses; an artefact with no files listed may write any."""
+    config: tuple[str, ...]
+    inputs: tuple[Input, ...]
+    code_version: str
+    description: str
+
+    def key(self, file: str, shard: str | None = None) -> str:
+        return f"{self.name}/{file.format(shard=shard)}"
+
+    def manifest_key(self, shard: str | None = None) -> str:
+        return f"{self.name}/{shard}.manifest.json" if self.per_shard else f"{self.name}/manifest.json"
+
+    def label(self, shard: str | None = None) -> str:
+        return f"{self.name}[{shard}]" if self.per_shard else self.name
+
+
+SOURCES = ("corpus_file", "checkpoint", "query_file")
+"""The user's own inputs, fingerprinted by content (`pretrace.fingerprint`)."""
+
+# batch_size is among the inputs of every gradient: the padding of a batch changes float
+# rounding (and which labels the sampled Fisher draws), so a clean run at another batch size
+# would not give the same bytes. `device` is not: `auto` resolves per machine.
+_TRACKED = ("fisher", "seed", "batch_size", "dtype")  # what changes an EK-FAC pass's sums
+
+USER_MODEL = Artefact(
+    "model", False, {"model.json": None}, ("layers", "trust_remote_code"), (Input("checkpoint"),), "1",
+    "the checkpoint's description: fingerprint, architecture, context, tracked layers")
+DEMO_MODEL = Artefact(
+    "model", False, {"checkpoint/": None, "model.json": None}, ("layers", "max_length", "seed"),
+    (Input("corpus_file", "all_shards"),), "2",
+    "the demo's tiny Llama, trained on the corpus, and its description")
+CORPUS_SHARDS = Artefact(
+    "corpus_shards", True, {"{shard}.parquet": None}, ("max_length",),
+    (Input("corpus_file", "shard"), Input("model")), "2",
+    "tokenized documents of one corpus file, long ones split into chunks")
+COVARIANCES = Artefact(
+    "ekfac_covariances", True, {"{shard}.safetensors": CovarianceState}, _TRACKED,
+    (Input("corpus_shards", "shard"), Input("model")), "1",
+    "sums of a aᵀ and g gᵀ per tracked layer over one fit shard")
+EIGENBASIS = Artefact(
+    "ekfac_eigenbasis", False, {"eigenbasis.safetensors": Eigenbasis}, (),
+    (Input("ekfac_covariances", "fit_shards"),), "1",
+    "eigenvectors of the summed covariances")
+LAMBDAS = Artefact(
+    "ekfac_lambdas", True, {"{shard}.safetensors": LambdaState}, _TRACKED,
+    (Input("corpus_shards", "shard"), Input("model"), Input("ekfac_eigenbasis")), "1",
+    "sums of the eigenvalue correction over one fit shard")
+FACTORS = Artefact(
+    "ekfac_factors", False, {"factors.safetensors": Factors}, ("damping",),
+    (Input("ekfac_eigenbasis"), Input("ekfac_lambdas", "fit_shards")), "1",
+    "the damped EK-FAC preconditioner")
+QUERIES = Artefact(
+    "queries", False, {"queries.parquet": None}, (), (Input("query_file"),), "2",
+    "the validated queries")
+QUERY_GRADIENTS = Artefact(
+    "query_gradients", False, {"query_gradients.safetensors": QueryGradients, "queries.parquet": None},
+    ("projection", "query_rank", "seed", "batch_size", "dtype"), (Input("queries"), Input("ekfac_factors"), Input("model")), "1",
+    "preconditioned query gradients, and each completion's log-probability")
+DOCUMENT_GRADIENTS = Artefact(
+    "document_gradients", True, {"{shard}.safetensors": DocumentGradients}, ("projection", "seed", "batch_size", "dtype"),
+    (Input("corpus_shards", "shard"), Input("model")), "1",
+    "per-document loss gradients of one shard")
+INFLUENCE_SCORES = Artefact(
+    "influence_scores", True,
+    {"{shard}.parquet": None, "{shard}.stats.safetensors": ShardStatistics, "{shard}.top.parquet": None},
+    ("top_k",), (Input("query_gradients"), Input("document_gradients", "shard"), Input("corpus_shards", "shard")), "3",
+    "query x document scores of one shard, its statistics and top documents")
+INFLUENCE_REPORT = Artefact(
+    "influence_report", False, {}, ("top_k", "seed"),
+    (Input("query_gradients"), Input("influence_scores", "all_shards")), "3",
+    "the report over every current shard: HTML, tables, figures")
+
+
+def artefacts(demo: bool = False) -> dict[str, Artefact]:
+    """The artefacts of a project in dependency order; the demo trains its own model."""
+    table = [DEMO_MODEL if demo else USER_MODEL, CORPUS_SHARDS, COVARIANCES, EIGENBASIS, LAMBDAS, FACTORS,
+             QUERIES, QUERY_GRADIENTS, DOCUMENT_GRADIENTS, INFLUENCE_SCORES, INFLUENCE_REPORT]
+    return {a.name: a for a in table}
+
+
+# ------------------------------------------------------------------------------ manifests
+@dataclass(frozen=True)
+class Manifest:
+    """What an artefact was computed from (``basis``) and the files it consists of."""
+
+    artefact: str
+    shard: str | None
+    code_version: str
+    config: dict[str, Any]
+    inputs: dict[str, str]
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fingerprint: str = ""
+
+    def basis(self) -> tuple:
+        """Everything that decides the artefact's bytes; equal bases mean equal artefacts."""
+        return (self.artefact, self.shard, self.code_version, canonical_json(self.config), canonical_json(self.inputs))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": MANIFEST_FORMAT, "artefact": self.artefact, "shard": self.shard,
+                "code_version": self.code_version, "config": self.config, "inputs": self.inputs,
+                "files": self.files, "fingerprint": self.fingerprint}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Manifest:
+        if data.get("format") != MANIFEST_FORMAT:
+            raise ValueError(f"manifest format {data.get('format')!r}")
+        return cls(data["artefact"], data["shard"], data["code_version"], data["config"], data["inputs"],
+                   data["files"], data["fingerprint"])
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def content_fingerprint(artefact: str, shard: str | None, files: dict[str, dict[str, Any]]) -> str:
+    """The artefact's data version: a digest of its files' digests (not of its inputs), so an
+    artefact recomputed to the same bytes leaves everything downstream current."""
+    body = canonical_json({"artefact": artefact, "shard": shard, "files": {k: v["sha256"] for k, v in files.items()}})
+    return hashlib.sha256(body.encode()).hexdigest()[:32]
+
+
+Content = Any  # a state with to_tensors(), a pa.Table / pl.DataFrame, a dict (JSON), bytes, or a local Path
+
+
+class ArtefactStore:
+    """Commits and reads artefacts with their manifests under one storage root."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    def manifest(self, artefact: Artefact, shard: str | None = None) -> Manifest | None:
+        """The stored manifest, or None when absent or unreadable (an unreadable one is no commit)."""
+        try:
+            return Manifest.from_json(self.storage.read_json(artefact.manifest_key(shard)))
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return None
+
+    def commit(self, artefact: Artefact, basis: Manifest, outputs: dict[str, Content]) -> Manifest:
+        """Write ``outputs`` (file name -> content) and then the manifest that lists them."""
+        shard = basis.shard
+        _check_outputs(artefact, outputs)
+        previous = self.manifest(artefact, shard)
+        self.storage.delete(artefact.manifest_key(shard))
+        files = {name.format(shard=shard): self._write(artefact.key(name, shard), content)
+                 for name, content in outputs.items()}
+        manifest = replace(basis, files=files, fingerprint=content_fingerprint(artefact.name, shard, files))
+        self.storage.write_json(artefact.manifest_key(shard), manifest.to_json())
+        for name in set(previous.files if previous else ()) - set(files):
+            self.storage.delete(f"{artefact.name}/{name}")  # files the new version no longer has
+        return manifest
+
+    def _write(self, key: str, content: Content) -> dict[str, Any]:
+        if hasattr(content, "to_tensors"):
+            return self.storage.write_tensors(key, *content.to_tensors())
+        if isinstance(content, (pa.Table, pl.DataFrame)):
+            return self.storage.write_parquet(key, content)
+        if isinstance(content, dict):
+            return self.storage.write_json(key, content)
+        if isinstance(content, Path):
+            return self.storage.write_bytes(key, content.read_bytes())
+        if isinstance(content, bytes):
+            return self.storage.write_bytes(key, content)
+        raise TypeError(f"{key}: cannot store a {type(content).__name__}")
+
+    def delete(self, artefact: Artefact, shard: str | None = None) -> list[str]:
+        """Remove an artefact: its manifest first (so nothing half-deleted looks committed)."""
+        manifest = self.manifest(artefact, shard)
+        self.storage.delete(artefact.manifest_key(shard))
+        keys = [f"{artefact.name}/{name}" for name in (manifest.files if manifest else ())]
+        for key in keys:
+            self.storage.delete(key)
+        return [artefact.manifest_key(shard), *keys]
+
+    def reader(self, artefact: Artefact, manifest: Manifest) -> ArtefactReader:
+        return ArtefactReader(self.storage, artefact, manifest)
+
+
+def _check_outputs(artefact: Artefact, outputs: dict[str, Content]) -> None:
+    if not artefact.files:
+        return
+    folders = [f for f in artefact.files if f.endswith("/")]
+    allowed = set(artefact.files) - set(folders)
+    unknown = [n for n in outputs if n not in allowed and not any(n.startswith(f) for f in folders)]
+    missing = allowed - set(outputs)
+    if unknown or missing:
+        raise ValueError(f"{artefact.name}: outputs {sorted(outputs)} do not match its files {sorted(artefact.files)}")
+
+
+class ArtefactReader:
+    """Reads the files of one committed artefact, each checked against the manifest it was
+    computed under: the reader either sees exactly that version or raises ConcurrentChange."""
+
+    def __init__(self, storage: Storage, artefact: Artefact, manifest: Manifest) -> None:
+        self.storage, self.artefact, self.manifest = storage, artefact, manifest
+
+    def _digest(self, file: str) -> tuple[str, dict[str, Any]]:
+        name = file.format(shard=self.manifest.shard)
+        try:
+            return f"{self.artefact.name}/{name}", self.manifest.files[name]
+        except KeyError:
+            raise ConcurrentChange(f"{self.artefact.label(self.manifest.shard)} has no file {name}") from None
+
+    @contextmanager
+    def path(self, file: str) -> Iterator[str]:
+        key, digest = self._digest(file)
+        try:
+            with self.storage.verified_copy(key, digest) as path:
+                yield path
+        except FileNotFoundError:
+            raise ConcurrentChange(f"{self.storage.url(key)} disappeared while it was being read") from None
+
+    def state(self, file: str | None = None) -> Any:
+        """The state object of a safetensors file (the artefact's only one when ``file`` is None)."""
+        file = file or next(f for f, cls in self.artefact.files.items() if cls is not None)
+        cls = self.artefact.files[file]
+        with self.path(file) as path, safe_open(path, framework="pt") as f:
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+            return cls.from_tensors(tensors, dict(f.metadata() or {}))
+
+    def table(self, file: str, columns: list[str] | None = None) -> pa.Table:
+        with self.path(file) as path:
+            return pq.read_table(path, columns=columns)
+
+    def json(self, file: str) -> Any:
+        with self.path(file) as path:
+            return json.loads(Path(path).read_bytes())
+
+    def bytes(self, file: str) -> bytes:
+        with self.path(file) as path:
+            return Path(path).read_bytes()
+
+    @contextmanager
+    def folder(self, prefix: str) -> Iterator[Path]:
+        """A local folder holding the verified files under ``prefix`` (a checkpoint, for a loader)."""
+        names = sorted(n for n in self.manifest.files if n.startswith(prefix))
+        local = self.storage.local_path(self.artefact.name)
+        if local is not None:
+            for name in names:
+                with self.path(name):
+                    pass
+            yield local / prefix
+            return
+        with tempfile.TemporaryDirectory(prefix="pretrace-artefact-") as tmp:
+            for name in names:
+                target = Path(tmp) / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with self.path(name) as path:
+                    shutil.copyfile(path, target)
+            yield Path(tmp) / prefix
+
+
+def invalidation_table(demo: bool = False) -> str:
+    """The README's table: which setting and which input each artefact records, so a change
+    recomputes it (and then whatever its new bytes feed)."""
+    table = artefacts(demo)
+    keys = sorted({k for a in table.values() for k in a.config})
+    rows = ["| setting | recorded by (recomputed when it changes) |", "|---|---|"]
+    for key in keys:
+        rows.append(f"| `{key}` | {', '.join(f'`{a.name}`' for a in table.values() if key in a.config)} |")
+    scoped = {"`fit_shards` (which shards)": "fit_shards", "the set of corpus files": "all_shards"}
+    for what, scope in scoped.items():
+        users = [a.name for a in table.values() if any(i.scope == scope for i in a.inputs)]
+        rows.append(f"| {what} | {', '.join(f'`{u}`' for u in users)} |")
+    for source in SOURCES:
+        users = [a.name for a in table.values() if any(i.name == source for i in a.inputs)]
+        rows.append(f"| content of the {source.replace('_', ' ')} | {', '.join(f'`{u}`' for u in users)} |")
+    return "\n".join(rows)

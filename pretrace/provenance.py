@@ -1,0 +1,253 @@
+"""The recompute policy: is an artefact present and current?
+
+An artefact (per shard) is *current* when its manifest is in storage, its files are there, and
+the manifest's basis — code version, the configuration keys it depends on, and the fingerprints
+of everything it was computed from — equals the basis it would have if computed now. Storage is
+the truth: what any Dagster instance remembers plays no part. The CLI runner, the automation
+condition, the corpus sensor, `pretrace status` and the assets themselves all ask `Project`.
+
+Statuses:
+- ``current``: nothing to do;
+- ``missing``: never computed, deleted, or a run died while writing it;
+- ``stale``: computed from something else than what it would be computed from now (the reason
+  says what differs);
+- ``waiting``: an input is not current yet, so what it would be computed from is not known.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from .config import PretraceConfig
+from .corpus import CorpusFile, list_corpus_files, shard_key
+from .errors import InputError
+from .fingerprint import DigestCache, file_fingerprint, tree_fingerprint
+from .layout import SOURCES, Artefact, ArtefactStore, Input, Manifest, artefacts
+from .storage import Storage, open_fs
+
+State = Literal["current", "missing", "stale", "waiting"]
+_SHOWN = 4  # differences named in a reason
+
+
+@dataclass(frozen=True)
+class Status:
+    state: State
+    reason: str
+    expected: Manifest | None = None
+    """The manifest the artefact would have if computed now (None while waiting)."""
+
+    @property
+    def current(self) -> bool:
+        return self.state == "current"
+
+    @property
+    def runnable(self) -> bool:
+        """Out of date, with every input current: computing it now is well defined."""
+        return self.state in ("missing", "stale")
+
+
+class _Waiting(Exception):
+    pass
+
+
+class Project:
+    """One configuration's view of its storage root and inputs, memoised for one decision.
+
+    Listings, manifests and statuses are read once; `forget` drops them after a write. Input
+    fingerprints stay: a run does not change the user's files.
+    """
+
+    def __init__(self, config: PretraceConfig, *, demo: bool = False, digests: DigestCache | None = None) -> None:
+        self.config = config
+        self.demo = demo
+        self.storage = Storage(config.storage)
+        self.store = ArtefactStore(self.storage)
+        self.graph = artefacts(demo)
+        self.digests = digests or DigestCache()
+        self._corpus: dict[str, CorpusFile] | None = None
+        self._sources: dict[tuple[str, str | None], str] = {}
+        self._manifests: dict[tuple[str, str | None], Manifest | None] = {}
+        self._statuses: dict[tuple[str, str | None], Status] = {}
+        self._listings: dict[str, dict[str, int]] = {}
+
+    # ----------------------------------------------------------------------- the corpus
+    @property
+    def corpus(self) -> dict[str, CorpusFile]:
+        """The corpus files present now, by shard key."""
+        if self._corpus is None:
+            files = list_corpus_files(self.config.corpus)
+            self._corpus = {shard_key(f.name): f for f in files}
+        return self._corpus
+
+    @property
+    def shards(self) -> list[str]:
+        return sorted(self.corpus)
+
+    @property
+    def fit_shards(self) -> list[str]:
+        """The shards EK-FAC factors are fitted on: `fit_shards`, or every current shard."""
+        if self.config.fit_shards == "all":
+            return self.shards
+        unknown = [s for s in self.config.fit_shards if s not in self.corpus]
+        if unknown:
+            raise InputError(
+                f"fit_shards: {', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} not a shard of "
+                f"{self.config.corpus}; the shards are: {', '.join(self.shards) or 'none'} (or use `fit_shards: all`)"
+            )
+        return sorted(self.config.fit_shards)
+
+    def partitions(self, artefact: Artefact) -> list[str | None]:
+        """The partitions an artefact should have: every shard, the fit shards, or the one."""
+        if not artefact.per_shard:
+            return [None]
+        fitted = any(i.scope == "fit_shards" and i.name == artefact.name for a in self.graph.values() for i in a.inputs)
+        return list(self.fit_shards if fitted else self.shards)
+
+    # ----------------------------------------------------------------------- inputs
+    def source(self, name: str, shard: str | None = None) -> str:
+        """The content fingerprint of one of the user's inputs, computed once per Project."""
+        key = (name, shard)
+        if key not in self._sources:
+            self._sources[key] = self.fingerprint_source(name, shard)
+        return self._sources[key]
+
+    def fingerprint_source(self, name: str, shard: str | None = None) -> str:
+        """The fingerprint as it is now (not memoised): read again after a source was used, it
+        shows whether the source changed while it was being read."""
+        if name == "corpus_file":
+            return self.corpus[shard].fingerprint(self.digests)
+        if name == "checkpoint":
+            return _checkpoint_fingerprint(self.config.model, self.digests)
+        if name == "query_file":
+            return _single_file_fingerprint(self.config.queries, "queries", self.digests)
+        raise KeyError(name)
+
+    # ----------------------------------------------------------------------- stored state
+    def manifest(self, artefact: Artefact, shard: str | None = None) -> Manifest | None:
+        """The stored manifest, when it and every file it lists are in storage."""
+        key = (artefact.name, shard)
+        if key not in self._manifests:
+            manifest = self.store.manifest(artefact, shard)
+            if manifest is not None:
+                listing = self._listing(artefact.name)
+                complete = all(listing.get(f"{artefact.name}/{name}") == d["bytes"] for name, d in manifest.files.items())
+                manifest = manifest if complete else None
+            self._manifests[key] = manifest
+        return self._manifests[key]
+
+    def _listing(self, name: str) -> dict[str, int]:
+        if name not in self._listings:
+            self._listings[name] = self.storage.listing(name)
+        return self._listings[name]
+
+    def forget(self) -> None:
+        """Drop what was read of storage (after a write); input fingerprints are kept."""
+        self._manifests.clear()
+        self._statuses.clear()
+        self._listings.clear()
+
+    # ----------------------------------------------------------------------- the policy
+    def expected(self, artefact: Artefact, shard: str | None = None) -> Manifest:
+        """The manifest basis the artefact would have if computed now (raises while waiting)."""
+        inputs: dict[str, str] = {}
+        for source in artefact.inputs:
+            for s in self._scope(source, shard):
+                inputs[self._label(source.name, s)] = self._fingerprint(source.name, s)
+        return Manifest(artefact.name, shard, artefact.code_version, settings_of(artefact, self.config), inputs)
+
+    def _scope(self, source: Input, shard: str | None) -> list[str | None]:
+        return {"shard": [shard], "one": [None], "fit_shards": self.fit_shards, "all_shards": self.shards}[source.scope]
+
+    @staticmethod
+    def _label(name: str, shard: str | None) -> str:
+        return f"{name}[{shard}]" if shard is not None else name
+
+    def _fingerprint(self, name: str, shard: str | None) -> str:
+        if name in SOURCES:
+            return self.source(name, shard)
+        upstream = self.graph[name]
+        status = self.status(upstream, shard)
+        if not status.current:
+            raise _Waiting(f"{upstream.label(shard)} is {status.state}" + (f" ({status.reason})" if status.reason else ""))
+        return self.manifest(upstream, shard).fingerprint
+
+    def status(self, artefact: Artefact | str, shard: str | None = None) -> Status:
+        artefact = self.graph[artefact] if isinstance(artefact, str) else artefact
+        key = (artefact.name, shard)
+        if key not in self._statuses:
+            self._statuses[key] = self._evaluate(artefact, shard)
+        return self._statuses[key]
+
+    def _evaluate(self, artefact: Artefact, shard: str | None) -> Status:
+        try:
+            expected = self.expected(artefact, shard)
+        except _Waiting as waiting:
+            return Status("waiting", str(waiting))
+        stored = self.manifest(artefact, shard)
+        if stored is None:
+            return Status("missing", "not in storage", expected)
+        if stored.basis() != expected.basis():
+            return Status("stale", describe_difference(stored, expected), expected)
+        return Status("current", "", expected)
+
+    def statuses(self) -> list[tuple[Artefact, str | None, Status]]:
+        """The status of every artefact partition the project should have, in dependency order."""
+        return [(a, s, self.status(a, s)) for a in self.graph.values() for s in self.partitions(a)]
+
+    def orphans(self) -> list[tuple[Artefact, str]]:
+        """Stored per-shard artefacts of shards the project no longer has (removed or renamed
+        corpus files, shards dropped from `fit_shards`): reported, and removed by `pretrace clean`."""
+        found = []
+        for artefact in self.graph.values():
+            if not artefact.per_shard:
+                continue
+            wanted = set(self.partitions(artefact))
+            for key in self._listing(artefact.name):
+                name = key[len(artefact.name) + 1:]
+                if name.endswith(".manifest.json") and name[: -len(".manifest.json")] not in wanted:
+                    found.append((artefact, name[: -len(".manifest.json")]))
+        return found
+
+
+def settings_of(artefact: Artefact, config: PretraceConfig) -> dict:
+    """The configuration keys an artefact's bytes depend on, as stored in its manifest."""
+    values = config.model_dump(mode="json")
+    return {key: values[key] for key in artefact.config}
+
+
+def describe_difference(stored: Manifest, expected: Manifest) -> str:
+    """What differs between a stored manifest and the expected one, in a few words."""
+    parts = []
+    if stored.code_version != expected.code_version:
+        parts.append(f"code version {stored.code_version} -> {expected.code_version}")
+    for key in sorted(set(stored.config) | set(expected.config)):
+        if stored.config.get(key) != expected.config.get(key):
+            parts.append(f"`{key}` {stored.config.get(key)!r} -> {expected.config.get(key)!r}")
+    changed = [k for k in expected.inputs if k in stored.inputs and stored.inputs[k] != expected.inputs[k]]
+    added = [k for k in expected.inputs if k not in stored.inputs]
+    removed = [k for k in stored.inputs if k not in expected.inputs]
+    for what, keys in (("changed", changed), ("new", added), ("gone", removed)):
+        if keys:
+            more = f" and {len(keys) - _SHOWN} more" if len(keys) > _SHOWN else ""
+            parts.append(f"{what}: {', '.join(keys[:_SHOWN])}{more}")
+    return "; ".join(parts) or "stored by another pretrace version"
+
+
+def _checkpoint_fingerprint(url: str, digests: DigestCache) -> str:
+    try:
+        return tree_fingerprint(url, digests)
+    except FileNotFoundError:
+        raise InputError(f"model: {url} holds no checkpoint; give a folder saved with save_pretrained") from None
+
+
+def _single_file_fingerprint(url: str, key: str, digests: DigestCache) -> str:
+    fs, path = open_fs(url)
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        raise InputError(f"{key}: {url} not found; create it or fix `{key}:` in pretrace.yaml") from None
+    if info.get("type") != "file":
+        raise InputError(f"{key}: {url} is not a file")
+    local = url if "://" not in url or url.startswith("file://") else None
+    return file_fingerprint(local.removeprefix("file://") if local else None, info, digests)

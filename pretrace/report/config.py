@@ -1,0 +1,34 @@
+"""What a report is computed with: its options, and the three categories query kinds fall into.
+
+Query kinds fall into three categories: factual (``factual_kinds``), control (``control_kinds``)
+and reasoning (every other kind: arithmetic, slope, linear, or a user's own).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .concentration import FIT_RANKS, FRACTIONS
+
+FACTUAL, REASONING, CONTROL = "factual", "reasoning", "control"
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    k: int = 50  # top/bottom documents per query (at most the k the shards were summarized with)
+    fractions: tuple[float, ...] = FRACTIONS
+    fit_ranks: int = FIT_RANKS
+    bootstrap: int = 2000
+    permutations: int = 2000
+    level: float = 0.95
+    seed: int = 0
+    factual_kinds: tuple[str, ...] = ("factual",)
+    control_kinds: tuple[str, ...] = ("control",)
+    html_rows: int = 10  # documents per query and side shown in the HTML (all k are in Parquet)
+
+    def category(self, kind: str) -> str:
+        if kind in self.factual_kinds:
+            return FACTUAL
+        if kind in self.control_kinds:
+            return CONTROL
+        return REASONING

@@ -1,0 +1,204 @@
+"""How much influence per nat of information? Total influence of each query over the completion's
+information, -log p(completion | prompt), compared between reasoning and factual queries."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+from matplotlib.figure import Figure
+
+from ..analysis import Analysis
+from ..config import FACTUAL, REASONING
+from ..formatting import interval, num
+from ..html import figure, table, with_ci
+from ..kinds import POOLED, reasoning_label
+from ..plots import empty, kind_colors, png
+from ..section import Section
+from . import concentration
+
+MEASURES = ("positive_per_nat", "absolute_per_nat")
+
+
+@dataclass
+class Magnitude:
+    magnitude: pl.DataFrame  # per query
+    magnitude_kinds: pl.DataFrame  # mean and median per nat per kind
+    magnitude_comparison: pl.DataFrame  # reasoning over factual, per measure
+    magnitude_fractions: pl.DataFrame  # positive influence of the top fraction of documents, per nat, by kind
+
+
+def _median(values: np.ndarray) -> float:
+    values = values[np.isfinite(values)]
+    return float(np.median(values)) if values.size else math.nan
+
+
+def compute(a: Analysis) -> Magnitude:
+    """Influence per nat per query, by kind, reasoning over factual, and per nat of the top fractions."""
+    q = a.queries
+    nats = -q["logprob"].cast(pl.Float64).to_numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        nats_ok = np.where(nats > 1e-9, nats, np.nan)
+        per_query = pl.DataFrame({
+            "query_id": q["id"], "kind": q["kind"], "category": q["category"], "nats": nats,
+            "positive": a.stats.positive_sum, "absolute": a.stats.abs_sum,
+            "positive_per_nat": a.stats.positive_sum / nats_ok, "absolute_per_nat": a.stats.abs_sum / nats_ok,
+        })
+    rows = []
+    for g in a.groups:
+        row = {**g.row(), "queries": int(g.mask.sum())}
+        for col in MEASURES:
+            values = per_query[col].to_numpy()[g.mask]
+            m, lo, hi = a.interval(values, salt=3)
+            row |= {f"{col}_mean": m, f"{col}_ci_low": lo, f"{col}_ci_high": hi, f"{col}_median": _median(values)}
+        rows.append(row)
+    return Magnitude(per_query, pl.DataFrame(rows), _comparison(a, per_query), _fractions(a, per_query))
+
+
+def _comparison(a: Analysis, per_query: pl.DataFrame) -> pl.DataFrame:
+    """Mean influence per nat of reasoning queries over that of factual queries, with an interval."""
+    draws, level, rng = a.config.bootstrap, a.config.level, a.rng(4)
+    rows = []
+    for col in MEASURES:
+        f = per_query.filter(pl.col("category") == FACTUAL)[col].to_numpy()
+        r = per_query.filter(pl.col("category") == REASONING)[col].to_numpy()
+        f, r = f[np.isfinite(f)], r[np.isfinite(r)]
+        ratio = lo = hi = math.nan
+        if f.size and r.size and f.mean() > 0:
+            ratio = float(r.mean() / f.mean())
+            if f.size > 1 and r.size > 1:
+                boot_f = f[rng.integers(0, f.size, size=(draws, f.size))].mean(axis=1)
+                boot_r = r[rng.integers(0, r.size, size=(draws, r.size))].mean(axis=1)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    ratios = boot_r / boot_f
+                lo, hi = (float(x) for x in np.quantile(ratios[np.isfinite(ratios)], [(1 - level) / 2,
+                                                                                        (1 + level) / 2]))
+        rows.append({"measure": col, "factual_queries": int(f.size), "reasoning_queries": int(r.size),
+                     "factual_mean": float(f.mean()) if f.size else math.nan,
+                     "reasoning_mean": float(r.mean()) if r.size else math.nan,
+                     "reasoning_over_factual": ratio, "ci_low": lo, "ci_high": hi})
+    return pl.DataFrame(rows)
+
+
+def _fractions(a: Analysis, per_query: pl.DataFrame) -> pl.DataFrame:
+    """Per nat, the positive influence of the top fractions of documents (share times total), by kind."""
+    per_nat = a.result(concentration.compute).concentration.join(
+        per_query.select(["query_id", "positive_per_nat"]), on="query_id",
+    ).with_columns(top_per_nat=pl.col("share") * pl.col("positive_per_nat"))
+    rows = []
+    for g in a.groups:
+        for f in a.config.fractions:
+            v = per_nat.filter(pl.col("query_id").is_in(g.ids) & (pl.col("fraction") == f))["top_per_nat"].to_numpy()
+            m, lo, hi = a.interval(v, salt=7)
+            rows.append({**g.row(), "fraction": f, "mean_per_nat": m, "ci_low": lo, "ci_high": hi})
+    return pl.DataFrame(rows, schema={"kind": pl.String, "category": pl.String, "fraction": pl.Float64,
+                                      "mean_per_nat": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64})
+
+
+def _row(df: pl.DataFrame, column: str, value) -> dict | None:
+    rows = df.filter(pl.col(column) == value).to_dicts()
+    return rows[0] if rows else None
+
+
+def reading(a: Analysis) -> list[str]:
+    m = a.result(compute)
+    out = []
+    cmp = _row(m.magnitude_comparison, "measure", "positive_per_nat")
+    fact_rows = m.magnitude_kinds.filter(pl.col("category") == FACTUAL).to_dicts()
+    label = reasoning_label(a.groups)
+    reas = _row(m.magnitude_kinds, "kind", label) if label else None
+    if cmp and fact_rows and reas and math.isfinite(cmp["reasoning_over_factual"]):
+        ratio, lo, hi = cmp["reasoning_over_factual"], cmp["ci_low"], cmp["ci_high"]
+        if math.isfinite(lo) and lo > 1:
+            verdict = "more"
+        elif math.isfinite(hi) and hi < 1:
+            verdict = "less"
+        else:
+            verdict = "about as much (the interval includes equality)"
+        out.append(f"Per nat of completion information, reasoning queries receive {verdict} total positive influence "
+                   f"than factual queries: mean {num(cmp['reasoning_mean'], 3)} vs {num(cmp['factual_mean'], 3)}, "
+                   f"ratio {num(ratio)} {interval(lo, hi)}.")
+    else:
+        out.append("There are not both factual and reasoning queries with a known log-probability to compare.")
+    abs_cmp = _row(m.magnitude_comparison, "measure", "absolute_per_nat")
+    if abs_cmp and math.isfinite(abs_cmp["reasoning_over_factual"]):
+        out.append(f"Counting negative influence too (absolute influence per nat) the ratio is "
+                   f"{num(abs_cmp['reasoning_over_factual'])} {interval(abs_cmp['ci_low'], abs_cmp['ci_high'])}.")
+    out.append("Ruis et al. (2024) found that, per nat, reasoning relies less on individual documents than factual "
+               "recall does: a ratio below 1.")
+    return out
+
+
+def plot(a: Analysis) -> bytes:
+    """Total positive and absolute influence per nat by kind, and per nat of the top fractions."""
+    m = a.result(compute)
+    fig = Figure(figsize=(13, 4))
+    kinds = a.kind_order
+    colors = kind_colors(kinds)
+    rng = np.random.default_rng(0)
+    for i, (col, title) in enumerate(zip(MEASURES, ("positive influence per nat", "absolute influence per nat"))):
+        ax = fig.add_subplot(1, 3, i + 1)
+        values = m.magnitude[col].to_numpy()
+        if not np.isfinite(values).any():
+            empty(ax, "no log-probabilities")
+            continue
+        for j, kind in enumerate(kinds):
+            v = m.magnitude.filter(pl.col("kind") == kind)[col].to_numpy()
+            v = v[np.isfinite(v)]
+            ax.scatter(j + rng.uniform(-0.15, 0.15, v.size), v, s=14, alpha=0.7, color=colors[kind])
+            row = m.magnitude_kinds.filter(pl.col("kind") == kind).row(0, named=True)
+            mean, lo, hi = row[f"{col}_mean"], row[f"{col}_ci_low"], row[f"{col}_ci_high"]
+            if mean is not None and math.isfinite(mean):
+                err = [[mean - lo], [hi - mean]] if math.isfinite(lo) and math.isfinite(hi) else None
+                ax.errorbar([j + 0.3], [mean], yerr=err, fmt="D", color="k", ms=4, capsize=3)
+        if (values[np.isfinite(values)] > 0).all():
+            ax.set_yscale("log")
+        ax.set_xticks(range(len(kinds)), kinds, rotation=30, ha="right")
+        ax.set_title(title)
+    ax = fig.add_subplot(1, 3, 3)
+    df = m.magnitude_fractions.filter((pl.col("kind") != POOLED) & pl.col("mean_per_nat").is_finite())
+    if df.height:
+        for kind in kinds:
+            sub = df.filter(pl.col("kind") == kind).sort("fraction")
+            if sub.height:
+                ax.plot(sub["fraction"].to_numpy() * 100, sub["mean_per_nat"].to_numpy(), "o-", color=colors[kind],
+                        label=kind)
+        ax.set_xscale("log")
+        if (df["mean_per_nat"] > 0).all():
+            ax.set_yscale("log")
+        ax.set_xlabel("top % of documents")
+        ax.set_title("positive influence of the top documents per nat")
+        ax.legend(fontsize=8)
+    else:
+        empty(ax, "no log-probabilities")
+    fig.suptitle("Influence per nat of completion information (dots: queries; diamonds: mean and interval)")
+    return png(fig)
+
+
+def body(a: Analysis, figs: dict[str, bytes]) -> str:
+    m = a.result(compute)
+    df = with_ci(m.magnitude_kinds, "positive_per_nat_mean", "positive_per_nat_ci_low", "positive_per_nat_ci_high",
+                      "positive")
+    df = with_ci(df, "absolute_per_nat_mean", "absolute_per_nat_ci_low", "absolute_per_nat_ci_high", "absolute")
+    cmp = with_ci(m.magnitude_comparison, "reasoning_over_factual", "ci_low", "ci_high", "ratio")
+    return (
+        figure("magnitude", figs["magnitude"], "Total influence per query divided by the completion's "
+                    "information, -log p(completion | prompt) in nats.")
+        + table(df, {"kind": "kind", "queries": "queries", "positive": "mean positive per nat [interval]",
+                          "positive_per_nat_median": "median positive per nat",
+                          "absolute": "mean absolute per nat [interval]"}, text=("kind",))
+        + table(cmp, {"measure": "measure", "factual_mean": "factual mean", "reasoning_mean": "reasoning mean",
+                           "ratio": "reasoning ÷ factual [interval]"}, text=("measure",))
+    )
+
+
+def headline(a: Analysis) -> dict[str, pl.DataFrame]:
+    return {"magnitude_per_nat": a.result(compute).magnitude_kinds.select(
+        ["kind", "queries", "positive_per_nat_mean", "positive_per_nat_ci_low", "positive_per_nat_ci_high",
+         "absolute_per_nat_mean"])}
+
+
+SECTION = Section("magnitude", "How much influence per nat of information?", body, reading,
+                  figures={"magnitude": plot}, compute=compute, headline=headline)

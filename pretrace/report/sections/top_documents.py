@@ -1,0 +1,72 @@
+"""Top and bottom documents per query: the merged top lists with each query beside its documents."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+
+import polars as pl
+
+from ..analysis import Analysis
+from ..section import Section
+
+
+@dataclass
+class TopDocuments:
+    top_documents: pl.DataFrame  # the top and bottom k of every query, in query order
+
+
+def compute(a: Analysis) -> TopDocuments:
+    """The merged top lists with the query beside its documents (answers and sources read them too)."""
+    q = a.queries
+    order = {query_id: i for i, query_id in enumerate(q["id"].to_list())}
+    return TopDocuments(
+        pl.from_arrow(a.top).filter(pl.col("rank") <= a.config.k)
+        .join(q.select(["id", "kind", "prompt", "completion"]).rename({"id": "query_id"}), on="query_id", how="inner")
+        .with_columns(_o=pl.col("query_id").replace_strict(order, return_dtype=pl.Int64))
+        .sort(["_o", "side", "rank"], descending=[False, True, False]).drop("_o")
+        .select(["query_id", "kind", "prompt", "completion", "side", "rank", "doc_id", "source", "score", "excerpt",
+                 "answer_found", "intermediates_found"])
+    )
+
+
+def reading(a: Analysis) -> list[str]:
+    n = a.queries.height
+    return [f"The {min(a.config.html_rows, a.config.k)} most positively and most negatively influential documents of each of the {n} "
+            f"queries, out of {a.n_documents:,} documents; all {a.config.k} per side are in top_documents.parquet. "
+            "A positive score means the document raised the probability of the completion."]
+
+
+def _doc_rows(df: pl.DataFrame) -> str:
+    rows = []
+    for r in df.iter_rows(named=True):
+        cls = ' class="found"' if r["answer_found"] else ""
+        score = html.escape(f"{r['score']:.4g}")
+        inter = r["intermediates_found"] or []
+        marks = (f"answer: {'yes' if r['answer_found'] else 'no'}" if r["answer_found"] is not None else "") + (
+            f"; intermediates {sum(inter)}/{len(inter)}" if inter else "")
+        rows.append(f"<tr{cls}><td>{r['rank']}</td><td class='text'>{html.escape(r['doc_id'])}</td>"
+                    f"<td class='text'>{html.escape(r['source'] or '')}</td><td>{score}</td>"
+                    f"<td class='text'>{html.escape(marks)}</td><td class='excerpt'>{html.escape(r['excerpt'] or '')}</td></tr>")
+    head = "<tr><th>rank</th><th class='text'>document</th><th class='text'>source</th><th>score</th>" \
+           "<th class='text'>answer</th><th class='text'>excerpt</th></tr>"
+    return f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def body(a: Analysis, figs: dict[str, bytes]) -> str:
+    parts = []
+    shown = a.result(compute).top_documents.filter(pl.col("rank") <= a.config.html_rows)
+    for q in a.queries.iter_rows(named=True):
+        mine = shown.filter(pl.col("query_id") == q["id"])
+        answer = f" · answer {q['answer']}" if q.get("answer") else ""
+        parts.append(
+            f"<details><summary><b>{html.escape(q['id'])}</b> · {html.escape(q['kind'])}{html.escape(answer)}</summary>"
+            f"<div class='qa'><b>prompt:</b> {html.escape(q['prompt'] or '')}\n<b>completion:</b> "
+            f"{html.escape(q['completion'] or '')}</div>"
+            f"<h4>Most positive (raised the completion's probability)</h4>{_doc_rows(mine.filter(pl.col('side') == 'top'))}"
+            f"<h4>Most negative (lowered it)</h4>{_doc_rows(mine.filter(pl.col('side') == 'bottom'))}</details>"
+        )
+    return "".join(parts)
+
+
+SECTION = Section("top-documents", "Top and bottom documents per query", body, reading, compute=compute)

@@ -1,0 +1,266 @@
+"""Storage is the truth: after any change, a rerun ends in the bytes of a clean run of the final
+state (fresh storage, fresh instance), and recomputes exactly what the change invalidated.
+
+Every scenario starts from one finished tiny project (two shards, three queries), copies its
+storage, changes one thing, reruns `pretrace run` in-process or as a user runs it, and compares
+every stored artefact with a clean run (the report page's timestamp aside).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from pretrace.config import load_config
+from pretrace.provenance import Project
+from tests.pipeline.project import (QUERIES, clean_run_snapshot, edit_config, make_project, pretrace, run_pipeline,
+                                    snapshot, write_corpus_file)
+
+A, B = "part-a.jsonl", "part-b.jsonl"
+SHARDED = ("corpus_shards", "ekfac_covariances", "ekfac_lambdas", "document_gradients", "influence_scores")
+
+
+def each(*names: str, shards=(A, B)) -> set[str]:
+    return {f"{n}[{s}]" if n in SHARDED else n for n in names for s in (shards if n in SHARDED else [None])}
+
+
+EKFAC_ON = each("ekfac_covariances", "ekfac_eigenbasis", "ekfac_lambdas", "ekfac_factors", "query_gradients",
+                "influence_scores", "influence_report")
+GRADIENTS = EKFAC_ON | each("document_gradients")
+EVERYTHING = GRADIENTS | each("model", "corpus_shards", "queries")
+AFTER_FACTORS = each("ekfac_factors", "query_gradients", "influence_scores", "influence_report")
+
+# Each setting, a new value, and what a rerun must recompute (the README's invalidation table).
+INVALIDATION = {
+    "damping": (0.3, AFTER_FACTORS),
+    "top_k": (3, each("influence_scores", "influence_report")),
+    "query_rank": (2, each("query_gradients", "influence_scores", "influence_report")),
+    "projection": ([8, 8], each("query_gradients", "document_gradients", "influence_scores", "influence_report")),
+    "fisher": ("empirical", EKFAC_ON),
+    "seed": (1, GRADIENTS),
+    "batch_size": (3, GRADIENTS),
+    "dtype": ("bfloat16", GRADIENTS),
+    "max_length": (24, EVERYTHING - each("model", "queries")),
+    "layers": (["mlp.down_proj"], EVERYTHING - each("queries")),
+    "trust_remote_code": (True, each("model")),  # validated again; its description is unchanged
+    "fit_shards": ([A], AFTER_FACTORS | each("ekfac_eigenbasis") | {f"ekfac_lambdas[{A}]"}),
+    "device": ("auto", set()),  # resolves to the CPU here: nothing changes
+}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """The tiny project after one complete run: (project folder, its storage snapshot)."""
+    root = tmp_path_factory.mktemp("finished")
+    config = load_config(make_project(root))
+    ran = run_pipeline(config)
+    assert set(ran) == EVERYTHING
+    return root, snapshot(root / "data")
+
+
+def copy_of(finished, tmp_path: Path, *, storage: bool = True) -> Path:
+    """A copy of the finished project (its inputs, and its storage unless told otherwise)."""
+    root, _ = finished
+    shutil.copytree(root, tmp_path / "project", ignore=shutil.ignore_patterns(*([] if storage else ["data"])))
+    return tmp_path / "project"
+
+
+@pytest.mark.parametrize("key", sorted(INVALIDATION))
+def test_a_changed_setting_recomputes_exactly_what_it_invalidates(key, finished, tmp_path):
+    project = copy_of(finished, tmp_path)
+    value, expected = INVALIDATION[key]
+    edit_config(project / "pretrace.yaml", **{key: value})
+    config = load_config(project / "pretrace.yaml")
+    ran = run_pipeline(config)
+    assert set(ran) == expected, f"{key}: ran {sorted(set(ran))}"
+    assert len(ran) == len(set(ran)), "an artefact was computed twice"
+    # Shards dropped from fit_shards keep their EK-FAC sums until `pretrace clean`.
+    orphans = {a.label(s) for a, s in Project(config).orphans()}
+    assert orphans == ({f"ekfac_covariances[{B}]", f"ekfac_lambdas[{B}]"} if key == "fit_shards" else set())
+    kept = {k: v for k, v in snapshot(project / "data").items() if not k.startswith(("ekfac_covariances/part-b", "ekfac_lambdas/part-b")) or not orphans}
+    assert kept == clean_run_snapshot(config, tmp_path)
+    assert run_pipeline(config) == []  # and then everything is current
+
+
+def test_moved_inputs_with_the_same_content_recompute_nothing(finished, tmp_path):
+    project = copy_of(finished, tmp_path)
+    for name in ("model", "corpus", "queries.jsonl"):
+        (project / name).rename(project / f"moved-{name}")
+    edit_config(project / "pretrace.yaml", model="moved-model", corpus="moved-corpus", queries="moved-queries.jsonl")
+    assert run_pipeline(load_config(project / "pretrace.yaml")) == []
+
+
+def test_a_wiped_storage_root_is_recomputed_whatever_the_instance_remembers(finished, tmp_path):
+    project = copy_of(finished, tmp_path)
+    config = load_config(project / "pretrace.yaml")
+    instance = dg.DagsterInstance.ephemeral()
+    assert run_pipeline(config, instance) == []
+    shutil.rmtree(project / "data")
+    assert set(run_pipeline(config, instance)) == EVERYTHING
+    assert snapshot(project / "data") == finished[1]
+
+
+def test_an_artefact_file_deleted_from_storage_is_missing(finished, tmp_path):
+    project = copy_of(finished, tmp_path)
+    (project / "data" / "document_gradients" / f"{B}.safetensors").unlink()
+    ran = run_pipeline(load_config(project / "pretrace.yaml"))
+    assert ran == [f"document_gradients[{B}]"]  # recomputed to the same bytes: nothing downstream
+    assert snapshot(project / "data") == finished[1]
+
+
+def kill_at(prefix: str, nth: int, project: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`pretrace run` as a user runs it, SIGKILLed as it starts writing the nth file whose key
+    starts with ``prefix`` (tests/pipeline/kill_at.py)."""
+    harness = Path(__file__).with_name("kill_at.py")
+    env = {"DAGSTER_HOME": str(project / ".dagster_home"), **(env or {})}
+    return subprocess.run([sys.executable, str(harness), prefix, str(nth), "run", "--config", "pretrace.yaml"],
+                          cwd=project, env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
+
+
+def materialized(result: subprocess.CompletedProcess) -> list[str]:
+    """The artefact partitions a `pretrace run` started materializing, from its output."""
+    return [line.split(" ")[2] for line in result.stdout.splitlines() if line.startswith("[pretrace] materializing")]
+
+
+def assert_killed(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == -signal.SIGKILL, (result.returncode, result.stderr[-3000:])
+
+
+def left_started(project: Path) -> list:
+    with dg.DagsterInstance.from_config(str(project / ".dagster_home")) as instance:
+        return instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+
+
+def test_a_new_query_then_a_kill_during_influence_scores(finished, tmp_path):
+    project = copy_of(finished, tmp_path)
+    with open(project / "queries.jsonl", "a") as f:
+        f.write('{"id": "new", "kind": "arithmetic", "prompt": "(7 - 4) * 8 =", "completion": " 24", "answer": "24"}\n')
+    # Killed as it writes the second file of part-b's scores: part-a already scored with the
+    # new query, part-b's old scores half replaced.
+    assert_killed(kill_at(f"influence_scores/{B}", 2, project))
+    assert (project / "data" / "influence_scores" / f"{A}.manifest.json").exists()
+    assert not (project / "data" / "influence_scores" / f"{B}.manifest.json").exists()
+    assert len(left_started(project)) == 1
+
+    rerun = pretrace("run", "--config", "pretrace.yaml", cwd=project)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "marked failed" in rerun.stdout and not left_started(project)
+    assert materialized(rerun) == [f"influence_scores[{B}]", "influence_report"]
+    config = load_config(project / "pretrace.yaml")
+    assert snapshot(project / "data") == clean_run_snapshot(config, tmp_path)
+
+
+def test_a_new_model_then_a_kill_during_ekfac_fitting(finished, tmp_path):
+    from tests.tiny import tiny_model
+
+    project = copy_of(finished, tmp_path)
+    tiny_model("llama", seed=99).save_pretrained(project / "model")  # retrained weights, same shapes
+    killed = kill_at(f"ekfac_lambdas/{A}", 1, project)
+    assert_killed(killed)
+    info = yaml.safe_load((project / "data" / "model" / "model.json").read_text())
+    assert info["fingerprint"] != yaml.safe_load((finished[0] / "data" / "model" / "model.json").read_text())["fingerprint"]
+    *committed, dying = materialized(killed)
+    assert dying == f"ekfac_lambdas[{A}]"
+
+    rerun = pretrace("run", "--config", "pretrace.yaml", cwd=project)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    # Nothing the killed run committed is redone; everything else the new model invalidated is.
+    assert set(materialized(rerun)) == EVERYTHING - each("queries") - set(committed)
+    assert snapshot(project / "data") == clean_run_snapshot(load_config(project / "pretrace.yaml"), tmp_path)
+
+
+def test_a_renamed_corpus_file_is_counted_once_and_its_old_shard_cleaned(finished, tmp_path):
+    project = copy_of(finished, tmp_path)
+    (project / "corpus" / B).rename(project / "corpus" / "part-c.jsonl")
+    config = load_config(project / "pretrace.yaml")
+    run_pipeline(config)
+    assert (project / "data" / "influence_scores" / f"{B}.parquet").exists()  # kept until cleaned...
+    status = pretrace("status", "--config", "pretrace.yaml", cwd=project)
+    assert f"orphan   document_gradients[{B}]" in status.stdout
+    report = (project / "data" / "influence_report" / "manifest.json").read_text()
+    assert B not in report and "part-c.jsonl" in report  # ...but not in the report
+    cleaned = pretrace("clean", "--config", "pretrace.yaml", cwd=project)
+    assert cleaned.returncode == 0, cleaned.stderr[-2000:]
+    assert f"influence_scores/{B}.parquet" in cleaned.stdout
+    assert snapshot(project / "data") == clean_run_snapshot(config, tmp_path)
+
+
+def test_content_decides_not_modification_times(finished, tmp_path):
+    project = copy_of(finished, tmp_path)
+    config = load_config(project / "pretrace.yaml")
+    path = project / "corpus" / A
+    # A copy that rounds modification times (as FAT, rsync without -t, or cp do): no change.
+    for file in (project / "corpus").iterdir():
+        stat = file.stat()
+        os.utime(file, ns=(stat.st_atime_ns, stat.st_mtime_ns // 10**9 * 10**9 + 10**9))
+    assert run_pipeline(config) == []
+    # Rewritten in place with its modification time kept (as cp -p or rsync -t leave it).
+    stat = path.stat()
+    write_corpus_file(path, 14, 7, "a")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_mtime_ns == stat.st_mtime_ns
+    ran = run_pipeline(config)
+    assert f"corpus_shards[{A}]" in ran and f"corpus_shards[{B}]" not in ran
+    assert snapshot(project / "data") == clean_run_snapshot(config, tmp_path)
+
+
+def _report_queries(storage: Path) -> set[str]:
+    import pyarrow.parquet as pq
+
+    return set(pq.read_table(storage / "influence_report" / "top_documents.parquet").column("query_id").to_pylist())
+
+
+def test_two_projects_on_one_storage_root_never_publish_a_mixed_report(finished, tmp_path):
+    """Project `other` explains other queries from its own instance, writing the same root."""
+    project = copy_of(finished, tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "queries.jsonl").write_text('{"id": "other", "kind": "factual", "prompt": "The capital of Peru is", '
+                                         '"completion": " Lima."}\n')
+    config = yaml.safe_load((project / "pretrace.yaml").read_text())
+    (other / "pretrace.yaml").write_text(yaml.safe_dump({
+        **config, **{k: str(project / config[k]) for k in ("model", "corpus", "storage")}, "queries": "queries.jsonl"}))
+    mine = {q["id"] for q in QUERIES}
+
+    # One after the other: each run makes the root its own project's clean state.
+    for folder, ids in ((other, {"other"}), (project, mine)):
+        result = pretrace("run", "--config", "pretrace.yaml", cwd=folder)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert _report_queries(project / "data") == ids
+
+    # At the same time: a run may refuse, naming the other writer, but a report is never mixed.
+    runs = [subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", "--config", "pretrace.yaml"], cwd=folder,
+                             env={**os.environ, "DAGSTER_HOME": str(folder / ".dagster_home")},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for folder in (other, project)]
+    for run in runs:
+        _, err = run.communicate(timeout=300)
+        assert run.returncode == 0 or "another run or another project is writing" in err or "is stale" in err \
+            or "is missing" in err, err[-3000:]
+    assert _report_queries(project / "data") in ({"other"}, mine)
+
+    result = pretrace("run", "--config", "pretrace.yaml", cwd=project)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert snapshot(project / "data") == clean_run_snapshot(load_config(project / "pretrace.yaml"), tmp_path)
+
+
+def test_a_temporary_left_by_a_killed_writer_is_removed_by_the_next_run(finished, tmp_path):
+    project = copy_of(finished, tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname().replace(".", "_")
+    folder = project / "data" / "influence_scores"
+    leftover, live = folder / f".tmp-{A}.parquet.{host}.{dead.pid}.x1", folder / f".tmp-{A}.parquet.{host}.{os.getpid()}.x2"
+    leftover.write_bytes(b"half a file")
+    live.write_bytes(b"a live writer's")
+    assert run_pipeline(load_config(project / "pretrace.yaml")) == []
+    assert not leftover.exists() and live.exists()

@@ -1,0 +1,82 @@
+"""Content fingerprints: content decides, modification times do not; the cache never hides a change."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from pretrace import fingerprint
+from pretrace.fingerprint import DigestCache, tree_fingerprint
+
+
+@pytest.fixture
+def hashed(monkeypatch) -> list[str]:
+    """The paths actually read and hashed (a cache hit reads nothing)."""
+    seen: list[str] = []
+    original = fingerprint.sha256_file
+    monkeypatch.setattr(fingerprint, "sha256_file", lambda path: seen.append(str(path)) or original(path))
+    return seen
+
+
+def test_digests_are_cached_until_the_file_is_written(tmp_path, hashed):
+    path = tmp_path / "a.txt"
+    path.write_bytes(b"one")
+    cache = DigestCache(tmp_path / "cache")
+    assert cache.digest(str(path)) == hashlib.sha256(b"one").hexdigest()
+    assert DigestCache(tmp_path / "cache").digest(str(path)) == hashlib.sha256(b"one").hexdigest()  # persisted
+    assert len(hashed) == 1
+    stat = path.stat()
+    path.write_bytes(b"two")  # same size, and the old modification time put back
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert cache.digest(str(path)) == hashlib.sha256(b"two").hexdigest()
+    assert len(hashed) == 2
+
+
+def test_a_touched_file_is_hashed_again_but_keeps_its_fingerprint(tmp_path, hashed):
+    path = tmp_path / "a.txt"
+    path.write_bytes(b"same")
+    cache = DigestCache(tmp_path / "cache")
+    first = cache.digest(str(path))
+    os.utime(path, ns=(0, 10**9))
+    assert cache.digest(str(path)) == first and len(hashed) == 2
+
+
+def test_an_unwritable_cache_only_costs_hashing_again(tmp_path):
+    blocked = tmp_path / "file-not-folder"
+    blocked.write_text("x")
+    path = tmp_path / "a.txt"
+    path.write_bytes(b"data")
+    assert DigestCache(blocked).digest(str(path)) == hashlib.sha256(b"data").hexdigest()
+
+
+def test_a_checkpoint_fingerprint_covers_names_and_contents(tmp_path):
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"weights")
+    cache = DigestCache(tmp_path / "cache")
+    first = tree_fingerprint(str(folder), cache)
+    (folder / "model.safetensors").rename(folder / "other.safetensors")
+    renamed = tree_fingerprint(str(folder), cache)
+    (folder / "other.safetensors").write_bytes(b"weight2")
+    assert len({first, renamed, tree_fingerprint(str(folder), cache)}) == 3
+    with pytest.raises(FileNotFoundError):
+        tree_fingerprint(str(tmp_path / "empty"), cache)
+
+
+@pytest.mark.integration
+def test_s3_objects_are_fingerprinted_by_etag(s3_root, tmp_path):
+    from pretrace.storage import Storage
+
+    store = Storage(s3_root)
+    store.write_bytes("ckpt/config.json", b"{}")
+    cache = DigestCache(tmp_path / "cache")
+    first = tree_fingerprint(f"{s3_root}/ckpt", cache)
+    store.write_bytes("ckpt/config.json", b"{}")  # rewritten, same bytes: same ETag
+    assert tree_fingerprint(f"{s3_root}/ckpt", cache) == first
+    store.write_bytes("ckpt/config.json", b'{"a": 1}')
+    assert tree_fingerprint(f"{s3_root}/ckpt", cache) != first
+    assert not Path(cache.path).exists()  # nothing was hashed locally
