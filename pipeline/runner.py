@@ -95,5 +95,5 @@ def materialize_pipeline(defs: dg.Definitions, instance: dg.DagsterInstance, *, 
             log(f"materializing {project.graph[name].label(shard)} ({status.state}: {status.reason or 'forced'})")
             dg.materialize(assets, selection=[name], partition_key=shard, instance=instance,
                            resources=defs.resources, run_config=QUIET, tags=tags)
-            project.forget()
+            project.forget(project.graph[name], shard)
     return project

@@ -64,7 +64,7 @@ class Computation:
     def commit(self, outputs: dict[str, Any]) -> Manifest:
         self.check_sources()
         manifest = self.project.store.commit(self.artefact, self.expected, outputs)
-        self.project.forget()
+        self.project.forget(self.artefact, self.shard)
         return manifest
 
     # ------------------------------------------------------------------ the model

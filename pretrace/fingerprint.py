@@ -14,10 +14,13 @@ still hashed again, while an untouched file never is.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
 import tempfile
+import time
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ from .storage import open_fs
 
 CACHE_ENV = "PRETRACE_CACHE_DIR"
 _CHUNK = 1 << 20
+_SAVE_EVERY_S = 5.0
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -51,6 +55,8 @@ class DigestCache:
         default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pretrace"
         self.path = Path(folder or os.environ.get(CACHE_ENV) or default) / "digests.json"
         self._entries: dict[str, list[str]] | None = None
+        self._saved = time.monotonic()
+        self._dirty = False
 
     def _load(self) -> dict[str, list[str]]:
         if self._entries is None:
@@ -72,10 +78,19 @@ class DigestCache:
         if _stat_signature(os.stat(path)) != before:
             raise OSError(f"{path} changed while it was being read; try again once it is complete")
         entries[path] = [before, digest]
-        self._save()
+        if not self._dirty:
+            atexit.register(self.save)  # what the last seconds hashed is kept too (save unregisters it)
+        self._dirty = True
+        if time.monotonic() - self._saved > _SAVE_EVERY_S:
+            self.save()
         return digest
 
-    def _save(self) -> None:
+    def save(self) -> None:
+        """Write new digests (at most every few seconds while hashing many files, and at exit)."""
+        if not self._dirty:
+            return
+        atexit.unregister(self.save)
+        self._saved, self._dirty = time.monotonic(), False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".digests-")
@@ -84,6 +99,13 @@ class DigestCache:
             os.replace(tmp, self.path)
         except OSError:
             pass  # a cache that cannot be written only means hashing again next time
+
+
+@lru_cache(maxsize=None)
+def shared_cache(folder: str | None = None) -> DigestCache:
+    """One cache per folder and process, so that many decisions (automation ticks, runs) share
+    what was read of it and its writes."""
+    return DigestCache(folder)
 
 
 def remote_fingerprint(info: dict[str, Any]) -> str:

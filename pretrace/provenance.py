@@ -16,13 +16,14 @@ Statuses:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Literal
 
 from .config import PretraceConfig
 from .corpus import CorpusFile, list_corpus_files, shard_key
 from .errors import InputError
-from .fingerprint import DigestCache, file_fingerprint, tree_fingerprint
+from .fingerprint import CACHE_ENV, DigestCache, file_fingerprint, shared_cache, tree_fingerprint
 from .layout import SOURCES, Artefact, ArtefactStore, Input, Manifest, artefacts
 from .storage import Storage, open_fs
 
@@ -64,11 +65,12 @@ class Project:
         self.storage = Storage(config.storage)
         self.store = ArtefactStore(self.storage)
         self.graph = artefacts(demo)
-        self.digests = digests or DigestCache()
+        self.digests = digests or shared_cache(os.environ.get(CACHE_ENV))
         self._corpus: dict[str, CorpusFile] | None = None
         self._sources: dict[tuple[str, str | None], str] = {}
         self._manifests: dict[tuple[str, str | None], Manifest | None] = {}
         self._statuses: dict[tuple[str, str | None], Status] = {}
+        self._dependents: dict[tuple[str, str | None], set[tuple[str, str | None]]] = {}
         self._listings: dict[str, dict[str, int]] = {}
 
     # ----------------------------------------------------------------------- the corpus
@@ -141,11 +143,37 @@ class Project:
             self._listings[name] = self.storage.listing(name)
         return self._listings[name]
 
-    def forget(self) -> None:
-        """Drop what was read of storage (after a write); input fingerprints are kept."""
-        self._manifests.clear()
-        self._statuses.clear()
-        self._listings.clear()
+    def forget(self, artefact: Artefact | None = None, shard: str | None = None) -> None:
+        """Drop what was read of storage after a write: everything, or only what one committed
+        artefact partition changed (its manifest, its files' listing entries), so a run over
+        thousands of shards re-reads one partition per write, not the whole root. Input
+        fingerprints are kept."""
+        if artefact is None:
+            self._statuses.clear()
+            self._dependents.clear()
+            self._manifests.clear()
+            self._listings.clear()
+            return
+        self._forget_status((artefact.name, shard))
+        self._manifests.pop((artefact.name, shard), None)
+        listing = self._listings.get(artefact.name)
+        if listing is None:
+            return
+        keys = [artefact.manifest_key(shard), *(artefact.key(f, shard) for f in artefact.files if not f.endswith("/"))]
+        manifest = self.store.manifest(artefact, shard)
+        keys += [f"{artefact.name}/{name}" for name in (manifest.files if manifest else ())]
+        for key in keys:
+            listing.pop(key, None)
+            if self.storage.exists(key):
+                listing[key] = self.storage.size(key)
+
+    def _forget_status(self, key: tuple[str, str | None]) -> None:
+        """Drop a status and every status computed from it (their inputs may have changed)."""
+        pending = [key]
+        while pending:
+            current = pending.pop()
+            self._statuses.pop(current, None)
+            pending.extend(self._dependents.pop(current, ()))
 
     # ----------------------------------------------------------------------- the policy
     def expected(self, artefact: Artefact, shard: str | None = None) -> Manifest:
@@ -153,6 +181,8 @@ class Project:
         inputs: dict[str, str] = {}
         for source in artefact.inputs:
             for s in self._scope(source, shard):
+                if source.name not in SOURCES:
+                    self._dependents.setdefault((source.name, s), set()).add((artefact.name, shard))
                 inputs[self._label(source.name, s)] = self._fingerprint(source.name, s)
         return Manifest(artefact.name, shard, artefact.code_version, settings_of(artefact, self.config), inputs)
 

@@ -26,6 +26,7 @@ def test_digests_are_cached_until_the_file_is_written(tmp_path, hashed):
     path.write_bytes(b"one")
     cache = DigestCache(tmp_path / "cache")
     assert cache.digest(str(path)) == hashlib.sha256(b"one").hexdigest()
+    cache.save()  # (also done every few seconds while hashing, and at exit)
     assert DigestCache(tmp_path / "cache").digest(str(path)) == hashlib.sha256(b"one").hexdigest()  # persisted
     assert len(hashed) == 1
     stat = path.stat()
