@@ -165,7 +165,7 @@ def timings(quick: bool, results: dict) -> None:
         for name, value in figures.items():
             results[name] = value
             print(f"{name}: {value:.4g}", flush=True)
-        del lm, factors, qg, stored, cov
+        lm = factors = qg = stored = cov = None  # free the GPU before the next dtype
         torch.cuda.empty_cache()
 
 
