@@ -42,9 +42,9 @@ def test_new_corpus_file_becomes_a_partition_and_reaches_the_report_once(dropped
 
     def tick_after_the_report():
         tick = dagster_server.latest_tick("corpus_sensor")
-        return tick if tick and tick["timestamp"] > ended else None
+        return tick if tick and tick["timestamp"] > ended and tick["status"] != "STARTED" else None
 
-    tick = wait_for(tick_after_the_report, 60, "a corpus_sensor tick after the report")
+    tick = wait_for(tick_after_the_report, 60, "a finished corpus_sensor tick after the report")
     assert tick["status"] == "SKIPPED"
     assert tick["skipReason"].startswith("no new or changed inputs among"), tick
     assert f"corpus_files[{DROPPED}]" in json.loads(tick["cursor"])
