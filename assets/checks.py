@@ -6,17 +6,18 @@ import dagster as dg
 import numpy as np
 import pyarrow.compute as pc
 
+from pretrace.layout import ArtefactReader
+from pretrace.provenance import Project
 from resources.pretrace import PretraceResource
 
 from .partitions import shard_partitions
 
 
-def _stored(pretrace: PretraceResource, name: str, shard: str | None = None):
+def _stored(project: Project, name: str, shard: str | None = None) -> ArtefactReader | None:
     """The reader of the artefact as committed now, or None when there is none."""
-    project = pretrace.project()
     artefact = project.graph[name]
     manifest = project.manifest(artefact, shard)
-    return project, (project.store.reader(artefact, manifest) if manifest else None)
+    return project.store.reader(artefact, manifest) if manifest else None
 
 
 def _missing(name: str) -> dg.AssetCheckResult:
@@ -26,7 +27,7 @@ def _missing(name: str) -> dg.AssetCheckResult:
 @dg.asset_check(asset="corpus_shards", partitions_def=shard_partitions, blocking=True,
                 description="Every document chunk of a shard has its own id, so every score names one document.")
 def unique_document_ids(context: dg.AssetCheckExecutionContext, pretrace: PretraceResource) -> dg.AssetCheckResult:
-    _, reader = _stored(pretrace, "corpus_shards", context.partition_key)
+    reader = _stored(pretrace.project(), "corpus_shards", context.partition_key)
     if reader is None:
         return _missing("corpus_shards")
     ids = reader.table("{shard}.parquet", ["doc_id"]).column("doc_id")
@@ -37,12 +38,13 @@ def unique_document_ids(context: dg.AssetCheckExecutionContext, pretrace: Pretra
 @dg.asset_check(asset="influence_scores", partitions_def=shard_partitions,
                 description="One finite score per (query, document chunk) of the shard.")
 def scores_complete_and_finite(context: dg.AssetCheckExecutionContext, pretrace: PretraceResource) -> dg.AssetCheckResult:
-    project, reader = _stored(pretrace, "influence_scores", context.partition_key)
+    project = pretrace.project()
+    reader = _stored(project, "influence_scores", context.partition_key)
     if reader is None:
         return _missing("influence_scores")
     scores = reader.table("{shard}.parquet")
-    _, documents = _stored(pretrace, "corpus_shards", context.partition_key)
-    _, query_side = _stored(pretrace, "query_gradients")
+    documents = _stored(project, "corpus_shards", context.partition_key)
+    query_side = _stored(project, "query_gradients")
     n_docs = documents.table("{shard}.parquet", ["doc_id"]).num_rows if documents else -1
     n_queries = query_side.table("queries.parquet", ["id"]).num_rows if query_side else -1
     values = scores.column("score").to_numpy()
@@ -54,7 +56,7 @@ def scores_complete_and_finite(context: dg.AssetCheckExecutionContext, pretrace:
 
 @dg.asset_check(asset="ekfac_factors", description="Damping is positive and finite on every layer.")
 def damping_positive(pretrace: PretraceResource) -> dg.AssetCheckResult:
-    _, reader = _stored(pretrace, "ekfac_factors")
+    reader = _stored(pretrace.project(), "ekfac_factors")
     if reader is None:
         return _missing("ekfac_factors")
     damping = reader.state().damping

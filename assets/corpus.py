@@ -36,7 +36,7 @@ def corpus_shards(context: dg.AssetExecutionContext, pretrace: PretraceResource)
     started = time.monotonic()
     with computing(context, pretrace) as run:
         file = run.project.corpus[run.shard]
-        info = run.model_info()
+        info = run.model_info
         max_length = min(run.project.config.max_length, info["max_context"] or run.project.config.max_length)
         table = tokenize_documents(read_records(file.url), run.tokenizer(), max_length, origin=file.url)
         manifest = run.commit({"{shard}.parquet": table})

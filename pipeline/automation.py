@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
-
 import dagster as dg
 
 from pretrace.errors import PretraceError
@@ -101,13 +99,6 @@ class OutOfDate(dg.AutomationCondition):
             true_subset = candidates if due else context.get_empty_subset()
         # Only what is still out of date is remembered, so the cursor stays small.
         return dg.AutomationResult(context=context, true_subset=true_subset, cursor=json.dumps(pending, sort_keys=True))
-
-
-def with_automation(assets: Sequence, resource: PretraceResource) -> list:
-    """The assets, each materializable one kept current by `OutOfDate`."""
-    condition = OutOfDate(resource)
-    return [dg.map_asset_specs(lambda spec: spec.replace_attributes(automation_condition=condition), [a])[0]
-            if isinstance(a, dg.AssetsDefinition) and a.is_materializable else a for a in assets]
 
 
 def build_automation_sensor(minimum_interval_seconds: int | None = None) -> dg.AutomationConditionSensorDefinition:

@@ -20,7 +20,7 @@ from pretrace.layout import artefacts, canonical_json
 from pretrace.provenance import settings_of
 from resources.pretrace import PretraceResource
 
-from .automation import build_automation_sensor, with_automation
+from .automation import OutOfDate, build_automation_sensor
 from .jobs import JOBS
 from .schedules import build_refresh_schedule
 from .sensors import build_corpus_sensor
@@ -32,18 +32,20 @@ SHARED_ASSETS = [
 ]
 
 
-def with_code_versions(assets: list, config: PretraceConfig, demo: bool) -> list:
-    """Each asset's code version is its artefact's code version plus a digest of the settings
-    its bytes depend on: a changed setting shows in the UI as a changed code version (stale),
-    exactly when the recompute policy calls the artefact stale for it."""
-    table = artefacts(demo)
+def with_policy(assets: list, resource: PretraceResource) -> list:
+    """Every materializable asset as the recompute policy sees it: its code version is its
+    artefact's code version plus a digest of the settings its bytes depend on (a changed setting
+    shows in the UI as a changed code version, stale, exactly when the policy calls the artefact
+    stale for it), and `OutOfDate` keeps it current."""
+    table = artefacts(resource.demo)
+    condition = OutOfDate(resource)
 
-    def version(spec: dg.AssetSpec) -> dg.AssetSpec:
+    def spec_of(spec: dg.AssetSpec) -> dg.AssetSpec:
         artefact = table[spec.key.to_user_string()]
-        digest = hashlib.sha256(canonical_json(settings_of(artefact, config)).encode()).hexdigest()[:8]
-        return spec.replace_attributes(code_version=f"{artefact.code_version}-{digest}")
+        digest = hashlib.sha256(canonical_json(settings_of(artefact, resource.config)).encode()).hexdigest()[:8]
+        return spec.replace_attributes(code_version=f"{artefact.code_version}-{digest}", automation_condition=condition)
 
-    return [dg.map_asset_specs(version, [a])[0] if isinstance(a, dg.AssetsDefinition) and a.is_materializable else a
+    return [dg.map_asset_specs(spec_of, [a])[0] if isinstance(a, dg.AssetsDefinition) and a.is_materializable else a
             for a in assets]
 
 
@@ -51,9 +53,8 @@ def build_definitions(config: PretraceConfig, demo: bool = False) -> dg.Definiti
     """The asset graph of DESIGN.md over one configuration; the demo trains its own model."""
     resource = PretraceResource.from_config(config, demo)
     model_assets = [demo_model] if demo else [checkpoint, user_model]
-    assets = with_code_versions([*SHARED_ASSETS, *model_assets], config, demo)
     return dg.Definitions(
-        assets=with_automation(assets, resource),
+        assets=with_policy([*SHARED_ASSETS, *model_assets], resource),
         asset_checks=CHECKS,
         jobs=JOBS,
         schedules=[build_refresh_schedule()],

@@ -17,6 +17,7 @@ import dagster as dg
 
 from pretrace.errors import NotReady
 from pretrace.provenance import Project
+from pretrace.storage import pid_alive
 from resources.pretrace import PretraceResource
 
 from .sensors import CLEAN_HINT, refresh_inputs
@@ -53,20 +54,10 @@ def fail_dead_runs(instance: dg.DagsterInstance, log: Log) -> None:
     daemon watches in-process runs: without this, the next run would wait for a dead holder)."""
     for run in instance.get_runs(dg.RunsFilter(statuses=ACTIVE, tags={HOST_TAG: socket.gethostname()})):
         pid = int(run.tags.get(PID_TAG, 0))
-        if pid and pid != os.getpid() and not _alive(pid):
+        if pid and pid != os.getpid() and not pid_alive(pid):
             instance.report_run_failed(run, f"its process {pid} is gone (killed or crashed)")
             instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
             log(f"run {run.run_id} was left unfinished by process {pid}; marked failed and its pool slots freed")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def materialize_pipeline(defs: dg.Definitions, instance: dg.DagsterInstance, *, force: bool = False,

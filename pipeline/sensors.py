@@ -24,6 +24,7 @@ import dagster as dg
 from assets.common import seconds_from_env
 from assets.partitions import shard_partitions
 from pretrace.errors import PretraceError
+from pretrace.layout import label
 from pretrace.provenance import Project
 from resources.pretrace import PretraceResource
 
@@ -63,10 +64,6 @@ def _sources(project: Project, demo: bool) -> dict[tuple[dg.AssetKey, str | None
     return found
 
 
-def _label(key: dg.AssetKey, partition: str | None) -> str:
-    return f"{key.to_user_string()}[{partition}]" if partition else key.to_user_string()
-
-
 def _last_observed(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str | None) -> str | None:
     records = instance.fetch_observations(
         dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition else None), limit=1).records
@@ -84,11 +81,11 @@ def refresh_inputs(instance: dg.DagsterInstance, resource: PretraceResource,
     if refresh.new:
         instance.add_dynamic_partitions(shard_partitions.name, refresh.new)
     for (key, partition), fingerprint in _sources(project, resource.demo).items():
-        label = _label(key, partition)
-        refresh.fingerprints[label] = fingerprint
-        before = known.get(label) if known is not None else _last_observed(instance, key, partition)
+        name = label(key.to_user_string(), partition)
+        refresh.fingerprints[name] = fingerprint
+        before = known.get(name) if known is not None else _last_observed(instance, key, partition)
         if before != fingerprint:
-            refresh.observed.append(label)
+            refresh.observed.append(name)
             instance.report_runless_asset_event(dg.AssetObservation(
                 key, partition=partition, tags={"dagster/data_version": fingerprint}))
     return refresh

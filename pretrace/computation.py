@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from .errors import ConcurrentChange, InputError, NotReady
-from .layout import SOURCES, Artefact, ArtefactReader, Manifest
+from .layout import SOURCES, Artefact, ArtefactReader, Manifest, parse_label
 from .model import LoadedModel, load_model, load_tokenizer
 from .provenance import Project
 
@@ -37,13 +38,20 @@ class Computation:
             raise NotReady(f"{self.artefact.label(shard)} cannot be computed yet: {status.reason}; "
                            "materialize its inputs first (`pretrace run` does everything in order)")
         self.expected: Manifest = status.expected
+        self._readers: dict[tuple[str, str | None], ArtefactReader] = {}
 
     @property
     def label(self) -> str:
         return self.artefact.label(self.shard)
 
     def reader(self, name: str, shard: str | None = None) -> ArtefactReader:
-        """The input artefact ``name`` (of ``shard``), as the expected manifest names it."""
+        """The input artefact ``name`` (of ``shard``), as the expected manifest names it; its
+        manifest is checked once, its files on every read."""
+        if (name, shard) not in self._readers:
+            self._readers[(name, shard)] = self._open(name, shard)
+        return self._readers[(name, shard)]
+
+    def _open(self, name: str, shard: str | None) -> ArtefactReader:
         upstream = self.project.graph[name]
         label = upstream.label(shard)
         manifest = self.project.store.manifest(upstream, shard)
@@ -57,8 +65,8 @@ class Computation:
     def check_sources(self) -> None:
         """After reading the user's files: each still has the fingerprint the manifest records."""
         for label, fingerprint in self.expected.inputs.items():
-            name, _, shard = label.partition("[")
-            if name in SOURCES and self.project.fingerprint_source(name, shard.rstrip("]") or None) != fingerprint:
+            name, shard = parse_label(label)
+            if name in SOURCES and self.project.fingerprint_source(name, shard) != fingerprint:
                 raise ConcurrentChange(f"{label} changed while {self.label} was being computed from it; rerun")
 
     def commit(self, outputs: dict[str, Any]) -> Manifest:
@@ -78,11 +86,13 @@ class Computation:
                 yield str(folder)
             return
         yield self.project.config.model
-        if self.project.fingerprint_source("checkpoint") != reader.json("model.json")["fingerprint"]:
+        if self.project.fingerprint_source("checkpoint") != self.model_info["fingerprint"]:
             raise ConcurrentChange(f"the checkpoint {self.project.config.model} changed while {self.label} "
                                    "was loading it; rerun")
 
+    @cached_property
     def model_info(self) -> dict[str, Any]:
+        """What the `model` artefact records: fingerprint, architecture, context, tracked layers."""
         return self.reader("model").json("model.json")
 
     def tokenizer(self) -> Any:

@@ -24,20 +24,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .storage import open_fs
+from .storage import open_fs, sha256_file
 
 CACHE_ENV = "PRETRACE_CACHE_DIR"
-_CHUNK = 1 << 20
 _SAVE_EVERY_S = 5.0
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a local file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def cache_folder(folder: str | os.PathLike | None = None) -> Path:
+    """pretrace's local cache: ``folder``, else $PRETRACE_CACHE_DIR, else ~/.cache/pretrace."""
+    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pretrace"
+    return Path(folder or os.environ.get(CACHE_ENV) or default)
 
 
 def _stat_signature(stat: os.stat_result) -> str:
@@ -52,8 +48,7 @@ class DigestCache:
     """
 
     def __init__(self, folder: str | os.PathLike | None = None) -> None:
-        default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pretrace"
-        self.path = Path(folder or os.environ.get(CACHE_ENV) or default) / "digests.json"
+        self.path = cache_folder(folder) / "digests.json"
         self._entries: dict[str, list[str]] | None = None
         self._saved = time.monotonic()
         self._dirty = False
@@ -102,10 +97,14 @@ class DigestCache:
 
 
 @lru_cache(maxsize=None)
-def shared_cache(folder: str | None = None) -> DigestCache:
-    """One cache per folder and process, so that many decisions (automation ticks, runs) share
-    what was read of it and its writes."""
+def _shared(folder: Path) -> DigestCache:
     return DigestCache(folder)
+
+
+def shared_cache() -> DigestCache:
+    """The process's cache of the current cache folder, so that many decisions (automation
+    ticks, runs) share what was read of it and its writes."""
+    return _shared(cache_folder())
 
 
 def remote_fingerprint(info: dict[str, Any]) -> str:

@@ -43,6 +43,17 @@ MANIFEST_FORMAT = 1
 Scope = Literal["shard", "one", "fit_shards", "all_shards"]
 
 
+def label(name: str, shard: str | None = None) -> str:
+    """How manifests, statuses and logs name an artefact or input partition: ``name[shard]``."""
+    return f"{name}[{shard}]" if shard is not None else name
+
+
+def parse_label(text: str) -> tuple[str, str | None]:
+    """(name, shard) of a `label` (shard keys never hold brackets: `pretrace.corpus.shard_key`)."""
+    name, _, shard = text.partition("[")
+    return name, shard.removesuffix("]") or None
+
+
 @dataclass(frozen=True)
 class Input:
     """Something an artefact is computed from: another artefact, or one of the user's inputs
@@ -73,7 +84,7 @@ class Artefact:
         return f"{self.name}/{shard}.manifest.json" if self.per_shard else f"{self.name}/manifest.json"
 
     def label(self, shard: str | None = None) -> str:
-        return f"{self.name}[{shard}]" if self.per_shard else self.name
+        return label(self.name, shard if self.per_shard else None)
 
 
 SOURCES = ("corpus_file", "checkpoint", "query_file")
@@ -286,10 +297,6 @@ class ArtefactReader:
     def json(self, file: str) -> Any:
         with self.path(file) as path:
             return json.loads(Path(path).read_bytes())
-
-    def bytes(self, file: str) -> bytes:
-        with self.path(file) as path:
-            return Path(path).read_bytes()
 
     @contextmanager
     def folder(self, prefix: str) -> Iterator[Path]:

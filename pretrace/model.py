@@ -181,16 +181,16 @@ def _local_checkpoint(path: str) -> Path:
         if not local.is_dir():
             raise InputError(f"model: {path} is not a directory; give a checkpoint saved with save_pretrained")
         return local
-    from .fingerprint import DigestCache, tree_fingerprint
+    from .fingerprint import cache_folder, shared_cache, tree_fingerprint
     from .storage import open_fs
 
     try:
-        fingerprint = tree_fingerprint(path, DigestCache())
+        fingerprint = tree_fingerprint(path, shared_cache())
     except FileNotFoundError:
         raise InputError(f"model: no files under {path}; upload a save_pretrained directory") from None
     except Exception as exc:  # network, credentials, missing bucket
         raise InputError(f"model: could not list {path}: {exc}") from exc
-    root = DigestCache().path.parent / "models"
+    root = cache_folder() / "models"
     cache = root / hashlib.sha256(f"{path}\n{fingerprint}".encode()).hexdigest()[:16]
     if not (cache / "config.json").exists():
         fs, remote = open_fs(path)

@@ -16,15 +16,15 @@ Statuses:
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 from .config import PretraceConfig
 from .corpus import CorpusFile, list_corpus_files, shard_key
 from .errors import InputError
-from .fingerprint import CACHE_ENV, DigestCache, file_fingerprint, shared_cache, tree_fingerprint
-from .layout import SOURCES, Artefact, ArtefactStore, Input, Manifest, artefacts
+from .fingerprint import DigestCache, file_fingerprint, shared_cache, tree_fingerprint
+from .layout import SOURCES, Artefact, ArtefactStore, Input, Manifest, artefacts, label
 from .storage import Storage, open_fs
 
 State = Literal["current", "missing", "stale", "waiting"]
@@ -65,7 +65,9 @@ class Project:
         self.storage = Storage(config.storage)
         self.store = ArtefactStore(self.storage)
         self.graph = artefacts(demo)
-        self.digests = digests or shared_cache(os.environ.get(CACHE_ENV))
+        self._settings = config.model_dump(mode="json")
+        self._fitted = {i.name for a in self.graph.values() for i in a.inputs if i.scope == "fit_shards"}
+        self.digests = digests or shared_cache()
         self._corpus: dict[str, CorpusFile] | None = None
         self._sources: dict[tuple[str, str | None], str] = {}
         self._manifests: dict[tuple[str, str | None], Manifest | None] = {}
@@ -82,11 +84,11 @@ class Project:
             self._corpus = {shard_key(f.name): f for f in files}
         return self._corpus
 
-    @property
+    @cached_property
     def shards(self) -> list[str]:
         return sorted(self.corpus)
 
-    @property
+    @cached_property
     def fit_shards(self) -> list[str]:
         """The shards EK-FAC factors are fitted on: `fit_shards`, or every current shard."""
         if self.config.fit_shards == "all":
@@ -103,8 +105,7 @@ class Project:
         """The partitions an artefact should have: every shard, the fit shards, or the one."""
         if not artefact.per_shard:
             return [None]
-        fitted = any(i.scope == "fit_shards" and i.name == artefact.name for a in self.graph.values() for i in a.inputs)
-        return list(self.fit_shards if fitted else self.shards)
+        return list(self.fit_shards if artefact.name in self._fitted else self.shards)
 
     # ----------------------------------------------------------------------- inputs
     def source(self, name: str, shard: str | None = None) -> str:
@@ -163,9 +164,10 @@ class Project:
         manifest = self.store.manifest(artefact, shard)
         keys += [f"{artefact.name}/{name}" for name in (manifest.files if manifest else ())]
         for key in keys:
-            listing.pop(key, None)
-            if self.storage.exists(key):
+            try:
                 listing[key] = self.storage.size(key)
+            except FileNotFoundError:
+                listing.pop(key, None)
 
     def _forget_status(self, key: tuple[str, str | None]) -> None:
         """Drop a status and every status computed from it (their inputs may have changed)."""
@@ -183,15 +185,11 @@ class Project:
             for s in self._scope(source, shard):
                 if source.name not in SOURCES:
                     self._dependents.setdefault((source.name, s), set()).add((artefact.name, shard))
-                inputs[self._label(source.name, s)] = self._fingerprint(source.name, s)
-        return Manifest(artefact.name, shard, artefact.code_version, settings_of(artefact, self.config), inputs)
+                inputs[label(source.name, s)] = self._fingerprint(source.name, s)
+        return Manifest(artefact.name, shard, artefact.code_version, _pick(artefact, self._settings), inputs)
 
     def _scope(self, source: Input, shard: str | None) -> list[str | None]:
         return {"shard": [shard], "one": [None], "fit_shards": self.fit_shards, "all_shards": self.shards}[source.scope]
-
-    @staticmethod
-    def _label(name: str, shard: str | None) -> str:
-        return f"{name}[{shard}]" if shard is not None else name
 
     def _fingerprint(self, name: str, shard: str | None) -> str:
         if name in SOURCES:
@@ -242,8 +240,11 @@ class Project:
 
 def settings_of(artefact: Artefact, config: PretraceConfig) -> dict:
     """The configuration keys an artefact's bytes depend on, as stored in its manifest."""
-    values = config.model_dump(mode="json")
-    return {key: values[key] for key in artefact.config}
+    return _pick(artefact, config.model_dump(mode="json"))
+
+
+def _pick(artefact: Artefact, settings: dict) -> dict:
+    return {key: settings[key] for key in artefact.config}
 
 
 def describe_difference(stored: Manifest, expected: Manifest) -> str:

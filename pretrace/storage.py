@@ -65,7 +65,8 @@ def _writer_tag() -> str:
     return f"{_HOST}.{os.getpid()}."
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this machine still runs (someone else's counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -80,17 +81,22 @@ def _is_leftover(name: str, age_s: float) -> bool:
     parts = name.split(".")
     for host, pid in zip(parts, parts[1:]):
         if host == _HOST and pid.isdigit():
-            return not _pid_alive(int(pid))
+            return not pid_alive(int(pid))
     return age_s > STALE_TEMPORARY_S
 
 
-def file_digest(path: str) -> dict[str, object]:
-    """What a manifest records of a written file: SHA-256 and size."""
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a local file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    return {"sha256": digest.hexdigest(), "bytes": os.path.getsize(path)}
+    return digest.hexdigest()
+
+
+def file_digest(path: str) -> dict[str, object]:
+    """What a manifest records of a written file: SHA-256 and size."""
+    return {"sha256": sha256_file(path), "bytes": os.path.getsize(path)}
 
 
 def _is_s3(url: str) -> bool:
@@ -163,13 +169,7 @@ class Storage:
 
     def list(self, prefix: str = "") -> list[str]:
         """Keys of all objects under the folder ``prefix``: recursive, sorted, no temp files."""
-        base = self._path(prefix) if prefix else self._root
-        start = len(self._root) + 1
-        return sorted(
-            p[start:]
-            for p in self.fs.find(base)
-            if not p.rsplit("/", 1)[-1].startswith(_TMP_PREFIX)
-        )
+        return sorted(self.listing(prefix))
 
     def delete(self, key: str) -> None:
         """Remove ``key``; a missing key is not an error, so deletes can be retried."""

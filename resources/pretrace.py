@@ -17,7 +17,6 @@ from pydantic import Field
 
 from pretrace.config import DESCRIPTIONS, PretraceConfig, parse_config
 from pretrace.provenance import Project
-from pretrace.storage import Storage
 
 _DEFAULTS = PretraceConfig()
 
@@ -80,9 +79,6 @@ class PretraceResource(dg.ConfigurableResource):
     def project(self) -> Project:
         """A fresh view of the storage root and inputs, for one decision or one computation."""
         return Project(self.config, demo=self.demo)
-
-    def open_storage(self) -> Storage:
-        return Storage(self.config.storage)
 
 
 @lru_cache(maxsize=8)
