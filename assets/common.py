@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +23,9 @@ GPU_POOL = "gpu"
 # What every GPU-heavy asset declares: the concurrency pool, and a GPU for its pod on Kubernetes.
 GPU_ASSET = {"pool": GPU_POOL, "op_tags": GPU_OP_TAGS}
 PROGRESS_INTERVAL_ENV = "PRETRACE_PROGRESS_INTERVAL_S"
+PROGRESS_LOGGER = "pretrace.progress"
+"""Progress lines also go to this Python logger, which `pretrace run` prints while Dagster's
+console logger is off (in `dagster dev` it has no handler and stays silent)."""
 # Transient failures (an S3 hiccup, an OOM-killed worker's retry) get two more tries; errors in
 # the user's input or settings are dg.Failures that are never retried.
 RETRY = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)
@@ -58,9 +62,15 @@ def progress_logger(context: dg.AssetExecutionContext, total: int, what: str) ->
         state["logged"] = now
         rate = state["done"] / max(now - start, 1e-9)
         eta = (total - state["done"]) / rate if rate > 0 else float("inf")
-        context.log.info(f"{what}: {state['done']}/{total} ({rate:.1f}/s, ETA {eta:.0f} s)")
+        say(context, f"{what}: {state['done']}/{total} ({rate:.1f}/s, ETA {eta:.0f} s)")
 
     return advance
+
+
+def say(context: dg.AssetExecutionContext, message: str, level: int = logging.INFO) -> None:
+    """Log to the run (the UI) and to the progress logger (the CLI)."""
+    context.log.log(level, message)
+    logging.getLogger(PROGRESS_LOGGER).log(level, message)
 
 
 @contextmanager

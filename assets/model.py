@@ -15,7 +15,7 @@ from pretrace.computation import model_description
 from pretrace.fingerprint import tree_fingerprint
 from resources.pretrace import PretraceResource
 
-from .common import GPU_ASSET, computing, materialized
+from .common import GPU_ASSET, computing, materialized, say
 from .corpus import corpus_files
 
 CHECKPOINT_DESCRIPTION = "The user's Hugging Face checkpoint (`model:`), versioned by the content of its files."
@@ -43,7 +43,7 @@ def user_model(context: dg.AssetExecutionContext, pretrace: PretraceResource) ->
     started = time.monotonic()
     with computing(context, pretrace) as run:
         config = run.project.config
-        info = model_description(config.model, run.expected.inputs["checkpoint"], config.layers, config.trust_remote_code)
+        info = model_description(config.model, run.expected.inputs["checkpoint"], config.layers, **config.loading)
         manifest = run.commit({"model.json": info})
     return materialized(run, manifest, started, checkpoint=config.model, **_metadata(info))
 
@@ -61,14 +61,14 @@ def demo_model(context: dg.AssetExecutionContext, pretrace: PretraceResource) ->
 
         def progress(step: int, total: int) -> None:
             if step % 25 == 0 or step == total:
-                context.log.info(f"training the demo model: step {step}/{total}")
+                say(context, f"training the demo model: step {step}/{total}")
 
         training = train_demo_model(files, out, max_length=min(config.max_length, 256), seed=config.seed,
                                     progress=progress)
-        info = model_description(out, tree_fingerprint(str(out), run.project.digests), config.layers, False)
+        info = model_description(out, tree_fingerprint(str(out), run.project.digests), config.layers)
         outputs = {f"checkpoint/{f.name}": f for f in sorted(out.iterdir())}
         manifest = run.commit({**outputs, "model.json": info})
-    context.log.info(f"trained {training['steps']} steps; loss {training['initial_loss']:.2f} -> "
+    say(context, f"trained {training['steps']} steps; loss {training['initial_loss']:.2f} -> "
                      f"{training['final_loss']:.2f}")
     return materialized(run, manifest, started, training_steps=training["steps"],
                         final_loss=training["final_loss"], **_metadata(info))

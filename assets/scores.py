@@ -35,10 +35,10 @@ def influence_scores(context: dg.AssetExecutionContext, pretrace: PretraceResour
         documents = run.reader("corpus_shards", run.shard).table("{shard}.parquet", ["doc_id", "source", "text"])
         query_table = query_side.table("queries.parquet", ["id", "answer", "intermediates"])
         statistics, top = summarize_shard(queries.ids, docs.ids, scores, documents, query_table,
-                                          k=run.project.config.top_k)
+                                          k=run.project.config.top_k, shard=run.shard)
         manifest = run.commit({"{shard}.parquet": table, "{shard}.stats.safetensors": statistics,
                                "{shard}.top.parquet": top})
     best = top.filter(pc.equal(top.column("rank"), 1))
     return materialized(run, manifest, started, queries=len(queries.ids), documents=len(docs.ids),
-                        top_documents=table_preview(best, ["query_id", "side", "doc_id", "score"], rows=20),
+                        top_documents=table_preview(best, ["query_id", "side", "doc_id", "shard", "score"], rows=20),
                         **{"dagster/row_count": table.num_rows})

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import signal
 import subprocess
 import sys
 import time
+import traceback
 import warnings
 from collections.abc import MutableMapping
 from pathlib import Path
@@ -17,6 +20,8 @@ import yaml
 from pretrace.config import load_config
 from pretrace.errors import PretraceError
 
+from assets.common import PROGRESS_LOGGER
+
 from .settings import CONFIG_ENV, DEMO_DIR_ENV, LOCAL_INSTANCE, demo_config
 
 DAGSTER_HOME_DIR = ".dagster_home"
@@ -25,12 +30,16 @@ DAGSTER_HOME_DIR = ".dagster_home"
 def _dagster_home(env: MutableMapping[str, str]) -> Path:
     """$DAGSTER_HOME (./.dagster_home unless set), created with a dagster.yaml (LOCAL_INSTANCE)
     when it has none: one persistent instance, so `pretrace ui` shows the runs of
-    `pretrace demo|run` and their metadata."""
+    `pretrace demo|run` and their metadata. Telemetry stays off unless the user's dagster.yaml
+    turns it on."""
     home = Path(env.setdefault("DAGSTER_HOME", str(Path(DAGSTER_HOME_DIR).absolute())))
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
         config.write_text(yaml.safe_dump(LOCAL_INSTANCE, sort_keys=False))
+    elif "telemetry" not in (yaml.safe_load(config.read_text()) or {}):
+        with config.open("a") as f:  # appended, so the user's comments and layout stay
+            f.write("\n" + yaml.safe_dump({"telemetry": LOCAL_INSTANCE["telemetry"]}))
     return home
 
 
@@ -39,17 +48,22 @@ def _instance() -> dg.DagsterInstance:
     return dg.DagsterInstance.get()
 
 
+def _say(message: str) -> None:
+    print(f"[pretrace] {message}", flush=True)
+
+
 def _run(defs: dg.Definitions, force: bool) -> None:
     from .runner import materialize_pipeline
 
     started = time.monotonic()
+    _check_inputs(defs, load_weights=False)
     ran: list[str] = []
 
     def log(message: str) -> None:
         ran.append(message)
-        print(f"[pretrace] {message}", flush=True)
+        _say(message)
 
-    project = materialize_pipeline(defs, _instance(), force=force, log=log)
+    project = materialize_pipeline(defs, _instance(), force=force, log=log, console_level="CRITICAL")
     storage = project.storage.root
     work = sum(m.startswith("materializing") for m in ran)
     print(f"\n[pretrace] done in {time.monotonic() - started:.0f} s: {work} artefact(s) computed, "
@@ -57,6 +71,14 @@ def _run(defs: dg.Definitions, force: bool) -> None:
     print(f"[pretrace] scores:  {storage}/influence_scores/<shard>.parquet  (query_id, doc_id, score)")
     print(f"[pretrace] report:  {storage}/influence_report/report.html")
     print("[pretrace] browse the runs and metadata with: pretrace ui")
+
+
+def _check_inputs(defs: dg.Definitions, *, load_weights: bool) -> None:
+    """Every input problem at once, before any artefact is computed (pretrace.preflight)."""
+    from pretrace.preflight import preflight
+
+    for warning in preflight(defs.resources["pretrace"].project(), load_weights=load_weights, progress=_say):
+        _say(f"warning: {warning}")
 
 
 def _definitions(args: argparse.Namespace) -> dg.Definitions:
@@ -82,6 +104,12 @@ def demo(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> None:
     _run(_definitions(args), force=args.force)
+
+
+def check(args: argparse.Namespace) -> None:
+    """Validate the config, checkpoint (weights included), queries and every corpus file; compute nothing."""
+    _check_inputs(_definitions(args), load_weights=True)
+    _say("every input is usable; nothing was computed")
 
 
 def status(args: argparse.Namespace) -> None:
@@ -126,7 +154,36 @@ def ui(args: argparse.Namespace) -> None:
         env[CONFIG_ENV] = str(Path(args.config).absolute())
     env.setdefault(DEMO_DIR_ENV, str(Path(".").absolute()))
     command = [sys.executable, "-m", "dagster", "dev", "-m", "pipeline.definitions", "-h", args.host, "-p", str(args.port)]
-    raise SystemExit(subprocess.call(command, env=env))
+    raise SystemExit(run_process_group(command, env))
+
+
+def run_process_group(command: list[str], env: dict[str, str], grace_s: float = 20.0) -> int:
+    """Run a command that starts children (dagster dev: webserver, daemon, code server) in its
+    own process group, and on SIGINT or SIGTERM stop the whole group, not only its leader: what
+    the terminal's Ctrl-C does, for a supervisor's SIGTERM too."""
+    process = subprocess.Popen(command, env=env, start_new_session=True)
+
+    def stop(signum: int, _frame: object) -> None:
+        _signal_group(process.pid, signal.SIGTERM if signum == signal.SIGTERM else signal.SIGINT)
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+        _signal_group(process.pid, signal.SIGKILL)
+        raise SystemExit(128 + signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
+    code = process.wait()
+    _signal_group(process.pid, signal.SIGTERM)  # children the leader left behind
+    return code
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        pass
 
 
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
@@ -135,10 +192,6 @@ def _demo_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    # pretrace relies on Dagster features marked beta/preview on purpose; their warnings would
-    # bury the output a user reads.
-    warnings.filterwarnings("ignore", category=dg.BetaWarning)
-    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
     parser = argparse.ArgumentParser(prog="pretrace", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("demo", help="build the demo corpus, train a tiny model, compute influence")
@@ -149,6 +202,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--config", required=True, help="pretrace.yaml")
     p.add_argument("--force", action="store_true", help="recompute every artefact, current or not")
     p.set_defaults(func=run)
+    p = commands.add_parser("check", help="check the config, checkpoint, queries and corpus files; compute nothing")
+    p.add_argument("--config", help="pretrace.yaml (default: the demo)")
+    _demo_arguments(p)
+    p.set_defaults(func=check)
     p = commands.add_parser("status", help="which artefacts are current, missing or stale, and why")
     p.add_argument("--config", help="pretrace.yaml (default: the demo)")
     p.add_argument("--all", action="store_true", help="list current artefacts too")
@@ -164,13 +221,44 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int, default=3000)
     p.set_defaults(func=ui)
     args = parser.parse_args(argv)
+    _quiet_libraries()
     try:
         args.func(args)
     except Exception as exc:
+        trace = _save_trace(exc)
         cause = _user_error(exc)
         if cause is None:
-            raise
-        raise SystemExit(f"pretrace: {cause}") from None
+            cause = f"unexpected {type(exc).__name__}: {exc} (a bug; please report it with the trace)"
+        print(f"[pretrace] the full trace is in {trace}", file=sys.stderr)
+        raise SystemExit("\n".join(f"pretrace: {line}" for line in cause.splitlines())) from None
+
+
+def _quiet_libraries() -> None:
+    """The terminal shows pretrace's own progress: no Dagster beta warnings, no transformers
+    progress bars or advice meant for its own API."""
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
+    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    progress = logging.getLogger(PROGRESS_LOGGER)
+    if not progress.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("[pretrace]   %(message)s"))
+        progress.addHandler(handler)
+        progress.setLevel(logging.INFO)
+        progress.propagate = False
+
+
+def _save_trace(exc: BaseException) -> Path:
+    """The whole stack (Dagster's step error and its causes) in a log file under $DAGSTER_HOME."""
+    folder = _dagster_home(os.environ) / "logs"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"pretrace-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    path.write_text("".join(traceback.format_exception(exc)))
+    return path
 
 
 def _user_error(exc: BaseException | None) -> str | None:

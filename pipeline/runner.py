@@ -23,8 +23,12 @@ from resources.pretrace import PretraceResource
 from .sensors import CLEAN_HINT, refresh_inputs
 
 Log = Callable[[str], None]
-# Dagster's console logger defaults to DEBUG (every step event); the assets' own progress is INFO.
-QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+
+
+def logging_config(console_level: str = "INFO") -> dict:
+    """Run config showing ``console_level`` and above on Dagster's console logger (its default,
+    DEBUG, is every step event)."""
+    return {"loggers": {"console": {"config": {"log_level": console_level}}}}
 HOST_TAG, PID_TAG = "pretrace/host", "pretrace/pid"
 ACTIVE = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 
@@ -61,8 +65,13 @@ def fail_dead_runs(instance: dg.DagsterInstance, log: Log) -> None:
 
 
 def materialize_pipeline(defs: dg.Definitions, instance: dg.DagsterInstance, *, force: bool = False,
-                         log: Log = print) -> Project:
-    """Materialize every missing or stale artefact partition (every one with ``force``)."""
+                         log: Log = print, console_level: str = "INFO") -> Project:
+    """Materialize every missing or stale artefact partition (every one with ``force``).
+
+    The CLI turns Dagster's console logger off (``console_level``) and shows the assets'
+    progress logger instead, so that a failure ends with one line, not a step's stack.
+    """
+    run_config = logging_config(console_level)
     resource: PretraceResource = defs.resources["pretrace"]
     project = resource.project()
     project.storage.check_writable()  # fail before any work, not after an hour
@@ -85,6 +94,6 @@ def materialize_pipeline(defs: dg.Definitions, instance: dg.DagsterInstance, *, 
                 raise NotReady(f"{project.graph[name].label(shard)} cannot be computed: {status.reason}")
             log(f"materializing {project.graph[name].label(shard)} ({status.state}: {status.reason or 'forced'})")
             dg.materialize(assets, selection=[name], partition_key=shard, instance=instance,
-                           resources=defs.resources, run_config=QUIET, tags=tags)
+                           resources=defs.resources, run_config=run_config, tags=tags)
             project.forget(project.graph[name], shard)
     return project

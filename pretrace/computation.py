@@ -103,18 +103,18 @@ class Computation:
         """The model under study, loaded once per process for its fingerprint and settings."""
         config = self.project.config
         key = (self.reader("model").manifest.fingerprint, tuple(config.layers), config.device, config.dtype,
-               config.trust_remote_code)
+               tuple(config.loading.items()))
         if key not in _MODELS:
             _MODELS.clear()
             with self.checkpoint() as path:
                 _MODELS[key] = load_model(path, layers=config.layers, device=config.device, dtype=config.dtype,
-                                          trust_remote_code=config.trust_remote_code)
+                                          **config.loading)
         return _MODELS[key]
 
 
-def model_description(path: str | Path, fingerprint: str, layers: list[str], trust_remote_code: bool) -> dict[str, Any]:
+def model_description(path: str | Path, fingerprint: str, layers: list[str], **loading: bool) -> dict[str, Any]:
     """What the `model` artefact records of a checkpoint (loaded on the CPU to validate it)."""
-    lm = load_model(str(path), layers=layers, device="cpu", trust_remote_code=trust_remote_code)
+    lm = load_model(str(path), layers=layers, device="cpu", **loading)
     return {
         "fingerprint": fingerprint,
         "architecture": type(lm.model).__name__,

@@ -98,6 +98,7 @@ DESCRIPTIONS = {
     "device": "'auto' (a GPU when present), 'cpu' or 'cuda'.",
     "dtype": "Model compute dtype: 'float32', 'bfloat16' or 'float16' (sums stay in float32).",
     "trust_remote_code": "Run the checkpoint's own Python code (only for checkpoints you trust).",
+    "allow_pickle": "Load a checkpoint whose weights are only pickles (.bin), which can run code: trusted files only.",
     "seed": "Seed of sampled Fisher labels, projections and the report's bootstrap.",
     "top_k": "Top and bottom documents kept per query and shard for the report.",
 }
@@ -124,6 +125,7 @@ class PretraceConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     trust_remote_code: bool = False
+    allow_pickle: bool = False
     seed: StrictInt = Field(default=0, ge=0)
     top_k: StrictInt = Field(default=50, gt=0)
 
@@ -158,6 +160,11 @@ class PretraceConfig(BaseModel):
         if value != "all" and not names:
             raise ValueError('must be "all" or a non-empty list of shard names')
         return value
+
+    @property
+    def loading(self) -> dict[str, bool]:
+        """The options every load of the checkpoint takes (`pretrace.model.load_model`)."""
+        return {"trust_remote_code": self.trust_remote_code, "allow_pickle": self.allow_pickle}
 
     def resolve_paths(self, base_dir: str | os.PathLike) -> PretraceConfig:
         """A copy whose relative local paths are made absolute against ``base_dir``; URLs stay."""

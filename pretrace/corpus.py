@@ -2,7 +2,10 @@
 
 A corpus is a folder (or S3 prefix) of ``.jsonl``, ``.jsonl.gz`` or ``.parquet`` files of
 Dolma-style records ``{"id", "text", "source", ...}``; each file becomes one shard partition.
-Bad input fails here, with the file and line, before any model work starts.
+``.ndjson`` (``.ndjson.gz``) is the same format under another name and is read too; suffixes
+match in any case (``.JSONL``). Symbolic links to files are followed. Every other entry of the
+folder except hidden files is listed as skipped, with the reason, so nothing is left out
+silently. Bad input fails here, with the file and line, before any model work starts.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
@@ -26,7 +30,7 @@ from pretrace.errors import InputError
 from pretrace.fingerprint import DigestCache, file_fingerprint
 from pretrace.storage import open_fs
 
-CORPUS_SUFFIXES = (".jsonl.gz", ".jsonl", ".parquet")
+CORPUS_SUFFIXES = (".jsonl.gz", ".ndjson.gz", ".jsonl", ".ndjson", ".parquet")
 
 SHARD_SCHEMA = pa.schema(
     [
@@ -62,12 +66,33 @@ class CorpusFile:
         return file_fingerprint(None, {"ETag": self.etag, "size": self.size, "name": self.url}, cache)
 
 
+@dataclass(frozen=True)
+class CorpusListing:
+    """The corpus files of a folder, and every other entry with why it is not read."""
+
+    files: list[CorpusFile]
+    skipped: list[str]  # "<name>: <reason and fix>"
+
+
 def _suffix(name: str) -> str | None:
-    return next((s for s in CORPUS_SUFFIXES if name.endswith(s)), None)
+    lower = name.lower()
+    return next((s for s in CORPUS_SUFFIXES if lower.endswith(s)), None)
 
 
-def list_corpus_files(root_url: str) -> list[CorpusFile]:
-    """The corpus files directly inside ``root_url``, sorted by name; other files are ignored."""
+def _skip_reason(entry: dict[str, Any], name: str, fs: Any) -> str | None:
+    """Why a folder entry is not a corpus file (None if it is one)."""
+    if entry["type"] == "directory":
+        return "a folder; corpus files must lie directly in the corpus folder"
+    if entry.get("islink") and not fs.isfile(entry["name"]):
+        return f"a symbolic link to {entry.get('destination')}, which is not a file"
+    if _suffix(name) is None:
+        return ("not a corpus file; convert it to .jsonl (one JSON object per line), .jsonl.gz or "
+                ".parquet, or move it out of the corpus folder")
+    return None
+
+
+def list_corpus_files(root_url: str) -> CorpusListing:
+    """The corpus files directly inside ``root_url``, sorted by name, and the skipped entries."""
     fs, path = open_fs(root_url)
     try:
         is_dir = fs.isdir(path)
@@ -83,20 +108,24 @@ def list_corpus_files(root_url: str) -> list[CorpusFile]:
             ".parquet files"
         )
     local = isinstance(fs, LocalFileSystem)
-    files = []
+    files, skipped = [], []
     for entry in fs.ls(path, detail=True):
         name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
-        if entry["type"] != "file" or name.startswith(".") or _suffix(name) is None:
+        if name.startswith("."):
+            continue
+        reason = _skip_reason(entry, name, fs)
+        if reason:
+            skipped.append(f"{name}: {reason}")
             continue
         files.append(
             CorpusFile(
                 name=name,
                 url=entry["name"] if local else fs.unstrip_protocol(entry["name"]),
-                size=int(entry["size"]),
+                size=int(fs.size(entry["name"]) if entry.get("islink") else entry["size"]),
                 etag=None if local else str(entry["ETag"]).strip('"'),
             )
         )
-    return sorted(files, key=lambda f: f.name)
+    return CorpusListing(sorted(files, key=lambda f: f.name), sorted(skipped))
 
 
 def shard_key(file_name: str) -> str:
@@ -127,7 +156,7 @@ def read_records(url: str) -> Iterator[dict[str, Any]]:
     name = url.rstrip("/").rsplit("/", 1)[-1]
     suffix = _suffix(name)
     if suffix is None:
-        raise InputError(f"{url}: not a corpus file; use .jsonl, .jsonl.gz or .parquet")
+        raise InputError(f"{url}: not a corpus file; use .jsonl, .jsonl.gz, .ndjson or .parquet")
     unit, rows = ("row", _parquet_rows(url)) if suffix == ".parquet" else ("line", jsonl_rows(url))
     first_seen: dict[str, int] = {}
     for number, raw in rows:
@@ -147,7 +176,7 @@ def jsonl_rows(url: str) -> Iterator[tuple[int, Any]]:
     """(line number, parsed JSON) of a .jsonl or .jsonl.gz file; blank lines are skipped."""
     fs, path = open_fs(url)
     with fs.open(path, "rb") as raw:
-        stream = gzip.GzipFile(fileobj=raw) if url.endswith(".gz") else raw
+        stream = gzip.GzipFile(fileobj=raw) if url.lower().endswith(".gz") else raw
         try:
             for number, line in enumerate(stream, start=1):
                 try:  # utf-8-sig on line 1 drops the byte-order mark some editors write
@@ -190,10 +219,12 @@ def _document(raw: Any, where: str, default_source: str) -> dict[str, Any]:
             f'{where}: expected an object like {{"id": ..., "text": ...}}, got {type(raw).__name__}'
         )
     doc_id = raw.get("id")
-    if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)) or doc_id == "":
+    if doc_id is None or doc_id == "":
+        raise InputError(f"{where}: the record has no `id`; give every document a unique id (a string or integer)")
+    if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)):
         raise InputError(
-            f"{where}: the record has no `id` (a non-empty string or integer); give every "
-            "document a unique id"
+            f"{where}: the `id` is a {type(doc_id).__name__} ({json.dumps(doc_id)[:40]}); ids must be strings or "
+            "integers: quote it (or cast the Parquet column to string)"
         )
     text = raw.get("text")
     if not isinstance(text, str):
@@ -202,7 +233,21 @@ def _document(raw: Any, where: str, default_source: str) -> dict[str, Any]:
     source = raw.get("source")
     if source is not None and not isinstance(source, str):
         raise InputError(f"{where}: document {doc_id!r} has a non-string `source`: {source!r}")
+    check_unicode(raw, where)
     return {**raw, "id": str(doc_id), "source": source or default_source}
+
+
+def check_unicode(record: dict[str, Any], where: str) -> None:
+    """JSON's \\ud800 escapes decode to lone surrogates, which are not text: no tokenizer or
+    Parquet file takes them. Name the field and position instead of failing deep inside."""
+    for key, value in record.items():
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InputError(
+                f"{where}: `{key}` holds an unpaired surrogate escape ({exc.object[exc.start]!r}), which "
+                "is not text; write the character itself or a complete surrogate pair"
+            ) from None
 
 
 def special_prefix(tokenizer: Any) -> list[int]:
@@ -228,8 +273,11 @@ def tokenize_documents(
     A document of more than ``max_length`` tokens (counting the BOS the tokenizer adds, which
     starts every chunk) becomes consecutive chunks ``f"{id}#{k}"`` whose ``text`` spans
     concatenate to the document's text, so scores trace back to exact excerpts. Chunks of fewer
-    than 2 tokens are dropped: they have no next token to predict. ``origin`` (the file) names
-    the culprit in errors. Needs a fast tokenizer, for character offsets.
+    than 2 tokens are dropped: they have no next token to predict (an empty document has none).
+    A file none of whose documents has a chunk left is an error. Documents longer than
+    `SEGMENT_CHARS` are tokenized a segment at a time (`segment_tokens`), so memory follows the
+    segment, not the document. ``origin`` (the file) names the culprit in errors. Needs a fast
+    tokenizer, for character offsets.
     """
     if not getattr(tokenizer, "is_fast", False):
         raise InputError(
@@ -242,37 +290,87 @@ def tokenize_documents(
         raise InputError(f"max_length={max_length} leaves no room for text after {prefix}")
     columns: dict[str, list] = {name: [] for name in SHARD_SCHEMA.names}
     pending = iter(records)
+    read = 0
     for batch in iter(lambda: list(itertools.islice(pending, batch_size)), []):
-        encoded = tokenizer(
-            [r["text"] for r in batch],
-            add_special_tokens=False,
-            return_offsets_mapping=True,
-            return_attention_mask=False,
-            verbose=False,
-        )
-        for record, ids, offsets in zip(batch, encoded["input_ids"], encoded["offset_mapping"]):
-            _append_chunks(columns, record, ids, offsets, prefix, body)
+        read += len(batch)
+        short = [r for r in batch if len(r["text"]) <= SEGMENT_CHARS]
+        encoded = _encode(tokenizer, [r["text"] for r in short])
+        tokens = dict(zip(map(id, short), encoded))
+        for record in batch:
+            ids, starts = tokens.get(id(record)) or segment_tokens(tokenizer, record["text"])
+            _append_chunks(columns, record, ids, starts, prefix, body)
     _check_unique(columns["doc_id"], columns["parent_id"], origin, max_length)
+    if read and not columns["doc_id"]:
+        raise InputError(
+            f"{origin}: none of its {read} documents has text to score (each is empty or shorter than 2 "
+            "tokens); add text or remove the file"
+        )
     return pa.table(columns, schema=SHARD_SCHEMA)
+
+
+SEGMENT_CHARS = 100_000
+"""Documents longer than this many characters are tokenized a segment at a time."""
+_PROBE_CHARS = 200
+_WHITESPACE_AFTER_TEXT = re.compile(r"(?<=\S)\s")
+
+
+def _encode(tokenizer: Any, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(token ids, start character of each token) of each text, without special tokens."""
+    if not texts:
+        return []
+    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True,
+                        return_attention_mask=False, verbose=False)
+    return [(np.asarray(ids, dtype=np.int32).reshape(-1), np.asarray([o[0] for o in offsets], dtype=np.int64))
+            for ids, offsets in zip(encoded["input_ids"], encoded["offset_mapping"])]
+
+
+def segment_tokens(tokenizer: Any, text: str) -> tuple[np.ndarray, np.ndarray]:
+    """`_encode` of one long text, a segment of about `SEGMENT_CHARS` at a time.
+
+    A segment ends just before a run of whitespace, and only where tokenizing the text around
+    the cut in two pieces gives the same ids as in one (checked on a few hundred characters
+    each side), so the ids equal those of the whole text for any tokenizer whose merges do not
+    reach further than that; where no such cut is found, the segment grows.
+    """
+    ids, starts, begin = [], [], 0
+    while begin < len(text):
+        end = _cut(tokenizer, text, begin + SEGMENT_CHARS)
+        (piece_ids, piece_starts), = _encode(tokenizer, [text[begin:end]])
+        ids.append(piece_ids)
+        starts.append(piece_starts + begin)
+        begin = end
+    return np.concatenate(ids), np.concatenate(starts)
+
+
+def _cut(tokenizer: Any, text: str, near: int) -> int:
+    """The first safe place to cut ``text`` at or after ``near`` (its end if none)."""
+    for match in _WHITESPACE_AFTER_TEXT.finditer(text, near):
+        cut = match.start()
+        window = text[max(0, cut - _PROBE_CHARS):cut + _PROBE_CHARS]
+        split = cut - max(0, cut - _PROBE_CHARS)
+        whole, left, right = _encode(tokenizer, [window, window[:split], window[split:]])
+        if np.array_equal(whole[0], np.concatenate([left[0], right[0]])):
+            return cut
+    return len(text)
 
 
 def _append_chunks(
     columns: dict[str, list],
     record: dict[str, Any],
-    ids: list[int],
-    offsets: list[tuple[int, int]],
+    ids: np.ndarray,
+    token_starts: np.ndarray,
     prefix: list[int],
     body: int,
 ) -> None:
     text = record["text"]
     starts = range(0, max(len(ids), 1), body)
     # Cut the text where each chunk's first token starts; monotone even if offsets are not.
-    cuts = list(itertools.accumulate([0, *(offsets[s][0] for s in starts[1:]), len(text)], max))
+    cuts = list(itertools.accumulate([0, *(int(token_starts[s]) for s in starts[1:]), len(text)], max))
     meta = json.dumps(
         {k: v for k, v in record.items() if k not in _RESERVED}, ensure_ascii=False, default=str
     )
     for k, start in enumerate(starts):
-        tokens = prefix + ids[start : start + body]
+        tokens = prefix + ids[start : start + body].tolist()
         if len(tokens) < 2:
             continue
         columns["doc_id"].append(record["id"] if len(starts) == 1 else f"{record['id']}#{k}")

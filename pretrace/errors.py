@@ -19,3 +19,11 @@ class ConcurrentChange(PretraceError, RuntimeError):
 
 class NotReady(PretraceError, RuntimeError):
     """An artefact was asked for before the artefacts it is computed from are current."""
+
+
+class InputErrors(InputError):
+    """Several input problems found in one pass (`pretrace.preflight`), one line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))

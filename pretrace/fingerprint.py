@@ -24,6 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from .errors import InputError
 from .storage import open_fs, sha256_file
 
 CACHE_ENV = "PRETRACE_CACHE_DIR"
@@ -31,9 +32,26 @@ _SAVE_EVERY_S = 5.0
 
 
 def cache_folder(folder: str | os.PathLike | None = None) -> Path:
-    """pretrace's local cache: ``folder``, else $PRETRACE_CACHE_DIR, else ~/.cache/pretrace."""
+    """pretrace's local cache: ``folder``, else $PRETRACE_CACHE_DIR, else ~/.cache/pretrace
+    ($XDG_CACHE_HOME/pretrace)."""
     default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pretrace"
     return Path(folder or os.environ.get(CACHE_ENV) or default)
+
+
+def private_folder(path: Path) -> Path:
+    """``path`` created if need be, and private to the user.
+
+    What the cache holds decides what is loaded and what counts as unchanged (checkpoint
+    copies, file digests), so a folder another user owns is refused and one that others may
+    write into is made private.
+    """
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    stat = path.stat()
+    if stat.st_uid != os.getuid():
+        raise InputError(f"the cache folder {path} belongs to another user; set ${CACHE_ENV} to a folder of your own")
+    if stat.st_mode & 0o077:
+        path.chmod(0o700)
+    return path
 
 
 def _stat_signature(stat: os.stat_result) -> str:
@@ -56,8 +74,9 @@ class DigestCache:
     def _load(self) -> dict[str, list[str]]:
         if self._entries is None:
             try:
+                private_folder(self.path.parent)
                 self._entries = json.loads(self.path.read_text())
-            except (OSError, ValueError):
+            except (OSError, ValueError):  # InputError included: a cache not ours is not read
                 self._entries = {}
         return self._entries
 
@@ -87,12 +106,12 @@ class DigestCache:
         atexit.unregister(self.save)
         self._saved, self._dirty = time.monotonic(), False
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_folder(self.path.parent)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".digests-")
             with os.fdopen(fd, "w") as f:
                 json.dump(self._entries, f)
             os.replace(tmp, self.path)
-        except OSError:
+        except (OSError, InputError):
             pass  # a cache that cannot be written only means hashing again next time
 
 

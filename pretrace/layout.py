@@ -136,11 +136,11 @@ DOCUMENT_GRADIENTS = Artefact(
 INFLUENCE_SCORES = Artefact(
     "influence_scores", True,
     {"{shard}.parquet": None, "{shard}.stats.safetensors": ShardStatistics, "{shard}.top.parquet": None},
-    ("top_k",), (Input("query_gradients"), Input("document_gradients", "shard"), Input("corpus_shards", "shard")), "3",
+    ("top_k",), (Input("query_gradients"), Input("document_gradients", "shard"), Input("corpus_shards", "shard")), "4",
     "query x document scores of one shard, its statistics and top documents")
 INFLUENCE_REPORT = Artefact(
     "influence_report", False, {}, ("top_k", "seed"),
-    (Input("query_gradients"), Input("influence_scores", "all_shards")), "3",
+    (Input("query_gradients"), Input("influence_scores", "all_shards")), "4",
     "the report over every current shard: HTML, tables, figures")
 
 

@@ -6,9 +6,9 @@ Any architecture works as long as its tracked layers are linear maps: `nn.Linear
 
 from __future__ import annotations
 
-import hashlib
 import re
-import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .checkpoint_cache import local_checkpoint
 from .errors import InputError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -127,12 +128,7 @@ class LoadedModel:
 
     @property
     def max_context(self) -> int | None:
-        config = getattr(self.model, "config", None)
-        for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-            value = getattr(config, key, None)
-            if isinstance(value, int) and value > 0:
-                return value
-        return None
+        return context_of(getattr(self.model, "config", None))
 
     @property
     def accumulate_dtype(self) -> torch.dtype:
@@ -169,44 +165,13 @@ def wrap_model(
     return LoadedModel(model, tokenizer, select_layers(model, layers), torch_device, torch_dtype)
 
 
-def _local_checkpoint(path: str) -> Path:
-    """A local directory holding the checkpoint; remote URLs are copied to a cache first.
-
-    The cache lives in the user's own cache folder (mode 0700, not a shared temp path another
-    user could plant a checkpoint in) and is keyed by the objects' fingerprint, so a checkpoint
-    re-uploaded to the same URL is fetched again.
-    """
-    if "://" not in path or path.startswith("file://"):
-        local = Path(path.removeprefix("file://")).expanduser()
-        if not local.is_dir():
-            raise InputError(f"model: {path} is not a directory; give a checkpoint saved with save_pretrained")
-        return local
-    from .fingerprint import cache_folder, shared_cache, tree_fingerprint
-    from .storage import open_fs
-
-    try:
-        fingerprint = tree_fingerprint(path, shared_cache())
-    except FileNotFoundError:
-        raise InputError(f"model: no files under {path}; upload a save_pretrained directory") from None
-    except Exception as exc:  # network, credentials, missing bucket
-        raise InputError(f"model: could not list {path}: {exc}") from exc
-    root = cache_folder() / "models"
-    cache = root / hashlib.sha256(f"{path}\n{fingerprint}".encode()).hexdigest()[:16]
-    if not (cache / "config.json").exists():
-        fs, remote = open_fs(path)
-        try:
-            if not fs.exists(f"{remote.rstrip('/')}/config.json"):
-                raise InputError(f"model: no config.json under {path}; upload a save_pretrained directory")
-            root.mkdir(parents=True, exist_ok=True, mode=0o700)
-            staging = Path(tempfile.mkdtemp(prefix=".download-", dir=root))
-            fs.get(remote.rstrip("/") + "/", str(staging), recursive=True)
-        except InputError:
-            raise
-        except Exception as exc:  # network, credentials, missing bucket
-            raise InputError(f"model: could not download {path}: {exc}") from exc
-        if not cache.exists():
-            staging.rename(cache)
-    return cache
+def context_of(config: object) -> int | None:
+    """The longest sequence a model's configuration says it takes, if it says."""
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def load_model(
@@ -216,35 +181,135 @@ def load_model(
     device: str = "auto",
     dtype: str = "float32",
     trust_remote_code: bool = False,
+    allow_pickle: bool = False,
 ) -> LoadedModel:
-    """Load a causal LM and its tokenizer from a local directory or an fsspec URL (s3://...)."""
+    """Load a causal LM and its tokenizer from a local directory or an fsspec URL (s3://...).
+
+    Refused, with the reason and the fix: checkpoints whose weights are pickles (unless
+    ``allow_pickle``), models that are not causal LMs, weights transformers would initialise
+    (a missing LM head), attention that sees later tokens, and a tokenizer with more ids than
+    the model has embeddings.
+    """
+    from transformers import AutoModelForCausalLM
+
+    local = local_checkpoint(path)
+    config = checkpoint_config(path, trust_remote_code=trust_remote_code)
+    weights = weight_format(local, path, allow_pickle)
+    with _remote_code_hint(path):
+        model, info = AutoModelForCausalLM.from_pretrained(
+            local, config=config, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code,
+            use_safetensors=weights == "safetensors", output_loading_info=True,
+        )
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise InputError(
+            f"model: {path} lacks weights a {type(model).__name__} needs ({shown}); transformers would "
+            "initialise them at random. Give a checkpoint saved from a causal LM with its LM head "
+            "(model.save_pretrained on a ...ForCausalLM)"
+        )
+    _check_causal(model, path)
+    tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+    check_vocabulary(tokenizer, config, path)
+    return wrap_model(model, tokenizer, layers=layers, device=device, dtype=dtype)
+
+
+def checkpoint_config(path: str, *, trust_remote_code: bool = False):
+    """The checkpoint's configuration (no weights), refused unless it describes a causal LM."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    local = _local_checkpoint(path)
+    local = local_checkpoint(path)
     if not (local / "config.json").exists():
         raise InputError(f"model: {path} has no config.json; save the model with save_pretrained")
-    config = AutoConfig.from_pretrained(local, trust_remote_code=trust_remote_code)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            local, config=config, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code
+    with _remote_code_hint(path):
+        config = AutoConfig.from_pretrained(local, trust_remote_code=trust_remote_code)
+    saved_as = [a for a in getattr(config, "architectures", None) or [] if isinstance(a, str)]
+    causal = [a for a in saved_as if a.endswith(CAUSAL_CLASS_SUFFIXES)]
+    mapped = type(config) in AutoModelForCausalLM._model_mapping or bool(getattr(config, "auto_map", None))
+    if getattr(config, "is_encoder_decoder", False) or not mapped or (saved_as and not causal):
+        kind = ", ".join(saved_as) or f"{type(config).__name__} ({config.model_type})"
+        raise InputError(
+            f"model: {path} is a {kind}, not a causal language model; pretrace explains next-token "
+            "predictions and needs a decoder checkpoint saved from a ...ForCausalLM (Llama, GPT-2, "
+            "GPT-NeoX, OLMo, Cohere)"
         )
+    return config
+
+
+CAUSAL_CLASS_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+"""How transformers names the classes of causal LMs (LlamaForCausalLM, GPT2LMHeadModel)."""
+
+
+def weight_format(local: Path, path: str, allow_pickle: bool) -> str:
+    """"safetensors", or "pickle" when only pickled weights exist and the user allowed them."""
+    names = [p.name for p in local.iterdir()]
+    if any(n.endswith(".safetensors") for n in names):
+        return "safetensors"
+    pickled = sorted(n for n in names if n.endswith((".bin", ".pt", ".pth", ".ckpt")))
+    if not pickled:
+        raise InputError(f"model: {path} holds no weights (*.safetensors); save the model with save_pretrained")
+    if not allow_pickle:
+        raise InputError(
+            f"model: {path} holds only pickled weights ({', '.join(pickled)}), which can run code when "
+            "loaded; re-save the model with save_pretrained (it writes safetensors), or set "
+            "`allow_pickle: true` in pretrace.yaml if you trust the file"
+        )
+    return "pickle"
+
+
+@contextmanager
+def _remote_code_hint(path: str) -> Iterator[None]:
+    """transformers tells the user to pass trust_remote_code=True; a pretrace user sets a key."""
+    try:
+        yield
     except ValueError as exc:
-        if "Unrecognized configuration class" in str(exc):
-            raise InputError(
-                f"model: {path} is a {type(config).__name__} ({config.model_type}), which is not a causal "
-                "language model; pretrace needs a checkpoint that AutoModelForCausalLM can load "
-                "(e.g. Llama, GPT-2, GPT-NeoX, OLMo, Cohere)."
-            ) from None
-        raise
-    tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
-    return wrap_model(model, tokenizer, layers=layers, device=device, dtype=dtype)
+        if "trust_remote_code" not in str(exc):
+            raise
+        raise InputError(
+            f"model: {path} needs the Python code it ships with (auto_map in its config.json); set "
+            "`trust_remote_code: true` in pretrace.yaml only if you trust that code"
+        ) from None
+
+
+def _check_causal(model: nn.Module, path: str) -> None:
+    """A causal LM's prediction at a position must not change when a later token does."""
+    vocab = model.get_input_embeddings().num_embeddings
+    probe = torch.tensor([[1 % vocab, 2 % vocab, 3 % vocab], [1 % vocab, 2 % vocab, 4 % vocab]])
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        logits = model(input_ids=probe.to(device)).logits.float()
+    changed = (logits[0, :2] - logits[1, :2]).abs().max()
+    if changed > 1e-5 * logits.abs().max():  # causal: equal up to rounding; encoders differ ~1e-3 even at random init
+        raise InputError(
+            f"model: {path} lets each token see the tokens after it (bidirectional attention, e.g. an "
+            "encoder loaded as a decoder); pretrace needs a causal LM whose predictions use only the "
+            "tokens before them"
+        )
+
+
+def check_vocabulary(tokenizer: object, config: object, path: str) -> None:
+    """Every id the tokenizer can emit must have a row in the model's embedding matrix."""
+    rows = getattr(config, "vocab_size", None)
+    if not isinstance(rows, int):
+        return
+    if len(tokenizer) > rows:
+        raise InputError(
+            f"model: the tokenizer of {path} has {len(tokenizer)} tokens but the model's embedding has "
+            f"{rows} rows, so ids >= {rows} have no embedding; save the tokenizer the model was "
+            "trained with (or resize the model's embeddings and save both)"
+        )
 
 
 def load_tokenizer(path: str, *, trust_remote_code: bool = False):
     """The checkpoint's tokenizer alone (tokenizing a corpus needs no weights)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(_local_checkpoint(path), trust_remote_code=trust_remote_code)
+    with _remote_code_hint(path):
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(local_checkpoint(path), trust_remote_code=trust_remote_code)
+        except (OSError, TypeError) as exc:
+            raise InputError(f"model: {path} has no tokenizer transformers can load ({exc}); save the "
+                             "tokenizer beside the model with tokenizer.save_pretrained") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return tokenizer

@@ -21,7 +21,7 @@ from functools import cached_property
 from typing import Literal
 
 from .config import PretraceConfig
-from .corpus import CorpusFile, list_corpus_files, shard_key
+from .corpus import CorpusFile, CorpusListing, list_corpus_files, shard_key
 from .errors import InputError
 from .fingerprint import DigestCache, file_fingerprint, shared_cache, tree_fingerprint
 from .layout import SOURCES, Artefact, ArtefactStore, Input, Manifest, artefacts, label
@@ -68,7 +68,6 @@ class Project:
         self._settings = config.model_dump(mode="json")
         self._fitted = {i.name for a in self.graph.values() for i in a.inputs if i.scope == "fit_shards"}
         self.digests = digests or shared_cache()
-        self._corpus: dict[str, CorpusFile] | None = None
         self._sources: dict[tuple[str, str | None], str] = {}
         self._manifests: dict[tuple[str, str | None], Manifest | None] = {}
         self._statuses: dict[tuple[str, str | None], Status] = {}
@@ -76,13 +75,15 @@ class Project:
         self._listings: dict[str, dict[str, int]] = {}
 
     # ----------------------------------------------------------------------- the corpus
-    @property
+    @cached_property
+    def listing(self) -> CorpusListing:
+        """The corpus folder as it is now: its files and the entries skipped, with why."""
+        return list_corpus_files(self.config.corpus)
+
+    @cached_property
     def corpus(self) -> dict[str, CorpusFile]:
         """The corpus files present now, by shard key."""
-        if self._corpus is None:
-            files = list_corpus_files(self.config.corpus)
-            self._corpus = {shard_key(f.name): f for f in files}
-        return self._corpus
+        return {shard_key(f.name): f for f in self.listing.files}
 
     @cached_property
     def shards(self) -> list[str]:

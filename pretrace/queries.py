@@ -34,28 +34,30 @@ class Query:
 def encode_queries(
     queries: Sequence[Query], tokenizer, max_context: int | None = None
 ) -> tuple[list[list[int]], list[int]]:
-    """Token ids of prompt+completion and the index where each completion starts.
+    """Token ids of prompt+completion and the index where each completion starts."""
+    encoded = [encode_query(query, tokenizer, max_context) for query in queries]
+    return [ids for ids, _ in encoded], [start for _, start in encoded]
+
+
+def encode_query(query: Query, tokenizer, max_context: int | None = None) -> tuple[list[int], int]:
+    """One query's prompt+completion ids and where its completion starts.
 
     Prompt and completion are tokenized separately so the completion's tokens are exactly
     the ones scored, whatever the tokenizer would merge across the boundary.
     """
-    sequences, starts = [], []
-    for query in queries:
-        if not query.completion or not query.completion.strip():
-            raise InputError(f"query {query.id!r}: the completion is empty; give the text whose probability to explain")
-        prompt = tokenizer(query.prompt, add_special_tokens=True)["input_ids"]
-        completion = tokenizer(query.completion, add_special_tokens=False)["input_ids"]
-        if not prompt:
-            raise InputError(f"query {query.id!r}: the prompt is empty and the tokenizer adds no BOS token; give a prompt")
-        ids = list(prompt) + list(completion)
-        if max_context is not None and len(ids) > max_context:
-            raise InputError(
-                f"query {query.id!r}: prompt+completion is {len(ids)} tokens, longer than the model's "
-                f"context of {max_context}; shorten the prompt or the completion"
-            )
-        sequences.append(ids)
-        starts.append(len(prompt))
-    return sequences, starts
+    if not query.completion or not query.completion.strip():
+        raise InputError(f"query {query.id!r}: the completion is empty; give the text whose probability to explain")
+    prompt = tokenizer(query.prompt, add_special_tokens=True)["input_ids"]
+    completion = tokenizer(query.completion, add_special_tokens=False)["input_ids"]
+    if not prompt:
+        raise InputError(f"query {query.id!r}: the prompt is empty and the tokenizer adds no BOS token; give a prompt")
+    ids = list(prompt) + list(completion)
+    if max_context is not None and len(ids) > max_context:
+        raise InputError(
+            f"query {query.id!r}: prompt+completion is {len(ids)} tokens, longer than the model's "
+            f"context of {max_context}; shorten the prompt or the completion"
+        )
+    return ids, len(prompt)
 
 
 @dataclass

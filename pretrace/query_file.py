@@ -6,7 +6,7 @@ import json
 
 import pyarrow as pa
 
-from .corpus import jsonl_rows
+from .corpus import check_unicode, jsonl_rows
 from .errors import InputError
 from .queries import Query
 
@@ -32,12 +32,16 @@ def read_queries(url: str) -> pa.Table:
         where = f"{url}, line {number}"
         if not isinstance(raw, dict):
             raise InputError(f"{where}: expected an object with {', '.join(REQUIRED)}")
-        missing = [f for f in REQUIRED if not isinstance(raw.get(f), str) or (f == "id" and not raw[f])]
+        check_unicode(raw, where)
+        missing = [f for f in REQUIRED if raw.get(f) is None or raw.get(f) == "" and f == "id"]
         if missing:
             raise InputError(
-                f"{where}: the query lacks {', '.join(f'`{m}`' for m in missing)} (strings); every query "
-                f"needs {', '.join(REQUIRED)} and may give `answer` and `intermediates`"
+                f"{where}: the query lacks {', '.join(f'`{m}`' for m in missing)}; every query "
+                f"needs {', '.join(REQUIRED)} (strings) and may give `answer` and `intermediates`"
             )
+        wrong = [f"`{f}` is {type(raw[f]).__name__} {json.dumps(raw[f])[:40]}" for f in REQUIRED if not isinstance(raw[f], str)]
+        if wrong:
+            raise InputError(f"{where}: {', '.join(wrong)}; {', '.join(REQUIRED)} must be strings (quote them)")
         if raw["id"] in first_line:
             raise InputError(f"{where}: duplicate query id {raw['id']!r}, already used on line {first_line[raw['id']]}")
         first_line[raw["id"]] = number
@@ -46,13 +50,28 @@ def read_queries(url: str) -> pa.Table:
             raise InputError(f"{where}: `intermediates` must be a list of strings")
         for field in REQUIRED:
             columns[field].append(raw[field])
-        columns["answer"].append(str(raw.get("answer") or ""))
+        columns["answer"].append(_answer(raw.get("answer"), where))
         columns["intermediates"].append(intermediates)
         extra = {k: v for k, v in raw.items() if k not in QUERY_SCHEMA.names}
         columns["meta"].append(json.dumps(extra, ensure_ascii=False, default=str))
     if not first_line:
         raise InputError(f"{url}: the file has no queries; add one JSON object per line")
     return pa.table(columns, schema=QUERY_SCHEMA)
+
+
+def _answer(value: object, where: str) -> str:
+    """The answer as the user wrote it: a string as is, a number as its JSON text (0 stays "0");
+    no answer is "". Anything else has no one text to search documents for."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return json.dumps(value)
+    raise InputError(
+        f"{where}: `answer` is {json.dumps(value)} ({type(value).__name__}); give the answer as a string "
+        "or a number (the text to search the top documents for), or leave it out"
+    )
 
 
 def queries_from_table(table: pa.Table) -> list[Query]:

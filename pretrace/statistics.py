@@ -61,6 +61,7 @@ TOP_SCHEMA = pa.schema(
         ("side", pa.string()),  # "top" (largest scores) or "bottom" (smallest)
         ("rank", pa.int32()),  # 1 = most extreme
         ("doc_id", pa.string()),
+        ("shard", pa.string()),  # the corpus file's partition: ids need only be unique within a file
         ("source", pa.string()),
         ("score", pa.float32()),
         ("excerpt", pa.string()),  # about 300 characters, around the answer (or an intermediate result)
@@ -345,12 +346,14 @@ def top_documents(
     sources: list[str] | None = None,
     texts: list[str] | None = None,
     targets: list[list[str]] | None = None,
+    shard: str = "",
 ) -> pa.Table:
     """The k highest ('top') and k lowest ('bottom') scored documents of each query.
 
     Ties are broken by doc_id, so the selection (and its merge across shards) is deterministic.
     """
-    return _top_documents(query_ids, doc_ids, _as_numpy(scores), k, sources=sources, texts=texts, targets=targets)
+    return _top_documents(query_ids, doc_ids, _as_numpy(scores), k, sources=sources, texts=texts, targets=targets,
+                          shard=shard)
 
 
 def _top_documents(
@@ -362,6 +365,7 @@ def _top_documents(
     sources: list[str] | None,
     texts: list[str] | None,
     targets: list[list[str]] | None,
+    shard: str = "",
 ) -> pa.Table:
     """:func:`top_documents` for a matrix :func:`_as_numpy` already checked, so callers check it only once."""
     n = s.shape[1]
@@ -379,6 +383,7 @@ def _top_documents(
                 rows["side"].append(side)
                 rows["rank"].append(rank)
                 rows["doc_id"].append(doc_ids[i])
+                rows["shard"].append(shard)
                 rows["source"].append(sources[i] if sources is not None else "unknown")
                 rows["score"].append(float(s[q, i]))
                 found = find_answer(text, answer) is not None if answer else None
@@ -414,7 +419,7 @@ def merge_top_documents(tables: Iterable[pa.Table], k: int) -> pa.Table:
     merged = pl.from_arrow(pa.concat_tables([t.select(TOP_SCHEMA.names).cast(TOP_SCHEMA) for t in tables]))
     best = (
         merged.with_columns(key=pl.when(pl.col("side") == "top").then(-pl.col("score")).otherwise(pl.col("score")))
-        .sort(["query_id", "side", "key", "doc_id"])
+        .sort(["query_id", "side", "key", "doc_id", "shard"])
         .group_by(["query_id", "side"], maintain_order=True)
         .head(k)
         .with_columns(rank=pl.int_range(1, pl.len() + 1).over(["query_id", "side"]).cast(pl.Int32))
@@ -433,6 +438,7 @@ def summarize_shard(
     k: int = TOP_K,
     exact_top: int = EXACT_TOP,
     bins_per_octave: int = BINS_PER_OCTAVE,
+    shard: str = "",
 ) -> tuple[ShardStatistics, pa.Table]:
     """The statistics and the top/bottom-k table of one shard's (Q, N) scores.
 
@@ -458,7 +464,7 @@ def summarize_shard(
     s32 = _as_numpy(scores)  # checked once for both reductions
     stats = ShardStatistics._of_checked(query_ids, s32, sources=sources, texts=texts, targets=targets,
                                         exact_top=exact_top, bins_per_octave=bins_per_octave)
-    top = _top_documents(query_ids, doc_ids, s32, k, sources=sources, texts=texts, targets=targets)
+    top = _top_documents(query_ids, doc_ids, s32, k, sources=sources, texts=texts, targets=targets, shard=shard)
     return stats, top
 
 

@@ -49,6 +49,7 @@ class PretraceResource(dg.ConfigurableResource):
     device: str = _field("device")
     dtype: str = _field("dtype")
     trust_remote_code: bool = _field("trust_remote_code")
+    allow_pickle: bool = _field("allow_pickle")
     seed: int = _field("seed")
     top_k: int = _field("top_k")
     demo: bool = Field(default=False, description="Train the demo's tiny model on the corpus instead of loading `model`.")

@@ -124,7 +124,7 @@ def test_progress_lines_follow_the_configured_interval(monkeypatch):
     monkeypatch.delenv(PROGRESS_INTERVAL_ENV, raising=False)
     assert progress_interval() == 10.0
     lines: list[str] = []
-    context = SimpleNamespace(log=SimpleNamespace(info=lines.append))
+    context = SimpleNamespace(log=SimpleNamespace(log=lambda level, line: lines.append(line)))
     monkeypatch.setenv(PROGRESS_INTERVAL_ENV, "0")
     advance = progress_logger(context, 6, "documents")
     for _ in range(3):

@@ -11,7 +11,7 @@ import pytest
 from dagster._core.storage.defs_state.base import set_defs_state_storage
 
 from pipeline.definitions import build_definitions
-from pipeline.runner import QUIET, asset_order, executable
+from pipeline.runner import asset_order, executable, logging_config
 from pretrace.config import load_config
 from tests.pipeline.project import clean_run_snapshot, make_project, snapshot, write_corpus_file
 
@@ -140,7 +140,7 @@ def evaluate(defs, instance, cursor):
 def materialize(defs, instance, requested) -> None:
     for name, partition in sorted(requested, key=lambda r: asset_order(defs).index(r[0])):
         dg.materialize(executable(defs), selection=[name], partition_key=partition, instance=instance,
-                       resources=defs.resources, run_config=QUIET)
+                       resources=defs.resources, run_config=logging_config())
 
 
 def test_automation_brings_a_new_project_to_the_clean_state_requesting_each_partition_once(setup, tmp_path):

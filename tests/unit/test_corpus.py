@@ -52,7 +52,7 @@ def test_list_corpus_files_keeps_only_corpus_files(tmp_path: Path) -> None:
     for name in (".hidden.jsonl", "sub/d.jsonl"):
         write_corpus_file(tmp_path / name, RECORDS)
     (tmp_path / "notes.txt").write_text("not a corpus file")
-    files = list_corpus_files(str(tmp_path))
+    files = list_corpus_files(str(tmp_path)).files
     assert [f.name for f in files] == ["a.parquet", "b.jsonl", "c.jsonl.gz"]
     assert files[1].url == str(tmp_path / "b.jsonl")
     assert files[1].size == (tmp_path / "b.jsonl").stat().st_size
@@ -61,12 +61,12 @@ def test_list_corpus_files_keeps_only_corpus_files(tmp_path: Path) -> None:
 def test_a_file_is_fingerprinted_by_its_content(tmp_path: Path) -> None:
     path = write_corpus_file(tmp_path / "a.jsonl", RECORDS)
     cache = DigestCache(tmp_path / "cache")
-    before = list_corpus_files(str(tmp_path))[0].fingerprint(cache)
+    before = list_corpus_files(str(tmp_path)).files[0].fingerprint(cache)
     assert before == f"sha256:{hashlib.sha256(path.read_bytes()).hexdigest()}"
     stat = path.stat()
     write_corpus_file(path, RECORDS[:1])
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # rewritten, modification time kept
-    assert list_corpus_files(str(tmp_path))[0].fingerprint(cache) != before
+    assert list_corpus_files(str(tmp_path)).files[0].fingerprint(cache) != before
 
 
 def test_missing_corpus_folder(tmp_path: Path) -> None:
@@ -85,7 +85,7 @@ def test_corpus_on_s3(s3_root: str, tmp_path: Path) -> None:
     local = write_corpus_file(tmp_path / "docs.jsonl", RECORDS)
     storage.write_bytes("corpus/docs.jsonl", local.read_bytes())
     storage.write_bytes("corpus/skip.txt", b"")
-    files = list_corpus_files(f"{s3_root}/corpus/")
+    files = list_corpus_files(f"{s3_root}/corpus/").files
     assert [(f.name, f.url) for f in files] == [("docs.jsonl", f"{s3_root}/corpus/docs.jsonl")]
     assert files[0].fingerprint(DigestCache(tmp_path / "cache")).startswith("etag:")
     assert list(read_records(files[0].url)) == list(read_records(str(local)))
@@ -220,3 +220,65 @@ def test_chunk_ids_must_not_clash_with_document_ids(tokenizer) -> None:
                {"id": "a#1", "text": "Paris.", "source": "s"}]
     with pytest.raises(InputError, match=r"f\.jsonl: document id 'a#1' is used twice"):
         tokenize_documents(records, tokenizer, max_length=8, origin="f.jsonl")
+
+
+# -- every file accounted for, every document too ---------------------------------------------
+
+
+def test_every_entry_of_the_corpus_folder_is_read_or_listed_as_skipped(tmp_path: Path) -> None:
+    (tmp_path / "corpus").mkdir()
+    for written, name in (("a.jsonl", "a.JSONL"), ("b.jsonl", "b.ndjson"), ("c.jsonl.gz", "c.ndjson.gz")):
+        write_corpus_file(tmp_path / written, RECORDS).rename(tmp_path / "corpus" / name)
+    write_corpus_file(tmp_path / "target.jsonl", RECORDS)
+    (tmp_path / "corpus" / "linked.jsonl").symlink_to(tmp_path / "target.jsonl")
+    (tmp_path / "corpus" / "dangling.jsonl").symlink_to(tmp_path / "nowhere.jsonl")
+    for name in ("old.json", "dump.jsonl.bz2"):
+        (tmp_path / "corpus" / name).write_text("{}")
+    (tmp_path / "corpus" / "nested").mkdir()
+    (tmp_path / "corpus" / ".hidden.jsonl").write_text("{}")
+    listing = list_corpus_files(str(tmp_path / "corpus"))
+    assert [f.name for f in listing.files] == ["a.JSONL", "b.ndjson", "c.ndjson.gz", "linked.jsonl"]
+    assert [entry.split(":")[0] for entry in listing.skipped] == ["dangling.jsonl", "dump.jsonl.bz2", "nested", "old.json"]
+    assert "symbolic link" in listing.skipped[0] and "convert it to .jsonl" in listing.skipped[1]
+    for file in listing.files:
+        assert [r["id"] for r in read_records(file.url)] == ["d1", "d2", "d3"], file.name
+    assert listing.files[3].size == (tmp_path / "target.jsonl").stat().st_size
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"id": 1.5, "text": "x"}, r"line 1: the `id` is a float \(1.5\); ids must be strings or integers"),
+    ({"id": None, "text": "x"}, r"line 1: the record has no `id`"),
+    ({"id": "a", "text": "bad \ud800 text"}, r"line 1: `text` holds an unpaired surrogate escape"),
+    ({"id": "a", "text": "ok", "title": ["x\udfff"]}, r"line 1: `title` holds an unpaired surrogate escape"),
+])
+def test_records_with_unusable_fields_name_the_line_and_the_fix(tmp_path: Path, record, message) -> None:
+    path = tmp_path / "f.jsonl"
+    path.write_text(__import__("json").dumps(record) + "\n")  # json escapes the surrogate as \ud800
+    with pytest.raises(InputError, match=re.escape(str(path)) + ", " + message):
+        list(read_records(str(path)))
+
+
+def test_a_file_without_any_text_is_an_error_and_empty_documents_are_left_out(tokenizer) -> None:
+    empty = [{"id": "a", "text": "", "source": "s"}, {"id": "b", "text": "", "source": "s"}]
+    with pytest.raises(InputError, match=r"f\.jsonl: none of its 2 documents has text to score"):
+        tokenize_documents(empty, tokenizer, max_length=16, origin="f.jsonl")
+    table = tokenize_documents([*empty, {"id": "c", "text": "Paris.", "source": "s"}], tokenizer, max_length=16)
+    assert table.column("doc_id").to_pylist() == ["c"]
+
+
+@pytest.mark.parametrize("text", [
+    "The sea is salty. " * 300,
+    "x = 24;\n\n   indented   spaces\t\ttabs ünïcödé (7 - 4) * 8 = 24\n" * 120,
+    "nospaceatall" * 400 + " then words " * 50,
+])
+def test_long_documents_tokenized_by_segments_equal_whole_documents(tokenizer, monkeypatch, text) -> None:
+    import pretrace.corpus as corpus
+
+    record = {"id": "long", "text": text, "source": "s"}
+    whole = tokenize_documents([record], tokenizer, max_length=64)
+    monkeypatch.setattr(corpus, "SEGMENT_CHARS", 97)
+    ids, starts = corpus.segment_tokens(tokenizer, text)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    assert ids.tolist() == encoded["input_ids"]
+    assert starts.tolist() == [o[0] for o in encoded["offset_mapping"]]
+    assert tokenize_documents([record], tokenizer, max_length=64).equals(whole)

@@ -58,7 +58,7 @@ def test_bad_regex_is_named():
 
 def test_checkpoint_that_is_not_a_causal_lm(tmp_path):
     DistilBertModel(DistilBertConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2, hidden_dim=32)).save_pretrained(tmp_path)
-    with pytest.raises(InputError, match=r"DistilBertConfig \(distilbert\), which is not a causal language model"):
+    with pytest.raises(InputError, match=r"is a DistilBertModel, not a causal language model"):
         load_model(str(tmp_path), device="cpu")
 
 

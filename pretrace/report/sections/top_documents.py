@@ -25,7 +25,7 @@ def compute(a: Analysis) -> TopDocuments:
         .join(q.select(["id", "kind", "prompt", "completion"]).rename({"id": "query_id"}), on="query_id", how="inner")
         .with_columns(_o=pl.col("query_id").replace_strict(order, return_dtype=pl.Int64))
         .sort(["_o", "side", "rank"], descending=[False, True, False]).drop("_o")
-        .select(["query_id", "kind", "prompt", "completion", "side", "rank", "doc_id", "source", "score", "excerpt",
+        .select(["query_id", "kind", "prompt", "completion", "side", "rank", "doc_id", "shard", "source", "score", "excerpt",
                  "answer_found", "intermediates_found"])
     )
 
@@ -46,9 +46,11 @@ def _doc_rows(df: pl.DataFrame) -> str:
         marks = (f"answer: {'yes' if r['answer_found'] else 'no'}" if r["answer_found"] is not None else "") + (
             f"; intermediates {sum(inter)}/{len(inter)}" if inter else "")
         rows.append(f"<tr{cls}><td>{r['rank']}</td><td class='text'>{html.escape(r['doc_id'])}</td>"
+                    f"<td class='text'>{html.escape(r['shard'] or '')}</td>"
                     f"<td class='text'>{html.escape(r['source'] or '')}</td><td>{score}</td>"
                     f"<td class='text'>{html.escape(marks)}</td><td class='excerpt'>{html.escape(r['excerpt'] or '')}</td></tr>")
-    head = "<tr><th>rank</th><th class='text'>document</th><th class='text'>source</th><th>score</th>" \
+    head = "<tr><th>rank</th><th class='text'>document</th><th class='text'>file</th><th class='text'>source</th>" \
+           "<th>score</th>" \
            "<th class='text'>answer</th><th class='text'>excerpt</th></tr>"
     return f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
 

@@ -1,0 +1,108 @@
+"""Every input checked before the first forward pass, every problem reported at once.
+
+A mistake in the queries file or in the last corpus file should not surface after an hour of
+EK-FAC fitting, one mistake per rerun. `preflight` reads the checkpoint's configuration and
+tokenizer (no weights unless asked), every query, and the records of every corpus file whose
+shard is not current, and gathers what is wrong into one `InputErrors`: one line per problem,
+each naming the file (and line, record or key) and the fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .corpus import read_records
+from .errors import InputError, InputErrors
+from .checkpoint_cache import local_checkpoint
+from .config import PretraceConfig
+from .model import check_vocabulary, checkpoint_config, context_of, load_model, load_tokenizer, weight_format
+from .provenance import Project
+from .queries import encode_query
+from .query_file import queries_from_table, read_queries
+
+
+@dataclass
+class Findings:
+    """What preflight found: problems stop the run, warnings (skipped files) do not."""
+
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def check(self, step: Callable[[], object]) -> object | None:
+        """Run one check; its InputError becomes a problem (its lines, if it holds several)."""
+        try:
+            return step()
+        except InputErrors as exc:
+            self.problems.extend(exc.problems)
+        except InputError as exc:
+            self.problems.append(str(exc))
+        return None
+
+
+def preflight(project: Project, *, load_weights: bool = False, progress: Callable[[str], None] = lambda _: None) -> list[str]:
+    """Check the project's inputs; return the warnings, raise `InputErrors` with every problem.
+
+    ``load_weights`` also loads the checkpoint on the CPU to verify its LM head and causal
+    attention (the `model` asset does this anyway, first, before any backward pass).
+    """
+    found = Findings()
+    config = project.config
+    found.check(project.storage.check_writable)
+    storage_readable = not found.problems  # else no stored artefact can be consulted
+    tokenizer, context = None, None
+    if not project.demo:  # the demo's model and tokenizer are trained by the pipeline itself
+        progress(f"checking the checkpoint {config.model}")
+        tokenizer, context = found.check(lambda: _checkpoint(config, load_weights)) or (None, None)
+    progress(f"checking the queries in {config.queries}")
+    _check_queries(found, config.queries, tokenizer, context)
+    corpus = found.check(lambda: project.corpus)
+    if corpus is not None:
+        found.warnings.extend(f"{config.corpus}: skipped {entry}" for entry in project.listing.skipped)
+        found.check(lambda: project.fit_shards)
+        pending = [s for s in project.shards if load_weights or not (storage_readable and _tokenized(project, s))]
+        progress(f"checking the records of {len(pending)} corpus file(s)")
+        for shard in pending:
+            found.check(lambda shard=shard: _check_corpus_file(corpus[shard].url))
+    if found.problems:
+        raise InputErrors(found.problems)
+    return found.warnings
+
+
+def _checkpoint(config: PretraceConfig, load_weights: bool) -> tuple[object, int | None]:
+    """The tokenizer and context of a checkpoint whose configuration, weight files and
+    vocabulary are usable (and weights, with ``load_weights``)."""
+    model_config = checkpoint_config(config.model, trust_remote_code=config.trust_remote_code)
+    weight_format(local_checkpoint(config.model), config.model, config.allow_pickle)
+    tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
+    check_vocabulary(tokenizer, model_config, config.model)
+    if load_weights:
+        load_model(config.model, layers=config.layers, device="cpu", **config.loading)
+    return tokenizer, context_of(model_config)
+
+
+def _tokenized(project: Project, shard: str) -> bool:
+    """A shard whose tokens are current was checked when it was tokenized."""
+    return "corpus_shards" in project.graph and project.status("corpus_shards", shard).current
+
+
+def _check_queries(found: Findings, url: str, tokenizer: object | None, context: int | None) -> None:
+    table = found.check(lambda: read_queries(url))
+    if table is None or tokenizer is None:
+        return
+    for query in queries_from_table(table):
+        found.check(lambda query=query: _in_file(url, lambda: encode_query(query, tokenizer, context)))
+
+
+def _check_corpus_file(url: str) -> None:
+    usable = sum(1 for record in read_records(url) if record["text"].strip())
+    if usable == 0:
+        raise InputError(f"{url}: every document's `text` is empty; add text or remove the file")
+
+
+def _in_file(url: str, step: Callable[[], object]) -> object:
+    """Prefix a record-level error with the file it comes from."""
+    try:
+        return step()
+    except InputError as exc:
+        raise InputError(f"{url}: {exc}") from None

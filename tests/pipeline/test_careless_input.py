@@ -1,0 +1,130 @@
+"""Every mistake a careless user makes ends `pretrace run` before any model work, with one
+`pretrace:` line per problem naming the file (and line or record) and the fix, and no traceback
+on the terminal; `pretrace check` finds the same without computing anything."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertConfig, BertForMaskedLM
+
+from tests.pipeline.project import edit_config, make_project, pretrace
+from tests.tiny import tiny_model, tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("template")
+    make_project(root)
+    return root
+
+
+def _bert(root: Path) -> None:
+    shutil.rmtree(root / "model")
+    BertForMaskedLM(BertConfig(vocab_size=300, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=32)).save_pretrained(root / "model")
+    tiny_tokenizer().save_pretrained(root / "model")
+
+
+def _pickled(root: Path) -> None:
+    (root / "model" / "model.safetensors").unlink()
+    torch.save(tiny_model("llama", seed=3).state_dict(), root / "model" / "pytorch_model.bin")
+
+
+def _custom_code(root: Path) -> None:
+    config = json.loads((root / "model" / "config.json").read_text())
+    config |= {"model_type": "my-llama", "auto_map": {"AutoConfig": "mine.C", "AutoModelForCausalLM": "mine.M"}}
+    (root / "model" / "config.json").write_text(json.dumps(config))
+
+
+def _small_vocabulary(root: Path) -> None:
+    tiny_model("llama", vocab_size=200).save_pretrained(root / "model")
+
+
+def _append(path: str, *lines: str) -> Callable[[Path], None]:
+    def change(root: Path) -> None:
+        with (root / path).open("a") as f:
+            f.write("".join(line + "\n" for line in lines))
+    return change
+
+
+def _replace(path: str, text: str) -> Callable[[Path], None]:
+    return lambda root: (root / path).write_text(text)
+
+
+def _config(**changes) -> Callable[[Path], None]:
+    return lambda root: edit_config(root / "pretrace.yaml", **changes)
+
+
+def _both(*changes: Callable[[Path], None]) -> Callable[[Path], None]:
+    def change(root: Path) -> None:
+        for one in changes:
+            one(root)
+    return change
+
+
+LONG = " ".join(["Paris"] * 80)
+CASES = {
+    "encoder": (_bert, ["model: ", "is a BertForMaskedLM, not a causal language model", "...ForCausalLM"]),
+    "pickle-only": (_pickled, ["only pickled weights (pytorch_model.bin)", "`allow_pickle: true`"]),
+    "remote-code": (_custom_code, ["set `trust_remote_code: true` in pretrace.yaml only if you trust"]),
+    "vocabulary": (_small_vocabulary, ["has 300 tokens but the model's embedding has 200 rows", "save the tokenizer"]),
+    "surrogate": (_append("corpus/part-a.jsonl", '{"id": "s", "text": "bad \\ud800"}'),
+                  ["part-a.jsonl, line 15: `text` holds an unpaired surrogate", "write the character itself"]),
+    "all-empty": (_replace("corpus/part-c.jsonl", '{"id": "e1", "text": ""}\n{"id": "e2", "text": "  "}\n'),
+                  ["part-c.jsonl: every document's `text` is empty", "remove the file"]),
+    "float-id": (_append("corpus/part-b.jsonl", '{"id": 1.5, "text": "x"}'),
+                 ["part-b.jsonl, line 11: the `id` is a float (1.5)", "quote it"]),
+    "queries-json": (_append("queries.jsonl", '{"id": "x", "kind": "f"'),
+                     ["queries.jsonl, line 4: not valid JSON", "one JSON object"]),
+    "query-too-long": (_append("queries.jsonl", json.dumps({"id": "long", "kind": "f", "prompt": LONG, "completion": " x"})),
+                       ["queries.jsonl: query 'long': prompt+completion is", "longer than the model's context of 64",
+                        "shorten"]),
+    "answer-list": (_append("queries.jsonl", json.dumps({"id": "l", "kind": "f", "prompt": "p", "completion": " c",
+                                                         "answer": ["x"]})),
+                    ['queries.jsonl, line 4: `answer` is ["x"] (list)', "give the answer as a string or a number"]),
+    "fit-shards": (_config(fit_shards=["nope.jsonl"]),
+                   ["fit_shards: 'nope.jsonl' is not a shard of", "the shards are: part-a.jsonl, part-b.jsonl"]),
+    "two-problems": (_both(_append("queries.jsonl", '{"id": 5, "kind": "f", "prompt": "p", "completion": "c"}'),
+                           _append("corpus/part-b.jsonl", '{"text": "no id"}')),
+                     ["queries.jsonl, line 4: `id` is int 5", "part-b.jsonl, line 11: the record has no `id`"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_careless_input_is_named_before_any_model_work(template: Path, tmp_path: Path, case: str) -> None:
+    root = tmp_path / "project"
+    shutil.copytree(template, root)
+    change, expected = CASES[case]
+    change(root)
+    result = pretrace("run", "--config", "pretrace.yaml", cwd=root)
+    terminal = result.stdout + result.stderr
+    assert result.returncode == 1, terminal[-3000:]
+    assert "Traceback" not in terminal and "STEP_FAILURE" not in terminal and "Warning" not in terminal, terminal[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("pretrace: ")]
+    last = result.stderr.rstrip().splitlines()[-1]
+    assert last == errors[-1]
+    for part in expected:
+        assert any(part in line for line in errors), f"{part!r} not in {errors}"
+    assert "materializing" not in result.stdout  # nothing at all was computed, EK-FAC least of all
+    assert not (root / "data" / "ekfac_covariances").exists()
+    assert "the full trace is in" in result.stderr
+
+
+def test_check_validates_without_computing_and_lists_skipped_files(template: Path, tmp_path: Path) -> None:
+    root = tmp_path / "project"
+    shutil.copytree(template, root)
+    (root / "corpus" / "notes.json").write_text("{}")
+    result = pretrace("check", "--config", "pretrace.yaml", cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "warning: " in result.stdout and "skipped notes.json: not a corpus file" in result.stdout
+    assert "every input is usable" in result.stdout
+    assert not (root / "data").exists() or not any((root / "data").iterdir())
+    _bert(root)
+    result = pretrace("check", "--config", "pretrace.yaml", cwd=root)
+    assert result.returncode == 1 and "not a causal language model" in result.stderr.splitlines()[-1]
