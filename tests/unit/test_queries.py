@@ -1,5 +1,7 @@
 """Query gradients: completion-only measurement, preconditioning, projection and rank."""
 
+import json
+
 import pytest
 import torch
 
@@ -113,3 +115,23 @@ def test_too_long_query_is_named(lm):
 def test_bad_rank(lm):
     with pytest.raises(InputError, match="query_rank"):
         compute_query_gradients(lm, identity_factors(lm), QUERIES, rank=0)
+
+
+@pytest.mark.parametrize("answer, stored", [(0, "0"), (29029, "29029"), (2.5, "2.5"), ("Paris", "Paris"), (None, "")])
+def test_answers_are_kept_as_written(tmp_path, answer, stored):
+    from pretrace.query_file import read_queries
+
+    path = tmp_path / "q.jsonl"
+    record = {"id": "q", "kind": "k", "prompt": "p", "completion": "c"} | ({} if answer is None else {"answer": answer})
+    path.write_text(json.dumps(record) + "\n")
+    assert read_queries(str(path)).column("answer").to_pylist() == [stored]
+
+
+@pytest.mark.parametrize("answer", [False, ["x"], {"a": 1}])
+def test_answers_without_one_text_are_refused(tmp_path, answer):
+    from pretrace.query_file import read_queries
+
+    path = tmp_path / "q.jsonl"
+    path.write_text(json.dumps({"id": "q", "kind": "k", "prompt": "p", "completion": "c", "answer": answer}) + "\n")
+    with pytest.raises(InputError, match=r"q\.jsonl, line 1: `answer` is .* give the answer as a string or a number"):
+        read_queries(str(path))

@@ -224,3 +224,13 @@ def test_power_law_fits_the_head_of_each_ranking():
     rows = power_laws(stats)
     assert [r["ranks"] for r in rows] == [500, 500]
     assert rows[0]["slope"] == pytest.approx(-0.7, abs=1e-6) and rows[1]["slope"] == pytest.approx(-0.35, abs=1e-6)
+
+
+def test_the_same_id_in_two_files_stays_two_rows_that_name_their_shard():
+    qids, scores = ["q"], np.array([[3.0, 1.0]], dtype=np.float32)
+    a = top_documents(qids, ["x", "y"], scores, 2, shard="a.jsonl")
+    b = top_documents(qids, ["x", "y"], scores, 2, shard="a.parquet")
+    merged = merge_top_documents([b, a], 4)
+    top = merged.filter(pa.compute.equal(merged["side"], "top")).to_pylist()
+    assert [(r["doc_id"], r["shard"]) for r in top] == [
+        ("x", "a.jsonl"), ("x", "a.parquet"), ("y", "a.jsonl"), ("y", "a.parquet")]
