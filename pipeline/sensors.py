@@ -43,6 +43,7 @@ class Refresh:
     removed: list[str] = field(default_factory=list)
     observed: list[str] = field(default_factory=list)  # labels whose fingerprint changed
     fingerprints: dict[str, str] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)  # entries of the corpus folder not read, with why
 
     def summary(self) -> str:
         parts = [f"{len(self.fingerprints)} inputs watched"]
@@ -52,6 +53,8 @@ class Refresh:
             parts.append(f"changed: {', '.join(self.observed)}")
         if self.removed:
             parts.append(f"corpus files gone: {', '.join(self.removed)} ({CLEAN_HINT})")
+        if self.skipped:
+            parts.append(f"not read: {'; '.join(self.skipped)}")
         return "; ".join(parts) if len(parts) > 1 else f"no new or changed inputs among {parts[0]}"
 
 
@@ -77,7 +80,7 @@ def refresh_inputs(instance: dg.DagsterInstance, resource: PretraceResource,
     project = resource.project()
     registered = set(instance.get_dynamic_partitions(shard_partitions.name))
     refresh = Refresh(new=[s for s in project.shards if s not in registered],
-                      removed=sorted(registered - set(project.shards)))
+                      removed=sorted(registered - set(project.shards)), skipped=project.listing.skipped)
     if refresh.new:
         instance.add_dynamic_partitions(shard_partitions.name, refresh.new)
     for (key, partition), fingerprint in _sources(project, resource.demo).items():
@@ -86,8 +89,9 @@ def refresh_inputs(instance: dg.DagsterInstance, resource: PretraceResource,
         before = known.get(name) if known is not None else _last_observed(instance, key, partition)
         if before != fingerprint:
             refresh.observed.append(name)
+            metadata = {"skipped_in_folder": dg.MetadataValue.json(refresh.skipped)} if partition else {}
             instance.report_runless_asset_event(dg.AssetObservation(
-                key, partition=partition, tags={"dagster/data_version": fingerprint}))
+                key, partition=partition, tags={"dagster/data_version": fingerprint}, metadata=metadata))
     return refresh
 
 

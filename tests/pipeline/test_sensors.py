@@ -54,6 +54,17 @@ def test_new_files_become_partitions_and_every_input_is_observed_once(setup):
     assert len(observed(instance, "corpus_files", A)) == 1
 
 
+def test_entries_of_the_corpus_folder_that_are_not_read_are_named_on_the_tick(setup):
+    config, defs, instance = setup
+    (Path(config.corpus) / "notes.json").write_text("{}")
+    message = tick(defs, instance).skip_reason.skip_message
+    assert "not read: notes.json: not a corpus file; convert it to .jsonl" in message
+    records = instance.fetch_observations(dg.AssetRecordsFilter(asset_key=dg.AssetKey("corpus_files"),
+                                                                asset_partitions=[A]), limit=1).records
+    skipped = records[0].asset_observation.metadata["skipped_in_folder"].value
+    assert [entry.split(":")[0] for entry in skipped] == ["notes.json"]
+
+
 def test_content_changes_are_observed_and_touches_are_not(setup):
     config, defs, instance = setup
     first = tick(defs, instance)
