@@ -9,12 +9,13 @@ from pretrace.report.build import make_report, merge_shards
 from resources.pretrace import PretraceResource
 
 from .common import RETRY, computing, materialized, report_link, table_metadata
+from .evaluation import attribution_eval
 from .scores import influence_scores
 
 REPORT_FILE = "report.html"
 
 
-@dg.asset(deps=[influence_scores, "query_gradients"], group_name="report", kinds={"parquet", "html"},
+@dg.asset(deps=[influence_scores, "query_gradients", attribution_eval], group_name="report", kinds={"parquet", "html"},
           retry_policy=RETRY)
 def influence_report(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> dg.MaterializeResult:
     """Correlations between queries, influence per nat, concentration, answers and sources in the
@@ -29,7 +30,10 @@ def influence_report(context: dg.AssetExecutionContext, pretrace: PretraceResour
         stats, top = merge_shards(((r.state("{shard}.stats.safetensors"), r.table("{shard}.top.parquet"))
                                    for r in readers), config.top_k)
         queries = run.reader("query_gradients").table("queries.parquet")
-        report = make_report(stats, top, queries, ReportConfig(k=config.top_k, seed=config.seed), shards=len(shards))
+        check = run.reader("attribution_eval")
+        attribution = {name: check.table(f"{name}.parquet") for name in ("summary", "retrieval_summary")}
+        report = make_report(stats, top, queries, ReportConfig(k=config.top_k, seed=config.seed), shards=len(shards),
+                             attribution=attribution)
         manifest = run.commit(report.outputs())
     tables = {name: table_metadata(list(df.iter_rows(named=True)), {c: str(t) for c, t in df.schema.items()})
               for name, df in report.headline_tables().items()}

@@ -9,6 +9,7 @@ import dagster as dg
 from assets.checks import CHECKS
 from assets.corpus import corpus_files, corpus_shards
 from assets.ekfac import ekfac_covariances, ekfac_eigenbasis, ekfac_factors, ekfac_lambdas
+from assets.evaluation import attribution_eval
 from assets.gradients import document_gradients
 from assets.k8s import executor_from_env
 from assets.model import checkpoint, demo_model, user_model
@@ -28,7 +29,7 @@ from .settings import workspace_config
 
 SHARED_ASSETS = [
     corpus_files, query_file, corpus_shards, ekfac_covariances, ekfac_eigenbasis, ekfac_lambdas, ekfac_factors,
-    queries, query_gradients, document_gradients, influence_scores, influence_report,
+    queries, query_gradients, document_gradients, influence_scores, attribution_eval, influence_report,
 ]
 
 

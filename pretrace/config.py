@@ -101,6 +101,8 @@ DESCRIPTIONS = {
     "allow_pickle": "Load a checkpoint whose weights are only pickles (.bin), which can run code: trusted files only.",
     "seed": "Seed of sampled Fisher labels, projections and the report's bootstrap.",
     "top_k": "Top and bottom documents kept per query and shard for the report.",
+    "tail_patch_k": "Documents per query in the attribution check (tail-patch): one SGD step on each method's top-k (at most top_k).",
+    "tail_patch_lr": "Learning rate of the attribution check's SGD step (small: the change should be first-order).",
 }
 """What each setting means, shown in Dagster's launchpad and by `pretrace status`."""
 
@@ -128,6 +130,16 @@ class PretraceConfig(BaseModel):
     allow_pickle: bool = False
     seed: StrictInt = Field(default=0, ge=0)
     top_k: StrictInt = Field(default=50, gt=0)
+    tail_patch_k: StrictInt = Field(default=10, gt=0)
+    tail_patch_lr: float = 1e-3
+
+    @field_validator("tail_patch_lr", mode="before")
+    @classmethod
+    def _learning_rate(cls, value: Any) -> float:
+        try:
+            return _positive_number(value)
+        except ValueError:
+            raise ValueError("must be a number > 0, e.g. 1e-3") from None
 
     @field_validator("projection", mode="before")
     @classmethod

@@ -21,14 +21,17 @@ def iter_document_gradients(
     projection: KroneckerProjection | None = None,
     batch_size: int = 8,
     progress: Callable[[int], None] | None = None,
+    first_target: Sequence[int] | None = None,
 ) -> Iterator[tuple[range, dict[str, torch.Tensor], torch.Tensor]]:
     """Yield (index range, {layer: (B, k_out, k_in) gradients}, (B,) losses) batch by batch.
 
     With a projection, per-token a and g are projected before the outer product, so the full
-    (d_out, d_in) per-document gradient is never formed.
+    (d_out, d_in) per-document gradient is never formed. ``first_target`` makes the loss that
+    of each sequence's tokens from that index on (a query's completion): the raw query
+    gradient, in the same space as the documents'.
     """
     proj = projection.to(lm.device, lm.accumulate_dtype) if projection is not None else None
-    for index, batch in batches(sequences, batch_size, lm.pad_token_id):
+    for index, batch in batches(sequences, batch_size, lm.pad_token_id, first_target):
         cap = capture(lm, batch, "data")
         grads = {}
         for layer in lm.layers:
@@ -72,12 +75,14 @@ def compute_document_gradients(
     projection: KroneckerProjection | None = None,
     batch_size: int = 8,
     progress: Callable[[int], None] | None = None,
+    first_target: Sequence[int] | None = None,
 ) -> DocumentGradients:
-    """Gradients of every document, gathered on the CPU for storage."""
+    """Gradients of every document (of every query's completion, with ``first_target``),
+    gathered on the CPU for storage."""
     grads: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in lm.layers}
     losses = []
     for _, batch_grads, batch_losses in iter_document_gradients(
-        lm, sequences, projection=projection, batch_size=batch_size, progress=progress
+        lm, sequences, projection=projection, batch_size=batch_size, progress=progress, first_target=first_target
     ):
         for name, value in batch_grads.items():
             grads[name].append(value.cpu())

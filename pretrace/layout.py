@@ -138,16 +138,24 @@ INFLUENCE_SCORES = Artefact(
     {"{shard}.parquet": None, "{shard}.stats.safetensors": ShardStatistics, "{shard}.top.parquet": None},
     ("top_k",), (Input("query_gradients"), Input("document_gradients", "shard"), Input("corpus_shards", "shard")), "4",
     "query x document scores of one shard, its statistics and top documents")
+ATTRIBUTION_EVAL = Artefact(
+    "attribution_eval", False,
+    {"gains.parquet": None, "summary.parquet": None, "retrieval.parquet": None, "retrieval_summary.parquet": None},
+    ("tail_patch_k", "top_k", "tail_patch_lr", "seed", "projection", "batch_size", "dtype"),
+    (Input("model"), Input("queries"), Input("query_gradients"), Input("corpus_shards", "all_shards"),
+     Input("document_gradients", "all_shards"), Input("influence_scores", "all_shards")), "1",
+    "tail-patch gains of each query's top documents by influence, random, BM25 and gradient cosine, "
+    "and where each ranks the documents stating a query's `evidence`")
 INFLUENCE_REPORT = Artefact(
     "influence_report", False, {}, ("top_k", "seed"),
-    (Input("query_gradients"), Input("influence_scores", "all_shards")), "4",
+    (Input("query_gradients"), Input("influence_scores", "all_shards"), Input("attribution_eval")), "4",
     "the report over every current shard: HTML, tables, figures")
 
 
 def artefacts(demo: bool = False) -> dict[str, Artefact]:
     """The artefacts of a project in dependency order; the demo trains its own model."""
     table = [DEMO_MODEL if demo else USER_MODEL, CORPUS_SHARDS, COVARIANCES, EIGENBASIS, LAMBDAS, FACTORS,
-             QUERIES, QUERY_GRADIENTS, DOCUMENT_GRADIENTS, INFLUENCE_SCORES, INFLUENCE_REPORT]
+             QUERIES, QUERY_GRADIENTS, DOCUMENT_GRADIENTS, INFLUENCE_SCORES, ATTRIBUTION_EVAL, INFLUENCE_REPORT]
     return {a.name: a for a in table}
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .corpus import read_records
-from .errors import InputError, InputErrors
 from .checkpoint_cache import local_checkpoint
 from .config import PretraceConfig
+from .corpus import read_records
+from .errors import InputError, InputErrors
 from .model import check_vocabulary, checkpoint_config, context_of, load_model, load_tokenizer, weight_format
 from .provenance import Project
 from .queries import encode_query

@@ -52,6 +52,8 @@ class PretraceResource(dg.ConfigurableResource):
     allow_pickle: bool = _field("allow_pickle")
     seed: int = _field("seed")
     top_k: int = _field("top_k")
+    tail_patch_k: int = _field("tail_patch_k")
+    tail_patch_lr: float = _field("tail_patch_lr")
     demo: bool = Field(default=False, description="Train the demo's tiny model on the corpus instead of loading `model`.")
 
     @classmethod

@@ -2,7 +2,8 @@
 
 Its mix mirrors the question of Ruis et al. (2024) at toy scale: bulk code and prose,
 factual documents whose facts the factual queries ask for, procedural documents (worked
-solutions) for the reasoning tasks, and documents that state results without a procedure.
+solutions) for the reasoning tasks, documents that state results without a procedure, and
+planted facts about fictional people, each stated a known number of times (`planted`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pretrace.demo import facts, procedures
+from pretrace.demo.planted import planted_documents
 from pretrace.demo.files import write_records
 from pretrace.demo.library_text import Record, code_documents, prose_documents
 
@@ -120,6 +122,7 @@ def build_demo_corpus(out_dir: Path, *, seed: int = 0) -> list[Path]:
         *prose_documents(N_PROSE, random.Random(f"{seed}:prose")),
         *_fact_records(random.Random(f"{seed}:facts")),
         *_math_records(random.Random(f"{seed}:math")),
+        *planted_documents(seed),
     ]
     random.Random(f"{seed}:shards").shuffle(records)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""The demo queries: factual, three reasoning tasks, and unrelated controls.
+"""The demo queries: factual, three reasoning tasks, unrelated controls, and questions about
+the planted facts (`pretrace.demo.planted`).
 
 Factual queries ask for facts the corpus states in several wordings; reasoning queries are
 worked in the corpus's numbered-steps style on problems held out of the corpus, so only the
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from pretrace.demo import facts, procedures
 from pretrace.demo.files import write_records
+from pretrace.demo.planted import planted_queries
 
 PER_KIND = 8
 KINDS = ("factual", *procedures.TASKS, "control")
@@ -100,6 +102,7 @@ def build_demo_queries(path: Path, *, seed: int = 0) -> Path:
             for row in _reasoning(task, random.Random(f"{seed}:{task}"))
         ),
         *_control(random.Random(f"{seed}:control")),
+        *planted_queries(seed),
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_records(path, rows)

@@ -70,9 +70,10 @@ def markdown_table(df: pl.DataFrame, rows: int = 40) -> str:
 
 
 def make_report(stats: ShardStatistics, top: pa.Table, queries: pa.Table, config: ReportConfig = ReportConfig(),
-                shards: int | None = None) -> Report:
-    """Analyses, plots, readings and HTML from merged statistics (no storage, no Dagster)."""
-    analysis = analyze(stats, top, queries, config)
+                shards: int | None = None, attribution: dict[str, pa.Table] | None = None) -> Report:
+    """Analyses, plots, readings and HTML from merged statistics (no storage, no Dagster);
+    ``attribution``: the attribution check's summary tables, by name, if there is one."""
+    analysis = analyze(stats, top, queries, config, attribution)
     figures = sections.render_figures(analysis)
     readings = sections.readings(analysis)
     return Report(analysis, figures, readings, page.render(analysis, figures, readings, shards=shards))

@@ -22,7 +22,7 @@ class ReportConfig:
     permutations: int = 2000
     level: float = 0.95
     seed: int = 0
-    factual_kinds: tuple[str, ...] = ("factual",)
+    factual_kinds: tuple[str, ...] = ("factual", "planted")  # planted: the demo's fictional facts
     control_kinds: tuple[str, ...] = ("control",)
     html_rows: int = 10  # documents per query and side shown in the HTML (all k are in Parquet)
 

@@ -21,7 +21,7 @@ from pretrace.scores import stream_scores
 from tests.pipeline.project import QUERIES, make_project, run_pipeline, write_corpus_file
 
 ALL_ASSETS = ["corpus_shards", "model", "ekfac_covariances", "ekfac_eigenbasis", "ekfac_lambdas", "ekfac_factors",
-              "queries", "query_gradients", "document_gradients", "influence_scores", "influence_report"]
+              "queries", "query_gradients", "document_gradients", "influence_scores", "attribution_eval", "influence_report"]
 SOURCES = {"corpus_files", "checkpoint", "query_file"}
 
 
@@ -95,7 +95,7 @@ def test_a_new_corpus_file_runs_only_its_own_partition_with_fixed_fit_shards(pro
     write_corpus_file(Path(config.corpus) / "part-c.jsonl", 6, 3, "c")
     ran = run_pipeline(config)
     assert ran == ["corpus_shards[part-c.jsonl]", "document_gradients[part-c.jsonl]",
-                   "influence_scores[part-c.jsonl]", "influence_report"]
+                   "influence_scores[part-c.jsonl]", "attribution_eval", "influence_report"]
 
 
 def test_with_fit_shards_all_a_new_file_refits_the_factors(tmp_path):

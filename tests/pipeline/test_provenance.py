@@ -33,18 +33,21 @@ def each(*names: str, shards=(A, B)) -> set[str]:
     return {f"{n}[{s}]" if n in SHARDED else n for n in names for s in (shards if n in SHARDED else [None])}
 
 
+REPORTS = ("attribution_eval", "influence_report")  # everything that reads the scores
 EKFAC_ON = each("ekfac_covariances", "ekfac_eigenbasis", "ekfac_lambdas", "ekfac_factors", "query_gradients",
-                "influence_scores", "influence_report")
+                "influence_scores", *REPORTS)
 GRADIENTS = EKFAC_ON | each("document_gradients")
 EVERYTHING = GRADIENTS | each("model", "corpus_shards", "queries")
-AFTER_FACTORS = each("ekfac_factors", "query_gradients", "influence_scores", "influence_report")
+AFTER_FACTORS = each("ekfac_factors", "query_gradients", "influence_scores", *REPORTS)
 
 # Each setting, a new value, and what a rerun must recompute (the README's invalidation table).
 INVALIDATION = {
     "damping": (0.3, AFTER_FACTORS),
-    "top_k": (3, each("influence_scores", "influence_report")),
-    "query_rank": (2, each("query_gradients", "influence_scores", "influence_report")),
-    "projection": ([8, 8], each("query_gradients", "document_gradients", "influence_scores", "influence_report")),
+    "top_k": (3, each("influence_scores", *REPORTS)),
+    "query_rank": (2, each("query_gradients", "influence_scores", *REPORTS)),
+    "projection": ([8, 8], each("query_gradients", "document_gradients", "influence_scores", *REPORTS)),
+    "tail_patch_k": (3, each(*REPORTS)),
+    "tail_patch_lr": (0.01, each(*REPORTS)),
     "fisher": ("empirical", EKFAC_ON),
     "seed": (1, GRADIENTS),
     "batch_size": (3, GRADIENTS),
@@ -154,7 +157,7 @@ def test_a_new_query_then_a_kill_during_influence_scores(finished, tmp_path):
     rerun = pretrace("run", "--config", "pretrace.yaml", cwd=project)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "marked failed" in rerun.stdout and not left_started(project)
-    assert materialized(rerun) == [f"influence_scores[{B}]", "influence_report"]
+    assert materialized(rerun) == [f"influence_scores[{B}]", *REPORTS]
     config = load_config(project / "pretrace.yaml")
     assert snapshot(project / "data") == clean_run_snapshot(config, tmp_path)
 

@@ -20,7 +20,7 @@ from pretrace.demo.tokenizer import train_tokenizer
 from pretrace.demo.train import train_demo_model
 from pretrace.errors import InputError
 
-SOURCES = {"code", "prose", "facts", "math_procedure", "math_result"}
+SOURCES = {"code", "prose", "facts", "math_procedure", "math_result", "planted"}
 # The problem's numbers as every rendering writes them, found in a reasoning query's prompt.
 KEY_PATTERNS = {
     "arithmetic": r"\(\d+ [-+*] \d+\) [-+*] \d+",
@@ -81,7 +81,7 @@ def test_procedures_compute_the_right_answers():
 
 
 def test_queries_have_every_kind_and_a_consistent_schema(queries):
-    assert [q["kind"] for q in queries] == [k for k in KINDS for _ in range(PER_KIND)]
+    assert [q["kind"] for q in queries if q["kind"] != "planted"] == [k for k in KINDS for _ in range(PER_KIND)]
     assert len({q["id"] for q in queries}) == len(queries)
     for q in queries:
         assert q["answer"] and q["answer"] in q["completion"]
@@ -90,6 +90,27 @@ def test_queries_have_every_kind_and_a_consistent_schema(queries):
             assert q["intermediates"] and all(i in q["completion"] for i in q["intermediates"])
         else:
             assert q["intermediates"] == []
+
+
+def test_planted_facts_are_deterministic_and_stated_as_often_as_their_queries_say(queries, records, tmp_path):
+    from pretrace.demo.planted import FREQUENCIES, planted_documents, planted_facts
+
+    assert planted_documents(0) == planted_documents(0) != planted_documents(1)
+    planted = [q for q in queries if q["kind"] == "planted"]
+    stating = {}
+    for r in records:
+        if r["source"] == "planted":
+            stating.setdefault(r["evidence"], []).append(r)
+    assert len(planted) == len(stating) == 36
+    for q in planted:
+        docs = stating[q["evidence"]]
+        assert len(docs) == q["planted_frequency"] in FREQUENCIES
+        assert len({d["text"] for d in docs}) == len(docs), "paraphrases, not copies"
+        name = {f.key: f.name for f in planted_facts(0)}[q["evidence"]]
+        assert name in q["prompt"] and all(q["answer"] in d["text"] and name in d["text"] for d in docs), q
+        assert not any(q["prompt"] in d["text"] for d in docs), "the question's wording is not in the corpus"
+    assert sorted({q["planted_frequency"] for q in planted}) == list(FREQUENCIES)
+    assert [sum(q["planted_frequency"] == f for q in planted) for f in FREQUENCIES] == [12, 12, 12]
 
 
 def test_reasoning_queries_are_not_worked_in_the_corpus(queries, records):

@@ -1,0 +1,54 @@
+"""attribution_eval: do the documents influence ranks first cause the answer? (pretrace.evaluation)"""
+
+import time
+
+import dagster as dg
+import pyarrow as pa
+
+from pretrace.evaluation import Documents, attribution_check, query_evidence
+from pretrace.projection import projection_for
+from pretrace.query_file import queries_from_table
+from pretrace.statistics import merge_top_documents
+from resources.pretrace import PretraceResource
+
+from .common import GPU_ASSET, RETRY, computing, materialized, progress_logger, table_metadata
+from .gradients import document_gradients
+from .scores import influence_scores
+
+
+@dg.asset(deps=[influence_scores, document_gradients, "queries", "query_gradients", "model"], group_name="report",
+          kinds={"pytorch", "parquet"}, retry_policy=RETRY, **GPU_ASSET)
+def attribution_eval(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> dg.MaterializeResult:
+    """Tail-patch check of every query: one SGD step on its top-k documents by influence, by k
+    random documents, by BM25 and by gradient cosine, and the change in log p(completion)."""
+    started = time.monotonic()
+    with computing(context, pretrace) as run:
+        config = run.project.config
+        shards = run.project.shards
+        k = min(config.tail_patch_k, config.top_k)
+        lm = run.model()
+        documents = Documents.from_shards(
+            (s, run.reader("corpus_shards", s).table("{shard}.parquet", ["doc_id", "input_ids", "text", "meta"]))
+            for s in shards)
+        top = merge_top_documents((run.reader("influence_scores", s).table("{shard}.top.parquet") for s in shards), k)
+        queries = queries_from_table(run.reader("query_gradients").table("queries.parquet"))
+        evidence = query_evidence(run.reader("queries").table("queries.parquet", ["id", "meta"]), queries)
+        check = attribution_check(
+            lm, queries, documents, top, ((s, run.reader("document_gradients", s).state()) for s in shards),
+            query_evidence=evidence, k=k, learning_rate=config.tail_patch_lr, seed=config.seed,
+            projection=projection_for(config, lm.layer_shapes()), batch_size=config.batch_size,
+            progress=progress_logger(context, len(queries), "tail-patch queries"),
+        )
+        manifest = run.commit(check.outputs())
+    overall = check.summary.filter(pa.compute.equal(check.summary.column("kind"), "all")).to_pylist()
+    retrieval = check.retrieval_summary.filter(pa.compute.equal(check.retrieval_summary.column("evidence_documents"), 0))
+    return materialized(
+        run, manifest, started, k=k, learning_rate=config.tail_patch_lr, queries=len(queries),
+        tail_patch=_table(check.summary), evidence_retrieval=_table(check.retrieval_summary),
+        **{f"mean_gain_{r['method']}": r["mean_gain"] for r in overall},
+        **{f"mrr_{r['method']}": r["mrr"] for r in retrieval.to_pylist()},
+    )
+
+
+def _table(table: pa.Table) -> dg.MetadataValue:
+    return table_metadata(table.to_pylist(), {c: str(t) for c, t in zip(table.column_names, table.schema.types)})
