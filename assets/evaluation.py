@@ -12,11 +12,13 @@ from pretrace.statistics import merge_top_documents
 from resources.pretrace import PretraceResource
 
 from .common import GPU_ASSET, RETRY, computing, materialized, progress_logger, table_metadata
+from .corpus import corpus_shards
 from .gradients import document_gradients
 from .scores import influence_scores
 
 
-@dg.asset(deps=[influence_scores, document_gradients, "queries", "query_gradients", "model"], group_name="report",
+@dg.asset(deps=[influence_scores, document_gradients, corpus_shards, "queries", "query_gradients", "model"],
+          group_name="report",
           kinds={"pytorch", "parquet"}, retry_policy=RETRY, **GPU_ASSET)
 def attribution_eval(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> dg.MaterializeResult:
     """Tail-patch check of every query: one SGD step on its top-k documents by influence, by k

@@ -112,8 +112,8 @@ def test_a_new_query_recomputes_scores_but_no_document_gradients(project):
     with open(config.queries, "a") as f:
         f.write('{"id": "new", "kind": "arithmetic", "prompt": "(7 - 4) * 8 =", "completion": " 24", "answer": "24"}\n')
     ran = run_pipeline(config)
-    assert ran[:2] == ["queries", "query_gradients"] and ran[-1] == "influence_report"
-    assert sorted(ran[2:-1]) == [f"influence_scores[{s}]" for s in Project(config).shards]
+    assert ran[:2] == ["queries", "query_gradients"] and ran[-2:] == ["attribution_eval", "influence_report"]
+    assert sorted(ran[2:-2]) == [f"influence_scores[{s}]" for s in Project(config).shards]
 
 
 def test_progress_lines_follow_the_configured_interval(monkeypatch):
