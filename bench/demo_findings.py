@@ -1,0 +1,76 @@
+"""The figures the README quotes from the demo's report, printed from its Parquet tables.
+
+    python bench/demo_findings.py ./data     # the storage root of a finished `pretrace demo`
+
+So the README's numbers are read from a file this command wrote, never typed from memory:
+top-20 source counts of each reasoning kind, the per-nat ratio, the correlation groups, the
+factual kinds' sources, the attribution check (tail-patch and planted-fact retrieval), and the
+planted documents' loss by how often their fact is stated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import time
+from pathlib import Path
+
+import polars as pl
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("storage", help="the demo's storage root (its data/ folder)")
+    args = parser.parse_args()
+    report = Path(args.storage) / "influence_report"
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    print(f"# demo findings {time.strftime('%Y-%m-%d')}, commit {commit}, from {report}")
+    sources = pl.read_parquet(report / "sources.parquet").filter(pl.col("side") == "top")
+    for row in sources.sort(["kind", "source"]).iter_rows(named=True):
+        print(f"top_{row['kind']}_{row['source']}: {row['count']} slots, {row['ratio']:.2f}x corpus share")
+    for row in pl.read_parquet(report / "magnitude_comparison.parquet").iter_rows(named=True):
+        print(f"{row['measure']}_reasoning_over_factual: {row['reasoning_over_factual']:.3f} "
+              f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}] ({row['factual_queries']} factual, "
+              f"{row['reasoning_queries']} reasoning queries)")
+    for row in pl.read_parquet(report / "correlation_groups.parquet").iter_rows(named=True):
+        name = row["group"].replace(" ", "_")
+        print(f"correlation_{name}: {row['mean_r']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}] ({row['pairs']} pairs)")
+    for row in pl.read_parquet(report / "tail_patch.parquet").filter(pl.col("kind") == "all").iter_rows(named=True):
+        print(f"tailpatch_{row['method']}: {row['mean_gain']:.4g} [{row['low']:.4g}, {row['high']:.4g}]")
+    for row in pl.read_parquet(report / "evidence_retrieval.parquet").iter_rows(named=True):
+        by = "" if row["evidence_documents"] == 0 else f"_stated{row['evidence_documents']}x"
+        print(f"planted_mrr_{row['method']}{by}: {row['mrr']:.3f} (recall@k {row['recall_at_k']:.3f})")
+    for frequency, (loss, norm, n) in sorted(planted_losses(Path(args.storage)).items()):
+        print(f"planted_stated{frequency}x_loss_per_token: {loss:.3f} (median gradient norm {norm:.3g}, {n} documents)")
+
+
+def planted_losses(storage: Path) -> dict[int, tuple[float, float, int]]:
+    """Mean next-token loss per token and median (stored) gradient norm of the planted
+    documents, by how many documents state their fact: is a repeated fact a learned one?"""
+    import numpy as np
+    from safetensors import safe_open
+
+    from pretrace.demo.planted import planted_facts
+    from pretrace.documents import DocumentGradients
+
+    frequency = {f.key: f.frequency for f in planted_facts()}
+    found: dict[int, tuple[list[float], list[float]]] = {}
+    for path in sorted((storage / "document_gradients").glob("*.safetensors")):
+        shard = path.name.removesuffix(".safetensors")
+        with safe_open(str(path), "pt") as f:
+            grads = DocumentGradients.from_tensors({k: f.get_tensor(k) for k in f.keys()}, f.metadata())
+        tokens = pl.read_parquet(storage / "corpus_shards" / f"{shard}.parquet", columns=["doc_id", "n_tokens"])
+        n_tokens = dict(zip(tokens["doc_id"].to_list(), tokens["n_tokens"].to_list()))
+        norms = sum((g.flatten(1).double() ** 2).sum(1) for g in grads.grads.values()).sqrt()
+        for i, doc in enumerate(grads.ids):
+            if doc.startswith("planted/"):
+                losses, sizes = found.setdefault(frequency["/".join(doc.split("/")[:3])], ([], []))
+                losses.append(float(grads.losses[i]) / (n_tokens[doc] - 1))
+                sizes.append(float(norms[i]))
+    return {k: (float(np.mean(v[0])), float(np.median(v[1])), len(v[0])) for k, v in found.items()}
+
+
+if __name__ == "__main__":
+    main()
