@@ -22,7 +22,8 @@ from .scores import influence_scores
           kinds={"pytorch", "parquet"}, retry_policy=RETRY, **GPU_ASSET)
 def attribution_eval(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> dg.MaterializeResult:
     """Tail-patch check of every query: one SGD step on its top-k documents by influence, by k
-    random documents, by BM25 and by gradient cosine, and the change in log p(completion)."""
+    random documents, by BM25, by raw-gradient cosine and by raw-gradient dot product (identity),
+    and the change in log p(completion)."""
     started = time.monotonic()
     with computing(context, pretrace) as run:
         config = run.project.config

@@ -1,9 +1,9 @@
 """The attribution check of a whole project: each query's top-k documents by influence, by k
-random documents, by BM25 and by gradient cosine, each scored by its tail-patch gain
-(`pretrace.tailpatch`).
+random documents, by BM25, by raw-gradient cosine and by raw-gradient dot product (identity),
+each scored by its tail-patch gain (`pretrace.tailpatch`).
 
 Documents are named by (shard, doc_id): ids need only be unique within a corpus file.
-Gradient cosine streams one shard's stored document gradients at a time, keeping each query's
+The gradient rankings stream one shard's stored document gradients at a time, keeping each query's
 running top-k, so memory follows one shard; BM25 indexes every document's text at once.
 """
 
@@ -72,33 +72,40 @@ def influence_ranking(top: pa.Table, queries: list[Query], documents: Documents,
     return [best[q.id] for q in queries]
 
 
-def cosine_ranking(lm: LoadedModel, queries: list[Query], shard_gradients: Iterable[tuple[str, DocumentGradients]],
-                   documents: Documents, k: int, projection: KroneckerProjection | None,
-                   batch_size: int) -> list[list[int]]:
-    """Each query's k documents of largest gradient cosine (raw query gradients, in the space
-    of the stored document gradients), over every shard."""
+def gradient_rankings(lm: LoadedModel, queries: list[Query], shard_gradients: Iterable[tuple[str, DocumentGradients]],
+                      documents: Documents, k: int, projection: KroneckerProjection | None,
+                      batch_size: int) -> dict[str, list[list[int]]]:
+    """Each query's k documents of largest raw-gradient cosine ("cosine") and of largest raw
+    gradient dot product ("identity": influence without preconditioning), in the space of the
+    stored document gradients, over every shard in one pass."""
     sequences, starts = encode_queries(queries, lm.tokenizer, lm.max_context)
     raw = compute_document_gradients(lm, sequences, [q.id for q in queries], projection=projection,
                                      batch_size=batch_size, first_target=starts).grads
     layers = sorted(raw)
     q = torch.cat([raw[name].flatten(1).double() for name in layers], dim=1)
-    q = q / q.norm(dim=1, keepdim=True).clamp_min(1e-300)
     position = {key: i for i, key in enumerate(documents.keys)}
-    heaps: list[list[tuple[float, int]]] = [[] for _ in queries]
+    heaps = {method: [[] for _ in queries] for method in ("cosine", "identity")}
     for shard, grads in shard_gradients:
         if set(grads.grads) != set(raw):
             raise InputError(f"document_gradients[{shard}] tracks other layers than the model; recompute it")
         d = torch.cat([grads.grads[name].flatten(1).double() for name in layers], dim=1)
-        cosine = (q @ d.T) / d.norm(dim=1).clamp_min(1e-300)
+        dot = q @ d.T
+        cosine = dot / (q.norm(dim=1, keepdim=True) * d.norm(dim=1)).clamp_min(1e-300)
         index = [position[(shard, doc_id)] for doc_id in grads.ids]
-        for row, heap in zip(cosine.numpy(), heaps):
-            for j in np.argsort(-row, kind="stable")[:k]:
-                item = (float(row[j]), -index[j])  # ties: the earlier document wins
-                if len(heap) < k:
-                    heapq.heappush(heap, item)
-                else:
-                    heapq.heappushpop(heap, item)
-    return [[-i for _, i in sorted(heap, reverse=True)] for heap in heaps]
+        for method, values in (("cosine", cosine), ("identity", dot)):
+            for row, heap in zip(values.numpy(), heaps[method]):
+                _keep_top(heap, row, index, k)
+    return {method: [[-i for _, i in sorted(heap, reverse=True)] for heap in found] for method, found in heaps.items()}
+
+
+def _keep_top(heap: list[tuple[float, int]], row: np.ndarray, index: list[int], k: int) -> None:
+    """Merge one shard's values into a query's running top k (ties: the earlier document)."""
+    for j in np.argsort(-row, kind="stable")[:k]:
+        item = (float(row[j]), -index[j])
+        if len(heap) < k:
+            heapq.heappush(heap, item)
+        else:
+            heapq.heappushpop(heap, item)
 
 
 RETRIEVAL_SCHEMA = pa.schema([("query_id", pa.string()), ("method", pa.string()), ("evidence_documents", pa.int32()),
@@ -185,7 +192,7 @@ def attribution_check(
         "influence": influence_ranking(top, queries, documents, k),
         "random": [top_k_random(len(documents.keys), k, seed + i) for i in range(len(queries))],
         "bm25": [bm25.top_k(q.prompt + q.completion, k) for q in queries],
-        "cosine": cosine_ranking(lm, queries, shard_gradients, documents, k, projection, batch_size),
+        **gradient_rankings(lm, queries, shard_gradients, documents, k, projection, batch_size),
     }
     sequences, starts = encode_queries(queries, lm.tokenizer, lm.max_context)
     encoded = [(q.id, q.kind, seq, start) for q, seq, start in zip(queries, sequences, starts)]

@@ -143,8 +143,8 @@ ATTRIBUTION_EVAL = Artefact(
     {"gains.parquet": None, "summary.parquet": None, "retrieval.parquet": None, "retrieval_summary.parquet": None},
     ("tail_patch_k", "top_k", "tail_patch_lr", "seed", "projection", "batch_size", "dtype"),
     (Input("model"), Input("queries"), Input("query_gradients"), Input("corpus_shards", "all_shards"),
-     Input("document_gradients", "all_shards"), Input("influence_scores", "all_shards")), "1",
-    "tail-patch gains of each query's top documents by influence, random, BM25 and gradient cosine, "
+     Input("document_gradients", "all_shards"), Input("influence_scores", "all_shards")), "2",
+    "tail-patch gains of each query's top documents by influence, random, BM25, gradient cosine and dot product, "
     "and where each ranks the documents stating a query's `evidence`")
 INFLUENCE_REPORT = Artefact(
     "influence_report", False, {}, ("top_k", "seed"),

@@ -73,15 +73,19 @@ def top_k_random(n_documents: int, k: int, seed: int) -> list[int]:
     return np.random.default_rng(seed).choice(n_documents, size=min(k, n_documents), replace=False).tolist()
 
 
-def top_k_cosine(query: dict[str, torch.Tensor], documents: dict[str, torch.Tensor], k: int) -> list[int]:
-    """Indices of the k documents whose gradients, unit-normalised over all layers together,
-    have the largest cosine with the query's (raw, unpreconditioned) gradient: TrackStar's
-    ranking without its optimizer-state normalisation."""
+def top_k_gradient(query: dict[str, torch.Tensor], documents: dict[str, torch.Tensor], k: int,
+                   normalise: bool = True) -> list[int]:
+    """Indices of the k documents whose gradients have the largest cosine with the query's
+    (raw, unpreconditioned) gradient, over all layers together: TrackStar's ranking without its
+    optimizer-state normalisation; with ``normalise=False``, the largest dot product (identity
+    influence, what one SGD step's first-order effect is)."""
     layers = sorted(query)
     q = torch.cat([query[name].reshape(-1).double() for name in layers])
     d = torch.cat([documents[name].reshape(documents[name].shape[0], -1).double() for name in layers], dim=1)
-    cosine = (d @ q) / (d.norm(dim=1) * q.norm()).clamp_min(1e-300)
-    return _best(cosine.numpy(), k)
+    values = d @ q
+    if normalise:
+        values = values / (d.norm(dim=1) * q.norm()).clamp_min(1e-300)
+    return _best(values.numpy(), k)
 
 
 class BM25Index:
@@ -110,7 +114,6 @@ def _best(values: np.ndarray, k: int) -> list[int]:
     return order[: min(k, values.size)].tolist()
 
 # ---------------------------------------------------------------- one evaluation
-METHODS = ("influence", "random", "bm25", "cosine")
 
 
 def evaluate(lm: LoadedModel, queries: Sequence[tuple[str, str, Sequence[int], int]],

@@ -4,12 +4,12 @@ import pyarrow as pa
 import pytest
 
 from pretrace.documents import compute_document_gradients
-from pretrace.evaluation import (Documents, attribution_check, cosine_ranking, evidence_retrieval, influence_ranking,
+from pretrace.evaluation import (Documents, attribution_check, evidence_retrieval, gradient_rankings, influence_ranking,
                                  summarize_retrieval)
 from pretrace.model import wrap_model
 from pretrace.queries import Query
 from pretrace.statistics import merge_top_documents, top_documents
-from pretrace.tailpatch import top_k_cosine
+from pretrace.tailpatch import top_k_gradient
 from tests.tiny import SENTENCES, tiny_model, tiny_tokenizer
 
 QUERIES = [Query("capital", "The capital of France is", " Paris.", "factual"),
@@ -20,7 +20,8 @@ QUERIES = [Query("capital", "The capital of France is", " Paris.", "factual"),
 def setup():
     tokenizer = tiny_tokenizer()
     lm = wrap_model(tiny_model("llama", seed=5), tokenizer, device="cpu")
-    texts = [SENTENCES[i % len(SENTENCES)] + " " + SENTENCES[(3 * i + 1) % len(SENTENCES)] for i in range(12)]
+    # distinct texts: equal documents would tie, and which of two ties wins then depends on float rounding
+    texts = [f"{SENTENCES[i % len(SENTENCES)]} {SENTENCES[(3 * i + 1) % len(SENTENCES)]} ({i})" for i in range(12)]
     shards = []
     for shard, part in (("a.jsonl", texts[:7]), ("b.parquet", texts[7:])):
         ids = [f"d{i}" for i in range(len(part))]  # the same ids in both files
@@ -34,15 +35,17 @@ def _gradients(lm, shards):
         yield shard, compute_document_gradients(lm, table.column("input_ids").to_pylist(), table.column("doc_id").to_pylist())
 
 
-def test_cosine_over_shards_equals_cosine_over_all_documents(setup):
+def test_gradient_rankings_over_shards_equal_those_over_all_documents(setup):
     lm, documents, shards = setup
-    ranked = cosine_ranking(lm, QUERIES, _gradients(lm, shards), documents, 4, None, batch_size=4)
+    ranked = gradient_rankings(lm, QUERIES, _gradients(lm, shards), documents, 4, None, batch_size=4)
     everything = compute_document_gradients(lm, documents.tokens, [str(i) for i in range(len(documents.tokens))])
-    for query, ranking in zip(QUERIES, ranked):
+    for q, query in enumerate(QUERIES):
         sequence = lm.tokenizer(query.prompt)["input_ids"]
         completion = lm.tokenizer(query.completion, add_special_tokens=False)["input_ids"]
         raw = compute_document_gradients(lm, [sequence + completion], ["q"], first_target=[len(sequence)]).grads
-        assert ranking == top_k_cosine({n: g[0] for n, g in raw.items()}, everything.grads, 4)
+        single = {n: g[0] for n, g in raw.items()}
+        assert ranked["cosine"][q] == top_k_gradient(single, everything.grads, 4)
+        assert ranked["identity"][q] == top_k_gradient(single, everything.grads, 4, normalise=False)
 
 
 def test_influence_ranking_follows_the_merged_top_lists_by_shard_and_id(setup):
@@ -65,7 +68,7 @@ def test_the_check_runs_every_method_for_every_query(setup):
                               batch_size=4)
     gains = check.gains
     assert sorted(set(zip(gains.column("query_id").to_pylist(), gains.column("method").to_pylist()))) == sorted(
-        (q.id, m) for q in QUERIES for m in ("influence", "random", "bm25", "cosine"))
+        (q.id, m) for q in QUERIES for m in ("influence", "random", "bm25", "cosine", "identity"))
     assert set(check.summary.column("kind").to_pylist()) == {"all", "factual", "math"}
     assert check.retrieval.num_rows == 0  # no document states "fact" here
     assert set(check.outputs()) == {"gains.parquet", "summary.parquet", "retrieval.parquet", "retrieval_summary.parquet"}

@@ -10,7 +10,7 @@ import torch
 
 from pretrace.documents import compute_document_gradients
 from pretrace.model import wrap_model
-from pretrace.tailpatch import BM25Index, completion_logprob, evaluate, summarize, tail_patch_gain, top_k_cosine, top_k_random
+from pretrace.tailpatch import BM25Index, completion_logprob, evaluate, summarize, tail_patch_gain, top_k_gradient, top_k_random
 from tests.tiny import random_sequences, tiny_model
 
 
@@ -51,11 +51,14 @@ def test_cosine_ranks_by_unit_normalised_gradients(lm):
     stored = compute_document_gradients(lm, docs, [str(i) for i in range(10)]).grads
     query = compute_document_gradients(lm, [QUERY], ["q"], first_target=[START]).grads
     q = torch.cat([query[name][0].flatten() for name in sorted(query)]).double()
-    brute = []
+    cosine, dot = [], []
     for i in range(10):
         d = torch.cat([stored[name][i].flatten() for name in sorted(stored)]).double()
-        brute.append(float(q @ d / (q.norm() * d.norm())))
-    assert top_k_cosine({n: g[0] for n, g in query.items()}, stored, 4) == sorted(range(10), key=lambda i: -brute[i])[:4]
+        cosine.append(float(q @ d / (q.norm() * d.norm())))
+        dot.append(float(q @ d))
+    single = {n: g[0] for n, g in query.items()}
+    assert top_k_gradient(single, stored, 4) == sorted(range(10), key=lambda i: -cosine[i])[:4]
+    assert top_k_gradient(single, stored, 4, normalise=False) == sorted(range(10), key=lambda i: -dot[i])[:4]
     # the raw query gradient is that of the completion's loss only
     full = compute_document_gradients(lm, [QUERY], ["q"]).grads
     assert not all(torch.allclose(full[n], query[n]) for n in query)

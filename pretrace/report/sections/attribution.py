@@ -12,7 +12,8 @@ from ..formatting import interval, num, pct
 from ..html import table, with_ci
 from ..section import Section
 
-BASELINES = {"random": "k random documents", "bm25": "BM25's top k", "cosine": "gradient cosine's top k"}
+BASELINES = {"random": "k random documents", "bm25": "BM25's top k", "cosine": "gradient cosine's top k",
+             "identity": "the raw gradient dot product's top k"}
 
 
 @dataclass
