@@ -4,7 +4,7 @@ Runs the whole demo (`pretrace demo`: corpus, a tiny Llama trained for a fixed n
 EK-FAC influence, the `attribution_eval` asset) in a folder and prints one `name: value` line per
 figure from the tail-patch summary the pipeline wrote: the mean change in log p(completion)
 after one SGD step on each query's top-k documents by influence, by k random documents, by
-BM25 and by gradient cosine, over all queries and per query kind, with 95% bootstrap
+BM25, by raw-gradient cosine and by raw-gradient dot product, over all queries and per query kind, with 95% bootstrap
 intervals, and how often each method beat random on the same query; then, for the questions
 about planted facts, the mean reciprocal rank (and recall@k) of the documents stating the fact
 in each method's top k, over all of them and by how many documents state the fact.
