@@ -19,6 +19,7 @@ import yaml
 
 from pretrace.config import load_config
 from pretrace.errors import PretraceError
+from pretrace.provenance import Project
 
 from assets.common import PROGRESS_LOGGER
 
@@ -56,14 +57,14 @@ def _run(defs: dg.Definitions, force: bool) -> None:
     from .runner import materialize_pipeline
 
     started = time.monotonic()
-    _check_inputs(defs, load_weights=False)
+    project = _check_inputs(defs, load_weights=False)
     ran: list[str] = []
 
     def log(message: str) -> None:
         ran.append(message)
         _say(message)
 
-    project = materialize_pipeline(defs, _instance(), force=force, log=log, console_level="CRITICAL")
+    project = materialize_pipeline(defs, _instance(), force=force, log=log, console_level="CRITICAL", project=project)
     storage = project.storage.root
     work = sum(m.startswith("materializing") for m in ran)
     print(f"\n[pretrace] done in {time.monotonic() - started:.0f} s: {work} artefact(s) computed, "
@@ -73,12 +74,15 @@ def _run(defs: dg.Definitions, force: bool) -> None:
     print("[pretrace] browse the runs and metadata with: pretrace ui")
 
 
-def _check_inputs(defs: dg.Definitions, *, load_weights: bool) -> None:
-    """Every input problem at once, before any artefact is computed (pretrace.preflight)."""
+def _check_inputs(defs: dg.Definitions, *, load_weights: bool) -> Project:
+    """Every input problem at once, before any artefact is computed (pretrace.preflight); the
+    project it read, for the run to go on from."""
     from pretrace.preflight import preflight
 
-    for warning in preflight(defs.resources["pretrace"].project(), load_weights=load_weights, progress=_say):
+    project = defs.resources["pretrace"].project()
+    for warning in preflight(project, load_weights=load_weights, progress=_say):
         _say(f"warning: {warning}")
+    return project
 
 
 def _definitions(args: argparse.Namespace) -> dg.Definitions:

@@ -65,15 +65,16 @@ def fail_dead_runs(instance: dg.DagsterInstance, log: Log) -> None:
 
 
 def materialize_pipeline(defs: dg.Definitions, instance: dg.DagsterInstance, *, force: bool = False,
-                         log: Log = print, console_level: str = "INFO") -> Project:
+                         log: Log = print, console_level: str = "INFO", project: Project | None = None) -> Project:
     """Materialize every missing or stale artefact partition (every one with ``force``).
 
     The CLI turns Dagster's console logger off (``console_level``) and shows the assets'
     progress logger instead, so that a failure ends with one line, not a step's stack.
+    ``project``: the view of storage and inputs the caller already read (preflight's), if any.
     """
     run_config = logging_config(console_level)
     resource: PretraceResource = defs.resources["pretrace"]
-    project = resource.project()
+    project = project or resource.project()
     project.storage.check_writable()  # fail before any work, not after an hour
     fail_dead_runs(instance, log)
     for path in project.storage.remove_leftovers():

@@ -237,17 +237,20 @@ def _document(raw: Any, where: str, default_source: str) -> dict[str, Any]:
     return {**raw, "id": str(doc_id), "source": source or default_source}
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def check_unicode(record: dict[str, Any], where: str) -> None:
     """JSON's \\ud800 escapes decode to lone surrogates, which are not text: no tokenizer or
-    Parquet file takes them. Name the field and position instead of failing deep inside."""
+    Parquet file takes them. Name the field instead of failing deep inside."""
     for key, value in record.items():
-        try:
-            json.dumps(value, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError as exc:
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        found = _SURROGATE.search(text)
+        if found:
             raise InputError(
-                f"{where}: `{key}` holds an unpaired surrogate escape ({exc.object[exc.start]!r}), which "
+                f"{where}: `{key}` holds an unpaired surrogate escape ({found.group()!r}), which "
                 "is not text; write the character itself or a complete surrogate pair"
-            ) from None
+            )
 
 
 def special_prefix(tokenizer: Any) -> list[int]:
@@ -293,11 +296,10 @@ def tokenize_documents(
     read = 0
     for batch in iter(lambda: list(itertools.islice(pending, batch_size)), []):
         read += len(batch)
-        short = [r for r in batch if len(r["text"]) <= SEGMENT_CHARS]
-        encoded = _encode(tokenizer, [r["text"] for r in short])
-        tokens = dict(zip(map(id, short), encoded))
+        encoded = iter(_encode(tokenizer, [r["text"] for r in batch if len(r["text"]) <= SEGMENT_CHARS]))
         for record in batch:
-            ids, starts = tokens.get(id(record)) or segment_tokens(tokenizer, record["text"])
+            long = len(record["text"]) > SEGMENT_CHARS
+            ids, starts = segment_tokens(tokenizer, record["text"]) if long else next(encoded)
             _append_chunks(columns, record, ids, starts, prefix, body)
     _check_unique(columns["doc_id"], columns["parent_id"], origin, max_length)
     if read and not columns["doc_id"]:

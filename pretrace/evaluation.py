@@ -13,6 +13,7 @@ import heapq
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import polars as pl
@@ -50,6 +51,11 @@ class Documents:
             evidence += [_evidence(m) for m in metas]
         return cls(keys, tokens, texts, evidence)
 
+    @cached_property
+    def position(self) -> dict[Key, int]:
+        """Each document's index in this order, by (shard, doc_id)."""
+        return {key: i for i, key in enumerate(self.keys)}
+
 
 def query_evidence(table: pa.Table, queries: list[Query]) -> list[str | None]:
     """Each query's `evidence` (from the queries table's `meta`), in the order of ``queries``."""
@@ -64,7 +70,7 @@ def _evidence(meta: str | None) -> str | None:
 
 def influence_ranking(top: pa.Table, queries: list[Query], documents: Documents, k: int) -> list[list[int]]:
     """Each query's k most positively influential documents (the merged top lists)."""
-    position = {key: i for i, key in enumerate(documents.keys)}
+    position = documents.position
     best: dict[str, list[int]] = {q.id: [] for q in queries}
     for row in top.sort_by([("query_id", "ascending"), ("rank", "ascending")]).to_pylist():
         if row["side"] == "top" and row["query_id"] in best and len(best[row["query_id"]]) < k:
@@ -74,16 +80,18 @@ def influence_ranking(top: pa.Table, queries: list[Query], documents: Documents,
 
 def gradient_rankings(lm: LoadedModel, queries: list[Query], shard_gradients: Iterable[tuple[str, DocumentGradients]],
                       documents: Documents, k: int, projection: KroneckerProjection | None,
-                      batch_size: int) -> dict[str, list[list[int]]]:
+                      batch_size: int, encoded: tuple[list[list[int]], list[int]] | None = None,
+                      ) -> dict[str, list[list[int]]]:
     """Each query's k documents of largest raw-gradient cosine ("cosine") and of largest raw
     gradient dot product ("identity": influence without preconditioning), in the space of the
-    stored document gradients, over every shard in one pass."""
-    sequences, starts = encode_queries(queries, lm.tokenizer, lm.max_context)
+    stored document gradients, over every shard in one pass. ``encoded``: the queries'
+    `encode_queries`, if the caller has it."""
+    sequences, starts = encoded or encode_queries(queries, lm.tokenizer, lm.max_context)
     raw = compute_document_gradients(lm, sequences, [q.id for q in queries], projection=projection,
                                      batch_size=batch_size, first_target=starts).grads
     layers = sorted(raw)
     q = torch.cat([raw[name].flatten(1).double() for name in layers], dim=1)
-    position = {key: i for i, key in enumerate(documents.keys)}
+    position = documents.position
     heaps = {method: [[] for _ in queries] for method in ("cosine", "identity")}
     for shard, grads in shard_gradients:
         if set(grads.grads) != set(raw):
@@ -188,13 +196,13 @@ def attribution_check(
     if not documents.keys:
         raise InputError("the attribution check needs at least one document")
     bm25 = BM25Index(documents.texts)
+    sequences, starts = encode_queries(queries, lm.tokenizer, lm.max_context)
     rankings = {
         "influence": influence_ranking(top, queries, documents, k),
         "random": [top_k_random(len(documents.keys), k, seed + i) for i in range(len(queries))],
         "bm25": [bm25.top_k(q.prompt + q.completion, k) for q in queries],
-        **gradient_rankings(lm, queries, shard_gradients, documents, k, projection, batch_size),
+        **gradient_rankings(lm, queries, shard_gradients, documents, k, projection, batch_size, (sequences, starts)),
     }
-    sequences, starts = encode_queries(queries, lm.tokenizer, lm.max_context)
     encoded = [(q.id, q.kind, seq, start) for q, seq, start in zip(queries, sequences, starts)]
     gains = evaluate(lm, encoded, documents.tokens, rankings, learning_rate, progress)
     retrieval = evidence_retrieval(query_evidence or [None] * len(queries), [q.id for q in queries], documents,

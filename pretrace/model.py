@@ -192,13 +192,11 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM
 
-    local = local_checkpoint(path)
-    config = checkpoint_config(path, trust_remote_code=trust_remote_code)
-    weights = weight_format(local, path, allow_pickle)
+    checkpoint = open_checkpoint(path, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     with _remote_code_hint(path):
         model, info = AutoModelForCausalLM.from_pretrained(
-            local, config=config, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code,
-            use_safetensors=weights == "safetensors", output_loading_info=True,
+            checkpoint.local, config=checkpoint.config, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code,
+            use_safetensors=checkpoint.weights == "safetensors", output_loading_info=True,
         )
     missing = sorted(info.get("missing_keys") or [])
     if missing:
@@ -209,16 +207,34 @@ def load_model(
             "(model.save_pretrained on a ...ForCausalLM)"
         )
     _check_causal(model, path)
-    tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+    return wrap_model(model, checkpoint.tokenizer, layers=layers, device=device, dtype=dtype)
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint whose files were checked without loading its weights."""
+
+    local: Path  # the folder transformers reads (a verified copy for a remote checkpoint)
+    config: object  # its transformers configuration, a causal LM's
+    weights: str  # "safetensors", or "pickle" when only pickles exist and the user allowed them
+    tokenizer: object  # with no more ids than the model has embedding rows
+
+
+def open_checkpoint(path: str, *, trust_remote_code: bool = False, allow_pickle: bool = False) -> Checkpoint:
+    """Everything about a checkpoint that can be checked without its weights, from one local
+    copy: a causal LM's configuration, safe weight files and a tokenizer that fits the model."""
+    local = local_checkpoint(path)
+    config = _causal_config(local, path, trust_remote_code)
+    weights = weight_format(local, path, allow_pickle)
+    tokenizer = _tokenizer(local, path, trust_remote_code)
     check_vocabulary(tokenizer, config, path)
-    return wrap_model(model, tokenizer, layers=layers, device=device, dtype=dtype)
+    return Checkpoint(local, config, weights, tokenizer)
 
 
-def checkpoint_config(path: str, *, trust_remote_code: bool = False):
-    """The checkpoint's configuration (no weights), refused unless it describes a causal LM."""
+def _causal_config(local: Path, path: str, trust_remote_code: bool):
+    """The checkpoint's configuration, refused unless it describes a causal LM."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    local = local_checkpoint(path)
     if not (local / "config.json").exists():
         raise InputError(f"model: {path} has no config.json; save the model with save_pretrained")
     with _remote_code_hint(path):
@@ -302,11 +318,15 @@ def check_vocabulary(tokenizer: object, config: object, path: str) -> None:
 
 def load_tokenizer(path: str, *, trust_remote_code: bool = False):
     """The checkpoint's tokenizer alone (tokenizing a corpus needs no weights)."""
+    return _tokenizer(local_checkpoint(path), path, trust_remote_code)
+
+
+def _tokenizer(local: Path, path: str, trust_remote_code: bool):
     from transformers import AutoTokenizer
 
     with _remote_code_hint(path):
         try:
-            tokenizer = AutoTokenizer.from_pretrained(local_checkpoint(path), trust_remote_code=trust_remote_code)
+            tokenizer = AutoTokenizer.from_pretrained(local, trust_remote_code=trust_remote_code)
         except (OSError, TypeError) as exc:
             raise InputError(f"model: {path} has no tokenizer transformers can load ({exc}); save the "
                              "tokenizer beside the model with tokenizer.save_pretrained") from None

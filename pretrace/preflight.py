@@ -12,11 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .checkpoint_cache import local_checkpoint
 from .config import PretraceConfig
 from .corpus import read_records
 from .errors import InputError, InputErrors
-from .model import check_vocabulary, checkpoint_config, context_of, load_model, load_tokenizer, weight_format
+from .model import context_of, load_model, open_checkpoint
 from .provenance import Project
 from .queries import encode_query
 from .query_file import queries_from_table, read_queries
@@ -72,13 +71,11 @@ def preflight(project: Project, *, load_weights: bool = False, progress: Callabl
 def _checkpoint(config: PretraceConfig, load_weights: bool) -> tuple[object, int | None]:
     """The tokenizer and context of a checkpoint whose configuration, weight files and
     vocabulary are usable (and weights, with ``load_weights``)."""
-    model_config = checkpoint_config(config.model, trust_remote_code=config.trust_remote_code)
-    weight_format(local_checkpoint(config.model), config.model, config.allow_pickle)
-    tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
-    check_vocabulary(tokenizer, model_config, config.model)
     if load_weights:
-        load_model(config.model, layers=config.layers, device="cpu", **config.loading)
-    return tokenizer, context_of(model_config)
+        lm = load_model(config.model, layers=config.layers, device="cpu", **config.loading)
+        return lm.tokenizer, lm.max_context
+    checkpoint = open_checkpoint(config.model, **config.loading)
+    return checkpoint.tokenizer, context_of(checkpoint.config)
 
 
 def _tokenized(project: Project, shard: str) -> bool:

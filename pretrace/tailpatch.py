@@ -40,6 +40,12 @@ def tail_patch_gain(lm: LoadedModel, documents: Sequence[Sequence[int]], query: 
     The step is θ' = θ − lr ∇θ L, with L the documents' mean next-token loss over every
     parameter the model trains; the model's own weights are never modified.
     """
+    return stepped_logprob(lm, documents, query, start, learning_rate) - completion_logprob(lm, query, start)
+
+
+def stepped_logprob(lm: LoadedModel, documents: Sequence[Sequence[int]], query: Sequence[int], start: int,
+                    learning_rate: float) -> float:
+    """log p(completion | prompt) after the step `tail_patch_gain` describes."""
     if not documents:
         raise InputError("tail-patch: no documents to train on")
     params = {name: p.detach().requires_grad_(True) for name, p in lm.model.named_parameters()}
@@ -47,7 +53,7 @@ def tail_patch_gain(lm: LoadedModel, documents: Sequence[Sequence[int]], query: 
     grads = torch.autograd.grad(_mean_loss(lm, batch, params), list(params.values()), allow_unused=True)
     stepped = {name: (p - learning_rate * g if g is not None else p).detach()
                for (name, p), g in zip(params.items(), grads)}
-    return completion_logprob(lm, query, start, stepped) - completion_logprob(lm, query, start)
+    return completion_logprob(lm, query, start, stepped)
 
 
 def _mean_loss(lm: LoadedModel, batch, parameters: dict[str, torch.Tensor] | None, summed: bool = False) -> torch.Tensor:
@@ -126,13 +132,14 @@ def evaluate(lm: LoadedModel, queries: Sequence[tuple[str, str, Sequence[int], i
     """
     rows: dict[str, list] = {"query_id": [], "kind": [], "method": [], "k": [], "gain": []}
     for q, (query_id, kind, sequence, start) in enumerate(queries):
+        before = completion_logprob(lm, sequence, start)  # once per query, not per method
         for method, ranking in rankings.items():
             chosen = [documents[i] for i in ranking[q]]
             rows["query_id"].append(query_id)
             rows["kind"].append(kind)
             rows["method"].append(method)
             rows["k"].append(len(chosen))
-            rows["gain"].append(tail_patch_gain(lm, chosen, sequence, start, learning_rate))
+            rows["gain"].append(stepped_logprob(lm, chosen, sequence, start, learning_rate) - before)
         if progress is not None:
             progress(1)
     return pa.table(rows, schema=GAIN_SCHEMA)
