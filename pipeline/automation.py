@@ -9,7 +9,9 @@ current, and requests those whose expected manifest it has not requested before.
 - a changed setting, model, corpus file or query set recomputes exactly what the policy says;
 - a run that fails is not retried over and over: the same expected manifest is requested once,
   and a changed input (a fixed file, a new setting) makes a new one;
-- an artefact deleted from storage is missing again, whatever the instance remembers.
+- an artefact deleted from storage is missing again, whatever the instance remembers;
+- a partition that a run or backfill is computing is left alone until it ends: publishing
+  deletes the old manifest first, and that brief `missing` must not start a second run.
 
 The condition runs arbitrary Python, so the automation sensor evaluates it in the code server
 (`use_user_code_server=True`). Its interval is $PRETRACE_AUTOMATION_INTERVAL_S (30 s).
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+
 import dagster as dg
 
 from pretrace.errors import PretraceError
@@ -65,9 +68,10 @@ class OutOfDate(dg.AutomationCondition):
     def name(self) -> str:
         return "out_of_date"
 
-    def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
+    async def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
         try:
-            return self._evaluate(context)
+            busy = await in_progress(context)
+            return self._evaluate(context, busy)
         except PretraceError as exc:  # an unreadable input: nothing can be computed; say so once a tick
             if context.evaluation_time not in _WARNED:
                 _WARNED.clear()
@@ -75,7 +79,7 @@ class OutOfDate(dg.AutomationCondition):
                 context.log.warning(f"nothing requested: {exc}")
             return dg.AutomationResult(context=context, true_subset=context.get_empty_subset(), cursor=context.cursor)
 
-    def _evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
+    def _evaluate(self, context: dg.AutomationContext, busy: set[str | None]) -> dg.AutomationResult:
         asset = context.key.to_user_string()
         project = tick_project(self.resource, context.evaluation_time)
         requested: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
@@ -85,8 +89,10 @@ class OutOfDate(dg.AutomationCondition):
             shards = [s for s in candidates.expensively_compute_partition_keys() if s in wanted]
         else:
             shards = [None] if not candidates.is_empty else []
-        due, pending = [], {}
-        for shard in shards:
+        # A busy partition keeps what was requested for it: judged again once its run has ended.
+        pending = {str(s): requested[str(s)] for s in busy if str(s) in requested}
+        due = []
+        for shard in (s for s in shards if s not in busy):
             digest = expected_digest(project, asset, shard)
             if digest is None:
                 continue
@@ -99,6 +105,17 @@ class OutOfDate(dg.AutomationCondition):
             true_subset = candidates if due else context.get_empty_subset()
         # Only what is still out of date is remembered, so the cursor stays small.
         return dg.AutomationResult(context=context, true_subset=true_subset, cursor=json.dumps(pending, sort_keys=True))
+
+
+async def in_progress(context: dg.AutomationContext) -> set[str | None]:
+    """The candidate partitions (None: the unpartitioned asset) a run or backfill is computing."""
+    view, candidates = context.asset_graph_view, context.candidate_subset
+    busy = (await view.compute_run_in_progress_subset(key=context.key, from_subset=candidates)).compute_union(
+        await view.compute_backfill_in_progress_subset(key=context.key, from_subset=candidates))
+    busy = busy.compute_intersection(candidates)
+    if not busy.is_partitioned:
+        return set() if busy.is_empty else {None}
+    return set(busy.expensively_compute_partition_keys())
 
 
 def build_automation_sensor(minimum_interval_seconds: int | None = None) -> dg.AutomationConditionSensorDefinition:

@@ -219,3 +219,28 @@ def test_automation_with_unreadable_inputs_requests_nothing_and_says_why(setup, 
     _, requested = evaluate(defs, instance, None)
     assert requested == set()
     assert sum("nothing requested: corpus folder" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize("asset, partition", [("influence_scores", A), ("influence_report", None)])
+def test_automation_leaves_a_partition_alone_while_a_run_computes_it(setup, asset, partition):
+    """Publishing deletes the old manifest first: that brief `missing` must not start a second
+    run; once the run has ended without a manifest, the partition is requested."""
+    config, defs, instance = setup
+    tick(defs, instance)
+    cursor = None
+    while True:
+        cursor, requested = evaluate(defs, instance, cursor)
+        if not requested:
+            break
+        materialize(defs, instance, requested)
+    job = defs.resolve_implicit_global_asset_job_def()
+    run = instance.create_run_for_job(job, asset_selection=frozenset({dg.AssetKey(asset)}),
+                                      tags={"dagster/partition": partition} if partition else None,
+                                      status=dg.DagsterRunStatus.STARTED)
+    manifest = Path(config.storage) / asset / (f"{partition}.manifest.json" if partition else "manifest.json")
+    manifest.unlink()  # the run is publishing
+    cursor, requested = evaluate(defs, instance, cursor)
+    assert requested == set()
+    instance.report_run_failed(run, "killed while publishing")
+    cursor, requested = evaluate(defs, instance, cursor)
+    assert requested == {(asset, partition)}
