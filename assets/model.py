@@ -64,7 +64,7 @@ def demo_model(context: dg.AssetExecutionContext, pretrace: PretraceResource) ->
                 say(context, f"training the demo model: step {step}/{total}")
 
         training = train_demo_model(files, out, max_length=min(config.max_length, 256), seed=config.seed,
-                                    progress=progress)
+                                    steps=config.demo_steps, progress=progress)
         info = model_description(out, tree_fingerprint(str(out), run.project.digests), config.layers)
         outputs = {f"checkpoint/{f.name}": f for f in sorted(out.iterdir())}
         manifest = run.commit({**outputs, "model.json": info})

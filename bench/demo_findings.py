@@ -2,15 +2,16 @@
 
     python bench/demo_findings.py ./data     # the storage root of a finished `pretrace demo`
 
-So the README's numbers are read from a file this command wrote, never typed from memory:
-top-20 source counts of each reasoning kind, the per-nat ratio, the correlation groups, the
-factual kinds' sources, the attribution check (tail-patch and planted-fact retrieval), and the
+So the README's numbers are read from a file this command wrote, never typed from memory: the
+model's training losses, top-20 source counts of each reasoning kind, the per-nat ratio, the
+correlation groups, the factual kinds' sources, the attribution check (tail-patch and planted-fact retrieval), and the
 planted documents' loss by how often their fact is stated.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -27,6 +28,8 @@ def main() -> None:
     report = Path(args.storage) / "influence_report"
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     print(f"# demo findings {time.strftime('%Y-%m-%d')}, commit {commit}, from {report}")
+    training = json.loads((Path(args.storage) / "model" / "checkpoint" / "training.json").read_text())
+    print(f"model_training: {training['steps']} steps, loss {training['initial_loss']:.2f} -> {training['final_loss']:.2f}")
     sources = pl.read_parquet(report / "sources.parquet").filter(pl.col("side") == "top")
     for row in sources.sort(["kind", "source"]).iter_rows(named=True):
         print(f"top_{row['kind']}_{row['source']}: {row['count']} slots, {row['ratio']:.2f}x corpus share")

@@ -23,7 +23,7 @@ from pretrace.provenance import Project
 
 from assets.common import PROGRESS_LOGGER
 
-from .settings import CONFIG_ENV, DEMO_DIR_ENV, LOCAL_INSTANCE, demo_config
+from .settings import CONFIG_ENV, DEMO_DIR_ENV, LOCAL_INSTANCE, demo_config, save_demo_settings
 
 DAGSTER_HOME_DIR = ".dagster_home"
 
@@ -97,6 +97,8 @@ def demo(args: argparse.Namespace) -> None:
     from pretrace.demo.corpus import build_demo_corpus
     from pretrace.demo.queries import build_demo_queries
 
+    if args.steps is not None:
+        save_demo_settings(args.dir, demo_steps=args.steps)
     config = demo_config(args.dir, args.storage)
     corpus = Path(config.corpus)
     if not corpus.exists():
@@ -201,6 +203,8 @@ def main(argv: list[str] | None = None) -> None:
     p = commands.add_parser("demo", help="build the demo corpus, train a tiny model, compute influence")
     _demo_arguments(p)
     p.add_argument("--force", action="store_true", help="recompute every artefact, current or not")
+    p.add_argument("--steps", type=int, help="training steps of the demo model (default 600; remembered in "
+                   "demo-data/settings.json, so later runs and `pretrace ui` of this folder use it)")
     p.set_defaults(func=demo)
     p = commands.add_parser("run", help="compute what is missing or stale for the model, corpus and queries of a config")
     p.add_argument("--config", required=True, help="pretrace.yaml")

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
-from pretrace.config import PretraceConfig, load_config
+from pretrace.config import PretraceConfig, load_config, parse_config
+from pretrace.errors import InputError
 
 CONFIG_ENV = "PRETRACE_CONFIG"
 DEMO_DIR_ENV = "PRETRACE_DEMO_DIR"
+DEMO_SETTINGS = "settings.json"
+"""In <root>/demo-data: what `pretrace demo --steps` chose, so `pretrace ui` and later runs of
+the same folder see the same demo (and do not call its model stale)."""
+_DEMO_KEYS = ("demo_steps",)
 
 
 def demo_config(root: str | os.PathLike = ".", storage: str | None = None) -> PretraceConfig:
@@ -19,7 +25,7 @@ def demo_config(root: str | os.PathLike = ".", storage: str | None = None) -> Pr
     """
     root = Path(root).absolute()
     data = root / "demo-data"
-    return PretraceConfig(
+    config = PretraceConfig(
         model=str(data / "model-unused"),
         corpus=str(data / "corpus"),
         queries=str(data / "queries.jsonl"),
@@ -29,6 +35,32 @@ def demo_config(root: str | os.PathLike = ".", storage: str | None = None) -> Pr
         projection=(32, 32),
         top_k=20,
     )
+    chosen = _demo_settings(data / DEMO_SETTINGS)
+    return parse_config({**config.model_dump(mode="json"), **chosen}, str(data / DEMO_SETTINGS)) if chosen else config
+
+
+def save_demo_settings(root: str | os.PathLike, **settings: object) -> None:
+    """Record the demo's own settings next to its data (written whole: temporary name, rename)."""
+    path = Path(root).absolute() / "demo-data" / DEMO_SETTINGS
+    merged = {**_demo_settings(path), **settings}
+    parse_config({**PretraceConfig().model_dump(mode="json"), **merged}, "pretrace demo")  # refuse before writing
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _demo_settings(path: Path) -> dict:
+    try:
+        chosen = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: not valid JSON ({exc}); delete it to use the demo's defaults") from None
+    if not isinstance(chosen, dict) or set(chosen) - set(_DEMO_KEYS):
+        raise InputError(f"{path}: expected an object with only {', '.join(_DEMO_KEYS)}; "
+                         "delete it to use the demo's defaults")
+    return chosen
 
 
 def workspace_config() -> tuple[PretraceConfig, bool]:

@@ -103,6 +103,7 @@ DESCRIPTIONS = {
     "top_k": "Top and bottom documents kept per query and shard for the report.",
     "tail_patch_k": "Documents per query in the attribution check (tail-patch): one SGD step on each method's top-k (at most top_k).",
     "tail_patch_lr": "Learning rate of the attribution check's SGD step (small: the change should be first-order).",
+    "demo_steps": "Optimizer steps that train the demo's own model (`pretrace demo` only; a user's checkpoint ignores it).",
 }
 """What each setting means, shown in Dagster's launchpad and by `pretrace status`."""
 
@@ -132,6 +133,7 @@ class PretraceConfig(BaseModel):
     top_k: StrictInt = Field(default=50, gt=0)
     tail_patch_k: StrictInt = Field(default=10, gt=0)
     tail_patch_lr: float = 1e-3
+    demo_steps: StrictInt = Field(default=600, gt=0)
 
     @field_validator("tail_patch_lr", mode="before")
     @classmethod

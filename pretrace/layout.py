@@ -99,7 +99,7 @@ USER_MODEL = Artefact(
     "model", False, {"model.json": None}, ("layers", "trust_remote_code"), (Input("checkpoint"),), "1",
     "the checkpoint's description: fingerprint, architecture, context, tracked layers")
 DEMO_MODEL = Artefact(
-    "model", False, {"checkpoint/": None, "model.json": None}, ("layers", "max_length", "seed"),
+    "model", False, {"checkpoint/": None, "model.json": None}, ("layers", "max_length", "seed", "demo_steps"),
     (Input("corpus_file", "all_shards"),), "2",
     "the demo's tiny Llama, trained on the corpus, and its description")
 CORPUS_SHARDS = Artefact(

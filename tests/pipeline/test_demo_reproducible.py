@@ -1,0 +1,72 @@
+"""The demo is deterministic: two runs at reduced size, in separate folders with separate
+Dagster instances, end in byte-identical artefacts (report tables and figures included), and
+the chosen training length is remembered for later runs of the folder."""
+
+from __future__ import annotations
+
+import json
+from itertools import groupby
+from pathlib import Path
+
+import pytest
+
+from pretrace.corpus import read_records
+from pretrace.demo.corpus import build_demo_corpus
+from pretrace.demo.files import write_records
+from pretrace.demo.queries import build_demo_queries
+from tests.pipeline.project import pretrace, snapshot
+
+DOCS_PER_FILE, QUERIES_PER_KIND, STEPS = 24, 2, 12
+
+
+@pytest.fixture(scope="module")
+def full_demo(tmp_path_factory) -> tuple[list[Path], Path]:
+    root = tmp_path_factory.mktemp("full")
+    return build_demo_corpus(root / "corpus"), build_demo_queries(root / "queries.jsonl")
+
+
+def small_demo_folder(root: Path, full_demo: tuple[list[Path], Path]) -> Path:
+    """A demo folder whose corpus and queries are the first records of the full demo's."""
+    files, queries = full_demo
+    (root / "demo-data" / "corpus").mkdir(parents=True)
+    for path in files:
+        write_records(root / "demo-data" / "corpus" / path.name, list(read_records(str(path)))[:DOCS_PER_FILE])
+    rows = [json.loads(line) for line in queries.read_text().splitlines()]
+    kept = [row for _, group in groupby(rows, key=lambda r: r["kind"]) for row in list(group)[:QUERIES_PER_KIND]]
+    write_records(root / "demo-data" / "queries.jsonl", kept)
+    return root
+
+
+def test_two_reduced_demo_runs_write_identical_artefacts(full_demo, tmp_path):
+    runs = []
+    for name in ("first", "second"):
+        root = small_demo_folder(tmp_path / name, full_demo)
+        done = pretrace("demo", "--dir", str(root), "--steps", str(STEPS), cwd=root, timeout=900)
+        assert done.returncode == 0, done.stdout + done.stderr
+        runs.append(snapshot(root / "data"))
+    first, second = runs
+    assert any(k.startswith("influence_report/") and k.endswith(".parquet") for k in first)
+    assert json.loads((tmp_path / "first/data/model/checkpoint/training.json").read_text())["steps"] == STEPS
+    assert first == second
+
+    # The folder remembers its training length: a plain rerun finds everything current.
+    again = pretrace("demo", "--dir", str(tmp_path / "first"), cwd=tmp_path / "first", timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "0 artefact(s) computed" in again.stdout
+
+
+def test_a_bad_training_length_is_refused_before_anything_is_written(tmp_path):
+    refused = pretrace("demo", "--dir", str(tmp_path), "--steps", "0", cwd=tmp_path)
+    assert refused.returncode != 0
+    assert "`demo_steps`: Input should be greater than 0 (got 0)" in refused.stderr
+    assert not (tmp_path / "demo-data").exists() and not (tmp_path / "data").exists()
+
+
+def test_a_damaged_settings_file_is_named_with_the_fix(tmp_path):
+    settings = tmp_path / "demo-data" / "settings.json"
+    settings.parent.mkdir()
+    settings.write_text('{"demo_steps": 20, "steps": 3}')
+    refused = pretrace("demo", "--dir", str(tmp_path), cwd=tmp_path)
+    assert refused.returncode != 0
+    assert f"pretrace: {settings}: expected an object with only demo_steps; delete it" in refused.stderr
+    assert not (tmp_path / "data").exists()
