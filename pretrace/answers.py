@@ -11,6 +11,8 @@ Matching rules, so that a number is only found where the text states that number
   "5-12" is fine);
 - an answer ending with a digit is not the head of a decimal or grouped number ("12.5",
   "12,000");
+- a number of four or more digits matches with or without thousands separators ("29,029" and
+  "29029" find each other), as Ruis et al. searched number keywords in both forms;
 - letters match case-insensitively.
 """
 
@@ -36,8 +38,22 @@ def normalize_answer(answer: str | None) -> str:
     return text
 
 
+_NUMBER = re.compile(r"(-?)(\d{1,3}(?:,\d{3})+|\d{4,})(\.\d+)?")
+
+
+def _variants(text: str) -> list[str]:
+    """The spellings searched for an answer: a long number with and without thousands separators."""
+    number = _NUMBER.fullmatch(text)
+    if number is None:
+        return [text]
+    sign, digits, decimals = number.group(1), number.group(2).replace(",", ""), number.group(3) or ""
+    grouped = f"{int(digits):,}"
+    return [f"{sign}{digits}{decimals}", f"{sign}{grouped}{decimals}"]
+
+
 def _body(text: str) -> str:
-    return r"\s+".join(re.escape(part) for part in text.split())
+    forms = [r"\s+".join(re.escape(part) for part in form.split()) for form in _variants(text)]
+    return forms[0] if len(forms) == 1 else "(?:" + "|".join(forms) + ")"
 
 
 @lru_cache(maxsize=4096)

@@ -136,7 +136,7 @@ DOCUMENT_GRADIENTS = Artefact(
 INFLUENCE_SCORES = Artefact(
     "influence_scores", True,
     {"{shard}.parquet": None, "{shard}.stats.safetensors": ShardStatistics, "{shard}.top.parquet": None},
-    ("top_k",), (Input("query_gradients"), Input("document_gradients", "shard"), Input("corpus_shards", "shard")), "4",
+    ("top_k",), (Input("query_gradients"), Input("document_gradients", "shard"), Input("corpus_shards", "shard")), "5",
     "query x document scores of one shard, its statistics and top documents")
 ATTRIBUTION_EVAL = Artefact(
     "attribution_eval", False,
@@ -148,7 +148,7 @@ ATTRIBUTION_EVAL = Artefact(
     "and where each ranks the documents stating a query's `evidence`")
 INFLUENCE_REPORT = Artefact(
     "influence_report", False, {}, ("top_k", "seed"),
-    (Input("query_gradients"), Input("influence_scores", "all_shards"), Input("attribution_eval")), "4",
+    (Input("query_gradients"), Input("influence_scores", "all_shards"), Input("attribution_eval")), "5",
     "the report over every current shard: HTML, tables, figures")
 
 

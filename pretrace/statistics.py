@@ -10,27 +10,28 @@ memory stays bounded however many shards there are:
   sufficient statistics of the Pearson correlation between queries over documents. They are
   the centred form of (n, sums, cross-products) and merge with Chan et al.'s pairwise update,
   which avoids the cancellation of ``E[s s'] - E[s] E[s']`` when means are large.
-- ``positive_sum``, ``abs_sum``, ``positive_count`` (Q,): total positive / absolute influence
-  and how many documents have a positive score.
-- ``top_values`` (Q, L): the L largest scores of each query, exact (L = ``exact_top``, default
-  1000, or the number of documents if fewer). The merge of per-shard top-L lists is the
-  corpus-wide top-L list, so ranks 1..L are exact.
-- ``hist_count``, ``hist_sum`` (Q, W): a histogram of the positive scores in log-spaced bins
-  ``[2^(b/B), 2^((b+1)/B))`` for integer b (B = ``bins_per_octave``, default 16; columns start
-  at ``b = hist_offset``): per bin, how many documents and the sum of their scores. The bins
-  are the same for every shard, so histograms merge by adding. They give shares of positive
-  influence beyond rank L with a proven error bound (see ``pretrace.report.concentration``).
+- ``positive`` and ``negative``: a :class:`Tail` each, the positive scores and the magnitudes of
+  the negative ones (Ruis et al. read both sides of every ranking). Per query: how many
+  documents (``count``) and their summed magnitude (``total``); the L largest magnitudes,
+  exact (``extreme``, L = ``exact_top``, default 1000, or the number of documents if fewer; the
+  merge of per-shard lists is the corpus-wide list, so ranks 1..L are exact); and a histogram
+  of the magnitudes in log-spaced bins ``[2^(b/B), 2^((b+1)/B))`` for integer b (B =
+  ``bins_per_octave``, default 16; columns start at ``b = hist_offset``): per bin, how many
+  documents and their sum. The bins are the same for every shard, so histograms merge by
+  adding. They give sums beyond rank L with a proven error bound (``pretrace.report.concentration``).
+- ``search``: each query's top ``search_depth`` (500) documents with a flag per answer and
+  intermediate result (``pretrace.answer_search``): Ruis et al.'s answer search, merged exactly.
 - ``sources``: documents per corpus source.
 - ``targets`` / ``target_docs``: each query's answer and intermediate results (normalized,
   see ``pretrace.answers``) and how many documents contain each: the base rate at
   which an answer appears in a random document.
 
 Stored by the ``influence_scores`` asset as ``influence_scores/<shard>.stats.safetensors``
-(the arrays above as tensors; query_ids, n, hist_offset, exact_top, bins_per_octave, sources
-and targets as JSON in the safetensors metadata, format version 2) and
+(the arrays above as tensors; query_ids, n, the tails' hist_offset, exact_top, bins_per_octave,
+sources and targets as JSON in the safetensors metadata, format version 3) and
 ``influence_scores/<shard>.top.parquet`` (:data:`TOP_SCHEMA`: the shard's top and bottom k per
-query with source, excerpt and answer flags). Size per shard: 8 Q^2 + 4 Q L + 16 Q W bytes plus
-2 Q k rows, independent of the number of documents.
+query with source, excerpt and answer flags). Size per shard: 8 Q^2 + 2 (4 Q L + 16 Q W) bytes
+plus 2 Q k rows, independent of the number of documents.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ import pyarrow as pa
 import torch
 
 from .errors import InputError
+from .answer_search import DEPTH as SEARCH_DEPTH
+from .answer_search import AnswerSearch
 from .answers import documents_containing, excerpt, find_answer, normalize_answer
 from .serialization import pack, unpack
 
@@ -53,7 +56,8 @@ EXACT_TOP = 1000
 BINS_PER_OCTAVE = 16
 _CHUNK_ELEMENTS = 1 << 22  # float64 temporaries of summarize: 32 MB
 _KIND = "shard_statistics"
-_VERSION = 2
+_VERSION = 3
+SIDES = ("positive", "negative")
 
 TOP_SCHEMA = pa.schema(
     [
@@ -83,6 +87,53 @@ def bin_edges(bins: np.ndarray, bins_per_octave: int) -> tuple[np.ndarray, np.nd
 
 
 @dataclass
+class Tail:
+    """One side of each query's scores: the positive scores, or the negated negative ones."""
+
+    count: np.ndarray  # (Q,) int64: documents on this side
+    total: np.ndarray  # (Q,) float64: their summed magnitude
+    extreme: np.ndarray  # (Q, min(exact_top, n)) float32: the largest signed magnitudes, descending
+    hist_count: np.ndarray  # (Q, W) int64
+    hist_sum: np.ndarray  # (Q, W) float64
+    hist_offset: int = 0
+
+    @classmethod
+    def empty(cls, q: int, length: int, width: int, offset: int) -> "Tail":
+        return cls(np.zeros(q, np.int64), np.zeros(q), np.zeros((q, length), np.float32),
+                   np.zeros((q, width), np.int64), np.zeros((q, width)), offset)
+
+    def add(self, x: np.ndarray, bins_per_octave: int) -> None:
+        """Count a float64 column chunk of magnitudes (this side's sign applied) into the sums."""
+        q, width = x.shape[0], self.hist_count.shape[1]
+        inside = x > 0
+        self.total += np.where(inside, x, 0.0).sum(axis=1)
+        self.count += inside.sum(axis=1)
+        if width:
+            rows, cols = np.nonzero(inside)
+            values = x[rows, cols]
+            index = rows * width + (log_bins(values, bins_per_octave) - self.hist_offset)
+            self.hist_count += np.bincount(index, minlength=q * width).reshape(q, width)
+            self.hist_sum += np.bincount(index, weights=values, minlength=q * width).reshape(q, width)
+
+    def merge(self, other: "Tail", length: int) -> "Tail":
+        both = np.concatenate([self.extreme, other.extreme], axis=1)
+        offset, count, total = _merge_histograms(self, other)
+        return Tail(self.count + other.count, self.total + other.total,
+                    np.ascontiguousarray(-np.sort(-both, axis=1)[:, :length]), count, total, offset)
+
+    def select(self, index: list[int]) -> "Tail":
+        return Tail(self.count[index], self.total[index], self.extreme[index], self.hist_count[index],
+                    self.hist_sum[index], self.hist_offset)
+
+    def tensors(self, side: str) -> dict[str, np.ndarray]:
+        return {f"{side}.{name}": getattr(self, name) for name in ("count", "total", "extreme", "hist_count", "hist_sum")}
+
+    @classmethod
+    def from_arrays(cls, t: dict[str, np.ndarray], side: str, offset: int) -> "Tail":
+        return cls(*(t[f"{side}.{name}"] for name in ("count", "total", "extreme", "hist_count", "hist_sum")), offset)
+
+
+@dataclass
 class ShardStatistics:
     """Mergeable statistics of the scores of a set of documents (one shard, or many merged)."""
 
@@ -90,18 +141,33 @@ class ShardStatistics:
     n: int
     mean: np.ndarray  # (Q,) float64
     comoment: np.ndarray  # (Q, Q) float64
-    positive_sum: np.ndarray  # (Q,) float64
-    abs_sum: np.ndarray  # (Q,) float64
-    positive_count: np.ndarray  # (Q,) int64
-    top_values: np.ndarray  # (Q, min(exact_top, n)) float32, descending
-    hist_count: np.ndarray  # (Q, W) int64
-    hist_sum: np.ndarray  # (Q, W) float64
-    hist_offset: int = 0
+    positive: Tail
+    negative: Tail
+    search: AnswerSearch
     exact_top: int = EXACT_TOP
+    search_depth: int = SEARCH_DEPTH
     bins_per_octave: int = BINS_PER_OCTAVE
     sources: dict[str, int] = field(default_factory=dict)
     targets: list[list[str]] = field(default_factory=list)  # per query: [answer, *intermediates]
     target_docs: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # flattened
+
+    @property
+    def positive_sum(self) -> np.ndarray:
+        return self.positive.total
+
+    @property
+    def abs_sum(self) -> np.ndarray:
+        return self.positive.total + self.negative.total
+
+    @property
+    def top_values(self) -> np.ndarray:
+        """The L highest scores of each query, descending."""
+        return self.positive.extreme
+
+    def tail(self, side: str) -> Tail:
+        if side not in SIDES:
+            raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+        return self.positive if side == "positive" else self.negative
 
     # ----------------------------------------------------------------------------- building
     @classmethod
@@ -113,12 +179,16 @@ class ShardStatistics:
         sources: list[str] | None = None,
         texts: list[str] | None = None,
         targets: list[list[str]] | None = None,
+        doc_ids: list[str] | None = None,
         exact_top: int = EXACT_TOP,
         bins_per_octave: int = BINS_PER_OCTAVE,
+        search_depth: int = SEARCH_DEPTH,
     ) -> "ShardStatistics":
-        """Statistics of a (Q, N) score matrix; ``texts`` and ``targets`` give the answer base rates."""
+        """Statistics of a (Q, N) score matrix; ``texts`` and ``targets`` give the answer base rates
+        and the answer search (whose ties ``doc_ids`` break)."""
         return cls._of_checked(query_ids, _as_numpy(scores), sources=sources, texts=texts, targets=targets,
-                               exact_top=exact_top, bins_per_octave=bins_per_octave)
+                               doc_ids=doc_ids, exact_top=exact_top, bins_per_octave=bins_per_octave,
+                               search_depth=search_depth)
 
     @classmethod
     def _of_checked(
@@ -129,8 +199,10 @@ class ShardStatistics:
         sources: list[str] | None,
         texts: list[str] | None,
         targets: list[list[str]] | None,
+        doc_ids: list[str] | None,
         exact_top: int,
         bins_per_octave: int,
+        search_depth: int,
     ) -> "ShardStatistics":
         """:meth:`of` for a matrix :func:`_as_numpy` already checked, so callers check it only once."""
         q, n = s32.shape
@@ -142,37 +214,24 @@ class ShardStatistics:
         step = max(1, _CHUNK_ELEMENTS // max(q, 1))
         mean = s32.sum(axis=1, dtype=np.float64) / n if n else np.zeros(q)
         comoment = np.zeros((q, q))
-        positive_sum, abs_sum = np.zeros(q), np.zeros(q)
-        positive_count = np.zeros(q, np.int64)
-        offset, width = _histogram_range(s32, bins_per_octave)
-        count, total = np.zeros((q, width), np.int64), np.zeros((q, width))
+        length = min(exact_top, n)
+        tails = {side: Tail.empty(q, length, *_histogram_range(s32, bins_per_octave, side)[::-1])
+                 for side in SIDES}
         for a in range(0, n, step):
             x = s32[:, a : a + step].astype(np.float64)
-            positive = x > 0
-            positive_sum += np.where(positive, x, 0.0).sum(axis=1)
-            abs_sum += np.abs(x).sum(axis=1)
-            positive_count += positive.sum(axis=1)
-            if width:
-                rows, cols = np.nonzero(positive)
-                values = x[rows, cols]
-                index = rows * width + (log_bins(values, bins_per_octave) - offset)
-                count += np.bincount(index, minlength=q * width).reshape(q, width)
-                total += np.bincount(index, weights=values, minlength=q * width).reshape(q, width)
+            tails["positive"].add(x, bins_per_octave)
+            tails["negative"].add(-x, bins_per_octave)
             x -= mean[:, None]
             comoment += x @ x.T
-        length = min(exact_top, n)
-        if length == 0:
-            top = np.zeros((q, 0), np.float32)
-        else:
-            top = -np.partition(-s32, length - 1, axis=1)[:, :length] if length < n else s32.copy()
-            top = -np.sort(-top, axis=1)
+        tails["positive"].extreme = _largest(s32, length)
+        tails["negative"].extreme = _largest(-s32, length)
         source_counts: dict[str, int] = {}
         for name in sources if sources is not None else ["unknown"] * n:
             source_counts[name] = source_counts.get(name, 0) + 1
         target_docs = documents_containing(texts, flat) if texts is not None else np.zeros(len(flat), np.int64)
+        search = AnswerSearch.of(s32, doc_ids, texts, targets, search_depth)
         return cls(
-            list(query_ids), n, mean, comoment, positive_sum, abs_sum,
-            positive_count, np.ascontiguousarray(top), count, total, offset, exact_top,
+            list(query_ids), n, mean, comoment, tails["positive"], tails["negative"], search, exact_top, search_depth,
             bins_per_octave, dict(sorted(source_counts.items())), targets, target_docs.astype(np.int64),
         )
 
@@ -199,16 +258,15 @@ class ShardStatistics:
             mean = self.mean + delta * (other.n / n)
             comoment = self.comoment + other.comoment + np.outer(delta, delta) * (self.n * other.n / n)
         exact_top = min(self.exact_top, other.exact_top)
-        both = np.concatenate([self.top_values, other.top_values], axis=1)
-        top = -np.sort(-both, axis=1)[:, : min(exact_top, n)]
-        offset, count, total = _merge_histograms(self, other)
+        length = min(exact_top, n)
+        search_depth = min(self.search_depth, other.search_depth)
         sources = dict(self.sources)
         for name, c in other.sources.items():
             sources[name] = sources.get(name, 0) + c
         return ShardStatistics(
-            self.query_ids, n, mean, comoment, self.positive_sum + other.positive_sum, self.abs_sum + other.abs_sum,
-            self.positive_count + other.positive_count, np.ascontiguousarray(top), count, total, offset,
-            exact_top, self.bins_per_octave, dict(sorted(sources.items())), self.targets,
+            self.query_ids, n, mean, comoment, self.positive.merge(other.positive, length),
+            self.negative.merge(other.negative, length), self.search.merge(other.search, search_depth), exact_top,
+            search_depth, self.bins_per_octave, dict(sorted(sources.items())), self.targets,
             self.target_docs + other.target_docs,
         )
 
@@ -232,14 +290,12 @@ class ShardStatistics:
 
     # ------------------------------------------------------------------------ serialization
     def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        tensors = {
-            "mean": self.mean, "comoment": self.comoment, "positive_sum": self.positive_sum,
-            "abs_sum": self.abs_sum, "positive_count": self.positive_count, "top_values": self.top_values,
-            "hist_count": self.hist_count, "hist_sum": self.hist_sum, "target_docs": self.target_docs,
-        }
+        tensors = {"mean": self.mean, "comoment": self.comoment, "target_docs": self.target_docs,
+                   **self.positive.tensors("positive"), **self.negative.tensors("negative"), **self.search.tensors()}
         return pack(
             {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in tensors.items()}, _KIND,
-            version=_VERSION, query_ids=self.query_ids, n=self.n, hist_offset=self.hist_offset,
+            version=_VERSION, query_ids=self.query_ids, n=self.n,
+            hist_offset={side: self.tail(side).hist_offset for side in SIDES}, search_depth=self.search_depth,
             exact_top=self.exact_top, bins_per_octave=self.bins_per_octave, sources=self.sources,
             targets=self.targets,
         )
@@ -254,9 +310,9 @@ class ShardStatistics:
             )
         t = {k: v.numpy() for k, v in tensors.items()}
         return cls(
-            meta["query_ids"], meta["n"], t["mean"], t["comoment"], t["positive_sum"], t["abs_sum"],
-            t["positive_count"], t["top_values"], t["hist_count"], t["hist_sum"], meta["hist_offset"],
-            meta["exact_top"], meta["bins_per_octave"], meta["sources"], meta["targets"], t["target_docs"],
+            meta["query_ids"], meta["n"], t["mean"], t["comoment"],
+            *(Tail.from_arrays(t, side, meta["hist_offset"][side]) for side in SIDES), AnswerSearch.from_arrays(t),
+            meta["exact_top"], meta["search_depth"], meta["bins_per_octave"], meta["sources"], meta["targets"], t["target_docs"],
         )
 
     def select(self, query_ids: list[str]) -> "ShardStatistics":
@@ -266,9 +322,7 @@ class ShardStatistics:
         flat = [i for q in index for i in range(offsets[q], offsets[q + 1])]
         return replace(
             self, query_ids=list(query_ids), mean=self.mean[index], comoment=self.comoment[np.ix_(index, index)],
-            positive_sum=self.positive_sum[index], abs_sum=self.abs_sum[index],
-            positive_count=self.positive_count[index], top_values=self.top_values[index],
-            hist_count=self.hist_count[index], hist_sum=self.hist_sum[index],
+            positive=self.positive.select(index), negative=self.negative.select(index), search=self.search.select(index),
             targets=[self.targets[q] for q in index], target_docs=self.target_docs[flat],
         )
 
@@ -282,16 +336,27 @@ def _as_numpy(scores: torch.Tensor | np.ndarray) -> np.ndarray:
     return s
 
 
-def _histogram_range(s32: np.ndarray, bins_per_octave: int) -> tuple[int, int]:
-    """First log bin and number of bins spanned by the positive scores ((0, 0) if there are none).
+def _largest(s32: np.ndarray, length: int) -> np.ndarray:
+    """The ``length`` largest values of each row, descending."""
+    if length == 0:
+        return np.zeros((s32.shape[0], 0), np.float32)
+    top = -np.partition(-s32, length - 1, axis=1)[:, :length] if length < s32.shape[1] else s32.copy()
+    return np.ascontiguousarray(-np.sort(-top, axis=1))
 
-    The bin is monotone in the value, so only the smallest positive and the largest score are
-    binned: no log2 over every score. They are binned as float64, like the chunks, so they agree.
+
+def _histogram_range(s32: np.ndarray, bins_per_octave: int, side: str) -> tuple[int, int]:
+    """First log bin and number of bins spanned by one side's magnitudes ((0, 0) if it is empty).
+
+    The bin is monotone in the value, so only the smallest and the largest magnitude are binned:
+    no log2 over every score. They are binned as float64, like the chunks, so they agree.
     """
-    highest = s32.max(initial=0.0)
+    if side == "positive":
+        highest, smallest = s32.max(initial=0.0), lambda: _smallest_positive(s32)
+    else:
+        highest, smallest = -s32.min(initial=0.0), lambda: _smallest_positive(np.negative(s32))
     if highest <= 0:
         return 0, 0
-    lo, hi = log_bins(np.array([_smallest_positive(s32), highest], np.float64), bins_per_octave).tolist()
+    lo, hi = log_bins(np.array([smallest(), highest], np.float64), bins_per_octave).tolist()
     return lo, hi - lo + 1
 
 
@@ -305,13 +370,13 @@ def _smallest_positive(s32: np.ndarray) -> np.float32:
     return ((s32.view(np.uint32) - np.uint32(1)).min() + np.uint32(1)).view(np.float32)
 
 
-def _merge_histograms(a: ShardStatistics, b: ShardStatistics) -> tuple[int, np.ndarray, np.ndarray]:
+def _merge_histograms(a: Tail, b: Tail) -> tuple[int, np.ndarray, np.ndarray]:
     widths = [(x.hist_offset, x.hist_count.shape[1]) for x in (a, b) if x.hist_count.shape[1]]
     if not widths:
         return 0, a.hist_count.copy(), a.hist_sum.copy()
     lo = min(o for o, _ in widths)
     hi = max(o + w for o, w in widths)
-    q = len(a.query_ids)
+    q = a.count.shape[0]
     count, total = np.zeros((q, hi - lo), np.int64), np.zeros((q, hi - lo))
     for x in (a, b):
         w = x.hist_count.shape[1]
@@ -463,7 +528,8 @@ def summarize_shard(
     targets = query_targets(query_ids, queries)
     s32 = _as_numpy(scores)  # checked once for both reductions
     stats = ShardStatistics._of_checked(query_ids, s32, sources=sources, texts=texts, targets=targets,
-                                        exact_top=exact_top, bins_per_octave=bins_per_octave)
+                                        doc_ids=doc_ids, exact_top=exact_top, bins_per_octave=bins_per_octave,
+                                        search_depth=SEARCH_DEPTH)
     top = _top_documents(query_ids, doc_ids, s32, k, sources=sources, texts=texts, targets=targets, shard=shard)
     return stats, top
 

@@ -15,13 +15,16 @@ scores and P = total positive influence.
   (2^(1/B) - 1) / 2 of S(m) (2.2 % for B = 16 bins per octave) and is usually far smaller.
 
 Power law: least-squares line through (log rank, log score) over ranks 1..R of the exact top
-list, R = min(fit_ranks (1000), L, max(10, positive documents / 10)); the slope is the exponent of score ~ rank^slope
-and R^2 the goodness of fit. For scores drawn from a Pareto tail P(S > s) ~ s^-alpha the
-expected slope is -1/alpha.
+list; the slope is the exponent of score ~ rank^slope and R^2 the goodness of fit. For scores
+drawn from a Pareto tail P(S > s) ~ s^-alpha the expected slope is -1/alpha. Two definitions:
+``paper``, Ruis et al.'s, R = 500 (``PAPER_RANKS``), slopes of factual and reasoning queries
+compared with Welch's t-test; and ``head``, R = min(fit_ranks (1000), L, max(10, positive
+documents / 10)), which on a small corpus stops before its positive scores run out.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +33,13 @@ from ..statistics import ShardStatistics, bin_edges, fraction_rank
 
 FRACTIONS = (1e-4, 1e-3, 1e-2, 1e-1)
 FIT_RANKS = 1000
+PAPER_RANKS = 500
+FITS = ("paper", "head")
+PERCENTILES = tuple(range(5, 101, 5))
+"""Percentiles of a query's documents on one side of its ranking (Ruis et al.'s influence-per-nat
+curves: the top p% of the positively, or negatively, influential documents)."""
+DOCUMENT_COUNTS = (1, 10, 100, 1_000, 10_000, 100_000, 1_000_000)
+"""The same sums against absolute numbers of documents (capped by the side's size)."""
 
 
 @dataclass
@@ -39,20 +49,22 @@ class TopSum:
     exact: bool
 
 
-def top_sum(stats: ShardStatistics, q: int, m: int) -> TopSum:
-    """Sum of the positive parts of query q's m highest scores, with an error bound."""
-    positives = int(stats.positive_count[q])
-    total = float(stats.positive_sum[q])
-    if m <= 0 or positives == 0:
+def top_sum(stats: ShardStatistics, q: int, m: int, side: str = "positive") -> TopSum:
+    """Sum of the magnitudes of query q's m most extreme scores on one side (the m highest
+    positive scores, or the m most negative scores' magnitudes), with an error bound."""
+    tail = stats.tail(side)
+    inside = int(tail.count[q])
+    total = float(tail.total[q])
+    if m <= 0 or inside == 0:
         return TopSum(0.0, 0.0, True)
-    if m >= positives:
+    if m >= inside:
         return TopSum(total, 0.0, True)
-    top = stats.top_values[q]
+    top = tail.extreme[q]
     if m <= top.size:
         return TopSum(float(np.clip(top[:m].astype(np.float64), 0, None).sum()), 0.0, True)
-    counts = stats.hist_count[q][::-1]
-    sums = stats.hist_sum[q][::-1]
-    bins = (stats.hist_offset + np.arange(stats.hist_count.shape[1]))[::-1]
+    counts = tail.hist_count[q][::-1]
+    sums = tail.hist_sum[q][::-1]
+    bins = (tail.hist_offset + np.arange(tail.hist_count.shape[1]))[::-1]
     before = np.concatenate([[0], np.cumsum(counts)])
     j = int(np.searchsorted(before[1:], m))  # first bin (from the top) where the cumulative count reaches m
     full = float(sums[:j].sum())
@@ -95,6 +107,28 @@ def share_curve(stats: ShardStatistics, q: int, points: int = 41) -> tuple[np.nd
     return fractions, np.array(values)
 
 
+def percentile_rank(percentile: float, count: int) -> int:
+    """How many documents the top ``percentile`` % of ``count`` is: ceil(p count / 100)."""
+    return min(count, max(0, math.ceil(percentile * count / 100 - 1e-9)))
+
+
+def side_sums(stats: ShardStatistics, percentiles=PERCENTILES, counts=DOCUMENT_COUNTS) -> list[dict]:
+    """Rows (query_id, side, by, at, documents, total, error, exact): the summed influence of the
+    top ``at`` % (by = "percentile") or top ``at`` (by = "documents") of each query's positively
+    and negatively influential documents; negative sums are negative, as the scores are."""
+    rows = []
+    for q, query_id in enumerate(stats.query_ids):
+        for side, sign in (("positive", 1.0), ("negative", -1.0)):
+            inside = int(stats.tail(side).count[q])
+            cuts = [("percentile", p, percentile_rank(p, inside)) for p in percentiles]
+            cuts += [("documents", k, k) for k in counts if k <= max(inside, 1)]
+            for by, at, m in cuts:
+                s = top_sum(stats, q, m, side)
+                rows.append({"query_id": query_id, "side": side, "by": by, "at": float(at), "documents": m,
+                             "total": sign * s.value, "error": s.error, "exact": s.exact})
+    return rows
+
+
 @dataclass
 class PowerLaw:
     slope: float
@@ -125,10 +159,35 @@ def head_ranks(positive_count: int, fit_ranks: int = FIT_RANKS) -> int:
 
 
 def power_laws(stats: ShardStatistics, fit_ranks: int = FIT_RANKS) -> list[dict]:
-    """Rows (query_id, slope, intercept, r2, ranks) of every query's power-law fit."""
+    """Rows (query_id, fit, slope, intercept, r2, ranks) of every query's power-law fits, by both
+    definitions (``FITS``)."""
     rows = []
     for q, query_id in enumerate(stats.query_ids):
-        fit = fit_power_law(stats.top_values[q], head_ranks(stats.positive_count[q], fit_ranks))
-        rows.append({"query_id": query_id, "slope": fit.slope, "intercept": fit.intercept, "r2": fit.r2,
-                     "ranks": fit.ranks})
+        for name, ranks in (("paper", PAPER_RANKS), ("head", head_ranks(stats.positive.count[q], fit_ranks))):
+            fit = fit_power_law(stats.top_values[q], ranks)
+            rows.append({"query_id": query_id, "fit": name, "slope": fit.slope, "intercept": fit.intercept,
+                         "r2": fit.r2, "ranks": fit.ranks})
     return rows
+
+
+@dataclass
+class SlopeTest:
+    factual_mean: float
+    reasoning_mean: float
+    t: float
+    dof: float
+    p: float  # two-sided
+
+
+def welch_test(factual: np.ndarray, reasoning: np.ndarray) -> SlopeTest:
+    """Welch's two-sample t-test of mean slopes (Ruis et al. compare factual and reasoning slopes);
+    NaN where either group has fewer than two finite slopes or both are constant."""
+    from scipy import stats as scipy_stats
+
+    f, r = (np.asarray(x, np.float64) for x in (factual, reasoning))
+    f, r = f[np.isfinite(f)], r[np.isfinite(r)]
+    means = (float(f.mean()) if f.size else math.nan, float(r.mean()) if r.size else math.nan)
+    if f.size < 2 or r.size < 2 or (f.var(ddof=1) == 0 and r.var(ddof=1) == 0):
+        return SlopeTest(*means, math.nan, math.nan, math.nan)
+    result = scipy_stats.ttest_ind(f, r, equal_var=False)
+    return SlopeTest(*means, float(result.statistic), float(result.df), float(result.pvalue))

@@ -33,6 +33,13 @@ def pair_groups(kinds: list[str], categories: list[str]) -> dict[str, np.ndarray
     groups["within factual"] = both(factual, factual)
     groups["reasoning vs factual"] = both(reasoning, factual)
     groups["control vs others"] = both(control, ~control)
+    # Ruis et al. read control queries among themselves, and factual controls apart from reasoning
+    # controls: each control kind (e.g. `factual_control`, `reasoning_control`) gets its own groups.
+    for kind in sorted({k for k, c in zip(kinds, categories) if c == CONTROL}):
+        mine = kinds_a == kind
+        groups[f"within {kind}"] = both(mine, mine)
+        groups[f"{kind} vs factual"] = both(mine, factual)
+        groups[f"{kind} vs reasoning"] = both(mine, reasoning)
     eye = np.eye(len(kinds), dtype=bool)
     return {name: mask & ~eye for name, mask in groups.items()}
 

@@ -35,6 +35,9 @@ FAST = ReportConfig(k=10, bootstrap=300, permutations=200)
     ("answer: 3.5 exactly", "3.5"),
     ("lives in Buenos\nAires now", "Buenos Aires"),
     ("totals 1,200 items", "1,200"),
+    ("totals 29029 items", "29,029"),  # Ruis et al.'s keyword variants: with and without separators
+    ("totals 29,029 items", "29029"),
+    ("owes -1,200.50 now", "-1200.50"),
 ])
 def test_answer_search_finds_planted_answers(text, answer):
     assert find_answer(text, answer) is not None
@@ -52,6 +55,9 @@ def test_answer_search_finds_planted_answers(text, answer):
     ("(-12)", "12"),
     ("Parisian cafes", "Paris"),
     ("Romeo", "Rome"),
+    ("129029", "29029"),
+    ("29,0290", "29,029"),
+    ("29.029", "29029"),
     ("3.55", "3.5"),
     ("13.5", "3.5"),
     ("no answer at all", "12"),
@@ -152,6 +158,20 @@ def test_answers_in_top_documents_are_counted_per_query_and_kind():
     assert kinds["arithmetic"]["share_intermediates_in_top"] == 0.0
 
 
+def test_the_papers_answer_search_reads_every_step_in_one_document_or_across_several():
+    a, _ = hand_analysis()
+    rows = {r["query_id"]: r for r in a.result(sections.answers.compute).answer_search.to_dicts()}
+    # all 8 documents are searched (fewer than 500); "Lima" is in d0 and d4
+    assert rows["f"]["searched"] == 8 and rows["f"]["docs_with_answer"] == 2 and rows["f"]["answer_found"]
+    assert rows["f"]["steps"] == 1 and rows["f"]["all_steps_in_one_document"] is None
+    # r: steps 4, 3 and the answer 12: "4 and 3" (d2), "12" (d1, d6; not "312 and 12.5"), no document holds all three
+    assert rows["r"]["docs_with_answer"] == 2 and rows["r"]["expected_by_chance"] == pytest.approx(8 * 2 / 8)
+    assert rows["r"]["steps"] == 3 and rows["r"]["steps_found"] == 3
+    assert rows["r"]["all_steps_in_one_document"] is False and rows["r"]["all_steps_across_documents"] is True
+    kinds = {r["kind"]: r for r in a.result(sections.answers.compute).answer_search_kinds.to_dicts()}
+    assert kinds["arithmetic"]["multi_step_queries"] == 1 and kinds["arithmetic"]["all_steps_across_documents"] == 1
+
+
 def test_magnitude_per_nat_is_total_influence_over_the_completion_information():
     a, scores = hand_analysis()
     m = a.result(sections.magnitude.compute)
@@ -163,6 +183,29 @@ def test_magnitude_per_nat_is_total_influence_over_the_completion_information():
     assert rows["r"]["absolute_per_nat"] == pytest.approx(absolute[1] / 8.0)
     cmp = m.magnitude_comparison.filter(pl.col("measure") == "positive_per_nat").row(0, named=True)
     assert cmp["reasoning_over_factual"] == pytest.approx((positive[1] / 8) / (positive[0] / 2))
+
+
+def test_influence_per_nat_curves_follow_the_papers_definition_on_both_sides():
+    a, _ = hand_analysis()
+    curves = a.result(sections.magnitude.compute).magnitude_curves
+    got = {(r["kind"], r["side"], r["by"], r["at"]): r["mean_per_nat"] for r in curves.to_dicts()}
+    # f (2 nats): positives 9 8 2 1 0.5, negatives -5 -4; r (8 nats): positives 6 3 0.2 0.1, negatives -7 -2 -1 -0.5
+    expected = {
+        ("factual", "positive", "percentile", 20.0): 9 / 2,  # top ceil(20% of 5) = 1 document
+        ("factual", "positive", "percentile", 50.0): 19 / 2,  # ceil(2.5) = 3 documents
+        ("factual", "positive", "percentile", 100.0): 20.5 / 2,
+        ("factual", "negative", "percentile", 50.0): -5 / 2,
+        ("factual", "negative", "percentile", 100.0): -9 / 2,
+        ("arithmetic", "positive", "percentile", 25.0): 6 / 8,
+        ("arithmetic", "positive", "percentile", 50.0): 9 / 8,
+        ("arithmetic", "negative", "percentile", 75.0): -10 / 8,
+        ("factual", "positive", "documents", 1.0): 9 / 2,
+        ("arithmetic", "negative", "documents", 1.0): -7 / 8,
+    }
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value), key
+    # absolute counts stop at the side's size: f has 2 negative documents, so no top 10
+    assert ("factual", "negative", "documents", 10.0) not in got
 
 
 def test_top_documents_carry_the_query_beside_them():
@@ -194,6 +237,23 @@ def test_group_means_average_the_right_pairs():
     assert gm.pairs["reasoning vs factual"] == 6
     lo, hi = gm.interval("control vs others")
     assert lo <= gm.means["control vs others"] <= hi
+
+
+def test_control_queries_are_read_among_themselves_and_factual_controls_apart_from_reasoning_ones():
+    kinds = ["factual", "factual", "slope", "slope", "factual_control", "factual_control", "reasoning_control",
+             "reasoning_control"]
+    cats = ["factual", "factual", "reasoning", "reasoning", "control", "control", "control", "control"]
+    rng = np.random.default_rng(1)
+    r = rng.uniform(-1, 1, (8, 8))
+    r = (r + r.T) / 2
+    np.fill_diagonal(r, 1)
+    gm = group_means(r, pair_groups(kinds, cats), kinds, draws=200)
+    assert gm.means["within factual_control"] == pytest.approx(r[4, 5])
+    assert gm.means["within reasoning_control"] == pytest.approx(r[6, 7])
+    assert gm.means["factual_control vs factual"] == pytest.approx(r[np.ix_([4, 5], [0, 1])].mean())
+    assert gm.means["reasoning_control vs reasoning"] == pytest.approx(r[np.ix_([6, 7], [2, 3])].mean())
+    assert gm.pairs["factual_control vs reasoning"] == 4
+    assert gm.means["control vs others"] == pytest.approx(r[np.ix_([4, 5, 6, 7], [0, 1, 2, 3])].mean())
 
 
 def test_permutation_test_separates_structure_from_noise():
@@ -311,7 +371,7 @@ def test_build_report_writes_html_parquet_and_figures(tmp_path, synthetic):
     html = store.read_bytes("influence_report/report.html").decode()
     for sid, _ in sections.CONTENTS:
         assert f'<section id="{sid}">' in html
-    assert html.count("data:image/png;base64,") == len(report.figures) == 7
+    assert html.count("data:image/png;base64,") == len(report.figures) == 8
     assert "<script" not in html and "http://" not in html and "https://" not in html
     top = store.read_parquet("influence_report/top_documents.parquet")
     assert top.num_rows == 15 * 2 * FAST.k

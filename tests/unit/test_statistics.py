@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from pretrace.errors import InputError
-from pretrace.report.concentration import fit_power_law, head_ranks, power_laws, share_bound, shares, top_sum
+from pretrace.report.concentration import (
+    fit_power_law,
+    head_ranks,
+    power_laws,
+    share_bound,
+    shares,
+    top_sum,
+    welch_test,
+)
 from pretrace.statistics import (
     ShardStatistics,
     bin_edges,
@@ -38,13 +46,15 @@ def assert_same_statistics(a: ShardStatistics, b: ShardStatistics):
     assert a.query_ids == b.query_ids and a.n == b.n
     np.testing.assert_allclose(a.mean, b.mean, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(a.comoment, b.comoment, rtol=1e-10, atol=1e-9)
-    np.testing.assert_allclose(a.positive_sum, b.positive_sum, rtol=1e-12)
-    np.testing.assert_allclose(a.abs_sum, b.abs_sum, rtol=1e-12)
-    np.testing.assert_array_equal(a.positive_count, b.positive_count)
-    np.testing.assert_array_equal(a.top_values, b.top_values)
-    assert a.hist_offset == b.hist_offset
-    np.testing.assert_array_equal(a.hist_count, b.hist_count)
-    np.testing.assert_allclose(a.hist_sum, b.hist_sum, rtol=1e-12)
+    for x, y in ((a.positive, b.positive), (a.negative, b.negative)):
+        np.testing.assert_allclose(x.total, y.total, rtol=1e-12)
+        np.testing.assert_array_equal(x.count, y.count)
+        np.testing.assert_array_equal(x.extreme, y.extreme)
+        assert x.hist_offset == y.hist_offset
+        np.testing.assert_array_equal(x.hist_count, y.hist_count)
+        np.testing.assert_allclose(x.hist_sum, y.hist_sum, rtol=1e-12)
+    for name in ("scores", "keys", "found"):
+        np.testing.assert_array_equal(getattr(a.search, name), getattr(b.search, name))
     assert a.sources == b.sources
     np.testing.assert_array_equal(a.target_docs, b.target_docs)
 
@@ -69,8 +79,10 @@ def test_correlation_from_shard_statistics_equals_corrcoef_on_the_full_matrix(bl
 
 def test_merging_shards_in_any_order_equals_the_statistics_of_all_documents(block):
     ids, scores = block
-    whole = ShardStatistics.of(ids, scores, exact_top=50)
-    parts = [ShardStatistics.of(ids, scores[:, s], exact_top=50) for s in split(scores.shape[1], [500, 1, 1200])]
+    docs = [f"d{i}" for i in range(scores.shape[1])]
+    whole = ShardStatistics.of(ids, scores, exact_top=50, doc_ids=docs)
+    parts = [ShardStatistics.of(ids, scores[:, s], exact_top=50, doc_ids=docs[s])
+             for s in split(scores.shape[1], [500, 1, 1200])]
     for order in itertools.permutations(parts):
         assert_same_statistics(merged(list(order)), whole)
     tree = parts[0].merge(parts[1]).merge(parts[2].merge(parts[3]))  # associativity
@@ -183,15 +195,28 @@ def test_concentration_shares_recover_a_known_power_law_within_their_error_bound
     assert share_1pct == pytest.approx(r[:2000].sum() / r.sum(), rel=0.01)
 
 
-def test_top_sum_bound_holds_for_every_rank_on_random_heavy_tailed_scores():
+@pytest.mark.parametrize("side, sign", [("positive", 1), ("negative", -1)])
+def test_top_sum_bound_holds_for_every_rank_on_random_heavy_tailed_scores(side, sign):
     rng = np.random.default_rng(4)
     scores = (rng.standard_normal((1, 20_000)) * rng.lognormal(0, 2, 20_000)).astype(np.float32)
     stats = merged([ShardStatistics.of(["q"], scores[:, s], exact_top=30) for s in np.array_split(np.arange(20_000), 5)])
-    truth = np.cumsum(np.clip(np.sort(scores[0].astype(np.float64))[::-1], 0, None))
+    truth = np.cumsum(np.clip(np.sort(sign * scores[0].astype(np.float64))[::-1], 0, None))
     for m in list(range(1, 60)) + list(rng.integers(60, 20_000, 300)):
-        s = top_sum(stats, 0, int(m))
+        s = top_sum(stats, 0, int(m), side)
         assert abs(s.value - truth[m - 1]) <= s.error + 1e-9 * truth[-1]
         assert s.error <= share_bound(16) * truth[m - 1] + 1e-9
+
+
+def test_the_negative_tail_is_the_positive_tail_of_the_negated_scores(block):
+    ids, scores = block
+    stats, mirrored = ShardStatistics.of(ids, scores), ShardStatistics.of(ids, -scores)
+    for mine, theirs in ((stats.negative, mirrored.positive), (stats.positive, mirrored.negative)):
+        np.testing.assert_array_equal(mine.count, theirs.count)
+        np.testing.assert_allclose(mine.total, theirs.total, rtol=1e-12)
+        np.testing.assert_array_equal(mine.extreme, theirs.extreme)
+        np.testing.assert_array_equal(mine.hist_count, theirs.hist_count)
+    np.testing.assert_array_equal(stats.negative.count, (scores < 0).sum(axis=1))
+    np.testing.assert_allclose(stats.abs_sum, np.abs(scores.astype(np.float64)).sum(axis=1), rtol=1e-12)
 
 
 def test_power_law_slope_is_exact_on_an_exact_power_law():
@@ -221,9 +246,33 @@ def test_power_law_needs_positive_scores():
 def test_power_law_fits_the_head_of_each_ranking():
     assert [head_ranks(p) for p in (20, 500, 10_000, 10**6)] == [10, 50, 1000, 1000]
     stats, _ = power_law_shards(5000, 0.7, shards=3, exact_top=1000)
-    rows = power_laws(stats)
+    rows = [r for r in power_laws(stats) if r["fit"] == "head"]
     assert [r["ranks"] for r in rows] == [500, 500]
     assert rows[0]["slope"] == pytest.approx(-0.7, abs=1e-6) and rows[1]["slope"] == pytest.approx(-0.35, abs=1e-6)
+
+
+def test_the_papers_power_law_fits_the_top_500_whatever_the_corpus_size():
+    stats, _ = power_law_shards(20_000, 0.7, shards=2, exact_top=1000)
+    paper = {r["query_id"]: r for r in power_laws(stats) if r["fit"] == "paper"}
+    head = {r["query_id"]: r for r in power_laws(stats) if r["fit"] == "head"}
+    assert {r["ranks"] for r in paper.values()} == {500} and {r["ranks"] for r in head.values()} == {1000}
+    # the fit over ranks 1..500 is the direct least-squares line of those 500 points
+    top = stats.top_values[0][:500].astype(np.float64)
+    slope, intercept = np.polyfit(np.log(np.arange(1, 501)), np.log(top), 1)
+    assert paper[stats.query_ids[0]]["slope"] == pytest.approx(slope, rel=1e-9)
+
+
+def test_welch_test_of_slopes_matches_the_formula():
+    factual, reasoning = np.array([-1.2, -0.9, -1.1, -1.4, np.nan]), np.array([-0.5, -0.7, -0.4])
+    test = welch_test(factual, reasoning)
+    f, r = factual[:4], reasoning
+    vf, vr = f.var(ddof=1) / f.size, r.var(ddof=1) / r.size
+    t = (f.mean() - r.mean()) / np.sqrt(vf + vr)
+    dof = (vf + vr) ** 2 / (vf**2 / (f.size - 1) + vr**2 / (r.size - 1))
+    assert (test.factual_mean, test.reasoning_mean) == pytest.approx((f.mean(), r.mean()))
+    assert test.t == pytest.approx(t) and test.dof == pytest.approx(dof)
+    assert 0 < test.p < 0.01  # clearly different means
+    assert np.isnan(welch_test(np.array([-1.0]), reasoning).p)  # one factual slope: no test
 
 
 def test_the_same_id_in_two_files_stays_two_rows_that_name_their_shard():

@@ -23,14 +23,67 @@ from . import top_documents
 
 @dataclass
 class Answers:
-    answers: pl.DataFrame  # per query
+    answers: pl.DataFrame  # per query: pretrace's top-k search
     answers_kinds: pl.DataFrame
+    answer_search: pl.DataFrame  # per query: Ruis et al.'s search of the top 500, step by step
+    answer_search_kinds: pl.DataFrame
 
 
 def compute(a: Analysis) -> Answers:
     """Answers and intermediate results found in the top documents, per query and by kind."""
-    per_query = _per_query(a)
-    return Answers(per_query, _by_kind(a, per_query))
+    per_query, search = _per_query(a), _search_per_query(a)
+    return Answers(per_query, _by_kind(a, per_query), search, _search_by_kind(a, search))
+
+
+def _search_per_query(a: Analysis) -> pl.DataFrame:
+    """As Ruis et al.: each query's top documents (500, or all when fewer) searched for the answer
+    and for the result of every step ([intermediate results..., answer]): is each step's result in
+    some document, and are all of them in one document, or only across several?"""
+    stats, corpus = a.stats, a.stats.answer_docs()
+    rows = []
+    for q, row in enumerate(a.queries.iter_rows(named=True)):
+        targets = stats.targets[q] or [""]
+        searched = stats.search.found[q, :, : len(targets)]
+        depth = searched.shape[0]
+        answer = bool(targets[0])
+        steps = [i for i in range(1, len(targets)) if targets[i]] + ([0] if answer else [])
+        in_one = bool(searched[:, steps].all(axis=1).any()) if len(steps) > 1 else None
+        across = bool(searched[:, steps].any(axis=0).all()) if len(steps) > 1 else None
+        rows.append({
+            "query_id": row["id"], "kind": row["kind"], "category": row["category"], "answer": targets[0] or None,
+            "searched": depth,
+            "docs_with_answer": int(searched[:, 0].sum()) if answer else None,
+            "answer_found": bool(searched[:, 0].any()) if answer else None,
+            "expected_by_chance": depth * corpus[q][0] / stats.n if answer and stats.n else None,
+            "steps": len(steps), "steps_found": int(searched[:, steps].any(axis=0).sum()) if steps else 0,
+            "all_steps_in_one_document": in_one,
+            "all_steps_across_documents": across,
+        })
+    schema = {"query_id": pl.String, "kind": pl.String, "category": pl.String, "answer": pl.String,
+              "searched": pl.Int64, "docs_with_answer": pl.Int64, "answer_found": pl.Boolean,
+              "expected_by_chance": pl.Float64, "steps": pl.Int64, "steps_found": pl.Int64,
+              "all_steps_in_one_document": pl.Boolean, "all_steps_across_documents": pl.Boolean}
+    return pl.DataFrame(rows, schema=schema)
+
+
+def _search_by_kind(a: Analysis, search: pl.DataFrame) -> pl.DataFrame:
+    rows = []
+    for g in a.groups:
+        sub = search.filter(pl.col("query_id").is_in(g.ids))
+        with_answer = sub.filter(pl.col("answer").is_not_null())
+        n, hits = with_answer.height, int(with_answer["answer_found"].sum() or 0)
+        lo, hi = wilson(hits, n, a.config.level)
+        multi = sub.filter(pl.col("steps") > 1)
+        one, across = int(multi["all_steps_in_one_document"].sum() or 0), int(multi["all_steps_across_documents"].sum() or 0)
+        rows.append({
+            **g.row(), "queries": sub.height, "searched": int(sub["searched"].max() or 0),
+            "queries_with_answer": n, "answer_found": hits, "share_answer_found": hits / n if n else math.nan,
+            "ci_low": lo, "ci_high": hi,
+            "mean_expected_by_chance": float(with_answer["expected_by_chance"].mean()) if n else math.nan,
+            "multi_step_queries": multi.height, "all_steps_in_one_document": one,
+            "all_steps_across_documents": across,
+        })
+    return pl.DataFrame(rows)
 
 
 def _per_query(a: Analysis) -> pl.DataFrame:
@@ -121,10 +174,23 @@ def reading(a: Analysis) -> list[str]:
         else:
             out.append("The intervals overlap, so this report cannot tell whether factual answers appear more often "
                        "than reasoning answers (Ruis et al. 2024 found they do).")
+    search = {r["kind"]: r for r in a.result(compute).answer_search_kinds.to_dicts()}
+    parts = [f"{r['kind']} {r['answer_found']} of {r['queries_with_answer']}" for r in search.values()
+             if r["queries_with_answer"] and r["kind"] != POOLED]
+    if parts:
+        depth = max(r["searched"] for r in search.values())
+        out.append(f"Searching the top {depth} documents, as Ruis et al. do, the answer is found for: "
+                   + "; ".join(parts) + ".")
+    steps = [r for r in search.values() if r["multi_step_queries"] and r["kind"] != POOLED]
+    if steps:
+        out.append("Every step's result is found in one document for " + "; ".join(
+            f"{r['kind']} {r['all_steps_in_one_document']} of {r['multi_step_queries']}" for r in steps)
+            + ", and across several documents for " + "; ".join(
+            f"{r['kind']} {r['all_steps_across_documents']} of {r['multi_step_queries']}" for r in steps) + ".")
     if not out:
         out.append("No query has an answer to search for.")
     out.append("Matching is whole-token: \u201c12\u201d inside \u201c312\u201d, \u201c12.5\u201d or \u201c-12\u201d "
-               "does not count as the answer 12.")
+               "does not count as the answer 12; long numbers match with or without thousands separators.")
     return out
 
 
@@ -162,6 +228,15 @@ def body(a: Analysis, figs: dict[str, bytes]) -> str:
                           "mean_docs_with_answer": "top documents with the answer (mean)",
                           "mean_expected_by_chance": "expected by chance", "intermediates": "intermediate results",
                           "intermediates_in_top": "found in top k"}, text=("kind",))
+        + "<p>As Ruis et al. (2024) search: each query's top documents (500, or every document when fewer) "
+          "for the answer and for the result of each step.</p>"
+        + table(with_ci(a.result(compute).answer_search_kinds, "share_answer_found", "ci_low", "ci_high", "share",
+                        lambda x: pct(x, 0)),
+                {"kind": "kind", "searched": "documents searched", "queries_with_answer": "queries with an answer",
+                 "answer_found": "answer found", "share": "share [interval]",
+                 "mean_expected_by_chance": "expected by chance (documents)",
+                 "multi_step_queries": "multi-step queries", "all_steps_in_one_document": "all steps in one document",
+                 "all_steps_across_documents": "all steps across documents"}, text=("kind",))
     )
 
 

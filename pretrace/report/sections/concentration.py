@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 
 from .. import concentration as conc
 from ..analysis import Analysis
+from ..config import FACTUAL, REASONING
 from ..formatting import interval, num, pct
 from ..html import figure, table, wide_table, with_ci
 from ..kinds import POOLED
@@ -19,12 +20,19 @@ from ..plots import empty, kind_colors, png
 from ..section import Section
 
 
+FIT_DEFINITIONS = {
+    "paper": f"Ruis et al.: ranks 1-{conc.PAPER_RANKS}",
+    "head": f"pretrace: ranks 1-min({conc.FIT_RANKS}, max(10, positive documents / 10))",
+}
+
+
 @dataclass
 class Concentration:
     concentration: pl.DataFrame  # share per query and fraction of documents
     concentration_kinds: pl.DataFrame  # mean share per kind and fraction
-    power_law: pl.DataFrame  # fit per query
-    power_law_kinds: pl.DataFrame  # mean slope per kind
+    power_law: pl.DataFrame  # fit per query and definition
+    power_law_kinds: pl.DataFrame  # mean slope per kind and definition
+    power_law_test: pl.DataFrame  # Welch's t-test of factual against reasoning slopes, per definition
 
 
 def _with_kind(a: Analysis, rows: list[dict]) -> pl.DataFrame:
@@ -45,14 +53,22 @@ def compute(a: Analysis) -> Concentration:
                          "mean_share": m, "ci_low": lo, "ci_high": hi,
                          "max_share_error": float(sub["share_error"].max() or 0.0)})
     fits = _with_kind(a, conc.power_laws(a.stats, a.config.fit_ranks)).select(
-        ["query_id", "kind", "slope", "intercept", "r2", "ranks"])
-    fit_rows = []
-    for g in a.groups:
-        slope, lo, hi = a.interval(fits["slope"].to_numpy()[g.mask], salt=6)
-        r2 = fits["r2"].to_numpy()[g.mask]
-        fit_rows.append({**g.row(), "queries": int(g.mask.sum()), "mean_slope": slope, "ci_low": lo, "ci_high": hi,
-                         "mean_r2": float(np.nanmean(r2)) if np.isfinite(r2).any() else math.nan})
-    return Concentration(shares, pl.DataFrame(rows), fits, pl.DataFrame(fit_rows))
+        ["query_id", "kind", "fit", "slope", "intercept", "r2", "ranks"])
+    fit_rows, tests = [], []
+    category = dict(zip(a.queries["id"].to_list(), a.queries["category"].to_list()))
+    for name in conc.FITS:
+        mine = fits.filter(pl.col("fit") == name)  # one row per query, in report order
+        for g in a.groups:
+            slope, lo, hi = a.interval(mine["slope"].to_numpy()[g.mask], salt=6)
+            r2 = mine["r2"].to_numpy()[g.mask]
+            fit_rows.append({"fit": name, **g.row(), "queries": int(g.mask.sum()), "mean_slope": slope, "ci_low": lo,
+                             "ci_high": hi, "mean_r2": float(np.nanmean(r2)) if np.isfinite(r2).any() else math.nan})
+        slopes = {c: mine.filter(pl.col("query_id").replace_strict(category) == c)["slope"].to_numpy()
+                  for c in (FACTUAL, REASONING)}
+        test = conc.welch_test(slopes[FACTUAL], slopes[REASONING])
+        tests.append({"fit": name, "definition": FIT_DEFINITIONS[name], "factual_queries": int(np.isfinite(slopes[FACTUAL]).sum()),
+                      "reasoning_queries": int(np.isfinite(slopes[REASONING]).sum()), **vars(test)})
+    return Concentration(shares, pl.DataFrame(rows), fits, pl.DataFrame(fit_rows), pl.DataFrame(tests))
 
 
 def reading(a: Analysis) -> list[str]:
@@ -68,15 +84,22 @@ def reading(a: Analysis) -> list[str]:
     if parts:
         out.append(f"The top {pct(f, 2 if f < 0.01 else 0)} of documents hold on average this share of a query's total "
                    "positive influence: " + "; ".join(parts) + ".")
-    fit = c.power_law.filter(pl.col("slope").is_finite())
+    fit = c.power_law.filter((pl.col("fit") == "paper") & pl.col("slope").is_finite())
     if fit.height:
         r2 = float(fit["r2"].mean())
         quality = "closely" if r2 >= 0.95 else "reasonably" if r2 >= 0.85 else "only loosely"
         kinds = "; ".join(f"{r['kind']} {num(r['mean_slope'])} {interval(r['ci_low'], r['ci_high'])}"
-                          for r in c.power_law_kinds.to_dicts() if r["kind"] != POOLED)
-        out.append(f"Over the top of each ranking (up to {int(fit['ranks'].max())} ranks), influence falls with rank {quality} like a power law "
-                   f"(mean R\u00b2 = {num(r2)}); slopes by kind: {kinds}. A steeper (more negative) slope means "
-                   "influence is concentrated in fewer documents.")
+                          for r in c.power_law_kinds.filter(pl.col("fit") == "paper").to_dicts()
+                          if r["kind"] != POOLED)
+        out.append(f"Over the top {int(fit['ranks'].max())} ranks of each ranking (Ruis et al.'s fit), influence falls "
+                   f"with rank {quality} like a power law (mean R\u00b2 = {num(r2)}); slopes by kind: {kinds}. A "
+                   "steeper (more negative) slope means influence is concentrated in fewer documents.")
+    test = c.power_law_test.filter(pl.col("fit") == "paper").to_dicts()
+    if test and math.isfinite(test[0]["p"]):
+        t = test[0]
+        verdict = "differ" if t["p"] < 0.05 else "do not differ significantly"
+        out.append(f"Factual and reasoning slopes {verdict} (Welch's t-test, as Ruis et al.: mean "
+                   f"{num(t['factual_mean'])} vs {num(t['reasoning_mean'])}, t = {num(t['t'])}, p = {num(t['p'], 3)}).")
     worst = float(c.concentration["share_error"].max() or 0.0) if c.concentration.height else 0.0
     bound = "below 0.001%" if worst < 1e-5 else pct(worst, 3)
     out.append(f"Shares beyond rank {a.stats.top_values.shape[1]} come from a log-binned histogram; the largest error "
@@ -121,7 +144,7 @@ def power_law_plot(a: Analysis) -> bytes:
     ax = fig.add_subplot(1, 2, 1)
     colors = kind_colors(a.kind_order)
     kinds = a.queries["kind"].to_list()
-    fits = c.power_law.to_dicts()
+    fits = c.power_law.filter(pl.col("fit") == "paper").to_dicts()  # one per query, in report order
     drawn = False
     for q, kind in enumerate(kinds):
         v = a.stats.top_values[q].astype(np.float64)[: fits[q]["ranks"]]
@@ -146,11 +169,12 @@ def power_law_plot(a: Analysis) -> bytes:
     else:
         empty(ax, "no positive scores")
     ax2 = fig.add_subplot(1, 2, 2)
-    df = c.power_law_kinds.filter(pl.col("kind") != POOLED)
+    df = c.power_law_kinds.filter((pl.col("kind") != POOLED) & (pl.col("fit") == "paper"))
+    paper = c.power_law.filter(pl.col("fit") == "paper")
     rng = np.random.default_rng(1)
-    if c.power_law["slope"].is_finite().any():
+    if paper["slope"].is_finite().any():
         for j, kind in enumerate(df["kind"].to_list()):
-            s = c.power_law.filter(pl.col("kind") == kind)["slope"].to_numpy()
+            s = paper.filter(pl.col("kind") == kind)["slope"].to_numpy()
             s = s[np.isfinite(s)]
             ax2.scatter(j + rng.uniform(-0.15, 0.15, s.size), s, s=14, alpha=0.7, color=colors[kind])
             row = df.row(j, named=True)
@@ -176,10 +200,14 @@ def body(a: Analysis, figs: dict[str, bytes]) -> str:
         figure("concentration", figs["concentration"], "Share of a query's total positive influence held by its "
                     "top documents (thin: queries; thick: mean per kind; grey lines: the fractions tabulated).")
         + wide_table(wide)
-        + figure("power_law", figs["power_law"], "Influence against rank on log-log axes for the top of each "
-                      "ranking, with least-squares power-law fits.")
-        + table(fits, {"kind": "kind", "queries": "queries", "slope": "mean slope [interval]",
-                            "mean_r2": "mean R²"}, text=("kind",))
+        + figure("power_law", figs["power_law"], f"Influence against rank on log-log axes over the top "
+                      f"{conc.PAPER_RANKS} ranks, with least-squares power-law fits (Ruis et al.'s definition).")
+        + table(fits, {"fit": "fit", "kind": "kind", "queries": "queries", "slope": "mean slope [interval]",
+                            "mean_r2": "mean R²"}, text=("fit", "kind"))
+        + table(c.power_law_test, {"definition": "fit", "factual_queries": "factual queries",
+                                   "reasoning_queries": "reasoning queries", "factual_mean": "factual mean slope",
+                                   "reasoning_mean": "reasoning mean slope", "t": "Welch t", "dof": "d.o.f.",
+                                   "p": "p (two-sided)"}, text=("definition",))
     )
 
 
@@ -188,7 +216,8 @@ def headline(a: Analysis) -> dict[str, pl.DataFrame]:
     return {
         "concentration": c.concentration_kinds.filter(pl.col("kind") != POOLED).select(
             ["kind", "fraction", "documents", "mean_share", "ci_low", "ci_high"]),
-        "power_law": c.power_law_kinds.select(["kind", "queries", "mean_slope", "ci_low", "ci_high", "mean_r2"]),
+        "power_law": c.power_law_kinds.filter(pl.col("fit") == "paper").select(
+            ["kind", "queries", "mean_slope", "ci_low", "ci_high", "mean_r2"]),
     }
 
 

@@ -17,9 +17,16 @@ from ..html import figure, table, with_ci
 from ..kinds import POOLED, reasoning_label
 from ..plots import empty, kind_colors, png
 from ..section import Section
+from .. import concentration as conc
 from . import concentration
 
 MEASURES = ("positive_per_nat", "absolute_per_nat")
+CURVES_CAPTION = (
+    "As Ruis et al. (2024) define influence per nat: each score divided by the query's nats, then the summed "
+    "influence of the top p% of the query's positively influential documents (left) and of its negatively "
+    "influential ones (right), averaged over the queries of a kind. Table magnitude_curves.parquet also gives "
+    "the sums over the top 1, 10, 100, ... documents (by = documents), with the histogram's error bound beyond "
+    "the exact top list. The 100% point on the left is the positive-per-nat total of the table above.")
 
 
 @dataclass
@@ -28,6 +35,7 @@ class Magnitude:
     magnitude_kinds: pl.DataFrame  # mean and median per nat per kind
     magnitude_comparison: pl.DataFrame  # reasoning over factual, per measure
     magnitude_fractions: pl.DataFrame  # positive influence of the top fraction of documents, per nat, by kind
+    magnitude_curves: pl.DataFrame  # Ruis et al.'s curves: top p% (or top k) of each side, per nat, by kind
 
 
 def _median(values: np.ndarray) -> float:
@@ -54,7 +62,8 @@ def compute(a: Analysis) -> Magnitude:
             m, lo, hi = a.interval(values, salt=3)
             row |= {f"{col}_mean": m, f"{col}_ci_low": lo, f"{col}_ci_high": hi, f"{col}_median": _median(values)}
         rows.append(row)
-    return Magnitude(per_query, pl.DataFrame(rows), _comparison(a, per_query), _fractions(a, per_query))
+    return Magnitude(per_query, pl.DataFrame(rows), _comparison(a, per_query), _fractions(a, per_query),
+                     _curves(a, per_query))
 
 
 def _comparison(a: Analysis, per_query: pl.DataFrame) -> pl.DataFrame:
@@ -95,6 +104,27 @@ def _fractions(a: Analysis, per_query: pl.DataFrame) -> pl.DataFrame:
             rows.append({**g.row(), "fraction": f, "mean_per_nat": m, "ci_low": lo, "ci_high": hi})
     return pl.DataFrame(rows, schema={"kind": pl.String, "category": pl.String, "fraction": pl.Float64,
                                       "mean_per_nat": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64})
+
+
+def _curves(a: Analysis, per_query: pl.DataFrame) -> pl.DataFrame:
+    """As Ruis et al. define influence per nat: every score divided by the query's nats, then, for
+    the top p% of each query's positively (and, apart, negatively) influential documents, the summed
+    influence, averaged over the queries of a kind; and the same for the top k documents."""
+    sums = pl.DataFrame(conc.side_sums(a.stats)).join(per_query.select(["query_id", "nats"]), on="query_id")
+    sums = sums.with_columns(per_nat=pl.col("total") / pl.col("nats"), error_per_nat=pl.col("error") / pl.col("nats"))
+    sums = sums.filter(pl.col("per_nat").is_finite())
+    rows = []
+    for (side, by, at), sub in sums.group_by(["side", "by", "at"], maintain_order=True):
+        for g in a.groups:
+            values = sub.filter(pl.col("query_id").is_in(g.ids))
+            m, lo, hi = a.interval(values["per_nat"].to_numpy(), salt=8)
+            rows.append({**g.row(), "side": side, "by": by, "at": at, "queries": values.height,
+                         "mean_per_nat": m, "ci_low": lo, "ci_high": hi,
+                         "max_error_per_nat": float(values["error_per_nat"].max() or 0.0)})
+    schema = {"kind": pl.String, "category": pl.String, "side": pl.String, "by": pl.String, "at": pl.Float64,
+              "queries": pl.Int64, "mean_per_nat": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64,
+              "max_error_per_nat": pl.Float64}
+    return pl.DataFrame(rows, schema=schema)
 
 
 def _row(df: pl.DataFrame, column: str, value) -> dict | None:
@@ -177,6 +207,28 @@ def plot(a: Analysis) -> bytes:
     return png(fig)
 
 
+def plot_curves(a: Analysis) -> bytes:
+    """Ruis et al.'s curves: mean summed influence per nat of the top p% of each side, by kind."""
+    curves = a.result(compute).magnitude_curves.filter((pl.col("by") == "percentile") & (pl.col("kind") != POOLED))
+    fig = Figure(figsize=(11, 4))
+    colors = kind_colors(a.kind_order)
+    for i, side in enumerate(("positive", "negative")):
+        ax = fig.add_subplot(1, 2, i + 1)
+        df = curves.filter((pl.col("side") == side) & pl.col("mean_per_nat").is_finite())
+        if not df.height:
+            empty(ax, "no log-probabilities")
+            continue
+        for kind in a.kind_order:
+            sub = df.filter(pl.col("kind") == kind).sort("at")
+            if sub.height:
+                ax.plot(sub["at"].to_numpy(), sub["mean_per_nat"].to_numpy(), "o-", ms=3, color=colors[kind], label=kind)
+        ax.set_xlabel(f"top % of the {side}ly influential documents")
+        ax.set_title(f"summed {side} influence per nat")
+        ax.legend(fontsize=8)
+    fig.suptitle("Influence per nat over the top percentiles of each ranking (mean over a kind's queries)")
+    return png(fig)
+
+
 def body(a: Analysis, figs: dict[str, bytes]) -> str:
     m = a.result(compute)
     df = with_ci(m.magnitude_kinds, "positive_per_nat_mean", "positive_per_nat_ci_low", "positive_per_nat_ci_high",
@@ -191,6 +243,7 @@ def body(a: Analysis, figs: dict[str, bytes]) -> str:
                           "absolute": "mean absolute per nat [interval]"}, text=("kind",))
         + table(cmp, {"measure": "measure", "factual_mean": "factual mean", "reasoning_mean": "reasoning mean",
                            "ratio": "reasoning ÷ factual [interval]"}, text=("measure",))
+        + figure("magnitude_curves", figs["magnitude_curves"], CURVES_CAPTION)
     )
 
 
@@ -201,4 +254,4 @@ def headline(a: Analysis) -> dict[str, pl.DataFrame]:
 
 
 SECTION = Section("magnitude", "How much influence per nat of information?", body, reading,
-                  figures={"magnitude": plot}, compute=compute, headline=headline)
+                  figures={"magnitude": plot, "magnitude_curves": plot_curves}, compute=compute, headline=headline)
