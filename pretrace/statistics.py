@@ -37,6 +37,7 @@ plus 2 Q k rows, independent of the number of documents.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Iterable
 
@@ -88,49 +89,79 @@ def bin_edges(bins: np.ndarray, bins_per_octave: int) -> tuple[np.ndarray, np.nd
 
 @dataclass
 class Tail:
-    """One side of each query's scores: the positive scores, or the negated negative ones."""
+    """One side of each query's scores: the positive scores, or the negated negative ones.
+
+    Sources are codes into the sorted source names of the statistics that hold the tail, so the
+    composition of the top k documents is exact for k up to the exact list's length and bounded
+    beyond it by the per-source histogram (``pretrace.report.sources_at_k``).
+    """
 
     count: np.ndarray  # (Q,) int64: documents on this side
     total: np.ndarray  # (Q,) float64: their summed magnitude
     extreme: np.ndarray  # (Q, min(exact_top, n)) float32: the largest signed magnitudes, descending
-    hist_count: np.ndarray  # (Q, W) int64
-    hist_sum: np.ndarray  # (Q, W) float64
+    extreme_source: np.ndarray  # (Q, min(exact_top, n)) int32: their sources' codes
+    source_count: np.ndarray  # (Q, S, W) int64: documents per source and log bin
+    hist_sum: np.ndarray  # (Q, W) float64: summed magnitude per log bin
     hist_offset: int = 0
 
-    @classmethod
-    def empty(cls, q: int, length: int, width: int, offset: int) -> "Tail":
-        return cls(np.zeros(q, np.int64), np.zeros(q), np.zeros((q, length), np.float32),
-                   np.zeros((q, width), np.int64), np.zeros((q, width)), offset)
+    _ARRAYS = ("count", "total", "extreme", "extreme_source", "source_count", "hist_sum")
 
-    def add(self, x: np.ndarray, bins_per_octave: int) -> None:
-        """Count a float64 column chunk of magnitudes (this side's sign applied) into the sums."""
-        q, width = x.shape[0], self.hist_count.shape[1]
+    @property
+    def hist_count(self) -> np.ndarray:
+        """(Q, W) documents per log bin, every source together."""
+        return self.source_count.sum(axis=1)
+
+    @classmethod
+    def of(cls, magnitudes: np.ndarray, codes: np.ndarray, sources: int, length: int, bins_per_octave: int,
+           chunk: int) -> "Tail":
+        """The tail of a (Q, N) float32 block of signed magnitudes (this side's sign applied)."""
+        q, n = magnitudes.shape
+        offset, width = _histogram_range(magnitudes, bins_per_octave)
+        tail = cls(np.zeros(q, np.int64), np.zeros(q), *_largest(magnitudes, codes, length),
+                   np.zeros((q, sources, width), np.int64), np.zeros((q, width)), offset)
+        for a in range(0, n, chunk):
+            tail._add(magnitudes[:, a : a + chunk].astype(np.float64), codes[a : a + chunk], bins_per_octave)
+        return tail
+
+    def _add(self, x: np.ndarray, codes: np.ndarray, bins_per_octave: int) -> None:
+        q, sources, width = self.source_count.shape
         inside = x > 0
         self.total += np.where(inside, x, 0.0).sum(axis=1)
         self.count += inside.sum(axis=1)
         if width:
             rows, cols = np.nonzero(inside)
             values = x[rows, cols]
-            index = rows * width + (log_bins(values, bins_per_octave) - self.hist_offset)
-            self.hist_count += np.bincount(index, minlength=q * width).reshape(q, width)
-            self.hist_sum += np.bincount(index, weights=values, minlength=q * width).reshape(q, width)
+            bins = log_bins(values, bins_per_octave) - self.hist_offset
+            cells = (rows * sources + codes[cols]) * width + bins
+            self.source_count += np.bincount(cells, minlength=q * sources * width).reshape(q, sources, width)
+            self.hist_sum += np.bincount(rows * width + bins, weights=values, minlength=q * width).reshape(q, width)
+
+    def recoded(self, mapping: np.ndarray, sources: int) -> "Tail":
+        """The same tail with source codes mapped into a larger set of ``sources`` names."""
+        q, _, width = self.source_count.shape
+        count = np.zeros((q, sources, width), np.int64)
+        count[:, mapping, :] = self.source_count
+        return replace(self, extreme_source=mapping[self.extreme_source].astype(np.int32), source_count=count)
 
     def merge(self, other: "Tail", length: int) -> "Tail":
-        both = np.concatenate([self.extreme, other.extreme], axis=1)
+        """Both tails together; their source codes must already index the same names."""
+        values = np.concatenate([self.extreme, other.extreme], axis=1)
+        codes = np.concatenate([self.extreme_source, other.extreme_source], axis=1)
+        order = _order(values, codes)[:, :length]
+        rows = np.arange(values.shape[0])[:, None]
         offset, count, total = _merge_histograms(self, other)
-        return Tail(self.count + other.count, self.total + other.total,
-                    np.ascontiguousarray(-np.sort(-both, axis=1)[:, :length]), count, total, offset)
+        return Tail(self.count + other.count, self.total + other.total, np.ascontiguousarray(values[rows, order]),
+                    np.ascontiguousarray(codes[rows, order]), count, total, offset)
 
     def select(self, index: list[int]) -> "Tail":
-        return Tail(self.count[index], self.total[index], self.extreme[index], self.hist_count[index],
-                    self.hist_sum[index], self.hist_offset)
+        return Tail(*(getattr(self, name)[index] for name in self._ARRAYS), self.hist_offset)
 
     def tensors(self, side: str) -> dict[str, np.ndarray]:
-        return {f"{side}.{name}": getattr(self, name) for name in ("count", "total", "extreme", "hist_count", "hist_sum")}
+        return {f"{side}.{name}": getattr(self, name) for name in self._ARRAYS}
 
     @classmethod
     def from_arrays(cls, t: dict[str, np.ndarray], side: str, offset: int) -> "Tail":
-        return cls(*(t[f"{side}.{name}"] for name in ("count", "total", "extreme", "hist_count", "hist_sum")), offset)
+        return cls(*(t[f"{side}.{name}"] for name in cls._ARRAYS), offset)
 
 
 @dataclass
@@ -214,25 +245,22 @@ class ShardStatistics:
         step = max(1, _CHUNK_ELEMENTS // max(q, 1))
         mean = s32.sum(axis=1, dtype=np.float64) / n if n else np.zeros(q)
         comoment = np.zeros((q, q))
-        length = min(exact_top, n)
-        tails = {side: Tail.empty(q, length, *_histogram_range(s32, bins_per_octave, side)[::-1])
-                 for side in SIDES}
         for a in range(0, n, step):
             x = s32[:, a : a + step].astype(np.float64)
-            tails["positive"].add(x, bins_per_octave)
-            tails["negative"].add(-x, bins_per_octave)
             x -= mean[:, None]
             comoment += x @ x.T
-        tails["positive"].extreme = _largest(s32, length)
-        tails["negative"].extreme = _largest(-s32, length)
-        source_counts: dict[str, int] = {}
-        for name in sources if sources is not None else ["unknown"] * n:
-            source_counts[name] = source_counts.get(name, 0) + 1
+        names = sources if sources is not None else ["unknown"] * n
+        source_counts = dict(sorted(Counter(names).items()))
+        code_of = {name: i for i, name in enumerate(source_counts)}
+        codes = np.fromiter((code_of[name] for name in names), np.int64, n)
+        length = min(exact_top, n)
+        tails = {side: Tail.of(sign * s32, codes, len(source_counts), length, bins_per_octave, step)
+                 for side, sign in zip(SIDES, (1, -1))}
         target_docs = documents_containing(texts, flat) if texts is not None else np.zeros(len(flat), np.int64)
         search = AnswerSearch.of(s32, doc_ids, texts, targets, search_depth)
         return cls(
             list(query_ids), n, mean, comoment, tails["positive"], tails["negative"], search, exact_top, search_depth,
-            bins_per_octave, dict(sorted(source_counts.items())), targets, target_docs.astype(np.int64),
+            bins_per_octave, source_counts, targets, target_docs.astype(np.int64),
         )
 
     # ------------------------------------------------------------------------------ merging
@@ -260,13 +288,14 @@ class ShardStatistics:
         exact_top = min(self.exact_top, other.exact_top)
         length = min(exact_top, n)
         search_depth = min(self.search_depth, other.search_depth)
-        sources = dict(self.sources)
-        for name, c in other.sources.items():
-            sources[name] = sources.get(name, 0) + c
+        sources = dict(sorted((Counter(self.sources) + Counter(other.sources)).items()))
+        names = np.array(list(sources), dtype=object)
+        mine, theirs = (np.searchsorted(names, np.array(list(x.sources), dtype=object)) for x in (self, other))
+        tails = [a.recoded(mine, len(names)).merge(b.recoded(theirs, len(names)), length)
+                 for a, b in ((self.positive, other.positive), (self.negative, other.negative))]
         return ShardStatistics(
-            self.query_ids, n, mean, comoment, self.positive.merge(other.positive, length),
-            self.negative.merge(other.negative, length), self.search.merge(other.search, search_depth), exact_top,
-            search_depth, self.bins_per_octave, dict(sorted(sources.items())), self.targets,
+            self.query_ids, n, mean, comoment, *tails, self.search.merge(other.search, search_depth), exact_top,
+            search_depth, self.bins_per_octave, sources, self.targets,
             self.target_docs + other.target_docs,
         )
 
@@ -336,27 +365,42 @@ def _as_numpy(scores: torch.Tensor | np.ndarray) -> np.ndarray:
     return s
 
 
-def _largest(s32: np.ndarray, length: int) -> np.ndarray:
-    """The ``length`` largest values of each row, descending."""
+def _largest(s32: np.ndarray, codes: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``length`` largest values of each row, descending, and their source codes (ties: by code)."""
+    q, n = s32.shape
     if length == 0:
-        return np.zeros((s32.shape[0], 0), np.float32)
-    top = -np.partition(-s32, length - 1, axis=1)[:, :length] if length < s32.shape[1] else s32.copy()
-    return np.ascontiguousarray(-np.sort(-top, axis=1))
+        return np.zeros((q, 0), np.float32), np.zeros((q, 0), np.int32)
+    index = np.argpartition(-s32, length - 1, axis=1)[:, :length] if length < n else np.tile(np.arange(n), (q, 1))
+    rows = np.arange(q)[:, None]
+    values, picked = s32[rows, index], codes[index]
+    if length < n:  # values tied with the cut are interchangeable: keep those of the smallest codes
+        cut = values.min(axis=1, keepdims=True)
+        for row in np.nonzero((s32 == cut).sum(axis=1) > (values == cut).sum(axis=1))[0]:
+            tied = np.nonzero(s32[row] == cut[row, 0])[0]
+            kept = np.sort(codes[tied])[: int((values[row] == cut[row, 0]).sum())]
+            picked[row, values[row] == cut[row, 0]] = kept
+    order = _order(values, picked)
+    return (np.ascontiguousarray(values[rows, order]), np.ascontiguousarray(picked[rows, order]).astype(np.int32))
 
 
-def _histogram_range(s32: np.ndarray, bins_per_octave: int, side: str) -> tuple[int, int]:
-    """First log bin and number of bins spanned by one side's magnitudes ((0, 0) if it is empty).
+def _order(values: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Per row, the indices that sort by value (descending), then code."""
+    if values.shape[1] == 0:
+        return np.zeros(values.shape, np.int64)
+    return np.stack([np.lexsort((c, -v)) for v, c in zip(values, codes)]) if values.shape[0] else \
+        np.zeros(values.shape, np.int64)
 
-    The bin is monotone in the value, so only the smallest and the largest magnitude are binned:
-    no log2 over every score. They are binned as float64, like the chunks, so they agree.
+
+def _histogram_range(s32: np.ndarray, bins_per_octave: int) -> tuple[int, int]:
+    """First log bin and number of bins spanned by the positive values ((0, 0) if there are none).
+
+    The bin is monotone in the value, so only the smallest positive and the largest value are
+    binned: no log2 over every score. They are binned as float64, like the chunks, so they agree.
     """
-    if side == "positive":
-        highest, smallest = s32.max(initial=0.0), lambda: _smallest_positive(s32)
-    else:
-        highest, smallest = -s32.min(initial=0.0), lambda: _smallest_positive(np.negative(s32))
+    highest = s32.max(initial=0.0)
     if highest <= 0:
         return 0, 0
-    lo, hi = log_bins(np.array([smallest(), highest], np.float64), bins_per_octave).tolist()
+    lo, hi = log_bins(np.array([_smallest_positive(s32), highest], np.float64), bins_per_octave).tolist()
     return lo, hi - lo + 1
 
 
@@ -371,18 +415,19 @@ def _smallest_positive(s32: np.ndarray) -> np.float32:
 
 
 def _merge_histograms(a: Tail, b: Tail) -> tuple[int, np.ndarray, np.ndarray]:
-    widths = [(x.hist_offset, x.hist_count.shape[1]) for x in (a, b) if x.hist_count.shape[1]]
+    """Both tails' per-source histograms on one range of bins (their source axes already agree)."""
+    widths = [(x.hist_offset, x.hist_sum.shape[1]) for x in (a, b) if x.hist_sum.shape[1]]
     if not widths:
-        return 0, a.hist_count.copy(), a.hist_sum.copy()
+        return 0, a.source_count.copy(), a.hist_sum.copy()
     lo = min(o for o, _ in widths)
     hi = max(o + w for o, w in widths)
-    q = a.count.shape[0]
-    count, total = np.zeros((q, hi - lo), np.int64), np.zeros((q, hi - lo))
+    q, sources, _ = a.source_count.shape
+    count, total = np.zeros((q, sources, hi - lo), np.int64), np.zeros((q, hi - lo))
     for x in (a, b):
-        w = x.hist_count.shape[1]
+        w = x.hist_sum.shape[1]
         if w:
             start = x.hist_offset - lo
-            count[:, start : start + w] += x.hist_count
+            count[:, :, start : start + w] += x.source_count
             total[:, start : start + w] += x.hist_sum
     return lo, count, total
 

@@ -141,6 +141,19 @@ def test_source_ratios_match_a_hand_count():
     assert a.corpus_sources == {"A": 4, "B": 2, "C": 2}
 
 
+def test_sources_at_the_papers_k_pool_each_side_of_a_kinds_rankings():
+    a, _ = hand_analysis()
+    df = a.result(sections.sources.compute).sources_at_k
+    assert set(df["k"]) == {8}  # 50 > 8 documents: the whole corpus, as far as each side reaches
+    got = {(r["kind"], r["side"], r["source"]): r for r in df.to_dicts()}
+    # f's 5 positive documents: d2 (A), d4 d5 (B), d6 d7 (C); its 2 negative ones d0 d1 (A)
+    top_a, top_b = got[("factual", "top", "A")], got[("factual", "top", "B")]
+    assert (top_a["documents"], top_a["count"], top_b["count"]) == (5, 1, 2)
+    assert top_a["ratio"] == pytest.approx((1 / 5) / (4 / 8)) and top_b["ratio"] == pytest.approx((2 / 5) / (2 / 8))
+    assert got[("factual", "bottom", "A")]["count"] == 2 and got[("factual", "bottom", "A")]["documents"] == 2
+    assert df["exact"].all()
+
+
 def test_answers_in_top_documents_are_counted_per_query_and_kind():
     a, _ = hand_analysis()
     found = a.result(sections.answers.compute)

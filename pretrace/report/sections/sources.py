@@ -17,6 +17,7 @@ from ..html import figure, wide_table
 from ..kinds import POOLED
 from ..plots import empty, png
 from ..section import Section
+from ..sources_at_k import SOURCE_KS, source_counts
 from . import top_documents
 
 SIDES = ("top", "bottom")
@@ -25,6 +26,7 @@ SIDES = ("top", "bottom")
 @dataclass
 class Sources:
     sources: pl.DataFrame  # per kind, side and source: count, share, corpus share and their ratio
+    sources_at_k: pl.DataFrame  # the same at Ruis et al.'s k (50 ... 500,000, capped by the corpus)
 
 
 def compute(a: Analysis) -> Sources:
@@ -46,7 +48,38 @@ def compute(a: Analysis) -> Sources:
                              "ratio": share / corpus_share if corpus_share else math.nan})
     schema = {"kind": pl.String, "category": pl.String, "side": pl.String, "source": pl.String, "count": pl.Int64,
               "share": pl.Float64, "corpus_share": pl.Float64, "ratio": pl.Float64}
-    return Sources(pl.DataFrame(rows, schema=schema))
+    return Sources(pl.DataFrame(rows, schema=schema), _at_k(a))
+
+
+def _at_k(a: Analysis) -> pl.DataFrame:
+    """As Ruis et al.: each source's share of the top and of the bottom k documents of a kind's
+    queries (every query's k pooled), at each k up to the corpus size, over its corpus share;
+    exact within the exact top list, with bounds beyond it (``report.sources_at_k``)."""
+    corpus = a.corpus_sources
+    names, total = list(corpus), sum(corpus.values())
+    corpus_share = np.array([corpus[s] / total for s in names]) if total else np.full(len(names), np.nan)
+    ks = [k for k in SOURCE_KS if k <= a.n_documents] or [a.n_documents]
+    rows = []
+    for side in SIDES:
+        for k in ks:
+            counts = [source_counts(a.stats, q, k, side) for q in range(len(a.stats.query_ids))]
+            for g in a.groups:
+                mine = [c for c, member in zip(counts, g.mask) if member]
+                slots = sum(c.documents for c in mine)
+                estimate, low, high = (np.sum([getattr(c, f) for c in mine], axis=0) if mine else np.zeros(len(names))
+                                       for f in ("estimate", "low", "high"))
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    share = estimate / slots if slots else np.full(len(names), np.nan)
+                for j, source in enumerate(names):
+                    rows.append({**g.row(), "side": side, "k": k, "documents": slots, "source": source,
+                                 "count": float(estimate[j]), "count_low": float(low[j]),
+                                 "count_high": float(high[j]), "exact": all(c.exact for c in mine),
+                                 "share": float(share[j]), "corpus_share": float(corpus_share[j]),
+                                 "ratio": float(share[j] / corpus_share[j]) if corpus_share[j] else math.nan})
+    schema = {"kind": pl.String, "category": pl.String, "side": pl.String, "k": pl.Int64, "documents": pl.Int64,
+              "source": pl.String, "count": pl.Float64, "count_low": pl.Float64, "count_high": pl.Float64,
+              "exact": pl.Boolean, "share": pl.Float64, "corpus_share": pl.Float64, "ratio": pl.Float64}
+    return pl.DataFrame(rows, schema=schema)
 
 
 def reading(a: Analysis) -> list[str]:
@@ -120,7 +153,21 @@ def body(a: Analysis, figs: dict[str, bytes]) -> str:
         + "<p>Top documents: ratio to the corpus share (count). Corpus: "
         + html.escape(", ".join(f"{s} {pct(c / total)}" for s, c in corpus.items())) + "</p>"
         + wide_table(wide)
+        + "<p>As Ruis et al. (2024) compare them: each source's share of the top and of the bottom k documents "
+          "(every query of a kind pooled) over its corpus share, at k = 50, 500, 5,000, 50,000 and 500,000 "
+          "(those the corpus has); counts beyond the exact top list are estimates within stated bounds "
+          "(sources_at_k.parquet).</p>"
+        + wide_table(_at_k_wide(a))
     )
+
+
+def _at_k_wide(a: Analysis) -> pl.DataFrame:
+    """Ratios to the corpus share by kind, side and k (rows) and source (columns)."""
+    df = a.result(compute).sources_at_k.with_columns(
+        cell=pl.struct(["ratio", "exact"]).map_elements(
+            lambda r: f"×{num(r['ratio'])}" + ("" if r["exact"] else " (est.)"), return_dtype=pl.String),
+        row=pl.format("{} · {} {}", pl.col("kind"), pl.col("side"), pl.col("k")))
+    return df.pivot(on="source", index="row", values="cell", maintain_order=True).rename({"row": "kind"})
 
 
 def headline(a: Analysis) -> dict[str, pl.DataFrame]:
