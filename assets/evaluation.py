@@ -9,6 +9,7 @@ from pretrace.evaluation import Documents, attribution_check, query_evidence
 from pretrace.projection import projection_for
 from pretrace.query_file import queries_from_table
 from pretrace.statistics import merge_top_documents
+from pretrace.token_influence import token_influence_table
 from resources.pretrace import PretraceResource
 
 from .common import GPU_ASSET, RETRY, computing, materialized, progress_logger, table_metadata
@@ -23,13 +24,15 @@ from .scores import influence_scores
 def attribution_eval(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> dg.MaterializeResult:
     """Tail-patch check of every query: one SGD step on its top-k documents by influence, by k
     random documents, by BM25, by raw-gradient cosine and by raw-gradient dot product (identity),
-    and the change in log p(completion)."""
+    and the change in log p(completion); and the per-token terms of the top and bottom documents'
+    scores (pretrace.token_influence)."""
     started = time.monotonic()
     with computing(context, pretrace) as run:
         config = run.project.config
         shards = run.project.shards
         k = min(config.tail_patch_k, config.top_k)
         lm = run.model()
+        projection = projection_for(config, lm.layer_shapes())
         documents = Documents.from_shards(
             (s, run.reader("corpus_shards", s).table("{shard}.parquet", ["doc_id", "input_ids", "text", "meta"]))
             for s in shards)
@@ -39,10 +42,15 @@ def attribution_eval(context: dg.AssetExecutionContext, pretrace: PretraceResour
         check = attribution_check(
             lm, queries, documents, top, ((s, run.reader("document_gradients", s).state()) for s in shards),
             query_evidence=evidence, k=k, learning_rate=config.tail_patch_lr, seed=config.seed,
-            projection=projection_for(config, lm.layer_shapes()), batch_size=config.batch_size,
+            projection=projection, batch_size=config.batch_size,
             progress=progress_logger(context, len(queries), "tail-patch queries"),
         )
-        manifest = run.commit(check.outputs())
+        position = documents.position
+        tokens = token_influence_table(
+            lm, run.reader("query_gradients").state("query_gradients.safetensors"), top,
+            lambda shard, doc: documents.tokens[position[(shard, doc)]], projection=projection,
+            batch_size=config.batch_size)
+        manifest = run.commit({**check.outputs(), "token_influence.parquet": tokens})
     overall = check.summary.filter(pa.compute.equal(check.summary.column("kind"), "all")).to_pylist()
     retrieval = check.retrieval_summary.filter(pa.compute.equal(check.retrieval_summary.column("evidence_documents"), 0))
     return materialized(

@@ -31,7 +31,7 @@ def influence_report(context: dg.AssetExecutionContext, pretrace: PretraceResour
                                    for r in readers), config.top_k)
         queries = run.reader("query_gradients").table("queries.parquet")
         check = run.reader("attribution_eval")
-        attribution = {name: check.table(f"{name}.parquet") for name in ("summary", "retrieval_summary")}
+        attribution = {name: check.table(f"{name}.parquet") for name in ("summary", "retrieval_summary", "token_influence")}
         report = make_report(stats, top, queries, ReportConfig(k=config.top_k, seed=config.seed), shards=len(shards),
                              attribution=attribution)
         manifest = run.commit(report.outputs())

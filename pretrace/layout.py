@@ -140,12 +140,14 @@ INFLUENCE_SCORES = Artefact(
     "query x document scores of one shard, its statistics and top documents")
 ATTRIBUTION_EVAL = Artefact(
     "attribution_eval", False,
-    {"gains.parquet": None, "summary.parquet": None, "retrieval.parquet": None, "retrieval_summary.parquet": None},
+    {"gains.parquet": None, "summary.parquet": None, "retrieval.parquet": None, "retrieval_summary.parquet": None,
+     "token_influence.parquet": None},
     ("tail_patch_k", "top_k", "tail_patch_lr", "seed", "projection", "batch_size", "dtype"),
     (Input("model"), Input("queries"), Input("query_gradients"), Input("corpus_shards", "all_shards"),
-     Input("document_gradients", "all_shards"), Input("influence_scores", "all_shards")), "2",
+     Input("document_gradients", "all_shards"), Input("influence_scores", "all_shards")), "3",
     "tail-patch gains of each query's top documents by influence, random, BM25, gradient cosine and dot product, "
-    "and where each ranks the documents stating a query's `evidence`")
+    "where each ranks the documents stating a query's `evidence`, and the token terms of the top and bottom "
+    "documents' scores")
 INFLUENCE_REPORT = Artefact(
     "influence_report", False, {}, ("top_k", "seed"),
     (Input("query_gradients"), Input("influence_scores", "all_shards"), Input("attribution_eval")), "5",

@@ -93,8 +93,9 @@ def write_report(store: Storage, report: Report, prefix: str = "influence_report
 
 
 def build_report(store: Storage, shards: Sequence[ShardFiles], queries: pa.Table,
-                 config: ReportConfig = ReportConfig(), prefix: str = "influence_report") -> tuple[Report, list[str]]:
+                 config: ReportConfig = ReportConfig(), prefix: str = "influence_report",
+                 attribution: dict[str, pa.Table] | None = None) -> tuple[Report, list[str]]:
     """Merge the shards' stored statistics, analyse, and write the report; returns it and its keys."""
     stats, top = merge_stored(store, shards, config.k)
-    report = make_report(stats, top, queries, config, shards=len(shards))
+    report = make_report(stats, top, queries, config, shards=len(shards), attribution=attribution)
     return report, write_report(store, report, prefix)

@@ -24,6 +24,7 @@ th{background:#f0f0f0} td.text,th.text{text-align:left}
 td.excerpt{text-align:left;font-family:ui-monospace,monospace;font-size:.9em;max-width:600px;white-space:pre-wrap}
 details{margin:.4em 0;border:1px solid #e5e5e5;padding:.3em .6em;border-radius:4px}
 summary{cursor:pointer} .qa{font-family:ui-monospace,monospace;background:#fafafa;padding:.3em;white-space:pre-wrap}
+.tokens{font-family:ui-monospace,monospace;font-size:.9em;white-space:pre-wrap;max-width:900px;border:1px solid #eee;padding:.3em}
 .found{background:#e3f4e1}
 """
 

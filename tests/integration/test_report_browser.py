@@ -4,6 +4,7 @@ import os
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 
@@ -13,6 +14,7 @@ from pretrace.report.sections import CONTENTS as SECTIONS
 from pretrace.report.sections import FIGURES
 from pretrace.report.synthetic import synthetic_queries, write_synthetic_shards
 from pretrace.storage import Storage
+from pretrace.token_influence import TOKEN_SCHEMA
 from tests.integration.browser import chromium_page, needs_chromium
 
 pytestmark = [
@@ -27,7 +29,12 @@ def report_path(tmp_path_factory):
     store = Storage(str(root))
     queries = synthetic_queries(20, seed=2)
     files = write_synthetic_shards(store, queries, 2000, range(3), k=20, seed=2, name="shard-{}")
-    build_report(store, files, queries, ReportConfig(k=20, bootstrap=300, permutations=200))
+    first = queries.column("id")[0].as_py()
+    tokens = pa.table({"query_id": [first], "side": ["top"], "rank": [1], "shard": ["shard-0"], "doc_id": ["d"],
+                       "score": [3.0], "token_sum": [3.0], "tokens": [["The", " answer", " <is>"]],
+                       "terms": [[2.5, 1.0, -0.5]]}, schema=TOKEN_SCHEMA)
+    build_report(store, files, queries, ReportConfig(k=20, bootstrap=300, permutations=200),
+                 attribution={"token_influence": tokens})
     return root / "influence_report" / "report.html"
 
 
@@ -60,6 +67,18 @@ def test_report_renders_every_section_and_plot_offline(report_path, tmp_path):
         details.first.locator("summary").click()
         assert details.first.locator("tbody tr").count() == 2 * 10
         assert details.first.locator("tbody tr").first.is_visible()
+        # the token-level view of the shown document: one shaded span per token, the value on hover
+        spans = details.first.locator(".tokens span")
+        assert spans.count() == 3 and spans.nth(2).inner_text() == " <is>" and spans.first.is_visible()
+        assert spans.first.get_attribute("title") == "2.5"
+
+        # Ruis et al.'s definitions, each in its section: per-nat curves, the top-500 fit and its
+        # t-test, the step-by-step answer search, sources at several k
+        assert "As Ruis et al. (2024) define influence per nat" in page.locator("section#magnitude").inner_text()
+        assert "Welch t" in page.locator("section#concentration").inner_text()
+        assert "all steps in one document" in page.locator("section#answers").inner_text()
+        sources = page.locator("section#sources").inner_text()
+        assert all(f"{side} {k}" in sources for side in ("top", "bottom") for k in (50, 500, 5000))
 
         shot = tmp_path / "report.png"
         page.screenshot(path=str(shot), full_page=True)

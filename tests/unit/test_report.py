@@ -17,6 +17,7 @@ from pretrace.report.kinds import POOLED
 from pretrace.report.merge import ShardFiles, merge_shards, merge_stored
 from pretrace.report.synthetic import synthetic_queries, synthetic_shard, write_synthetic_shards
 from pretrace.statistics import summarize_shard
+from pretrace.token_influence import TOKEN_SCHEMA
 from pretrace.storage import Storage
 
 FAST = ReportConfig(k=10, bootstrap=300, permutations=200)
@@ -219,6 +220,21 @@ def test_influence_per_nat_curves_follow_the_papers_definition_on_both_sides():
         assert got[key] == pytest.approx(value), key
     # absolute counts stop at the side's size: f has 2 negative documents, so no top 10
     assert ("factual", "negative", "documents", 10.0) not in got
+
+
+def test_token_terms_are_shown_as_shaded_text_under_their_query():
+    shards, _ = hand_shards()
+    stats, top = merge_shards(shards, 2)
+    tokens = pa.table({"query_id": ["f"], "side": ["top"], "rank": [1], "shard": [""], "doc_id": ["d4"],
+                       "score": [9.0], "token_sum": [9.0], "tokens": [["Lima", " is", " <here>"]],
+                       "terms": [[10.0, -1.0, 0.0]]}, schema=TOKEN_SCHEMA)
+    a = analyze(stats, top, hand_queries(), ReportConfig(k=2, bootstrap=50, permutations=20),
+                attribution={"token_influence": tokens})
+    page = sections.top_documents.body(a, {})
+    f_block, r_block = page.split("<details>")[1:3]
+    assert 'rgba(214,39,40,0.65)" title="10">Lima</span>' in f_block  # the largest term, fully shaded red
+    assert 'rgba(31,119,180,0.07)" title="-1"> is</span>' in f_block and "&lt;here&gt;" in f_block
+    assert "token terms sum to 9" in f_block and "Which tokens carry the score" not in r_block
 
 
 def test_top_documents_carry_the_query_beside_them():

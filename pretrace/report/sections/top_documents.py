@@ -1,4 +1,6 @@
-"""Top and bottom documents per query: the merged top lists with each query beside its documents."""
+"""Top and bottom documents per query: the merged top lists with each query beside its documents,
+and, where the attribution check decomposed them, which tokens carry each score (Grosse et al.
+2023's token-level view: ``pretrace.token_influence``)."""
 
 from __future__ import annotations
 
@@ -55,6 +57,27 @@ def _doc_rows(df: pl.DataFrame) -> str:
     return f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
 
 
+def _token_view(a: Analysis, query_id: str) -> str:
+    """The shown documents' text with each token shaded by its term of the score (red raises the
+    completion's probability, blue lowers it; hover for the value)."""
+    tokens = (a.attribution or {}).get("token_influence")
+    if tokens is None:
+        return ""
+    mine = tokens.filter(pl.col("query_id") == query_id)
+    if not mine.height:
+        return ""
+    blocks = []
+    for r in mine.iter_rows(named=True):
+        peak = max((abs(t) for t in r["terms"]), default=0.0) or 1.0
+        spans = "".join(
+            f'<span style="background:rgba({"214,39,40" if t > 0 else "31,119,180"},{0.65 * abs(t) / peak:.2f})" '
+            f'title="{t:.3g}">{html.escape(token)}</span>' for token, t in zip(r["tokens"], r["terms"]))
+        blocks.append(f"<p><b>{html.escape(r['side'])} {r['rank']}</b> · {html.escape(r['doc_id'])} · score "
+                      f"{r['score']:.4g} (token terms sum to {r['token_sum']:.4g})</p><div class='tokens'>{spans}</div>")
+    return ("<h4>Which tokens carry the score (each position's term g<sub>t</sub><sup>T</sup> Q a<sub>t</sub>, "
+            "as Grosse et al. 2023 show it)</h4>" + "".join(blocks))
+
+
 def body(a: Analysis, figs: dict[str, bytes]) -> str:
     parts = []
     shown = a.result(compute).top_documents.filter(pl.col("rank") <= a.config.html_rows)
@@ -66,7 +89,8 @@ def body(a: Analysis, figs: dict[str, bytes]) -> str:
             f"<div class='qa'><b>prompt:</b> {html.escape(q['prompt'] or '')}\n<b>completion:</b> "
             f"{html.escape(q['completion'] or '')}</div>"
             f"<h4>Most positive (raised the completion's probability)</h4>{_doc_rows(mine.filter(pl.col('side') == 'top'))}"
-            f"<h4>Most negative (lowered it)</h4>{_doc_rows(mine.filter(pl.col('side') == 'bottom'))}</details>"
+            f"<h4>Most negative (lowered it)</h4>{_doc_rows(mine.filter(pl.col('side') == 'bottom'))}"
+            f"{_token_view(a, q['id'])}</details>"
         )
     return "".join(parts)
 
