@@ -4,7 +4,8 @@
 
 So the README's numbers are read from a file this command wrote, never typed from memory: the
 model's training losses, top-20 source counts of each reasoning kind, the per-nat ratio, the
-correlation groups, the factual kinds' sources, the attribution check (tail-patch and planted-fact retrieval), and the
+correlation groups, the factual kinds' sources, the paper-defined power-law test, influence-per-nat
+curves, step-by-step answer search and sources at several k, the attribution check (tail-patch and planted-fact retrieval), and the
 planted documents' loss by how often their fact is stated.
 """
 
@@ -17,6 +18,8 @@ import time
 from pathlib import Path
 
 import polars as pl
+
+from pretrace.report.kinds import POOLED
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,6 +43,26 @@ def main() -> None:
     for row in pl.read_parquet(report / "correlation_groups.parquet").iter_rows(named=True):
         name = row["group"].replace(" ", "_")
         print(f"correlation_{name}: {row['mean_r']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}] ({row['pairs']} pairs)")
+    for row in pl.read_parquet(report / "power_law_test.parquet").iter_rows(named=True):
+        print(f"power_law_{row['fit']}_slopes: factual {row['factual_mean']:.3f}, reasoning {row['reasoning_mean']:.3f}, "
+              f"Welch t {row['t']:.2f}, p {row['p']:.2g} ({row['factual_queries']} and {row['reasoning_queries']} queries)")
+    curves = pl.read_parquet(report / "magnitude_curves.parquet").filter(
+        (pl.col("by") == "percentile") & pl.col("at").is_in([10.0, 100.0]) & pl.col("kind").is_in(["factual", POOLED]))
+    for row in curves.iter_rows(named=True):
+        name = row["kind"].split(" ")[0]
+        print(f"per_nat_{name}_{row['side']}_top{row['at']:.0f}pct: {row['mean_per_nat']:.4g} "
+              f"[{row['ci_low']:.4g}, {row['ci_high']:.4g}]")
+    for row in pl.read_parquet(report / "answer_search_kinds.parquet").iter_rows(named=True):
+        steps = (f"; all steps in one document {row['all_steps_in_one_document']}, across documents "
+                 f"{row['all_steps_across_documents']} of {row['multi_step_queries']}") if row["multi_step_queries"] else ""
+        print(f"answer_search_{row['kind'].split(' ')[0]}: answer in the top {row['searched']} of "
+              f"{row['answer_found']}/{row['queries_with_answer']} queries, in {row['mean_docs_with_answer']:.3g} "
+              f"documents per query (by chance {row['mean_expected_by_chance']:.3g}){steps}")
+    at_k = pl.read_parquet(report / "sources_at_k.parquet").filter(
+        (pl.col("kind") == POOLED) & pl.col("source").is_in(["math_procedure", "math_result"]))
+    for row in at_k.iter_rows(named=True):
+        print(f"sources_reasoning_{row['side']}{row['k']}_{row['source']}: {row['ratio']:.2f}x corpus share "
+              f"({row['count']:.0f} of {row['documents']} slots{'' if row['exact'] else ', estimated'})")
     for row in pl.read_parquet(report / "tail_patch.parquet").filter(pl.col("kind") == "all").iter_rows(named=True):
         print(f"tailpatch_{row['method']}: {row['mean_gain']:.4g} [{row['low']:.4g}, {row['high']:.4g}]")
     for row in pl.read_parquet(report / "evidence_retrieval.parquet").iter_rows(named=True):

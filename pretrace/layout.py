@@ -150,7 +150,7 @@ ATTRIBUTION_EVAL = Artefact(
     "documents' scores")
 INFLUENCE_REPORT = Artefact(
     "influence_report", False, {}, ("top_k", "seed"),
-    (Input("query_gradients"), Input("influence_scores", "all_shards"), Input("attribution_eval")), "5",
+    (Input("query_gradients"), Input("influence_scores", "all_shards"), Input("attribution_eval")), "6",
     "the report over every current shard: HTML, tables, figures")
 
 

@@ -1,7 +1,9 @@
 """What a report is computed with: its options, and the three categories query kinds fall into.
 
-Query kinds fall into three categories: factual (``factual_kinds``), control (``control_kinds``)
-and reasoning (every other kind: arithmetic, slope, linear, or a user's own).
+Query kinds fall into three categories: factual (``factual_kinds``), control (``control_kinds``,
+and any kind ending in ``_control``: ``factual_control`` and ``reasoning_control`` are read apart,
+as Ruis et al. read their factual and reasoning controls) and reasoning (every other kind:
+arithmetic, slope, linear, or a user's own).
 """
 
 from __future__ import annotations
@@ -29,6 +31,6 @@ class ReportConfig:
     def category(self, kind: str) -> str:
         if kind in self.factual_kinds:
             return FACTUAL
-        if kind in self.control_kinds:
+        if kind in self.control_kinds or kind.endswith("_control"):
             return CONTROL
         return REASONING

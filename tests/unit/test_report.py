@@ -271,7 +271,8 @@ def test_group_means_average_the_right_pairs():
 def test_control_queries_are_read_among_themselves_and_factual_controls_apart_from_reasoning_ones():
     kinds = ["factual", "factual", "slope", "slope", "factual_control", "factual_control", "reasoning_control",
              "reasoning_control"]
-    cats = ["factual", "factual", "reasoning", "reasoning", "control", "control", "control", "control"]
+    cats = [ReportConfig().category(k) for k in kinds]
+    assert cats == ["factual", "factual", "reasoning", "reasoning", "control", "control", "control", "control"]
     rng = np.random.default_rng(1)
     r = rng.uniform(-1, 1, (8, 8))
     r = (r + r.T) / 2

@@ -79,6 +79,7 @@ def _search_by_kind(a: Analysis, search: pl.DataFrame) -> pl.DataFrame:
             **g.row(), "queries": sub.height, "searched": int(sub["searched"].max() or 0),
             "queries_with_answer": n, "answer_found": hits, "share_answer_found": hits / n if n else math.nan,
             "ci_low": lo, "ci_high": hi,
+            "mean_docs_with_answer": float(with_answer["docs_with_answer"].mean()) if n else math.nan,
             "mean_expected_by_chance": float(with_answer["expected_by_chance"].mean()) if n else math.nan,
             "multi_step_queries": multi.height, "all_steps_in_one_document": one,
             "all_steps_across_documents": across,
@@ -175,8 +176,9 @@ def reading(a: Analysis) -> list[str]:
             out.append("The intervals overlap, so this report cannot tell whether factual answers appear more often "
                        "than reasoning answers (Ruis et al. 2024 found they do).")
     search = {r["kind"]: r for r in a.result(compute).answer_search_kinds.to_dicts()}
-    parts = [f"{r['kind']} {r['answer_found']} of {r['queries_with_answer']}" for r in search.values()
-             if r["queries_with_answer"] and r["kind"] != POOLED]
+    parts = [f"{r['kind']} {r['answer_found']} of {r['queries_with_answer']} queries, in "
+             f"{num(r['mean_docs_with_answer'], 1)} documents per query against {num(r['mean_expected_by_chance'], 1)} "
+             "by chance" for r in search.values() if r["queries_with_answer"] and r["kind"] != POOLED]
     if parts:
         depth = max(r["searched"] for r in search.values())
         out.append(f"Searching the top {depth} documents, as Ruis et al. do, the answer is found for: "
@@ -234,6 +236,7 @@ def body(a: Analysis, figs: dict[str, bytes]) -> str:
                         lambda x: pct(x, 0)),
                 {"kind": "kind", "searched": "documents searched", "queries_with_answer": "queries with an answer",
                  "answer_found": "answer found", "share": "share [interval]",
+                 "mean_docs_with_answer": "documents with the answer (mean)",
                  "mean_expected_by_chance": "expected by chance (documents)",
                  "multi_step_queries": "multi-step queries", "all_steps_in_one_document": "all steps in one document",
                  "all_steps_across_documents": "all steps across documents"}, text=("kind",))
