@@ -59,6 +59,7 @@ _CHUNK_ELEMENTS = 1 << 22  # float64 temporaries of summarize: 32 MB
 _KIND = "shard_statistics"
 _VERSION = 3
 SIDES = ("positive", "negative")
+MAX_SOURCES = 256  # per-source histograms beyond this many source names would grow with the corpus
 
 TOP_SCHEMA = pa.schema(
     [
@@ -93,7 +94,9 @@ class Tail:
 
     Sources are codes into the sorted source names of the statistics that hold the tail, so the
     composition of the top k documents is exact for k up to the exact list's length and bounded
-    beyond it by the per-source histogram (``pretrace.report.sources_at_k``).
+    beyond it by the per-source histogram (``pretrace.report.sources_at_k``). Past MAX_SOURCES
+    names (a corpus whose `source` is, say, a URL) the histogram pools every source in one row,
+    so memory stays bounded: the exact list keeps its sources, and beyond it no split is claimed.
     """
 
     count: np.ndarray  # (Q,) int64: documents on this side
@@ -107,6 +110,11 @@ class Tail:
     _ARRAYS = ("count", "total", "extreme", "extreme_source", "source_count", "hist_sum")
 
     @property
+    def pooled(self) -> bool:
+        """Whether the histogram pools every source in one row (more than MAX_SOURCES of them)."""
+        return self.source_count.shape[1] == 1
+
+    @property
     def hist_count(self) -> np.ndarray:
         """(Q, W) documents per log bin, every source together."""
         return self.source_count.sum(axis=1)
@@ -117,10 +125,12 @@ class Tail:
         """The tail of a (Q, N) float32 block of signed magnitudes (this side's sign applied)."""
         q, n = magnitudes.shape
         offset, width = _histogram_range(magnitudes, bins_per_octave)
+        rows = 1 if sources > MAX_SOURCES else sources
+        binned = codes if rows == sources else np.zeros_like(codes)
         tail = cls(np.zeros(q, np.int64), np.zeros(q), *_largest(magnitudes, codes, length),
-                   np.zeros((q, sources, width), np.int64), np.zeros((q, width)), offset)
+                   np.zeros((q, rows, width), np.int64), np.zeros((q, width)), offset)
         for a in range(0, n, chunk):
-            tail._add(magnitudes[:, a : a + chunk].astype(np.float64), codes[a : a + chunk], bins_per_octave)
+            tail._add(magnitudes[:, a : a + chunk].astype(np.float64), binned[a : a + chunk], bins_per_octave)
         return tail
 
     def _add(self, x: np.ndarray, codes: np.ndarray, bins_per_octave: int) -> None:
@@ -136,11 +146,15 @@ class Tail:
             self.source_count += np.bincount(cells, minlength=q * sources * width).reshape(q, sources, width)
             self.hist_sum += np.bincount(rows * width + bins, weights=values, minlength=q * width).reshape(q, width)
 
-    def recoded(self, mapping: np.ndarray, sources: int) -> "Tail":
-        """The same tail with source codes mapped into a larger set of ``sources`` names."""
+    def recoded(self, mapping: np.ndarray, sources: int, pool: bool) -> "Tail":
+        """The same tail with source codes mapped into a larger set of ``sources`` names, its
+        histogram pooled into one row when ``pool``."""
         q, _, width = self.source_count.shape
-        count = np.zeros((q, sources, width), np.int64)
-        count[:, mapping, :] = self.source_count
+        if pool:
+            count = self.source_count.sum(axis=1, keepdims=True)
+        else:
+            count = np.zeros((q, sources, width), np.int64)
+            count[:, mapping, :] = self.source_count
         return replace(self, extreme_source=mapping[self.extreme_source].astype(np.int32), source_count=count)
 
     def merge(self, other: "Tail", length: int) -> "Tail":
@@ -291,7 +305,9 @@ class ShardStatistics:
         sources = dict(sorted((Counter(self.sources) + Counter(other.sources)).items()))
         names = np.array(list(sources), dtype=object)
         mine, theirs = (np.searchsorted(names, np.array(list(x.sources), dtype=object)) for x in (self, other))
-        tails = [a.recoded(mine, len(names)).merge(b.recoded(theirs, len(names)), length)
+        pool = len(names) > MAX_SOURCES or (self.positive.pooled and len(self.sources) > 1) or \
+            (other.positive.pooled and len(other.sources) > 1)
+        tails = [a.recoded(mine, len(names), pool).merge(b.recoded(theirs, len(names), pool), length)
                  for a, b in ((self.positive, other.positive), (self.negative, other.negative))]
         return ShardStatistics(
             self.query_ids, n, mean, comoment, *tails, self.search.merge(other.search, search_depth), exact_top,

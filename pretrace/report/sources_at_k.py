@@ -9,7 +9,8 @@ Ruis et al. compare the sources of the top and bottom k documents, k in {50, 500
   the cut falls in (c documents, c_s of source s, r of them in the top k) source s contributes
   between max(0, r - (c - c_s)) and min(c_s, r) documents; the estimate is r c_s / c.
 
-The bottom k are the k most negative scores (the negative tail); k is capped at the number of
+With more than ``MAX_SOURCES`` source names the histogram pools them, and beyond the exact list
+the estimate is NaN with bounds [0, k]. The bottom k are the k most negative scores (the negative tail); k is capped at the number of
 documents on that side, so "bottom k" never counts a positively influential document.
 """
 
@@ -42,6 +43,8 @@ def source_counts(stats: ShardStatistics, q: int, k: int, side: str) -> SourceCo
     if m <= tail.extreme.shape[1]:
         exact = np.bincount(tail.extreme_source[q, :m], minlength=sources).astype(np.float64)
         return SourceCounts(m, exact, exact, exact, True)
+    if tail.source_count.shape[1] != sources:  # pooled (too many sources): no split is known
+        return SourceCounts(m, np.full(sources, np.nan), np.zeros(sources), np.full(sources, float(m)), False)
     per_source = tail.source_count[q][:, ::-1]  # (S, W), highest bin first
     totals = per_source.sum(axis=0)
     before = np.concatenate([[0], np.cumsum(totals)])

@@ -54,3 +54,17 @@ def test_a_source_only_one_shard_has_is_merged_in_by_name():
         assert list(merged.sources) == ["alpha", "beta", "zeta"]
         assert source_counts(merged, 0, 2, "top").estimate.tolist() == [1, 0, 1]  # 3.0 zeta, 2.0 alpha
         assert source_counts(merged, 0, 5, "bottom").estimate.tolist() == [1, 0, 0]  # only -1.0 (alpha) is negative
+
+
+def test_too_many_sources_pool_the_histogram_and_claim_no_split_beyond_the_exact_list(monkeypatch):
+    monkeypatch.setattr("pretrace.statistics.MAX_SOURCES", 3)
+    scores, sources = block(2000, seed=1)  # 4 source names > 3
+    stats = ShardStatistics.of(["a", "b", "c"], scores[:, :1000], sources=sources[:1000], exact_top=100)
+    stats = stats.merge(ShardStatistics.of(["a", "b", "c"], scores[:, 1000:], sources=sources[1000:], exact_top=100))
+    assert stats.positive.pooled and stats.positive.source_count.shape[1] == 1
+    within = source_counts(stats, 0, 100, "top")
+    assert within.exact and within.estimate.tolist() == truth(scores, sources, 0, 100, "top").tolist()
+    beyond = source_counts(stats, 0, 500, "top")
+    assert np.isnan(beyond.estimate).all() and beyond.high.tolist() == [500.0] * 4 and not beyond.exact
+    # the pooled histogram still gives every share of influence (concentration) exactly as before
+    np.testing.assert_array_equal(stats.positive.hist_count.sum(axis=1), stats.positive.count)
