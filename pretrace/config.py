@@ -103,6 +103,7 @@ DESCRIPTIONS = {
     "top_k": "Top and bottom documents kept per query and shard for the report.",
     "tail_patch_k": "Documents per query in the attribution check (tail-patch): one SGD step on each method's top-k (at most top_k).",
     "tail_patch_lr": "Learning rate of the attribution check's SGD step (small: the change should be first-order).",
+    "projection_floor": "Warn when stored (projected) scores correlate with exact ones below this Pearson r (0 to 1].",
     "demo_steps": "Optimizer steps that train the demo's own model (`pretrace demo` only; a user's checkpoint ignores it).",
 }
 """What each setting means, shown in Dagster's launchpad and by `pretrace status`."""
@@ -133,6 +134,7 @@ class PretraceConfig(BaseModel):
     top_k: StrictInt = Field(default=50, gt=0)
     tail_patch_k: StrictInt = Field(default=10, gt=0)
     tail_patch_lr: float = 1e-3
+    projection_floor: float = 0.9
     demo_steps: StrictInt = Field(default=600, gt=0)
 
     @field_validator("tail_patch_lr", mode="before")
@@ -142,6 +144,17 @@ class PretraceConfig(BaseModel):
             return _positive_number(value)
         except ValueError:
             raise ValueError("must be a number > 0, e.g. 1e-3") from None
+
+    @field_validator("projection_floor", mode="before")
+    @classmethod
+    def _floor(cls, value: Any) -> float:
+        try:
+            number = _positive_number(value)
+        except ValueError:
+            number = math.nan
+        if not number <= 1:
+            raise ValueError("must be a correlation in (0, 1], e.g. 0.9")
+        return number
 
     @field_validator("projection", mode="before")
     @classmethod

@@ -54,6 +54,7 @@ class PretraceResource(dg.ConfigurableResource):
     top_k: int = _field("top_k")
     tail_patch_k: int = _field("tail_patch_k")
     tail_patch_lr: float = _field("tail_patch_lr")
+    projection_floor: float = _field("projection_floor")
     demo_steps: int = _field("demo_steps")
     demo: bool = Field(default=False, description="Train the demo's tiny model on the corpus instead of loading `model`.")
 

@@ -107,6 +107,10 @@ def test_unknown_key_suggests_the_closest(tmp_path: Path) -> None:
         ("layers: ['mlp(']", "layers"),
         ("trust_remote_code: maybe", "trust_remote_code"),
         ("top_k: 2.5", "top_k"),
+        ("projection_floor: 1.5", "projection_floor"),
+        ("projection_floor: 0", "projection_floor"),
+        ("projection_floor: high", "projection_floor"),
+        ("demo_steps: 0", "demo_steps"),
     ],
 )
 def test_bad_values_name_file_and_key(tmp_path: Path, text: str, key: str) -> None:
