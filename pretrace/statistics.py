@@ -120,21 +120,21 @@ class Tail:
         return self.source_count.sum(axis=1)
 
     @classmethod
-    def of(cls, magnitudes: np.ndarray, codes: np.ndarray, sources: int, length: int, bins_per_octave: int,
-           chunk: int) -> "Tail":
-        """The tail of a (Q, N) float32 block of signed magnitudes (this side's sign applied)."""
-        q, n = magnitudes.shape
+    def start(cls, magnitudes: np.ndarray, codes: np.ndarray, sources: int, length: int,
+              bins_per_octave: int) -> "Tail":
+        """The exact list and empty sums of a (Q, N) float32 block of signed magnitudes (this side's
+        sign applied); :meth:`add` then counts its column chunks."""
+        q = magnitudes.shape[0]
         offset, width = _histogram_range(magnitudes, bins_per_octave)
         rows = 1 if sources > MAX_SOURCES else sources
-        binned = codes if rows == sources else np.zeros_like(codes)
-        tail = cls(np.zeros(q, np.int64), np.zeros(q), *_largest(magnitudes, codes, length),
+        return cls(np.zeros(q, np.int64), np.zeros(q), *_largest(magnitudes, codes, length),
                    np.zeros((q, rows, width), np.int64), np.zeros((q, width)), offset)
-        for a in range(0, n, chunk):
-            tail._add(magnitudes[:, a : a + chunk].astype(np.float64), binned[a : a + chunk], bins_per_octave)
-        return tail
 
-    def _add(self, x: np.ndarray, codes: np.ndarray, bins_per_octave: int) -> None:
+    def add(self, x: np.ndarray, codes: np.ndarray, bins_per_octave: int) -> None:
+        """Count a float64 column chunk of magnitudes (this side's sign applied) and its sources."""
         q, sources, width = self.source_count.shape
+        if sources == 1:  # one source, or pooled
+            codes = np.zeros_like(codes)
         inside = x > 0
         self.total += np.where(inside, x, 0.0).sum(axis=1)
         self.count += inside.sum(axis=1)
@@ -258,18 +258,20 @@ class ShardStatistics:
         # Column chunks bound the float64 temporaries to about 32 MB whatever the shard size.
         step = max(1, _CHUNK_ELEMENTS // max(q, 1))
         mean = s32.sum(axis=1, dtype=np.float64) / n if n else np.zeros(q)
-        comoment = np.zeros((q, q))
-        for a in range(0, n, step):
-            x = s32[:, a : a + step].astype(np.float64)
-            x -= mean[:, None]
-            comoment += x @ x.T
         names = sources if sources is not None else ["unknown"] * n
         source_counts = dict(sorted(Counter(names).items()))
         code_of = {name: i for i, name in enumerate(source_counts)}
         codes = np.fromiter((code_of[name] for name in names), np.int64, n)
         length = min(exact_top, n)
-        tails = {side: Tail.of(sign * s32, codes, len(source_counts), length, bins_per_octave, step)
+        tails = {side: Tail.start(sign * s32, codes, len(source_counts), length, bins_per_octave)
                  for side, sign in zip(SIDES, (1, -1))}
+        comoment = np.zeros((q, q))
+        for a in range(0, n, step):  # one pass: each chunk is cast to float64 once
+            x = s32[:, a : a + step].astype(np.float64)
+            tails["positive"].add(x, codes[a : a + step], bins_per_octave)
+            tails["negative"].add(-x, codes[a : a + step], bins_per_octave)
+            x -= mean[:, None]
+            comoment += x @ x.T
         target_docs = documents_containing(texts, flat) if texts is not None else np.zeros(len(flat), np.int64)
         search = AnswerSearch.of(s32, doc_ids, texts, targets, search_depth)
         return cls(

@@ -57,7 +57,7 @@ def token_contributions(
     terms: dict[tuple[tuple[int, ...], int], np.ndarray] = {}
     for index, batch in batches(documents, batch_size, lm.pad_token_id):
         captured = capture(lm, batch, "data")
-        for row, doc in zip(range(len(index)), (documents[i] for i in index)):
+        for row, doc in enumerate(documents[i] for i in index):
             rows = sorted(wanted[doc])
             total = torch.zeros(len(rows), len(doc), dtype=torch.float64, device=lm.device)
             for layer in lm.layers:

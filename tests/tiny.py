@@ -111,3 +111,14 @@ def trained_tiny_llama(tokenizer, documents: list[list[int]], steps: int = 40, s
         loss.backward()
         optimizer.step()
     return model.eval()
+
+
+def fitted_tiny_llama(model_seed: int, documents: list[list[int]], *, batch_size: int = 8, double: bool = False):
+    """(wrapped tiny Llama on the CPU, EK-FAC factors fitted on ``documents``): what score tests start from."""
+    from pretrace.batching import batches
+    from pretrace.ekfac import fit_factors
+    from pretrace.model import wrap_model
+
+    model = tiny_model("llama", seed=model_seed)
+    lm = wrap_model(model.double() if double else model, tiny_tokenizer(), device="cpu")
+    return lm, fit_factors(lm, lambda: (b for _, b in batches(documents, batch_size, 0)))

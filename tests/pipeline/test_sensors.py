@@ -154,6 +154,16 @@ def materialize(defs, instance, requested) -> None:
                        resources=defs.resources, run_config=logging_config())
 
 
+def settle(defs, instance):
+    """Tick and materialize what each tick requests until nothing is: the cursor then."""
+    cursor = None
+    while True:
+        cursor, requested = evaluate(defs, instance, cursor)
+        if not requested:
+            return cursor
+        materialize(defs, instance, requested)
+
+
 def test_automation_brings_a_new_project_to_the_clean_state_requesting_each_partition_once(setup, tmp_path):
     config, defs, instance = setup
     tick(defs, instance)  # the sensor registers the shards
@@ -202,12 +212,7 @@ def test_automation_does_not_retry_a_failed_state_but_retries_a_changed_one(setu
 def test_automation_recomputes_what_a_wiped_storage_root_lost(setup, tmp_path):
     config, defs, instance = setup
     tick(defs, instance)
-    cursor = None
-    while True:
-        cursor, requested = evaluate(defs, instance, cursor)
-        if not requested:
-            break
-        materialize(defs, instance, requested)
+    cursor = settle(defs, instance)
     shutil.rmtree(config.storage)
     cursor, requested = evaluate(defs, instance, cursor)
     assert requested == {("model", None), ("queries", None)}  # the roots first, whatever the instance remembers
@@ -227,12 +232,7 @@ def test_automation_leaves_a_partition_alone_while_a_run_computes_it(setup, asse
     run; once the run has ended without a manifest, the partition is requested."""
     config, defs, instance = setup
     tick(defs, instance)
-    cursor = None
-    while True:
-        cursor, requested = evaluate(defs, instance, cursor)
-        if not requested:
-            break
-        materialize(defs, instance, requested)
+    cursor = settle(defs, instance)
     job = defs.resolve_implicit_global_asset_job_def()
     run = instance.create_run_for_job(job, asset_selection=frozenset({dg.AssetKey(asset)}),
                                       tags={"dagster/partition": partition} if partition else None,

@@ -3,15 +3,12 @@
 import numpy as np
 import pytest
 
-from pretrace.batching import batches
 from pretrace.documents import compute_document_gradients
-from pretrace.ekfac import fit_factors
-from pretrace.model import wrap_model
 from pretrace.projection import KroneckerProjection
 from pretrace.projection_check import projection_error, sample_documents
 from pretrace.queries import Query, compute_query_gradients
 from pretrace.scores import score_matrix
-from tests.tiny import random_sequences, tiny_model, tiny_tokenizer
+from tests.tiny import fitted_tiny_llama, random_sequences
 
 QUERIES = [Query("capital", "The capital of France is", " Paris."), Query("arith", "(7 - 4) * 8 =", " 24"),
            Query("code", "def add(a, b):", "\n    return a + b\n")]
@@ -19,9 +16,8 @@ QUERIES = [Query("capital", "The capital of France is", " Paris."), Query("arith
 
 @pytest.fixture(scope="module")
 def setup():
-    lm = wrap_model(tiny_model("llama", seed=6), tiny_tokenizer(), device="cpu")
     docs = random_sequences(30, min_len=8, max_len=30, seed=7)
-    factors = fit_factors(lm, lambda: (b for _, b in batches(docs, 8, 0)))
+    lm, factors = fitted_tiny_llama(6, docs)
     return lm, docs, factors
 
 

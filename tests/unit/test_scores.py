@@ -12,7 +12,7 @@ from pretrace.projection import KroneckerProjection
 from pretrace.queries import Query, compute_query_gradients, encode_queries
 from pretrace.scores import score_matrix, stream_scores
 from tests.peer import pearson
-from tests.tiny import random_sequences, sentence_documents, tiny_model, tiny_tokenizer
+from tests.tiny import fitted_tiny_llama, random_sequences, sentence_documents, tiny_model, tiny_tokenizer
 
 QUERIES = [
     Query("capital", "The capital of France is", " Paris."),
@@ -24,9 +24,8 @@ QUERIES = [
 
 @pytest.fixture(scope="module")
 def setup():
-    lm = wrap_model(tiny_model("llama", seed=1), tiny_tokenizer(), device="cpu")
     docs = random_sequences(40, min_len=8, max_len=40, seed=11)
-    factors = fit_factors(lm, lambda: (b for _, b in batches(docs, 8, 0)))
+    lm, factors = fitted_tiny_llama(1, docs)
     return lm, docs, factors
 
 

@@ -3,24 +3,20 @@
 import numpy as np
 import pytest
 
-from pretrace.batching import batches
 from pretrace.documents import compute_document_gradients
-from pretrace.ekfac import fit_factors
-from pretrace.model import wrap_model
 from pretrace.projection import KroneckerProjection
 from pretrace.queries import Query, compute_query_gradients
 from pretrace.scores import score_matrix
 from pretrace.token_influence import Pair, token_contributions
-from tests.tiny import random_sequences, tiny_model, tiny_tokenizer
+from tests.tiny import fitted_tiny_llama, random_sequences
 
 QUERIES = [Query("capital", "The capital of France is", " Paris."), Query("arith", "(7 - 4) * 8 =", " 24")]
 
 
 @pytest.fixture(scope="module")
 def setup():
-    lm = wrap_model(tiny_model("llama", seed=4).double(), tiny_tokenizer(), device="cpu")
     docs = random_sequences(12, min_len=6, max_len=30, seed=5)
-    factors = fit_factors(lm, lambda: (b for _, b in batches(docs, 4, 0)))
+    lm, factors = fitted_tiny_llama(4, docs, batch_size=4, double=True)
     return lm, docs, factors
 
 

@@ -70,9 +70,7 @@ def _search_by_kind(a: Analysis, search: pl.DataFrame) -> pl.DataFrame:
     rows = []
     for g in a.groups:
         sub = search.filter(pl.col("query_id").is_in(g.ids))
-        with_answer = sub.filter(pl.col("answer").is_not_null())
-        n, hits = with_answer.height, int(with_answer["answer_found"].sum() or 0)
-        lo, hi = wilson(hits, n, a.config.level)
+        with_answer, n, hits, lo, hi = _answered(a, sub, "answer_found")
         multi = sub.filter(pl.col("steps") > 1)
         one, across = int(multi["all_steps_in_one_document"].sum() or 0), int(multi["all_steps_across_documents"].sum() or 0)
         rows.append({
@@ -120,13 +118,19 @@ def _per_query(a: Analysis) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=schema)
 
 
+def _answered(a: Analysis, sub: pl.DataFrame, found: str) -> tuple[pl.DataFrame, int, int, float, float]:
+    """A group's queries that have an answer, how many, how many found it (``found``), and the
+    Wilson interval of that share."""
+    with_answer = sub.filter(pl.col("answer").is_not_null())
+    n, hits = with_answer.height, int(with_answer[found].sum() or 0)
+    return with_answer, n, hits, *wilson(hits, n, a.config.level)
+
+
 def _by_kind(a: Analysis, per_query: pl.DataFrame) -> pl.DataFrame:
     rows = []
     for g in a.groups:
         sub = per_query.filter(pl.col("query_id").is_in(g.ids))
-        with_answer = sub.filter(pl.col("answer").is_not_null())
-        n, hits = with_answer.height, int(with_answer["answer_in_top"].sum() or 0)
-        lo, hi = wilson(hits, n, a.config.level)
+        with_answer, n, hits, lo, hi = _answered(a, sub, "answer_in_top")
         inter_total = int(sub["intermediates"].sum() or 0)
         inter_found = int(sub["intermediates_in_top"].sum() or 0)
         rows.append({
