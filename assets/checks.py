@@ -77,7 +77,7 @@ def projection_error_check(context: dg.AssetCheckExecutionContext, pretrace: Pre
         sample = sample_documents(documents.num_rows, config.seed, context.partition_key)
         ids = [documents.column("doc_id")[i].as_py() for i in sample]
         scores = pl.from_arrow(stored_scores.table("{shard}.parquet"))
-        queries = queries_from_table(measured.reader("queries").table("queries.parquet"))
+        queries = queries_from_table(measured.reader("completions").table("completions.parquet"))
         stored = (scores.filter(pl.col("doc_id").is_in(ids)).pivot(on="doc_id", index="query_id", values="score")
                   .join(pl.DataFrame({"query_id": [q.id for q in queries]}), on="query_id", how="right")
                   .select(ids).to_numpy())

@@ -1,4 +1,5 @@
-"""queries (the user's JSONL, validated to Parquet) and query_gradients (preconditioned)."""
+"""queries (the user's JSONL, validated to Parquet), completions (the model's own where none was
+given, and whether it answers correctly) and query_gradients (preconditioned)."""
 
 import time
 from collections import Counter
@@ -6,6 +7,7 @@ from collections import Counter
 import dagster as dg
 import pyarrow as pa
 
+from pretrace.completions import GENERATED, complete_queries, generation_settings
 from pretrace.query_file import queries_from_table, read_queries
 from pretrace.queries import compute_query_gradients
 from pretrace.projection import projection_for
@@ -34,7 +36,26 @@ def queries(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> dg
                         **{"dagster/row_count": table.num_rows})
 
 
-@dg.asset(deps=[queries, ekfac_factors, "model"], group_name="queries", **GPU_ASSET,
+@dg.asset(deps=[queries, "model"], group_name="queries", **GPU_ASSET, kinds={"pytorch", "parquet"},
+          retry_policy=RETRY)
+def completions(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> dg.MaterializeResult:
+    """The queries as explained: the model's greedy completion where the file gives none (after
+    `completion_instruction`), and for every query whether the model's greedy answer is correct."""
+    started = time.monotonic()
+    with computing(context, pretrace) as run:
+        table = run.reader("queries").table("queries.parquet")
+        done = complete_queries(run.model(), table, generation_settings(run.project.config),
+                                batch_size=run.project.config.batch_size,
+                                progress=progress_logger(context, table.num_rows, "greedy answers"))
+        manifest = run.commit({"completions.parquet": done})
+    correct = done.column("correct").to_pylist()
+    return materialized(run, manifest, started, generated=done.column("source").to_pylist().count(GENERATED),
+                        answered_correctly=correct.count(True), answered_incorrectly=correct.count(False),
+                        preview=table_preview(done, ["id", "kind", "source", "correct", "model_completion"]),
+                        **{"dagster/row_count": done.num_rows})
+
+
+@dg.asset(deps=[completions, ekfac_factors, "model"], group_name="queries", **GPU_ASSET,
           kinds={"pytorch", "safetensors"}, retry_policy=RETRY)
 def query_gradients(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> dg.MaterializeResult:
     """EK-FAC-preconditioned gradients of each completion's loss, and its log-probability."""
@@ -42,13 +63,14 @@ def query_gradients(context: dg.AssetExecutionContext, pretrace: PretraceResourc
     with computing(context, pretrace) as run:
         config = run.project.config
         lm = run.model()
-        table = run.reader("queries").table("queries.parquet")
+        table = run.reader("completions").table("completions.parquet")
         grads = compute_query_gradients(
             lm, run.reader("ekfac_factors").state(), queries_from_table(table),
             projection=projection_for(config, lm.layer_shapes()), rank=config.query_rank,
             batch_size=config.batch_size, progress=progress_logger(context, table.num_rows, "query gradients"),
         )
-        summary = table.select(["id", "kind", "prompt", "completion", "answer", "intermediates"]).append_column(
+        summary = table.select(["id", "kind", "prompt", "completion", "completion_ids", "answer",
+                                "intermediates"]).append_column(
             "logprob", pa.array(grads.logprobs.tolist(), pa.float64()))
         manifest = run.commit({"query_gradients.safetensors": grads, "queries.parquet": summary})
     return materialized(run, manifest, started, queries=table.num_rows,

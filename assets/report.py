@@ -4,6 +4,7 @@ import time
 
 import dagster as dg
 
+from pretrace.completions import with_model_answers
 from pretrace.report.analysis import ReportConfig
 from pretrace.report.build import make_report, merge_shards
 from resources.pretrace import PretraceResource
@@ -15,7 +16,7 @@ from .scores import influence_scores
 REPORT_FILE = "report.html"
 
 
-@dg.asset(deps=[influence_scores, "query_gradients", attribution_eval], group_name="report", kinds={"parquet", "html"},
+@dg.asset(deps=[influence_scores, "completions", "query_gradients", attribution_eval], group_name="report", kinds={"parquet", "html"},
           retry_policy=RETRY)
 def influence_report(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> dg.MaterializeResult:
     """Correlations between queries, influence per nat, concentration, answers and sources in the
@@ -29,7 +30,8 @@ def influence_report(context: dg.AssetExecutionContext, pretrace: PretraceResour
         readers = (run.reader("influence_scores", s) for s in shards)
         stats, top = merge_shards(((r.state("{shard}.stats.safetensors"), r.table("{shard}.top.parquet"))
                                    for r in readers), config.top_k)
-        queries = run.reader("query_gradients").table("queries.parquet")
+        queries = with_model_answers(run.reader("query_gradients").table("queries.parquet"),
+                                     run.reader("completions").table("completions.parquet"))
         check = run.reader("attribution_eval")
         attribution = {name: check.table(f"{name}.parquet") for name in ("summary", "retrieval_summary", "token_influence")}
         report = make_report(stats, top, queries, ReportConfig(k=config.top_k, seed=config.seed), shards=len(shards),

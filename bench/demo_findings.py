@@ -44,7 +44,8 @@ def main() -> None:
         name = row["group"].replace(" ", "_")
         print(f"correlation_{name}: {row['mean_r']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}] ({row['pairs']} pairs)")
     for row in pl.read_parquet(report / "power_law_test.parquet").iter_rows(named=True):
-        print(f"power_law_{row['fit']}_slopes: factual {row['factual_mean']:.3f}, reasoning {row['reasoning_mean']:.3f}, "
+        subset = "" if row["queries"] == "all" else "_" + row["queries"].replace(" ", "_")
+        print(f"power_law_{row['fit']}{subset}_slopes: factual {row['factual_mean']:.3f}, reasoning {row['reasoning_mean']:.3f}, "
               f"Welch t {row['t']:.2f}, p {row['p']:.2g} ({row['factual_queries']} and {row['reasoning_queries']} queries)")
     curves = pl.read_parquet(report / "magnitude_curves.parquet").filter(
         (pl.col("by") == "percentile") & pl.col("at").is_in([10.0, 100.0]) & pl.col("kind").is_in(["factual", POOLED]))

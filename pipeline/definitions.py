@@ -13,7 +13,7 @@ from assets.evaluation import attribution_eval
 from assets.gradients import document_gradients
 from assets.k8s import executor_from_env
 from assets.model import checkpoint, demo_model, user_model
-from assets.queries import queries, query_file, query_gradients
+from assets.queries import completions, queries, query_file, query_gradients
 from assets.report import influence_report
 from assets.scores import influence_scores
 from pretrace.config import PretraceConfig
@@ -29,7 +29,7 @@ from .settings import workspace_config
 
 SHARED_ASSETS = [
     corpus_files, query_file, corpus_shards, ekfac_covariances, ekfac_eigenbasis, ekfac_lambdas, ekfac_factors,
-    queries, query_gradients, document_gradients, influence_scores, attribution_eval, influence_report,
+    queries, completions, query_gradients, document_gradients, influence_scores, attribution_eval, influence_report,
 ]
 
 

@@ -85,7 +85,7 @@ class Damping(BaseModel):
 DESCRIPTIONS = {
     "model": "The checkpoint under study: a folder saved with save_pretrained, or an s3:// URL.",
     "corpus": "Folder or s3:// prefix of the corpus: .jsonl, .jsonl.gz or .parquet files; one shard per file.",
-    "queries": "JSONL file of the queries to explain: id, kind, prompt, completion, answer.",
+    "queries": "JSONL file of the queries to explain: id, kind, prompt, completion (else the model writes it), answer.",
     "storage": "Where every artefact is written: a local folder or s3://bucket/prefix.",
     "layers": "Regular expressions selecting the tracked linear layers by name (default: the MLPs).",
     "fisher": "EK-FAC labels: 'sampled' from the model (true Fisher) or 'empirical' (the data's).",
@@ -104,6 +104,9 @@ DESCRIPTIONS = {
     "tail_patch_k": "Documents per query in the attribution check (tail-patch): one SGD step on each method's top-k (at most top_k).",
     "tail_patch_lr": "Learning rate of the attribution check's SGD step (small: the change should be first-order).",
     "projection_floor": "Warn when stored (projected) scores correlate with exact ones below this Pearson r (0 to 1].",
+    "completion_tokens": "Most tokens the model writes when it answers a query (greedily; its own completions and the correctness check).",
+    "completion_instruction": "Text appended to the prompt of a query the model completes, e.g. a chain-of-thought instruction; unset = none.",
+    "completion_stop": "Strings that end the model's answer (cut before them); its end-of-sequence token always does.",
     "demo_steps": "Optimizer steps that train the demo's own model (`pretrace demo` only; a user's checkpoint ignores it).",
 }
 """What each setting means, shown in Dagster's launchpad and by `pretrace status`."""
@@ -135,6 +138,9 @@ class PretraceConfig(BaseModel):
     tail_patch_k: StrictInt = Field(default=10, gt=0)
     tail_patch_lr: float = 1e-3
     projection_floor: float = 0.9
+    completion_tokens: StrictInt = Field(default=128, gt=0)
+    completion_instruction: str | None = None
+    completion_stop: list[str] = Field(default_factory=list)
     demo_steps: StrictInt = Field(default=600, gt=0)
 
     @field_validator("tail_patch_lr", mode="before")
@@ -155,6 +161,13 @@ class PretraceConfig(BaseModel):
         if not number <= 1:
             raise ValueError("must be a correlation in (0, 1], e.g. 0.9")
         return number
+
+    @field_validator("completion_stop")
+    @classmethod
+    def _stops(cls, stops: list[str]) -> list[str]:
+        if any(not s for s in stops):
+            raise ValueError('must be a list of non-empty strings, e.g. ["\\n\\n"]')
+        return stops
 
     @field_validator("projection", mode="before")
     @classmethod

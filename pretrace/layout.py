@@ -125,9 +125,15 @@ FACTORS = Artefact(
 QUERIES = Artefact(
     "queries", False, {"queries.parquet": None}, (), (Input("query_file"),), "2",
     "the validated queries")
+COMPLETIONS = Artefact(
+    "completions", False, {"completions.parquet": None},
+    ("completion_tokens", "completion_instruction", "completion_stop", "batch_size", "dtype"),
+    (Input("queries"), Input("model")), "1",
+    "the queries as explained: the model's own completion where none was given, and whether its greedy answer "
+    "is correct")
 QUERY_GRADIENTS = Artefact(
     "query_gradients", False, {"query_gradients.safetensors": QueryGradients, "queries.parquet": None},
-    ("projection", "query_rank", "seed", "batch_size", "dtype"), (Input("queries"), Input("ekfac_factors"), Input("model")), "1",
+    ("projection", "query_rank", "seed", "batch_size", "dtype"), (Input("completions"), Input("ekfac_factors"), Input("model")), "2",
     "preconditioned query gradients, and each completion's log-probability")
 DOCUMENT_GRADIENTS = Artefact(
     "document_gradients", True, {"{shard}.safetensors": DocumentGradients}, ("projection", "seed", "batch_size", "dtype"),
@@ -150,14 +156,15 @@ ATTRIBUTION_EVAL = Artefact(
     "documents' scores")
 INFLUENCE_REPORT = Artefact(
     "influence_report", False, {}, ("top_k", "seed"),
-    (Input("query_gradients"), Input("influence_scores", "all_shards"), Input("attribution_eval")), "6",
+    (Input("completions"), Input("query_gradients"), Input("influence_scores", "all_shards"), Input("attribution_eval")),
+    "7",
     "the report over every current shard: HTML, tables, figures")
 
 
 def artefacts(demo: bool = False) -> dict[str, Artefact]:
     """The artefacts of a project in dependency order; the demo trains its own model."""
     table = [DEMO_MODEL if demo else USER_MODEL, CORPUS_SHARDS, COVARIANCES, EIGENBASIS, LAMBDAS, FACTORS,
-             QUERIES, QUERY_GRADIENTS, DOCUMENT_GRADIENTS, INFLUENCE_SCORES, ATTRIBUTION_EVAL, INFLUENCE_REPORT]
+             QUERIES, COMPLETIONS, QUERY_GRADIENTS, DOCUMENT_GRADIENTS, INFLUENCE_SCORES, ATTRIBUTION_EVAL, INFLUENCE_REPORT]
     return {a.name: a for a in table}
 
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .completions import room_to_answer
 from .config import PretraceConfig
 from .corpus import read_records
 from .errors import InputError, InputErrors
 from .model import context_of, load_model, open_checkpoint
 from .provenance import Project
-from .queries import encode_query
+from .queries import Query, encode_query
 from .query_file import queries_from_table, read_queries
 
 
@@ -54,7 +55,7 @@ def preflight(project: Project, *, load_weights: bool = False, progress: Callabl
         progress(f"checking the checkpoint {config.model}")
         tokenizer, context = found.check(lambda: _checkpoint(config, load_weights)) or (None, None)
     progress(f"checking the queries in {config.queries}")
-    _check_queries(found, config.queries, tokenizer, context)
+    _check_queries(found, config, tokenizer, context)
     corpus = found.check(lambda: project.corpus)
     if corpus is not None:
         found.warnings.extend(f"{config.corpus}: skipped {entry}" for entry in project.listing.skipped)
@@ -83,12 +84,22 @@ def _tokenized(project: Project, shard: str) -> bool:
     return "corpus_shards" in project.graph and project.status("corpus_shards", shard).current
 
 
-def _check_queries(found: Findings, url: str, tokenizer: object | None, context: int | None) -> None:
-    table = found.check(lambda: read_queries(url))
+def _check_queries(found: Findings, config: PretraceConfig, tokenizer: object | None, context: int | None) -> None:
+    table = found.check(lambda: read_queries(config.queries))
     if table is None or tokenizer is None:
         return
     for query in queries_from_table(table):
-        found.check(lambda query=query: _in_file(url, lambda: encode_query(query, tokenizer, context)))
+        found.check(lambda query=query: _in_file(
+            config.queries, lambda: _query_fits(query, config.completion_instruction, tokenizer, context)))
+
+
+def _query_fits(query: Query, instruction: str | None, tokenizer: object, context: int | None) -> None:
+    """The query fits the context: with its completion, or leaving the model room to write one."""
+    if query.completion:
+        encode_query(query, tokenizer, context)
+    else:
+        prompt = tokenizer(query.prompt + (instruction or ""), add_special_tokens=True)["input_ids"]
+        room_to_answer(query.id, len(prompt), 1, context)
 
 
 def _check_corpus_file(url: str) -> None:

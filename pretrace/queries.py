@@ -29,6 +29,7 @@ class Query:
     completion: str
     kind: str = ""
     answer: str = ""
+    completion_ids: tuple[int, ...] | None = None  # the model's own tokens, when it wrote the completion
 
 
 def encode_queries(
@@ -43,12 +44,18 @@ def encode_query(query: Query, tokenizer, max_context: int | None = None) -> tup
     """One query's prompt+completion ids and where its completion starts.
 
     Prompt and completion are tokenized separately so the completion's tokens are exactly
-    the ones scored, whatever the tokenizer would merge across the boundary.
+    the ones scored, whatever the tokenizer would merge across the boundary. A completion the
+    model wrote is its own tokens: decoding and tokenizing again need not give them back.
     """
-    if not query.completion or not query.completion.strip():
+    if query.completion_ids is not None:
+        completion = list(query.completion_ids)
+    elif query.completion and query.completion.strip():
+        completion = tokenizer(query.completion, add_special_tokens=False)["input_ids"]
+    else:
+        completion = []
+    if not completion:
         raise InputError(f"query {query.id!r}: the completion is empty; give the text whose probability to explain")
     prompt = tokenizer(query.prompt, add_special_tokens=True)["input_ids"]
-    completion = tokenizer(query.completion, add_special_tokens=False)["input_ids"]
     if not prompt:
         raise InputError(f"query {query.id!r}: the prompt is empty and the tokenizer adds no BOS token; give a prompt")
     ids = list(prompt) + list(completion)

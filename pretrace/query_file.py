@@ -1,4 +1,6 @@
-"""Reading the user's queries file: JSONL records {id, kind, prompt, completion, answer}."""
+"""Reading the user's queries file: JSONL records {id, kind, prompt, completion, answer}.
+
+`completion` may be left out (or empty): the `completions` asset then has the model write it."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from .corpus import check_unicode, jsonl_rows
 from .errors import InputError
 from .queries import Query
 
-REQUIRED = ("id", "kind", "prompt", "completion")
+REQUIRED = ("id", "kind", "prompt")
 QUERY_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
@@ -37,7 +39,8 @@ def read_queries(url: str) -> pa.Table:
         if missing:
             raise InputError(
                 f"{where}: the query lacks {', '.join(f'`{m}`' for m in missing)}; every query "
-                f"needs {', '.join(REQUIRED)} (strings) and may give `answer` and `intermediates`"
+                f"needs {', '.join(REQUIRED)} (strings) and may give `completion` (else the model writes it), "
+                "`answer` and `intermediates`"
             )
         wrong = [f"`{f}` is {type(raw[f]).__name__} {json.dumps(raw[f])[:40]}" for f in REQUIRED if not isinstance(raw[f], str)]
         if wrong:
@@ -45,11 +48,16 @@ def read_queries(url: str) -> pa.Table:
         if raw["id"] in first_line:
             raise InputError(f"{where}: duplicate query id {raw['id']!r}, already used on line {first_line[raw['id']]}")
         first_line[raw["id"]] = number
+        completion = raw.get("completion")
+        if completion is not None and not isinstance(completion, str):
+            raise InputError(f"{where}: `completion` is {type(completion).__name__} {json.dumps(completion)[:40]}; give "
+                             "a string, or leave it out for the model to write it")
         intermediates = raw.get("intermediates") or []
         if not isinstance(intermediates, list) or not all(isinstance(x, str) for x in intermediates):
             raise InputError(f"{where}: `intermediates` must be a list of strings")
         for field in REQUIRED:
             columns[field].append(raw[field])
+        columns["completion"].append(completion if completion and completion.strip() else "")
         columns["answer"].append(_answer(raw.get("answer"), where))
         columns["intermediates"].append(intermediates)
         extra = {k: v for k, v in raw.items() if k not in QUERY_SCHEMA.names}
@@ -75,7 +83,10 @@ def _answer(value: object, where: str) -> str:
 
 
 def queries_from_table(table: pa.Table) -> list[Query]:
+    """The queries of a table (the completion's tokens too, where the model wrote it)."""
+    written = table.column("completion_ids").to_pylist() if "completion_ids" in table.column_names else None
     return [
-        Query(row["id"], row["prompt"], row["completion"], row["kind"], row["answer"])
-        for row in table.select(["id", "prompt", "completion", "kind", "answer"]).to_pylist()
+        Query(row["id"], row["prompt"], row["completion"], row["kind"], row["answer"],
+              None if written is None or written[i] is None else tuple(written[i]))
+        for i, row in enumerate(table.select(["id", "prompt", "completion", "kind", "answer"]).to_pylist())
     ]

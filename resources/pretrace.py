@@ -55,6 +55,9 @@ class PretraceResource(dg.ConfigurableResource):
     tail_patch_k: int = _field("tail_patch_k")
     tail_patch_lr: float = _field("tail_patch_lr")
     projection_floor: float = _field("projection_floor")
+    completion_tokens: int = _field("completion_tokens")
+    completion_instruction: Optional[str] = _field("completion_instruction")
+    completion_stop: List[str] = _field("completion_stop")
     demo_steps: int = _field("demo_steps")
     demo: bool = Field(default=False, description="Train the demo's tiny model on the corpus instead of loading `model`.")
 

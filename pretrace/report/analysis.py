@@ -28,7 +28,7 @@ class Analysis:
     """
 
     config: ReportConfig
-    queries: pl.DataFrame  # id, kind, category, prompt, completion, answer, logprob, in kind order
+    queries: pl.DataFrame  # id, kind, category, prompt, completion, answer, logprob, source, correct..., in kind order
     stats: ShardStatistics = field(repr=False)  # merged statistics, queries in `queries` order
     top: pa.Table = field(repr=False)  # merged top/bottom lists
     attribution: dict[str, pl.DataFrame] | None = field(default=None, repr=False)  # the attribution check's tables

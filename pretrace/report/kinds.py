@@ -19,16 +19,19 @@ POOLED = "reasoning (all)"
 
 
 def queries_frame(query_ids: list[str], queries: pa.Table, config: ReportConfig) -> pl.DataFrame:
-    """id, kind, category, prompt, completion, answer, logprob of the scored queries, in kind order
+    """id, kind, category, prompt, completion, answer, logprob, and whose completion it is (source),
+    the model's greedy answer and whether it is correct, of the scored queries, in kind order
     (scored order within a kind); missing optional columns are filled in."""
     table = pl.from_arrow(queries)
     missing = sorted(set(query_ids) - set(table["id"].to_list()))
     if missing:
         raise InputError(f"scored queries missing from the queries table (rescore the shards): {missing[:5]}")
-    defaults = {"prompt": "", "completion": "", "answer": None, "logprob": float("nan")}
+    defaults = {"prompt": "", "completion": "", "answer": None, "logprob": float("nan"), "source": "given",
+                "model_completion": None, "correct": None}
+    types = {"answer": pl.String, "model_completion": pl.String, "correct": pl.Boolean}
     for name, value in defaults.items():
         if name not in table.columns:
-            table = table.with_columns(pl.lit(value).alias(name))
+            table = table.with_columns(pl.lit(value, dtype=types.get(name)).alias(name))
     table = table.filter(pl.col("id").is_in(query_ids))
     categories = {kind: config.category(kind) for kind in table["kind"].unique().to_list()}
     table = table.with_columns(category=pl.col("kind").replace_strict(categories, return_dtype=pl.String))
@@ -37,7 +40,8 @@ def queries_frame(query_ids: list[str], queries: pa.Table, config: ReportConfig)
         _c=pl.col("category").replace_strict(rank, return_dtype=pl.Int32),
         _o=pl.col("id").replace_strict({q: i for i, q in enumerate(query_ids)}, return_dtype=pl.Int64),
     ).sort(["_c", "kind", "_o"]).drop(["_c", "_o"])
-    return table.select(["id", "kind", "category", "prompt", "completion", "answer", "logprob"])
+    return table.select(["id", "kind", "category", "prompt", "completion", "answer", "logprob", "source",
+                         "model_completion", "correct"])
 
 
 def kind_order(queries: pl.DataFrame) -> list[str]:

@@ -21,7 +21,8 @@ from tests.tiny import SENTENCES, tiny_model, tiny_tokenizer
 
 QUERIES = [
     {"id": "capital", "kind": "factual", "prompt": "The capital of France is", "completion": " Paris.", "answer": "Paris"},
-    {"id": "slope", "kind": "slope", "prompt": "The slope between (1, 2) and (3, 8) is", "completion": " 3.", "answer": "3"},
+    # no completion: the model writes it (the `completions` asset)
+    {"id": "slope", "kind": "slope", "prompt": "The slope between (1, 2) and (3, 8) is", "answer": "3"},
     {"id": "code", "kind": "control", "prompt": "def add(a, b):", "completion": "\n    return a + b", "answer": ""},
 ]
 

@@ -43,16 +43,16 @@ def test_a_bad_corpus_record_is_named_and_damages_nothing(finished):
     assert scores.read_bytes() == before
 
 
-def test_a_query_without_a_completion_is_named(finished, tmp_path):
+def test_a_query_without_a_prompt_is_named(finished, tmp_path):
     root, config, _ = finished
     bad = tmp_path / "queries.jsonl"
-    bad.write_text('{"id": "q1", "kind": "factual", "prompt": "Hi"}\n')
+    bad.write_text('{"id": "q1", "kind": "factual", "completion": " Hi"}\n')
     broken = tmp_path / "pretrace.yaml"
     broken.write_text(config.read_text())
     edit_config(broken, queries=str(bad), storage=str(root / "data"), model=str(root / "model"), corpus=str(root / "corpus"))
     result = pretrace("run", "--config", str(broken), cwd=root)
     assert result.returncode != 0
-    assert f"{bad}, line 1: the query lacks `completion`" in result.stderr
+    assert f"{bad}, line 1: the query lacks `prompt`" in result.stderr
 
 
 def test_unwritable_storage_is_named(tmp_path):
@@ -86,7 +86,7 @@ def test_status_explains_what_is_stale_and_a_rerun_of_a_current_project_computes
     assert again.returncode == 0, again.stderr[-3000:]
     assert "0 artefact(s) computed" in again.stdout and "[pretrace] materializing" not in again.stdout
     status = pretrace("status", "--config", str(config), cwd=root)
-    assert status.returncode == 0 and status.stdout.strip().endswith("17 current")
+    assert status.returncode == 0 and status.stdout.strip().endswith("18 current")
     changed = tmp_path / "pretrace.yaml"
     changed.write_text(config.read_text())
     edit_config(changed, top_k=3, storage=str(root / "data"), model=str(root / "model"), corpus=str(root / "corpus"),

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import dagster as dg
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -16,12 +17,13 @@ from pretrace.provenance import Project
 from pretrace.corpus import read_records, tokenize_documents
 from pretrace.ekfac import fit_factors
 from pretrace.model import load_model
-from pretrace.queries import Query, compute_query_gradients
+from pretrace.queries import compute_query_gradients
+from pretrace.query_file import queries_from_table
 from pretrace.scores import stream_scores
 from tests.pipeline.project import QUERIES, make_project, run_pipeline, write_corpus_file
 
 ALL_ASSETS = ["corpus_shards", "model", "ekfac_covariances", "ekfac_eigenbasis", "ekfac_lambdas", "ekfac_factors",
-              "queries", "query_gradients", "document_gradients", "influence_scores", "attribution_eval", "influence_report"]
+              "queries", "completions", "query_gradients", "document_gradients", "influence_scores", "attribution_eval", "influence_report"]
 SOURCES = {"corpus_files", "checkpoint", "query_file"}
 
 
@@ -62,7 +64,14 @@ def test_every_asset_materializes_and_scores_equal_the_core_library(project):
     per_shard = {s: tokenize_documents(read_records(f"{config.corpus}/{s}"), lm.tokenizer, config.max_length) for s in shards}
     sequences = [ids for t in per_shard.values() for ids in t.column("input_ids").to_pylist()]
     factors = fit_factors(lm, lambda: (b for s in shards for _, b in batches(per_shard[s].column("input_ids").to_pylist(), 4, lm.pad_token_id)))
-    queries = [Query(q["id"], q["prompt"], q["completion"]) for q in QUERIES]
+    written = pq.read_table(f"{config.storage}/completions/completions.parquet").to_pylist()
+    assert [(c["id"], c["source"]) for c in written] == [(q["id"], "given" if "completion" in q else "generated")
+                                                         for q in QUERIES]
+    # the generated completion is the model's own greedy continuation, to the end of its context
+    prompt = lm.tokenizer(QUERIES[1]["prompt"], return_tensors="pt")
+    generated = lm.model.generate(**prompt, do_sample=False, max_new_tokens=lm.max_context - prompt.input_ids.shape[1])
+    assert written[1]["completion_ids"] == generated[0, prompt.input_ids.shape[1]:].tolist()
+    queries = queries_from_table(pa.Table.from_pylist(written))
     expected = stream_scores(lm, compute_query_gradients(lm, factors, queries), sequences)
     got = torch.cat([_score_matrix(config.storage, s, per_shard[s].column("doc_id").to_pylist()) for s in shards], dim=1)
     torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-4 * float(expected.abs().max()))
@@ -112,8 +121,9 @@ def test_a_new_query_recomputes_scores_but_no_document_gradients(project):
     with open(config.queries, "a") as f:
         f.write('{"id": "new", "kind": "arithmetic", "prompt": "(7 - 4) * 8 =", "completion": " 24", "answer": "24"}\n')
     ran = run_pipeline(config)
-    assert ran[:2] == ["queries", "query_gradients"] and ran[-2:] == ["attribution_eval", "influence_report"]
-    assert sorted(ran[2:-2]) == [f"influence_scores[{s}]" for s in Project(config).shards]
+    assert ran[:3] == ["queries", "completions", "query_gradients"]
+    assert ran[-2:] == ["attribution_eval", "influence_report"]
+    assert sorted(ran[3:-2]) == [f"influence_scores[{s}]" for s in Project(config).shards]
 
 
 def test_progress_lines_follow_the_configured_interval(monkeypatch):

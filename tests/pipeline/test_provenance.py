@@ -37,7 +37,8 @@ REPORTS = ("attribution_eval", "influence_report")  # everything that reads the 
 EKFAC_ON = each("ekfac_covariances", "ekfac_eigenbasis", "ekfac_lambdas", "ekfac_factors", "query_gradients",
                 "influence_scores", *REPORTS)
 GRADIENTS = EKFAC_ON | each("document_gradients")
-EVERYTHING = GRADIENTS | each("model", "corpus_shards", "queries")
+EVERYTHING = GRADIENTS | each("model", "corpus_shards", "queries", "completions")
+EXPLAINED = each("completions", "query_gradients", "influence_scores", *REPORTS)  # the generated completion changed
 AFTER_FACTORS = each("ekfac_factors", "query_gradients", "influence_scores", *REPORTS)
 
 # Each setting, a new value, and what a rerun must recompute (the README's invalidation table).
@@ -50,9 +51,12 @@ INVALIDATION = {
     "tail_patch_lr": (0.01, each(*REPORTS)),
     "fisher": ("empirical", EKFAC_ON),
     "seed": (1, GRADIENTS),
-    "batch_size": (3, GRADIENTS),
-    "dtype": ("bfloat16", GRADIENTS),
-    "max_length": (24, EVERYTHING - each("model", "queries")),
+    "batch_size": (3, GRADIENTS | each("completions")),
+    "dtype": ("bfloat16", GRADIENTS | each("completions")),
+    "completion_tokens": (8, EXPLAINED),
+    "completion_instruction": (" Step by step:", EXPLAINED),
+    "completion_stop": (["\x07"], each("completions")),  # never written: the same bytes, nothing downstream
+    "max_length": (24, EVERYTHING - each("model", "queries", "completions")),
     "layers": (["mlp.down_proj"], EVERYTHING - each("queries")),
     "trust_remote_code": (True, each("model")),  # validated again; its description is unchanged
     "fit_shards": ([A], AFTER_FACTORS | each("ekfac_eigenbasis") | {f"ekfac_lambdas[{A}]"}),

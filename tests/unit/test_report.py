@@ -248,6 +248,44 @@ def test_top_documents_carry_the_query_beside_them():
 
 
 # -------------------------------------------------------------------------------- correlation
+def test_the_slope_test_is_also_run_on_the_queries_the_model_answers_correctly():
+    """Exact power laws of known slope; the model answers some queries correctly. The test on the
+    correct ones is Welch's t-test (scipy's, as a direct formula) of exactly their slopes."""
+    from scipy.stats import ttest_ind
+
+    betas = {"f1": 0.5, "f2": 0.6, "f3": 0.7, "f4": 0.8, "r1": 0.3, "r2": 0.35, "r3": 0.9, "r4": 0.4}
+    correct = {"f1": True, "f2": True, "f3": False, "f4": True, "r1": True, "r2": False, "r3": True, "r4": None}
+    ids = list(betas)
+    queries = pa.table({
+        "id": ids, "kind": ["factual"] * 4 + ["arithmetic"] * 4, "prompt": ids, "completion": ids,
+        "answer": ["x" if correct[q] is not None else "" for q in ids], "intermediates": [[] for _ in ids],
+        "logprob": [-1.0] * 8, "source": ["generated", "given"] * 4, "model_completion": ids,
+        "correct": pa.array([correct[q] for q in ids], pa.bool_())})
+    n = 600
+    ranks = np.arange(1, n + 1, dtype=np.float64)
+    scores = np.stack([ranks ** -betas[q] for q in ids]).astype(np.float32)
+    docs = [f"d{i}" for i in range(n)]
+    shard = summarize_shard(ids, docs, scores, pa.table({"doc_id": docs, "source": ["s"] * n, "text": [""] * n}),
+                            queries, k=2)
+    a = analyze(*merge_shards([shard], 2), queries, ReportConfig(k=2, bootstrap=20, permutations=5))
+    tests = {r["queries"]: r for r in a.result(sections.concentration.compute).power_law_test
+             .filter(pl.col("fit") == "paper").to_dicts()}
+    for subset, keep in {"all": ids, "answered correctly": [q for q in ids if correct[q]]}.items():
+        f = [-betas[q] for q in keep if q.startswith("f")]
+        r = [-betas[q] for q in keep if q.startswith("r")]
+        expected = ttest_ind(f, r, equal_var=False)
+        got = tests[subset]
+        assert (got["factual_queries"], got["reasoning_queries"]) == (len(f), len(r))
+        assert (got["t"], got["p"]) == pytest.approx((expected.statistic, expected.pvalue), rel=1e-3)
+    kinds = {r["kind"]: r for r in a.result(sections.completions.compute).completions_kinds.to_dicts()}
+    assert [kinds["factual"][k] for k in ("queries", "generated", "with_answer", "correct")] == [4, 2, 4, 3]
+    assert [kinds["arithmetic"][k] for k in ("queries", "generated", "with_answer", "correct")] == [4, 2, 3, 2]
+    reading = " ".join(sections.completions.reading(a))
+    assert "The model wrote 4 of the 8 completions" in reading and "factual 3 of 4" in reading
+    assert "on the queries the model answers correctly (3 factual, 2 reasoning)" in " ".join(
+        sections.concentration.reading(a))
+
+
 def test_group_means_average_the_right_pairs():
     kinds = ["factual", "factual", "slope", "slope", "linear", "control"]
     cats = ["factual", "factual", "reasoning", "reasoning", "reasoning", "control"]

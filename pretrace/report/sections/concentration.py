@@ -32,7 +32,7 @@ class Concentration:
     concentration_kinds: pl.DataFrame  # mean share per kind and fraction
     power_law: pl.DataFrame  # fit per query and definition
     power_law_kinds: pl.DataFrame  # mean slope per kind and definition
-    power_law_test: pl.DataFrame  # Welch's t-test of factual against reasoning slopes, per definition
+    power_law_test: pl.DataFrame  # Welch's t-test of factual against reasoning slopes, per definition and subset
 
 
 def _with_kind(a: Analysis, rows: list[dict]) -> pl.DataFrame:
@@ -55,7 +55,7 @@ def compute(a: Analysis) -> Concentration:
     fits = _with_kind(a, conc.power_laws(a.stats, a.config.fit_ranks)).select(
         ["query_id", "kind", "fit", "slope", "intercept", "r2", "ranks"])
     fit_rows, tests = [], []
-    category = dict(zip(a.queries["id"].to_list(), a.queries["category"].to_list()))
+    category = a.queries["category"].to_numpy()
     for name in conc.FITS:
         mine = fits.filter(pl.col("fit") == name)  # one row per query, in report order
         for g in a.groups:
@@ -63,12 +63,26 @@ def compute(a: Analysis) -> Concentration:
             r2 = mine["r2"].to_numpy()[g.mask]
             fit_rows.append({"fit": name, **g.row(), "queries": int(g.mask.sum()), "mean_slope": slope, "ci_low": lo,
                              "ci_high": hi, "mean_r2": float(np.nanmean(r2)) if np.isfinite(r2).any() else math.nan})
-        slopes = {c: mine.filter(pl.col("query_id").replace_strict(category) == c)["slope"].to_numpy()
-                  for c in (FACTUAL, REASONING)}
-        test = conc.welch_test(slopes[FACTUAL], slopes[REASONING])
-        tests.append({"fit": name, "definition": FIT_DEFINITIONS[name], "factual_queries": int(np.isfinite(slopes[FACTUAL]).sum()),
-                      "reasoning_queries": int(np.isfinite(slopes[REASONING]).sum()), **vars(test)})
+        for subset, keep in _subsets(a).items():
+            slopes = {c: mine["slope"].to_numpy()[(category == c) & keep] for c in (FACTUAL, REASONING)}
+            test = conc.welch_test(slopes[FACTUAL], slopes[REASONING])
+            tests.append({"fit": name, "definition": FIT_DEFINITIONS[name], "queries": subset,
+                          "factual_queries": int(np.isfinite(slopes[FACTUAL]).sum()),
+                          "reasoning_queries": int(np.isfinite(slopes[REASONING]).sum()), **vars(test)})
     return Concentration(shares, pl.DataFrame(rows), fits, pl.DataFrame(fit_rows), pl.DataFrame(tests))
+
+
+ALL_QUERIES, ANSWERED_CORRECTLY = "all", "answered correctly"
+
+
+def _subsets(a: Analysis) -> dict[str, np.ndarray]:
+    """The queries a slope test runs on: all, and (as Ruis et al. also do) those the model answers
+    correctly, when the model's answers were checked."""
+    correct = a.queries["correct"]
+    subsets = {ALL_QUERIES: np.ones(a.queries.height, dtype=bool)}
+    if correct.is_not_null().any():
+        subsets[ANSWERED_CORRECTLY] = correct.fill_null(False).to_numpy()
+    return subsets
 
 
 def reading(a: Analysis) -> list[str]:
@@ -94,11 +108,11 @@ def reading(a: Analysis) -> list[str]:
         out.append(f"Over the top {int(fit['ranks'].max())} ranks of each ranking (Ruis et al.'s fit), influence falls "
                    f"with rank {quality} like a power law (mean R\u00b2 = {num(r2)}); slopes by kind: {kinds}. A "
                    "steeper (more negative) slope means influence is concentrated in fewer documents.")
-    test = c.power_law_test.filter(pl.col("fit") == "paper").to_dicts()
-    if test and math.isfinite(test[0]["p"]):
-        t = test[0]
+    for t in c.power_law_test.filter((pl.col("fit") == "paper") & pl.col("p").is_finite()).to_dicts():
         verdict = "differ" if t["p"] < 0.05 else "do not differ significantly"
-        out.append(f"Factual and reasoning slopes {verdict} (Welch's t-test, as Ruis et al.: mean "
+        which = "" if t["queries"] == ALL_QUERIES else f" on the queries the model answers correctly " \
+            f"({t['factual_queries']} factual, {t['reasoning_queries']} reasoning)"
+        out.append(f"Factual and reasoning slopes{which} {verdict} (Welch's t-test, as Ruis et al.: mean "
                    f"{num(t['factual_mean'])} vs {num(t['reasoning_mean'])}, t = {num(t['t'])}, p = {num(t['p'], 3)}).")
     worst = float(c.concentration["share_error"].max() or 0.0) if c.concentration.height else 0.0
     bound = "below 0.001%" if worst < 1e-5 else pct(worst, 3)
@@ -204,10 +218,10 @@ def body(a: Analysis, figs: dict[str, bytes]) -> str:
                       f"{conc.PAPER_RANKS} ranks, with least-squares power-law fits (Ruis et al.'s definition).")
         + table(fits, {"fit": "fit", "kind": "kind", "queries": "queries", "slope": "mean slope [interval]",
                             "mean_r2": "mean R²"}, text=("fit", "kind"))
-        + table(c.power_law_test, {"definition": "fit", "factual_queries": "factual queries",
+        + table(c.power_law_test, {"definition": "fit", "queries": "queries", "factual_queries": "factual queries",
                                    "reasoning_queries": "reasoning queries", "factual_mean": "factual mean slope",
                                    "reasoning_mean": "reasoning mean slope", "t": "Welch t", "dof": "d.o.f.",
-                                   "p": "p (two-sided)"}, text=("definition",))
+                                   "p": "p (two-sided)"}, text=("definition", "queries"))
     )
 
 
