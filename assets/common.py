@@ -83,6 +83,12 @@ def user_errors() -> Iterator[None]:
         raise dg.Failure(description=str(exc), allow_retries=isinstance(exc, ConcurrentChange)) from exc
 
 
+def artefact_of(key: dg.AssetKey) -> tuple[str | None, str]:
+    """(compared model, artefact) of an asset key: ``<model>/<artefact>`` for a compared model's
+    artefact (`compare_models`), ``<artefact>`` for the main model's."""
+    return (key.path[0] if len(key.path) > 1 else None), key.path[-1]
+
+
 @contextmanager
 def computing(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> Iterator[Computation]:
     """The computation of this asset's artefact (this partition's), with user errors unwrapped."""
@@ -90,7 +96,8 @@ def computing(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> 
         # A backfill run of one shard has a one-key partition range, not a partition key: read
         # the key itself, which Dagster gives for both.
         shard = context.partition_key if context.assets_def.partitions_def else None
-        yield Computation(pretrace.project(), context.assets_def.key.to_user_string(), shard)
+        model, artefact = artefact_of(context.assets_def.key)
+        yield Computation(pretrace.project().compared(model), artefact, shard)
 
 
 def materialized(computation: Computation, manifest: Manifest, started: float, **metadata) -> dg.MaterializeResult:

@@ -21,10 +21,19 @@ from .corpus import corpus_files
 CHECKPOINT_DESCRIPTION = "The user's Hugging Face checkpoint (`model:`), versioned by the content of its files."
 
 
-@dg.observable_source_asset(name="checkpoint", group_name="model", description=CHECKPOINT_DESCRIPTION)
-def checkpoint(pretrace: PretraceResource) -> dg.DataVersion:
-    project = pretrace.project()
-    return dg.DataVersion(project.source("checkpoint"))
+def checkpoint_source(model: str | None = None, group_name: str = "model") -> dg.SourceAsset:
+    """The checkpoint as an observed source: the main model's, or compared model ``model``'s
+    (keyed ``<model>/checkpoint``)."""
+
+    @dg.observable_source_asset(name="checkpoint", key_prefix=[model] if model else None, group_name=group_name,
+                                description=CHECKPOINT_DESCRIPTION)
+    def checkpoint(pretrace: PretraceResource) -> dg.DataVersion:
+        return dg.DataVersion(pretrace.project().compared(model).source("checkpoint"))
+
+    return checkpoint
+
+
+checkpoint = checkpoint_source()
 
 
 def _metadata(info: dict) -> dict:

@@ -24,6 +24,7 @@ import json
 
 import dagster as dg
 
+from assets.common import artefact_of
 from pretrace.errors import PretraceError
 from pretrace.layout import canonical_json
 from pretrace.provenance import Project
@@ -80,8 +81,8 @@ class OutOfDate(dg.AutomationCondition):
             return dg.AutomationResult(context=context, true_subset=context.get_empty_subset(), cursor=context.cursor)
 
     def _evaluate(self, context: dg.AutomationContext, busy: set[str | None]) -> dg.AutomationResult:
-        asset = context.key.to_user_string()
-        project = tick_project(self.resource, context.evaluation_time)
+        model, asset = artefact_of(context.key)
+        project = tick_project(self.resource, context.evaluation_time).compared(model)
         requested: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
         candidates = context.candidate_subset
         if candidates.is_partitioned:

@@ -99,6 +99,8 @@ def demo(args: argparse.Namespace) -> None:
 
     if args.steps is not None:
         save_demo_settings(args.dir, demo_steps=args.steps)
+    if args.compare_seeds is not None:
+        save_demo_settings(args.dir, compare_models={f"seed{s}": {"seed": s} for s in args.compare_seeds})
     config = demo_config(args.dir, args.storage)
     corpus = Path(config.corpus)
     if not corpus.exists():
@@ -122,14 +124,16 @@ def status(args: argparse.Namespace) -> None:
     """Each artefact partition's status by the recompute policy, without computing anything."""
     project = _definitions(args).resources["pretrace"].project()
     counts: dict[str, int] = {}
-    for artefact, shard, state in project.statuses():
-        counts[state.state] = counts.get(state.state, 0) + 1
-        if not state.current or args.all:
-            reason = f"  ({state.reason})" if state.reason else ""
-            print(f"{state.state:8} {artefact.label(shard)}{reason}")
-    orphans = project.orphans()
-    for artefact, shard in orphans:
-        print(f"{'orphan':8} {artefact.label(shard)}  (its corpus file is gone or it is no longer a fit shard)")
+    orphans = []
+    for _, owner in project.projects():  # compared models' artefacts are named `<model>/<artefact>`
+        for artefact, shard, state in owner.statuses():
+            counts[state.state] = counts.get(state.state, 0) + 1
+            if not state.current or args.all:
+                reason = f"  ({state.reason})" if state.reason else ""
+                print(f"{state.state:8} {owner.label(artefact, shard)}{reason}")
+        orphans += [(owner, artefact, shard) for artefact, shard in owner.orphans()]
+    for owner, artefact, shard in orphans:
+        print(f"{'orphan':8} {owner.label(artefact, shard)}  (its corpus file is gone or it is no longer a fit shard)")
     summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
     print(f"[pretrace] {summary}" + (f", {len(orphans)} orphaned (pretrace clean removes them)" if orphans else ""))
 
@@ -139,10 +143,10 @@ def clean(args: argparse.Namespace) -> None:
     from assets.partitions import shard_partitions
 
     project = _definitions(args).resources["pretrace"].project()
-    orphans = project.orphans()
-    for artefact, shard in orphans:
-        for key in project.store.delete(artefact, shard):
-            print(f"removed {project.storage.url(key)}")
+    orphans = [(owner, artefact, shard) for _, owner in project.projects() for artefact, shard in owner.orphans()]
+    for owner, artefact, shard in orphans:
+        for key in owner.store.delete(artefact, shard):
+            print(f"removed {owner.storage.url(key)}")
     for path in project.storage.remove_leftovers():
         print(f"removed {path}")
     instance = _instance()
@@ -205,6 +209,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--force", action="store_true", help="recompute every artefact, current or not")
     p.add_argument("--steps", type=int, help="training steps of the demo model (default 600; remembered in "
                    "demo-data/settings.json, so later runs and `pretrace ui` of this folder use it)")
+    p.add_argument("--compare-seeds", type=int, nargs="*", metavar="SEED",
+                   help="also train demo models with these seeds and compare their influence with the main one's "
+                        "(`compare_models`; remembered like --steps; none given: compare none)")
     p.set_defaults(func=demo)
     p = commands.add_parser("run", help="compute what is missing or stale for the model, corpus and queries of a config")
     p.add_argument("--config", required=True, help="pretrace.yaml")

@@ -7,17 +7,19 @@ import hashlib
 import dagster as dg
 
 from assets.checks import CHECKS
+from assets.common import artefact_of
+from assets.comparison import build_model_comparison
 from assets.corpus import corpus_files, corpus_shards
 from assets.ekfac import ekfac_covariances, ekfac_eigenbasis, ekfac_factors, ekfac_lambdas
 from assets.evaluation import attribution_eval
 from assets.gradients import document_gradients
 from assets.k8s import executor_from_env
-from assets.model import checkpoint, demo_model, user_model
+from assets.model import checkpoint, checkpoint_source, demo_model, user_model
 from assets.queries import completions, queries, query_file, query_gradients
-from assets.report import influence_report
+from assets.report import build_report_with_comparison, influence_report
 from assets.scores import influence_scores
 from pretrace.config import PretraceConfig
-from pretrace.layout import artefacts, canonical_json
+from pretrace.layout import canonical_json
 from pretrace.provenance import settings_of
 from resources.pretrace import PretraceResource
 
@@ -27,10 +29,14 @@ from .schedules import build_refresh_schedule
 from .sensors import build_corpus_sensor
 from .settings import workspace_config
 
-SHARED_ASSETS = [
-    corpus_files, query_file, corpus_shards, ekfac_covariances, ekfac_eigenbasis, ekfac_lambdas, ekfac_factors,
-    queries, completions, query_gradients, document_gradients, influence_scores, attribution_eval, influence_report,
-]
+INPUT_ASSETS = [corpus_files, query_file]  # the user's corpus and queries, shared by every compared model
+MODEL_ASSETS = [corpus_shards, ekfac_covariances, ekfac_eigenbasis, ekfac_lambdas, ekfac_factors, queries, completions,
+                query_gradients, document_gradients, influence_scores, attribution_eval, influence_report]
+
+
+def model_graph(demo: bool) -> list:
+    """One model's assets: the checkpoint (or the demo's trained model) through the report."""
+    return [*MODEL_ASSETS, *([demo_model] if demo else [checkpoint, user_model])]
 
 
 def with_policy(assets: list, resource: PretraceResource) -> list:
@@ -38,24 +44,44 @@ def with_policy(assets: list, resource: PretraceResource) -> list:
     artefact's code version plus a digest of the settings its bytes depend on (a changed setting
     shows in the UI as a changed code version, stale, exactly when the policy calls the artefact
     stale for it), and `OutOfDate` keeps it current."""
-    table = artefacts(resource.demo)
+    project = resource.project()
     condition = OutOfDate(resource)
 
     def spec_of(spec: dg.AssetSpec) -> dg.AssetSpec:
-        artefact = table[spec.key.to_user_string()]
-        digest = hashlib.sha256(canonical_json(settings_of(artefact, resource.config)).encode()).hexdigest()[:8]
+        model, name = artefact_of(spec.key)
+        owner = project.compared(model)
+        artefact = owner.graph[name]
+        digest = hashlib.sha256(canonical_json(settings_of(artefact, owner.config)).encode()).hexdigest()[:8]
         return spec.replace_attributes(code_version=f"{artefact.code_version}-{digest}", automation_condition=condition)
 
     return [dg.map_asset_specs(spec_of, [a])[0] if isinstance(a, dg.AssetsDefinition) and a.is_materializable else a
             for a in assets]
 
 
+def compared_graph(name: str, demo: bool) -> list:
+    """A compared model's assets: the same graph under keys ``<name>/...`` in group
+    ``model_<name>``, reading the shared corpus and queries."""
+    own = [a for a in model_graph(demo) if a is not checkpoint]
+    renamed = {key: dg.AssetKey([name, *key.path]) for a in own for key in a.keys} | {
+        checkpoint.key: dg.AssetKey([name, "checkpoint"])}
+    moved = [a.with_attributes(asset_key_replacements=renamed) for a in own]
+    group = f"model_{name}"
+    return [*dg.map_asset_specs(lambda spec: spec.replace_attributes(group_name=group), moved),
+            *([] if demo else [checkpoint_source(name, group)])]
+
+
 def build_definitions(config: PretraceConfig, demo: bool = False) -> dg.Definitions:
     """The asset graph of DESIGN.md over one configuration; the demo trains its own model."""
     resource = PretraceResource.from_config(config, demo)
-    model_assets = [demo_model] if demo else [checkpoint, user_model]
+    compared = list(config.compare_models)
+    main = model_graph(demo)
+    comparison = []
+    if compared:  # the report reads the comparison
+        comparison = [build_model_comparison(compared)]
+        main = [build_report_with_comparison() if a is influence_report else a for a in main]
+    graphs = [asset for name in compared for asset in compared_graph(name, demo)]
     return dg.Definitions(
-        assets=with_policy([*SHARED_ASSETS, *model_assets], resource),
+        assets=with_policy([*INPUT_ASSETS, *main, *graphs, *comparison], resource),
         asset_checks=CHECKS,
         jobs=JOBS,
         schedules=[build_refresh_schedule()],

@@ -15,6 +15,7 @@ from typing import Callable
 
 import dagster as dg
 
+from assets.common import artefact_of
 from pretrace.errors import NotReady
 from pretrace.provenance import Project
 from pretrace.storage import pid_alive
@@ -85,16 +86,20 @@ def materialize_pipeline(defs: dg.Definitions, instance: dg.DagsterInstance, *, 
     assets = executable(defs)
     tags = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
     for name in asset_order(defs):
-        if name not in project.graph:
+        key = dg.AssetKey.from_user_string(name)
+        model, artefact_name = artefact_of(key)
+        owner = project.compared(model)  # a compared model's artefacts are keyed `<model>/<artefact>`
+        if artefact_name not in owner.graph:
             continue
-        for shard in project.partitions(project.graph[name]):
-            status = project.status(name, shard)
+        artefact = owner.graph[artefact_name]
+        for shard in owner.partitions(artefact):
+            status = owner.status(artefact, shard)
             if status.current and not force:
                 continue
             if status.state == "waiting":
-                raise NotReady(f"{project.graph[name].label(shard)} cannot be computed: {status.reason}")
-            log(f"materializing {project.graph[name].label(shard)} ({status.state}: {status.reason or 'forced'})")
-            dg.materialize(assets, selection=[name], partition_key=shard, instance=instance,
+                raise NotReady(f"{owner.label(artefact, shard)} cannot be computed: {status.reason}")
+            log(f"materializing {owner.label(artefact, shard)} ({status.state}: {status.reason or 'forced'})")
+            dg.materialize(assets, selection=[key], partition_key=shard, instance=instance,
                            resources=defs.resources, run_config=run_config, tags=tags)
-            project.forget(project.graph[name], shard)
+            owner.forget(artefact, shard)
     return project

@@ -62,8 +62,9 @@ def _sources(project: Project, demo: bool) -> dict[tuple[dg.AssetKey, str | None
     """(source asset, partition) -> content fingerprint of every user input."""
     found = {(dg.AssetKey("corpus_files"), s): project.source("corpus_file", s) for s in project.shards}
     found[(dg.AssetKey("query_file"), None)] = project.source("query_file")
-    if not demo:
-        found[(dg.AssetKey("checkpoint"), None)] = project.source("checkpoint")
+    if not demo:  # each model's checkpoint, a compared model's keyed `<model>/checkpoint`
+        for model, owner in project.projects():
+            found[(dg.AssetKey([*([model] if model else []), "checkpoint"]), None)] = owner.source("checkpoint")
     return found
 
 

@@ -12,9 +12,9 @@ from pretrace.errors import InputError
 CONFIG_ENV = "PRETRACE_CONFIG"
 DEMO_DIR_ENV = "PRETRACE_DEMO_DIR"
 DEMO_SETTINGS = "settings.json"
-"""In <root>/demo-data: what `pretrace demo --steps` chose, so `pretrace ui` and later runs of
+"""In <root>/demo-data: what `pretrace demo --steps / --compare-seeds` chose, so `pretrace ui` and later runs of
 the same folder see the same demo (and do not call its model stale)."""
-_DEMO_KEYS = ("demo_steps",)
+_DEMO_KEYS = ("demo_steps", "compare_models")
 
 
 def demo_config(root: str | os.PathLike = ".", storage: str | None = None) -> PretraceConfig:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConcurrentChange, InputError, NotReady
-from .layout import SOURCES, Artefact, ArtefactReader, Manifest, parse_label
+from .layout import SOURCES, Artefact, ArtefactReader, Input, Manifest, parse_label
 from .model import LoadedModel, load_model, load_tokenizer
 from .provenance import Project
 
@@ -38,29 +38,30 @@ class Computation:
             raise NotReady(f"{self.artefact.label(shard)} cannot be computed yet: {status.reason}; "
                            "materialize its inputs first (`pretrace run` does everything in order)")
         self.expected: Manifest = status.expected
-        self._readers: dict[tuple[str, str | None], ArtefactReader] = {}
+        self._readers: dict[tuple[str, str | None, str | None], ArtefactReader] = {}
 
     @property
     def label(self) -> str:
-        return self.artefact.label(self.shard)
+        return self.project.label(self.artefact, self.shard)
 
-    def reader(self, name: str, shard: str | None = None) -> ArtefactReader:
-        """The input artefact ``name`` (of ``shard``), as the expected manifest names it; its
-        manifest is checked once, its files on every read."""
-        if (name, shard) not in self._readers:
-            self._readers[(name, shard)] = self._open(name, shard)
-        return self._readers[(name, shard)]
+    def reader(self, name: str, shard: str | None = None, model: str | None = None) -> ArtefactReader:
+        """The input artefact ``name`` (of ``shard``; of compared model ``model``), as the expected
+        manifest names it; its manifest is checked once, its files on every read."""
+        if (name, shard, model) not in self._readers:
+            self._readers[(name, shard, model)] = self._open(name, shard, model)
+        return self._readers[(name, shard, model)]
 
-    def _open(self, name: str, shard: str | None) -> ArtefactReader:
-        upstream = self.project.graph[name]
-        label = upstream.label(shard)
-        manifest = self.project.store.manifest(upstream, shard)
+    def _open(self, name: str, shard: str | None, model: str | None) -> ArtefactReader:
+        owner = self.project.compared(model)
+        upstream = owner.graph[name]
+        label = Input(name, model=model).label(shard if upstream.per_shard else None)
+        manifest = owner.store.manifest(upstream, shard)
         if manifest is None or manifest.fingerprint != self.expected.inputs.get(label):
             raise ConcurrentChange(
                 f"{label} changed while {self.label} was being computed: another run or another project "
-                f"is writing {self.project.storage.root}. Give each project its own `storage:` and rerun."
+                f"is writing {owner.storage.root}. Give each project its own `storage:` and rerun."
             )
-        return self.project.store.reader(upstream, manifest)
+        return owner.store.reader(upstream, manifest)
 
     def check_sources(self) -> None:
         """After reading the user's files: each still has the fingerprint the manifest records."""

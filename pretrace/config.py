@@ -32,6 +32,8 @@ from pretrace.errors import InputError
 
 PATH_KEYS = ("model", "corpus", "queries", "storage")
 """Keys holding a local path or URL; relative paths are relative to the YAML file's folder."""
+SHARED_BY_COMPARED_MODELS = ("corpus", "queries", "storage", "compare_models")
+"""Settings every compared model takes from the main configuration."""
 
 
 def _positive_number(value: Any) -> float:
@@ -107,6 +109,9 @@ DESCRIPTIONS = {
     "completion_tokens": "Most tokens the model writes when it answers a query (greedily; its own completions and the correctness check).",
     "completion_instruction": "Text appended to the prompt of a query the model completes, e.g. a chain-of-thought instruction; unset = none.",
     "completion_stop": "Strings that end the model's answer (cut before them); its end-of-sequence token always does.",
+    "compare_models": "Other models to run over the same corpus and queries and compare with this one: "
+                      "{name: {setting: value}}, e.g. {small: {model: ./checkpoints/small}}; each stored under "
+                      "<storage>/models/<name>.",
     "demo_steps": "Optimizer steps that train the demo's own model (`pretrace demo` only; a user's checkpoint ignores it).",
 }
 """What each setting means, shown in Dagster's launchpad and by `pretrace status`."""
@@ -142,6 +147,7 @@ class PretraceConfig(BaseModel):
     completion_instruction: str | None = None
     completion_stop: list[str] = Field(default_factory=list)
     demo_steps: StrictInt = Field(default=600, gt=0)
+    compare_models: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @field_validator("tail_patch_lr", mode="before")
     @classmethod
@@ -168,6 +174,26 @@ class PretraceConfig(BaseModel):
         if any(not s for s in stops):
             raise ValueError('must be a list of non-empty strings, e.g. ["\\n\\n"]')
         return stops
+
+    @field_validator("compare_models")
+    @classmethod
+    def _compared(cls, models: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, overrides in models.items():
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
+                raise ValueError(f"{name!r}: a compared model's name is letters, digits, '-' and '_' (it names a folder)")
+            shared = sorted(set(overrides) & set(SHARED_BY_COMPARED_MODELS))
+            if shared:
+                raise ValueError(f"{name}: {', '.join(shared)} cannot differ between compared models (they share "
+                                 "the corpus, the queries and the storage root); set only what makes the model differ")
+        return models
+
+    def compared(self, name: str, source: str = "pretrace.yaml") -> PretraceConfig:
+        """The configuration of compared model ``name``: these settings with its own, its
+        artefacts under ``<storage>/models/<name>``."""
+        overrides = self.compare_models[name]
+        values = {**self.model_dump(mode="json"), **overrides, "compare_models": {},
+                  "storage": f"{self.storage.rstrip('/')}/models/{name}"}
+        return parse_config(values, f"{source}, compare_models.{name}")
 
     @field_validator("projection", mode="before")
     @classmethod
@@ -208,11 +234,15 @@ class PretraceConfig(BaseModel):
 
     def resolve_paths(self, base_dir: str | os.PathLike) -> PretraceConfig:
         """A copy whose relative local paths are made absolute against ``base_dir``; URLs stay."""
-        update = {}
+        update: dict[str, Any] = {}
         for key in PATH_KEYS:
             value = getattr(self, key)
             if "://" not in value:
-                update[key] = os.path.abspath(os.path.join(base_dir, os.path.expanduser(value)))
+                update[key] = _absolute(value, base_dir)
+        update["compare_models"] = {
+            name: {**overrides, **({"model": _absolute(overrides["model"], base_dir)}
+                                   if isinstance(overrides.get("model"), str) and "://" not in overrides["model"] else {})}
+            for name, overrides in self.compare_models.items()}
         return self.model_copy(update=update)
 
     def to_yaml(self) -> str:
@@ -220,13 +250,20 @@ class PretraceConfig(BaseModel):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
+def _absolute(path: str, base_dir: str | os.PathLike) -> str:
+    return os.path.abspath(os.path.join(base_dir, os.path.expanduser(path)))
+
+
 def parse_config(data: Mapping[str, Any] | None, source: str) -> PretraceConfig:
     """Validate a mapping (parsed YAML, Dagster run config); errors name ``source`` and the key."""
     try:
-        return PretraceConfig.model_validate(dict(data or {}))
+        config = PretraceConfig.model_validate(dict(data or {}))
     except ValidationError as exc:
         problems = "\n".join(f"  - {_describe(error)}" for error in exc.errors())
         raise InputError(f"{source}: invalid configuration\n{problems}") from None
+    for name in config.compare_models:  # each compared model's settings are valid too
+        config.compared(name, source)
+    return config
 
 
 def _describe(error: Mapping[str, Any]) -> str:

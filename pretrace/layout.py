@@ -62,6 +62,10 @@ class Input:
 
     name: str
     scope: Scope = "one"
+    model: str | None = None  # a compared model's artefact (`compare_models`); None: this model's
+
+    def label(self, shard: str | None = None) -> str:
+        return label(self.name, shard) if self.model is None else f"{self.model}/{label(self.name, shard)}"
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,18 @@ ATTRIBUTION_EVAL = Artefact(
     "tail-patch gains of each query's top documents by influence, random, BM25, gradient cosine and dot product, "
     "where each ranks the documents stating a query's `evidence`, and the token terms of the top and bottom "
     "documents' scores")
+MODEL_COMPARISON_INPUTS = ("influence_scores", "all_shards"), ("completions", "one")
+
+
+def model_comparison(compared: tuple[str, ...]) -> Artefact:
+    """This model's scores against each compared model's, over the same documents and queries."""
+    inputs = tuple(Input(name, scope, model) for model in (None, *compared) for name, scope in MODEL_COMPARISON_INPUTS)
+    return Artefact(
+        "model_comparison", False, {"comparison.parquet": None}, ("top_k",), inputs, "1",
+        "per shared query and compared model: correlation of the two models' scores over the corpus, overlap and "
+        "magnitude of their top and bottom documents")
+
+
 INFLUENCE_REPORT = Artefact(
     "influence_report", False, {}, ("top_k", "seed"),
     (Input("completions"), Input("query_gradients"), Input("influence_scores", "all_shards"), Input("attribution_eval")),
@@ -161,10 +177,16 @@ INFLUENCE_REPORT = Artefact(
     "the report over every current shard: HTML, tables, figures")
 
 
-def artefacts(demo: bool = False) -> dict[str, Artefact]:
-    """The artefacts of a project in dependency order; the demo trains its own model."""
+def artefacts(demo: bool = False, compared: tuple[str, ...] = ()) -> dict[str, Artefact]:
+    """The artefacts of a project in dependency order; the demo trains its own model; compared
+    models add their comparison, which the report reads."""
+    report = INFLUENCE_REPORT
+    extra = []
+    if compared:
+        extra = [model_comparison(compared)]
+        report = replace(INFLUENCE_REPORT, inputs=(*INFLUENCE_REPORT.inputs, Input("model_comparison")))
     table = [DEMO_MODEL if demo else USER_MODEL, CORPUS_SHARDS, COVARIANCES, EIGENBASIS, LAMBDAS, FACTORS,
-             QUERIES, COMPLETIONS, QUERY_GRADIENTS, DOCUMENT_GRADIENTS, INFLUENCE_SCORES, ATTRIBUTION_EVAL, INFLUENCE_REPORT]
+             QUERIES, COMPLETIONS, QUERY_GRADIENTS, DOCUMENT_GRADIENTS, INFLUENCE_SCORES, ATTRIBUTION_EVAL, *extra, report]
     return {a.name: a for a in table}
 
 

@@ -30,13 +30,15 @@ class Findings:
     warnings: list[str] = field(default_factory=list)
 
     def check(self, step: Callable[[], object]) -> object | None:
-        """Run one check; its InputError becomes a problem (its lines, if it holds several)."""
+        """Run one check; its InputError becomes a problem (its lines, if it holds several), once
+        (the queries file is checked with every compared model's tokenizer)."""
         try:
             return step()
         except InputErrors as exc:
-            self.problems.extend(exc.problems)
+            found = exc.problems
         except InputError as exc:
-            self.problems.append(str(exc))
+            found = [str(exc)]
+        self.problems.extend(p for p in found if p not in self.problems)
         return None
 
 
@@ -50,12 +52,13 @@ def preflight(project: Project, *, load_weights: bool = False, progress: Callabl
     config = project.config
     found.check(project.storage.check_writable)
     storage_readable = not found.problems  # else no stored artefact can be consulted
-    tokenizer, context = None, None
-    if not project.demo:  # the demo's model and tokenizer are trained by the pipeline itself
-        progress(f"checking the checkpoint {config.model}")
-        tokenizer, context = found.check(lambda: _checkpoint(config, load_weights)) or (None, None)
-    progress(f"checking the queries in {config.queries}")
-    _check_queries(found, config, tokenizer, context)
+    for _, owner in project.projects():  # each compared model's checkpoint and its tokenizer on the queries
+        tokenizer, context = None, None
+        if not project.demo:  # the demo's model and tokenizer are trained by the pipeline itself
+            progress(f"checking the checkpoint {owner.config.model}")
+            tokenizer, context = found.check(lambda owner=owner: _checkpoint(owner.config, load_weights)) or (None, None)
+        progress(f"checking the queries in {config.queries}")
+        _check_queries(found, owner.config, tokenizer, context)
     corpus = found.check(lambda: project.corpus)
     if corpus is not None:
         found.warnings.extend(f"{config.corpus}: skipped {entry}" for entry in project.listing.skipped)

@@ -24,7 +24,7 @@ from .config import PretraceConfig
 from .corpus import CorpusFile, CorpusListing, list_corpus_files, shard_key
 from .errors import InputError
 from .fingerprint import DigestCache, file_fingerprint, shared_cache, tree_fingerprint
-from .layout import SOURCES, Artefact, ArtefactStore, Input, Manifest, artefacts, label
+from .layout import SOURCES, Artefact, ArtefactStore, Input, Manifest, artefacts
 from .storage import Storage, open_fs
 
 State = Literal["current", "missing", "stale", "waiting"]
@@ -59,12 +59,14 @@ class Project:
     fingerprints stay: a run does not change the user's files.
     """
 
-    def __init__(self, config: PretraceConfig, *, demo: bool = False, digests: DigestCache | None = None) -> None:
+    def __init__(self, config: PretraceConfig, *, demo: bool = False, digests: DigestCache | None = None,
+                 name: str | None = None) -> None:
         self.config = config
         self.demo = demo
+        self.name = name  # a compared model's name (`compare_models`); None for the main model
         self.storage = Storage(config.storage)
         self.store = ArtefactStore(self.storage)
-        self.graph = artefacts(demo)
+        self.graph = artefacts(demo, tuple(config.compare_models))
         self._settings = config.model_dump(mode="json")
         self._fitted = {i.name for a in self.graph.values() for i in a.inputs if i.scope == "fit_shards"}
         self.digests = digests or shared_cache()
@@ -73,6 +75,19 @@ class Project:
         self._statuses: dict[tuple[str, str | None], Status] = {}
         self._dependents: dict[tuple[str, str | None], set[tuple[str, str | None]]] = {}
         self._listings: dict[str, dict[str, int]] = {}
+        self._compared: dict[str, Project] = {}
+
+    def compared(self, name: str | None) -> Project:
+        """The project of compared model ``name`` (its own storage under this root), or this one."""
+        if name is None:
+            return self
+        if name not in self._compared:
+            self._compared[name] = Project(self.config.compared(name), demo=self.demo, digests=self.digests, name=name)
+        return self._compared[name]
+
+    def projects(self) -> list[tuple[str | None, Project]]:
+        """The compared models' projects, then this one: the order `pretrace run` computes them."""
+        return [*((name, self.compared(name)) for name in self.config.compare_models), (None, self)]
 
     # ----------------------------------------------------------------------- the corpus
     @cached_property
@@ -184,9 +199,9 @@ class Project:
         inputs: dict[str, str] = {}
         for source in artefact.inputs:
             for s in self._scope(source, shard):
-                if source.name not in SOURCES:
+                if source.name not in SOURCES and source.model is None:
                     self._dependents.setdefault((source.name, s), set()).add((artefact.name, shard))
-                inputs[label(source.name, s)] = self._fingerprint(source.name, s)
+                inputs[source.label(s)] = self.compared(source.model)._fingerprint(source.name, s)
         return Manifest(artefact.name, shard, artefact.code_version, _pick(artefact, self._settings), inputs)
 
     def _scope(self, source: Input, shard: str | None) -> list[str | None]:
@@ -198,8 +213,13 @@ class Project:
         upstream = self.graph[name]
         status = self.status(upstream, shard)
         if not status.current:
-            raise _Waiting(f"{upstream.label(shard)} is {status.state}" + (f" ({status.reason})" if status.reason else ""))
+            raise _Waiting(f"{self.label(upstream, shard)} is {status.state}"
+                           + (f" ({status.reason})" if status.reason else ""))
         return self.manifest(upstream, shard).fingerprint
+
+    def label(self, artefact: Artefact, shard: str | None = None) -> str:
+        """How logs and statuses name an artefact partition: ``<model>/`` first for a compared model."""
+        return artefact.label(shard) if self.name is None else f"{self.name}/{artefact.label(shard)}"
 
     def status(self, artefact: Artefact | str, shard: str | None = None) -> Status:
         artefact = self.graph[artefact] if isinstance(artefact, str) else artefact

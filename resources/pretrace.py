@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 import dagster as dg
 from pydantic import Field
@@ -59,6 +59,7 @@ class PretraceResource(dg.ConfigurableResource):
     completion_instruction: Optional[str] = _field("completion_instruction")
     completion_stop: List[str] = _field("completion_stop")
     demo_steps: int = _field("demo_steps")
+    compare_models: Dict[str, Dict[str, Any]] = _field("compare_models")
     demo: bool = Field(default=False, description="Train the demo's tiny model on the corpus instead of loading `model`.")
 
     @classmethod

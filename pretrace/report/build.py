@@ -70,10 +70,12 @@ def markdown_table(df: pl.DataFrame, rows: int = 40) -> str:
 
 
 def make_report(stats: ShardStatistics, top: pa.Table, queries: pa.Table, config: ReportConfig = ReportConfig(),
-                shards: int | None = None, attribution: dict[str, pa.Table] | None = None) -> Report:
+                shards: int | None = None, attribution: dict[str, pa.Table] | None = None,
+                comparison: pa.Table | None = None) -> Report:
     """Analyses, plots, readings and HTML from merged statistics (no storage, no Dagster);
-    ``attribution``: the attribution check's summary tables, by name, if there is one."""
-    analysis = analyze(stats, top, queries, config, attribution)
+    ``attribution``: the attribution check's summary tables, by name, if there is one;
+    ``comparison``: the comparison with other models (`pretrace.model_comparison`), if any."""
+    analysis = analyze(stats, top, queries, config, attribution, comparison)
     figures = sections.render_figures(analysis)
     readings = sections.readings(analysis)
     return Report(analysis, figures, readings, page.render(analysis, figures, readings, shards=shards))
@@ -94,8 +96,10 @@ def write_report(store: Storage, report: Report, prefix: str = "influence_report
 
 def build_report(store: Storage, shards: Sequence[ShardFiles], queries: pa.Table,
                  config: ReportConfig = ReportConfig(), prefix: str = "influence_report",
-                 attribution: dict[str, pa.Table] | None = None) -> tuple[Report, list[str]]:
+                 attribution: dict[str, pa.Table] | None = None,
+                 comparison: pa.Table | None = None) -> tuple[Report, list[str]]:
     """Merge the shards' stored statistics, analyse, and write the report; returns it and its keys."""
     stats, top = merge_stored(store, shards, config.k)
-    report = make_report(stats, top, queries, config, shards=len(shards), attribution=attribution)
+    report = make_report(stats, top, queries, config, shards=len(shards), attribution=attribution,
+                         comparison=comparison)
     return report, write_report(store, report, prefix)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
@@ -24,6 +25,14 @@ def png(fig: Figure) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
     return buffer.getvalue()
+
+
+def error_bars(mean, low, high) -> np.ndarray:
+    """matplotlib's (2, n) error bars of intervals around means: missing bounds draw none, and
+    an interval of identical values, which can sit a rounding error off its mean, draws none
+    instead of a negative length (which matplotlib refuses)."""
+    mean, low, high = (np.atleast_1d(np.asarray(x, dtype=float)) for x in (mean, low, high))
+    return np.clip(np.nan_to_num(np.stack([mean - low, high - mean]), nan=0.0), 0, None)
 
 
 def empty(ax: Axes, text: str = "no data") -> None:

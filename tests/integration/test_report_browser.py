@@ -8,6 +8,7 @@ import pyarrow as pa
 import pytest
 
 
+from pretrace.model_comparison import COMPARISON_SCHEMA
 from pretrace.report.analysis import ReportConfig
 from pretrace.report.build import build_report
 from pretrace.report.sections import CONTENTS as SECTIONS
@@ -29,12 +30,22 @@ def report_path(tmp_path_factory):
     store = Storage(str(root))
     queries = synthetic_queries(20, seed=2)
     files = write_synthetic_shards(store, queries, 2000, range(3), k=20, seed=2, name="shard-{}")
+    # the model wrote every other completion and answers a third of the queries correctly
+    ids = queries.column("id").to_pylist()
+    answered = [None if a is None else i % 3 == 0 for i, a in enumerate(queries.column("answer").to_pylist())]
+    queries = (queries.append_column("source", pa.array(["generated", "given"] * 10))
+               .append_column("model_completion", queries.column("completion"))
+               .append_column("correct", pa.array(answered, pa.bool_())))
+    comparison = pa.Table.from_pylist(
+        [{"query_id": q, "model": "small", "documents": 6000, "pearson": 0.1 + 0.04 * i, "k": 20, "top_overlap": i % 5,
+          "bottom_overlap": 1, "top_multiplier": 2.0, "bottom_multiplier": 0.5} for i, q in enumerate(ids)],
+        schema=COMPARISON_SCHEMA)
     first = queries.column("id")[0].as_py()
     tokens = pa.table({"query_id": [first], "side": ["top"], "rank": [1], "shard": ["shard-0"], "doc_id": ["d"],
                        "score": [3.0], "token_sum": [3.0], "tokens": [["The", " answer", " <is>"]],
                        "terms": [[2.5, 1.0, -0.5]]}, schema=TOKEN_SCHEMA)
     build_report(store, files, queries, ReportConfig(k=20, bootstrap=300, permutations=200),
-                 attribution={"token_influence": tokens})
+                 attribution={"token_influence": tokens}, comparison=comparison)
     return root / "influence_report" / "report.html"
 
 
@@ -79,6 +90,13 @@ def test_report_renders_every_section_and_plot_offline(report_path, tmp_path):
         assert "all steps in one document" in page.locator("section#answers").inner_text()
         sources = page.locator("section#sources").inner_text()
         assert all(f"{side} {k}" in sources for side in ("top", "bottom") for k in (50, 500, 5000))
+        # the model's own answers, and the slope test on the ones it gets right
+        completions = page.locator("section#completions").inner_text()
+        assert "The model wrote 10 of the 20 completions" in completions and "answered correctly" in completions
+        assert "on the queries the model answers correctly" in page.locator("section#concentration").inner_text()
+        # a second model compared on the same queries
+        models = page.locator("section#models")
+        assert "Against model small" in models.inner_text() and models.locator("tbody tr").count() >= 4
 
         shot = tmp_path / "report.png"
         page.screenshot(path=str(shot), full_page=True)

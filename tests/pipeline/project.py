@@ -73,9 +73,10 @@ def run_pipeline(config: PretraceConfig, instance: dg.DagsterInstance | None = N
     return ran
 
 
-# The report's page carries the time it was made; its tables, figures and every other artefact
-# must be byte-identical between two runs of the same state.
-_TIMESTAMPED = {"influence_report/report.html", "influence_report/manifest.json"}
+# The report's page carries the time it was made (a compared model's report's too, under
+# models/<name>/); its tables, figures and every other artefact must be byte-identical between
+# two runs of the same state.
+_TIMESTAMPED = ("influence_report/report.html", "influence_report/manifest.json")
 
 
 def snapshot(storage: Path | str) -> dict[str, str]:
@@ -86,7 +87,7 @@ def snapshot(storage: Path | str) -> dict[str, str]:
     found = store.fs.find(root)
     start = len(root) + 1
     return {path[start:]: hashlib.sha256(store.fs.cat_file(path)).hexdigest()
-            for path in sorted(found) if path[start:] not in _TIMESTAMPED}
+            for path in sorted(found) if not path[start:].endswith(_TIMESTAMPED)}
 
 
 def clean_run_snapshot(config: PretraceConfig, scratch: Path | str) -> dict[str, str]:

@@ -1,6 +1,7 @@
-"""The demo is deterministic: two runs at reduced size, in separate folders with separate
-Dagster instances, end in byte-identical artefacts (report tables and figures included), and
-the chosen training length is remembered for later runs of the folder."""
+"""The demo is deterministic: two runs at reduced size, each with a second, differently seeded
+demo model compared with the first, in separate folders with separate Dagster instances, end in
+byte-identical artefacts (report tables and figures included), and the chosen training length
+and compared models are remembered for later runs of the folder."""
 
 from __future__ import annotations
 
@@ -42,13 +43,17 @@ def test_two_reduced_demo_runs_write_identical_artefacts(full_demo, tmp_path):
     runs = []
     for name in ("first", "second"):
         root = small_demo_folder(tmp_path / name, full_demo)
-        done = pretrace("demo", "--dir", str(root), "--steps", str(STEPS), cwd=root, timeout=900)
+        done = pretrace("demo", "--dir", str(root), "--steps", str(STEPS), "--compare-seeds", "1", cwd=root,
+                        timeout=900)
         assert done.returncode == 0, done.stdout + done.stderr
         runs.append(snapshot(root / "data"))
     first, second = runs
     assert any(k.startswith("influence_report/") and k.endswith(".parquet") for k in first)
     assert json.loads((tmp_path / "first/data/model/checkpoint/training.json").read_text())["steps"] == STEPS
+    assert any(k.startswith("models/seed1/influence_scores/") for k in first)
     assert first == second
+    html = (tmp_path / "first/data/influence_report/report.html").read_text()
+    assert "Against model seed1: per shared query" in html and "The model&#x27;s own greedy answer" in html
 
     # The folder remembers its training length: a plain rerun finds everything current.
     again = pretrace("demo", "--dir", str(tmp_path / "first"), cwd=tmp_path / "first", timeout=300)
@@ -69,5 +74,5 @@ def test_a_damaged_settings_file_is_named_with_the_fix(tmp_path):
     settings.write_text('{"demo_steps": 20, "steps": 3}')
     refused = pretrace("demo", "--dir", str(tmp_path), cwd=tmp_path)
     assert refused.returncode != 0
-    assert f"pretrace: {settings}: expected an object with only demo_steps; delete it" in refused.stderr
+    assert f"pretrace: {settings}: expected an object with only demo_steps, compare_models; delete it" in refused.stderr
     assert not (tmp_path / "data").exists()

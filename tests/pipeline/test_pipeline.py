@@ -161,3 +161,39 @@ def test_the_projection_check_warns_when_the_stored_scores_lose_the_ranking(tmp_
     assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
     assert check.metadata["pearson_mean"].value < 0.9 and 10 <= check.metadata["documents"].value <= 16
     assert "raise `projection`" in check.description
+
+
+def test_two_models_over_the_same_corpus_and_queries_are_compared(tmp_path):
+    """A second checkpoint under `compare_models`: its whole graph under `b/`, its artefacts under
+    <storage>/models/b, and a comparison equal to the measures computed from both stored score
+    matrices; a changed compared checkpoint recomputes its own graph and the comparison only."""
+    from tests.tiny import tiny_model, tiny_tokenizer
+
+    config_path = make_project(tmp_path, compare_models={"b": {"model": "model-b"}})
+    tiny_model("llama", seed=8).save_pretrained(tmp_path / "model-b")
+    tiny_tokenizer().save_pretrained(tmp_path / "model-b")
+    config = load_config(config_path)
+    ran = run_pipeline(config)
+    main = {r for r in ran if "/" not in r}
+    assert {r.split("[")[0] for r in ran if r.startswith("b/")} == {f"b/{a}" for a in ALL_ASSETS}
+    assert {r.split("[")[0] for r in main} == set(ALL_ASSETS) | {"model_comparison"}
+    assert ran.index("model_comparison") > max(ran.index(f"b/influence_scores[{s}]") for s in ("part-a.jsonl", "part-b.jsonl"))
+    assert (tmp_path / "data" / "models" / "b" / "influence_scores" / "part-a.jsonl.parquet").exists()
+
+    compared = pq.read_table(tmp_path / "data" / "model_comparison" / "comparison.parquet").to_pylist()
+    shards = ["part-a.jsonl", "part-b.jsonl"]
+    docs = {s: pq.read_table(tmp_path / "data" / "corpus_shards" / f"{s}.parquet").column("doc_id").to_pylist() for s in shards}
+    this = torch.cat([_score_matrix(config.storage, s, docs[s]) for s in shards], dim=1).double()
+    other = torch.cat([_score_matrix(f"{config.storage}/models/b", s, docs[s]) for s in shards], dim=1).double()
+    for q, row in enumerate(compared):
+        assert (row["query_id"], row["model"], row["documents"]) == (QUERIES[q]["id"], "b", this.shape[1])
+        expected = torch.corrcoef(torch.stack([this[q], other[q]]))[0, 1].item()
+        assert row["pearson"] == pytest.approx(expected, abs=1e-9)
+    html = (tmp_path / "data" / "influence_report" / "report.html").read_text()
+    assert 'id="models"' in html and "Against model b: per shared query" in html
+
+    assert run_pipeline(config) == []  # then everything is current
+    tiny_model("llama", seed=9).save_pretrained(tmp_path / "model-b")  # the compared model retrained
+    rerun = run_pipeline(config)
+    assert {r for r in rerun if "/" not in r} == {"model_comparison", "influence_report"}
+    assert f"b/influence_scores[{shards[0]}]" in rerun and "b/model" in rerun

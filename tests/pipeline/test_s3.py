@@ -50,7 +50,7 @@ def test_a_wiped_s3_prefix_is_recomputed_to_the_same_bytes(s3_project):
     store = Storage(config.storage)
     for key in store.list():
         store.delete(key)
-    assert len(run_pipeline(config, instance)) == 17
+    assert len(run_pipeline(config, instance)) == 18
     assert snapshot(config.storage) == before
 
 

@@ -470,3 +470,13 @@ def test_merge_stored_names_a_shard_scored_with_other_queries(tmp_path, syntheti
     store.write_tensors(files[2].statistics, *stats.to_tensors())
     with pytest.raises(Exception, match="s2"):
         merge_stored(store, files, 3)
+
+
+def test_error_bars_of_a_degenerate_interval_are_zero_not_negative():
+    from pretrace.report.plots import error_bars
+
+    mean = np.array([0.1 + 0.2, 1.0, 2.0])
+    bars = error_bars(mean, [0.3, np.nan, 1.5], [0.3, 2.0, np.nan])  # 0.1 + 0.2 is a hair above 0.3
+    assert (bars >= 0).all() and bars.shape == (2, 3)
+    assert bars[1, 0] == 0.0  # 0.3 - (0.1 + 0.2) < 0 would be refused by matplotlib
+    assert bars[:, 1:].tolist() == [[0.0, 0.5], [1.0, 0.0]]

@@ -9,10 +9,11 @@ from dataclasses import fields
 import polars as pl
 
 from ..analysis import Analysis
-from . import answers, attribution, completions, concentration, correlation, magnitude, notes, sources, top_documents
+from . import (answers, attribution, completions, concentration, correlation, magnitude, models, notes, sources,
+               top_documents)
 
 SECTIONS = [correlation.SECTION, magnitude.SECTION, concentration.SECTION, answers.SECTION, sources.SECTION,
-            top_documents.SECTION, attribution.SECTION, completions.SECTION, notes.SECTION]
+            top_documents.SECTION, attribution.SECTION, completions.SECTION, models.SECTION, notes.SECTION]
 CONTENTS = [(s.id, s.title) for s in SECTIONS]  # the page's navigation: (anchor, title) of each section
 FIGURES = {name: plot for s in SECTIONS for name, plot in s.figures.items()}
 

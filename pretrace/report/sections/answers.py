@@ -16,7 +16,7 @@ from ..formatting import interval, num, pct
 from ..html import figure, table, with_ci
 from ..intervals import wilson
 from ..kinds import POOLED, reasoning_label
-from ..plots import empty, png
+from ..plots import empty, error_bars, png
 from ..section import Section
 from . import top_documents
 
@@ -210,9 +210,8 @@ def plot(a: Analysis) -> bytes:
         return png(fig)
     x = np.arange(df.height)
     share = np.nan_to_num(df["share_answer_in_top"].to_numpy(), nan=0.0)
-    lo = np.clip(share - np.nan_to_num(df["ci_low"].to_numpy(), nan=0.0), 0, None)
-    hi = np.clip(np.nan_to_num(df["ci_high"].to_numpy(), nan=0.0) - share, 0, None)
-    ax.bar(x - 0.2, share, 0.4, yerr=[lo, hi], capsize=3, color="#1f77b4", label="final answer in top k")
+    bars = error_bars(share, df["ci_low"].to_numpy(), df["ci_high"].to_numpy())
+    ax.bar(x - 0.2, share, 0.4, yerr=bars, capsize=3, color="#1f77b4", label="final answer in top k")
     inter = np.nan_to_num(df["share_intermediates_in_top"].to_numpy(), nan=0.0)
     ax.bar(x + 0.2, inter, 0.4, color="#ff7f0e", label="intermediate results in top k")
     ax.set_xticks(x, df["kind"].to_list(), rotation=30, ha="right")

@@ -16,7 +16,7 @@ from ..config import FACTUAL, REASONING
 from ..formatting import interval, num, pct
 from ..html import figure, table, wide_table, with_ci
 from ..kinds import POOLED
-from ..plots import empty, kind_colors, png
+from ..plots import empty, error_bars, kind_colors, png
 from ..section import Section
 
 
@@ -193,8 +193,8 @@ def power_law_plot(a: Analysis) -> bytes:
             ax2.scatter(j + rng.uniform(-0.15, 0.15, s.size), s, s=14, alpha=0.7, color=colors[kind])
             row = df.row(j, named=True)
             if math.isfinite(row["mean_slope"]) and math.isfinite(row["ci_low"] or math.nan):
-                ax2.errorbar([j + 0.3], [row["mean_slope"]], yerr=[[row["mean_slope"] - row["ci_low"]],
-                                                                   [row["ci_high"] - row["mean_slope"]]],
+                ax2.errorbar([j + 0.3], [row["mean_slope"]],
+                             yerr=error_bars(row["mean_slope"], row["ci_low"], row["ci_high"]),
                              fmt="D", color="k", ms=4, capsize=3)
         ax2.set_xticks(range(df.height), df["kind"].to_list(), rotation=30, ha="right")
         ax2.set_ylabel("slope of log score vs log rank")

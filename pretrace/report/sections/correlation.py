@@ -13,7 +13,7 @@ from ..analysis import Analysis
 from ..correlation import GroupMeans, group_means, pair_groups, same_kind_permutation_test
 from ..formatting import corr, interval
 from ..html import figure, table, with_ci
-from ..plots import empty, png
+from ..plots import empty, error_bars, png
 from ..section import Section
 
 PAPER = ("Ruis et al. (2024) found that reasoning queries of the same kind share influential documents "
@@ -144,11 +144,10 @@ def groups_plot(a: Analysis) -> bytes:
         return png(fig)
     y = np.arange(df.height)[::-1]
     mean = df["mean_r"].to_numpy()
-    lo = np.nan_to_num(mean - df["ci_low"].to_numpy(), nan=0.0)
-    hi = np.nan_to_num(df["ci_high"].to_numpy() - mean, nan=0.0)
     colors = ["#d62728" if g.startswith(("within ", "same")) and "factual" not in g else
               "#1f77b4" if "factual" in g else "0.45" for g in df["group"].to_list()]
-    ax.errorbar(mean, y, xerr=[lo, hi], fmt="none", ecolor="0.3", capsize=3)
+    ax.errorbar(mean, y, xerr=error_bars(mean, df["ci_low"].to_numpy(), df["ci_high"].to_numpy()), fmt="none",
+                ecolor="0.3", capsize=3)
     ax.scatter(mean, y, c=colors, zorder=3)
     ax.axvline(0, color="0.7", lw=1)
     ax.set_yticks(y, [f"{g} ({p})" for g, p in zip(df["group"].to_list(), df["pairs"].to_list())])

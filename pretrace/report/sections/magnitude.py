@@ -15,7 +15,7 @@ from ..config import FACTUAL, REASONING
 from ..formatting import interval, num
 from ..html import figure, table, with_ci
 from ..kinds import POOLED, reasoning_label
-from ..plots import empty, kind_colors, png
+from ..plots import empty, error_bars, kind_colors, png
 from ..section import Section
 from .. import concentration as conc
 from . import concentration
@@ -181,8 +181,7 @@ def plot(a: Analysis) -> bytes:
             row = m.magnitude_kinds.filter(pl.col("kind") == kind).row(0, named=True)
             mean, lo, hi = row[f"{col}_mean"], row[f"{col}_ci_low"], row[f"{col}_ci_high"]
             if mean is not None and math.isfinite(mean):
-                err = [[mean - lo], [hi - mean]] if math.isfinite(lo) and math.isfinite(hi) else None
-                ax.errorbar([j + 0.3], [mean], yerr=err, fmt="D", color="k", ms=4, capsize=3)
+                ax.errorbar([j + 0.3], [mean], yerr=error_bars(mean, lo, hi), fmt="D", color="k", ms=4, capsize=3)
         if (values[np.isfinite(values)] > 0).all():
             ax.set_yscale("log")
         ax.set_xticks(range(len(kinds)), kinds, rotation=30, ha="right")

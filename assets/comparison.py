@@ -1,0 +1,38 @@
+"""model_comparison: this model's influence against each compared model's (`compare_models`)."""
+
+import time
+
+import dagster as dg
+import pyarrow as pa
+
+from pretrace.model_comparison import compare_models
+from resources.pretrace import PretraceResource
+
+from .common import RETRY, computing, materialized, table_preview
+
+
+def build_model_comparison(compared: list[str]) -> dg.AssetsDefinition:
+    """The comparison asset, downstream of this model's and every compared model's scores."""
+
+    @dg.asset(deps=["influence_scores", "completions", *(dg.AssetKey([m, "influence_scores"]) for m in compared)],
+              group_name="report", kinds={"parquet"}, retry_policy=RETRY)
+    def model_comparison(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> dg.MaterializeResult:
+        """Per shared query and compared model: Pearson correlation of the two models' scores over
+        the corpus, overlap of their top and bottom k documents, and how much stronger the
+        compared model's extremes are (pretrace.model_comparison). Streams one shard at a time."""
+        started = time.monotonic()
+        with computing(context, pretrace) as run:
+            query_ids = run.reader("completions").table("completions.parquet", ["id"]).column("id").to_pylist()
+            tables = []
+            for model in compared:
+                shards = ((s, run.reader("influence_scores", s).table("{shard}.parquet"),
+                           run.reader("influence_scores", s, model).table("{shard}.parquet"))
+                          for s in run.project.shards)
+                tables.append(compare_models(query_ids, shards, model, run.project.config.top_k))
+            table = pa.concat_tables(tables)
+            manifest = run.commit({"comparison.parquet": table})
+        return materialized(run, manifest, started, models=dg.MetadataValue.json(compared),
+                            preview=table_preview(table, ["query_id", "model", "pearson", "top_overlap",
+                                                          "top_multiplier", "bottom_multiplier"], rows=20))
+
+    return model_comparison
