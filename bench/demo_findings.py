@@ -5,8 +5,10 @@
 So the README's numbers are read from a file this command wrote, never typed from memory: the
 model's training losses, top-20 source counts of each reasoning kind, the per-nat ratio, the
 correlation groups, the factual kinds' sources, the paper-defined power-law test, influence-per-nat
-curves, step-by-step answer search and sources at several k, the attribution check (tail-patch and planted-fact retrieval), and the
-planted documents' loss by how often their fact is stated.
+curves, step-by-step answer search and sources at several k, how many queries the model answers
+correctly, the comparison with other models (when `--compare-seeds` was given), the attribution
+check (tail-patch and planted-fact retrieval), and the planted documents' loss by how often their
+fact is stated.
 """
 
 from __future__ import annotations
@@ -64,6 +66,15 @@ def main() -> None:
     for row in at_k.iter_rows(named=True):
         print(f"sources_reasoning_{row['side']}{row['k']}_{row['source']}: {row['ratio']:.2f}x corpus share "
               f"({row['count']:.0f} of {row['documents']} slots{'' if row['exact'] else ', estimated'})")
+    for row in pl.read_parquet(report / "completions_kinds.parquet").filter(
+            (pl.col("with_answer") > 0) & (pl.col("kind") != POOLED)).iter_rows(named=True):
+        print(f"answered_correctly_{row['kind']}: {row['correct']}/{row['with_answer']} queries "
+              f"({row['generated']} completions written by the model)")
+    for row in pl.read_parquet(report / "model_comparison_kinds.parquet").filter(
+            pl.col("kind") != POOLED).iter_rows(named=True):
+        print(f"compared_{row['model']}_{row['kind']}: mean r {row['mean_pearson']:.3f} [{row['ci_low']:.3f}, "
+              f"{row['ci_high']:.3f}], top-{row['k']} overlap {row['mean_top_overlap']:.2f}, multipliers top "
+              f"{row['top_multiplier']:.3g} bottom {row['bottom_multiplier']:.3g}")
     for row in pl.read_parquet(report / "tail_patch.parquet").filter(pl.col("kind") == "all").iter_rows(named=True):
         print(f"tailpatch_{row['method']}: {row['mean_gain']:.4g} [{row['low']:.4g}, {row['high']:.4g}]")
     for row in pl.read_parquet(report / "evidence_retrieval.parquet").iter_rows(named=True):

@@ -11,6 +11,7 @@ in each method's top k, over all of them and by how many documents state the fac
 
     python bench/validation.py                 # a fresh demo in a temporary folder (~10 min on 2 cores)
     python bench/validation.py --dir ./demo    # reuse (or create) a demo folder: reruns compute nothing new
+    python bench/validation.py --compare-seeds 1   # also a second demo model (seed 1), compared with the first
 """
 
 from __future__ import annotations
@@ -31,11 +32,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", help="the demo folder (default: a new temporary one)")
+    parser.add_argument("--compare-seeds", type=int, nargs="*", default=[], metavar="SEED",
+                        help="pretrace demo --compare-seeds: train and compare demo models of these seeds too")
     args = parser.parse_args()
     folder = Path(args.dir or tempfile.mkdtemp(prefix="pretrace-validation-")).absolute()
     folder.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    subprocess.run([sys.executable, "-m", "pipeline.cli", "demo", "--dir", str(folder)], cwd=folder, check=True,
+    compare = ["--compare-seeds", *map(str, args.compare_seeds)] if args.compare_seeds else []
+    subprocess.run([sys.executable, "-m", "pipeline.cli", "demo", "--dir", str(folder), *compare], cwd=folder, check=True,
                    env={"PYTHONPATH": str(ROOT), **__import__("os").environ}, stdout=subprocess.DEVNULL)
     results = folder / "data" / "attribution_eval"
     summary = pl.read_parquet(results / "summary.parquet")
