@@ -8,6 +8,7 @@ the prompt it is explained with, so each one says whether the *model* answers it
 is true when that greedy answer contains the query's answer by the matching rules of
 `pretrace.answers` (null when the query gives no answer). For a query with a given
 completion the explained completion stays the user's; only `correct` comes from the model.
+A generated completion is explained as the tokens the model wrote (`completion_ids`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ COMPLETION_SCHEMA = pa.schema(list(QUERY_SCHEMA) + [
 @dataclass(frozen=True)
 class GenerationSettings:
     """How the model answers: at most ``max_new_tokens``, ending at its end-of-sequence token or
-    before the first of ``stop``; ``instruction`` is appended to the prompts it completes."""
+    at the token that completes one of ``stop`` (kept); ``instruction`` is appended to the
+    prompts it completes."""
 
     max_new_tokens: int = 128
     instruction: str | None = None

@@ -108,7 +108,7 @@ DESCRIPTIONS = {
     "projection_floor": "Warn when stored (projected) scores correlate with exact ones below this Pearson r (0 to 1].",
     "completion_tokens": "Most tokens the model writes when it answers a query (greedily; its own completions and the correctness check).",
     "completion_instruction": "Text appended to the prompt of a query the model completes, e.g. a chain-of-thought instruction; unset = none.",
-    "completion_stop": "Strings that end the model's answer (cut before them); its end-of-sequence token always does.",
+    "completion_stop": "Strings that end the model's answer (at the token that completes one); its end-of-sequence token always does.",
     "compare_models": "Other models to run over the same corpus and queries and compare with this one: "
                       "{name: {setting: value}}, e.g. {small: {model: ./checkpoints/small}}; each stored under "
                       "<storage>/models/<name>.",

@@ -158,12 +158,9 @@ ATTRIBUTION_EVAL = Artefact(
     "tail-patch gains of each query's top documents by influence, random, BM25, gradient cosine and dot product, "
     "where each ranks the documents stating a query's `evidence`, and the token terms of the top and bottom "
     "documents' scores")
-MODEL_COMPARISON_INPUTS = ("influence_scores", "all_shards"), ("completions", "one")
-
-
 def model_comparison(compared: tuple[str, ...]) -> Artefact:
     """This model's scores against each compared model's, over the same documents and queries."""
-    inputs = tuple(Input(name, scope, model) for model in (None, *compared) for name, scope in MODEL_COMPARISON_INPUTS)
+    inputs = (Input("completions"), *(Input("influence_scores", "all_shards", model) for model in (None, *compared)))
     return Artefact(
         "model_comparison", False, {"comparison.parquet": None}, ("top_k",), inputs, "1",
         "per shared query and compared model: correlation of the two models' scores over the corpus, overlap and "

@@ -60,10 +60,11 @@ class Project:
     """
 
     def __init__(self, config: PretraceConfig, *, demo: bool = False, digests: DigestCache | None = None,
-                 name: str | None = None) -> None:
+                 compared_by: tuple[Project, str] | None = None) -> None:
         self.config = config
         self.demo = demo
-        self.name = name  # a compared model's name (`compare_models`); None for the main model
+        # a compared model's project: the main project and its name in `compare_models`
+        self._main, self.name = compared_by or (None, None)
         self.storage = Storage(config.storage)
         self.store = ArtefactStore(self.storage)
         self.graph = artefacts(demo, tuple(config.compare_models))
@@ -82,7 +83,8 @@ class Project:
         if name is None:
             return self
         if name not in self._compared:
-            self._compared[name] = Project(self.config.compared(name), demo=self.demo, digests=self.digests, name=name)
+            self._compared[name] = Project(self.config.compared(name), demo=self.demo, digests=self.digests,
+                                           compared_by=(self, name))
         return self._compared[name]
 
     def projects(self) -> list[tuple[str | None, Project]]:
@@ -172,6 +174,8 @@ class Project:
             self._listings.clear()
             return
         self._forget_status((artefact.name, shard))
+        if self._main is not None:  # what the main project computed from it (the comparison)
+            self._main._forget_status((f"{self.name}/{artefact.name}", shard))
         self._manifests.pop((artefact.name, shard), None)
         listing = self._listings.get(artefact.name)
         if listing is None:
@@ -199,8 +203,9 @@ class Project:
         inputs: dict[str, str] = {}
         for source in artefact.inputs:
             for s in self._scope(source, shard):
-                if source.name not in SOURCES and source.model is None:
-                    self._dependents.setdefault((source.name, s), set()).add((artefact.name, shard))
+                if source.name not in SOURCES:  # a compared model's artefact is keyed `<model>/<name>`
+                    upstream = source.name if source.model is None else f"{source.model}/{source.name}"
+                    self._dependents.setdefault((upstream, s), set()).add((artefact.name, shard))
                 inputs[source.label(s)] = self.compared(source.model)._fingerprint(source.name, s)
         return Manifest(artefact.name, shard, artefact.code_version, _pick(artefact, self._settings), inputs)
 
