@@ -99,7 +99,11 @@ def materialize_pipeline(defs: dg.Definitions, instance: dg.DagsterInstance, *, 
             if status.state == "waiting":
                 raise NotReady(f"{owner.label(artefact, shard)} cannot be computed: {status.reason}")
             log(f"materializing {owner.label(artefact, shard)} ({status.state}: {status.reason or 'forced'})")
-            dg.materialize(assets, selection=[key], partition_key=shard, instance=instance,
-                           resources=defs.resources, run_config=run_config, tags=tags)
+            result = dg.materialize(assets, selection=[key], partition_key=shard, instance=instance,
+                                    resources=defs.resources, run_config=run_config, tags=tags)
             owner.forget(artefact, shard)
+            for check in result.get_asset_check_evaluations():  # a failed check does not stop the run: say it
+                if not check.passed:
+                    kind = "warning" if check.severity == dg.AssetCheckSeverity.WARN else "check failed"
+                    log(f"{kind}: {owner.label(artefact, shard)}: {check.check_name}: {check.description or 'failed'}")
     return project

@@ -152,8 +152,13 @@ def test_progress_lines_follow_the_configured_interval(monkeypatch):
 
 
 def test_the_projection_check_warns_when_the_stored_scores_lose_the_ranking(tmp_path):
+    from pipeline.runner import materialize_pipeline
+
     config, instance = load_config(make_project(tmp_path, projection=[1, 1])), dg.DagsterInstance.ephemeral()
-    run_pipeline(config, instance)
+    lines: list[str] = []
+    materialize_pipeline(build_definitions(config), instance, log=lines.append)
+    warned = [line for line in lines if line.startswith("warning: influence_scores[part-a.jsonl]: projection_error_check:")]
+    assert len(warned) == 1 and "raise `projection`" in warned[0]  # `pretrace run` says it, and goes on
     defs = build_definitions(config)
     result = dg.materialize(executable(defs), selection=["influence_scores"], partition_key="part-a.jsonl",
                             resources=defs.resources, instance=instance)
