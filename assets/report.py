@@ -14,8 +14,6 @@ from .evaluation import attribution_eval
 from .scores import influence_scores
 
 REPORT_FILE = "report.html"
-
-
 REPORT_DEPS = [influence_scores.key, dg.AssetKey("completions"), dg.AssetKey("query_gradients"), attribution_eval.key]
 REPORT_KINDS = {"parquet", "html"}
 
@@ -36,7 +34,8 @@ def build_report_with_comparison() -> dg.AssetsDefinition:
     @dg.multi_asset(name="influence_report_with_comparison", retry_policy=RETRY, specs=[dg.AssetSpec(
         influence_report.key, deps=[*REPORT_DEPS, dg.AssetKey("model_comparison")], group_name="report",
         kinds=REPORT_KINDS, description=influence_report.descriptions_by_key[influence_report.key])])
-    def influence_report_with_comparison(context: dg.AssetExecutionContext, pretrace: PretraceResource):
+    def influence_report_with_comparison(context: dg.AssetExecutionContext,
+                                         pretrace: PretraceResource) -> dg.MaterializeResult:
         return report(context, pretrace)
 
     return influence_report_with_comparison
