@@ -3,7 +3,6 @@
 import time
 
 import dagster as dg
-import pyarrow as pa
 
 from pretrace.model_comparison import compare_models
 from resources.pretrace import PretraceResource
@@ -23,13 +22,10 @@ def build_model_comparison(compared: list[str]) -> dg.AssetsDefinition:
         started = time.monotonic()
         with computing(context, pretrace) as run:
             query_ids = run.reader("completions").table("completions.parquet", ["id"]).column("id").to_pylist()
-            tables = []
-            for model in compared:
-                shards = ((s, run.reader("influence_scores", s).table("{shard}.parquet"),
-                           run.reader("influence_scores", s, model).table("{shard}.parquet"))
-                          for s in run.project.shards)
-                tables.append(compare_models(query_ids, shards, model, run.project.config.top_k))
-            table = pa.concat_tables(tables)
+            shards = ((s, run.reader("influence_scores", s).table("{shard}.parquet"),
+                       {m: run.reader("influence_scores", s, m).table("{shard}.parquet") for m in compared})
+                      for s in run.project.shards)
+            table = compare_models(query_ids, shards, run.project.config.top_k)
             manifest = run.commit({"comparison.parquet": table})
         return materialized(run, manifest, started, models=dg.MetadataValue.json(compared),
                             preview=table_preview(table, ["query_id", "model", "pearson", "top_overlap",

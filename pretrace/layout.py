@@ -357,7 +357,7 @@ class ArtefactReader:
 def invalidation_table(demo: bool = False) -> str:
     """The README's table: which setting and which input each artefact records, so a change
     recomputes it (and then whatever its new bytes feed)."""
-    table = artefacts(demo)
+    table = artefacts(demo, compared=("<name>",))  # with a compared model: model_comparison too
     keys = sorted({k for a in table.values() for k in a.config})
     rows = ["| setting | recorded by (recomputed when it changes) |", "|---|---|"]
     for key in keys:

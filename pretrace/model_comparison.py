@@ -118,16 +118,19 @@ def score_matrix(table: pa.Table, query_ids: list[str], what: str) -> tuple[list
     return documents, matrix
 
 
-def compare_models(query_ids: list[str], shards: Iterable[tuple[str, pa.Table, pa.Table]], model: str,
+def compare_models(query_ids: list[str], shards: Iterable[tuple[str, pa.Table, dict[str, pa.Table]]],
                    k: int) -> pa.Table:
-    """The comparison table of this model's scores with compared model ``model``'s, from each
-    shard's two score tables (name, this model's, the compared model's)."""
-    comparison = ModelComparison(query_ids, k)
-    for shard, this, other in shards:
+    """The comparison table of this model's scores with each compared model's, from each shard's
+    score tables (name, this model's, the compared models' by name): each shard read once."""
+    comparisons: dict[str, ModelComparison] = {}
+    for shard, this, others in shards:
         docs, a = score_matrix(this, query_ids, f"influence_scores[{shard}]")
-        other_docs, b = score_matrix(other, query_ids, f"{model}/influence_scores[{shard}]")
-        if other_docs != docs:
-            raise InputError(f"{model}/influence_scores[{shard}] scores other documents than influence_scores[{shard}]; "
-                             "the compared models must share the corpus: rerun `pretrace run`")
-        comparison.add([f"{shard}\x00{d}" for d in docs], a, b)
-    return pa.Table.from_pylist(comparison.rows(model), schema=COMPARISON_SCHEMA)
+        for model, other in others.items():
+            other_docs, b = score_matrix(other, query_ids, f"{model}/influence_scores[{shard}]")
+            if other_docs != docs:
+                raise InputError(f"{model}/influence_scores[{shard}] scores other documents than "
+                                 f"influence_scores[{shard}]; the compared models must share the corpus: rerun "
+                                 "`pretrace run`")
+            comparisons.setdefault(model, ModelComparison(query_ids, k)).add([f"{shard}\x00{d}" for d in docs], a, b)
+    rows = [row for model, comparison in comparisons.items() for row in comparison.rows(model)]
+    return pa.Table.from_pylist(rows, schema=COMPARISON_SCHEMA)

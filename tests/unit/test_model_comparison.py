@@ -27,9 +27,9 @@ def test_the_comparison_streamed_over_shards_equals_the_whole_matrices():
     other[2] = -3.0 * this[2]  # one query where the compared model is reversed and stronger
     docs = [f"d{j:03d}" for j in range(n)]
     cuts = [(0, 30), (30, 31), (31, n)]  # a one-document shard too
-    shards = [(f"s{i}", score_table(QUERIES, docs[a:b], this[:, a:b]), score_table(QUERIES, docs[a:b], other[:, a:b]))
-              for i, (a, b) in enumerate(cuts)]
-    got = {r["query_id"]: r for r in compare_models(QUERIES, shards, "small", k).to_pylist()}
+    shards = [(f"s{i}", score_table(QUERIES, docs[a:b], this[:, a:b]),
+               {"small": score_table(QUERIES, docs[a:b], other[:, a:b])}) for i, (a, b) in enumerate(cuts)]
+    got = {r["query_id"]: r for r in compare_models(QUERIES, shards, k).to_pylist()}
     for q, query in enumerate(QUERIES):
         row = got[query]
         assert row["model"] == "small" and row["documents"] == n and row["k"] == k
@@ -47,16 +47,18 @@ def test_the_comparison_streamed_over_shards_equals_the_whole_matrices():
 
 def test_the_same_document_id_in_two_shards_counts_as_two_documents():
     same = np.array([[3.0, 1.0]] * 3)
-    shards = [(s, score_table(QUERIES, ["x", "y"], same), score_table(QUERIES, ["x", "y"], same)) for s in ("a", "b")]
-    row = compare_models(QUERIES, shards, "twin", 4).to_pylist()[0]
+    shards = [(s, score_table(QUERIES, ["x", "y"], same), {"twin": score_table(QUERIES, ["x", "y"], same)})
+              for s in ("a", "b")]
+    row = compare_models(QUERIES, shards, 4).to_pylist()[0]
     assert (row["documents"], row["top_overlap"], row["pearson"], row["top_multiplier"]) == (4, 4, 1.0, 1.0)
 
 
 def test_a_compared_model_scored_on_other_documents_or_queries_is_named():
     scores = np.ones((3, 2))
-    other_docs = [("a", score_table(QUERIES, ["x", "y"], scores), score_table(QUERIES, ["x", "z"], scores))]
+    other_docs = [("a", score_table(QUERIES, ["x", "y"], scores), {"small": score_table(QUERIES, ["x", "z"], scores)})]
     with pytest.raises(InputError, match=r"small/influence_scores\[a\] scores other documents"):
-        compare_models(QUERIES, other_docs, "small", 2)
-    other_queries = [("a", score_table(QUERIES, ["x", "y"], scores), score_table(["q0", "q1", "new"], ["x", "y"], scores))]
+        compare_models(QUERIES, other_docs, 2)
+    other_queries = [("a", score_table(QUERIES, ["x", "y"], scores),
+                      {"small": score_table(["q0", "q1", "new"], ["x", "y"], scores)})]
     with pytest.raises(InputError, match=r"small/influence_scores\[a\]: its scores do not cover the shared queries"):
-        compare_models(QUERIES, other_queries, "small", 2)
+        compare_models(QUERIES, other_queries, 2)
