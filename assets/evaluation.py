@@ -6,7 +6,6 @@ import dagster as dg
 import pyarrow as pa
 
 from pretrace.evaluation import Documents, attribution_check, query_evidence
-from pretrace.projection import projection_for
 from pretrace.query_file import queries_from_table
 from pretrace.statistics import merge_top_documents
 from pretrace.token_influence import token_influence_table
@@ -32,7 +31,7 @@ def attribution_eval(context: dg.AssetExecutionContext, pretrace: PretraceResour
         shards = run.project.shards
         k = min(config.tail_patch_k, config.top_k)
         lm = run.model()
-        projection = projection_for(config, lm.layer_shapes())
+        projection = run.projection(lm)
         documents = Documents.from_shards(
             (s, run.reader("corpus_shards", s).table("{shard}.parquet", ["doc_id", "input_ids", "text", "meta"]))
             for s in shards)

@@ -5,7 +5,6 @@ import time
 import dagster as dg
 
 from pretrace.documents import compute_document_gradients
-from pretrace.projection import projection_for
 from resources.pretrace import PretraceResource
 
 from .common import GPU_ASSET, RETRY, computing, materialized, progress_logger
@@ -18,7 +17,9 @@ from .partitions import PER_SHARD
 def document_gradients(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> dg.MaterializeResult:
     """Gradients of each document's summed next-token loss, per tracked layer.
 
-    They do not depend on the queries or the factors, so new queries never redo this pass.
+    They do not depend on the queries, so new queries never redo this pass; with a whitened
+    projection (`projection_basis`) they are projected in the EK-FAC eigenbasis and so depend on
+    the factors (the code location then adds that dependency).
     """
     started = time.monotonic()
     with computing(context, pretrace) as run:
@@ -27,7 +28,7 @@ def document_gradients(context: dg.AssetExecutionContext, pretrace: PretraceReso
         table = run.reader("corpus_shards", run.shard).table("{shard}.parquet", ["doc_id", "input_ids"])
         doc_ids, sequences = table.column("doc_id").to_pylist(), table.column("input_ids").to_pylist()
         grads = compute_document_gradients(
-            lm, sequences, doc_ids, projection=projection_for(config, lm.layer_shapes()), batch_size=config.batch_size,
+            lm, sequences, doc_ids, projection=run.projection(lm), rank=config.document_rank, batch_size=config.batch_size,
             progress=progress_logger(context, len(sequences), f"document gradients of {run.shard}"),
         )
         manifest = run.commit({"{shard}.safetensors": grads})

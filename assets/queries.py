@@ -10,7 +10,6 @@ import pyarrow as pa
 from pretrace.completions import GENERATED, complete_queries, generation_settings
 from pretrace.query_file import queries_from_table, read_queries
 from pretrace.queries import compute_query_gradients
-from pretrace.projection import projection_for
 from resources.pretrace import PretraceResource
 
 from .common import GPU_ASSET, RETRY, computing, materialized, progress_logger, table_preview
@@ -64,9 +63,9 @@ def query_gradients(context: dg.AssetExecutionContext, pretrace: PretraceResourc
         config = run.project.config
         lm = run.model()
         table = run.reader("completions").table("completions.parquet")
+        factors = run.reader("ekfac_factors").state()
         grads = compute_query_gradients(
-            lm, run.reader("ekfac_factors").state(), queries_from_table(table),
-            projection=projection_for(config, lm.layer_shapes()), rank=config.query_rank,
+            lm, factors, queries_from_table(table), projection=run.projection(lm, factors), rank=config.query_rank,
             batch_size=config.batch_size, progress=progress_logger(context, table.num_rows, "query gradients"),
         )
         summary = table.select(["id", "kind", "prompt", "completion", "completion_ids", "answer",

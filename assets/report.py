@@ -5,6 +5,7 @@ import time
 import dagster as dg
 
 from pretrace.completions import with_model_answers
+from pretrace.projection_check import accuracy_table
 from pretrace.report.analysis import ReportConfig
 from pretrace.report.build import make_report, merge_shards
 from resources.pretrace import PretraceResource
@@ -47,9 +48,10 @@ def report(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> dg.
     with computing(context, pretrace) as run:
         config = run.project.config
         shards = run.project.shards
-        readers = (run.reader("influence_scores", s) for s in shards)
+        readers = [run.reader("influence_scores", s) for s in shards]
         stats, top = merge_shards(((r.state("{shard}.stats.safetensors"), r.table("{shard}.top.parquet"))
                                    for r in readers), config.top_k)
+        accuracy = accuracy_table((s, r.json("{shard}.accuracy.json")) for s, r in zip(shards, readers))
         queries = with_model_answers(run.reader("query_gradients").table("queries.parquet"),
                                      run.reader("completions").table("completions.parquet"))
         check = run.reader("attribution_eval")
@@ -57,7 +59,7 @@ def report(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> dg.
         comparison = (run.reader("model_comparison").table("comparison.parquet")
                       if "model_comparison" in run.project.graph else None)
         built = make_report(stats, top, queries, ReportConfig(k=config.top_k, seed=config.seed), shards=len(shards),
-                            attribution=attribution, comparison=comparison)
+                            attribution=attribution, comparison=comparison, accuracy=accuracy)
         manifest = run.commit(built.outputs())
     tables = {name: table_metadata(list(df.iter_rows(named=True)), {c: str(t) for c, t in df.schema.items()})
               for name, df in built.headline_tables().items()}

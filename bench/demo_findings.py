@@ -101,7 +101,7 @@ def planted_losses(storage: Path) -> dict[int, tuple[float, float, int]]:
             grads = DocumentGradients.from_tensors({k: f.get_tensor(k) for k in f.keys()}, f.metadata())
         tokens = pl.read_parquet(storage / "corpus_shards" / f"{shard}.parquet", columns=["doc_id", "n_tokens"])
         n_tokens = dict(zip(tokens["doc_id"].to_list(), tokens["n_tokens"].to_list()))
-        norms = sum((g.flatten(1).double() ** 2).sum(1) for g in grads.grads.values()).sqrt()
+        norms = sum((grads.dense(name).flatten(1).double() ** 2).sum(1) for name in grads.grads).sqrt()
         for i, doc in enumerate(grads.ids):
             if doc.startswith("planted/"):
                 losses, sizes = found.setdefault(frequency["/".join(doc.split("/")[:3])], ([], []))

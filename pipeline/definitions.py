@@ -43,7 +43,8 @@ def with_policy(assets: list, resource: PretraceResource) -> list:
     """Every materializable asset as the recompute policy sees it: its code version is its
     artefact's code version plus a digest of the settings its bytes depend on (a changed setting
     shows in the UI as a changed code version, stale, exactly when the policy calls the artefact
-    stale for it), and `OutOfDate` keeps it current."""
+    stale for it), `OutOfDate` keeps it current, and it depends on every artefact its settings
+    make it read (a whitened projection: the factors)."""
     project = resource.project()
     condition = OutOfDate(resource)
 
@@ -52,7 +53,10 @@ def with_policy(assets: list, resource: PretraceResource) -> list:
         owner = project.compared(model)
         artefact = owner.graph[name]
         digest = hashlib.sha256(canonical_json(settings_of(artefact, owner.config)).encode()).hexdigest()[:8]
-        return spec.replace_attributes(code_version=f"{artefact.code_version}-{digest}", automation_condition=condition)
+        declared = {dep.asset_key for dep in spec.deps}
+        read = [dg.AssetKey([*spec.key.path[:-1], i.name]) for i in artefact.inputs if i.model is None and i.name in owner.graph]
+        return spec.replace_attributes(code_version=f"{artefact.code_version}-{digest}", automation_condition=condition,
+                                       deps=[*spec.deps, *(dg.AssetDep(k) for k in read if k not in declared)])
 
     return [dg.map_asset_specs(spec_of, [a])[0] if isinstance(a, dg.AssetsDefinition) and a.is_materializable else a
             for a in assets]

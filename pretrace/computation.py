@@ -16,9 +16,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from .ekfac import Factors
 from .errors import ConcurrentChange, InputError, NotReady
 from .layout import SOURCES, Artefact, ArtefactReader, Input, Manifest, parse_label
 from .model import LoadedModel, load_model, load_tokenizer
+from .projection import KroneckerProjection, projection_for
 from .provenance import Project
 
 _MODELS: dict[tuple, LoadedModel] = {}
@@ -111,6 +113,14 @@ class Computation:
                 _MODELS[key] = load_model(path, layers=config.layers, device=config.device, dtype=config.dtype,
                                           **config.loading)
         return _MODELS[key]
+
+    def projection(self, lm: LoadedModel, factors: Factors | None = None) -> KroneckerProjection | None:
+        """The projection of stored document gradients; a whitened one is built from the
+        factors (read here unless given)."""
+        config = self.project.config
+        if factors is None and config.projects_with_factors:
+            factors = self.reader("ekfac_factors").state()
+        return projection_for(config, lm.layer_shapes(), factors)
 
 
 def model_description(path: str | Path, fingerprint: str, layers: list[str], **loading: bool) -> dict[str, Any]:

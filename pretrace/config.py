@@ -93,6 +93,10 @@ DESCRIPTIONS = {
     "fisher": "EK-FAC labels: 'sampled' from the model (true Fisher) or 'empirical' (the data's).",
     "damping": "Damping λ = damping × mean corrected eigenvalue, per layer (the paper's 0.1).",
     "projection": "Store document gradients projected to [k_out, k_in] per layer; unset = exact.",
+    "projection_basis": "'whitened': project in the EK-FAC eigenbasis scaled by the eigenvalues (accurate; "
+                        "document gradients then depend on the factors); 'raw': project raw gradients (survive a refit).",
+    "document_rank": "Store each document's (projected) gradient as rank-c factors per layer, c × (k_out + k_in) "
+                     "numbers instead of k_out × k_in; unset = full.",
     "query_rank": "Keep preconditioned query gradients as rank-r factors per layer; unset = dense.",
     "max_length": "Tokens per document chunk; longer documents are split into chunks.",
     "batch_size": "Documents per forward/backward pass.",
@@ -130,7 +134,9 @@ class PretraceConfig(BaseModel):
     fisher: Literal["sampled", "empirical"] = "sampled"
     damping: Damping = Field(default_factory=Damping)
     projection: tuple[StrictInt, StrictInt] | None = None
+    projection_basis: Literal["whitened", "raw"] = "whitened"
     query_rank: StrictInt | None = Field(default=None, gt=0)
+    document_rank: StrictInt | None = Field(default=None, gt=0)
     max_length: StrictInt = Field(default=512, ge=2)
     batch_size: StrictInt = Field(default=8, gt=0)
     fit_shards: Literal["all"] | list[str] = "all"
@@ -226,6 +232,20 @@ class PretraceConfig(BaseModel):
         if value != "all" and not names:
             raise ValueError('must be "all" or a non-empty list of shard names')
         return value
+
+    @property
+    def projects_with_factors(self) -> bool:
+        """Whether stored document gradients are projected in the EK-FAC eigenbasis, and so
+        depend on the factors."""
+        return self.projection is not None and self.projection_basis == "whitened"
+
+    def result_settings(self) -> dict[str, Any]:
+        """The settings as JSON values, as results depend on them: without a projection its
+        basis means nothing, so changing it recomputes nothing."""
+        values = self.model_dump(mode="json")
+        if self.projection is None:
+            values["projection_basis"] = None
+        return values
 
     @property
     def loading(self) -> dict[str, bool]:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 import torch
 
 from .batching import batches
 from .capture import capture, check_finite
+from .errors import InputError
+from .low_rank import factorize
 from .serialization import pack, unpack
 from .model import LoadedModel
 from .projection import KroneckerProjection
@@ -47,24 +49,38 @@ def iter_document_gradients(
 
 @dataclass
 class DocumentGradients:
+    """Per-document gradients per layer: (N, k_out, k_in) in `grads`, or with `rank` set the
+    factors of each, `grads[name]` (N, k_out, r) and `right[name]` (N, k_in, r)."""
+
     ids: list[str]
-    grads: dict[str, torch.Tensor]  # (N, k_out, k_in) float32
+    grads: dict[str, torch.Tensor]
     losses: torch.Tensor  # (N,) summed next-token loss in nats
     projection: dict | None
+    right: dict[str, torch.Tensor] = field(default_factory=dict)
+    rank: int | None = None
+
+    def dense(self, name: str) -> torch.Tensor:
+        """(N, k_out, k_in), reconstructed from the factors when factored."""
+        if self.rank is None:
+            return self.grads[name]
+        return self.grads[name] @ self.right[name].transpose(1, 2)
 
     def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         return pack(
-            self.grads | {"losses": self.losses},
+            self.grads | {f"{k}::right": v for k, v in self.right.items()} | {"losses": self.losses},
             "document_gradients",
             ids=self.ids,
             layers=list(self.grads),
             projection=self.projection,
+            rank=self.rank,
         )
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> "DocumentGradients":
         meta = unpack(metadata, "document_gradients")
-        return cls(meta["ids"], {k: tensors[k] for k in meta["layers"]}, tensors["losses"], meta["projection"])
+        layers, rank = meta["layers"], meta["rank"]
+        right = {} if rank is None else {k: tensors[f"{k}::right"] for k in layers}
+        return cls(meta["ids"], {k: tensors[k] for k in layers}, tensors["losses"], meta["projection"], right, rank)
 
 
 def compute_document_gradients(
@@ -76,20 +92,31 @@ def compute_document_gradients(
     batch_size: int = 8,
     progress: Callable[[int], None] | None = None,
     first_target: Sequence[int] | None = None,
+    rank: int | None = None,
 ) -> DocumentGradients:
     """Gradients of every document (of every query's completion, with ``first_target``),
-    gathered on the CPU for storage."""
+    gathered on the CPU for storage; with ``rank``, as rank-r factors (`pretrace.low_rank`)."""
+    if rank is not None and rank < 1:
+        raise InputError(f"document_rank: must be a positive integer or null, got {rank}")
     grads: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in lm.layers}
+    right: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in lm.layers}
     losses = []
     for _, batch_grads, batch_losses in iter_document_gradients(
         lm, sequences, projection=projection, batch_size=batch_size, progress=progress, first_target=first_target
     ):
         for name, value in batch_grads.items():
-            grads[name].append(value.cpu())
+            if rank is None:
+                grads[name].append(value.cpu())
+            else:
+                L, R = factorize(value, rank)
+                grads[name].append(L.cpu())
+                right[name].append(R.cpu())
         losses.append(batch_losses.cpu())
     return DocumentGradients(
         list(ids),
         {k: torch.cat(v) for k, v in grads.items()},
         torch.cat(losses),
         None if projection is None else projection.describe(),
+        {k: torch.cat(v) for k, v in right.items() if v},
+        rank,
     )

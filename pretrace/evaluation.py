@@ -1,5 +1,5 @@
 """The attribution check of a whole project: each query's top-k documents by influence, by k
-random documents, by BM25, by raw-gradient cosine and by raw-gradient dot product (identity),
+random documents, by BM25, by gradient cosine and by raw-gradient dot product (identity),
 each scored by its tail-patch gain (`pretrace.tailpatch`).
 
 Documents are named by (shard, doc_id): ids need only be unique within a corpus file.
@@ -82,23 +82,29 @@ def gradient_rankings(lm: LoadedModel, queries: list[Query], shard_gradients: It
                       documents: Documents, k: int, projection: KroneckerProjection | None,
                       batch_size: int, encoded: tuple[list[list[int]], list[int]] | None = None,
                       ) -> dict[str, list[list[int]]]:
-    """Each query's k documents of largest raw-gradient cosine ("cosine") and of largest raw
-    gradient dot product ("identity": influence without preconditioning), in the space of the
-    stored document gradients, over every shard in one pass. ``encoded``: the queries'
-    `encode_queries`, if the caller has it."""
+    """Each query's k documents of largest gradient cosine ("cosine", in the space of the stored
+    document gradients: raw, or whitened by a whitened projection) and of largest raw gradient
+    dot product ("identity": influence without preconditioning; a whitened projection's dual
+    takes the query back to raw inner products), over every shard in one pass. ``encoded``: the
+    queries' `encode_queries`, if the caller has it."""
     sequences, starts = encoded or encode_queries(queries, lm.tokenizer, lm.max_context)
-    raw = compute_document_gradients(lm, sequences, [q.id for q in queries], projection=projection,
-                                     batch_size=batch_size, first_target=starts).grads
-    layers = sorted(raw)
-    q = torch.cat([raw[name].flatten(1).double() for name in layers], dim=1)
+
+    def query_side(side: KroneckerProjection | None) -> torch.Tensor:
+        grads = compute_document_gradients(lm, sequences, [q.id for q in queries], projection=side,
+                                           batch_size=batch_size, first_target=starts).grads
+        return torch.cat([grads[name].flatten(1).double() for name in layers], dim=1)
+
+    layers = sorted(layer.name for layer in lm.layers)
+    q = query_side(projection)
+    q_raw = q if projection is None or projection.basis == "raw" else query_side(projection.dual())
     position = documents.position
     heaps = {method: [[] for _ in queries] for method in ("cosine", "identity")}
     for shard, grads in shard_gradients:
-        if set(grads.grads) != set(raw):
+        if set(grads.grads) != set(layers):
             raise InputError(f"document_gradients[{shard}] tracks other layers than the model; recompute it")
-        d = torch.cat([grads.grads[name].flatten(1).double() for name in layers], dim=1)
-        dot = q @ d.T
-        cosine = dot / (q.norm(dim=1, keepdim=True) * d.norm(dim=1)).clamp_min(1e-300)
+        d = torch.cat([grads.dense(name).flatten(1).double() for name in layers], dim=1)
+        cosine = q @ d.T / (q.norm(dim=1, keepdim=True) * d.norm(dim=1)).clamp_min(1e-300)
+        dot = q_raw @ d.T
         index = [position[(shard, doc_id)] for doc_id in grads.ids]
         for method, values in (("cosine", cosine), ("identity", dot)):
             for row, heap in zip(values.numpy(), heaps[method]):

@@ -137,22 +137,28 @@ COMPLETIONS = Artefact(
     "is correct")
 QUERY_GRADIENTS = Artefact(
     "query_gradients", False, {"query_gradients.safetensors": QueryGradients, "queries.parquet": None},
-    ("projection", "query_rank", "seed", "batch_size", "dtype"), (Input("completions"), Input("ekfac_factors"), Input("model")), "2",
+    ("projection", "projection_basis", "query_rank", "seed", "batch_size", "dtype"),
+    (Input("completions"), Input("ekfac_factors"), Input("model")), "3",
     "preconditioned query gradients, and each completion's log-probability")
 DOCUMENT_GRADIENTS = Artefact(
-    "document_gradients", True, {"{shard}.safetensors": DocumentGradients}, ("projection", "seed", "batch_size", "dtype"),
-    (Input("corpus_shards", "shard"), Input("model")), "1",
-    "per-document loss gradients of one shard")
+    "document_gradients", True, {"{shard}.safetensors": DocumentGradients},
+    ("projection", "projection_basis", "document_rank", "seed", "batch_size", "dtype"),
+    (Input("corpus_shards", "shard"), Input("model")),
+    "2", "per-document loss gradients of one shard")
 INFLUENCE_SCORES = Artefact(
     "influence_scores", True,
-    {"{shard}.parquet": None, "{shard}.stats.safetensors": ShardStatistics, "{shard}.top.parquet": None},
-    ("top_k",), (Input("query_gradients"), Input("document_gradients", "shard"), Input("corpus_shards", "shard")), "5",
-    "query x document scores of one shard, its statistics and top documents")
+    {"{shard}.parquet": None, "{shard}.stats.safetensors": ShardStatistics, "{shard}.top.parquet": None,
+     "{shard}.accuracy.json": None},
+    ("top_k", "seed"),
+    (Input("query_gradients"), Input("document_gradients", "shard"), Input("corpus_shards", "shard"), Input("model"),
+     Input("ekfac_factors")), "6",
+    "query x document scores of one shard, its statistics and top documents, and how close stored (projected) "
+    "scores are to exact ones on a seeded sample of its documents")
 ATTRIBUTION_EVAL = Artefact(
     "attribution_eval", False,
     {"gains.parquet": None, "summary.parquet": None, "retrieval.parquet": None, "retrieval_summary.parquet": None,
      "token_influence.parquet": None},
-    ("tail_patch_k", "top_k", "tail_patch_lr", "seed", "projection", "batch_size", "dtype"),
+    ("tail_patch_k", "top_k", "tail_patch_lr", "seed", "projection", "projection_basis", "batch_size", "dtype"),
     (Input("model"), Input("queries"), Input("query_gradients"), Input("corpus_shards", "all_shards"),
      Input("document_gradients", "all_shards"), Input("influence_scores", "all_shards")), "3",
     "tail-patch gains of each query's top documents by influence, random, BM25, gradient cosine and dot product, "
@@ -170,20 +176,29 @@ def model_comparison(compared: tuple[str, ...]) -> Artefact:
 INFLUENCE_REPORT = Artefact(
     "influence_report", False, {}, ("top_k", "seed"),
     (Input("completions"), Input("query_gradients"), Input("influence_scores", "all_shards"), Input("attribution_eval")),
-    "7",
+    "8",
     "the report over every current shard: HTML, tables, figures")
 
 
-def artefacts(demo: bool = False, compared: tuple[str, ...] = ()) -> dict[str, Artefact]:
+def _with_factors(artefact: Artefact) -> Artefact:
+    return replace(artefact, inputs=(*artefact.inputs, Input("ekfac_factors")))
+
+
+def artefacts(demo: bool = False, compared: tuple[str, ...] = (), projects_with_factors: bool = False,
+              ) -> dict[str, Artefact]:
     """The artefacts of a project in dependency order; the demo trains its own model; compared
-    models add their comparison, which the report reads."""
+    models add their comparison, which the report reads; a whitened projection
+    (`PretraceConfig.projects_with_factors`) makes what projects documents read the factors."""
     report = INFLUENCE_REPORT
+    documents, evaluation = DOCUMENT_GRADIENTS, ATTRIBUTION_EVAL
+    if projects_with_factors:
+        documents, evaluation = _with_factors(DOCUMENT_GRADIENTS), _with_factors(ATTRIBUTION_EVAL)
     extra = []
     if compared:
         extra = [model_comparison(compared)]
         report = replace(INFLUENCE_REPORT, inputs=(*INFLUENCE_REPORT.inputs, Input("model_comparison")))
     table = [DEMO_MODEL if demo else USER_MODEL, CORPUS_SHARDS, COVARIANCES, EIGENBASIS, LAMBDAS, FACTORS,
-             QUERIES, COMPLETIONS, QUERY_GRADIENTS, DOCUMENT_GRADIENTS, INFLUENCE_SCORES, ATTRIBUTION_EVAL, *extra, report]
+             QUERIES, COMPLETIONS, QUERY_GRADIENTS, documents, INFLUENCE_SCORES, evaluation, *extra, report]
     return {a.name: a for a in table}
 
 
@@ -357,7 +372,8 @@ class ArtefactReader:
 def invalidation_table(demo: bool = False) -> str:
     """The README's table: which setting and which input each artefact records, so a change
     recomputes it (and then whatever its new bytes feed)."""
-    table = artefacts(demo, compared=("<name>",))  # with a compared model: model_comparison too
+    # with a compared model (model_comparison too) and a whitened projection (what reads the factors)
+    table = artefacts(demo, compared=("<name>",), projects_with_factors=True)
     keys = sorted({k for a in table.values() for k in a.config})
     rows = ["| setting | recorded by (recomputed when it changes) |", "|---|---|"]
     for key in keys:
@@ -366,6 +382,11 @@ def invalidation_table(demo: bool = False) -> str:
     for what, scope in scoped.items():
         users = [a.name for a in table.values() if any(i.scope == scope for i in a.inputs)]
         rows.append(f"| {what} | {', '.join(f'`{u}`' for u in users)} |")
+    reading = lambda graph: [a.name for a in graph.values() if any(i.name == FACTORS.name for i in a.inputs)]  # noqa: E731
+    always = reading(artefacts(demo, compared=("<name>",)))
+    whitened = [f"`{u}`" for u in reading(table) if u not in always]
+    rows.append(f"| the EK-FAC factors (refitted) | {', '.join(f'`{u}`' for u in always)}; "
+                f"{' and '.join(whitened)} with a whitened `projection` |")
     for source in SOURCES:
         users = [a.name for a in table.values() if any(i.name == source for i in a.inputs)]
         rows.append(f"| content of the {source.replace('_', ' ')} | {', '.join(f'`{u}`' for u in users)} |")

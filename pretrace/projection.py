@@ -1,22 +1,41 @@
 """Seeded Kronecker projections that shrink a (d_out, d_in) gradient to (k_out, k_in).
 
-P_out X P_in^T with Gaussian P of variance 1/k preserves inner products in expectation
-(E[P^T P] = I). Because sum_t g_t a_t^T projects to sum_t (P_out g_t)(P_in a_t)^T, document
-gradients are projected token by token and the full gradient is never formed.
+A projection applies one matrix to each token's output gradient g_t and one to its input a_t,
+so sum_t g_t a_t^T becomes sum_t (M_out g_t)(M_in a_t)^T and the full per-document gradient is
+never formed. Its `dual` is what a query is projected with, so that <dual(X), M(Y)> estimates
+<X, Y>; the estimate is unbiased with Gaussian P of variance 1/k (E[P^T P] = I).
+
+Two bases:
+- ``raw``: M = P, its own dual. Cheap and independent of the EK-FAC factors, but the score
+  <H^-1 q, d> pairs a query living mostly in the low-curvature directions with documents living
+  mostly in the high-curvature ones, and a random projection's error, which scales with the two
+  vectors' norms, swamps their small inner product.
+- ``whitened``: project in the EK-FAC eigenbasis after scaling by a Kronecker approximation
+  u v^T of (Lambda + lambda)^(-1/2): M = P diag(u) Q^T, dual P diag(1/u) Q^T. Query and documents
+  then meet in the space where the preconditioned inner product is roughly Euclidean, which is
+  where a random projection's error is smallest relative to the inner product it estimates.
+  Document gradients then depend on the factors.
 """
 
 from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
 from .config import PretraceConfig
 from .errors import InputError
 
+if TYPE_CHECKING:
+    from .ekfac import Factors
 
-def _matrix(k: int, d: int, seed: int, salt: str) -> torch.Tensor | None:
+Basis = Literal["raw", "whitened"]
+Matrices = dict[str, torch.Tensor | None]  # None: the identity
+
+
+def _gaussian(k: int, d: int, seed: int, salt: str) -> torch.Tensor | None:
     """A (k, d) Gaussian projection, or None (identity) when k does not shrink d."""
     if k >= d:
         return None
@@ -24,27 +43,71 @@ def _matrix(k: int, d: int, seed: int, salt: str) -> torch.Tensor | None:
     return torch.randn(k, d, generator=generator, dtype=torch.float32) / k**0.5
 
 
+def kronecker_scales(lambdas: torch.Tensor, damping: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(u, v) with u_i v_j closest to (Lambda_ij + lambda)^(-1/2) in log space.
+
+    Minimizing sum_ij (log u_i + log v_j - log W_ij)^2 is the two-way additive fit: row means
+    plus column means minus the grand mean, split evenly between the two sides.
+    """
+    log_w = -0.5 * torch.log(lambdas.double() + damping)
+    rows, columns, grand = log_w.mean(dim=1), log_w.mean(dim=0), log_w.mean()
+    return torch.exp(rows - grand / 2), torch.exp(columns - grand / 2)
+
+
+def _times(P: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
+    """P @ rows, where P None is the identity."""
+    return rows if P is None else P.double() @ rows
+
+
 @dataclass
 class KroneckerProjection:
-    """Per-layer projection pairs, reproducible from (k_out, k_in, seed) alone."""
+    """Per-layer matrices for documents (`P_out`, `P_in`) and their duals for queries,
+    reproducible from (k_out, k_in, seed, basis) and, when whitened, the factors."""
 
     k_out: int
     k_in: int
     seed: int
-    P_out: dict[str, torch.Tensor | None]
-    P_in: dict[str, torch.Tensor | None]
+    basis: Basis
+    P_out: Matrices
+    P_in: Matrices
+    dual_out: Matrices
+    dual_in: Matrices
 
     @classmethod
-    def build(cls, shapes: dict[str, tuple[int, int]], k_out: int, k_in: int, seed: int = 0) -> "KroneckerProjection":
+    def build(cls, shapes: dict[str, tuple[int, int]], k_out: int, k_in: int, seed: int = 0,
+              basis: Basis = "raw", factors: Factors | None = None) -> KroneckerProjection:
         if k_out < 1 or k_in < 1:
             raise InputError(f"projection: sizes must be positive integers, got [{k_out}, {k_in}]")
-        P_out = {name: _matrix(k_out, d_out, seed, f"{name}:out") for name, (d_out, _) in shapes.items()}
-        P_in = {name: _matrix(k_in, d_in, seed, f"{name}:in") for name, (_, d_in) in shapes.items()}
-        return cls(k_out, k_in, seed, P_out, P_in)
+        P_out = {name: _gaussian(k_out, d_out, seed, f"{name}:out") for name, (d_out, _) in shapes.items()}
+        P_in = {name: _gaussian(k_in, d_in, seed, f"{name}:in") for name, (_, d_in) in shapes.items()}
+        if basis == "raw":
+            return cls(k_out, k_in, seed, basis, P_out, P_in, P_out, P_in)
+        if basis != "whitened":
+            raise InputError(f"projection_basis: {basis!r} is not one of raw, whitened")
+        if factors is None:
+            raise ValueError("a whitened projection is built from the EK-FAC factors; pass them")
+        missing = sorted(set(shapes) - set(factors.layers))
+        if missing:
+            raise InputError(f"the EK-FAC factors were fitted without layers {missing}; refit them for these layers")
+        out, in_, dual_out, dual_in = {}, {}, {}, {}
+        for name in shapes:
+            u, v = kronecker_scales(factors.lambdas[name], factors.damping[name])
+            QS_T, QA_T = factors.QS[name].double().T, factors.QA[name].double().T
+            out[name] = _times(P_out[name], u[:, None] * QS_T).float()
+            dual_out[name] = _times(P_out[name], QS_T / u[:, None]).float()
+            in_[name] = _times(P_in[name], v[:, None] * QA_T).float()
+            dual_in[name] = _times(P_in[name], QA_T / v[:, None]).float()
+        return cls(k_out, k_in, seed, basis, out, in_, dual_out, dual_in)
 
-    def to(self, device: torch.device, dtype: torch.dtype = torch.float32) -> "KroneckerProjection":
+    def dual(self) -> KroneckerProjection:
+        """The projection to apply to the other side of an inner product (itself when raw)."""
+        return KroneckerProjection(self.k_out, self.k_in, self.seed, self.basis,
+                                   self.dual_out, self.dual_in, self.P_out, self.P_in)
+
+    def to(self, device: torch.device, dtype: torch.dtype = torch.float32) -> KroneckerProjection:
         move = lambda d: {k: None if v is None else v.to(device, dtype) for k, v in d.items()}  # noqa: E731
-        return KroneckerProjection(self.k_out, self.k_in, self.seed, move(self.P_out), move(self.P_in))
+        return KroneckerProjection(self.k_out, self.k_in, self.seed, self.basis, move(self.P_out), move(self.P_in),
+                                   move(self.dual_out), move(self.dual_in))
 
     def project_tokens(self, name: str, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Project per-token inputs (.., d_in) and output gradients (.., d_out)."""
@@ -61,12 +124,15 @@ class KroneckerProjection:
         return X
 
     def describe(self) -> dict:
-        return {"k_out": self.k_out, "k_in": self.k_in, "seed": self.seed}
+        return {"k_out": self.k_out, "k_in": self.k_in, "seed": self.seed, "basis": self.basis}
 
 
-def projection_for(config: PretraceConfig, shapes: dict[str, tuple[int, int]]) -> KroneckerProjection | None:
-    """The projection a configuration asks for (`projection: [k_out, k_in]`), or None (exact)."""
+def projection_for(config: PretraceConfig, shapes: dict[str, tuple[int, int]],
+                   factors: Factors | None = None) -> KroneckerProjection | None:
+    """The projection a configuration asks for (`projection: [k_out, k_in]`,
+    `projection_basis`), or None (exact); a whitened one needs the factors."""
     if config.projection is None:
         return None
     k_out, k_in = config.projection
-    return KroneckerProjection.build(shapes, k_out, k_in, seed=config.seed)
+    return KroneckerProjection.build(shapes, k_out, k_in, seed=config.seed, basis=config.projection_basis,
+                                     factors=factors)

@@ -10,9 +10,13 @@ much of the ranking survives, and how often both put the same document first.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import math
+from dataclasses import asdict, dataclass
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from .ekfac import Factors
 from .model import LoadedModel
@@ -37,6 +41,18 @@ class ProjectionError:
     queries: int
 
 
+def score_accuracy(error: ProjectionError | None, projection: dict | None, query_rank: int | None,
+                   document_rank: int | None) -> dict[str, Any]:
+    """What one shard's stored scores are, as JSON: exact, or approximate with the projection,
+    the query and document ranks and the error measured on the sample (NaN, a constant sample,
+    as null)."""
+    measured = {} if error is None else {
+        key: (value if not isinstance(value, float) or math.isfinite(value) else None)
+        for key, value in asdict(error).items()}
+    return {"exact": error is None, "projection": projection, "query_rank": query_rank,
+            "document_rank": document_rank, **measured}
+
+
 def projection_error(lm: LoadedModel, factors: Factors, queries: list[Query], tokens: list[list[int]],
                      stored: np.ndarray, *, batch_size: int = 8) -> ProjectionError:
     """Compare ``stored`` (Q, m) scores of the sampled documents with exact ones."""
@@ -55,3 +71,21 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a - a.mean(), b - b.mean()
     denominator = np.sqrt((a * a).sum() * (b * b).sum())
     return float((a * b).sum() / denominator) if denominator > 0 else float("nan")
+
+
+ACCURACY_SCHEMA = pa.schema([
+    ("shard", pa.string()), ("exact", pa.bool_()), ("projection", pa.string()), ("query_rank", pa.int64()),
+    ("document_rank", pa.int64()), ("documents", pa.int64()), ("queries", pa.int64()), ("pearson_mean", pa.float64()), ("pearson_min", pa.float64()),
+    ("top1_agreement", pa.float64())])
+
+
+def accuracy_table(shards: Iterable[tuple[str, dict[str, Any]]]) -> pa.Table:
+    """One row per shard from each shard's `score_accuracy`, for the report."""
+    rows = [{**{name: record.get(name) for name in ACCURACY_SCHEMA.names}, "shard": shard,
+             "projection": None if record["projection"] is None else _describe(record["projection"])}
+            for shard, record in shards]
+    return pa.Table.from_pylist(rows, schema=ACCURACY_SCHEMA)
+
+
+def _describe(projection: dict[str, Any]) -> str:
+    return f"[{projection['k_out']}, {projection['k_in']}] {projection['basis']}, seed {projection['seed']}"

@@ -67,8 +67,8 @@ class Project:
         self._main, self.name = compared_by or (None, None)
         self.storage = Storage(config.storage)
         self.store = ArtefactStore(self.storage)
-        self.graph = artefacts(demo, tuple(config.compare_models))
-        self._settings = config.model_dump(mode="json")
+        self.graph = artefacts(demo, tuple(config.compare_models), config.projects_with_factors)
+        self._settings = config.result_settings()
         self._fitted = {i.name for a in self.graph.values() for i in a.inputs if i.scope == "fit_shards"}
         self.digests = digests or shared_cache()
         self._sources: dict[tuple[str, str | None], str] = {}
@@ -266,7 +266,7 @@ class Project:
 
 def settings_of(artefact: Artefact, config: PretraceConfig) -> dict:
     """The configuration keys an artefact's bytes depend on, as stored in its manifest."""
-    return _pick(artefact, config.model_dump(mode="json"))
+    return _pick(artefact, config.result_settings())
 
 
 def _pick(artefact: Artefact, settings: dict) -> dict:

@@ -18,6 +18,7 @@ from .capture import capture, check_finite
 from .ekfac import Factors, rotated_gradients
 from .serialization import pack, unpack
 from .errors import InputError
+from .low_rank import factorize
 from .model import LoadedModel
 from .projection import KroneckerProjection
 
@@ -108,12 +109,6 @@ class QueryGradients:
         return cls(meta["ids"], tensors["logprobs"], left, right, meta["projection"], rank)
 
 
-def _low_rank(X: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    U, S, Vh = torch.linalg.svd(X, full_matrices=False)
-    r = min(rank, S.shape[-1])
-    return U[..., :r] * S[..., None, :r], Vh[..., :r, :].transpose(-1, -2)
-
-
 def compute_query_gradients(
     lm: LoadedModel,
     factors: Factors,
@@ -152,13 +147,14 @@ def query_gradients_from_tokens(
         raise InputError(f"the EK-FAC factors were fitted without layers {missing}; refit them for these layers")
     factors = factors.to(lm.device, lm.accumulate_dtype)
     proj = projection.to(lm.device, lm.accumulate_dtype) if projection is not None else None
-    # Rotating back out of the eigenbasis and projecting compose into one pair of matrices.
+    # Rotating back out of the eigenbasis and projecting (with the dual of the documents'
+    # projection, so that inner products with them estimate the score) compose into one pair.
     back_left, back_right = {}, {}
     for name in factors.layers:
-        P_out = None if proj is None else proj.P_out[name]
-        P_in = None if proj is None else proj.P_in[name]
-        back_left[name] = factors.QS[name] if P_out is None else P_out @ factors.QS[name]
-        back_right[name] = factors.QA[name] if P_in is None else P_in @ factors.QA[name]
+        out = None if proj is None else proj.dual_out[name]
+        in_ = None if proj is None else proj.dual_in[name]
+        back_left[name] = factors.QS[name] if out is None else out @ factors.QS[name]
+        back_right[name] = factors.QA[name] if in_ is None else in_ @ factors.QA[name]
     left: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in lm.layers}
     right: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in lm.layers}
     logprobs = []
@@ -174,7 +170,7 @@ def query_gradients_from_tokens(
             if rank is None:
                 left[name].append(X.cpu())
             else:
-                L, R = _low_rank(X, rank)
+                L, R = factorize(X, rank)
                 left[name].append(L.cpu())
                 right[name].append(R.cpu())
         if progress is not None:

@@ -12,6 +12,7 @@ import torch
 
 from .documents import DocumentGradients, iter_document_gradients
 from .errors import InputError
+from .low_rank import inner_products
 from .model import LoadedModel
 from .projection import KroneckerProjection
 from .queries import QueryGradients
@@ -41,10 +42,16 @@ def _add_scores(total: torch.Tensor, flat_queries: dict[str, torch.Tensor], grad
 
 
 def score_matrix(queries: QueryGradients, documents: DocumentGradients) -> torch.Tensor:
-    """(Q, N) influence from stored gradients, summed over layers in float32."""
+    """(Q, N) influence from stored gradients, summed over layers in float32. Factored document
+    gradients (`document_rank`) are scored from their factors, never made dense."""
     _check_compatible(queries, list(documents.grads), documents.projection)
     total = torch.zeros(len(queries.ids), len(documents.ids), dtype=torch.float32)
-    return _add_scores(total, _flat_queries(queries, torch.device("cpu")), documents.grads)
+    if documents.rank is None:
+        return _add_scores(total, _flat_queries(queries, torch.device("cpu")), documents.grads)
+    for name in queries.layers:
+        query = (queries.left[name].float(), None if queries.rank is None else queries.right[name].float())
+        total += inner_products(query, (documents.grads[name], documents.right[name]))
+    return total
 
 
 def stream_scores(

@@ -42,7 +42,9 @@ class PretraceResource(dg.ConfigurableResource):
     damping_absolute: Optional[float] = Field(
         default=None, description="When set, λ = this value for every layer instead of the relative `damping`.")
     projection: Optional[List[int]] = _field("projection", None)
+    projection_basis: str = _field("projection_basis")
     query_rank: Optional[int] = _field("query_rank")
+    document_rank: Optional[int] = _field("document_rank")
     max_length: int = _field("max_length")
     batch_size: int = _field("batch_size")
     fit_shards: Optional[List[str]] = _field("fit_shards", None)

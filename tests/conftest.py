@@ -16,6 +16,17 @@ if TYPE_CHECKING:
 pytest_plugins = ["tests.s3server"]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Groups for pytest-xdist's `--dist loadgroup` (the README's test command): the integration
+    package shares package-scoped servers (PostgreSQL, S3, `dagster dev`), so it runs on one
+    worker; every other module shares module-scoped fixtures (finished projects), so each module
+    stays on one worker."""
+    for item in items:
+        parts = item.nodeid.split("::")[0].split("/")
+        group = "integration" if parts[:2] == ["tests", "integration"] else "/".join(parts)
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_digest_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The suite's content-digest cache (pretrace.fingerprint) lives in its own temp folder,

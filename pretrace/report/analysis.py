@@ -33,6 +33,7 @@ class Analysis:
     top: pa.Table = field(repr=False)  # merged top/bottom lists
     attribution: dict[str, pl.DataFrame] | None = field(default=None, repr=False)  # the attribution check's tables
     comparison: pl.DataFrame | None = field(default=None, repr=False)  # per query and compared model
+    accuracy: pl.DataFrame | None = field(default=None, repr=False)  # per shard: stored against exact scores
     _results: dict[Callable, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -68,7 +69,7 @@ class Analysis:
 
 def analyze(stats: ShardStatistics, top: pa.Table, queries: pa.Table,
             config: ReportConfig = ReportConfig(), attribution: dict[str, pa.Table] | None = None,
-            comparison: pa.Table | None = None) -> Analysis:
+            comparison: pa.Table | None = None, accuracy: pa.Table | None = None) -> Analysis:
     """The report's inputs in report order; the sections compute their tables from it."""
     stored_k = int(pc.max(top.column("rank")).as_py() or 0) if top.num_rows else 0
     if stored_k < config.k:  # the shards were summarized with a smaller k: report what there is
@@ -76,4 +77,5 @@ def analyze(stats: ShardStatistics, top: pa.Table, queries: pa.Table,
     frame = queries_frame(stats.query_ids, queries, config)
     tables = None if attribution is None else {name: pl.from_arrow(t) for name, t in attribution.items()}
     return Analysis(config, frame, stats.select(frame["id"].to_list()), top, tables,
-                    None if comparison is None else pl.from_arrow(comparison))
+                    None if comparison is None else pl.from_arrow(comparison),
+                    None if accuracy is None else pl.from_arrow(accuracy))

@@ -1,5 +1,6 @@
 """The asset graph end to end on a tiny project, against the core library."""
 
+import json
 from pathlib import Path
 
 import dagster as dg
@@ -12,7 +13,7 @@ from pipeline.definitions import build_definitions
 from pipeline.runner import asset_order, executable
 from pretrace.batching import batches
 from pretrace.config import Damping, load_config
-from pretrace.layout import artefacts
+from pretrace.layout import Input, artefacts
 from pretrace.provenance import Project
 from pretrace.corpus import read_records, tokenize_documents
 from pretrace.ekfac import fit_factors
@@ -35,17 +36,24 @@ def project(tmp_path_factory):
     return config, ran
 
 
-def test_definitions_load_and_mirror_the_artefact_table(tmp_path):
-    defs = build_definitions(load_config(make_project(tmp_path)))
+@pytest.mark.parametrize("projection", [None, [8, 8]])
+def test_definitions_load_and_mirror_the_artefact_table(tmp_path, projection):
+    config = load_config(make_project(tmp_path)).model_copy(update={"projection": projection})
+    defs = build_definitions(config)
     dg.Definitions.validate_loadable(defs)
     specs = {spec.key.to_user_string(): spec for spec in defs.resolve_all_asset_specs()}
     assert set(specs) == set(ALL_ASSETS) | SOURCES
-    # Dagster's graph (what the UI draws and marks stale) is the artefact table's graph.
-    for artefact in artefacts().values():
+    # Dagster's graph (what the UI draws and marks stale) is the artefact table's graph; a
+    # whitened projection (the default basis) makes document gradients read the factors.
+    table = artefacts(projects_with_factors=projection is not None)
+    assert (Input("ekfac_factors") in table["document_gradients"].inputs) == (projection is not None)
+    for artefact in table.values():
         upstream = {i.name for i in artefact.inputs}
         upstream = {"corpus_files" if u == "corpus_file" else u for u in upstream}
         assert {d.asset_key.to_user_string() for d in specs[artefact.name].deps} == upstream, artefact.name
-    assert asset_order(defs).index("model") < asset_order(defs).index("corpus_shards")
+    order = asset_order(defs)
+    assert order.index("model") < order.index("corpus_shards")
+    assert (order.index("ekfac_factors") < order.index("document_gradients")) == (projection is not None)
 
 
 def test_code_versions_carry_the_settings_each_asset_depends_on(tmp_path):
@@ -97,6 +105,8 @@ def test_the_report_shows_its_tables_plots_and_link_in_dagster(project):
     assert [c.name for c in correlation.schema.columns][:3] == ["group", "pairs", "mean_r"]
     assert metadata["plot_correlation_matrix"].value.startswith("![correlation_matrix](data:image/png;base64,")
     assert result.get_asset_check_evaluations()[0].passed  # it covers every current shard
+    html = Path(config.storage, "influence_report", "report.html").read_text()
+    assert "Stored scores are exact: unprojected document gradients, dense query gradients." in html
 
 
 def test_a_new_corpus_file_runs_only_its_own_partition_with_fixed_fit_shards(project):
@@ -166,6 +176,14 @@ def test_the_projection_check_warns_when_the_stored_scores_lose_the_ranking(tmp_
     assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
     assert check.metadata["pearson_mean"].value < 0.9 and 10 <= check.metadata["documents"].value <= 16
     assert "raise `projection`" in check.description
+    # measured once, when the shard was scored, and stated by the report
+    accuracy = json.loads((tmp_path / "data" / "influence_scores" / "part-a.jsonl.accuracy.json").read_text())
+    assert accuracy["pearson_mean"] == pytest.approx(check.metadata["pearson_mean"].value)
+    assert not accuracy["exact"] and accuracy["projection"] == {"k_out": 1, "k_in": 1, "seed": 0, "basis": "whitened"}
+    html = (tmp_path / "data" / "influence_report" / "report.html").read_text()
+    assert "Stored scores are approximate (document gradients projected to [1, 1] whitened, seed 0 per layer)" in html
+    shards = pq.read_table(tmp_path / "data" / "influence_report" / "score_accuracy.parquet").to_pylist()
+    assert {r["shard"]: r["pearson_mean"] for r in shards}["part-a.jsonl"] == pytest.approx(accuracy["pearson_mean"])
 
 
 def test_two_models_over_the_same_corpus_and_queries_are_compared(tmp_path):

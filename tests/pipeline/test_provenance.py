@@ -46,6 +46,7 @@ INVALIDATION = {
     "damping": (0.3, AFTER_FACTORS),
     "top_k": (3, each("influence_scores", *REPORTS)),
     "query_rank": (2, each("query_gradients", "influence_scores", *REPORTS)),
+    "document_rank": (2, each("document_gradients", "influence_scores", *REPORTS)),
     "projection": ([8, 8], each("query_gradients", "document_gradients", "influence_scores", *REPORTS)),
     "tail_patch_k": (3, each(*REPORTS)),
     "tail_patch_lr": (0.01, each(*REPORTS)),
@@ -96,6 +97,26 @@ def test_a_changed_setting_recomputes_exactly_what_it_invalidates(key, finished,
     kept = {k: v for k, v in snapshot(project / "data").items() if not k.startswith(("ekfac_covariances/part-b", "ekfac_lambdas/part-b")) or not orphans}
     assert kept == clean_run_snapshot(config, tmp_path)
     assert run_pipeline(config) == []  # and then everything is current
+
+
+def test_a_whitened_projection_makes_document_gradients_follow_the_factors(finished, tmp_path):
+    """Document gradients projected raw survive a refit; whitened ones are projected in the
+    factors' eigenbasis and are recomputed with them. Without a projection the basis means nothing."""
+    project = copy_of(finished, tmp_path)
+    path = project / "pretrace.yaml"
+    steps = [
+        ({"projection_basis": "raw"}, set()),
+        ({"projection": [8, 8]}, each("query_gradients", "document_gradients", "influence_scores", *REPORTS)),
+        ({"damping": 0.3}, AFTER_FACTORS),
+        ({"projection_basis": "whitened"}, each("query_gradients", "document_gradients", "influence_scores", *REPORTS)),
+        ({"damping": 0.5}, AFTER_FACTORS | each("document_gradients")),
+    ]
+    for change, expected in steps:
+        edit_config(path, **change)
+        ran = run_pipeline(load_config(path))
+        assert set(ran) == expected and len(ran) == len(set(ran)), f"{change}: ran {sorted(ran)}"
+    config = load_config(path)
+    assert snapshot(project / "data") == clean_run_snapshot(config, tmp_path)
 
 
 def test_moved_inputs_with_the_same_content_recompute_nothing(finished, tmp_path):

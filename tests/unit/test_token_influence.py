@@ -20,10 +20,10 @@ def setup():
     return lm, docs, factors
 
 
-@pytest.mark.parametrize("k", [None, 6])
-def test_token_terms_sum_to_the_documents_score(setup, k):
+@pytest.mark.parametrize("k,basis", [(None, None), (6, "raw"), (6, "whitened")])
+def test_token_terms_sum_to_the_documents_score(setup, k, basis):
     lm, docs, factors = setup
-    proj = None if k is None else KroneckerProjection.build(lm.layer_shapes(), k, k, seed=2)
+    proj = None if k is None else KroneckerProjection.build(lm.layer_shapes(), k, k, seed=2, basis=basis, factors=factors)
     queries = compute_query_gradients(lm, factors, QUERIES, projection=proj)
     scores = score_matrix(queries, compute_document_gradients(lm, docs, list(map(str, range(12))), projection=proj))
     pairs = [Pair(q, tuple(docs[d])) for q in range(2) for d in (0, 3, 7, 11)] + [Pair(1, tuple(docs[3]))]

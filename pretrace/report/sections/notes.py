@@ -3,11 +3,49 @@
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass
 
+import polars as pl
+
+from ...projection_check import ACCURACY_SCHEMA
 from ..analysis import Analysis
 from ..concentration import share_bound
-from ..formatting import pct
+from ..formatting import num, pct
 from ..section import Section
+
+
+@dataclass
+class Notes:
+    score_accuracy: pl.DataFrame  # per shard: exact, or stored (projected) against exact scores on a sample
+
+
+def compute(a: Analysis) -> Notes:
+    return Notes(a.accuracy if a.accuracy is not None else pl.from_arrow(ACCURACY_SCHEMA.empty_table()))
+
+
+def _accuracy(a: Analysis) -> str:
+    """What the stored scores are: exact, or approximate with the error measured on every shard."""
+    rows = a.result(compute).score_accuracy
+    if rows.is_empty():
+        return ""
+    if rows["exact"].all():
+        return "<li>Stored scores are exact: unprojected document gradients, dense query gradients.</li>"
+    first = rows.row(0, named=True)
+    how = []
+    if first["projection"] is not None:
+        how.append(f"document gradients projected to {html.escape(first['projection'])} per layer")
+    if first["document_rank"] is not None:
+        how.append(f"document gradients kept at rank {first['document_rank']}")
+    if first["query_rank"] is not None:
+        how.append(f"query gradients kept at rank {first['query_rank']}")
+    pearson = rows["pearson_mean"].drop_nulls()
+    measured = ("the sampled scores were constant, so no correlation is defined" if pearson.is_empty() else
+                f"mean per-query Pearson r {num(float(pearson.mean()), 3)} (lowest shard {num(float(pearson.min()), 3)}, "
+                f"lowest query {num(float(rows['pearson_min'].drop_nulls().min()), 3)}); the same top document for "
+                f"{pct(float(rows['top1_agreement'].mean()))} of queries")
+    return (f"<li>Stored scores are approximate ({'; '.join(how)}). Against exact EK-FAC scores streamed from the "
+            f"model for a seeded sample of up to {int(rows['documents'].max())} documents of each of the "
+            f"{rows.height} shards: {measured}. Per shard: score_accuracy.parquet.</li>")
 
 
 def body(a: Analysis, figs: dict[str, bytes]) -> str:
@@ -16,6 +54,7 @@ def body(a: Analysis, figs: dict[str, bytes]) -> str:
         "<ul>"
         f"<li>Scores: EK-FAC influence of each document on log p(completion | prompt); positive means the document "
         f"raised it. {a.n_documents:,} documents, {a.queries.height} queries.</li>"
+        + _accuracy(a) +
         "<li>Correlations are exact: merged per-shard sums (n, means and co-moments) give the same Pearson r as the "
         "full score matrix.</li>"
         f"<li>Shares of positive influence are exact up to rank {s.top_values.shape[1]} (exact per-shard top lists) "
@@ -33,4 +72,4 @@ def body(a: Analysis, figs: dict[str, bytes]) -> str:
     )
 
 
-SECTION = Section("notes", "Method and approximations", body)
+SECTION = Section("notes", "Method and approximations", body, compute=compute)

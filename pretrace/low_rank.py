@@ -1,0 +1,49 @@
+"""Per-example matrices kept as rank-r factors, and inner products computed from the factors.
+
+A (k_out, k_in) gradient X is stored as L R^T with L (k_out, r) and R (k_in, r): r (k_out + k_in)
+numbers instead of k_out k_in. Query gradients (`query_rank`) and document gradients
+(`document_rank`) are factored alike, and their inner products <X_q, X_d> are computed from the
+factors without forming either matrix.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_CHUNK_NUMBERS = 1 << 24
+"""How many intermediate numbers one chunk of documents may hold while scoring (64 MiB in float32)."""
+
+
+def factorize(X: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best rank-``rank`` factors (L, R) of each (..., k_out, k_in) matrix (truncated SVD):
+    L = U S is (..., k_out, r), R = V is (..., k_in, r), with r = min(rank, k_out, k_in)."""
+    U, S, Vh = torch.linalg.svd(X, full_matrices=False)
+    r = min(rank, S.shape[-1])
+    return U[..., :r] * S[..., None, :r], Vh[..., :r, :].transpose(-1, -2)
+
+
+def inner_products(query: tuple[torch.Tensor, torch.Tensor | None], documents: tuple[torch.Tensor, torch.Tensor],
+                   ) -> torch.Tensor:
+    """(Q, N) inner products of query matrices with factored document matrices L_d R_d^T.
+
+    ``query`` is (X, None) with X (Q, k_out, k_in), or factors (A (Q, k_out, r), B (Q, k_in, r)).
+    Dense queries: <X, L R^T> = sum over (o, c) of (X R)_oc L_oc. Factored: <A B^T, L R^T> =
+    sum of (A^T L) * (B^T R) over the two ranks. Documents go in chunks that bound the
+    intermediate products.
+    """
+    A, B = query
+    L, R = documents
+    Q, N = A.shape[0], L.shape[0]
+    out = torch.empty(Q, N, dtype=A.dtype, device=A.device)
+    per_document = Q * (L.shape[1] * L.shape[2] if B is None else A.shape[2] * L.shape[2])
+    step = max(1, _CHUNK_NUMBERS // max(1, per_document))
+    for start in range(0, N, step):
+        Lc, Rc = L[start : start + step].to(A), R[start : start + step].to(A)
+        if B is None:
+            XR = torch.einsum("qoi,nic->qnoc", A, Rc)
+            out[:, start : start + step] = torch.einsum("qnoc,noc->qn", XR, Lc)
+        else:
+            left = torch.einsum("qor,noc->qnrc", A, Lc)
+            right = torch.einsum("qir,nic->qnrc", B, Rc)
+            out[:, start : start + step] = (left * right).sum(dim=(2, 3))
+    return out
