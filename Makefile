@@ -22,7 +22,7 @@ demo: venv
 	$(VENV)/bin/pretrace demo
 
 test: venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --durations=25
 
 ui: venv
 	$(VENV)/bin/pretrace ui

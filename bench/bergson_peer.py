@@ -5,7 +5,7 @@
     python bench/bergson_peer.py --bergson-positions   # bergson's own activation-covariance convention
 
 Why: kronfluence is not the only EK-FAC implementation people would reach for; bergson is the
-other maintained one. bench/influence.py calls `bergson_runner` for its bergson figures; `main`
+other maintained one. `bergson_runner` is for bench/influence.py's bergson figures; `main`
 runs the same comparison standalone and prints bergson's agreement with pretrace's exact scores
 and its times as ratios to pretrace's, measured in this run on this machine.
 
@@ -53,7 +53,7 @@ from bench.influence import build_model, make_data, median_time, parse_args  # n
 from pretrace.batching import batches  # noqa: E402
 from pretrace.documents import compute_document_gradients  # noqa: E402
 from pretrace.ekfac import fit_factors  # noqa: E402
-from pretrace.model import wrap_model  # noqa: E402
+from pretrace.model import LoadedModel, wrap_model  # noqa: E402
 from pretrace.projection import KroneckerProjection  # noqa: E402
 from pretrace.queries import query_gradients_from_tokens  # noqa: E402
 from pretrace.scores import score_matrix, stream_scores  # noqa: E402
@@ -94,7 +94,7 @@ def _batches(n: int, size: int) -> list[list[int]]:
 
 
 def bergson_runner(
-    lm, args: argparse.Namespace, docs: list[list[int]], queries: list[list[int]], starts: list[int],
+    lm: LoadedModel, args: argparse.Namespace, docs: list[list[int]], queries: list[list[int]], starts: list[int],
     output_dir: str, *, pretrace_positions: bool = True,
 ) -> tuple[Callable[[], None], Callable[[], torch.Tensor], Callable[[], Callable[[], torch.Tensor]]]:
     """bergson on pretrace's work: `(fit, pairwise, build_store)`.

@@ -16,15 +16,19 @@ if TYPE_CHECKING:
 pytest_plugins = ["tests.s3server"]
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Groups for pytest-xdist's `--dist loadgroup` (the README's test command): the integration
-    package shares package-scoped servers (PostgreSQL, S3, `dagster dev`), so it runs on one
-    worker; every other module shares module-scoped fixtures (finished projects), so each module
-    stays on one worker."""
-    for item in items:
-        parts = item.nodeid.split("::")[0].split("/")
-        group = "integration" if parts[:2] == ["tests", "integration"] else "/".join(parts)
-        item.add_marker(pytest.mark.xdist_group(group))
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """How `pytest -n 2` (the README's test command, pytest-xdist) shares the tests between
+    workers: each module whole, since its tests share module-scoped fixtures (finished
+    projects), and the integration package whole, since it shares package-scoped servers
+    (PostgreSQL, S3, `dagster dev`). It is collected first, so it starts first."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesAndIntegration(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "tests/integration" if nodeid.startswith("tests/integration/") else super()._split_scope(nodeid)
+
+    return ModulesAndIntegration(config, log)
 
 
 @pytest.fixture(scope="session", autouse=True)
