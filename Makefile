@@ -5,6 +5,11 @@ PY := $(VENV)/bin/python
 # The CPU wheel of torch; a bare "torch" requirement would pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 KRONFLUENCE_SPEC ?= kronfluence==1.0.1
+# bergson (the other peer, bench/bergson_peer.py) declares torchvision, torchaudio and
+# bitsandbytes, which would pull a CUDA build of torch: it goes in without its dependencies,
+# beside the packages it really imports (measured: importing bergson and running its EK-FAC).
+BERGSON_SPEC ?= bergson==2.5.1 datasets==5.2.0 multiprocess==0.70.19 dill==0.4.1 pandas==3.1.1 xxhash==4.1.0 \
+	simple-parsing==0.1.9 ml_dtypes==0.6.0 petname==2.9 jaxtyping==0.3.11 peft==0.21.2
 
 .PHONY: demo test ui bench venv clean
 
@@ -16,6 +21,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[dev]"
 	$(PY) -m pip install -q --no-deps "$(KRONFLUENCE_SPEC)"
+	$(PY) -m pip install -q --no-deps $(BERGSON_SPEC)
 	touch $@
 
 demo: venv

@@ -136,3 +136,21 @@ def table_metadata(records: list[dict], columns: dict[str, str]) -> dg.MetadataV
 def report_link(url: str) -> dg.MetadataValue:
     """A clickable link to a report: file:// for a local root, the s3:// URL otherwise."""
     return dg.MetadataValue.url(Path(url).as_uri()) if "://" not in url else dg.MetadataValue.path(url)
+
+
+def also_reading(asset: dg.AssetsDefinition, compute: Callable[..., dg.MaterializeResult], upstream: str,
+                 op_name: str) -> dg.AssetsDefinition:
+    """``asset`` (one spec, computed by ``compute(context, pretrace)``) depending on ``upstream``
+    too, for settings that make it read more (a whitened projection reads the factors). It gets
+    an op of its own, ``op_name``: Dagster refuses two different ops of one name in a code
+    location, and a compared model may keep the plain one."""
+    (spec,) = asset.specs
+    op = asset.op
+
+    @dg.multi_asset(name=op_name, specs=[spec.replace_attributes(deps=[*spec.deps, dg.AssetDep(upstream)])],
+                    retry_policy=op.retry_policy, pool=op.pool, op_tags=op.tags, backfill_policy=asset.backfill_policy,
+                    required_resource_keys={"pretrace"})
+    def reading(context):  # unannotated: Dagster inspects annotations, which this module postpones
+        return compute(context, context.resources.pretrace)
+
+    return reading

@@ -11,7 +11,7 @@ from pretrace.statistics import merge_top_documents
 from pretrace.token_influence import token_influence_table
 from resources.pretrace import PretraceResource
 
-from .common import GPU_ASSET, RETRY, computing, materialized, progress_logger, table_metadata
+from .common import GPU_ASSET, RETRY, also_reading, computing, materialized, progress_logger, table_metadata
 from .corpus import corpus_shards
 from .gradients import document_gradients
 from .scores import influence_scores
@@ -25,6 +25,10 @@ def attribution_eval(context: dg.AssetExecutionContext, pretrace: PretraceResour
     random documents, by BM25, by raw-gradient cosine and by raw-gradient dot product (identity),
     and the change in log p(completion); and the per-token terms of the top and bottom documents'
     scores (pretrace.token_influence)."""
+    return compute_attribution_eval(context, pretrace)
+
+
+def compute_attribution_eval(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> dg.MaterializeResult:
     started = time.monotonic()
     with computing(context, pretrace) as run:
         config = run.project.config
@@ -58,6 +62,11 @@ def attribution_eval(context: dg.AssetExecutionContext, pretrace: PretraceResour
         **{f"mean_gain_{r['method']}": r["mean_gain"] for r in overall},
         **{f"mrr_{r['method']}": r["mrr"] for r in retrieval.to_pylist()},
     )
+
+
+WHITENED_ATTRIBUTION_EVAL = also_reading(attribution_eval, compute_attribution_eval, "ekfac_factors",
+                                         "attribution_eval_whitened")
+"""With a whitened projection the gradient baselines' projection is built from the factors."""
 
 
 def _table(table: pa.Table) -> dg.MetadataValue:

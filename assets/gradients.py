@@ -7,7 +7,7 @@ import dagster as dg
 from pretrace.documents import compute_document_gradients
 from resources.pretrace import PretraceResource
 
-from .common import GPU_ASSET, RETRY, computing, materialized, progress_logger
+from .common import GPU_ASSET, RETRY, also_reading, computing, materialized, progress_logger
 from .corpus import corpus_shards
 from .partitions import PER_SHARD
 
@@ -19,8 +19,13 @@ def document_gradients(context: dg.AssetExecutionContext, pretrace: PretraceReso
 
     They do not depend on the queries, so new queries never redo this pass; with a whitened
     projection (`projection_basis`) they are projected in the EK-FAC eigenbasis and so depend on
-    the factors (the code location then adds that dependency).
+    the factors (`WHITENED_DOCUMENT_GRADIENTS`).
     """
+    return compute_document_gradients_of_shard(context, pretrace)
+
+
+def compute_document_gradients_of_shard(context: dg.AssetExecutionContext,
+                                        pretrace: PretraceResource) -> dg.MaterializeResult:
     started = time.monotonic()
     with computing(context, pretrace) as run:
         config = run.project.config
@@ -34,3 +39,7 @@ def document_gradients(context: dg.AssetExecutionContext, pretrace: PretraceReso
         manifest = run.commit({"{shard}.safetensors": grads})
     return materialized(run, manifest, started, documents=len(doc_ids), projection=str(config.projection or "none"),
                         mean_loss_nats=float(grads.losses.mean()))
+
+
+WHITENED_DOCUMENT_GRADIENTS = also_reading(document_gradients, compute_document_gradients_of_shard, "ekfac_factors",
+                                           "document_gradients_whitened")

@@ -49,7 +49,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from bench.influence import build_model, make_data, median_time, parse_args  # noqa: E402
+from bench.influence import BERGSON_FIGURES, build_model, make_data, median_time, parse_args  # noqa: E402
 from pretrace.batching import batches  # noqa: E402
 from pretrace.documents import compute_document_gradients  # noqa: E402
 from pretrace.ekfac import fit_factors  # noqa: E402
@@ -59,12 +59,7 @@ from pretrace.queries import query_gradients_from_tokens  # noqa: E402
 from pretrace.scores import score_matrix, stream_scores  # noqa: E402
 from tests.peer import pearson  # noqa: E402
 
-# bergson_pearson: min over queries of the Pearson correlation of bergson's pairwise scores with
-# pretrace's exact ones; bergson_projected_pearson: mean per-query Pearson of bergson's new-query
-# scores (raw random projection) with pretrace's exact ones (context); the rest: bergson's time
-# over pretrace's for the same work (fit; query gradients + scores; new queries against stores).
-FIGURES = ["bergson_pearson", "bergson_projected_pearson", "bergson_vs_pretrace_factors",
-           "bergson_vs_pretrace_pairwise", "bergson_vs_pretrace_new_queries"]
+FIGURES = BERGSON_FIGURES  # described in bench/influence.py, which prints them from its own run
 
 
 def _import_bergson() -> None:
@@ -193,6 +188,36 @@ def _timed(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
     return seconds, results[-1]
 
 
+def bergson_figures(lm: LoadedModel, args: argparse.Namespace, docs: list[list[int]], queries: list[list[int]],
+                    starts: list[int], exact: torch.Tensor, pretrace_seconds: dict[str, float],
+                    log: Callable[..., None] = print, *, pretrace_positions: bool = True) -> dict[str, float]:
+    """`FIGURES` for bergson on the same work as pretrace, whose times in this run are
+    ``pretrace_seconds`` (`factors`, `pairwise` with its query gradients, `new_queries` against
+    its store) and whose exact scores are ``exact``; nan where bergson is not importable."""
+    results = dict.fromkeys(FIGURES, float("nan"))
+    B = args.batch_size
+    with tempfile.TemporaryDirectory(prefix="bench-bergson-") as out:
+        try:
+            runner = lambda d, q, s: bergson_runner(lm, args, d, q, s, out, pretrace_positions=pretrace_positions)  # noqa: E731
+            warm = runner(docs[: 2 * B], queries[:B], starts[:B])
+        except ImportError as error:
+            log(f"bergson is not importable ({error}): its figures are nan")
+            return results
+        warm[0](), warm[1](), warm[2]()()  # warm-up: every path once on a small slice
+        fit, pairwise, build_store = runner(docs, queries, starts)
+        t_fit, _ = _timed(fit, args.slow_repeats)
+        t_pair, theirs = _timed(pairwise, args.repeats)
+        t_new, projected = _timed(build_store(), args.repeats)
+    results["bergson_pearson"] = min(pearson(theirs[i], exact[i]) for i in range(len(queries)))
+    results["bergson_projected_pearson"] = statistics.mean(pearson(projected[i], exact[i]) for i in range(len(queries)))
+    results["bergson_vs_pretrace_factors"] = t_fit / pretrace_seconds["factors"]
+    results["bergson_vs_pretrace_pairwise"] = t_pair / pretrace_seconds["pairwise"]
+    results["bergson_vs_pretrace_new_queries"] = t_new / pretrace_seconds["new_queries"]
+    log(f"bergson: fit {t_fit:.2f} s, pairwise {t_pair:.2f} s, new queries {t_new:.2f} s; relative error of its "
+        f"pairwise scores against pretrace's {float((theirs - exact).norm() / exact.norm()):.1e}")
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     own = argparse.ArgumentParser(add_help=False)
     own.add_argument("--bergson-positions", action="store_true",
@@ -204,49 +229,25 @@ def main(argv: list[str] | None = None) -> int:
     lm = wrap_model(build_model(args), None, layers=["mlp"], device="cpu")
     docs, queries, starts = make_data(args)
     B, ids = args.batch_size, [str(i) for i in range(len(queries))]
-    results = dict.fromkeys(FIGURES, float("nan"))
-    with tempfile.TemporaryDirectory(prefix="bench-bergson-") as out:
-        try:
-            runner = lambda d, q, s: bergson_runner(  # noqa: E731
-                lm, args, d, q, s, out, pretrace_positions=not flags.bergson_positions)
-            warm = runner(docs[: 2 * B], queries[:B], starts[:B])
-        except ImportError as error:
-            print(f"bergson is not importable ({error}): its figures are nan")
-            warm = None
-        if warm is not None:
-            # Warm-up: every path once on a small slice, for both libraries.
-            warm[0](), warm[1](), warm[2]()()
-            few = docs[: 2 * B]
-            warm_factors = fit_factors(lm, lambda: (b for _, b in batches(few, B, 0)), fisher="empirical")
-            stream_scores(lm, query_gradients_from_tokens(lm, warm_factors, queries[:B], starts[:B], ids[:B],
-                                                          batch_size=B), few, batch_size=B)
-            fit, pairwise, build_store = runner(docs, queries, starts)
-
-            t_ours_fit, factors = _timed(
-                lambda: fit_factors(lm, lambda: (b for _, b in batches(docs, B, 0)), fisher="empirical"),
-                args.slow_repeats)
-            t_fit, _ = _timed(fit, args.slow_repeats)
-            t_ours_pair, exact = _timed(lambda: stream_scores(
-                lm, query_gradients_from_tokens(lm, factors, queries, starts, ids, batch_size=B), docs,
-                batch_size=B), args.repeats)
-            t_pair, theirs = _timed(pairwise, args.repeats)
-            proj = KroneckerProjection.build(lm.layer_shapes(), *args.projection, seed=args.seed,
-                                             basis=args.projection_basis, factors=factors)
-            stored = compute_document_gradients(lm, docs, [str(i) for i in range(len(docs))], projection=proj,
-                                                batch_size=B)
-            t_ours_new, _ = _timed(lambda: score_matrix(query_gradients_from_tokens(
-                lm, factors, queries, starts, ids, projection=proj, batch_size=B), stored), args.repeats)
-            t_new, projected = _timed(build_store(), args.repeats)
-
-            results["bergson_pearson"] = min(pearson(theirs[i], exact[i]) for i in range(len(queries)))
-            results["bergson_projected_pearson"] = statistics.mean(
-                pearson(projected[i], exact[i]) for i in range(len(queries)))
-            results["bergson_vs_pretrace_factors"] = t_fit / t_ours_fit
-            results["bergson_vs_pretrace_pairwise"] = t_pair / t_ours_pair
-            results["bergson_vs_pretrace_new_queries"] = t_new / t_ours_new
-            print(f"pretrace: fit {t_ours_fit:.2f} s, pairwise {t_ours_pair:.2f} s, new queries {t_ours_new:.2f} s; "
-                  f"bergson: fit {t_fit:.2f} s, pairwise {t_pair:.2f} s, new queries {t_new:.2f} s; "
-                  f"relative error of bergson's pairwise scores {float((theirs - exact).norm() / exact.norm()):.1e}")
+    # Warm-up: pretrace's paths once on a small slice.
+    few = docs[: 2 * B]
+    warm_factors = fit_factors(lm, lambda: (b for _, b in batches(few, B, 0)), fisher="empirical")
+    stream_scores(lm, query_gradients_from_tokens(lm, warm_factors, queries[:B], starts[:B], ids[:B], batch_size=B),
+                  few, batch_size=B)
+    t_fit, factors = _timed(lambda: fit_factors(lm, lambda: (b for _, b in batches(docs, B, 0)), fisher="empirical"),
+                            args.slow_repeats)
+    t_pair, exact = _timed(lambda: stream_scores(
+        lm, query_gradients_from_tokens(lm, factors, queries, starts, ids, batch_size=B), docs, batch_size=B),
+        args.repeats)
+    proj = KroneckerProjection.build(lm.layer_shapes(), *args.projection, seed=args.seed, basis=args.projection_basis,
+                                     factors=factors)
+    stored = compute_document_gradients(lm, docs, [str(i) for i in range(len(docs))], projection=proj, batch_size=B)
+    t_new, _ = _timed(lambda: score_matrix(query_gradients_from_tokens(
+        lm, factors, queries, starts, ids, projection=proj, batch_size=B), stored), args.repeats)
+    print(f"pretrace: fit {t_fit:.2f} s, pairwise {t_pair:.2f} s, new queries {t_new:.2f} s")
+    results = bergson_figures(lm, args, docs, queries, starts, exact,
+                              {"factors": t_fit, "pairwise": t_pair, "new_queries": t_new},
+                              pretrace_positions=not flags.bergson_positions)
     for name in FIGURES:
         print(f"{name}: {results[name]:.6g}")
     return 0

@@ -51,9 +51,13 @@ from pretrace.ekfac import Factors, fit_factors  # noqa: E402
 from pretrace.model import wrap_model  # noqa: E402
 from pretrace.projection import KroneckerProjection  # noqa: E402
 from pretrace.queries import query_gradients_from_tokens  # noqa: E402
+from pretrace.retrieval import recall  # noqa: E402
 from pretrace.scores import score_matrix, stream_scores  # noqa: E402
 from tests.peer import Sequences, collate_fn, pearson, summed_task  # noqa: E402
 
+BERGSON_FIGURES = ["bergson_vs_pretrace_factors", "bergson_vs_pretrace_pairwise", "bergson_vs_pretrace_new_queries",
+                   "bergson_pearson", "bergson_projected_pearson"]
+"""bench/bergson_peer.py's figures, printed here from the same run (nan without bergson)."""
 FIGURES = [
     "score_vs_fwdbwd",
     "kronfluence_vs_pretrace",
@@ -67,6 +71,9 @@ FIGURES = [
     "projection_compression",
     "factored_storage_ratio",
     "factored_pearson_loss",
+    "rerank_recall_at_100",
+    "rerank_recall_at_10",
+    *BERGSON_FIGURES,
     "peak_mem_mb",
     "peak_mem_growth_2x",
     "fwdbwd_peak_mem_mb",
@@ -79,6 +86,8 @@ TARGETS = {
     "projection_compression": ">= 64",
     "factored_storage_ratio": ">= 5",
     "factored_pearson_loss": "<= 0.02",
+    "bergson_pearson": ">= 0.9999",
+    "rerank_recall_at_100": ">= 0.95",
     "peak_mem_growth_2x": "~ 1",
 }
 
@@ -114,6 +123,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="torch threads for every timing (default 1: on a shared machine more threads "
                         "oversubscribe the cores and timings become erratic)")
     p.add_argument("--no-kronfluence", action="store_true", help="skip the kronfluence figures (printed as nan)")
+    p.add_argument("--no-bergson", action="store_true", help="skip the bergson figures (printed as nan)")
     p.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses (printed as nan)")
     p.add_argument("--quick", action="store_true", help="a tiny run for smoke tests")
     p.add_argument("--seed", type=int, default=0)
@@ -412,6 +422,9 @@ def main(argv=None) -> int:
                                          / sum(v.numel() for v in (*factored.grads.values(), *factored.right.values())))
     results["factored_pearson_loss"] = results["projected_pearson"] - statistics.mean(
         pearson(factored_scores[i], exact[i]) for i in range(len(queries)))
+    # Two-stage retrieval: the stored scores' top 2t candidates, re-scored exactly, against the exact top t.
+    for top in (100, 10):
+        results[f"rerank_recall_at_{top}"] = recall(projected, exact, min(2 * top, len(docs)), min(top, len(docs)))
     log(f"projected scores against exact ones: mean per-query Pearson {results['projected_pearson']:.3f} "
         f"({args.projection_basis}), {results['projected_pearson_raw']:.3f} (raw); "
         f"{results['projection_compression']:.0f}x smaller than dense gradients")
@@ -461,6 +474,15 @@ def main(argv=None) -> int:
         log(f"  pretrace on the same work (exact query gradients + stream_scores): {ours:.2f} s; kronfluence's "
             f"scores against pretrace's: min per-query Pearson {min(agree):.6f}, relative error {rel:.1e}")
 
+    # bergson on the same work, against pretrace's times of this run.
+    if args.no_bergson:
+        results |= dict.fromkeys(BERGSON_FIGURES, nan)
+    else:
+        from bench.bergson_peer import bergson_figures
+
+        results |= bergson_figures(lm, args, docs, queries, starts, exact,
+                                   {"factors": t_factors, "pairwise": t_qexact + t_stream, "new_queries": t_new}, log)
+
     # Memory: each measurement in its own fresh process.
     results["peak_mem_mb"] = results["peak_mem_growth_2x"] = results["fwdbwd_peak_mem_mb"] = nan
     if not args.no_memory:
@@ -504,6 +526,17 @@ def main(argv=None) -> int:
         "factored_storage_ratio": f"projected store / the same stored as rank-{args.document_rank} factors "
                                   "(`document_rank`)",
         "factored_pearson_loss": "projected_pearson minus the mean per-query Pearson of the factored store's scores",
+        "rerank_recall_at_100": f"share of each query's exact top 100 that two-stage retrieval returns from the stored "
+                                f"scores' top 200 candidates (of {args.docs} documents), re-scored exactly",
+        "rerank_recall_at_10": "the same for the exact top 10 from 20 candidates",
+        "bergson_vs_pretrace_factors": "bergson 2.5.1 fit_factored_hessians (EK-FAC, dataset labels) / pretrace fit_factors",
+        "bergson_vs_pretrace_pairwise": "bergson query gradients + streaming Scorer over the documents / pretrace exact "
+                                        "query gradients + stream_scores",
+        "bergson_vs_pretrace_new_queries": f"bergson: new queries against its {args.projection[0]}x{args.projection[0]} "
+                                           "Rademacher-projected store / pretrace new_queries (above)",
+        "bergson_pearson": "min per-query Pearson of bergson's pairwise EK-FAC scores against pretrace's exact ones",
+        "bergson_projected_pearson": "mean per-query Pearson of bergson's projected new-query scores against exact "
+                                     "(context)",
         "peak_mem_mb": f"peak RSS (VmHWM, MiB) of a fresh process stream-scoring {args.docs} docs (interpreter, "
                        "model and query gradients included)",
         "peak_mem_growth_2x": f"the same for {2 * args.docs} docs / for {args.docs} docs",

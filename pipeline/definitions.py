@@ -11,8 +11,8 @@ from assets.common import artefact_of
 from assets.comparison import build_model_comparison
 from assets.corpus import corpus_files, corpus_shards
 from assets.ekfac import ekfac_covariances, ekfac_eigenbasis, ekfac_factors, ekfac_lambdas
-from assets.evaluation import attribution_eval
-from assets.gradients import document_gradients
+from assets.evaluation import WHITENED_ATTRIBUTION_EVAL, attribution_eval
+from assets.gradients import WHITENED_DOCUMENT_GRADIENTS, document_gradients
 from assets.k8s import executor_from_env
 from assets.model import checkpoint, checkpoint_source, demo_model, user_model
 from assets.queries import completions, queries, query_file, query_gradients
@@ -34,17 +34,21 @@ MODEL_ASSETS = [corpus_shards, ekfac_covariances, ekfac_eigenbasis, ekfac_lambda
                 query_gradients, document_gradients, influence_scores, attribution_eval, influence_report]
 
 
-def model_graph(demo: bool) -> list:
+WHITENED = {document_gradients: WHITENED_DOCUMENT_GRADIENTS, attribution_eval: WHITENED_ATTRIBUTION_EVAL}
+"""What a whitened projection (`PretraceConfig.projects_with_factors`) makes read the factors."""
+
+
+def model_graph(demo: bool, config: PretraceConfig) -> list:
     """One model's assets: the checkpoint (or the demo's trained model) through the report."""
-    return [*MODEL_ASSETS, *([demo_model] if demo else [checkpoint, user_model])]
+    assets = [WHITENED.get(a, a) if config.projects_with_factors else a for a in MODEL_ASSETS]
+    return [*assets, *([demo_model] if demo else [checkpoint, user_model])]
 
 
 def with_policy(assets: list, resource: PretraceResource) -> list:
     """Every materializable asset as the recompute policy sees it: its code version is its
     artefact's code version plus a digest of the settings its bytes depend on (a changed setting
     shows in the UI as a changed code version, stale, exactly when the policy calls the artefact
-    stale for it), `OutOfDate` keeps it current, and it depends on every artefact its settings
-    make it read (a whitened projection: the factors)."""
+    stale for it), and `OutOfDate` keeps it current."""
     project = resource.project()
     condition = OutOfDate(resource)
 
@@ -53,19 +57,16 @@ def with_policy(assets: list, resource: PretraceResource) -> list:
         owner = project.compared(model)
         artefact = owner.graph[name]
         digest = hashlib.sha256(canonical_json(settings_of(artefact, owner.config)).encode()).hexdigest()[:8]
-        declared = {dep.asset_key for dep in spec.deps}
-        read = [dg.AssetKey([*spec.key.path[:-1], i.name]) for i in artefact.inputs if i.model is None and i.name in owner.graph]
-        return spec.replace_attributes(code_version=f"{artefact.code_version}-{digest}", automation_condition=condition,
-                                       deps=[*spec.deps, *(dg.AssetDep(k) for k in read if k not in declared)])
+        return spec.replace_attributes(code_version=f"{artefact.code_version}-{digest}", automation_condition=condition)
 
     return [dg.map_asset_specs(spec_of, [a])[0] if isinstance(a, dg.AssetsDefinition) and a.is_materializable else a
             for a in assets]
 
 
-def compared_graph(name: str, demo: bool) -> list:
-    """A compared model's assets: the same graph under keys ``<name>/...`` in group
-    ``model_<name>``, reading the shared corpus and queries."""
-    own = [a for a in model_graph(demo) if a is not checkpoint]
+def compared_graph(name: str, demo: bool, config: PretraceConfig) -> list:
+    """A compared model's assets (``config``: its settings): the same graph under keys
+    ``<name>/...`` in group ``model_<name>``, reading the shared corpus and queries."""
+    own = [a for a in model_graph(demo, config) if a is not checkpoint]
     renamed = {key: dg.AssetKey([name, *key.path]) for a in own for key in a.keys} | {
         checkpoint.key: dg.AssetKey([name, "checkpoint"])}
     moved = [a.with_attributes(asset_key_replacements=renamed) for a in own]
@@ -78,12 +79,12 @@ def build_definitions(config: PretraceConfig, demo: bool = False) -> dg.Definiti
     """The asset graph of DESIGN.md over one configuration; the demo trains its own model."""
     resource = PretraceResource.from_config(config, demo)
     compared = list(config.compare_models)
-    main = model_graph(demo)
+    main = model_graph(demo, config)
     comparison = []
     if compared:  # the report reads the comparison
         comparison = [build_model_comparison(compared)]
         main = [build_report_with_comparison() if a is influence_report else a for a in main]
-    graphs = [asset for name in compared for asset in compared_graph(name, demo)]
+    graphs = [asset for name in compared for asset in compared_graph(name, demo, config.compared(name))]
     return dg.Definitions(
         assets=with_policy([*INPUT_ASSETS, *main, *graphs, *comparison], resource),
         asset_checks=CHECKS,

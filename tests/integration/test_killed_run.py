@@ -18,7 +18,8 @@ pytestmark = pytest.mark.integration
 PROGRESS = re.compile(rf"document gradients of {re.escape(DROPPED)}: (\d+)/(\d+)")
 REWRITTEN = {f"document_gradients/{DROPPED}.safetensors", f"document_gradients/{DROPPED}.manifest.json",
              f"influence_scores/{DROPPED}.parquet", f"influence_scores/{DROPPED}.stats.safetensors",
-             f"influence_scores/{DROPPED}.top.parquet", f"influence_scores/{DROPPED}.manifest.json"}
+             f"influence_scores/{DROPPED}.top.parquet", f"influence_scores/{DROPPED}.accuracy.json",
+             f"influence_scores/{DROPPED}.manifest.json"}
 
 
 def writes(endpoint: str, storage: str) -> dict[str, tuple[int, str]]:
