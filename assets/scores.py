@@ -29,8 +29,9 @@ from .queries import query_gradients
           group_name="influence", kinds={"parquet"}, retry_policy=RETRY, **GPU_ASSET)
 def influence_scores(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> dg.MaterializeResult:
     """One row per (query, document): score > 0 means the document raised the completion's
-    probability. Stored scores that are approximate (`projection`, `query_rank`) are compared
-    with exact EK-FAC scores streamed from the model for a seeded sample of the shard's documents."""
+    probability. Approximate stored scores (`projection`, `query_rank`, `document_rank`) are
+    compared with exact EK-FAC scores streamed from the model for a seeded sample of the shard's
+    documents."""
     started = time.monotonic()
     with computing(context, pretrace) as run:
         query_side = run.reader("query_gradients")
