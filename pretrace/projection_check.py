@@ -1,9 +1,9 @@
 """What the stored scores lose: stored (projected, low-rank) against exact EK-FAC scores on a
 seeded sample of one shard's documents.
 
-The stored scores come from Kronecker-projected document gradients and (with `query_rank`)
-rank-r query gradients; the exact ones are streamed from the model with dense, unprojected
-preconditioned query gradients. Over the sample, per query, their Pearson correlation says how
+The stored scores come from Kronecker-projected (`projection`) or factored (`document_rank`)
+document gradients and, with `query_rank`, rank-r query gradients; the exact ones are streamed
+from the model with dense, unprojected preconditioned query gradients. Over the sample, per query, their Pearson correlation says how
 much of the ranking survives, and how often both put the same document first.
 """
 
