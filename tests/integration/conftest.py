@@ -68,6 +68,17 @@ def dagster_server(ops_project):
         yield server
 
 
+@pytest.fixture(scope="package")
+def step_of(ops_project):
+    """The step (op) that materializes an asset in the deployment: `document_gradients_whitened`
+    for `document_gradients` under the default whitened projection."""
+    from pipeline.definitions import build_definitions
+    from pretrace.config import load_config
+
+    defs = build_definitions(load_config(ops_project["config"]))
+    return lambda asset: defs.resolve_assets_def(asset).node_def.name
+
+
 @pytest.fixture
 def instance(ops_project):
     with dg.DagsterInstance.from_config(str(ops_project["home"])) as instance:

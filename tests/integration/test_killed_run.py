@@ -97,7 +97,8 @@ def kill_tree(pids: list[int]) -> list[int]:
 
 
 def test_run_killed_mid_document_gradients_reexecutes_to_identical_artefacts(dropped_shard, dagster_server,
-                                                                              instance, ops_project, s3_server):
+                                                                              instance, ops_project, s3_server,
+                                                                              step_of):
     def snapshot() -> dict[str, tuple[int, str]]:
         return writes(s3_server, ops_project["storage"])
 
@@ -107,11 +108,11 @@ def test_run_killed_mid_document_gradients_reexecutes_to_identical_artefacts(dro
     run_id = dagster_server.launch_assets(["document_gradients", "influence_scores"], DROPPED)
     log = RunLog(instance, run_id)
     wait_for(lambda: mid_step(log), 240, f"document_gradients [{DROPPED}] to log progress", every=0.1)
-    step_pid = log.pid(dg.DagsterEventType.STEP_START, "document_gradients")
+    step_pid = log.pid(dg.DagsterEventType.STEP_START, step_of("document_gradients"))
     killed = kill_tree([step_pid, log.pid(dg.DagsterEventType.RUN_START)])
     log.update()
     done, total = log.progress()
-    assert done < total and not log.step_succeeded("document_gradients"), "killed too late: the step had finished"
+    assert done < total and not log.step_succeeded(step_of("document_gradients")), "killed too late: the step ended"
     assert step_pid in killed
 
     # The code server notices the dead worker and fails the run; nothing was published.
@@ -126,7 +127,7 @@ def test_run_killed_mid_document_gradients_reexecutes_to_identical_artefacts(dro
     assert rerun.tags["dagster/partition"] == DROPPED
     rerun_log = RunLog(instance, rerun_id)
     rerun_log.update()
-    assert rerun_log.step_succeeded("document_gradients") and rerun_log.step_succeeded("influence_scores")
+    assert rerun_log.step_succeeded(step_of("document_gradients")) and rerun_log.step_succeeded("influence_scores")
 
     after = snapshot()
     assert set(after) == set(reference)

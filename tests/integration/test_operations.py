@@ -41,7 +41,8 @@ def step_windows(instance, run_ids, step: str):
     return windows
 
 
-def test_backfill_over_three_shards_materializes_each_partition_once_within_the_gpu_pool(dagster_server, instance):
+def test_backfill_over_three_shards_materializes_each_partition_once_within_the_gpu_pool(dagster_server, instance,
+                                                                                       step_of):
     params = {"partitionNames": SHARDS, "fromFailure": False,
               "assetSelection": [{"path": ["document_gradients"]}, {"path": ["influence_scores"]}]}
     launched = dagster_server.graphql(LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
@@ -66,7 +67,7 @@ def test_backfill_over_three_shards_materializes_each_partition_once_within_the_
         assert partitions == SHARDS, asset  # each exactly once
     # The gpu pool allows one step at a time: document_gradients steps never overlap.
     windows = sorted(w for w in step_windows(instance, [r.run_id for r in runs if "document_gradients" in
-                                                         str(r.asset_selection)], "document_gradients"))
+                                                         str(r.asset_selection)], step_of("document_gradients")))
     assert len(windows) == len(SHARDS)
     for (_, end), (start, _) in zip(windows, windows[1:]):
         assert start >= end - 1e-3, windows
