@@ -12,10 +12,12 @@ from resources.pretrace import PretraceResource
 
 from .common import RETRY, computing, materialized, report_link, table_metadata
 from .evaluation import attribution_eval
+from .retrieval import reranked_scores
 from .scores import influence_scores
 
 REPORT_FILE = "report.html"
-REPORT_DEPS = [influence_scores.key, dg.AssetKey("completions"), dg.AssetKey("query_gradients"), attribution_eval.key]
+REPORT_DEPS = [influence_scores.key, dg.AssetKey("completions"), dg.AssetKey("query_gradients"), attribution_eval.key,
+               reranked_scores.key]
 REPORT_KINDS = {"parquet", "html"}
 
 
@@ -58,8 +60,9 @@ def report(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> dg.
         attribution = {name: check.table(f"{name}.parquet") for name in ("summary", "retrieval_summary", "token_influence")}
         comparison = (run.reader("model_comparison").table("comparison.parquet")
                       if "model_comparison" in run.project.graph else None)
+        reranked = run.reader("reranked_scores").table("reranked.parquet")
         built = make_report(stats, top, queries, ReportConfig(k=config.top_k, seed=config.seed), shards=len(shards),
-                            attribution=attribution, comparison=comparison, accuracy=accuracy)
+                            attribution=attribution, comparison=comparison, accuracy=accuracy, reranked=reranked)
         manifest = run.commit(built.outputs())
     tables = {name: table_metadata(list(df.iter_rows(named=True)), {c: str(t) for c, t in df.schema.items()})
               for name, df in built.headline_tables().items()}

@@ -17,6 +17,7 @@ from assets.k8s import executor_from_env
 from assets.model import checkpoint, checkpoint_source, demo_model, user_model
 from assets.queries import completions, queries, query_file, query_gradients
 from assets.report import build_report_with_comparison, influence_report
+from assets.retrieval import reranked_scores
 from assets.scores import influence_scores
 from pretrace.config import PretraceConfig
 from pretrace.layout import canonical_json
@@ -31,7 +32,8 @@ from .settings import workspace_config
 
 INPUT_ASSETS = [corpus_files, query_file]  # the user's corpus and queries, shared by every compared model
 MODEL_ASSETS = [corpus_shards, ekfac_covariances, ekfac_eigenbasis, ekfac_lambdas, ekfac_factors, queries, completions,
-                query_gradients, document_gradients, influence_scores, attribution_eval, influence_report]
+                query_gradients, document_gradients, influence_scores, reranked_scores, attribution_eval,
+                influence_report]
 
 
 WHITENED = {document_gradients: WHITENED_DOCUMENT_GRADIENTS, attribution_eval: WHITENED_ATTRIBUTION_EVAL}

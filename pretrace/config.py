@@ -107,6 +107,8 @@ DESCRIPTIONS = {
     "allow_pickle": "Load a checkpoint whose weights are only pickles (.bin), which can run code: trusted files only.",
     "seed": "Seed of sampled Fisher labels, projections and the report's bootstrap.",
     "top_k": "Top and bottom documents kept per query and shard for the report.",
+    "rerank_k": "Two-stage retrieval: of each query's top and bottom documents by stored (projected) score, how many "
+                "get exact EK-FAC scores streamed from the model and are ranked by them; unset = top_k, 0 = none.",
     "tail_patch_k": "Documents per query in the attribution check (tail-patch): one SGD step on each method's top-k (at most top_k).",
     "tail_patch_lr": "Learning rate of the attribution check's SGD step (small: the change should be first-order).",
     "projection_floor": "Warn when stored (projected) scores correlate with exact ones below this Pearson r (0 to 1].",
@@ -146,6 +148,7 @@ class PretraceConfig(BaseModel):
     allow_pickle: bool = False
     seed: StrictInt = Field(default=0, ge=0)
     top_k: StrictInt = Field(default=50, gt=0)
+    rerank_k: StrictInt | None = Field(default=None, ge=0)
     tail_patch_k: StrictInt = Field(default=10, gt=0)
     tail_patch_lr: float = 1e-3
     projection_floor: float = 0.9
@@ -201,6 +204,13 @@ class PretraceConfig(BaseModel):
                   "storage": f"{self.storage.rstrip('/')}/models/{name}"}
         return parse_config(values, f"{source}, compare_models.{name}")
 
+    @model_validator(mode="after")
+    def _rerank_within_top(self) -> PretraceConfig:
+        if self.rerank_k is not None and self.rerank_k > self.top_k:
+            raise ValueError(f"rerank_k ({self.rerank_k}) exceeds top_k ({self.top_k}): candidates come from the "
+                             "top_k documents kept per query; raise top_k or lower rerank_k")
+        return self
+
     @field_validator("projection", mode="before")
     @classmethod
     def _projection(cls, value: Any) -> Any:
@@ -238,6 +248,16 @@ class PretraceConfig(BaseModel):
         """Whether stored document gradients are projected in the EK-FAC eigenbasis, and so
         depend on the factors."""
         return self.projection is not None and self.projection_basis == "whitened"
+
+    @property
+    def stores_exact_scores(self) -> bool:
+        """Whether stored scores are exact: unprojected, full-rank document and query gradients."""
+        return self.projection is None and self.document_rank is None and self.query_rank is None
+
+    @property
+    def reranked(self) -> int:
+        """Documents per query and side that two-stage retrieval scores exactly (`rerank_k`)."""
+        return self.top_k if self.rerank_k is None else self.rerank_k
 
     def result_settings(self) -> dict[str, Any]:
         """The settings as JSON values, as results depend on them: without a projection its
@@ -294,6 +314,8 @@ def _describe(error: Mapping[str, Any]) -> str:
         hint = f"did you mean `{close[0]}`?" if close else f"valid keys: {valid}"
         return f"`{key}` is not a setting; {hint}"
     message = error["msg"].removeprefix("Value error, ")
+    if not key:  # a rule across settings: the message names them
+        return message
     return f"`{key}`: {message} (got {error['input']!r})"
 
 

@@ -164,6 +164,14 @@ ATTRIBUTION_EVAL = Artefact(
     "tail-patch gains of each query's top documents by influence, random, BM25, gradient cosine and dot product, "
     "where each ranks the documents stating a query's `evidence`, and the token terms of the top and bottom "
     "documents' scores")
+RERANKED_SCORES = Artefact(
+    "reranked_scores", False, {"reranked.parquet": None}, ("rerank_k", "top_k", "batch_size", "dtype"),
+    (Input("completions"), Input("influence_scores", "all_shards"), Input("corpus_shards", "all_shards"),
+     Input("ekfac_factors"), Input("model")), "1",
+    "two-stage retrieval: each query's top and bottom rerank_k documents by stored score over every shard, with "
+    "exact EK-FAC scores streamed from the model and ranked by them (stored scores as they are when exact)")
+
+
 def model_comparison(compared: tuple[str, ...]) -> Artefact:
     """This model's scores against each compared model's, over the same documents and queries."""
     inputs = (Input("completions"), *(Input("influence_scores", "all_shards", model) for model in (None, *compared)))
@@ -175,8 +183,9 @@ def model_comparison(compared: tuple[str, ...]) -> Artefact:
 
 INFLUENCE_REPORT = Artefact(
     "influence_report", False, {}, ("top_k", "seed"),
-    (Input("completions"), Input("query_gradients"), Input("influence_scores", "all_shards"), Input("attribution_eval")),
-    "8",
+    (Input("completions"), Input("query_gradients"), Input("influence_scores", "all_shards"), Input("attribution_eval"),
+     Input("reranked_scores")),
+    "9",
     "the report over every current shard: HTML, tables, figures")
 
 
@@ -198,7 +207,7 @@ def artefacts(demo: bool = False, compared: tuple[str, ...] = (), projects_with_
         extra = [model_comparison(compared)]
         report = replace(INFLUENCE_REPORT, inputs=(*INFLUENCE_REPORT.inputs, Input("model_comparison")))
     table = [DEMO_MODEL if demo else USER_MODEL, CORPUS_SHARDS, COVARIANCES, EIGENBASIS, LAMBDAS, FACTORS,
-             QUERIES, COMPLETIONS, QUERY_GRADIENTS, documents, INFLUENCE_SCORES, evaluation, *extra, report]
+             QUERIES, COMPLETIONS, QUERY_GRADIENTS, documents, INFLUENCE_SCORES, RERANKED_SCORES, evaluation, *extra, report]
     return {a.name: a for a in table}
 
 

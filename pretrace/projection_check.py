@@ -20,8 +20,8 @@ import pyarrow as pa
 
 from .ekfac import Factors
 from .model import LoadedModel
-from .queries import Query, compute_query_gradients
-from .scores import stream_scores
+from .queries import Query
+from .scores import exact_scores
 
 SAMPLE = 16
 
@@ -56,8 +56,7 @@ def score_accuracy(error: ProjectionError | None, projection: dict | None, query
 def projection_error(lm: LoadedModel, factors: Factors, queries: list[Query], tokens: list[list[int]],
                      stored: np.ndarray, *, batch_size: int = 8) -> ProjectionError:
     """Compare ``stored`` (Q, m) scores of the sampled documents with exact ones."""
-    exact_queries = compute_query_gradients(lm, factors, queries, batch_size=batch_size)
-    exact = stream_scores(lm, exact_queries, tokens, batch_size=batch_size).double().numpy()
+    exact = exact_scores(lm, factors, queries, tokens, batch_size=batch_size).double().numpy()
     stored = np.asarray(stored, np.float64)
     r = np.array([_pearson(a, b) for a, b in zip(stored, exact)])
     agree = float(np.mean(stored.argmax(axis=1) == exact.argmax(axis=1)))

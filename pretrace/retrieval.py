@@ -1,10 +1,11 @@
 """Two-stage retrieval: stored (projected, factored) scores choose each query's candidates over the
 whole corpus, and exact EK-FAC scores are computed for those candidates only.
 
-The second stage streams just the candidates' documents through the model with dense,
-unprojected query gradients, so its cost is that of Q x K documents however large the corpus;
-within the candidates, the order is then exact. What it can miss is a document the stored
-scores did not rank among the K.
+The candidates are each query's top and bottom k documents by stored score, merged over every
+shard (`pretrace.statistics.merge_top_documents`). The second stage streams just their documents
+through the model with dense, unprojected query gradients, so its cost is that of at most
+2 x Q x k documents however large the corpus; within the candidates the order is then exact.
+What it can miss is a document the stored scores did not rank among the k.
 """
 
 from __future__ import annotations
@@ -12,48 +13,82 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import torch
 
 from .ekfac import Factors
 from .model import LoadedModel
-from .queries import query_gradients_from_tokens
-from .scores import stream_scores
+from .queries import Query
+from .scores import exact_scores
 
 RERANK_SCHEMA = pa.schema([
-    ("query_id", pa.string()), ("shard", pa.string()), ("doc_id", pa.string()), ("stored_rank", pa.int32()),
-    ("stored_score", pa.float64()), ("exact_rank", pa.int32()), ("exact_score", pa.float64())])
+    ("query_id", pa.string()), ("side", pa.string()), ("shard", pa.string()), ("doc_id", pa.string()),
+    ("stored_rank", pa.int32()), ("stored_score", pa.float64()), ("exact_rank", pa.int32()),
+    ("exact_score", pa.float64())])
+"""One row per candidate: its rank and score by stored scores, and by exact ones (rank 1 = the
+highest score on side "top", the lowest on side "bottom")."""
+
+
+def candidates_of(top: pa.Table) -> pa.Table:
+    """The candidates of merged top lists (`pretrace.statistics.TOP_SCHEMA`, global ranks), as the
+    first columns of `RERANK_SCHEMA`."""
+    return pa.table({
+        "query_id": top.column("query_id"), "side": top.column("side"), "shard": top.column("shard"),
+        "doc_id": top.column("doc_id"), "stored_rank": top.column("rank").cast(pa.int32()),
+        "stored_score": top.column("score").cast(pa.float64())})
+
+
+def rerank(lm: LoadedModel, factors: Factors, queries: Sequence[Query], chosen: pa.Table,
+           tokens: Callable[[str, str], Sequence[int]], *, batch_size: int = 8,
+           progress: Callable[[int], None] | None = None) -> pa.Table:
+    """Exact scores of each query's candidates (`candidates_of`), ranked by them per side (ties:
+    the stored rank). ``tokens(shard, doc_id)``: a document's token ids. Each candidate document
+    is streamed once, for every query."""
+    documents = list(dict.fromkeys(zip(chosen.column("shard").to_pylist(), chosen.column("doc_id").to_pylist())))
+    exact = exact_scores(lm, factors, queries, [tokens(shard, doc) for shard, doc in documents],
+                         batch_size=batch_size, progress=progress).double().numpy()
+    row = {query.id: i for i, query in enumerate(queries)}
+    column = {document: j for j, document in enumerate(documents)}
+    scores = [float(exact[row[q], column[(shard, doc)]]) for q, shard, doc in zip(
+        chosen.column("query_id").to_pylist(), chosen.column("shard").to_pylist(), chosen.column("doc_id").to_pylist())]
+    return _ranked(chosen, pa.array(scores, pa.float64()), order=list(row))
+
+
+def already_exact(chosen: pa.Table) -> pa.Table:
+    """The candidates when stored scores are exact: nothing to recompute, the order stands."""
+    return _ranked(chosen, chosen.column("stored_score"), order=list(dict.fromkeys(chosen.column("query_id").to_pylist())))
+
+
+def _ranked(chosen: pa.Table, exact: pa.Array, order: list[str]) -> pa.Table:
+    position = {query_id: i for i, query_id in enumerate(order)}
+    frame = pl.from_arrow(chosen.append_column("exact_score", exact))
+    ranked = (
+        frame.with_columns(
+            _q=pl.col("query_id").replace_strict(position, return_dtype=pl.Int64),
+            _key=pl.when(pl.col("side") == "top").then(-pl.col("exact_score")).otherwise(pl.col("exact_score")))
+        .sort(["_q", "side", "_key", "stored_rank"], descending=[False, True, False, False])
+        .with_columns(exact_rank=pl.int_range(1, pl.len() + 1).over(["query_id", "side"]).cast(pl.Int32))
+    )
+    return ranked.select(RERANK_SCHEMA.names).to_arrow().cast(RERANK_SCHEMA)
+
+
+def order_agreement(reranked: pa.Table, k: int = 10) -> float | None:
+    """Mean over queries and sides of the share of the exact top ``k`` among the candidates that
+    the stored order put in its top ``k`` too (1: re-ranking changed no top-``k`` set); None
+    without candidates."""
+    frame = pl.from_arrow(reranked)
+    if frame.is_empty():
+        return None
+    shares = (frame.filter(pl.col("exact_rank") <= k).group_by(["query_id", "side"])
+              .agg((pl.col("stored_rank") <= k).mean().alias("share")))
+    return float(shares["share"].mean())
 
 
 def candidates(stored: torch.Tensor, k: int) -> torch.Tensor:
     """(Q, min(k, N)) indices of each query's k highest stored scores, best first (ties: lower index)."""
     order = torch.sort(stored, dim=1, descending=True, stable=True).indices
     return order[:, :k]
-
-
-def rerank(lm: LoadedModel, factors: Factors, queries: tuple[Sequence[Sequence[int]], Sequence[int], Sequence[str]],
-           chosen: pa.Table, tokens: Callable[[str, str], Sequence[int]], *, batch_size: int = 8,
-           progress: Callable[[int], None] | None = None) -> pa.Table:
-    """Exact scores of each query's candidates (`chosen`: query_id, shard, doc_id, stored_rank,
-    stored_score), ranked by them (ties: the stored rank). ``queries``: token ids, completion
-    starts and ids; ``tokens(shard, doc_id)``: a document's token ids. Every candidate document is
-    streamed once, for all queries."""
-    sequences, starts, ids = queries
-    documents = list(dict.fromkeys(zip(chosen.column("shard").to_pylist(), chosen.column("doc_id").to_pylist())))
-    exact_queries = query_gradients_from_tokens(lm, factors, sequences, starts, ids, batch_size=batch_size)
-    exact = stream_scores(lm, exact_queries, [tokens(shard, doc) for shard, doc in documents], batch_size=batch_size,
-                          progress=progress).double().numpy()
-    row = {query_id: i for i, query_id in enumerate(ids)}
-    column = {document: j for j, document in enumerate(documents)}
-    rows = chosen.to_pylist()
-    for r in rows:
-        r["exact_score"] = float(exact[row[r["query_id"]], column[(r["shard"], r["doc_id"])]])
-    rows.sort(key=lambda r: (row[r["query_id"]], -r["exact_score"], r["stored_rank"]))
-    rank, previous = 0, None
-    for r in rows:
-        rank = rank + 1 if r["query_id"] == previous else 1
-        r["exact_rank"], previous = rank, r["query_id"]
-    return pa.Table.from_pylist(rows, schema=RERANK_SCHEMA)
 
 
 def recall(stored: torch.Tensor, exact: torch.Tensor, k: int, top: int) -> float:

@@ -15,7 +15,8 @@ from .errors import InputError
 from .low_rank import inner_products
 from .model import LoadedModel
 from .projection import KroneckerProjection
-from .queries import QueryGradients
+from .ekfac import Factors
+from .queries import Query, QueryGradients, compute_query_gradients
 
 
 def _flat_queries(queries: QueryGradients, device: torch.device) -> dict[str, torch.Tensor]:
@@ -77,3 +78,12 @@ def stream_scores(
         block = torch.zeros(len(queries.ids), len(index), dtype=torch.float32, device=lm.device)
         scores[:, index.start : index.stop] = _add_scores(block, flat, grads).cpu()
     return scores
+
+
+def exact_scores(lm: LoadedModel, factors: Factors, queries: Sequence[Query], sequences: Sequence[Sequence[int]], *,
+                 batch_size: int = 8, progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """(Q, N) exact EK-FAC scores of a few documents, whatever the stored approximation: dense,
+    unprojected preconditioned query gradients against gradients streamed from the model (what
+    approximate stored scores are checked and re-ranked against)."""
+    dense = compute_query_gradients(lm, factors, queries, batch_size=batch_size)
+    return stream_scores(lm, dense, sequences, batch_size=batch_size, progress=progress)

@@ -54,6 +54,7 @@ class PretraceResource(dg.ConfigurableResource):
     allow_pickle: bool = _field("allow_pickle")
     seed: int = _field("seed")
     top_k: int = _field("top_k")
+    rerank_k: Optional[int] = _field("rerank_k")
     tail_patch_k: int = _field("tail_patch_k")
     tail_patch_lr: float = _field("tail_patch_lr")
     projection_floor: float = _field("projection_floor")

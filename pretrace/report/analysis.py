@@ -34,6 +34,7 @@ class Analysis:
     attribution: dict[str, pl.DataFrame] | None = field(default=None, repr=False)  # the attribution check's tables
     comparison: pl.DataFrame | None = field(default=None, repr=False)  # per query and compared model
     accuracy: pl.DataFrame | None = field(default=None, repr=False)  # per shard: stored against exact scores
+    reranked: pl.DataFrame | None = field(default=None, repr=False)  # two-stage retrieval's exact scores
     _results: dict[Callable, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -60,6 +61,12 @@ class Analysis:
         """A generator per salt, so that no table's draws depend on which tables were computed before."""
         return np.random.default_rng([self.config.seed, salt])
 
+    @property
+    def rescored(self) -> bool:
+        """Whether stored scores are approximate and two-stage retrieval re-scored the top lists."""
+        approximate = self.accuracy is None or not self.accuracy["exact"].all()
+        return approximate and self.reranked is not None and not self.reranked.is_empty()
+
     def result(self, compute: Callable[[Analysis], T]) -> T:
         """``compute(self)``, computed once."""
         if compute not in self._results:
@@ -69,7 +76,8 @@ class Analysis:
 
 def analyze(stats: ShardStatistics, top: pa.Table, queries: pa.Table,
             config: ReportConfig = ReportConfig(), attribution: dict[str, pa.Table] | None = None,
-            comparison: pa.Table | None = None, accuracy: pa.Table | None = None) -> Analysis:
+            comparison: pa.Table | None = None, accuracy: pa.Table | None = None,
+            reranked: pa.Table | None = None) -> Analysis:
     """The report's inputs in report order; the sections compute their tables from it."""
     stored_k = int(pc.max(top.column("rank")).as_py() or 0) if top.num_rows else 0
     if stored_k < config.k:  # the shards were summarized with a smaller k: report what there is
@@ -78,4 +86,5 @@ def analyze(stats: ShardStatistics, top: pa.Table, queries: pa.Table,
     tables = None if attribution is None else {name: pl.from_arrow(t) for name, t in attribution.items()}
     return Analysis(config, frame, stats.select(frame["id"].to_list()), top, tables,
                     None if comparison is None else pl.from_arrow(comparison),
-                    None if accuracy is None else pl.from_arrow(accuracy))
+                    None if accuracy is None else pl.from_arrow(accuracy),
+                    None if reranked is None else pl.from_arrow(reranked))

@@ -71,12 +71,14 @@ def markdown_table(df: pl.DataFrame, rows: int = 40) -> str:
 
 def make_report(stats: ShardStatistics, top: pa.Table, queries: pa.Table, config: ReportConfig = ReportConfig(),
                 shards: int | None = None, attribution: dict[str, pa.Table] | None = None,
-                comparison: pa.Table | None = None, accuracy: pa.Table | None = None) -> Report:
+                comparison: pa.Table | None = None, accuracy: pa.Table | None = None,
+                reranked: pa.Table | None = None) -> Report:
     """Analyses, plots, readings and HTML from merged statistics (no storage, no Dagster);
     ``attribution``: the attribution check's summary tables, by name, if there is one;
     ``comparison``: the comparison with other models (`pretrace.model_comparison`), if any;
-    ``accuracy``: each shard's stored against exact scores (`pretrace.projection_check`), if known."""
-    analysis = analyze(stats, top, queries, config, attribution, comparison, accuracy)
+    ``accuracy``: each shard's stored against exact scores (`pretrace.projection_check`), if known;
+    ``reranked``: exact scores of the top lists' candidates (`pretrace.retrieval`), if computed."""
+    analysis = analyze(stats, top, queries, config, attribution, comparison, accuracy, reranked)
     figures = sections.render_figures(analysis)
     readings = sections.readings(analysis)
     return Report(analysis, figures, readings, page.render(analysis, figures, readings, shards=shards))

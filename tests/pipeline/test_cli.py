@@ -86,7 +86,7 @@ def test_status_explains_what_is_stale_and_a_rerun_of_a_current_project_computes
     assert again.returncode == 0, again.stderr[-3000:]
     assert "0 artefact(s) computed" in again.stdout and "[pretrace] materializing" not in again.stdout
     status = pretrace("status", "--config", str(config), cwd=root)
-    assert status.returncode == 0 and status.stdout.strip().endswith("18 current")
+    assert status.returncode == 0 and status.stdout.strip().endswith("19 current")
     changed = tmp_path / "pretrace.yaml"
     changed.write_text(config.read_text())
     edit_config(changed, top_k=3, storage=str(root / "data"), model=str(root / "model"), corpus=str(root / "corpus"),

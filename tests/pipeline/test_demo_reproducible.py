@@ -54,6 +54,7 @@ def test_two_reduced_demo_runs_write_identical_artefacts(full_demo, tmp_path):
     assert first == second
     html = (tmp_path / "first/data/influence_report/report.html").read_text()
     assert "Against model seed1: per shared query" in html and "The model&#x27;s own greedy answer" in html
+    assert "exact score (rank)" in html and "Two-stage retrieval" in html  # the demo projects: top lists re-scored
 
     # The folder remembers its training length: a plain rerun finds everything current.
     again = pretrace("demo", "--dir", str(tmp_path / "first"), cwd=tmp_path / "first", timeout=300)

@@ -24,7 +24,8 @@ from pretrace.scores import stream_scores
 from tests.pipeline.project import QUERIES, make_project, run_pipeline, write_corpus_file
 
 ALL_ASSETS = ["corpus_shards", "model", "ekfac_covariances", "ekfac_eigenbasis", "ekfac_lambdas", "ekfac_factors",
-              "queries", "completions", "query_gradients", "document_gradients", "influence_scores", "attribution_eval", "influence_report"]
+              "queries", "completions", "query_gradients", "document_gradients", "influence_scores", "reranked_scores",
+              "attribution_eval", "influence_report"]
 SOURCES = {"corpus_files", "checkpoint", "query_file"}
 
 
@@ -107,6 +108,7 @@ def test_the_report_shows_its_tables_plots_and_link_in_dagster(project):
     assert result.get_asset_check_evaluations()[0].passed  # it covers every current shard
     html = Path(config.storage, "influence_report", "report.html").read_text()
     assert "Stored scores are exact: unprojected document gradients, dense query gradients." in html
+    assert "exact score (rank)" not in html and "Two-stage retrieval" not in html
 
 
 def test_a_new_corpus_file_runs_only_its_own_partition_with_fixed_fit_shards(project):
@@ -114,7 +116,7 @@ def test_a_new_corpus_file_runs_only_its_own_partition_with_fixed_fit_shards(pro
     write_corpus_file(Path(config.corpus) / "part-c.jsonl", 6, 3, "c")
     ran = run_pipeline(config)
     assert ran == ["corpus_shards[part-c.jsonl]", "document_gradients[part-c.jsonl]",
-                   "influence_scores[part-c.jsonl]", "attribution_eval", "influence_report"]
+                   "influence_scores[part-c.jsonl]", "attribution_eval", "reranked_scores", "influence_report"]
 
 
 def test_with_fit_shards_all_a_new_file_refits_the_factors(tmp_path):
@@ -132,8 +134,8 @@ def test_a_new_query_recomputes_scores_but_no_document_gradients(project):
         f.write('{"id": "new", "kind": "arithmetic", "prompt": "(7 - 4) * 8 =", "completion": " 24", "answer": "24"}\n')
     ran = run_pipeline(config)
     assert ran[:3] == ["queries", "completions", "query_gradients"]
-    assert ran[-2:] == ["attribution_eval", "influence_report"]
-    assert sorted(ran[3:-2]) == [f"influence_scores[{s}]" for s in Project(config).shards]
+    assert ran[-3:] == ["attribution_eval", "reranked_scores", "influence_report"]
+    assert sorted(ran[3:-3]) == [f"influence_scores[{s}]" for s in Project(config).shards]
 
 
 def test_progress_lines_follow_the_configured_interval(monkeypatch):
@@ -184,6 +186,32 @@ def test_the_projection_check_warns_when_the_stored_scores_lose_the_ranking(tmp_
     assert "Stored scores are approximate (document gradients projected to [1, 1] whitened, seed 0 per layer)" in html
     shards = pq.read_table(tmp_path / "data" / "influence_report" / "score_accuracy.parquet").to_pylist()
     assert {r["shard"]: r["pearson_mean"] for r in shards}["part-a.jsonl"] == pytest.approx(accuracy["pearson_mean"])
+    _assert_reranked_exactly(config)
+    assert "exact score (rank)" in html and "Two-stage retrieval: each query's top and bottom 5 documents" in html
+
+
+def _assert_reranked_exactly(config) -> None:
+    """Two-stage retrieval's table: every query's stored top and bottom top_k over both shards,
+    with the exact scores the core library streams for those documents, ranked by them."""
+    project = Project(config)
+    fitted = project.graph["ekfac_factors"]
+    factors = project.store.reader(fitted, project.store.manifest(fitted)).state()
+    lm = load_model(config.model, device="cpu")
+    data = Path(config.storage)
+    tokens = {(s, r["doc_id"]): r["input_ids"] for s in project.shards
+              for r in pq.read_table(data / "corpus_shards" / f"{s}.parquet", columns=["doc_id", "input_ids"]).to_pylist()}
+    rows = pq.read_table(data / "reranked_scores" / "reranked.parquet").to_pylist()
+    assert len(rows) == 2 * len(QUERIES) * config.top_k
+    documents = sorted({(r["shard"], r["doc_id"]) for r in rows})
+    queries = queries_from_table(pq.read_table(data / "completions" / "completions.parquet"))
+    exact = stream_scores(lm, compute_query_gradients(lm, factors, queries), [tokens[d] for d in documents]).double()
+    for q, query in enumerate(queries):
+        for side in ("top", "bottom"):
+            mine = sorted((r for r in rows if r["query_id"] == query.id and r["side"] == side), key=lambda r: r["exact_rank"])
+            expected = [float(exact[q, documents.index((r["shard"], r["doc_id"]))]) for r in mine]
+            assert [r["exact_score"] for r in mine] == pytest.approx(expected, rel=1e-4, abs=1e-6 * float(exact.abs().max()))
+            assert expected == sorted(expected, reverse=side == "top")
+            assert sorted(r["stored_rank"] for r in mine) == list(range(1, config.top_k + 1))
 
 
 def test_two_models_over_the_same_corpus_and_queries_are_compared(tmp_path):

@@ -33,7 +33,8 @@ def each(*names: str, shards=(A, B)) -> set[str]:
     return {f"{n}[{s}]" if n in SHARDED else n for n in names for s in (shards if n in SHARDED else [None])}
 
 
-REPORTS = ("attribution_eval", "influence_report")  # everything that reads the scores
+REPORTS = ("attribution_eval", "reranked_scores", "influence_report")  # everything that reads the scores
+CHECKED = ("attribution_eval", "influence_report")  # what reads the attribution check
 EKFAC_ON = each("ekfac_covariances", "ekfac_eigenbasis", "ekfac_lambdas", "ekfac_factors", "query_gradients",
                 "influence_scores", *REPORTS)
 GRADIENTS = EKFAC_ON | each("document_gradients")
@@ -48,8 +49,9 @@ INVALIDATION = {
     "query_rank": (2, each("query_gradients", "influence_scores", *REPORTS)),
     "document_rank": (2, each("document_gradients", "influence_scores", *REPORTS)),
     "projection": ([8, 8], each("query_gradients", "document_gradients", "influence_scores", *REPORTS)),
-    "tail_patch_k": (3, each(*REPORTS)),
-    "tail_patch_lr": (0.01, each(*REPORTS)),
+    "tail_patch_k": (3, each(*CHECKED)),
+    "tail_patch_lr": (0.01, each(*CHECKED)),
+    "rerank_k": (2, each("reranked_scores", "influence_report")),
     "fisher": ("empirical", EKFAC_ON),
     "seed": (1, GRADIENTS),
     "batch_size": (3, GRADIENTS | each("completions")),

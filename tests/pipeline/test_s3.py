@@ -50,7 +50,7 @@ def test_a_wiped_s3_prefix_is_recomputed_to_the_same_bytes(s3_project):
     store = Storage(config.storage)
     for key in store.list():
         store.delete(key)
-    assert len(run_pipeline(config, instance)) == 18
+    assert len(run_pipeline(config, instance)) == 19
     assert snapshot(config.storage) == before
 
 
@@ -62,7 +62,8 @@ def test_a_new_query_then_a_kill_during_influence_scores_on_s3(s3_project, tmp_p
     assert_killed(kill_at(f"influence_scores/{SHARDS[1]}", 2, project))
     rerun = pretrace("run", "--config", "pretrace.yaml", cwd=project)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert materialized(rerun) == [f"influence_scores[{SHARDS[1]}]", "attribution_eval", "influence_report"]
+    assert materialized(rerun) == [f"influence_scores[{SHARDS[1]}]", "attribution_eval", "reranked_scores",
+                                   "influence_report"]
     table = Storage(config.storage).read_parquet(f"influence_scores/{SHARDS[1]}.parquet")
     assert "extra" in set(table.column("query_id").to_pylist())
     assert snapshot(config.storage) == clean_run_snapshot(config, f"{s3_root}/scratch")

@@ -175,7 +175,7 @@ def test_automation_brings_a_new_project_to_the_clean_state_requesting_each_part
         seen += requested
         materialize(defs, instance, requested)
         ticks += 1
-    assert len(seen) == len(set(seen)) == 18  # every artefact partition, once
+    assert len(seen) == len(set(seen)) == 19  # every artefact partition, once
     assert [r for r in seen if r[0] == "influence_report"] == [("influence_report", None)]
     assert ticks == 10  # stage by stage (the graph's depth): each waits for its inputs to be current
     assert snapshot(Path(config.storage)) == clean_run_snapshot(config, tmp_path)

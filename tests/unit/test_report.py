@@ -7,6 +7,8 @@ import pyarrow as pa
 import pytest
 from polars.testing import assert_frame_equal
 
+from pretrace.projection_check import accuracy_table
+from pretrace.retrieval import RERANK_SCHEMA
 from pretrace.answers import count_answer, documents_containing, excerpt, find_answer, normalize_answer
 from pretrace.report import sections
 from pretrace.report.analysis import ReportConfig, analyze
@@ -245,6 +247,42 @@ def test_top_documents_carry_the_query_beside_them():
     assert top["rank"].to_list() == [1, 2]
     assert set(top["prompt"]) == {"p1"} and set(top["completion"]) == {"c1"}
     assert top["answer_found"].to_list() == [True, False]
+
+
+def test_two_stage_retrieval_shows_exact_scores_beside_stored_ones_only_when_stored_ones_are_approximate():
+    shards, _ = hand_shards()
+    stats, top = merge_shards(shards, 2)
+    exact = {("f", "top", "d4"): (2.0, 2), ("f", "top", "d5"): (3.0, 1), ("f", "bottom", "d0"): (-5.0, 1),
+             ("f", "bottom", "d1"): (-1.0, 2), ("r", "top", "d6"): (6.5, 1), ("r", "bottom", "d7"): (-7.5, 1)}
+    rows = [{"query_id": r["query_id"], "side": r["side"], "shard": r["shard"], "doc_id": r["doc_id"],
+             "stored_rank": r["rank"], "stored_score": float(r["score"]),
+             "exact_score": exact[key][0], "exact_rank": exact[key][1]}
+            for r in top.to_pylist() if (key := (r["query_id"], r["side"], r["doc_id"])) in exact]
+    reranked = pa.Table.from_pylist(rows, schema=RERANK_SCHEMA)
+    settings = ReportConfig(k=2, bootstrap=50, permutations=20)
+    approximate = accuracy_table([("", {"exact": False, "projection": None, "query_rank": 2, "document_rank": None,
+                                        "documents": 8, "queries": 2, "pearson_mean": 0.9, "pearson_min": 0.8,
+                                        "top1_agreement": 1.0})])
+    a = analyze(stats, top, hand_queries(), settings, accuracy=approximate, reranked=reranked)
+    table = a.result(sections.top_documents.compute).top_documents
+    f_top = table.filter((pl.col("query_id") == "f") & (pl.col("side") == "top"))
+    assert f_top["doc_id"].to_list() == ["d4", "d5"]  # the stored order stays; exact columns beside it
+    assert f_top["exact_score"].to_list() == [2.0, 3.0] and f_top["exact_rank"].to_list() == [2, 1]
+    r_top = table.filter((pl.col("query_id") == "r") & (pl.col("side") == "top"))
+    assert r_top["exact_score"].to_list() == [6.5, None]  # rerank_k = 1 for r: its second is not re-scored
+    page = sections.top_documents.body(a, {})
+    assert page.count("<th>exact score (rank)</th>") == 4 and "<td class='exact'>3 (1)</td>" in page
+    assert "not re-scored" in page
+    notes = sections.notes.body(a, {})
+    assert "Two-stage retrieval: each query's top and bottom 2 documents" in notes
+    # f top: exact top 10 = both candidates, both in the stored top 10; every side agrees
+    assert "the stored order had 100% of each exact top 10" in notes
+    exact_already = accuracy_table([("", {"exact": True, "projection": None, "query_rank": None,
+                                          "document_rank": None})])
+    plain = analyze(stats, top, hand_queries(), settings, accuracy=exact_already, reranked=reranked)
+    assert "exact score" not in sections.top_documents.body(plain, {})
+    assert "Two-stage" not in sections.notes.body(plain, {})
+    assert plain.result(sections.top_documents.compute).top_documents["exact_score"].null_count() == 8
 
 
 # -------------------------------------------------------------------------------- correlation

@@ -6,8 +6,9 @@ import torch
 
 from pretrace.documents import compute_document_gradients
 from pretrace.projection import KroneckerProjection
-from pretrace.queries import Query, compute_query_gradients, encode_queries
-from pretrace.retrieval import candidates, recall, rerank
+from pretrace.queries import Query, compute_query_gradients
+from pretrace.retrieval import RERANK_SCHEMA, already_exact, candidates, candidates_of, order_agreement, recall, rerank
+from pretrace.statistics import top_documents
 from pretrace.scores import score_matrix, stream_scores
 from tests.tiny import fitted_tiny_llama, random_sequences
 
@@ -27,43 +28,63 @@ def setup():
     return lm, factors, docs, ids, stored, exact
 
 
-def chosen_table(stored: torch.Tensor, ids: list[str], k: int) -> pa.Table:
-    rows = [{"query_id": q.id, "shard": "s", "doc_id": ids[j], "stored_rank": rank + 1, "stored_score": float(stored[i, j])}
-            for i, q in enumerate(QUERIES) for rank, j in enumerate(candidates(stored, k)[i].tolist())]
-    return pa.Table.from_pylist(rows)
-
-
 def reranked(setup, k: int) -> pa.Table:
     lm, factors, docs, ids, stored, _ = setup
-    sequences, starts = encode_queries(QUERIES, lm.tokenizer)
+    chosen = candidates_of(top_documents([q.id for q in QUERIES], ids, stored, k, shard="s"))
     position = {doc_id: i for i, doc_id in enumerate(ids)}
-    return rerank(lm, factors, (sequences, starts, [q.id for q in QUERIES]), chosen_table(stored, ids, k),
-                  lambda shard, doc: docs[position[doc]], batch_size=3)
+    return rerank(lm, factors, QUERIES, chosen, lambda shard, doc: docs[position[doc]], batch_size=3)
+
+
+def side(table: list[dict], query_id: str, name: str) -> list[dict]:
+    return sorted((r for r in table if r["query_id"] == query_id and r["side"] == name), key=lambda r: r["exact_rank"])
 
 
 def test_with_every_document_a_candidate_two_stage_retrieval_is_exact_scoring(setup):
     _, _, docs, ids, stored, exact = setup
     table = reranked(setup, len(docs)).to_pylist()
-    assert len(table) == len(QUERIES) * len(docs)
+    assert len(table) == 2 * len(QUERIES) * len(docs)
     for i, q in enumerate(QUERIES):
-        rows = sorted((r for r in table if r["query_id"] == q.id), key=lambda r: r["exact_rank"])
-        expected = torch.sort(exact[i].double(), descending=True, stable=True)
-        assert [r["doc_id"] for r in rows] == [ids[j] for j in expected.indices.tolist()]
-        torch.testing.assert_close(torch.tensor([r["exact_score"] for r in rows], dtype=torch.float64), expected.values,
-                                   rtol=1e-4, atol=1e-6 * float(exact.abs().max()))
+        for name, descending in (("top", True), ("bottom", False)):
+            rows = side(table, q.id, name)
+            expected = torch.sort(exact[i].double(), descending=descending, stable=True)
+            assert [r["doc_id"] for r in rows] == [ids[j] for j in expected.indices.tolist()]
+            torch.testing.assert_close(torch.tensor([r["exact_score"] for r in rows], dtype=torch.float64),
+                                       expected.values, rtol=1e-4, atol=1e-6 * float(exact.abs().max()))
     assert recall(stored, exact, len(docs), 5) == 1.0
 
 
 def test_a_few_candidates_are_reordered_exactly_and_only_they_are_scored(setup):
     _, _, _, ids, stored, exact = setup
     table = reranked(setup, 4).to_pylist()
-    assert len(table) == 4 * len(QUERIES)
+    assert len(table) == 2 * 4 * len(QUERIES)
     for i, q in enumerate(QUERIES):
-        rows = [r for r in table if r["query_id"] == q.id]
+        rows = side(table, q.id, "top")
         assert {r["doc_id"] for r in rows} == {ids[j] for j in candidates(stored, 4)[i].tolist()}
-        ordered = sorted(rows, key=lambda r: r["exact_rank"])
-        assert [r["exact_score"] for r in ordered] == sorted((r["exact_score"] for r in rows), reverse=True)
-        for r in rows:
+        assert {r["doc_id"] for r in side(table, q.id, "bottom")} == {ids[j] for j in candidates(-stored, 4)[i].tolist()}
+        assert [r["exact_score"] for r in rows] == sorted((r["exact_score"] for r in rows), reverse=True)
+        for r in table:
+            if r["query_id"] != q.id:
+                continue
             assert r["exact_score"] == pytest.approx(float(exact[i, ids.index(r["doc_id"])]), rel=1e-4, abs=1e-7)
     # a projection to 2 x 2 misses some of the exact top 3 among 4 candidates, and never all
     assert 0 < recall(stored, exact, 4, 3) < 1
+
+
+def test_exact_stored_scores_keep_their_order_and_ties_keep_the_stored_rank():
+    stored = torch.tensor([[3.0, 1.0, 3.0, -2.0], [0.0, 0.0, 5.0, 1.0]])
+    chosen = candidates_of(top_documents(["q1", "q0"], ["a", "b", "c", "d"], stored, 2, shard="s"))
+    rows = already_exact(chosen).to_pylist()
+    assert [(r["query_id"], r["side"], r["doc_id"], r["exact_rank"]) for r in rows] == [
+        ("q1", "top", "a", 1), ("q1", "top", "c", 2), ("q1", "bottom", "d", 1), ("q1", "bottom", "b", 2),
+        ("q0", "top", "c", 1), ("q0", "top", "d", 2), ("q0", "bottom", "a", 1), ("q0", "bottom", "b", 2)]
+    assert all(r["exact_rank"] == r["stored_rank"] and r["exact_score"] == r["stored_score"] for r in rows)
+
+
+def test_order_agreement_counts_the_exact_top_k_the_stored_order_had_too():
+    rows = [{"query_id": "q", "side": "top", "shard": "s", "doc_id": d, "stored_rank": stored, "stored_score": 0.0,
+             "exact_rank": exact, "exact_score": 0.0} for d, stored, exact in (("a", 1, 3), ("b", 2, 1), ("c", 3, 2))]
+    rows += [{**r, "side": "bottom", "exact_rank": r["stored_rank"]} for r in rows]
+    table = pa.Table.from_pylist(rows, schema=RERANK_SCHEMA)
+    assert order_agreement(table, 2) == pytest.approx((1 / 2 + 1) / 2)  # top: b kept, c new; bottom: unchanged
+    assert order_agreement(table, 3) == 1.0
+    assert order_agreement(RERANK_SCHEMA.empty_table()) is None

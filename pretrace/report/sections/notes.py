@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from ...projection_check import ACCURACY_SCHEMA
+from ...retrieval import order_agreement
 from ..analysis import Analysis
 from ..concentration import share_bound
 from ..formatting import num, pct
@@ -48,13 +49,26 @@ def _accuracy(a: Analysis) -> str:
             f"{rows.height} shards: {measured}. Per shard: score_accuracy.parquet.</li>")
 
 
+def _reranked(a: Analysis) -> str:
+    """What two-stage retrieval made exact, and how much it moved."""
+    if not a.rescored:
+        return ""
+    k = int(a.reranked["stored_rank"].max())
+    kept = order_agreement(a.reranked.to_arrow(), 10)
+    return (f"<li>Two-stage retrieval: each query's top and bottom {k} documents by stored score over the whole corpus "
+            f"were re-scored exactly (EK-FAC, streamed from the model), shown beside the stored scores in the top "
+            f"documents; the stored order had {pct(kept, 0)} of each exact top 10 (of those candidates) in its own top 10. "
+            "Every other score, and every other section, uses the stored scores. Per document: "
+            "top_documents.parquet (exact_score, exact_rank).</li>")
+
+
 def body(a: Analysis, figs: dict[str, bytes]) -> str:
     s = a.stats
     return (
         "<ul>"
         f"<li>Scores: EK-FAC influence of each document on log p(completion | prompt); positive means the document "
         f"raised it. {a.n_documents:,} documents, {a.queries.height} queries.</li>"
-        + _accuracy(a) +
+        + _accuracy(a) + _reranked(a) +
         "<li>Correlations are exact: merged per-shard sums (n, means and co-moments) give the same Pearson r as the "
         "full score matrix.</li>"
         f"<li>Shares of positive influence are exact up to rank {s.top_values.shape[1]} (exact per-shard top lists) "

@@ -1,0 +1,52 @@
+"""reranked_scores: two-stage retrieval over every shard (pretrace.retrieval)."""
+
+import time
+
+import dagster as dg
+import pyarrow.compute as pc
+
+from pretrace.query_file import queries_from_table
+from pretrace.retrieval import already_exact, candidates_of, order_agreement, rerank
+from pretrace.statistics import merge_top_documents
+from resources.pretrace import PretraceResource
+
+from .common import GPU_ASSET, RETRY, computing, materialized, progress_logger, table_preview
+from .corpus import corpus_shards
+from .scores import influence_scores
+
+
+@dg.asset(deps=[influence_scores, corpus_shards, "completions", "ekfac_factors", "model"], group_name="influence",
+          kinds={"pytorch", "parquet"}, retry_policy=RETRY, **GPU_ASSET)
+def reranked_scores(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> dg.MaterializeResult:
+    """Each query's top and bottom `rerank_k` documents by stored score over the whole corpus, with
+    exact EK-FAC scores streamed from the model for those documents only, and ranked by them.
+    When stored scores are exact already (no projection or rank), they are kept as they are."""
+    started = time.monotonic()
+    with computing(context, pretrace) as run:
+        config = run.project.config
+        shards = run.project.shards
+        top = merge_top_documents((run.reader("influence_scores", s).table("{shard}.top.parquet") for s in shards),
+                                  config.reranked)
+        chosen = candidates_of(top)
+        recomputed = not config.stores_exact_scores and chosen.num_rows > 0
+        if recomputed:
+            wanted = set(zip(chosen.column("shard").to_pylist(), chosen.column("doc_id").to_pylist()))
+            tokens = {}
+            for shard in sorted({s for s, _ in wanted}):
+                table = run.reader("corpus_shards", shard).table("{shard}.parquet", ["doc_id", "input_ids"])
+                tokens |= {(shard, d): t for d, t in zip(table.column("doc_id").to_pylist(),
+                                                         table.column("input_ids").to_pylist()) if (shard, d) in wanted}
+            queries = queries_from_table(run.reader("completions").table("completions.parquet"))
+            table = rerank(run.model(), run.reader("ekfac_factors").state(), queries, chosen,
+                           lambda shard, doc: tokens[(shard, doc)], batch_size=config.batch_size,
+                           progress=progress_logger(context, len(tokens), "documents scored exactly"))
+        else:
+            table = already_exact(chosen)
+        manifest = run.commit({"reranked.parquet": table})
+    best = table.filter(pc.equal(table.column("exact_rank"), 1))
+    return materialized(
+        run, manifest, started, recomputed=recomputed, candidates_per_side=config.reranked,
+        documents=len(set(zip(table.column("shard").to_pylist(), table.column("doc_id").to_pylist()))),
+        **({"stored_top10_kept": kept} if (kept := order_agreement(table, 10)) is not None else {}),
+        best_documents=table_preview(best, ["query_id", "side", "doc_id", "shard", "exact_score", "stored_rank"], rows=20),
+        **{"dagster/row_count": table.num_rows})
