@@ -35,16 +35,24 @@ ACTIVE = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.Dags
 
 
 def asset_order(defs: dg.Definitions) -> list[str]:
-    """Materializable assets in dependency order, from the definitions' asset specs."""
+    """Materializable assets in dependency order, from the definitions' asset specs; one model's
+    assets run together as far as the graph allows (ties: by name), so that a run with compared
+    models loads each checkpoint once rather than once per step."""
     specs = {spec.key: spec for spec in defs.resolve_all_asset_specs()}
     graph = {key: {d.asset_key for d in spec.deps if d.asset_key in specs} for key, spec in specs.items()}
     sorter = graphlib.TopologicalSorter(graph)
     sorter.prepare()
+    ready: set[dg.AssetKey] = set()
     order: list[dg.AssetKey] = []
+    model = None
     while sorter.is_active():
-        ready = sorted(sorter.get_ready(), key=lambda k: k.to_user_string())
-        order += ready
-        sorter.done(*ready)
+        ready.update(sorter.get_ready())
+        same_model = [k for k in ready if artefact_of(k)[0] == model]
+        key = min(same_model or ready, key=lambda k: k.to_user_string())
+        ready.remove(key)
+        order.append(key)
+        model = artefact_of(key)[0]
+        sorter.done(key)
     return [k.to_user_string() for k in order]
 
 

@@ -40,11 +40,24 @@ def private_digest_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_thread_everywhere() -> Iterator[None]:
+    """torch computes on one thread in the test processes and in every process they start
+    (`pretrace` runs, `dagster dev`, its run workers): beside two xdist workers on a 2-core
+    machine, a process that takes every core oversubscribes them and runs many times slower; and
+    float sums depend on the thread count, so byte comparisons between a run in a subprocess and
+    one in-process need the same count on both sides."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            mp.setenv(name, "1")
+        with _torch_on_one_thread():
+            yield
+
+
 @contextlib.contextmanager
 def _torch_on_one_thread() -> Iterator[None]:
     """On a shared 2-core machine, two torch threads oversubscribed by other processes made small
-    training steps ~60x slower (measured 15 s vs 0.2 s for 10 steps); one thread avoids that.
-    torch is imported here so test packages that never use it do not pay for the import."""
+    training steps ~60x slower (measured 15 s vs 0.2 s for 10 steps); one thread avoids that."""
     import torch
 
     threads = torch.get_num_threads()
@@ -55,20 +68,12 @@ def _torch_on_one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """torch on one thread for the whole module that asks for it (see _torch_on_one_thread)."""
-    with _torch_on_one_thread():
-        yield
-
-
 @pytest.fixture(scope="session")
 def trained_llama() -> tuple[PreTrainedTokenizerFast, torch.nn.Module]:
-    """(tokenizer, model): the tiny Llama trained on sentence_documents, trained once per session,
-    on one thread. Shared, so consumers must not change its weights (wrap_model only moves it and
-    sets eval mode; kronfluence works on a deep copy)."""
+    """(tokenizer, model): the tiny Llama trained on sentence_documents, trained once per session.
+    Shared, so consumers must not change its weights (wrap_model only moves it and sets eval
+    mode; kronfluence works on a deep copy)."""
     from tests.tiny import sentence_documents, tiny_tokenizer, trained_tiny_llama
 
     tok = tiny_tokenizer()
-    with _torch_on_one_thread():
-        return tok, trained_tiny_llama(tok, sentence_documents(tok))
+    return tok, trained_tiny_llama(tok, sentence_documents(tok))

@@ -50,7 +50,7 @@ N_DOCS = 48
 
 
 @pytest.fixture(scope="module")
-def setup(one_torch_thread, trained_llama):
+def setup(trained_llama):
     tok, model = trained_llama
     docs = sentence_documents(tok, n=N_DOCS, seed=3)
     lm = wrap_model(model, tok, layers=["mlp"], device="cpu")
