@@ -3,8 +3,10 @@
 import time
 
 import dagster as dg
+import pyarrow as pa
 import pyarrow.compute as pc
 
+from pretrace.computation import Computation
 from pretrace.query_file import queries_from_table
 from pretrace.retrieval import already_exact, candidates_of, order_agreement, rerank
 from pretrace.statistics import merge_top_documents
@@ -30,12 +32,7 @@ def reranked_scores(context: dg.AssetExecutionContext, pretrace: PretraceResourc
         chosen = candidates_of(top)
         recomputed = not config.stores_exact_scores and chosen.num_rows > 0
         if recomputed:
-            wanted = set(zip(chosen.column("shard").to_pylist(), chosen.column("doc_id").to_pylist()))
-            tokens = {}
-            for shard in sorted({s for s, _ in wanted}):
-                table = run.reader("corpus_shards", shard).table("{shard}.parquet", ["doc_id", "input_ids"])
-                tokens |= {(shard, d): t for d, t in zip(table.column("doc_id").to_pylist(),
-                                                         table.column("input_ids").to_pylist()) if (shard, d) in wanted}
+            tokens = _candidate_tokens(run, chosen)
             queries = queries_from_table(run.reader("completions").table("completions.parquet"))
             table = rerank(run.model(), run.reader("ekfac_factors").state(), queries, chosen,
                            lambda shard, doc: tokens[(shard, doc)], batch_size=config.batch_size,
@@ -50,3 +47,15 @@ def reranked_scores(context: dg.AssetExecutionContext, pretrace: PretraceResourc
         **({"stored_top10_kept": kept} if (kept := order_agreement(table, 10)) is not None else {}),
         best_documents=table_preview(best, ["query_id", "side", "doc_id", "shard", "exact_score", "stored_rank"], rows=20),
         **{"dagster/row_count": table.num_rows})
+
+
+def _candidate_tokens(run: Computation, chosen: pa.Table) -> dict[tuple[str, str], list[int]]:
+    """The token ids of the candidate documents only, read shard by shard."""
+    wanted = set(zip(chosen.column("shard").to_pylist(), chosen.column("doc_id").to_pylist()))
+    tokens: dict[tuple[str, str], list[int]] = {}
+    for shard in sorted({s for s, _ in wanted}):
+        documents = run.reader("corpus_shards", shard).table("{shard}.parquet", ["doc_id", "input_ids"])
+        tokens |= {(shard, doc): ids for doc, ids in zip(documents.column("doc_id").to_pylist(),
+                                                          documents.column("input_ids").to_pylist())
+                   if (shard, doc) in wanted}
+    return tokens
