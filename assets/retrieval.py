@@ -8,7 +8,7 @@ import pyarrow.compute as pc
 
 from pretrace.computation import Computation
 from pretrace.query_file import queries_from_table
-from pretrace.retrieval import already_exact, candidates_of, order_agreement, rerank
+from pretrace.retrieval import already_exact, candidates_of, order_agreement, rerank, rerank_passes
 from pretrace.statistics import merge_top_documents
 from resources.pretrace import PretraceResource
 
@@ -34,9 +34,11 @@ def reranked_scores(context: dg.AssetExecutionContext, pretrace: PretraceResourc
         if recomputed:
             tokens = _candidate_tokens(run, chosen)
             queries = queries_from_table(run.reader("completions").table("completions.parquet"))
-            table = rerank(run.model(), run.reader("ekfac_factors").state(), queries, chosen,
+            lm = run.model()
+            table = rerank(lm, run.reader("ekfac_factors").state(), queries, chosen,
                            lambda shard, doc: tokens[(shard, doc)], batch_size=config.batch_size,
-                           progress=progress_logger(context, len(tokens), "documents scored exactly"))
+                           progress=progress_logger(context, rerank_passes(lm, queries, chosen),
+                                                    "documents scored exactly"))
         else:
             table = already_exact(chosen)
         manifest = run.commit({"reranked.parquet": table})

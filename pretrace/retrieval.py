@@ -20,7 +20,7 @@ import torch
 from .ekfac import Factors
 from .model import LoadedModel
 from .queries import Query
-from .scores import exact_scores
+from .scores import EXACT_QUERY_BYTES, exact_scores, query_chunks
 
 RERANK_SCHEMA = pa.schema([
     ("query_id", pa.string()), ("side", pa.string()), ("shard", pa.string()), ("doc_id", pa.string()),
@@ -41,18 +41,37 @@ def candidates_of(top: pa.Table) -> pa.Table:
 
 def rerank(lm: LoadedModel, factors: Factors, queries: Sequence[Query], chosen: pa.Table,
            tokens: Callable[[str, str], Sequence[int]], *, batch_size: int = 8,
-           progress: Callable[[int], None] | None = None) -> pa.Table:
+           progress: Callable[[int], None] | None = None, budget: int = EXACT_QUERY_BYTES) -> pa.Table:
     """Exact scores of each query's candidates (`candidates_of`), ranked by them per side (ties:
-    the stored rank). ``tokens(shard, doc_id)``: a document's token ids. Each candidate document
-    is streamed once, for every query."""
-    documents = list(dict.fromkeys(zip(chosen.column("shard").to_pylist(), chosen.column("doc_id").to_pylist())))
-    exact = exact_scores(lm, factors, queries, [tokens(shard, doc) for shard, doc in documents],
-                         batch_size=batch_size, progress=progress).double().numpy()
+    the stored rank). ``tokens(shard, doc_id)``: a document's token ids. Queries go in chunks
+    whose dense gradients fit ``budget`` bytes, each streaming only its own candidates' documents
+    (`rerank_passes` says how many documents that is)."""
     row = {query.id: i for i, query in enumerate(queries)}
-    column = {document: j for j, document in enumerate(documents)}
-    scores = [float(exact[row[q], column[(shard, doc)]]) for q, shard, doc in zip(
-        chosen.column("query_id").to_pylist(), chosen.column("shard").to_pylist(), chosen.column("doc_id").to_pylist())]
-    return _ranked(chosen, pa.array(scores, pa.float64()), order=list(row))
+    exact: dict[tuple[str, str, str], float] = {}
+    for chunk, documents in _passes(lm, queries, chosen, budget):
+        scores = exact_scores(lm, factors, [queries[i] for i in chunk], [tokens(shard, doc) for shard, doc in documents],
+                              batch_size=batch_size, progress=progress, budget=budget).double()
+        for q in chunk:
+            for j, (shard, doc) in enumerate(documents):
+                exact[(queries[q].id, shard, doc)] = float(scores[q - chunk.start, j])
+    keys = zip(chosen.column("query_id").to_pylist(), chosen.column("shard").to_pylist(), chosen.column("doc_id").to_pylist())
+    return _ranked(chosen, pa.array([exact[key] for key in keys], pa.float64()), order=list(row))
+
+
+def rerank_passes(lm: LoadedModel, queries: Sequence[Query], chosen: pa.Table, budget: int = EXACT_QUERY_BYTES) -> int:
+    """How many documents `rerank` streams (for progress): each chunk's candidates, once."""
+    return sum(len(documents) for _, documents in _passes(lm, queries, chosen, budget))
+
+
+def _passes(lm: LoadedModel, queries: Sequence[Query], chosen: pa.Table,
+            budget: int) -> list[tuple[range, list[tuple[str, str]]]]:
+    """Per chunk of queries (`query_chunks`), the distinct documents among their candidates."""
+    wanted: dict[str, list[tuple[str, str]]] = {}
+    for query_id, shard, doc in zip(chosen.column("query_id").to_pylist(), chosen.column("shard").to_pylist(),
+                                    chosen.column("doc_id").to_pylist()):
+        wanted.setdefault(query_id, []).append((shard, doc))
+    return [(chunk, list(dict.fromkeys(d for q in chunk for d in wanted.get(queries[q].id, []))))
+            for chunk in query_chunks(lm, len(queries), budget)]
 
 
 def already_exact(chosen: pa.Table) -> pa.Table:

@@ -80,10 +80,28 @@ def stream_scores(
     return scores
 
 
+EXACT_QUERY_BYTES = 2**30
+"""Dense query gradients held at once when scoring exactly (the projection check, two-stage
+retrieval): more queries are scored in further passes. One dense query gradient is as large as
+the tracked weights (17 GB in float32 for Llama-2-7B's MLPs), so at that size it is one query a pass."""
+
+
+def query_chunks(lm: LoadedModel, n_queries: int, budget: int = EXACT_QUERY_BYTES) -> list[range]:
+    """Consecutive ranges of queries whose dense gradients fit in ``budget`` bytes (at least one)."""
+    per_query = sum(d_out * d_in for d_out, d_in in lm.layer_shapes().values()) * lm.accumulate_dtype.itemsize
+    size = max(1, budget // per_query)
+    return [range(start, min(start + size, n_queries)) for start in range(0, n_queries, size)]
+
+
 def exact_scores(lm: LoadedModel, factors: Factors, queries: Sequence[Query], sequences: Sequence[Sequence[int]], *,
-                 batch_size: int = 8, progress: Callable[[int], None] | None = None) -> torch.Tensor:
+                 batch_size: int = 8, progress: Callable[[int], None] | None = None,
+                 budget: int = EXACT_QUERY_BYTES) -> torch.Tensor:
     """(Q, N) exact EK-FAC scores of a few documents, whatever the stored approximation: dense,
     unprojected preconditioned query gradients against gradients streamed from the model (what
-    approximate stored scores are checked and re-ranked against)."""
-    dense = compute_query_gradients(lm, factors, queries, batch_size=batch_size)
-    return stream_scores(lm, dense, sequences, batch_size=batch_size, progress=progress)
+    approximate stored scores are checked and re-ranked against); the documents are streamed
+    once per chunk of queries that fits ``budget`` (`query_chunks`)."""
+    scores = torch.zeros(len(queries), len(sequences), dtype=torch.float32)
+    for chunk in query_chunks(lm, len(queries), budget):
+        dense = compute_query_gradients(lm, factors, [queries[i] for i in chunk], batch_size=batch_size)
+        scores[chunk.start:chunk.stop] = stream_scores(lm, dense, sequences, batch_size=batch_size, progress=progress)
+    return scores

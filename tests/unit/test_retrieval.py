@@ -7,9 +7,10 @@ import torch
 from pretrace.documents import compute_document_gradients
 from pretrace.projection import KroneckerProjection
 from pretrace.queries import Query, compute_query_gradients
-from pretrace.retrieval import RERANK_SCHEMA, already_exact, candidates, candidates_of, order_agreement, recall, rerank
+from pretrace.retrieval import (RERANK_SCHEMA, already_exact, candidates, candidates_of, order_agreement, recall, rerank,
+                                rerank_passes)
 from pretrace.statistics import top_documents
-from pretrace.scores import score_matrix, stream_scores
+from pretrace.scores import exact_scores, query_chunks, score_matrix, stream_scores
 from tests.tiny import fitted_tiny_llama, random_sequences
 
 QUERIES = [Query("capital", "The capital of France is", " Paris."), Query("arith", "(7 - 4) * 8 =", " 24"),
@@ -88,3 +89,23 @@ def test_order_agreement_counts_the_exact_top_k_the_stored_order_had_too():
     assert order_agreement(table, 2) == pytest.approx((1 / 2 + 1) / 2)  # top: b kept, c new; bottom: unchanged
     assert order_agreement(table, 3) == 1.0
     assert order_agreement(RERANK_SCHEMA.empty_table()) is None
+
+
+def test_queries_beyond_the_memory_budget_take_further_passes_over_only_their_own_candidates(setup):
+    lm, factors, docs, ids, stored, exact = setup
+    one_query = sum(o * i for o, i in lm.layer_shapes().values()) * 4  # float32 bytes of one dense query gradient
+    assert query_chunks(lm, 5, 2 * one_query) == [range(0, 2), range(2, 4), range(4, 5)]
+    assert query_chunks(lm, 2, one_query // 3) == [range(0, 1), range(1, 2)]  # never fewer than one
+    chunked = exact_scores(lm, factors, QUERIES, docs, batch_size=3, budget=one_query)
+    torch.testing.assert_close(chunked, exact, rtol=1e-4, atol=1e-6 * float(exact.abs().max()))
+    chosen = candidates_of(top_documents([q.id for q in QUERIES], ids, stored, 4, shard="s"))
+    position = {doc_id: i for i, doc_id in enumerate(ids)}
+    streamed: list[int] = []
+    one_by_one = rerank(lm, factors, QUERIES, chosen, lambda shard, doc: docs[position[doc]], batch_size=3,
+                        budget=one_query, progress=streamed.append)
+    # each query streams its own 8 candidates (4 per side, all distinct here) and nothing else
+    assert sum(streamed) == rerank_passes(lm, QUERIES, chosen, one_query) == len(chosen)
+    together = reranked(setup, 4)
+    assert one_by_one.column("exact_rank").to_pylist() == together.column("exact_rank").to_pylist()
+    torch.testing.assert_close(torch.tensor(one_by_one.column("exact_score").to_pylist()),
+                               torch.tensor(together.column("exact_score").to_pylist()), rtol=1e-4, atol=1e-7)
