@@ -9,7 +9,7 @@ from pretrace.projection import KroneckerProjection
 from pretrace.queries import Query, compute_query_gradients
 from pretrace.retrieval import (RERANK_SCHEMA, already_exact, candidates, candidates_of, order_agreement, recall, rerank,
                                 rerank_passes)
-from pretrace.statistics import top_documents
+from pretrace.statistics import merge_top_documents, top_documents
 from pretrace.scores import exact_scores, query_chunks, score_matrix, stream_scores
 from tests.tiny import fitted_tiny_llama, random_sequences
 
@@ -109,3 +109,9 @@ def test_queries_beyond_the_memory_budget_take_further_passes_over_only_their_ow
     assert one_by_one.column("exact_rank").to_pylist() == together.column("exact_rank").to_pylist()
     torch.testing.assert_close(torch.tensor(one_by_one.column("exact_score").to_pylist()),
                                torch.tensor(together.column("exact_score").to_pylist()), rtol=1e-4, atol=1e-7)
+
+
+def test_rerank_k_zero_chooses_no_candidate():
+    top = top_documents(["q"], ["a", "b"], torch.tensor([[1.0, 2.0]]), 1, shard="s")
+    assert merge_top_documents([top], 1).num_rows == 2
+    assert already_exact(candidates_of(merge_top_documents([top], 0))).num_rows == 0
