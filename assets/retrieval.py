@@ -8,7 +8,7 @@ import pyarrow.compute as pc
 
 from pretrace.computation import Computation
 from pretrace.query_file import queries_from_table
-from pretrace.retrieval import already_exact, candidates_of, order_agreement, rerank, rerank_passes
+from pretrace.retrieval import agreement_k, already_exact, candidates_of, order_agreement, rerank, rerank_passes
 from pretrace.statistics import merge_top_documents
 from resources.pretrace import PretraceResource
 
@@ -30,34 +30,36 @@ def reranked_scores(context: dg.AssetExecutionContext, pretrace: PretraceResourc
         top = merge_top_documents((run.reader("influence_scores", s).table("{shard}.top.parquet") for s in shards),
                                   config.reranked)
         chosen = candidates_of(top)
+        queries = queries_from_table(run.reader("completions").table("completions.parquet"))
         recomputed = not config.stores_exact_scores and chosen.num_rows > 0
         if recomputed:
             tokens = _candidate_tokens(run, chosen)
-            queries = queries_from_table(run.reader("completions").table("completions.parquet"))
             lm = run.model()
             table = rerank(lm, run.reader("ekfac_factors").state(), queries, chosen,
                            lambda shard, doc: tokens[(shard, doc)], batch_size=config.batch_size,
                            progress=progress_logger(context, rerank_passes(lm, queries, chosen),
                                                     "documents scored exactly"))
         else:
-            table = already_exact(chosen)
+            table = already_exact(chosen, [q.id for q in queries])
         manifest = run.commit({"reranked.parquet": table})
     best = table.filter(pc.equal(table.column("exact_rank"), 1))
     return materialized(
         run, manifest, started, recomputed=recomputed, candidates_per_side=config.reranked,
         documents=len(set(zip(table.column("shard").to_pylist(), table.column("doc_id").to_pylist()))),
-        **({"stored_top10_kept": kept} if (kept := order_agreement(table, 10)) is not None else {}),
+        **({f"stored_top{k}_kept": kept} if (kept := order_agreement(table, k := agreement_k(config.reranked)))
+           is not None else {}),
         best_documents=table_preview(best, ["query_id", "side", "doc_id", "shard", "exact_score", "stored_rank"], rows=20),
         **{"dagster/row_count": table.num_rows})
 
 
 def _candidate_tokens(run: Computation, chosen: pa.Table) -> dict[tuple[str, str], list[int]]:
-    """The token ids of the candidate documents only, read shard by shard."""
-    wanted = set(zip(chosen.column("shard").to_pylist(), chosen.column("doc_id").to_pylist()))
+    """The token ids of the candidate documents only, read shard by shard (a shard's other
+    documents never become Python lists)."""
     tokens: dict[tuple[str, str], list[int]] = {}
-    for shard in sorted({s for s, _ in wanted}):
+    for shard in sorted(set(chosen.column("shard").to_pylist())):
+        wanted = pa.array(sorted(set(chosen.filter(pc.equal(chosen.column("shard"), shard)).column("doc_id").to_pylist())))
         documents = run.reader("corpus_shards", shard).table("{shard}.parquet", ["doc_id", "input_ids"])
+        documents = documents.filter(pc.is_in(documents.column("doc_id"), value_set=wanted))
         tokens |= {(shard, doc): ids for doc, ids in zip(documents.column("doc_id").to_pylist(),
-                                                          documents.column("input_ids").to_pylist())
-                   if (shard, doc) in wanted}
+                                                          documents.column("input_ids").to_pylist())}
     return tokens

@@ -88,7 +88,8 @@ class Project:
         return self._compared[name]
 
     def projects(self) -> list[tuple[str | None, Project]]:
-        """The compared models' projects, then this one: the order `pretrace run` computes them."""
+        """The compared models' projects, then this one (`pretrace run` computes one model's artefacts
+        together as far as their dependencies allow: `pipeline.runner.asset_order`)."""
         return [*((name, self.compared(name)) for name in self.config.compare_models), (None, self)]
 
     # ----------------------------------------------------------------------- the corpus

@@ -47,15 +47,17 @@ def rerank(lm: LoadedModel, factors: Factors, queries: Sequence[Query], chosen: 
     whose dense gradients fit ``budget`` bytes, each streaming only its own candidates' documents
     (`rerank_passes` says how many documents that is)."""
     row = {query.id: i for i, query in enumerate(queries)}
-    exact: dict[tuple[str, str, str], float] = {}
+    pairs = list(zip(chosen.column("query_id").to_pylist(), chosen.column("shard").to_pylist(),
+                     chosen.column("doc_id").to_pylist()))
+    exact = np.full(len(pairs), np.nan)
     for chunk, documents in _passes(lm, queries, chosen, budget):
         scores = exact_scores(lm, factors, [queries[i] for i in chunk], [tokens(shard, doc) for shard, doc in documents],
-                              batch_size=batch_size, progress=progress, budget=budget).double()
-        for q in chunk:
-            for j, (shard, doc) in enumerate(documents):
-                exact[(queries[q].id, shard, doc)] = float(scores[q - chunk.start, j])
-    keys = zip(chosen.column("query_id").to_pylist(), chosen.column("shard").to_pylist(), chosen.column("doc_id").to_pylist())
-    return _ranked(chosen, pa.array([exact[key] for key in keys], pa.float64()), order=list(row))
+                              batch_size=batch_size, progress=progress, budget=budget).double().numpy()
+        column = {document: j for j, document in enumerate(documents)}
+        for i, (query_id, shard, doc) in enumerate(pairs):  # only the candidate pairs, not chunk x documents
+            if row[query_id] in chunk:
+                exact[i] = scores[row[query_id] - chunk.start, column[(shard, doc)]]
+    return _ranked(chosen, pa.array(exact, pa.float64()), order=list(row))
 
 
 def rerank_passes(lm: LoadedModel, queries: Sequence[Query], chosen: pa.Table, budget: int = EXACT_QUERY_BYTES) -> int:
@@ -74,9 +76,16 @@ def _passes(lm: LoadedModel, queries: Sequence[Query], chosen: pa.Table,
             for chunk in query_chunks(lm, len(queries), budget)]
 
 
-def already_exact(chosen: pa.Table) -> pa.Table:
-    """The candidates when stored scores are exact: nothing to recompute, the order stands."""
-    return _ranked(chosen, chosen.column("stored_score"), order=list(dict.fromkeys(chosen.column("query_id").to_pylist())))
+def already_exact(chosen: pa.Table, order: Sequence[str]) -> pa.Table:
+    """The candidates when stored scores are exact: nothing to recompute, the order stands
+    (queries in ``order``, as `rerank` puts them)."""
+    return _ranked(chosen, chosen.column("stored_score"), order=list(order))
+
+
+def agreement_k(rerank_k: int) -> int:
+    """The k at which `order_agreement` says something for ``rerank_k`` candidates: 10, or half
+    the candidates when there are fewer than 20 (with every candidate in both top k it is 1)."""
+    return max(1, min(10, rerank_k // 2))
 
 
 def _ranked(chosen: pa.Table, exact: pa.Array, order: list[str]) -> pa.Table:

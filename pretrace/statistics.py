@@ -542,7 +542,7 @@ def _extreme(values: np.ndarray, doc_ids: list[str], k: int, largest: bool) -> n
 def merge_top_documents(tables: Iterable[pa.Table], k: int) -> pa.Table:
     """Global top/bottom k from per-shard lists (each holding its shard's own top/bottom k)."""
     tables = [t for t in tables if t.num_rows]
-    if not tables or k == 0:  # (polars' head(0) per group keeps every row)
+    if not tables or k == 0:  # (polars' head(0) per group leaves a row of nulls per group)
         return TOP_SCHEMA.empty_table()
     merged = pl.from_arrow(pa.concat_tables([t.select(TOP_SCHEMA.names).cast(TOP_SCHEMA) for t in tables]))
     best = (

@@ -7,7 +7,7 @@ import torch
 from pretrace.documents import compute_document_gradients
 from pretrace.projection import KroneckerProjection
 from pretrace.queries import Query, compute_query_gradients
-from pretrace.retrieval import (RERANK_SCHEMA, already_exact, candidates, candidates_of, order_agreement, recall, rerank,
+from pretrace.retrieval import (RERANK_SCHEMA, agreement_k, already_exact, candidates, candidates_of, order_agreement, recall, rerank,
                                 rerank_passes)
 from pretrace.statistics import merge_top_documents, top_documents
 from pretrace.scores import exact_scores, query_chunks, score_matrix, stream_scores
@@ -74,7 +74,7 @@ def test_a_few_candidates_are_reordered_exactly_and_only_they_are_scored(setup):
 def test_exact_stored_scores_keep_their_order_and_ties_keep_the_stored_rank():
     stored = torch.tensor([[3.0, 1.0, 3.0, -2.0], [0.0, 0.0, 5.0, 1.0]])
     chosen = candidates_of(top_documents(["q1", "q0"], ["a", "b", "c", "d"], stored, 2, shard="s"))
-    rows = already_exact(chosen).to_pylist()
+    rows = already_exact(chosen, ["q1", "q0"]).to_pylist()
     assert [(r["query_id"], r["side"], r["doc_id"], r["exact_rank"]) for r in rows] == [
         ("q1", "top", "a", 1), ("q1", "top", "c", 2), ("q1", "bottom", "d", 1), ("q1", "bottom", "b", 2),
         ("q0", "top", "c", 1), ("q0", "top", "d", 2), ("q0", "bottom", "a", 1), ("q0", "bottom", "b", 2)]
@@ -89,6 +89,7 @@ def test_order_agreement_counts_the_exact_top_k_the_stored_order_had_too():
     assert order_agreement(table, 2) == pytest.approx((1 / 2 + 1) / 2)  # top: b kept, c new; bottom: unchanged
     assert order_agreement(table, 3) == 1.0
     assert order_agreement(RERANK_SCHEMA.empty_table()) is None
+    assert [agreement_k(k) for k in (1, 5, 19, 20, 100)] == [1, 2, 9, 10, 10]
 
 
 def test_queries_beyond_the_memory_budget_take_further_passes_over_only_their_own_candidates(setup):
@@ -114,4 +115,4 @@ def test_queries_beyond_the_memory_budget_take_further_passes_over_only_their_ow
 def test_rerank_k_zero_chooses_no_candidate():
     top = top_documents(["q"], ["a", "b"], torch.tensor([[1.0, 2.0]]), 1, shard="s")
     assert merge_top_documents([top], 1).num_rows == 2
-    assert already_exact(candidates_of(merge_top_documents([top], 0))).num_rows == 0
+    assert already_exact(candidates_of(merge_top_documents([top], 0)), ["q"]).num_rows == 0

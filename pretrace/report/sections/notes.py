@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from ...projection_check import ACCURACY_SCHEMA
-from ...retrieval import order_agreement
+from ...retrieval import agreement_k, order_agreement
 from ..analysis import Analysis
 from ..concentration import share_bound
 from ..formatting import num, pct
@@ -54,10 +54,12 @@ def _reranked(a: Analysis) -> str:
     if not a.rescored:
         return ""
     k = int(a.reranked["stored_rank"].max())
-    kept = order_agreement(a.reranked.to_arrow(), 10)
+    top = agreement_k(k)
+    kept = order_agreement(a.reranked.to_arrow(), top)
     return (f"<li>Two-stage retrieval: each query's top and bottom {k} documents by stored score over the whole corpus "
             f"were re-scored exactly (EK-FAC, streamed from the model), shown beside the stored scores in the top "
-            f"documents; the stored order had {pct(kept, 0)} of each exact top 10 (of those candidates) in its own top 10. "
+            f"documents; the stored order had {pct(kept, 0)} of each exact top {top} (of those candidates) in its own "
+            f"top {top}. "
             "Every other score, and every other section, uses the stored scores. Per document: "
             "top_documents.parquet (exact_score, exact_rank).</li>")
 

@@ -96,7 +96,8 @@ def _token_view(a: Analysis, query_id: str) -> str:
 
 def body(a: Analysis, figs: dict[str, bytes]) -> str:
     parts = []
-    shown = a.result(compute).top_documents.filter(pl.col("rank") <= a.config.html_rows)
+    rows = a.config.html_rows  # and any document exact scores move into the first rows
+    shown = a.result(compute).top_documents.filter((pl.col("rank") <= rows) | (pl.col("exact_rank") <= rows))
     for q in a.queries.iter_rows(named=True):
         mine = shown.filter(pl.col("query_id") == q["id"])
         answer = f" · answer {q['answer']}" if q.get("answer") else ""
