@@ -46,34 +46,40 @@ def rerank(lm: LoadedModel, factors: Factors, queries: Sequence[Query], chosen: 
     the stored rank). ``tokens(shard, doc_id)``: a document's token ids. Queries go in chunks
     whose dense gradients fit ``budget`` bytes, each streaming only its own candidates' documents
     (`rerank_passes` says how many documents that is)."""
-    row = {query.id: i for i, query in enumerate(queries)}
-    pairs = list(zip(chosen.column("query_id").to_pylist(), chosen.column("shard").to_pylist(),
-                     chosen.column("doc_id").to_pylist()))
+    pairs = _pairs(chosen)
     exact = np.full(len(pairs), np.nan)
-    for chunk, documents in _passes(lm, queries, chosen, budget):
+    for chunk, documents, rows in _passes(lm, queries, pairs, budget):
         scores = exact_scores(lm, factors, [queries[i] for i in chunk], [tokens(shard, doc) for shard, doc in documents],
                               batch_size=batch_size, progress=progress, budget=budget).double().numpy()
         column = {document: j for j, document in enumerate(documents)}
-        for i, (query_id, shard, doc) in enumerate(pairs):  # only the candidate pairs, not chunk x documents
-            if row[query_id] in chunk:
-                exact[i] = scores[row[query_id] - chunk.start, column[(shard, doc)]]
-    return _ranked(chosen, pa.array(exact, pa.float64()), order=list(row))
+        for q, i in rows:  # only the candidate pairs, not chunk x documents
+            exact[i] = scores[q - chunk.start, column[pairs[i][1:]]]
+    return _ranked(chosen, pa.array(exact, pa.float64()), order=[query.id for query in queries])
 
 
 def rerank_passes(lm: LoadedModel, queries: Sequence[Query], chosen: pa.Table, budget: int = EXACT_QUERY_BYTES) -> int:
     """How many documents `rerank` streams (for progress): each chunk's candidates, once."""
-    return sum(len(documents) for _, documents in _passes(lm, queries, chosen, budget))
+    return sum(len(documents) for _, documents, _ in _passes(lm, queries, _pairs(chosen), budget))
 
 
-def _passes(lm: LoadedModel, queries: Sequence[Query], chosen: pa.Table,
-            budget: int) -> list[tuple[range, list[tuple[str, str]]]]:
-    """Per chunk of queries (`query_chunks`), the distinct documents among their candidates."""
-    wanted: dict[str, list[tuple[str, str]]] = {}
-    for query_id, shard, doc in zip(chosen.column("query_id").to_pylist(), chosen.column("shard").to_pylist(),
-                                    chosen.column("doc_id").to_pylist()):
-        wanted.setdefault(query_id, []).append((shard, doc))
-    return [(chunk, list(dict.fromkeys(d for q in chunk for d in wanted.get(queries[q].id, []))))
-            for chunk in query_chunks(lm, len(queries), budget)]
+def _pairs(chosen: pa.Table) -> list[tuple[str, str, str]]:
+    """(query_id, shard, doc_id) of each candidate row."""
+    return list(zip(*(chosen.column(name).to_pylist() for name in ("query_id", "shard", "doc_id"))))
+
+
+def _passes(lm: LoadedModel, queries: Sequence[Query], pairs: list[tuple[str, str, str]],
+            budget: int) -> list[tuple[range, list[tuple[str, str]], list[tuple[int, int]]]]:
+    """Per chunk of queries (`query_chunks`): the distinct documents among their candidates, and
+    (query index, pair index) of each of their candidate pairs."""
+    index = {query.id: q for q, query in enumerate(queries)}
+    of_query: dict[int, list[int]] = {}
+    for i, (query_id, _, _) in enumerate(pairs):
+        of_query.setdefault(index[query_id], []).append(i)
+    passes = []
+    for chunk in query_chunks(lm, len(queries), budget):
+        rows = [(q, i) for q in chunk for i in of_query.get(q, [])]
+        passes.append((chunk, list(dict.fromkeys(pairs[i][1:] for _, i in rows)), rows))
+    return passes
 
 
 def already_exact(chosen: pa.Table, order: Sequence[str]) -> pa.Table:

@@ -67,6 +67,11 @@ class Analysis:
         approximate = self.accuracy is None or not self.accuracy["exact"].all()
         return approximate and self.reranked is not None and not self.reranked.is_empty()
 
+    @property
+    def reranked_per_side(self) -> int:
+        """How many documents per query and side two-stage retrieval re-scored (`rerank_k`)."""
+        return int(self.reranked["stored_rank"].max()) if self.rescored else 0
+
     def result(self, compute: Callable[[Analysis], T]) -> T:
         """``compute(self)``, computed once."""
         if compute not in self._results:

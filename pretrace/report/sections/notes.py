@@ -53,7 +53,7 @@ def _reranked(a: Analysis) -> str:
     """What two-stage retrieval made exact, and how much it moved."""
     if not a.rescored:
         return ""
-    k = int(a.reranked["stored_rank"].max())
+    k = a.reranked_per_side
     top = agreement_k(k)
     kept = order_agreement(a.reranked.to_arrow(), top)
     return (f"<li>Two-stage retrieval: each query's top and bottom {k} documents by stored score over the whole corpus "

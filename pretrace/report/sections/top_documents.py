@@ -42,7 +42,7 @@ def reading(a: Analysis) -> list[str]:
     return [f"The {min(a.config.html_rows, a.config.k)} most positively and most negatively influential documents of each of the {n} "
             f"queries, out of {a.n_documents:,} documents; all {a.config.k} per side are in top_documents.parquet. "
             "A positive score means the document raised the probability of the completion."
-            + (f" Ranks and scores are the stored (approximate) ones; the first {a.reranked['stored_rank'].max()} per side "
+            + (f" Ranks and scores are the stored (approximate) ones; the first {a.reranked_per_side} per side "
                "were re-scored exactly (two-stage retrieval), shown as exact score (exact rank)." if a.rescored else "")]
 
 
