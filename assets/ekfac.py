@@ -14,7 +14,9 @@ import dagster as dg
 
 from pretrace.batching import batches
 from pretrace.computation import Computation
-from pretrace.ekfac import eigenbasis, fit_covariances, fit_lambdas, make_factors
+from pretrace.ekfac import CovarianceState, LambdaState, eigenbasis, fit_covariances, fit_lambdas, make_factors
+from pretrace.layer_groups import by_layer_group
+from pretrace.model import resolve_device
 from resources.pretrace import PretraceResource
 
 from .common import GPU_ASSET, RETRY, computing, materialized, progress_logger
@@ -25,17 +27,19 @@ FITTING = {**PER_SHARD, "group_name": "ekfac", **GPU_ASSET, "kinds": {"pytorch",
 
 
 def _shard_pass(context: dg.AssetExecutionContext, pretrace: PretraceResource, what: str,
-                fit: Callable) -> dg.MaterializeResult:
-    """One fitting pass over a fit shard's documents."""
+                fit: Callable, join: Callable) -> dg.MaterializeResult:
+    """One fitting pass over a fit shard's documents per layer group, the groups' states joined."""
     started = time.monotonic()
     with computing(context, pretrace) as run:
         config = run.project.config
         lm = run.model()
+        groups = run.layer_groups(lm)
         sequences = run.reader("corpus_shards", run.shard).table("{shard}.parquet", ["input_ids"]).column("input_ids").to_pylist()
-        data = (b for _, b in batches(sequences, config.batch_size, lm.pad_token_id))
-        state = fit(run, lm, data, progress_logger(context, len(sequences), f"{what} of {run.shard}"))
+        progress = progress_logger(context, len(sequences) * groups, f"{what} of {run.shard}")
+        state = by_layer_group(lm, groups, lambda group: fit(
+            run, group, (b for _, b in batches(sequences, config.batch_size, lm.pad_token_id)), progress), join)
         manifest = run.commit({"{shard}.safetensors": state})
-    return materialized(run, manifest, started, documents=len(sequences))
+    return materialized(run, manifest, started, documents=len(sequences), layer_groups=groups)
 
 
 def _summed(run: Computation, name: str):
@@ -47,16 +51,16 @@ def _summed(run: Computation, name: str):
 def ekfac_covariances(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> dg.MaterializeResult:
     """Per-shard sums of A = sum a a^T and S = sum g g^T per tracked layer, with token counts."""
     return _shard_pass(context, pretrace, "covariances", lambda run, lm, data, progress: fit_covariances(
-        lm, data, run.project.config.fisher, run.project.config.seed, progress))
+        lm, data, run.project.config.fisher, run.project.config.seed, progress), CovarianceState.join)
 
 
-@dg.asset(deps=[ekfac_covariances], group_name="ekfac", kinds={"safetensors"}, retry_policy=RETRY)
+@dg.asset(deps=[ekfac_covariances], group_name="ekfac", kinds={"safetensors"}, retry_policy=RETRY, **GPU_ASSET)
 def ekfac_eigenbasis(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> dg.MaterializeResult:
-    """Summed covariances, eigendecomposed in float64."""
+    """Summed covariances, eigendecomposed in float64 on the device (a matrix at a time)."""
     started = time.monotonic()
     with computing(context, pretrace) as run:
         covariances = _summed(run, "ekfac_covariances")
-        basis = eigenbasis(covariances)
+        basis = eigenbasis(covariances, resolve_device(run.project.config.device))
         manifest = run.commit({"eigenbasis.safetensors": basis})
     return materialized(run, manifest, started, tokens=covariances.n_tokens, documents=covariances.n_examples,
                         layers=len(basis.QA), fit_shards=dg.MetadataValue.json(run.project.fit_shards))
@@ -67,7 +71,7 @@ def ekfac_lambdas(context: dg.AssetExecutionContext, pretrace: PretraceResource)
     """Per-shard sums of the eigenvalue correction (Q_S^T dW Q_A)^2 over documents."""
     return _shard_pass(context, pretrace, "eigenvalue corrections", lambda run, lm, data, progress: fit_lambdas(
         lm, run.reader("ekfac_eigenbasis").state(), data, run.project.config.fisher, run.project.config.seed,
-        progress))
+        progress), LambdaState.join)
 
 
 @dg.asset(deps=[ekfac_lambdas, ekfac_eigenbasis], group_name="ekfac", kinds={"safetensors"}, retry_policy=RETRY)

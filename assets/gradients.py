@@ -32,9 +32,10 @@ def compute_document_gradients_of_shard(context: dg.AssetExecutionContext,
         lm = run.model()
         table = run.reader("corpus_shards", run.shard).table("{shard}.parquet", ["doc_id", "input_ids"])
         doc_ids, sequences = table.column("doc_id").to_pylist(), table.column("input_ids").to_pylist()
+        groups = run.layer_groups(lm)
         grads = compute_document_gradients(
             lm, sequences, doc_ids, projection=run.projection(lm), rank=config.document_rank, batch_size=config.batch_size,
-            progress=progress_logger(context, len(sequences), f"document gradients of {run.shard}"),
+            groups=groups, progress=progress_logger(context, len(sequences) * groups, f"document gradients of {run.shard}"),
         )
         manifest = run.commit({"{shard}.safetensors": grads})
     return materialized(run, manifest, started, documents=len(doc_ids), projection=str(config.projection or "none"),

@@ -64,9 +64,11 @@ def query_gradients(context: dg.AssetExecutionContext, pretrace: PretraceResourc
         lm = run.model()
         table = run.reader("completions").table("completions.parquet")
         factors = run.reader("ekfac_factors").state()
+        groups = run.layer_groups(lm)
         grads = compute_query_gradients(
             lm, factors, queries_from_table(table), projection=run.projection(lm, factors), rank=config.query_rank,
-            batch_size=config.batch_size, progress=progress_logger(context, table.num_rows, "query gradients"),
+            batch_size=config.batch_size, groups=groups,
+            progress=progress_logger(context, table.num_rows * groups, "query gradients"),
         )
         summary = table.select(["id", "kind", "prompt", "completion", "completion_ids", "answer",
                                 "intermediates"]).append_column(

@@ -35,9 +35,10 @@ def reranked_scores(context: dg.AssetExecutionContext, pretrace: PretraceResourc
         if recomputed:
             tokens = _candidate_tokens(run, chosen)
             lm = run.model()
+            groups = run.layer_groups(lm)
             table = rerank(lm, run.reader("ekfac_factors").state(), queries, chosen,
-                           lambda shard, doc: tokens[(shard, doc)], batch_size=config.batch_size,
-                           progress=progress_logger(context, rerank_passes(lm, queries, chosen),
+                           lambda shard, doc: tokens[(shard, doc)], batch_size=config.batch_size, groups=groups,
+                           progress=progress_logger(context, rerank_passes(lm, queries, chosen) * groups,
                                                     "documents scored exactly"))
         else:
             table = already_exact(chosen, [q.id for q in queries])

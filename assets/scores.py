@@ -65,7 +65,8 @@ def _accuracy(run: Computation, queries: QueryGradients, docs: DocumentGradients
     sample = sample_documents(len(docs.ids), config.seed, run.shard)
     tokens = run.reader("corpus_shards", run.shard).table("{shard}.parquet", ["input_ids"]).column("input_ids")
     explained = queries_from_table(run.reader("query_gradients").table("queries.parquet"))
-    error = projection_error(run.model(), run.reader("ekfac_factors").state(), explained,
+    lm = run.model()
+    error = projection_error(lm, run.reader("ekfac_factors").state(), explained,
                              [tokens[i].as_py() for i in sample], scores[:, sample].numpy(),
-                             batch_size=config.batch_size)
+                             batch_size=config.batch_size, groups=run.layer_groups(lm))
     return score_accuracy(error, docs.projection, queries.rank, docs.rank)

@@ -49,7 +49,8 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from bench.influence import BERGSON_FIGURES, build_model, make_data, median_time, parse_args  # noqa: E402
+from bench.influence import BERGSON_FIGURES, median_time, parse_args  # noqa: E402
+from bench.synthetic import build_model, make_data  # noqa: E402
 from pretrace.batching import batches  # noqa: E402
 from pretrace.documents import compute_document_gradients  # noqa: E402
 from pretrace.ekfac import fit_factors  # noqa: E402

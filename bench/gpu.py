@@ -1,19 +1,23 @@
-"""The CUDA path, checked against the CPU, and timed against a forward+backward on the same GPU.
+"""The CUDA path, checked against the CPU, and measured on a 1B-class model against a training step.
 
-    python bench/gpu.py            # on a machine with a CUDA GPU (about 4 minutes on an H100)
+    python bench/gpu.py            # on a machine with a CUDA GPU (a few minutes on an H100)
     python bench/gpu.py --quick    # a small smoke run (any CUDA GPU)
 
-Checks (tiny random Llama, float64-free, fresh random inputs): float32 on the GPU against float32
-on the CPU for EK-FAC factors, query gradients and scores (relative error); bf16 autocast on the
-GPU against float32 on the GPU (per-query Pearson of scores); sampled-Fisher fitting on the GPU
-reproducible run to run. Each prints PASS or FAIL with its threshold; the exit status is 1 if any
-fails.
+Checks (tiny random Llama, fresh random inputs): float32 on the GPU against float32 on the CPU
+for EK-FAC factors and scores (relative error); bf16 autocast on the GPU against float32 on the
+GPU (per-query Pearson of scores); sampled-Fisher fitting on the GPU reproducible run to run;
+layer-grouped fitting and scoring on the GPU against one pass. Each prints PASS or FAIL with its
+threshold; the exit status is 1 if any fails.
 
-Timings (TinyLlama-1.1B's MLP width: hidden 2048 -> 5632, random weights, Zipf-random tokens):
-every figure is a ratio against one training-style forward+backward over the same documents at
-the same batch size, measured in the same run on the same GPU, as in bench/influence.py. The
-float64 eigendecomposition runs on the host and is reported in seconds (once: the bf16 run reuses
-the float32 eigenbasis).
+Scale (TinyLlama-1.1B's shape: 22 blocks, hidden 2048 -> 5632, 32 heads with 4 key-value heads,
+vocabulary 32000; random weights in bf16, as `load_model` loads a bf16 checkpoint; Zipf-random
+tokens): the memory plan (`pretrace.memory_plan`) chooses the layer groups that fit the GPU, then
+every step runs with them and its peak device memory (the allocator's) is printed against the
+plan. Times are ratios to a bf16 training step (forward, backward into every parameter) over the
+same documents at the same batch size, in the same run: scoring tokens/s over training tokens/s
+(goal >= 0.8), whole and marginal (the time a second, equal set of documents adds: at corpus
+scale the fixed cost of moving dense query gradients to the device vanishes), and factor
+fitting (both passes over the data) over one training pass.
 """
 
 from __future__ import annotations
@@ -29,15 +33,17 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from transformers import LlamaForCausalLM  # noqa: E402
 
-from bench.influence import build_model, make_data  # noqa: E402
+from bench.synthetic import build_model, config_of, make_data  # noqa: E402
 from pretrace.batching import batches  # noqa: E402
-from pretrace.documents import compute_document_gradients  # noqa: E402
-from pretrace.ekfac import eigenbasis, fit_covariances, fit_factors, fit_lambdas, make_factors  # noqa: E402
+from pretrace.capture import capture  # noqa: E402
+from pretrace.ekfac import Factors, eigenbasis, fit_covariances, fit_factors, fit_lambdas, make_factors  # noqa: E402
+from pretrace.layer_groups import layer_groups  # noqa: E402
+from pretrace.memory_plan import GB, ModelShape, Workload, fitting_plan  # noqa: E402
 from pretrace.model import wrap_model  # noqa: E402
-from pretrace.projection import KroneckerProjection  # noqa: E402
 from pretrace.queries import query_gradients_from_tokens  # noqa: E402
-from pretrace.scores import score_matrix, stream_scores  # noqa: E402
+from pretrace.scores import stream_scores  # noqa: E402
 from tests.peer import pearson  # noqa: E402
 
 
@@ -45,15 +51,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small shapes, for a smoke run")
     p.add_argument("--out", help="write the figures as JSON here too")
+    p.add_argument("--tf32", action="store_true", help="let float32 matrix products use TF32 in the scale run "
+                   "(the fitting sums, per-example gradients and scores; the checks stay float32)")
+    p.add_argument("--scale-only", action="store_true", help="skip the checks")
+    p.add_argument("--profile", help="write torch.profiler's table of one scoring pass (16 documents) here")
     return p.parse_args(argv)
 
 
 def shape(quick: bool, **overrides) -> argparse.Namespace:
-    """bench/influence.py's arguments: the timed model, or the tiny one of the checks."""
-    base = dict(vocab=32000, hidden=2048, intermediate=5632, layers=2, heads=16, docs=128, doc_len=512,
-                queries=64, prompt_len=32, completion_len=16, seed=0, batch_size=8)
+    """bench/synthetic.py's arguments: TinyLlama-1.1B's shape, or a small one (--quick, the checks)."""
+    base = dict(vocab=32000, hidden=2048, intermediate=5632, layers=22, heads=32, kv_heads=4, docs=64, doc_len=512,
+                queries=8, prompt_len=32, completion_len=16, seed=0, batch_size=8)
     if quick:
-        base.update(hidden=256, intermediate=704, docs=32, doc_len=128, queries=16)
+        base.update(hidden=256, intermediate=704, layers=4, heads=4, kv_heads=2, docs=16, doc_len=128)
     return argparse.Namespace(**{**base, **overrides})
 
 
@@ -70,16 +80,6 @@ def timed(fn, repeats: int = 2) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def fwdbwd(model, sequences, batch_size, device, dtype=torch.float32) -> None:
-    """The baseline: Hugging Face's own causal-LM loss, backward into the parameters."""
-    model.requires_grad_(True)
-    with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
-        for _, batch in batches(sequences, batch_size, 0):
-            ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
-            model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss.backward()
-    model.zero_grad(set_to_none=True)
-
-
 def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
     x, ref = x.double().cpu(), ref.double().cpu()
     return float((x - ref).norm() / ref.norm())
@@ -91,10 +91,12 @@ def checks(results: dict) -> bool:
                  queries=8, prompt_len=12, completion_len=6)
     docs, queries, starts = make_data(args)
     qids = [f"q{i}" for i in range(len(queries))]
+    data = lambda: (b for _, b in batches(docs, args.batch_size, 0))  # noqa: E731
     runs = {}
     for device, dtype in (("cpu", "float32"), ("cuda", "float32"), ("cuda", "bfloat16")):
-        lm = wrap_model(build_model(args), layers=["mlp"], device=device, dtype=dtype)
-        factors = fit_factors(lm, lambda: (b for _, b in batches(docs, args.batch_size, 0)), fisher="empirical")
+        model = build_model(args).to(getattr(torch, dtype))  # bf16 weights, as load_model loads them
+        lm = wrap_model(model, layers=["mlp"], device=device, dtype=dtype)
+        factors = fit_factors(lm, data, fisher="empirical")
         qg = query_gradients_from_tokens(lm, factors, queries, starts, qids, batch_size=args.batch_size)
         runs[(device, dtype)] = (factors, qg, stream_scores(lm, qg, docs, batch_size=args.batch_size))
     cpu, gpu, bf16 = runs[("cpu", "float32")], runs[("cuda", "float32")], runs[("cuda", "bfloat16")]
@@ -104,9 +106,21 @@ def checks(results: dict) -> bool:
         "cuda_fp32_vs_cpu_scores_rel_err": (rel_err(gpu[2], cpu[2]), "<=", 1e-3),
         "cuda_bf16_vs_fp32_scores_pearson_min": (min(pearson(bf16[2][i], gpu[2][i]) for i in range(len(qids))), ">=", 0.95),
     }
+    half = wrap_model(build_model(args).to(torch.bfloat16), layers=["mlp"], device="cuda", dtype="bfloat16")
+    cap = capture(half, next(iter(data())))  # kept in bf16, multiplied on tensor cores into float32
+    figures["cuda_half_products_vs_upcast_rel_err"] = (max(rel_err(
+        cap.per_example_gradients(k), cap.g[k].float().transpose(1, 2) @ cap.a[k].float()) for k in cap.a), "<=", 1e-4)
+    figures["cuda_half_capture_kept_bf16"] = (float(all(cap.a[k].dtype == torch.bfloat16 for k in cap.a)), ">=", 1)
     lm = wrap_model(build_model(args), layers=["mlp"], device="cuda")
-    sampled = [fit_covariances(lm, (b for _, b in batches(docs, args.batch_size, 0)), "sampled", 3) for _ in range(2)]
+    sampled = [fit_covariances(lm, data(), "sampled", 3) for _ in range(2)]
     figures["cuda_sampled_fisher_rerun_rel_err"] = (rel_err(sampled[1].S[layer], sampled[0].S[layer]), "<=", 1e-6)
+    whole, grouped = (fit_factors(lm, data, fisher="empirical", groups=g) for g in (1, 3))
+    figures["cuda_grouped_vs_whole_lambdas_rel_err"] = (
+        max(rel_err(grouped.lambdas[k], whole.lambdas[k]) for k in whole.layers), "<=", 1e-5)
+    qg = query_gradients_from_tokens(lm, whole, queries, starts, qids, batch_size=args.batch_size)
+    figures["cuda_grouped_vs_whole_scores_rel_err"] = (rel_err(
+        stream_scores(lm, qg, docs, batch_size=args.batch_size, groups=3),
+        stream_scores(lm, qg, docs, batch_size=args.batch_size)), "<=", 1e-5)
     ok = True
     for name, (value, op, threshold) in figures.items():
         passed = value <= threshold if op == "<=" else value >= threshold
@@ -116,57 +130,125 @@ def checks(results: dict) -> bool:
     return ok
 
 
-# ------------------------------------------------------------------------------------ timings
-def timings(quick: bool, results: dict) -> None:
+# ------------------------------------------------------------------------------------ scale
+def training_step(model, sequences, batch_size, device) -> None:
+    """The baseline: Hugging Face's own causal-LM loss, backward into every parameter."""
+    model.requires_grad_(True)
+    for _, batch in batches(sequences, batch_size, 0):
+        ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
+        model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss.backward()
+    model.zero_grad(set_to_none=True)
+    model.requires_grad_(False)
+
+
+class Measured:
+    """Seconds and peak allocated device bytes of the block it wraps (``added``: above what was
+    allocated when it began)."""
+
+    def __enter__(self) -> "Measured":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        self.resident = torch.cuda.memory_allocated()
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        torch.cuda.synchronize()
+        self.seconds = time.perf_counter() - self.start
+        self.bytes = torch.cuda.max_memory_allocated()
+        self.added = self.bytes - self.resident
+
+
+def profile_scoring(lm, qg, docs, batch_size: int, groups: int, path: str) -> None:
+    """Where a scoring pass spends its GPU time, operator by operator."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        stream_scores(lm, qg, docs, batch_size=batch_size, groups=groups)
+        torch.cuda.synchronize()
+    averages = prof.key_averages()
+    key = "device_time_total" if hasattr(averages[0], "device_time_total") else "cuda_time_total"
+    Path(path).write_text(averages.table(sort_by=key, row_limit=30) + "\n")
+
+
+def scale(quick: bool, results: dict, profile: str | None = None) -> None:
     args = shape(quick)
     docs, queries, starts = make_data(args)
     qids = [f"q{i}" for i in range(len(queries))]
-    B = args.batch_size
-    print(f"timed model: hidden {args.hidden} -> {args.intermediate}, {args.layers} layers, vocab {args.vocab}; "
-          f"{args.docs} docs x {args.doc_len} tokens, {args.queries} queries, batch {B}", flush=True)
-    basis = None
-    for dtype in ("float32", "bfloat16"):
-        torch.manual_seed(0)
-        lm = wrap_model(build_model(args), layers=["mlp"], device="cuda", dtype=dtype)
-        torch_dtype = lm.dtype
-        base = timed(lambda: fwdbwd(lm.model, docs, B, lm.device, torch_dtype))
-        lm.model.requires_grad_(False)
-        data = lambda: (b for _, b in batches(docs, B, 0))  # noqa: E731
-        torch.cuda.reset_peak_memory_stats()
-        t = time.perf_counter()
-        cov = fit_covariances(lm, data(), "empirical", 0)
-        torch.cuda.synchronize()
-        t_cov = time.perf_counter() - t
-        if basis is None:  # decomposed once, on the host: the bf16 run reuses the float32 basis
-            t = time.perf_counter()
-            basis = eigenbasis(cov)
-            results["eigh_host_seconds"] = time.perf_counter() - t
-            print(f"eigh_host_seconds: {results['eigh_host_seconds']:.4g}", flush=True)
-        t = time.perf_counter()
-        factors = make_factors(basis, fit_lambdas(lm, basis, data(), "empirical", 0))
-        torch.cuda.synchronize()
-        t_lambdas = time.perf_counter() - t
-        fit_peak = torch.cuda.max_memory_allocated() / 2**30
-        qg = query_gradients_from_tokens(lm, factors, queries, starts, qids, batch_size=B)
-        t_scores = timed(lambda: stream_scores(lm, qg, docs, batch_size=B), repeats=1)
-        proj = KroneckerProjection.build(lm.layer_shapes(), 32, 32, seed=0)
-        stored = compute_document_gradients(lm, docs, [str(i) for i in range(len(docs))], projection=proj, batch_size=B)
-        t_new = timed(lambda: score_matrix(
-            query_gradients_from_tokens(lm, factors, queries, starts, qids, projection=proj, batch_size=B), stored),
-            repeats=1)
-        suffix = "" if dtype == "float32" else "_bf16"
-        figures = {
-            f"fwdbwd_seconds{suffix}": base,
-            f"factor_passes_vs_fwdbwd{suffix}": (t_cov + t_lambdas) / base,
-            f"score_vs_fwdbwd{suffix}": t_scores / base,
-            f"new_queries_vs_fwdbwd{suffix}": t_new / base,
-            f"fit_peak_gpu_gib{suffix}": fit_peak,
-        }
-        for name, value in figures.items():
-            results[name] = value
-            print(f"{name}: {value:.4g}", flush=True)
-        lm = factors = qg = stored = cov = None  # free the GPU before the next dtype
-        torch.cuda.empty_cache()
+    B, tokens = args.batch_size, args.docs * args.doc_len
+    config = config_of(args)
+    config.num_key_value_heads = args.kv_heads
+    model_shape = ModelShape.of_config(config, ["mlp"])
+    work = Workload(batch_size=B, max_length=args.doc_len, dtype="bfloat16", documents=args.docs,
+                    queries=args.queries, query_length=args.prompt_len + args.completion_len)
+    total = torch.cuda.mem_get_info()[1]
+    plan, fitted = fitting_plan(model_shape, work, int(0.9 * total))
+    print(f"model: {model_shape.parameters / 1e9:.2f}B parameters, {len(model_shape.layers)} tracked layers; "
+          f"{args.docs} docs x {args.doc_len} tokens, {args.queries} queries, batch {B}; device {total / GB:.1f} GB",
+          flush=True)
+    print(plan.table(), flush=True)
+    groups = fitted.layer_groups
+    results.update(layer_groups=groups, parameters=model_shape.parameters)
+    torch.manual_seed(args.seed)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(config).to(torch.bfloat16).eval()
+    lm = wrap_model(model, layers=["mlp"], device="cuda", dtype="bfloat16")
+    base = timed(lambda: training_step(lm.model, docs, B, lm.device))
+    data = lambda: (b for _, b in batches(docs, B, 0))  # noqa: E731
+    steps = ("covariances", "eigenbasis", "lambdas", "query_gradients", "scores")
+    peaks, seconds = dict.fromkeys(steps, 0), dict.fromkeys(steps, 0.0)
+
+    def record(name: str, m: Measured) -> None:
+        """The eigendecomposition needs no model (the pipeline's asset loads none): its own bytes."""
+        peaks[name] = max(peaks[name], m.added if name == "eigenbasis" else m.bytes)
+        seconds[name] += m.seconds
+
+    parts = []
+    for group in layer_groups(lm, groups):
+        with Measured() as m:
+            cov = fit_covariances(group, data(), "empirical", 0)
+        record("covariances", m)
+        with Measured() as m:
+            basis = eigenbasis(cov, lm.device)
+        record("eigenbasis", m)
+        cov = None
+        with Measured() as m:
+            lambdas = fit_lambdas(group, basis, data(), "empirical", 0)
+        record("lambdas", m)
+        parts.append(make_factors(basis, lambdas))
+    factors = Factors.join(parts)
+    with Measured() as m:
+        qg = query_gradients_from_tokens(lm, factors, queries, starts, qids, batch_size=B, groups=groups)
+    record("query_gradients", m)
+    with Measured() as m:
+        stream_scores(lm, qg, docs, batch_size=B, groups=groups)
+    record("scores", m)
+    twice = docs + make_data(shape(quick, seed=args.seed + 7))[0]  # as many new documents again
+    with Measured() as m:
+        stream_scores(lm, qg, twice, batch_size=B, groups=groups)
+    marginal = m.seconds - seconds["scores"]  # per further document: no query gradients to move to the device
+    figures = {
+        "train_step_tokens_per_s": tokens / base,
+        "score_tokens_per_s": tokens / seconds["scores"],
+        "score_vs_train_step_tokens_per_s": base / seconds["scores"],
+        "score_marginal_tokens_per_s": tokens / marginal,
+        "score_marginal_vs_train_step_tokens_per_s": base / marginal,
+        "factor_passes_vs_train_step": (seconds["covariances"] + seconds["lambdas"]) / base,
+        "eigendecomposition_seconds": seconds["eigenbasis"],
+        "query_gradients_seconds": seconds["query_gradients"],
+    }
+    errors = []
+    for name in steps:
+        planned = plan.step(name).device
+        errors.append(abs(peaks[name] - planned) / planned)
+        figures |= {f"{name}_planned_gb": planned / GB, f"{name}_measured_gb": peaks[name] / GB,
+                    f"{name}_plan_error": errors[-1]}
+    figures["plan_error_max"] = max(errors)
+    for name, value in figures.items():
+        results[name] = value
+        print(f"{name}: {value:.4g}", flush=True)
+    if profile:
+        profile_scoring(lm, qg, docs[:16], B, groups, profile)
 
 
 def main(argv=None) -> int:
@@ -174,13 +256,16 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("no CUDA GPU: nothing to check")
         return 0
-    torch.backends.cuda.matmul.allow_tf32 = False  # float32 means float32 in the checks and timings
+    torch.backends.cuda.matmul.allow_tf32 = False  # float32 means float32 in the checks and the fitting sums
     results = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
     print(json.dumps(results), flush=True)
-    ok = checks(results)
-    timings(args.quick, results)
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+    ok = True if args.scale_only else checks(results)
+    torch.backends.cuda.matmul.allow_tf32 = results["tf32"] = args.tf32
+    try:
+        scale(args.quick, results, args.profile)
+    finally:
+        if args.out:
+            Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
     return 0 if ok else 1
 
 

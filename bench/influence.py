@@ -42,9 +42,9 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from bench.memory import hwm_bytes as _hwm_bytes  # noqa: E402
+from bench.synthetic import build_model, make_data  # noqa: E402
 from pretrace.batching import batches  # noqa: E402
 from pretrace.capture import capture  # noqa: E402
 from pretrace.documents import compute_document_gradients  # noqa: E402
@@ -137,39 +137,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.vocab, args.hidden, args.intermediate, args.layers, args.heads = 512, 32, 64, 2, 4
         args.batch_size, args.projection, args.repeats, args.slow_repeats = 4, [8, 8], 1, 1
     return args
-
-
-def config_of(args) -> LlamaConfig:
-    return LlamaConfig(
-        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
-        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.heads,
-        max_position_embeddings=max(args.doc_len, args.prompt_len + args.completion_len),
-        tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-    )
-
-
-def build_model(args) -> LlamaForCausalLM:
-    torch.manual_seed(args.seed)
-    return LlamaForCausalLM(config_of(args)).eval()
-
-
-def zipf_tokens(n: int, length: int, vocab: int, generator: torch.Generator) -> list[list[int]]:
-    """Sequences starting with <bos>=1, other ids Zipf(1)-distributed over 3..vocab-1."""
-    ranks = torch.arange(1, vocab - 2, dtype=torch.float64)
-    weights = 1.0 / ranks
-    ids = torch.multinomial(weights, n * (length - 1), replacement=True, generator=generator) + 3
-    ids = ids.view(n, length - 1)
-    return [[1] + row.tolist() for row in ids]
-
-
-def make_data(args, n_docs: int | None = None):
-    n_docs = args.docs if n_docs is None else n_docs
-    g = torch.Generator().manual_seed(args.seed + 1)
-    docs = zipf_tokens(n_docs, args.doc_len, args.vocab, g)
-    qg = torch.Generator().manual_seed(args.seed + 2)
-    queries = zipf_tokens(args.queries, args.prompt_len + args.completion_len, args.vocab, qg)
-    starts = [args.prompt_len] * len(queries)
-    return docs, queries, starts
 
 
 # ----------------------------------------------------------------------------- timing

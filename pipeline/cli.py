@@ -58,6 +58,7 @@ def _run(defs: dg.Definitions, force: bool) -> None:
 
     started = time.monotonic()
     project = _check_inputs(defs, load_weights=False)
+    _print_plans(project)
     ran: list[str] = []
 
     def log(message: str) -> None:
@@ -83,6 +84,18 @@ def _check_inputs(defs: dg.Definitions, *, load_weights: bool) -> Project:
     for warning in preflight(project, load_weights=load_weights, progress=_say):
         _say(f"warning: {warning}")
     return project
+
+
+def _print_plans(project: Project) -> None:
+    """Each model's memory plan (`pretrace.device_plan`); a plan that cannot fit the device stops
+    the run here, before any weights are loaded."""
+    from pretrace.device_plan import project_plans
+
+    for name, device_plan in project_plans(project):
+        groups = project.config.layer_groups
+        how = f"layer_groups: {device_plan.groups}" + (" (chosen by the plan)" if groups is None else "")
+        _say(f"{'model' if name is None else f'compared model {name}'}: {how}")
+        print(device_plan.summary(), flush=True)
 
 
 def _definitions(args: argparse.Namespace) -> dg.Definitions:
@@ -118,6 +131,11 @@ def check(args: argparse.Namespace) -> None:
     """Validate the config, checkpoint (weights included), queries and every corpus file; compute nothing."""
     _check_inputs(_definitions(args), load_weights=True)
     _say("every input is usable; nothing was computed")
+
+
+def plan(args: argparse.Namespace) -> None:
+    """Each step's peak device memory, host memory and disk, from the model's configuration alone."""
+    _print_plans(_definitions(args).resources["pretrace"].project())
 
 
 def status(args: argparse.Namespace) -> None:
@@ -221,6 +239,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--config", help="pretrace.yaml (default: the demo)")
     _demo_arguments(p)
     p.set_defaults(func=check)
+    p = commands.add_parser("plan", help="the memory each step will need (device, host, disk), and the layer groups "
+                                         "a run will use; loads no weights")
+    p.add_argument("--config", help="pretrace.yaml (default: the demo)")
+    _demo_arguments(p)
+    p.set_defaults(func=plan)
     p = commands.add_parser("status", help="which artefacts are current, missing or stale, and why")
     p.add_argument("--config", help="pretrace.yaml (default: the demo)")
     p.add_argument("--all", action="store_true", help="list current artefacts too")

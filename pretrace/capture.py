@@ -20,22 +20,36 @@ import torch.nn.functional as F
 
 from .batching import TokenBatch
 from .errors import NumericalError
-from .model import LoadedModel
+from .model import HALF_PRECISION, LoadedModel
 
 Labels = Literal["data", "sampled"]
 
 
 @dataclass
 class Captured:
-    """Per-token layer inputs and output gradients for one batch, padding zeroed, float32 or wider."""
+    """Per-token layer inputs and output gradients for one batch, padding zeroed: float32 or
+    wider, or the model's bf16/fp16 on a GPU (`LoadedModel.keeps_half_precision`)."""
 
     a: dict[str, torch.Tensor]  # (B, T, d_in), bias column included
     g: dict[str, torch.Tensor]  # (B, T, d_out)
     losses: torch.Tensor  # (B,) summed loss of each sequence over its target tokens
 
     def per_example_gradients(self, name: str) -> torch.Tensor:
-        """(B, d_out, d_in) exact per-example gradients of one layer."""
-        return torch.bmm(self.g[name].transpose(1, 2), self.a[name])
+        """(B, d_out, d_in) exact per-example gradients of one layer, in float32 or wider."""
+        return float32_matmul(self.g[name].transpose(1, 2), self.a[name])
+
+
+def float32_matmul(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x @ y (2-D or batched 3-D) in float32 or wider: half-precision operands of one dtype on a
+    GPU multiply on tensor cores with float32 accumulation and output; anything else is upcast
+    to float32 first (a no-op for float32 and float64)."""
+    if x.is_cuda and x.dtype in HALF_PRECISION and y.dtype == x.dtype:
+        try:
+            return (torch.bmm if x.dim() == 3 else torch.mm)(x, y, out_dtype=torch.float32)
+        except TypeError:  # a torch whose products take no out_dtype: upcast, as on a CPU
+            pass
+    wide = torch.promote_types(torch.promote_types(x.dtype, y.dtype), torch.float32)
+    return x.to(wide) @ y.to(wide)
 
 
 @contextmanager
@@ -127,8 +141,8 @@ def capture(
         for handle in handles:
             handle.remove()
 
-    accumulate = lm.accumulate_dtype
-    real = batch.attention_mask.to(accumulate).unsqueeze(-1)
+    keep = None if lm.keeps_half_precision else lm.accumulate_dtype  # None: as the model computed them
+    mask = batch.attention_mask.unsqueeze(-1)
     padded = not bool(batch.attention_mask.all())
     a, g = {}, {}
     for layer in lm.layers:
@@ -136,10 +150,12 @@ def capture(
             raise NumericalError(
                 f"layer {layer.name} received no gradient: is it used in the forward pass of this model?"
             )
-        x, grad = inputs[layer.name].to(accumulate), grads[layer.name].to(accumulate)
+        x, grad = inputs[layer.name], grads[layer.name]
+        if keep is not None:
+            x, grad = x.to(keep), grad.to(keep)
         if padded:
-            x, grad = x * real, grad * real
-        a[layer.name] = torch.cat([x, real], dim=-1) if layer.has_bias else x
+            x, grad = x * mask.to(x.dtype), grad * mask.to(grad.dtype)
+        a[layer.name] = torch.cat([x, mask.to(x.dtype)], dim=-1) if layer.has_bias else x
         g[layer.name] = grad
     return Captured(a, g, losses.detach())
 

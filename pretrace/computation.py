@@ -16,12 +16,15 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from .device_plan import device_plan, workload
 from .ekfac import Factors
 from .errors import ConcurrentChange, InputError, NotReady
 from .layout import SOURCES, Artefact, ArtefactReader, Input, Manifest, parse_label
+from .memory_plan import ModelShape
 from .model import LoadedModel, load_model, load_tokenizer
 from .projection import KroneckerProjection, projection_for
 from .provenance import Project
+from .query_file import read_queries
 
 _MODELS: dict[tuple, LoadedModel] = {}
 
@@ -113,6 +116,14 @@ class Computation:
                 _MODELS[key] = load_model(path, layers=config.layers, device=config.device, dtype=config.dtype,
                                           **config.loading)
         return _MODELS[key]
+
+    def layer_groups(self, lm: LoadedModel) -> int:
+        """How many layer groups this computation's passes take: `layer_groups`, or as few as the
+        device's memory allows; refused, with the settings that would fit, when even those do not
+        (`pretrace.device_plan`)."""
+        config = self.project.config
+        work = workload(config, documents=0, queries=read_queries(config.queries).num_rows)
+        return device_plan(config, ModelShape.of_model(lm.model, lm.model.config, config.layers), work).groups
 
     def projection(self, lm: LoadedModel, factors: Factors | None = None) -> KroneckerProjection | None:
         """The projection of stored document gradients; a whitened one is built from the

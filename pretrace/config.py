@@ -103,6 +103,10 @@ DESCRIPTIONS = {
     "fit_shards": "Shards the EK-FAC factors are fitted on; unset = every current shard.",
     "device": "'auto' (a GPU when present), 'cpu' or 'cuda'.",
     "dtype": "Model compute dtype: 'float32', 'bfloat16' or 'float16' (sums stay in float32).",
+    "layer_groups": "Fit and score the tracked layers in this many groups, one pass over the data each, so only one "
+                    "group's factors are on the device at once (same results); unset = as few as the device's "
+                    "memory allows (`pretrace plan`).",
+    "device_memory_gb": "Device memory a run must fit, in GB; unset = what the GPU reports (no limit on a CPU).",
     "trust_remote_code": "Run the checkpoint's own Python code (only for checkpoints you trust).",
     "allow_pickle": "Load a checkpoint whose weights are only pickles (.bin), which can run code: trusted files only.",
     "seed": "Seed of sampled Fisher labels, projections and the report's bootstrap.",
@@ -144,6 +148,8 @@ class PretraceConfig(BaseModel):
     fit_shards: Literal["all"] | list[str] = "all"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    layer_groups: StrictInt | None = Field(default=None, gt=0)
+    device_memory_gb: float | None = None
     trust_remote_code: bool = False
     allow_pickle: bool = False
     seed: StrictInt = Field(default=0, ge=0)
@@ -165,6 +171,16 @@ class PretraceConfig(BaseModel):
             return _positive_number(value)
         except ValueError:
             raise ValueError("must be a number > 0, e.g. 1e-3") from None
+
+    @field_validator("device_memory_gb", mode="before")
+    @classmethod
+    def _memory(cls, value: Any) -> float | None:
+        if value is None:
+            return None
+        try:
+            return _positive_number(value)
+        except ValueError:
+            raise ValueError("must be a number of GB > 0, e.g. 80, or null for what the GPU reports") from None
 
     @field_validator("projection_floor", mode="before")
     @classmethod

@@ -175,7 +175,11 @@ def read_records(url: str) -> Iterator[dict[str, Any]]:
 def jsonl_rows(url: str) -> Iterator[tuple[int, Any]]:
     """(line number, parsed JSON) of a .jsonl or .jsonl.gz file; blank lines are skipped."""
     fs, path = open_fs(url)
-    with fs.open(path, "rb") as raw:
+    try:
+        opened = fs.open(path, "rb")
+    except FileNotFoundError:
+        raise InputError(f"{url}: no such file; correct the path in pretrace.yaml or create the file") from None
+    with opened as raw:
         stream = gzip.GzipFile(fileobj=raw) if url.lower().endswith(".gz") else raw
         try:
             for number, line in enumerate(stream, start=1):

@@ -8,8 +8,9 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from .batching import batches
-from .capture import capture, check_finite
+from .capture import Captured, capture, check_finite, float32_matmul
 from .errors import InputError
+from .layer_groups import by_layer_group, join_layers
 from .low_rank import factorize
 from .serialization import pack, unpack
 from .model import LoadedModel
@@ -33,18 +34,38 @@ def iter_document_gradients(
     gradient, in the same space as the documents'.
     """
     proj = projection.to(lm.device, lm.accumulate_dtype) if projection is not None else None
+    for index, cap in iter_captures(lm, sequences, batch_size=batch_size, progress=progress, first_target=first_target):
+        yield index, {layer.name: layer_gradients(cap, layer.name, proj) for layer in lm.layers}, cap.losses
+
+
+def iter_captures(
+    lm: LoadedModel,
+    sequences: Sequence[Sequence[int]],
+    *,
+    batch_size: int = 8,
+    progress: Callable[[int], None] | None = None,
+    first_target: Sequence[int] | None = None,
+) -> Iterator[tuple[range, Captured]]:
+    """Yield (index range, captured a and g) batch by batch, counting progress after each."""
     for index, batch in batches(sequences, batch_size, lm.pad_token_id, first_target):
-        cap = capture(lm, batch, "data")
-        grads = {}
-        for layer in lm.layers:
-            a, g = cap.a[layer.name], cap.g[layer.name]
-            if proj is not None:
-                a, g = proj.project_tokens(layer.name, a, g)
-            grads[layer.name] = torch.bmm(g.transpose(1, 2), a)
-            check_finite(grads[layer.name], "document gradient", layer.name)
-        yield index, grads, cap.losses
+        yield index, capture(lm, batch, "data")
         if progress is not None:
             progress(batch.size)
+
+
+def layer_tokens(cap: Captured, name: str, projection: KroneckerProjection | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One layer's per-token (a, g), projected if asked (in the projection's dtype): (B, T, k_in)
+    and (B, T, k_out)."""
+    a, g = cap.a[name], cap.g[name]
+    return (a, g) if projection is None else projection.project_tokens(name, a, g)
+
+
+def layer_gradients(cap: Captured, name: str, projection: KroneckerProjection | None = None) -> torch.Tensor:
+    """(B, k_out, k_in) per-document gradients of one layer (projected per token first, if asked)."""
+    a, g = layer_tokens(cap, name, projection)
+    grads = float32_matmul(g.transpose(1, 2), a)
+    check_finite(grads, "document gradient", name)
+    return grads
 
 
 @dataclass
@@ -58,6 +79,13 @@ class DocumentGradients:
     projection: dict | None
     right: dict[str, torch.Tensor] = field(default_factory=dict)
     rank: int | None = None
+
+    @classmethod
+    def join(cls, groups: Sequence["DocumentGradients"]) -> "DocumentGradients":
+        """The gradients of every layer from those of disjoint layer groups (same documents)."""
+        first = groups[0]
+        return cls(first.ids, join_layers([g.grads for g in groups]), first.losses, first.projection,
+                   join_layers([g.right for g in groups]), first.rank)
 
     def dense(self, name: str) -> torch.Tensor:
         """(N, k_out, k_in), reconstructed from the factors when factored."""
@@ -93,11 +121,20 @@ def compute_document_gradients(
     progress: Callable[[int], None] | None = None,
     first_target: Sequence[int] | None = None,
     rank: int | None = None,
+    groups: int = 1,
 ) -> DocumentGradients:
     """Gradients of every document (of every query's completion, with ``first_target``),
-    gathered on the CPU for storage; with ``rank``, as rank-r factors (`pretrace.low_rank`)."""
+    gathered on the CPU for storage; with ``rank``, as rank-r factors (`pretrace.low_rank`);
+    with ``groups`` > 1, a layer group a pass (`pretrace.layer_groups`)."""
     if rank is not None and rank < 1:
         raise InputError(f"document_rank: must be a positive integer or null, got {rank}")
+    return by_layer_group(lm, groups, lambda group: _gathered(
+        group, sequences, ids, projection, batch_size, progress, first_target, rank), DocumentGradients.join)
+
+
+def _gathered(lm: LoadedModel, sequences: Sequence[Sequence[int]], ids: Sequence[str],
+              projection: KroneckerProjection | None, batch_size: int, progress: Callable[[int], None] | None,
+              first_target: Sequence[int] | None, rank: int | None) -> DocumentGradients:
     grads: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in lm.layers}
     right: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in lm.layers}
     losses = []

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
 from .batching import TokenBatch
-from .capture import Captured, Labels, capture, check_finite
+from .capture import Captured, Labels, capture, check_finite, float32_matmul
 from .config import Damping
 from .errors import InputError
+from .layer_groups import by_layer_group, join_layers
 from .model import LoadedModel
 from .serialization import pack, unpack
 
@@ -53,6 +54,14 @@ def _fitting_passes(
             progress(batch.size)
 
 
+def _same_data(groups: Sequence, counts: Callable) -> object:
+    """The counts every group saw; groups fitted on different data cannot be joined."""
+    seen = {counts(g) for g in groups}
+    if len(seen) != 1:
+        raise InputError(f"layer groups were fitted on different data (counts {sorted(seen)}); refit them together")
+    return seen.pop()
+
+
 @dataclass
 class CovarianceState:
     """Sums of activation (A) and pre-activation-gradient (S) outer products over tokens."""
@@ -71,6 +80,12 @@ class CovarianceState:
             self.n_tokens + other.n_tokens,
             self.n_examples + other.n_examples,
         )
+
+    @classmethod
+    def join(cls, groups: Sequence["CovarianceState"]) -> "CovarianceState":
+        """One state from the states of disjoint layer groups fitted on the same documents."""
+        n_tokens, n_examples = _same_data(groups, lambda g: (g.n_tokens, g.n_examples))
+        return cls(join_layers([g.A for g in groups]), join_layers([g.S for g in groups]), n_tokens, n_examples)
 
     def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         tensors = {f"{k}::A": v for k, v in self.A.items()} | {f"{k}::S": v for k, v in self.S.items()}
@@ -95,22 +110,32 @@ def fit_covariances(
     seed: int = 0,
     progress: Progress | None = None,
 ) -> CovarianceState:
-    """First EK-FAC pass: A and S summed in float64 over every real token."""
-    A = {layer.name: torch.zeros(layer.d_in, layer.d_in, dtype=torch.float64) for layer in lm.layers}
-    S = {layer.name: torch.zeros(layer.d_out, layer.d_out, dtype=torch.float64) for layer in lm.layers}
+    """First EK-FAC pass: A and S summed in float64 over every real token, on the model's device
+    (a batch's float32 products are added into float64 sums there, so nothing crosses to the
+    host per batch); the sums come back to the host."""
+    A = {layer.name: _zeros(layer.d_in, layer.d_in, lm.device) for layer in lm.layers}
+    S = {layer.name: _zeros(layer.d_out, layer.d_out, lm.device) for layer in lm.layers}
     n_tokens = n_examples = 0
     for batch, cap in _fitting_passes(lm, batches, fisher, seed, progress):
         for name in A:
             a = cap.a[name].flatten(0, 1)
             g = cap.g[name].flatten(0, 1)
-            batch_A, batch_S = a.T @ a, g.T @ g
+            batch_A, batch_S = float32_matmul(a.T, a), float32_matmul(g.T, g)
             check_finite(batch_A, "activation covariance", name)
             check_finite(batch_S, "gradient covariance", name)
-            A[name] += batch_A.double().cpu()
-            S[name] += batch_S.double().cpu()
+            A[name] += batch_A
+            S[name] += batch_S
         n_tokens += batch.n_tokens
         n_examples += batch.size
-    return CovarianceState(A, S, n_tokens, n_examples)
+    return CovarianceState(_to_host(A), _to_host(S), n_tokens, n_examples)
+
+
+def _zeros(rows: int, columns: int, device: torch.device) -> torch.Tensor:
+    return torch.zeros(rows, columns, dtype=torch.float64, device=device)
+
+
+def _to_host(sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: value.cpu() for name, value in sums.items()}
 
 
 @dataclass
@@ -135,17 +160,18 @@ class Eigenbasis:
         return cls(*({k: tensors[f"{k}::{part}"] for k in layers} for part in ("QA", "QS", "eigvals_A", "eigvals_S")))
 
 
-def eigenbasis(cov: CovarianceState) -> Eigenbasis:
-    """Eigendecompose the token-averaged covariances in float64."""
+def eigenbasis(cov: CovarianceState, device: torch.device | str = "cpu") -> Eigenbasis:
+    """Eigendecompose the token-averaged covariances in float64 on ``device``, one matrix at a
+    time (a GPU's float64 eigensolver is far faster than the host's for d in the thousands)."""
     if cov.n_tokens == 0:
         raise InputError("no tokens were seen while fitting covariances: the fitting data is empty")
     QA, QS, eA, eS = {}, {}, {}, {}
     for name in cov.A:
         for source, Q, e in ((cov.A[name], QA, eA), (cov.S[name], QS, eS)):
-            matrix = source.double() / cov.n_tokens
+            matrix = source.to(device, torch.float64) / cov.n_tokens
             check_finite(matrix, "covariance", name)
             values, vectors = torch.linalg.eigh(0.5 * (matrix + matrix.T))
-            Q[name], e[name] = vectors.float(), values.float()
+            Q[name], e[name] = vectors.float().cpu(), values.float().cpu()
     return Eigenbasis(QA, QS, eA, eS)
 
 
@@ -155,6 +181,11 @@ class LambdaState:
 
     sums: dict[str, torch.Tensor]  # float64 (d_out, d_in)
     n_examples: int
+
+    @classmethod
+    def join(cls, groups: Sequence["LambdaState"]) -> "LambdaState":
+        """One state from the states of disjoint layer groups fitted on the same documents."""
+        return cls(join_layers([g.sums for g in groups]), _same_data(groups, lambda g: g.n_examples))
 
     def merge(self, other: "LambdaState") -> "LambdaState":
         if self.sums.keys() != other.sums.keys():
@@ -171,7 +202,9 @@ class LambdaState:
 
 
 def rotated_gradients(a: torch.Tensor, g: torch.Tensor, QA: torch.Tensor, QS: torch.Tensor) -> torch.Tensor:
-    """Per-example Q_S^T (sum_t g_t a_t^T) Q_A, rotating whichever side is cheaper."""
+    """Per-example Q_S^T (sum_t g_t a_t^T) Q_A, rotating whichever side is cheaper (in the
+    eigenbases' dtype: captured half-precision values are upcast first)."""
+    a, g = a.to(QA.dtype), g.to(QS.dtype)
     tokens, d_in, d_out = a.shape[1], a.shape[2], g.shape[2]
     if tokens * (d_in * d_in + d_out * d_out) < d_out * d_in * (d_out + d_in):
         return torch.bmm((g @ QS).transpose(1, 2), a @ QA)
@@ -187,18 +220,18 @@ def fit_lambdas(
     progress: Progress | None = None,
 ) -> LambdaState:
     """Second EK-FAC pass: the eigenvalue correction, summed in float64 over examples."""
-    sums = {layer.name: torch.zeros(layer.d_out, layer.d_in, dtype=torch.float64) for layer in lm.layers}
-    QA = {k: v.to(lm.device, lm.accumulate_dtype) for k, v in basis.QA.items()}
-    QS = {k: v.to(lm.device, lm.accumulate_dtype) for k, v in basis.QS.items()}
+    sums = {layer.name: _zeros(layer.d_out, layer.d_in, lm.device) for layer in lm.layers}
+    QA = {k: basis.QA[k].to(lm.device, lm.accumulate_dtype) for k in sums}
+    QS = {k: basis.QS[k].to(lm.device, lm.accumulate_dtype) for k in sums}
     n_examples = 0
     for batch, cap in _fitting_passes(lm, batches, fisher, seed, progress):
         for name in sums:
             rotated = rotated_gradients(cap.a[name], cap.g[name], QA[name], QS[name])
             squared = rotated.square().sum(dim=0)
             check_finite(squared, "eigenvalue correction", name)
-            sums[name] += squared.double().cpu()
+            sums[name] += squared
         n_examples += batch.size
-    return LambdaState(sums, n_examples)
+    return LambdaState(_to_host(sums), n_examples)
 
 
 @dataclass
@@ -213,6 +246,16 @@ class Factors:
     @property
     def layers(self) -> list[str]:
         return list(self.QA)
+
+    @classmethod
+    def join(cls, groups: Sequence["Factors"]) -> "Factors":
+        """The factors of every layer from those of disjoint layer groups."""
+        return cls(*(join_layers([getattr(g, part) for g in groups]) for part in ("QA", "QS", "lambdas", "damping")))
+
+    def restricted(self, names: Sequence[str]) -> "Factors":
+        """The factors of ``names`` alone (a layer group), so only those visit the device."""
+        pick = lambda d: {k: d[k] for k in names}  # noqa: E731
+        return Factors(pick(self.QA), pick(self.QS), pick(self.lambdas), pick(self.damping))
 
     def to(self, device: torch.device, dtype: torch.dtype = torch.float32) -> "Factors":
         move = lambda d: {k: v.to(device, dtype) for k, v in d.items()}  # noqa: E731
@@ -254,8 +297,14 @@ def fit_factors(
     damping: Damping = Damping(),
     seed: int = 0,
     progress: Progress | None = None,
+    groups: int = 1,
 ) -> Factors:
-    """All passes in one call, for notebooks; `batches` is called once per pass."""
-    cov = fit_covariances(lm, batches(), fisher, seed, progress)
-    basis = eigenbasis(cov)
-    return make_factors(basis, fit_lambdas(lm, basis, batches(), fisher, seed, progress), damping)
+    """All passes in one call, for notebooks; `batches` is called once per pass. With
+    ``groups`` > 1 the tracked layers are fitted a group at a time (`pretrace.layer_groups`):
+    the same factors, with only one group's state on the device at once."""
+    def fit_group(group: LoadedModel) -> Factors:
+        cov = fit_covariances(group, batches(), fisher, seed, progress)
+        basis = eigenbasis(cov, group.device)
+        return make_factors(basis, fit_lambdas(group, basis, batches(), fisher, seed, progress), damping)
+
+    return by_layer_group(lm, groups, fit_group, Factors.join)

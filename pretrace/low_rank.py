@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-_CHUNK_NUMBERS = 1 << 24
+CHUNK_NUMBERS = 1 << 24
 """How many intermediate numbers one chunk of documents may hold while scoring (64 MiB in float32)."""
 
 
@@ -36,7 +36,7 @@ def inner_products(query: tuple[torch.Tensor, torch.Tensor | None], documents: t
     Q, N = A.shape[0], L.shape[0]
     out = torch.empty(Q, N, dtype=A.dtype, device=A.device)
     per_document = Q * (L.shape[1] * L.shape[2] if B is None else A.shape[2] * L.shape[2])
-    step = max(1, _CHUNK_NUMBERS // max(1, per_document))
+    step = max(1, CHUNK_NUMBERS // max(1, per_document))
     for start in range(0, N, step):
         Lc, Rc = L[start : start + step].to(A), R[start : start + step].to(A)
         if B is None:
@@ -46,4 +46,24 @@ def inner_products(query: tuple[torch.Tensor, torch.Tensor | None], documents: t
             left = torch.einsum("qor,noc->qnrc", A, Lc)
             right = torch.einsum("qir,nic->qnrc", B, Rc)
             out[:, start : start + step] = (left * right).sum(dim=(2, 3))
+    return out
+
+
+def captured_inner_products(query: tuple[torch.Tensor, torch.Tensor], a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """(Q, B) inner products of factored query matrices A_q B_q^T with each sequence's gradient
+    sum_t g_t a_t^T, from the per-token a (B, T, k_in) and g (B, T, k_out) alone:
+    <A B^T, sum_t g_t a_t^T> = sum over t and rank j of (g_t . A_j)(a_t . B_j). Neither the
+    (k_out, k_in) document gradient nor a dense query is formed; queries go in chunks that bound
+    the (B, T, chunk x r) intermediates."""
+    A, B = query
+    Q, k_out, r = A.shape
+    batch, tokens = a.shape[0], a.shape[1]
+    out = torch.empty(Q, batch, dtype=A.dtype, device=A.device)
+    step = max(1, CHUNK_NUMBERS // max(1, batch * tokens * r))
+    for start in range(0, Q, step):
+        Ac, Bc = A[start : start + step], B[start : start + step]
+        n = Ac.shape[0]
+        gA = g.to(A) @ Ac.permute(1, 0, 2).reshape(k_out, n * r)
+        aB = a.to(A) @ Bc.permute(1, 0, 2).reshape(Bc.shape[1], n * r)
+        out[start : start + n] = (gA * aB).view(batch, tokens, n, r).sum(dim=(1, 3)).T
     return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -20,6 +20,7 @@ from .checkpoint_cache import local_checkpoint
 from .errors import InputError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+HALF_PRECISION = (torch.bfloat16, torch.float16)
 DEFAULT_LAYER_PATTERNS = ("mlp",)
 
 
@@ -136,6 +137,13 @@ class LoadedModel:
         return torch.promote_types(next(self.model.parameters()).dtype, torch.float32)
 
     @property
+    def keeps_half_precision(self) -> bool:
+        """Whether captured activations and gradients stay in the model's bf16/fp16 on this device:
+        on a GPU their products run on tensor cores with float32 accumulation (`float32_matmul`),
+        which is as exact as upcasting first (the values are the model's own) and many times faster."""
+        return self.device.type == "cuda" and self.dtype in HALF_PRECISION
+
+    @property
     def pad_token_id(self) -> int:
         """Padding is masked out everywhere, so any id works when there is no tokenizer."""
         pad = getattr(self.tokenizer, "pad_token_id", None)
@@ -148,6 +156,12 @@ class LoadedModel:
 
     def layer_shapes(self) -> dict[str, tuple[int, int]]:
         return {layer.name: (layer.d_out, layer.d_in) for layer in self.layers}
+
+    def restricted(self, names: Sequence[str]) -> "LoadedModel":
+        """The same model tracking only ``names`` (a layer group): every pass then captures,
+        holds and fits those layers alone."""
+        chosen = set(names)
+        return replace(self, layers=[layer for layer in self.layers if layer.name in chosen])
 
 
 def wrap_model(

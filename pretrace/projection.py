@@ -112,7 +112,7 @@ class KroneckerProjection:
     def project_tokens(self, name: str, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Project per-token inputs (.., d_in) and output gradients (.., d_out)."""
         P_in, P_out = self.P_in[name], self.P_out[name]
-        return (a if P_in is None else a @ P_in.T), (g if P_out is None else g @ P_out.T)
+        return (a if P_in is None else a.to(P_in.dtype) @ P_in.T), (g if P_out is None else g.to(P_out.dtype) @ P_out.T)
 
     def project_matrix(self, name: str, X: torch.Tensor) -> torch.Tensor:
         """P_out X P_in^T for X of shape (..., d_out, d_in)."""

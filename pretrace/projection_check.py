@@ -54,9 +54,9 @@ def score_accuracy(error: ProjectionError | None, projection: dict | None, query
 
 
 def projection_error(lm: LoadedModel, factors: Factors, queries: list[Query], tokens: list[list[int]],
-                     stored: np.ndarray, *, batch_size: int = 8) -> ProjectionError:
+                     stored: np.ndarray, *, batch_size: int = 8, groups: int = 1) -> ProjectionError:
     """Compare ``stored`` (Q, m) scores of the sampled documents with exact ones."""
-    exact = exact_scores(lm, factors, queries, tokens, batch_size=batch_size).double().numpy()
+    exact = exact_scores(lm, factors, queries, tokens, batch_size=batch_size, groups=groups).double().numpy()
     stored = np.asarray(stored, np.float64)
     r = np.array([_pearson(a, b) for a, b in zip(stored, exact)])
     agree = float(np.mean(stored.argmax(axis=1) == exact.argmax(axis=1)))

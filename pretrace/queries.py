@@ -18,6 +18,7 @@ from .capture import capture, check_finite
 from .ekfac import Factors, rotated_gradients
 from .serialization import pack, unpack
 from .errors import InputError
+from .layer_groups import by_layer_group, join_layers
 from .low_rank import factorize
 from .model import LoadedModel
 from .projection import KroneckerProjection
@@ -93,6 +94,13 @@ class QueryGradients:
     def layers(self) -> list[str]:
         return list(self.left)
 
+    @classmethod
+    def join(cls, groups: Sequence["QueryGradients"]) -> "QueryGradients":
+        """The gradients of every layer from those of disjoint layer groups (same queries)."""
+        first = groups[0]
+        return cls(first.ids, first.logprobs, join_layers([g.left for g in groups]), join_layers([g.right for g in groups]),
+                   first.projection, first.rank)
+
     def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         tensors = {f"{k}::left": v for k, v in self.left.items()} | {f"{k}::right": v for k, v in self.right.items()}
         tensors["logprobs"] = self.logprobs
@@ -118,12 +126,13 @@ def compute_query_gradients(
     rank: int | None = None,
     batch_size: int = 8,
     progress: Callable[[int], None] | None = None,
+    groups: int = 1,
 ) -> QueryGradients:
     """Gradients of each completion's loss, preconditioned by EK-FAC, projected, compressed."""
     sequences, starts = encode_queries(queries, lm.tokenizer, lm.max_context)
     return query_gradients_from_tokens(
         lm, factors, sequences, starts, [q.id for q in queries],
-        projection=projection, rank=rank, batch_size=batch_size, progress=progress,
+        projection=projection, rank=rank, batch_size=batch_size, progress=progress, groups=groups,
     )
 
 
@@ -138,14 +147,23 @@ def query_gradients_from_tokens(
     rank: int | None = None,
     batch_size: int = 8,
     progress: Callable[[int], None] | None = None,
+    groups: int = 1,
 ) -> QueryGradients:
-    """As `compute_query_gradients`, for queries already tokenized (completion from the index given)."""
+    """As `compute_query_gradients`, for queries already tokenized (completion from the index
+    given); with ``groups`` > 1, a layer group at a time (only its factors on the device)."""
     if rank is not None and rank < 1:
         raise InputError(f"query_rank: must be a positive integer or null, got {rank}")
     missing = [layer.name for layer in lm.layers if layer.name not in factors.QA]
     if missing:
         raise InputError(f"the EK-FAC factors were fitted without layers {missing}; refit them for these layers")
-    factors = factors.to(lm.device, lm.accumulate_dtype)
+    return by_layer_group(lm, groups, lambda group: _preconditioned(
+        group, factors, sequences, completion_starts, ids, projection, rank, batch_size, progress), QueryGradients.join)
+
+
+def _preconditioned(lm: LoadedModel, factors: Factors, sequences: Sequence[Sequence[int]],
+                    completion_starts: Sequence[int], ids: Sequence[str], projection: KroneckerProjection | None,
+                    rank: int | None, batch_size: int, progress: Callable[[int], None] | None) -> QueryGradients:
+    factors = factors.restricted([layer.name for layer in lm.layers]).to(lm.device, lm.accumulate_dtype)
     proj = projection.to(lm.device, lm.accumulate_dtype) if projection is not None else None
     # Rotating back out of the eigenbasis and projecting (with the dual of the documents'
     # projection, so that inner products with them estimate the score) compose into one pair.

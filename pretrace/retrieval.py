@@ -41,7 +41,7 @@ def candidates_of(top: pa.Table) -> pa.Table:
 
 def rerank(lm: LoadedModel, factors: Factors, queries: Sequence[Query], chosen: pa.Table,
            tokens: Callable[[str, str], Sequence[int]], *, batch_size: int = 8,
-           progress: Callable[[int], None] | None = None, budget: int = EXACT_QUERY_BYTES) -> pa.Table:
+           progress: Callable[[int], None] | None = None, budget: int = EXACT_QUERY_BYTES, groups: int = 1) -> pa.Table:
     """Exact scores of each query's candidates (`candidates_of`), ranked by them per side (ties:
     the stored rank). ``tokens(shard, doc_id)``: a document's token ids. Queries go in chunks
     whose dense gradients fit ``budget`` bytes, each streaming only its own candidates' documents
@@ -50,7 +50,7 @@ def rerank(lm: LoadedModel, factors: Factors, queries: Sequence[Query], chosen: 
     exact = np.full(len(pairs), np.nan)
     for chunk, documents, rows in _passes(lm, queries, pairs, budget):
         scores = exact_scores(lm, factors, [queries[i] for i in chunk], [tokens(shard, doc) for shard, doc in documents],
-                              batch_size=batch_size, progress=progress, budget=budget).double().numpy()
+                              batch_size=batch_size, progress=progress, budget=budget, groups=groups).double().numpy()
         column = {document: j for j, document in enumerate(documents)}
         for q, i in rows:  # only the candidate pairs, not chunk x documents
             exact[i] = scores[q - chunk.start, column[pairs[i][1:]]]

@@ -10,17 +10,18 @@ from typing import Callable, Sequence
 
 import torch
 
-from .documents import DocumentGradients, iter_document_gradients
+from .documents import DocumentGradients, iter_captures, layer_gradients, layer_tokens
 from .errors import InputError
-from .low_rank import inner_products
+from .layer_groups import layer_groups
+from .low_rank import captured_inner_products, inner_products
 from .model import LoadedModel
 from .projection import KroneckerProjection
 from .ekfac import Factors
 from .queries import Query, QueryGradients, compute_query_gradients
 
 
-def _flat_queries(queries: QueryGradients, device: torch.device) -> dict[str, torch.Tensor]:
-    return {name: queries.dense(name).flatten(1).to(device) for name in queries.layers}
+def _flat_queries(queries: QueryGradients, device: torch.device, layers: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    return {name: queries.dense(name).flatten(1).to(device) for name in (queries.layers if layers is None else layers)}
 
 
 def _check_compatible(queries: QueryGradients, layers: Sequence[str], projection: dict | None) -> None:
@@ -63,20 +64,35 @@ def stream_scores(
     projection: KroneckerProjection | None = None,
     batch_size: int = 8,
     progress: Callable[[int], None] | None = None,
+    groups: int = 1,
 ) -> torch.Tensor:
     """(Q, N) influence computed batch by batch from the model, storing no document gradient.
 
-    Memory is bounded by one batch's gradients and the (Q, N) result, so every query is
-    scored in a single pass over the documents.
+    Memory is bounded by one layer's gradients of one batch, the query gradients and the (Q, N)
+    result, so every query is scored in a single pass over the documents. Rank-r query gradients
+    (`query_rank`) stay factored: each layer's score comes from the per-token activations and
+    gradients (`captured_inner_products`), with neither a dense query nor a document gradient
+    formed. With ``groups`` > 1 each layer group takes its own pass (`pretrace.layer_groups`):
+    its query gradients alone are on the device, and the per-group scores add up to the same total.
     """
     _check_compatible(queries, [layer.name for layer in lm.layers], None if projection is None else projection.describe())
-    flat = _flat_queries(queries, lm.device)
     scores = torch.zeros(len(queries.ids), len(sequences), dtype=torch.float32)
-    for index, grads, _ in iter_document_gradients(
-        lm, sequences, projection=projection, batch_size=batch_size, progress=progress
-    ):
-        block = torch.zeros(len(queries.ids), len(index), dtype=torch.float32, device=lm.device)
-        scores[:, index.start : index.stop] = _add_scores(block, flat, grads).cpu()
+    proj = projection.to(lm.device, lm.accumulate_dtype) if projection is not None else None
+    for group in layer_groups(lm, groups):
+        names = [layer.name for layer in group.layers]
+        if queries.rank is None:
+            flat = _flat_queries(queries, lm.device, names)
+        else:
+            factored = {n: (queries.left[n].to(lm.device, torch.float32), queries.right[n].to(lm.device, torch.float32))
+                        for n in names}
+        for index, cap in iter_captures(group, sequences, batch_size=batch_size, progress=progress):
+            block = torch.zeros(len(queries.ids), len(index), dtype=torch.float32, device=lm.device)
+            for name in names:
+                if queries.rank is None:
+                    block += flat[name] @ layer_gradients(cap, name, proj).flatten(1).to(flat[name]).T
+                else:
+                    block += captured_inner_products(factored[name], *layer_tokens(cap, name, proj))
+            scores[:, index.start : index.stop] += block.cpu()
     return scores
 
 
@@ -95,13 +111,14 @@ def query_chunks(lm: LoadedModel, n_queries: int, budget: int = EXACT_QUERY_BYTE
 
 def exact_scores(lm: LoadedModel, factors: Factors, queries: Sequence[Query], sequences: Sequence[Sequence[int]], *,
                  batch_size: int = 8, progress: Callable[[int], None] | None = None,
-                 budget: int = EXACT_QUERY_BYTES) -> torch.Tensor:
+                 budget: int = EXACT_QUERY_BYTES, groups: int = 1) -> torch.Tensor:
     """(Q, N) exact EK-FAC scores of a few documents, whatever the stored approximation: dense,
     unprojected preconditioned query gradients against gradients streamed from the model (what
     approximate stored scores are checked and re-ranked against); the documents are streamed
-    once per chunk of queries that fits ``budget`` (`query_chunks`)."""
+    once per chunk of queries that fits ``budget`` (`query_chunks`), and per layer group."""
     scores = torch.zeros(len(queries), len(sequences), dtype=torch.float32)
     for chunk in query_chunks(lm, len(queries), budget):
-        dense = compute_query_gradients(lm, factors, [queries[i] for i in chunk], batch_size=batch_size)
-        scores[chunk.start:chunk.stop] = stream_scores(lm, dense, sequences, batch_size=batch_size, progress=progress)
+        dense = compute_query_gradients(lm, factors, [queries[i] for i in chunk], batch_size=batch_size, groups=groups)
+        scores[chunk.start:chunk.stop] = stream_scores(lm, dense, sequences, batch_size=batch_size, progress=progress,
+                                                       groups=groups)
     return scores

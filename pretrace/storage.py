@@ -22,10 +22,9 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
-import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -34,6 +33,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from pretrace.errors import ConcurrentChange, InputError
+
+if TYPE_CHECKING:
+    import polars as pl
 
 # An unreachable endpoint must fail in seconds, not after minutes of backoff: a refused or
 # unroutable connection costs at most 2 attempts x 3 s. s3fs itself retries throttling and
@@ -289,7 +291,7 @@ class Storage:
         return json.loads(self.read_bytes(key))
 
     def write_parquet(self, key: str, table: pa.Table | pl.DataFrame) -> dict[str, object]:
-        if isinstance(table, pl.DataFrame):
+        if not isinstance(table, pa.Table):  # a polars DataFrame (polars is not needed to compute)
             table = table.to_arrow()
         return self._write(key, lambda tmp: pq.write_table(table, tmp))
 

@@ -62,6 +62,7 @@ def token_contributions(
             total = torch.zeros(len(rows), len(doc), dtype=torch.float64, device=lm.device)
             for layer in lm.layers:
                 a, g = captured.a[layer.name][row : row + 1, : len(doc)], captured.g[layer.name][row : row + 1, : len(doc)]
+                a, g = a.to(lm.accumulate_dtype), g.to(lm.accumulate_dtype)
                 if proj is not None:
                     a, g = proj.project_tokens(layer.name, a, g)
                 # term[q, t] = g_t^T Q_q a_t, for the queries shown with this document

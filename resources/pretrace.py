@@ -50,6 +50,8 @@ class PretraceResource(dg.ConfigurableResource):
     fit_shards: Optional[List[str]] = _field("fit_shards", None)
     device: str = _field("device")
     dtype: str = _field("dtype")
+    layer_groups: Optional[int] = _field("layer_groups")
+    device_memory_gb: Optional[float] = _field("device_memory_gb")
     trust_remote_code: bool = _field("trust_remote_code")
     allow_pickle: bool = _field("allow_pickle")
     seed: int = _field("seed")

@@ -10,7 +10,11 @@ from transformers import PreTrainedTokenizerFast
 BOS, EOS, PAD = "<bos>", "<eos>", "<pad>"
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> PreTrainedTokenizerFast:
+DEMO_VOCAB = 4096
+"""The demo tokenizer's vocabulary (its model's embedding rows are at most this many)."""
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = DEMO_VOCAB) -> PreTrainedTokenizerFast:
     """Byte-level BPE over texts; encoding with special tokens prepends <bos>, as Llama does.
 
     Byte level means any text encodes without unknown tokens, including the queries.

@@ -69,6 +69,14 @@ def _replace_dir(tmp: Path, out_dir: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def demo_model_config(vocab_size: int, max_length: int, tokenizer: PreTrainedTokenizerFast | None = None) -> LlamaConfig:
+    """The demo model's configuration (without a tokenizer, for its memory plan: no special ids)."""
+    special = {} if tokenizer is None else {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+                                            "pad_token_id": tokenizer.pad_token_id}
+    return LlamaConfig(vocab_size=vocab_size, max_position_embeddings=max_length, tie_word_embeddings=False,
+                       **special, **MODEL_SHAPE)
+
+
 def train_demo_model(
     corpus_files: list[Path],
     out_dir: Path,
@@ -98,16 +106,7 @@ def train_demo_model(
             "tokens; add documents or lower max_length"
         )
     tokenizer.model_max_length = max_length  # after encoding, which keeps documents whole
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        max_position_embeddings=max_length,
-        tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **MODEL_SHAPE,
-    )
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM(demo_model_config(len(tokenizer), max_length, tokenizer))
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=LEARNING_RATE, betas=(0.9, 0.95), weight_decay=0.01, foreach=True
     )

@@ -5,15 +5,21 @@ on the terminal; `pretrace check` finds the same without computing anything."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import BertConfig, BertForMaskedLM
+from transformers import AutoConfig, BertConfig, BertForMaskedLM
 
-from tests.pipeline.project import edit_config, make_project, pretrace
+from pretrace.config import load_config
+from pretrace.device_plan import workload
+from pretrace.memory_plan import GB, ModelShape, plan
+
+from tests.pipeline.project import QUERIES, edit_config, make_project, pretrace
 from tests.tiny import tiny_model, tiny_tokenizer
 
 
@@ -88,6 +94,10 @@ CASES = {
     "answer-list": (_append("queries.jsonl", json.dumps({"id": "l", "kind": "f", "prompt": "p", "completion": " c",
                                                          "answer": ["x"]})),
                     ['queries.jsonl, line 4: `answer` is ["x"] (list)', "give the answer as a string or a number"]),
+    "queries-missing": (_config(queries="missing.jsonl"), ["missing.jsonl: no such file; correct the path"]),
+    "device-memory": (_config(device_memory_gb=1e-4),
+                      ["the run needs", "GB of device memory at its smallest settings (batch_size 1, layer_groups 6) "
+                       "but the device has 0.0001 GB; track fewer layers, shorten max_length"]),
     "fit-shards": (_config(fit_shards=["nope.jsonl"]),
                    ["fit_shards: 'nope.jsonl' is not a shard of", "the shards are: part-a.jsonl, part-b.jsonl"]),
     "two-problems": (_both(_append("queries.jsonl", '{"id": 5, "kind": "f", "prompt": "p", "completion": "c"}'),
@@ -128,3 +138,21 @@ def test_check_validates_without_computing_and_lists_skipped_files(template: Pat
     _bert(root)
     result = pretrace("check", "--config", "pretrace.yaml", cwd=root)
     assert result.returncode == 1 and "not a causal language model" in result.stderr.splitlines()[-1]
+
+
+def test_the_plan_chooses_layer_groups_that_fit_or_names_the_setting_that_would(template: Path, tmp_path: Path) -> None:
+    root = tmp_path / "project"
+    shutil.copytree(template, root)
+    config = load_config(root / "pretrace.yaml")
+    shape = ModelShape.of_config(AutoConfig.from_pretrained(root / "model"), config.layers)
+    work = workload(config, documents=0, queries=len(QUERIES))
+    whole, apart = (plan(shape, replace(work, layer_groups=g)).peak.device for g in (1, len(shape.layers)))
+    edit_config(root / "pretrace.yaml", device_memory_gb=(whole + apart) / 2 / GB)  # fits in groups only
+    result = pretrace("plan", "--config", "pretrace.yaml", cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    groups = int(re.search(r"model: layer_groups: (\d+) \(chosen by the plan\)", result.stdout).group(1))
+    assert 1 < groups <= len(shape.layers) and f"memory plan ({groups} layer groups)" in result.stdout
+    edit_config(root / "pretrace.yaml", layer_groups=1)  # a fixed number that does not fit is refused
+    result = pretrace("plan", "--config", "pretrace.yaml", cwd=root)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"set layer_groups: {groups} in pretrace.yaml (layer groups give the same results" in result.stderr

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from safetensors import safe_open
 
 from pipeline.definitions import build_definitions
 from pipeline.runner import asset_order, executable
@@ -16,7 +17,7 @@ from pretrace.config import Damping, load_config
 from pretrace.layout import Input, artefacts
 from pretrace.provenance import Project
 from pretrace.corpus import read_records, tokenize_documents
-from pretrace.ekfac import fit_factors
+from pretrace.ekfac import Factors, fit_factors
 from pretrace.model import load_model
 from pretrace.queries import compute_query_gradients
 from pretrace.query_file import queries_from_table
@@ -32,7 +33,8 @@ SOURCES = {"corpus_files", "checkpoint", "query_file"}
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
-    config = load_config(make_project(root, fit_shards=["part-a.jsonl", "part-b.jsonl"]))
+    # three layer groups: every pass a group at a time, checked below against the core library ungrouped
+    config = load_config(make_project(root, fit_shards=["part-a.jsonl", "part-b.jsonl"], layer_groups=3))
     ran = run_pipeline(config)
     return config, ran
 
@@ -73,6 +75,10 @@ def test_every_asset_materializes_and_scores_equal_the_core_library(project):
     per_shard = {s: tokenize_documents(read_records(f"{config.corpus}/{s}"), lm.tokenizer, config.max_length) for s in shards}
     sequences = [ids for t in per_shard.values() for ids in t.column("input_ids").to_pylist()]
     factors = fit_factors(lm, lambda: (b for s in shards for _, b in batches(per_shard[s].column("input_ids").to_pylist(), 4, lm.pad_token_id)))
+    with safe_open(Path(config.storage, "ekfac_factors", "factors.safetensors"), framework="pt") as f:
+        stored = Factors.from_tensors({k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata()))
+    for name in factors.layers:  # a layer group at a time gives the same factors as one pass
+        torch.testing.assert_close(stored.lambdas[name], factors.lambdas[name], rtol=1e-5, atol=1e-7)
     written = pq.read_table(f"{config.storage}/completions/completions.parquet").to_pylist()
     assert [(c["id"], c["source"]) for c in written] == [(q["id"], "given" if "completion" in q else "generated")
                                                          for q in QUERIES]

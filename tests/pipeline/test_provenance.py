@@ -64,6 +64,8 @@ INVALIDATION = {
     "trust_remote_code": (True, each("model")),  # validated again; its description is unchanged
     "fit_shards": ([A], AFTER_FACTORS | each("ekfac_eigenbasis") | {f"ekfac_lambdas[{A}]"}),
     "device": ("auto", set()),  # resolves to the CPU here: nothing changes
+    "layer_groups": (2, set()),  # the same bytes a layer group at a time
+    "device_memory_gb": (64, set()),  # a limit the plan checks; nothing computed depends on it
 }
 
 

@@ -9,8 +9,8 @@ import pretrace.low_rank as low_rank
 from pretrace.documents import DocumentGradients, compute_document_gradients
 from pretrace.low_rank import factorize, inner_products
 from pretrace.projection import KroneckerProjection
-from pretrace.queries import Query, compute_query_gradients
-from pretrace.scores import score_matrix
+from pretrace.queries import Query, QueryGradients, compute_query_gradients
+from pretrace.scores import score_matrix, stream_scores
 from tests.tiny import fitted_tiny_llama, random_sequences
 
 QUERIES = [Query("capital", "The capital of France is", " Paris."), Query("arith", "(7 - 4) * 8 =", " 24")]
@@ -41,7 +41,7 @@ def test_inner_products_from_factors_equal_those_of_the_reconstructed_matrices(q
         dense_queries = query[0] @ query[1].transpose(1, 2)
     expected = dense_queries.flatten(1) @ dense_documents.flatten(1).T
     torch.testing.assert_close(inner_products(query, (L, R)), expected, rtol=1e-5, atol=1e-5)
-    monkeypatch.setattr(low_rank, "_CHUNK_NUMBERS", 50)  # many chunks of documents: the same result
+    monkeypatch.setattr(low_rank, "CHUNK_NUMBERS", 50)  # many chunks of documents: the same result
     torch.testing.assert_close(inner_products(query, (L, R)), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -63,3 +63,28 @@ def test_factored_document_gradients_score_like_their_reconstruction(query_rank)
     # and rank 2 is an approximation of the full projected gradients, not a copy of them
     full = score_matrix(queries, compute_document_gradients(lm, docs, ids, projection=projection))
     assert not torch.allclose(full, expected, rtol=1e-3)
+
+
+def test_per_token_inner_products_equal_those_with_the_summed_gradient(monkeypatch):
+    g_ = torch.Generator().manual_seed(3)
+    A, B = torch.randn(5, 6, 3, generator=g_), torch.randn(5, 4, 3, generator=g_)
+    a, g = torch.randn(2, 7, 4, generator=g_), torch.randn(2, 7, 6, generator=g_)
+    documents = torch.bmm(g.transpose(1, 2), a)  # (2, 6, 4): sum over tokens of g a^T
+    expected = (A @ B.transpose(1, 2)).flatten(1) @ documents.flatten(1).T
+    torch.testing.assert_close(low_rank.captured_inner_products((A, B), a, g), expected, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(low_rank, "CHUNK_NUMBERS", 50)  # a few queries a chunk: the same result
+    torch.testing.assert_close(low_rank.captured_inner_products((A, B), a, g), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("projected", [False, True])
+def test_streamed_scores_of_factored_queries_equal_those_of_their_reconstruction(projected):
+    docs = random_sequences(9, min_len=6, max_len=20, seed=4)
+    lm, factors = fitted_tiny_llama(2, docs)
+    projection = KroneckerProjection.build(lm.layer_shapes(), 8, 8, seed=0, basis="whitened", factors=factors) \
+        if projected else None
+    factored = compute_query_gradients(lm, factors, QUERIES, projection=projection, rank=2)
+    dense = QueryGradients(factored.ids, factored.logprobs, {k: factored.dense(k) for k in factored.layers}, {},
+                           factored.projection, None)
+    expected = stream_scores(lm, dense, docs, projection=projection, batch_size=4)
+    torch.testing.assert_close(stream_scores(lm, factored, docs, projection=projection, batch_size=4), expected,
+                               rtol=1e-4, atol=1e-5 * float(expected.abs().max()))

@@ -11,6 +11,7 @@ from pretrace.errors import InputError
 from pretrace.model import wrap_model
 from pretrace.projection import KroneckerProjection
 from pretrace.queries import Query, compute_query_gradients, encode_queries
+from pretrace.query_file import read_queries
 from tests.tiny import random_sequences, tiny_model, tiny_tokenizer
 
 QUERIES = [
@@ -119,8 +120,6 @@ def test_bad_rank(lm):
 
 @pytest.mark.parametrize("answer, stored", [(0, "0"), (29029, "29029"), (2.5, "2.5"), ("Paris", "Paris"), (None, "")])
 def test_answers_are_kept_as_written(tmp_path, answer, stored):
-    from pretrace.query_file import read_queries
-
     path = tmp_path / "q.jsonl"
     record = {"id": "q", "kind": "k", "prompt": "p", "completion": "c"} | ({} if answer is None else {"answer": answer})
     path.write_text(json.dumps(record) + "\n")
@@ -129,9 +128,13 @@ def test_answers_are_kept_as_written(tmp_path, answer, stored):
 
 @pytest.mark.parametrize("answer", [False, ["x"], {"a": 1}])
 def test_answers_without_one_text_are_refused(tmp_path, answer):
-    from pretrace.query_file import read_queries
-
     path = tmp_path / "q.jsonl"
     path.write_text(json.dumps({"id": "q", "kind": "k", "prompt": "p", "completion": "c", "answer": answer}) + "\n")
     with pytest.raises(InputError, match=r"q\.jsonl, line 1: `answer` is .* give the answer as a string or a number"):
         read_queries(str(path))
+
+
+def test_a_missing_queries_file_is_named_with_the_fix(tmp_path):
+    missing = tmp_path / "queries.jsonl"
+    with pytest.raises(InputError, match=rf"^{missing}: no such file; correct the path in pretrace.yaml"):
+        read_queries(str(missing))

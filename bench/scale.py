@@ -1,0 +1,122 @@
+"""Real layer shapes on this CPU: the memory plan against measured allocations, and the plans of
+7B and 35B models on 80 GB GPUs.
+
+    python bench/scale.py          # half TinyLlama-1.1B's width (1024 -> 2816), 2 blocks: a few minutes
+    python bench/scale.py --full   # TinyLlama's full width (2048 -> 5632), 2 blocks: much longer
+
+Random-initialised Llama (no download), float32 on the CPU, a small Zipf-random corpus. Each step
+(covariances, eigendecomposition, eigenvalue correction, query gradients, scoring) runs under
+`pretrace.allocations.PeakAllocations`; its plan (`pretrace.memory_plan`: `Step.allocated`, less
+the inputs already in memory, such as the weights) is printed beside it. Prints one `name: value` line per figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from transformers import CohereConfig, LlamaConfig  # noqa: E402
+
+from bench.synthetic import build_model, config_of, make_data  # noqa: E402
+from pretrace.allocations import PeakAllocations  # noqa: E402
+from pretrace.batching import batches  # noqa: E402
+from pretrace.ekfac import eigenbasis, fit_covariances, fit_lambdas, make_factors  # noqa: E402
+from pretrace.errors import InputError  # noqa: E402
+from pretrace.memory_plan import GB, ModelShape, Workload, fitting_plan, plan  # noqa: E402
+from pretrace.model import wrap_model  # noqa: E402
+from pretrace.queries import query_gradients_from_tokens  # noqa: E402
+from pretrace.scores import stream_scores  # noqa: E402
+
+LLAMA_2_7B = LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                         num_attention_heads=32)
+COMMAND_R_35B = CohereConfig(vocab_size=256000, hidden_size=8192, intermediate_size=22528, num_hidden_layers=40,
+                             num_attention_heads=64, num_key_value_heads=64)
+PAPER_RUN = Workload(batch_size=8, max_length=512, dtype="bfloat16", documents=5_000_000, queries=80, query_length=256,
+                     query_rank=64)
+"""The paper's setting, sized: bf16 models, 512-token documents, 80 queries kept at rank 64."""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--full", action="store_true", help="TinyLlama's full MLP width (2048 -> 5632)")
+    return p.parse_args(argv)
+
+
+def measured_steps(args: argparse.Namespace) -> dict[str, tuple[int, float]]:
+    """Peak bytes allocated and seconds of each step, on the CPU."""
+    lm = wrap_model(build_model(args), layers=["mlp"], device="cpu")
+    docs, queries, starts = make_data(args)
+    ids = [f"q{i}" for i in range(len(queries))]
+    data = lambda: (b for _, b in batches(docs, args.batch_size, 0))  # noqa: E731
+    fit_covariances(lm, (b for _, b in batches(docs[: args.batch_size], args.batch_size, 0)))  # lasting first-call caches
+    steps: dict[str, tuple[int, float]] = {}
+
+    def run(name, fn):
+        start = time.perf_counter()
+        with PeakAllocations() as m:
+            out = fn()
+        steps[name] = (m.peak, time.perf_counter() - start)
+        print(f"  {name}: {m.peak / 2**20:.0f} MiB in {steps[name][1]:.1f} s", flush=True)
+        return out
+
+    cov = run("covariances", lambda: fit_covariances(lm, data()))
+    basis = run("eigenbasis", lambda: eigenbasis(cov))
+    lambdas = run("lambdas", lambda: fit_lambdas(lm, basis, data()))
+    factors = make_factors(basis, lambdas)
+    qg = run("query_gradients", lambda: query_gradients_from_tokens(lm, factors, queries, starts, ids,
+                                                                   batch_size=args.batch_size))
+    run("scores", lambda: stream_scores(lm, qg, docs, batch_size=args.batch_size))
+    return steps
+
+
+def main(argv=None) -> int:
+    cli = parse_args(argv)
+    width = dict(hidden=2048, intermediate=5632) if cli.full else dict(hidden=1024, intermediate=2816)
+    args = argparse.Namespace(vocab=32000, layers=2, heads=16, docs=16, doc_len=256, queries=4, prompt_len=32,
+                              completion_len=16, seed=0, batch_size=4, **width)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    shape = ModelShape.of_config(config_of(args), ["mlp"])
+    work = Workload(batch_size=args.batch_size, max_length=args.doc_len, documents=args.docs, queries=args.queries,
+                    query_length=args.prompt_len + args.completion_len, device="cpu")
+    planned = plan(shape, work)
+    print(f"hidden {args.hidden} -> {args.intermediate}, {args.layers} blocks, {args.docs} docs x {args.doc_len} tokens, "
+          f"{args.queries} queries, batch {args.batch_size}, float32 on the CPU", flush=True)
+    print(planned.table(), flush=True)
+    steps = measured_steps(args)
+    figures: dict[str, object] = {}
+    for name, (peak, seconds) in steps.items():
+        step = planned.step(name)
+        expected = step.allocated
+        figures |= {f"{name}_planned_mb": expected / 2**20, f"{name}_measured_mb": peak / 2**20,
+                    f"{name}_plan_error": abs(peak - expected) / expected, f"{name}_seconds": seconds}
+    heaviest = max(steps, key=lambda name: steps[name][0])
+    step = planned.step(heaviest)
+    planned_peak = step.allocated
+    figures |= {"planned_peak_mb": planned_peak / 2**20, "measured_peak_mb": steps[heaviest][0] / 2**20,
+                "plan_error": abs(steps[heaviest][0] - planned_peak) / planned_peak}
+    for label, config in (("7b", LLAMA_2_7B), ("35b", COMMAND_R_35B)):
+        big = ModelShape.of_config(config, ["mlp"])
+        smallest = plan(big, replace(PAPER_RUN, batch_size=1, layer_groups=len(big.layers))).peak
+        try:
+            fitted = fitting_plan(big, PAPER_RUN, int(80 * GB))[1]
+            fits, groups = "yes", f"{fitted.layer_groups} (batch_size {fitted.batch_size})"
+        except InputError:  # nothing fits: said as such, with the smallest peak and the weights' part of it
+            fits, groups = "no", "none"
+        figures |= {f"ungrouped_peak_gb_{label}": plan(big, PAPER_RUN).peak.device / GB, f"fits_80gb_{label}": fits,
+                    f"layer_groups_80gb_{label}": groups, f"smallest_peak_gb_{label}": smallest.device / GB,
+                    f"weights_gb_{label}": smallest.parts["weights"] / GB}
+    for name, value in figures.items():
+        print(f"{name}: {value:.4g}" if isinstance(value, float) else f"{name}: {value}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,81 @@
+"""The memory plan against allocations measured on the same tiny model, and its refusals."""
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from pretrace.allocations import PeakAllocations
+from pretrace.batching import batches
+from pretrace.ekfac import eigenbasis, fit_covariances, fit_lambdas, make_factors
+from pretrace.errors import InputError
+from pretrace.memory_plan import ModelShape, Workload, fitting_plan, plan, suggestion
+from pretrace.model import wrap_model
+from pretrace.queries import query_gradients_from_tokens
+from pretrace.scores import stream_scores
+
+CONFIG = LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=352, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, max_position_embeddings=32, tie_word_embeddings=False)
+
+
+def test_the_meta_model_gives_the_real_shapes():
+    torch.manual_seed(0)
+    real = wrap_model(LlamaForCausalLM(CONFIG), layers=["mlp"], device="cpu")
+    shape = ModelShape.of_config(CONFIG, ["mlp"])
+    assert shape.parameters == sum(p.numel() for p in real.model.parameters())
+    assert shape.layers == real.layer_shapes() and shape.kv_hidden == 64
+
+
+def test_each_step_is_planned_within_a_fifth_of_what_it_allocates():
+    torch.manual_seed(0)
+    lm = wrap_model(LlamaForCausalLM(CONFIG).eval(), layers=["mlp"], device="cpu")
+    B, T, Q = 4, 32, 6
+    docs = [torch.randint(3, 256, (T,), generator=torch.Generator().manual_seed(i)).tolist() for i in range(2 * B)]
+    work = Workload(batch_size=B, max_length=T, documents=len(docs), queries=Q, query_length=T, device="cpu")
+    planned = plan(ModelShape.of_config(CONFIG, ["mlp"]), work)
+    data = lambda: (b for _, b in batches(docs, B, 0))  # noqa: E731
+    fit_covariances(lm, data())  # first calls allocate lasting caches; measure the steady state
+    measured = {}
+    with PeakAllocations() as m:
+        cov = fit_covariances(lm, data())
+    measured["covariances"] = m.peak
+    basis = eigenbasis(cov)
+    with PeakAllocations() as m:
+        lambdas = fit_lambdas(lm, basis, data())
+    measured["lambdas"] = m.peak
+    with PeakAllocations() as m:
+        queries = query_gradients_from_tokens(lm, make_factors(basis, lambdas), docs[:Q], [T // 2] * Q,
+                                              [str(i) for i in range(Q)], batch_size=B)
+    measured["query_gradients"] = m.peak
+    with PeakAllocations() as m:
+        stream_scores(lm, queries, docs, batch_size=B)
+    measured["scores"] = m.peak
+    for name, peak in measured.items():
+        step = planned.step(name)
+        expected = step.allocated  # the weights, factors and query gradients existed before the measurement
+        assert abs(expected - peak) <= 0.2 * peak, (name, expected, peak)
+
+
+def test_peak_allocations_counts_a_storage_once_and_frees_it():
+    with PeakAllocations() as m:
+        x = torch.ones(1000)
+        view = x[:10]  # noqa: F841  (same storage)
+        y = x * 2
+        del y
+        z = x + 1  # noqa: F841
+    assert m.peak == 8000 and m.live == 8000
+
+
+SEVEN_B = LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                      num_attention_heads=32)
+
+
+def test_a_run_too_large_for_the_device_gets_the_settings_that_fit():
+    shape = ModelShape.of_config(SEVEN_B, ["mlp"])
+    work = Workload(batch_size=8, max_length=512, dtype="bfloat16", documents=1000, queries=8, query_length=64)
+    assert plan(shape, work).peak.device > 80e9
+    fitted_plan, fitted = fitting_plan(shape, work, int(80e9))
+    assert fitted_plan.peak.device <= 80e9 and fitted.layer_groups > 1 and fitted.batch_size == 8
+    assert suggestion(work, fitted) == f"layer_groups: {fitted.layer_groups}"
+    with pytest.raises(InputError, match=r"needs [\d.]+ GB of device memory at its smallest settings .*batch_size 1, "
+                                         r"layer_groups 96\).*the device has 1 GB; track fewer layers"):
+        fitting_plan(shape, work, int(1e9))
