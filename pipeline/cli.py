@@ -92,9 +92,7 @@ def _print_plans(project: Project) -> None:
     from pretrace.device_plan import project_plans
 
     for name, device_plan in project_plans(project):
-        groups = project.config.layer_groups
-        how = f"layer_groups: {device_plan.groups}" + (" (chosen by the plan)" if groups is None else "")
-        _say(f"{'model' if name is None else f'compared model {name}'}: {how}")
+        _say(f"{'model' if name is None else f'compared model {name}'}: {device_plan.headline()}")
         print(device_plan.summary(), flush=True)
 
 

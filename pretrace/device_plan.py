@@ -32,10 +32,14 @@ class DevicePlan:
     plan: Plan
     work: Workload
     budget: int | None  # bytes of device memory; None on a CPU without `device_memory_gb`
+    chosen: bool  # the plan chose the layer groups (`layer_groups` unset)
 
     @property
     def groups(self) -> int:
         return self.work.layer_groups
+
+    def headline(self) -> str:
+        return f"layer_groups: {self.groups}" + (" (chosen by the plan)" if self.chosen else "")
 
     def summary(self) -> str:
         fits = "no limit set" if self.budget is None else f"fits the device's {self.budget / GB:.3g} GB"
@@ -65,17 +69,17 @@ def workload(config: PretraceConfig, *, documents: int, queries: int, query_leng
 def device_plan(config: PretraceConfig, shape: ModelShape, work: Workload) -> DevicePlan:
     """The plan of these settings on the configured device; `InputError` when they do not fit,
     with the plan and the settings that would."""
-    budget = device_budget(config)
-    chosen = plan(shape, work)
-    if budget is None or chosen.peak.device <= budget:
-        return DevicePlan(chosen, work, budget)
+    budget, automatic = device_budget(config), config.layer_groups is None
+    asked = plan(shape, work)
+    if budget is None or asked.peak.device <= budget:
+        return DevicePlan(asked, work, budget, automatic)
     fitted_plan, fitted = fitting_plan(shape, replace(work, layer_groups=1), budget)  # raises when nothing fits
-    if config.layer_groups is None and fitted.batch_size == work.batch_size:
-        return DevicePlan(fitted_plan, fitted, budget)
+    if automatic and fitted.batch_size == work.batch_size:
+        return DevicePlan(fitted_plan, fitted, budget, automatic)
     raise InputError(
-        f"the run needs {chosen.peak.device / GB:.3g} GB of device memory at its peak ({chosen.peak.name}) but the "
+        f"the run needs {asked.peak.device / GB:.3g} GB of device memory at its peak ({asked.peak.name}) but the "
         f"device has {budget / GB:.3g} GB; set {suggestion(work, fitted)} in pretrace.yaml (layer groups give the "
-        f"same results in more passes; a smaller batch_size recomputes the gradients)\n{chosen.table()}")
+        f"same results in more passes; a smaller batch_size recomputes the gradients)\n{asked.table()}")
 
 
 

@@ -127,12 +127,13 @@ def compute_query_gradients(
     batch_size: int = 8,
     progress: Callable[[int], None] | None = None,
     groups: int = 1,
+    gather: torch.device | str = "cpu",
 ) -> QueryGradients:
     """Gradients of each completion's loss, preconditioned by EK-FAC, projected, compressed."""
     sequences, starts = encode_queries(queries, lm.tokenizer, lm.max_context)
     return query_gradients_from_tokens(
         lm, factors, sequences, starts, [q.id for q in queries],
-        projection=projection, rank=rank, batch_size=batch_size, progress=progress, groups=groups,
+        projection=projection, rank=rank, batch_size=batch_size, progress=progress, groups=groups, gather=gather,
     )
 
 
@@ -148,21 +149,26 @@ def query_gradients_from_tokens(
     batch_size: int = 8,
     progress: Callable[[int], None] | None = None,
     groups: int = 1,
+    gather: torch.device | str = "cpu",
 ) -> QueryGradients:
     """As `compute_query_gradients`, for queries already tokenized (completion from the index
-    given); with ``groups`` > 1, a layer group at a time (only its factors on the device)."""
+    given); with ``groups`` > 1, a layer group at a time (only its factors on the device). The
+    gradients are gathered on ``gather``: the host for storage, or the model's device for a
+    caller that scores with them there at once (a dense 1B-model query gradient is 3 GB to move)."""
     if rank is not None and rank < 1:
         raise InputError(f"query_rank: must be a positive integer or null, got {rank}")
     missing = [layer.name for layer in lm.layers if layer.name not in factors.QA]
     if missing:
         raise InputError(f"the EK-FAC factors were fitted without layers {missing}; refit them for these layers")
     return by_layer_group(lm, groups, lambda group: _preconditioned(
-        group, factors, sequences, completion_starts, ids, projection, rank, batch_size, progress), QueryGradients.join)
+        group, factors, sequences, completion_starts, ids, projection, rank, batch_size, progress, gather),
+        QueryGradients.join)
 
 
 def _preconditioned(lm: LoadedModel, factors: Factors, sequences: Sequence[Sequence[int]],
                     completion_starts: Sequence[int], ids: Sequence[str], projection: KroneckerProjection | None,
-                    rank: int | None, batch_size: int, progress: Callable[[int], None] | None) -> QueryGradients:
+                    rank: int | None, batch_size: int, progress: Callable[[int], None] | None,
+                    gather: torch.device | str) -> QueryGradients:
     factors = factors.restricted([layer.name for layer in lm.layers]).to(lm.device, lm.accumulate_dtype)
     proj = projection.to(lm.device, lm.accumulate_dtype) if projection is not None else None
     # Rotating back out of the eigenbasis and projecting (with the dual of the documents'
@@ -186,11 +192,11 @@ def _preconditioned(lm: LoadedModel, factors: Factors, sequences: Sequence[Seque
             X = back_left[name] @ scaled @ back_right[name].T
             check_finite(X, "preconditioned query gradient", name)
             if rank is None:
-                left[name].append(X.cpu())
+                left[name].append(X.to(gather))
             else:
                 L, R = factorize(X, rank)
-                left[name].append(L.cpu())
-                right[name].append(R.cpu())
+                left[name].append(L.to(gather))
+                right[name].append(R.to(gather))
         if progress is not None:
             progress(batch.size)
     return QueryGradients(

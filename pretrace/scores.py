@@ -118,7 +118,9 @@ def exact_scores(lm: LoadedModel, factors: Factors, queries: Sequence[Query], se
     once per chunk of queries that fits ``budget`` (`query_chunks`), and per layer group."""
     scores = torch.zeros(len(queries), len(sequences), dtype=torch.float32)
     for chunk in query_chunks(lm, len(queries), budget):
-        dense = compute_query_gradients(lm, factors, [queries[i] for i in chunk], batch_size=batch_size, groups=groups)
+        # one group: the dense gradients stay on the device they are scored on (no round trip to the host)
+        dense = compute_query_gradients(lm, factors, [queries[i] for i in chunk], batch_size=batch_size, groups=groups,
+                                        gather=lm.device if groups == 1 else "cpu")
         scores[chunk.start:chunk.stop] = stream_scores(lm, dense, sequences, batch_size=batch_size, progress=progress,
                                                        groups=groups)
     return scores

@@ -8,6 +8,8 @@ from pretrace.allocations import PeakAllocations
 from pretrace.batching import batches
 from pretrace.ekfac import eigenbasis, fit_covariances, fit_lambdas, make_factors
 from pretrace.errors import InputError
+from pretrace.config import PretraceConfig
+from pretrace.device_plan import device_plan, workload
 from pretrace.memory_plan import ModelShape, Workload, fitting_plan, plan, suggestion
 from pretrace.model import wrap_model
 from pretrace.queries import query_gradients_from_tokens
@@ -79,3 +81,18 @@ def test_a_run_too_large_for_the_device_gets_the_settings_that_fit():
     with pytest.raises(InputError, match=r"needs [\d.]+ GB of device memory at its smallest settings .*batch_size 1, "
                                          r"layer_groups 96\).*the device has 1 GB; track fewer layers"):
         fitting_plan(shape, work, int(1e9))
+
+
+def test_the_device_plan_chooses_groups_or_refuses_with_the_setting_that_fits():
+    shape = ModelShape.of_config(SEVEN_B, ["mlp"])
+    settings = dict(device="cpu", dtype="bfloat16", device_memory_gb=80.0)
+    chosen = device_plan(PretraceConfig(**settings), shape, workload(PretraceConfig(**settings), documents=0, queries=8))
+    assert chosen.chosen and chosen.groups > 1 and chosen.plan.peak.device <= 80e9
+    assert chosen.headline() == f"layer_groups: {chosen.groups} (chosen by the plan)"
+    fixed = PretraceConfig(**settings, layer_groups=1)
+    with pytest.raises(InputError, match=rf"device has 80 GB; set layer_groups: {chosen.groups} in pretrace.yaml"):
+        device_plan(fixed, shape, workload(fixed, documents=0, queries=8))
+    small = PretraceConfig(**{**settings, "device_memory_gb": 40.0})  # one layer a group at batch 8 needs 48.5 GB
+    with pytest.raises(InputError, match=r"set layer_groups: \d+, batch_size: 4 in pretrace.yaml .*a smaller "
+                                         r"batch_size recomputes the gradients"):
+        device_plan(small, shape, workload(small, documents=0, queries=8))
