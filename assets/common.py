@@ -97,7 +97,7 @@ def computing(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> 
         # the key itself, which Dagster gives for both.
         shard = context.partition_key if context.assets_def.partitions_def else None
         model, artefact = artefact_of(context.assets_def.key)
-        yield Computation(pretrace.project().compared(model), artefact, shard)
+        yield Computation(pretrace.project().compared(model), artefact, shard, log=context.log.info)
 
 
 def materialized(computation: Computation, manifest: Manifest, started: float, **metadata) -> dg.MaterializeResult:

@@ -10,7 +10,7 @@ publishing a result mixed from two states of the storage root.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
@@ -30,8 +30,10 @@ _MODELS: dict[tuple, LoadedModel] = {}
 
 
 class Computation:
-    def __init__(self, project: Project, artefact: Artefact | str, shard: str | None = None) -> None:
+    def __init__(self, project: Project, artefact: Artefact | str, shard: str | None = None,
+                 log: Callable[[str], None] = lambda _: None) -> None:
         self.project = project
+        self.log = log
         self.artefact = project.graph[artefact] if isinstance(artefact, str) else artefact
         self.shard = shard
         if shard not in project.partitions(self.artefact):
@@ -123,7 +125,9 @@ class Computation:
         (`pretrace.device_plan`)."""
         config = self.project.config
         work = workload(config, documents=0, queries=read_queries(config.queries).num_rows)
-        return device_plan(config, ModelShape.of_model(lm.model, lm.model.config, config.layers), work).groups
+        chosen = device_plan(config, ModelShape.of_model(lm.model, lm.model.config, config.layers), work)
+        self.log(f"{chosen.headline()}\n{chosen.summary()}")
+        return chosen.groups
 
     def projection(self, lm: LoadedModel, factors: Factors | None = None) -> KroneckerProjection | None:
         """The projection of stored document gradients; a whitened one is built from the
