@@ -18,6 +18,7 @@ from pretrace.layout import Manifest
 from resources.pretrace import PretraceResource
 
 from .k8s import GPU_OP_TAGS
+from .partitions import to_pretrace
 
 GPU_POOL = "gpu"
 # What every GPU-heavy asset declares: the concurrency pool, and a GPU for its pod on Kubernetes.
@@ -95,9 +96,10 @@ def computing(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> 
     with user_errors():
         # A backfill run of one shard has a one-key partition range, not a partition key: read
         # the key itself, which Dagster gives for both.
-        shard = context.partition_key if context.assets_def.partitions_def else None
+        partitions = context.assets_def.partitions_def
+        partition = to_pretrace(partitions, context.partition_key) if partitions else None
         model, artefact = artefact_of(context.assets_def.key)
-        yield Computation(pretrace.project().compared(model), artefact, shard, log=context.log.info)
+        yield Computation(pretrace.project().compared(model), artefact, partition, log=context.log.info)
 
 
 def materialized(computation: Computation, manifest: Manifest, started: float, **metadata) -> dg.MaterializeResult:

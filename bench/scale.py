@@ -7,7 +7,10 @@
 Random-initialised Llama (no download), float32 on the CPU, a small Zipf-random corpus. Each step
 (covariances, eigendecomposition, eigenvalue correction, query gradients, scoring) runs under
 `pretrace.allocations.PeakAllocations`; its plan (`pretrace.memory_plan`: `Step.allocated`, less
-the inputs already in memory, such as the weights) is printed beside it. Prints one `name: value` line per figure.
+the inputs already in memory, such as the weights) is printed beside it. The same covariances are
+also eigendecomposed in diagonal blocks (`factor_block_size`: the widest side in 4 blocks), timed
+against the whole, and the plan sizes that decomposition for Llama-2-70B's MLPs whole and in blocks.
+Prints one `name: value` line per figure.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ LLAMA_2_7B = LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=1
                          num_attention_heads=32)
 COMMAND_R_35B = CohereConfig(vocab_size=256000, hidden_size=8192, intermediate_size=22528, num_hidden_layers=40,
                              num_attention_heads=64, num_key_value_heads=64)
+LLAMA_2_70B = LlamaConfig(vocab_size=32000, hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
+                          num_attention_heads=64, num_key_value_heads=8)
+BLOCKS = 4  # the block-diagonal figures split the widest side into this many blocks
 PAPER_RUN = Workload(batch_size=8, max_length=512, dtype="bfloat16", documents=5_000_000, queries=80, query_length=256,
                      query_rank=64)
 """The paper's setting, sized: bf16 models, 512-token documents, 80 queries kept at rank 64."""
@@ -68,6 +74,8 @@ def measured_steps(args: argparse.Namespace) -> dict[str, tuple[int, float]]:
         return out
 
     cov = run("covariances", lambda: fit_covariances(lm, data()))
+    # Grosse et al.'s within-layer block-diagonal factors: the same covariances decomposed in blocks
+    run("eigenbasis_blocks", lambda: eigenbasis(cov, block_size=args.intermediate // BLOCKS))
     basis = run("eigenbasis", lambda: eigenbasis(cov))
     lambdas = run("lambdas", lambda: fit_lambdas(lm, basis, data()))
     factors = make_factors(basis, lambdas)
@@ -92,7 +100,10 @@ def main(argv=None) -> int:
     print(planned.table(), flush=True)
     steps = measured_steps(args)
     figures: dict[str, object] = {}
+    figures["eigenbasis_blocks_vs_whole"] = steps["eigenbasis_blocks"][1] / steps["eigenbasis"][1]
     for name, (peak, seconds) in steps.items():
+        if name not in {s.name for s in planned.steps}:
+            continue
         step = planned.step(name)
         expected = step.allocated
         figures |= {f"{name}_planned_mb": expected / 2**20, f"{name}_measured_mb": peak / 2**20,
@@ -113,6 +124,10 @@ def main(argv=None) -> int:
         figures |= {f"ungrouped_peak_gb_{label}": plan(big, PAPER_RUN).peak.device / GB, f"fits_80gb_{label}": fits,
                     f"layer_groups_80gb_{label}": groups, f"smallest_peak_gb_{label}": smallest.device / GB,
                     f"weights_gb_{label}": smallest.parts["weights"] / GB}
+    widest = ModelShape.of_config(LLAMA_2_70B, ["mlp"])
+    for block_size in (None, LLAMA_2_70B.intermediate_size // BLOCKS):
+        eig = plan(widest, replace(PAPER_RUN, factor_block_size=block_size)).step("eigenbasis").device
+        figures[f"eigenbasis_gb_70b_{'whole' if block_size is None else f'blocks_{block_size}'}"] = eig / GB
     for name, value in figures.items():
         print(f"{name}: {value:.4g}" if isinstance(value, float) else f"{name}: {value}", flush=True)
     return 0

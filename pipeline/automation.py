@@ -25,6 +25,7 @@ import json
 import dagster as dg
 
 from assets.common import artefact_of
+from assets.partitions import to_pretrace
 from pretrace.errors import PretraceError
 from pretrace.layout import canonical_json
 from pretrace.provenance import Project
@@ -71,7 +72,7 @@ class OutOfDate(dg.AutomationCondition):
 
     async def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
         try:
-            busy = await in_progress(context)
+            busy = {to_pretrace(context.partitions_def, k) for k in await in_progress(context)}
             return self._evaluate(context, busy)
         except PretraceError as exc:  # an unreadable input: nothing can be computed; say so once a tick
             if context.evaluation_time not in _WARNED:
@@ -85,9 +86,11 @@ class OutOfDate(dg.AutomationCondition):
         project = tick_project(self.resource, context.evaluation_time).compared(model)
         requested: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
         candidates = context.candidate_subset
+        dagster_key = {}  # pretrace's partition -> Dagster's key (`assets.partitions`)
         if candidates.is_partitioned:
             wanted = set(project.partitions(project.graph[asset]))
-            shards = [s for s in candidates.expensively_compute_partition_keys() if s in wanted]
+            dagster_key = {to_pretrace(context.partitions_def, k): k for k in candidates.expensively_compute_partition_keys()}
+            shards = [s for s in dagster_key if s in wanted]
         else:
             shards = [None] if not candidates.is_empty else []
         # A busy partition keeps what was requested for it: judged again once its run has ended.
@@ -101,7 +104,7 @@ class OutOfDate(dg.AutomationCondition):
             if requested.get(str(shard)) != digest:
                 due.append(shard)
         if candidates.is_partitioned:
-            true_subset = candidates.compute_intersection_with_partition_keys({s for s in due})
+            true_subset = candidates.compute_intersection_with_partition_keys({dagster_key[s] for s in due})
         else:
             true_subset = candidates if due else context.get_empty_subset()
         # Only what is still out of date is remembered, so the cursor stays small.

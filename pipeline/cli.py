@@ -149,13 +149,14 @@ def status(args: argparse.Namespace) -> None:
                 print(f"{state.state:8} {owner.label(artefact, shard)}{reason}")
         orphans += [(owner, artefact, shard) for artefact, shard in owner.orphans()]
     for owner, artefact, shard in orphans:
-        print(f"{'orphan':8} {owner.label(artefact, shard)}  (its corpus file is gone or it is no longer a fit shard)")
+        print(f"{'orphan':8} {owner.label(artefact, shard)}  (its corpus file is gone, it is no longer a fit shard, "
+              "or it was fitted in another number of layer groups)")
     summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
     print(f"[pretrace] {summary}" + (f", {len(orphans)} orphaned (pretrace clean removes them)" if orphans else ""))
 
 
 def clean(args: argparse.Namespace) -> None:
-    """Remove the artefacts of shards whose corpus file is gone, and killed writers' temporaries."""
+    """Remove orphaned artefacts (`Project.orphans`) and killed writers' temporaries."""
     from assets.partitions import shard_partitions
 
     project = _definitions(args).resources["pretrace"].project()

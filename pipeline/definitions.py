@@ -10,7 +10,7 @@ from assets.checks import CHECKS
 from assets.common import artefact_of
 from assets.comparison import build_model_comparison
 from assets.corpus import corpus_files, corpus_shards
-from assets.ekfac import ekfac_covariances, ekfac_eigenbasis, ekfac_factors, ekfac_lambdas
+from assets.ekfac import ekfac_covariances, ekfac_eigenbasis, ekfac_factors, ekfac_lambdas, fitting_assets
 from assets.evaluation import WHITENED_ATTRIBUTION_EVAL, attribution_eval
 from assets.gradients import WHITENED_DOCUMENT_GRADIENTS, document_gradients
 from assets.k8s import executor_from_env
@@ -41,8 +41,12 @@ WHITENED = {document_gradients: WHITENED_DOCUMENT_GRADIENTS, attribution_eval: W
 
 
 def model_graph(demo: bool, config: PretraceConfig) -> list:
-    """One model's assets: the checkpoint (or the demo's trained model) through the report."""
-    assets = [WHITENED.get(a, a) if config.projects_with_factors else a for a in MODEL_ASSETS]
+    """One model's assets: the checkpoint (or the demo's trained model) through the report; the
+    fitting assets partitioned by layer group when there are several."""
+    variants = dict(zip((ekfac_covariances, ekfac_eigenbasis, ekfac_lambdas), fitting_assets(config.layer_groups or 1)))
+    if config.projects_with_factors:
+        variants |= WHITENED
+    assets = [variants.get(a, a) for a in MODEL_ASSETS]
     return [*assets, *([demo_model] if demo else [checkpoint, user_model])]
 
 

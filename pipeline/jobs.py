@@ -16,18 +16,17 @@ shard_job = dg.define_asset_job(
     description="Tokenize one corpus file, compute its document gradients and score it against every query.",
 )
 
+# The fitting jobs take their assets' partitions: per shard, or per shard and layer group.
 fit_job = dg.define_asset_job(
     "fit_covariances_job",
     selection=dg.AssetSelection.assets(ekfac_covariances),
-    partitions_def=shard_partitions,
-    description="The first EK-FAC pass over one fit shard.",
+    description="The first EK-FAC pass over one fit shard (one layer group of it, with `layer_groups` > 1).",
 )
 
 lambdas_job = dg.define_asset_job(
     "fit_lambdas_job",
     selection=dg.AssetSelection.assets(ekfac_lambdas),
-    partitions_def=shard_partitions,
-    description="The eigenvalue-correction pass over one fit shard.",
+    description="The eigenvalue-correction pass over one fit shard (one layer group of it, with `layer_groups` > 1).",
 )
 
 JOBS = [shard_job, fit_job, lambdas_job]

@@ -16,6 +16,7 @@ from typing import Callable
 import dagster as dg
 
 from assets.common import artefact_of
+from assets.partitions import to_dagster
 from pretrace.errors import NotReady
 from pretrace.provenance import Project
 from pretrace.storage import pid_alive
@@ -92,6 +93,7 @@ def materialize_pipeline(defs: dg.Definitions, instance: dg.DagsterInstance, *, 
     if refresh.removed:
         log(f"corpus files gone, not in the results: {', '.join(refresh.removed)}; {CLEAN_HINT}")
     assets = executable(defs)
+    partitions = {spec.key: spec.partitions_def for spec in defs.resolve_all_asset_specs()}
     tags = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
     for name in asset_order(defs):
         key = dg.AssetKey.from_user_string(name)
@@ -107,7 +109,8 @@ def materialize_pipeline(defs: dg.Definitions, instance: dg.DagsterInstance, *, 
             if status.state == "waiting":
                 raise NotReady(f"{owner.label(artefact, shard)} cannot be computed: {status.reason}")
             log(f"materializing {owner.label(artefact, shard)} ({status.state}: {status.reason or 'forced'})")
-            result = dg.materialize(assets, selection=[key], partition_key=shard, instance=instance,
+            result = dg.materialize(assets, selection=[key], partition_key=to_dagster(partitions[key], shard),
+                                    instance=instance,
                                     resources=defs.resources, run_config=run_config, tags=tags)
             owner.forget(artefact, shard)
             for check in result.get_asset_check_evaluations():  # a failed check does not stop the run: say it

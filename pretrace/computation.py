@@ -19,7 +19,8 @@ from typing import Any
 from .device_plan import device_plan, workload
 from .ekfac import Factors
 from .errors import ConcurrentChange, InputError, NotReady
-from .layout import SOURCES, Artefact, ArtefactReader, Input, Manifest, parse_label
+from .layer_groups import split_layers
+from .layout import SOURCES, Artefact, ArtefactReader, Input, Manifest, group_index, parse_label
 from .memory_plan import ModelShape
 from .model import LoadedModel, load_model, load_tokenizer
 from .projection import KroneckerProjection, projection_for
@@ -30,26 +31,27 @@ _MODELS: dict[tuple, LoadedModel] = {}
 
 
 class Computation:
-    def __init__(self, project: Project, artefact: Artefact | str, shard: str | None = None,
+    def __init__(self, project: Project, artefact: Artefact | str, partition: str | None = None,
                  log: Callable[[str], None] = lambda _: None) -> None:
         self.project = project
         self.log = log
         self.artefact = project.graph[artefact] if isinstance(artefact, str) else artefact
-        self.shard = shard
-        if shard not in project.partitions(self.artefact):
+        self.partition = partition
+        self.shard, self.group = self.artefact.split(partition)
+        if partition not in project.partitions(self.artefact):
             wanted = ", ".join(s for s in project.partitions(self.artefact) if s) or "none"
-            raise InputError(f"{self.artefact.label(shard)} is not a partition this project computes "
+            raise InputError(f"{self.artefact.label(partition)} is not a partition this project computes "
                              f"(its partitions: {wanted})")
-        status = project.status(self.artefact, shard)
+        status = project.status(self.artefact, partition)
         if status.state == "waiting":
-            raise NotReady(f"{self.artefact.label(shard)} cannot be computed yet: {status.reason}; "
+            raise NotReady(f"{self.artefact.label(partition)} cannot be computed yet: {status.reason}; "
                            "materialize its inputs first (`pretrace run` does everything in order)")
         self.expected: Manifest = status.expected
         self._readers: dict[tuple[str, str | None, str | None], ArtefactReader] = {}
 
     @property
     def label(self) -> str:
-        return self.project.label(self.artefact, self.shard)
+        return self.project.label(self.artefact, self.partition)
 
     def reader(self, name: str, shard: str | None = None, model: str | None = None) -> ArtefactReader:
         """The input artefact ``name`` (of ``shard``; of compared model ``model``), as the expected
@@ -61,7 +63,7 @@ class Computation:
     def _open(self, name: str, shard: str | None, model: str | None) -> ArtefactReader:
         owner = self.project.compared(model)
         upstream = owner.graph[name]
-        label = Input(name, model=model).label(shard if upstream.per_shard else None)
+        label = Input(name, model=model).label(shard if upstream.partitioned else None)
         manifest = owner.store.manifest(upstream, shard)
         if manifest is None or manifest.fingerprint != self.expected.inputs.get(label):
             raise ConcurrentChange(
@@ -80,7 +82,7 @@ class Computation:
     def commit(self, outputs: dict[str, Any]) -> Manifest:
         self.check_sources()
         manifest = self.project.store.commit(self.artefact, self.expected, outputs)
-        self.project.forget(self.artefact, self.shard)
+        self.project.forget(self.artefact, self.partition)
         return manifest
 
     # ------------------------------------------------------------------ the model
@@ -122,12 +124,19 @@ class Computation:
     def layer_groups(self, lm: LoadedModel) -> int:
         """How many layer groups this computation's passes take: `layer_groups`, or as few as the
         device's memory allows; refused, with the settings that would fit, when even those do not
-        (`pretrace.device_plan`)."""
+        (`pretrace.device_plan`). A partition of one layer group is one pass over its group."""
         config = self.project.config
         work = workload(config, documents=0, queries=read_queries(config.queries).num_rows)
         chosen = device_plan(config, ModelShape.of_model(lm.model, lm.model.config, config.layers), work)
-        self.log(f"{chosen.headline()}\n{chosen.summary()}")
-        return chosen.groups
+        self.log(f"{chosen.headline()}\n{chosen.summary()}" + (f"\nthis partition: {self.group}" if self.group else ""))
+        return 1 if self.group is not None else chosen.groups
+
+    def group_model(self, lm: LoadedModel) -> LoadedModel:
+        """The model restricted to this partition's layer group (all of it when not per group)."""
+        if self.group is None:
+            return lm
+        groups = split_layers(lm.layer_shapes(), self.project.config.layer_groups)
+        return lm.restricted(groups[group_index(self.group)])
 
     def projection(self, lm: LoadedModel, factors: Factors | None = None) -> KroneckerProjection | None:
         """The projection of stored document gradients; a whitened one is built from the

@@ -104,8 +104,13 @@ DESCRIPTIONS = {
     "device": "'auto' (a GPU when present), 'cpu' or 'cuda'.",
     "dtype": "Model compute dtype: 'float32', 'bfloat16' or 'float16' (sums stay in float32).",
     "layer_groups": "Fit and score the tracked layers in this many groups, one pass over the data each, so only one "
-                    "group's factors are on the device at once (same results); unset = as few as the device's "
-                    "memory allows (`pretrace plan`).",
+                    "group's factors are on the device at once (same results); more than one also partitions the "
+                    "EK-FAC fitting assets by group, a run (a pod) per shard and group; unset = as few as the "
+                    "device's memory allows, inside each run (`pretrace plan`).",
+    "factor_block_size": "Keep only the diagonal blocks (at most this wide) of each layer's activation and gradient "
+                         "covariances wider than this, and eigendecompose them a block at a time: Grosse et al.'s "
+                         "within-layer block-diagonal approximation, for layers too wide to decompose whole; unset = "
+                         "whole (exact K-FAC eigenbases).",
     "device_memory_gb": "Device memory a run must fit, in GB; unset = what the GPU reports (no limit on a CPU).",
     "trust_remote_code": "Run the checkpoint's own Python code (only for checkpoints you trust).",
     "allow_pickle": "Load a checkpoint whose weights are only pickles (.bin), which can run code: trusted files only.",
@@ -149,6 +154,7 @@ class PretraceConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     layer_groups: StrictInt | None = Field(default=None, gt=0)
+    factor_block_size: StrictInt | None = Field(default=None, gt=0)
     device_memory_gb: float | None = None
     trust_remote_code: bool = False
     allow_pickle: bool = False

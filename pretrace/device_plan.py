@@ -63,6 +63,7 @@ def workload(config: PretraceConfig, *, documents: int, queries: int, query_leng
         batch_size=config.batch_size, max_length=config.max_length, dtype=config.dtype, documents=documents,
         queries=queries, query_length=query_length or config.max_length, projection=config.projection,
         query_rank=config.query_rank, layer_groups=config.layer_groups or 1, device=device,
+        factor_block_size=config.factor_block_size,
     )
 
 
@@ -79,7 +80,8 @@ def device_plan(config: PretraceConfig, shape: ModelShape, work: Workload) -> De
     raise InputError(
         f"the run needs {asked.peak.device / GB:.3g} GB of device memory at its peak ({asked.peak.name}) but the "
         f"device has {budget / GB:.3g} GB; set {suggestion(work, fitted)} in pretrace.yaml (layer groups give the "
-        f"same results in more passes; a smaller batch_size recomputes the gradients)\n{asked.table()}")
+        f"same results in more passes, the EK-FAC sums refitted a group at a time; a smaller batch_size recomputes "
+        f"the gradients)\n{asked.table()}")
 
 
 

@@ -19,7 +19,7 @@ from .batching import TokenBatch
 from .capture import Captured, Labels, capture, check_finite, float32_matmul
 from .config import Damping
 from .errors import InputError
-from .layer_groups import by_layer_group, join_layers
+from .layer_groups import by_layer_group, join_layers, join_mappings
 from .model import LoadedModel
 from .serialization import pack, unpack
 
@@ -103,28 +103,45 @@ class CovarianceState:
         )
 
 
+def diagonal_blocks(size: int, block_size: int | None) -> list[slice]:
+    """One side of a layer's Kronecker factors as contiguous diagonal blocks: the whole side, or
+    with ``block_size`` the fewest blocks of at most that size, of about equal sizes."""
+    if block_size is None or size <= block_size:
+        return [slice(0, size)]
+    count = -(-size // block_size)
+    bounds = [size * i // count for i in range(count + 1)]
+    return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
+
+
+def _accumulate(total: torch.Tensor, x: torch.Tensor, block_size: int | None, what: str, name: str) -> None:
+    """Add x^T x (float32 products) into the float64 ``total``: all of it, or only its diagonal
+    blocks (Grosse et al.'s within-layer block-diagonal approximation), the rest left zero."""
+    for block in diagonal_blocks(x.shape[1], block_size):
+        part = float32_matmul(x[:, block].T, x[:, block])
+        check_finite(part, what, name)
+        total[block, block] += part
+
+
 def fit_covariances(
     lm: LoadedModel,
     batches: Iterable[TokenBatch],
     fisher: str = "sampled",
     seed: int = 0,
     progress: Progress | None = None,
+    block_size: int | None = None,
 ) -> CovarianceState:
     """First EK-FAC pass: A and S summed in float64 over every real token, on the model's device
     (a batch's float32 products are added into float64 sums there, so nothing crosses to the
-    host per batch); the sums come back to the host."""
+    host per batch); the sums come back to the host. With ``block_size``, a side wider than it
+    keeps only its diagonal blocks (`diagonal_blocks`): a layer too wide to eigendecompose whole
+    is decomposed a block at a time."""
     A = {layer.name: _zeros(layer.d_in, layer.d_in, lm.device) for layer in lm.layers}
     S = {layer.name: _zeros(layer.d_out, layer.d_out, lm.device) for layer in lm.layers}
     n_tokens = n_examples = 0
     for batch, cap in _fitting_passes(lm, batches, fisher, seed, progress):
         for name in A:
-            a = cap.a[name].flatten(0, 1)
-            g = cap.g[name].flatten(0, 1)
-            batch_A, batch_S = float32_matmul(a.T, a), float32_matmul(g.T, g)
-            check_finite(batch_A, "activation covariance", name)
-            check_finite(batch_S, "gradient covariance", name)
-            A[name] += batch_A
-            S[name] += batch_S
+            _accumulate(A[name], cap.a[name].flatten(0, 1), block_size, "activation covariance", name)
+            _accumulate(S[name], cap.g[name].flatten(0, 1), block_size, "gradient covariance", name)
         n_tokens += batch.n_tokens
         n_examples += batch.size
     return CovarianceState(_to_host(A), _to_host(S), n_tokens, n_examples)
@@ -155,23 +172,33 @@ class Eigenbasis:
         return pack(tensors, "eigenbasis", layers=list(self.QA))
 
     @classmethod
+    def join(cls, groups: Sequence["Eigenbasis"]) -> "Eigenbasis":
+        """The eigenbasis of every layer from those of disjoint layer groups."""
+        return join_mappings(cls, groups)
+
+    @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> "Eigenbasis":
         layers = unpack(metadata, "eigenbasis")["layers"]
         return cls(*({k: tensors[f"{k}::{part}"] for k in layers} for part in ("QA", "QS", "eigvals_A", "eigvals_S")))
 
 
-def eigenbasis(cov: CovarianceState, device: torch.device | str = "cpu") -> Eigenbasis:
-    """Eigendecompose the token-averaged covariances in float64 on ``device``, one matrix at a
-    time (a GPU's float64 eigensolver is far faster than the host's for d in the thousands)."""
+def eigenbasis(cov: CovarianceState, device: torch.device | str = "cpu", block_size: int | None = None) -> Eigenbasis:
+    """Eigendecompose the token-averaged covariances in float64 on ``device``, one matrix (with
+    ``block_size``: one diagonal block, `fit_covariances`) at a time (a GPU's float64
+    eigensolver is far faster than the host's for d in the thousands). A block-diagonal side
+    has a block-diagonal eigenbasis, stored whole so every use of the factors is unchanged."""
     if cov.n_tokens == 0:
         raise InputError("no tokens were seen while fitting covariances: the fitting data is empty")
     QA, QS, eA, eS = {}, {}, {}, {}
     for name in cov.A:
         for source, Q, e in ((cov.A[name], QA, eA), (cov.S[name], QS, eS)):
-            matrix = source.to(device, torch.float64) / cov.n_tokens
-            check_finite(matrix, "covariance", name)
-            values, vectors = torch.linalg.eigh(0.5 * (matrix + matrix.T))
-            Q[name], e[name] = vectors.float().cpu(), values.float().cpu()
+            size = source.shape[0]
+            Q[name], e[name] = torch.zeros(size, size), torch.zeros(size)
+            for block in diagonal_blocks(size, block_size):
+                matrix = source[block, block].to(device, torch.float64) / cov.n_tokens
+                check_finite(matrix, "covariance", name)
+                values, vectors = torch.linalg.eigh(0.5 * (matrix + matrix.T))
+                Q[name][block, block], e[name][block] = vectors.float().cpu(), values.float().cpu()
     return Eigenbasis(QA, QS, eA, eS)
 
 
@@ -250,7 +277,7 @@ class Factors:
     @classmethod
     def join(cls, groups: Sequence["Factors"]) -> "Factors":
         """The factors of every layer from those of disjoint layer groups."""
-        return cls(*(join_layers([getattr(g, part) for g in groups]) for part in ("QA", "QS", "lambdas", "damping")))
+        return join_mappings(cls, groups)
 
     def restricted(self, names: Sequence[str]) -> "Factors":
         """The factors of ``names`` alone (a layer group), so only those visit the device."""
@@ -298,13 +325,15 @@ def fit_factors(
     seed: int = 0,
     progress: Progress | None = None,
     groups: int = 1,
+    block_size: int | None = None,
 ) -> Factors:
     """All passes in one call, for notebooks; `batches` is called once per pass. With
     ``groups`` > 1 the tracked layers are fitted a group at a time (`pretrace.layer_groups`):
-    the same factors, with only one group's state on the device at once."""
+    the same factors, with only one group's state on the device at once; ``block_size``:
+    `fit_covariances`."""
     def fit_group(group: LoadedModel) -> Factors:
-        cov = fit_covariances(group, batches(), fisher, seed, progress)
-        basis = eigenbasis(cov, group.device)
+        cov = fit_covariances(group, batches(), fisher, seed, progress, block_size)
+        basis = eigenbasis(cov, group.device, block_size)
         return make_factors(basis, fit_lambdas(group, basis, batches(), fisher, seed, progress), damping)
 
     return by_layer_group(lm, groups, fit_group, Factors.join)

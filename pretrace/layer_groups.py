@@ -10,6 +10,7 @@ of about equal factor size, so each group's peak is about the same.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import fields
 from itertools import accumulate
 from typing import TypeVar
 
@@ -49,6 +50,12 @@ def join_layers(parts: Sequence[dict]) -> dict:
             raise InputError(f"layer groups overlap in {sorted(overlap)}; each tracked layer belongs to one group")
         joined |= part
     return joined
+
+
+def join_mappings(cls: type[State], groups: Sequence[State]) -> State:
+    """One ``cls`` of every layer from those of disjoint layer groups, for a state whose fields
+    are all {layer: value} mappings (an eigenbasis, factors)."""
+    return cls(*(join_layers([getattr(g, f.name) for g in groups]) for f in fields(cls)))
 
 
 def layer_groups(lm: LoadedModel, groups: int) -> list[LoadedModel]:

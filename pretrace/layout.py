@@ -48,6 +48,24 @@ def label(name: str, shard: str | None = None) -> str:
     return f"{name}[{shard}]" if shard is not None else name
 
 
+GROUP_PREFIX = "group-"
+
+
+def group_keys(layer_groups: int) -> list[str]:
+    """The layer-group partitions of the EK-FAC fitting artefacts: none for one group."""
+    return [f"{GROUP_PREFIX}{i}" for i in range(layer_groups)] if layer_groups > 1 else []
+
+
+def group_index(group: str) -> int:
+    return int(group.removeprefix(GROUP_PREFIX))
+
+
+def partition_key(shard: str | None, group: str | None) -> str | None:
+    """The partition of a (shard, layer group) pair: ``shard/group-i``, ``group-i``, ``shard``
+    or None (shard keys never hold a slash: `pretrace.corpus.shard_key`)."""
+    return "/".join(part for part in (shard, group) if part is not None) or None
+
+
 def parse_label(text: str) -> tuple[str, str | None]:
     """(name, shard) of a `label` (shard keys never hold brackets: `pretrace.corpus.shard_key`)."""
     name, _, shard = text.partition("[")
@@ -73,22 +91,38 @@ class Artefact:
     name: str
     per_shard: bool
     files: dict[str, type | None]
-    """File names under ``<name>/`` (``{shard}`` is replaced per shard) -> the state class stored
-    in a safetensors file (None for tables, JSON and bytes). A name ending in ``/`` is a folder
-    whose files the computation chooses; an artefact with no files listed may write any."""
+    """File names under ``<name>/`` (``{shard}`` is replaced by the partition) -> the state class
+    stored in a safetensors file (None for tables, JSON and bytes). A name ending in ``/`` is a
+    folder whose files the computation chooses; an artefact with no files listed may write any."""
     config: tuple[str, ...]
     inputs: tuple[Input, ...]
     code_version: str
     description: str
+    per_group: bool = False
+    """Partitioned by layer group too (the EK-FAC fitting chain when `layer_groups` > 1): a
+    partition is ``shard/group-i`` (``group-i`` for an artefact not per shard)."""
+
+    @property
+    def partitioned(self) -> bool:
+        return self.per_shard or self.per_group
+
+    def split(self, partition: str | None) -> tuple[str | None, str | None]:
+        """(shard, layer group) of one of this artefact's partitions."""
+        if not self.per_group:
+            return partition, None
+        if not self.per_shard:
+            return None, partition
+        shard, _, group = partition.rpartition("/")
+        return shard, group
 
     def key(self, file: str, shard: str | None = None) -> str:
         return f"{self.name}/{file.format(shard=shard)}"
 
     def manifest_key(self, shard: str | None = None) -> str:
-        return f"{self.name}/{shard}.manifest.json" if self.per_shard else f"{self.name}/manifest.json"
+        return f"{self.name}/{shard}.manifest.json" if shard is not None else f"{self.name}/manifest.json"
 
     def label(self, shard: str | None = None) -> str:
-        return label(self.name, shard if self.per_shard else None)
+        return label(self.name, shard if self.partitioned else None)
 
 
 SOURCES = ("corpus_file", "checkpoint", "query_file")
@@ -111,11 +145,11 @@ CORPUS_SHARDS = Artefact(
     (Input("corpus_file", "shard"), Input("model")), "2",
     "tokenized documents of one corpus file, long ones split into chunks")
 COVARIANCES = Artefact(
-    "ekfac_covariances", True, {"{shard}.safetensors": CovarianceState}, _TRACKED,
+    "ekfac_covariances", True, {"{shard}.safetensors": CovarianceState}, (*_TRACKED, "factor_block_size"),
     (Input("corpus_shards", "shard"), Input("model")), "1",
     "sums of a aᵀ and g gᵀ per tracked layer over one fit shard")
 EIGENBASIS = Artefact(
-    "ekfac_eigenbasis", False, {"eigenbasis.safetensors": Eigenbasis}, (),
+    "ekfac_eigenbasis", False, {"eigenbasis.safetensors": Eigenbasis}, ("factor_block_size",),
     (Input("ekfac_covariances", "fit_shards"),), "1",
     "eigenvectors of the summed covariances")
 LAMBDAS = Artefact(
@@ -193,12 +227,23 @@ def _with_factors(artefact: Artefact) -> Artefact:
     return replace(artefact, inputs=(*artefact.inputs, Input("ekfac_factors")))
 
 
+def _per_group(artefact: Artefact) -> Artefact:
+    """``artefact`` partitioned by layer group: which layers a group holds depends on how many
+    groups there are, so the count is among its settings."""
+    files = artefact.files if artefact.per_shard else {"{shard}.safetensors": next(iter(artefact.files.values()))}
+    return replace(artefact, per_group=True, files=files, config=(*artefact.config, "layer_groups"))
+
+
 def artefacts(demo: bool = False, compared: tuple[str, ...] = (), projects_with_factors: bool = False,
-              ) -> dict[str, Artefact]:
+              layer_groups: int = 1) -> dict[str, Artefact]:
     """The artefacts of a project in dependency order; the demo trains its own model; compared
     models add their comparison, which the report reads; a whitened projection
-    (`PretraceConfig.projects_with_factors`) makes what projects documents read the factors."""
+    (`PretraceConfig.projects_with_factors`) makes what projects documents read the factors;
+    more than one layer group partitions the EK-FAC fitting chain by group."""
     report = INFLUENCE_REPORT
+    fitting = [COVARIANCES, EIGENBASIS, LAMBDAS]
+    if layer_groups > 1:
+        fitting = [_per_group(a) for a in fitting]
     documents, evaluation = DOCUMENT_GRADIENTS, ATTRIBUTION_EVAL
     if projects_with_factors:
         documents, evaluation = _with_factors(DOCUMENT_GRADIENTS), _with_factors(ATTRIBUTION_EVAL)
@@ -206,7 +251,7 @@ def artefacts(demo: bool = False, compared: tuple[str, ...] = (), projects_with_
     if compared:
         extra = [model_comparison(compared)]
         report = replace(INFLUENCE_REPORT, inputs=(*INFLUENCE_REPORT.inputs, Input("model_comparison")))
-    table = [DEMO_MODEL if demo else USER_MODEL, CORPUS_SHARDS, COVARIANCES, EIGENBASIS, LAMBDAS, FACTORS,
+    table = [DEMO_MODEL if demo else USER_MODEL, CORPUS_SHARDS, *fitting, FACTORS,
              QUERIES, COMPLETIONS, QUERY_GRADIENTS, documents, INFLUENCE_SCORES, RERANKED_SCORES, evaluation, *extra, report]
     return {a.name: a for a in table}
 
@@ -381,8 +426,9 @@ class ArtefactReader:
 def invalidation_table(demo: bool = False) -> str:
     """The README's table: which setting and which input each artefact records, so a change
     recomputes it (and then whatever its new bytes feed)."""
-    # with a compared model (model_comparison too) and a whitened projection (what reads the factors)
-    table = artefacts(demo, compared=("<name>",), projects_with_factors=True)
+    # with a compared model (model_comparison too), a whitened projection (what reads the factors)
+    # and layer groups (the fitting artefacts partitioned by group record how many)
+    table = artefacts(demo, compared=("<name>",), projects_with_factors=True, layer_groups=2)
     keys = sorted({k for a in table.values() for k in a.config})
     rows = ["| setting | recorded by (recomputed when it changes) |", "|---|---|"]
     for key in keys:

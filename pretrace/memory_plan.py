@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from .ekfac import diagonal_blocks
 from .errors import InputError
 from .layer_groups import factor_floats, split_layers
 from .low_rank import CHUNK_NUMBERS
@@ -90,6 +91,7 @@ class Workload:
     query_rank: int | None = None
     layer_groups: int = 1
     device: str = "cuda"  # on "cpu" the results a step gathers sit in the same memory
+    factor_block_size: int | None = None
 
 
 def activation_bytes(shape: ModelShape, tokens: int, itemsize: int) -> int:
@@ -213,16 +215,21 @@ class _Sizes:
             return sum(self.stored(o, i) for o, i in layers)
         return sum(rank * ((self.k_out or o) + (self.k_in or i)) for o, i in layers)
 
+    def block(self, layers: list[tuple[int, int]]) -> int:
+        """The widest diagonal block of these layers' factors (`factor_block_size`)."""
+        sides = [side for shape in layers for side in shape]
+        return max(b.stop - b.start for side in sides for b in diagonal_blocks(side, self.work.factor_block_size))
+
     def covariances(self) -> Step:
         g, all_cov = self.heaviest(_covariance), sum(_covariance(*s) for s in self.all)
         return Step("covariances", self.forward(self.doc_tokens, g) | {
             "float64 sums": 8 * sum(_covariance(*s) for s in g),
-            # a layer's two float32 products, and the float64 copy the in-place sum makes of the larger
-            "batch products": max(4 * _covariance(*s) + 8 * max(s) ** 2 for s in g),
+            # one diagonal block's float32 product at a time, and the float64 copy the in-place sum makes of it
+            "batch products": 12 * self.block(g) ** 2,
         }, host=8 * all_cov, disk=8 * all_cov)
 
     def eigenbasis(self) -> Step:
-        square, all_cov = max(max(s) for s in self.all), sum(_covariance(*s) for s in self.all)
+        square, all_cov = self.block(self.all), sum(_covariance(*s) for s in self.all)
         return Step("eigenbasis", {"float64 matrix, copy, vectors, solver work": 8 * 8 * square * square},
                     host=8 * all_cov + 4 * all_cov, disk=4 * (all_cov + sum(o + i for o, i in self.all)))
 

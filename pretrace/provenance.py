@@ -24,7 +24,7 @@ from .config import PretraceConfig
 from .corpus import CorpusFile, CorpusListing, list_corpus_files, shard_key
 from .errors import InputError
 from .fingerprint import DigestCache, file_fingerprint, shared_cache, tree_fingerprint
-from .layout import SOURCES, Artefact, ArtefactStore, Input, Manifest, artefacts
+from .layout import SOURCES, Artefact, ArtefactStore, Input, Manifest, artefacts, group_keys, partition_key
 from .storage import Storage, open_fs
 
 State = Literal["current", "missing", "stale", "waiting"]
@@ -67,7 +67,9 @@ class Project:
         self._main, self.name = compared_by or (None, None)
         self.storage = Storage(config.storage)
         self.store = ArtefactStore(self.storage)
-        self.graph = artefacts(demo, tuple(config.compare_models), config.projects_with_factors)
+        self.graph = artefacts(demo, tuple(config.compare_models), config.projects_with_factors,
+                               config.layer_groups or 1)
+        self.groups = group_keys(config.layer_groups or 1)
         self._settings = config.result_settings()
         self._fitted = {i.name for a in self.graph.values() for i in a.inputs if i.scope == "fit_shards"}
         self.digests = digests or shared_cache()
@@ -121,10 +123,11 @@ class Project:
         return sorted(self.config.fit_shards)
 
     def partitions(self, artefact: Artefact) -> list[str | None]:
-        """The partitions an artefact should have: every shard, the fit shards, or the one."""
-        if not artefact.per_shard:
-            return [None]
-        return list(self.fit_shards if artefact.name in self._fitted else self.shards)
+        """The partitions an artefact should have: every shard, the fit shards, or the one; each
+        of them once per layer group when the artefact is partitioned by group."""
+        shards = (self.fit_shards if artefact.name in self._fitted else self.shards) if artefact.per_shard else [None]
+        groups = self.groups if artefact.per_group else [None]
+        return [partition_key(shard, group) for shard in shards for group in groups]
 
     # ----------------------------------------------------------------------- inputs
     def source(self, name: str, shard: str | None = None) -> str:
@@ -203,15 +206,24 @@ class Project:
         """The manifest basis the artefact would have if computed now (raises while waiting)."""
         inputs: dict[str, str] = {}
         for source in artefact.inputs:
-            for s in self._scope(source, shard):
+            for s in self._scope(source, shard, artefact):
                 if source.name not in SOURCES:  # a compared model's artefact is keyed `<model>/<name>`
                     upstream = source.name if source.model is None else f"{source.model}/{source.name}"
                     self._dependents.setdefault((upstream, s), set()).add((artefact.name, shard))
                 inputs[source.label(s)] = self.compared(source.model)._fingerprint(source.name, s)
         return Manifest(artefact.name, shard, artefact.code_version, _pick(artefact, self._settings), inputs)
 
-    def _scope(self, source: Input, shard: str | None) -> list[str | None]:
-        return {"shard": [shard], "one": [None], "fit_shards": self.fit_shards, "all_shards": self.shards}[source.scope]
+    def _scope(self, source: Input, partition: str | None, artefact: Artefact) -> list[str | None]:
+        """The partitions of ``source`` that ``artefact``'s ``partition`` reads: by the input's
+        scope over shards, and by layer group when the source is partitioned by group (the same
+        group, or every group for an artefact that is not)."""
+        shard, group = artefact.split(partition)
+        shards = {"shard": [shard], "one": [None], "fit_shards": self.fit_shards, "all_shards": self.shards}[source.scope]
+        upstream = self.compared(source.model).graph.get(source.name)
+        if upstream is None or not upstream.per_group:
+            return shards
+        groups = [group] if group is not None else self.compared(source.model).groups
+        return [partition_key(s, g) for s in shards for g in groups]
 
     def _fingerprint(self, name: str, shard: str | None) -> str:
         if name in SOURCES:
@@ -250,18 +262,18 @@ class Project:
         """The status of every artefact partition the project should have, in dependency order."""
         return [(a, s, self.status(a, s)) for a in self.graph.values() for s in self.partitions(a)]
 
-    def orphans(self) -> list[tuple[Artefact, str]]:
-        """Stored per-shard artefacts of shards the project no longer has (removed or renamed
-        corpus files, shards dropped from `fit_shards`): reported, and removed by `pretrace clean`."""
+    def orphans(self) -> list[tuple[Artefact, str | None]]:
+        """Stored partitions the project no longer has (removed or renamed corpus files, shards
+        dropped from `fit_shards`, fitting artefacts of another number of `layer_groups`):
+        reported, and removed by `pretrace clean`."""
         found = []
         for artefact in self.graph.values():
-            if not artefact.per_shard:
-                continue
             wanted = set(self.partitions(artefact))
             for key in self._listing(artefact.name):
                 name = key[len(artefact.name) + 1:]
-                if name.endswith(".manifest.json") and name[: -len(".manifest.json")] not in wanted:
-                    found.append((artefact, name[: -len(".manifest.json")]))
+                partition = None if name == "manifest.json" else name.removesuffix(".manifest.json")
+                if name.endswith("manifest.json") and partition != name and partition not in wanted:
+                    found.append((artefact, partition))
         return found
 
 

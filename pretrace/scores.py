@@ -10,6 +10,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from .capture import Captured
 from .documents import DocumentGradients, iter_captures, layer_gradients, layer_tokens
 from .errors import InputError
 from .layer_groups import layer_groups
@@ -56,6 +57,21 @@ def score_matrix(queries: QueryGradients, documents: DocumentGradients) -> torch
     return total
 
 
+LayerScorer = Callable[[Captured], torch.Tensor]
+
+
+def _layer_scorers(queries: QueryGradients, names: Sequence[str], device: torch.device,
+                   projection: KroneckerProjection | None) -> list[LayerScorer]:
+    """Per layer, the (Q, B) scores of one batch's captures, with the layer's query gradients
+    moved to ``device`` once: dense products with the flat query gradients, or with rank-r ones
+    the factored per-token products (`captured_inner_products`)."""
+    if queries.rank is None:
+        flat = _flat_queries(queries, device, names)
+        return [lambda cap, n=n: flat[n] @ layer_gradients(cap, n, projection).flatten(1).to(flat[n]).T for n in names]
+    factored = {n: (queries.left[n].to(device, torch.float32), queries.right[n].to(device, torch.float32)) for n in names}
+    return [lambda cap, n=n: captured_inner_products(factored[n], *layer_tokens(cap, n, projection)) for n in names]
+
+
 def stream_scores(
     lm: LoadedModel,
     queries: QueryGradients,
@@ -79,19 +95,11 @@ def stream_scores(
     scores = torch.zeros(len(queries.ids), len(sequences), dtype=torch.float32)
     proj = projection.to(lm.device, lm.accumulate_dtype) if projection is not None else None
     for group in layer_groups(lm, groups):
-        names = [layer.name for layer in group.layers]
-        if queries.rank is None:
-            flat = _flat_queries(queries, lm.device, names)
-        else:
-            factored = {n: (queries.left[n].to(lm.device, torch.float32), queries.right[n].to(lm.device, torch.float32))
-                        for n in names}
+        scorers = _layer_scorers(queries, [layer.name for layer in group.layers], lm.device, proj)
         for index, cap in iter_captures(group, sequences, batch_size=batch_size, progress=progress):
             block = torch.zeros(len(queries.ids), len(index), dtype=torch.float32, device=lm.device)
-            for name in names:
-                if queries.rank is None:
-                    block += flat[name] @ layer_gradients(cap, name, proj).flatten(1).to(flat[name]).T
-                else:
-                    block += captured_inner_products(factored[name], *layer_tokens(cap, name, proj))
+            for score in scorers:
+                block += score(cap)
             scores[:, index.start : index.stop] += block.cpu()
     return scores
 

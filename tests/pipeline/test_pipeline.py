@@ -10,6 +10,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from assets.partitions import to_pretrace
+from dagster._core.definitions.partitions.context import partition_loading_context
 from pipeline.definitions import build_definitions
 from pipeline.runner import asset_order, executable
 from pretrace.batching import batches
@@ -33,7 +35,8 @@ SOURCES = {"corpus_files", "checkpoint", "query_file"}
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
-    # three layer groups: every pass a group at a time, checked below against the core library ungrouped
+    # three layer groups: the fitting passes a partition per (shard, group), every other pass a group
+    # at a time, checked below against the core library ungrouped
     config = load_config(make_project(root, fit_shards=["part-a.jsonl", "part-b.jsonl"], layer_groups=3))
     ran = run_pipeline(config)
     return config, ran
@@ -59,6 +62,32 @@ def test_definitions_load_and_mirror_the_artefact_table(tmp_path, projection):
     assert (order.index("ekfac_factors") < order.index("document_gradients")) == (projection is not None)
 
 
+def test_layer_groups_partition_the_fitting_assets_as_the_artefact_table_does(tmp_path):
+    """Dagster's partitions of every asset are the project's (in pretrace's names), and each
+    group's eigenbasis reads that group's covariances of every fit shard, each lambdas partition
+    its group's eigenbasis: the dependencies the UI, backfills and pods follow."""
+    config = load_config(make_project(tmp_path, layer_groups=2))
+    defs = build_definitions(config)
+    dg.Definitions.validate_loadable(defs)
+    project, instance = Project(config), dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("shard", project.shards)
+    graph = defs.resolve_asset_graph()
+    with partition_loading_context(dynamic_partitions_store=instance):
+        for spec in defs.resolve_all_asset_specs():
+            if spec.key.to_user_string() not in project.graph:
+                continue
+            partitions = spec.partitions_def
+            keys = [to_pretrace(partitions, k) for k in partitions.get_partition_keys()] if partitions else [None]
+            assert sorted(keys, key=str) == sorted(project.partitions(project.graph[spec.key.to_user_string()]), key=str)
+        parents = lambda child, partition, parent: set(graph.get_parent_partition_keys_for_child(  # noqa: E731
+            partition, dg.AssetKey(parent), dg.AssetKey(child)).partitions_subset.get_partition_keys())
+        assert parents("ekfac_eigenbasis", "group-1", "ekfac_covariances") == {f"group-1|{s}" for s in project.shards}
+        lambdas = dg.MultiPartitionKey({"shard": project.shards[0], "group": "group-0"})
+        assert parents("ekfac_lambdas", lambdas, "ekfac_eigenbasis") == {"group-0"}
+        assert parents("ekfac_lambdas", lambdas, "corpus_shards") == {project.shards[0]}
+    assert {s.key.to_user_string(): s.partitions_def for s in defs.resolve_all_asset_specs()}["ekfac_factors"] is None
+
+
 def test_code_versions_carry_the_settings_each_asset_depends_on(tmp_path):
     config = load_config(make_project(tmp_path))
     versions = lambda c: {s.key.to_user_string(): s.code_version for s in build_definitions(c).resolve_all_asset_specs()}  # noqa: E731
@@ -70,6 +99,8 @@ def test_every_asset_materializes_and_scores_equal_the_core_library(project):
     config, ran = project
     shards = ["part-a.jsonl", "part-b.jsonl"]
     assert {r.split("[")[0] for r in ran} == set(ALL_ASSETS)
+    assert [r for r in ran if r.startswith("ekfac_eigenbasis")] == [f"ekfac_eigenbasis[group-{g}]" for g in range(3)]
+    assert sum(r.startswith("ekfac_lambdas") for r in ran) == len(shards) * 3
     # The same computation with the core library alone, no Dagster.
     lm = load_model(config.model, device="cpu")
     per_shard = {s: tokenize_documents(read_records(f"{config.corpus}/{s}"), lm.tokenizer, config.max_length) for s in shards}

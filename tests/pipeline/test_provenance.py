@@ -64,8 +64,17 @@ INVALIDATION = {
     "trust_remote_code": (True, each("model")),  # validated again; its description is unchanged
     "fit_shards": ([A], AFTER_FACTORS | each("ekfac_eigenbasis") | {f"ekfac_lambdas[{A}]"}),
     "device": ("auto", set()),  # resolves to the CPU here: nothing changes
-    "layer_groups": (2, set()),  # the same bytes a layer group at a time
+    # the fitting artefacts partitioned by layer group: refitted, and the factors they join the same bytes
+    "layer_groups": (2, {f"{n}[{s}/group-{g}]" for n in ("ekfac_covariances", "ekfac_lambdas") for s in (A, B)
+                         for g in (0, 1)} | {f"ekfac_eigenbasis[group-{g}]" for g in (0, 1)} | each("ekfac_factors")),
+    "factor_block_size": (16, EKFAC_ON),  # block-diagonal covariances: another eigenbasis
     "device_memory_gb": (64, set()),  # a limit the plan checks; nothing computed depends on it
+}
+
+
+ORPHANED = {  # stored partitions a changed setting leaves behind
+    "fit_shards": {f"ekfac_covariances[{B}]", f"ekfac_lambdas[{B}]"},  # no longer a fit shard
+    "layer_groups": {f"{n}[{s}]" for n in ("ekfac_covariances", "ekfac_lambdas") for s in (A, B)} | {"ekfac_eigenbasis"},
 }
 
 
@@ -95,11 +104,12 @@ def test_a_changed_setting_recomputes_exactly_what_it_invalidates(key, finished,
     ran = run_pipeline(config)
     assert set(ran) == expected, f"{key}: ran {sorted(set(ran))}"
     assert len(ran) == len(set(ran)), "an artefact was computed twice"
-    # Shards dropped from fit_shards keep their EK-FAC sums until `pretrace clean`.
-    orphans = {a.label(s) for a, s in Project(config).orphans()}
-    assert orphans == ({f"ekfac_covariances[{B}]", f"ekfac_lambdas[{B}]"} if key == "fit_shards" else set())
-    kept = {k: v for k, v in snapshot(project / "data").items() if not k.startswith(("ekfac_covariances/part-b", "ekfac_lambdas/part-b")) or not orphans}
-    assert kept == clean_run_snapshot(config, tmp_path)
+    # What the change left behind is kept until `pretrace clean`, which then leaves a clean run's bytes.
+    orphans = Project(config).orphans()
+    assert {a.label(s) for a, s in orphans} == ORPHANED.get(key, set())
+    for artefact, partition in orphans:
+        Project(config).store.delete(artefact, partition)
+    assert snapshot(project / "data") == clean_run_snapshot(config, tmp_path)
     assert run_pipeline(config) == []  # and then everything is current
 
 

@@ -154,27 +154,23 @@ def materialize(defs, instance, requested) -> None:
                        resources=defs.resources, run_config=logging_config())
 
 
-def settle(defs, instance):
-    """Tick and materialize what each tick requests until nothing is: the cursor then."""
-    cursor = None
+def settle(defs, instance, cursor=None):
+    """Tick and materialize what each tick requests until nothing is: (the cursor then, every
+    request in order, the number of ticks that requested something)."""
+    seen, ticks = [], 0
     while True:
         cursor, requested = evaluate(defs, instance, cursor)
         if not requested:
-            return cursor
+            return cursor, seen, ticks
+        seen += sorted(requested, key=str)
         materialize(defs, instance, requested)
+        ticks += 1
 
 
 def test_automation_brings_a_new_project_to_the_clean_state_requesting_each_partition_once(setup, tmp_path):
     config, defs, instance = setup
     tick(defs, instance)  # the sensor registers the shards
-    cursor, seen, ticks = None, [], 0
-    while True:
-        cursor, requested = evaluate(defs, instance, cursor)
-        if not requested:
-            break
-        seen += requested
-        materialize(defs, instance, requested)
-        ticks += 1
+    cursor, seen, ticks = settle(defs, instance)
     assert len(seen) == len(set(seen)) == 19  # every artefact partition, once
     assert [r for r in seen if r[0] == "influence_report"] == [("influence_report", None)]
     assert ticks == 10  # stage by stage (the graph's depth): each waits for its inputs to be current
@@ -183,15 +179,24 @@ def test_automation_brings_a_new_project_to_the_clean_state_requesting_each_part
     # A new corpus file: its shard flows through, and the report is rebuilt once, at the end.
     write_corpus_file(Path(config.corpus) / "part-c.jsonl", 6, 3, "c")
     tick(defs, instance)
-    requested_all = []
-    while True:
-        cursor, requested = evaluate(defs, instance, cursor)
-        if not requested:
-            break
-        requested_all += sorted(requested, key=str)
-        materialize(defs, instance, requested)
+    _, requested_all, _ = settle(defs, instance, cursor)
     assert ("influence_report", None) in requested_all and requested_all[-1] == ("influence_report", None)
     assert ("corpus_shards", "part-c.jsonl") in requested_all
+
+
+def test_automation_fans_the_fitting_out_by_shard_and_layer_group(tmp_path):
+    """With two layer groups, each (shard, group) of the two fitting passes and each group's
+    eigenbasis is a partition of its own, requested once, as Dagster names it."""
+    config = load_config(make_project(tmp_path, layer_groups=2))
+    defs, instance = build_definitions(config), dg.DagsterInstance.ephemeral()
+    tick(defs, instance)
+    _, seen, _ = settle(defs, instance)
+    groups = ("group-0", "group-1")
+    assert {(n, str(p)) for n, p in seen if n in ("ekfac_covariances", "ekfac_eigenbasis", "ekfac_lambdas")} == {
+        *((n, f"{g}|{s}") for n in ("ekfac_covariances", "ekfac_lambdas") for s in (A, B) for g in groups),
+        *(("ekfac_eigenbasis", g) for g in groups)}
+    assert len(seen) == len(set(seen)) == 19 + 2 * 2 + 1  # two more partitions per pass, one more eigenbasis
+    assert snapshot(Path(config.storage)) == clean_run_snapshot(config, tmp_path)
 
 
 def test_automation_does_not_retry_a_failed_state_but_retries_a_changed_one(setup):
@@ -212,7 +217,7 @@ def test_automation_does_not_retry_a_failed_state_but_retries_a_changed_one(setu
 def test_automation_recomputes_what_a_wiped_storage_root_lost(setup, tmp_path):
     config, defs, instance = setup
     tick(defs, instance)
-    cursor = settle(defs, instance)
+    cursor, _, _ = settle(defs, instance)
     shutil.rmtree(config.storage)
     cursor, requested = evaluate(defs, instance, cursor)
     assert requested == {("model", None), ("queries", None)}  # the roots first, whatever the instance remembers
@@ -232,7 +237,7 @@ def test_automation_leaves_a_partition_alone_while_a_run_computes_it(setup, asse
     run; once the run has ended without a manifest, the partition is requested."""
     config, defs, instance = setup
     tick(defs, instance)
-    cursor = settle(defs, instance)
+    cursor, _, _ = settle(defs, instance)
     job = defs.resolve_implicit_global_asset_job_def()
     run = instance.create_run_for_job(job, asset_selection=frozenset({dg.AssetKey(asset)}),
                                       tags={"dagster/partition": partition} if partition else None,

@@ -57,6 +57,24 @@ def test_each_step_is_planned_within_a_fifth_of_what_it_allocates():
         assert abs(expected - peak) <= 0.2 * peak, (name, expected, peak)
 
 
+def test_block_diagonal_covariances_are_planned_and_shrink_the_eigendecomposition_to_a_block():
+    torch.manual_seed(0)
+    lm = wrap_model(LlamaForCausalLM(CONFIG).eval(), layers=["mlp"], device="cpu")
+    B, T = 4, 32
+    docs = [torch.randint(3, 256, (T,), generator=torch.Generator().manual_seed(i)).tolist() for i in range(2 * B)]
+    data = lambda: (b for _, b in batches(docs, B, 0))  # noqa: E731
+    shape = ModelShape.of_config(CONFIG, ["mlp"])
+    work = Workload(batch_size=B, max_length=T, documents=len(docs), device="cpu", factor_block_size=64)
+    fit_covariances(lm, data(), block_size=64)
+    with PeakAllocations() as m:
+        fit_covariances(lm, data(), block_size=64)
+    planned = plan(shape, work).step("covariances").allocated
+    assert abs(planned - m.peak) <= 0.2 * m.peak, (planned, m.peak)
+    # the widest side (352) in blocks of at most 64: the decomposition's matrices are 64 wide, not 352
+    whole = plan(shape, Workload(batch_size=B, max_length=T, device="cpu")).step("eigenbasis").device
+    assert plan(shape, work).step("eigenbasis").device * (352 / 64) ** 2 == pytest.approx(whole)
+
+
 def test_peak_allocations_counts_a_storage_once_and_frees_it():
     with PeakAllocations() as m:
         x = torch.ones(1000)
