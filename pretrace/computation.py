@@ -48,6 +48,7 @@ class Computation:
                            "materialize its inputs first (`pretrace run` does everything in order)")
         self.expected: Manifest = status.expected
         self._readers: dict[tuple[str, str | None, str | None], ArtefactReader] = {}
+        self._groups: int | None = None  # `layer_groups`, planned once
 
     @property
     def label(self) -> str:
@@ -125,11 +126,13 @@ class Computation:
         """How many layer groups this computation's passes take: `layer_groups`, or as few as the
         device's memory allows; refused, with the settings that would fit, when even those do not
         (`pretrace.device_plan`). A partition of one layer group is one pass over its group."""
-        config = self.project.config
-        work = workload(config, documents=0, queries=read_queries(config.queries).num_rows)
-        chosen = device_plan(config, ModelShape.of_model(lm.model, lm.model.config, config.layers), work)
-        self.log(f"{chosen.headline()}\n{chosen.summary()}" + (f"\nthis partition: {self.group}" if self.group else ""))
-        return 1 if self.group is not None else chosen.groups
+        if self._groups is None:
+            config = self.project.config
+            work = workload(config, documents=0, queries=read_queries(config.queries).num_rows)
+            chosen = device_plan(config, ModelShape.of_model(lm.model, lm.model.config, config.layers), work)
+            self.log(f"{chosen.headline()}\n{chosen.summary()}" + (f"\nthis partition: {self.group}" if self.group else ""))
+            self._groups = 1 if self.group is not None else chosen.groups
+        return self._groups
 
     def group_model(self, lm: LoadedModel) -> LoadedModel:
         """The model restricted to this partition's layer group (all of it when not per group)."""

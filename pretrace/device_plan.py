@@ -39,7 +39,10 @@ class DevicePlan:
         return self.work.layer_groups
 
     def headline(self) -> str:
-        return f"layer_groups: {self.groups}" + (" (chosen by the plan)" if self.chosen else "")
+        if self.chosen:
+            return f"layer_groups: {self.groups} (chosen by the plan)"
+        fan_out = " (the EK-FAC fitting partitioned by group: a run per shard and group)" if self.groups > 1 else ""
+        return f"layer_groups: {self.groups}{fan_out}"
 
     def summary(self) -> str:
         fits = "no limit set" if self.budget is None else f"fits the device's {self.budget / GB:.3g} GB"

@@ -10,6 +10,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from assets.common import GPU_POOL
+from assets.k8s import GPU_OP_TAGS
 from assets.partitions import to_pretrace
 from dagster._core.definitions.partitions.context import partition_loading_context
 from pipeline.definitions import build_definitions
@@ -86,6 +88,12 @@ def test_layer_groups_partition_the_fitting_assets_as_the_artefact_table_does(tm
         assert parents("ekfac_lambdas", lambdas, "ekfac_eigenbasis") == {"group-0"}
         assert parents("ekfac_lambdas", lambdas, "corpus_shards") == {project.shards[0]}
     assert {s.key.to_user_string(): s.partitions_def for s in defs.resolve_all_asset_specs()}["ekfac_factors"] is None
+    # each (shard, group) is a run of its own in the GPU pool, its pod requesting a GPU on Kubernetes
+    for name in ("ekfac_covariances", "ekfac_eigenbasis", "ekfac_lambdas"):
+        asset = defs.resolve_assets_def(name)
+        assert asset.op.name == f"{name}_in_2_groups" and asset.op.pool == GPU_POOL
+        assert json.loads(asset.op.tags["dagster-k8s/config"]) == GPU_OP_TAGS["dagster-k8s/config"]
+        assert asset.backfill_policy == dg.BackfillPolicy.multi_run(1)
 
 
 def test_code_versions_carry_the_settings_each_asset_depends_on(tmp_path):

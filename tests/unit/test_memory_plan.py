@@ -107,6 +107,10 @@ def test_the_device_plan_chooses_groups_or_refuses_with_the_setting_that_fits():
     chosen = device_plan(PretraceConfig(**settings), shape, workload(PretraceConfig(**settings), documents=0, queries=8))
     assert chosen.chosen and chosen.groups > 1 and chosen.plan.peak.device <= 80e9
     assert chosen.headline() == f"layer_groups: {chosen.groups} (chosen by the plan)"
+    grouped = PretraceConfig(**settings, layer_groups=chosen.groups)
+    fanned = device_plan(grouped, shape, workload(grouped, documents=0, queries=8))
+    assert fanned.plan.peak.device == chosen.plan.peak.device
+    assert fanned.headline() == f"layer_groups: {chosen.groups} (the EK-FAC fitting partitioned by group: a run per shard and group)"
     fixed = PretraceConfig(**settings, layer_groups=1)
     with pytest.raises(InputError, match=rf"device has 80 GB; set layer_groups: {chosen.groups} in pretrace.yaml"):
         device_plan(fixed, shape, workload(fixed, documents=0, queries=8))
