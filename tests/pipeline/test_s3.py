@@ -67,3 +67,20 @@ def test_a_new_query_then_a_kill_during_influence_scores_on_s3(s3_project, tmp_p
     table = Storage(config.storage).read_parquet(f"influence_scores/{SHARDS[1]}.parquet")
     assert "extra" in set(table.column("query_id").to_pylist())
     assert snapshot(config.storage) == clean_run_snapshot(config, f"{s3_root}/scratch")
+
+
+def test_layer_group_partitions_are_nested_s3_keys_and_a_wiped_prefix_comes_back_the_same(tmp_path, s3_root):
+    config = load_config(make_project(tmp_path, storage=f"{s3_root}/grouped", layer_groups=2))
+    ran = run_pipeline(config)
+    keys = set(Storage(config.storage).list())
+    for group in ("group-0", "group-1"):
+        assert {f"ekfac_eigenbasis/{group}.{s}" for s in ("safetensors", "manifest.json")} <= keys
+        for shard in SHARDS:
+            for asset in ("ekfac_covariances", "ekfac_lambdas"):
+                assert {f"{asset}/{shard}/{group}.{s}" for s in ("safetensors", "manifest.json")} <= keys
+    before = snapshot(config.storage)
+    store = Storage(config.storage)
+    for key in store.list():
+        store.delete(key)
+    assert sorted(run_pipeline(config)) == sorted(ran)
+    assert snapshot(config.storage) == before
