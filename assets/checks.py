@@ -81,7 +81,7 @@ def projection_error_check(context: dg.AssetCheckExecutionContext, pretrace: Pre
         metadata={**{k: v for k, v in accuracy.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
                   "projection": str(accuracy["projection"] or "none"), "query_rank": str(accuracy["query_rank"]),
                   "document_rank": str(accuracy["document_rank"]),
-                  "floor": config.projection_floor})
+                  "stored_dtype": str(accuracy.get("stored_dtype", "float32")), "floor": config.projection_floor})
 
 
 @dg.asset_check(asset="ekfac_factors", description="Damping is positive and finite on every layer.")

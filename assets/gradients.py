@@ -5,6 +5,7 @@ import time
 import dagster as dg
 
 from pretrace.documents import compute_document_gradients
+from pretrace.model import resolve_dtype
 from resources.pretrace import PretraceResource
 
 from .common import GPU_ASSET, RETRY, also_reading, computing, materialized, progress_logger
@@ -35,7 +36,7 @@ def compute_document_gradients_of_shard(context: dg.AssetExecutionContext,
         groups = run.layer_groups(lm)
         grads = compute_document_gradients(
             lm, sequences, doc_ids, projection=run.projection(lm), rank=config.document_rank, batch_size=config.batch_size,
-            groups=groups, progress=progress_logger(context, len(sequences) * groups, f"document gradients of {run.shard}"),
+            groups=groups, dtype=resolve_dtype(config.stored_gradient_dtype), progress=progress_logger(context, len(sequences) * groups, f"document gradients of {run.shard}"),
         )
         manifest = run.commit({"{shard}.safetensors": grads})
     return materialized(run, manifest, started, documents=len(doc_ids), projection=str(config.projection or "none"),

@@ -60,7 +60,7 @@ def influence_scores(context: dg.AssetExecutionContext, pretrace: PretraceResour
 def _accuracy(run: Computation, queries: QueryGradients, docs: DocumentGradients, scores: torch.Tensor) -> dict:
     """`score_accuracy` of this shard: exact scores need no check; approximate ones are measured."""
     config = run.project.config
-    if docs.projection is None and docs.rank is None and queries.rank is None:
+    if docs.projection is None and docs.rank is None and queries.rank is None and docs.dtype == "float32":
         return score_accuracy(None, None, None, None)
     sample = sample_documents(len(docs.ids), config.seed, run.shard)
     tokens = run.reader("corpus_shards", run.shard).table("{shard}.parquet", ["input_ids"]).column("input_ids")
@@ -69,4 +69,4 @@ def _accuracy(run: Computation, queries: QueryGradients, docs: DocumentGradients
     error = projection_error(lm, run.reader("ekfac_factors").state(), explained,
                              [tokens[i].as_py() for i in sample], scores[:, sample].numpy(),
                              batch_size=config.batch_size, groups=run.layer_groups(lm))
-    return score_accuracy(error, docs.projection, queries.rank, docs.rank)
+    return score_accuracy(error, docs.projection, queries.rank, docs.rank, docs.dtype)

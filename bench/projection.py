@@ -10,7 +10,8 @@ on it say little. For each projection basis (raw, whitened) and k in --ks, over 
 between projected and exact scores of every document, and the compression (dense gradient size
 / stored size); then, at the largest k, the same for document gradients stored as rank-c factors
 (`document_rank`), with the Pearson they lose and how much smaller the store is; and at k = 16,
-how much of each query's exact top 10 two-stage retrieval recovers from 20 stored candidates. Output: a log,
+how much of each query's exact top 10 two-stage retrieval recovers from 20 stored candidates, and
+what storing the projected gradients in bfloat16 (`stored_gradient_dtype`) changes. Output: a log,
 then one `name: value` line per figure.
 """
 
@@ -76,15 +77,16 @@ def projected_correlations(lm, documents, factors, exact: torch.Tensor, k: int, 
 
 
 def projected_scores(lm, documents, factors, k: int, basis: str, seed: int,
-                     document_rank: int | None = None) -> torch.Tensor:
-    """(queries, documents) scores through a (k, k) projection, documents kept at ``document_rank``."""
+                     document_rank: int | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """(queries, documents) scores through a (k, k) projection, documents kept at ``document_rank``
+    and stored in ``dtype`` (streamed, not stored, when neither is given)."""
     projection = KroneckerProjection.build(lm.layer_shapes(), k, k, seed=seed, basis=basis, factors=factors)
     queries = compute_query_gradients(lm, factors, QUERIES, projection=projection)
-    if document_rank is None:
+    if document_rank is None and dtype is None:
         approx = stream_scores(lm, queries, documents, projection=projection)
     else:
         stored = compute_document_gradients(lm, documents, [str(i) for i in range(len(documents))],
-                                            projection=projection, rank=document_rank)
+                                            projection=projection, rank=document_rank, dtype=dtype)
         approx = score_matrix(queries, stored)
     return approx
 
@@ -119,6 +121,15 @@ def main(argv=None) -> int:
         figures["projected_pearson_trained"] = figures[f"pearson_whitened_k{TRAINED_K}_mean"]
         print(f"k={TRAINED_K} whitened, two-stage retrieval: {figures['rerank_recall_at_10_trained']:.3f} of each "
               "exact top 10 among the stored top 20 (re-scored exactly)", flush=True)
+    if TRAINED_K in args.ks:  # the same projected store in bfloat16 (`stored_gradient_dtype`) against float32
+        stores = {dtype: [projected_scores(lm, documents, factors, TRAINED_K, "whitened", seed, dtype=dtype)
+                          for seed in range(args.seeds)] for dtype in (torch.float32, torch.bfloat16)}
+        pairs = list(zip(stores[torch.float32], stores[torch.bfloat16]))
+        figures["bf16_store_pearson_vs_float32"] = min(pearson(h[i], f[i]) for f, h in pairs for i in range(len(QUERIES)))
+        figures["bf16_store_pearson_loss"] = figures["projected_pearson_trained"] - statistics.mean(
+            pearson(h[i], exact[i]) for _, h in pairs for i in range(len(QUERIES)))
+        print(f"k={TRAINED_K} whitened, stored in bfloat16: half the bytes; lowest per-query Pearson against the float32 "
+              f"store {figures['bf16_store_pearson_vs_float32']:.6f}", flush=True)
     k = max(args.ks)  # factored storage: each document's whitened (k, k) gradient kept at rank c
     for c in args.ranks:
         values = [r for seed in range(args.seeds)

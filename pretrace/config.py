@@ -95,6 +95,8 @@ DESCRIPTIONS = {
     "projection": "Store document gradients projected to [k_out, k_in] per layer; unset = exact.",
     "projection_basis": "'whitened': project in the EK-FAC eigenbasis scaled by the eigenvalues (accurate; "
                         "document gradients then depend on the factors); 'raw': project raw gradients (survive a refit).",
+    "stored_gradient_dtype": "Precision of stored document gradients: 'bfloat16' halves the store; its scores are then "
+                             "checked against exact ones on a sample of every shard, like a projection's.",
     "document_rank": "Store each document's (projected) gradient as rank-c factors per layer, c × (k_out + k_in) "
                      "numbers instead of k_out × k_in; unset = full.",
     "query_rank": "Keep preconditioned query gradients as rank-r factors per layer; unset = dense.",
@@ -148,6 +150,7 @@ class PretraceConfig(BaseModel):
     projection_basis: Literal["whitened", "raw"] = "whitened"
     query_rank: StrictInt | None = Field(default=None, gt=0)
     document_rank: StrictInt | None = Field(default=None, gt=0)
+    stored_gradient_dtype: Literal["float32", "bfloat16"] = "float32"
     max_length: StrictInt = Field(default=512, ge=2)
     batch_size: StrictInt = Field(default=8, gt=0)
     fit_shards: Literal["all"] | list[str] = "all"

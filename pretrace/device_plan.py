@@ -66,7 +66,8 @@ def workload(config: PretraceConfig, *, documents: int, queries: int, query_leng
         batch_size=config.batch_size, max_length=config.max_length, dtype=config.dtype, documents=documents,
         queries=queries, query_length=query_length or config.max_length, projection=config.projection,
         query_rank=config.query_rank, layer_groups=config.layer_groups or 1, device=device,
-        factor_block_size=config.factor_block_size,
+        factor_block_size=config.factor_block_size, document_rank=config.document_rank,
+        stored_gradient_dtype=config.stored_gradient_dtype,
     )
 
 

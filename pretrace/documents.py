@@ -87,6 +87,11 @@ class DocumentGradients:
         return cls(first.ids, join_layers([g.grads for g in groups]), first.losses, first.projection,
                    join_layers([g.right for g in groups]), first.rank)
 
+    @property
+    def dtype(self) -> str:
+        """The stored precision (`stored_gradient_dtype`): float32, or bfloat16 for half the store."""
+        return str(next(iter(self.grads.values())).dtype).removeprefix("torch.")
+
     def dense(self, name: str) -> torch.Tensor:
         """(N, k_out, k_in), reconstructed from the factors when factored."""
         if self.rank is None:
@@ -122,19 +127,22 @@ def compute_document_gradients(
     first_target: Sequence[int] | None = None,
     rank: int | None = None,
     groups: int = 1,
+    dtype: torch.dtype | None = None,
 ) -> DocumentGradients:
     """Gradients of every document (of every query's completion, with ``first_target``),
-    gathered on the CPU for storage; with ``rank``, as rank-r factors (`pretrace.low_rank`);
-    with ``groups`` > 1, a layer group a pass (`pretrace.layer_groups`)."""
+    gathered on the CPU for storage, rounded to ``dtype`` if given (they are computed in float32
+    or wider); with ``rank``,
+    as rank-r factors (`pretrace.low_rank`); with ``groups`` > 1, a layer group a pass
+    (`pretrace.layer_groups`)."""
     if rank is not None and rank < 1:
         raise InputError(f"document_rank: must be a positive integer or null, got {rank}")
     return by_layer_group(lm, groups, lambda group: _gathered(
-        group, sequences, ids, projection, batch_size, progress, first_target, rank), DocumentGradients.join)
+        group, sequences, ids, projection, batch_size, progress, first_target, rank, dtype), DocumentGradients.join)
 
 
 def _gathered(lm: LoadedModel, sequences: Sequence[Sequence[int]], ids: Sequence[str],
               projection: KroneckerProjection | None, batch_size: int, progress: Callable[[int], None] | None,
-              first_target: Sequence[int] | None, rank: int | None) -> DocumentGradients:
+              first_target: Sequence[int] | None, rank: int | None, dtype: torch.dtype | None) -> DocumentGradients:
     grads: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in lm.layers}
     right: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in lm.layers}
     losses = []
@@ -143,11 +151,11 @@ def _gathered(lm: LoadedModel, sequences: Sequence[Sequence[int]], ids: Sequence
     ):
         for name, value in batch_grads.items():
             if rank is None:
-                grads[name].append(value.cpu())
+                grads[name].append(value.to(device="cpu", dtype=dtype))
             else:
                 L, R = factorize(value, rank)
-                grads[name].append(L.cpu())
-                right[name].append(R.cpu())
+                grads[name].append(L.to(device="cpu", dtype=dtype))
+                right[name].append(R.to(device="cpu", dtype=dtype))
         losses.append(batch_losses.cpu())
     return DocumentGradients(
         list(ids),

@@ -176,7 +176,7 @@ QUERY_GRADIENTS = Artefact(
     "preconditioned query gradients, and each completion's log-probability")
 DOCUMENT_GRADIENTS = Artefact(
     "document_gradients", True, {"{shard}.safetensors": DocumentGradients},
-    ("projection", "projection_basis", "document_rank", "seed", "batch_size", "dtype"),
+    ("projection", "projection_basis", "document_rank", "stored_gradient_dtype", "seed", "batch_size", "dtype"),
     (Input("corpus_shards", "shard"), Input("model")),
     "2", "per-document loss gradients of one shard")
 INFLUENCE_SCORES = Artefact(

@@ -92,6 +92,8 @@ class Workload:
     layer_groups: int = 1
     device: str = "cuda"  # on "cpu" the results a step gathers sit in the same memory
     factor_block_size: int | None = None
+    document_rank: int | None = None
+    stored_gradient_dtype: str = "float32"
 
 
 def activation_bytes(shape: ModelShape, tokens: int, itemsize: int) -> int:
@@ -208,6 +210,14 @@ class _Sizes:
         """Floats of one layer's (projected) gradient."""
         return (self.k_out or d_out) * (self.k_in or d_in)
 
+    def document_bytes(self) -> int:
+        """Bytes of one document's stored gradients: (projected) per layer, dense or as rank-c
+        factors (`document_rank`), in `stored_gradient_dtype`."""
+        rank, itemsize = self.work.document_rank, resolve_dtype(self.work.stored_gradient_dtype).itemsize
+        if rank is None:
+            return itemsize * sum(self.stored(o, i) for o, i in self.all)
+        return itemsize * sum(rank * ((self.k_out or o) + (self.k_in or i)) for o, i in self.all)
+
     def query_floats(self, layers: list[tuple[int, int]]) -> int:
         """Floats kept per query: dense (projected) gradients, or rank-r factors."""
         rank = self.work.query_rank
@@ -259,7 +269,7 @@ class _Sizes:
             scoring = {"query gradient factors": 4 * work.queries * self.query_floats(g),
                        "per-token products": 3 * 4 * min(self.doc_tokens * work.queries * work.query_rank, CHUNK_NUMBERS)}
         matrix = 4 * work.queries * work.documents
-        documents = 4 * work.documents * sum(self.stored(*s) for s in self.all) if work.projection else 0
+        documents = work.documents * self.document_bytes()  # the document_gradients store
         return Step("scores", self.forward(self.doc_tokens, g) | scoring | self.gathered("scores", matrix),
                     host=4 * work.queries * self.query_floats(self.all) + matrix, disk=matrix + documents)
 

@@ -1,8 +1,9 @@
 """What the stored scores lose: stored (projected, low-rank) against exact EK-FAC scores on a
 seeded sample of one shard's documents.
 
-The stored scores come from Kronecker-projected (`projection`) or factored (`document_rank`)
-document gradients and, with `query_rank`, rank-r query gradients; the exact ones are streamed
+The stored scores come from Kronecker-projected (`projection`), factored (`document_rank`) or
+bfloat16-stored (`stored_gradient_dtype`) document gradients and, with `query_rank`, rank-r query
+gradients; the exact ones are streamed
 from the model with dense, unprojected preconditioned query gradients. Over the sample, per query, their Pearson correlation says how
 much of the ranking survives, and how often both put the same document first.
 """
@@ -42,15 +43,15 @@ class ProjectionError:
 
 
 def score_accuracy(error: ProjectionError | None, projection: dict | None, query_rank: int | None,
-                   document_rank: int | None) -> dict[str, Any]:
+                   document_rank: int | None, stored_dtype: str = "float32") -> dict[str, Any]:
     """What one shard's stored scores are, as JSON: exact, or approximate with the projection,
-    the query and document ranks and the error measured on the sample (NaN, a constant sample,
-    as null)."""
+    the query and document ranks, the stored gradients' precision and the error measured on the
+    sample (NaN, a constant sample, as null)."""
     measured = {} if error is None else {
         key: (value if not isinstance(value, float) or math.isfinite(value) else None)
         for key, value in asdict(error).items()}
     return {"exact": error is None, "projection": projection, "query_rank": query_rank,
-            "document_rank": document_rank, **measured}
+            "document_rank": document_rank, "stored_dtype": stored_dtype, **measured}
 
 
 def projection_error(lm: LoadedModel, factors: Factors, queries: list[Query], tokens: list[list[int]],
@@ -74,7 +75,7 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 ACCURACY_SCHEMA = pa.schema([
     ("shard", pa.string()), ("exact", pa.bool_()), ("projection", pa.string()), ("query_rank", pa.int64()),
-    ("document_rank", pa.int64()), ("documents", pa.int64()), ("queries", pa.int64()), ("pearson_mean", pa.float64()), ("pearson_min", pa.float64()),
+    ("document_rank", pa.int64()), ("stored_dtype", pa.string()), ("documents", pa.int64()), ("queries", pa.int64()), ("pearson_mean", pa.float64()), ("pearson_min", pa.float64()),
     ("top1_agreement", pa.float64())])
 
 

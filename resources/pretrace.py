@@ -45,6 +45,7 @@ class PretraceResource(dg.ConfigurableResource):
     projection_basis: str = _field("projection_basis")
     query_rank: Optional[int] = _field("query_rank")
     document_rank: Optional[int] = _field("document_rank")
+    stored_gradient_dtype: str = _field("stored_gradient_dtype")
     max_length: int = _field("max_length")
     batch_size: int = _field("batch_size")
     fit_shards: Optional[List[str]] = _field("fit_shards", None)

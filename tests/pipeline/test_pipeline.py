@@ -21,6 +21,7 @@ from pretrace.config import Damping, load_config
 from pretrace.layout import Input, artefacts
 from pretrace.provenance import Project
 from pretrace.corpus import read_records, tokenize_documents
+from pretrace.documents import compute_document_gradients
 from pretrace.ekfac import Factors, fit_factors
 from pretrace.model import load_model
 from pretrace.queries import compute_query_gradients
@@ -233,6 +234,27 @@ def test_the_projection_check_warns_when_the_stored_scores_lose_the_ranking(tmp_
     assert {r["shard"]: r["pearson_mean"] for r in shards}["part-a.jsonl"] == pytest.approx(accuracy["pearson_mean"])
     _assert_reranked_exactly(config)
     assert "exact score (rank)" in html and "Two-stage retrieval: each query's top and bottom 5 documents" in html
+
+
+def test_a_bfloat16_gradient_store_rounds_each_gradient_once_and_its_error_is_measured_and_stated(tmp_path):
+    """`stored_gradient_dtype: bfloat16` stores half the bytes of float32 document gradients; the
+    scores are then approximate, checked against exact ones on every shard and said so."""
+    config = load_config(make_project(tmp_path, stored_gradient_dtype="bfloat16"))
+    run_pipeline(config)
+    data = Path(config.storage)
+    with safe_open(data / "document_gradients" / "part-a.jsonl.safetensors", framework="pt") as f:
+        stored = {k: f.get_tensor(k) for k in f.keys() if k != "losses"}
+    assert {t.dtype for t in stored.values()} == {torch.bfloat16}
+    lm = load_model(config.model, device="cpu")
+    table = pq.read_table(data / "corpus_shards" / "part-a.jsonl.parquet")
+    exact = compute_document_gradients(lm, table.column("input_ids").to_pylist(), table.column("doc_id").to_pylist(),
+                                       batch_size=config.batch_size)
+    for name, value in stored.items():  # the float32 gradients, rounded once
+        assert torch.equal(value, exact.grads[name].bfloat16())
+    accuracy = json.loads((data / "influence_scores" / "part-a.jsonl.accuracy.json").read_text())
+    assert not accuracy["exact"] and accuracy["stored_dtype"] == "bfloat16" and accuracy["pearson_mean"] > 0.999
+    html = (data / "influence_report" / "report.html").read_text()
+    assert "Stored scores are approximate (document gradients stored in bfloat16)" in html
 
 
 def _assert_reranked_exactly(config) -> None:

@@ -48,6 +48,7 @@ INVALIDATION = {
     "top_k": (3, each("influence_scores", *REPORTS)),
     "query_rank": (2, each("query_gradients", "influence_scores", *REPORTS)),
     "document_rank": (2, each("document_gradients", "influence_scores", *REPORTS)),
+    "stored_gradient_dtype": ("bfloat16", each("document_gradients", "influence_scores", *REPORTS)),
     "projection": ([8, 8], each("query_gradients", "document_gradients", "influence_scores", *REPORTS)),
     "tail_patch_k": (3, each(*CHECKED)),
     "tail_patch_lr": (0.01, each(*CHECKED)),

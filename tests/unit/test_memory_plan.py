@@ -11,7 +11,9 @@ from pretrace.errors import InputError
 from pretrace.config import PretraceConfig
 from pretrace.device_plan import device_plan, workload
 from pretrace.memory_plan import ModelShape, Workload, fitting_plan, plan, suggestion
-from pretrace.model import wrap_model
+from pretrace.documents import compute_document_gradients
+from pretrace.model import resolve_dtype, wrap_model
+from pretrace.projection import KroneckerProjection
 from pretrace.queries import query_gradients_from_tokens
 from pretrace.scores import stream_scores
 
@@ -73,6 +75,21 @@ def test_block_diagonal_covariances_are_planned_and_shrink_the_eigendecompositio
     # the widest side (352) in blocks of at most 64: the decomposition's matrices are 64 wide, not 352
     whole = plan(shape, Workload(batch_size=B, max_length=T, device="cpu")).step("eigenbasis").device
     assert plan(shape, work).step("eigenbasis").device * (352 / 64) ** 2 == pytest.approx(whole)
+
+
+@pytest.mark.parametrize("projection, rank, dtype", [(None, None, "float32"), ((8, 8), None, "bfloat16"),
+                                                     ((8, 8), 2, "float32")])
+def test_the_planned_gradient_store_is_the_bytes_the_document_gradients_hold(projection, rank, dtype):
+    torch.manual_seed(0)
+    lm = wrap_model(LlamaForCausalLM(CONFIG).eval(), layers=["mlp"], device="cpu")
+    docs = [torch.randint(3, 256, (16,), generator=torch.Generator().manual_seed(i)).tolist() for i in range(6)]
+    built = projection and KroneckerProjection.build(lm.layer_shapes(), *projection, seed=0, basis="raw")
+    stored = compute_document_gradients(lm, docs, [str(i) for i in range(6)], projection=built, rank=rank,
+                                        dtype=resolve_dtype(dtype))
+    held = sum(t.numel() * t.element_size() for t in (*stored.grads.values(), *stored.right.values()))
+    work = Workload(batch_size=4, max_length=16, documents=len(docs), device="cpu", projection=projection,
+                    document_rank=rank, stored_gradient_dtype=dtype)
+    assert plan(ModelShape.of_config(CONFIG, ["mlp"]), work).step("scores").disk == held  # no queries: no score matrix
 
 
 def test_peak_allocations_counts_a_storage_once_and_frees_it():

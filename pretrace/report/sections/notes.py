@@ -39,6 +39,8 @@ def _accuracy(a: Analysis) -> str:
         how.append(f"document gradients kept at rank {first['document_rank']}")
     if first["query_rank"] is not None:
         how.append(f"query gradients kept at rank {first['query_rank']}")
+    if first["stored_dtype"] not in (None, "float32"):
+        how.append(f"document gradients stored in {first['stored_dtype']}")
     pearson = rows["pearson_mean"].drop_nulls()
     measured = ("the sampled scores were constant, so no correlation is defined" if pearson.is_empty() else
                 f"mean per-query Pearson r {num(float(pearson.mean()), 3)} (lowest shard {num(float(pearson.min()), 3)}, "
