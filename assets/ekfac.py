@@ -91,13 +91,12 @@ def fitting_assets(layer_groups: int) -> tuple[dg.AssetsDefinition, ...]:
     same = lambda dimension: dg.MultiToSingleDimensionPartitionMapping(dimension) if grouped else None  # noqa: E731
 
     def asset(name: str, compute: Callable, description: str, deps: list[dg.AssetDep],
-              partitions: dg.PartitionsDefinition | None, gpu: bool = True) -> dg.AssetsDefinition:
+              partitions: dg.PartitionsDefinition | None) -> dg.AssetsDefinition:
         spec = dg.AssetSpec(name, deps=deps, description=description, **EKFAC)
 
         @dg.multi_asset(name=f"{name}_in_{layer_groups}_groups" if grouped else name, specs=[spec],
                         partitions_def=partitions, required_resource_keys={"pretrace"},
-                        backfill_policy=dg.BackfillPolicy.multi_run(1) if partitions else None,
-                        **(FITTING if gpu else {"retry_policy": RETRY}))
+                        backfill_policy=dg.BackfillPolicy.multi_run(1) if partitions else None, **FITTING)
         def materialize(context):  # unannotated: Dagster inspects annotations, which this module postpones
             return compute(context, context.resources.pretrace)
 

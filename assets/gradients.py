@@ -36,7 +36,8 @@ def compute_document_gradients_of_shard(context: dg.AssetExecutionContext,
         groups = run.layer_groups(lm)
         grads = compute_document_gradients(
             lm, sequences, doc_ids, projection=run.projection(lm), rank=config.document_rank, batch_size=config.batch_size,
-            groups=groups, dtype=resolve_dtype(config.stored_gradient_dtype), progress=progress_logger(context, len(sequences) * groups, f"document gradients of {run.shard}"),
+            groups=groups, dtype=resolve_dtype(config.stored_gradient_dtype),
+            progress=progress_logger(context, len(sequences) * groups, f"document gradients of {run.shard}"),
         )
         manifest = run.commit({"{shard}.safetensors": grads})
     return materialized(run, manifest, started, documents=len(doc_ids), projection=str(config.projection or "none"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from pretrace.layout import group_keys, partition_key
+from pretrace.layout import group_keys, partition_key, split_key
 
 shard_partitions = dg.DynamicPartitionsDefinition(name="shard")
 SHARD, GROUP = "shard", "group"
@@ -43,5 +43,5 @@ def to_dagster(partitions_def: dg.PartitionsDefinition | None, partition: str | 
     """The Dagster partition key of pretrace's ``partition`` of an asset with ``partitions_def``."""
     if not isinstance(partitions_def, dg.MultiPartitionsDefinition):
         return partition
-    shard, _, group = partition.rpartition("/")
+    shard, group = split_key(partition)
     return dg.MultiPartitionKey({SHARD: shard, GROUP: group})

@@ -60,6 +60,12 @@ def group_index(group: str) -> int:
     return int(group.removeprefix(GROUP_PREFIX))
 
 
+def split_key(partition: str) -> tuple[str, str]:
+    """(shard, group) of a ``shard/group-i`` partition (`partition_key`)."""
+    shard, _, group = partition.rpartition("/")
+    return shard, group
+
+
 def partition_key(shard: str | None, group: str | None) -> str | None:
     """The partition of a (shard, layer group) pair: ``shard/group-i``, ``group-i``, ``shard``
     or None (shard keys never hold a slash: `pretrace.corpus.shard_key`)."""
@@ -112,8 +118,7 @@ class Artefact:
             return partition, None
         if not self.per_shard:
             return None, partition
-        shard, _, group = partition.rpartition("/")
-        return shard, group
+        return split_key(partition)
 
     def key(self, file: str, shard: str | None = None) -> str:
         return f"{self.name}/{file.format(shard=shard)}"
