@@ -9,6 +9,10 @@ GPU (per-query Pearson of scores); sampled-Fisher fitting on the GPU reproducibl
 layer-grouped fitting and scoring on the GPU against one pass. Each prints PASS or FAIL with its
 threshold; the exit status is 1 if any fails.
 
+Products: the score product of one batch in one layer at the scale run's width, as one long
+(Q, D) x (D, B) product against the batched product over blocks of rows that scoring uses
+(`pretrace.blocked_products`), for several block sizes, as time ratios and errors against float64.
+
 Scale (TinyLlama-1.1B's shape: 22 blocks, hidden 2048 -> 5632, 32 heads with 4 key-value heads,
 vocabulary 32000; random weights in bf16, as `load_model` loads a bf16 checkpoint; Zipf-random
 tokens): the memory plan (`pretrace.memory_plan`) chooses the layer groups that fit the GPU, then
@@ -37,6 +41,7 @@ from transformers import LlamaForCausalLM  # noqa: E402
 
 from bench.synthetic import build_model, config_of, make_data  # noqa: E402
 from pretrace.batching import batches  # noqa: E402
+from pretrace.blocked_products import blocked_inner_products  # noqa: E402
 from pretrace.capture import capture  # noqa: E402
 from pretrace.ekfac import Factors, eigenbasis, fit_covariances, fit_factors, fit_lambdas, make_factors  # noqa: E402
 from pretrace.layer_groups import layer_groups  # noqa: E402
@@ -159,6 +164,28 @@ class Measured:
         self.added = self.bytes - self.resident
 
 
+def products(quick: bool, results: dict) -> None:
+    """The score product of one batch in one layer (float32; 8 queries, 8 documents, the largest
+    tracked layer of the scale run's model): one (Q, D) x (D, B) product, as cuBLAS runs it,
+    against the batched product over blocks of rows that scoring uses, for several block sizes."""
+    args = shape(quick)
+    rows, cols = args.intermediate, args.hidden
+    x = torch.randn(args.queries, rows, cols, device="cuda")
+    y = torch.randn(args.batch_size, rows, cols, device="cuda")
+    plain = timed(lambda: x.flatten(1) @ y.flatten(1).T, repeats=20)
+    figures = {"score_product_plain_ms": plain * 1e3}
+    reference = (x.flatten(1).double() @ y.flatten(1).double().T)
+    for numbers in (cols, 1 << 14, 1 << 16, 1 << 18, 1 << 20):
+        blocked = timed(lambda n=numbers: blocked_inner_products(x, y, n), repeats=20)
+        figures[f"score_product_blocked_{numbers}_vs_plain"] = blocked / plain
+        figures[f"score_product_blocked_{numbers}_rel_err"] = rel_err(blocked_inner_products(x, y, numbers), reference)
+    figures["score_product_default_vs_plain"] = timed(lambda: blocked_inner_products(x, y), repeats=20) / plain
+    figures["score_product_plain_rel_err"] = rel_err(x.flatten(1) @ y.flatten(1).T, reference)
+    for name, value in figures.items():
+        results[name] = value
+        print(f"{name}: {value:.4g}", flush=True)
+
+
 def profile_scoring(lm, qg, docs, batch_size: int, groups: int, path: str) -> None:
     """Where a scoring pass spends its GPU time, operator by operator."""
     from torch.profiler import ProfilerActivity, profile
@@ -262,6 +289,7 @@ def main(argv=None) -> int:
     ok = True if args.scale_only else checks(results)
     torch.backends.cuda.matmul.allow_tf32 = results["tf32"] = args.tf32
     try:
+        products(args.quick, results)
         scale(args.quick, results, args.profile)
     finally:
         if args.out:

@@ -133,7 +133,7 @@ def capture(
     try:
         with _frozen_parameters(lm.model), lm.autocast():
             logits = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **keep).logits
-        if not _all_finite(logits):
+        if not all_finite(logits):
             _raise_first_non_finite(outputs)
         losses = sequence_losses(logits, batch, labels, generator, first)
         losses.sum().backward()
@@ -171,7 +171,7 @@ def _accepts_logits_to_keep(forward_owner: type) -> bool:
     return "logits_to_keep" in inspect.signature(forward_owner.forward).parameters
 
 
-def _all_finite(tensor: torch.Tensor) -> bool:
+def all_finite(tensor: torch.Tensor) -> bool:
     """One reduction instead of a full boolean pass: a sum is finite when every term is, and
     only when the sum itself overflows do we look element by element."""
     return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
@@ -188,7 +188,7 @@ def _raise_first_non_finite(outputs: dict[str, torch.Tensor]) -> None:
 
 def check_finite(tensor: torch.Tensor, what: str, layer: str) -> None:
     """Raise a NumericalError naming the layer when `tensor` holds inf or nan."""
-    if not _all_finite(tensor):
+    if not all_finite(tensor):
         raise NumericalError(
             f"{what} of layer {layer} is not finite (inf or nan). This usually means float16 "
             "overflow: run with dtype float32 or bfloat16, or check the model's weights."

@@ -60,10 +60,16 @@ def layer_tokens(cap: Captured, name: str, projection: KroneckerProjection | Non
     return (a, g) if projection is None else projection.project_tokens(name, a, g)
 
 
-def layer_gradients(cap: Captured, name: str, projection: KroneckerProjection | None = None) -> torch.Tensor:
-    """(B, k_out, k_in) per-document gradients of one layer (projected per token first, if asked)."""
+def unchecked_layer_gradients(cap: Captured, name: str, projection: KroneckerProjection | None = None) -> torch.Tensor:
+    """(B, k_out, k_in) per-document gradients of one layer (projected per token first, if asked),
+    not yet checked for inf or nan: for a caller that checks what it computes from them."""
     a, g = layer_tokens(cap, name, projection)
-    grads = float32_matmul(g.transpose(1, 2), a)
+    return float32_matmul(g.transpose(1, 2), a)
+
+
+def layer_gradients(cap: Captured, name: str, projection: KroneckerProjection | None = None) -> torch.Tensor:
+    """(B, k_out, k_in) per-document gradients of one layer, checked finite (the error names the layer)."""
+    grads = unchecked_layer_gradients(cap, name, projection)
     check_finite(grads, "document gradient", name)
     return grads
 

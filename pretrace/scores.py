@@ -10,9 +10,10 @@ from typing import Callable, Sequence
 
 import torch
 
-from .capture import Captured
-from .documents import DocumentGradients, iter_captures, layer_gradients, layer_tokens
-from .errors import InputError
+from .blocked_products import blocked_inner_products
+from .capture import Captured, all_finite
+from .documents import DocumentGradients, iter_captures, layer_gradients, layer_tokens, unchecked_layer_gradients
+from .errors import InputError, NumericalError
 from .layer_groups import layer_groups
 from .low_rank import captured_inner_products, inner_products
 from .model import LoadedModel
@@ -21,8 +22,8 @@ from .ekfac import Factors
 from .queries import Query, QueryGradients, compute_query_gradients
 
 
-def _flat_queries(queries: QueryGradients, device: torch.device, layers: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-    return {name: queries.dense(name).flatten(1).to(device) for name in (queries.layers if layers is None else layers)}
+def _flat_queries(queries: QueryGradients, device: torch.device) -> dict[str, torch.Tensor]:
+    return {name: queries.dense(name).flatten(1).to(device) for name in queries.layers}
 
 
 def _check_compatible(queries: QueryGradients, layers: Sequence[str], projection: dict | None) -> None:
@@ -63,13 +64,30 @@ LayerScorer = Callable[[Captured], torch.Tensor]
 def _layer_scorers(queries: QueryGradients, names: Sequence[str], device: torch.device,
                    projection: KroneckerProjection | None) -> list[LayerScorer]:
     """Per layer, the (Q, B) scores of one batch's captures, with the layer's query gradients
-    moved to ``device`` once: dense products with the flat query gradients, or with rank-r ones
-    the factored per-token products (`captured_inner_products`)."""
+    moved to ``device`` once: products with dense query gradients (`blocked_inner_products`), or
+    with rank-r ones the factored per-token products (`captured_inner_products`). The document
+    gradients are not checked one by one: `stream_scores` checks each batch's scores, which any
+    inf or nan reaches."""
     if queries.rank is None:
-        flat = _flat_queries(queries, device, names)
-        return [lambda cap, n=n: flat[n] @ layer_gradients(cap, n, projection).flatten(1).to(flat[n]).T for n in names]
+        dense = {n: queries.dense(n).to(device) for n in names}
+        return [lambda cap, n=n: blocked_inner_products(dense[n], unchecked_layer_gradients(cap, n, projection).to(dense[n]))
+                for n in names]
     factored = {n: (queries.left[n].to(device, torch.float32), queries.right[n].to(device, torch.float32)) for n in names}
     return [lambda cap, n=n: captured_inner_products(factored[n], *layer_tokens(cap, n, projection)) for n in names]
+
+
+def _check_scores(block: torch.Tensor, cap: Captured, names: Sequence[str], index: range,
+                  projection: KroneckerProjection | None) -> None:
+    """One check per batch instead of one per layer: a non-finite document gradient makes its
+    scores non-finite, and then the layer is found and named as `layer_gradients` names it."""
+    if all_finite(block):
+        return
+    for name in names:
+        layer_gradients(cap, name, projection)
+    raise NumericalError(
+        f"influence scores of documents {index.start}..{index.stop - 1} overflow float32 although their "
+        "gradients are finite; check the query gradients and the damping of the factors"
+    )
 
 
 def stream_scores(
@@ -95,11 +113,13 @@ def stream_scores(
     scores = torch.zeros(len(queries.ids), len(sequences), dtype=torch.float32)
     proj = projection.to(lm.device, lm.accumulate_dtype) if projection is not None else None
     for group in layer_groups(lm, groups):
-        scorers = _layer_scorers(queries, [layer.name for layer in group.layers], lm.device, proj)
+        names = [layer.name for layer in group.layers]
+        scorers = _layer_scorers(queries, names, lm.device, proj)
         for index, cap in iter_captures(group, sequences, batch_size=batch_size, progress=progress):
             block = torch.zeros(len(queries.ids), len(index), dtype=torch.float32, device=lm.device)
             for score in scorers:
                 block += score(cap)
+            _check_scores(block, cap, names, index, proj)
             scores[:, index.start : index.stop] += block.cpu()
     return scores
 

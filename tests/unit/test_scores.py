@@ -6,7 +6,8 @@ import torch
 from pretrace.batching import batches
 from pretrace.documents import compute_document_gradients
 from pretrace.ekfac import fit_factors
-from pretrace.errors import InputError
+from pretrace.blocked_products import blocked_inner_products
+from pretrace.errors import InputError, NumericalError
 from pretrace.model import wrap_model
 from pretrace.projection import KroneckerProjection
 from pretrace.queries import Query, compute_query_gradients, encode_queries
@@ -38,6 +39,36 @@ def test_stored_and_streamed_scores_agree(setup, k, basis):
     streamed = stream_scores(lm, qg, docs, projection=proj, batch_size=7)
     assert stored.shape == (len(QUERIES), len(docs))
     torch.testing.assert_close(streamed, stored, rtol=1e-4, atol=1e-5 * float(stored.abs().max()))
+
+
+@pytest.mark.parametrize("rows,cols,block_numbers", [(7, 5, 15), (7, 5, 1), (7, 5, 10**6), (64, 48, 48 * 5), (6, 4, 8)])
+def test_blocked_inner_products_equal_brute_force(rows, cols, block_numbers):
+    """Blocks of 3 rows with 1 left over, one row each, all rows in one, 5 of 64, 2 of 6: the same
+    (Q, B) inner products as a float64 sum over every entry."""
+    gen = torch.Generator().manual_seed(rows * cols)
+    x, y = torch.randn(3, rows, cols, generator=gen), torch.randn(5, rows, cols, generator=gen)
+    expected = torch.einsum("qrc,brc->qb", x.double(), y.double())
+    torch.testing.assert_close(blocked_inner_products(x, y, block_numbers).double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_streamed_scores_name_the_layer_whose_document_gradient_is_not_finite(setup):
+    """The check runs once per batch, on its scores; a non-finite gradient is still named by layer."""
+    lm, docs, factors = setup
+    qg = compute_query_gradients(lm, factors, QUERIES[:2])
+    poison = lm.model.model.norm.register_full_backward_hook(lambda m, gin, gout: (torch.full_like(gin[0], float("inf")),))
+    try:
+        with pytest.raises(NumericalError, match=rf"document gradient of layer {lm.layers[0].name} is not finite"):
+            stream_scores(lm, qg, docs[:4])
+    finally:
+        poison.remove()
+
+
+def test_streamed_scores_that_overflow_say_so(setup):
+    lm, docs, factors = setup
+    qg = compute_query_gradients(lm, factors, QUERIES[:2])
+    qg.left = {name: left * 1e38 for name, left in qg.left.items()}
+    with pytest.raises(NumericalError, match=r"scores of documents 0\.\.3 overflow float32 although their gradients are finite"):
+        stream_scores(lm, qg, docs[:6], batch_size=4)
 
 
 def test_low_rank_queries_score_like_their_reconstruction(setup):
