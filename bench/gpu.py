@@ -19,8 +19,9 @@ tokens): the memory plan (`pretrace.memory_plan`) chooses the layer groups that 
 every step runs with them and its peak device memory (the allocator's) is printed against the
 plan. Times are ratios to a bf16 training step (forward, backward into every parameter) over the
 same documents at the same batch size, in the same run: scoring tokens/s over training tokens/s
-(goal >= 0.8), whole and marginal (the time a second, equal set of documents adds: at corpus
-scale the fixed cost of moving dense query gradients to the device vanishes), and factor
+(goal >= 0.8), whole (the dense query gradients moved from the host first, as a scores
+partition loads them) and resident (already on the device: the rate at which each further
+document is scored, what a corpus-scale shard sees), and factor
 fitting (both passes over the data) over one training pass.
 """
 
@@ -30,6 +31,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tf32", action="store_true", help="let float32 matrix products use TF32 in the scale run "
                    "(the fitting sums, per-example gradients and scores; the checks stay float32)")
     p.add_argument("--scale-only", action="store_true", help="skip the checks")
-    p.add_argument("--profile", help="write torch.profiler's table of one scoring pass (16 documents) here")
+    p.add_argument("--profile", help="write torch.profiler's tables of one pass over 16 documents of scoring, "
+                   "covariances and eigenvalue correction to PROFILE-{scoring,covariances,lambdas}.txt")
     return p.parse_args(argv)
 
 
@@ -186,12 +189,12 @@ def products(quick: bool, results: dict) -> None:
         print(f"{name}: {value:.4g}", flush=True)
 
 
-def profile_scoring(lm, qg, docs, batch_size: int, groups: int, path: str) -> None:
-    """Where a scoring pass spends its GPU time, operator by operator."""
+def profiled(fn, path: str) -> None:
+    """Where ``fn`` spends its GPU time, operator by operator (torch.profiler's table)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        stream_scores(lm, qg, docs, batch_size=batch_size, groups=groups)
+        fn()
         torch.cuda.synchronize()
     averages = prof.key_averages()
     key = "device_time_total" if hasattr(averages[0], "device_time_total") else "cuda_time_total"
@@ -230,7 +233,7 @@ def scale(quick: bool, results: dict, profile: str | None = None) -> None:
         peaks[name] = max(peaks[name], m.added if name == "eigenbasis" else m.bytes)
         seconds[name] += m.seconds
 
-    parts = []
+    parts, bases = [], []
     for group in layer_groups(lm, groups):
         with Measured() as m:
             cov = fit_covariances(group, data(), "empirical", 0)
@@ -243,6 +246,7 @@ def scale(quick: bool, results: dict, profile: str | None = None) -> None:
             lambdas = fit_lambdas(group, basis, data(), "empirical", 0)
         record("lambdas", m)
         parts.append(make_factors(basis, lambdas))
+        bases.append(basis)
     factors = Factors.join(parts)
     with Measured() as m:
         qg = query_gradients_from_tokens(lm, factors, queries, starts, qids, batch_size=B, groups=groups)
@@ -250,16 +254,16 @@ def scale(quick: bool, results: dict, profile: str | None = None) -> None:
     with Measured() as m:
         stream_scores(lm, qg, docs, batch_size=B, groups=groups)
     record("scores", m)
-    twice = docs + make_data(shape(quick, seed=args.seed + 7))[0]  # as many new documents again
-    with Measured() as m:
-        stream_scores(lm, qg, twice, batch_size=B, groups=groups)
-    marginal = m.seconds - seconds["scores"]  # per further document: no query gradients to move to the device
+    resident = replace(qg, left={name: left.to(lm.device) for name, left in qg.left.items()})
+    with Measured() as m:  # each further document's cost: the query gradients already on the device
+        stream_scores(lm, resident, docs, batch_size=B)
+    resident = None
     figures = {
         "train_step_tokens_per_s": tokens / base,
         "score_tokens_per_s": tokens / seconds["scores"],
         "score_vs_train_step_tokens_per_s": base / seconds["scores"],
-        "score_marginal_tokens_per_s": tokens / marginal,
-        "score_marginal_vs_train_step_tokens_per_s": base / marginal,
+        "score_resident_tokens_per_s": tokens / m.seconds,
+        "score_resident_vs_train_step_tokens_per_s": base / m.seconds,
         "factor_passes_vs_train_step": (seconds["covariances"] + seconds["lambdas"]) / base,
         "eigendecomposition_seconds": seconds["eigenbasis"],
         "query_gradients_seconds": seconds["query_gradients"],
@@ -275,7 +279,17 @@ def scale(quick: bool, results: dict, profile: str | None = None) -> None:
         results[name] = value
         print(f"{name}: {value:.4g}", flush=True)
     if profile:
-        profile_scoring(lm, qg, docs[:16], B, groups, profile)
+        first, sixteen = next(iter(layer_groups(lm, groups))), lambda: (b for _, b in batches(docs[:16], B, 0))
+        profiled(lambda: stream_scores(lm, qg, docs[:16], batch_size=B, groups=groups), f"{profile}-scoring.txt")
+        profiled(lambda: fit_covariances(first, sixteen(), "empirical", 0), f"{profile}-covariances.txt")
+        profiled(lambda: fit_lambdas(first, bases[0], sixteen(), "empirical", 0), f"{profile}-lambdas.txt")
+        exact = fit_lambdas(first, bases[0], sixteen(), "empirical", 0)
+        torch.backends.cuda.matmul.allow_tf32 = True  # what TF32 rotations would save, and cost
+        profiled(lambda: fit_lambdas(first, bases[0], sixteen(), "empirical", 0), f"{profile}-lambdas-tf32.txt")
+        tf32 = fit_lambdas(first, bases[0], sixteen(), "empirical", 0)
+        torch.backends.cuda.matmul.allow_tf32 = results["tf32"]
+        results["lambdas_tf32_rel_err"] = max(rel_err(tf32.sums[k], exact.sums[k]) for k in exact.sums)
+        print(f"lambdas_tf32_rel_err: {results['lambdas_tf32_rel_err']:.3g}", flush=True)
 
 
 def main(argv=None) -> int:

@@ -1,7 +1,18 @@
 """How much of the exact EK-FAC scores a projected store keeps, on a trained model.
 
-    python bench/projection.py            # ~2 minutes on a shared 2-core CPU
-    python bench/projection.py --seeds 3  # quicker
+    python bench/projection.py              # the tests' tiny model: ~2 minutes on a shared 2-core CPU
+    python bench/projection.py --seeds 3    # quicker
+    python bench/projection.py --model demo # the demo's model and projection: ~10 minutes
+
+With ``--model demo`` the model is the demo's (a 2M-parameter Llama with 128 x 512 MLP layers,
+the shape of bench/influence.py's random one), trained as `pretrace demo` trains it, on the
+demo's corpus, with its 76 queries; factors are fitted on the whole corpus with the pipeline's
+default settings, and a seeded sample of --documents documents is scored exactly and through the
+demo's projection (32 x 32, whitened: 64x smaller than dense gradients; and at --ks, by default
+64 and 128 too, to show how accuracy grows with k). It prints issue 14's
+accuracy figures under their names: `projected_pearson_trained`, `projection_compression`,
+`factored_storage_ratio` and `factored_pearson_loss` (each --ranks c), `rerank_recall_at_100`
+(the exact top 100 among the stored top 200, re-scored exactly) and `rerank_recall_at_10`.
 
 The model is the tiny Llama of the tests (MLP layers 64 x 32 and 32 x 64), trained for a few
 seconds on templated sentences: a random model's scores have no structure, so accuracy figures
@@ -18,6 +29,7 @@ then one `name: value` line per figure.
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import sys
 import time
@@ -30,10 +42,18 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from pretrace.batching import batches  # noqa: E402
+from pretrace.config import PretraceConfig  # noqa: E402
+from pretrace.corpus import read_records, tokenize_documents  # noqa: E402
+from pretrace.demo.corpus import build_demo_corpus  # noqa: E402
+from pretrace.demo.queries import build_demo_queries  # noqa: E402
+from pretrace.demo.train import train_demo_model  # noqa: E402
+from pretrace.documents import DocumentGradients  # noqa: E402
 from pretrace.documents import compute_document_gradients  # noqa: E402
 from pretrace.ekfac import fit_factors  # noqa: E402
-from pretrace.model import wrap_model  # noqa: E402
+from pretrace.low_rank import factorize  # noqa: E402
+from pretrace.model import load_model, wrap_model  # noqa: E402
 from pretrace.projection import KroneckerProjection  # noqa: E402
+from pretrace.query_file import queries_from_table, read_queries  # noqa: E402
 from pretrace.queries import Query, compute_query_gradients  # noqa: E402
 from pretrace.retrieval import recall  # noqa: E402
 from pretrace.scores import score_matrix, stream_scores  # noqa: E402
@@ -52,11 +72,15 @@ TRAINED_K = 16
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--ks", type=int, nargs="+", default=[8, 16, 32], help="projection sizes k (k_out = k_in = k)")
+    p.add_argument("--ks", type=int, nargs="+", help="projection sizes k (k_out = k_in = k); default 8 16 32, "
+                   "with --model demo 32 64 128")
     p.add_argument("--seeds", type=int, default=10, help="projection seeds per (basis, k)")
     p.add_argument("--ranks", type=int, nargs="+", default=[2, 3, 4],
                    help="document ranks c of the factored store, at the largest k")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--model", choices=["tiny", "demo"], default="tiny", help="which trained model (see above)")
+    p.add_argument("--documents", type=int, default=512, help="--model demo: documents scored (a seeded sample)")
+    p.add_argument("--steps", type=int, default=600, help="--model demo: training steps (the demo's default)")
     return p.parse_args(argv)
 
 
@@ -96,16 +120,96 @@ def compression(shapes: dict[str, tuple[int, int]], k: int) -> float:
     return sum(o * i for o, i in shapes.values()) / sum(min(k, o) * min(k, i) for o, i in shapes.values())
 
 
+DEMO_K = 32
+"""The demo's projection (`pipeline.settings.demo_config`): 32 x 32 per layer."""
+
+
+def demo_setup(workdir: Path, n_documents: int, steps: int):
+    """(demo model, its queries, a seeded sample of its corpus's documents, factors fitted on the
+    whole corpus with the pipeline's defaults), built and trained as `pretrace demo` does."""
+    files = build_demo_corpus(workdir / "corpus")
+    queries = queries_from_table(read_queries(str(build_demo_queries(workdir / "queries.jsonl"))))
+    train_demo_model(files, workdir / "model", steps=steps)
+    lm = load_model(str(workdir / "model"), device="cpu")
+    defaults = PretraceConfig()
+    corpus = [ids for f in files for ids in tokenize_documents(read_records(str(f)), lm.tokenizer, 256,
+                                                                  origin=str(f)).column("input_ids").to_pylist()]
+    factors = fit_factors(lm, lambda: (b for _, b in batches(corpus, 16, lm.pad_token_id)), fisher=defaults.fisher,
+                          damping=defaults.damping, seed=defaults.seed)
+    documents = random.Random(0).sample(corpus, min(n_documents, len(corpus)))
+    return lm, queries, documents, factors, len(corpus)
+
+
+def factored(stored: DocumentGradients, rank: int) -> DocumentGradients:
+    """The store at ``document_rank`` = rank: each document's projected gradient by its best rank-c
+    factors, as `compute_document_gradients(rank=...)` keeps it (`factorize`), without another pass."""
+    parts = {name: factorize(grads, rank) for name, grads in stored.grads.items()}
+    return DocumentGradients(stored.ids, {n: L for n, (L, _) in parts.items()}, stored.losses, stored.projection,
+                             {n: R for n, (_, R) in parts.items()}, rank)
+
+
+def demo_main(args: argparse.Namespace) -> dict[str, float]:
+    """Issue 14's accuracy figures on the demo's trained model at the demo's projection."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        lm, queries, documents, factors, corpus_size = demo_setup(Path(tmp), args.documents, args.steps)
+    shapes = lm.layer_shapes()
+    print(f"# projection accuracy on the demo's model ({args.steps} steps): {len(documents)} of its {corpus_size} "
+          f"documents, {len(queries)} queries, layers {sorted(set(shapes.values()))}, seeds 0-{args.seeds - 1}",
+          flush=True)
+    exact = stream_scores(lm, compute_query_gradients(lm, factors, queries), documents)
+    ids = [str(i) for i in range(len(documents))]
+    figures = {"projection_compression": compression(shapes, DEMO_K)}
+    pearsons: dict[str, list[float]] = {}
+    recalls: dict[str, list[float]] = {"rerank_recall_at_100": [], "rerank_recall_at_10": []}
+
+    def correlations(name: str, approx: torch.Tensor) -> None:
+        pearsons.setdefault(name, []).extend(pearson(approx[i], exact[i]) for i in range(len(queries)))
+
+    ks = args.ks or [DEMO_K, 2 * DEMO_K, 4 * DEMO_K]
+    for seed in range(args.seeds):
+        for k, basis in [(DEMO_K, "raw")] + [(k, "whitened") for k in ks]:
+            projection = KroneckerProjection.build(shapes, k, k, seed=seed, basis=basis, factors=factors)
+            qg = compute_query_gradients(lm, factors, queries, projection=projection)
+            stored = compute_document_gradients(lm, documents, ids, projection=projection)
+            approx = score_matrix(qg, stored)
+            correlations(f"{basis}_k{k}", approx)
+            if (k, basis) == (DEMO_K, "whitened"):
+                recalls["rerank_recall_at_100"].append(recall(approx, exact, 200, 100))
+                recalls["rerank_recall_at_10"].append(recall(approx, exact, 20, 10))
+                for c in args.ranks:
+                    correlations(f"c{c}", score_matrix(qg, factored(stored, c)))
+        print(f"seed {seed}: " + ", ".join(f"{name} {statistics.mean(v):.4f}" for name, v in pearsons.items()
+                                           if not name.startswith("c")) + " (mean Pearson so far)", flush=True)
+    for k in ks:
+        figures[f"compression_k{k}"] = compression(shapes, k)
+        figures[f"pearson_whitened_k{k}_mean"] = statistics.mean(pearsons[f"whitened_k{k}"])
+        figures[f"pearson_whitened_k{k}_min"] = min(pearsons[f"whitened_k{k}"])
+    figures["projected_pearson_trained"] = statistics.mean(pearsons[f"whitened_k{DEMO_K}"])
+    figures["projected_pearson_trained_min"] = min(pearsons[f"whitened_k{DEMO_K}"])
+    figures["projected_pearson_trained_raw"] = statistics.mean(pearsons[f"raw_k{DEMO_K}"])
+    for c in args.ranks:
+        figures[f"factored_storage_ratio_c{c}"] = DEMO_K * DEMO_K / (c * 2 * DEMO_K)
+        factored_mean = statistics.mean(pearsons[f"c{c}"])
+        figures[f"factored_pearson_loss_c{c}"] = figures["projected_pearson_trained"] - factored_mean
+    figures |= {name: statistics.mean(values) for name, values in recalls.items()}
+    return figures
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
+    if args.model == "demo":
+        return report(demo_main(args), started)
     lm, documents, factors = trained_setup()
     exact = stream_scores(lm, compute_query_gradients(lm, factors, QUERIES), documents)
     shapes = lm.layer_shapes()
     print(f"# projection accuracy on the tests' trained tiny Llama: {len(documents)} documents, {len(QUERIES)} "
           f"queries, layers {sorted(set(shapes.values()))}, seeds 0-{args.seeds - 1}", flush=True)
     figures: dict[str, float] = {}
+    args.ks = args.ks or [8, 16, 32]
     for k in args.ks:
         figures[f"compression_k{k}"] = compression(shapes, k)
         for basis in ("raw", "whitened"):
@@ -138,6 +242,11 @@ def main(argv=None) -> int:
         figures[f"factored_pearson_loss_k{k}_c{c}"] = figures[f"pearson_whitened_k{k}_mean"] - statistics.mean(values)
         print(f"k={k} whitened, document_rank {c}: mean {statistics.mean(values):.3f}, min {min(values):.3f}; "
               f"{figures[f'factored_storage_ratio_k{k}_c{c}']:.2f}x smaller than the projected store", flush=True)
+    return report(figures, started)
+
+
+def report(figures: dict[str, float], started: float) -> int:
+    """The time taken, then one `name: value` line per figure."""
     print(f"# {time.perf_counter() - started:.0f} s")
     for name, value in figures.items():
         print(f"{name}: {value:.4g}")

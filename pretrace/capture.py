@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import functools
 import inspect
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Iterator, Literal
 
 import torch
 import torch.nn.functional as F
 
+from .activation_checkpointing import checkpointed_blocks
 from .batching import TokenBatch
 from .errors import NumericalError
 from .model import HALF_PRECISION, LoadedModel
@@ -118,7 +119,8 @@ def capture(
             def store_grad(grad: torch.Tensor) -> None:
                 grads[name] = grad.detach()
 
-            output.register_hook(store_grad)
+            if output.requires_grad:  # not so in a checkpointed block's recomputation, outside the graph
+                output.register_hook(store_grad)
 
         return hook
 
@@ -128,15 +130,19 @@ def capture(
     # The LM head and softmax dominate small models: compute them only where tokens are predicted.
     first = _first_predicting_position(batch)
     keep = {"logits_to_keep": torch.arange(first, batch.input_ids.shape[1] - 1, device=lm.device)}
-    if not _accepts_logits_to_keep(type(lm.model)):
+    if not _accepts(type(lm.model), "logits_to_keep"):
         first, keep = None, {}
+    if lm.activation_checkpointing and _accepts(type(lm.model), "use_cache"):
+        keep["use_cache"] = False  # a recomputed block would append its keys and values to the cache again
+    blocks = checkpointed_blocks(lm.model) if lm.activation_checkpointing else nullcontext()
     try:
-        with _frozen_parameters(lm.model), lm.autocast():
-            logits = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **keep).logits
-        if not all_finite(logits):
-            _raise_first_non_finite(outputs)
-        losses = sequence_losses(logits, batch, labels, generator, first)
-        losses.sum().backward()
+        with blocks, _frozen_parameters(lm.model):  # frozen through the backward too, where blocks are recomputed
+            with lm.autocast():
+                logits = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **keep).logits
+            if not all_finite(logits):
+                _raise_first_non_finite(outputs)
+            losses = sequence_losses(logits, batch, labels, generator, first)
+            losses.sum().backward()
     finally:
         for handle in handles:
             handle.remove()
@@ -167,8 +173,8 @@ def _first_predicting_position(batch: TokenBatch) -> int:
 
 
 @functools.cache
-def _accepts_logits_to_keep(forward_owner: type) -> bool:
-    return "logits_to_keep" in inspect.signature(forward_owner.forward).parameters
+def _accepts(forward_owner: type, argument: str) -> bool:
+    return argument in inspect.signature(forward_owner.forward).parameters
 
 
 def all_finite(tensor: torch.Tensor) -> bool:

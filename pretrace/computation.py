@@ -114,12 +114,12 @@ class Computation:
         """The model under study, loaded once per process for its fingerprint and settings."""
         config = self.project.config
         key = (self.reader("model").manifest.fingerprint, tuple(config.layers), config.device, config.dtype,
-               tuple(config.loading.items()))
+               tuple(config.loading.items()), config.activation_checkpointing)
         if key not in _MODELS:
             _MODELS.clear()
             with self.checkpoint() as path:
                 _MODELS[key] = load_model(path, layers=config.layers, device=config.device, dtype=config.dtype,
-                                          **config.loading)
+                                          activation_checkpointing=config.activation_checkpointing, **config.loading)
         return _MODELS[key]
 
     def layer_groups(self, lm: LoadedModel) -> int:

@@ -67,7 +67,7 @@ def workload(config: PretraceConfig, *, documents: int, queries: int, query_leng
         queries=queries, query_length=query_length or config.max_length, projection=config.projection,
         query_rank=config.query_rank, layer_groups=config.layer_groups or 1, device=device,
         factor_block_size=config.factor_block_size, document_rank=config.document_rank,
-        stored_gradient_dtype=config.stored_gradient_dtype,
+        stored_gradient_dtype=config.stored_gradient_dtype, activation_checkpointing=config.activation_checkpointing,
     )
 
 
@@ -79,13 +79,14 @@ def device_plan(config: PretraceConfig, shape: ModelShape, work: Workload) -> De
     if budget is None or asked.peak.device <= budget:
         return DevicePlan(asked, work, budget, automatic)
     fitted_plan, fitted = fitting_plan(shape, replace(work, layer_groups=1), budget)  # raises when nothing fits
-    if automatic and fitted.batch_size == work.batch_size:
+    applied_by_itself = (fitted.batch_size, fitted.activation_checkpointing) == (work.batch_size, work.activation_checkpointing)
+    if automatic and applied_by_itself:  # layer groups alone: a run can choose them; the rest the user sets
         return DevicePlan(fitted_plan, fitted, budget, automatic)
     raise InputError(
         f"the run needs {asked.peak.device / GB:.3g} GB of device memory at its peak ({asked.peak.name}) but the "
         f"device has {budget / GB:.3g} GB; set {suggestion(work, fitted)} in pretrace.yaml (layer groups give the "
         f"same results in more passes, the EK-FAC sums refitted a group at a time; a smaller batch_size recomputes "
-        f"the gradients)\n{asked.table()}")
+        f"the gradients; activation checkpointing recomputes each block in the backward pass)\n{asked.table()}")
 
 
 

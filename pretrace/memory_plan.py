@@ -94,17 +94,20 @@ class Workload:
     factor_block_size: int | None = None
     document_rank: int | None = None
     stored_gradient_dtype: str = "float32"
+    activation_checkpointing: bool = False
 
 
-def activation_bytes(shape: ModelShape, tokens: int, itemsize: int) -> int:
+def activation_bytes(shape: ModelShape, tokens: int, itemsize: int, checkpointed: bool = False) -> int:
     """The model's own tensors alive at the peak of one forward and backward with frozen weights:
     per block and token the residual stream, attention's saved queries, keys, values and output,
     the MLP's four intermediate tensors (in the compute dtype; norms keep float32 copies when it is
-    narrower), and the float32 logits at the loss."""
+    narrower), and the float32 logits at the loss. Checkpointed (`pretrace.activation_checkpointing`),
+    each block keeps its input alone and one block's tensors live again while it is recomputed."""
     per_block = itemsize * (6 * shape.hidden + 2 * shape.kv_hidden + 4 * shape.intermediate)
     if itemsize < 4:
         per_block += 2 * 4 * shape.hidden
-    return tokens * (shape.blocks * per_block + LOGIT_BYTES_PER_VOCAB * shape.vocab)
+    kept = shape.blocks * itemsize * shape.hidden + per_block if checkpointed else shape.blocks * per_block
+    return tokens * (kept + LOGIT_BYTES_PER_VOCAB * shape.vocab)
 
 
 LOADED = ("weights", "eigenbases", "factors", "query gradients", "query gradient factors")
@@ -192,10 +195,11 @@ class _Sizes:
         them), and per tracked layer per token the output gradient the hook keeps, plus float32
         copies of inputs and gradients where they are upcast. Summed: the backward pass makes the
         gradients while most activations are still alive."""
-        w = self.w
-        captured = sum(w * d_out + (4 * (d_in + d_out) if self.upcast else 0) for d_out, d_in in layers)
-        return {"weights": self.shape.parameters * w, "activations": activation_bytes(self.shape, tokens, w),
-                "captured": tokens * captured}
+        w, checkpointed = self.w, self.work.activation_checkpointing
+        inputs = w if checkpointed else 0  # the hooks keep layer inputs that checkpointed blocks would free
+        captured = sum(w * d_out + inputs * d_in + (4 * (d_in + d_out) if self.upcast else 0) for d_out, d_in in layers)
+        return {"weights": self.shape.parameters * w,
+                "activations": activation_bytes(self.shape, tokens, w, checkpointed), "captured": tokens * captured}
 
     def gathered(self, part: str, size: int) -> dict[str, int]:
         """Results a step moves to the host as it goes: in device memory only on a CPU."""
@@ -276,8 +280,9 @@ class _Sizes:
 
 def fitting_plan(shape: ModelShape, work: Workload, device_bytes: int) -> tuple[Plan, Workload]:
     """The plan of ``work`` if it fits ``device_bytes``, else of the nearest settings that do:
-    more layer groups first (same results, more passes), then smaller batches. Raises
-    `InputError` when nothing fits, with the plan of the smallest settings."""
+    more layer groups first (same results, more passes), then smaller batches, then all of that
+    again with activation checkpointing (same results, more compute). Raises `InputError` when
+    nothing fits, with the plan of the smallest settings."""
     tried = work
     while True:
         current = plan(shape, tried)
@@ -287,15 +292,18 @@ def fitting_plan(shape: ModelShape, work: Workload, device_bytes: int) -> tuple[
             tried = replace(tried, layer_groups=tried.layer_groups + 1)
         elif tried.batch_size > 1:
             tried = replace(tried, batch_size=tried.batch_size // 2, layer_groups=work.layer_groups)
+        elif not tried.activation_checkpointing:
+            tried = replace(work, activation_checkpointing=True)
         else:
             raise InputError(
                 f"the run needs {current.peak.device / GB:.3g} GB of device memory at its smallest settings "
-                f"(batch_size 1, layer_groups {tried.layer_groups}) but the device has {device_bytes / GB:.3g} GB; "
-                f"track fewer layers, shorten max_length, or use a larger device\n{current.table()}")
+                f"(batch_size 1, layer_groups {tried.layer_groups}, activation_checkpointing) but the device has "
+                f"{device_bytes / GB:.3g} GB; track fewer layers, shorten max_length, set factor_block_size for "
+                f"the widest layers, or use a larger device\n{current.table()}")
 
 
 def suggestion(work: Workload, fitted: Workload) -> str:
     """The settings that change, as pretrace.yaml lines."""
-    changed = [f"{key}: {getattr(fitted, key)}" for key in ("layer_groups", "batch_size")
-               if getattr(fitted, key) != getattr(work, key)]
+    keys = ("layer_groups", "batch_size", "activation_checkpointing")
+    changed = [f"{key}: {str(getattr(fitted, key)).lower()}" for key in keys if getattr(fitted, key) != getattr(work, key)]
     return ", ".join(changed)

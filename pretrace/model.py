@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .activation_checkpointing import transformer_blocks
 from .checkpoint_cache import local_checkpoint
 from .errors import InputError
 
@@ -126,6 +127,7 @@ class LoadedModel:
     layers: list[TrackedLayer]
     device: torch.device
     dtype: torch.dtype = torch.float32
+    activation_checkpointing: bool = False  # recompute each block's activations in the backward pass
 
     @property
     def max_context(self) -> int | None:
@@ -171,12 +173,16 @@ def wrap_model(
     layers: Sequence[str] = DEFAULT_LAYER_PATTERNS,
     device: str = "auto",
     dtype: str = "float32",
+    activation_checkpointing: bool = False,
 ) -> LoadedModel:
-    """Prepare an in-memory model: eval mode, on the device, tracked layers chosen."""
+    """Prepare an in-memory model: eval mode, on the device, tracked layers chosen; with
+    ``activation_checkpointing`` its passes keep only each block's input (`pretrace.activation_checkpointing`)."""
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
     model = model.to(torch_device).eval()
-    return LoadedModel(model, tokenizer, select_layers(model, layers), torch_device, torch_dtype)
+    if activation_checkpointing:
+        transformer_blocks(model)  # refused now, not at the first pass, when there are none
+    return LoadedModel(model, tokenizer, select_layers(model, layers), torch_device, torch_dtype, activation_checkpointing)
 
 
 def context_of(config: object) -> int | None:
@@ -196,6 +202,7 @@ def load_model(
     dtype: str = "float32",
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    activation_checkpointing: bool = False,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer from a local directory or an fsspec URL (s3://...).
 
@@ -221,7 +228,8 @@ def load_model(
             "(model.save_pretrained on a ...ForCausalLM)"
         )
     _check_causal(model, path)
-    return wrap_model(model, checkpoint.tokenizer, layers=layers, device=device, dtype=dtype)
+    return wrap_model(model, checkpoint.tokenizer, layers=layers, device=device, dtype=dtype,
+                      activation_checkpointing=activation_checkpointing)
 
 
 @dataclass

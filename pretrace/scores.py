@@ -70,8 +70,8 @@ def _layer_scorers(queries: QueryGradients, names: Sequence[str], device: torch.
     inf or nan reaches."""
     if queries.rank is None:
         dense = {n: queries.dense(n).to(device) for n in names}
-        return [lambda cap, n=n: blocked_inner_products(dense[n], unchecked_layer_gradients(cap, n, projection).to(dense[n]))
-                for n in names]
+        return [lambda cap, n=n: blocked_inner_products(dense[n], unchecked_layer_gradients(cap, n, projection)
+                                                        .to(dense[n])) for n in names]
     factored = {n: (queries.left[n].to(device, torch.float32), queries.right[n].to(device, torch.float32)) for n in names}
     return [lambda cap, n=n: captured_inner_products(factored[n], *layer_tokens(cap, n, projection)) for n in names]
 

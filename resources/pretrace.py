@@ -53,6 +53,7 @@ class PretraceResource(dg.ConfigurableResource):
     dtype: str = _field("dtype")
     layer_groups: Optional[int] = _field("layer_groups")
     factor_block_size: Optional[int] = _field("factor_block_size")
+    activation_checkpointing: bool = _field("activation_checkpointing")
     device_memory_gb: Optional[float] = _field("device_memory_gb")
     trust_remote_code: bool = _field("trust_remote_code")
     allow_pickle: bool = _field("allow_pickle")

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[2]
 HAVE_KRONFLUENCE = importlib.util.find_spec("kronfluence") is not None
 
@@ -48,3 +50,29 @@ def test_tokenize_memory_benchmark_prints_peaks_as_ratios(tmp_path):
     _, stdout = run_bench("tokenize_memory.py", "--mb", "0.05", "0.2")
     rows = [line.split() for line in stdout.splitlines() if line.strip().startswith(("0.05 MB", "0.2 MB"))]
     assert len(rows) == 3 and rows[0][-3] == "1.00"  # the reference, then the larger one, then the old path
+
+
+def test_projection_benchmark_prints_its_figures():
+    values, _ = run_bench("projection.py", "--seeds", "1", "--ks", "8", "16", "--ranks", "2")
+    assert float(values["compression_k8"]) == 32 and float(values["factored_storage_ratio_k16_c2"]) == 4
+    for name in ("projected_pearson_trained", "rerank_recall_at_10_trained", "factored_pearson_loss_k16_c2"):
+        assert -1.0 <= float(values[name]) <= 1.0, values
+
+
+def test_the_projection_benchmarks_factored_store_is_the_pipelines():
+    """bench/projection.py factors a stored projected gradient itself (no second pass): the
+    same scores as the store `compute_document_gradients(rank=...)` writes."""
+    from bench.projection import QUERIES, factored, trained_setup
+    from pretrace.documents import compute_document_gradients
+    from pretrace.projection import KroneckerProjection
+    from pretrace.queries import compute_query_gradients
+    from pretrace.scores import score_matrix
+
+    lm, documents, factors = trained_setup()
+    documents = documents[:12]
+    projection = KroneckerProjection.build(lm.layer_shapes(), 16, 16, seed=1, basis="whitened", factors=factors)
+    queries = compute_query_gradients(lm, factors, QUERIES, projection=projection)
+    ids = [str(i) for i in range(len(documents))]
+    stored = compute_document_gradients(lm, documents, ids, projection=projection)
+    expected = score_matrix(queries, compute_document_gradients(lm, documents, ids, projection=projection, rank=3))
+    torch.testing.assert_close(score_matrix(queries, factored(stored, 3)), expected, rtol=1e-5, atol=1e-6)

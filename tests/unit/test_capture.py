@@ -3,8 +3,10 @@
 import pytest
 import torch
 
+from pretrace.activation_checkpointing import transformer_blocks
 from pretrace.batching import collate
 from pretrace.capture import capture, sequence_losses
+from pretrace.errors import InputError
 from pretrace.model import wrap_model
 from tests.tiny import ARCHITECTURES, random_sequences, tiny_model
 
@@ -66,3 +68,26 @@ def test_parameters_keep_requires_grad_and_get_no_grad():
     lm = wrap_model(tiny_model("llama"), device="cpu")
     capture(lm, collate(random_sequences(2), pad_id=0))
     assert all(p.requires_grad and p.grad is None for p in lm.model.parameters())
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_checkpointed_blocks_capture_the_same_bytes_and_are_unwrapped_after(arch):
+    """Every linear layer (attention's too, inside the recomputed blocks), padded batch."""
+    model = tiny_model(arch)
+    batch = collate(random_sequences(4, min_len=5, max_len=20, seed=1), pad_id=0)
+    plain = capture(wrap_model(model, layers=[r"^(?!lm_head)"], device="cpu"), batch)
+    lm = wrap_model(model, layers=[r"^(?!lm_head)"], device="cpu", activation_checkpointing=True)
+    checkpointed = capture(lm, batch)
+    assert torch.equal(checkpointed.losses, plain.losses)
+    for name in plain.a:
+        assert torch.equal(checkpointed.a[name], plain.a[name]) and torch.equal(checkpointed.g[name], plain.g[name]), name
+    blocks = transformer_blocks(model)
+    assert len(blocks) == 2 and all("forward" not in vars(block) for block in blocks)
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())
+
+
+def test_checkpointing_a_model_without_blocks_is_refused():
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 10))
+    with pytest.raises(InputError, match="Sequential has no list of transformer blocks to checkpoint; set "
+                                         "activation_checkpointing: false"):
+        wrap_model(model, layers=["1"], device="cpu", activation_checkpointing=True)

@@ -1,5 +1,7 @@
 """The memory plan against allocations measured on the same tiny model, and its refusals."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -29,12 +31,14 @@ def test_the_meta_model_gives_the_real_shapes():
     assert shape.layers == real.layer_shapes() and shape.kv_hidden == 64
 
 
-def test_each_step_is_planned_within_a_fifth_of_what_it_allocates():
+@pytest.mark.parametrize("checkpointed", [False, True])
+def test_each_step_is_planned_within_a_fifth_of_what_it_allocates(checkpointed):
     torch.manual_seed(0)
-    lm = wrap_model(LlamaForCausalLM(CONFIG).eval(), layers=["mlp"], device="cpu")
+    lm = wrap_model(LlamaForCausalLM(CONFIG).eval(), layers=["mlp"], device="cpu", activation_checkpointing=checkpointed)
     B, T, Q = 4, 32, 6
     docs = [torch.randint(3, 256, (T,), generator=torch.Generator().manual_seed(i)).tolist() for i in range(2 * B)]
-    work = Workload(batch_size=B, max_length=T, documents=len(docs), queries=Q, query_length=T, device="cpu")
+    work = Workload(batch_size=B, max_length=T, documents=len(docs), queries=Q, query_length=T, device="cpu",
+                    activation_checkpointing=checkpointed)
     planned = plan(ModelShape.of_config(CONFIG, ["mlp"]), work)
     data = lambda: (b for _, b in batches(docs, B, 0))  # noqa: E731
     fit_covariances(lm, data())  # first calls allocate lasting caches; measure the steady state
@@ -114,8 +118,23 @@ def test_a_run_too_large_for_the_device_gets_the_settings_that_fit():
     assert fitted_plan.peak.device <= 80e9 and fitted.layer_groups > 1 and fitted.batch_size == 8
     assert suggestion(work, fitted) == f"layer_groups: {fitted.layer_groups}"
     with pytest.raises(InputError, match=r"needs [\d.]+ GB of device memory at its smallest settings .*batch_size 1, "
-                                         r"layer_groups 96\).*the device has 1 GB; track fewer layers"):
+                                         r"layer_groups 96, activation_checkpointing\).*the device has 1 GB; track fewer "
+                                         r"layers, shorten max_length, set factor_block_size"):
         fitting_plan(shape, work, int(1e9))
+
+
+def test_activation_checkpointing_is_suggested_when_nothing_else_fits():
+    """Checkpointed blocks keep one hidden state per token and block: far less than their activations."""
+    shape = ModelShape.of_config(SEVEN_B, ["mlp"])
+    work = Workload(batch_size=8, max_length=512, dtype="bfloat16", documents=1000, queries=8, query_length=64)
+    smallest = plan(shape, replace(work, batch_size=1, layer_groups=len(shape.layers)))
+    checkpointed = plan(shape, replace(work, batch_size=1, layer_groups=len(shape.layers), activation_checkpointing=True))
+    saved = smallest.step("covariances").parts["activations"] - checkpointed.step("covariances").parts["activations"]
+    per_block = 2 * (6 * 4096 + 2 * 4096 + 4 * 11008) + 8 * 4096  # bf16 tensors, float32 norm copies
+    assert saved == 512 * (31 * per_block - 32 * 2 * 4096)  # all blocks' tensors but one, less their bf16 inputs
+    fitted_plan, fitted = fitting_plan(shape, work, int(smallest.peak.device) - 1)
+    assert fitted.activation_checkpointing and fitted_plan.peak.device < smallest.peak.device
+    assert "activation_checkpointing: true" in suggestion(work, fitted)
 
 
 def test_the_device_plan_chooses_groups_or_refuses_with_the_setting_that_fits():
