@@ -120,7 +120,8 @@ def main(argv=None) -> int:
     wide = replace(PAPER_RUN, factor_block_size=COMMAND_R_35B.intermediate_size // BLOCKS)
     for label, config, work in (("7b", LLAMA_2_7B, PAPER_RUN), ("35b", COMMAND_R_35B, wide)):
         big = ModelShape.of_config(config, ["mlp"])
-        smallest = plan(big, replace(work, batch_size=1, layer_groups=len(big.layers))).peak
+        smallest_settings = replace(work, batch_size=1, layer_groups=len(big.layers), activation_checkpointing=True)
+        smallest = plan(big, smallest_settings).peak
         try:
             fitted = fitting_plan(big, work, int(80 * GB))[1]
             extra = [*(["activation_checkpointing"] if fitted.activation_checkpointing else []),

@@ -70,6 +70,8 @@ INVALIDATION = {
                          for g in (0, 1)} | {f"ekfac_eigenbasis[group-{g}]" for g in (0, 1)} | each("ekfac_factors")),
     "factor_block_size": (16, EKFAC_ON),  # block-diagonal covariances: another eigenbasis
     "device_memory_gb": (64, set()),  # a limit the plan checks; nothing computed depends on it
+    # recomputed blocks give the same bytes: nothing recomputes, and a clean run with it on matches
+    "activation_checkpointing": (True, set()),
 }
 
 
