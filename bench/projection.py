@@ -12,7 +12,9 @@ demo's projection (32 x 32, whitened: 64x smaller than dense gradients; and at -
 64 and 128 too, to show how accuracy grows with k). It prints issue 14's
 accuracy figures under their names: `projected_pearson_trained`, `projection_compression`,
 `factored_storage_ratio` and `factored_pearson_loss` (each --ranks c), `rerank_recall_at_100`
-(the exact top 100 among the stored top 200, re-scored exactly) and `rerank_recall_at_10`.
+(the exact top 100 among the stored top 200, re-scored exactly) and `rerank_recall_at_10`; and,
+for each larger k, the same storage spent otherwise: the (k, k) gradient kept as rank-c factors
+with c (2k) = 32 x 32 numbers (`pearson_equal_storage_k{k}_c{c}_*`, `rerank_recall_at_100_k{k}_c{c}`).
 
 The model is the tiny Llama of the tests (MLP layers 64 x 32 and 32 x 64), trained for a few
 seconds on templated sentences: a random model's scores have no structure, so accuracy figures
@@ -180,6 +182,11 @@ def demo_main(args: argparse.Namespace) -> dict[str, float]:
                 recalls["rerank_recall_at_10"].append(recall(approx, exact, 20, 10))
                 for c in args.ranks:
                     correlations(f"c{c}", score_matrix(qg, factored(stored, c)))
+            elif basis == "whitened" and k > DEMO_K:  # a larger k in factors as small as the demo's store
+                c = equal_storage_rank(k)
+                equal = score_matrix(qg, factored(stored, c))
+                correlations(f"c{c}_k{k}", equal)
+                recalls.setdefault(f"rerank_recall_at_100_k{k}_c{c}", []).append(recall(equal, exact, 200, 100))
         print(f"seed {seed}: " + ", ".join(f"{name} {statistics.mean(v):.4f}" for name, v in pearsons.items()
                                            if not name.startswith("c")) + " (mean Pearson so far)", flush=True)
     for k in ks:
@@ -193,8 +200,17 @@ def demo_main(args: argparse.Namespace) -> dict[str, float]:
         figures[f"factored_storage_ratio_c{c}"] = DEMO_K * DEMO_K / (c * 2 * DEMO_K)
         factored_mean = statistics.mean(pearsons[f"c{c}"])
         figures[f"factored_pearson_loss_c{c}"] = figures["projected_pearson_trained"] - factored_mean
+    for k in (k for k in ks if k > DEMO_K):
+        c = equal_storage_rank(k)
+        figures[f"pearson_equal_storage_k{k}_c{c}_mean"] = statistics.mean(pearsons[f"c{c}_k{k}"])
+        figures[f"pearson_equal_storage_k{k}_c{c}_min"] = min(pearsons[f"c{c}_k{k}"])
     figures |= {name: statistics.mean(values) for name, values in recalls.items()}
     return figures
+
+
+def equal_storage_rank(k: int) -> int:
+    """The rank c whose factors of a (k, k) gradient hold as many numbers as the demo's (32, 32) one."""
+    return max(1, DEMO_K * DEMO_K // (2 * k))
 
 
 def main(argv=None) -> int:

@@ -96,8 +96,9 @@ CASES = {
                     ['queries.jsonl, line 4: `answer` is ["x"] (list)', "give the answer as a string or a number"]),
     "queries-missing": (_config(queries="missing.jsonl"), ["missing.jsonl: no such file; correct the path"]),
     "device-memory": (_config(device_memory_gb=1e-4),
-                      ["the run needs", "GB of device memory at its smallest settings (batch_size 1, layer_groups 6) "
-                       "but the device has 0.0001 GB; track fewer layers, shorten max_length"]),
+                      ["the run needs", "GB of device memory at its smallest settings (batch_size 1, layer_groups 6, "
+                       "activation_checkpointing) but the device has 0.0001 GB; track fewer layers, shorten max_length, "
+                       "set factor_block_size for the widest layers"]),
     "fit-shards": (_config(fit_shards=["nope.jsonl"]),
                    ["fit_shards: 'nope.jsonl' is not a shard of", "the shards are: part-a.jsonl, part-b.jsonl"]),
     "two-problems": (_both(_append("queries.jsonl", '{"id": 5, "kind": "f", "prompt": "p", "completion": "c"}'),
