@@ -79,7 +79,8 @@ def device_plan(config: PretraceConfig, shape: ModelShape, work: Workload) -> De
     if budget is None or asked.peak.device <= budget:
         return DevicePlan(asked, work, budget, automatic)
     fitted_plan, fitted = fitting_plan(shape, replace(work, layer_groups=1), budget)  # raises when nothing fits
-    applied_by_itself = (fitted.batch_size, fitted.activation_checkpointing) == (work.batch_size, work.activation_checkpointing)
+    user_settings = ("batch_size", "activation_checkpointing")
+    applied_by_itself = all(getattr(fitted, key) == getattr(work, key) for key in user_settings)
     if automatic and applied_by_itself:  # layer groups alone: a run can choose them; the rest the user sets
         return DevicePlan(fitted_plan, fitted, budget, automatic)
     raise InputError(

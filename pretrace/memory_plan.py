@@ -197,7 +197,8 @@ class _Sizes:
         gradients while most activations are still alive."""
         w, checkpointed = self.w, self.work.activation_checkpointing
         inputs = w if checkpointed else 0  # the hooks keep layer inputs that checkpointed blocks would free
-        captured = sum(w * d_out + inputs * d_in + (4 * (d_in + d_out) if self.upcast else 0) for d_out, d_in in layers)
+        upcast = 4 if self.upcast else 0
+        captured = sum(w * d_out + inputs * d_in + upcast * (d_in + d_out) for d_out, d_in in layers)
         return {"weights": self.shape.parameters * w,
                 "activations": activation_bytes(self.shape, tokens, w, checkpointed), "captured": tokens * captured}
 
