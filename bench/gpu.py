@@ -189,16 +189,17 @@ def products(quick: bool, results: dict) -> None:
         print(f"{name}: {value:.4g}", flush=True)
 
 
-def profiled(fn, path: str) -> None:
-    """Where ``fn`` spends its GPU time, operator by operator (torch.profiler's table)."""
+def profiled(fn, path: str):
+    """``fn()``, and where it spent its GPU time, operator by operator (torch.profiler's table)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        fn()
+        result = fn()
         torch.cuda.synchronize()
     averages = prof.key_averages()
     key = "device_time_total" if hasattr(averages[0], "device_time_total") else "cuda_time_total"
     Path(path).write_text(averages.table(sort_by=key, row_limit=30) + "\n")
+    return result
 
 
 def scale(quick: bool, results: dict, profile: str | None = None) -> None:
@@ -282,11 +283,9 @@ def scale(quick: bool, results: dict, profile: str | None = None) -> None:
         first, sixteen = next(iter(layer_groups(lm, groups))), lambda: (b for _, b in batches(docs[:16], B, 0))
         profiled(lambda: stream_scores(lm, qg, docs[:16], batch_size=B, groups=groups), f"{profile}-scoring.txt")
         profiled(lambda: fit_covariances(first, sixteen(), "empirical", 0), f"{profile}-covariances.txt")
-        profiled(lambda: fit_lambdas(first, bases[0], sixteen(), "empirical", 0), f"{profile}-lambdas.txt")
-        exact = fit_lambdas(first, bases[0], sixteen(), "empirical", 0)
+        exact = profiled(lambda: fit_lambdas(first, bases[0], sixteen(), "empirical", 0), f"{profile}-lambdas.txt")
         torch.backends.cuda.matmul.allow_tf32 = True  # what TF32 rotations would save, and cost
-        profiled(lambda: fit_lambdas(first, bases[0], sixteen(), "empirical", 0), f"{profile}-lambdas-tf32.txt")
-        tf32 = fit_lambdas(first, bases[0], sixteen(), "empirical", 0)
+        tf32 = profiled(lambda: fit_lambdas(first, bases[0], sixteen(), "empirical", 0), f"{profile}-lambdas-tf32.txt")
         torch.backends.cuda.matmul.allow_tf32 = results["tf32"]
         results["lambdas_tf32_rel_err"] = max(rel_err(tf32.sums[k], exact.sums[k]) for k in exact.sums)
         print(f"lambdas_tf32_rel_err: {results['lambdas_tf32_rel_err']:.3g}", flush=True)

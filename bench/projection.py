@@ -43,8 +43,8 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
+from pipeline.settings import demo_config  # noqa: E402
 from pretrace.batching import batches  # noqa: E402
-from pretrace.config import PretraceConfig  # noqa: E402
 from pretrace.corpus import read_records, tokenize_documents  # noqa: E402
 from pretrace.demo.corpus import build_demo_corpus  # noqa: E402
 from pretrace.demo.queries import build_demo_queries  # noqa: E402
@@ -122,22 +122,22 @@ def compression(shapes: dict[str, tuple[int, int]], k: int) -> float:
     return sum(o * i for o, i in shapes.values()) / sum(min(k, o) * min(k, i) for o, i in shapes.values())
 
 
-DEMO_K = 32
+DEMO = demo_config()
+DEMO_K = DEMO.projection[0]
 """The demo's projection (`pipeline.settings.demo_config`): 32 x 32 per layer."""
 
 
 def demo_setup(workdir: Path, n_documents: int, steps: int):
     """(demo model, its queries, a seeded sample of its corpus's documents, factors fitted on the
-    whole corpus with the pipeline's defaults), built and trained as `pretrace demo` does."""
+    whole corpus with the demo's settings), built and trained as `pretrace demo` does."""
     files = build_demo_corpus(workdir / "corpus")
     queries = queries_from_table(read_queries(str(build_demo_queries(workdir / "queries.jsonl"))))
-    train_demo_model(files, workdir / "model", steps=steps)
+    train_demo_model(files, workdir / "model", max_length=DEMO.max_length, steps=steps)
     lm = load_model(str(workdir / "model"), device="cpu")
-    defaults = PretraceConfig()
-    corpus = [ids for f in files for ids in tokenize_documents(read_records(str(f)), lm.tokenizer, 256,
+    corpus = [ids for f in files for ids in tokenize_documents(read_records(str(f)), lm.tokenizer, DEMO.max_length,
                                                                   origin=str(f)).column("input_ids").to_pylist()]
-    factors = fit_factors(lm, lambda: (b for _, b in batches(corpus, 16, lm.pad_token_id)), fisher=defaults.fisher,
-                          damping=defaults.damping, seed=defaults.seed)
+    factors = fit_factors(lm, lambda: (b for _, b in batches(corpus, DEMO.batch_size, lm.pad_token_id)),
+                          fisher=DEMO.fisher, damping=DEMO.damping, seed=DEMO.seed)
     documents = random.Random(0).sample(corpus, min(n_documents, len(corpus)))
     return lm, queries, documents, factors, len(corpus)
 

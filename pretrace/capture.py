@@ -129,16 +129,16 @@ def capture(
     handles.append(lm.model.get_input_embeddings().register_forward_hook(_differentiable_embeddings))
     # The LM head and softmax dominate small models: compute them only where tokens are predicted.
     first = _first_predicting_position(batch)
-    keep = {"logits_to_keep": torch.arange(first, batch.input_ids.shape[1] - 1, device=lm.device)}
+    options = {"logits_to_keep": torch.arange(first, batch.input_ids.shape[1] - 1, device=lm.device)}
     if not _accepts(type(lm.model), "logits_to_keep"):
-        first, keep = None, {}
+        first, options = None, {}
     if lm.activation_checkpointing and _accepts(type(lm.model), "use_cache"):
-        keep["use_cache"] = False  # a recomputed block would append its keys and values to the cache again
+        options["use_cache"] = False  # a recomputed block would append its keys and values to the cache again
     blocks = checkpointed_blocks(lm.model) if lm.activation_checkpointing else nullcontext()
     try:
         with blocks, _frozen_parameters(lm.model):  # frozen through the backward too, where blocks are recomputed
             with lm.autocast():
-                logits = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **keep).logits
+                logits = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **options).logits
             if not all_finite(logits):
                 _raise_first_non_finite(outputs)
             losses = sequence_losses(logits, batch, labels, generator, first)
