@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from pretrace.layout import ArtefactReader
+from pretrace.projection import BASES
 from pretrace.provenance import Project
 from resources.pretrace import PretraceResource
 
@@ -70,8 +71,8 @@ def projection_error_check(context: dg.AssetCheckExecutionContext, pretrace: Pre
     pearson = accuracy["pearson_mean"]
     passed = pearson is not None and pearson >= config.projection_floor
     measured = "undefined (the sampled scores are constant)" if pearson is None else f"r = {pearson:.3f}"
-    advice = ("raise `projection`" + (", use `projection_basis: whitened`" if config.projection_basis == "raw" else "")
-              + " or raise or drop `query_rank` and `document_rank`")
+    others = " or ".join(f"`{b}`" for b in BASES if b not in ("raw", config.projection_basis))
+    advice = f"raise `projection`, try `projection_basis` {others} or raise or drop `query_rank` and `document_rank`"
     return dg.AssetCheckResult(
         passed=passed, severity=dg.AssetCheckSeverity.WARN,
         description=None if passed else (

@@ -50,7 +50,7 @@ from pretrace.capture import capture  # noqa: E402
 from pretrace.documents import compute_document_gradients  # noqa: E402
 from pretrace.ekfac import Factors, fit_factors  # noqa: E402
 from pretrace.model import wrap_model  # noqa: E402
-from pretrace.projection import KroneckerProjection  # noqa: E402
+from pretrace.projection import BASES, KroneckerProjection  # noqa: E402
 from pretrace.queries import query_gradients_from_tokens  # noqa: E402
 from pretrace.retrieval import recall  # noqa: E402
 from pretrace.scores import score_matrix, stream_scores  # noqa: E402
@@ -70,6 +70,7 @@ FIGURES = [
     "projected_pearson",
     "projected_pearson_min",
     "projected_pearson_raw",
+    "projected_pearson_whitened",
     "projection_compression",
     "factored_storage_ratio",
     "factored_pearson_loss",
@@ -80,6 +81,8 @@ FIGURES = [
     "peak_mem_growth_2x",
     "fwdbwd_peak_mem_mb",
 ]
+CONTEXT_BASES = ("raw", "whitened")
+"""Projection bases whose Pearson at the same size is printed beside the chosen one's."""
 TARGETS = {
     "score_vs_fwdbwd": "<= 1.3",
     "kronfluence_vs_pretrace": ">= 3",
@@ -114,8 +117,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="Kronecker projection of stored document gradients, per layer (default 32 32)")
     p.add_argument("--document-rank", type=int, default=3,
                    help="rank c of the factored store compared with the projected one (default 3)")
-    p.add_argument("--projection-basis", choices=["whitened", "raw"], default="whitened",
-                   help="basis of that projection (default whitened, pretrace's default)")
+    p.add_argument("--projection-basis", choices=BASES, default="principal",
+                   help="basis of that projection (default principal, pretrace's default)")
     p.add_argument("--fisher", choices=["sampled", "empirical"], default="empirical",
                    help="labels for factor fitting, on both sides (default empirical)")
     p.add_argument("--repeats", type=int, default=3, help="timed repetitions per figure; the median is reported")
@@ -387,11 +390,18 @@ def main(argv=None) -> int:
     results["projected_pearson"] = statistics.mean(correlations)
     results["projected_pearson_min"] = min(correlations)
     results["projection_compression"] = tracked / sum(v[0].numel() for v in stored.grads.values())
-    # Context: the raw (unwhitened) projection at the same size, untimed.
-    raw = KroneckerProjection.build(lm.layer_shapes(), *args.projection, seed=args.seed, basis="raw")
-    raw_scores = score_matrix(query_gradients_from_tokens(lm, factors, queries, starts, qids, projection=raw, batch_size=B),
-                              compute_document_gradients(lm, docs, doc_ids, projection=raw, batch_size=B))
-    results["projected_pearson_raw"] = statistics.mean(pearson(raw_scores[i], exact[i]) for i in range(len(queries)))
+    # Context: the other bases at the same size, untimed.
+    for basis in CONTEXT_BASES:
+        if basis == args.projection_basis:
+            results[f"projected_pearson_{basis}"] = results["projected_pearson"]
+            continue
+        other = KroneckerProjection.build(lm.layer_shapes(), *args.projection, seed=args.seed, basis=basis,
+                                          factors=factors)
+        other_scores = score_matrix(
+            query_gradients_from_tokens(lm, factors, queries, starts, qids, projection=other, batch_size=B),
+            compute_document_gradients(lm, docs, doc_ids, projection=other, batch_size=B))
+        results[f"projected_pearson_{basis}"] = statistics.mean(
+            pearson(other_scores[i], exact[i]) for i in range(len(queries)))
     # Context: the same projected gradients stored as rank-c factors, untimed.
     factored = compute_document_gradients(lm, docs, doc_ids, projection=proj, batch_size=B, rank=args.document_rank)
     factored_scores = score_matrix(projected_queries, factored)
@@ -403,7 +413,8 @@ def main(argv=None) -> int:
     for top in (100, 10):
         results[f"rerank_recall_at_{top}"] = recall(projected, exact, min(2 * top, len(docs)), min(top, len(docs)))
     log(f"projected scores against exact ones: mean per-query Pearson {results['projected_pearson']:.3f} "
-        f"({args.projection_basis}), {results['projected_pearson_raw']:.3f} (raw); "
+        f"({args.projection_basis}), " + ", ".join(f"{results[f'projected_pearson_{b}']:.3f} ({b})" for b in CONTEXT_BASES)
+        + "; "
         f"{results['projection_compression']:.0f}x smaller than dense gradients")
 
     # kronfluence on the same work.
@@ -501,6 +512,8 @@ def main(argv=None) -> int:
         "projected_pearson": "mean per-query Pearson of those projected scores against exact scores",
         "projected_pearson_min": "min per-query Pearson, projected against exact",
         "projected_pearson_raw": "mean per-query Pearson with a raw (unwhitened) projection of the same size (context)",
+        "projected_pearson_whitened": "the same with a whitened projection (seeded Gaussian in the eigenbasis; "
+                                      "context)",
         "projection_compression": "dense per-document gradient size / stored projected size",
         "factored_storage_ratio": f"projected store / the same stored as rank-{args.document_rank} factors "
                                   "(`document_rank`)",

@@ -11,8 +11,8 @@ from assets.common import artefact_of
 from assets.comparison import build_model_comparison
 from assets.corpus import corpus_files, corpus_shards
 from assets.ekfac import ekfac_covariances, ekfac_eigenbasis, ekfac_factors, ekfac_lambdas, fitting_assets
-from assets.evaluation import WHITENED_ATTRIBUTION_EVAL, attribution_eval
-from assets.gradients import WHITENED_DOCUMENT_GRADIENTS, document_gradients
+from assets.evaluation import EIGENBASIS_ATTRIBUTION_EVAL, attribution_eval
+from assets.gradients import EIGENBASIS_DOCUMENT_GRADIENTS, document_gradients
 from assets.k8s import executor_from_env
 from assets.model import checkpoint, checkpoint_source, demo_model, user_model
 from assets.queries import completions, queries, query_file, query_gradients
@@ -36,8 +36,8 @@ MODEL_ASSETS = [corpus_shards, ekfac_covariances, ekfac_eigenbasis, ekfac_lambda
                 influence_report]
 
 
-WHITENED = {document_gradients: WHITENED_DOCUMENT_GRADIENTS, attribution_eval: WHITENED_ATTRIBUTION_EVAL}
-"""What a whitened projection (`PretraceConfig.projects_with_factors`) makes read the factors."""
+IN_EIGENBASIS = {document_gradients: EIGENBASIS_DOCUMENT_GRADIENTS, attribution_eval: EIGENBASIS_ATTRIBUTION_EVAL}
+"""What a projection in the eigenbasis (`PretraceConfig.projects_with_factors`) makes read the factors."""
 
 
 def model_graph(demo: bool, config: PretraceConfig) -> list:
@@ -45,7 +45,7 @@ def model_graph(demo: bool, config: PretraceConfig) -> list:
     fitting assets partitioned by layer group when there are several."""
     variants = dict(zip((ekfac_covariances, ekfac_eigenbasis, ekfac_lambdas), fitting_assets(config.layer_groups or 1)))
     if config.projects_with_factors:
-        variants |= WHITENED
+        variants |= IN_EIGENBASIS
     assets = [variants.get(a, a) for a in MODEL_ASSETS]
     return [*assets, *([demo_model] if demo else [checkpoint, user_model])]
 

@@ -33,6 +33,8 @@ from pretrace.errors import InputError
 PATH_KEYS = ("model", "corpus", "queries", "storage")
 """Keys holding a local path or URL; relative paths are relative to the YAML file's folder."""
 SHARED_BY_COMPARED_MODELS = ("corpus", "queries", "storage", "compare_models")
+ProjectionBasis = Literal["whitened", "principal", "raw"]
+"""How stored document gradients are projected (`pretrace.projection`)."""
 """Settings every compared model takes from the main configuration."""
 
 
@@ -93,8 +95,10 @@ DESCRIPTIONS = {
     "fisher": "EK-FAC labels: 'sampled' from the model (true Fisher) or 'empirical' (the data's).",
     "damping": "Damping λ = damping × mean corrected eigenvalue, per layer (the paper's 0.1).",
     "projection": "Store document gradients projected to [k_out, k_in] per layer; unset = exact.",
-    "projection_basis": "'whitened': project in the EK-FAC eigenbasis scaled by the eigenvalues (accurate; "
-                        "document gradients then depend on the factors); 'raw': project raw gradients (survive a refit).",
+    "projection_basis": "'whitened': project in the EK-FAC eigenbasis scaled by the eigenvalues; 'principal': keep "
+                        "the [k_out, k_in] eigenvectors of most curvature (no random matrix; more accurate on trained "
+                        "models); with either, document gradients depend on the factors. 'raw': project raw gradients "
+                        "(survive a refit).",
     "stored_gradient_dtype": "Precision of stored document gradients: 'bfloat16' halves the store; its scores are then "
                              "checked against exact ones on a sample of every shard, like a projection's.",
     "document_rank": "Store each document's (projected) gradient as rank-c factors per layer, c × (k_out + k_in) "
@@ -150,7 +154,7 @@ class PretraceConfig(BaseModel):
     fisher: Literal["sampled", "empirical"] = "sampled"
     damping: Damping = Field(default_factory=Damping)
     projection: tuple[StrictInt, StrictInt] | None = None
-    projection_basis: Literal["whitened", "raw"] = "whitened"
+    projection_basis: ProjectionBasis = "principal"
     query_rank: StrictInt | None = Field(default=None, gt=0)
     document_rank: StrictInt | None = Field(default=None, gt=0)
     stored_gradient_dtype: Literal["float32", "bfloat16"] = "float32"
@@ -276,7 +280,7 @@ class PretraceConfig(BaseModel):
     def projects_with_factors(self) -> bool:
         """Whether stored document gradients are projected in the EK-FAC eigenbasis, and so
         depend on the factors."""
-        return self.projection is not None and self.projection_basis == "whitened"
+        return self.projection is not None and self.projection_basis != "raw"
 
     @property
     def stores_exact_scores(self) -> bool:

@@ -83,8 +83,8 @@ def gradient_rankings(lm: LoadedModel, queries: list[Query], shard_gradients: It
                       batch_size: int, encoded: tuple[list[list[int]], list[int]] | None = None,
                       ) -> dict[str, list[list[int]]]:
     """Each query's k documents of largest gradient cosine ("cosine", in the space of the stored
-    document gradients: raw, or whitened by a whitened projection) and of largest raw gradient
-    dot product ("identity": influence without preconditioning; a whitened projection's dual
+    document gradients: raw, or whitened by a projection in the eigenbasis) and of largest raw
+    gradient dot product ("identity": influence without preconditioning; such a projection's dual
     takes the query back to raw inner products), over every shard in one pass. ``encoded``: the
     queries' `encode_queries`, if the caller has it."""
     sequences, starts = encoded or encode_queries(queries, lm.tokenizer, lm.max_context)

@@ -242,7 +242,7 @@ def _per_group(artefact: Artefact) -> Artefact:
 def artefacts(demo: bool = False, compared: tuple[str, ...] = (), projects_with_factors: bool = False,
               layer_groups: int = 1) -> dict[str, Artefact]:
     """The artefacts of a project in dependency order; the demo trains its own model; compared
-    models add their comparison, which the report reads; a whitened projection
+    models add their comparison, which the report reads; a projection in the eigenbasis
     (`PretraceConfig.projects_with_factors`) makes what projects documents read the factors;
     more than one layer group partitions the EK-FAC fitting chain by group."""
     report = INFLUENCE_REPORT
@@ -431,7 +431,7 @@ class ArtefactReader:
 def invalidation_table(demo: bool = False) -> str:
     """The README's table: which setting and which input each artefact records, so a change
     recomputes it (and then whatever its new bytes feed)."""
-    # with a compared model (model_comparison too), a whitened projection (what reads the factors)
+    # with a compared model (model_comparison too), a projection in the eigenbasis (what reads the factors)
     # and layer groups (the fitting artefacts partitioned by group record how many)
     table = artefacts(demo, compared=("<name>",), projects_with_factors=True, layer_groups=2)
     keys = sorted({k for a in table.values() for k in a.config})
@@ -444,9 +444,9 @@ def invalidation_table(demo: bool = False) -> str:
         rows.append(f"| {what} | {', '.join(f'`{u}`' for u in users)} |")
     reading = lambda graph: [a.name for a in graph.values() if any(i.name == FACTORS.name for i in a.inputs)]  # noqa: E731
     always = reading(artefacts(demo, compared=("<name>",)))
-    whitened = [f"`{u}`" for u in reading(table) if u not in always]
+    in_eigenbasis = [f"`{u}`" for u in reading(table) if u not in always]
     rows.append(f"| the EK-FAC factors (refitted) | {', '.join(f'`{u}`' for u in always)}; "
-                f"{' and '.join(whitened)} with a whitened `projection` |")
+                f"{' and '.join(in_eigenbasis)} with a `projection` in the eigenbasis (principal or whitened) |")
     for source in SOURCES:
         users = [a.name for a in table.values() if any(i.name == source for i in a.inputs)]
         rows.append(f"| content of the {source.replace('_', ' ')} | {', '.join(f'`{u}`' for u in users)} |")

@@ -70,8 +70,8 @@ def dagster_server(ops_project):
 
 @pytest.fixture(scope="package")
 def step_of(ops_project):
-    """The step (op) that materializes an asset in the deployment: `document_gradients_whitened`
-    for `document_gradients` under the default whitened projection."""
+    """The step (op) that materializes an asset in the deployment: `document_gradients_in_eigenbasis`
+    for `document_gradients` under a projection in the eigenbasis (the default)."""
     from pipeline.definitions import build_definitions
     from pretrace.config import load_config
 

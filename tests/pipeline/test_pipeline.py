@@ -53,7 +53,7 @@ def test_definitions_load_and_mirror_the_artefact_table(tmp_path, projection):
     specs = {spec.key.to_user_string(): spec for spec in defs.resolve_all_asset_specs()}
     assert set(specs) == set(ALL_ASSETS) | SOURCES
     # Dagster's graph (what the UI draws and marks stale) is the artefact table's graph; a
-    # whitened projection (the default basis) makes document gradients read the factors.
+    # projection in the eigenbasis (the default basis, principal) makes document gradients read the factors.
     table = artefacts(projects_with_factors=projection is not None)
     assert (Input("ekfac_factors") in table["document_gradients"].inputs) == (projection is not None)
     for artefact in table.values():
@@ -223,13 +223,13 @@ def test_the_projection_check_warns_when_the_stored_scores_lose_the_ranking(tmp_
     (check,) = [e for e in result.get_asset_check_evaluations() if e.check_name == "projection_error_check"]
     assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
     assert check.metadata["pearson_mean"].value < 0.9 and 10 <= check.metadata["documents"].value <= 16
-    assert "raise `projection`" in check.description
+    assert "raise `projection`, try `projection_basis` `whitened`" in check.description  # the basis not in use
     # measured once, when the shard was scored, and stated by the report
     accuracy = json.loads((tmp_path / "data" / "influence_scores" / "part-a.jsonl.accuracy.json").read_text())
     assert accuracy["pearson_mean"] == pytest.approx(check.metadata["pearson_mean"].value)
-    assert not accuracy["exact"] and accuracy["projection"] == {"k_out": 1, "k_in": 1, "seed": 0, "basis": "whitened"}
+    assert not accuracy["exact"] and accuracy["projection"] == {"k_out": 1, "k_in": 1, "seed": 0, "basis": "principal"}
     html = (tmp_path / "data" / "influence_report" / "report.html").read_text()
-    assert "Stored scores are approximate (document gradients projected to [1, 1] whitened, seed 0 per layer)" in html
+    assert "Stored scores are approximate (document gradients projected to [1, 1] principal per layer)" in html
     shards = pq.read_table(tmp_path / "data" / "influence_report" / "score_accuracy.parquet").to_pylist()
     assert {r["shard"]: r["pearson_mean"] for r in shards}["part-a.jsonl"] == pytest.approx(accuracy["pearson_mean"])
     _assert_reranked_exactly(config)

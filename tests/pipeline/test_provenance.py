@@ -116,9 +116,10 @@ def test_a_changed_setting_recomputes_exactly_what_it_invalidates(key, finished,
     assert run_pipeline(config) == []  # and then everything is current
 
 
-def test_a_whitened_projection_makes_document_gradients_follow_the_factors(finished, tmp_path):
-    """Document gradients projected raw survive a refit; whitened ones are projected in the
-    factors' eigenbasis and are recomputed with them. Without a projection the basis means nothing."""
+def test_a_projection_in_the_eigenbasis_makes_document_gradients_follow_the_factors(finished, tmp_path):
+    """Document gradients projected raw survive a refit; whitened and principal ones are projected
+    in the factors' eigenbasis and are recomputed with them. Without a projection the basis means
+    nothing."""
     project = copy_of(finished, tmp_path)
     path = project / "pretrace.yaml"
     steps = [
@@ -127,6 +128,8 @@ def test_a_whitened_projection_makes_document_gradients_follow_the_factors(finis
         ({"damping": 0.3}, AFTER_FACTORS),
         ({"projection_basis": "whitened"}, each("query_gradients", "document_gradients", "influence_scores", *REPORTS)),
         ({"damping": 0.5}, AFTER_FACTORS | each("document_gradients")),
+        ({"projection_basis": "principal"}, each("query_gradients", "document_gradients", "influence_scores", *REPORTS)),
+        ({"damping": 0.7}, AFTER_FACTORS | each("document_gradients")),
     ]
     for change, expected in steps:
         edit_config(path, **change)

@@ -126,9 +126,12 @@ def test_positive_score_means_upweighting_raises_completion_probability():
 # Pearson correlation of projected against exact scores, per query, on a tiny Llama trained
 # for a few seconds (MLP layers of 64 x 32 and 32 x 64). Each floor is the smallest per-query
 # value measured over projection seeds 0-9 at that k, rounded down (measured 2026-11-25 raw:
-# k=8 0.488, k=16 0.769, k=32 0.975; 2026-11-27 whitened: 0.812, 0.918, 0.985); `pytest -s`
-# prints the values. Whitened at k is about as good as raw at 2k.
-PROJECTION_FLOORS = {"raw": {8: 0.45, 16: 0.75, 32: 0.97}, "whitened": {8: 0.8, 16: 0.9, 32: 0.98}}
+# k=8 0.488, k=16 0.769, k=32 0.975; 2026-11-27 whitened: 0.812, 0.918, 0.985; principal, which
+# has no seed, 2026-11-27: 0.797, 0.944, 0.998); `pytest -s` prints the values. Whitened at k is
+# about as good as raw at 2k; on this barely trained model principal is not better than whitened
+# below k = 32 (on the demo's model it is: README, Projection accuracy).
+PROJECTION_FLOORS = {"raw": {8: 0.45, 16: 0.75, 32: 0.97}, "whitened": {8: 0.8, 16: 0.9, 32: 0.98},
+                     "principal": {8: 0.75, 16: 0.9, 32: 0.99}}
 
 
 @pytest.fixture(scope="module")
