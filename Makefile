@@ -11,7 +11,7 @@ KRONFLUENCE_SPEC ?= kronfluence==1.0.1
 BERGSON_SPEC ?= bergson==2.5.1 datasets==5.2.0 multiprocess==0.70.19 dill==0.4.1 pandas==3.1.1 xxhash==4.1.0 \
 	simple-parsing==0.1.9 ml_dtypes==0.6.0 petname==2.9 jaxtyping==0.3.11 peft==0.21.2
 
-.PHONY: demo test ui bench venv clean
+.PHONY: demo test lint ui bench venv clean
 
 venv: $(VENV)/.installed
 
@@ -27,8 +27,11 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: venv
 	$(VENV)/bin/pretrace demo
 
-test: venv
+test: lint
 	$(PY) -m pytest -q -n 2 --durations=25
+
+lint: venv
+	$(VENV)/bin/ruff check -q .
 
 ui: venv
 	$(VENV)/bin/pretrace ui

@@ -14,7 +14,8 @@ GPT-2/WikiText-2). Methods, all from the same gradients:
 - `lds_kfac`: K-FAC (the same eigenbases, eigenvalues the Kronecker products of A's and S's
   instead of the corrected ones);
 - `lds_identity`: no preconditioning (raw gradient dot products);
-- `lds_projected`: EK-FAC through the projected store at the demo's projection (32 x 32).
+- `lds_projected_{basis}`: EK-FAC through a store projected to 32 x 32 per layer, in each
+  projection basis (raw, whitened, principal: `pretrace.projection`).
 
     python bench/lds.py                   # ~12 minutes on 2 idle cores (51 trainings)
     python bench/lds.py --subsets 8 --steps 60 --documents 96   # a smoke run
@@ -40,7 +41,7 @@ from pretrace.documents import compute_document_gradients  # noqa: E402
 from pretrace.ekfac import Factors, eigenbasis, fit_covariances, fit_lambdas, make_factors  # noqa: E402
 from pretrace.batching import batches  # noqa: E402
 from pretrace.model import wrap_model  # noqa: E402
-from pretrace.projection import KroneckerProjection  # noqa: E402
+from pretrace.projection import BASES, KroneckerProjection  # noqa: E402
 from pretrace.queries import Query, compute_query_gradients, encode_queries  # noqa: E402
 from pretrace.scores import score_matrix  # noqa: E402
 from pretrace.tailpatch import completion_logprob  # noqa: E402
@@ -103,11 +104,13 @@ def scores_by_method(lm, tokens: list[list[int]], queries: list[Query], seed: in
                        {k: torch.ones(basis.QS[k].shape[0], basis.QA[k].shape[0]) for k in basis.QA}, {k: 0.0 for k in basis.QA})
     ids = [str(i) for i in range(len(tokens))]
     exact = compute_document_gradients(lm, tokens, ids, batch_size=16)
-    projection = KroneckerProjection.build(lm.layer_shapes(), 32, 32, seed=seed)
-    projected = compute_document_gradients(lm, tokens, ids, projection=projection, batch_size=16)
+    methods = [("ekfac", ekfac, exact, None), ("kfac", kfac, exact, None), ("identity", identity, exact, None)]
+    for name in BASES:
+        projection = KroneckerProjection.build(lm.layer_shapes(), 32, 32, seed=seed, basis=name, factors=ekfac)
+        projected = compute_document_gradients(lm, tokens, ids, projection=projection, batch_size=16)
+        methods.append((f"projected_{name}", ekfac, projected, projection))
     out = {}
-    for name, factors, docs, proj in (("ekfac", ekfac, exact, None), ("kfac", kfac, exact, None),
-                                      ("identity", identity, exact, None), ("projected", ekfac, projected, projection)):
+    for name, factors, docs, proj in methods:
         q = compute_query_gradients(lm, factors, queries, projection=proj, batch_size=16)
         out[name] = score_matrix(q, docs).double().numpy()
     return out

@@ -52,14 +52,11 @@ def _gaussian(k: int, d: int, seed: int, salt: str) -> torch.Tensor | None:
 
 
 def _selection(k: int, weights: torch.Tensor) -> torch.Tensor | None:
-    """The (k, d) rows of the identity picking the k largest ``weights``, in index order, or
-    None (identity) when k does not shrink d."""
+    """The indices of the k largest ``weights``, in order, or None (all of them) when k does
+    not shrink d."""
     if k >= len(weights):
         return None
-    keep = weights.topk(k).indices.sort().values
-    rows = torch.zeros(k, len(weights), dtype=torch.float32)
-    rows[torch.arange(k), keep] = 1.0
-    return rows
+    return weights.topk(k).indices.sort().values
 
 
 def principal_selections(lambdas: torch.Tensor, damping: float, k_out: int,
@@ -83,8 +80,11 @@ def kronecker_scales(lambdas: torch.Tensor, damping: float) -> tuple[torch.Tenso
 
 
 def _times(P: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
-    """P @ rows, where P None is the identity."""
-    return rows if P is None else P.double() @ rows
+    """P @ rows, where P None is the identity and integer P the rows of the identity it names
+    (a selection, taken without a d x d product)."""
+    if P is None:
+        return rows
+    return rows[P] if not P.is_floating_point() else P.double() @ rows
 
 
 @dataclass
