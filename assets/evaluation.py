@@ -65,8 +65,9 @@ def compute_attribution_eval(context: dg.AssetExecutionContext, pretrace: Pretra
 
 
 EIGENBASIS_ATTRIBUTION_EVAL = also_reading(attribution_eval, compute_attribution_eval, "ekfac_factors",
-                                         "attribution_eval_in_eigenbasis")
-"""With a projection in the eigenbasis (whitened or principal) the gradient baselines' projection is built from the factors."""
+                                           "attribution_eval_in_eigenbasis")
+"""With a projection in the eigenbasis (whitened or principal) the gradient baselines'
+projection is built from the factors."""
 
 
 def _table(table: pa.Table) -> dg.MetadataValue:

@@ -18,9 +18,9 @@ from .partitions import PER_SHARD
 def document_gradients(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> dg.MaterializeResult:
     """Gradients of each document's summed next-token loss, per tracked layer.
 
-    They do not depend on the queries, so new queries never redo this pass; with a whitened or principal
-    projection (`projection_basis`) they are projected in the EK-FAC eigenbasis and so depend on
-    the factors (`EIGENBASIS_DOCUMENT_GRADIENTS`).
+    They do not depend on the queries, so new queries never redo this pass; with a whitened or
+    principal projection (`projection_basis`) they are projected in the EK-FAC eigenbasis and so
+    depend on the factors (`EIGENBASIS_DOCUMENT_GRADIENTS`).
     """
     return compute_document_gradients_of_shard(context, pretrace)
 
@@ -44,5 +44,5 @@ def compute_document_gradients_of_shard(context: dg.AssetExecutionContext,
                         mean_loss_nats=float(grads.losses.mean()))
 
 
-EIGENBASIS_DOCUMENT_GRADIENTS = also_reading(document_gradients, compute_document_gradients_of_shard, "ekfac_factors",
-                                           "document_gradients_in_eigenbasis")
+EIGENBASIS_DOCUMENT_GRADIENTS = also_reading(document_gradients, compute_document_gradients_of_shard,
+                                             "ekfac_factors", "document_gradients_in_eigenbasis")

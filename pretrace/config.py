@@ -33,9 +33,9 @@ from pretrace.errors import InputError
 PATH_KEYS = ("model", "corpus", "queries", "storage")
 """Keys holding a local path or URL; relative paths are relative to the YAML file's folder."""
 SHARED_BY_COMPARED_MODELS = ("corpus", "queries", "storage", "compare_models")
+"""Settings every compared model takes from the main configuration."""
 ProjectionBasis = Literal["whitened", "principal", "raw"]
 """How stored document gradients are projected (`pretrace.projection`)."""
-"""Settings every compared model takes from the main configuration."""
 
 
 def _positive_number(value: Any) -> float:

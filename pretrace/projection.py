@@ -1,11 +1,11 @@
-"""Seeded Kronecker projections that shrink a (d_out, d_in) gradient to (k_out, k_in).
+"""Kronecker projections that shrink a (d_out, d_in) gradient to (k_out, k_in).
 
 A projection applies one matrix to each token's output gradient g_t and one to its input a_t,
 so sum_t g_t a_t^T becomes sum_t (M_out g_t)(M_in a_t)^T and the full per-document gradient is
 never formed. Its `dual` is what a query is projected with, so that <dual(X), M(Y)> estimates
 <X, Y>; the estimate is unbiased with Gaussian P of variance 1/k (E[P^T P] = I).
 
-Two bases:
+Three bases:
 - ``raw``: M = P, its own dual. Cheap and independent of the EK-FAC factors, but the score
   <H^-1 q, d> pairs a query living mostly in the low-curvature directions with documents living
   mostly in the high-curvature ones, and a random projection's error, which scales with the two
@@ -21,8 +21,8 @@ Two bases:
   the block, scores are exact (the scales cancel); what it drops is the low-curvature rest,
   where a document's whitened gradient has the least energy, instead of mixing every direction's
   energy into noise. Deterministic (the seed is unused); documents depend on the factors. On the
-  demo's trained model it keeps as much of the exact scores at 32 x 32 as ``whitened`` at 64 x 64
-  (README, Projection accuracy).
+  demo's trained model it keeps about as much of the exact scores at 32 x 32 as ``whitened`` at
+  64 x 64 (README, "Projection accuracy").
 """
 
 from __future__ import annotations
