@@ -230,10 +230,13 @@ class LambdaState:
 
 def rotated_gradients(a: torch.Tensor, g: torch.Tensor, QA: torch.Tensor, QS: torch.Tensor) -> torch.Tensor:
     """Per-example Q_S^T (sum_t g_t a_t^T) Q_A, rotating whichever side is cheaper (in the
-    eigenbases' dtype: captured half-precision values are upcast first)."""
+    eigenbases' dtype: captured half-precision values are upcast first). Q_S and Q_A may be
+    some of the eigenvectors only (k_out, k_in columns): the result is then that block."""
     a, g = a.to(QA.dtype), g.to(QS.dtype)
     tokens, d_in, d_out = a.shape[1], a.shape[2], g.shape[2]
-    if tokens * (d_in * d_in + d_out * d_out) < d_out * d_in * (d_out + d_in):
+    k_in, k_out = QA.shape[1], QS.shape[1]
+    per_token = tokens * (d_in * k_in + d_out * k_out + k_out * k_in)
+    if per_token < tokens * d_out * d_in + k_out * d_in * (d_out + k_in):
         return torch.bmm((g @ QS).transpose(1, 2), a @ QA)
     return QS.T @ torch.bmm(g.transpose(1, 2), a) @ QA
 

@@ -28,7 +28,7 @@ Three bases:
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, get_args
 
 import torch
@@ -100,6 +100,10 @@ class KroneckerProjection:
     P_in: Matrices
     dual_out: Matrices
     dual_in: Matrices
+    kept_out: Matrices = field(default_factory=dict)
+    """Per layer, the output-side eigenvectors a principal projection keeps (its matrices read
+    no others, so a query need not be rotated onto the rest); absent or None: all of them."""
+    kept_in: Matrices = field(default_factory=dict)
 
     @classmethod
     def build(cls, shapes: dict[str, tuple[int, int]], k_out: int, k_in: int, seed: int = 0,
@@ -114,10 +118,13 @@ class KroneckerProjection:
             missing = sorted(set(shapes) - set(factors.layers))
             if missing:
                 raise InputError(f"the EK-FAC factors were fitted without layers {missing}; refit them for these layers")
+        kept_out: Matrices = {}
+        kept_in: Matrices = {}
         if basis == "principal":
             picked = {name: principal_selections(factors.lambdas[name], factors.damping[name], k_out, k_in)
                       for name in shapes}
             P_out, P_in = {n: pair[0] for n, pair in picked.items()}, {n: pair[1] for n, pair in picked.items()}
+            kept_out, kept_in = P_out, P_in
         else:
             P_out = {name: _gaussian(k_out, d_out, seed, f"{name}:out") for name, (d_out, _) in shapes.items()}
             P_in = {name: _gaussian(k_in, d_in, seed, f"{name}:in") for name, (_, d_in) in shapes.items()}
@@ -131,17 +138,18 @@ class KroneckerProjection:
             dual_out[name] = _times(P_out[name], QS_T / u[:, None]).float()
             in_[name] = _times(P_in[name], v[:, None] * QA_T).float()
             dual_in[name] = _times(P_in[name], QA_T / v[:, None]).float()
-        return cls(k_out, k_in, seed, basis, out, in_, dual_out, dual_in)
+        return cls(k_out, k_in, seed, basis, out, in_, dual_out, dual_in, kept_out, kept_in)
 
     def dual(self) -> KroneckerProjection:
         """The projection to apply to the other side of an inner product (itself when raw)."""
-        return KroneckerProjection(self.k_out, self.k_in, self.seed, self.basis,
-                                   self.dual_out, self.dual_in, self.P_out, self.P_in)
+        return KroneckerProjection(self.k_out, self.k_in, self.seed, self.basis, self.dual_out, self.dual_in,
+                                   self.P_out, self.P_in, self.kept_out, self.kept_in)
 
     def to(self, device: torch.device, dtype: torch.dtype = torch.float32) -> KroneckerProjection:
         move = lambda d: {k: None if v is None else v.to(device, dtype) for k, v in d.items()}  # noqa: E731
+        place = lambda d: {k: None if v is None else v.to(device) for k, v in d.items()}  # noqa: E731
         return KroneckerProjection(self.k_out, self.k_in, self.seed, self.basis, move(self.P_out), move(self.P_in),
-                                   move(self.dual_out), move(self.dual_in))
+                                   move(self.dual_out), move(self.dual_in), place(self.kept_out), place(self.kept_in))
 
     def project_tokens(self, name: str, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Project per-token inputs (.., d_in) and output gradients (.., d_out)."""

@@ -173,12 +173,19 @@ def _preconditioned(lm: LoadedModel, factors: Factors, sequences: Sequence[Seque
     proj = projection.to(lm.device, lm.accumulate_dtype) if projection is not None else None
     # Rotating back out of the eigenbasis and projecting (with the dual of the documents'
     # projection, so that inner products with them estimate the score) compose into one pair.
-    back_left, back_right = {}, {}
+    # A principal projection reads only its kept eigenvectors: only those are rotated onto.
+    QS, QA, denominators, back_left, back_right = {}, {}, {}, {}, {}
     for name in factors.layers:
+        rows = None if proj is None else proj.kept_out.get(name)
+        columns = None if proj is None else proj.kept_in.get(name)
+        QS[name] = factors.QS[name] if rows is None else factors.QS[name][:, rows]
+        QA[name] = factors.QA[name] if columns is None else factors.QA[name][:, columns]
+        lambdas = factors.lambdas[name] if rows is None else factors.lambdas[name][rows]
+        denominators[name] = (lambdas if columns is None else lambdas[:, columns]) + factors.damping[name]
         out = None if proj is None else proj.dual_out[name]
         in_ = None if proj is None else proj.dual_in[name]
-        back_left[name] = factors.QS[name] if out is None else out @ factors.QS[name]
-        back_right[name] = factors.QA[name] if in_ is None else in_ @ factors.QA[name]
+        back_left[name] = QS[name] if out is None else out @ QS[name]
+        back_right[name] = QA[name] if in_ is None else in_ @ QA[name]
     left: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in lm.layers}
     right: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in lm.layers}
     logprobs = []
@@ -187,8 +194,7 @@ def _preconditioned(lm: LoadedModel, factors: Factors, sequences: Sequence[Seque
         cap = capture(lm, batch, "data")
         logprobs.append(-cap.losses.double().cpu())
         for name in left:
-            rotated = rotated_gradients(cap.a[name], cap.g[name], factors.QA[name], factors.QS[name])
-            scaled = rotated / (factors.lambdas[name] + factors.damping[name])
+            scaled = rotated_gradients(cap.a[name], cap.g[name], QA[name], QS[name]) / denominators[name]
             X = back_left[name] @ scaled @ back_right[name].T
             check_finite(X, "preconditioned query gradient", name)
             if rank is None:

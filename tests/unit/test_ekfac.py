@@ -22,6 +22,7 @@ from pretrace.ekfac import (
     fit_factors,
     fit_lambdas,
     make_factors,
+    rotated_gradients,
 )
 from pretrace.errors import InputError, NumericalError
 from pretrace.model import wrap_model
@@ -33,6 +34,22 @@ from tests.tiny import random_sequences, tiny_model
 def random_orthogonal(d, seed):
     q, _ = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
     return q
+
+
+@pytest.mark.parametrize("tokens", [2, 400])  # rotates the tokens (few) or the summed gradient (many)
+def test_rotating_onto_some_eigenvectors_gives_that_block_of_the_rotation(tokens):
+    """Q_S and Q_A restricted to some columns (what a principal projection's queries use) give
+    exactly that block of the full rotation Q_S^T (sum_t g_t a_t^T) Q_A, whichever way it is computed."""
+    g = torch.Generator().manual_seed(0)
+    a, grads = torch.randn(3, tokens, 9, generator=g, dtype=torch.float64), torch.randn(3, tokens, 7, generator=g,
+                                                                                     dtype=torch.float64)
+    QA, _ = torch.linalg.qr(torch.randn(9, 9, generator=g, dtype=torch.float64))
+    QS, _ = torch.linalg.qr(torch.randn(7, 7, generator=g, dtype=torch.float64))
+    full = QS.T @ torch.einsum("bto,bti->boi", grads, a) @ QA
+    rows, columns = torch.tensor([1, 4, 6]), torch.tensor([0, 2, 3, 8])
+    block = rotated_gradients(a, grads, QA[:, columns], QS[:, rows])
+    torch.testing.assert_close(block, full[:, rows][:, :, columns], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(rotated_gradients(a, grads, QA, QS), full, rtol=1e-12, atol=1e-12)
 
 
 def test_inverse_hvp_equals_dense_solve():
