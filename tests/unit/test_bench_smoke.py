@@ -42,7 +42,7 @@ def test_report_benchmark_memory_stays_flat_when_documents_double():
 
 def test_lds_benchmark_prints_a_score_per_method():
     values, _ = run_bench("lds.py", "--subsets", "4", "--steps", "10")
-    for method in ("ekfac", "kfac", "identity", "projected"):
+    for method in ("ekfac", "kfac", "identity", "projected_raw", "projected_whitened", "projected_principal"):
         assert -1.0 <= float(values[f"lds_{method}"]) <= 1.0, values
 
 
