@@ -165,6 +165,13 @@ def query_gradients_from_tokens(
         QueryGradients.join)
 
 
+def _denominator(factors: Factors, name: str, rows: torch.Tensor | None, columns: torch.Tensor | None) -> torch.Tensor:
+    """Lambda + lambda over the kept eigenvectors (None: all), made when used: held for every
+    layer at once, it would be as large as the tracked weights."""
+    lambdas = factors.lambdas[name] if rows is None else factors.lambdas[name][rows]
+    return (lambdas if columns is None else lambdas[:, columns]) + factors.damping[name]
+
+
 def _preconditioned(lm: LoadedModel, factors: Factors, sequences: Sequence[Sequence[int]],
                     completion_starts: Sequence[int], ids: Sequence[str], projection: KroneckerProjection | None,
                     rank: int | None, batch_size: int, progress: Callable[[int], None] | None,
@@ -174,14 +181,13 @@ def _preconditioned(lm: LoadedModel, factors: Factors, sequences: Sequence[Seque
     # Rotating back out of the eigenbasis and projecting (with the dual of the documents'
     # projection, so that inner products with them estimate the score) compose into one pair.
     # A principal projection reads only its kept eigenvectors: only those are rotated onto.
-    QS, QA, denominators, back_left, back_right = {}, {}, {}, {}, {}
+    QS, QA, kept, back_left, back_right = {}, {}, {}, {}, {}
     for name in factors.layers:
         rows = None if proj is None else proj.kept_out.get(name)
         columns = None if proj is None else proj.kept_in.get(name)
+        kept[name] = rows, columns
         QS[name] = factors.QS[name] if rows is None else factors.QS[name][:, rows]
         QA[name] = factors.QA[name] if columns is None else factors.QA[name][:, columns]
-        lambdas = factors.lambdas[name] if rows is None else factors.lambdas[name][rows]
-        denominators[name] = (lambdas if columns is None else lambdas[:, columns]) + factors.damping[name]
         out = None if proj is None else proj.dual_out[name]
         in_ = None if proj is None else proj.dual_in[name]
         back_left[name] = QS[name] if out is None else out @ QS[name]
@@ -194,7 +200,8 @@ def _preconditioned(lm: LoadedModel, factors: Factors, sequences: Sequence[Seque
         cap = capture(lm, batch, "data")
         logprobs.append(-cap.losses.double().cpu())
         for name in left:
-            scaled = rotated_gradients(cap.a[name], cap.g[name], QA[name], QS[name]) / denominators[name]
+            scaled = rotated_gradients(cap.a[name], cap.g[name], QA[name], QS[name]) / _denominator(factors, name,
+                                                                                                   *kept[name])
             X = back_left[name] @ scaled @ back_right[name].T
             check_finite(X, "preconditioned query gradient", name)
             if rank is None:
