@@ -4,7 +4,8 @@
     python bench/gpu.py --quick    # a small smoke run (any CUDA GPU)
 
 Checks (tiny random Llama, fresh random inputs): float32 on the GPU against float32 on the CPU
-for EK-FAC factors and scores (relative error); bf16 autocast on the GPU against float32 on the
+for EK-FAC factors and scores (relative error), and for scores through stored projected
+gradients (whitened and principal, dense and rank-3 factored); bf16 autocast on the GPU against float32 on the
 GPU (per-query Pearson of scores); sampled-Fisher fitting on the GPU reproducible run to run;
 layer-grouped fitting and scoring on the GPU against one pass. Each prints PASS or FAIL with its
 threshold; the exit status is 1 if any fails.
@@ -45,12 +46,14 @@ from bench.synthetic import build_model, config_of, make_data  # noqa: E402
 from pretrace.batching import batches  # noqa: E402
 from pretrace.blocked_products import blocked_inner_products  # noqa: E402
 from pretrace.capture import capture  # noqa: E402
+from pretrace.documents import compute_document_gradients  # noqa: E402
 from pretrace.ekfac import Factors, eigenbasis, fit_covariances, fit_factors, fit_lambdas, make_factors  # noqa: E402
 from pretrace.layer_groups import layer_groups  # noqa: E402
 from pretrace.memory_plan import GB, ModelShape, Workload, fitting_plan  # noqa: E402
 from pretrace.model import wrap_model  # noqa: E402
+from pretrace.projection import KroneckerProjection  # noqa: E402
 from pretrace.queries import query_gradients_from_tokens  # noqa: E402
-from pretrace.scores import stream_scores  # noqa: E402
+from pretrace.scores import score_matrix, stream_scores  # noqa: E402
 from tests.peer import pearson  # noqa: E402
 
 
@@ -114,6 +117,12 @@ def checks(results: dict) -> bool:
         "cuda_fp32_vs_cpu_scores_rel_err": (rel_err(gpu[2], cpu[2]), "<=", 1e-3),
         "cuda_bf16_vs_fp32_scores_pearson_min": (min(pearson(bf16[2][i], gpu[2][i]) for i in range(len(qids))), ">=", 0.95),
     }
+    for basis in ("whitened", "principal"):
+        for rank in (None, 3):
+            on = {device: projected_store_scores(args, cpu[0], basis, rank, device, (docs, queries, starts, qids))
+                  for device in ("cpu", "cuda")}
+            name = f"cuda_fp32_vs_cpu_{basis}{'' if rank is None else f'_rank{rank}'}_scores_rel_err"
+            figures[name] = (rel_err(on["cuda"], on["cpu"]), "<=", 1e-3)
     half = wrap_model(build_model(args).to(torch.bfloat16), layers=["mlp"], device="cuda", dtype="bfloat16")
     cap = capture(half, next(iter(data())))  # kept in bf16, multiplied on tensor cores into float32
     figures["cuda_half_products_vs_upcast_rel_err"] = (max(rel_err(
@@ -136,6 +145,20 @@ def checks(results: dict) -> bool:
         results[name] = value
         print(f"check {name}: {value:.3g} ({'PASS' if passed else 'FAIL'}, {op} {threshold:g})", flush=True)
     return ok
+
+
+def projected_store_scores(args: argparse.Namespace, factors: Factors, basis: str, rank: int | None, device: str,
+                           data: tuple) -> torch.Tensor:
+    """Scores through a (16, 16) projection in ``basis`` (documents stored at ``rank``) on ``device``,
+    built from the same factors on each device so that only the projected path differs."""
+    docs, queries, starts, qids = data
+    lm = wrap_model(build_model(args), layers=["mlp"], device=device)
+    factors = factors.to(lm.device)
+    projection = KroneckerProjection.build(lm.layer_shapes(), 16, 16, basis=basis, factors=factors)
+    qg = query_gradients_from_tokens(lm, factors, queries, starts, qids, projection=projection, batch_size=args.batch_size)
+    stored = compute_document_gradients(lm, docs, [str(i) for i in range(len(docs))], projection=projection,
+                                        rank=rank, batch_size=args.batch_size)
+    return score_matrix(qg, stored)
 
 
 # ------------------------------------------------------------------------------------ scale

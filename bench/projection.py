@@ -86,6 +86,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", choices=["tiny", "demo"], default="tiny", help="which trained model (see above)")
     p.add_argument("--documents", type=int, default=512, help="--model demo: documents scored (a seeded sample)")
     p.add_argument("--steps", type=int, default=600, help="--model demo: training steps (the demo's default)")
+    p.add_argument("--hidden", type=int, help="--model demo: a wider model, trained the same way: hidden size "
+                   "(the demo's: 128)")
+    p.add_argument("--intermediate", type=int, help="--model demo: MLP width of the wider model (the demo's: 512)")
+    p.add_argument("--device", default="cpu", help="--model demo: where to train, fit and score (cuda on a GPU)")
     return p.parse_args(argv)
 
 
@@ -132,18 +136,27 @@ DEMO_K = DEMO.projection[0]
 """The demo's projection (`pipeline.settings.demo_config`): 32 x 32 per layer."""
 
 
-def demo_setup(workdir: Path, n_documents: int, steps: int):
+def model_shape(args: argparse.Namespace) -> dict:
+    """The demo model's shape entries that --hidden and --intermediate change (none: the demo's own)."""
+    return {name: value for name, value in (("hidden_size", args.hidden), ("intermediate_size", args.intermediate))
+            if value is not None}
+
+
+def demo_setup(workdir: Path, args: argparse.Namespace):
     """(demo model, its queries, a seeded sample of its corpus's documents, factors fitted on the
-    whole corpus with the demo's settings), built and trained as `pretrace demo` does."""
+    whole corpus with the demo's settings), built and trained as `pretrace demo` does (wider
+    with --hidden / --intermediate)."""
     files = build_demo_corpus(workdir / "corpus")
     queries = queries_from_table(read_queries(str(build_demo_queries(workdir / "queries.jsonl"))))
-    train_demo_model(files, workdir / "model", max_length=DEMO.max_length, steps=steps)
-    lm = load_model(str(workdir / "model"), device="cpu")
+    trained = train_demo_model(files, workdir / "model", max_length=DEMO.max_length, steps=args.steps,
+                               shape=model_shape(args), device=args.device)
+    print(f"# trained: loss {trained['initial_loss']:.3f} -> {trained['final_loss']:.3f}", flush=True)
+    lm = load_model(str(workdir / "model"), device=args.device)
     corpus = [ids for f in files for ids in tokenize_documents(read_records(str(f)), lm.tokenizer, DEMO.max_length,
                                                                   origin=str(f)).column("input_ids").to_pylist()]
     factors = fit_factors(lm, lambda: (b for _, b in batches(corpus, DEMO.batch_size, lm.pad_token_id)),
                           fisher=DEMO.fisher, damping=DEMO.damping, seed=DEMO.seed)
-    documents = random.Random(0).sample(corpus, min(n_documents, len(corpus)))
+    documents = random.Random(0).sample(corpus, min(args.documents, len(corpus)))
     return lm, queries, documents, factors, len(corpus)
 
 
@@ -160,9 +173,10 @@ def demo_main(args: argparse.Namespace) -> dict[str, float]:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        lm, queries, documents, factors, corpus_size = demo_setup(Path(tmp), args.documents, args.steps)
+        lm, queries, documents, factors, corpus_size = demo_setup(Path(tmp), args)
     shapes = lm.layer_shapes()
-    print(f"# projection accuracy on the demo's model ({args.steps} steps): {len(documents)} of its {corpus_size} "
+    which = f"the demo model reshaped ({model_shape(args)}, on {args.device})" if model_shape(args) else "the demo's model"
+    print(f"# projection accuracy on {which} ({args.steps} steps): {len(documents)} of its {corpus_size} "
           f"documents, {len(queries)} queries, layers {sorted(set(shapes.values()))}, seeds 0-{args.seeds - 1}",
           flush=True)
     exact = stream_scores(lm, compute_query_gradients(lm, factors, queries), documents)

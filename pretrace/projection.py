@@ -81,9 +81,10 @@ def kronecker_scales(lambdas: torch.Tensor, damping: float) -> tuple[torch.Tenso
 
 def _times(P: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
     """P @ rows, where P None is the identity and integer P the rows of the identity it names
-    (a selection, taken without a d x d product)."""
+    (a selection, taken without a d x d product); on the rows' device (factors fitted on a GPU)."""
     if P is None:
         return rows
+    P = P.to(rows.device)
     return rows[P] if not P.is_floating_point() else P.double() @ rows
 
 

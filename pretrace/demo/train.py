@@ -69,12 +69,14 @@ def _replace_dir(tmp: Path, out_dir: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def demo_model_config(vocab_size: int, max_length: int, tokenizer: PreTrainedTokenizerFast | None = None) -> LlamaConfig:
-    """The demo model's configuration (without a tokenizer, for its memory plan: no special ids)."""
+def demo_model_config(vocab_size: int, max_length: int, tokenizer: PreTrainedTokenizerFast | None = None,
+                      shape: dict | None = None) -> LlamaConfig:
+    """The demo model's configuration (without a tokenizer, for its memory plan: no special ids);
+    ``shape`` changes entries of MODEL_SHAPE."""
     special = {} if tokenizer is None else {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
                                             "pad_token_id": tokenizer.pad_token_id}
     return LlamaConfig(vocab_size=vocab_size, max_position_embeddings=max_length, tie_word_embeddings=False,
-                       **special, **MODEL_SHAPE)
+                       **special, **(MODEL_SHAPE | (shape or {})))
 
 
 def train_demo_model(
@@ -86,13 +88,16 @@ def train_demo_model(
     batch_size: int = 8,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    shape: dict | None = None,
+    device: str = "cpu",
 ) -> dict:
     """Train a tokenizer and a tiny LlamaForCausalLM on the corpus for `steps` optimizer steps;
     save both to out_dir and return the training summary (also saved as training.json).
 
     The checkpoint is written under a temporary name and renamed, so a killed run leaves none.
     training.json records the steps and losses, nothing machine-dependent, so that its bytes
-    depend on the inputs alone.
+    depend on the inputs alone. ``shape`` and ``device`` serve benches that train wider models
+    (MODEL_SHAPE's entries to change; where to train).
     """
     if steps < 1 or batch_size < 1:
         raise InputError(f"steps ({steps}) and batch_size ({batch_size}) must be at least 1")
@@ -106,7 +111,7 @@ def train_demo_model(
             "tokens; add documents or lower max_length"
         )
     tokenizer.model_max_length = max_length  # after encoding, which keeps documents whole
-    model = LlamaForCausalLM(demo_model_config(len(tokenizer), max_length, tokenizer))
+    model = LlamaForCausalLM(demo_model_config(len(tokenizer), max_length, tokenizer, shape)).to(device)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=LEARNING_RATE, betas=(0.9, 0.95), weight_decay=0.01, foreach=True
     )
@@ -117,6 +122,7 @@ def train_demo_model(
     for step, batch in enumerate(itertools.islice(batches, steps)):
         for group in optimizer.param_groups:
             group["lr"] = LEARNING_RATE * _lr_factor(step, step / steps)
+        batch = batch.to(device)
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
