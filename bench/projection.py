@@ -3,6 +3,8 @@
     python bench/projection.py              # the tests' tiny model: ~2 minutes on a shared 2-core CPU
     python bench/projection.py --seeds 3    # quicker
     python bench/projection.py --model demo # the demo's model and projection: ~30 minutes
+    python bench/projection.py --model demo --device cuda --hidden 512 --intermediate 2048 --ks 32 64 128 256
+                                            # the demo's model 4x wider, on a GPU
 
 With ``--model demo`` the model is the demo's (a 2M-parameter Llama with 128 x 512 MLP layers,
 the shape of bench/influence.py's random one), trained as `pretrace demo` trains it, on the

@@ -1,5 +1,6 @@
-"""The README's figures about the demo come from the files the benches wrote: every decimal
-figure in those sections is a value printed in a result file the section cites (rounded)."""
+"""The README's figures about the demo and projection accuracy come from the files the benches
+wrote: every decimal figure in those sections is a value printed in a result file the section
+cites (rounded)."""
 
 from __future__ import annotations
 
@@ -10,16 +11,18 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = ("## What the demo is",)
+SECTIONS = ("## What the demo is", "### Projection accuracy")
 CITED = re.compile(r"bench/results/[\w.-]+\.txt")
 DECIMAL = re.compile(r"(?<![\w.])-?\d+\.\d+(?:e[-+]?\d+)?(?![\d.])")
 PRINTED = re.compile(r"-?\d+\.\d+(?:e[-+]?\d+)?")
 
 
 def section(text: str, heading: str) -> str:
+    """From ``heading`` to the next heading of its level or above."""
     start = text.index(heading)
-    end = text.find("\n## ", start + len(heading))
-    return text[start:end if end >= 0 else len(text)]
+    level = len(heading) - len(heading.lstrip("#"))
+    end = re.compile(rf"\n#{{1,{level}}} ").search(text, start + len(heading))
+    return text[start:end.start() if end else len(text)]
 
 
 def printed_values(paths: list[Path]) -> list[Decimal]:
