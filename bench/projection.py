@@ -16,7 +16,8 @@ principal (no seed, once). Per basis it prints the mean and minimum per-query Pe
 exact scores, the Pearson that rank-c factors (each --ranks c) lose, the share of each query's
 exact top 100 among the stored top 200 (two-stage retrieval; and of the top 10 among 20), and,
 for each larger k, the same storage spent otherwise: the (k, k) gradient kept as rank-c factors
-with c (2k) = 32 x 32 numbers (`pearson_equal_storage_{basis}_k{k}_c{c}_*`). Issue 14's names
+with c (2k) = 32 x 32 numbers (`pearson_equal_storage_{basis}_k{k}_c{c}_*`), or as its 512
+largest entries and their positions (`..._k{k}_top512_*`, a candidate storage measured here only). Issue 14's names
 (`projected_pearson_trained`, `projection_compression`, `factored_storage_ratio_c{c}`,
 `factored_pearson_loss_c{c}`, `rerank_recall_at_100`, `rerank_recall_at_10`) are those of the
 demo's own basis, the default.
@@ -40,6 +41,7 @@ import random
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,6 +172,17 @@ def factored(stored: DocumentGradients, rank: int) -> DocumentGradients:
                              {n: R for n, (_, R) in parts.items()}, rank)
 
 
+def largest_entries(stored: DocumentGradients, count: int) -> DocumentGradients:
+    """Each document's ``count`` largest-magnitude entries of each layer's projected gradient, the
+    rest zero: the scores a sparse store (those values and their positions) would give. Measured
+    here only, as a candidate storage: not a pipeline option."""
+    def kept(grads: torch.Tensor) -> torch.Tensor:
+        flat = grads.flatten(1)
+        top = flat.abs().topk(min(count, flat.shape[1]), dim=1).indices
+        return torch.zeros_like(flat).scatter_(1, top, flat.gather(1, top)).view_as(grads)
+    return replace(stored, grads={name: kept(grads) for name, grads in stored.grads.items()})
+
+
 def demo_main(args: argparse.Namespace) -> dict[str, float]:
     """Issue 14's accuracy figures on the demo's trained model at the demo's projection."""
     import tempfile
@@ -211,6 +224,10 @@ def demo_main(args: argparse.Namespace) -> dict[str, float]:
                 equal = score_matrix(qg, factored(stored, c))
                 correlations(f"{basis}_k{k}_c{c}", equal)
                 recalls.setdefault(f"rerank_recall_at_100_{basis}_k{k}_c{c}", []).append(recall(equal, exact, 200, 100))
+                sparse = score_matrix(qg, largest_entries(stored, SPARSE_ENTRIES))
+                correlations(f"{basis}_k{k}_top{SPARSE_ENTRIES}", sparse)
+                recalls.setdefault(f"rerank_recall_at_100_{basis}_k{k}_top{SPARSE_ENTRIES}", []).append(
+                    recall(sparse, exact, 200, 100))
         print(f"seed {seed}: " + ", ".join(f"{name} {statistics.mean(v):.4f}" for name, v in pearsons.items()
                                            if "_c" not in name) + " (mean Pearson so far)", flush=True)
     figures[f"pearson_raw_k{DEMO_K}_mean"] = statistics.mean(pearsons[f"raw_k{DEMO_K}"])
@@ -227,6 +244,9 @@ def demo_main(args: argparse.Namespace) -> dict[str, float]:
             c = equal_storage_rank(k)
             figures[f"pearson_equal_storage_{basis}_k{k}_c{c}_mean"] = statistics.mean(pearsons[f"{basis}_k{k}_c{c}"])
             figures[f"pearson_equal_storage_{basis}_k{k}_c{c}_min"] = min(pearsons[f"{basis}_k{k}_c{c}"])
+            top = f"{basis}_k{k}_top{SPARSE_ENTRIES}"
+            figures[f"pearson_equal_storage_{top}_mean"] = statistics.mean(pearsons[top])
+            figures[f"pearson_equal_storage_{top}_min"] = min(pearsons[top])
     figures |= {name: statistics.mean(values) for name, values in recalls.items()}
     # Issue 14's names, at the demo's projection in its (the default) basis
     figures["projected_pearson_trained"] = figures[f"pearson_{BASIS}_k{DEMO_K}_mean"]
@@ -234,6 +254,11 @@ def demo_main(args: argparse.Namespace) -> dict[str, float]:
     figures |= {f"factored_pearson_loss_c{c}": figures[f"factored_pearson_loss_{BASIS}_c{c}"] for c in args.ranks}
     figures |= {f"rerank_recall_at_{t}": figures[f"rerank_recall_at_{t}_{BASIS}"] for t in (100, 10)}
     return figures
+
+
+SPARSE_ENTRIES = DEMO_K * DEMO_K // 2
+"""Entries a sparse store keeps per layer and document: with their positions, as many numbers
+as the demo's (32, 32) store."""
 
 
 def equal_storage_rank(k: int) -> int:
