@@ -76,3 +76,19 @@ def test_the_projection_benchmarks_factored_store_is_the_pipelines():
     stored = compute_document_gradients(lm, documents, ids, projection=projection)
     expected = score_matrix(queries, compute_document_gradients(lm, documents, ids, projection=projection, rank=3))
     torch.testing.assert_close(score_matrix(queries, factored(stored, 3)), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_projection_benchmarks_sparse_store_keeps_each_documents_largest_entries():
+    """`largest_entries` keeps, per document and layer, the entries of largest magnitude with
+    their values and signs, zeroes the rest, and keeps everything when asked for every entry."""
+    from bench.projection import largest_entries
+    from pretrace.documents import DocumentGradients
+
+    grads = torch.randn(5, 4, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    stored = DocumentGradients([str(i) for i in range(5)], {"layer": grads}, torch.zeros(5), None)
+    kept = largest_entries(stored, 3).grads["layer"]
+    for document, original in zip(kept, grads):
+        nonzero = document.flatten().nonzero().flatten()
+        assert sorted(nonzero.tolist()) == sorted(original.flatten().abs().topk(3).indices.tolist())
+        assert torch.equal(document.flatten()[nonzero], original.flatten()[nonzero])
+    assert torch.equal(largest_entries(stored, 24).grads["layer"], grads)
