@@ -283,6 +283,12 @@ class PretraceConfig(BaseModel):
         return self.projection is not None and self.projection_basis != "raw"
 
     @property
+    def projects_randomly(self) -> bool:
+        """Whether gradients are projected through random matrices drawn from `seed` (raw and
+        whitened bases); a principal projection keeps chosen eigenvectors, and none keeps all."""
+        return self.projection is not None and self.projection_basis != "principal"
+
+    @property
     def stores_exact_scores(self) -> bool:
         """Whether stored scores are exact: unprojected, full-rank document and query gradients."""
         return self.projection is None and self.document_rank is None and self.query_rank is None

@@ -239,25 +239,32 @@ def _per_group(artefact: Artefact) -> Artefact:
     return replace(artefact, per_group=True, files=files, config=(*artefact.config, "layer_groups"))
 
 
+def _without_seed(artefact: Artefact) -> Artefact:
+    return replace(artefact, config=tuple(key for key in artefact.config if key != "seed"))
+
+
 def artefacts(demo: bool = False, compared: tuple[str, ...] = (), projects_with_factors: bool = False,
-              layer_groups: int = 1) -> dict[str, Artefact]:
+              layer_groups: int = 1, projects_randomly: bool = True) -> dict[str, Artefact]:
     """The artefacts of a project in dependency order; the demo trains its own model; compared
     models add their comparison, which the report reads; a projection in the eigenbasis
     (`PretraceConfig.projects_with_factors`) makes what projects documents read the factors;
-    more than one layer group partitions the EK-FAC fitting chain by group."""
+    more than one layer group partitions the EK-FAC fitting chain by group; gradients depend on
+    the seed only through a random projection (`PretraceConfig.projects_randomly`)."""
     report = INFLUENCE_REPORT
     fitting = [COVARIANCES, EIGENBASIS, LAMBDAS]
     if layer_groups > 1:
         fitting = [_per_group(a) for a in fitting]
-    documents, evaluation = DOCUMENT_GRADIENTS, ATTRIBUTION_EVAL
+    queries, documents, evaluation = QUERY_GRADIENTS, DOCUMENT_GRADIENTS, ATTRIBUTION_EVAL
     if projects_with_factors:
         documents, evaluation = _with_factors(DOCUMENT_GRADIENTS), _with_factors(ATTRIBUTION_EVAL)
+    if not projects_randomly:
+        queries, documents = _without_seed(queries), _without_seed(documents)
     extra = []
     if compared:
         extra = [model_comparison(compared)]
         report = replace(INFLUENCE_REPORT, inputs=(*INFLUENCE_REPORT.inputs, Input("model_comparison")))
     table = [DEMO_MODEL if demo else USER_MODEL, CORPUS_SHARDS, *fitting, FACTORS,
-             QUERIES, COMPLETIONS, QUERY_GRADIENTS, documents, INFLUENCE_SCORES, RERANKED_SCORES, evaluation, *extra, report]
+             QUERIES, COMPLETIONS, queries, documents, INFLUENCE_SCORES, RERANKED_SCORES, evaluation, *extra, report]
     return {a.name: a for a in table}
 
 
@@ -434,10 +441,13 @@ def invalidation_table(demo: bool = False) -> str:
     # with a compared model (model_comparison too), a projection in the eigenbasis (what reads the factors)
     # and layer groups (the fitting artefacts partitioned by group record how many)
     table = artefacts(demo, compared=("<name>",), projects_with_factors=True, layer_groups=2)
+    seedless = artefacts(demo, compared=("<name>",), projects_with_factors=True, layer_groups=2, projects_randomly=False)
     keys = sorted({k for a in table.values() for k in a.config})
     rows = ["| setting | recorded by (recomputed when it changes) |", "|---|---|"]
     for key in keys:
-        rows.append(f"| `{key}` | {', '.join(f'`{a.name}`' for a in table.values() if key in a.config)} |")
+        names = [f"`{a.name}`" + ("" if key in seedless[a.name].config else " (with a raw or whitened `projection`)")
+                 for a in table.values() if key in a.config]
+        rows.append(f"| `{key}` | {', '.join(names)} |")
     scoped = {"`fit_shards` (which shards)": "fit_shards", "the set of corpus files": "all_shards"}
     for what, scope in scoped.items():
         users = [a.name for a in table.values() if any(i.scope == scope for i in a.inputs)]

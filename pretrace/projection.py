@@ -167,7 +167,10 @@ class KroneckerProjection:
         return X
 
     def describe(self) -> dict:
-        return {"k_out": self.k_out, "k_in": self.k_in, "seed": self.seed, "basis": self.basis}
+        """What reproduces the projection, as stored beside gradients: the seed only where a
+        random matrix is drawn from it (so principal gradients' bytes do not depend on it)."""
+        seeded = {} if self.basis == "principal" else {"seed": self.seed}
+        return {"k_out": self.k_out, "k_in": self.k_in, **seeded, "basis": self.basis}
 
 
 def projection_for(config: PretraceConfig, shapes: dict[str, tuple[int, int]],

@@ -68,7 +68,7 @@ class Project:
         self.storage = Storage(config.storage)
         self.store = ArtefactStore(self.storage)
         self.graph = artefacts(demo, tuple(config.compare_models), config.projects_with_factors,
-                               config.layer_groups or 1)
+                               config.layer_groups or 1, config.projects_randomly)
         self.groups = group_keys(config.layer_groups or 1)
         self._settings = config.result_settings()
         self._fitted = {i.name for a in self.graph.values() for i in a.inputs if i.scope == "fit_shards"}

@@ -54,7 +54,7 @@ INVALIDATION = {
     "tail_patch_lr": (0.01, each(*CHECKED)),
     "rerank_k": (2, each("reranked_scores", "influence_report")),
     "fisher": ("empirical", EKFAC_ON),
-    "seed": (1, GRADIENTS),
+    "seed": (1, EKFAC_ON),  # the sampled Fisher's labels: new factors; unprojected gradients never read the seed
     "batch_size": (3, GRADIENTS | each("completions")),
     "dtype": ("bfloat16", GRADIENTS | each("completions")),
     "completion_tokens": (8, EXPLAINED),
@@ -137,6 +137,24 @@ def test_a_projection_in_the_eigenbasis_makes_document_gradients_follow_the_fact
         assert set(ran) == expected and len(ran) == len(set(ran)), f"{change}: ran {sorted(ran)}"
     config = load_config(path)
     assert snapshot(project / "data") == clean_run_snapshot(config, tmp_path)
+
+
+@pytest.mark.parametrize("basis", ["principal", "whitened"])
+def test_only_a_random_projection_makes_gradients_follow_the_seed(basis, finished, tmp_path):
+    """A principal projection keeps chosen eigenvectors and draws nothing from the seed: with
+    factors that do not depend on it either (empirical Fisher), a new seed refits to the same
+    bytes and leaves the stored gradients current; a whitened one draws its matrices from the
+    seed and recomputes them."""
+    project = copy_of(finished, tmp_path)
+    path = project / "pretrace.yaml"
+    edit_config(path, projection=[8, 8], projection_basis=basis, fisher="empirical")
+    run_pipeline(load_config(path))
+    edit_config(path, seed=1)
+    ran = set(run_pipeline(load_config(path)))
+    gradients = each("query_gradients", "document_gradients")
+    assert ran & gradients == (set() if basis == "principal" else gradients), sorted(ran)
+    assert each("ekfac_covariances", "ekfac_lambdas") <= ran  # the seed is among the fitting passes' settings
+    assert snapshot(project / "data") == clean_run_snapshot(load_config(path), tmp_path)
 
 
 def test_moved_inputs_with_the_same_content_recompute_nothing(finished, tmp_path):
