@@ -5,9 +5,9 @@
 
 Checks (tiny random Llama, fresh random inputs): float32 on the GPU against float32 on the CPU
 for EK-FAC factors and scores (relative error), and for scores through stored projected
-gradients (whitened and principal, dense and rank-3 factored); bf16 autocast on the GPU against float32 on the
-GPU (per-query Pearson of scores); sampled-Fisher fitting on the GPU reproducible run to run;
-layer-grouped fitting and scoring on the GPU against one pass. Each prints PASS or FAIL with its
+gradients (whitened and principal, dense and rank-3 factored); bf16 autocast on the GPU against
+float32 on the GPU (per-query Pearson of scores); sampled-Fisher fitting on the GPU reproducible
+run to run; layer-grouped fitting and scoring on the GPU against one pass. Each prints PASS or FAIL with its
 threshold; the exit status is 1 if any fails.
 
 Products: the score product of one batch in one layer at the scale run's width, as one long

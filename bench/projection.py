@@ -17,10 +17,10 @@ exact scores, the Pearson that rank-c factors (each --ranks c) lose, the share o
 exact top 100 among the stored top 200 (two-stage retrieval; and of the top 10 among 20), and,
 for each larger k, the same storage spent otherwise: the (k, k) gradient kept as rank-c factors
 with c (2k) = 32 x 32 numbers (`pearson_equal_storage_{basis}_k{k}_c{c}_*`), or as its 512
-largest entries and their positions (`..._k{k}_top512_*`, a candidate storage measured here only). Issue 14's names
-(`projected_pearson_trained`, `projection_compression`, `factored_storage_ratio_c{c}`,
-`factored_pearson_loss_c{c}`, `rerank_recall_at_100`, `rerank_recall_at_10`) are those of the
-demo's own basis, the default.
+largest entries and their positions (`..._k{k}_top512_*`, a candidate storage measured here
+only). Issue 14's names (`projected_pearson_trained`, `projection_compression`,
+`factored_storage_ratio_c{c}`, `factored_pearson_loss_c{c}`, `rerank_recall_at_100`,
+`rerank_recall_at_10`) are those of the demo's own basis, the default.
 
 The model is the tiny Llama of the tests (MLP layers 64 x 32 and 32 x 64), trained for a few
 seconds on templated sentences: a random model's scores have no structure, so accuracy figures
@@ -138,6 +138,9 @@ BASIS = DEMO.projection_basis
 """The default basis (the demo keeps it), whose figures carry issue 14's names."""
 DEMO_K = DEMO.projection[0]
 """The demo's projection (`pipeline.settings.demo_config`): 32 x 32 per layer."""
+SPARSE_ENTRIES = DEMO_K * DEMO_K // 2
+"""Entries a sparse store keeps per layer and document: with their positions, as many numbers
+as the demo's (32, 32) store."""
 
 
 def model_shape(args: argparse.Namespace) -> dict:
@@ -254,11 +257,6 @@ def demo_main(args: argparse.Namespace) -> dict[str, float]:
     figures |= {f"factored_pearson_loss_c{c}": figures[f"factored_pearson_loss_{BASIS}_c{c}"] for c in args.ranks}
     figures |= {f"rerank_recall_at_{t}": figures[f"rerank_recall_at_{t}_{BASIS}"] for t in (100, 10)}
     return figures
-
-
-SPARSE_ENTRIES = DEMO_K * DEMO_K // 2
-"""Entries a sparse store keeps per layer and document: with their positions, as many numbers
-as the demo's (32, 32) store."""
 
 
 def equal_storage_rank(k: int) -> int:
