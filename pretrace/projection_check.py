@@ -88,6 +88,7 @@ def accuracy_table(shards: Iterable[tuple[str, dict[str, Any]]]) -> pa.Table:
 
 
 def _describe(projection: dict[str, Any]) -> str:
-    """E.g. "[32, 32] whitened, seed 0"; a principal projection has no random matrix, so no seed."""
-    seed = "" if projection["basis"] == "principal" else f", seed {projection['seed']}"
+    """E.g. "[32, 32] whitened, seed 0"; a principal projection's description has no seed
+    (`KroneckerProjection.describe`)."""
+    seed = f", seed {projection['seed']}" if "seed" in projection else ""
     return f"[{projection['k_out']}, {projection['k_in']}] {projection['basis']}{seed}"
