@@ -5,7 +5,6 @@ import time
 import dagster as dg
 
 from pretrace.documents import compute_document_gradients
-from pretrace.model import resolve_dtype
 from resources.pretrace import PretraceResource
 
 from .common import GPU_ASSET, RETRY, also_reading, computing, materialized, progress_logger
@@ -36,7 +35,7 @@ def compute_document_gradients_of_shard(context: dg.AssetExecutionContext,
         groups = run.layer_groups(lm)
         grads = compute_document_gradients(
             lm, sequences, doc_ids, projection=run.projection(lm), rank=config.document_rank, batch_size=config.batch_size,
-            groups=groups, dtype=resolve_dtype(config.stored_gradient_dtype),
+            groups=groups, stored_dtype=config.stored_gradient_dtype,
             progress=progress_logger(context, len(sequences) * groups, f"document gradients of {run.shard}"),
         )
         manifest = run.commit({"{shard}.safetensors": grads})

@@ -62,6 +62,7 @@ from pretrace.ekfac import fit_factors  # noqa: E402
 from pretrace.low_rank import factorize  # noqa: E402
 from pretrace.model import load_model, wrap_model  # noqa: E402
 from pretrace.projection import KroneckerProjection  # noqa: E402
+from pretrace.quantization import row_bytes  # noqa: E402
 from pretrace.query_file import queries_from_table, read_queries  # noqa: E402
 from pretrace.queries import Query, compute_query_gradients  # noqa: E402
 from pretrace.retrieval import recall  # noqa: E402
@@ -114,23 +115,32 @@ def projected_correlations(lm, documents, factors, exact: torch.Tensor, k: int, 
 
 
 def projected_scores(lm, documents, factors, k: int, basis: str, seed: int,
-                     document_rank: int | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+                     document_rank: int | None = None, stored_dtype: str | None = None) -> torch.Tensor:
     """(queries, documents) scores through a (k, k) projection, documents kept at ``document_rank``
-    and stored in ``dtype`` (streamed, not stored, when neither is given)."""
+    and stored in ``stored_dtype`` (streamed, not stored, when neither is given)."""
     projection = KroneckerProjection.build(lm.layer_shapes(), k, k, seed=seed, basis=basis, factors=factors)
     queries = compute_query_gradients(lm, factors, QUERIES, projection=projection)
-    if document_rank is None and dtype is None:
+    if document_rank is None and stored_dtype is None:
         approx = stream_scores(lm, queries, documents, projection=projection)
     else:
         stored = compute_document_gradients(lm, documents, [str(i) for i in range(len(documents))],
-                                            projection=projection, rank=document_rank, dtype=dtype)
+                                            projection=projection, rank=document_rank, stored_dtype=stored_dtype)
         approx = score_matrix(queries, stored)
     return approx
 
 
-def compression(shapes: dict[str, tuple[int, int]], k: int) -> float:
-    """Dense per-document gradient size over its stored size at (k, k)."""
-    return sum(o * i for o, i in shapes.values()) / sum(min(k, o) * min(k, i) for o, i in shapes.values())
+def compression(shapes: dict[str, tuple[int, int]], k: int, stored_dtype: str = "float32") -> float:
+    """Dense float32 per-document gradient bytes over its stored bytes at (k, k) in ``stored_dtype``
+    (a quantized store's row scales included)."""
+    return (sum(o * row_bytes("float32", i) for o, i in shapes.values())
+            / sum(min(k, o) * row_bytes(stored_dtype, min(k, i)) for o, i in shapes.values()))
+
+
+def equal_bytes_k(stored_dtype: str) -> int:
+    """The largest k whose (k, k) store in ``stored_dtype`` takes no more bytes than the demo's
+    (32, 32) float32 one."""
+    budget = DEMO_K * row_bytes("float32", DEMO_K)
+    return max(k for k in range(1, 4 * DEMO_K + 1) if k * row_bytes(stored_dtype, k) <= budget)
 
 
 DEMO = demo_config()
@@ -138,6 +148,8 @@ BASIS = DEMO.projection_basis
 """The default basis (the demo keeps it), whose figures carry issue 14's names."""
 DEMO_K = DEMO.projection[0]
 """The demo's projection (`pipeline.settings.demo_config`): 32 x 32 per layer."""
+QUANTIZED = ("int8", "int4")
+"""The quantized `stored_gradient_dtype`s measured at equal bytes (demo) and against float32 (tiny)."""
 SPARSE_ENTRIES = DEMO_K * DEMO_K // 2
 """Entries a sparse store keeps per layer and document: with their positions, as many numbers
 as the demo's (32, 32) store."""
@@ -250,6 +262,16 @@ def demo_main(args: argparse.Namespace) -> dict[str, float]:
             top = f"{basis}_k{k}_top{SPARSE_ENTRIES}"
             figures[f"pearson_equal_storage_{top}_mean"] = statistics.mean(pearsons[top])
             figures[f"pearson_equal_storage_{top}_min"] = min(pearsons[top])
+    for dtype, k in [(q, equal_bytes_k(q)) for q in QUANTIZED] + [("int4", 4 * DEMO_K)]:
+        # the default basis, its store quantized: at the demo store's bytes (64x), and int4 at 128 x 128 (32x)
+        projection = KroneckerProjection.build(shapes, k, k, basis=BASIS, factors=factors)
+        approx = score_matrix(compute_query_gradients(lm, factors, queries, projection=projection),
+                              compute_document_gradients(lm, documents, ids, projection=projection, stored_dtype=dtype))
+        values = [pearson(approx[i], exact[i]) for i in range(len(queries))]
+        name = f"{BASIS}_k{k}_{dtype}"
+        figures |= {f"compression_{name}": compression(shapes, k, dtype), f"pearson_{name}_mean": statistics.mean(values),
+                    f"pearson_{name}_min": min(values), f"rerank_recall_at_100_{name}": recall(approx, exact, 200, 100)}
+        print(f"{name}: mean Pearson {statistics.mean(values):.4f} at {figures[f'compression_{name}']:.1f}x", flush=True)
     figures |= {name: statistics.mean(values) for name, values in recalls.items()}
     # Issue 14's names, at the demo's projection in its (the default) basis
     figures["projected_pearson_trained"] = figures[f"pearson_{BASIS}_k{DEMO_K}_mean"]
@@ -297,15 +319,18 @@ def main(argv=None) -> int:
         figures["projected_pearson_trained"] = figures[f"pearson_{BASIS}_k{TRAINED_K}_mean"]
         print(f"k={TRAINED_K} {BASIS}, two-stage retrieval: {figures['rerank_recall_at_10_trained']:.3f} of each "
               "exact top 10 among the stored top 20 (re-scored exactly)", flush=True)
-    if TRAINED_K in args.ks:  # the same projected store in bfloat16 (`stored_gradient_dtype`) against float32
-        stores = {dtype: [projected_scores(lm, documents, factors, TRAINED_K, BASIS, seed, dtype=dtype)
-                          for seed in seeds(BASIS, args.seeds)] for dtype in (torch.float32, torch.bfloat16)}
-        pairs = list(zip(stores[torch.float32], stores[torch.bfloat16]))
-        figures["bf16_store_pearson_vs_float32"] = min(pearson(h[i], f[i]) for f, h in pairs for i in range(len(QUERIES)))
-        figures["bf16_store_pearson_loss"] = figures["projected_pearson_trained"] - statistics.mean(
-            pearson(h[i], exact[i]) for _, h in pairs for i in range(len(QUERIES)))
-        print(f"k={TRAINED_K} {BASIS}, stored in bfloat16: half the bytes; lowest per-query Pearson against the float32 "
-              f"store {figures['bf16_store_pearson_vs_float32']:.6f}", flush=True)
+    if TRAINED_K in args.ks:  # the same projected store in other `stored_gradient_dtype`s against float32
+        stores = {dtype: [projected_scores(lm, documents, factors, TRAINED_K, BASIS, seed, stored_dtype=dtype)
+                          for seed in seeds(BASIS, args.seeds)] for dtype in ("float32", "bfloat16", *QUANTIZED)}
+        for dtype, name in (("bfloat16", "bf16"), *((q, q) for q in QUANTIZED)):
+            pairs = list(zip(stores["float32"], stores[dtype]))
+            figures[f"{name}_store_pearson_vs_float32"] = min(pearson(h[i], f[i]) for f, h in pairs
+                                                              for i in range(len(QUERIES)))
+            figures[f"{name}_store_pearson_loss"] = figures["projected_pearson_trained"] - statistics.mean(
+                pearson(h[i], exact[i]) for _, h in pairs for i in range(len(QUERIES)))
+            print(f"k={TRAINED_K} {BASIS}, stored in {dtype}: {compression(shapes, TRAINED_K, dtype):.1f}x smaller "
+                  f"than dense float32; lowest per-query Pearson against the float32 store "
+                  f"{figures[f'{name}_store_pearson_vs_float32']:.6f}", flush=True)
     k = max(args.ks)  # factored storage: each document's projected (k, k) gradient kept at rank c
     for c in args.ranks:
         values = [r for seed in seeds(BASIS, args.seeds)

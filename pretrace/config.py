@@ -99,8 +99,11 @@ DESCRIPTIONS = {
                         "the [k_out, k_in] eigenvectors of most curvature (no random matrix; more accurate on trained "
                         "models); with either, document gradients depend on the factors. 'raw': project raw gradients "
                         "(survive a refit).",
-    "stored_gradient_dtype": "Precision of stored document gradients: 'bfloat16' halves the store; its scores are then "
-                             "checked against exact ones on a sample of every shard, like a projection's.",
+    "stored_gradient_dtype": "Precision of stored document gradients: 'bfloat16' halves the store; 'int8' and 'int4' "
+                             "keep 8 or 4 bits per number plus a scale per row (a quarter or an eighth of the store, "
+                             "dense stores only), so the same bytes hold a larger projection. Scores from anything "
+                             "but float32 are checked against exact ones on a sample of every shard, like a "
+                             "projection's.",
     "document_rank": "Store each document's (projected) gradient as rank-c factors per layer, c × (k_out + k_in) "
                      "numbers instead of k_out × k_in; unset = full.",
     "query_rank": "Keep preconditioned query gradients as rank-r factors per layer; unset = dense.",
@@ -157,7 +160,7 @@ class PretraceConfig(BaseModel):
     projection_basis: ProjectionBasis = "principal"
     query_rank: StrictInt | None = Field(default=None, gt=0)
     document_rank: StrictInt | None = Field(default=None, gt=0)
-    stored_gradient_dtype: Literal["float32", "bfloat16"] = "float32"
+    stored_gradient_dtype: Literal["float32", "bfloat16", "int8", "int4"] = "float32"
     max_length: StrictInt = Field(default=512, ge=2)
     batch_size: StrictInt = Field(default=8, gt=0)
     fit_shards: Literal["all"] | list[str] = "all"
@@ -244,6 +247,14 @@ class PretraceConfig(BaseModel):
                              "top_k documents kept per query; raise top_k or lower rerank_k")
         return self
 
+    @model_validator(mode="after")
+    def _quantized_stores_dense(self) -> PretraceConfig:
+        if self.stored_gradient_dtype in ("int8", "int4") and self.document_rank is not None:
+            raise ValueError(f"stored_gradient_dtype {self.stored_gradient_dtype} quantizes dense stores and "
+                             "document_rank stores factors; unset document_rank, or store factors in float32 or "
+                             "bfloat16")
+        return self
+
     @field_validator("projection", mode="before")
     @classmethod
     def _projection(cls, value: Any) -> Any:
@@ -290,8 +301,10 @@ class PretraceConfig(BaseModel):
 
     @property
     def stores_exact_scores(self) -> bool:
-        """Whether stored scores are exact: unprojected, full-rank document and query gradients."""
-        return self.projection is None and self.document_rank is None and self.query_rank is None
+        """Whether stored scores are exact: unprojected, full-rank document and query gradients,
+        stored in float32."""
+        return (self.projection is None and self.document_rank is None and self.query_rank is None
+                and self.stored_gradient_dtype == "float32")
 
     @property
     def reranked(self) -> int:

@@ -13,8 +13,9 @@ from .errors import InputError
 from .layer_groups import by_layer_group, join_layers
 from .low_rank import factorize
 from .serialization import pack, unpack
-from .model import LoadedModel
+from .model import LoadedModel, resolve_dtype
 from .projection import KroneckerProjection
+from .quantization import BITS, dequantize, pack as pack_codes, quantize, unpack as unpack_codes
 
 
 def iter_document_gradients(
@@ -77,7 +78,9 @@ def layer_gradients(cap: Captured, name: str, projection: KroneckerProjection | 
 @dataclass
 class DocumentGradients:
     """Per-document gradients per layer: (N, k_out, k_in) in `grads`, or with `rank` set the
-    factors of each, `grads[name]` (N, k_out, r) and `right[name]` (N, k_in, r)."""
+    factors of each, `grads[name]` (N, k_out, r) and `right[name]` (N, k_in, r). Quantized
+    (`bits` set, dense only): `grads` holds int8 codes and `scales[name]` (N, k_out) the rows'
+    scales (`pretrace.quantization`)."""
 
     ids: list[str]
     grads: dict[str, torch.Tensor]
@@ -85,41 +88,55 @@ class DocumentGradients:
     projection: dict | None
     right: dict[str, torch.Tensor] = field(default_factory=dict)
     rank: int | None = None
+    scales: dict[str, torch.Tensor] = field(default_factory=dict)
+    bits: int | None = None
 
     @classmethod
     def join(cls, groups: Sequence["DocumentGradients"]) -> "DocumentGradients":
         """The gradients of every layer from those of disjoint layer groups (same documents)."""
         first = groups[0]
         return cls(first.ids, join_layers([g.grads for g in groups]), first.losses, first.projection,
-                   join_layers([g.right for g in groups]), first.rank)
+                   join_layers([g.right for g in groups]), first.rank, join_layers([g.scales for g in groups]),
+                   first.bits)
 
     @property
     def dtype(self) -> str:
-        """The stored precision (`stored_gradient_dtype`): float32, or bfloat16 for half the store."""
+        """The stored precision (`stored_gradient_dtype`): float32, bfloat16, int8 or int4."""
+        if self.bits is not None:
+            return f"int{self.bits}"
         return str(next(iter(self.grads.values())).dtype).removeprefix("torch.")
 
     def dense(self, name: str) -> torch.Tensor:
-        """(N, k_out, k_in), reconstructed from the factors when factored."""
+        """(N, k_out, k_in), reconstructed from the factors when factored, from the codes and
+        scales when quantized (then in float32)."""
+        if self.bits is not None:
+            return dequantize(self.grads[name], self.scales[name])
         if self.rank is None:
             return self.grads[name]
         return self.grads[name] @ self.right[name].transpose(1, 2)
 
     def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        grads = self.grads if self.bits is None else {k: pack_codes(v, self.bits) for k, v in self.grads.items()}
         return pack(
-            self.grads | {f"{k}::right": v for k, v in self.right.items()} | {"losses": self.losses},
+            grads | {f"{k}::right": v for k, v in self.right.items()} | {f"{k}::scales": v for k, v in self.scales.items()}
+            | {"losses": self.losses},
             "document_gradients",
             ids=self.ids,
             layers=list(self.grads),
             projection=self.projection,
             rank=self.rank,
+            bits=self.bits,
+            columns={k: v.shape[-1] for k, v in self.grads.items()},
         )
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> "DocumentGradients":
         meta = unpack(metadata, "document_gradients")
-        layers, rank = meta["layers"], meta["rank"]
+        layers, rank, bits = meta["layers"], meta["rank"], meta.get("bits")
         right = {} if rank is None else {k: tensors[f"{k}::right"] for k in layers}
-        return cls(meta["ids"], {k: tensors[k] for k in layers}, tensors["losses"], meta["projection"], right, rank)
+        grads = {k: tensors[k] if bits is None else unpack_codes(tensors[k], bits, meta["columns"][k]) for k in layers}
+        scales = {} if bits is None else {k: tensors[f"{k}::scales"] for k in layers}
+        return cls(meta["ids"], grads, tensors["losses"], meta["projection"], right, rank, scales, bits)
 
 
 def compute_document_gradients(
@@ -133,30 +150,40 @@ def compute_document_gradients(
     first_target: Sequence[int] | None = None,
     rank: int | None = None,
     groups: int = 1,
-    dtype: torch.dtype | None = None,
+    stored_dtype: str | None = None,
 ) -> DocumentGradients:
     """Gradients of every document (of every query's completion, with ``first_target``),
-    gathered on the CPU for storage, rounded to ``dtype`` if given (they are computed in float32
-    or wider); with ``rank``,
-    as rank-r factors (`pretrace.low_rank`); with ``groups`` > 1, a layer group a pass
-    (`pretrace.layer_groups`)."""
+    gathered on the CPU for storage in ``stored_dtype`` if given (`stored_gradient_dtype`; they
+    are computed in float32 or wider); with ``rank``, as rank-r factors (`pretrace.low_rank`);
+    with ``groups`` > 1, a layer group a pass (`pretrace.layer_groups`)."""
     if rank is not None and rank < 1:
         raise InputError(f"document_rank: must be a positive integer or null, got {rank}")
+    if rank is not None and stored_dtype in BITS:
+        raise InputError(f"stored_gradient_dtype: {stored_dtype} quantizes dense stores, and document_rank stores "
+                         "factors; use one of the two (float32 or bfloat16 with document_rank)")
     return by_layer_group(lm, groups, lambda group: _gathered(
-        group, sequences, ids, projection, batch_size, progress, first_target, rank, dtype), DocumentGradients.join)
+        group, sequences, ids, projection, batch_size, progress, first_target, rank, stored_dtype),
+        DocumentGradients.join)
 
 
 def _gathered(lm: LoadedModel, sequences: Sequence[Sequence[int]], ids: Sequence[str],
               projection: KroneckerProjection | None, batch_size: int, progress: Callable[[int], None] | None,
-              first_target: Sequence[int] | None, rank: int | None, dtype: torch.dtype | None) -> DocumentGradients:
+              first_target: Sequence[int] | None, rank: int | None, stored_dtype: str | None) -> DocumentGradients:
     grads: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in lm.layers}
     right: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in lm.layers}
+    scales: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in lm.layers}
+    bits = BITS.get(stored_dtype)
+    dtype = None if bits is not None or stored_dtype is None else resolve_dtype(stored_dtype)
     losses = []
     for _, batch_grads, batch_losses in iter_document_gradients(
         lm, sequences, projection=projection, batch_size=batch_size, progress=progress, first_target=first_target
     ):
         for name, value in batch_grads.items():
-            if rank is None:
+            if bits is not None:
+                codes, row_scales = quantize(value, bits)
+                grads[name].append(codes.cpu())
+                scales[name].append(row_scales.cpu())
+            elif rank is None:
                 grads[name].append(value.to(device="cpu", dtype=dtype))
             else:
                 L, R = factorize(value, rank)
@@ -170,4 +197,6 @@ def _gathered(lm: LoadedModel, sequences: Sequence[Sequence[int]], ids: Sequence
         None if projection is None else projection.describe(),
         {k: torch.cat(v) for k, v in right.items() if v},
         rank,
+        {k: torch.cat(v) for k, v in scales.items() if v},
+        bits,
     )

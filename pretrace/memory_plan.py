@@ -24,6 +24,7 @@ from .errors import InputError
 from .layer_groups import factor_floats, split_layers
 from .low_rank import CHUNK_NUMBERS
 from .model import DEFAULT_LAYER_PATTERNS, resolve_dtype, select_layers
+from .quantization import row_bytes
 
 GB = 1e9
 LOGIT_BYTES_PER_VOCAB = 16
@@ -218,10 +219,10 @@ class _Sizes:
     def document_bytes(self) -> int:
         """Bytes of one document's stored gradients: (projected) per layer, dense or as rank-c
         factors (`document_rank`), in `stored_gradient_dtype`."""
-        rank, itemsize = self.work.document_rank, resolve_dtype(self.work.stored_gradient_dtype).itemsize
+        rank, dtype = self.work.document_rank, self.work.stored_gradient_dtype
         if rank is None:
-            return itemsize * sum(self.stored(o, i) for o, i in self.all)
-        return itemsize * sum(rank * ((self.k_out or o) + (self.k_in or i)) for o, i in self.all)
+            return sum((self.k_out or o) * row_bytes(dtype, self.k_in or i) for o, i in self.all)
+        return resolve_dtype(dtype).itemsize * sum(rank * ((self.k_out or o) + (self.k_in or i)) for o, i in self.all)
 
     def query_floats(self, layers: list[tuple[int, int]]) -> int:
         """Floats kept per query: dense (projected) gradients, or rank-r factors."""

@@ -39,19 +39,16 @@ def _check_compatible(queries: QueryGradients, layers: Sequence[str], projection
         )
 
 
-def _add_scores(total: torch.Tensor, flat_queries: dict[str, torch.Tensor], grads: dict[str, torch.Tensor]) -> torch.Tensor:
-    for name, q in flat_queries.items():
-        total += q @ grads[name].flatten(1).to(q).T
-    return total
-
-
 def score_matrix(queries: QueryGradients, documents: DocumentGradients) -> torch.Tensor:
     """(Q, N) influence from stored gradients, summed over layers in float32. Factored document
-    gradients (`document_rank`) are scored from their factors, never made dense."""
+    gradients (`document_rank`) are scored from their factors, never made dense; quantized ones
+    are made float32 a layer at a time."""
     _check_compatible(queries, list(documents.grads), documents.projection)
     total = torch.zeros(len(queries.ids), len(documents.ids), dtype=torch.float32)
     if documents.rank is None:
-        return _add_scores(total, _flat_queries(queries, torch.device("cpu")), documents.grads)
+        for name, q in _flat_queries(queries, torch.device("cpu")).items():
+            total += q @ documents.dense(name).flatten(1).to(q).T
+        return total
     for name in queries.layers:
         query = (queries.left[name].float(), None if queries.rank is None else queries.right[name].float())
         total += inner_products(query, (documents.grads[name], documents.right[name]))

@@ -14,7 +14,7 @@ from pretrace.config import PretraceConfig
 from pretrace.device_plan import device_plan, workload
 from pretrace.memory_plan import ModelShape, Workload, fitting_plan, plan, suggestion
 from pretrace.documents import compute_document_gradients
-from pretrace.model import resolve_dtype, wrap_model
+from pretrace.model import wrap_model
 from pretrace.projection import KroneckerProjection
 from pretrace.queries import query_gradients_from_tokens
 from pretrace.scores import stream_scores
@@ -82,15 +82,17 @@ def test_block_diagonal_covariances_are_planned_and_shrink_the_eigendecompositio
 
 
 @pytest.mark.parametrize("projection, rank, dtype", [(None, None, "float32"), ((8, 8), None, "bfloat16"),
-                                                     ((8, 8), 2, "float32")])
+                                                     ((8, 8), 2, "float32"), ((8, 7), None, "int4"),
+                                                     (None, None, "int8")])
 def test_the_planned_gradient_store_is_the_bytes_the_document_gradients_hold(projection, rank, dtype):
     torch.manual_seed(0)
     lm = wrap_model(LlamaForCausalLM(CONFIG).eval(), layers=["mlp"], device="cpu")
     docs = [torch.randint(3, 256, (16,), generator=torch.Generator().manual_seed(i)).tolist() for i in range(6)]
     built = projection and KroneckerProjection.build(lm.layer_shapes(), *projection, seed=0, basis="raw")
     stored = compute_document_gradients(lm, docs, [str(i) for i in range(6)], projection=built, rank=rank,
-                                        dtype=resolve_dtype(dtype))
-    held = sum(t.numel() * t.element_size() for t in (*stored.grads.values(), *stored.right.values()))
+                                        stored_dtype=dtype)
+    tensors, _ = stored.to_tensors()  # as written: 4-bit codes two to a byte, with their scales
+    held = sum(t.numel() * t.element_size() for name, t in tensors.items() if name != "losses")
     work = Workload(batch_size=4, max_length=16, documents=len(docs), device="cpu", projection=projection,
                     document_rank=rank, stored_gradient_dtype=dtype)
     assert plan(ModelShape.of_config(CONFIG, ["mlp"]), work).step("scores").disk == held  # no queries: no score matrix

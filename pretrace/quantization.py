@@ -1,0 +1,65 @@
+"""Stored document gradients in 8 or 4 bits per number (`stored_gradient_dtype: int8 | int4`).
+
+Each row of a document's (k_out, k_in) gradient keeps one float32 scale, its largest magnitude,
+and every number the nearest of the 2^(bits-1) - 1 levels on either side of zero: symmetric
+scalar quantization, as vector-search indexes store embeddings. Scores need far fewer bits per
+number than float32 carries, so the same bytes hold a larger projection: on the demo's trained
+model a 128 x 128 principal store in 4 bits keeps the float32 store's Pearson with exact scores
+to within 0.001, in 1/8 of its bytes (bench/projection.py). In memory the codes are int8; on
+disk 4-bit codes go two to a byte.
+"""
+
+from __future__ import annotations
+
+import torch
+
+BITS = {"int8": 8, "int4": 4}
+"""The quantized `stored_gradient_dtype`s and their bits per number."""
+SCALE_BYTES = 4
+
+
+def quantize(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes, scales) of (..., k_in) rows: int8 codes in [-m, m], m = 2^(bits-1) - 1, and
+    float32 scales (...,) with x ≈ codes * scale; an all-zero row gets scale 0."""
+    levels = 2 ** (bits - 1) - 1
+    x = x.float()
+    scales = x.abs().amax(dim=-1, keepdim=True) / levels
+    codes = torch.where(scales > 0, x / scales.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
+    return codes.round().clamp(-levels, levels).to(torch.int8), scales.squeeze(-1)
+
+
+def dequantize(codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """The float32 rows that ``codes`` and ``scales`` stand for."""
+    return codes.float() * scales.unsqueeze(-1)
+
+
+def row_bytes(stored_gradient_dtype: str, columns: int) -> int:
+    """Bytes on disk of one stored row of ``columns`` numbers, a quantized row's scale included."""
+    if stored_gradient_dtype not in BITS:
+        return columns * torch.finfo(getattr(torch, stored_gradient_dtype)).bits // 8
+    return packed_columns(columns, BITS[stored_gradient_dtype]) + SCALE_BYTES
+
+
+def packed_columns(columns: int, bits: int) -> int:
+    """Bytes of one row of codes on disk."""
+    return columns if bits == 8 else (columns + 1) // 2
+
+
+def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Codes as stored: int8 as they are; 4-bit ones two to a byte (uint8, even column in the
+    low half), a last odd column padded with a zero code."""
+    if bits == 8:
+        return codes
+    if codes.shape[-1] % 2:
+        codes = torch.nn.functional.pad(codes, (0, 1))
+    offset = (codes + 8).to(torch.uint8)  # -7..7 -> 1..15
+    return offset[..., 0::2] | (offset[..., 1::2] << 4)
+
+
+def unpack(stored: torch.Tensor, bits: int, columns: int) -> torch.Tensor:
+    """The int8 codes of `pack`'s output, ``columns`` per row."""
+    if bits == 8:
+        return stored
+    low = (stored & 0x0F).to(torch.int8) - 8
+    high = (stored >> 4).to(torch.int8) - 8
+    return torch.stack([low, high], dim=-1).flatten(-2)[..., :columns]
