@@ -125,8 +125,7 @@ class DocumentGradients:
             layers=list(self.grads),
             projection=self.projection,
             rank=self.rank,
-            bits=self.bits,
-            columns={k: v.shape[-1] for k, v in self.grads.items()},
+            **({} if self.bits is None else {"bits": self.bits, "columns": {k: v.shape[-1] for k, v in self.grads.items()}}),
         )
 
     @classmethod

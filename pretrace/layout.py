@@ -206,7 +206,7 @@ ATTRIBUTION_EVAL = Artefact(
 RERANKED_SCORES = Artefact(
     "reranked_scores", False, {"reranked.parquet": None}, ("rerank_k", "top_k", "batch_size", "dtype"),
     (Input("completions"), Input("influence_scores", "all_shards"), Input("corpus_shards", "all_shards"),
-     Input("ekfac_factors"), Input("model")), "1",
+     Input("ekfac_factors"), Input("model")), "2",
     "two-stage retrieval: each query's top and bottom rerank_k documents by stored score over every shard, with "
     "exact EK-FAC scores streamed from the model and ranked by them (stored scores as they are when exact)")
 
