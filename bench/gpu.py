@@ -52,6 +52,7 @@ from pretrace.layer_groups import layer_groups  # noqa: E402
 from pretrace.memory_plan import GB, ModelShape, Workload, fitting_plan  # noqa: E402
 from pretrace.model import wrap_model  # noqa: E402
 from pretrace.projection import KroneckerProjection  # noqa: E402
+from pretrace.quantization import quantize  # noqa: E402
 from pretrace.queries import query_gradients_from_tokens  # noqa: E402
 from pretrace.scores import score_matrix, stream_scores  # noqa: E402
 from tests.peer import pearson  # noqa: E402
@@ -123,6 +124,11 @@ def checks(results: dict) -> bool:
                   for device in ("cpu", "cuda")}
             name = f"cuda_fp32_vs_cpu_{basis}{'' if rank is None else f'_rank{rank}'}_scores_rel_err"
             figures[name] = (rel_err(on["cuda"], on["cpu"]), "<=", 1e-3)
+    x = torch.randn(24, 16, 17, generator=torch.Generator().manual_seed(0)) * torch.logspace(-6, 2, 17)
+    for bits in (8, 4):  # a quantized store's codes and scales do not depend on the device that rounds them
+        (codes, scales), (gpu_codes, gpu_scales) = quantize(x, bits), quantize(x.cuda(), bits)
+        figures[f"cuda_vs_cpu_int{bits}_code_mismatches"] = (
+            float((gpu_codes.cpu() != codes).sum() + (gpu_scales.cpu() != scales).sum()), "<=", 0)
     half = wrap_model(build_model(args).to(torch.bfloat16), layers=["mlp"], device="cuda", dtype="bfloat16")
     cap = capture(half, next(iter(data())))  # kept in bf16, multiplied on tensor cores into float32
     figures["cuda_half_products_vs_upcast_rel_err"] = (max(rel_err(
