@@ -9,6 +9,7 @@ import pyarrow.compute as pc
 from pretrace.layout import ArtefactReader
 from pretrace.projection import BASES
 from pretrace.provenance import Project
+from pretrace.quantization import row_bytes
 from resources.pretrace import PretraceResource
 
 from .partitions import shard_partitions
@@ -73,16 +74,23 @@ def projection_error_check(context: dg.AssetCheckExecutionContext, pretrace: Pre
     measured = "undefined (the sampled scores are constant)" if pearson is None else f"r = {pearson:.3f}"
     others = " or ".join(f"`{b}`" for b in BASES if b not in ("raw", config.projection_basis))
     advice = f"raise `projection`, try `projection_basis` {others} or raise or drop `query_rank` and `document_rank`"
+    stored_dtype = accuracy.get("stored_dtype", "float32")
+    projection = accuracy["projection"]
+    if projection is not None and accuracy["document_rank"] is None and stored_dtype in ("float32", "bfloat16"):
+        k_out, k_in = projection["k_out"], projection["k_in"]
+        ratio = 2 * k_out * row_bytes("int4", 2 * k_in) / (k_out * row_bytes(stored_dtype, k_in))
+        advice += (f"; or spend the bytes on a larger projection in fewer bits: `projection` [{2 * k_out}, {2 * k_in}] "
+                   f"with `stored_gradient_dtype` int4 takes {ratio:.2g}x the bytes of this store")
     return dg.AssetCheckResult(
         passed=passed, severity=dg.AssetCheckSeverity.WARN,
         description=None if passed else (
             f"stored scores correlate with exact ones at {measured}, below projection_floor {config.projection_floor}: "
-            f"{advice} (now projection {accuracy['projection']}, query_rank {accuracy['query_rank']}, "
-            f"document_rank {accuracy['document_rank']})"),
+            f"{advice} (now projection {projection}, query_rank {accuracy['query_rank']}, "
+            f"document_rank {accuracy['document_rank']}, stored_gradient_dtype {stored_dtype})"),
         metadata={**{k: v for k, v in accuracy.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
                   "projection": str(accuracy["projection"] or "none"), "query_rank": str(accuracy["query_rank"]),
                   "document_rank": str(accuracy["document_rank"]),
-                  "stored_dtype": str(accuracy.get("stored_dtype", "float32")), "floor": config.projection_floor})
+                  "stored_dtype": stored_dtype, "floor": config.projection_floor})
 
 
 @dg.asset_check(asset="ekfac_factors", description="Damping is positive and finite on every layer.")

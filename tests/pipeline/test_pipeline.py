@@ -225,6 +225,8 @@ def test_the_projection_check_warns_when_the_stored_scores_lose_the_ranking(tmp_
     assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
     assert check.metadata["pearson_mean"].value < 0.9 and 10 <= check.metadata["documents"].value <= 16
     assert "raise `projection`, try `projection_basis` `whitened`" in check.description  # the basis not in use
+    # a larger projection in fewer bits: 2 x (1 byte of codes + a 4-byte scale) per layer against 4 bytes
+    assert "`projection` [2, 2] with `stored_gradient_dtype` int4 takes 2.5x the bytes of this store" in check.description
     # measured once, when the shard was scored, and stated by the report
     accuracy = json.loads((tmp_path / "data" / "influence_scores" / "part-a.jsonl.accuracy.json").read_text())
     assert accuracy["pearson_mean"] == pytest.approx(check.metadata["pearson_mean"].value)
