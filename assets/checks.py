@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 from pretrace.layout import ArtefactReader
 from pretrace.projection import BASES
 from pretrace.provenance import Project
-from pretrace.quantization import row_bytes
+from pretrace.quantization import BITS, row_bytes
 from resources.pretrace import PretraceResource
 
 from .partitions import shard_partitions
@@ -76,7 +76,7 @@ def projection_error_check(context: dg.AssetCheckExecutionContext, pretrace: Pre
     advice = f"raise `projection`, try `projection_basis` {others} or raise or drop `query_rank` and `document_rank`"
     stored_dtype = accuracy.get("stored_dtype", "float32")
     projection = accuracy["projection"]
-    if projection is not None and accuracy["document_rank"] is None and stored_dtype in ("float32", "bfloat16"):
+    if projection is not None and accuracy["document_rank"] is None and stored_dtype not in BITS:
         k_out, k_in = projection["k_out"], projection["k_in"]
         ratio = 2 * k_out * row_bytes("int4", 2 * k_in) / (k_out * row_bytes(stored_dtype, k_in))
         advice += (f"; or spend the bytes on a larger projection in fewer bits: `projection` [{2 * k_out}, {2 * k_in}] "

@@ -65,7 +65,7 @@ from pretrace.ekfac import fit_factors  # noqa: E402
 from pretrace.low_rank import factorize  # noqa: E402
 from pretrace.model import load_model, wrap_model  # noqa: E402
 from pretrace.projection import KroneckerProjection  # noqa: E402
-from pretrace.quantization import row_bytes  # noqa: E402
+from pretrace.quantization import BITS, row_bytes  # noqa: E402
 from pretrace.query_file import queries_from_table, read_queries  # noqa: E402
 from pretrace.queries import Query, compute_query_gradients  # noqa: E402
 from pretrace.retrieval import recall  # noqa: E402
@@ -151,7 +151,7 @@ BASIS = DEMO.projection_basis
 """The default basis (the demo keeps it), whose figures carry issue 14's names."""
 DEMO_K = DEMO.projection[0]
 """The demo's projection (`pipeline.settings.demo_config`): 32 x 32 per layer."""
-QUANTIZED = ("int8", "int4")
+QUANTIZED = tuple(BITS)
 """The quantized `stored_gradient_dtype`s measured at equal bytes (demo) and against float32 (tiny)."""
 SPARSE_ENTRIES = DEMO_K * DEMO_K // 2
 """Entries a sparse store keeps per layer and document: with their positions, as many numbers

@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -35,6 +35,9 @@ PATH_KEYS = ("model", "corpus", "queries", "storage")
 SHARED_BY_COMPARED_MODELS = ("corpus", "queries", "storage", "compare_models")
 """Settings every compared model takes from the main configuration."""
 ProjectionBasis = Literal["whitened", "principal", "raw"]
+StoredGradientDtype = Literal["float32", "bfloat16", "int8", "int4"]
+QUANTIZED_DTYPES = tuple(d for d in get_args(StoredGradientDtype) if d.startswith("int"))
+"""The stored precisions `pretrace.quantization` writes: dense stores only."""
 """How stored document gradients are projected (`pretrace.projection`)."""
 
 
@@ -160,7 +163,7 @@ class PretraceConfig(BaseModel):
     projection_basis: ProjectionBasis = "principal"
     query_rank: StrictInt | None = Field(default=None, gt=0)
     document_rank: StrictInt | None = Field(default=None, gt=0)
-    stored_gradient_dtype: Literal["float32", "bfloat16", "int8", "int4"] = "float32"
+    stored_gradient_dtype: StoredGradientDtype = "float32"
     max_length: StrictInt = Field(default=512, ge=2)
     batch_size: StrictInt = Field(default=8, gt=0)
     fit_shards: Literal["all"] | list[str] = "all"
@@ -249,7 +252,7 @@ class PretraceConfig(BaseModel):
 
     @model_validator(mode="after")
     def _quantized_stores_dense(self) -> PretraceConfig:
-        if self.stored_gradient_dtype in ("int8", "int4") and self.document_rank is not None:
+        if self.stored_gradient_dtype in QUANTIZED_DTYPES and self.document_rank is not None:
             raise ValueError(f"stored_gradient_dtype {self.stored_gradient_dtype} quantizes dense stores and "
                              "document_rank stores factors; unset document_rank, or store factors in float32 or "
                              "bfloat16")

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import torch
 
-BITS = {"int8": 8, "int4": 4}
+from .config import QUANTIZED_DTYPES
+from .model import resolve_dtype
+
+BITS = {dtype: int(dtype.removeprefix("int")) for dtype in QUANTIZED_DTYPES}
 """The quantized `stored_gradient_dtype`s and their bits per number."""
 SCALE_BYTES = 4
 
@@ -24,7 +27,7 @@ def quantize(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     levels = 2 ** (bits - 1) - 1
     x = x.float()
     scales = x.abs().amax(dim=-1, keepdim=True) / levels
-    codes = torch.where(scales > 0, x / scales.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
+    codes = x / scales.clamp_min(torch.finfo(torch.float32).tiny)  # an all-zero row stays zero
     return codes.round().clamp(-levels, levels).to(torch.int8), scales.squeeze(-1)
 
 
@@ -36,7 +39,7 @@ def dequantize(codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
 def row_bytes(stored_gradient_dtype: str, columns: int) -> int:
     """Bytes on disk of one stored row of ``columns`` numbers, a quantized row's scale included."""
     if stored_gradient_dtype not in BITS:
-        return columns * torch.finfo(getattr(torch, stored_gradient_dtype)).bits // 8
+        return columns * resolve_dtype(stored_gradient_dtype).itemsize
     return packed_columns(columns, BITS[stored_gradient_dtype]) + SCALE_BYTES
 
 
