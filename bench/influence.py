@@ -44,14 +44,17 @@ import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from bench.memory import hwm_bytes as _hwm_bytes  # noqa: E402
+from bench.projection import DEMO, QUERIES, demo_setup, store_accuracy, trained_setup  # noqa: E402
 from bench.synthetic import build_model, make_data  # noqa: E402
 from pretrace.batching import batches  # noqa: E402
 from pretrace.capture import capture  # noqa: E402
 from pretrace.documents import compute_document_gradients  # noqa: E402
 from pretrace.ekfac import Factors, fit_factors  # noqa: E402
 from pretrace.model import wrap_model  # noqa: E402
+from pretrace.documents import DocumentGradients  # noqa: E402
 from pretrace.projection import BASES, KroneckerProjection  # noqa: E402
-from pretrace.queries import query_gradients_from_tokens  # noqa: E402
+from pretrace.quantization import BITS  # noqa: E402
+from pretrace.queries import compute_query_gradients, query_gradients_from_tokens  # noqa: E402
 from pretrace.retrieval import recall  # noqa: E402
 from pretrace.scores import score_matrix, stream_scores  # noqa: E402
 from tests.peer import Sequences, collate_fn, pearson, summed_task  # noqa: E402
@@ -72,6 +75,10 @@ FIGURES = [
     "projected_pearson_raw",
     "projected_pearson_whitened",
     "projection_compression",
+    "projected_pearson_trained",
+    "projected_pearson_trained_min",
+    "rerank_recall_at_100_trained",
+    "rerank_recall_at_10_trained",
     "factored_storage_ratio",
     "factored_pearson_loss",
     "rerank_recall_at_100",
@@ -89,6 +96,7 @@ TARGETS = {
     "factors_vs_fwdbwd": "<= 3.5",
     "new_queries_vs_fwdbwd": "<= 0.05",
     "projection_compression": ">= 64",
+    "projected_pearson_trained": ">= 0.95",
     "factored_storage_ratio": ">= 5",
     "factored_pearson_loss": "<= 0.02",
     "bergson_pearson": ">= 0.9999",
@@ -113,10 +121,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--projection", type=int, nargs=2, default=[32, 32], metavar=("K_OUT", "K_IN"),
-                   help="Kronecker projection of stored document gradients, per layer (default 32 32)")
-    p.add_argument("--document-rank", type=int, default=3,
-                   help="rank c of the factored store compared with the projected one (default 3)")
+    p.add_argument("--projection", type=int, nargs=2, default=list(DEMO.projection), metavar=("K_OUT", "K_IN"),
+                   help="Kronecker projection of stored document gradients, per layer (default: the demo's, "
+                        f"{DEMO.projection[0]} {DEMO.projection[1]})")
+    p.add_argument("--stored-dtype", choices=["float32", "bfloat16", *BITS], default=DEMO.stored_gradient_dtype,
+                   help=f"stored_gradient_dtype of that store (default: the demo's, {DEMO.stored_gradient_dtype})")
+    p.add_argument("--document-rank", type=int, default=8,
+                   help="rank c of the factored store compared with the same projection in float32 (default 8)")
     p.add_argument("--projection-basis", choices=BASES, default="principal",
                    help="basis of that projection (default principal, pretrace's default)")
     p.add_argument("--fisher", choices=["sampled", "empirical"], default="empirical",
@@ -130,6 +141,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-kronfluence", action="store_true", help="skip the kronfluence figures (printed as nan)")
     p.add_argument("--no-bergson", action="store_true", help="skip the bergson figures (printed as nan)")
     p.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses (printed as nan)")
+    p.add_argument("--no-trained", action="store_true",
+                   help="skip the accuracy figures on the demo's trained model (printed as nan; they take ~8 minutes)")
+    p.add_argument("--trained-documents", type=int, default=512,
+                   help="documents of the demo's corpus (a seeded sample) scored for those figures (default 512)")
     p.add_argument("--quick", action="store_true", help="a tiny run for smoke tests")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--memory-child", nargs=3, metavar=("DIR", "MODE", "N_DOCS"), help=argparse.SUPPRESS)
@@ -139,6 +154,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.prompt_len, args.completion_len = 8, 4
         args.vocab, args.hidden, args.intermediate, args.layers, args.heads = 512, 32, 64, 2, 4
         args.batch_size, args.projection, args.repeats, args.slow_repeats = 4, [8, 8], 1, 1
+        args.document_rank = 2
     return args
 
 
@@ -275,6 +291,45 @@ def memory_children(args, directory: str, jobs: list[tuple[str, int]]) -> list[d
     return results
 
 
+TRAINED_FIGURES = ["projected_pearson_trained", "projected_pearson_trained_min", "rerank_recall_at_100_trained",
+                   "rerank_recall_at_10_trained"]
+
+
+def stored_bytes(stored: DocumentGradients) -> int:
+    """The bytes a store's gradients take in its file (int4 codes packed; scales and factors included)."""
+    tensors, _ = stored.to_tensors()
+    return sum(t.nbytes for name, t in tensors.items() if name != "losses")
+
+
+def trained_model(args) -> str:
+    return ("the tests' briefly trained tiny Llama (64 x 32 layers), its documents and queries" if args.quick else
+            f"the demo's model trained as `pretrace demo` trains it ({DEMO.demo_steps} steps), {args.trained_documents} "
+            "of its corpus's documents and its 76 queries")
+
+
+def trained_figures(args, log) -> dict[str, float]:
+    """`store_accuracy` of the benchmark's store (--projection, --stored-dtype) on a trained model:
+    the demo's (the tests' tiny one with --quick), on every core: nothing here is timed."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    try:
+        if args.quick:
+            (lm, documents, factors), queries = trained_setup(), QUERIES
+        else:
+            with tempfile.TemporaryDirectory(prefix="bench-trained-") as tmp:
+                lm, queries, documents, factors, _ = demo_setup(Path(tmp), args.trained_documents, DEMO.demo_steps)
+        exact = stream_scores(lm, compute_query_gradients(lm, factors, queries), documents)
+        accuracy = store_accuracy(lm, queries, documents, factors, exact, args.projection[0], args.stored_dtype)
+    finally:
+        torch.set_num_threads(threads)
+    log(f"on {trained_model(args)}: the {args.projection[0]}x{args.projection[1]} {args.stored_dtype} store's "
+        f"scores against exact ones: mean per-query Pearson {accuracy['pearson_mean']:.3f} (min "
+        f"{accuracy['pearson_min']:.3f}); two-stage recall of the exact top 100 {accuracy['rerank_recall_at_100']:.3f}")
+    return {"projected_pearson_trained": accuracy["pearson_mean"], "projected_pearson_trained_min": accuracy["pearson_min"],
+            "rerank_recall_at_100_trained": accuracy["rerank_recall_at_100"],
+            "rerank_recall_at_10_trained": accuracy["rerank_recall_at_10"]}
+
+
 def shape_flags(args) -> list[str]:
     """The shape flags, so a child process rebuilds the same model and data."""
     return ["--doc-len", str(args.doc_len), "--queries", str(args.queries), "--prompt-len", str(args.prompt_len),
@@ -362,7 +417,7 @@ def main(argv=None) -> int:
     proj = KroneckerProjection.build(lm.layer_shapes(), *args.projection, seed=args.seed, basis=args.projection_basis,
                                      factors=factors)
     doc_ids = [str(i) for i in range(len(docs))]
-    stored = compute_document_gradients(lm, docs, doc_ids, projection=proj, batch_size=B)
+    stored = compute_document_gradients(lm, docs, doc_ids, projection=proj, batch_size=B, stored_dtype=args.stored_dtype)
     projected = None
 
     projected_queries = None
@@ -382,14 +437,14 @@ def main(argv=None) -> int:
 
     t_pass, pass_times = median_time(query_pass, R)
     results["query_pass_vs_fwdbwd"] = t_pass / base
-    stored_mb = sum(v.numel() * v.element_size() for v in stored.grads.values()) / 2**20
+    stored_mb = stored_bytes(stored) / 2**20
     log(f"pretrace new queries (projected query gradients + score_matrix against {stored_mb:.1f} MiB of stored "
-        f"document gradients): {t_new:.2f} s {fmt_times(times)}; of which at least the queries' own forward and "
+        f"{args.stored_dtype} document gradients): {t_new:.2f} s {fmt_times(times)}; of which at least the queries' own forward and "
         f"backward pass: {t_pass:.2f} s {fmt_times(pass_times)}")
     correlations = [pearson(projected[i], exact[i]) for i in range(len(queries))]
     results["projected_pearson"] = statistics.mean(correlations)
     results["projected_pearson_min"] = min(correlations)
-    results["projection_compression"] = tracked / sum(v[0].numel() for v in stored.grads.values())
+    results["projection_compression"] = tracked * 4 * len(docs) / stored_bytes(stored)
     # Context: the other bases at the same size, untimed.
     for basis in CONTEXT_BASES:
         if basis == args.projection_basis:
@@ -399,16 +454,17 @@ def main(argv=None) -> int:
                                           factors=factors)
         other_scores = score_matrix(
             query_gradients_from_tokens(lm, factors, queries, starts, qids, projection=other, batch_size=B),
-            compute_document_gradients(lm, docs, doc_ids, projection=other, batch_size=B))
+            compute_document_gradients(lm, docs, doc_ids, projection=other, batch_size=B,
+                                       stored_dtype=args.stored_dtype))
         results[f"projected_pearson_{basis}"] = statistics.mean(
             pearson(other_scores[i], exact[i]) for i in range(len(queries)))
-    # Context: the same projected gradients stored as rank-c factors, untimed.
+    # Context: the same projected gradients in float32, and stored as rank-c factors, untimed.
+    dense = compute_document_gradients(lm, docs, doc_ids, projection=proj, batch_size=B)
     factored = compute_document_gradients(lm, docs, doc_ids, projection=proj, batch_size=B, rank=args.document_rank)
-    factored_scores = score_matrix(projected_queries, factored)
-    results["factored_storage_ratio"] = (sum(v.numel() for v in stored.grads.values())
-                                         / sum(v.numel() for v in (*factored.grads.values(), *factored.right.values())))
-    results["factored_pearson_loss"] = results["projected_pearson"] - statistics.mean(
-        pearson(factored_scores[i], exact[i]) for i in range(len(queries)))
+    results["factored_storage_ratio"] = stored_bytes(dense) / stored_bytes(factored)
+    results["factored_pearson_loss"] = statistics.mean(
+        pearson(a[i], exact[i]) - pearson(f[i], exact[i]) for a, f in
+        [(score_matrix(projected_queries, dense), score_matrix(projected_queries, factored))] for i in range(len(queries)))
     # Two-stage retrieval: the stored scores' top 2t candidates, re-scored exactly, against the exact top t.
     for top in (100, 10):
         results[f"rerank_recall_at_{top}"] = recall(projected, exact, min(2 * top, len(docs)), min(top, len(docs)))
@@ -493,6 +549,11 @@ def main(argv=None) -> int:
                 f"sampled peak during {mb(m['sampled_peak']):.0f} MiB")
         log(f"  (the exact query gradients held while scoring are {qg_mb:.0f} MiB)")
 
+    # Accuracy on a trained model (a random one's scores have no structure), untimed.
+    results |= dict.fromkeys(TRAINED_FIGURES, nan)
+    if not args.no_trained and args.projection[0] == args.projection[1]:
+        results |= trained_figures(args, log)
+
     total = time.perf_counter() - wall
     log(f"baseline fwdbwd {base:.2f} s on this machine; whole benchmark {total:.0f} s\n")
     describe = {
@@ -514,10 +575,16 @@ def main(argv=None) -> int:
         "projected_pearson_raw": "mean per-query Pearson with a raw (unwhitened) projection of the same size (context)",
         "projected_pearson_whitened": "the same with a whitened projection (seeded Gaussian in the eigenbasis; "
                                       "context)",
-        "projection_compression": "dense per-document gradient size / stored projected size",
-        "factored_storage_ratio": f"projected store / the same stored as rank-{args.document_rank} factors "
-                                  "(`document_rank`)",
-        "factored_pearson_loss": "projected_pearson minus the mean per-query Pearson of the factored store's scores",
+        "projection_compression": "dense float32 per-document gradient bytes / stored bytes (int4 codes packed, "
+                                  "row scales included)",
+        "projected_pearson_trained": f"mean per-query Pearson of the same store's scores against exact ones on "
+                                     f"{trained_model(args)}",
+        "projected_pearson_trained_min": "min per-query Pearson there",
+        "rerank_recall_at_100_trained": "rerank_recall_at_100 there",
+        "rerank_recall_at_10_trained": "rerank_recall_at_10 there",
+        "factored_storage_ratio": f"the same projection in float32 / its rank-{args.document_rank} factors "
+                                  "(`document_rank`; float32)",
+        "factored_pearson_loss": "the float32 store's mean per-query Pearson minus its factors'",
         "rerank_recall_at_100": f"share of each query's exact top 100 that two-stage retrieval returns from the stored "
                                 f"scores' top 200 candidates (of {args.docs} documents), re-scored exactly",
         "rerank_recall_at_10": "the same for the exact top 10 from 20 candidates",

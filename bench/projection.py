@@ -10,20 +10,19 @@ With ``--model demo`` the model is the demo's (a 2M-parameter Llama with 128 x 5
 the shape of bench/influence.py's random one), trained as `pretrace demo` trains it, on the
 demo's corpus, with its 76 queries; factors are fitted on the whole corpus with the pipeline's
 default settings, and a seeded sample of --documents documents is scored exactly and through
-projections of the demo's size (32 x 32: 64x smaller than dense gradients; and at --ks, by
-default 64 and 128 too, to show how accuracy grows with k), whitened (over the seeds) and
-principal (no seed, once). Per basis it prints the mean and minimum per-query Pearson against
-exact scores, the Pearson that rank-c factors (each --ranks c) lose, the share of each query's
-exact top 100 among the stored top 200 (two-stage retrieval; and of the top 10 among 20), and,
-for each larger k, the same storage spent otherwise: the (k, k) gradient kept as rank-c factors
-with c (2k) = 32 x 32 numbers (`pearson_equal_storage_{basis}_k{k}_c{c}_*`), or as its 512
-largest entries and their positions (`..._k{k}_top512_*`, a candidate storage measured here
-only); and the principal store quantized (`stored_gradient_dtype` int8 or int4) at the largest k
-that keeps 64x compression in bytes (the demo's 32 x 32 float32 store is 64x), and int4 at four
-times float32's k at 64x (`pearson_principal_k{k}_{dtype}_*`, with its compression in bytes).
-Issue 14's names (`projected_pearson_trained`, `projection_compression`,
-`factored_storage_ratio_c{c}`, `factored_pearson_loss_c{c}`, `rerank_recall_at_100`,
-`rerank_recall_at_10`) are those of the demo's own basis, the default.
+float32 projections of 32 x 32 (64x smaller than dense float32 gradients: the bytes of the demo's
+86 x 86 int4 store) and, at --ks, by default 64 and 128 too, to show how accuracy grows with k,
+whitened (over the seeds) and principal (no seed, once). Per basis it prints the mean and
+minimum per-query Pearson against exact scores, the Pearson that rank-c factors of the 32 x 32
+store (each --ranks c) lose, the share of each query's exact top 100 among the stored top 200
+(two-stage retrieval; and of the top 10 among 20), and, for each larger k, the same storage
+spent otherwise: the (k, k) gradient kept as rank-c factors with c (2k) = 32 x 32 numbers
+(`pearson_equal_storage_{basis}_k{k}_c{c}_*`), or as its 512 largest entries and their positions
+(`..._k{k}_top512_*`, a candidate storage measured here only); and the principal store quantized
+(`stored_gradient_dtype` int8 or int4) at the largest k that keeps 64x compression in bytes (int4:
+the demo's own store), and int4 at four times float32's k at 64x (`pearson_principal_k{k}_{dtype}_*`,
+`rerank_recall_at_*_principal_k{k}_{dtype}`, with its compression in bytes). Issue 14's figures
+on a trained model at the default store are bench/influence.py's (`projected_pearson_trained`).
 
 The model is the tiny Llama of the tests (MLP layers 64 x 32 and 32 x 64), trained for a few
 seconds on templated sentences: a random model's scores have no structure, so accuracy figures
@@ -80,7 +79,7 @@ QUERIES = [
     Query("code", "def add(a, b):", "\n    return a + b\n"),
 ]
 TRAINED_K = 16
-"""The k of `projected_pearson_trained`: 8x compression of the tiny model's 64 x 32 layers."""
+"""The k of the tiny model's retrieval and stored-precision figures: 8x compression of its 64 x 32 layers."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -93,7 +92,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--model", choices=["tiny", "demo"], default="tiny", help="which trained model (see above)")
     p.add_argument("--documents", type=int, default=512, help="--model demo: documents scored (a seeded sample)")
-    p.add_argument("--steps", type=int, default=600, help="--model demo: training steps (the demo's default)")
+    p.add_argument("--steps", type=int, default=DEMO.demo_steps, help="--model demo: training steps (the demo's default)")
     p.add_argument("--hidden", type=int, help="--model demo: a wider model, trained the same way: hidden size "
                    "(the demo's: 128)")
     p.add_argument("--intermediate", type=int, help="--model demo: MLP width of the wider model (the demo's: 512)")
@@ -148,14 +147,17 @@ def k_at_compression(shapes: dict[str, tuple[int, int]], stored_dtype: str, rati
 
 DEMO = demo_config()
 BASIS = DEMO.projection_basis
-"""The default basis (the demo keeps it), whose figures carry issue 14's names."""
-DEMO_K = DEMO.projection[0]
-"""The demo's projection (`pipeline.settings.demo_config`): 32 x 32 per layer."""
+"""The default basis (the demo keeps it)."""
+DEMO_STORE = (DEMO.projection[0], DEMO.stored_gradient_dtype)
+"""The demo's store (`pipeline.settings.demo_config`): 86 x 86 per layer, in int4."""
+FLOAT32_K = 32
+"""The float32 (k, k) store as small as the demo's on its 128 x 512 layers (64x dense float32):
+the reference size of the equal-storage comparisons."""
 QUANTIZED = tuple(BITS)
 """The quantized `stored_gradient_dtype`s measured at equal bytes (demo) and against float32 (tiny)."""
-SPARSE_ENTRIES = DEMO_K * DEMO_K // 2
+SPARSE_ENTRIES = FLOAT32_K * FLOAT32_K // 2
 """Entries a sparse store keeps per layer and document: with their positions, as many numbers
-as the demo's (32, 32) store."""
+as the (32, 32) float32 store."""
 
 
 def model_shape(args: argparse.Namespace) -> dict:
@@ -164,22 +166,38 @@ def model_shape(args: argparse.Namespace) -> dict:
             if value is not None}
 
 
-def demo_setup(workdir: Path, args: argparse.Namespace):
-    """(demo model, its queries, a seeded sample of its corpus's documents, factors fitted on the
-    whole corpus with the demo's settings), built and trained as `pretrace demo` does (wider
-    with --hidden / --intermediate)."""
+def demo_setup(workdir: Path, documents: int, steps: int, shape: dict | None = None, device: str = "cpu"):
+    """(demo model, its queries, a seeded sample of ``documents`` of its corpus's documents,
+    factors fitted on the whole corpus with the demo's settings), built and trained as `pretrace
+    demo` does for ``steps`` (reshaped by ``shape``: `model_shape`)."""
     files = build_demo_corpus(workdir / "corpus")
     queries = queries_from_table(read_queries(str(build_demo_queries(workdir / "queries.jsonl"))))
-    trained = train_demo_model(files, workdir / "model", max_length=DEMO.max_length, steps=args.steps,
-                               shape=model_shape(args), device=args.device)
+    trained = train_demo_model(files, workdir / "model", max_length=DEMO.max_length, steps=steps,
+                               shape=shape or {}, device=device)
     print(f"# trained: loss {trained['initial_loss']:.3f} -> {trained['final_loss']:.3f}", flush=True)
-    lm = load_model(str(workdir / "model"), device=args.device)
+    lm = load_model(str(workdir / "model"), device=device)
     corpus = [ids for f in files for ids in tokenize_documents(read_records(str(f)), lm.tokenizer, DEMO.max_length,
                                                                   origin=str(f)).column("input_ids").to_pylist()]
     factors = fit_factors(lm, lambda: (b for _, b in batches(corpus, DEMO.batch_size, lm.pad_token_id)),
                           fisher=DEMO.fisher, damping=DEMO.damping, seed=DEMO.seed)
-    documents = random.Random(0).sample(corpus, min(args.documents, len(corpus)))
-    return lm, queries, documents, factors, len(corpus)
+    sample = random.Random(0).sample(corpus, min(documents, len(corpus)))
+    return lm, queries, sample, factors, len(corpus)
+
+
+def store_accuracy(lm, queries, documents, factors, exact: torch.Tensor, k: int, stored_dtype: str) -> dict[str, float]:
+    """How much of ``exact`` the (k, k) store in the default basis and ``stored_dtype`` keeps: the
+    mean and minimum per-query Pearson, the share of each query's exact top 100 (top 10) among the
+    stored top 200 (top 20), and its compression: dense float32 gradient bytes / stored bytes."""
+    projection = KroneckerProjection.build(lm.layer_shapes(), k, k, basis=BASIS, factors=factors)
+    stored = compute_document_gradients(lm, documents, [str(i) for i in range(len(documents))],
+                                        projection=projection, stored_dtype=stored_dtype)
+    approx = score_matrix(compute_query_gradients(lm, factors, queries, projection=projection), stored)
+    values = [pearson(approx[i], exact[i]) for i in range(len(queries))]
+    n = len(documents)
+    return {"pearson_mean": statistics.mean(values), "pearson_min": min(values),
+            "rerank_recall_at_100": recall(approx, exact, min(200, n), min(100, n)),
+            "rerank_recall_at_10": recall(approx, exact, min(20, n), min(10, n)),
+            "compression": compression(lm.layer_shapes(), k, stored_dtype)}
 
 
 def factored(stored: DocumentGradients, rank: int) -> DocumentGradients:
@@ -206,7 +224,8 @@ def demo_main(args: argparse.Namespace) -> dict[str, float]:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        lm, queries, documents, factors, corpus_size = demo_setup(Path(tmp), args)
+        lm, queries, documents, factors, corpus_size = demo_setup(Path(tmp), args.documents, args.steps,
+                                                                  model_shape(args), args.device)
     shapes = lm.layer_shapes()
     which = f"the demo model reshaped ({model_shape(args)}, on {args.device})" if model_shape(args) else "the demo's model"
     print(f"# projection accuracy on {which} ({args.steps} steps): {len(documents)} of its {corpus_size} "
@@ -214,17 +233,17 @@ def demo_main(args: argparse.Namespace) -> dict[str, float]:
           flush=True)
     exact = stream_scores(lm, compute_query_gradients(lm, factors, queries), documents)
     ids = [str(i) for i in range(len(documents))]
-    figures = {"projection_compression": compression(shapes, DEMO_K)}
+    figures = {f"compression_k{FLOAT32_K}": compression(shapes, FLOAT32_K)}
     pearsons: dict[str, list[float]] = {}
     recalls: dict[str, list[float]] = {}
 
     def correlations(name: str, approx: torch.Tensor) -> None:
         pearsons.setdefault(name, []).extend(pearson(approx[i], exact[i]) for i in range(len(queries)))
 
-    ks = args.ks or [DEMO_K, 2 * DEMO_K, 4 * DEMO_K]
+    ks = args.ks or [FLOAT32_K, 2 * FLOAT32_K, 4 * FLOAT32_K]
     for seed in range(args.seeds):
         bases = [b for b in ("whitened", "principal") if seed in seeds(b, args.seeds)]
-        for k, basis in [(DEMO_K, "raw")] + [(k, basis) for basis in bases for k in ks]:
+        for k, basis in [(FLOAT32_K, "raw")] + [(k, basis) for basis in bases for k in ks]:
             projection = KroneckerProjection.build(shapes, k, k, seed=seed, basis=basis, factors=factors)
             qg = compute_query_gradients(lm, factors, queries, projection=projection)
             stored = compute_document_gradients(lm, documents, ids, projection=projection)
@@ -232,7 +251,7 @@ def demo_main(args: argparse.Namespace) -> dict[str, float]:
             correlations(f"{basis}_k{k}", approx)
             if basis == "raw":
                 continue
-            if k == DEMO_K:
+            if k == FLOAT32_K:
                 recalls.setdefault(f"rerank_recall_at_100_{basis}", []).append(recall(approx, exact, 200, 100))
                 recalls.setdefault(f"rerank_recall_at_10_{basis}", []).append(recall(approx, exact, 20, 10))
                 for c in args.ranks:
@@ -248,17 +267,17 @@ def demo_main(args: argparse.Namespace) -> dict[str, float]:
                     recall(sparse, exact, 200, 100))
         print(f"seed {seed}: " + ", ".join(f"{name} {statistics.mean(v):.4f}" for name, v in pearsons.items()
                                            if "_c" not in name) + " (mean Pearson so far)", flush=True)
-    figures[f"pearson_raw_k{DEMO_K}_mean"] = statistics.mean(pearsons[f"raw_k{DEMO_K}"])
+    figures[f"pearson_raw_k{FLOAT32_K}_mean"] = statistics.mean(pearsons[f"raw_k{FLOAT32_K}"])
     for basis in ("whitened", "principal"):
         for k in ks:
             figures[f"compression_k{k}"] = compression(shapes, k)
             figures[f"pearson_{basis}_k{k}_mean"] = statistics.mean(pearsons[f"{basis}_k{k}"])
             figures[f"pearson_{basis}_k{k}_min"] = min(pearsons[f"{basis}_k{k}"])
         for c in args.ranks:
-            figures[f"factored_storage_ratio_c{c}"] = DEMO_K * DEMO_K / (c * 2 * DEMO_K)
-            figures[f"factored_pearson_loss_{basis}_c{c}"] = (figures[f"pearson_{basis}_k{DEMO_K}_mean"]
+            figures[f"factored_storage_ratio_c{c}"] = FLOAT32_K * FLOAT32_K / (c * 2 * FLOAT32_K)
+            figures[f"factored_pearson_loss_{basis}_c{c}"] = (figures[f"pearson_{basis}_k{FLOAT32_K}_mean"]
                                                               - statistics.mean(pearsons[f"{basis}_c{c}"]))
-        for k in (k for k in ks if k > DEMO_K):
+        for k in (k for k in ks if k > FLOAT32_K):
             c = equal_storage_rank(k)
             figures[f"pearson_equal_storage_{basis}_k{k}_c{c}_mean"] = statistics.mean(pearsons[f"{basis}_k{k}_c{c}"])
             figures[f"pearson_equal_storage_{basis}_k{k}_c{c}_min"] = min(pearsons[f"{basis}_k{k}_c{c}"])
@@ -267,28 +286,21 @@ def demo_main(args: argparse.Namespace) -> dict[str, float]:
             figures[f"pearson_equal_storage_{top}_min"] = min(pearsons[top])
     k64 = k_at_compression(shapes, "float32", 64)
     for dtype, k in [(q, k_at_compression(shapes, q, 64)) for q in QUANTIZED] + [("int4", 4 * k64)]:
-        # the default basis, its store quantized: as small as 64x float32 (the demo's 32 x 32), and int4 at
+        # the default basis, its store quantized: as small as 64x float32 (int4: the demo's store), and int4 at
         # four times float32's k there (128 x 128 on the demo's model: 30x)
-        projection = KroneckerProjection.build(shapes, k, k, basis=BASIS, factors=factors)
-        approx = score_matrix(compute_query_gradients(lm, factors, queries, projection=projection),
-                              compute_document_gradients(lm, documents, ids, projection=projection, stored_dtype=dtype))
-        values = [pearson(approx[i], exact[i]) for i in range(len(queries))]
+        accuracy = store_accuracy(lm, queries, documents, factors, exact, k, dtype)
         name = f"{BASIS}_k{k}_{dtype}"
-        figures |= {f"compression_{name}": compression(shapes, k, dtype), f"pearson_{name}_mean": statistics.mean(values),
-                    f"pearson_{name}_min": min(values), f"rerank_recall_at_100_{name}": recall(approx, exact, 200, 100)}
-        print(f"{name}: mean Pearson {statistics.mean(values):.4f} at {figures[f'compression_{name}']:.1f}x", flush=True)
+        figures |= {f"compression_{name}": accuracy["compression"], f"pearson_{name}_mean": accuracy["pearson_mean"],
+                    f"pearson_{name}_min": accuracy["pearson_min"]}
+        figures |= {f"rerank_recall_at_{t}_{name}": accuracy[f"rerank_recall_at_{t}"] for t in (100, 10)}
+        print(f"{name}: mean Pearson {accuracy['pearson_mean']:.4f} at {accuracy['compression']:.1f}x", flush=True)
     figures |= {name: statistics.mean(values) for name, values in recalls.items()}
-    # Issue 14's names, at the demo's projection in its (the default) basis
-    figures["projected_pearson_trained"] = figures[f"pearson_{BASIS}_k{DEMO_K}_mean"]
-    figures["projected_pearson_trained_min"] = figures[f"pearson_{BASIS}_k{DEMO_K}_min"]
-    figures |= {f"factored_pearson_loss_c{c}": figures[f"factored_pearson_loss_{BASIS}_c{c}"] for c in args.ranks}
-    figures |= {f"rerank_recall_at_{t}": figures[f"rerank_recall_at_{t}_{BASIS}"] for t in (100, 10)}
     return figures
 
 
 def equal_storage_rank(k: int) -> int:
-    """The rank c whose factors of a (k, k) gradient hold as many numbers as the demo's (32, 32) one."""
-    return max(1, DEMO_K * DEMO_K // (2 * k))
+    """The rank c whose factors of a (k, k) gradient hold as many numbers as the (32, 32) float32 store."""
+    return max(1, FLOAT32_K * FLOAT32_K // (2 * k))
 
 
 def seeds(basis: str, n: int) -> range:
@@ -314,24 +326,23 @@ def main(argv=None) -> int:
         for basis in ("raw", "whitened", "principal"):
             approx = [projected_scores(lm, documents, factors, k, basis, seed) for seed in seeds(basis, args.seeds)]
             if (k, basis) == (TRAINED_K, BASIS):  # two-stage retrieval: the exact top 10 among the stored top 20
-                figures["rerank_recall_at_10_trained"] = statistics.mean(recall(a, exact, 20, 10) for a in approx)
+                figures[f"rerank_recall_at_10_{BASIS}_k{k}"] = statistics.mean(recall(a, exact, 20, 10) for a in approx)
             values = [pearson(a[i], exact[i]) for a in approx for i in range(len(QUERIES))]
             figures[f"pearson_{basis}_k{k}_mean"] = statistics.mean(values)
             figures[f"pearson_{basis}_k{k}_min"] = min(values)
             print(f"k={k} {basis}: mean {statistics.mean(values):.3f}, min {min(values):.3f} "
                   f"over {len(values)} (seed, query) pairs; compression {figures[f'compression_k{k}']:.1f}", flush=True)
     if TRAINED_K in args.ks:
-        figures["projected_pearson_trained"] = figures[f"pearson_{BASIS}_k{TRAINED_K}_mean"]
-        print(f"k={TRAINED_K} {BASIS}, two-stage retrieval: {figures['rerank_recall_at_10_trained']:.3f} of each "
-              "exact top 10 among the stored top 20 (re-scored exactly)", flush=True)
-    if TRAINED_K in args.ks:  # the same projected store in other `stored_gradient_dtype`s against float32
+        print(f"k={TRAINED_K} {BASIS}, two-stage retrieval: {figures[f'rerank_recall_at_10_{BASIS}_k{TRAINED_K}']:.3f} "
+              "of each exact top 10 among the stored top 20 (re-scored exactly)", flush=True)
+        # the same projected store in other `stored_gradient_dtype`s against float32
         stores = {dtype: [projected_scores(lm, documents, factors, TRAINED_K, BASIS, seed, stored_dtype=dtype)
                           for seed in seeds(BASIS, args.seeds)] for dtype in ("float32", "bfloat16", *QUANTIZED)}
         for dtype, name in (("bfloat16", "bf16"), *((q, q) for q in QUANTIZED)):
             pairs = list(zip(stores["float32"], stores[dtype]))
             figures[f"{name}_store_pearson_vs_float32"] = min(pearson(h[i], f[i]) for f, h in pairs
                                                               for i in range(len(QUERIES)))
-            figures[f"{name}_store_pearson_loss"] = figures["projected_pearson_trained"] - statistics.mean(
+            figures[f"{name}_store_pearson_loss"] = figures[f"pearson_{BASIS}_k{TRAINED_K}_mean"] - statistics.mean(
                 pearson(h[i], exact[i]) for _, h in pairs for i in range(len(QUERIES)))
             print(f"k={TRAINED_K} {BASIS}, stored in {dtype}: {compression(shapes, TRAINED_K, dtype):.1f}x smaller "
                   f"than dense float32; lowest per-query Pearson against the float32 store "

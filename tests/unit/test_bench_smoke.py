@@ -55,7 +55,7 @@ def test_tokenize_memory_benchmark_prints_peaks_as_ratios(tmp_path):
 def test_projection_benchmark_prints_its_figures():
     values, _ = run_bench("projection.py", "--seeds", "1", "--ks", "8", "16", "--ranks", "2")
     assert float(values["compression_k8"]) == 32 and float(values["factored_storage_ratio_k16_c2"]) == 4
-    for name in ("projected_pearson_trained", "rerank_recall_at_10_trained", "factored_pearson_loss_k16_c2"):
+    for name in ("pearson_principal_k16_mean", "rerank_recall_at_10_principal_k16", "factored_pearson_loss_k16_c2"):
         assert -1.0 <= float(values[name]) <= 1.0, values
 
 
