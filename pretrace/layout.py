@@ -177,7 +177,7 @@ COMPLETIONS = Artefact(
 QUERY_GRADIENTS = Artefact(
     "query_gradients", False, {"query_gradients.safetensors": QueryGradients, "queries.parquet": None},
     ("projection", "projection_basis", "query_rank", "seed", "batch_size", "dtype"),
-    (Input("completions"), Input("ekfac_factors"), Input("model")), "3",
+    (Input("completions"), Input("ekfac_factors"), Input("model")), "4",
     "preconditioned query gradients, and each completion's log-probability")
 DOCUMENT_GRADIENTS = Artefact(
     "document_gradients", True, {"{shard}.safetensors": DocumentGradients},

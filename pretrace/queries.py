@@ -180,7 +180,10 @@ def _preconditioned(lm: LoadedModel, factors: Factors, sequences: Sequence[Seque
     proj = projection.to(lm.device, lm.accumulate_dtype) if projection is not None else None
     # Rotating back out of the eigenbasis and projecting (with the dual of the documents'
     # projection, so that inner products with them estimate the score) compose into one pair.
-    # A principal projection reads only its kept eigenvectors: only those are rotated onto.
+    # A principal projection reads only its kept eigenvectors: only those are rotated onto, and
+    # the pair is then diagonal (its dual is those eigenvectors scaled), applied elementwise
+    # instead of as two k x k products per query.
+    diagonal = proj is not None and proj.basis == "principal"
     QS, QA, kept, back_left, back_right = {}, {}, {}, {}, {}
     for name in factors.layers:
         rows = None if proj is None else proj.kept_out.get(name)
@@ -190,8 +193,11 @@ def _preconditioned(lm: LoadedModel, factors: Factors, sequences: Sequence[Seque
         QA[name] = factors.QA[name] if columns is None else factors.QA[name][:, columns]
         out = None if proj is None else proj.dual_out[name]
         in_ = None if proj is None else proj.dual_in[name]
-        back_left[name] = QS[name] if out is None else out @ QS[name]
-        back_right[name] = QA[name] if in_ is None else in_ @ QA[name]
+        if diagonal:  # diag(dual @ Q_kept): the dual's scales
+            back_left[name], back_right[name] = (out * QS[name].T).sum(dim=1), (in_ * QA[name].T).sum(dim=1)
+        else:
+            back_left[name] = QS[name] if out is None else out @ QS[name]
+            back_right[name] = QA[name] if in_ is None else in_ @ QA[name]
     left: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in lm.layers}
     right: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in lm.layers}
     logprobs = []
@@ -202,7 +208,10 @@ def _preconditioned(lm: LoadedModel, factors: Factors, sequences: Sequence[Seque
         for name in left:
             scaled = rotated_gradients(cap.a[name], cap.g[name], QA[name], QS[name]) / _denominator(factors, name,
                                                                                                    *kept[name])
-            X = back_left[name] @ scaled @ back_right[name].T
+            if diagonal:
+                X = scaled * back_left[name][:, None] * back_right[name]
+            else:
+                X = back_left[name] @ scaled @ back_right[name].T
             check_finite(X, "preconditioned query gradient", name)
             if rank is None:
                 left[name].append(X.to(gather))
