@@ -302,6 +302,7 @@ def stored_bytes(stored: DocumentGradients) -> int:
 
 
 def trained_model(args) -> str:
+    """What the trained-model figures are measured on, for the log and the table."""
     return ("the tests' briefly trained tiny Llama (64 x 32 layers), its documents and queries" if args.quick else
             f"the demo's model trained as `pretrace demo` trains it ({DEMO.demo_steps} steps), {args.trained_documents} "
             "of its corpus's documents and its 76 queries")
@@ -462,9 +463,9 @@ def main(argv=None) -> int:
     dense = compute_document_gradients(lm, docs, doc_ids, projection=proj, batch_size=B)
     factored = compute_document_gradients(lm, docs, doc_ids, projection=proj, batch_size=B, rank=args.document_rank)
     results["factored_storage_ratio"] = stored_bytes(dense) / stored_bytes(factored)
+    dense_scores, factored_scores = score_matrix(projected_queries, dense), score_matrix(projected_queries, factored)
     results["factored_pearson_loss"] = statistics.mean(
-        pearson(a[i], exact[i]) - pearson(f[i], exact[i]) for a, f in
-        [(score_matrix(projected_queries, dense), score_matrix(projected_queries, factored))] for i in range(len(queries)))
+        pearson(dense_scores[i], exact[i]) - pearson(factored_scores[i], exact[i]) for i in range(len(queries)))
     # Two-stage retrieval: the stored scores' top 2t candidates, re-scored exactly, against the exact top t.
     for top in (100, 10):
         results[f"rerank_recall_at_{top}"] = recall(projected, exact, min(2 * top, len(docs)), min(top, len(docs)))

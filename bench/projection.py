@@ -148,8 +148,6 @@ def k_at_compression(shapes: dict[str, tuple[int, int]], stored_dtype: str, rati
 DEMO = demo_config()
 BASIS = DEMO.projection_basis
 """The default basis (the demo keeps it)."""
-DEMO_STORE = (DEMO.projection[0], DEMO.stored_gradient_dtype)
-"""The demo's store (`pipeline.settings.demo_config`): 86 x 86 per layer, in int4."""
 FLOAT32_K = 32
 """The float32 (k, k) store as small as the demo's on its 128 x 512 layers (64x dense float32):
 the reference size of the equal-storage comparisons."""
