@@ -34,7 +34,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, get_args
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -44,16 +44,16 @@ import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from bench.memory import hwm_bytes as _hwm_bytes  # noqa: E402
-from bench.projection import DEMO, QUERIES, demo_setup, store_accuracy, trained_setup  # noqa: E402
+from bench.projection import DEMO, QUERIES, demo_setup, factored, store_accuracy, trained_setup  # noqa: E402
 from bench.synthetic import build_model, make_data  # noqa: E402
 from pretrace.batching import batches  # noqa: E402
 from pretrace.capture import capture  # noqa: E402
+from pretrace.config import StoredGradientDtype  # noqa: E402
 from pretrace.documents import compute_document_gradients  # noqa: E402
 from pretrace.ekfac import Factors, fit_factors  # noqa: E402
 from pretrace.model import wrap_model  # noqa: E402
 from pretrace.documents import DocumentGradients  # noqa: E402
 from pretrace.projection import BASES, KroneckerProjection  # noqa: E402
-from pretrace.quantization import BITS  # noqa: E402
 from pretrace.queries import compute_query_gradients, query_gradients_from_tokens  # noqa: E402
 from pretrace.retrieval import recall  # noqa: E402
 from pretrace.scores import score_matrix, stream_scores  # noqa: E402
@@ -124,7 +124,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--projection", type=int, nargs=2, default=list(DEMO.projection), metavar=("K_OUT", "K_IN"),
                    help="Kronecker projection of stored document gradients, per layer (default: the demo's, "
                         f"{DEMO.projection[0]} {DEMO.projection[1]})")
-    p.add_argument("--stored-dtype", choices=["float32", "bfloat16", *BITS], default=DEMO.stored_gradient_dtype,
+    p.add_argument("--stored-dtype", choices=get_args(StoredGradientDtype), default=DEMO.stored_gradient_dtype,
                    help=f"stored_gradient_dtype of that store (default: the demo's, {DEMO.stored_gradient_dtype})")
     p.add_argument("--document-rank", type=int, default=8,
                    help="rank c of the factored store compared with the same projection in float32 (default 8)")
@@ -460,10 +460,11 @@ def main(argv=None) -> int:
         results[f"projected_pearson_{basis}"] = statistics.mean(
             pearson(other_scores[i], exact[i]) for i in range(len(queries)))
     # Context: the same projected gradients in float32, and stored as rank-c factors, untimed.
-    dense = compute_document_gradients(lm, docs, doc_ids, projection=proj, batch_size=B)
-    factored = compute_document_gradients(lm, docs, doc_ids, projection=proj, batch_size=B, rank=args.document_rank)
-    results["factored_storage_ratio"] = stored_bytes(dense) / stored_bytes(factored)
-    dense_scores, factored_scores = score_matrix(projected_queries, dense), score_matrix(projected_queries, factored)
+    dense = (stored if args.stored_dtype == "float32" else
+             compute_document_gradients(lm, docs, doc_ids, projection=proj, batch_size=B))
+    factors_of_dense = factored(dense, args.document_rank)
+    results["factored_storage_ratio"] = stored_bytes(dense) / stored_bytes(factors_of_dense)
+    dense_scores, factored_scores = score_matrix(projected_queries, dense), score_matrix(projected_queries, factors_of_dense)
     results["factored_pearson_loss"] = statistics.mean(
         pearson(dense_scores[i], exact[i]) - pearson(factored_scores[i], exact[i]) for i in range(len(queries)))
     # Two-stage retrieval: the stored scores' top 2t candidates, re-scored exactly, against the exact top t.

@@ -140,7 +140,7 @@ def compression(shapes: dict[str, tuple[int, int]], k: int, stored_dtype: str = 
 
 def k_at_compression(shapes: dict[str, tuple[int, int]], stored_dtype: str, ratio: float) -> int:
     """The largest k whose (k, k) store in ``stored_dtype`` is at least ``ratio`` times smaller
-    than dense float32 gradients (the demo's 32 x 32 float32 store is 64x)."""
+    than dense float32 gradients (on the demo's model: 32 in float32, 86 in int4 at 64x)."""
     widest = max(max(shape) for shape in shapes.values())
     return max(k for k in range(1, widest + 1) if compression(shapes, k, stored_dtype) >= ratio)
 

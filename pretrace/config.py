@@ -35,10 +35,10 @@ PATH_KEYS = ("model", "corpus", "queries", "storage")
 SHARED_BY_COMPARED_MODELS = ("corpus", "queries", "storage", "compare_models")
 """Settings every compared model takes from the main configuration."""
 ProjectionBasis = Literal["whitened", "principal", "raw"]
+"""How stored document gradients are projected (`pretrace.projection`)."""
 StoredGradientDtype = Literal["float32", "bfloat16", "int8", "int4"]
 QUANTIZED_DTYPES = tuple(d for d in get_args(StoredGradientDtype) if d.startswith("int"))
 """The stored precisions `pretrace.quantization` writes: dense stores only."""
-"""How stored document gradients are projected (`pretrace.projection`)."""
 
 
 def _positive_number(value: Any) -> float:
