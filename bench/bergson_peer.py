@@ -50,6 +50,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from bench.influence import BERGSON_FIGURES, median_time, parse_args  # noqa: E402
+from bench.projection import compression, k_at_compression  # noqa: E402
 from bench.synthetic import build_model, make_data  # noqa: E402
 from pretrace.batching import batches  # noqa: E402
 from pretrace.documents import compute_document_gradients  # noqa: E402
@@ -158,7 +159,7 @@ def bergson_runner(
         return writer.scores.T.contiguous()
 
     def build_store() -> Callable[[], torch.Tensor]:
-        p, seed = args.projection[0], args.seed
+        p, seed = peer_projection(lm, args), args.seed
         processor = GradientProcessor(projection_dim=p, projection_seed=seed)
         store = collect(doc_data, processor=processor).gradients
         shapes = {name: info[1] for name, info in HookCollectorBase.discover_targets(model.base_model, targets).items()}
@@ -180,6 +181,15 @@ def bergson_runner(
         return new_queries
 
     return fit, pairwise, build_store
+
+
+def peer_projection(lm: LoadedModel, args: argparse.Namespace) -> int:
+    """The k of bergson's (k, k) float32 store: the largest no bigger than pretrace's store (its
+    projection, `stored_gradient_dtype` and `document_rank`), so both answer new queries from the
+    same bytes (a Rademacher store has no quantized or factored form)."""
+    shapes = lm.layer_shapes()
+    pretrace_ratio = compression(shapes, args.projection[0], args.stored_dtype, args.document_rank)
+    return k_at_compression(shapes, "float32", pretrace_ratio)
 
 
 def _timed(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
@@ -242,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         args.repeats)
     proj = KroneckerProjection.build(lm.layer_shapes(), *args.projection, seed=args.seed, basis=args.projection_basis,
                                      factors=factors)
-    stored = compute_document_gradients(lm, docs, [str(i) for i in range(len(docs))], projection=proj, batch_size=B)
+    stored = compute_document_gradients(lm, docs, [str(i) for i in range(len(docs))], projection=proj, batch_size=B,
+                                        rank=args.document_rank, stored_dtype=args.stored_dtype)
     t_new, _ = _timed(lambda: score_matrix(query_gradients_from_tokens(
         lm, factors, queries, starts, ids, projection=proj, batch_size=B), stored), args.repeats)
     print(f"pretrace: fit {t_fit:.2f} s, pairwise {t_pair:.2f} s, new queries {t_new:.2f} s")

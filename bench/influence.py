@@ -44,7 +44,7 @@ import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from bench.memory import hwm_bytes as _hwm_bytes  # noqa: E402
-from bench.projection import DEMO, QUERIES, demo_setup, factored, store_accuracy, trained_setup  # noqa: E402
+from bench.projection import DEMO, QUERIES, demo_setup, store_accuracy, trained_setup  # noqa: E402
 from bench.synthetic import build_model, make_data  # noqa: E402
 from pretrace.batching import batches  # noqa: E402
 from pretrace.capture import capture  # noqa: E402
@@ -126,8 +126,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         f"{DEMO.projection[0]} {DEMO.projection[1]})")
     p.add_argument("--stored-dtype", choices=get_args(StoredGradientDtype), default=DEMO.stored_gradient_dtype,
                    help=f"stored_gradient_dtype of that store (default: the demo's, {DEMO.stored_gradient_dtype})")
-    p.add_argument("--document-rank", type=int, default=8,
-                   help="rank c of the factored store compared with the same projection in float32 (default 8)")
+    p.add_argument("--document-rank", type=int, default=DEMO.document_rank,
+                   help=f"document_rank of that store (default: the demo's, {DEMO.document_rank}); 0: dense")
     p.add_argument("--projection-basis", choices=BASES, default="principal",
                    help="basis of that projection (default principal, pretrace's default)")
     p.add_argument("--fisher", choices=["sampled", "empirical"], default="empirical",
@@ -149,6 +149,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--memory-child", nargs=3, metavar=("DIR", "MODE", "N_DOCS"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.document_rank = args.document_rank or None
     if args.quick:
         args.docs, args.doc_len, args.queries = 16, 24, 8
         args.prompt_len, args.completion_len = 8, 4
@@ -292,7 +293,7 @@ def memory_children(args, directory: str, jobs: list[tuple[str, int]]) -> list[d
 
 
 TRAINED_FIGURES = ["projected_pearson_trained", "projected_pearson_trained_min", "rerank_recall_at_100_trained",
-                   "rerank_recall_at_10_trained"]
+                   "rerank_recall_at_10_trained", "factored_storage_ratio", "factored_pearson_loss"]
 
 
 def stored_bytes(stored: DocumentGradients) -> int:
@@ -320,15 +321,26 @@ def trained_figures(args, log) -> dict[str, float]:
             with tempfile.TemporaryDirectory(prefix="bench-trained-") as tmp:
                 lm, queries, documents, factors, _ = demo_setup(Path(tmp), args.trained_documents, DEMO.demo_steps)
         exact = stream_scores(lm, compute_query_gradients(lm, factors, queries), documents)
-        accuracy = store_accuracy(lm, queries, documents, factors, exact, args.projection[0], args.stored_dtype)
+        accuracy = store_accuracy(lm, queries, documents, factors, exact, args.projection[0], args.stored_dtype,
+                                  args.document_rank)
+        dense = (accuracy if args.document_rank is None else
+                 store_accuracy(lm, queries, documents, factors, exact, args.projection[0], args.stored_dtype))
     finally:
         torch.set_num_threads(threads)
-    log(f"on {trained_model(args)}: the {args.projection[0]}x{args.projection[1]} {args.stored_dtype} store's "
-        f"scores against exact ones: mean per-query Pearson {accuracy['pearson_mean']:.3f} (min "
-        f"{accuracy['pearson_min']:.3f}); two-stage recall of the exact top 100 {accuracy['rerank_recall_at_100']:.3f}")
+    log(f"on {trained_model(args)}: the {store_name(args)} store's scores against exact ones: mean per-query "
+        f"Pearson {accuracy['pearson_mean']:.3f} (min {accuracy['pearson_min']:.3f}; {dense['pearson_mean']:.3f} "
+        f"dense); two-stage recall of the exact top 100 {accuracy['rerank_recall_at_100']:.3f}")
     return {"projected_pearson_trained": accuracy["pearson_mean"], "projected_pearson_trained_min": accuracy["pearson_min"],
             "rerank_recall_at_100_trained": accuracy["rerank_recall_at_100"],
-            "rerank_recall_at_10_trained": accuracy["rerank_recall_at_10"]}
+            "rerank_recall_at_10_trained": accuracy["rerank_recall_at_10"],
+            "factored_storage_ratio": accuracy["compression"] / dense["compression"],
+            "factored_pearson_loss": dense["pearson_mean"] - accuracy["pearson_mean"]}
+
+
+def store_name(args) -> str:
+    """The benchmark's store in words: projection, dtype and document rank."""
+    rank = "" if args.document_rank is None else f" rank-{args.document_rank}"
+    return f"{args.projection[0]}x{args.projection[1]} {args.stored_dtype}{rank}"
 
 
 def shape_flags(args) -> list[str]:
@@ -418,7 +430,8 @@ def main(argv=None) -> int:
     proj = KroneckerProjection.build(lm.layer_shapes(), *args.projection, seed=args.seed, basis=args.projection_basis,
                                      factors=factors)
     doc_ids = [str(i) for i in range(len(docs))]
-    stored = compute_document_gradients(lm, docs, doc_ids, projection=proj, batch_size=B, stored_dtype=args.stored_dtype)
+    stored = compute_document_gradients(lm, docs, doc_ids, projection=proj, batch_size=B, rank=args.document_rank,
+                                        stored_dtype=args.stored_dtype)
     projected = None
 
     projected_queries = None
@@ -440,7 +453,7 @@ def main(argv=None) -> int:
     results["query_pass_vs_fwdbwd"] = t_pass / base
     stored_mb = stored_bytes(stored) / 2**20
     log(f"pretrace new queries (projected query gradients + score_matrix against {stored_mb:.1f} MiB of stored "
-        f"{args.stored_dtype} document gradients): {t_new:.2f} s {fmt_times(times)}; of which at least the queries' own forward and "
+        f"{store_name(args)} document gradients): {t_new:.2f} s {fmt_times(times)}; of which at least the queries' own forward and "
         f"backward pass: {t_pass:.2f} s {fmt_times(pass_times)}")
     correlations = [pearson(projected[i], exact[i]) for i in range(len(queries))]
     results["projected_pearson"] = statistics.mean(correlations)
@@ -455,18 +468,10 @@ def main(argv=None) -> int:
                                           factors=factors)
         other_scores = score_matrix(
             query_gradients_from_tokens(lm, factors, queries, starts, qids, projection=other, batch_size=B),
-            compute_document_gradients(lm, docs, doc_ids, projection=other, batch_size=B,
+            compute_document_gradients(lm, docs, doc_ids, projection=other, batch_size=B, rank=args.document_rank,
                                        stored_dtype=args.stored_dtype))
         results[f"projected_pearson_{basis}"] = statistics.mean(
             pearson(other_scores[i], exact[i]) for i in range(len(queries)))
-    # Context: the same projected gradients in float32, and stored as rank-c factors, untimed.
-    dense = (stored if args.stored_dtype == "float32" else
-             compute_document_gradients(lm, docs, doc_ids, projection=proj, batch_size=B))
-    factors_of_dense = factored(dense, args.document_rank)
-    results["factored_storage_ratio"] = stored_bytes(dense) / stored_bytes(factors_of_dense)
-    dense_scores, factored_scores = score_matrix(projected_queries, dense), score_matrix(projected_queries, factors_of_dense)
-    results["factored_pearson_loss"] = statistics.mean(
-        pearson(dense_scores[i], exact[i]) - pearson(factored_scores[i], exact[i]) for i in range(len(queries)))
     # Two-stage retrieval: the stored scores' top 2t candidates, re-scored exactly, against the exact top t.
     for top in (100, 10):
         results[f"rerank_recall_at_{top}"] = recall(projected, exact, min(2 * top, len(docs)), min(top, len(docs)))
@@ -558,6 +563,8 @@ def main(argv=None) -> int:
 
     total = time.perf_counter() - wall
     log(f"baseline fwdbwd {base:.2f} s on this machine; whole benchmark {total:.0f} s\n")
+    from bench.bergson_peer import peer_projection  # here: bergson_peer imports this module
+
     describe = {
         "score_vs_fwdbwd": f"stream_scores, {args.queries} queries x {args.docs} docs, exact, query gradients "
                            "precomputed / fwdbwd",
@@ -567,9 +574,8 @@ def main(argv=None) -> int:
                                            "documents per query batch), on a slice of the documents (context)",
         "factors_vs_fwdbwd": f"pretrace fit_factors ({args.fisher} Fisher: two passes + eigh) / fwdbwd",
         "kronfluence_factors_vs_fwdbwd": "kronfluence fit_all_factors, same settings / fwdbwd (context)",
-        "new_queries_vs_fwdbwd": f"{args.queries} new queries (their gradients counted) scored against stored "
-                                 f"{args.projection[0]}x{args.projection[1]}-projected ({args.projection_basis}) "
-                                 "document gradients / fwdbwd",
+        "new_queries_vs_fwdbwd": f"{args.queries} new queries (their gradients counted) scored against the stored "
+                                 f"{store_name(args)} ({args.projection_basis}) document gradients / fwdbwd",
         "query_pass_vs_fwdbwd": "the new queries' own forward and backward pass alone (tracked layers captured; "
                                 "no preconditioning, projection or scoring) / fwdbwd: the floor under new_queries",
         "projected_pearson": "mean per-query Pearson of those projected scores against exact scores",
@@ -577,24 +583,25 @@ def main(argv=None) -> int:
         "projected_pearson_raw": "mean per-query Pearson with a raw (unwhitened) projection of the same size (context)",
         "projected_pearson_whitened": "the same with a whitened projection (seeded Gaussian in the eigenbasis; "
                                       "context)",
-        "projection_compression": "dense float32 per-document gradient bytes / stored bytes (int4 codes packed, "
-                                  "row scales included)",
+        "projection_compression": f"dense float32 per-document gradient bytes / the {store_name(args)} store's bytes "
+                                  "(4-bit codes packed, scales included)",
         "projected_pearson_trained": f"mean per-query Pearson of the same store's scores against exact ones on "
                                      f"{trained_model(args)}",
         "projected_pearson_trained_min": "min per-query Pearson there",
         "rerank_recall_at_100_trained": "rerank_recall_at_100 there",
         "rerank_recall_at_10_trained": "rerank_recall_at_10 there",
-        "factored_storage_ratio": f"the same projection in float32 / its rank-{args.document_rank} factors "
-                                  "(`document_rank`; float32)",
-        "factored_pearson_loss": "the float32 store's mean per-query Pearson minus its factors'",
+        "factored_storage_ratio": f"there, the same projection stored dense in {args.stored_dtype} / as the store's "
+                                  f"rank-{args.document_rank} factors (`document_rank`; bytes)",
+        "factored_pearson_loss": "there, the dense store's mean per-query Pearson minus the factored store's",
         "rerank_recall_at_100": f"share of each query's exact top 100 that two-stage retrieval returns from the stored "
                                 f"scores' top 200 candidates (of {args.docs} documents), re-scored exactly",
         "rerank_recall_at_10": "the same for the exact top 10 from 20 candidates",
         "bergson_vs_pretrace_factors": "bergson 2.5.1 fit_factored_hessians (EK-FAC, dataset labels) / pretrace fit_factors",
         "bergson_vs_pretrace_pairwise": "bergson query gradients + streaming Scorer over the documents / pretrace exact "
                                         "query gradients + stream_scores",
-        "bergson_vs_pretrace_new_queries": f"bergson: new queries against its {args.projection[0]}x{args.projection[0]} "
-                                           "Rademacher-projected store / pretrace new_queries (above)",
+        "bergson_vs_pretrace_new_queries": f"bergson: new queries against its {peer_projection(lm, args)}x"
+                                           f"{peer_projection(lm, args)} Rademacher-projected float32 store (no more "
+                                           "bytes than pretrace's) / pretrace new_queries (above)",
         "bergson_pearson": "min per-query Pearson of bergson's pairwise EK-FAC scores against pretrace's exact ones",
         "bergson_projected_pearson": "mean per-query Pearson of bergson's projected new-query scores against exact "
                                      "(context)",

@@ -64,7 +64,7 @@ from pretrace.ekfac import fit_factors  # noqa: E402
 from pretrace.low_rank import factorize  # noqa: E402
 from pretrace.model import load_model, wrap_model  # noqa: E402
 from pretrace.projection import KroneckerProjection  # noqa: E402
-from pretrace.quantization import BITS, row_bytes  # noqa: E402
+from pretrace.quantization import BITS, factor_bytes, row_bytes  # noqa: E402
 from pretrace.query_file import queries_from_table, read_queries  # noqa: E402
 from pretrace.queries import Query, compute_query_gradients  # noqa: E402
 from pretrace.retrieval import recall  # noqa: E402
@@ -131,11 +131,16 @@ def projected_scores(lm, documents, factors, k: int, basis: str, seed: int,
     return approx
 
 
-def compression(shapes: dict[str, tuple[int, int]], k: int, stored_dtype: str = "float32") -> float:
-    """Dense float32 per-document gradient bytes over its stored bytes at (k, k) in ``stored_dtype``
-    (a quantized store's row scales included)."""
-    return (sum(o * row_bytes("float32", i) for o, i in shapes.values())
-            / sum(min(k, o) * row_bytes(stored_dtype, min(k, i)) for o, i in shapes.values()))
+def compression(shapes: dict[str, tuple[int, int]], k: int, stored_dtype: str = "float32",
+                document_rank: int | None = None) -> float:
+    """Dense float32 per-document gradient bytes over its stored bytes at (k, k) in ``stored_dtype``,
+    kept at ``document_rank`` if given (a quantized store's scales included)."""
+    def stored(o: int, i: int) -> int:
+        k_out, k_in = min(k, o), min(k, i)
+        if document_rank is None:
+            return k_out * row_bytes(stored_dtype, k_in)
+        return factor_bytes(stored_dtype, document_rank, k_out, k_in)
+    return sum(o * row_bytes("float32", i) for o, i in shapes.values()) / sum(stored(*s) for s in shapes.values())
 
 
 def k_at_compression(shapes: dict[str, tuple[int, int]], stored_dtype: str, ratio: float) -> int:
@@ -182,20 +187,22 @@ def demo_setup(workdir: Path, documents: int, steps: int, shape: dict | None = N
     return lm, queries, sample, factors, len(corpus)
 
 
-def store_accuracy(lm, queries, documents, factors, exact: torch.Tensor, k: int, stored_dtype: str) -> dict[str, float]:
-    """How much of ``exact`` the (k, k) store in the default basis and ``stored_dtype`` keeps: the
-    mean and minimum per-query Pearson, the share of each query's exact top 100 (top 10) among the
-    stored top 200 (top 20), and its compression: dense float32 gradient bytes / stored bytes."""
+def store_accuracy(lm, queries, documents, factors, exact: torch.Tensor, k: int, stored_dtype: str,
+                   document_rank: int | None = None) -> dict[str, float]:
+    """How much of ``exact`` the (k, k) store in the default basis and ``stored_dtype`` (kept at
+    ``document_rank`` if given) keeps: the mean and minimum per-query Pearson, the share of each
+    query's exact top 100 (top 10) among the stored top 200 (top 20), and its compression: dense
+    float32 gradient bytes / stored bytes."""
     projection = KroneckerProjection.build(lm.layer_shapes(), k, k, basis=BASIS, factors=factors)
     stored = compute_document_gradients(lm, documents, [str(i) for i in range(len(documents))],
-                                        projection=projection, stored_dtype=stored_dtype)
+                                        projection=projection, rank=document_rank, stored_dtype=stored_dtype)
     approx = score_matrix(compute_query_gradients(lm, factors, queries, projection=projection), stored)
     values = [pearson(approx[i], exact[i]) for i in range(len(queries))]
     n = len(documents)
     return {"pearson_mean": statistics.mean(values), "pearson_min": min(values),
             "rerank_recall_at_100": recall(approx, exact, min(200, n), min(100, n)),
             "rerank_recall_at_10": recall(approx, exact, min(20, n), min(10, n)),
-            "compression": compression(lm.layer_shapes(), k, stored_dtype)}
+            "compression": compression(lm.layer_shapes(), k, stored_dtype, document_rank)}
 
 
 def factored(stored: DocumentGradients, rank: int) -> DocumentGradients:

@@ -38,7 +38,7 @@ ProjectionBasis = Literal["whitened", "principal", "raw"]
 """How stored document gradients are projected (`pretrace.projection`)."""
 StoredGradientDtype = Literal["float32", "bfloat16", "int8", "int4"]
 QUANTIZED_DTYPES = tuple(d for d in get_args(StoredGradientDtype) if d.startswith("int"))
-"""The stored precisions `pretrace.quantization` writes: dense stores only."""
+"""The stored precisions `pretrace.quantization` writes, dense or factored."""
 
 
 def _positive_number(value: Any) -> float:
@@ -103,8 +103,9 @@ DESCRIPTIONS = {
                         "models); with either, document gradients depend on the factors. 'raw': project raw gradients "
                         "(survive a refit).",
     "stored_gradient_dtype": "Precision of stored document gradients: 'bfloat16' halves the store; 'int8' and 'int4' "
-                             "keep 8 or 4 bits per number plus a scale per row (a quarter or an eighth of the store, "
-                             "dense stores only), so the same bytes hold a larger projection. Scores from anything "
+                             "keep 8 or 4 bits per number plus a scale per row (per rank of `document_rank` "
+                             "factors): a quarter or an eighth of the store, so the same bytes hold a larger "
+                             "projection. Scores from anything "
                              "but float32 are checked against exact ones on a sample of every shard, like a "
                              "projection's.",
     "document_rank": "Store each document's (projected) gradient as rank-c factors per layer, c × (k_out + k_in) "
@@ -248,14 +249,6 @@ class PretraceConfig(BaseModel):
         if self.rerank_k is not None and self.rerank_k > self.top_k:
             raise ValueError(f"rerank_k ({self.rerank_k}) exceeds top_k ({self.top_k}): candidates come from the "
                              "top_k documents kept per query; raise top_k or lower rerank_k")
-        return self
-
-    @model_validator(mode="after")
-    def _quantized_stores_dense(self) -> PretraceConfig:
-        if self.stored_gradient_dtype in QUANTIZED_DTYPES and self.document_rank is not None:
-            raise ValueError(f"stored_gradient_dtype {self.stored_gradient_dtype} quantizes dense stores and "
-                             "document_rank stores factors; unset document_rank, or store factors in float32 or "
-                             "bfloat16")
         return self
 
     @field_validator("projection", mode="before")

@@ -15,7 +15,8 @@ from .low_rank import factorize
 from .serialization import pack, unpack
 from .model import LoadedModel, resolve_dtype
 from .projection import KroneckerProjection
-from .quantization import BITS, dequantize, pack as pack_codes, quantize, unpack as unpack_codes
+from .quantization import (BITS, dequantize, dequantize_factor, pack as pack_codes, quantize, quantize_factors,
+                           unpack as unpack_codes)
 
 
 def iter_document_gradients(
@@ -79,8 +80,8 @@ def layer_gradients(cap: Captured, name: str, projection: KroneckerProjection | 
 class DocumentGradients:
     """Per-document gradients per layer: (N, k_out, k_in) in `grads`, or with `rank` set the
     factors of each, `grads[name]` (N, k_out, r) and `right[name]` (N, k_in, r). Quantized
-    (`bits` set, dense only): `grads` holds int8 codes and `scales[name]` (N, k_out) the rows'
-    scales (`pretrace.quantization`)."""
+    (`bits` set): `grads` (and `right`) hold int8 codes, and `scales[name]` the scales, (N, k_out)
+    one per row of a dense store, (N, r) one per rank of a factored one (`pretrace.quantization`)."""
 
     ids: list[str]
     grads: dict[str, torch.Tensor]
@@ -109,17 +110,22 @@ class DocumentGradients:
     def dense(self, name: str) -> torch.Tensor:
         """(N, k_out, k_in), reconstructed from the factors when factored, from the codes and
         scales when quantized (then in float32)."""
-        if self.bits is not None:
-            return dequantize(self.grads[name], self.scales[name])
-        if self.rank is None:
-            return self.grads[name]
-        return self.grads[name] @ self.right[name].transpose(1, 2)
+        if self.rank is not None:
+            left, right = self.factors(name)
+            return left @ right.transpose(1, 2)
+        return self.grads[name] if self.bits is None else dequantize(self.grads[name], self.scales[name])
+
+    def factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """A factored store's (N, k_out, r) and (N, k_in, r) factors, in float32 when quantized."""
+        if self.bits is None:
+            return self.grads[name], self.right[name]
+        return dequantize_factor(self.grads[name], self.scales[name]), dequantize_factor(self.right[name], self.scales[name])
 
     def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        grads = self.grads if self.bits is None else {k: pack_codes(v, self.bits) for k, v in self.grads.items()}
+        packed = (lambda d: d) if self.bits is None else (lambda d: {k: pack_codes(v, self.bits) for k, v in d.items()})
         return pack(
-            grads | {f"{k}::right": v for k, v in self.right.items()} | {f"{k}::scales": v for k, v in self.scales.items()}
-            | {"losses": self.losses},
+            packed(self.grads) | {f"{k}::right": v for k, v in packed(self.right).items()}
+            | {f"{k}::scales": v for k, v in self.scales.items()} | {"losses": self.losses},
             "document_gradients",
             ids=self.ids,
             layers=list(self.grads),
@@ -132,8 +138,9 @@ class DocumentGradients:
     def from_tensors(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> "DocumentGradients":
         meta = unpack(metadata, "document_gradients")
         layers, rank, bits = meta["layers"], meta["rank"], meta.get("bits")
-        right = {} if rank is None else {k: tensors[f"{k}::right"] for k in layers}
-        grads = {k: tensors[k] if bits is None else unpack_codes(tensors[k], bits, meta["columns"][k]) for k in layers}
+        codes = lambda k, key: tensors[key] if bits is None else unpack_codes(tensors[key], bits, meta["columns"][k])  # noqa: E731
+        right = {} if rank is None else {k: codes(k, f"{k}::right") for k in layers}
+        grads = {k: codes(k, k) for k in layers}
         scales = {} if bits is None else {k: tensors[f"{k}::scales"] for k in layers}
         return cls(meta["ids"], grads, tensors["losses"], meta["projection"], right, rank, scales, bits)
 
@@ -157,9 +164,6 @@ def compute_document_gradients(
     with ``groups`` > 1, a layer group a pass (`pretrace.layer_groups`)."""
     if rank is not None and rank < 1:
         raise InputError(f"document_rank: must be a positive integer or null, got {rank}")
-    if rank is not None and stored_dtype in BITS:
-        raise InputError(f"stored_gradient_dtype: {stored_dtype} quantizes dense stores, and document_rank stores "
-                         "factors; use one of the two (float32 or bfloat16 with document_rank)")
     return by_layer_group(lm, groups, lambda group: _gathered(
         group, sequences, ids, projection, batch_size, progress, first_target, rank, stored_dtype),
         DocumentGradients.join)
@@ -178,16 +182,19 @@ def _gathered(lm: LoadedModel, sequences: Sequence[Sequence[int]], ids: Sequence
         lm, sequences, projection=projection, batch_size=batch_size, progress=progress, first_target=first_target
     ):
         for name, value in batch_grads.items():
-            if bits is not None:
+            if rank is not None:
+                L, R = factorize(value, rank)
+                if bits is not None:
+                    L, R, rank_scales = quantize_factors(L, R, bits)
+                    scales[name].append(rank_scales.cpu())
+                grads[name].append(L.to(device="cpu", dtype=dtype))
+                right[name].append(R.to(device="cpu", dtype=dtype))
+            elif bits is not None:
                 codes, row_scales = quantize(value, bits)
                 grads[name].append(codes.cpu())
                 scales[name].append(row_scales.cpu())
-            elif rank is None:
-                grads[name].append(value.to(device="cpu", dtype=dtype))
             else:
-                L, R = factorize(value, rank)
-                grads[name].append(L.to(device="cpu", dtype=dtype))
-                right[name].append(R.to(device="cpu", dtype=dtype))
+                grads[name].append(value.to(device="cpu", dtype=dtype))
         losses.append(batch_losses.cpu())
     return DocumentGradients(
         list(ids),

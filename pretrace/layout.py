@@ -190,7 +190,7 @@ INFLUENCE_SCORES = Artefact(
      "{shard}.accuracy.json": None},
     ("top_k", "seed"),
     (Input("query_gradients"), Input("document_gradients", "shard"), Input("corpus_shards", "shard"), Input("model"),
-     Input("ekfac_factors")), "6",
+     Input("ekfac_factors")), "7",
     "query x document scores of one shard, its statistics and top documents, and how close stored (projected) "
     "scores are to exact ones on a seeded sample of its documents")
 ATTRIBUTION_EVAL = Artefact(

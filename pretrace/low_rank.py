@@ -2,8 +2,9 @@
 
 A (k_out, k_in) gradient X is stored as L R^T with L (k_out, r) and R (k_in, r): r (k_out + k_in)
 numbers instead of k_out k_in. Query gradients (`query_rank`) and document gradients
-(`document_rank`) are factored alike, and their inner products <X_q, X_d> are computed from the
-factors without forming either matrix.
+(`document_rank`) are factored alike. Their inner products <X_q, X_d> are computed from the
+factors without forming either matrix; a dense query meets documents expanded a chunk at a time,
+the cheaper order when one side is dense anyway.
 """
 
 from __future__ import annotations
@@ -27,21 +28,21 @@ def inner_products(query: tuple[torch.Tensor, torch.Tensor | None], documents: t
     """(Q, N) inner products of query matrices with factored document matrices L_d R_d^T.
 
     ``query`` is (X, None) with X (Q, k_out, k_in), or factors (A (Q, k_out, r), B (Q, k_in, r)).
-    Dense queries: <X, L R^T> = sum over (o, c) of (X R)_oc L_oc. Factored: <A B^T, L R^T> =
-    sum of (A^T L) * (B^T R) over the two ranks. Documents go in chunks that bound the
-    intermediate products.
+    Dense queries meet a chunk of documents expanded to L R^T: one (Q, k_out k_in) x (k_out k_in,
+    chunk) product, where contracting each query with each document's factors, (X R) . L, would
+    cost r times the operations. Factored queries: <A B^T, L R^T> = sum of (A^T L) * (B^T R)
+    over the two ranks, no matrix expanded. Documents go in chunks that bound the intermediates.
     """
     A, B = query
     L, R = documents
     Q, N = A.shape[0], L.shape[0]
     out = torch.empty(Q, N, dtype=A.dtype, device=A.device)
-    per_document = Q * (L.shape[1] * L.shape[2] if B is None else A.shape[2] * L.shape[2])
+    per_document = L.shape[1] * R.shape[1] if B is None else Q * A.shape[2] * L.shape[2]
     step = max(1, CHUNK_NUMBERS // max(1, per_document))
     for start in range(0, N, step):
         Lc, Rc = L[start : start + step].to(A), R[start : start + step].to(A)
         if B is None:
-            XR = torch.einsum("qoi,nic->qnoc", A, Rc)
-            out[:, start : start + step] = torch.einsum("qnoc,noc->qn", XR, Lc)
+            out[:, start : start + step] = A.flatten(1) @ (Lc @ Rc.transpose(1, 2)).flatten(1).T
         else:
             left = torch.einsum("qor,noc->qnrc", A, Lc)
             right = torch.einsum("qir,nic->qnrc", B, Rc)

@@ -24,7 +24,7 @@ from .errors import InputError
 from .layer_groups import factor_floats, split_layers
 from .low_rank import CHUNK_NUMBERS
 from .model import DEFAULT_LAYER_PATTERNS, resolve_dtype, select_layers
-from .quantization import row_bytes
+from .quantization import factor_bytes, row_bytes
 
 GB = 1e9
 LOGIT_BYTES_PER_VOCAB = 16
@@ -212,24 +212,29 @@ class _Sizes:
         tensors (rotated, squared or preconditioned) and the rotated per-token values."""
         return max(4 * batch * (copies * o * i + tokens * (o + i)) for o, i in self.all)
 
+    def kept(self, d_out: int, d_in: int) -> tuple[int, int]:
+        """A layer's (projected) gradient shape: a projection keeps at most the layer's sides."""
+        return min(self.k_out or d_out, d_out), min(self.k_in or d_in, d_in)
+
     def stored(self, d_out: int, d_in: int) -> int:
         """Floats of one layer's (projected) gradient."""
-        return (self.k_out or d_out) * (self.k_in or d_in)
+        k_out, k_in = self.kept(d_out, d_in)
+        return k_out * k_in
 
     def document_bytes(self) -> int:
         """Bytes of one document's stored gradients: (projected) per layer, dense or as rank-c
         factors (`document_rank`), in `stored_gradient_dtype`."""
         rank, dtype = self.work.document_rank, self.work.stored_gradient_dtype
         if rank is None:
-            return sum((self.k_out or o) * row_bytes(dtype, self.k_in or i) for o, i in self.all)
-        return resolve_dtype(dtype).itemsize * sum(rank * ((self.k_out or o) + (self.k_in or i)) for o, i in self.all)
+            return sum(k_out * row_bytes(dtype, k_in) for k_out, k_in in (self.kept(o, i) for o, i in self.all))
+        return sum(factor_bytes(dtype, rank, *self.kept(o, i)) for o, i in self.all)
 
     def query_floats(self, layers: list[tuple[int, int]]) -> int:
         """Floats kept per query: dense (projected) gradients, or rank-r factors."""
         rank = self.work.query_rank
         if rank is None:
             return sum(self.stored(o, i) for o, i in layers)
-        return sum(rank * ((self.k_out or o) + (self.k_in or i)) for o, i in layers)
+        return sum(rank * sum(self.kept(o, i)) for o, i in layers)
 
     def block(self, layers: list[tuple[int, int]]) -> int:
         """The widest diagonal block of these layers' factors (`factor_block_size`)."""

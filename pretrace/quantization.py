@@ -5,8 +5,9 @@ and every number the nearest of the 2^(bits-1) - 1 levels on either side of zero
 scalar quantization, as vector-search indexes store embeddings. Scores need far fewer bits per
 number than float32 carries, so the same bytes hold a larger projection: on the demo's trained
 model a 128 x 128 principal store in 4 bits keeps the float32 store's Pearson with exact scores
-to within 0.001, in 1/8 of its bytes (bench/projection.py). In memory the codes are int8; on
-disk 4-bit codes go two to a byte.
+to within 0.001, in 1/8 of its bytes (bench/projection.py). Rank-c factors (`document_rank`)
+quantize alike, with one scale per rank shared by its two columns. In memory the codes are
+int8; on disk 4-bit codes go two to a byte.
 """
 
 from __future__ import annotations
@@ -34,6 +35,41 @@ def quantize(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
 def dequantize(codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """The float32 rows that ``codes`` and ``scales`` stand for."""
     return codes.float() * scales.unsqueeze(-1)
+
+
+def quantize_factors(L: torch.Tensor, R: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(L codes, R codes, scales (..., r)) of factors L (..., k_out, r) and R (..., k_in, r).
+
+    L R^T does not change when column j of L is multiplied by s and column j of R divided by
+    it, so each pair is first balanced to the same largest magnitude; one scale per rank then
+    quantizes both columns as finely as a scale of their own would. A rank whose product is zero
+    (either column all zeros) gets scale 0 and zero codes.
+    """
+    levels = 2 ** (bits - 1) - 1
+    L, R = L.float(), R.float()
+    left, right = L.abs().amax(dim=-2), R.abs().amax(dim=-2)
+    nonzero = (left > 0) & (right > 0)
+    balance = torch.where(nonzero, (right / left.where(nonzero, torch.ones_like(left))).sqrt(), torch.ones_like(left))
+    scales = torch.where(nonzero, (left * right).sqrt() / levels, torch.zeros_like(left))
+    step = scales.clamp_min(torch.finfo(torch.float32).tiny).unsqueeze(-2)
+    kept = nonzero.unsqueeze(-2)
+    codes = lambda x: (x.where(kept, 0.0) / step).round().clamp(-levels, levels).to(torch.int8)  # noqa: E731
+    return codes(L * balance.unsqueeze(-2)), codes(R / balance.unsqueeze(-2)), scales
+
+
+def dequantize_factor(codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """The float32 factor (..., k, r) that `quantize_factors`' ``codes`` and ``scales`` stand for."""
+    return codes.float() * scales.unsqueeze(-2)
+
+
+def factor_bytes(stored_gradient_dtype: str, rank: int, k_out: int, k_in: int) -> int:
+    """Bytes on disk of one document's rank-``rank`` factors of a (k_out, k_in) gradient (at most
+    rank min(k_out, k_in), as `pretrace.low_rank.factorize` keeps), a quantized store's per-rank
+    scales included."""
+    rank = min(rank, k_out, k_in)
+    if stored_gradient_dtype not in BITS:
+        return rank * (k_out + k_in) * resolve_dtype(stored_gradient_dtype).itemsize
+    return (k_out + k_in) * packed_columns(rank, BITS[stored_gradient_dtype]) + rank * SCALE_BYTES
 
 
 def row_bytes(stored_gradient_dtype: str, columns: int) -> int:

@@ -41,8 +41,8 @@ def _check_compatible(queries: QueryGradients, layers: Sequence[str], projection
 
 def score_matrix(queries: QueryGradients, documents: DocumentGradients) -> torch.Tensor:
     """(Q, N) influence from stored gradients, summed over layers in float32. Factored document
-    gradients (`document_rank`) are scored from their factors, never made dense; quantized ones
-    are made float32 a layer at a time."""
+    gradients (`document_rank`) are scored from their factors (`pretrace.low_rank.inner_products`),
+    never made dense all at once; quantized ones are made float32 a layer at a time."""
     _check_compatible(queries, list(documents.grads), documents.projection)
     total = torch.zeros(len(queries.ids), len(documents.ids), dtype=torch.float32)
     if documents.rank is None:
@@ -51,7 +51,7 @@ def score_matrix(queries: QueryGradients, documents: DocumentGradients) -> torch
         return total
     for name in queries.layers:
         query = (queries.left[name].float(), None if queries.rank is None else queries.right[name].float())
-        total += inner_products(query, (documents.grads[name], documents.right[name]))
+        total += inner_products(query, documents.factors(name))
     return total
 
 

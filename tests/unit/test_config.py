@@ -156,11 +156,9 @@ def test_config_is_immutable() -> None:
         PretraceConfig().seed = 3  # type: ignore[misc]
 
 
-def test_a_quantized_store_is_dense_and_never_taken_for_exact_scores(tmp_path: Path) -> None:
-    path = write(tmp_path, "stored_gradient_dtype: int4\ndocument_rank: 2\n")
-    with pytest.raises(InputError, match=re.escape(str(path)) + r"(.|\n)*int4 quantizes dense stores and "
-                                         r"document_rank stores factors; unset document_rank"):
-        load_config(path)
+def test_a_quantized_store_is_never_taken_for_exact_scores(tmp_path: Path) -> None:
+    factored = load_config(write(tmp_path, "stored_gradient_dtype: int4\ndocument_rank: 2\n"))
+    assert (factored.stored_gradient_dtype, factored.document_rank) == ("int4", 2) and not factored.stores_exact_scores
     assert PretraceConfig().stores_exact_scores
     for dtype in ("bfloat16", "int8", "int4"):  # rounded stored scores are re-scored exactly like projected ones
         assert not PretraceConfig(stored_gradient_dtype=dtype).stores_exact_scores

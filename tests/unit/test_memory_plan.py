@@ -83,7 +83,8 @@ def test_block_diagonal_covariances_are_planned_and_shrink_the_eigendecompositio
 
 @pytest.mark.parametrize("projection, rank, dtype", [(None, None, "float32"), ((8, 8), None, "bfloat16"),
                                                      ((8, 8), 2, "float32"), ((8, 7), None, "int4"),
-                                                     (None, None, "int8")])
+                                                     (None, None, "int8"), ((8, 8), 3, "int4"),
+                                                     ((500, 7), 3, "int8"), ((500, 500), None, "int4")])
 def test_the_planned_gradient_store_is_the_bytes_the_document_gradients_hold(projection, rank, dtype):
     torch.manual_seed(0)
     lm = wrap_model(LlamaForCausalLM(CONFIG).eval(), layers=["mlp"], device="cpu")

@@ -1,15 +1,15 @@
-"""Quantized document-gradient stores (`stored_gradient_dtype: int8 | int4`): each number within
-half a level of its row's scale, codes that survive packing and a safetensors round trip, and
-scores equal to those of the dequantized gradients."""
+"""Quantized document-gradient stores (`stored_gradient_dtype: int8 | int4`), dense or factored:
+each number within half a level of its row's (rank's) scale, codes that survive packing and a
+safetensors round trip, and scores equal to those of the dequantized gradients."""
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from pretrace.documents import DocumentGradients, compute_document_gradients
-from pretrace.errors import InputError
 from pretrace.projection import KroneckerProjection
-from pretrace.quantization import SCALE_BYTES, dequantize, pack, quantize, row_bytes, unpack
+from pretrace.quantization import (SCALE_BYTES, dequantize, dequantize_factor, factor_bytes, pack, quantize,
+                                  quantize_factors, row_bytes, unpack)
 from pretrace.queries import Query, compute_query_gradients
 from pretrace.scores import score_matrix
 from tests.peer import pearson
@@ -77,8 +77,53 @@ def test_a_quantized_store_round_trips_and_scores_as_its_dequantized_gradients(s
     assert min(pearson(a, b) for a, b in zip(scores, reference)) > (0.9999 if dtype == "int8" else 0.99)
 
 
-def test_a_quantized_store_is_dense(setup):
-    lm, docs, _, projection = setup
-    with pytest.raises(InputError, match="int4 quantizes dense stores, and document_rank stores factors"):
-        compute_document_gradients(lm, docs, list(map(str, range(len(docs)))), projection=projection, rank=2,
-                                   stored_dtype="int4")
+@pytest.mark.parametrize("bits", [8, 4])
+def test_factors_share_a_scale_per_rank_and_keep_their_product(bits):
+    g = torch.Generator().manual_seed(bits)
+    L = torch.randn(3, 7, 4, generator=g) * torch.logspace(-6, 2, 4)
+    R = torch.randn(3, 5, 4, generator=g) * torch.logspace(3, -3, 4)
+    L[1, :, 2] = 0.0  # a rank that is all zeros
+    codes_l, codes_r, scales = quantize_factors(L, R, bits)
+    levels = 2 ** (bits - 1) - 1
+    assert codes_l.dtype == codes_r.dtype == torch.int8 and scales.shape == (3, 4)
+    assert scales[1, 2] == 0 and not codes_l[1, :, 2].any() and not codes_r[1, :, 2].any()
+    expected = (L.abs().amax(dim=1) * R.abs().amax(dim=1)).sqrt() / levels  # balanced: both columns reach it
+    torch.testing.assert_close(scales, expected)
+    assert bool((codes_l.abs().amax(dim=1) == levels)[scales > 0].all())
+    assert bool((codes_r.abs().amax(dim=1) == levels)[scales > 0].all())
+    product = dequantize_factor(codes_l, scales) @ dequantize_factor(codes_r, scales).transpose(1, 2)
+    # brute force: each rank's column pair is off by at most half a level each, around its balanced values
+    balance = (R.abs().amax(dim=1) / L.abs().amax(dim=1)).sqrt().nan_to_num(1.0, posinf=1.0)
+    Lb, Rb = L * balance.unsqueeze(1), R / balance.unsqueeze(1)
+    step = scales[:, None, None, :]  # (document, k_out, k_in, rank)
+    bound = (step / 2 * (Lb.abs().unsqueeze(2) + Rb.abs().unsqueeze(1) + step / 2)).sum(-1)
+    assert bool(((product - L @ R.transpose(1, 2)).abs() <= bound * (1 + 1e-5) + 1e-30).all())
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
+def test_a_quantized_factored_store_round_trips_and_scores_as_its_dequantized_factors(setup, dtype, tmp_path):
+    lm, docs, factors, projection = setup
+    ids = list(map(str, range(len(docs))))
+    rank = 3
+    full = compute_document_gradients(lm, docs, ids, projection=projection, batch_size=5, rank=rank)
+    stored = compute_document_gradients(lm, docs, ids, projection=projection, batch_size=5, rank=rank,
+                                        stored_dtype=dtype)
+    assert stored.dtype == dtype and stored.rank == rank
+    for name in full.grads:  # the float32 factors, quantized once
+        L, R = stored.factors(name)
+        codes_l, codes_r, scales = quantize_factors(full.grads[name], full.right[name], stored.bits)
+        assert torch.equal(L, dequantize_factor(codes_l, scales)) and torch.equal(R, dequantize_factor(codes_r, scales))
+    tensors, metadata = stored.to_tensors()
+    save_file(tensors, tmp_path / "store.safetensors", metadata)
+    again = DocumentGradients.from_tensors(load_file(tmp_path / "store.safetensors"), metadata)
+    assert again.dtype == dtype and all(torch.equal(again.dense(n), stored.dense(n)) for n in full.grads)
+    shapes = lm.layer_shapes()
+    written = sum(t.nbytes for k, t in tensors.items() if k != "losses")
+    assert written == len(docs) * sum(factor_bytes(dtype, rank, min(12, o), min(9, i)) for o, i in shapes.values())
+
+    queries = compute_query_gradients(lm, factors, QUERIES, projection=projection)
+    scores = score_matrix(queries, again)
+    brute = sum(queries.dense(n).flatten(1).double() @ again.dense(n).flatten(1).double().T for n in full.grads)
+    torch.testing.assert_close(scores.double(), brute, rtol=1e-5, atol=1e-6 * float(brute.abs().max()))
+    reference = score_matrix(queries, full)
+    assert min(pearson(a, b) for a, b in zip(scores, reference)) > (0.9999 if dtype == "int8" else 0.99)
