@@ -7,8 +7,8 @@ model's training losses, top-20 source counts of each reasoning kind, the per-na
 correlation groups, the factual kinds' sources, the paper-defined power-law test, influence-per-nat
 curves, step-by-step answer search and sources at several k, how many queries the model answers
 correctly, the comparison with other models (when `--compare-seeds` was given), the attribution
-check (tail-patch and planted-fact retrieval), and the planted documents' loss by how often their
-fact is stated.
+check (tail-patch and planted-fact retrieval), each shard's measured score accuracy, and the
+planted documents' loss by how often their fact is stated.
 """
 
 from __future__ import annotations
@@ -80,6 +80,10 @@ def main() -> None:
     for row in pl.read_parquet(report / "evidence_retrieval.parquet").iter_rows(named=True):
         by = "" if row["evidence_documents"] == 0 else f"_stated{row['evidence_documents']}x"
         print(f"planted_mrr_{row['method']}{by}: {row['mrr']:.3f} (recall@k {row['recall_at_k']:.3f})")
+    for row in pl.read_parquet(report / "score_accuracy.parquet").iter_rows(named=True):
+        print(f"score_accuracy_{row['shard']}: mean per-query Pearson {row['pearson_mean']:.3f} (lowest query "
+              f"{row['pearson_min']:.3f}) on {row['documents']} sampled documents, same top document for "
+              f"{row['top1_agreement']:.0%} of queries; exact {row['exact']}")
     for frequency, (loss, norm, n) in sorted(planted_losses(Path(args.storage)).items()):
         print(f"planted_stated{frequency}x_loss_per_token: {loss:.3f} (median gradient norm {norm:.3g}, {n} documents)")
 

@@ -10,8 +10,8 @@ With ``--model demo`` the model is the demo's (a 2M-parameter Llama with 128 x 5
 the shape of bench/influence.py's random one), trained as `pretrace demo` trains it, on the
 demo's corpus, with its 76 queries; factors are fitted on the whole corpus with the pipeline's
 default settings, and a seeded sample of --documents documents is scored exactly and through
-float32 projections of 32 x 32 (64x smaller than dense float32 gradients: the bytes of the demo's
-86 x 86 int4 store) and, at --ks, by default 64 and 128 too, to show how accuracy grows with k,
+float32 projections of 32 x 32 (64x smaller than dense float32 gradients: about the bytes of the
+demo's store, 304 x 304 as rank-18 int4 factors) and, at --ks, by default 64 and 128 too, to show how accuracy grows with k,
 whitened (over the seeds) and principal (no seed, once). Per basis it prints the mean and
 minimum per-query Pearson against exact scores, the Pearson that rank-c factors of the 32 x 32
 store (each --ranks c) lose, the share of each query's exact top 100 among the stored top 200
@@ -20,7 +20,7 @@ spent otherwise: the (k, k) gradient kept as rank-c factors with c (2k) = 32 x 3
 (`pearson_equal_storage_{basis}_k{k}_c{c}_*`), or as its 512 largest entries and their positions
 (`..._k{k}_top512_*`, a candidate storage measured here only); and the principal store quantized
 (`stored_gradient_dtype` int8 or int4) at the largest k that keeps 64x compression in bytes (int4:
-the demo's own store), and int4 at four times float32's k at 64x (`pearson_principal_k{k}_{dtype}_*`,
+86 x 86), and int4 at four times float32's k at 64x (`pearson_principal_k{k}_{dtype}_*`,
 `rerank_recall_at_*_principal_k{k}_{dtype}`, with its compression in bytes). Issue 14's figures
 on a trained model at the default store are bench/influence.py's (`projected_pearson_trained`).
 
@@ -261,7 +261,7 @@ def demo_main(args: argparse.Namespace) -> dict[str, float]:
                 recalls.setdefault(f"rerank_recall_at_10_{basis}", []).append(recall(approx, exact, 20, 10))
                 for c in args.ranks:
                     correlations(f"{basis}_c{c}", score_matrix(qg, factored(stored, c)))
-            else:  # a larger k in factors as small as the demo's store
+            else:  # a larger k in factors as small as the 32 x 32 float32 store
                 c = equal_storage_rank(k)
                 equal = score_matrix(qg, factored(stored, c))
                 correlations(f"{basis}_k{k}_c{c}", equal)
@@ -291,7 +291,7 @@ def demo_main(args: argparse.Namespace) -> dict[str, float]:
             figures[f"pearson_equal_storage_{top}_min"] = min(pearsons[top])
     k64 = k_at_compression(shapes, "float32", 64)
     for dtype, k in [(q, k_at_compression(shapes, q, 64)) for q in QUANTIZED] + [("int4", 4 * k64)]:
-        # the default basis, its store quantized: as small as 64x float32 (int4: the demo's store), and int4 at
+        # the default basis, its store quantized: as small as 64x float32 (int4: 86 x 86), and int4 at
         # four times float32's k there (128 x 128 on the demo's model: 30x)
         accuracy = store_accuracy(lm, queries, documents, factors, exact, k, dtype)
         name = f"{BASIS}_k{k}_{dtype}"

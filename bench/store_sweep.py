@@ -1,0 +1,115 @@
+"""Which factored int4 store to keep: principal block size k against document rank c, on the demo's model.
+
+    python bench/store_sweep.py                          # ~12 minutes on a shared 2-core CPU
+    python bench/store_sweep.py --ks 256 304 --ranks 16 18
+
+The demo's model is trained as `pretrace demo` trains it and a seeded sample of --documents of
+its corpus's documents is scored by its 76 queries, exactly and through each (k, k) principal
+projection: stored dense in int4, and as rank-c factors in int4 (`document_rank`, one scale per
+rank), for every c in --ranks. Per (k, c) it prints the compression (dense float32 gradient
+bytes / stored bytes), the mean and minimum per-query Pearson against exact scores, the
+two-stage recall of each exact top 100 among the stored top 200, and, against the dense int4
+store of the same k, how many times fewer bytes the factors take and how much Pearson they lose.
+The demo's store (`projection: [304, 304]`, `document_rank: 18`) is the widest block whose
+factors at the smallest rank losing at most 0.02 keep 64x compression. Output: a table, then one
+`name: value` line per figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from bench.projection import BASIS, DEMO, compression, demo_setup  # noqa: E402
+from pretrace.documents import DocumentGradients, compute_document_gradients  # noqa: E402
+from pretrace.low_rank import factorize  # noqa: E402
+from pretrace.projection import KroneckerProjection  # noqa: E402
+from pretrace.quantization import BITS, quantize, quantize_factors  # noqa: E402
+from pretrace.queries import compute_query_gradients  # noqa: E402
+from pretrace.retrieval import recall  # noqa: E402
+from pretrace.scores import score_matrix, stream_scores  # noqa: E402
+from tests.peer import pearson  # noqa: E402
+
+DTYPE = "int4"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--ks", type=int, nargs="+", default=[128, 192, 256, 304, 320, 384, 512],
+                   help="principal block sizes k (k_out = k_in = k, at most each layer's side)")
+    p.add_argument("--ranks", type=int, nargs="+", default=[8, 12, 16, 18, 20, 24], help="document ranks c")
+    p.add_argument("--documents", type=int, default=512, help="documents scored (a seeded sample of the corpus)")
+    p.add_argument("--steps", type=int, default=DEMO.demo_steps, help="training steps (the demo's default)")
+    return p.parse_args(argv)
+
+
+def quantized(stored: DocumentGradients, rank: int | None) -> DocumentGradients:
+    """The float32 store as `compute_document_gradients(rank=..., stored_dtype="int4")` keeps it:
+    dense rows quantized, or its best rank-c factors quantized, without another pass."""
+    bits = BITS[DTYPE]
+    if rank is None:
+        parts = {name: quantize(grads, bits) for name, grads in stored.grads.items()}
+        return DocumentGradients(stored.ids, {n: c for n, (c, _) in parts.items()}, stored.losses, stored.projection,
+                                 scales={n: s for n, (_, s) in parts.items()}, bits=bits)
+    parts = {name: quantize_factors(*factorize(grads, rank), bits) for name, grads in stored.grads.items()}
+    return DocumentGradients(stored.ids, {n: L for n, (L, _, _) in parts.items()}, stored.losses, stored.projection,
+                             {n: R for n, (_, R, _) in parts.items()}, rank,
+                             {n: s for n, (_, _, s) in parts.items()}, bits)
+
+
+def accuracy(queries, store: DocumentGradients, exact: torch.Tensor) -> tuple[float, float, float]:
+    """(mean, min) per-query Pearson of the store's scores against ``exact``, and the recall of
+    each exact top 100 among the stored top 200."""
+    approx = score_matrix(queries, store)
+    values = [pearson(approx[i], exact[i]) for i in range(len(exact))]
+    n = exact.shape[1]
+    return statistics.mean(values), min(values), recall(approx, exact, min(200, n), min(100, n))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
+        lm, queries, documents, factors, corpus_size = demo_setup(Path(tmp), args.documents, args.steps)
+    shapes = lm.layer_shapes()
+    print(f"# store sweep on the demo's model ({args.steps} steps): {len(documents)} of its {corpus_size} documents, "
+          f"{len(queries)} queries, layers {sorted(set(shapes.values()))}, {BASIS} basis, {DTYPE}", flush=True)
+    exact = stream_scores(lm, compute_query_gradients(lm, factors, queries), documents)
+    ids = [str(i) for i in range(len(documents))]
+    figures: dict[str, float] = {}
+    print("| k | rank | compression | Pearson mean | min | recall@100 | fewer bytes than dense | Pearson lost |")
+    print("|---|---|---|---|---|---|---|---|")
+    for k in args.ks:
+        projection = KroneckerProjection.build(shapes, k, k, basis=BASIS, factors=factors)
+        qg = compute_query_gradients(lm, factors, queries, projection=projection)
+        stored = compute_document_gradients(lm, documents, ids, projection=projection)
+        dense_mean, dense_min, dense_recall = accuracy(qg, quantized(stored, None), exact)
+        dense_ratio = compression(shapes, k, DTYPE)
+        print(f"| {k} | dense | {dense_ratio:.1f} | {dense_mean:.4f} | {dense_min:.4f} | {dense_recall:.3f} | | |",
+              flush=True)
+        figures |= {f"compression_k{k}": dense_ratio, f"pearson_k{k}_mean": dense_mean}
+        for c in args.ranks:
+            mean, low, found = accuracy(qg, quantized(stored, c), exact)
+            ratio = compression(shapes, k, DTYPE, c)
+            print(f"| {k} | {c} | {ratio:.1f} | {mean:.4f} | {low:.4f} | {found:.3f} | {ratio / dense_ratio:.2f} | "
+                  f"{dense_mean - mean:.4f} |", flush=True)
+            name = f"k{k}_c{c}"
+            figures |= {f"compression_{name}": ratio, f"pearson_{name}_mean": mean, f"pearson_{name}_min": low,
+                        f"rerank_recall_at_100_{name}": found, f"factored_storage_ratio_{name}": ratio / dense_ratio,
+                        f"factored_pearson_loss_{name}": dense_mean - mean}
+    print()
+    for name, value in figures.items():
+        print(f"{name}: {value:.4g}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
