@@ -565,6 +565,8 @@ def main(argv=None) -> int:
     log(f"baseline fwdbwd {base:.2f} s on this machine; whole benchmark {total:.0f} s\n")
     from bench.bergson_peer import peer_projection  # here: bergson_peer imports this module
 
+    peer_k = peer_projection(lm, args)
+
     describe = {
         "score_vs_fwdbwd": f"stream_scores, {args.queries} queries x {args.docs} docs, exact, query gradients "
                            "precomputed / fwdbwd",
@@ -599,8 +601,8 @@ def main(argv=None) -> int:
         "bergson_vs_pretrace_factors": "bergson 2.5.1 fit_factored_hessians (EK-FAC, dataset labels) / pretrace fit_factors",
         "bergson_vs_pretrace_pairwise": "bergson query gradients + streaming Scorer over the documents / pretrace exact "
                                         "query gradients + stream_scores",
-        "bergson_vs_pretrace_new_queries": f"bergson: new queries against its {peer_projection(lm, args)}x"
-                                           f"{peer_projection(lm, args)} Rademacher-projected float32 store (no more "
+        "bergson_vs_pretrace_new_queries": f"bergson: new queries against its {peer_k}x{peer_k} "
+                                           "Rademacher-projected float32 store (no more "
                                            "bytes than pretrace's) / pretrace new_queries (above)",
         "bergson_pearson": "min per-query Pearson of bergson's pairwise EK-FAC scores against pretrace's exact ones",
         "bergson_projected_pearson": "mean per-query Pearson of bergson's projected new-query scores against exact "

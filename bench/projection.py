@@ -59,9 +59,8 @@ from pretrace.demo.corpus import build_demo_corpus  # noqa: E402
 from pretrace.demo.queries import build_demo_queries  # noqa: E402
 from pretrace.demo.train import train_demo_model  # noqa: E402
 from pretrace.documents import DocumentGradients  # noqa: E402
-from pretrace.documents import compute_document_gradients  # noqa: E402
+from pretrace.documents import compute_document_gradients, stored_as  # noqa: E402
 from pretrace.ekfac import fit_factors  # noqa: E402
-from pretrace.low_rank import factorize  # noqa: E402
 from pretrace.model import load_model, wrap_model  # noqa: E402
 from pretrace.projection import KroneckerProjection  # noqa: E402
 from pretrace.quantization import BITS, factor_bytes, row_bytes  # noqa: E402
@@ -206,11 +205,8 @@ def store_accuracy(lm, queries, documents, factors, exact: torch.Tensor, k: int,
 
 
 def factored(stored: DocumentGradients, rank: int) -> DocumentGradients:
-    """The store at ``document_rank`` = rank: each document's projected gradient by its best rank-c
-    factors, as `compute_document_gradients(rank=...)` keeps it (`factorize`), without another pass."""
-    parts = {name: factorize(grads, rank) for name, grads in stored.grads.items()}
-    return DocumentGradients(stored.ids, {n: L for n, (L, _) in parts.items()}, stored.losses, stored.projection,
-                             {n: R for n, (_, R) in parts.items()}, rank)
+    """The store at ``document_rank`` = rank, from the float32 one without another pass."""
+    return stored_as(stored, rank, None)
 
 
 def largest_entries(stored: DocumentGradients, count: int) -> DocumentGradients:

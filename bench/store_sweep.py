@@ -30,10 +30,8 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from bench.projection import BASIS, DEMO, compression, demo_setup  # noqa: E402
-from pretrace.documents import DocumentGradients, compute_document_gradients  # noqa: E402
-from pretrace.low_rank import factorize  # noqa: E402
+from pretrace.documents import DocumentGradients, compute_document_gradients, stored_as  # noqa: E402
 from pretrace.projection import KroneckerProjection  # noqa: E402
-from pretrace.quantization import BITS, quantize, quantize_factors  # noqa: E402
 from pretrace.queries import compute_query_gradients  # noqa: E402
 from pretrace.retrieval import recall  # noqa: E402
 from pretrace.scores import score_matrix, stream_scores  # noqa: E402
@@ -50,20 +48,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--documents", type=int, default=512, help="documents scored (a seeded sample of the corpus)")
     p.add_argument("--steps", type=int, default=DEMO.demo_steps, help="training steps (the demo's default)")
     return p.parse_args(argv)
-
-
-def quantized(stored: DocumentGradients, rank: int | None) -> DocumentGradients:
-    """The float32 store as `compute_document_gradients(rank=..., stored_dtype="int4")` keeps it:
-    dense rows quantized, or its best rank-c factors quantized, without another pass."""
-    bits = BITS[DTYPE]
-    if rank is None:
-        parts = {name: quantize(grads, bits) for name, grads in stored.grads.items()}
-        return DocumentGradients(stored.ids, {n: c for n, (c, _) in parts.items()}, stored.losses, stored.projection,
-                                 scales={n: s for n, (_, s) in parts.items()}, bits=bits)
-    parts = {name: quantize_factors(*factorize(grads, rank), bits) for name, grads in stored.grads.items()}
-    return DocumentGradients(stored.ids, {n: L for n, (L, _, _) in parts.items()}, stored.losses, stored.projection,
-                             {n: R for n, (_, R, _) in parts.items()}, rank,
-                             {n: s for n, (_, _, s) in parts.items()}, bits)
 
 
 def accuracy(queries, store: DocumentGradients, exact: torch.Tensor) -> tuple[float, float, float]:
@@ -91,13 +75,13 @@ def main(argv=None) -> int:
         projection = KroneckerProjection.build(shapes, k, k, basis=BASIS, factors=factors)
         qg = compute_query_gradients(lm, factors, queries, projection=projection)
         stored = compute_document_gradients(lm, documents, ids, projection=projection)
-        dense_mean, dense_min, dense_recall = accuracy(qg, quantized(stored, None), exact)
+        dense_mean, dense_min, dense_recall = accuracy(qg, stored_as(stored, None, DTYPE), exact)
         dense_ratio = compression(shapes, k, DTYPE)
         print(f"| {k} | dense | {dense_ratio:.1f} | {dense_mean:.4f} | {dense_min:.4f} | {dense_recall:.3f} | | |",
               flush=True)
         figures |= {f"compression_k{k}": dense_ratio, f"pearson_k{k}_mean": dense_mean}
         for c in args.ranks:
-            mean, low, found = accuracy(qg, quantized(stored, c), exact)
+            mean, low, found = accuracy(qg, stored_as(stored, c, DTYPE), exact)
             ratio = compression(shapes, k, DTYPE, c)
             print(f"| {k} | {c} | {ratio:.1f} | {mean:.4f} | {low:.4f} | {found:.3f} | {ratio / dense_ratio:.2f} | "
                   f"{dense_mean - mean:.4f} |", flush=True)

@@ -169,40 +169,54 @@ def compute_document_gradients(
         DocumentGradients.join)
 
 
+def stored_layer(value: torch.Tensor, rank: int | None, stored_dtype: str | None,
+                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """One layer's float (N, k_out, k_in) gradients as a store keeps them, on the CPU: (dense
+    gradients, codes or left factors; right factors or None; scales or None), for ``document_rank``
+    = rank and `stored_gradient_dtype` = stored_dtype (None: as computed). Per document, so a
+    batch and a whole store give the same bytes."""
+    bits = BITS.get(stored_dtype)
+    dtype = None if bits is not None or stored_dtype is None else resolve_dtype(stored_dtype)
+    if rank is not None:
+        L, R = factorize(value, rank)
+        scales = None
+        if bits is not None:
+            L, R, scales = quantize_factors(L, R, bits)
+            scales = scales.cpu()
+        return L.to(device="cpu", dtype=dtype), R.to(device="cpu", dtype=dtype), scales
+    if bits is not None:
+        codes, row_scales = quantize(value, bits)
+        return codes.cpu(), None, row_scales.cpu()
+    return value.to(device="cpu", dtype=dtype), None, None
+
+
+def stored_as(full: DocumentGradients, rank: int | None, stored_dtype: str | None) -> DocumentGradients:
+    """A dense float store kept at ``rank`` in ``stored_dtype``, as `compute_document_gradients`
+    would have stored it, without another pass over the documents."""
+    parts = {name: stored_layer(grads, rank, stored_dtype) for name, grads in full.grads.items()}
+    return _assembled(full.ids, parts, full.losses, full.projection, rank, BITS.get(stored_dtype))
+
+
+def _assembled(ids: Sequence[str], parts: dict[str, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]],
+               losses: torch.Tensor, projection: dict | None, rank: int | None, bits: int | None) -> DocumentGradients:
+    return DocumentGradients(list(ids), {k: g for k, (g, _, _) in parts.items()}, losses, projection,
+                             {k: r for k, (_, r, _) in parts.items() if r is not None}, rank,
+                             {k: s for k, (_, _, s) in parts.items() if s is not None}, bits)
+
+
 def _gathered(lm: LoadedModel, sequences: Sequence[Sequence[int]], ids: Sequence[str],
               projection: KroneckerProjection | None, batch_size: int, progress: Callable[[int], None] | None,
               first_target: Sequence[int] | None, rank: int | None, stored_dtype: str | None) -> DocumentGradients:
-    grads: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in lm.layers}
-    right: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in lm.layers}
-    scales: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in lm.layers}
-    bits = BITS.get(stored_dtype)
-    dtype = None if bits is not None or stored_dtype is None else resolve_dtype(stored_dtype)
+    stored: dict[str, list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]] = {
+        layer.name: [] for layer in lm.layers}
     losses = []
     for _, batch_grads, batch_losses in iter_document_gradients(
         lm, sequences, projection=projection, batch_size=batch_size, progress=progress, first_target=first_target
     ):
         for name, value in batch_grads.items():
-            if rank is not None:
-                L, R = factorize(value, rank)
-                if bits is not None:
-                    L, R, rank_scales = quantize_factors(L, R, bits)
-                    scales[name].append(rank_scales.cpu())
-                grads[name].append(L.to(device="cpu", dtype=dtype))
-                right[name].append(R.to(device="cpu", dtype=dtype))
-            elif bits is not None:
-                codes, row_scales = quantize(value, bits)
-                grads[name].append(codes.cpu())
-                scales[name].append(row_scales.cpu())
-            else:
-                grads[name].append(value.to(device="cpu", dtype=dtype))
+            stored[name].append(stored_layer(value, rank, stored_dtype))
         losses.append(batch_losses.cpu())
-    return DocumentGradients(
-        list(ids),
-        {k: torch.cat(v) for k, v in grads.items()},
-        torch.cat(losses),
-        None if projection is None else projection.describe(),
-        {k: torch.cat(v) for k, v in right.items() if v},
-        rank,
-        {k: torch.cat(v) for k, v in scales.items() if v},
-        bits,
-    )
+    cat = lambda tensors: None if tensors[0] is None else torch.cat(tensors)  # noqa: E731
+    joined = {name: tuple(cat(part) for part in zip(*pieces)) for name, pieces in stored.items()}
+    return _assembled(ids, joined, torch.cat(losses), None if projection is None else projection.describe(), rank,
+                      BITS.get(stored_dtype))

@@ -51,6 +51,27 @@ def setup():
     return lm, docs, factors, projection
 
 
+def round_tripped(stored: DocumentGradients, tmp_path) -> DocumentGradients:
+    """``stored`` written to a safetensors file and read back: the same dtype and gradients."""
+    tensors, metadata = stored.to_tensors()
+    save_file(tensors, tmp_path / "store.safetensors", metadata)
+    again = DocumentGradients.from_tensors(load_file(tmp_path / "store.safetensors"), metadata)
+    assert again.dtype == stored.dtype and all(torch.equal(again.dense(n), stored.dense(n)) for n in stored.grads)
+    return again
+
+
+def assert_scores_as_dequantized(setup, stored: DocumentGradients, full: DocumentGradients) -> None:
+    """Scores of the quantized ``stored`` equal brute-force products with its dequantized
+    gradients, and correlate with those of the float32 ``full`` store."""
+    lm, _, factors, projection = setup
+    queries = compute_query_gradients(lm, factors, QUERIES, projection=projection)
+    scores = score_matrix(queries, stored)
+    brute = sum(queries.dense(n).flatten(1).double() @ stored.dense(n).flatten(1).double().T for n in full.grads)
+    torch.testing.assert_close(scores.double(), brute, rtol=1e-5, atol=1e-6 * float(brute.abs().max()))
+    reference = score_matrix(queries, full)
+    assert min(pearson(a, b) for a, b in zip(scores, reference)) > (0.9999 if stored.dtype == "int8" else 0.99)
+
+
 @pytest.mark.parametrize("dtype", ["int8", "int4"])
 def test_a_quantized_store_round_trips_and_scores_as_its_dequantized_gradients(setup, dtype, tmp_path):
     lm, docs, factors, projection = setup
@@ -61,20 +82,11 @@ def test_a_quantized_store_round_trips_and_scores_as_its_dequantized_gradients(s
     for name in full.grads:  # each float32 gradient quantized once, batch by batch as a whole
         torch.testing.assert_close(stored.dense(name), dequantize(*quantize(full.grads[name], stored.bits)),
                                    rtol=0, atol=0)
-    tensors, metadata = stored.to_tensors()
-    save_file(tensors, tmp_path / "store.safetensors", metadata)
-    again = DocumentGradients.from_tensors(load_file(tmp_path / "store.safetensors"), metadata)
-    assert again.dtype == dtype and all(torch.equal(again.dense(n), stored.dense(n)) for n in full.grads)
+    again = round_tripped(stored, tmp_path)
     on_disk = (tmp_path / "store.safetensors").stat().st_size
     save_file(*full.to_tensors()[:1], tmp_path / "full.safetensors")
     assert on_disk < (tmp_path / "full.safetensors").stat().st_size * (0.5 if dtype == "int8" else 0.35)
-
-    queries = compute_query_gradients(lm, factors, QUERIES, projection=projection)
-    scores = score_matrix(queries, again)
-    brute = sum(queries.dense(n).flatten(1).double() @ again.dense(n).flatten(1).double().T for n in full.grads)
-    torch.testing.assert_close(scores.double(), brute, rtol=1e-5, atol=1e-6 * float(brute.abs().max()))
-    reference = score_matrix(queries, full)
-    assert min(pearson(a, b) for a, b in zip(scores, reference)) > (0.9999 if dtype == "int8" else 0.99)
+    assert_scores_as_dequantized(setup, again, full)
 
 
 @pytest.mark.parametrize("bits", [8, 4])
@@ -113,17 +125,8 @@ def test_a_quantized_factored_store_round_trips_and_scores_as_its_dequantized_fa
         L, R = stored.factors(name)
         codes_l, codes_r, scales = quantize_factors(full.grads[name], full.right[name], stored.bits)
         assert torch.equal(L, dequantize_factor(codes_l, scales)) and torch.equal(R, dequantize_factor(codes_r, scales))
-    tensors, metadata = stored.to_tensors()
-    save_file(tensors, tmp_path / "store.safetensors", metadata)
-    again = DocumentGradients.from_tensors(load_file(tmp_path / "store.safetensors"), metadata)
-    assert again.dtype == dtype and all(torch.equal(again.dense(n), stored.dense(n)) for n in full.grads)
+    again = round_tripped(stored, tmp_path)
     shapes = lm.layer_shapes()
-    written = sum(t.nbytes for k, t in tensors.items() if k != "losses")
+    written = sum(t.nbytes for k, t in stored.to_tensors()[0].items() if k != "losses")
     assert written == len(docs) * sum(factor_bytes(dtype, rank, min(12, o), min(9, i)) for o, i in shapes.values())
-
-    queries = compute_query_gradients(lm, factors, QUERIES, projection=projection)
-    scores = score_matrix(queries, again)
-    brute = sum(queries.dense(n).flatten(1).double() @ again.dense(n).flatten(1).double().T for n in full.grads)
-    torch.testing.assert_close(scores.double(), brute, rtol=1e-5, atol=1e-6 * float(brute.abs().max()))
-    reference = score_matrix(queries, full)
-    assert min(pearson(a, b) for a, b in zip(scores, reference)) > (0.9999 if dtype == "int8" else 0.99)
+    assert_scores_as_dequantized(setup, again, full)
