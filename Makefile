@@ -37,8 +37,8 @@ ui: venv
 	$(VENV)/bin/pretrace ui
 
 bench: venv
-	$(PY) bench/influence.py
-	$(PY) bench/report.py
+	$(PY) -m bench.influence
+	$(PY) -m bench.report
 
 clean:
 	rm -rf $(VENV) data .pytest_cache

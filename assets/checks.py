@@ -6,11 +6,11 @@ import dagster as dg
 import numpy as np
 import pyarrow.compute as pc
 
-from pretrace.layout import ArtefactReader
-from pretrace.projection import BASES
-from pretrace.provenance import Project
-from pretrace.quantization import BITS, row_bytes
-from resources.pretrace import PretraceResource
+from pretrace.project.manifests import ArtefactReader
+from pretrace.influence.projection import BASES
+from pretrace.project.provenance import Project
+from pretrace.influence.quantization import BITS, row_bytes
+from pretrace.resources.pretrace import PretraceResource
 
 from .partitions import shard_partitions
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import dagster as dg
 import pyarrow as pa
 
-from pretrace.computation import Computation
+from pretrace.project.computation import Computation
 from pretrace.errors import ConcurrentChange, PretraceError
-from pretrace.layout import Manifest
-from resources.pretrace import PretraceResource
+from pretrace.project.manifests import Manifest
+from pretrace.resources.pretrace import PretraceResource
 
 from .k8s import GPU_OP_TAGS
 from .partitions import to_pretrace

@@ -4,8 +4,8 @@ import time
 
 import dagster as dg
 
-from pretrace.model_comparison import compare_models
-from resources.pretrace import PretraceResource
+from pretrace.analyses.model_comparison import compare_models
+from pretrace.resources.pretrace import PretraceResource
 
 from .common import RETRY, computing, materialized, table_preview
 
@@ -18,7 +18,7 @@ def build_model_comparison(compared: list[str]) -> dg.AssetsDefinition:
     def model_comparison(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> dg.MaterializeResult:
         """Per shared query and compared model: Pearson correlation of the two models' scores over
         the corpus, overlap of their top and bottom k documents, and how much stronger the
-        compared model's extremes are (pretrace.model_comparison). Streams one shard at a time."""
+        compared model's extremes are (pretrace.analyses.model_comparison). Streams one shard at a time."""
         started = time.monotonic()
         with computing(context, pretrace) as run:
             query_ids = run.reader("completions").table("completions.parquet", ["id"]).column("id").to_pylist()

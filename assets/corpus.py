@@ -7,8 +7,8 @@ from collections.abc import Iterable, Iterator
 
 import dagster as dg
 
-from pretrace.corpus import read_records, tokenize_documents
-from resources.pretrace import PretraceResource
+from pretrace.inputs.corpus import read_records, tokenize_documents
+from pretrace.resources.pretrace import PretraceResource
 
 from .common import RETRY, computing, materialized, say, table_preview, user_errors
 from .partitions import PER_SHARD, shard_partitions

@@ -14,14 +14,14 @@ from typing import Any, Callable
 
 import dagster as dg
 
-from pretrace.batching import batches
-from pretrace.computation import Computation
-from pretrace.ekfac import (CovarianceState, Eigenbasis, LambdaState, eigenbasis, fit_covariances, fit_lambdas,
+from pretrace.inputs.batching import batches
+from pretrace.project.computation import Computation
+from pretrace.influence.ekfac import (CovarianceState, Eigenbasis, LambdaState, eigenbasis, fit_covariances, fit_lambdas,
                            make_factors)
-from pretrace.layer_groups import by_layer_group
-from pretrace.layout import partition_key
-from pretrace.model import resolve_device
-from resources.pretrace import PretraceResource
+from pretrace.influence.layer_groups import by_layer_group
+from pretrace.project.artefacts import partition_key
+from pretrace.model.adapter import resolve_device
+from pretrace.resources.pretrace import PretraceResource
 
 from .common import GPU_ASSET, RETRY, computing, materialized, progress_logger
 from .partitions import GROUP, SHARD, group_partitions, shard_and_group_partitions, shard_partitions

@@ -1,15 +1,15 @@
-"""attribution_eval: do the documents influence ranks first cause the answer? (pretrace.evaluation)"""
+"""attribution_eval: do the documents influence ranks first cause the answer? (pretrace.evaluation.attribution_check)"""
 
 import time
 
 import dagster as dg
 import pyarrow as pa
 
-from pretrace.evaluation import Documents, attribution_check, query_evidence
-from pretrace.query_file import queries_from_table
-from pretrace.statistics import merge_top_documents
-from pretrace.token_influence import token_influence_table
-from resources.pretrace import PretraceResource
+from pretrace.evaluation.attribution_check import Documents, attribution_check, query_evidence
+from pretrace.inputs.query_file import queries_from_table
+from pretrace.analyses.top_documents import merge_top_documents
+from pretrace.influence.token_influence import token_influence_table
+from pretrace.resources.pretrace import PretraceResource
 
 from .common import GPU_ASSET, RETRY, also_reading, computing, materialized, progress_logger, table_metadata
 from .corpus import corpus_shards
@@ -24,7 +24,7 @@ def attribution_eval(context: dg.AssetExecutionContext, pretrace: PretraceResour
     """Tail-patch check of every query: one SGD step on its top-k documents by influence, by k
     random documents, by BM25, by raw-gradient cosine and by raw-gradient dot product (identity),
     and the change in log p(completion); and the per-token terms of the top and bottom documents'
-    scores (pretrace.token_influence)."""
+    scores (pretrace.influence.token_influence)."""
     return compute_attribution_eval(context, pretrace)
 
 

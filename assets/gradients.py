@@ -4,8 +4,8 @@ import time
 
 import dagster as dg
 
-from pretrace.documents import compute_document_gradients
-from resources.pretrace import PretraceResource
+from pretrace.influence.document_gradients import compute_document_gradients
+from pretrace.resources.pretrace import PretraceResource
 
 from .common import GPU_ASSET, RETRY, also_reading, computing, materialized, progress_logger
 from .corpus import corpus_shards

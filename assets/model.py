@@ -11,9 +11,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from pretrace.computation import model_description
-from pretrace.fingerprint import tree_fingerprint
-from resources.pretrace import PretraceResource
+from pretrace.project.computation import model_description
+from pretrace.store.fingerprint import tree_fingerprint
+from pretrace.resources.pretrace import PretraceResource
 
 from .common import GPU_ASSET, computing, materialized, say
 from .corpus import corpus_files

@@ -2,7 +2,7 @@
 a static `group` dimension on the EK-FAC fitting assets, so one model's fitting fans out over
 (shard, layer group) runs, each its own pod on Kubernetes.
 
-pretrace names a partition ``shard``, ``group-i`` or ``shard/group-i`` (`pretrace.layout`);
+pretrace names a partition ``shard``, ``group-i`` or ``shard/group-i`` (`pretrace.project.artefacts`);
 Dagster names a two-dimensional one by a `MultiPartitionKey` (``group-i|shard``). The two
 functions at the end translate at the boundary.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from pretrace.layout import group_keys, partition_key, split_key
+from pretrace.project.artefacts import group_keys, partition_key, split_key
 
 shard_partitions = dg.DynamicPartitionsDefinition(name="shard")
 SHARD, GROUP = "shard", "group"

@@ -7,10 +7,10 @@ from collections import Counter
 import dagster as dg
 import pyarrow as pa
 
-from pretrace.completions import GENERATED, complete_queries, generation_settings
-from pretrace.query_file import queries_from_table, read_queries
-from pretrace.queries import compute_query_gradients
-from resources.pretrace import PretraceResource
+from pretrace.analyses.completions import GENERATED, complete_queries, generation_settings
+from pretrace.inputs.query_file import queries_from_table, read_queries
+from pretrace.influence.query_gradients import compute_query_gradients
+from pretrace.resources.pretrace import PretraceResource
 
 from .common import GPU_ASSET, RETRY, computing, materialized, progress_logger, table_preview
 from .ekfac import ekfac_factors

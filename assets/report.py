@@ -4,11 +4,11 @@ import time
 
 import dagster as dg
 
-from pretrace.completions import with_model_answers
-from pretrace.projection_check import accuracy_table
-from pretrace.report.analysis import ReportConfig
+from pretrace.analyses.completions import with_model_answers
+from pretrace.evaluation.projection_check import accuracy_table
+from pretrace.analyses.analysis import ReportConfig
 from pretrace.report.build import make_report, merge_shards
-from resources.pretrace import PretraceResource
+from pretrace.resources.pretrace import PretraceResource
 
 from .common import RETRY, computing, materialized, report_link, table_metadata
 from .evaluation import attribution_eval

@@ -1,4 +1,4 @@
-"""reranked_scores: two-stage retrieval over every shard (pretrace.retrieval)."""
+"""reranked_scores: two-stage retrieval over every shard (pretrace.influence.reranking)."""
 
 import time
 
@@ -6,11 +6,11 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pretrace.computation import Computation
-from pretrace.query_file import queries_from_table
-from pretrace.retrieval import agreement_k, already_exact, candidates_of, order_agreement, rerank, rerank_passes
-from pretrace.statistics import merge_top_documents
-from resources.pretrace import PretraceResource
+from pretrace.project.computation import Computation
+from pretrace.inputs.query_file import queries_from_table
+from pretrace.influence.reranking import agreement_k, already_exact, candidates_of, order_agreement, rerank, rerank_passes
+from pretrace.analyses.top_documents import merge_top_documents
+from pretrace.resources.pretrace import PretraceResource
 
 from .common import GPU_ASSET, RETRY, computing, materialized, progress_logger, table_preview
 from .corpus import corpus_shards

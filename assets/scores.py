@@ -8,14 +8,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from pretrace.computation import Computation
-from pretrace.documents import DocumentGradients
-from pretrace.projection_check import projection_error, sample_documents, score_accuracy
-from pretrace.queries import QueryGradients
-from pretrace.query_file import queries_from_table
-from pretrace.scores import score_matrix
-from pretrace.statistics import summarize_shard
-from resources.pretrace import PretraceResource
+from pretrace.project.computation import Computation
+from pretrace.influence.document_gradients import DocumentGradients
+from pretrace.evaluation.projection_check import projection_error, sample_documents, score_accuracy
+from pretrace.influence.query_gradients import QueryGradients
+from pretrace.inputs.query_file import queries_from_table
+from pretrace.influence.scores import score_matrix
+from pretrace.analyses.shard_statistics import summarize_shard
+from pretrace.resources.pretrace import PretraceResource
 
 from .common import GPU_ASSET, RETRY, computing, materialized, table_preview
 from .corpus import corpus_shards

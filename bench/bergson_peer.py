@@ -1,8 +1,8 @@
 """bergson (EleutherAI's attribution library, 2.5.1) set up to compute what pretrace computes.
 
-    python bench/bergson_peer.py --quick               # a tiny run (~15 s, mostly imports)
-    python bench/bergson_peer.py                       # the benchmark's default shape (several minutes)
-    python bench/bergson_peer.py --bergson-positions   # bergson's own activation-covariance convention
+    python -m bench.bergson_peer --quick               # a tiny run (~15 s, mostly imports)
+    python -m bench.bergson_peer                       # the benchmark's default shape (several minutes)
+    python -m bench.bergson_peer --bergson-positions   # bergson's own activation-covariance convention
 
 Why: kronfluence is not the only EK-FAC implementation people would reach for; bergson is the
 other maintained one. `bergson_runner` is for bench/influence.py's bergson figures; `main`
@@ -44,22 +44,20 @@ from pathlib import Path
 from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+import torch
 
-from bench.influence import BERGSON_FIGURES, median_time, parse_args  # noqa: E402
-from bench.projection import compression, k_at_compression  # noqa: E402
-from bench.synthetic import build_model, make_data  # noqa: E402
-from pretrace.batching import batches  # noqa: E402
-from pretrace.documents import compute_document_gradients  # noqa: E402
-from pretrace.ekfac import fit_factors  # noqa: E402
-from pretrace.model import LoadedModel, wrap_model  # noqa: E402
-from pretrace.projection import KroneckerProjection  # noqa: E402
-from pretrace.queries import query_gradients_from_tokens  # noqa: E402
-from pretrace.scores import score_matrix, stream_scores  # noqa: E402
-from tests.peer import pearson  # noqa: E402
+from bench.influence import BERGSON_FIGURES, median_time, parse_args
+from bench.projection import compression, k_at_compression
+from bench.synthetic import build_model, make_data
+from pretrace.inputs.batching import batches
+from pretrace.influence.document_gradients import compute_document_gradients
+from pretrace.influence.ekfac import fit_factors
+from pretrace.model.adapter import LoadedModel, wrap_model
+from pretrace.influence.projection import KroneckerProjection
+from pretrace.influence.query_gradients import query_gradients_from_tokens
+from pretrace.influence.scores import score_matrix, stream_scores
+from pretrace.testing.kronfluence_peer import pearson
 
 FIGURES = BERGSON_FIGURES  # described in bench/influence.py, which prints them from its own run
 

@@ -1,6 +1,6 @@
 """The figures the README quotes from the demo's report, printed from its Parquet tables.
 
-    python bench/demo_findings.py ./data     # the storage root of a finished `pretrace demo`
+    python -m bench.demo_findings ./data     # the storage root of a finished `pretrace demo`
 
 So the README's numbers are read from a file this command wrote, never typed from memory: the
 model's training losses, top-20 source counts of each reasoning kind, the per-nat ratio, the
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pretrace.report.kinds import POOLED
+from pretrace.analyses.kinds import POOLED
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,7 +95,7 @@ def planted_losses(storage: Path) -> dict[int, tuple[float, float, int]]:
     from safetensors import safe_open
 
     from pretrace.demo.planted import planted_facts
-    from pretrace.documents import DocumentGradients
+    from pretrace.influence.document_gradients import DocumentGradients
 
     frequency = {f.key: f.frequency for f in planted_facts()}
     found: dict[int, tuple[list[float], list[float]]] = {}

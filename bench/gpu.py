@@ -1,7 +1,7 @@
 """The CUDA path, checked against the CPU, and measured on a 1B-class model against a training step.
 
-    python bench/gpu.py            # on a machine with a CUDA GPU (a few minutes on an H100)
-    python bench/gpu.py --quick    # a small smoke run (any CUDA GPU)
+    python -m bench.gpu            # on a machine with a CUDA GPU (a few minutes on an H100)
+    python -m bench.gpu --quick    # a small smoke run (any CUDA GPU)
 
 Checks (tiny random Llama, fresh random inputs): float32 on the GPU against float32 on the CPU
 for EK-FAC factors and scores (relative error), and for scores through stored projected
@@ -12,11 +12,11 @@ threshold; the exit status is 1 if any fails.
 
 Products: the score product of one batch in one layer at the scale run's width, as one long
 (Q, D) x (D, B) product against the batched product over blocks of rows that scoring uses
-(`pretrace.blocked_products`), for several block sizes, as time ratios and errors against float64.
+(`pretrace.influence.blocked_products`), for several block sizes, as time ratios and errors against float64.
 
 Scale (TinyLlama-1.1B's shape: 22 blocks, hidden 2048 -> 5632, 32 heads with 4 key-value heads,
 vocabulary 32000; random weights in bf16, as `load_model` loads a bf16 checkpoint; Zipf-random
-tokens): the memory plan (`pretrace.memory_plan`) chooses the layer groups that fit the GPU, then
+tokens): the memory plan (`pretrace.planning.memory_plan`) chooses the layer groups that fit the GPU, then
 every step runs with them and its peak device memory (the allocator's) is printed against the
 plan. Times are ratios to a bf16 training step (forward, backward into every parameter) over the
 same documents at the same batch size, in the same run: scoring tokens/s over training tokens/s
@@ -30,32 +30,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
-from transformers import LlamaForCausalLM  # noqa: E402
+import torch
+from transformers import LlamaForCausalLM
 
-from bench.synthetic import build_model, config_of, make_data  # noqa: E402
-from pretrace.batching import batches  # noqa: E402
-from pretrace.blocked_products import blocked_inner_products  # noqa: E402
-from pretrace.capture import capture  # noqa: E402
-from pretrace.documents import compute_document_gradients  # noqa: E402
-from pretrace.ekfac import Factors, eigenbasis, fit_covariances, fit_factors, fit_lambdas, make_factors  # noqa: E402
-from pretrace.layer_groups import layer_groups  # noqa: E402
-from pretrace.memory_plan import GB, ModelShape, Workload, fitting_plan  # noqa: E402
-from pretrace.model import wrap_model  # noqa: E402
-from pretrace.projection import KroneckerProjection  # noqa: E402
-from pretrace.quantization import quantize  # noqa: E402
-from pretrace.queries import query_gradients_from_tokens  # noqa: E402
-from pretrace.scores import score_matrix, stream_scores  # noqa: E402
-from tests.peer import pearson  # noqa: E402
+from bench.synthetic import build_model, config_of, make_data
+from pretrace.inputs.batching import batches
+from pretrace.influence.blocked_products import blocked_inner_products
+from pretrace.influence.capture import capture
+from pretrace.influence.document_gradients import compute_document_gradients
+from pretrace.influence.ekfac import Factors, eigenbasis, fit_covariances, fit_factors, fit_lambdas, make_factors
+from pretrace.influence.layer_groups import layer_groups
+from pretrace.planning.memory_plan import GB, ModelShape, Workload, fitting_plan
+from pretrace.model.adapter import wrap_model
+from pretrace.influence.projection import KroneckerProjection
+from pretrace.influence.quantization import quantize
+from pretrace.influence.query_gradients import query_gradients_from_tokens
+from pretrace.influence.scores import score_matrix, stream_scores
+from pretrace.testing.kronfluence_peer import pearson
 
 
 def parse_args(argv=None) -> argparse.Namespace:

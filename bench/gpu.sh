@@ -8,5 +8,5 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results}
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu-card.txt"
-python3 bench/gpu.py --quick --out "$OUT/gpu-quick.json" 2>&1 | tee "$OUT/gpu-quick.txt"
-python3 bench/gpu.py --out "$OUT/gpu.json" --profile "$OUT/gpu-profile" 2>&1 | tee "$OUT/gpu.txt"
+python3 -m bench.gpu --quick --out "$OUT/gpu-quick.json" 2>&1 | tee "$OUT/gpu-quick.txt"
+python3 -m bench.gpu --out "$OUT/gpu.json" --profile "$OUT/gpu-profile" 2>&1 | tee "$OUT/gpu.txt"

@@ -1,7 +1,7 @@
 """Influence benchmark: pretrace's paths against a plain forward+backward measured in the same run.
 
-    python bench/influence.py            # the default shape (6-10 minutes on a shared 2-core CPU)
-    python bench/influence.py --quick    # a tiny smoke run (~20 s, mostly imports)
+    python -m bench.influence            # the default shape (6-10 minutes on a shared 2-core CPU)
+    python -m bench.influence --quick    # a tiny smoke run (~20 s, mostly imports)
 
 Every figure is a ratio of two times measured in this run, on this machine, with the same
 number of threads, so it does not depend on how fast the machine is. The baseline is one
@@ -37,27 +37,25 @@ from pathlib import Path
 from typing import Callable, get_args
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
-from safetensors.torch import load_file, save_file  # noqa: E402
+import torch
+from safetensors.torch import load_file, save_file
 
-from bench.memory import hwm_bytes as _hwm_bytes  # noqa: E402
-from bench.projection import DEMO, QUERIES, demo_setup, store_accuracy, trained_setup  # noqa: E402
-from bench.synthetic import build_model, make_data  # noqa: E402
-from pretrace.batching import batches  # noqa: E402
-from pretrace.capture import capture  # noqa: E402
-from pretrace.config import StoredGradientDtype  # noqa: E402
-from pretrace.documents import compute_document_gradients  # noqa: E402
-from pretrace.ekfac import Factors, fit_factors  # noqa: E402
-from pretrace.model import wrap_model  # noqa: E402
-from pretrace.documents import DocumentGradients  # noqa: E402
-from pretrace.projection import BASES, KroneckerProjection  # noqa: E402
-from pretrace.queries import compute_query_gradients, query_gradients_from_tokens  # noqa: E402
-from pretrace.retrieval import recall  # noqa: E402
-from pretrace.scores import score_matrix, stream_scores  # noqa: E402
-from tests.peer import Sequences, collate_fn, pearson, summed_task  # noqa: E402
+from bench.memory import hwm_bytes as _hwm_bytes
+from bench.projection import DEMO, QUERIES, demo_setup, store_accuracy, trained_setup
+from bench.synthetic import build_model, make_data
+from pretrace.inputs.batching import batches
+from pretrace.influence.capture import capture
+from pretrace.config import StoredGradientDtype
+from pretrace.influence.document_gradients import compute_document_gradients
+from pretrace.influence.ekfac import Factors, fit_factors
+from pretrace.model.adapter import wrap_model
+from pretrace.influence.document_gradients import DocumentGradients
+from pretrace.influence.projection import BASES, KroneckerProjection
+from pretrace.influence.query_gradients import compute_query_gradients, query_gradients_from_tokens
+from pretrace.influence.reranking import recall
+from pretrace.influence.scores import score_matrix, stream_scores
+from pretrace.testing.kronfluence_peer import Sequences, collate_fn, pearson, summed_task
 
 BERGSON_FIGURES = ["bergson_vs_pretrace_factors", "bergson_vs_pretrace_pairwise", "bergson_vs_pretrace_new_queries",
                    "bergson_pearson", "bergson_projected_pearson"]
@@ -284,7 +282,7 @@ def memory_children(args, directory: str, jobs: list[tuple[str, int]]) -> list[d
     equal (bench/README.md), which hid whether memory stays flat as documents double."""
     results = []
     for mode, n_docs in jobs:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-child", directory, mode, str(n_docs)]
+        cmd = [sys.executable, "-m", __spec__.name, "--memory-child", directory, mode, str(n_docs)]
         done = subprocess.run(cmd + shape_flags(args), capture_output=True, text=True, cwd=str(ROOT))
         if done.returncode != 0:
             raise RuntimeError(f"memory subprocess failed:\n{done.stderr[-3000:]}")

@@ -15,10 +15,10 @@ GPT-2/WikiText-2). Methods, all from the same gradients:
   instead of the corrected ones);
 - `lds_identity`: no preconditioning (raw gradient dot products);
 - `lds_projected_{basis}`: EK-FAC through a store projected to 32 x 32 per layer, in each
-  projection basis (raw, whitened, principal: `pretrace.projection`).
+  projection basis (raw, whitened, principal: `pretrace.influence.projection`).
 
-    python bench/lds.py                   # ~12 minutes on 2 idle cores (51 trainings)
-    python bench/lds.py --subsets 8 --steps 60 --documents 96   # a smoke run
+    python -m bench.lds                   # ~12 minutes on 2 idle cores (51 trainings)
+    python -m bench.lds --subsets 8 --steps 60 --documents 96   # a smoke run
 """
 
 from __future__ import annotations
@@ -29,22 +29,21 @@ import platform
 import random
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pretrace.config import Damping  # noqa: E402
-from pretrace.documents import compute_document_gradients  # noqa: E402
-from pretrace.ekfac import Factors, eigenbasis, fit_covariances, fit_lambdas, make_factors  # noqa: E402
-from pretrace.batching import batches  # noqa: E402
-from pretrace.model import wrap_model  # noqa: E402
-from pretrace.projection import BASES, KroneckerProjection  # noqa: E402
-from pretrace.queries import Query, compute_query_gradients, encode_queries  # noqa: E402
-from pretrace.scores import score_matrix  # noqa: E402
-from pretrace.tailpatch import completion_logprob  # noqa: E402
+from pretrace.config import Damping
+from pretrace.influence.document_gradients import compute_document_gradients
+from pretrace.influence.ekfac import Factors, eigenbasis, fit_covariances, fit_lambdas, make_factors
+from pretrace.inputs.batching import batches
+from pretrace.model.adapter import wrap_model
+from pretrace.influence.projection import BASES, KroneckerProjection
+from pretrace.influence.query_gradients import compute_query_gradients
+from pretrace.inputs.query_file import Query, encode_queries
+from pretrace.influence.scores import score_matrix
+from pretrace.evaluation.tailpatch import completion_logprob
 
 SHAPE = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 256}
 

@@ -1,9 +1,9 @@
 """How much of the exact EK-FAC scores a projected store keeps, on a trained model.
 
-    python bench/projection.py              # the tests' tiny model: ~2 minutes on a shared 2-core CPU
-    python bench/projection.py --seeds 3    # quicker
-    python bench/projection.py --model demo # the demo's model and projection: ~30 minutes
-    python bench/projection.py --model demo --device cuda --hidden 512 --intermediate 2048 --ks 32 64 128 256
+    python -m bench.projection              # the tests' tiny model: ~2 minutes on a shared 2-core CPU
+    python -m bench.projection --seeds 3    # quicker
+    python -m bench.projection --model demo # the demo's model and projection: ~30 minutes
+    python -m bench.projection --model demo --device cuda --hidden 512 --intermediate 2048 --ks 32 64 128 256
                                             # the demo's model 4x wider, on a GPU
 
 With ``--model demo`` the model is the demo's (a 2M-parameter Llama with 128 x 512 MLP layers,
@@ -41,35 +41,33 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+import torch
 
-from pipeline.settings import demo_config  # noqa: E402
-from pretrace.batching import batches  # noqa: E402
-from pretrace.corpus import read_records, tokenize_documents  # noqa: E402
-from pretrace.demo.corpus import build_demo_corpus  # noqa: E402
-from pretrace.demo.queries import build_demo_queries  # noqa: E402
-from pretrace.demo.train import train_demo_model  # noqa: E402
-from pretrace.documents import DocumentGradients  # noqa: E402
-from pretrace.documents import compute_document_gradients, stored_as  # noqa: E402
-from pretrace.ekfac import fit_factors  # noqa: E402
-from pretrace.model import load_model, wrap_model  # noqa: E402
-from pretrace.projection import KroneckerProjection  # noqa: E402
-from pretrace.quantization import BITS, factor_bytes, row_bytes  # noqa: E402
-from pretrace.query_file import queries_from_table, read_queries  # noqa: E402
-from pretrace.queries import Query, compute_query_gradients  # noqa: E402
-from pretrace.retrieval import recall  # noqa: E402
-from pretrace.scores import score_matrix, stream_scores  # noqa: E402
-from tests.peer import pearson  # noqa: E402
-from tests.tiny import sentence_documents, tiny_tokenizer, trained_tiny_llama  # noqa: E402
+from pretrace.pipeline.settings import demo_config
+from pretrace.inputs.batching import batches
+from pretrace.inputs.corpus import read_records, tokenize_documents
+from pretrace.demo.corpus import build_demo_corpus
+from pretrace.demo.queries import build_demo_queries
+from pretrace.demo.train import train_demo_model
+from pretrace.influence.document_gradients import DocumentGradients
+from pretrace.influence.document_gradients import compute_document_gradients, stored_as
+from pretrace.influence.ekfac import fit_factors
+from pretrace.model.adapter import load_model, wrap_model
+from pretrace.influence.projection import KroneckerProjection
+from pretrace.influence.quantization import BITS, factor_bytes, row_bytes
+from pretrace.inputs.query_file import queries_from_table, read_queries
+from pretrace.influence.query_gradients import compute_query_gradients
+from pretrace.inputs.query_file import Query
+from pretrace.influence.reranking import recall
+from pretrace.influence.scores import score_matrix, stream_scores
+from pretrace.testing.kronfluence_peer import pearson
+from pretrace.testing.tiny import sentence_documents, tiny_tokenizer, trained_tiny_llama
 
 QUERIES = [
     Query("capital", "The capital of France is", " Paris."),

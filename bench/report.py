@@ -1,8 +1,8 @@
 """Report benchmark: build influence_report from synthetic per-shard statistics, at N and 2N documents.
 
-    python bench/report.py            # 80 queries x 1,000,000 documents in 100 shards, then 2x
-    python bench/report.py --quick    # 20 queries x 100,000 documents in 10 shards, then 2x
-    python bench/report.py --docs 500000 --shards 50 --queries 40
+    python -m bench.report            # 80 queries x 1,000,000 documents in 100 shards, then 2x
+    python -m bench.report --quick    # 20 queries x 100,000 documents in 10 shards, then 2x
+    python -m bench.report --docs 500000 --shards 50 --queries 40
 
 Doubling adds shards of the same size (the way a corpus grows: more files). Each step runs in its
 own subprocess, which reports its own peak RSS (VmHWM, see bench/memory.py): the two halves of
@@ -26,10 +26,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from bench.memory import hwm_bytes  # noqa: E402
+from bench.memory import hwm_bytes
 
 FIGURES = [
     "documents_1x", "documents_2x", "shards_1x", "queries",
@@ -40,8 +38,8 @@ FIGURES = [
 
 
 def child_summarize(args) -> dict:
-    from pretrace.report.synthetic import write_synthetic_shards
-    from pretrace.storage import Storage
+    from pretrace.testing.synthetic_shards import write_synthetic_shards
+    from pretrace.store.storage import Storage
 
     store = Storage(args.root)
     queries = store.read_parquet("query_gradients/queries.parquet")
@@ -51,11 +49,11 @@ def child_summarize(args) -> dict:
 
 
 def child_report(args) -> dict:
-    from pretrace.report.analysis import ReportConfig
+    from pretrace.analyses.analysis import ReportConfig
     from pretrace.report.build import make_report, write_report
-    from pretrace.report.merge import merge_stored
-    from pretrace.report.synthetic import synthetic_shard_files
-    from pretrace.storage import Storage
+    from pretrace.analyses.merge import merge_stored
+    from pretrace.testing.synthetic_shards import synthetic_shard_files
+    from pretrace.store.storage import Storage
 
     store = Storage(args.root)
     queries = store.read_parquet("query_gradients/queries.parquet")
@@ -71,7 +69,7 @@ def child_report(args) -> dict:
 
 def run_child(kind: str, root: str, extra: list[str]) -> tuple[subprocess.Popen, Path]:
     out = Path(root) / f"result-{kind}-{'-'.join(extra)}.json"
-    cmd = [sys.executable, __file__, "--child", kind, "--root", root, "--result", str(out), *extra]
+    cmd = [sys.executable, "-m", __spec__.name, "--child", kind, "--root", root, "--result", str(out), *extra]
     return subprocess.Popen(cmd, cwd=ROOT), out
 
 
@@ -110,8 +108,8 @@ def main() -> None:
     per_shard = docs // shards
     log = lambda *a: print(*a, flush=True)  # noqa: E731
     with tempfile.TemporaryDirectory(prefix="pretrace-bench-report-", dir=args.workdir) as root:
-        from pretrace.report.synthetic import synthetic_queries
-        from pretrace.storage import Storage
+        from pretrace.testing.synthetic_shards import synthetic_queries
+        from pretrace.store.storage import Storage
 
         Storage(root).write_parquet("query_gradients/queries.parquet", synthetic_queries(n_queries))
         log(f"[bench] {n_queries} queries; {shards} x {per_shard:,} documents (1x) and {2 * shards} shards (2x)")

@@ -1,8 +1,8 @@
 """What deciding costs: a rerun with nothing changed against the first run, and the recompute
 policy's evaluation over many shards.
 
-    python bench/rerun.py              # ~1 minute on a 2-core CPU
-    python bench/rerun.py --shards 200 # the policy figure at another corpus size
+    python -m bench.rerun              # ~1 minute on a 2-core CPU
+    python -m bench.rerun --shards 200 # the policy figure at another corpus size
 
 1. The tiny test project (tests/pipeline/project.py: two shards, three queries), run in-process
    with `pretrace run`'s runner: the first run, then a rerun with nothing changed, which must
@@ -17,21 +17,18 @@ policy's evaluation over many shards.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 warnings.filterwarnings("ignore")
 
-from pretrace.config import load_config  # noqa: E402
-from pretrace.provenance import Project  # noqa: E402
-from tests.pipeline.project import make_project, run_pipeline  # noqa: E402
+from pretrace.config import load_config
+from pretrace.project.provenance import Project
+from tests.pipeline.project import make_project, run_pipeline
 
 
 def seconds(fn) -> float:

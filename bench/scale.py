@@ -1,12 +1,12 @@
 """Real layer shapes on this CPU: the memory plan against measured allocations, and the plans of
 7B and 35B models on 80 GB GPUs.
 
-    python bench/scale.py          # half TinyLlama-1.1B's width (1024 -> 2816), 2 blocks: a few minutes
-    python bench/scale.py --full   # TinyLlama's full width (2048 -> 5632), 2 blocks: much longer
+    python -m bench.scale          # half TinyLlama-1.1B's width (1024 -> 2816), 2 blocks: a few minutes
+    python -m bench.scale --full   # TinyLlama's full width (2048 -> 5632), 2 blocks: much longer
 
 Random-initialised Llama (no download), float32 on the CPU, a small Zipf-random corpus. Each step
 (covariances, eigendecomposition, eigenvalue correction, query gradients, scoring) runs under
-`pretrace.allocations.PeakAllocations`; its plan (`pretrace.memory_plan`: `Step.allocated`, less
+`pretrace.planning.peak_memory.PeakAllocations`; its plan (`pretrace.planning.memory_plan`: `Step.allocated`, less
 the inputs already in memory, such as the weights) is printed beside it. The same covariances are
 also eigendecomposed in diagonal blocks (`factor_block_size`: the widest side in 4 blocks), timed
 against the whole, and the plan sizes that decomposition for Llama-2-70B's MLPs whole and in blocks.
@@ -18,27 +18,24 @@ in 4 diagonal blocks. Prints one `name: value` line per figure.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
-from transformers import CohereConfig, LlamaConfig  # noqa: E402
+import torch
+from transformers import CohereConfig, LlamaConfig
 
-from bench.synthetic import build_model, config_of, make_data  # noqa: E402
-from pretrace.allocations import PeakAllocations  # noqa: E402
-from pretrace.batching import batches  # noqa: E402
-from pretrace.ekfac import eigenbasis, fit_covariances, fit_lambdas, make_factors  # noqa: E402
-from pretrace.errors import InputError  # noqa: E402
-from pretrace.memory_plan import GB, ModelShape, Workload, fitting_plan, plan  # noqa: E402
-from pretrace.model import wrap_model  # noqa: E402
-from pretrace.queries import query_gradients_from_tokens  # noqa: E402
-from pretrace.scores import stream_scores  # noqa: E402
+from bench.synthetic import build_model, config_of, make_data
+from pretrace.planning.peak_memory import PeakAllocations
+from pretrace.inputs.batching import batches
+from pretrace.influence.ekfac import eigenbasis, fit_covariances, fit_lambdas, make_factors
+from pretrace.errors import InputError
+from pretrace.planning.memory_plan import GB, ModelShape, Workload, fitting_plan, plan
+from pretrace.model.adapter import wrap_model
+from pretrace.influence.query_gradients import query_gradients_from_tokens
+from pretrace.influence.scores import stream_scores
 
 LLAMA_2_7B = LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
                          num_attention_heads=32)

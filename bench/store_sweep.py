@@ -1,7 +1,7 @@
 """Which factored int4 store to keep: principal block size k against document rank c, on the demo's model.
 
-    python bench/store_sweep.py                          # ~12 minutes on a shared 2-core CPU
-    python bench/store_sweep.py --ks 256 304 --ranks 16 18
+    python -m bench.store_sweep                          # ~12 minutes on a shared 2-core CPU
+    python -m bench.store_sweep --ks 256 304 --ranks 16 18
 
 The demo's model is trained as `pretrace demo` trains it and a seeded sample of --documents of
 its corpus's documents is scored by its 76 queries, exactly and through each (k, k) principal
@@ -24,18 +24,16 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+import torch
 
-from bench.projection import BASIS, DEMO, compression, demo_setup  # noqa: E402
-from pretrace.documents import DocumentGradients, compute_document_gradients, stored_as  # noqa: E402
-from pretrace.projection import KroneckerProjection  # noqa: E402
-from pretrace.queries import compute_query_gradients  # noqa: E402
-from pretrace.retrieval import recall  # noqa: E402
-from pretrace.scores import score_matrix, stream_scores  # noqa: E402
-from tests.peer import pearson  # noqa: E402
+from bench.projection import BASIS, DEMO, compression, demo_setup
+from pretrace.influence.document_gradients import DocumentGradients, compute_document_gradients, stored_as
+from pretrace.influence.projection import KroneckerProjection
+from pretrace.influence.query_gradients import compute_query_gradients
+from pretrace.influence.reranking import recall
+from pretrace.influence.scores import score_matrix, stream_scores
+from pretrace.testing.kronfluence_peer import pearson
 
 DTYPE = "int4"
 

@@ -6,8 +6,8 @@ peak above what it held before tokenizing (imports, tokenizer, the text itself).
 measured in the same run, is the old way: the whole 10 MB document through the tokenizer at
 once with character offsets.
 
-    python bench/tokenize_memory.py            # 1 MB and 10 MB, ~1 minute on 2 cores
-    python bench/tokenize_memory.py --mb 1 4   # other sizes (the first is the reference)
+    python -m bench.tokenize_memory            # 1 MB and 10 MB, ~1 minute on 2 cores
+    python -m bench.tokenize_memory --mb 1 4   # other sizes (the first is the reference)
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.memory import hwm_bytes
 
-from bench.memory import hwm_bytes  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _document(megabytes: float) -> str:
     """A deterministic text of about ``megabytes`` MB: sentences of the test vocabulary."""
-    from tests.tiny import SENTENCES
+    from pretrace.testing.tiny import SENTENCES
 
     rng = random.Random(0)
     parts, size = [], 0
@@ -40,8 +40,8 @@ def _document(megabytes: float) -> str:
 
 def measure(megabytes: float, whole: bool) -> dict:
     """In this (fresh) process: tokenize one document, return peak memory figures."""
-    from pretrace.corpus import tokenize_documents
-    from tests.tiny import tiny_tokenizer
+    from pretrace.inputs.corpus import tokenize_documents
+    from pretrace.testing.tiny import tiny_tokenizer
 
     tokenizer = tiny_tokenizer(vocab_size=1000)
     text = _document(megabytes)
@@ -58,8 +58,8 @@ def measure(megabytes: float, whole: bool) -> dict:
 
 
 def _child(megabytes: float, whole: bool) -> dict:
-    command = [sys.executable, __file__, "--child", str(megabytes)] + (["--whole"] if whole else [])
-    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    command = [sys.executable, "-m", __spec__.name, "--child", str(megabytes)] + (["--whole"] if whole else [])
+    out = subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 

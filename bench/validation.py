@@ -9,9 +9,9 @@ intervals, and how often each method beat random on the same query; then, for th
 about planted facts, the mean reciprocal rank (and recall@k) of the documents stating the fact
 in each method's top k, over all of them and by how many documents state the fact.
 
-    python bench/validation.py                 # a fresh demo in a temporary folder (~10 min on 2 cores)
-    python bench/validation.py --dir ./demo    # reuse (or create) a demo folder: reruns compute nothing new
-    python bench/validation.py --compare-seeds 1   # also a second demo model (seed 1), compared with the first
+    python -m bench.validation                 # a fresh demo in a temporary folder (~10 min on 2 cores)
+    python -m bench.validation --dir ./demo    # reuse (or create) a demo folder: reruns compute nothing new
+    python -m bench.validation --compare-seeds 1   # also a second demo model (seed 1), compared with the first
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def main() -> None:
     folder.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     compare = ["--compare-seeds", *map(str, args.compare_seeds)] if args.compare_seeds else []
-    subprocess.run([sys.executable, "-m", "pipeline.cli", "demo", "--dir", str(folder), *compare], cwd=folder, check=True,
+    subprocess.run([sys.executable, "-m", "pretrace.pipeline.cli", "demo", "--dir", str(folder), *compare], cwd=folder, check=True,
                    env={"PYTHONPATH": str(ROOT), **__import__("os").environ}, stdout=subprocess.DEVNULL)
     results = folder / "data" / "attribution_eval"
     summary = pl.read_parquet(results / "summary.parquet")

@@ -1,7 +1,7 @@
 """Declarative automation driven by the recompute policy: every artefact is kept current.
 
 One custom condition, `OutOfDate`, is put on every materializable asset. On each tick it asks
-`pretrace.provenance.Project` which partitions are missing or stale with all their inputs
+`pretrace.project.provenance.Project` which partitions are missing or stale with all their inputs
 current, and requests those whose expected manifest it has not requested before. So:
 
 - a new corpus file flows through tokens, gradients and scores to one new report, stage by
@@ -24,12 +24,12 @@ import json
 
 import dagster as dg
 
-from assets.common import artefact_of
-from assets.partitions import to_pretrace
+from pretrace.assets.common import artefact_of
+from pretrace.assets.partitions import to_pretrace
 from pretrace.errors import PretraceError
-from pretrace.layout import canonical_json
-from pretrace.provenance import Project
-from resources.pretrace import PretraceResource
+from pretrace.project.manifests import canonical_json
+from pretrace.project.provenance import Project
+from pretrace.resources.pretrace import PretraceResource
 
 from .sensors import interval_from_env
 

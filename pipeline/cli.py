@@ -19,9 +19,9 @@ import yaml
 
 from pretrace.config import load_config
 from pretrace.errors import PretraceError
-from pretrace.provenance import Project
+from pretrace.project.provenance import Project
 
-from assets.common import PROGRESS_LOGGER
+from pretrace.assets.common import PROGRESS_LOGGER
 
 from .settings import CONFIG_ENV, DEMO_DIR_ENV, LOCAL_INSTANCE, demo_config, save_demo_settings
 
@@ -76,9 +76,9 @@ def _run(defs: dg.Definitions, force: bool) -> None:
 
 
 def _check_inputs(defs: dg.Definitions, *, load_weights: bool) -> Project:
-    """Every input problem at once, before any artefact is computed (pretrace.preflight); the
+    """Every input problem at once, before any artefact is computed (pretrace.project.preflight); the
     project it read, for the run to go on from."""
-    from pretrace.preflight import preflight
+    from pretrace.project.preflight import preflight
 
     project = defs.resources["pretrace"].project()
     for warning in preflight(project, load_weights=load_weights, progress=_say):
@@ -87,9 +87,9 @@ def _check_inputs(defs: dg.Definitions, *, load_weights: bool) -> Project:
 
 
 def _print_plans(project: Project) -> None:
-    """Each model's memory plan (`pretrace.device_plan`); a plan that cannot fit the device stops
+    """Each model's memory plan (`pretrace.project.device_plan`); a plan that cannot fit the device stops
     the run here, before any weights are loaded."""
-    from pretrace.device_plan import project_plans
+    from pretrace.project.device_plan import project_plans
 
     for name, device_plan in project_plans(project):
         _say(f"{'model' if name is None else f'compared model {name}'}: {device_plan.headline()}")
@@ -157,7 +157,7 @@ def status(args: argparse.Namespace) -> None:
 
 def clean(args: argparse.Namespace) -> None:
     """Remove orphaned artefacts (`Project.orphans`) and killed writers' temporaries."""
-    from assets.partitions import shard_partitions
+    from pretrace.assets.partitions import shard_partitions
 
     project = _definitions(args).resources["pretrace"].project()
     orphans = [(owner, artefact, shard) for _, owner in project.projects() for artefact, shard in owner.orphans()]
@@ -180,7 +180,7 @@ def ui(args: argparse.Namespace) -> None:
     if args.config:
         env[CONFIG_ENV] = str(Path(args.config).absolute())
     env.setdefault(DEMO_DIR_ENV, str(Path(".").absolute()))
-    command = [sys.executable, "-m", "dagster", "dev", "-m", "pipeline.definitions", "-h", args.host, "-p", str(args.port)]
+    command = [sys.executable, "-m", "dagster", "dev", "-m", "pretrace.pipeline.definitions", "-h", args.host, "-p", str(args.port)]
     raise SystemExit(run_process_group(command, env))
 
 

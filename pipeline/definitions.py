@@ -6,23 +6,23 @@ import hashlib
 
 import dagster as dg
 
-from assets.checks import CHECKS
-from assets.common import artefact_of
-from assets.comparison import build_model_comparison
-from assets.corpus import corpus_files, corpus_shards
-from assets.ekfac import ekfac_covariances, ekfac_eigenbasis, ekfac_factors, ekfac_lambdas, fitting_assets
-from assets.evaluation import EIGENBASIS_ATTRIBUTION_EVAL, attribution_eval
-from assets.gradients import EIGENBASIS_DOCUMENT_GRADIENTS, document_gradients
-from assets.k8s import executor_from_env
-from assets.model import checkpoint, checkpoint_source, demo_model, user_model
-from assets.queries import completions, queries, query_file, query_gradients
-from assets.report import build_report_with_comparison, influence_report
-from assets.retrieval import reranked_scores
-from assets.scores import influence_scores
+from pretrace.assets.checks import CHECKS
+from pretrace.assets.common import artefact_of
+from pretrace.assets.comparison import build_model_comparison
+from pretrace.assets.corpus import corpus_files, corpus_shards
+from pretrace.assets.ekfac import ekfac_covariances, ekfac_eigenbasis, ekfac_factors, ekfac_lambdas, fitting_assets
+from pretrace.assets.evaluation import EIGENBASIS_ATTRIBUTION_EVAL, attribution_eval
+from pretrace.assets.gradients import EIGENBASIS_DOCUMENT_GRADIENTS, document_gradients
+from pretrace.assets.k8s import executor_from_env
+from pretrace.assets.model import checkpoint, checkpoint_source, demo_model, user_model
+from pretrace.assets.queries import completions, queries, query_file, query_gradients
+from pretrace.assets.report import build_report_with_comparison, influence_report
+from pretrace.assets.retrieval import reranked_scores
+from pretrace.assets.scores import influence_scores
 from pretrace.config import PretraceConfig
-from pretrace.layout import canonical_json
-from pretrace.provenance import settings_of
-from resources.pretrace import PretraceResource
+from pretrace.project.manifests import canonical_json
+from pretrace.project.provenance import settings_of
+from pretrace.resources.pretrace import PretraceResource
 
 from .automation import OutOfDate, build_automation_sensor
 from .jobs import JOBS

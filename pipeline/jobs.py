@@ -2,11 +2,11 @@
 
 import dagster as dg
 
-from assets.corpus import corpus_shards
-from assets.ekfac import ekfac_covariances, ekfac_lambdas
-from assets.gradients import document_gradients
-from assets.partitions import shard_partitions
-from assets.scores import influence_scores
+from pretrace.assets.corpus import corpus_shards
+from pretrace.assets.ekfac import ekfac_covariances, ekfac_lambdas
+from pretrace.assets.gradients import document_gradients
+from pretrace.assets.partitions import shard_partitions
+from pretrace.assets.scores import influence_scores
 
 # What a new corpus file needs: its tokens, its document gradients and its scores.
 shard_job = dg.define_asset_job(

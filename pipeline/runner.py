@@ -1,5 +1,5 @@
 """`pretrace run`: bring every artefact up to date in-process, recomputing exactly what the
-recompute policy says is missing or stale (pretrace.provenance), in the asset graph's order.
+recompute policy says is missing or stale (pretrace.project.provenance), in the asset graph's order.
 
 Before any work: the storage root must be writable, runs of this machine whose process died are
 marked failed (they would stay STARTED for ever), and temporaries that killed writers left are
@@ -15,12 +15,12 @@ from typing import Callable
 
 import dagster as dg
 
-from assets.common import artefact_of
-from assets.partitions import to_dagster
+from pretrace.assets.common import artefact_of
+from pretrace.assets.partitions import to_dagster
 from pretrace.errors import NotReady
-from pretrace.provenance import Project
-from pretrace.storage import pid_alive
-from resources.pretrace import PretraceResource
+from pretrace.project.provenance import Project
+from pretrace.store.storage import pid_alive
+from pretrace.resources.pretrace import PretraceResource
 
 from .sensors import CLEAN_HINT, refresh_inputs
 

@@ -7,7 +7,7 @@ import os
 
 import dagster as dg
 
-from resources.pretrace import PretraceResource
+from pretrace.resources.pretrace import PretraceResource
 
 from .jobs import shard_job
 from .sensors import CLEAN_HINT, refresh_inputs

@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from assets.common import seconds_from_env
-from assets.partitions import shard_partitions
+from pretrace.assets.common import seconds_from_env
+from pretrace.assets.partitions import shard_partitions
 from pretrace.errors import PretraceError
-from pretrace.layout import label
-from pretrace.provenance import Project
-from resources.pretrace import PretraceResource
+from pretrace.project.artefacts import label
+from pretrace.project.provenance import Project
+from pretrace.resources.pretrace import PretraceResource
 
 SENSOR_INTERVAL_ENV = "PRETRACE_SENSOR_INTERVAL_S"
 CLEAN_HINT = "remove their artefacts with `pretrace clean --config <pretrace.yaml>`"

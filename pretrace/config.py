@@ -35,10 +35,10 @@ PATH_KEYS = ("model", "corpus", "queries", "storage")
 SHARED_BY_COMPARED_MODELS = ("corpus", "queries", "storage", "compare_models")
 """Settings every compared model takes from the main configuration."""
 ProjectionBasis = Literal["whitened", "principal", "raw"]
-"""How stored document gradients are projected (`pretrace.projection`)."""
+"""How stored document gradients are projected (`pretrace.influence.projection`)."""
 StoredGradientDtype = Literal["float32", "bfloat16", "int8", "int4"]
 QUANTIZED_DTYPES = tuple(d for d in get_args(StoredGradientDtype) if d.startswith("int"))
-"""The stored precisions `pretrace.quantization` writes, dense or factored."""
+"""The stored precisions `pretrace.influence.quantization` writes, dense or factored."""
 
 
 def _positive_number(value: Any) -> float:
@@ -317,7 +317,7 @@ class PretraceConfig(BaseModel):
 
     @property
     def loading(self) -> dict[str, bool]:
-        """The options every load of the checkpoint takes (`pretrace.model.load_model`)."""
+        """The options every load of the checkpoint takes (`pretrace.model.adapter.load_model`)."""
         return {"trust_remote_code": self.trust_remote_code, "allow_pickle": self.allow_pickle}
 
     def resolve_paths(self, base_dir: str | os.PathLike) -> PretraceConfig:

@@ -22,7 +22,7 @@ class NotReady(PretraceError, RuntimeError):
 
 
 class InputErrors(InputError):
-    """Several input problems found in one pass (`pretrace.preflight`), one line each."""
+    """Several input problems found in one pass (`pretrace.project.preflight`), one line each."""
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = list(problems)

@@ -1,4 +1,5 @@
-"""Dagster resources: one service over the configuration schema in pretrace.config."""
+"""Dagster resources: one service over the configuration schema in pretrace.config.
+Imports any pretrace science package (never pretrace.testing); imported by pretrace.assets and pretrace.pipeline."""
 
 from .pretrace import PretraceResource
 

@@ -16,7 +16,7 @@ import dagster as dg
 from pydantic import Field
 
 from pretrace.config import DESCRIPTIONS, PretraceConfig, parse_config
-from pretrace.provenance import Project
+from pretrace.project.provenance import Project
 
 _DEFAULTS = PretraceConfig()
 

@@ -33,7 +33,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
 
 @pytest.fixture(scope="session", autouse=True)
 def private_digest_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """The suite's content-digest cache (pretrace.fingerprint) lives in its own temp folder,
+    """The suite's content-digest cache (pretrace.store.fingerprint) lives in its own temp folder,
     inherited by every subprocess, so tests neither read nor fill the user's cache."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PRETRACE_CACHE_DIR", str(tmp_path_factory.mktemp("pretrace-cache")))
@@ -73,7 +73,7 @@ def trained_llama() -> tuple[PreTrainedTokenizerFast, torch.nn.Module]:
     """(tokenizer, model): the tiny Llama trained on sentence_documents, trained once per session.
     Shared, so consumers must not change its weights (wrap_model only moves it and sets eval
     mode; kronfluence works on a deep copy)."""
-    from tests.tiny import sentence_documents, tiny_tokenizer, trained_tiny_llama
+    from pretrace.testing.tiny import sentence_documents, tiny_tokenizer, trained_tiny_llama
 
     tok = tiny_tokenizer()
     return tok, trained_tiny_llama(tok, sentence_documents(tok))

@@ -65,7 +65,7 @@ def s3_root(s3_server: str) -> str:
 
 def upload(local: Path, url: str) -> None:
     """Copy every file under the folder `local` to the S3 prefix `url`, one PUT each."""
-    from pretrace.storage import Storage
+    from pretrace.store.storage import Storage
 
     store = Storage(url)
     for path in sorted(p for p in local.rglob("*") if p.is_file()):

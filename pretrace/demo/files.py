@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pretrace.corpus import CORPUS_SUFFIXES
+from pretrace.inputs.corpus import CORPUS_SUFFIXES
 
 def _jsonl(records: Sequence[dict]) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()

@@ -4,7 +4,7 @@ in several paraphrases, each fact a known number of times (once, a few times, ma
 They give the demo a ground truth no real corpus has: for a query about a planted fact, the
 documents that state it are known, so each attribution method can be scored by where it ranks
 them (recall@k, reciprocal rank), by how often the fact occurs. Every planted document and
-query carries `evidence` (the fact's key; queries also `planted_frequency`); `pretrace.evaluation`
+query carries `evidence` (the fact's key; queries also `planted_frequency`); `pretrace.evaluation.attribution_check`
 matches a query's `evidence` against the documents' for any corpus, not only the demo's.
 """
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from pretrace.corpus import read_records
+from pretrace.inputs.corpus import read_records
 from pretrace.demo.tokenizer import train_tokenizer
 from pretrace.errors import InputError
 

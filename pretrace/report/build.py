@@ -9,12 +9,12 @@ from typing import Sequence
 import polars as pl
 import pyarrow as pa
 
-from ..statistics import ShardStatistics
-from ..storage import Storage
-from . import page, sections
-from .analysis import Analysis, ReportConfig, analyze
-from .formatting import num
-from .merge import ShardFiles, merge_shards, merge_stored
+from pretrace.analyses.shard_statistics import ShardStatistics
+from pretrace.store.storage import Storage
+from pretrace.report import page, sections
+from pretrace.analyses.analysis import Analysis, ReportConfig, analyze
+from pretrace.report.formatting import num
+from pretrace.analyses.merge import ShardFiles, merge_shards, merge_stored
 
 __all__ = ["MAIN_FIGURES", "Report", "ShardFiles", "build_report", "make_report", "markdown_table", "merge_shards",
            "merge_stored", "write_report"]
@@ -75,9 +75,9 @@ def make_report(stats: ShardStatistics, top: pa.Table, queries: pa.Table, config
                 reranked: pa.Table | None = None) -> Report:
     """Analyses, plots, readings and HTML from merged statistics (no storage, no Dagster);
     ``attribution``: the attribution check's summary tables, by name, if there is one;
-    ``comparison``: the comparison with other models (`pretrace.model_comparison`), if any;
-    ``accuracy``: each shard's stored against exact scores (`pretrace.projection_check`), if known;
-    ``reranked``: exact scores of the top lists' candidates (`pretrace.retrieval`), if computed."""
+    ``comparison``: the comparison with other models (`pretrace.analyses.model_comparison`), if any;
+    ``accuracy``: each shard's stored against exact scores (`pretrace.evaluation.projection_check`), if known;
+    ``reranked``: exact scores of the top lists' candidates (`pretrace.influence.reranking`), if computed."""
     analysis = analyze(stats, top, queries, config, attribution, comparison, accuracy, reranked)
     figures = sections.render_figures(analysis)
     readings = sections.readings(analysis)

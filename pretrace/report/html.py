@@ -8,7 +8,7 @@ from typing import Callable
 
 import polars as pl
 
-from .formatting import interval, num
+from pretrace.report.formatting import interval, num
 
 Formatter = Callable[[object], str]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import html
 from datetime import datetime, timezone
 
-from .analysis import Analysis
-from .html import reading
-from .sections import CONTENTS, SECTIONS
+from pretrace.analyses.analysis import Analysis
+from pretrace.report.html import reading
+from pretrace.report.sections import CONTENTS, SECTIONS
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;

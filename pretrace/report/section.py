@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import polars as pl
 
-from .analysis import Analysis
+from pretrace.analyses.analysis import Analysis
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import dagster as dg
 import pytest
 
 from tests.integration.servers import dagster_dev, postgres_bin, postgres_server, wait_for, write_dagster_home
-from pretrace.storage import Storage
+from pretrace.store.storage import Storage
 from tests.pipeline.project import make_project, write_corpus_file
 from tests.s3server import upload
 
@@ -50,8 +50,8 @@ def ops_project(tmp_path_factory, postgres, s3_server):
     write_corpus_file(root / "project" / "corpus" / "part-c.jsonl", 8, 3, "c")
     upload(root / "project" / "corpus", f"{s3}/corpus")
     home = write_dagster_home(root / "dagster_home", postgres)
-    from pipeline.definitions import build_definitions
-    from pipeline.runner import materialize_pipeline
+    from pretrace.pipeline.definitions import build_definitions
+    from pretrace.pipeline.runner import materialize_pipeline
     from pretrace.config import load_config
 
     with dg.DagsterInstance.from_config(str(home)) as instance:
@@ -72,7 +72,7 @@ def dagster_server(ops_project):
 def step_of(ops_project):
     """The step (op) that materializes an asset in the deployment: `document_gradients_in_eigenbasis`
     for `document_gradients` under a projection in the eigenbasis (the default)."""
-    from pipeline.definitions import build_definitions
+    from pretrace.pipeline.definitions import build_definitions
     from pretrace.config import load_config
 
     defs = build_definitions(load_config(ops_project["config"]))

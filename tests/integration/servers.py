@@ -170,7 +170,7 @@ def dagster_dev(home: Path, env: dict[str, str], cwd: Path, timeout: float = 180
     log = home / "dagster-dev.log"
     dagster = Path(sys.executable).parent / "dagster"
     proc = subprocess.Popen(
-        [str(dagster), "dev", "-h", "127.0.0.1", "-p", str(port), "-m", "pipeline.definitions"],
+        [str(dagster), "dev", "-h", "127.0.0.1", "-p", str(port), "-m", "pretrace.pipeline.definitions"],
         cwd=cwd, env={**os.environ, **env, "DAGSTER_HOME": str(home)},
         stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
     )

@@ -15,9 +15,9 @@ dagster_k8s = pytest.importorskip("dagster_k8s")
 from dagster._core.execution.api import create_execution_plan  # noqa: E402
 from dagster_k8s.job import DagsterK8sJobConfig, UserDefinedDagsterK8sConfig, construct_dagster_k8s_job, get_user_defined_k8s_config  # noqa: E402
 
-from assets.gradients import document_gradients  # noqa: E402
-from assets.k8s import executor_from_env  # noqa: E402
-from assets.partitions import shard_partitions  # noqa: E402
+from pretrace.assets.gradients import document_gradients  # noqa: E402
+from pretrace.assets.k8s import executor_from_env  # noqa: E402
+from pretrace.assets.partitions import shard_partitions  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 VALUES = yaml.safe_load((ROOT / "infra/helm/values.yaml").read_text())

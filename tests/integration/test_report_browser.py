@@ -8,14 +8,14 @@ import pyarrow as pa
 import pytest
 
 
-from pretrace.model_comparison import COMPARISON_SCHEMA
-from pretrace.report.analysis import ReportConfig
+from pretrace.analyses.model_comparison import COMPARISON_SCHEMA
+from pretrace.analyses.analysis import ReportConfig
 from pretrace.report.build import build_report
 from pretrace.report.sections import CONTENTS as SECTIONS
 from pretrace.report.sections import FIGURES
-from pretrace.report.synthetic import synthetic_queries, write_synthetic_shards
-from pretrace.storage import Storage
-from pretrace.token_influence import TOKEN_SCHEMA
+from pretrace.testing.synthetic_shards import synthetic_queries, write_synthetic_shards
+from pretrace.store.storage import Storage
+from pretrace.influence.token_influence import TOKEN_SCHEMA
 from tests.integration.browser import chromium_page, needs_chromium
 
 pytestmark = [

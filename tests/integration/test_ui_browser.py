@@ -95,7 +95,7 @@ def test_a_changed_setting_shows_stale_and_materializing_it_from_the_ui_makes_it
     from playwright.sync_api import expect
 
     from pretrace.config import load_config
-    from pretrace.provenance import Project
+    from pretrace.project.provenance import Project
     from tests.pipeline.project import edit_config
 
     config_path = ops_project["config"]

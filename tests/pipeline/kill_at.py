@@ -7,12 +7,9 @@ file whose storage key starts with a prefix. Tests use it to die mid-commit, det
 import os
 import signal
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from pipeline.cli import main  # noqa: E402
-from pretrace.layout import ArtefactStore  # noqa: E402
+from pretrace.pipeline.cli import main
+from pretrace.project.manifests import ArtefactStore
 
 prefix, nth = sys.argv[1], int(sys.argv[2])
 write = ArtefactStore._write

@@ -16,8 +16,8 @@ import yaml
 
 from pretrace.config import PretraceConfig
 from pretrace.demo.files import write_records
-from pretrace.storage import Storage
-from tests.tiny import SENTENCES, tiny_model, tiny_tokenizer
+from pretrace.store.storage import Storage
+from pretrace.testing.tiny import SENTENCES, tiny_model, tiny_tokenizer
 
 QUERIES = [
     {"id": "capital", "kind": "factual", "prompt": "The capital of France is", "completion": " Paris.", "answer": "Paris"},
@@ -57,15 +57,15 @@ def edit_config(path: Path, **changes) -> None:
 def pretrace(*args, cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """`pretrace ...` as a user runs it, in a subprocess with its own DAGSTER_HOME under cwd."""
     env = {**os.environ, "DAGSTER_HOME": str(cwd / ".dagster_home"), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "pretrace.pipeline.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
 def run_pipeline(config: PretraceConfig, instance: dg.DagsterInstance | None = None) -> list[str]:
     """`pretrace run` in-process (a fresh ephemeral instance unless given): the artefact
     partitions it materialized, in order."""
-    from pipeline.definitions import build_definitions
-    from pipeline.runner import materialize_pipeline
+    from pretrace.pipeline.definitions import build_definitions
+    from pretrace.pipeline.runner import materialize_pipeline
 
     ran: list[str] = []
     materialize_pipeline(build_definitions(config), instance or dg.DagsterInstance.ephemeral(),

@@ -16,11 +16,11 @@ import torch
 from transformers import AutoConfig, BertConfig, BertForMaskedLM
 
 from pretrace.config import load_config
-from pretrace.device_plan import workload
-from pretrace.memory_plan import GB, ModelShape, plan
+from pretrace.project.device_plan import workload
+from pretrace.planning.memory_plan import GB, ModelShape, plan
 
 from tests.pipeline.project import QUERIES, edit_config, make_project, pretrace
-from tests.tiny import tiny_model, tiny_tokenizer
+from pretrace.testing.tiny import tiny_model, tiny_tokenizer
 
 
 @pytest.fixture(scope="module")

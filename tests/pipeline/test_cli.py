@@ -107,7 +107,7 @@ def test_an_unknown_fit_shard_is_named_with_the_valid_ones(tmp_path):
 def test_a_new_dagster_home_gets_a_run_queue_and_the_gpu_pool(tmp_path):
     from dagster._core.instance.config import dagster_instance_config
 
-    from pipeline.cli import _dagster_home
+    from pretrace.pipeline.cli import _dagster_home
 
     home = _dagster_home({"DAGSTER_HOME": str(tmp_path / "home")})
     config, _ = dagster_instance_config(str(home))  # Dagster's own loader and checks

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pretrace.corpus import read_records
+from pretrace.inputs.corpus import read_records
 from pretrace.demo.corpus import build_demo_corpus
 from pretrace.demo.files import write_records
 from pretrace.demo.queries import build_demo_queries

@@ -10,24 +10,24 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from assets.common import GPU_POOL
-from assets.k8s import GPU_OP_TAGS
-from assets.partitions import to_pretrace
+from pretrace.assets.common import GPU_POOL
+from pretrace.assets.k8s import GPU_OP_TAGS
+from pretrace.assets.partitions import to_pretrace
 from dagster._core.definitions.partitions.context import partition_loading_context
-from pipeline.definitions import build_definitions
-from pipeline.runner import asset_order, executable
-from pretrace.batching import batches
+from pretrace.pipeline.definitions import build_definitions
+from pretrace.pipeline.runner import asset_order, executable
+from pretrace.inputs.batching import batches
 from pretrace.config import Damping, load_config
-from pretrace.layout import Input, artefacts
-from pretrace.provenance import Project
-from pretrace.corpus import read_records, tokenize_documents
-from pretrace.documents import DocumentGradients, compute_document_gradients
-from pretrace.ekfac import Factors, fit_factors
-from pretrace.model import load_model
-from pretrace.queries import compute_query_gradients
-from pretrace.quantization import dequantize, quantize
-from pretrace.query_file import queries_from_table
-from pretrace.scores import stream_scores
+from pretrace.project.artefacts import Input, artefacts
+from pretrace.project.provenance import Project
+from pretrace.inputs.corpus import read_records, tokenize_documents
+from pretrace.influence.document_gradients import DocumentGradients, compute_document_gradients
+from pretrace.influence.ekfac import Factors, fit_factors
+from pretrace.model.adapter import load_model
+from pretrace.influence.query_gradients import compute_query_gradients
+from pretrace.influence.quantization import dequantize, quantize
+from pretrace.inputs.query_file import queries_from_table
+from pretrace.influence.scores import stream_scores
 from tests.pipeline.project import QUERIES, make_project, run_pipeline, write_corpus_file
 
 ALL_ASSETS = ["corpus_shards", "model", "ekfac_covariances", "ekfac_eigenbasis", "ekfac_lambdas", "ekfac_factors",
@@ -188,7 +188,7 @@ def test_a_new_query_recomputes_scores_but_no_document_gradients(project):
 def test_progress_lines_follow_the_configured_interval(monkeypatch):
     from types import SimpleNamespace
 
-    from assets.common import PROGRESS_INTERVAL_ENV, progress_interval, progress_logger
+    from pretrace.assets.common import PROGRESS_INTERVAL_ENV, progress_interval, progress_logger
 
     monkeypatch.delenv(PROGRESS_INTERVAL_ENV, raising=False)
     assert progress_interval() == 10.0
@@ -211,7 +211,7 @@ def test_progress_lines_follow_the_configured_interval(monkeypatch):
 
 
 def test_the_projection_check_warns_when_the_stored_scores_lose_the_ranking(tmp_path):
-    from pipeline.runner import materialize_pipeline
+    from pretrace.pipeline.runner import materialize_pipeline
 
     config, instance = load_config(make_project(tmp_path, projection=[1, 1])), dg.DagsterInstance.ephemeral()
     lines: list[str] = []
@@ -302,7 +302,7 @@ def test_two_models_over_the_same_corpus_and_queries_are_compared(tmp_path):
     """A second checkpoint under `compare_models`: its whole graph under `b/`, its artefacts under
     <storage>/models/b, and a comparison equal to the measures computed from both stored score
     matrices; a changed compared checkpoint recomputes its own graph and the comparison only."""
-    from tests.tiny import tiny_model, tiny_tokenizer
+    from pretrace.testing.tiny import tiny_model, tiny_tokenizer
 
     config_path = make_project(tmp_path, compare_models={"b": {"model": "model-b"}})
     tiny_model("llama", seed=8).save_pretrained(tmp_path / "model-b")

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from pretrace.config import load_config
-from pretrace.provenance import Project
+from pretrace.project.provenance import Project
 from tests.pipeline.project import (QUERIES, clean_run_snapshot, edit_config, make_project, pretrace, run_pipeline,
                                     snapshot, write_corpus_file)
 
@@ -226,7 +226,7 @@ def test_a_new_query_then_a_kill_during_influence_scores(finished, tmp_path):
 
 
 def test_a_new_model_then_a_kill_during_ekfac_fitting(finished, tmp_path):
-    from tests.tiny import tiny_model
+    from pretrace.testing.tiny import tiny_model
 
     project = copy_of(finished, tmp_path)
     tiny_model("llama", seed=99).save_pretrained(project / "model")  # retrained weights, same shapes
@@ -304,7 +304,7 @@ def test_two_projects_on_one_storage_root_never_publish_a_mixed_report(finished,
         assert _report_queries(project / "data") == ids
 
     # At the same time: a run may refuse, naming the other writer, but a report is never mixed.
-    runs = [subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", "--config", "pretrace.yaml"], cwd=folder,
+    runs = [subprocess.Popen([sys.executable, "-m", "pretrace.pipeline.cli", "run", "--config", "pretrace.yaml"], cwd=folder,
                              env={**os.environ, "DAGSTER_HOME": str(folder / ".dagster_home")},
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for folder in (other, project)]

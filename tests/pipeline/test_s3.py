@@ -5,7 +5,7 @@ import dagster as dg
 import pytest
 
 from pretrace.config import load_config
-from pretrace.storage import Storage
+from pretrace.store.storage import Storage
 from tests.pipeline.project import clean_run_snapshot, make_project, pretrace, run_pipeline, snapshot
 from tests.pipeline.test_provenance import assert_killed, kill_at, materialized
 from tests.s3server import upload

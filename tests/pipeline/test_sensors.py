@@ -10,8 +10,8 @@ import dagster as dg
 import pytest
 from dagster._core.storage.defs_state.base import set_defs_state_storage
 
-from pipeline.definitions import build_definitions
-from pipeline.runner import asset_order, executable, logging_config
+from pretrace.pipeline.definitions import build_definitions
+from pretrace.pipeline.runner import asset_order, executable, logging_config
 from pretrace.config import load_config
 from tests.pipeline.project import clean_run_snapshot, make_project, snapshot, write_corpus_file
 

@@ -4,8 +4,8 @@ merged across shards exactly as a search of the whole corpus."""
 import numpy as np
 import pytest
 
-from pretrace.answer_search import AnswerSearch, document_key
-from pretrace.statistics import ShardStatistics
+from pretrace.analyses.answer_search import AnswerSearch, document_key
+from pretrace.analyses.shard_statistics import ShardStatistics
 
 
 def corpus(n=60, seed=0):

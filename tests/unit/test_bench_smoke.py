@@ -14,8 +14,8 @@ HAVE_KRONFLUENCE = importlib.util.find_spec("kronfluence") is not None
 
 
 def run_bench(script: str, *args: str) -> tuple[dict[str, str], str]:
-    """Run ``bench/<script>`` with ``args``; its `name: value` figures and its whole stdout."""
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args],
+    """Run ``python -m bench.<script>`` with ``args``; its `name: value` figures and its whole stdout."""
+    out = subprocess.run([sys.executable, "-m", f"bench.{script.removesuffix('.py')}", *args],
                          capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     return dict(re.findall(r"^(\w+): (\S+)", out.stdout, flags=re.MULTILINE)), out.stdout
@@ -63,10 +63,10 @@ def test_the_projection_benchmarks_factored_store_is_the_pipelines():
     """bench/projection.py factors a stored projected gradient itself (no second pass): the
     same scores as the store `compute_document_gradients(rank=...)` writes."""
     from bench.projection import QUERIES, factored, trained_setup
-    from pretrace.documents import compute_document_gradients
-    from pretrace.projection import KroneckerProjection
-    from pretrace.queries import compute_query_gradients
-    from pretrace.scores import score_matrix
+    from pretrace.influence.document_gradients import compute_document_gradients
+    from pretrace.influence.projection import KroneckerProjection
+    from pretrace.influence.query_gradients import compute_query_gradients
+    from pretrace.influence.scores import score_matrix
 
     lm, documents, factors = trained_setup()
     documents = documents[:12]
@@ -82,7 +82,7 @@ def test_the_projection_benchmarks_sparse_store_keeps_each_documents_largest_ent
     """`largest_entries` keeps, per document and layer, the entries of largest magnitude with
     their values and signs, zeroes the rest, and keeps everything when asked for every entry."""
     from bench.projection import largest_entries
-    from pretrace.documents import DocumentGradients
+    from pretrace.influence.document_gradients import DocumentGradients
 
     grads = torch.randn(5, 4, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     stored = DocumentGradients([str(i) for i in range(5)], {"layer": grads}, torch.zeros(5), None)

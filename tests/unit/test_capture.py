@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from pretrace.activation_checkpointing import transformer_blocks
-from pretrace.batching import collate
-from pretrace.capture import capture, sequence_losses
+from pretrace.model.activation_checkpointing import transformer_blocks
+from pretrace.inputs.batching import collate
+from pretrace.influence.capture import capture, sequence_losses
 from pretrace.errors import InputError
-from pretrace.model import wrap_model
-from tests.tiny import ARCHITECTURES, random_sequences, tiny_model
+from pretrace.model.adapter import wrap_model
+from pretrace.testing.tiny import ARCHITECTURES, random_sequences, tiny_model
 
 
 def autograd_gradients(lm, sequence):

@@ -9,14 +9,14 @@ import pyarrow as pa
 import pytest
 import torch
 
-from pretrace.batching import collate
-from pretrace.capture import sequence_losses
-from pretrace.completions import GENERATED, GIVEN, GenerationSettings, complete_queries, greedy_completions, through_stop
+from pretrace.inputs.batching import collate
+from pretrace.influence.capture import sequence_losses
+from pretrace.analyses.completions import GENERATED, GIVEN, GenerationSettings, complete_queries, greedy_completions, through_stop
 from pretrace.errors import InputError
-from pretrace.model import wrap_model
-from pretrace.queries import Query, encode_query
-from pretrace.query_file import queries_from_table, read_queries
-from tests.tiny import tiny_model, tiny_tokenizer
+from pretrace.model.adapter import wrap_model
+from pretrace.inputs.query_file import Query, encode_query
+from pretrace.inputs.query_file import queries_from_table, read_queries
+from pretrace.testing.tiny import tiny_model, tiny_tokenizer
 
 FACTS = {"France": "Paris", "Italy": "Rome", "Spain": "Madrid", "Peru": "Lima"}
 

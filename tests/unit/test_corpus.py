@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pretrace.corpus import (
+from pretrace.inputs.corpus import (
     SHARD_SCHEMA,
     list_corpus_files,
     read_records,
@@ -20,9 +20,9 @@ from pretrace.corpus import (
 )
 from pretrace.demo.files import write_records
 from pretrace.errors import InputError
-from pretrace.fingerprint import DigestCache
-from pretrace.storage import Storage
-from tests.tiny import tiny_tokenizer
+from pretrace.store.fingerprint import DigestCache
+from pretrace.store.storage import Storage
+from pretrace.testing.tiny import tiny_tokenizer
 
 
 RECORDS = [
@@ -272,7 +272,7 @@ def test_a_file_without_any_text_is_an_error_and_empty_documents_are_left_out(to
     "nospaceatall" * 400 + " then words " * 50,
 ])
 def test_long_documents_tokenized_by_segments_equal_whole_documents(tokenizer, monkeypatch, text) -> None:
-    import pretrace.corpus as corpus
+    import pretrace.inputs.corpus as corpus
 
     record = {"id": "long", "text": text, "source": "s"}
     whole = tokenize_documents([record], tokenizer, max_length=64)

@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pretrace.corpus import SHARD_SCHEMA, read_records, tokenize_documents
+from pretrace.inputs.corpus import SHARD_SCHEMA, read_records, tokenize_documents
 from pretrace.errors import InputError
-from tests.tiny import tiny_tokenizer
+from pretrace.testing.tiny import tiny_tokenizer
 
 TOKENIZER = tiny_tokenizer()
 ODD = st.sampled_from(["\ud800", "\udfff", "\x00", "\x1b", "\u2028", "\ufeff", " ", "\n"])

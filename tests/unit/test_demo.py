@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pretrace.corpus import read_records
+from pretrace.inputs.corpus import read_records
 from pretrace.demo import facts, procedures
 from pretrace.demo.corpus import build_demo_corpus
 from pretrace.demo.files import write_records

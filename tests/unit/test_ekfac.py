@@ -7,11 +7,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from safetensors import safe_open
 
-from pretrace.batching import batches, collate
-from pretrace.capture import capture
-from pretrace.documents import compute_document_gradients
+from pretrace.inputs.batching import batches, collate
+from pretrace.influence.capture import capture
+from pretrace.influence.document_gradients import compute_document_gradients
 from pretrace.config import Damping
-from pretrace.ekfac import (
+from pretrace.influence.ekfac import (
     CovarianceState,
     Eigenbasis,
     Factors,
@@ -25,10 +25,10 @@ from pretrace.ekfac import (
     rotated_gradients,
 )
 from pretrace.errors import InputError, NumericalError
-from pretrace.model import wrap_model
-from pretrace.queries import query_gradients_from_tokens
-from pretrace.scores import score_matrix
-from tests.tiny import random_sequences, tiny_model
+from pretrace.model.adapter import wrap_model
+from pretrace.influence.query_gradients import query_gradients_from_tokens
+from pretrace.influence.scores import score_matrix
+from pretrace.testing.tiny import random_sequences, tiny_model
 
 
 def random_orthogonal(d, seed):

@@ -3,14 +3,14 @@
 import pyarrow as pa
 import pytest
 
-from pretrace.documents import compute_document_gradients
-from pretrace.evaluation import (Documents, attribution_check, evidence_retrieval, gradient_rankings, influence_ranking,
+from pretrace.influence.document_gradients import compute_document_gradients
+from pretrace.evaluation.attribution_check import (Documents, attribution_check, evidence_retrieval, gradient_rankings, influence_ranking,
                                  summarize_retrieval)
-from pretrace.model import wrap_model
-from pretrace.queries import Query
-from pretrace.statistics import merge_top_documents, top_documents
-from pretrace.tailpatch import top_k_gradient
-from tests.tiny import SENTENCES, tiny_model, tiny_tokenizer
+from pretrace.model.adapter import wrap_model
+from pretrace.inputs.query_file import Query
+from pretrace.analyses.top_documents import merge_top_documents, top_documents
+from pretrace.evaluation.tailpatch import top_k_gradient
+from pretrace.testing.tiny import SENTENCES, tiny_model, tiny_tokenizer
 
 QUERIES = [Query("capital", "The capital of France is", " Paris.", "factual"),
            Query("slope", "The slope between (1, 2) and (3, 8) is", " 3.", "math")]

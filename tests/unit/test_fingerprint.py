@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pretrace import fingerprint
-from pretrace.fingerprint import DigestCache, tree_fingerprint
+from pretrace.store import fingerprint
+from pretrace.store.fingerprint import DigestCache, tree_fingerprint
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def test_a_checkpoint_fingerprint_covers_names_and_contents(tmp_path):
 
 @pytest.mark.integration
 def test_s3_objects_are_fingerprinted_by_etag(s3_root, tmp_path):
-    from pretrace.storage import Storage
+    from pretrace.store.storage import Storage
 
     store = Storage(s3_root)
     store.write_bytes("ckpt/config.json", b"{}")

@@ -3,15 +3,15 @@
 import pytest
 import torch
 
-from pretrace.batching import batches
-from pretrace.allocations import PeakAllocations
-from pretrace.ekfac import CovarianceState, Factors, fit_covariances, fit_factors
+from pretrace.inputs.batching import batches
+from pretrace.planning.peak_memory import PeakAllocations
+from pretrace.influence.ekfac import CovarianceState, Factors, fit_covariances, fit_factors
 from pretrace.errors import InputError
-from pretrace.layer_groups import factor_floats, layer_groups, split_layers
-from pretrace.model import wrap_model
-from pretrace.queries import query_gradients_from_tokens
-from pretrace.scores import stream_scores
-from tests.tiny import random_sequences, tiny_model
+from pretrace.influence.layer_groups import factor_floats, layer_groups, split_layers
+from pretrace.model.adapter import wrap_model
+from pretrace.influence.query_gradients import query_gradients_from_tokens
+from pretrace.influence.scores import stream_scores
+from pretrace.testing.tiny import random_sequences, tiny_model
 
 
 def test_groups_are_consecutive_disjoint_and_balanced():

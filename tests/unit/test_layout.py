@@ -10,8 +10,9 @@ import pyarrow as pa
 import pytest
 
 from pretrace.errors import ConcurrentChange
-from pretrace.layout import INFLUENCE_REPORT, QUERIES, ArtefactStore, Manifest, invalidation_table
-from pretrace.storage import Storage
+from pretrace.project.artefacts import INFLUENCE_REPORT, QUERIES, invalidation_table
+from pretrace.project.manifests import ArtefactStore, Manifest
+from pretrace.store.storage import Storage
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -11,11 +11,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import BertConfig, BertForMaskedLM, BertLMHeadModel
 
-from pretrace.checkpoint_cache import FILES_RECORD, local_checkpoint
+from pretrace.model.checkpoint_cache import FILES_RECORD, local_checkpoint
 from pretrace.errors import InputError
-from pretrace.fingerprint import cache_folder
-from pretrace.model import load_model
-from tests.tiny import tiny_model, tiny_tokenizer
+from pretrace.store.fingerprint import cache_folder
+from pretrace.model.adapter import load_model
+from pretrace.testing.tiny import tiny_model, tiny_tokenizer
 
 BERT = dict(vocab_size=300, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
 

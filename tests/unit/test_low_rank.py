@@ -5,13 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-import pretrace.low_rank as low_rank
-from pretrace.documents import DocumentGradients, compute_document_gradients
-from pretrace.low_rank import factorize, inner_products
-from pretrace.projection import KroneckerProjection
-from pretrace.queries import Query, QueryGradients, compute_query_gradients
-from pretrace.scores import score_matrix, stream_scores
-from tests.tiny import fitted_tiny_llama, random_sequences
+import pretrace.influence.low_rank as low_rank
+from pretrace.influence.document_gradients import DocumentGradients, compute_document_gradients
+from pretrace.influence.low_rank import factorize, inner_products
+from pretrace.influence.projection import KroneckerProjection
+from pretrace.influence.query_gradients import QueryGradients, compute_query_gradients
+from pretrace.inputs.query_file import Query
+from pretrace.influence.scores import score_matrix, stream_scores
+from pretrace.testing.tiny import fitted_tiny_llama, random_sequences
 
 QUERIES = [Query("capital", "The capital of France is", " Paris."), Query("arith", "(7 - 4) * 8 =", " 24")]
 

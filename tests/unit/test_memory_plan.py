@@ -6,18 +6,18 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from pretrace.allocations import PeakAllocations
-from pretrace.batching import batches
-from pretrace.ekfac import eigenbasis, fit_covariances, fit_lambdas, make_factors
+from pretrace.planning.peak_memory import PeakAllocations
+from pretrace.inputs.batching import batches
+from pretrace.influence.ekfac import eigenbasis, fit_covariances, fit_lambdas, make_factors
 from pretrace.errors import InputError
 from pretrace.config import PretraceConfig
-from pretrace.device_plan import device_plan, workload
-from pretrace.memory_plan import ModelShape, Workload, fitting_plan, plan, suggestion
-from pretrace.documents import compute_document_gradients
-from pretrace.model import wrap_model
-from pretrace.projection import KroneckerProjection
-from pretrace.queries import query_gradients_from_tokens
-from pretrace.scores import stream_scores
+from pretrace.project.device_plan import device_plan, workload
+from pretrace.planning.memory_plan import ModelShape, Workload, fitting_plan, plan, suggestion
+from pretrace.influence.document_gradients import compute_document_gradients
+from pretrace.model.adapter import wrap_model
+from pretrace.influence.projection import KroneckerProjection
+from pretrace.influence.query_gradients import query_gradients_from_tokens
+from pretrace.influence.scores import stream_scores
 
 CONFIG = LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=352, num_hidden_layers=2, num_attention_heads=4,
                      num_key_value_heads=2, max_position_embeddings=32, tie_word_embeddings=False)

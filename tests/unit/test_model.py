@@ -4,15 +4,16 @@ import pytest
 import torch
 from transformers import DistilBertConfig, DistilBertModel
 
-from pretrace.batching import batches
-from pretrace.documents import compute_document_gradients
-from pretrace.ekfac import fit_factors
+from pretrace.inputs.batching import batches
+from pretrace.influence.document_gradients import compute_document_gradients
+from pretrace.influence.ekfac import fit_factors
 from pretrace.errors import InputError
-from pretrace.model import load_model, select_layers, wrap_model
-from pretrace.projection import KroneckerProjection
-from pretrace.queries import Query, compute_query_gradients
-from pretrace.scores import score_matrix, stream_scores
-from tests.tiny import ARCHITECTURES, random_sequences, tiny_model, tiny_tokenizer
+from pretrace.model.adapter import load_model, select_layers, wrap_model
+from pretrace.influence.projection import KroneckerProjection
+from pretrace.influence.query_gradients import compute_query_gradients
+from pretrace.inputs.query_file import Query
+from pretrace.influence.scores import score_matrix, stream_scores
+from pretrace.testing.tiny import ARCHITECTURES, random_sequences, tiny_model, tiny_tokenizer
 
 DEFAULT_MLP_LAYERS = {
     "llama": {"model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj", "model.layers.0.mlp.down_proj"},

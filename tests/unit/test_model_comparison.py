@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from pretrace.errors import InputError
-from pretrace.model_comparison import compare_models
+from pretrace.analyses.model_comparison import compare_models
 
 QUERIES = ["q0", "q1", "q2"]
 

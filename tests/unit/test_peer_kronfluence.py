@@ -19,12 +19,13 @@ import logging
 import pytest
 import torch
 
-from pretrace.batching import batches
-from pretrace.ekfac import Damping, fit_factors
-from pretrace.model import wrap_model
-from pretrace.queries import Query, encode_queries, query_gradients_from_tokens
-from pretrace.scores import stream_scores
-from tests.tiny import sentence_documents
+from pretrace.inputs.batching import batches
+from pretrace.influence.ekfac import Damping, fit_factors
+from pretrace.model.adapter import wrap_model
+from pretrace.influence.query_gradients import query_gradients_from_tokens
+from pretrace.inputs.query_file import Query, encode_queries
+from pretrace.influence.scores import stream_scores
+from pretrace.testing.tiny import sentence_documents
 
 kronfluence = pytest.importorskip(
     "kronfluence", reason="kronfluence is not installed (make venv installs it with --no-deps)"
@@ -33,7 +34,7 @@ from kronfluence.analyzer import Analyzer, prepare_model  # noqa: E402
 from kronfluence.arguments import FactorArguments, ScoreArguments  # noqa: E402
 from kronfluence.utils.dataset import DataLoaderKwargs  # noqa: E402
 
-from tests.peer import Sequences, collate_fn, pearson, summed_task  # noqa: E402
+from pretrace.testing.kronfluence_peer import Sequences, collate_fn, pearson, summed_task  # noqa: E402
 
 pytestmark = [pytest.mark.peer, pytest.mark.filterwarnings("ignore:.*GradScaler.*:FutureWarning")]
 

@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from pretrace.documents import compute_document_gradients
-from pretrace.ekfac import Factors
-from pretrace.projection import KroneckerProjection, kronecker_scales
-from pretrace.queries import Query, compute_query_gradients
-from pretrace.scores import score_matrix
-from tests.tiny import fitted_tiny_llama, random_sequences
+from pretrace.influence.document_gradients import compute_document_gradients
+from pretrace.influence.ekfac import Factors
+from pretrace.influence.projection import KroneckerProjection, kronecker_scales
+from pretrace.influence.query_gradients import compute_query_gradients
+from pretrace.inputs.query_file import Query
+from pretrace.influence.scores import score_matrix
+from pretrace.testing.tiny import fitted_tiny_llama, random_sequences
 
 D_OUT, D_IN, K = 12, 10, 4
 QUERIES = [Query("capital", "The capital of France is", " Paris."), Query("arith", "(7 - 4) * 8 =", " 24")]

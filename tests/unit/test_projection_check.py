@@ -3,12 +3,13 @@
 import numpy as np
 import pytest
 
-from pretrace.documents import compute_document_gradients
-from pretrace.projection import KroneckerProjection
-from pretrace.projection_check import projection_error, sample_documents
-from pretrace.queries import Query, compute_query_gradients
-from pretrace.scores import score_matrix
-from tests.tiny import fitted_tiny_llama, random_sequences
+from pretrace.influence.document_gradients import compute_document_gradients
+from pretrace.influence.projection import KroneckerProjection
+from pretrace.evaluation.projection_check import projection_error, sample_documents
+from pretrace.influence.query_gradients import compute_query_gradients
+from pretrace.inputs.query_file import Query
+from pretrace.influence.scores import score_matrix
+from pretrace.testing.tiny import fitted_tiny_llama, random_sequences
 
 QUERIES = [Query("capital", "The capital of France is", " Paris."), Query("arith", "(7 - 4) * 8 =", " 24"),
            Query("code", "def add(a, b):", "\n    return a + b\n")]

@@ -6,14 +6,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pretrace.documents import DocumentGradients, compute_document_gradients
-from pretrace.projection import KroneckerProjection
-from pretrace.quantization import (SCALE_BYTES, dequantize, dequantize_factor, factor_bytes, pack, quantize,
+from pretrace.influence.document_gradients import DocumentGradients, compute_document_gradients
+from pretrace.influence.projection import KroneckerProjection
+from pretrace.influence.quantization import (SCALE_BYTES, dequantize, dequantize_factor, factor_bytes, pack, quantize,
                                   quantize_factors, row_bytes, unpack)
-from pretrace.queries import Query, compute_query_gradients
-from pretrace.scores import score_matrix
-from tests.peer import pearson
-from tests.tiny import fitted_tiny_llama, random_sequences
+from pretrace.influence.query_gradients import compute_query_gradients
+from pretrace.inputs.query_file import Query
+from pretrace.influence.scores import score_matrix
+from pretrace.testing.kronfluence_peer import pearson
+from pretrace.testing.tiny import fitted_tiny_llama, random_sequences
 
 QUERIES = [Query("capital", "The capital of France is", " Paris."), Query("arith", "(7 - 4) * 8 =", " 24"),
            Query("code", "def add(a, b):", "\n    return a + b\n")]

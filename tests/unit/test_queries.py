@@ -5,14 +5,15 @@ import json
 import pytest
 import torch
 
-from pretrace.batching import batches
-from pretrace.ekfac import Factors, fit_factors
+from pretrace.inputs.batching import batches
+from pretrace.influence.ekfac import Factors, fit_factors
 from pretrace.errors import InputError
-from pretrace.model import wrap_model
-from pretrace.projection import KroneckerProjection
-from pretrace.queries import Query, compute_query_gradients, encode_queries
-from pretrace.query_file import read_queries
-from tests.tiny import random_sequences, tiny_model, tiny_tokenizer
+from pretrace.model.adapter import wrap_model
+from pretrace.influence.projection import KroneckerProjection
+from pretrace.influence.query_gradients import compute_query_gradients
+from pretrace.inputs.query_file import Query, encode_queries
+from pretrace.inputs.query_file import read_queries
+from pretrace.testing.tiny import random_sequences, tiny_model, tiny_tokenizer
 
 QUERIES = [
     Query("capital", "The capital of France is", " Paris."),

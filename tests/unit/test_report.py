@@ -7,20 +7,20 @@ import pyarrow as pa
 import pytest
 from polars.testing import assert_frame_equal
 
-from pretrace.projection_check import accuracy_table
-from pretrace.retrieval import RERANK_SCHEMA
-from pretrace.answers import count_answer, documents_containing, excerpt, find_answer, normalize_answer
+from pretrace.evaluation.projection_check import accuracy_table
+from pretrace.influence.reranking import RERANK_SCHEMA
+from pretrace.analyses.answers import count_answer, documents_containing, excerpt, find_answer, normalize_answer
 from pretrace.report import sections
-from pretrace.report.analysis import ReportConfig, analyze
+from pretrace.analyses.analysis import ReportConfig, analyze
 from pretrace.report.build import build_report, markdown_table
-from pretrace.report.correlation import group_means, pair_groups, same_kind_permutation_test
-from pretrace.report.intervals import wilson
-from pretrace.report.kinds import POOLED
-from pretrace.report.merge import ShardFiles, merge_shards, merge_stored
-from pretrace.report.synthetic import synthetic_queries, synthetic_shard, write_synthetic_shards
-from pretrace.statistics import summarize_shard
-from pretrace.token_influence import TOKEN_SCHEMA
-from pretrace.storage import Storage
+from pretrace.analyses.correlation import group_means, pair_groups, same_kind_permutation_test
+from pretrace.analyses.intervals import wilson
+from pretrace.analyses.kinds import POOLED
+from pretrace.analyses.merge import ShardFiles, merge_shards, merge_stored
+from pretrace.testing.synthetic_shards import synthetic_queries, synthetic_shard, write_synthetic_shards
+from pretrace.analyses.shard_statistics import summarize_shard
+from pretrace.influence.token_influence import TOKEN_SCHEMA
+from pretrace.store.storage import Storage
 
 FAST = ReportConfig(k=10, bootstrap=300, permutations=200)
 

@@ -4,14 +4,15 @@ import pyarrow as pa
 import pytest
 import torch
 
-from pretrace.documents import compute_document_gradients
-from pretrace.projection import KroneckerProjection
-from pretrace.queries import Query, compute_query_gradients
-from pretrace.retrieval import (RERANK_SCHEMA, agreement_k, already_exact, candidates, candidates_of, order_agreement, recall, rerank,
+from pretrace.influence.document_gradients import compute_document_gradients
+from pretrace.influence.projection import KroneckerProjection
+from pretrace.influence.query_gradients import compute_query_gradients
+from pretrace.inputs.query_file import Query
+from pretrace.influence.reranking import (RERANK_SCHEMA, agreement_k, already_exact, candidates, candidates_of, order_agreement, recall, rerank,
                                 rerank_passes)
-from pretrace.statistics import merge_top_documents, top_documents
-from pretrace.scores import exact_scores, query_chunks, score_matrix, stream_scores
-from tests.tiny import fitted_tiny_llama, random_sequences
+from pretrace.analyses.top_documents import merge_top_documents, top_documents
+from pretrace.influence.scores import exact_scores, query_chunks, score_matrix, stream_scores
+from pretrace.testing.tiny import fitted_tiny_llama, random_sequences
 
 QUERIES = [Query("capital", "The capital of France is", " Paris."), Query("arith", "(7 - 4) * 8 =", " 24"),
            Query("code", "def add(a, b):", "\n    return a + b\n")]

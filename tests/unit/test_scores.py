@@ -3,17 +3,18 @@
 import pytest
 import torch
 
-from pretrace.batching import batches
-from pretrace.documents import compute_document_gradients
-from pretrace.ekfac import fit_factors
-from pretrace.blocked_products import blocked_inner_products
+from pretrace.inputs.batching import batches
+from pretrace.influence.document_gradients import compute_document_gradients
+from pretrace.influence.ekfac import fit_factors
+from pretrace.influence.blocked_products import blocked_inner_products
 from pretrace.errors import InputError, NumericalError
-from pretrace.model import wrap_model
-from pretrace.projection import KroneckerProjection
-from pretrace.queries import Query, compute_query_gradients, encode_queries
-from pretrace.scores import score_matrix, stream_scores
-from tests.peer import pearson
-from tests.tiny import fitted_tiny_llama, random_sequences, sentence_documents, tiny_model, tiny_tokenizer
+from pretrace.model.adapter import wrap_model
+from pretrace.influence.projection import KroneckerProjection
+from pretrace.influence.query_gradients import compute_query_gradients
+from pretrace.inputs.query_file import Query, encode_queries
+from pretrace.influence.scores import score_matrix, stream_scores
+from pretrace.testing.kronfluence_peer import pearson
+from pretrace.testing.tiny import fitted_tiny_llama, random_sequences, sentence_documents, tiny_model, tiny_tokenizer
 
 QUERIES = [
     Query("capital", "The capital of France is", " Paris."),

@@ -4,8 +4,8 @@ the exact list, bounded beyond it, against a brute-force sort of the whole score
 import numpy as np
 import pytest
 
-from pretrace.report.sources_at_k import source_counts
-from pretrace.statistics import ShardStatistics
+from pretrace.analyses.sources_at_k import source_counts
+from pretrace.analyses.shard_statistics import ShardStatistics
 
 NAMES = ["code", "facts", "math", "prose"]
 
@@ -57,7 +57,7 @@ def test_a_source_only_one_shard_has_is_merged_in_by_name():
 
 
 def test_too_many_sources_pool_the_histogram_and_claim_no_split_beyond_the_exact_list(monkeypatch):
-    monkeypatch.setattr("pretrace.statistics.MAX_SOURCES", 3)
+    monkeypatch.setattr("pretrace.analyses.shard_statistics.MAX_SOURCES", 3)
     scores, sources = block(2000, seed=1)  # 4 source names > 3
     stats = ShardStatistics.of(["a", "b", "c"], scores[:, :1000], sources=sources[:1000], exact_top=100)
     stats = stats.merge(ShardStatistics.of(["a", "b", "c"], scores[:, 1000:], sources=sources[1000:], exact_top=100))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pretrace.errors import InputError
-from pretrace.report.concentration import (
+from pretrace.analyses.concentration import (
     fit_power_law,
     head_ranks,
     power_laws,
@@ -17,16 +17,9 @@ from pretrace.report.concentration import (
     top_sum,
     welch_test,
 )
-from pretrace.statistics import (
-    ShardStatistics,
-    bin_edges,
-    fraction_rank,
-    log_bins,
-    merge_top_documents,
-    summarize_shard,
-    top_documents,
-)
-from pretrace.storage import Storage
+from pretrace.analyses.shard_statistics import ShardStatistics, bin_edges, fraction_rank, log_bins, summarize_shard
+from pretrace.analyses.top_documents import merge_top_documents, top_documents
+from pretrace.store.storage import Storage
 
 
 def split(n, sizes):
@@ -92,7 +85,7 @@ def test_merging_shards_in_any_order_equals_the_statistics_of_all_documents(bloc
 def test_summaries_computed_in_column_chunks_equal_unchunked_ones(block, monkeypatch):
     ids, scores = block
     whole = ShardStatistics.of(ids, scores, exact_top=50)
-    monkeypatch.setattr("pretrace.statistics._CHUNK_ELEMENTS", 6 * 97)  # chunks of 97 documents
+    monkeypatch.setattr("pretrace.analyses.shard_statistics._CHUNK_ELEMENTS", 6 * 97)  # chunks of 97 documents
     assert_same_statistics(ShardStatistics.of(ids, scores, exact_top=50), whole)
 
 

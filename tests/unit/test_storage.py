@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pretrace.errors import InputError
-from pretrace.storage import Storage, open_fs
+from pretrace.store.storage import Storage, open_fs
 
 
 @pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.integration)])
@@ -89,7 +89,7 @@ def test_failed_write_keeps_old_content_and_leaves_no_temp_file(
             f.write(b"PAR1 truncated")
         raise RuntimeError("killed mid-write")
 
-    monkeypatch.setattr("pretrace.storage.pq.write_table", half_write_then_fail)
+    monkeypatch.setattr("pretrace.store.storage.pq.write_table", half_write_then_fail)
     with pytest.raises(RuntimeError, match="killed"):
         storage.write_parquet("t.parquet", pa.table({"v": [2]}))
     monkeypatch.undo()

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from pretrace.documents import compute_document_gradients
-from pretrace.model import wrap_model
-from pretrace.tailpatch import BM25Index, completion_logprob, evaluate, summarize, tail_patch_gain, top_k_gradient, top_k_random
-from tests.tiny import random_sequences, tiny_model
+from pretrace.influence.document_gradients import compute_document_gradients
+from pretrace.model.adapter import wrap_model
+from pretrace.evaluation.tailpatch import BM25Index, completion_logprob, evaluate, summarize, tail_patch_gain, top_k_gradient, top_k_random
+from pretrace.testing.tiny import random_sequences, tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ from dataclasses import fields
 
 import polars as pl
 
-from ..analysis import Analysis
-from . import (answers, attribution, completions, concentration, correlation, magnitude, models, notes, sources,
+from pretrace.analyses.analysis import Analysis
+from pretrace.report.sections import (answers, attribution, completions, concentration, correlation, magnitude, models, notes, sources,
                top_documents)
 
 SECTIONS = [correlation.SECTION, magnitude.SECTION, concentration.SECTION, answers.SECTION, sources.SECTION,

@@ -10,15 +10,15 @@ import numpy as np
 import polars as pl
 from matplotlib.figure import Figure
 
-from ..analysis import Analysis
-from ..config import FACTUAL
-from ..formatting import interval, num, pct
-from ..html import figure, table, with_ci
-from ..intervals import wilson
-from ..kinds import POOLED, reasoning_label
-from ..plots import empty, error_bars, png
-from ..section import Section
-from . import top_documents
+from pretrace.analyses.analysis import Analysis
+from pretrace.analyses.report_config import FACTUAL
+from pretrace.report.formatting import interval, num, pct
+from pretrace.report.html import figure, table, with_ci
+from pretrace.analyses.intervals import wilson
+from pretrace.analyses.kinds import POOLED, reasoning_label
+from pretrace.report.plots import empty, error_bars, png
+from pretrace.report.section import Section
+from pretrace.report.sections import top_documents
 
 
 @dataclass

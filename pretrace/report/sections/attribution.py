@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from ..analysis import Analysis
-from ..formatting import interval, num, pct
-from ..html import table, with_ci
-from ..section import Section
+from pretrace.analyses.analysis import Analysis
+from pretrace.report.formatting import interval, num, pct
+from pretrace.report.html import table, with_ci
+from pretrace.report.section import Section
 
 BASELINES = {"random": "k random documents", "bm25": "BM25's top k", "cosine": "gradient cosine's top k",
              "identity": "the raw gradient dot product's top k"}

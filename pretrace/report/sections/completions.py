@@ -8,13 +8,13 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from ...completions import GENERATED
-from ..analysis import Analysis
-from ..formatting import interval, pct
-from ..html import table, with_ci
-from ..intervals import wilson
-from ..kinds import POOLED
-from ..section import Section
+from pretrace.analyses.completions import GENERATED
+from pretrace.analyses.analysis import Analysis
+from pretrace.report.formatting import interval, pct
+from pretrace.report.html import table, with_ci
+from pretrace.analyses.intervals import wilson
+from pretrace.analyses.kinds import POOLED
+from pretrace.report.section import Section
 
 EXCERPT = 160
 

@@ -10,14 +10,14 @@ import numpy as np
 import polars as pl
 from matplotlib.figure import Figure
 
-from .. import concentration as conc
-from ..analysis import Analysis
-from ..config import FACTUAL, REASONING
-from ..formatting import interval, num, pct
-from ..html import figure, table, wide_table, with_ci
-from ..kinds import POOLED
-from ..plots import empty, error_bars, kind_colors, png
-from ..section import Section
+from pretrace.analyses import concentration as conc
+from pretrace.analyses.analysis import Analysis
+from pretrace.analyses.report_config import FACTUAL, REASONING
+from pretrace.report.formatting import interval, num, pct
+from pretrace.report.html import figure, table, wide_table, with_ci
+from pretrace.analyses.kinds import POOLED
+from pretrace.report.plots import empty, error_bars, kind_colors, png
+from pretrace.report.section import Section
 
 
 FIT_DEFINITIONS = {

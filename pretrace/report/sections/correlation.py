@@ -9,12 +9,12 @@ import numpy as np
 import polars as pl
 from matplotlib.figure import Figure
 
-from ..analysis import Analysis
-from ..correlation import GroupMeans, group_means, pair_groups, same_kind_permutation_test
-from ..formatting import corr, interval
-from ..html import figure, table, with_ci
-from ..plots import empty, error_bars, png
-from ..section import Section
+from pretrace.analyses.analysis import Analysis
+from pretrace.analyses.correlation import GroupMeans, group_means, pair_groups, same_kind_permutation_test
+from pretrace.report.formatting import corr, interval
+from pretrace.report.html import figure, table, with_ci
+from pretrace.report.plots import empty, error_bars, png
+from pretrace.report.section import Section
 
 PAPER = ("Ruis et al. (2024) found that reasoning queries of the same kind share influential documents "
          "more than factual queries do")

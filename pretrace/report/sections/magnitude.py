@@ -10,15 +10,15 @@ import numpy as np
 import polars as pl
 from matplotlib.figure import Figure
 
-from ..analysis import Analysis
-from ..config import FACTUAL, REASONING
-from ..formatting import interval, num
-from ..html import figure, table, with_ci
-from ..kinds import POOLED, reasoning_label
-from ..plots import empty, error_bars, kind_colors, png
-from ..section import Section
-from .. import concentration as conc
-from . import concentration
+from pretrace.analyses.analysis import Analysis
+from pretrace.analyses.report_config import FACTUAL, REASONING
+from pretrace.report.formatting import interval, num
+from pretrace.report.html import figure, table, with_ci
+from pretrace.analyses.kinds import POOLED, reasoning_label
+from pretrace.report.plots import empty, error_bars, kind_colors, png
+from pretrace.report.section import Section
+from pretrace.analyses import concentration as conc
+from pretrace.report.sections import concentration
 
 MEASURES = ("positive_per_nat", "absolute_per_nat")
 CURVES_CAPTION = (

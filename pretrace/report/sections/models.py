@@ -9,12 +9,12 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from ...model_comparison import COMPARISON_SCHEMA
-from ..analysis import Analysis
-from ..formatting import interval, num
-from ..html import table, with_ci
-from ..kinds import POOLED
-from ..section import Section
+from pretrace.analyses.model_comparison import COMPARISON_SCHEMA
+from pretrace.analyses.analysis import Analysis
+from pretrace.report.formatting import interval, num
+from pretrace.report.html import table, with_ci
+from pretrace.analyses.kinds import POOLED
+from pretrace.report.section import Section
 
 SCHEMA = {"model": pl.String, "kind": pl.String, "category": pl.String, "queries": pl.Int64, "k": pl.Int64,
           "mean_pearson": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64, "mean_top_overlap": pl.Float64,

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from ...projection_check import ACCURACY_SCHEMA
-from ...retrieval import agreement_k, order_agreement
-from ..analysis import Analysis
-from ..concentration import share_bound
-from ..formatting import num, pct
-from ..section import Section
+from pretrace.evaluation.projection_check import ACCURACY_SCHEMA
+from pretrace.influence.reranking import agreement_k, order_agreement
+from pretrace.analyses.analysis import Analysis
+from pretrace.analyses.concentration import share_bound
+from pretrace.report.formatting import num, pct
+from pretrace.report.section import Section
 
 
 @dataclass

@@ -11,14 +11,14 @@ import numpy as np
 import polars as pl
 from matplotlib.figure import Figure
 
-from ..analysis import Analysis
-from ..formatting import num, pct
-from ..html import figure, wide_table
-from ..kinds import POOLED
-from ..plots import empty, png
-from ..section import Section
-from ..sources_at_k import SOURCE_KS, source_counts
-from . import top_documents
+from pretrace.analyses.analysis import Analysis
+from pretrace.report.formatting import num, pct
+from pretrace.report.html import figure, wide_table
+from pretrace.analyses.kinds import POOLED
+from pretrace.report.plots import empty, png
+from pretrace.report.section import Section
+from pretrace.analyses.sources_at_k import SOURCE_KS, source_counts
+from pretrace.report.sections import top_documents
 
 SIDES = ("top", "bottom")
 

@@ -1,6 +1,6 @@
 """Top and bottom documents per query: the merged top lists with each query beside its documents,
 and, where the attribution check decomposed them, which tokens carry each score (Grosse et al.
-2023's token-level view: ``pretrace.token_influence``)."""
+2023's token-level view: ``pretrace.influence.token_influence``)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from ..analysis import Analysis
-from ..section import Section
+from pretrace.analyses.analysis import Analysis
+from pretrace.report.section import Section
 
 
 @dataclass

@@ -1,0 +1,120 @@
+"""`pretrace run`: bring every artefact up to date in-process, recomputing exactly what the
+recompute policy says is missing or stale (pretrace.project.provenance), in the asset graph's order.
+
+Before any work: the storage root must be writable, runs of this machine whose process died are
+marked failed (they would stay STARTED for ever), and temporaries that killed writers left are
+removed. Shards of corpus files that are gone are reported, not computed.
+"""
+
+from __future__ import annotations
+
+import graphlib
+import os
+import socket
+from typing import Callable
+
+import dagster as dg
+
+from pretrace.assets.common import artefact_of
+from pretrace.assets.partitions import to_dagster
+from pretrace.errors import NotReady
+from pretrace.project.provenance import Project
+from pretrace.store.storage import pid_alive
+from pretrace.resources.pretrace import PretraceResource
+
+from .sensors import CLEAN_HINT, refresh_inputs
+
+Log = Callable[[str], None]
+
+
+def logging_config(console_level: str = "INFO") -> dict:
+    """Run config showing ``console_level`` and above on Dagster's console logger (its default,
+    DEBUG, is every step event)."""
+    return {"loggers": {"console": {"config": {"log_level": console_level}}}}
+HOST_TAG, PID_TAG = "pretrace/host", "pretrace/pid"
+ACTIVE = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
+
+
+def asset_order(defs: dg.Definitions) -> list[str]:
+    """Materializable assets in dependency order, from the definitions' asset specs; one model's
+    assets run together as far as the graph allows (ties: by name), so that a run with compared
+    models loads each checkpoint once rather than once per step."""
+    specs = {spec.key: spec for spec in defs.resolve_all_asset_specs()}
+    graph = {key: {d.asset_key for d in spec.deps if d.asset_key in specs} for key, spec in specs.items()}
+    sorter = graphlib.TopologicalSorter(graph)
+    sorter.prepare()
+    ready: set[dg.AssetKey] = set()
+    order: list[dg.AssetKey] = []
+    model = None
+    while sorter.is_active():
+        ready.update(sorter.get_ready())
+        same_model = [k for k in ready if artefact_of(k)[0] == model]
+        key = min(same_model or ready, key=lambda k: k.to_user_string())
+        ready.remove(key)
+        order.append(key)
+        model = artefact_of(key)[0]
+        sorter.done(key)
+    return [k.to_user_string() for k in order]
+
+
+def executable(defs: dg.Definitions) -> list:
+    """What `dg.materialize` needs to run assets together with their checks."""
+    return [*defs.assets, *(defs.asset_checks or [])]
+
+
+def fail_dead_runs(instance: dg.DagsterInstance, log: Log) -> None:
+    """Runs this machine started in-process whose process is gone (SIGKILL, OOM) are failed,
+    and the `gpu` pool slots they held are freed, as run monitoring does for deployed runs (no
+    daemon watches in-process runs: without this, the next run would wait for a dead holder)."""
+    for run in instance.get_runs(dg.RunsFilter(statuses=ACTIVE, tags={HOST_TAG: socket.gethostname()})):
+        pid = int(run.tags.get(PID_TAG, 0))
+        if pid and pid != os.getpid() and not pid_alive(pid):
+            instance.report_run_failed(run, f"its process {pid} is gone (killed or crashed)")
+            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+            log(f"run {run.run_id} was left unfinished by process {pid}; marked failed and its pool slots freed")
+
+
+def materialize_pipeline(defs: dg.Definitions, instance: dg.DagsterInstance, *, force: bool = False,
+                         log: Log = print, console_level: str = "INFO", project: Project | None = None) -> Project:
+    """Materialize every missing or stale artefact partition (every one with ``force``).
+
+    The CLI turns Dagster's console logger off (``console_level``) and shows the assets'
+    progress logger instead, so that a failure ends with one line, not a step's stack.
+    ``project``: the view of storage and inputs the caller already read (preflight's), if any.
+    """
+    run_config = logging_config(console_level)
+    resource: PretraceResource = defs.resources["pretrace"]
+    project = project or resource.project()
+    project.storage.check_writable()  # fail before any work, not after an hour
+    fail_dead_runs(instance, log)
+    for path in project.storage.remove_leftovers():
+        log(f"removed {path}, left by a killed writer")
+    refresh = refresh_inputs(instance, resource)
+    if refresh.removed:
+        log(f"corpus files gone, not in the results: {', '.join(refresh.removed)}; {CLEAN_HINT}")
+    assets = executable(defs)
+    partitions = {spec.key: spec.partitions_def for spec in defs.resolve_all_asset_specs()}
+    tags = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+    for name in asset_order(defs):
+        key = dg.AssetKey.from_user_string(name)
+        model, artefact_name = artefact_of(key)
+        owner = project.compared(model)  # a compared model's artefacts are keyed `<model>/<artefact>`
+        if artefact_name not in owner.graph:
+            continue
+        artefact = owner.graph[artefact_name]
+        for shard in owner.partitions(artefact):
+            status = owner.status(artefact, shard)
+            if status.current and not force:
+                continue
+            if status.state == "waiting":
+                raise NotReady(f"{owner.label(artefact, shard)} cannot be computed: {status.reason}")
+            log(f"materializing {owner.label(artefact, shard)} ({status.state}: {status.reason or 'forced'})")
+            result = dg.materialize(assets, selection=[key], partition_key=to_dagster(partitions[key], shard),
+                                    instance=instance,
+                                    resources=defs.resources, run_config=run_config, tags=tags)
+            owner.forget(artefact, shard)
+            for check in result.get_asset_check_evaluations():  # a failed check does not stop the run: say it
+                if not check.passed:
+                    kind = "warning" if check.severity == dg.AssetCheckSeverity.WARN else "check failed"
+                    log(f"{kind}: {owner.label(artefact, shard)}: {check.check_name}: {check.description or 'failed'}")
+    return project

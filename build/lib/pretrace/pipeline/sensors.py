@@ -1,0 +1,122 @@
+"""Watching the user's inputs: corpus files become shard partitions, and every input's content
+fingerprint is recorded as an observation, so the UI marks what a change made stale.
+
+The same refresh (`refresh_inputs`) runs in the `corpus_sensor` (every minute) and the
+`corpus_refresh_schedule` (pipeline/schedules.py, daily by default). It requests no runs itself:
+what must be recomputed is decided by the recompute policy, and the automation sensor
+(pipeline/automation.py) launches it. Per tick:
+
+- a new corpus file registers its `shard` partition;
+- a corpus file, checkpoint or queries file whose content fingerprint changed gets an
+  observation with the new fingerprint as its data version (the UI then shows downstream
+  assets as stale; a file merely touched or copied with rounded times does not change);
+- a removed (or renamed) file is reported, with the command that removes its artefacts
+  (`pretrace clean`); the report already covers only the files present.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import dagster as dg
+
+from pretrace.assets.common import seconds_from_env
+from pretrace.assets.partitions import shard_partitions
+from pretrace.errors import PretraceError
+from pretrace.project.artefacts import label
+from pretrace.project.provenance import Project
+from pretrace.resources.pretrace import PretraceResource
+
+SENSOR_INTERVAL_ENV = "PRETRACE_SENSOR_INTERVAL_S"
+CLEAN_HINT = "remove their artefacts with `pretrace clean --config <pretrace.yaml>`"
+
+
+def interval_from_env(name: str, default: int) -> int:
+    """A tick interval in whole seconds (Dagster's unit), at least one."""
+    return int(seconds_from_env(name, default, minimum=1))
+
+
+@dataclass
+class Refresh:
+    new: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    observed: list[str] = field(default_factory=list)  # labels whose fingerprint changed
+    fingerprints: dict[str, str] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)  # entries of the corpus folder not read, with why
+
+    def summary(self) -> str:
+        parts = [f"{len(self.fingerprints)} inputs watched"]
+        if self.new:
+            parts.append(f"new shards: {', '.join(self.new)}")
+        if self.observed:
+            parts.append(f"changed: {', '.join(self.observed)}")
+        if self.removed:
+            parts.append(f"corpus files gone: {', '.join(self.removed)} ({CLEAN_HINT})")
+        if self.skipped:
+            parts.append(f"not read: {'; '.join(self.skipped)}")
+        return "; ".join(parts) if len(parts) > 1 else f"no new or changed inputs among {parts[0]}"
+
+
+def _sources(project: Project, demo: bool) -> dict[tuple[dg.AssetKey, str | None], str]:
+    """(source asset, partition) -> content fingerprint of every user input."""
+    found = {(dg.AssetKey("corpus_files"), s): project.source("corpus_file", s) for s in project.shards}
+    found[(dg.AssetKey("query_file"), None)] = project.source("query_file")
+    if not demo:  # each model's checkpoint, a compared model's keyed `<model>/checkpoint`
+        for model, owner in project.projects():
+            found[(dg.AssetKey([*([model] if model else []), "checkpoint"]), None)] = owner.source("checkpoint")
+    return found
+
+
+def _last_observed(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str | None) -> str | None:
+    records = instance.fetch_observations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition else None), limit=1).records
+    return records[0].asset_observation.tags.get("dagster/data_version") if records else None
+
+
+def refresh_inputs(instance: dg.DagsterInstance, resource: PretraceResource,
+                   known: dict[str, str] | None = None) -> Refresh:
+    """Register new shards and record changed fingerprints; ``known`` maps labels to the
+    fingerprints seen last (a sensor's cursor), else the instance's latest observations count."""
+    project = resource.project()
+    registered = set(instance.get_dynamic_partitions(shard_partitions.name))
+    refresh = Refresh(new=[s for s in project.shards if s not in registered],
+                      removed=sorted(registered - set(project.shards)), skipped=project.listing.skipped)
+    if refresh.new:
+        instance.add_dynamic_partitions(shard_partitions.name, refresh.new)
+    for (key, partition), fingerprint in _sources(project, resource.demo).items():
+        name = label(key.to_user_string(), partition)
+        refresh.fingerprints[name] = fingerprint
+        before = known.get(name) if known is not None else _last_observed(instance, key, partition)
+        if before != fingerprint:
+            refresh.observed.append(name)
+            metadata = {"skipped_in_folder": dg.MetadataValue.json(refresh.skipped)} if partition else {}
+            instance.report_runless_asset_event(dg.AssetObservation(
+                key, partition=partition, tags={"dagster/data_version": fingerprint}, metadata=metadata))
+    return refresh
+
+
+def build_corpus_sensor(minimum_interval_seconds: int | None = None) -> dg.SensorDefinition:
+    interval = minimum_interval_seconds or interval_from_env(SENSOR_INTERVAL_ENV, 60)
+
+    @dg.sensor(
+        name="corpus_sensor",
+        minimum_interval_seconds=interval,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Watch the corpus, the checkpoint and the queries file: new files get shard "
+        "partitions, changed content is observed (downstream shows stale), removed files are reported.",
+    )
+    def corpus_sensor(context: dg.SensorEvaluationContext, pretrace: PretraceResource):
+        try:
+            refresh = refresh_inputs(context.instance, pretrace, json.loads(context.cursor) if context.cursor else None)
+        except PretraceError as exc:  # an unreadable input is the user's to fix: say so on the tick
+            return dg.SkipReason(f"cannot read the inputs: {exc}")
+        if refresh.removed:
+            context.log.warning(f"corpus files gone: {', '.join(refresh.removed)}; {CLEAN_HINT}")
+        return dg.SensorResult(skip_reason=dg.SkipReason(refresh.summary()),
+                               cursor=json.dumps(refresh.fingerprints, sort_keys=True))
+
+    return corpus_sensor
+
+
+corpus_sensor = build_corpus_sensor()

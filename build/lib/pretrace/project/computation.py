@@ -1,0 +1,163 @@
+"""One computation of one artefact (partition): what it must be computed from, reading exactly
+that, and committing the result with its manifest.
+
+The expected manifest is fixed when the computation starts (`Project.status`). Every input is
+then read against it: an upstream artefact must still have the fingerprint the manifest names,
+and each of the user's files must still have its fingerprint once it has been read. If another
+run or project rewrites one meanwhile, the computation raises `ConcurrentChange` instead of
+publishing a result mixed from two states of the storage root.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from pretrace.project.device_plan import device_plan, workload
+from pretrace.influence.ekfac import Factors
+from pretrace.errors import ConcurrentChange, InputError, NotReady
+from pretrace.influence.layer_groups import split_layers
+from pretrace.project.artefacts import SOURCES, Artefact, Input, group_index, parse_label
+from pretrace.project.manifests import ArtefactReader, Manifest
+from pretrace.planning.memory_plan import ModelShape
+from pretrace.model.adapter import LoadedModel, load_model, load_tokenizer
+from pretrace.influence.projection import KroneckerProjection, projection_for
+from pretrace.project.provenance import Project
+from pretrace.inputs.query_file import read_queries
+
+_MODELS: dict[tuple, LoadedModel] = {}
+
+
+class Computation:
+    def __init__(self, project: Project, artefact: Artefact | str, partition: str | None = None,
+                 log: Callable[[str], None] = lambda _: None) -> None:
+        self.project = project
+        self.log = log
+        self.artefact = project.graph[artefact] if isinstance(artefact, str) else artefact
+        self.partition = partition
+        self.shard, self.group = self.artefact.split(partition)
+        if partition not in project.partitions(self.artefact):
+            wanted = ", ".join(s for s in project.partitions(self.artefact) if s) or "none"
+            raise InputError(f"{self.artefact.label(partition)} is not a partition this project computes "
+                             f"(its partitions: {wanted})")
+        status = project.status(self.artefact, partition)
+        if status.state == "waiting":
+            raise NotReady(f"{self.artefact.label(partition)} cannot be computed yet: {status.reason}; "
+                           "materialize its inputs first (`pretrace run` does everything in order)")
+        self.expected: Manifest = status.expected
+        self._readers: dict[tuple[str, str | None, str | None], ArtefactReader] = {}
+        self._groups: int | None = None  # `layer_groups`, planned once
+
+    @property
+    def label(self) -> str:
+        return self.project.label(self.artefact, self.partition)
+
+    def reader(self, name: str, shard: str | None = None, model: str | None = None) -> ArtefactReader:
+        """The input artefact ``name`` (of ``shard``; of compared model ``model``), as the expected
+        manifest names it; its manifest is checked once, its files on every read."""
+        if (name, shard, model) not in self._readers:
+            self._readers[(name, shard, model)] = self._open(name, shard, model)
+        return self._readers[(name, shard, model)]
+
+    def _open(self, name: str, shard: str | None, model: str | None) -> ArtefactReader:
+        owner = self.project.compared(model)
+        upstream = owner.graph[name]
+        label = Input(name, model=model).label(shard if upstream.partitioned else None)
+        manifest = owner.store.manifest(upstream, shard)
+        if manifest is None or manifest.fingerprint != self.expected.inputs.get(label):
+            raise ConcurrentChange(
+                f"{label} changed while {self.label} was being computed: another run or another project "
+                f"is writing {owner.storage.root}. Give each project its own `storage:` and rerun."
+            )
+        return owner.store.reader(upstream, manifest)
+
+    def check_sources(self) -> None:
+        """After reading the user's files: each still has the fingerprint the manifest records."""
+        for label, fingerprint in self.expected.inputs.items():
+            name, shard = parse_label(label)
+            if name in SOURCES and self.project.fingerprint_source(name, shard) != fingerprint:
+                raise ConcurrentChange(f"{label} changed while {self.label} was being computed from it; rerun")
+
+    def commit(self, outputs: dict[str, Any]) -> Manifest:
+        self.check_sources()
+        manifest = self.project.store.commit(self.artefact, self.expected, outputs)
+        self.project.forget(self.artefact, self.partition)
+        return manifest
+
+    # ------------------------------------------------------------------ the model
+    @contextmanager
+    def checkpoint(self) -> Iterator[str]:
+        """The checkpoint the `model` artefact describes: the user's folder or URL, or the
+        demo's trained one in storage, verified."""
+        reader = self.reader("model")
+        if self.project.demo:
+            with reader.folder("checkpoint/") as folder:
+                yield str(folder)
+            return
+        yield self.project.config.model
+        if self.project.fingerprint_source("checkpoint") != self.model_info["fingerprint"]:
+            raise ConcurrentChange(f"the checkpoint {self.project.config.model} changed while {self.label} "
+                                   "was loading it; rerun")
+
+    @cached_property
+    def model_info(self) -> dict[str, Any]:
+        """What the `model` artefact records: fingerprint, architecture, context, tracked layers."""
+        return self.reader("model").json("model.json")
+
+    def tokenizer(self) -> Any:
+        with self.checkpoint() as path:
+            return load_tokenizer(path, trust_remote_code=self.project.config.trust_remote_code)
+
+    def model(self) -> LoadedModel:
+        """The model under study, loaded once per process for its fingerprint and settings."""
+        config = self.project.config
+        key = (self.reader("model").manifest.fingerprint, tuple(config.layers), config.device, config.dtype,
+               tuple(config.loading.items()), config.activation_checkpointing)
+        if key not in _MODELS:
+            _MODELS.clear()
+            with self.checkpoint() as path:
+                _MODELS[key] = load_model(path, layers=config.layers, device=config.device, dtype=config.dtype,
+                                          activation_checkpointing=config.activation_checkpointing, **config.loading)
+        return _MODELS[key]
+
+    def layer_groups(self, lm: LoadedModel) -> int:
+        """How many layer groups this computation's passes take: `layer_groups`, or as few as the
+        device's memory allows; refused, with the settings that would fit, when even those do not
+        (`pretrace.project.device_plan`). A partition of one layer group is one pass over its group."""
+        if self._groups is None:
+            config = self.project.config
+            work = workload(config, documents=0, queries=read_queries(config.queries).num_rows)
+            chosen = device_plan(config, ModelShape.of_model(lm.model, lm.model.config, config.layers), work)
+            self.log(f"{chosen.headline()}\n{chosen.summary()}" + (f"\nthis partition: {self.group}" if self.group else ""))
+            self._groups = 1 if self.group is not None else chosen.groups
+        return self._groups
+
+    def group_model(self, lm: LoadedModel) -> LoadedModel:
+        """The model restricted to this partition's layer group (all of it when not per group)."""
+        if self.group is None:
+            return lm
+        groups = split_layers(lm.layer_shapes(), self.project.config.layer_groups)
+        return lm.restricted(groups[group_index(self.group)])
+
+    def projection(self, lm: LoadedModel, factors: Factors | None = None) -> KroneckerProjection | None:
+        """The projection of stored document gradients; a whitened one is built from the
+        factors (read here unless given)."""
+        config = self.project.config
+        if factors is None and config.projects_with_factors:
+            factors = self.reader("ekfac_factors").state()
+        return projection_for(config, lm.layer_shapes(), factors)
+
+
+def model_description(path: str | Path, fingerprint: str, layers: list[str], **loading: bool) -> dict[str, Any]:
+    """What the `model` artefact records of a checkpoint (loaded on the CPU to validate it)."""
+    lm = load_model(str(path), layers=layers, device="cpu", **loading)
+    return {
+        "fingerprint": fingerprint,
+        "architecture": type(lm.model).__name__,
+        "parameters": sum(p.numel() for p in lm.model.parameters()),
+        "max_context": lm.max_context,
+        "tracked_layers": [{"name": layer.name, "d_out": layer.d_out, "d_in": layer.d_in} for layer in lm.layers],
+    }

@@ -1,0 +1,180 @@
+"""Where do influential documents come from? Each source's share of the top and bottom documents of
+each kind, over its share of the corpus."""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+from matplotlib.figure import Figure
+
+from pretrace.analyses.analysis import Analysis
+from pretrace.report.formatting import num, pct
+from pretrace.report.html import figure, wide_table
+from pretrace.analyses.kinds import POOLED
+from pretrace.report.plots import empty, png
+from pretrace.report.section import Section
+from pretrace.analyses.sources_at_k import SOURCE_KS, source_counts
+from pretrace.report.sections import top_documents
+
+SIDES = ("top", "bottom")
+
+
+@dataclass
+class Sources:
+    sources: pl.DataFrame  # per kind, side and source: count, share, corpus share and their ratio
+    sources_at_k: pl.DataFrame  # the same at Ruis et al.'s k (50 ... 500,000, capped by the corpus)
+
+
+def compute(a: Analysis) -> Sources:
+    """Counts and shares of each source among the top and bottom documents of each kind."""
+    top = a.result(top_documents.compute).top_documents
+    corpus = a.corpus_sources
+    total = sum(corpus.values())
+    rows = []
+    for g in a.groups:
+        for side in SIDES:
+            sub = top.filter((pl.col("side") == side) & pl.col("query_id").is_in(g.ids))
+            counts = dict(sub.group_by("source").len().iter_rows())
+            n = sub.height
+            for source in sorted(set(corpus) | set(counts)):
+                share = counts.get(source, 0) / n if n else math.nan
+                corpus_share = corpus.get(source, 0) / total if total else math.nan
+                rows.append({**g.row(), "side": side, "source": source,
+                             "count": counts.get(source, 0), "share": share, "corpus_share": corpus_share,
+                             "ratio": share / corpus_share if corpus_share else math.nan})
+    schema = {"kind": pl.String, "category": pl.String, "side": pl.String, "source": pl.String, "count": pl.Int64,
+              "share": pl.Float64, "corpus_share": pl.Float64, "ratio": pl.Float64}
+    return Sources(pl.DataFrame(rows, schema=schema), _at_k(a))
+
+
+def _at_k(a: Analysis) -> pl.DataFrame:
+    """As Ruis et al.: each source's share of the top and of the bottom k documents of a kind's
+    queries (every query's k pooled), at each k up to the corpus size, over its corpus share;
+    exact within the exact top list, with bounds beyond it (``report.sources_at_k``)."""
+    corpus = a.corpus_sources
+    names, total = list(corpus), sum(corpus.values())
+    corpus_share = np.array([corpus[s] / total for s in names]) if total else np.full(len(names), np.nan)
+    ks = [k for k in SOURCE_KS if k <= a.n_documents] or [a.n_documents]
+    rows = []
+    for side in SIDES:
+        for k in ks:
+            counts = [source_counts(a.stats, q, k, side) for q in range(len(a.stats.query_ids))]
+            for g in a.groups:
+                mine = [c for c, member in zip(counts, g.mask) if member]
+                slots = sum(c.documents for c in mine)
+                estimate, low, high = (np.sum([getattr(c, f) for c in mine], axis=0) if mine else np.zeros(len(names))
+                                       for f in ("estimate", "low", "high"))
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    share = estimate / slots if slots else np.full(len(names), np.nan)
+                for j, source in enumerate(names):
+                    rows.append({**g.row(), "side": side, "k": k, "documents": slots, "source": source,
+                                 "count": float(estimate[j]), "count_low": float(low[j]),
+                                 "count_high": float(high[j]), "exact": all(c.exact for c in mine),
+                                 "share": float(share[j]), "corpus_share": float(corpus_share[j]),
+                                 "ratio": float(share[j] / corpus_share[j]) if corpus_share[j] else math.nan})
+    schema = {"kind": pl.String, "category": pl.String, "side": pl.String, "k": pl.Int64, "documents": pl.Int64,
+              "source": pl.String, "count": pl.Float64, "count_low": pl.Float64, "count_high": pl.Float64,
+              "exact": pl.Boolean, "share": pl.Float64, "corpus_share": pl.Float64, "ratio": pl.Float64}
+    return pl.DataFrame(rows, schema=schema)
+
+
+def reading(a: Analysis) -> list[str]:
+    if len(a.corpus_sources) < 2:
+        names = ", ".join(a.corpus_sources) or "none"
+        return [f"All documents come from one source ({names}), so there is no over- or under-representation to measure."]
+    out = []
+    df = a.result(compute).sources.filter((pl.col("side") == "top") & (pl.col("kind") != POOLED) & pl.col("ratio").is_finite())
+    for kind in a.kind_order:
+        sub = df.filter((pl.col("kind") == kind) & (pl.col("count") > 0)).sort("ratio", descending=True)
+        if sub.height == 0:
+            continue
+        best = sub.row(0, named=True)
+        text = (f"In the top {a.config.k} of {kind} queries, {best['source']} is the most over-represented source: "
+                f"{pct(best['share'])} of top documents against {pct(best['corpus_share'])} of the corpus "
+                f"(\u00d7{num(best['ratio'])})")
+        under = df.filter((pl.col("kind") == kind) & (pl.col("corpus_share") >= 0.05)).sort("ratio")
+        if under.height and under.row(0, named=True)["source"] != best["source"]:
+            worst = under.row(0, named=True)
+            text += f"; {worst['source']} is the most under-represented (\u00d7{num(worst['ratio'])})"
+        out.append(text + ".")
+    if not out:
+        out.append("No top documents to attribute to sources.")
+    out.append("A ratio above 1 means the source is more common among influential documents than in the corpus.")
+    return out
+
+
+def plot(a: Analysis) -> bytes:
+    """Over/under-representation (log2 ratio) of each source in the top and bottom k of each kind."""
+    df = a.result(compute).sources.filter(pl.col("kind") != POOLED)
+    names = sorted(set(df["source"].to_list()))
+    rows = [(k, s) for k in a.kind_order for s in SIDES]
+    fig = Figure(figsize=(max(6, 1.1 * len(names) + 2.5), 0.42 * max(len(rows), 2) + 1.6))
+    ax = fig.add_subplot()
+    if not names or not rows:
+        empty(ax)
+        return png(fig)
+    grid = np.full((len(rows), len(names)), np.nan)
+    ratios = {(r["kind"], r["side"], r["source"]): r["ratio"] for r in df.to_dicts()}
+    for i, (k, side) in enumerate(rows):
+        for j, s in enumerate(names):
+            v = ratios.get((k, side, s))
+            if v is not None and math.isfinite(v):
+                grid[i, j] = v
+    with np.errstate(divide="ignore"):
+        logs = np.log2(np.where(grid > 0, grid, 1 / 16))
+    image = ax.imshow(np.clip(np.nan_to_num(logs), -4, 4), cmap="PuOr_r", vmin=-4, vmax=4, aspect="auto")
+    fig.colorbar(image, ax=ax, label="log2(share in top/bottom k ÷ share in corpus)")
+    for i in range(len(rows)):
+        for j in range(len(names)):
+            if math.isfinite(grid[i, j]):
+                dark = abs(np.clip(logs[i, j], -4, 4)) > 2.5
+                ax.text(j, i, f"{grid[i, j]:.2g}", ha="center", va="center", fontsize=7,
+                        color="white" if dark else "black")
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_yticks(range(len(rows)), [f"{k} · {s}" for k, s in rows])
+    ax.set_title("Sources of influential documents relative to the corpus")
+    return png(fig)
+
+
+def body(a: Analysis, figs: dict[str, bytes]) -> str:
+    top = a.result(compute).sources.filter(pl.col("side") == "top").with_columns(
+        cell=pl.struct(["ratio", "count"]).map_elements(lambda r: f"×{num(r['ratio'])} ({r['count']})",
+                                                        return_dtype=pl.String))
+    wide = top.pivot(on="source", index="kind", values="cell", maintain_order=True)
+    corpus = a.corpus_sources
+    total = sum(corpus.values()) or 1
+    return (
+        figure("sources", figs["sources"], "Share of each source among the top and bottom documents of each "
+                    "kind, divided by its share of the corpus.")
+        + "<p>Top documents: ratio to the corpus share (count). Corpus: "
+        + html.escape(", ".join(f"{s} {pct(c / total)}" for s, c in corpus.items())) + "</p>"
+        + wide_table(wide)
+        + "<p>As Ruis et al. (2024) compare them: each source's share of the top and of the bottom k documents "
+          "(every query of a kind pooled) over its corpus share, at k = 50, 500, 5,000, 50,000 and 500,000 "
+          "(those the corpus has); counts beyond the exact top list are estimates within stated bounds "
+          "(sources_at_k.parquet).</p>"
+        + wide_table(_at_k_wide(a))
+    )
+
+
+def _at_k_wide(a: Analysis) -> pl.DataFrame:
+    """Ratios to the corpus share by kind, side and k (rows) and source (columns)."""
+    df = a.result(compute).sources_at_k.with_columns(
+        cell=pl.struct(["ratio", "exact"]).map_elements(
+            lambda r: f"×{num(r['ratio'])}" + ("" if r["exact"] else " (est.)"), return_dtype=pl.String),
+        row=pl.format("{} · {} {}", pl.col("kind"), pl.col("side"), pl.col("k")))
+    return df.pivot(on="source", index="row", values="cell", maintain_order=True).rename({"row": "kind"})
+
+
+def headline(a: Analysis) -> dict[str, pl.DataFrame]:
+    top = a.result(compute).sources.filter((pl.col("side") == "top") & (pl.col("kind") != POOLED))
+    return {"sources": top.sort("ratio", descending=True, nulls_last=True).head(20).select(
+        ["kind", "source", "count", "share", "corpus_share", "ratio"])}
+
+
+SECTION = Section("sources", "Where do influential documents come from?", body, reading,
+                  figures={"sources": plot}, compute=compute, headline=headline)

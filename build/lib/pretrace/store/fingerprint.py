@@ -1,0 +1,156 @@
+"""Content fingerprints of the user's inputs: corpus files, checkpoints and query files.
+
+A fingerprint changes exactly when content does. Modification times do not qualify: copy tools
+keep them across content changes (``cp -p``, ``rsync -t``) and round them across copies of
+unchanged files. Locally a fingerprint is the file's SHA-256; on S3 it is the object's ETag and
+size, which S3 derives from the content.
+
+Hashing a large corpus on every sensor tick would cost minutes, so local digests are cached
+under ``$PRETRACE_CACHE_DIR`` (default ``~/.cache/pretrace``), keyed by the path and a stat
+signature that any write changes: size, mtime, *ctime*, inode and device. ctime cannot be set
+from user space (``utime`` itself bumps it), so a file rewritten with its old mtime restored is
+still hashed again, while an untouched file never is.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import json
+import os
+import tempfile
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pretrace.errors import InputError
+from pretrace.store.storage import open_fs, sha256_file
+
+CACHE_ENV = "PRETRACE_CACHE_DIR"
+_SAVE_EVERY_S = 5.0
+
+
+def cache_folder(folder: str | os.PathLike | None = None) -> Path:
+    """pretrace's local cache: ``folder``, else $PRETRACE_CACHE_DIR, else ~/.cache/pretrace
+    ($XDG_CACHE_HOME/pretrace)."""
+    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pretrace"
+    return Path(folder or os.environ.get(CACHE_ENV) or default)
+
+
+def private_folder(path: Path) -> Path:
+    """``path`` created if need be, and private to the user.
+
+    What the cache holds decides what is loaded and what counts as unchanged (checkpoint
+    copies, file digests), so a folder another user owns is refused and one that others may
+    write into is made private.
+    """
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    stat = path.stat()
+    if stat.st_uid != os.getuid():
+        raise InputError(f"the cache folder {path} belongs to another user; set ${CACHE_ENV} to a folder of your own")
+    if stat.st_mode & 0o077:
+        path.chmod(0o700)
+    return path
+
+
+def _stat_signature(stat: os.stat_result) -> str:
+    return f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}:{stat.st_ino}:{stat.st_dev}"
+
+
+class DigestCache:
+    """Path -> (stat signature, SHA-256) on local disk, shared by every process of the user.
+
+    Writes replace the whole file atomically; two processes racing lose an entry at worst,
+    which only costs hashing that file again.
+    """
+
+    def __init__(self, folder: str | os.PathLike | None = None) -> None:
+        self.path = cache_folder(folder) / "digests.json"
+        self._entries: dict[str, list[str]] | None = None
+        self._saved = time.monotonic()
+        self._dirty = False
+
+    def _load(self) -> dict[str, list[str]]:
+        if self._entries is None:
+            try:
+                private_folder(self.path.parent)
+                self._entries = json.loads(self.path.read_text())
+            except (OSError, ValueError):  # InputError included: a cache not ours is not read
+                self._entries = {}
+        return self._entries
+
+    def digest(self, path: str) -> str:
+        """SHA-256 of the local file ``path``, hashed only when its stat signature is new."""
+        path = os.path.abspath(path)
+        before = _stat_signature(os.stat(path))
+        entries = self._load()
+        known = entries.get(path)
+        if known and known[0] == before:
+            return known[1]
+        digest = sha256_file(path)
+        if _stat_signature(os.stat(path)) != before:
+            raise OSError(f"{path} changed while it was being read; try again once it is complete")
+        entries[path] = [before, digest]
+        if not self._dirty:
+            atexit.register(self.save)  # what the last seconds hashed is kept too (save unregisters it)
+        self._dirty = True
+        if time.monotonic() - self._saved > _SAVE_EVERY_S:
+            self.save()
+        return digest
+
+    def save(self) -> None:
+        """Write new digests (at most every few seconds while hashing many files, and at exit)."""
+        if not self._dirty:
+            return
+        atexit.unregister(self.save)
+        self._saved, self._dirty = time.monotonic(), False
+        try:
+            private_folder(self.path.parent)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".digests-")
+            with os.fdopen(fd, "w") as f:
+                json.dump(self._entries, f)
+            os.replace(tmp, self.path)
+        except (OSError, InputError):
+            pass  # a cache that cannot be written only means hashing again next time
+
+
+@lru_cache(maxsize=None)
+def _shared(folder: Path) -> DigestCache:
+    return DigestCache(folder)
+
+
+def shared_cache() -> DigestCache:
+    """The process's cache of the current cache folder, so that many decisions (automation
+    ticks, runs) share what was read of it and its writes."""
+    return _shared(cache_folder())
+
+
+def remote_fingerprint(info: dict[str, Any]) -> str:
+    """An S3 object's fingerprint from its listing entry: ETag (content MD5 or part MD5s) + size."""
+    etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
+    if not etag:
+        raise OSError(f"{info.get('name')}: the object store gave no ETag to fingerprint it by")
+    return f"etag:{etag}:{info.get('size')}"
+
+
+def file_fingerprint(local_path: str | None, info: dict[str, Any], cache: DigestCache) -> str:
+    """The fingerprint of one listed file: its SHA-256 when local, else its ETag and size."""
+    if local_path is not None:
+        return f"sha256:{cache.digest(local_path)}"
+    return remote_fingerprint(info)
+
+
+def tree_fingerprint(url: str, cache: DigestCache) -> str:
+    """One fingerprint of every file under a folder or prefix (a checkpoint), names included."""
+    fs, root = open_fs(url)
+    local = url if "://" not in url or url.startswith("file://") else None
+    digest = hashlib.sha256()
+    listing = sorted(fs.find(root, detail=True).items())
+    if not listing:
+        raise FileNotFoundError(f"{url} holds no files")
+    for path, info in listing:
+        relative = path[len(root):].lstrip("/")
+        fingerprint = file_fingerprint(path if local else None, info, cache)
+        digest.update(f"{relative}\0{fingerprint}\n".encode())
+    return f"tree:{digest.hexdigest()}"

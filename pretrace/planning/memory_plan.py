@@ -1,0 +1,316 @@
+"""How much device memory, host memory and disk each step will need, before anything runs.
+
+A 7B model's EK-FAC factors alone (Llama-2-7B's MLPs: 17.6 billion floats) outgrow an 80 GB GPU,
+so a run has to know its peak before it loads weights. The plan needs the model's configuration
+only: the model is built on PyTorch's meta device (shapes, no storage), so the tracked layers and
+the parameter count are exactly those a real load would give, for any architecture.
+
+Every number is a sum of named parts (`Step.parts`), so a reader sees what dominates. Parts that
+pretrace allocates itself (captured activations and gradients, float64 sums, factors, per-example
+gradients) are counted exactly; the model's own saved activations are estimated per token from the
+configuration (`ACTIVATION_FLOATS`), which is the one approximation; `bench/scale.py` and the
+tests measure the whole against real allocations (`pretrace.planning.peak_memory`, or the GPU's allocator).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from pretrace.influence.ekfac import diagonal_blocks
+from pretrace.errors import InputError
+from pretrace.influence.layer_groups import factor_floats, split_layers
+from pretrace.influence.low_rank import CHUNK_NUMBERS
+from pretrace.model.adapter import DEFAULT_LAYER_PATTERNS, resolve_dtype, select_layers
+from pretrace.influence.quantization import factor_bytes, row_bytes
+
+GB = 1e9
+LOGIT_BYTES_PER_VOCAB = 16
+"""Per token and vocabulary entry at the loss: float32 logits, their log-softmax and the two gradients."""
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the plan reads from a model's configuration."""
+
+    parameters: int
+    blocks: int
+    hidden: int
+    kv_hidden: int  # keys and values each (grouped-query attention shrinks them)
+    intermediate: int
+    vocab: int
+    layers: dict[str, tuple[int, int]]  # tracked layer -> (d_out, d_in), bias column included
+
+    @classmethod
+    def of_config(cls, config: object, patterns: Sequence[str] = DEFAULT_LAYER_PATTERNS) -> "ModelShape":
+        """Build the model on the meta device (no memory, no weights) and read its shapes."""
+        from transformers import AutoModelForCausalLM
+
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+        return cls.of_model(model, config, patterns)
+
+    @classmethod
+    def of_model(cls, model: torch.nn.Module, config: object, patterns: Sequence[str] = DEFAULT_LAYER_PATTERNS) -> "ModelShape":
+        hidden = _first(config, "hidden_size", "n_embd", "d_model")
+        heads = _first(config, "num_attention_heads", "n_head")
+        kv_heads = _first(config, "num_key_value_heads", default=heads) or heads
+        return cls(
+            parameters=sum(p.numel() for p in model.parameters()),
+            blocks=_first(config, "num_hidden_layers", "n_layer"),
+            hidden=hidden,
+            kv_hidden=hidden * kv_heads // heads,
+            intermediate=_first(config, "intermediate_size", "n_inner", "ffn_dim", default=None) or 4 * hidden,
+            vocab=_first(config, "vocab_size"),
+            layers={layer.name: (layer.d_out, layer.d_in) for layer in select_layers(model, patterns)},
+        )
+
+
+def _first(config: object, *keys: str, default: object = InputError) -> int:
+    for key in keys:
+        value = getattr(config, key, None)
+        if isinstance(value, int):
+            return value
+    if default is InputError:
+        raise InputError(f"model: the configuration gives none of {', '.join(keys)}; the memory plan needs it")
+    return default  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The settings that size each step (pretrace.yaml's, and the data's counts)."""
+
+    batch_size: int = 8
+    max_length: int = 512
+    dtype: str = "float32"
+    documents: int = 0
+    queries: int = 0
+    query_length: int = 512
+    projection: tuple[int, int] | None = None
+    query_rank: int | None = None
+    layer_groups: int = 1
+    device: str = "cuda"  # on "cpu" the results a step gathers sit in the same memory
+    factor_block_size: int | None = None
+    document_rank: int | None = None
+    stored_gradient_dtype: str = "float32"
+    activation_checkpointing: bool = False
+
+
+def activation_bytes(shape: ModelShape, tokens: int, itemsize: int, checkpointed: bool = False) -> int:
+    """The model's own tensors alive at the peak of one forward and backward with frozen weights:
+    per block and token the residual stream, attention's saved queries, keys, values and output,
+    the MLP's four intermediate tensors (in the compute dtype; norms keep float32 copies when it is
+    narrower), and the float32 logits at the loss. Checkpointed (`pretrace.model.activation_checkpointing`),
+    each block keeps its input alone and one block's tensors live again while it is recomputed."""
+    per_block = itemsize * (6 * shape.hidden + 2 * shape.kv_hidden + 4 * shape.intermediate)
+    if itemsize < 4:
+        per_block += 2 * 4 * shape.hidden
+    kept = shape.blocks * itemsize * shape.hidden + per_block if checkpointed else shape.blocks * per_block
+    return tokens * (kept + LOGIT_BYTES_PER_VOCAB * shape.vocab)
+
+
+LOADED = ("weights", "eigenbases", "factors", "query gradients", "query gradient factors")
+"""Parts that are a step's inputs, on the device before it begins (on a CPU, the very tensors
+read from storage): what the step itself allocates is the rest (`Step.allocated`)."""
+
+
+@dataclass
+class Step:
+    """One step's peak device memory, with the parts it is the sum of, and its host and disk needs."""
+
+    name: str
+    parts: dict[str, int]
+    host: int = 0
+    disk: int = 0
+
+    @property
+    def device(self) -> int:
+        return sum(self.parts.values())
+
+    @property
+    def allocated(self) -> int:
+        """The bytes the step allocates itself, its inputs already in memory (`LOADED`)."""
+        return sum(size for part, size in self.parts.items() if part not in LOADED)
+
+
+@dataclass
+class Plan:
+    steps: list[Step]
+    groups: list[list[str]] = field(default_factory=list)
+
+    @property
+    def peak(self) -> Step:
+        return max(self.steps, key=lambda step: step.device)
+
+    def step(self, name: str) -> Step:
+        return next(step for step in self.steps if step.name == name)
+
+    def table(self) -> str:
+        """One line per step: peak device memory, its largest part, host memory and disk."""
+        lines = [f"memory plan ({len(self.groups)} layer group{'s' if len(self.groups) != 1 else ''}):",
+                 f"  {'step':<18} {'device GB':>10} {'host GB':>9} {'disk GB':>9}  largest part"]
+        for step in self.steps:
+            part, size = max(step.parts.items(), key=lambda kv: kv[1])
+            lines.append(f"  {step.name:<18} {step.device / GB:>10.2f} {step.host / GB:>9.2f} {step.disk / GB:>9.2f}"
+                         f"  {part} {size / GB:.2f}")
+        return "\n".join(lines)
+
+
+def plan(shape: ModelShape, work: Workload) -> Plan:
+    """Each step's peak for the largest of ``work.layer_groups`` groups of the tracked layers."""
+    groups = split_layers(shape.layers, work.layer_groups)
+    sizes = _Sizes(shape, work, groups)
+    return Plan([sizes.covariances(), sizes.eigenbasis(), sizes.lambdas(), sizes.query_gradients(), sizes.scores()],
+                groups)
+
+
+def _covariance(d_out: int, d_in: int) -> int:
+    return d_in * d_in + d_out * d_out
+
+
+def _per_example(d_out: int, d_in: int) -> int:
+    return d_out * d_in
+
+
+class _Sizes:
+    """The bytes of each step's parts for one model shape, workload and grouping."""
+
+    def __init__(self, shape: ModelShape, work: Workload, groups: list[list[str]]) -> None:
+        self.shape, self.work, self.groups = shape, work, groups
+        self.w = resolve_dtype(work.dtype).itemsize
+        self.all = list(shape.layers.values())
+        self.upcast = self.w < 4 and work.device != "cuda"  # a GPU keeps captured bf16/fp16 values as they are
+        self.doc_tokens = work.batch_size * work.max_length
+        self.query_batch = min(work.batch_size, max(work.queries, 1))
+        self.k_out, self.k_in = work.projection or (None, None)
+
+    def heaviest(self, size) -> list[tuple[int, int]]:
+        """The shapes of the group with the largest total ``size``: the one that sets the peak."""
+        shapes = [[self.shape.layers[name] for name in group] for group in self.groups]
+        return max(shapes, key=lambda group: sum(size(*s) for s in group))
+
+    def forward(self, tokens: int, layers: list[tuple[int, int]]) -> dict[str, int]:
+        """A captured pass: weights, the model's activations (the tracked layers' inputs among
+        them), and per tracked layer per token the output gradient the hook keeps, plus float32
+        copies of inputs and gradients where they are upcast. Summed: the backward pass makes the
+        gradients while most activations are still alive."""
+        w, checkpointed = self.w, self.work.activation_checkpointing
+        inputs = w if checkpointed else 0  # the hooks keep layer inputs that checkpointed blocks would free
+        upcast = 4 if self.upcast else 0
+        captured = sum(w * d_out + inputs * d_in + upcast * (d_in + d_out) for d_out, d_in in layers)
+        return {"weights": self.shape.parameters * w,
+                "activations": activation_bytes(self.shape, tokens, w, checkpointed), "captured": tokens * captured}
+
+    def gathered(self, part: str, size: int) -> dict[str, int]:
+        """Results a step moves to the host as it goes: in device memory only on a CPU."""
+        return {part: size} if self.work.device == "cpu" else {}
+
+    def rotated(self, batch: int, tokens: int, copies: int) -> int:
+        """A layer's per-example gradients in the eigenbasis: ``copies`` (batch, d_out, d_in) float32
+        tensors (rotated, squared or preconditioned) and the rotated per-token values."""
+        return max(4 * batch * (copies * o * i + tokens * (o + i)) for o, i in self.all)
+
+    def kept(self, d_out: int, d_in: int) -> tuple[int, int]:
+        """A layer's (projected) gradient shape: a projection keeps at most the layer's sides."""
+        return min(self.k_out or d_out, d_out), min(self.k_in or d_in, d_in)
+
+    def stored(self, d_out: int, d_in: int) -> int:
+        """Floats of one layer's (projected) gradient."""
+        k_out, k_in = self.kept(d_out, d_in)
+        return k_out * k_in
+
+    def document_bytes(self) -> int:
+        """Bytes of one document's stored gradients: (projected) per layer, dense or as rank-c
+        factors (`document_rank`), in `stored_gradient_dtype`."""
+        rank, dtype = self.work.document_rank, self.work.stored_gradient_dtype
+        if rank is None:
+            return sum(k_out * row_bytes(dtype, k_in) for k_out, k_in in (self.kept(o, i) for o, i in self.all))
+        return sum(factor_bytes(dtype, rank, *self.kept(o, i)) for o, i in self.all)
+
+    def query_floats(self, layers: list[tuple[int, int]]) -> int:
+        """Floats kept per query: dense (projected) gradients, or rank-r factors."""
+        rank = self.work.query_rank
+        if rank is None:
+            return sum(self.stored(o, i) for o, i in layers)
+        return sum(rank * sum(self.kept(o, i)) for o, i in layers)
+
+    def block(self, layers: list[tuple[int, int]]) -> int:
+        """The widest diagonal block of these layers' factors (`factor_block_size`)."""
+        sides = [side for shape in layers for side in shape]
+        return max(b.stop - b.start for side in sides for b in diagonal_blocks(side, self.work.factor_block_size))
+
+    def covariances(self) -> Step:
+        g, all_cov = self.heaviest(_covariance), sum(_covariance(*s) for s in self.all)
+        return Step("covariances", self.forward(self.doc_tokens, g) | {
+            "float64 sums": 8 * sum(_covariance(*s) for s in g),
+            # one diagonal block's float32 product at a time, and the float64 copy the in-place sum makes of it
+            "batch products": 12 * self.block(g) ** 2,
+        }, host=8 * all_cov, disk=8 * all_cov)
+
+    def eigenbasis(self) -> Step:
+        square, all_cov = self.block(self.all), sum(_covariance(*s) for s in self.all)
+        return Step("eigenbasis", {"float64 matrix, copy, vectors, solver work": 8 * 8 * square * square},
+                    host=8 * all_cov + 4 * all_cov, disk=4 * (all_cov + sum(o + i for o, i in self.all)))
+
+    def lambdas(self) -> Step:
+        g, work = self.heaviest(factor_floats), self.work
+        every = sum(_per_example(*s) for s in self.all)
+        return Step("lambdas", self.forward(self.doc_tokens, g) | {
+            "eigenbases": 4 * sum(_covariance(*s) for s in g), "float64 sums": 8 * sum(_per_example(*s) for s in g),
+            "rotated per-example": self.rotated(work.batch_size, work.max_length, 2),
+        }, host=4 * sum(_covariance(*s) for s in self.all) + 8 * every, disk=8 * every)
+
+    def query_gradients(self) -> Step:
+        g, work = self.heaviest(factor_floats), self.work
+        every = 4 * work.queries * self.query_floats(self.all)
+        return Step("query_gradients", self.forward(self.query_batch * work.query_length, g) | {
+            "factors": 4 * sum(factor_floats(*s) for s in g),
+            "rotated per-example": self.rotated(self.query_batch, work.query_length, 4),
+            **self.gathered("gathered query gradients", 4 * work.queries * self.query_floats(g)),
+        }, host=4 * sum(factor_floats(*s) for s in self.all) + every, disk=every)
+
+    def scores(self) -> Step:
+        g, work = self.heaviest(_per_example), self.work
+        if work.query_rank is None:
+            scoring = {"query gradients": 4 * work.queries * self.query_floats(g),
+                       "one layer's document gradients": 4 * work.batch_size * max(self.stored(*s) for s in g)}
+        else:  # factored queries score from per-token products (pretrace.influence.low_rank.captured_inner_products)
+            scoring = {"query gradient factors": 4 * work.queries * self.query_floats(g),
+                       "per-token products": 3 * 4 * min(self.doc_tokens * work.queries * work.query_rank, CHUNK_NUMBERS)}
+        matrix = 4 * work.queries * work.documents
+        documents = work.documents * self.document_bytes()  # the document_gradients store
+        return Step("scores", self.forward(self.doc_tokens, g) | scoring | self.gathered("scores", matrix),
+                    host=4 * work.queries * self.query_floats(self.all) + matrix, disk=matrix + documents)
+
+
+def fitting_plan(shape: ModelShape, work: Workload, device_bytes: int) -> tuple[Plan, Workload]:
+    """The plan of ``work`` if it fits ``device_bytes``, else of the nearest settings that do:
+    more layer groups first (same results, more passes), then smaller batches, then all of that
+    again with activation checkpointing (same results, more compute). Raises `InputError` when
+    nothing fits, with the plan of the smallest settings."""
+    tried = work
+    while True:
+        current = plan(shape, tried)
+        if current.peak.device <= device_bytes:
+            return current, tried
+        if tried.layer_groups < len(shape.layers):
+            tried = replace(tried, layer_groups=tried.layer_groups + 1)
+        elif tried.batch_size > 1:
+            tried = replace(tried, batch_size=tried.batch_size // 2, layer_groups=work.layer_groups)
+        elif not tried.activation_checkpointing:
+            tried = replace(work, activation_checkpointing=True)
+        else:
+            raise InputError(
+                f"the run needs {current.peak.device / GB:.3g} GB of device memory at its smallest settings "
+                f"(batch_size 1, layer_groups {tried.layer_groups}, activation_checkpointing) but the device has "
+                f"{device_bytes / GB:.3g} GB; track fewer layers, shorten max_length, set factor_block_size for "
+                f"the widest layers, or use a larger device\n{current.table()}")
+
+
+def suggestion(work: Workload, fitted: Workload) -> str:
+    """The settings that change, as pretrace.yaml lines."""
+    keys = ("layer_groups", "batch_size", "activation_checkpointing")
+    changed = [f"{key}: {str(getattr(fitted, key)).lower()}" for key in keys if getattr(fitted, key) != getattr(work, key)]
+    return ", ".join(changed)

@@ -1,0 +1,120 @@
+"""A project's memory plan on its device: the layer groups its run uses, or a refusal that says
+which settings would fit.
+
+`layer_groups` unset lets the plan choose as few groups as the device's memory allows (layer
+groups change no artefact: each layer's factors and gradients are the same bytes whatever the
+grouping). A batch size is never changed behind the user's back (it changes float rounding, so
+it is among the artefacts' inputs): when even one layer per group does not fit, the run is
+refused with the batch size that would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from pretrace.config import PretraceConfig
+from pretrace.errors import InputError
+from pretrace.planning.memory_plan import GB, ModelShape, Plan, Workload, fitting_plan, plan, suggestion
+from pretrace.model.adapter import open_checkpoint, resolve_device
+from pretrace.project.provenance import Project
+from pretrace.inputs.query_file import read_queries
+from pretrace.demo.tokenizer import DEMO_VOCAB
+from pretrace.demo.train import demo_model_config
+
+
+@dataclass
+class DevicePlan:
+    """The plan a run follows: its settings, layer groups, and the device memory it must fit."""
+
+    plan: Plan
+    work: Workload
+    budget: int | None  # bytes of device memory; None on a CPU without `device_memory_gb`
+    chosen: bool  # the plan chose the layer groups (`layer_groups` unset)
+
+    @property
+    def groups(self) -> int:
+        return self.work.layer_groups
+
+    def headline(self) -> str:
+        if self.chosen:
+            return f"layer_groups: {self.groups} (chosen by the plan)"
+        fan_out = " (the EK-FAC fitting partitioned by group: a run per shard and group)" if self.groups > 1 else ""
+        return f"layer_groups: {self.groups}{fan_out}"
+
+    def summary(self) -> str:
+        fits = "no limit set" if self.budget is None else f"fits the device's {self.budget / GB:.3g} GB"
+        return f"{self.plan.table()}\n  peak {self.plan.peak.device / GB:.2f} GB ({self.plan.peak.name}): {fits}"
+
+
+def device_budget(config: PretraceConfig) -> int | None:
+    """The device memory a run must fit: `device_memory_gb`, else what the GPU has, else no limit."""
+    if config.device_memory_gb is not None:
+        return int(config.device_memory_gb * GB)
+    device = resolve_device(config.device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[1]
+    return None
+
+
+def workload(config: PretraceConfig, *, documents: int, queries: int, query_length: int | None = None) -> Workload:
+    """The plan's view of the settings (queries sized at max_length unless their length is known)."""
+    device = resolve_device(config.device).type
+    return Workload(
+        batch_size=config.batch_size, max_length=config.max_length, dtype=config.dtype, documents=documents,
+        queries=queries, query_length=query_length or config.max_length, projection=config.projection,
+        query_rank=config.query_rank, layer_groups=config.layer_groups or 1, device=device,
+        factor_block_size=config.factor_block_size, document_rank=config.document_rank,
+        stored_gradient_dtype=config.stored_gradient_dtype, activation_checkpointing=config.activation_checkpointing,
+    )
+
+
+def device_plan(config: PretraceConfig, shape: ModelShape, work: Workload) -> DevicePlan:
+    """The plan of these settings on the configured device; `InputError` when they do not fit,
+    with the plan and the settings that would."""
+    budget, automatic = device_budget(config), config.layer_groups is None
+    asked = plan(shape, work)
+    if budget is None or asked.peak.device <= budget:
+        return DevicePlan(asked, work, budget, automatic)
+    fitted_plan, fitted = fitting_plan(shape, replace(work, layer_groups=1), budget)  # raises when nothing fits
+    user_settings = ("batch_size", "activation_checkpointing")
+    applied_by_itself = all(getattr(fitted, key) == getattr(work, key) for key in user_settings)
+    if automatic and applied_by_itself:  # layer groups alone: a run can choose them; the rest the user sets
+        return DevicePlan(fitted_plan, fitted, budget, automatic)
+    raise InputError(
+        f"the run needs {asked.peak.device / GB:.3g} GB of device memory at its peak ({asked.peak.name}) but the "
+        f"device has {budget / GB:.3g} GB; set {suggestion(work, fitted)} in pretrace.yaml (layer groups give the "
+        f"same results in more passes, the EK-FAC sums refitted a group at a time; a smaller batch_size recomputes "
+        f"the gradients; activation checkpointing recomputes each block in the backward pass)\n{asked.table()}")
+
+
+
+def project_plans(project: Project) -> list[tuple[str | None, DevicePlan]]:
+    """The plan of the project's model and of each compared model, from their configurations
+    alone (no weights), sized by the queries file and the documents tokenized so far."""
+    demo_unbuilt = project.demo and not Path(project.config.queries).exists()  # `pretrace demo` writes it
+    queries = 0 if demo_unbuilt else read_queries(project.config.queries).num_rows
+    documents = 0 if demo_unbuilt else _tokenized_documents(project)
+    plans = []
+    for name, owner in project.projects():
+        config = owner.config
+        if project.demo:
+            model_config = demo_model_config(DEMO_VOCAB, config.max_length)
+        else:
+            model_config = open_checkpoint(config.model, **config.loading).config
+        work = workload(config, documents=documents, queries=queries)
+        plans.append((name, device_plan(config, ModelShape.of_config(model_config, config.layers), work)))
+    return plans
+
+
+def _tokenized_documents(project: Project) -> int:
+    """Documents of the corpus shards tokenized and current (their count is known without reading the corpus)."""
+    artefact = project.graph["corpus_shards"]
+    total = 0
+    for shard in project.shards:
+        manifest = project.manifest(artefact, shard)
+        if manifest is not None and project.status(artefact, shard).current:
+            total += project.store.reader(artefact, manifest).table("{shard}.parquet", ["doc_id"]).num_rows
+    return total
