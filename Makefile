@@ -11,7 +11,7 @@ KRONFLUENCE_SPEC ?= kronfluence==1.0.1
 BERGSON_SPEC ?= bergson==2.5.1 datasets==5.2.0 multiprocess==0.70.19 dill==0.4.1 pandas==3.1.1 xxhash==4.1.0 \
 	simple-parsing==0.1.9 ml_dtypes==0.6.0 petname==2.9 jaxtyping==0.3.11 peft==0.21.2
 
-.PHONY: demo test lint ui bench venv clean
+.PHONY: demo test lint format docs ui bench venv clean
 
 venv: $(VENV)/.installed
 
@@ -32,6 +32,16 @@ test: lint
 
 lint: venv
 	$(VENV)/bin/ruff check -q .
+	$(VENV)/bin/ruff format --check -q .
+
+format: venv
+	$(VENV)/bin/ruff check -q --fix .
+	$(VENV)/bin/ruff format -q .
+
+# docs/configuration.md is generated from the settings schema; the site builds strictly into site/.
+docs: venv
+	$(PY) -c "from pretrace.config import reference_markdown; open('docs/configuration.md', 'w').write(reference_markdown())"
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -d site
 
 ui: venv
 	$(VENV)/bin/pretrace ui
@@ -41,4 +51,4 @@ bench: venv
 	$(PY) -m bench.report
 
 clean:
-	rm -rf $(VENV) data .pytest_cache
+	rm -rf $(VENV) data site .pytest_cache

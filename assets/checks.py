@@ -6,10 +6,10 @@ import dagster as dg
 import numpy as np
 import pyarrow.compute as pc
 
-from pretrace.project.manifests import ArtefactReader
 from pretrace.influence.projection import BASES
-from pretrace.project.provenance import Project
 from pretrace.influence.quantization import BITS, row_bytes
+from pretrace.project.manifests import ArtefactReader
+from pretrace.project.provenance import Project
 from pretrace.resources.pretrace import PretraceResource
 
 from .partitions import shard_partitions
@@ -26,8 +26,12 @@ def _missing(name: str) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(passed=False, description=f"no committed {name} artefact in storage")
 
 
-@dg.asset_check(asset="corpus_shards", partitions_def=shard_partitions, blocking=True,
-                description="Every document chunk of a shard has its own id, so every score names one document.")
+@dg.asset_check(
+    asset="corpus_shards",
+    partitions_def=shard_partitions,
+    blocking=True,
+    description="Every document chunk of a shard has its own id, so every score names one document.",
+)
 def unique_document_ids(context: dg.AssetCheckExecutionContext, pretrace: PretraceResource) -> dg.AssetCheckResult:
     reader = _stored(pretrace.project(), "corpus_shards", context.partition_key)
     if reader is None:
@@ -37,9 +41,14 @@ def unique_document_ids(context: dg.AssetCheckExecutionContext, pretrace: Pretra
     return dg.AssetCheckResult(passed=not duplicates, metadata={"chunks": len(ids), "duplicates": int(duplicates)})
 
 
-@dg.asset_check(asset="influence_scores", partitions_def=shard_partitions,
-                description="One finite score per (query, document chunk) of the shard.")
-def scores_complete_and_finite(context: dg.AssetCheckExecutionContext, pretrace: PretraceResource) -> dg.AssetCheckResult:
+@dg.asset_check(
+    asset="influence_scores",
+    partitions_def=shard_partitions,
+    description="One finite score per (query, document chunk) of the shard.",
+)
+def scores_complete_and_finite(
+    context: dg.AssetCheckExecutionContext, pretrace: PretraceResource
+) -> dg.AssetCheckResult:
     project = pretrace.project()
     reader = _stored(project, "influence_scores", context.partition_key)
     if reader is None:
@@ -52,14 +61,19 @@ def scores_complete_and_finite(context: dg.AssetCheckExecutionContext, pretrace:
     values = scores.column("score").to_numpy()
     finite = bool(np.isfinite(values).all())
     expected = n_docs * n_queries
-    return dg.AssetCheckResult(passed=finite and scores.num_rows == expected, metadata={
-        "rows": scores.num_rows, "queries x documents": expected, "all_finite": finite})
+    return dg.AssetCheckResult(
+        passed=finite and scores.num_rows == expected,
+        metadata={"rows": scores.num_rows, "queries x documents": expected, "all_finite": finite},
+    )
 
 
-@dg.asset_check(asset="influence_scores", partitions_def=shard_partitions,
-                description="Stored scores (projected documents, low-rank queries) against exact EK-FAC scores "
-                            "on a seeded sample of the shard's documents, as measured when the shard was scored; "
-                            "warns below `projection_floor`.")
+@dg.asset_check(
+    asset="influence_scores",
+    partitions_def=shard_partitions,
+    description="Stored scores (projected documents, low-rank queries) against exact EK-FAC scores "
+    "on a seeded sample of the shard's documents, as measured when the shard was scored; "
+    "warns below `projection_floor`.",
+)
 def projection_error_check(context: dg.AssetCheckExecutionContext, pretrace: PretraceResource) -> dg.AssetCheckResult:
     project = pretrace.project()
     config = project.config
@@ -79,18 +93,29 @@ def projection_error_check(context: dg.AssetCheckExecutionContext, pretrace: Pre
     if projection is not None and accuracy["document_rank"] is None and stored_dtype not in BITS:
         k_out, k_in = projection["k_out"], projection["k_in"]
         ratio = 2 * k_out * row_bytes("int4", 2 * k_in) / (k_out * row_bytes(stored_dtype, k_in))
-        advice += (f"; or spend the bytes on a larger projection in fewer bits: `projection` [{2 * k_out}, {2 * k_in}] "
-                   f"with `stored_gradient_dtype` int4 takes {ratio:.2g}x the bytes of this store")
+        advice += (
+            f"; or spend the bytes on a larger projection in fewer bits: `projection` [{2 * k_out}, {2 * k_in}] "
+            f"with `stored_gradient_dtype` int4 takes {ratio:.2g}x the bytes of this store"
+        )
     return dg.AssetCheckResult(
-        passed=passed, severity=dg.AssetCheckSeverity.WARN,
-        description=None if passed else (
+        passed=passed,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=None
+        if passed
+        else (
             f"stored scores correlate with exact ones at {measured}, below projection_floor {config.projection_floor}: "
             f"{advice} (now projection {projection}, query_rank {accuracy['query_rank']}, "
-            f"document_rank {accuracy['document_rank']}, stored_gradient_dtype {stored_dtype})"),
-        metadata={**{k: v for k, v in accuracy.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
-                  "projection": str(accuracy["projection"] or "none"), "query_rank": str(accuracy["query_rank"]),
-                  "document_rank": str(accuracy["document_rank"]),
-                  "stored_dtype": stored_dtype, "floor": config.projection_floor})
+            f"document_rank {accuracy['document_rank']}, stored_gradient_dtype {stored_dtype})"
+        ),
+        metadata={
+            **{k: v for k, v in accuracy.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+            "projection": str(accuracy["projection"] or "none"),
+            "query_rank": str(accuracy["query_rank"]),
+            "document_rank": str(accuracy["document_rank"]),
+            "stored_dtype": stored_dtype,
+            "floor": config.projection_floor,
+        },
+    )
 
 
 @dg.asset_check(asset="ekfac_factors", description="Damping is positive and finite on every layer.")
@@ -103,16 +128,28 @@ def damping_positive(pretrace: PretraceResource) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(passed=not bad, metadata={"layers": len(damping), "bad": dg.MetadataValue.json(bad)})
 
 
-@dg.asset_check(asset="influence_report",
-                description="The report covers every current shard, each scored with the current query gradients.")
+@dg.asset_check(
+    asset="influence_report",
+    description="The report covers every current shard, each scored with the current query gradients.",
+)
 def report_covers_current_corpus(pretrace: PretraceResource) -> dg.AssetCheckResult:
     project = pretrace.project()
     status = project.status("influence_report")
     unscored = [s for s in project.shards if not project.status("influence_scores", s).current]
-    return dg.AssetCheckResult(passed=status.current and not unscored, metadata={
-        "shards": len(project.shards), "not scored": dg.MetadataValue.json(unscored),
-        "report": f"{status.state} {status.reason}".strip()})
+    return dg.AssetCheckResult(
+        passed=status.current and not unscored,
+        metadata={
+            "shards": len(project.shards),
+            "not scored": dg.MetadataValue.json(unscored),
+            "report": f"{status.state} {status.reason}".strip(),
+        },
+    )
 
 
-CHECKS = [unique_document_ids, scores_complete_and_finite, projection_error_check, damping_positive,
-          report_covers_current_corpus]
+CHECKS = [
+    unique_document_ids,
+    scores_complete_and_finite,
+    projection_error_check,
+    damping_positive,
+    report_covers_current_corpus,
+]

@@ -12,8 +12,8 @@ from pathlib import Path
 import dagster as dg
 import pyarrow as pa
 
-from pretrace.project.computation import Computation
 from pretrace.errors import ConcurrentChange, PretraceError
+from pretrace.project.computation import Computation
 from pretrace.project.manifests import Manifest
 from pretrace.resources.pretrace import PretraceResource
 
@@ -121,7 +121,10 @@ def materialized(computation: Computation, manifest: Manifest, started: float, *
 
 def table_preview(table: pa.Table, columns: list[str], rows: int = 10, width: int = 80) -> dg.MetadataValue:
     """The first rows of a table, as a Dagster table with a column schema (cells cut to `width`)."""
-    clip = lambda v: v[:width] if isinstance(v, str) else v  # noqa: E731
+
+    def clip(v):
+        return v[:width] if isinstance(v, str) else v
+
     records = [{c: clip(row[c]) for c in columns} for row in table.select(columns).slice(0, rows).to_pylist()]
     return table_metadata(records, {c: str(table.schema.field(c).type) for c in columns})
 
@@ -129,10 +132,14 @@ def table_preview(table: pa.Table, columns: list[str], rows: int = 10, width: in
 def table_metadata(records: list[dict], columns: dict[str, str]) -> dg.MetadataValue:
     """Rows as a Dagster table with a column schema (name -> type); cells that are not plain
     values show as text, missing ones as empty."""
-    plain = lambda v: "" if v is None else v if isinstance(v, (str, int, float, bool)) else str(v)  # noqa: E731
+
+    def plain(v):
+        return "" if v is None else v if isinstance(v, (str, int, float, bool)) else str(v)
+
     return dg.MetadataValue.table(
         records=[dg.TableRecord({c: plain(row[c]) for c in columns}) for row in records],
-        schema=dg.TableSchema(columns=[dg.TableColumn(c, t) for c, t in columns.items()]))
+        schema=dg.TableSchema(columns=[dg.TableColumn(c, t) for c, t in columns.items()]),
+    )
 
 
 def report_link(url: str) -> dg.MetadataValue:
@@ -140,8 +147,9 @@ def report_link(url: str) -> dg.MetadataValue:
     return dg.MetadataValue.url(Path(url).as_uri()) if "://" not in url else dg.MetadataValue.path(url)
 
 
-def also_reading(asset: dg.AssetsDefinition, compute: Callable[..., dg.MaterializeResult], upstream: str,
-                 op_name: str) -> dg.AssetsDefinition:
+def also_reading(
+    asset: dg.AssetsDefinition, compute: Callable[..., dg.MaterializeResult], upstream: str, op_name: str
+) -> dg.AssetsDefinition:
     """``asset`` (one spec, computed by ``compute(context, pretrace)``) depending on ``upstream``
     too, for settings that make it read more (a whitened projection reads the factors). It gets
     an op of its own, ``op_name``: Dagster refuses two different ops of one name in a code
@@ -149,9 +157,15 @@ def also_reading(asset: dg.AssetsDefinition, compute: Callable[..., dg.Materiali
     (spec,) = asset.specs
     op = asset.op
 
-    @dg.multi_asset(name=op_name, specs=[spec.replace_attributes(deps=[*spec.deps, dg.AssetDep(upstream)])],
-                    retry_policy=op.retry_policy, pool=op.pool, op_tags=op.tags, backfill_policy=asset.backfill_policy,
-                    required_resource_keys={"pretrace"})
+    @dg.multi_asset(
+        name=op_name,
+        specs=[spec.replace_attributes(deps=[*spec.deps, dg.AssetDep(upstream)])],
+        retry_policy=op.retry_policy,
+        pool=op.pool,
+        op_tags=op.tags,
+        backfill_policy=asset.backfill_policy,
+        required_resource_keys={"pretrace"},
+    )
     def reading(context):  # unannotated: Dagster inspects annotations, which this module postpones
         return compute(context, context.resources.pretrace)
 

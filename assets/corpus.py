@@ -50,16 +50,23 @@ def corpus_shards(context: dg.AssetExecutionContext, pretrace: PretraceResource)
         info = run.model_info
         max_length = min(run.project.config.max_length, info["max_context"] or run.project.config.max_length)
         records = Counter()
-        table = tokenize_documents(counted(read_records(file.url), records), run.tokenizer(), max_length,
-                                   origin=file.url)
+        table = tokenize_documents(
+            counted(read_records(file.url), records), run.tokenizer(), max_length, origin=file.url
+        )
         manifest = run.commit({"{shard}.parquet": table})
     sources = Counter(table.column("source").to_pylist())
     documents = len(set(table.column("parent_id").to_pylist()))
     if documents < records["read"]:
-        say(context, f"{records['read'] - documents} document(s) of {file.url} have no text to score (empty or "
-                     "shorter than 2 tokens) and are left out", logging.WARNING)
+        say(
+            context,
+            f"{records['read'] - documents} document(s) of {file.url} have no text to score (empty or "
+            "shorter than 2 tokens) and are left out",
+            logging.WARNING,
+        )
     return materialized(
-        run, manifest, started,
+        run,
+        manifest,
+        started,
         file=file.url,
         documents=documents,
         empty_documents=records["read"] - documents,

@@ -9,18 +9,26 @@ three are partitioned by layer group too (layers are independent in EK-FAC), and
 """
 
 import time
+from collections.abc import Callable
 from functools import cache, reduce
-from typing import Any, Callable
+from typing import Any
 
 import dagster as dg
 
-from pretrace.inputs.batching import batches
-from pretrace.project.computation import Computation
-from pretrace.influence.ekfac import (CovarianceState, Eigenbasis, LambdaState, eigenbasis, fit_covariances, fit_lambdas,
-                           make_factors)
+from pretrace.influence.ekfac import (
+    CovarianceState,
+    Eigenbasis,
+    LambdaState,
+    eigenbasis,
+    fit_covariances,
+    fit_lambdas,
+    make_factors,
+)
 from pretrace.influence.layer_groups import by_layer_group
-from pretrace.project.artefacts import partition_key
+from pretrace.inputs.batching import batches
 from pretrace.model.adapter import resolve_device
+from pretrace.project.artefacts import partition_key
+from pretrace.project.computation import Computation
 from pretrace.resources.pretrace import PretraceResource
 
 from .common import GPU_ASSET, RETRY, computing, materialized, progress_logger
@@ -30,8 +38,9 @@ FITTING = {**GPU_ASSET, "retry_policy": RETRY}
 EKFAC = {"group_name": "ekfac", "kinds": {"pytorch", "safetensors"}}
 
 
-def _shard_pass(context: dg.AssetExecutionContext, pretrace: PretraceResource, what: str,
-                fit: Callable, join: Callable) -> dg.MaterializeResult:
+def _shard_pass(
+    context: dg.AssetExecutionContext, pretrace: PretraceResource, what: str, fit: Callable, join: Callable
+) -> dg.MaterializeResult:
     """One fitting pass over a fit shard's documents per layer group, the groups' states joined
     (or over one group's layers, for a partition of one layer group)."""
     started = time.monotonic()
@@ -40,25 +49,42 @@ def _shard_pass(context: dg.AssetExecutionContext, pretrace: PretraceResource, w
         full = run.model()
         groups = run.layer_groups(full)
         lm = run.group_model(full)
-        sequences = run.reader("corpus_shards", run.shard).table("{shard}.parquet", ["input_ids"]).column("input_ids").to_pylist()
+        sequences = (
+            run.reader("corpus_shards", run.shard)
+            .table("{shard}.parquet", ["input_ids"])
+            .column("input_ids")
+            .to_pylist()
+        )
         progress = progress_logger(context, len(sequences) * groups, f"{what} of {run.label}")
-        state = by_layer_group(lm, groups, lambda group: fit(
-            run, group, (b for _, b in batches(sequences, config.batch_size, lm.pad_token_id)), progress), join)
+        state = by_layer_group(
+            lm,
+            groups,
+            lambda group: fit(
+                run, group, (b for _, b in batches(sequences, config.batch_size, lm.pad_token_id)), progress
+            ),
+            join,
+        )
         manifest = run.commit({"{shard}.safetensors": state})
-    return materialized(run, manifest, started, documents=len(sequences), layer_groups=groups,
-                        layers=len(lm.layers))
+    return materialized(run, manifest, started, documents=len(sequences), layer_groups=groups, layers=len(lm.layers))
 
 
 def _summed(run: Computation, name: str, group: str | None) -> Any:
     """The per-shard states of `name` (of one layer group) over the fit shards, added up."""
-    return reduce(lambda x, y: x.merge(y),
-                  (run.reader(name, partition_key(s, group)).state() for s in run.project.fit_shards))
+    return reduce(
+        lambda x, y: x.merge(y), (run.reader(name, partition_key(s, group)).state() for s in run.project.fit_shards)
+    )
 
 
 def _covariances(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> dg.MaterializeResult:
-    return _shard_pass(context, pretrace, "covariances", lambda run, lm, data, progress: fit_covariances(
-        lm, data, run.project.config.fisher, run.project.config.seed, progress, run.project.config.factor_block_size),
-        CovarianceState.join)
+    return _shard_pass(
+        context,
+        pretrace,
+        "covariances",
+        lambda run, lm, data, progress: fit_covariances(
+            lm, data, run.project.config.fisher, run.project.config.seed, progress, run.project.config.factor_block_size
+        ),
+        CovarianceState.join,
+    )
 
 
 def _eigenbasis(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> dg.MaterializeResult:
@@ -69,14 +95,32 @@ def _eigenbasis(context: dg.AssetExecutionContext, pretrace: PretraceResource) -
         basis = eigenbasis(covariances, resolve_device(config.device), config.factor_block_size)
         (file,) = run.artefact.files
         manifest = run.commit({file: basis})
-    return materialized(run, manifest, started, tokens=covariances.n_tokens, documents=covariances.n_examples,
-                        layers=len(basis.QA), fit_shards=dg.MetadataValue.json(run.project.fit_shards))
+    return materialized(
+        run,
+        manifest,
+        started,
+        tokens=covariances.n_tokens,
+        documents=covariances.n_examples,
+        layers=len(basis.QA),
+        fit_shards=dg.MetadataValue.json(run.project.fit_shards),
+    )
 
 
 def _lambdas(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> dg.MaterializeResult:
-    return _shard_pass(context, pretrace, "eigenvalue corrections", lambda run, lm, data, progress: fit_lambdas(
-        lm, run.reader("ekfac_eigenbasis", run.group).state(), data, run.project.config.fisher,
-        run.project.config.seed, progress), LambdaState.join)
+    return _shard_pass(
+        context,
+        pretrace,
+        "eigenvalue corrections",
+        lambda run, lm, data, progress: fit_lambdas(
+            lm,
+            run.reader("ekfac_eigenbasis", run.group).state(),
+            data,
+            run.project.config.fisher,
+            run.project.config.seed,
+            progress,
+        ),
+        LambdaState.join,
+    )
 
 
 @cache
@@ -88,15 +132,27 @@ def fitting_assets(layer_groups: int) -> tuple[dg.AssetsDefinition, ...]:
     one count's assets are built once, as Dagster allows one op definition per name."""
     grouped = layer_groups > 1
     by_shard = shard_and_group_partitions(layer_groups) if grouped else shard_partitions
-    same = lambda dimension: dg.MultiToSingleDimensionPartitionMapping(dimension) if grouped else None  # noqa: E731
 
-    def asset(name: str, compute: Callable, description: str, deps: list[dg.AssetDep],
-              partitions: dg.PartitionsDefinition | None) -> dg.AssetsDefinition:
+    def same(dimension):
+        return dg.MultiToSingleDimensionPartitionMapping(dimension) if grouped else None
+
+    def asset(
+        name: str,
+        compute: Callable,
+        description: str,
+        deps: list[dg.AssetDep],
+        partitions: dg.PartitionsDefinition | None,
+    ) -> dg.AssetsDefinition:
         spec = dg.AssetSpec(name, deps=deps, description=description, **EKFAC)
 
-        @dg.multi_asset(name=f"{name}_in_{layer_groups}_groups" if grouped else name, specs=[spec],
-                        partitions_def=partitions, required_resource_keys={"pretrace"},
-                        backfill_policy=dg.BackfillPolicy.multi_run(1) if partitions else None, **FITTING)
+        @dg.multi_asset(
+            name=f"{name}_in_{layer_groups}_groups" if grouped else name,
+            specs=[spec],
+            partitions_def=partitions,
+            required_resource_keys={"pretrace"},
+            backfill_policy=dg.BackfillPolicy.multi_run(1) if partitions else None,
+            **FITTING,
+        )
         def materialize(context):  # unannotated: Dagster inspects annotations, which this module postpones
             return compute(context, context.resources.pretrace)
 
@@ -104,16 +160,27 @@ def fitting_assets(layer_groups: int) -> tuple[dg.AssetsDefinition, ...]:
 
     corpus = dg.AssetDep("corpus_shards", partition_mapping=same(SHARD))
     return (
-        asset("ekfac_covariances", _covariances,
-              "Per-shard sums of A = sum a a^T and S = sum g g^T per tracked layer, with token counts.",
-              [corpus, dg.AssetDep("model")], by_shard),
-        asset("ekfac_eigenbasis", _eigenbasis,
-              "Summed covariances, eigendecomposed in float64 on the device (a matrix at a time).",
-              [dg.AssetDep("ekfac_covariances", partition_mapping=same(GROUP))],
-              group_partitions(layer_groups) if grouped else None),
-        asset("ekfac_lambdas", _lambdas,
-              "Per-shard sums of the eigenvalue correction (Q_S^T dW Q_A)^2 over documents.",
-              [dg.AssetDep("ekfac_eigenbasis", partition_mapping=same(GROUP)), corpus, dg.AssetDep("model")], by_shard),
+        asset(
+            "ekfac_covariances",
+            _covariances,
+            "Per-shard sums of A = sum a a^T and S = sum g g^T per tracked layer, with token counts.",
+            [corpus, dg.AssetDep("model")],
+            by_shard,
+        ),
+        asset(
+            "ekfac_eigenbasis",
+            _eigenbasis,
+            "Summed covariances, eigendecomposed in float64 on the device (a matrix at a time).",
+            [dg.AssetDep("ekfac_covariances", partition_mapping=same(GROUP))],
+            group_partitions(layer_groups) if grouped else None,
+        ),
+        asset(
+            "ekfac_lambdas",
+            _lambdas,
+            "Per-shard sums of the eigenvalue correction (Q_S^T dW Q_A)^2 over documents.",
+            [dg.AssetDep("ekfac_eigenbasis", partition_mapping=same(GROUP)), corpus, dg.AssetDep("model")],
+            by_shard,
+        ),
     )
 
 

@@ -12,8 +12,14 @@ from .corpus import corpus_shards
 from .partitions import PER_SHARD
 
 
-@dg.asset(**PER_SHARD, deps=[corpus_shards, "model"], group_name="influence", **GPU_ASSET,
-          kinds={"pytorch", "safetensors"}, retry_policy=RETRY)
+@dg.asset(
+    **PER_SHARD,
+    deps=[corpus_shards, "model"],
+    group_name="influence",
+    **GPU_ASSET,
+    kinds={"pytorch", "safetensors"},
+    retry_policy=RETRY,
+)
 def document_gradients(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> dg.MaterializeResult:
     """Gradients of each document's summed next-token loss, per tracked layer.
 
@@ -24,8 +30,9 @@ def document_gradients(context: dg.AssetExecutionContext, pretrace: PretraceReso
     return compute_document_gradients_of_shard(context, pretrace)
 
 
-def compute_document_gradients_of_shard(context: dg.AssetExecutionContext,
-                                        pretrace: PretraceResource) -> dg.MaterializeResult:
+def compute_document_gradients_of_shard(
+    context: dg.AssetExecutionContext, pretrace: PretraceResource
+) -> dg.MaterializeResult:
     started = time.monotonic()
     with computing(context, pretrace) as run:
         config = run.project.config
@@ -34,14 +41,27 @@ def compute_document_gradients_of_shard(context: dg.AssetExecutionContext,
         doc_ids, sequences = table.column("doc_id").to_pylist(), table.column("input_ids").to_pylist()
         groups = run.layer_groups(lm)
         grads = compute_document_gradients(
-            lm, sequences, doc_ids, projection=run.projection(lm), rank=config.document_rank, batch_size=config.batch_size,
-            groups=groups, stored_dtype=config.stored_gradient_dtype,
+            lm,
+            sequences,
+            doc_ids,
+            projection=run.projection(lm),
+            rank=config.document_rank,
+            batch_size=config.batch_size,
+            groups=groups,
+            stored_dtype=config.stored_gradient_dtype,
             progress=progress_logger(context, len(sequences) * groups, f"document gradients of {run.shard}"),
         )
         manifest = run.commit({"{shard}.safetensors": grads})
-    return materialized(run, manifest, started, documents=len(doc_ids), projection=str(config.projection or "none"),
-                        mean_loss_nats=float(grads.losses.mean()))
+    return materialized(
+        run,
+        manifest,
+        started,
+        documents=len(doc_ids),
+        projection=str(config.projection or "none"),
+        mean_loss_nats=float(grads.losses.mean()),
+    )
 
 
-EIGENBASIS_DOCUMENT_GRADIENTS = also_reading(document_gradients, compute_document_gradients_of_shard,
-                                             "ekfac_factors", "document_gradients_in_eigenbasis")
+EIGENBASIS_DOCUMENT_GRADIENTS = also_reading(
+    document_gradients, compute_document_gradients_of_shard, "ekfac_factors", "document_gradients_in_eigenbasis"
+)

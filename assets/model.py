@@ -12,8 +12,8 @@ from pathlib import Path
 import dagster as dg
 
 from pretrace.project.computation import model_description
-from pretrace.store.fingerprint import tree_fingerprint
 from pretrace.resources.pretrace import PretraceResource
+from pretrace.store.fingerprint import tree_fingerprint
 
 from .common import GPU_ASSET, computing, materialized, say
 from .corpus import corpus_files
@@ -25,8 +25,12 @@ def checkpoint_source(model: str | None = None, group_name: str = "model") -> dg
     """The checkpoint as an observed source: the main model's, or compared model ``model``'s
     (keyed ``<model>/checkpoint``)."""
 
-    @dg.observable_source_asset(name="checkpoint", key_prefix=[model] if model else None, group_name=group_name,
-                                description=CHECKPOINT_DESCRIPTION)
+    @dg.observable_source_asset(
+        name="checkpoint",
+        key_prefix=[model] if model else None,
+        group_name=group_name,
+        description=CHECKPOINT_DESCRIPTION,
+    )
     def checkpoint(pretrace: PretraceResource) -> dg.DataVersion:
         return dg.DataVersion(pretrace.project().compared(model).source("checkpoint"))
 
@@ -72,12 +76,21 @@ def demo_model(context: dg.AssetExecutionContext, pretrace: PretraceResource) ->
             if step % 25 == 0 or step == total:
                 say(context, f"training the demo model: step {step}/{total}")
 
-        training = train_demo_model(files, out, max_length=min(config.max_length, 256), seed=config.seed,
-                                    steps=config.demo_steps, progress=progress)
+        training = train_demo_model(
+            files,
+            out,
+            max_length=min(config.max_length, 256),
+            seed=config.seed,
+            steps=config.demo_steps,
+            progress=progress,
+        )
         info = model_description(out, tree_fingerprint(str(out), run.project.digests), config.layers)
         outputs = {f"checkpoint/{f.name}": f for f in sorted(out.iterdir())}
         manifest = run.commit({**outputs, "model.json": info})
-    say(context, f"trained {training['steps']} steps; loss {training['initial_loss']:.2f} -> "
-                     f"{training['final_loss']:.2f}")
-    return materialized(run, manifest, started, training_steps=training["steps"],
-                        final_loss=training["final_loss"], **_metadata(info))
+    say(
+        context,
+        f"trained {training['steps']} steps; loss {training['initial_loss']:.2f} -> {training['final_loss']:.2f}",
+    )
+    return materialized(
+        run, manifest, started, training_steps=training["steps"], final_loss=training["final_loss"], **_metadata(info)
+    )

@@ -4,9 +4,9 @@ import time
 
 import dagster as dg
 
+from pretrace.analyses.analysis import ReportConfig
 from pretrace.analyses.completions import with_model_answers
 from pretrace.evaluation.projection_check import accuracy_table
-from pretrace.analyses.analysis import ReportConfig
 from pretrace.report.build import make_report, merge_shards
 from pretrace.resources.pretrace import PretraceResource
 
@@ -16,8 +16,13 @@ from .retrieval import reranked_scores
 from .scores import influence_scores
 
 REPORT_FILE = "report.html"
-REPORT_DEPS = [influence_scores.key, dg.AssetKey("completions"), dg.AssetKey("query_gradients"), attribution_eval.key,
-               reranked_scores.key]
+REPORT_DEPS = [
+    influence_scores.key,
+    dg.AssetKey("completions"),
+    dg.AssetKey("query_gradients"),
+    attribution_eval.key,
+    reranked_scores.key,
+]
 REPORT_KINDS = {"parquet", "html"}
 
 
@@ -34,11 +39,22 @@ def build_report_with_comparison() -> dg.AssetsDefinition:
     """The report of a model compared with others (`compare_models`): it reads the comparison too.
     Its own op, so that compared models' plain report copies do not clash with it."""
 
-    @dg.multi_asset(name="influence_report_with_comparison", retry_policy=RETRY, specs=[dg.AssetSpec(
-        influence_report.key, deps=[*REPORT_DEPS, dg.AssetKey("model_comparison")], group_name="report",
-        kinds=REPORT_KINDS, description=influence_report.descriptions_by_key[influence_report.key])])
-    def influence_report_with_comparison(context: dg.AssetExecutionContext,
-                                         pretrace: PretraceResource) -> dg.MaterializeResult:
+    @dg.multi_asset(
+        name="influence_report_with_comparison",
+        retry_policy=RETRY,
+        specs=[
+            dg.AssetSpec(
+                influence_report.key,
+                deps=[*REPORT_DEPS, dg.AssetKey("model_comparison")],
+                group_name="report",
+                kinds=REPORT_KINDS,
+                description=influence_report.descriptions_by_key[influence_report.key],
+            )
+        ],
+    )
+    def influence_report_with_comparison(
+        context: dg.AssetExecutionContext, pretrace: PretraceResource
+    ) -> dg.MaterializeResult:
         return report(context, pretrace)
 
     return influence_report_with_comparison
@@ -51,23 +67,50 @@ def report(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> dg.
         config = run.project.config
         shards = run.project.shards
         readers = [run.reader("influence_scores", s) for s in shards]
-        stats, top = merge_shards(((r.state("{shard}.stats.safetensors"), r.table("{shard}.top.parquet"))
-                                   for r in readers), config.top_k)
+        stats, top = merge_shards(
+            ((r.state("{shard}.stats.safetensors"), r.table("{shard}.top.parquet")) for r in readers), config.top_k
+        )
         accuracy = accuracy_table((s, r.json("{shard}.accuracy.json")) for s, r in zip(shards, readers))
-        queries = with_model_answers(run.reader("query_gradients").table("queries.parquet"),
-                                     run.reader("completions").table("completions.parquet"))
+        queries = with_model_answers(
+            run.reader("query_gradients").table("queries.parquet"),
+            run.reader("completions").table("completions.parquet"),
+        )
         check = run.reader("attribution_eval")
-        attribution = {name: check.table(f"{name}.parquet") for name in ("summary", "retrieval_summary", "token_influence")}
-        comparison = (run.reader("model_comparison").table("comparison.parquet")
-                      if "model_comparison" in run.project.graph else None)
+        attribution = {
+            name: check.table(f"{name}.parquet") for name in ("summary", "retrieval_summary", "token_influence")
+        }
+        comparison = (
+            run.reader("model_comparison").table("comparison.parquet")
+            if "model_comparison" in run.project.graph
+            else None
+        )
         reranked = run.reader("reranked_scores").table("reranked.parquet")
-        built = make_report(stats, top, queries, ReportConfig(k=config.top_k, seed=config.seed), shards=len(shards),
-                            attribution=attribution, comparison=comparison, accuracy=accuracy, reranked=reranked)
+        built = make_report(
+            stats,
+            top,
+            queries,
+            ReportConfig(k=config.top_k, seed=config.seed),
+            shards=len(shards),
+            attribution=attribution,
+            comparison=comparison,
+            accuracy=accuracy,
+            reranked=reranked,
+        )
         manifest = run.commit(built.outputs())
-    tables = {name: table_metadata(list(df.iter_rows(named=True)), {c: str(t) for c, t in df.schema.items()})
-              for name, df in built.headline_tables().items()}
+    tables = {
+        name: table_metadata(list(df.iter_rows(named=True)), {c: str(t) for c, t in df.schema.items()})
+        for name, df in built.headline_tables().items()
+    }
     figures = {name: dg.MetadataValue.md(text) for name, text in built.markdown_figures().items()}
-    return materialized(run, manifest, started, report=report_link(run.project.storage.url("influence_report", REPORT_FILE)),
-                        shards=len(shards), documents=built.analysis.n_documents,
-                        queries=built.analysis.queries.height, readings=dg.MetadataValue.md(built.markdown_tables()["readings"]),
-                        **tables, **figures)
+    return materialized(
+        run,
+        manifest,
+        started,
+        report=report_link(run.project.storage.url("influence_report", REPORT_FILE)),
+        shards=len(shards),
+        documents=built.analysis.n_documents,
+        queries=built.analysis.queries.height,
+        readings=dg.MetadataValue.md(built.markdown_tables()["readings"]),
+        **tables,
+        **figures,
+    )

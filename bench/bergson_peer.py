@@ -40,24 +40,24 @@ import logging
 import statistics
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
-
-ROOT = Path(__file__).resolve().parents[1]
 
 import torch
 
 from bench.influence import BERGSON_FIGURES, median_time, parse_args
 from bench.projection import compression, k_at_compression
 from bench.synthetic import build_model, make_data
-from pretrace.inputs.batching import batches
+from pretrace.analyses.correlation import pearson
 from pretrace.influence.document_gradients import compute_document_gradients
 from pretrace.influence.ekfac import fit_factors
-from pretrace.model.adapter import LoadedModel, wrap_model
 from pretrace.influence.projection import KroneckerProjection
 from pretrace.influence.query_gradients import query_gradients_from_tokens
 from pretrace.influence.scores import score_matrix, stream_scores
-from pretrace.testing.kronfluence_peer import pearson
+from pretrace.inputs.batching import batches
+from pretrace.model.adapter import LoadedModel, wrap_model
+
+ROOT = Path(__file__).resolve().parents[1]
 
 FIGURES = BERGSON_FIGURES  # described in bench/influence.py, which prints them from its own run
 
@@ -89,8 +89,14 @@ def _batches(n: int, size: int) -> list[list[int]]:
 
 
 def bergson_runner(
-    lm: LoadedModel, args: argparse.Namespace, docs: list[list[int]], queries: list[list[int]], starts: list[int],
-    output_dir: str, *, pretrace_positions: bool = True,
+    lm: LoadedModel,
+    args: argparse.Namespace,
+    docs: list[list[int]],
+    queries: list[list[int]],
+    starts: list[int],
+    output_dir: str,
+    *,
+    pretrace_positions: bool = True,
 ) -> tuple[Callable[[], None], Callable[[], torch.Tensor], Callable[[], Callable[[], torch.Tensor]]]:
     """bergson on pretrace's work: `(fit, pairwise, build_store)`.
 
@@ -101,8 +107,6 @@ def bergson_runner(
     Positive means helpful, as in pretrace. Raises ImportError without bergson.
     """
     _import_bergson()
-    from datasets import Dataset
-
     from bergson.collector.collector import CollectorComputer, HookCollectorBase, create_module_projection_matrix
     from bergson.collector.in_memory_collector import InMemoryCollector
     from bergson.config import HessianConfig, IndexConfig, PreprocessConfig
@@ -110,6 +114,7 @@ def bergson_runner(
     from bergson.hessians.hessian_approximations import fit_factored_hessians
     from bergson.score.score_writer import InMemorySequenceScoreWriter
     from bergson.score.scorer import Scorer
+    from datasets import Dataset
 
     # A model loaded by bergson has every parameter trainable; its hooks need the graph anyway.
     model = copy.deepcopy(lm.model).requires_grad_(True).eval()
@@ -127,15 +132,18 @@ def bergson_runner(
         fit_data = Dataset.from_dict({"input_ids": [d + [pad] for d in docs], "labels": [d + [-100] for d in docs]})
     else:
         fit_data = doc_data
-    query_data = Dataset.from_dict({"input_ids": queries,
-                                    "labels": [[-100] * s + q[s:] for q, s in zip(queries, starts)]})
+    query_data = Dataset.from_dict(
+        {"input_ids": queries, "labels": [[-100] * s + q[s:] for q, s in zip(queries, starts)]}
+    )
 
     def collect(data, **collector_args) -> InMemoryCollector:
-        collector = InMemoryCollector(model=model.base_model, data=data, cfg=cfg, target_modules=targets,
-                                      **collector_args)
+        collector = InMemoryCollector(
+            model=model.base_model, data=data, cfg=cfg, target_modules=targets, **collector_args
+        )
         with _quiet():
-            CollectorComputer(model, data, collector=collector, batches=_batches(len(data), B),
-                              cfg=cfg).run_with_collector_hooks()
+            CollectorComputer(
+                model, data, collector=collector, batches=_batches(len(data), B), cfg=cfg
+            ).run_with_collector_hooks()
         return collector
 
     def preconditioned_queries() -> dict[str, torch.Tensor]:
@@ -146,8 +154,17 @@ def bergson_runner(
     def fit() -> None:
         cfg.partial_run_path.mkdir(parents=True, exist_ok=True)
         with _quiet():
-            fit_factored_hessians(model, fit_data, cfg, hessian_cfg, target_modules=targets, attention_cfgs={},
-                                  batches=_batches(len(fit_data), B), path=factors_path, do_eigendecomposition=True)
+            fit_factored_hessians(
+                model,
+                fit_data,
+                cfg,
+                hessian_cfg,
+                target_modules=targets,
+                attention_cfgs={},
+                batches=_batches(len(fit_data), B),
+                path=factors_path,
+                do_eigendecomposition=True,
+            )
 
     def pairwise() -> torch.Tensor:
         grads = preconditioned_queries()
@@ -162,9 +179,20 @@ def bergson_runner(
         store = collect(doc_data, processor=processor).gradients
         shapes = {name: info[1] for name, info in HookCollectorBase.discover_targets(model.base_model, targets).items()}
         matrices = {
-            name: tuple(create_module_projection_matrix(name, side, p, dim, torch.float32, torch.device("cpu"),
-                                                        processor.projection_type, processor.projection_scale, seed)
-                        for side, dim in (("left", o), ("right", i)))
+            name: tuple(
+                create_module_projection_matrix(
+                    name,
+                    side,
+                    p,
+                    dim,
+                    torch.float32,
+                    torch.device("cpu"),
+                    processor.projection_type,
+                    processor.projection_scale,
+                    seed,
+                )
+                for side, dim in (("left", o), ("right", i))
+            )
             for name, (o, i) in shapes.items()
         }
 
@@ -197,9 +225,18 @@ def _timed(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
     return seconds, results[-1]
 
 
-def bergson_figures(lm: LoadedModel, args: argparse.Namespace, docs: list[list[int]], queries: list[list[int]],
-                    starts: list[int], exact: torch.Tensor, pretrace_seconds: dict[str, float],
-                    log: Callable[..., None] = print, *, pretrace_positions: bool = True) -> dict[str, float]:
+def bergson_figures(
+    lm: LoadedModel,
+    args: argparse.Namespace,
+    docs: list[list[int]],
+    queries: list[list[int]],
+    starts: list[int],
+    exact: torch.Tensor,
+    pretrace_seconds: dict[str, float],
+    log: Callable[..., None] = print,
+    *,
+    pretrace_positions: bool = True,
+) -> dict[str, float]:
     """`FIGURES` for bergson on the same work as pretrace, whose times in this run are
     ``pretrace_seconds`` (`factors`, `pairwise` with its query gradients, `new_queries` against
     its store) and whose exact scores are ``exact``; nan where bergson is not importable."""
@@ -207,7 +244,10 @@ def bergson_figures(lm: LoadedModel, args: argparse.Namespace, docs: list[list[i
     B = args.batch_size
     with tempfile.TemporaryDirectory(prefix="bench-bergson-") as out:
         try:
-            runner = lambda d, q, s: bergson_runner(lm, args, d, q, s, out, pretrace_positions=pretrace_positions)  # noqa: E731
+
+            def runner(d, q, s):
+                return bergson_runner(lm, args, d, q, s, out, pretrace_positions=pretrace_positions)
+
             warm = runner(docs[: 2 * B], queries[:B], starts[:B])
         except ImportError as error:
             log(f"bergson is not importable ({error}): its figures are nan")
@@ -222,16 +262,21 @@ def bergson_figures(lm: LoadedModel, args: argparse.Namespace, docs: list[list[i
     results["bergson_vs_pretrace_factors"] = t_fit / pretrace_seconds["factors"]
     results["bergson_vs_pretrace_pairwise"] = t_pair / pretrace_seconds["pairwise"]
     results["bergson_vs_pretrace_new_queries"] = t_new / pretrace_seconds["new_queries"]
-    log(f"bergson: fit {t_fit:.2f} s, pairwise {t_pair:.2f} s, new queries {t_new:.2f} s; relative error of its "
-        f"pairwise scores against pretrace's {float((theirs - exact).norm() / exact.norm()):.1e}")
+    log(
+        f"bergson: fit {t_fit:.2f} s, pairwise {t_pair:.2f} s, new queries {t_new:.2f} s; relative error of its "
+        f"pairwise scores against pretrace's {float((theirs - exact).norm() / exact.norm()):.1e}"
+    )
     return results
 
 
 def main(argv: list[str] | None = None) -> int:
     own = argparse.ArgumentParser(add_help=False)
-    own.add_argument("--bergson-positions", action="store_true",
-                     help="keep bergson's convention of leaving each sequence's last position out of the "
-                          "activation covariance (default: match pretrace's)")
+    own.add_argument(
+        "--bergson-positions",
+        action="store_true",
+        help="keep bergson's convention of leaving each sequence's last position out of the "
+        "activation covariance (default: match pretrace's)",
+    )
     flags, rest = own.parse_known_args(argv)
     args = parse_args(rest)
     torch.set_num_threads(args.threads)
@@ -241,23 +286,50 @@ def main(argv: list[str] | None = None) -> int:
     # Warm-up: pretrace's paths once on a small slice.
     few = docs[: 2 * B]
     warm_factors = fit_factors(lm, lambda: (b for _, b in batches(few, B, 0)), fisher="empirical")
-    stream_scores(lm, query_gradients_from_tokens(lm, warm_factors, queries[:B], starts[:B], ids[:B], batch_size=B),
-                  few, batch_size=B)
-    t_fit, factors = _timed(lambda: fit_factors(lm, lambda: (b for _, b in batches(docs, B, 0)), fisher="empirical"),
-                            args.slow_repeats)
-    t_pair, exact = _timed(lambda: stream_scores(
-        lm, query_gradients_from_tokens(lm, factors, queries, starts, ids, batch_size=B), docs, batch_size=B),
-        args.repeats)
-    proj = KroneckerProjection.build(lm.layer_shapes(), *args.projection, seed=args.seed, basis=args.projection_basis,
-                                     factors=factors)
-    stored = compute_document_gradients(lm, docs, [str(i) for i in range(len(docs))], projection=proj, batch_size=B,
-                                        rank=args.document_rank, stored_dtype=args.stored_dtype)
-    t_new, _ = _timed(lambda: score_matrix(query_gradients_from_tokens(
-        lm, factors, queries, starts, ids, projection=proj, batch_size=B), stored), args.repeats)
+    stream_scores(
+        lm,
+        query_gradients_from_tokens(lm, warm_factors, queries[:B], starts[:B], ids[:B], batch_size=B),
+        few,
+        batch_size=B,
+    )
+    t_fit, factors = _timed(
+        lambda: fit_factors(lm, lambda: (b for _, b in batches(docs, B, 0)), fisher="empirical"), args.slow_repeats
+    )
+    t_pair, exact = _timed(
+        lambda: stream_scores(
+            lm, query_gradients_from_tokens(lm, factors, queries, starts, ids, batch_size=B), docs, batch_size=B
+        ),
+        args.repeats,
+    )
+    proj = KroneckerProjection.build(
+        lm.layer_shapes(), *args.projection, seed=args.seed, basis=args.projection_basis, factors=factors
+    )
+    stored = compute_document_gradients(
+        lm,
+        docs,
+        [str(i) for i in range(len(docs))],
+        projection=proj,
+        batch_size=B,
+        rank=args.document_rank,
+        stored_dtype=args.stored_dtype,
+    )
+    t_new, _ = _timed(
+        lambda: score_matrix(
+            query_gradients_from_tokens(lm, factors, queries, starts, ids, projection=proj, batch_size=B), stored
+        ),
+        args.repeats,
+    )
     print(f"pretrace: fit {t_fit:.2f} s, pairwise {t_pair:.2f} s, new queries {t_new:.2f} s")
-    results = bergson_figures(lm, args, docs, queries, starts, exact,
-                              {"factors": t_fit, "pairwise": t_pair, "new_queries": t_new},
-                              pretrace_positions=not flags.bergson_positions)
+    results = bergson_figures(
+        lm,
+        args,
+        docs,
+        queries,
+        starts,
+        exact,
+        {"factors": t_fit, "pairwise": t_pair, "new_queries": t_new},
+        pretrace_positions=not flags.bergson_positions,
+    )
     for name in FIGURES:
         print(f"{name}: {results[name]:.6g}")
     return 0

@@ -31,59 +31,95 @@ def main() -> None:
     parser.add_argument("storage", help="the demo's storage root (its data/ folder)")
     args = parser.parse_args()
     report = Path(args.storage) / "influence_report"
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     print(f"# demo findings {time.strftime('%Y-%m-%d')}, commit {commit}, from {report}")
     training = json.loads((Path(args.storage) / "model" / "checkpoint" / "training.json").read_text())
-    print(f"model_training: {training['steps']} steps, loss {training['initial_loss']:.2f} -> {training['final_loss']:.2f}")
+    print(
+        f"model_training: {training['steps']} steps, loss {training['initial_loss']:.2f} -> {training['final_loss']:.2f}"
+    )
     sources = pl.read_parquet(report / "sources.parquet").filter(pl.col("side") == "top")
     for row in sources.sort(["kind", "source"]).iter_rows(named=True):
         print(f"top_{row['kind']}_{row['source']}: {row['count']} slots, {row['ratio']:.2f}x corpus share")
     for row in pl.read_parquet(report / "magnitude_comparison.parquet").iter_rows(named=True):
-        print(f"{row['measure']}_reasoning_over_factual: {row['reasoning_over_factual']:.3f} "
-              f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}] ({row['factual_queries']} factual, "
-              f"{row['reasoning_queries']} reasoning queries)")
+        print(
+            f"{row['measure']}_reasoning_over_factual: {row['reasoning_over_factual']:.3f} "
+            f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}] ({row['factual_queries']} factual, "
+            f"{row['reasoning_queries']} reasoning queries)"
+        )
     for row in pl.read_parquet(report / "correlation_groups.parquet").iter_rows(named=True):
         name = row["group"].replace(" ", "_")
-        print(f"correlation_{name}: {row['mean_r']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}] ({row['pairs']} pairs)")
+        print(
+            f"correlation_{name}: {row['mean_r']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}] ({row['pairs']} pairs)"
+        )
     for row in pl.read_parquet(report / "power_law_test.parquet").iter_rows(named=True):
         subset = "" if row["queries"] == "all" else "_" + row["queries"].replace(" ", "_")
-        print(f"power_law_{row['fit']}{subset}_slopes: factual {row['factual_mean']:.3f}, reasoning {row['reasoning_mean']:.3f}, "
-              f"Welch t {row['t']:.2f}, p {row['p']:.2g} ({row['factual_queries']} and {row['reasoning_queries']} queries)")
+        print(
+            f"power_law_{row['fit']}{subset}_slopes: factual {row['factual_mean']:.3f}, reasoning {row['reasoning_mean']:.3f}, "
+            f"Welch t {row['t']:.2f}, p {row['p']:.2g} ({row['factual_queries']} and {row['reasoning_queries']} queries)"
+        )
     curves = pl.read_parquet(report / "magnitude_curves.parquet").filter(
-        (pl.col("by") == "percentile") & pl.col("at").is_in([10.0, 100.0]) & pl.col("kind").is_in(["factual", POOLED]))
+        (pl.col("by") == "percentile") & pl.col("at").is_in([10.0, 100.0]) & pl.col("kind").is_in(["factual", POOLED])
+    )
     for row in curves.iter_rows(named=True):
         name = row["kind"].split(" ")[0]
-        print(f"per_nat_{name}_{row['side']}_top{row['at']:.0f}pct: {row['mean_per_nat']:.4g} "
-              f"[{row['ci_low']:.4g}, {row['ci_high']:.4g}]")
+        print(
+            f"per_nat_{name}_{row['side']}_top{row['at']:.0f}pct: {row['mean_per_nat']:.4g} "
+            f"[{row['ci_low']:.4g}, {row['ci_high']:.4g}]"
+        )
     for row in pl.read_parquet(report / "answer_search_kinds.parquet").iter_rows(named=True):
-        steps = (f"; all steps in one document {row['all_steps_in_one_document']}, across documents "
-                 f"{row['all_steps_across_documents']} of {row['multi_step_queries']}") if row["multi_step_queries"] else ""
-        print(f"answer_search_{row['kind'].split(' ')[0]}: answer in the top {row['searched']} of "
-              f"{row['answer_found']}/{row['queries_with_answer']} queries, in {row['mean_docs_with_answer']:.3g} "
-              f"documents per query (by chance {row['mean_expected_by_chance']:.3g}){steps}")
+        steps = (
+            (
+                f"; all steps in one document {row['all_steps_in_one_document']}, across documents "
+                f"{row['all_steps_across_documents']} of {row['multi_step_queries']}"
+            )
+            if row["multi_step_queries"]
+            else ""
+        )
+        print(
+            f"answer_search_{row['kind'].split(' ')[0]}: answer in the top {row['searched']} of "
+            f"{row['answer_found']}/{row['queries_with_answer']} queries, in {row['mean_docs_with_answer']:.3g} "
+            f"documents per query (by chance {row['mean_expected_by_chance']:.3g}){steps}"
+        )
     at_k = pl.read_parquet(report / "sources_at_k.parquet").filter(
-        (pl.col("kind") == POOLED) & pl.col("source").is_in(["math_procedure", "math_result"]))
+        (pl.col("kind") == POOLED) & pl.col("source").is_in(["math_procedure", "math_result"])
+    )
     for row in at_k.iter_rows(named=True):
-        print(f"sources_reasoning_{row['side']}{row['k']}_{row['source']}: {row['ratio']:.2f}x corpus share "
-              f"({row['count']:.0f} of {row['documents']} slots{'' if row['exact'] else ', estimated'})")
-    for row in pl.read_parquet(report / "completions_kinds.parquet").filter(
-            (pl.col("with_answer") > 0) & (pl.col("kind") != POOLED)).iter_rows(named=True):
-        print(f"answered_correctly_{row['kind']}: {row['correct']}/{row['with_answer']} queries "
-              f"({row['generated']} completions written by the model)")
-    for row in pl.read_parquet(report / "model_comparison_kinds.parquet").filter(
-            pl.col("kind") != POOLED).iter_rows(named=True):
-        print(f"compared_{row['model']}_{row['kind']}: mean r {row['mean_pearson']:.3f} [{row['ci_low']:.3f}, "
-              f"{row['ci_high']:.3f}], top-{row['k']} overlap {row['mean_top_overlap']:.2f}, multipliers top "
-              f"{row['top_multiplier']:.3g} bottom {row['bottom_multiplier']:.3g}")
+        print(
+            f"sources_reasoning_{row['side']}{row['k']}_{row['source']}: {row['ratio']:.2f}x corpus share "
+            f"({row['count']:.0f} of {row['documents']} slots{'' if row['exact'] else ', estimated'})"
+        )
+    for row in (
+        pl.read_parquet(report / "completions_kinds.parquet")
+        .filter((pl.col("with_answer") > 0) & (pl.col("kind") != POOLED))
+        .iter_rows(named=True)
+    ):
+        print(
+            f"answered_correctly_{row['kind']}: {row['correct']}/{row['with_answer']} queries "
+            f"({row['generated']} completions written by the model)"
+        )
+    for row in (
+        pl.read_parquet(report / "model_comparison_kinds.parquet")
+        .filter(pl.col("kind") != POOLED)
+        .iter_rows(named=True)
+    ):
+        print(
+            f"compared_{row['model']}_{row['kind']}: mean r {row['mean_pearson']:.3f} [{row['ci_low']:.3f}, "
+            f"{row['ci_high']:.3f}], top-{row['k']} overlap {row['mean_top_overlap']:.2f}, multipliers top "
+            f"{row['top_multiplier']:.3g} bottom {row['bottom_multiplier']:.3g}"
+        )
     for row in pl.read_parquet(report / "tail_patch.parquet").filter(pl.col("kind") == "all").iter_rows(named=True):
         print(f"tailpatch_{row['method']}: {row['mean_gain']:.4g} [{row['low']:.4g}, {row['high']:.4g}]")
     for row in pl.read_parquet(report / "evidence_retrieval.parquet").iter_rows(named=True):
         by = "" if row["evidence_documents"] == 0 else f"_stated{row['evidence_documents']}x"
         print(f"planted_mrr_{row['method']}{by}: {row['mrr']:.3f} (recall@k {row['recall_at_k']:.3f})")
     for row in pl.read_parquet(report / "score_accuracy.parquet").iter_rows(named=True):
-        print(f"score_accuracy_{row['shard']}: mean per-query Pearson {row['pearson_mean']:.3f} (lowest query "
-              f"{row['pearson_min']:.3f}) on {row['documents']} sampled documents, same top document for "
-              f"{row['top1_agreement']:.0%} of queries; exact {row['exact']}")
+        print(
+            f"score_accuracy_{row['shard']}: mean per-query Pearson {row['pearson_mean']:.3f} (lowest query "
+            f"{row['pearson_min']:.3f}) on {row['documents']} sampled documents, same top document for "
+            f"{row['top1_agreement']:.0%} of queries; exact {row['exact']}"
+        )
     for frequency, (loss, norm, n) in sorted(planted_losses(Path(args.storage)).items()):
         print(f"planted_stated{frequency}x_loss_per_token: {loss:.3f} (median gradient norm {norm:.3g}, {n} documents)")
 

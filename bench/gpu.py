@@ -34,43 +34,63 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
 import torch
 from transformers import LlamaForCausalLM
 
 from bench.synthetic import build_model, config_of, make_data
-from pretrace.inputs.batching import batches
+from pretrace.analyses.correlation import pearson
 from pretrace.influence.blocked_products import blocked_inner_products
 from pretrace.influence.capture import capture
 from pretrace.influence.document_gradients import compute_document_gradients
 from pretrace.influence.ekfac import Factors, eigenbasis, fit_covariances, fit_factors, fit_lambdas, make_factors
 from pretrace.influence.layer_groups import layer_groups
-from pretrace.planning.memory_plan import GB, ModelShape, Workload, fitting_plan
-from pretrace.model.adapter import wrap_model
 from pretrace.influence.projection import KroneckerProjection
 from pretrace.influence.quantization import quantize
 from pretrace.influence.query_gradients import query_gradients_from_tokens
 from pretrace.influence.scores import score_matrix, stream_scores
-from pretrace.testing.kronfluence_peer import pearson
+from pretrace.inputs.batching import batches
+from pretrace.model.adapter import wrap_model
+from pretrace.planning.memory_plan import GB, ModelShape, Workload, fitting_plan
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small shapes, for a smoke run")
     p.add_argument("--out", help="write the figures as JSON here too")
-    p.add_argument("--tf32", action="store_true", help="let float32 matrix products use TF32 in the scale run "
-                   "(the fitting sums, per-example gradients and scores; the checks stay float32)")
+    p.add_argument(
+        "--tf32",
+        action="store_true",
+        help="let float32 matrix products use TF32 in the scale run "
+        "(the fitting sums, per-example gradients and scores; the checks stay float32)",
+    )
     p.add_argument("--scale-only", action="store_true", help="skip the checks")
-    p.add_argument("--profile", help="write torch.profiler's tables of one pass over 16 documents of scoring, "
-                   "covariances and eigenvalue correction to PROFILE-{scoring,covariances,lambdas}.txt")
+    p.add_argument(
+        "--profile",
+        help="write torch.profiler's tables of one pass over 16 documents of scoring, "
+        "covariances and eigenvalue correction to PROFILE-{scoring,covariances,lambdas}.txt",
+    )
     return p.parse_args(argv)
 
 
 def shape(quick: bool, **overrides) -> argparse.Namespace:
     """bench/synthetic.py's arguments: TinyLlama-1.1B's shape, or a small one (--quick, the checks)."""
-    base = dict(vocab=32000, hidden=2048, intermediate=5632, layers=22, heads=32, kv_heads=4, docs=64, doc_len=512,
-                queries=8, prompt_len=32, completion_len=16, seed=0, batch_size=8)
+    base = dict(
+        vocab=32000,
+        hidden=2048,
+        intermediate=5632,
+        layers=22,
+        heads=32,
+        kv_heads=4,
+        docs=64,
+        doc_len=512,
+        queries=8,
+        prompt_len=32,
+        completion_len=16,
+        seed=0,
+        batch_size=8,
+    )
     if quick:
         base.update(hidden=256, intermediate=704, layers=4, heads=4, kv_heads=2, docs=16, doc_len=128)
     return argparse.Namespace(**{**base, **overrides})
@@ -96,11 +116,25 @@ def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
 
 # ------------------------------------------------------------------------------------ checks
 def checks(results: dict) -> bool:
-    args = shape(True, vocab=512, hidden=64, intermediate=176, layers=2, heads=4, docs=24, doc_len=48,
-                 queries=8, prompt_len=12, completion_len=6)
+    args = shape(
+        True,
+        vocab=512,
+        hidden=64,
+        intermediate=176,
+        layers=2,
+        heads=4,
+        docs=24,
+        doc_len=48,
+        queries=8,
+        prompt_len=12,
+        completion_len=6,
+    )
     docs, queries, starts = make_data(args)
     qids = [f"q{i}" for i in range(len(queries))]
-    data = lambda: (b for _, b in batches(docs, args.batch_size, 0))  # noqa: E731
+
+    def data():
+        return (b for _, b in batches(docs, args.batch_size, 0))
+
     runs = {}
     for device, dtype in (("cpu", "float32"), ("cuda", "float32"), ("cuda", "bfloat16")):
         model = build_model(args).to(getattr(torch, dtype))  # bf16 weights, as load_model loads them
@@ -113,34 +147,54 @@ def checks(results: dict) -> bool:
     figures = {
         "cuda_fp32_vs_cpu_lambdas_rel_err": (rel_err(gpu[0].lambdas[layer], cpu[0].lambdas[layer]), "<=", 1e-3),
         "cuda_fp32_vs_cpu_scores_rel_err": (rel_err(gpu[2], cpu[2]), "<=", 1e-3),
-        "cuda_bf16_vs_fp32_scores_pearson_min": (min(pearson(bf16[2][i], gpu[2][i]) for i in range(len(qids))), ">=", 0.95),
+        "cuda_bf16_vs_fp32_scores_pearson_min": (
+            min(pearson(bf16[2][i], gpu[2][i]) for i in range(len(qids))),
+            ">=",
+            0.95,
+        ),
     }
     for basis in ("whitened", "principal"):
         for rank in (None, 3):
-            on = {device: projected_store_scores(args, cpu[0], basis, rank, device, (docs, queries, starts, qids))
-                  for device in ("cpu", "cuda")}
+            on = {
+                device: projected_store_scores(args, cpu[0], basis, rank, device, (docs, queries, starts, qids))
+                for device in ("cpu", "cuda")
+            }
             name = f"cuda_fp32_vs_cpu_{basis}{'' if rank is None else f'_rank{rank}'}_scores_rel_err"
             figures[name] = (rel_err(on["cuda"], on["cpu"]), "<=", 1e-3)
     x = torch.randn(24, 16, 17, generator=torch.Generator().manual_seed(0)) * torch.logspace(-6, 2, 17)
     for bits in (8, 4):  # a quantized store's codes and scales do not depend on the device that rounds them
         (codes, scales), (gpu_codes, gpu_scales) = quantize(x, bits), quantize(x.cuda(), bits)
         figures[f"cuda_vs_cpu_int{bits}_code_mismatches"] = (
-            float((gpu_codes.cpu() != codes).sum() + (gpu_scales.cpu() != scales).sum()), "<=", 0)
+            float((gpu_codes.cpu() != codes).sum() + (gpu_scales.cpu() != scales).sum()),
+            "<=",
+            0,
+        )
     half = wrap_model(build_model(args).to(torch.bfloat16), layers=["mlp"], device="cuda", dtype="bfloat16")
     cap = capture(half, next(iter(data())))  # kept in bf16, multiplied on tensor cores into float32
-    figures["cuda_half_products_vs_upcast_rel_err"] = (max(rel_err(
-        cap.per_example_gradients(k), cap.g[k].float().transpose(1, 2) @ cap.a[k].float()) for k in cap.a), "<=", 1e-4)
+    figures["cuda_half_products_vs_upcast_rel_err"] = (
+        max(rel_err(cap.per_example_gradients(k), cap.g[k].float().transpose(1, 2) @ cap.a[k].float()) for k in cap.a),
+        "<=",
+        1e-4,
+    )
     figures["cuda_half_capture_kept_bf16"] = (float(all(cap.a[k].dtype == torch.bfloat16 for k in cap.a)), ">=", 1)
     lm = wrap_model(build_model(args), layers=["mlp"], device="cuda")
     sampled = [fit_covariances(lm, data(), "sampled", 3) for _ in range(2)]
     figures["cuda_sampled_fisher_rerun_rel_err"] = (rel_err(sampled[1].S[layer], sampled[0].S[layer]), "<=", 1e-6)
     whole, grouped = (fit_factors(lm, data, fisher="empirical", groups=g) for g in (1, 3))
     figures["cuda_grouped_vs_whole_lambdas_rel_err"] = (
-        max(rel_err(grouped.lambdas[k], whole.lambdas[k]) for k in whole.layers), "<=", 1e-5)
+        max(rel_err(grouped.lambdas[k], whole.lambdas[k]) for k in whole.layers),
+        "<=",
+        1e-5,
+    )
     qg = query_gradients_from_tokens(lm, whole, queries, starts, qids, batch_size=args.batch_size)
-    figures["cuda_grouped_vs_whole_scores_rel_err"] = (rel_err(
-        stream_scores(lm, qg, docs, batch_size=args.batch_size, groups=3),
-        stream_scores(lm, qg, docs, batch_size=args.batch_size)), "<=", 1e-5)
+    figures["cuda_grouped_vs_whole_scores_rel_err"] = (
+        rel_err(
+            stream_scores(lm, qg, docs, batch_size=args.batch_size, groups=3),
+            stream_scores(lm, qg, docs, batch_size=args.batch_size),
+        ),
+        "<=",
+        1e-5,
+    )
     ok = True
     for name, (value, op, threshold) in figures.items():
         passed = value <= threshold if op == "<=" else value >= threshold
@@ -150,17 +204,21 @@ def checks(results: dict) -> bool:
     return ok
 
 
-def projected_store_scores(args: argparse.Namespace, factors: Factors, basis: str, rank: int | None, device: str,
-                           data: tuple) -> torch.Tensor:
+def projected_store_scores(
+    args: argparse.Namespace, factors: Factors, basis: str, rank: int | None, device: str, data: tuple
+) -> torch.Tensor:
     """Scores through a (16, 16) projection in ``basis`` (documents stored at ``rank``) on ``device``,
     built from the same factors on each device so that only the projected path differs."""
     docs, queries, starts, qids = data
     lm = wrap_model(build_model(args), layers=["mlp"], device=device)
     factors = factors.to(lm.device)
     projection = KroneckerProjection.build(lm.layer_shapes(), 16, 16, basis=basis, factors=factors)
-    qg = query_gradients_from_tokens(lm, factors, queries, starts, qids, projection=projection, batch_size=args.batch_size)
-    stored = compute_document_gradients(lm, docs, [str(i) for i in range(len(docs))], projection=projection,
-                                        rank=rank, batch_size=args.batch_size)
+    qg = query_gradients_from_tokens(
+        lm, factors, queries, starts, qids, projection=projection, batch_size=args.batch_size
+    )
+    stored = compute_document_gradients(
+        lm, docs, [str(i) for i in range(len(docs))], projection=projection, rank=rank, batch_size=args.batch_size
+    )
     return score_matrix(qg, stored)
 
 
@@ -179,7 +237,7 @@ class Measured:
     """Seconds and peak allocated device bytes of the block it wraps (``added``: above what was
     allocated when it began)."""
 
-    def __enter__(self) -> "Measured":
+    def __enter__(self) -> Measured:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         self.resident = torch.cuda.memory_allocated()
@@ -203,7 +261,7 @@ def products(quick: bool, results: dict) -> None:
     y = torch.randn(args.batch_size, rows, cols, device="cuda")
     plain = timed(lambda: x.flatten(1) @ y.flatten(1).T, repeats=20)
     figures = {"score_product_plain_ms": plain * 1e3}
-    reference = (x.flatten(1).double() @ y.flatten(1).double().T)
+    reference = x.flatten(1).double() @ y.flatten(1).double().T
     for numbers in (cols, 1 << 14, 1 << 16, 1 << 18, 1 << 20):
         blocked = timed(lambda n=numbers: blocked_inner_products(x, y, n), repeats=20)
         figures[f"score_product_blocked_{numbers}_vs_plain"] = blocked / plain
@@ -236,13 +294,21 @@ def scale(quick: bool, results: dict, profile: str | None = None) -> None:
     config = config_of(args)
     config.num_key_value_heads = args.kv_heads
     model_shape = ModelShape.of_config(config, ["mlp"])
-    work = Workload(batch_size=B, max_length=args.doc_len, dtype="bfloat16", documents=args.docs,
-                    queries=args.queries, query_length=args.prompt_len + args.completion_len)
+    work = Workload(
+        batch_size=B,
+        max_length=args.doc_len,
+        dtype="bfloat16",
+        documents=args.docs,
+        queries=args.queries,
+        query_length=args.prompt_len + args.completion_len,
+    )
     total = torch.cuda.mem_get_info()[1]
     plan, fitted = fitting_plan(model_shape, work, int(0.9 * total))
-    print(f"model: {model_shape.parameters / 1e9:.2f}B parameters, {len(model_shape.layers)} tracked layers; "
-          f"{args.docs} docs x {args.doc_len} tokens, {args.queries} queries, batch {B}; device {total / GB:.1f} GB",
-          flush=True)
+    print(
+        f"model: {model_shape.parameters / 1e9:.2f}B parameters, {len(model_shape.layers)} tracked layers; "
+        f"{args.docs} docs x {args.doc_len} tokens, {args.queries} queries, batch {B}; device {total / GB:.1f} GB",
+        flush=True,
+    )
     print(plan.table(), flush=True)
     groups = fitted.layer_groups
     results.update(layer_groups=groups, parameters=model_shape.parameters)
@@ -251,7 +317,10 @@ def scale(quick: bool, results: dict, profile: str | None = None) -> None:
         model = LlamaForCausalLM(config).to(torch.bfloat16).eval()
     lm = wrap_model(model, layers=["mlp"], device="cuda", dtype="bfloat16")
     base = timed(lambda: training_step(lm.model, docs, B, lm.device))
-    data = lambda: (b for _, b in batches(docs, B, 0))  # noqa: E731
+
+    def data():
+        return (b for _, b in batches(docs, B, 0))
+
     steps = ("covariances", "eigenbasis", "lambdas", "query_gradients", "scores")
     peaks, seconds = dict.fromkeys(steps, 0), dict.fromkeys(steps, 0.0)
 
@@ -299,8 +368,11 @@ def scale(quick: bool, results: dict, profile: str | None = None) -> None:
     for name in steps:
         planned = plan.step(name).device
         errors.append(abs(peaks[name] - planned) / planned)
-        figures |= {f"{name}_planned_gb": planned / GB, f"{name}_measured_gb": peaks[name] / GB,
-                    f"{name}_plan_error": errors[-1]}
+        figures |= {
+            f"{name}_planned_gb": planned / GB,
+            f"{name}_measured_gb": peaks[name] / GB,
+            f"{name}_plan_error": errors[-1],
+        }
     figures["plan_error_max"] = max(errors)
     for name, value in figures.items():
         results[name] = value

@@ -15,7 +15,7 @@ documents and queries are random token ids drawn from a Zipf distribution over t
 timings; the projection-accuracy figure on them is a statement about this synthetic setup only.
 
 Output: a human-readable log, a markdown table for the README, then one `name: value` line
-per figure (the machine-readable part; tests/unit/test_bench_smoke.py parses it).
+per figure (the machine-readable part; tests/bench/test_bench_smoke.py parses it).
 """
 
 from __future__ import annotations
@@ -33,10 +33,9 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, get_args
-
-ROOT = Path(__file__).resolve().parents[1]
+from typing import get_args
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -44,21 +43,28 @@ from safetensors.torch import load_file, save_file
 from bench.memory import hwm_bytes as _hwm_bytes
 from bench.projection import DEMO, QUERIES, demo_setup, store_accuracy, trained_setup
 from bench.synthetic import build_model, make_data
-from pretrace.inputs.batching import batches
-from pretrace.influence.capture import capture
+from pretrace.analyses.correlation import pearson
 from pretrace.config import StoredGradientDtype
-from pretrace.influence.document_gradients import compute_document_gradients
+from pretrace.influence.capture import capture
+from pretrace.influence.document_gradients import DocumentGradients, compute_document_gradients
 from pretrace.influence.ekfac import Factors, fit_factors
-from pretrace.model.adapter import wrap_model
-from pretrace.influence.document_gradients import DocumentGradients
 from pretrace.influence.projection import BASES, KroneckerProjection
 from pretrace.influence.query_gradients import compute_query_gradients, query_gradients_from_tokens
 from pretrace.influence.reranking import recall
 from pretrace.influence.scores import score_matrix, stream_scores
-from pretrace.testing.kronfluence_peer import Sequences, collate_fn, pearson, summed_task
+from pretrace.inputs.batching import batches
+from pretrace.model.adapter import wrap_model
+from pretrace.testing.kronfluence_peer import Sequences, collate_fn, summed_task
 
-BERGSON_FIGURES = ["bergson_vs_pretrace_factors", "bergson_vs_pretrace_pairwise", "bergson_vs_pretrace_new_queries",
-                   "bergson_pearson", "bergson_projected_pearson"]
+ROOT = Path(__file__).resolve().parents[1]
+
+BERGSON_FIGURES = [
+    "bergson_vs_pretrace_factors",
+    "bergson_vs_pretrace_pairwise",
+    "bergson_vs_pretrace_new_queries",
+    "bergson_pearson",
+    "bergson_projected_pearson",
+]
 """bench/bergson_peer.py's figures, printed here from the same run (nan without bergson)."""
 FIGURES = [
     "score_vs_fwdbwd",
@@ -107,7 +113,9 @@ TARGETS = {
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--docs", type=int, default=256, help="documents scored (default 256)")
     p.add_argument("--doc-len", type=int, default=128, help="tokens per document (default 128)")
     p.add_argument("--queries", type=int, default=128, help="queries (default 128)")
@@ -119,30 +127,64 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--projection", type=int, nargs=2, default=list(DEMO.projection), metavar=("K_OUT", "K_IN"),
-                   help="Kronecker projection of stored document gradients, per layer (default: the demo's, "
-                        f"{DEMO.projection[0]} {DEMO.projection[1]})")
-    p.add_argument("--stored-dtype", choices=get_args(StoredGradientDtype), default=DEMO.stored_gradient_dtype,
-                   help=f"stored_gradient_dtype of that store (default: the demo's, {DEMO.stored_gradient_dtype})")
-    p.add_argument("--document-rank", type=int, default=DEMO.document_rank,
-                   help=f"document_rank of that store (default: the demo's, {DEMO.document_rank}); 0: dense")
-    p.add_argument("--projection-basis", choices=BASES, default="principal",
-                   help="basis of that projection (default principal, pretrace's default)")
-    p.add_argument("--fisher", choices=["sampled", "empirical"], default="empirical",
-                   help="labels for factor fitting, on both sides (default empirical)")
+    p.add_argument(
+        "--projection",
+        type=int,
+        nargs=2,
+        default=list(DEMO.projection),
+        metavar=("K_OUT", "K_IN"),
+        help="Kronecker projection of stored document gradients, per layer (default: the demo's, "
+        f"{DEMO.projection[0]} {DEMO.projection[1]})",
+    )
+    p.add_argument(
+        "--stored-dtype",
+        choices=get_args(StoredGradientDtype),
+        default=DEMO.stored_gradient_dtype,
+        help=f"stored_gradient_dtype of that store (default: the demo's, {DEMO.stored_gradient_dtype})",
+    )
+    p.add_argument(
+        "--document-rank",
+        type=int,
+        default=DEMO.document_rank,
+        help=f"document_rank of that store (default: the demo's, {DEMO.document_rank}); 0: dense",
+    )
+    p.add_argument(
+        "--projection-basis",
+        choices=BASES,
+        default="principal",
+        help="basis of that projection (default principal, pretrace's default)",
+    )
+    p.add_argument(
+        "--fisher",
+        choices=["sampled", "empirical"],
+        default="empirical",
+        help="labels for factor fitting, on both sides (default empirical)",
+    )
     p.add_argument("--repeats", type=int, default=3, help="timed repetitions per figure; the median is reported")
-    p.add_argument("--slow-repeats", type=int, default=1,
-                   help="timed repetitions of factor fitting and of kronfluence (default 1)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads for every timing (default 1: on a shared machine more threads "
-                        "oversubscribe the cores and timings become erratic)")
+    p.add_argument(
+        "--slow-repeats", type=int, default=1, help="timed repetitions of factor fitting and of kronfluence (default 1)"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads for every timing (default 1: on a shared machine more threads "
+        "oversubscribe the cores and timings become erratic)",
+    )
     p.add_argument("--no-kronfluence", action="store_true", help="skip the kronfluence figures (printed as nan)")
     p.add_argument("--no-bergson", action="store_true", help="skip the bergson figures (printed as nan)")
     p.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses (printed as nan)")
-    p.add_argument("--no-trained", action="store_true",
-                   help="skip the accuracy figures on the demo's trained model (printed as nan; they take ~8 minutes)")
-    p.add_argument("--trained-documents", type=int, default=512,
-                   help="documents of the demo's corpus (a seeded sample) scored for those figures (default 512)")
+    p.add_argument(
+        "--no-trained",
+        action="store_true",
+        help="skip the accuracy figures on the demo's trained model (printed as nan; they take ~8 minutes)",
+    )
+    p.add_argument(
+        "--trained-documents",
+        type=int,
+        default=512,
+        help="documents of the demo's corpus (a seeded sample) scored for those figures (default 512)",
+    )
     p.add_argument("--quick", action="store_true", help="a tiny run for smoke tests")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--memory-child", nargs=3, metavar=("DIR", "MODE", "N_DOCS"), help=argparse.SUPPRESS)
@@ -203,23 +245,38 @@ def kronfluence_runner(lm, args, docs, queries, starts, output_dir: str):
     model = prepare_model(copy.deepcopy(lm.model), task)
     analyzer = Analyzer("bench", model, task, cpu=True, disable_tqdm=True, output_dir=output_dir)
     analyzer.set_dataloader_kwargs(DataLoaderKwargs(collate_fn=collate_fn(0)))
-    factor_args = FactorArguments(strategy="ekfac", use_empirical_fisher=args.fisher == "empirical",
-                                  covariance_max_examples=None, lambda_max_examples=None)
+    factor_args = FactorArguments(
+        strategy="ekfac",
+        use_empirical_fisher=args.fisher == "empirical",
+        covariance_max_examples=None,
+        lambda_max_examples=None,
+    )
     # One pass over the documents for all queries, as pretrace does: accumulate every query batch.
-    one_pass = ScoreArguments(damping_factor=None,
-                              query_gradient_accumulation_steps=math.ceil(len(queries) / args.batch_size))
+    one_pass = ScoreArguments(
+        damping_factor=None, query_gradient_accumulation_steps=math.ceil(len(queries) / args.batch_size)
+    )
     default = ScoreArguments(damping_factor=None)  # kronfluence's default: one pass per query batch
 
     def fit(n_docs=None):
-        analyzer.fit_all_factors("ekfac", Sequences(docs[:n_docs]), per_device_batch_size=args.batch_size,
-                                 factor_args=factor_args, overwrite_output_dir=True)
+        analyzer.fit_all_factors(
+            "ekfac",
+            Sequences(docs[:n_docs]),
+            per_device_batch_size=args.batch_size,
+            factor_args=factor_args,
+            overwrite_output_dir=True,
+        )
 
     def score(n_queries=None, n_docs=None, accumulate=True):
         q, s = queries[:n_queries], starts[:n_queries]
         analyzer.compute_pairwise_scores(
-            "pairwise", "ekfac", Sequences(q, s), Sequences(docs[:n_docs]),
-            per_device_query_batch_size=args.batch_size, per_device_train_batch_size=args.batch_size,
-            score_args=one_pass if accumulate else default, overwrite_output_dir=True,
+            "pairwise",
+            "ekfac",
+            Sequences(q, s),
+            Sequences(docs[:n_docs]),
+            per_device_query_batch_size=args.batch_size,
+            per_device_train_batch_size=args.batch_size,
+            score_args=one_pass if accumulate else default,
+            overwrite_output_dir=True,
         )
         return analyzer.load_pairwise_scores("pairwise")["all_modules"]
 
@@ -251,12 +308,18 @@ def memory_child(args) -> None:
         tensors = load_file(os.path.join(directory, "factors.safetensors"))
         with open(os.path.join(directory, "factors.json")) as f:
             factors = Factors.from_tensors(tensors, json.load(f))
-        qg = query_gradients_from_tokens(lm, factors, queries, starts, [str(i) for i in range(len(queries))],
-                                         batch_size=args.batch_size)
+        qg = query_gradients_from_tokens(
+            lm, factors, queries, starts, [str(i) for i in range(len(queries))], batch_size=args.batch_size
+        )
         del tensors, factors
-        operation = lambda: stream_scores(lm, qg, docs, batch_size=args.batch_size)  # noqa: E731
+
+        def operation():
+            return stream_scores(lm, qg, docs, batch_size=args.batch_size)
     else:
-        operation = lambda: fwdbwd(lm.model, docs, args.batch_size)  # noqa: E731
+
+        def operation():
+            return fwdbwd(lm.model, docs, args.batch_size)
+
     gc.collect()
     before, hwm_before = _rss_bytes(), _hwm_bytes()
     peak = [before]
@@ -272,8 +335,16 @@ def memory_child(args) -> None:
     operation()
     done.set()
     sampler.join()
-    print(json.dumps({"hwm": _hwm_bytes(), "hwm_before": hwm_before, "before": before,
-                      "sampled_peak": max(peak[0], _rss_bytes())}))
+    print(
+        json.dumps(
+            {
+                "hwm": _hwm_bytes(),
+                "hwm_before": hwm_before,
+                "before": before,
+                "sampled_peak": max(peak[0], _rss_bytes()),
+            }
+        )
+    )
 
 
 def memory_children(args, directory: str, jobs: list[tuple[str, int]]) -> list[dict]:
@@ -290,8 +361,14 @@ def memory_children(args, directory: str, jobs: list[tuple[str, int]]) -> list[d
     return results
 
 
-TRAINED_FIGURES = ["projected_pearson_trained", "projected_pearson_trained_min", "rerank_recall_at_100_trained",
-                   "rerank_recall_at_10_trained", "factored_storage_ratio", "factored_pearson_loss"]
+TRAINED_FIGURES = [
+    "projected_pearson_trained",
+    "projected_pearson_trained_min",
+    "rerank_recall_at_100_trained",
+    "rerank_recall_at_10_trained",
+    "factored_storage_ratio",
+    "factored_pearson_loss",
+]
 
 
 def stored_bytes(stored: DocumentGradients) -> int:
@@ -302,9 +379,12 @@ def stored_bytes(stored: DocumentGradients) -> int:
 
 def trained_model(args) -> str:
     """What the trained-model figures are measured on, for the log and the table."""
-    return ("the tests' briefly trained tiny Llama (64 x 32 layers), its documents and queries" if args.quick else
-            f"the demo's model trained as `pretrace demo` trains it ({DEMO.demo_steps} steps), {args.trained_documents} "
-            "of its corpus's documents and its 76 queries")
+    return (
+        "the tests' briefly trained tiny Llama (64 x 32 layers), its documents and queries"
+        if args.quick
+        else f"the demo's model trained as `pretrace demo` trains it ({DEMO.demo_steps} steps), {args.trained_documents} "
+        "of its corpus's documents and its 76 queries"
+    )
 
 
 def trained_figures(args, log) -> dict[str, float]:
@@ -319,20 +399,29 @@ def trained_figures(args, log) -> dict[str, float]:
             with tempfile.TemporaryDirectory(prefix="bench-trained-") as tmp:
                 lm, queries, documents, factors, _ = demo_setup(Path(tmp), args.trained_documents, DEMO.demo_steps)
         exact = stream_scores(lm, compute_query_gradients(lm, factors, queries), documents)
-        accuracy = store_accuracy(lm, queries, documents, factors, exact, args.projection[0], args.stored_dtype,
-                                  args.document_rank)
-        dense = (accuracy if args.document_rank is None else
-                 store_accuracy(lm, queries, documents, factors, exact, args.projection[0], args.stored_dtype))
+        accuracy = store_accuracy(
+            lm, queries, documents, factors, exact, args.projection[0], args.stored_dtype, args.document_rank
+        )
+        dense = (
+            accuracy
+            if args.document_rank is None
+            else store_accuracy(lm, queries, documents, factors, exact, args.projection[0], args.stored_dtype)
+        )
     finally:
         torch.set_num_threads(threads)
-    log(f"on {trained_model(args)}: the {store_name(args)} store's scores against exact ones: mean per-query "
+    log(
+        f"on {trained_model(args)}: the {store_name(args)} store's scores against exact ones: mean per-query "
         f"Pearson {accuracy['pearson_mean']:.3f} (min {accuracy['pearson_min']:.3f}; {dense['pearson_mean']:.3f} "
-        f"dense); two-stage recall of the exact top 100 {accuracy['rerank_recall_at_100']:.3f}")
-    return {"projected_pearson_trained": accuracy["pearson_mean"], "projected_pearson_trained_min": accuracy["pearson_min"],
-            "rerank_recall_at_100_trained": accuracy["rerank_recall_at_100"],
-            "rerank_recall_at_10_trained": accuracy["rerank_recall_at_10"],
-            "factored_storage_ratio": accuracy["compression"] / dense["compression"],
-            "factored_pearson_loss": dense["pearson_mean"] - accuracy["pearson_mean"]}
+        f"dense); two-stage recall of the exact top 100 {accuracy['rerank_recall_at_100']:.3f}"
+    )
+    return {
+        "projected_pearson_trained": accuracy["pearson_mean"],
+        "projected_pearson_trained_min": accuracy["pearson_min"],
+        "rerank_recall_at_100_trained": accuracy["rerank_recall_at_100"],
+        "rerank_recall_at_10_trained": accuracy["rerank_recall_at_10"],
+        "factored_storage_ratio": accuracy["compression"] / dense["compression"],
+        "factored_pearson_loss": dense["pearson_mean"] - accuracy["pearson_mean"],
+    }
 
 
 def store_name(args) -> str:
@@ -343,10 +432,32 @@ def store_name(args) -> str:
 
 def shape_flags(args) -> list[str]:
     """The shape flags, so a child process rebuilds the same model and data."""
-    return ["--doc-len", str(args.doc_len), "--queries", str(args.queries), "--prompt-len", str(args.prompt_len),
-            "--completion-len", str(args.completion_len), "--vocab", str(args.vocab), "--hidden", str(args.hidden),
-            "--intermediate", str(args.intermediate), "--layers", str(args.layers), "--heads", str(args.heads),
-            "--batch-size", str(args.batch_size), "--threads", str(args.threads), "--seed", str(args.seed)]
+    return [
+        "--doc-len",
+        str(args.doc_len),
+        "--queries",
+        str(args.queries),
+        "--prompt-len",
+        str(args.prompt_len),
+        "--completion-len",
+        str(args.completion_len),
+        "--vocab",
+        str(args.vocab),
+        "--hidden",
+        str(args.hidden),
+        "--intermediate",
+        str(args.intermediate),
+        "--layers",
+        str(args.layers),
+        "--heads",
+        str(args.heads),
+        "--batch-size",
+        str(args.batch_size),
+        "--threads",
+        str(args.threads),
+        "--seed",
+        str(args.seed),
+    ]
 
 
 # ----------------------------------------------------------------------------- main
@@ -371,18 +482,28 @@ def main(argv=None) -> int:
     tracked = sum(layer.d_in * layer.d_out for layer in lm.layers)
     B, R, R_slow = args.batch_size, args.repeats, args.slow_repeats
     log(f"# pretrace influence benchmark ({'quick' if args.quick else 'default'} shape)")
-    log(f"model: random Llama, {args.layers} layers, hidden {args.hidden}, MLP {args.intermediate}, "
+    log(
+        f"model: random Llama, {args.layers} layers, hidden {args.hidden}, MLP {args.intermediate}, "
         f"{args.heads} heads, vocab {args.vocab} ({n_params / 1e6:.1f}M parameters; {len(lm.layers)} tracked "
-        f"MLP linears, {tracked / 1e6:.2f}M tracked weights), float32")
-    log(f"data: {args.docs} documents x {args.doc_len} tokens, {args.queries} queries x "
-        f"({args.prompt_len} prompt + {args.completion_len} completion) tokens; random Zipf token ids")
-    log(f"batch size {B}, torch threads {args.threads}, {args.fisher} Fisher, median of {R} runs "
+        f"MLP linears, {tracked / 1e6:.2f}M tracked weights), float32"
+    )
+    log(
+        f"data: {args.docs} documents x {args.doc_len} tokens, {args.queries} queries x "
+        f"({args.prompt_len} prompt + {args.completion_len} completion) tokens; random Zipf token ids"
+    )
+    log(
+        f"batch size {B}, torch threads {args.threads}, {args.fisher} Fisher, median of {R} runs "
         f"({R_slow} for factor fitting and kronfluence), projection {args.projection[0]}x{args.projection[1]} "
-        "per layer for stored document gradients")
-    log("the baseline (fwdbwd) is a training step without the optimizer over all the documents: forward with "
-        "Hugging Face's labels= loss, loss.backward() into parameter .grad")
+        "per layer for stored document gradients"
+    )
+    log(
+        "the baseline (fwdbwd) is a training step without the optimizer over all the documents: forward with "
+        "Hugging Face's labels= loss, loss.backward() into parameter .grad"
+    )
 
-    batches_fn = lambda: (b for _, b in batches(docs, B, lm.pad_token_id))  # noqa: E731
+    def batches_fn():
+        return (b for _, b in batches(docs, B, lm.pad_token_id))
+
     results: dict[str, float] = {}
 
     # Warm-up: every path once on a small slice (allocator, kernels, lazy imports).
@@ -403,7 +524,9 @@ def main(argv=None) -> int:
 
     t_factors, times = median_time(fit, R_slow)
     results["factors_vs_fwdbwd"] = t_factors / base
-    log(f"pretrace fit_factors (covariance pass, eigh, eigenvalue-correction pass): {t_factors:.2f} s {fmt_times(times)}")
+    log(
+        f"pretrace fit_factors (covariance pass, eigh, eigenvalue-correction pass): {t_factors:.2f} s {fmt_times(times)}"
+    )
 
     qg_exact = None
 
@@ -421,23 +544,28 @@ def main(argv=None) -> int:
 
     t_stream, times = median_time(stream, R)
     results["score_vs_fwdbwd"] = t_stream / base
-    log(f"pretrace stream_scores ({args.queries} x {args.docs}, exact, query gradients precomputed): "
-        f"{t_stream:.2f} s {fmt_times(times)}")
+    log(
+        f"pretrace stream_scores ({args.queries} x {args.docs}, exact, query gradients precomputed): "
+        f"{t_stream:.2f} s {fmt_times(times)}"
+    )
 
     # New queries against stored projected document gradients (computed here, not timed).
-    proj = KroneckerProjection.build(lm.layer_shapes(), *args.projection, seed=args.seed, basis=args.projection_basis,
-                                     factors=factors)
+    proj = KroneckerProjection.build(
+        lm.layer_shapes(), *args.projection, seed=args.seed, basis=args.projection_basis, factors=factors
+    )
     doc_ids = [str(i) for i in range(len(docs))]
-    stored = compute_document_gradients(lm, docs, doc_ids, projection=proj, batch_size=B, rank=args.document_rank,
-                                        stored_dtype=args.stored_dtype)
+    stored = compute_document_gradients(
+        lm, docs, doc_ids, projection=proj, batch_size=B, rank=args.document_rank, stored_dtype=args.stored_dtype
+    )
     projected = None
 
     projected_queries = None
 
     def new_queries():
         nonlocal projected, projected_queries
-        projected_queries = query_gradients_from_tokens(lm, factors, queries, starts, qids, projection=proj,
-                                                        batch_size=B)
+        projected_queries = query_gradients_from_tokens(
+            lm, factors, queries, starts, qids, projection=proj, batch_size=B
+        )
         projected = score_matrix(projected_queries, stored)
 
     t_new, times = median_time(new_queries, R)
@@ -450,9 +578,11 @@ def main(argv=None) -> int:
     t_pass, pass_times = median_time(query_pass, R)
     results["query_pass_vs_fwdbwd"] = t_pass / base
     stored_mb = stored_bytes(stored) / 2**20
-    log(f"pretrace new queries (projected query gradients + score_matrix against {stored_mb:.1f} MiB of stored "
+    log(
+        f"pretrace new queries (projected query gradients + score_matrix against {stored_mb:.1f} MiB of stored "
         f"{store_name(args)} document gradients): {t_new:.2f} s {fmt_times(times)}; of which at least the queries' own forward and "
-        f"backward pass: {t_pass:.2f} s {fmt_times(pass_times)}")
+        f"backward pass: {t_pass:.2f} s {fmt_times(pass_times)}"
+    )
     correlations = [pearson(projected[i], exact[i]) for i in range(len(queries))]
     results["projected_pearson"] = statistics.mean(correlations)
     results["projected_pearson_min"] = min(correlations)
@@ -462,21 +592,34 @@ def main(argv=None) -> int:
         if basis == args.projection_basis:
             results[f"projected_pearson_{basis}"] = results["projected_pearson"]
             continue
-        other = KroneckerProjection.build(lm.layer_shapes(), *args.projection, seed=args.seed, basis=basis,
-                                          factors=factors)
+        other = KroneckerProjection.build(
+            lm.layer_shapes(), *args.projection, seed=args.seed, basis=basis, factors=factors
+        )
         other_scores = score_matrix(
             query_gradients_from_tokens(lm, factors, queries, starts, qids, projection=other, batch_size=B),
-            compute_document_gradients(lm, docs, doc_ids, projection=other, batch_size=B, rank=args.document_rank,
-                                       stored_dtype=args.stored_dtype))
+            compute_document_gradients(
+                lm,
+                docs,
+                doc_ids,
+                projection=other,
+                batch_size=B,
+                rank=args.document_rank,
+                stored_dtype=args.stored_dtype,
+            ),
+        )
         results[f"projected_pearson_{basis}"] = statistics.mean(
-            pearson(other_scores[i], exact[i]) for i in range(len(queries)))
+            pearson(other_scores[i], exact[i]) for i in range(len(queries))
+        )
     # Two-stage retrieval: the stored scores' top 2t candidates, re-scored exactly, against the exact top t.
     for top in (100, 10):
         results[f"rerank_recall_at_{top}"] = recall(projected, exact, min(2 * top, len(docs)), min(top, len(docs)))
-    log(f"projected scores against exact ones: mean per-query Pearson {results['projected_pearson']:.3f} "
-        f"({args.projection_basis}), " + ", ".join(f"{results[f'projected_pearson_{b}']:.3f} ({b})" for b in CONTEXT_BASES)
+    log(
+        f"projected scores against exact ones: mean per-query Pearson {results['projected_pearson']:.3f} "
+        f"({args.projection_basis}), "
+        + ", ".join(f"{results[f'projected_pearson_{b}']:.3f} ({b})" for b in CONTEXT_BASES)
         + "; "
-        f"{results['projection_compression']:.0f}x smaller than dense gradients")
+        f"{results['projection_compression']:.0f}x smaller than dense gradients"
+    )
 
     # kronfluence on the same work.
     nan = float("nan")
@@ -502,26 +645,38 @@ def main(argv=None) -> int:
                 theirs = kscore()
 
             t_kscore, times = median_time(kron_scores, R_slow)
-            log(f"kronfluence compute_pairwise_scores (its query gradients included; all query batches "
-                f"accumulated, so one pass over the documents like pretrace): {t_kscore:.2f} s {fmt_times(times)}")
+            log(
+                f"kronfluence compute_pairwise_scores (its query gradients included; all query batches "
+                f"accumulated, so one pass over the documents like pretrace): {t_kscore:.2f} s {fmt_times(times)}"
+            )
             # Context: kronfluence's default ScoreArguments go over the documents once per query
             # batch; measured on a slice of the documents (both sides) to keep the run short.
             n_sub = min(len(docs), max(B, len(docs) // 16))
             t_kdefault, times = median_time(lambda: kscore(n_docs=n_sub, accumulate=False), R_slow)
-            log(f"kronfluence compute_pairwise_scores with default ScoreArguments ({math.ceil(len(queries) / B)} "
-                f"passes over the documents), on the first {n_sub} documents: {t_kdefault:.2f} s {fmt_times(times)}")
+            log(
+                f"kronfluence compute_pairwise_scores with default ScoreArguments ({math.ceil(len(queries) / B)} "
+                f"passes over the documents), on the first {n_sub} documents: {t_kdefault:.2f} s {fmt_times(times)}"
+            )
         sub = docs[:n_sub]
-        t_sub, times = median_time(lambda: stream_scores(
-            lm, query_gradients_from_tokens(lm, factors, queries, starts, qids, batch_size=B), sub, batch_size=B), R_slow)
-        log(f"  pretrace on those {n_sub} documents (exact query gradients + stream_scores): {t_sub:.2f} s {fmt_times(times)}")
+        t_sub, times = median_time(
+            lambda: stream_scores(
+                lm, query_gradients_from_tokens(lm, factors, queries, starts, qids, batch_size=B), sub, batch_size=B
+            ),
+            R_slow,
+        )
+        log(
+            f"  pretrace on those {n_sub} documents (exact query gradients + stream_scores): {t_sub:.2f} s {fmt_times(times)}"
+        )
         results["kronfluence_default_vs_pretrace"] = t_kdefault / t_sub
         ours = t_qexact + t_stream
         results["kronfluence_vs_pretrace"] = t_kscore / ours
         results["kronfluence_factors_vs_fwdbwd"] = t_kfit / base
         agree = [pearson(theirs[i], exact[i]) for i in range(len(queries))]
         rel = float((theirs - exact).norm() / exact.norm())
-        log(f"  pretrace on the same work (exact query gradients + stream_scores): {ours:.2f} s; kronfluence's "
-            f"scores against pretrace's: min per-query Pearson {min(agree):.6f}, relative error {rel:.1e}")
+        log(
+            f"  pretrace on the same work (exact query gradients + stream_scores): {ours:.2f} s; kronfluence's "
+            f"scores against pretrace's: min per-query Pearson {min(agree):.6f}, relative error {rel:.1e}"
+        )
 
     # bergson on the same work, against pretrace's times of this run.
     if args.no_bergson:
@@ -529,8 +684,16 @@ def main(argv=None) -> int:
     else:
         from bench.bergson_peer import bergson_figures
 
-        results |= bergson_figures(lm, args, docs, queries, starts, exact,
-                                   {"factors": t_factors, "pairwise": t_qexact + t_stream, "new_queries": t_new}, log)
+        results |= bergson_figures(
+            lm,
+            args,
+            docs,
+            queries,
+            starts,
+            exact,
+            {"factors": t_factors, "pairwise": t_qexact + t_stream, "new_queries": t_new},
+            log,
+        )
 
     # Memory: each measurement in its own fresh process.
     results["peak_mem_mb"] = results["peak_mem_growth_2x"] = results["fwdbwd_peak_mem_mb"] = nan
@@ -542,16 +705,21 @@ def main(argv=None) -> int:
                 json.dump(metadata, f)
             jobs = [("score", args.docs), ("score", 2 * args.docs), ("fwdbwd", args.docs)]
             one, two, base_mem = memory_children(args, directory, jobs)
-        mb = lambda v: v / 2**20  # noqa: E731
+
+        def mb(v):
+            return v / 2**20
+
         results["peak_mem_mb"] = mb(one["hwm"])
         results["peak_mem_growth_2x"] = two["hwm"] / one["hwm"]
         results["fwdbwd_peak_mem_mb"] = mb(base_mem["hwm"])
         qg_mb = tracked * args.queries * 4 / 2**20
         for (mode, n), m in zip(jobs, (one, two, base_mem)):
             what = "stream_scores" if mode == "score" else "baseline fwdbwd"
-            log(f"memory, {what} over {n} documents (fresh process): peak RSS (VmHWM) {mb(m['hwm']):.0f} MiB "
+            log(
+                f"memory, {what} over {n} documents (fresh process): peak RSS (VmHWM) {mb(m['hwm']):.0f} MiB "
                 f"({mb(m['hwm_before']):.0f} before the operation); RSS before {mb(m['before']):.0f} MiB, "
-                f"sampled peak during {mb(m['sampled_peak']):.0f} MiB")
+                f"sampled peak during {mb(m['sampled_peak']):.0f} MiB"
+            )
         log(f"  (the exact query gradients held while scoring are {qg_mb:.0f} MiB)")
 
     # Accuracy on a trained model (a random one's scores have no structure), untimed.
@@ -567,49 +735,49 @@ def main(argv=None) -> int:
 
     describe = {
         "score_vs_fwdbwd": f"stream_scores, {args.queries} queries x {args.docs} docs, exact, query gradients "
-                           "precomputed / fwdbwd",
+        "precomputed / fwdbwd",
         "kronfluence_vs_pretrace": "kronfluence compute_pairwise_scores / pretrace exact query gradients + "
-                                   "stream_scores (same factors, queries, documents, batch size)",
+        "stream_scores (same factors, queries, documents, batch size)",
         "kronfluence_default_vs_pretrace": "the same with kronfluence's default ScoreArguments (one pass over the "
-                                           "documents per query batch), on a slice of the documents (context)",
+        "documents per query batch), on a slice of the documents (context)",
         "factors_vs_fwdbwd": f"pretrace fit_factors ({args.fisher} Fisher: two passes + eigh) / fwdbwd",
         "kronfluence_factors_vs_fwdbwd": "kronfluence fit_all_factors, same settings / fwdbwd (context)",
         "new_queries_vs_fwdbwd": f"{args.queries} new queries (their gradients counted) scored against the stored "
-                                 f"{store_name(args)} ({args.projection_basis}) document gradients / fwdbwd",
+        f"{store_name(args)} ({args.projection_basis}) document gradients / fwdbwd",
         "query_pass_vs_fwdbwd": "the new queries' own forward and backward pass alone (tracked layers captured; "
-                                "no preconditioning, projection or scoring) / fwdbwd: the floor under new_queries",
+        "no preconditioning, projection or scoring) / fwdbwd: the floor under new_queries",
         "projected_pearson": "mean per-query Pearson of those projected scores against exact scores",
         "projected_pearson_min": "min per-query Pearson, projected against exact",
         "projected_pearson_raw": "mean per-query Pearson with a raw (unwhitened) projection of the same size (context)",
         "projected_pearson_whitened": "the same with a whitened projection (seeded Gaussian in the eigenbasis; "
-                                      "context)",
+        "context)",
         "projection_compression": f"dense float32 per-document gradient bytes / the {store_name(args)} store's bytes "
-                                  "(4-bit codes packed, scales included)",
+        "(4-bit codes packed, scales included)",
         "projected_pearson_trained": f"mean per-query Pearson of the same store's scores against exact ones on "
-                                     f"{trained_model(args)}",
+        f"{trained_model(args)}",
         "projected_pearson_trained_min": "min per-query Pearson there",
         "rerank_recall_at_100_trained": "rerank_recall_at_100 there",
         "rerank_recall_at_10_trained": "rerank_recall_at_10 there",
         "factored_storage_ratio": f"there, the same projection stored dense in {args.stored_dtype} / as the store's "
-                                  f"rank-{args.document_rank} factors (`document_rank`; bytes)",
+        f"rank-{args.document_rank} factors (`document_rank`; bytes)",
         "factored_pearson_loss": "there, the dense store's mean per-query Pearson minus the factored store's",
         "rerank_recall_at_100": f"share of each query's exact top 100 that two-stage retrieval returns from the stored "
-                                f"scores' top 200 candidates (of {args.docs} documents), re-scored exactly",
+        f"scores' top 200 candidates (of {args.docs} documents), re-scored exactly",
         "rerank_recall_at_10": "the same for the exact top 10 from 20 candidates",
         "bergson_vs_pretrace_factors": "bergson 2.5.1 fit_factored_hessians (EK-FAC, dataset labels) / pretrace fit_factors",
         "bergson_vs_pretrace_pairwise": "bergson query gradients + streaming Scorer over the documents / pretrace exact "
-                                        "query gradients + stream_scores",
+        "query gradients + stream_scores",
         "bergson_vs_pretrace_new_queries": f"bergson: new queries against its {peer_k}x{peer_k} "
-                                           "Rademacher-projected float32 store (no more "
-                                           "bytes than pretrace's) / pretrace new_queries (above)",
+        "Rademacher-projected float32 store (no more "
+        "bytes than pretrace's) / pretrace new_queries (above)",
         "bergson_pearson": "min per-query Pearson of bergson's pairwise EK-FAC scores against pretrace's exact ones",
         "bergson_projected_pearson": "mean per-query Pearson of bergson's projected new-query scores against exact "
-                                     "(context)",
+        "(context)",
         "peak_mem_mb": f"peak RSS (VmHWM, MiB) of a fresh process stream-scoring {args.docs} docs (interpreter, "
-                       "model and query gradients included)",
+        "model and query gradients included)",
         "peak_mem_growth_2x": f"the same for {2 * args.docs} docs / for {args.docs} docs",
         "fwdbwd_peak_mem_mb": f"peak RSS (VmHWM, MiB) of a fresh process running fwdbwd over {args.docs} docs "
-                              "(context)",
+        "(context)",
     }
     print("| figure | value | target | what it measures |")
     print("|---|---|---|---|")

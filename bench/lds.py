@@ -33,17 +33,16 @@ import time
 import numpy as np
 import torch
 
-
 from pretrace.config import Damping
+from pretrace.evaluation.tailpatch import completion_logprob
 from pretrace.influence.document_gradients import compute_document_gradients
 from pretrace.influence.ekfac import Factors, eigenbasis, fit_covariances, fit_lambdas, make_factors
-from pretrace.inputs.batching import batches
-from pretrace.model.adapter import wrap_model
 from pretrace.influence.projection import BASES, KroneckerProjection
 from pretrace.influence.query_gradients import compute_query_gradients
-from pretrace.inputs.query_file import Query, encode_queries
 from pretrace.influence.scores import score_matrix
-from pretrace.evaluation.tailpatch import completion_logprob
+from pretrace.inputs.batching import batches
+from pretrace.inputs.query_file import Query, encode_queries
+from pretrace.model.adapter import wrap_model
 
 SHAPE = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 256}
 
@@ -69,8 +68,9 @@ def train(tokens: list[list[int]], vocab: int, steps: int, batch_size: int, seed
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, max_position_embeddings=128, tie_word_embeddings=False,
-                                         **SHAPE))
+    model = LlamaForCausalLM(
+        LlamaConfig(vocab_size=vocab, max_position_embeddings=128, tie_word_embeddings=False, **SHAPE)
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     order = torch.Generator().manual_seed(seed + 1)
     model.train()
@@ -91,16 +91,26 @@ def train(tokens: list[list[int]], vocab: int, steps: int, batch_size: int, seed
 def scores_by_method(lm, tokens: list[list[int]], queries: list[Query], seed: int) -> dict[str, np.ndarray]:
     """(Q, N) scores of every method, on the model trained on everything."""
     pad = lm.pad_token_id
-    make = lambda: (batch for _, batch in batches(tokens, 16, pad))  # noqa: E731
+
+    def make():
+        return (batch for _, batch in batches(tokens, 16, pad))
+
     cov = fit_covariances(lm, make(), "sampled", seed)
     basis = eigenbasis(cov)
     ekfac = make_factors(basis, fit_lambdas(lm, basis, make(), "sampled", seed), Damping())
     kfac_lambdas = {k: torch.outer(basis.eigvals_S[k], basis.eigvals_A[k]).float().clamp_min(0) for k in basis.QA}
-    kfac = Factors(dict(basis.QA), dict(basis.QS), kfac_lambdas,
-                   {k: Damping().resolve(float(v.mean())) for k, v in kfac_lambdas.items()})
-    identity = Factors({k: torch.eye(v.shape[0]) for k, v in basis.QA.items()},
-                       {k: torch.eye(v.shape[0]) for k, v in basis.QS.items()},
-                       {k: torch.ones(basis.QS[k].shape[0], basis.QA[k].shape[0]) for k in basis.QA}, {k: 0.0 for k in basis.QA})
+    kfac = Factors(
+        dict(basis.QA),
+        dict(basis.QS),
+        kfac_lambdas,
+        {k: Damping().resolve(float(v.mean())) for k, v in kfac_lambdas.items()},
+    )
+    identity = Factors(
+        {k: torch.eye(v.shape[0]) for k, v in basis.QA.items()},
+        {k: torch.eye(v.shape[0]) for k, v in basis.QS.items()},
+        {k: torch.ones(basis.QS[k].shape[0], basis.QA[k].shape[0]) for k in basis.QA},
+        {k: 0.0 for k in basis.QA},
+    )
     ids = [str(i) for i in range(len(tokens))]
     exact = compute_document_gradients(lm, tokens, ids, batch_size=16)
     methods = [("ekfac", ekfac, exact, None), ("kfac", kfac, exact, None), ("identity", identity, exact, None)]
@@ -116,7 +126,9 @@ def scores_by_method(lm, tokens: list[list[int]], queries: list[Query], seed: in
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    rank = lambda v: np.argsort(np.argsort(v, kind="stable"), kind="stable").astype(float)  # noqa: E731
+    def rank(v):
+        return np.argsort(np.argsort(v, kind="stable"), kind="stable").astype(float)
+
     rx, ry = rank(x), rank(y)
     rx, ry = rx - rx.mean(), ry - ry.mean()
     denominator = np.sqrt((rx @ rx) * (ry @ ry))
@@ -150,15 +162,18 @@ def main() -> None:
     predicted = {name: np.zeros((args.subsets, len(queries))) for name in scores}
     for j in range(args.subsets):
         half = np.sort(rng.choice(n, size=n // 2, replace=False))
-        model = wrap_model(train([tokens[i] for i in half], vocab, args.steps, args.batch_size, args.seed), tokenizer,
-                           device="cpu")
+        model = wrap_model(
+            train([tokens[i] for i in half], vocab, args.steps, args.batch_size, args.seed), tokenizer, device="cpu"
+        )
         measured[j] = [completion_logprob(model, s, st) for s, st in zip(sequences, starts)]
         for name, matrix in scores.items():
             predicted[name][j] = matrix[:, half].sum(axis=1)
         print(f"# retrained {j + 1}/{args.subsets} ({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
-    print(f"# lds {time.strftime('%Y-%m-%d')} on {platform.node()}: {n} documents, {len(queries)} planted-fact "
-          f"queries, {args.subsets} half-subsets, {args.steps} AdamW steps of {args.batch_size}, model {SHAPE}, "
-          f"vocabulary {vocab}; {time.monotonic() - started:.0f} s")
+    print(
+        f"# lds {time.strftime('%Y-%m-%d')} on {platform.node()}: {n} documents, {len(queries)} planted-fact "
+        f"queries, {args.subsets} half-subsets, {args.steps} AdamW steps of {args.batch_size}, model {SHAPE}, "
+        f"vocabulary {vocab}; {time.monotonic() - started:.0f} s"
+    )
     figures = {}
     for name in scores:
         per_query = np.array([spearman(predicted[name][:, q], measured[:, q]) for q in range(len(queries))])

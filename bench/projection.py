@@ -45,29 +45,27 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
 import torch
 
-from pretrace.pipeline.settings import demo_config
-from pretrace.inputs.batching import batches
-from pretrace.inputs.corpus import read_records, tokenize_documents
+from pretrace.analyses.correlation import pearson
 from pretrace.demo.corpus import build_demo_corpus
 from pretrace.demo.queries import build_demo_queries
 from pretrace.demo.train import train_demo_model
-from pretrace.influence.document_gradients import DocumentGradients
-from pretrace.influence.document_gradients import compute_document_gradients, stored_as
+from pretrace.influence.document_gradients import DocumentGradients, compute_document_gradients, stored_as
 from pretrace.influence.ekfac import fit_factors
-from pretrace.model.adapter import load_model, wrap_model
 from pretrace.influence.projection import KroneckerProjection
 from pretrace.influence.quantization import BITS, factor_bytes, row_bytes
-from pretrace.inputs.query_file import queries_from_table, read_queries
 from pretrace.influence.query_gradients import compute_query_gradients
-from pretrace.inputs.query_file import Query
 from pretrace.influence.reranking import recall
 from pretrace.influence.scores import score_matrix, stream_scores
-from pretrace.testing.kronfluence_peer import pearson
+from pretrace.inputs.batching import batches
+from pretrace.inputs.corpus import read_records, tokenize_documents
+from pretrace.inputs.query_file import Query, queries_from_table, read_queries
+from pretrace.model.adapter import load_model, wrap_model
+from pretrace.pipeline.settings import demo_config
 from pretrace.testing.tiny import sentence_documents, tiny_tokenizer, trained_tiny_llama
+
+ROOT = Path(__file__).resolve().parents[1]
 
 QUERIES = [
     Query("capital", "The capital of France is", " Paris."),
@@ -81,17 +79,29 @@ TRAINED_K = 16
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--ks", type=int, nargs="+", help="projection sizes k (k_out = k_in = k); default 8 16 32, "
-                   "with --model demo 32 64 128")
+    p.add_argument(
+        "--ks",
+        type=int,
+        nargs="+",
+        help="projection sizes k (k_out = k_in = k); default 8 16 32, with --model demo 32 64 128",
+    )
     p.add_argument("--seeds", type=int, default=10, help="projection seeds per (basis, k)")
-    p.add_argument("--ranks", type=int, nargs="+", default=[2, 3, 4],
-                   help="document ranks c of the factored store, at the largest k")
+    p.add_argument(
+        "--ranks",
+        type=int,
+        nargs="+",
+        default=[2, 3, 4],
+        help="document ranks c of the factored store, at the largest k",
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--model", choices=["tiny", "demo"], default="tiny", help="which trained model (see above)")
     p.add_argument("--documents", type=int, default=512, help="--model demo: documents scored (a seeded sample)")
-    p.add_argument("--steps", type=int, default=DEMO.demo_steps, help="--model demo: training steps (the demo's default)")
-    p.add_argument("--hidden", type=int, help="--model demo: a wider model, trained the same way: hidden size "
-                   "(the demo's: 128)")
+    p.add_argument(
+        "--steps", type=int, default=DEMO.demo_steps, help="--model demo: training steps (the demo's default)"
+    )
+    p.add_argument(
+        "--hidden", type=int, help="--model demo: a wider model, trained the same way: hidden size (the demo's: 128)"
+    )
     p.add_argument("--intermediate", type=int, help="--model demo: MLP width of the wider model (the demo's: 512)")
     p.add_argument("--device", default="cpu", help="--model demo: where to train, fit and score (cuda on a GPU)")
     return p.parse_args(argv)
@@ -105,16 +115,25 @@ def trained_setup():
     return lm, documents, fit_factors(lm, lambda: (b for _, b in batches(documents, 8, 0)))
 
 
-def projected_correlations(lm, documents, factors, exact: torch.Tensor, k: int, basis: str, seed: int,
-                           document_rank: int | None = None) -> list[float]:
+def projected_correlations(
+    lm, documents, factors, exact: torch.Tensor, k: int, basis: str, seed: int, document_rank: int | None = None
+) -> list[float]:
     """Per query, Pearson of the scores through a (k, k) projection (document gradients kept at
     ``document_rank``) against ``exact``."""
     approx = projected_scores(lm, documents, factors, k, basis, seed, document_rank)
     return [pearson(approx[i], exact[i]) for i in range(len(QUERIES))]
 
 
-def projected_scores(lm, documents, factors, k: int, basis: str, seed: int,
-                     document_rank: int | None = None, stored_dtype: str | None = None) -> torch.Tensor:
+def projected_scores(
+    lm,
+    documents,
+    factors,
+    k: int,
+    basis: str,
+    seed: int,
+    document_rank: int | None = None,
+    stored_dtype: str | None = None,
+) -> torch.Tensor:
     """(queries, documents) scores through a (k, k) projection, documents kept at ``document_rank``
     and stored in ``stored_dtype`` (streamed, not stored, when neither is given)."""
     projection = KroneckerProjection.build(lm.layer_shapes(), k, k, seed=seed, basis=basis, factors=factors)
@@ -122,21 +141,30 @@ def projected_scores(lm, documents, factors, k: int, basis: str, seed: int,
     if document_rank is None and stored_dtype is None:
         approx = stream_scores(lm, queries, documents, projection=projection)
     else:
-        stored = compute_document_gradients(lm, documents, [str(i) for i in range(len(documents))],
-                                            projection=projection, rank=document_rank, stored_dtype=stored_dtype)
+        stored = compute_document_gradients(
+            lm,
+            documents,
+            [str(i) for i in range(len(documents))],
+            projection=projection,
+            rank=document_rank,
+            stored_dtype=stored_dtype,
+        )
         approx = score_matrix(queries, stored)
     return approx
 
 
-def compression(shapes: dict[str, tuple[int, int]], k: int, stored_dtype: str = "float32",
-                document_rank: int | None = None) -> float:
+def compression(
+    shapes: dict[str, tuple[int, int]], k: int, stored_dtype: str = "float32", document_rank: int | None = None
+) -> float:
     """Dense float32 per-document gradient bytes over its stored bytes at (k, k) in ``stored_dtype``,
     kept at ``document_rank`` if given (a quantized store's scales included)."""
+
     def stored(o: int, i: int) -> int:
         k_out, k_in = min(k, o), min(k, i)
         if document_rank is None:
             return k_out * row_bytes(stored_dtype, k_in)
         return factor_bytes(stored_dtype, document_rank, k_out, k_in)
+
     return sum(o * row_bytes("float32", i) for o, i in shapes.values()) / sum(stored(*s) for s in shapes.values())
 
 
@@ -162,8 +190,11 @@ as the (32, 32) float32 store."""
 
 def model_shape(args: argparse.Namespace) -> dict:
     """The demo model's shape entries that --hidden and --intermediate change (none: the demo's own)."""
-    return {name: value for name, value in (("hidden_size", args.hidden), ("intermediate_size", args.intermediate))
-            if value is not None}
+    return {
+        name: value
+        for name, value in (("hidden_size", args.hidden), ("intermediate_size", args.intermediate))
+        if value is not None
+    }
 
 
 def demo_setup(workdir: Path, documents: int, steps: int, shape: dict | None = None, device: str = "cpu"):
@@ -172,34 +203,55 @@ def demo_setup(workdir: Path, documents: int, steps: int, shape: dict | None = N
     demo` does for ``steps`` (reshaped by ``shape``: `model_shape`)."""
     files = build_demo_corpus(workdir / "corpus")
     queries = queries_from_table(read_queries(str(build_demo_queries(workdir / "queries.jsonl"))))
-    trained = train_demo_model(files, workdir / "model", max_length=DEMO.max_length, steps=steps,
-                               shape=shape or {}, device=device)
+    trained = train_demo_model(
+        files, workdir / "model", max_length=DEMO.max_length, steps=steps, shape=shape or {}, device=device
+    )
     print(f"# trained: loss {trained['initial_loss']:.3f} -> {trained['final_loss']:.3f}", flush=True)
     lm = load_model(str(workdir / "model"), device=device)
-    corpus = [ids for f in files for ids in tokenize_documents(read_records(str(f)), lm.tokenizer, DEMO.max_length,
-                                                                  origin=str(f)).column("input_ids").to_pylist()]
-    factors = fit_factors(lm, lambda: (b for _, b in batches(corpus, DEMO.batch_size, lm.pad_token_id)),
-                          fisher=DEMO.fisher, damping=DEMO.damping, seed=DEMO.seed)
+    corpus = [
+        ids
+        for f in files
+        for ids in tokenize_documents(read_records(str(f)), lm.tokenizer, DEMO.max_length, origin=str(f))
+        .column("input_ids")
+        .to_pylist()
+    ]
+    factors = fit_factors(
+        lm,
+        lambda: (b for _, b in batches(corpus, DEMO.batch_size, lm.pad_token_id)),
+        fisher=DEMO.fisher,
+        damping=DEMO.damping,
+        seed=DEMO.seed,
+    )
     sample = random.Random(0).sample(corpus, min(documents, len(corpus)))
     return lm, queries, sample, factors, len(corpus)
 
 
-def store_accuracy(lm, queries, documents, factors, exact: torch.Tensor, k: int, stored_dtype: str,
-                   document_rank: int | None = None) -> dict[str, float]:
+def store_accuracy(
+    lm, queries, documents, factors, exact: torch.Tensor, k: int, stored_dtype: str, document_rank: int | None = None
+) -> dict[str, float]:
     """How much of ``exact`` the (k, k) store in the default basis and ``stored_dtype`` (kept at
     ``document_rank`` if given) keeps: the mean and minimum per-query Pearson, the share of each
     query's exact top 100 (top 10) among the stored top 200 (top 20), and its compression: dense
     float32 gradient bytes / stored bytes."""
     projection = KroneckerProjection.build(lm.layer_shapes(), k, k, basis=BASIS, factors=factors)
-    stored = compute_document_gradients(lm, documents, [str(i) for i in range(len(documents))],
-                                        projection=projection, rank=document_rank, stored_dtype=stored_dtype)
+    stored = compute_document_gradients(
+        lm,
+        documents,
+        [str(i) for i in range(len(documents))],
+        projection=projection,
+        rank=document_rank,
+        stored_dtype=stored_dtype,
+    )
     approx = score_matrix(compute_query_gradients(lm, factors, queries, projection=projection), stored)
     values = [pearson(approx[i], exact[i]) for i in range(len(queries))]
     n = len(documents)
-    return {"pearson_mean": statistics.mean(values), "pearson_min": min(values),
-            "rerank_recall_at_100": recall(approx, exact, min(200, n), min(100, n)),
-            "rerank_recall_at_10": recall(approx, exact, min(20, n), min(10, n)),
-            "compression": compression(lm.layer_shapes(), k, stored_dtype, document_rank)}
+    return {
+        "pearson_mean": statistics.mean(values),
+        "pearson_min": min(values),
+        "rerank_recall_at_100": recall(approx, exact, min(200, n), min(100, n)),
+        "rerank_recall_at_10": recall(approx, exact, min(20, n), min(10, n)),
+        "compression": compression(lm.layer_shapes(), k, stored_dtype, document_rank),
+    }
 
 
 def factored(stored: DocumentGradients, rank: int) -> DocumentGradients:
@@ -211,10 +263,12 @@ def largest_entries(stored: DocumentGradients, count: int) -> DocumentGradients:
     """Each document's ``count`` largest-magnitude entries of each layer's projected gradient, the
     rest zero: the scores a sparse store (those values and their positions) would give. Measured
     here only, as a candidate storage: not a pipeline option."""
+
     def kept(grads: torch.Tensor) -> torch.Tensor:
         flat = grads.flatten(1)
         top = flat.abs().topk(min(count, flat.shape[1]), dim=1).indices
         return torch.zeros_like(flat).scatter_(1, top, flat.gather(1, top)).view_as(grads)
+
     return replace(stored, grads={name: kept(grads) for name, grads in stored.grads.items()})
 
 
@@ -223,13 +277,18 @@ def demo_main(args: argparse.Namespace) -> dict[str, float]:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        lm, queries, documents, factors, corpus_size = demo_setup(Path(tmp), args.documents, args.steps,
-                                                                  model_shape(args), args.device)
+        lm, queries, documents, factors, corpus_size = demo_setup(
+            Path(tmp), args.documents, args.steps, model_shape(args), args.device
+        )
     shapes = lm.layer_shapes()
-    which = f"the demo model reshaped ({model_shape(args)}, on {args.device})" if model_shape(args) else "the demo's model"
-    print(f"# projection accuracy on {which} ({args.steps} steps): {len(documents)} of its {corpus_size} "
-          f"documents, {len(queries)} queries, layers {sorted(set(shapes.values()))}, seeds 0-{args.seeds - 1}",
-          flush=True)
+    which = (
+        f"the demo model reshaped ({model_shape(args)}, on {args.device})" if model_shape(args) else "the demo's model"
+    )
+    print(
+        f"# projection accuracy on {which} ({args.steps} steps): {len(documents)} of its {corpus_size} "
+        f"documents, {len(queries)} queries, layers {sorted(set(shapes.values()))}, seeds 0-{args.seeds - 1}",
+        flush=True,
+    )
     exact = stream_scores(lm, compute_query_gradients(lm, factors, queries), documents)
     ids = [str(i) for i in range(len(documents))]
     figures = {f"compression_k{FLOAT32_K}": compression(shapes, FLOAT32_K)}
@@ -263,9 +322,14 @@ def demo_main(args: argparse.Namespace) -> dict[str, float]:
                 sparse = score_matrix(qg, largest_entries(stored, SPARSE_ENTRIES))
                 correlations(f"{basis}_k{k}_top{SPARSE_ENTRIES}", sparse)
                 recalls.setdefault(f"rerank_recall_at_100_{basis}_k{k}_top{SPARSE_ENTRIES}", []).append(
-                    recall(sparse, exact, 200, 100))
-        print(f"seed {seed}: " + ", ".join(f"{name} {statistics.mean(v):.4f}" for name, v in pearsons.items()
-                                           if "_c" not in name) + " (mean Pearson so far)", flush=True)
+                    recall(sparse, exact, 200, 100)
+                )
+        print(
+            f"seed {seed}: "
+            + ", ".join(f"{name} {statistics.mean(v):.4f}" for name, v in pearsons.items() if "_c" not in name)
+            + " (mean Pearson so far)",
+            flush=True,
+        )
     figures[f"pearson_raw_k{FLOAT32_K}_mean"] = statistics.mean(pearsons[f"raw_k{FLOAT32_K}"])
     for basis in ("whitened", "principal"):
         for k in ks:
@@ -274,8 +338,9 @@ def demo_main(args: argparse.Namespace) -> dict[str, float]:
             figures[f"pearson_{basis}_k{k}_min"] = min(pearsons[f"{basis}_k{k}"])
         for c in args.ranks:
             figures[f"factored_storage_ratio_c{c}"] = FLOAT32_K * FLOAT32_K / (c * 2 * FLOAT32_K)
-            figures[f"factored_pearson_loss_{basis}_c{c}"] = (figures[f"pearson_{basis}_k{FLOAT32_K}_mean"]
-                                                              - statistics.mean(pearsons[f"{basis}_c{c}"]))
+            figures[f"factored_pearson_loss_{basis}_c{c}"] = figures[
+                f"pearson_{basis}_k{FLOAT32_K}_mean"
+            ] - statistics.mean(pearsons[f"{basis}_c{c}"])
         for k in (k for k in ks if k > FLOAT32_K):
             c = equal_storage_rank(k)
             figures[f"pearson_equal_storage_{basis}_k{k}_c{c}_mean"] = statistics.mean(pearsons[f"{basis}_k{k}_c{c}"])
@@ -289,8 +354,11 @@ def demo_main(args: argparse.Namespace) -> dict[str, float]:
         # four times float32's k there (128 x 128 on the demo's model: 30x)
         accuracy = store_accuracy(lm, queries, documents, factors, exact, k, dtype)
         name = f"{BASIS}_k{k}_{dtype}"
-        figures |= {f"compression_{name}": accuracy["compression"], f"pearson_{name}_mean": accuracy["pearson_mean"],
-                    f"pearson_{name}_min": accuracy["pearson_min"]}
+        figures |= {
+            f"compression_{name}": accuracy["compression"],
+            f"pearson_{name}_mean": accuracy["pearson_mean"],
+            f"pearson_{name}_min": accuracy["pearson_min"],
+        }
         figures |= {f"rerank_recall_at_{t}_{name}": accuracy[f"rerank_recall_at_{t}"] for t in (100, 10)}
         print(f"{name}: mean Pearson {accuracy['pearson_mean']:.4f} at {accuracy['compression']:.1f}x", flush=True)
     figures |= {name: statistics.mean(values) for name, values in recalls.items()}
@@ -316,8 +384,11 @@ def main(argv=None) -> int:
     lm, documents, factors = trained_setup()
     exact = stream_scores(lm, compute_query_gradients(lm, factors, QUERIES), documents)
     shapes = lm.layer_shapes()
-    print(f"# projection accuracy on the tests' trained tiny Llama: {len(documents)} documents, {len(QUERIES)} "
-          f"queries, layers {sorted(set(shapes.values()))}, seeds 0-{args.seeds - 1}", flush=True)
+    print(
+        f"# projection accuracy on the tests' trained tiny Llama: {len(documents)} documents, {len(QUERIES)} "
+        f"queries, layers {sorted(set(shapes.values()))}, seeds 0-{args.seeds - 1}",
+        flush=True,
+    )
     figures: dict[str, float] = {}
     args.ks = args.ks or [8, 16, 32]
     for k in args.ks:
@@ -329,31 +400,53 @@ def main(argv=None) -> int:
             values = [pearson(a[i], exact[i]) for a in approx for i in range(len(QUERIES))]
             figures[f"pearson_{basis}_k{k}_mean"] = statistics.mean(values)
             figures[f"pearson_{basis}_k{k}_min"] = min(values)
-            print(f"k={k} {basis}: mean {statistics.mean(values):.3f}, min {min(values):.3f} "
-                  f"over {len(values)} (seed, query) pairs; compression {figures[f'compression_k{k}']:.1f}", flush=True)
+            print(
+                f"k={k} {basis}: mean {statistics.mean(values):.3f}, min {min(values):.3f} "
+                f"over {len(values)} (seed, query) pairs; compression {figures[f'compression_k{k}']:.1f}",
+                flush=True,
+            )
     if TRAINED_K in args.ks:
-        print(f"k={TRAINED_K} {BASIS}, two-stage retrieval: {figures[f'rerank_recall_at_10_{BASIS}_k{TRAINED_K}']:.3f} "
-              "of each exact top 10 among the stored top 20 (re-scored exactly)", flush=True)
+        print(
+            f"k={TRAINED_K} {BASIS}, two-stage retrieval: {figures[f'rerank_recall_at_10_{BASIS}_k{TRAINED_K}']:.3f} "
+            "of each exact top 10 among the stored top 20 (re-scored exactly)",
+            flush=True,
+        )
         # the same projected store in other `stored_gradient_dtype`s against float32
-        stores = {dtype: [projected_scores(lm, documents, factors, TRAINED_K, BASIS, seed, stored_dtype=dtype)
-                          for seed in seeds(BASIS, args.seeds)] for dtype in ("float32", "bfloat16", *QUANTIZED)}
+        stores = {
+            dtype: [
+                projected_scores(lm, documents, factors, TRAINED_K, BASIS, seed, stored_dtype=dtype)
+                for seed in seeds(BASIS, args.seeds)
+            ]
+            for dtype in ("float32", "bfloat16", *QUANTIZED)
+        }
         for dtype, name in (("bfloat16", "bf16"), *((q, q) for q in QUANTIZED)):
             pairs = list(zip(stores["float32"], stores[dtype]))
-            figures[f"{name}_store_pearson_vs_float32"] = min(pearson(h[i], f[i]) for f, h in pairs
-                                                              for i in range(len(QUERIES)))
+            figures[f"{name}_store_pearson_vs_float32"] = min(
+                pearson(h[i], f[i]) for f, h in pairs for i in range(len(QUERIES))
+            )
             figures[f"{name}_store_pearson_loss"] = figures[f"pearson_{BASIS}_k{TRAINED_K}_mean"] - statistics.mean(
-                pearson(h[i], exact[i]) for _, h in pairs for i in range(len(QUERIES)))
-            print(f"k={TRAINED_K} {BASIS}, stored in {dtype}: {compression(shapes, TRAINED_K, dtype):.1f}x smaller "
-                  f"than dense float32; lowest per-query Pearson against the float32 store "
-                  f"{figures[f'{name}_store_pearson_vs_float32']:.6f}", flush=True)
+                pearson(h[i], exact[i]) for _, h in pairs for i in range(len(QUERIES))
+            )
+            print(
+                f"k={TRAINED_K} {BASIS}, stored in {dtype}: {compression(shapes, TRAINED_K, dtype):.1f}x smaller "
+                f"than dense float32; lowest per-query Pearson against the float32 store "
+                f"{figures[f'{name}_store_pearson_vs_float32']:.6f}",
+                flush=True,
+            )
     k = max(args.ks)  # factored storage: each document's projected (k, k) gradient kept at rank c
     for c in args.ranks:
-        values = [r for seed in seeds(BASIS, args.seeds)
-                  for r in projected_correlations(lm, documents, factors, exact, k, BASIS, seed, c)]
+        values = [
+            r
+            for seed in seeds(BASIS, args.seeds)
+            for r in projected_correlations(lm, documents, factors, exact, k, BASIS, seed, c)
+        ]
         figures[f"factored_storage_ratio_k{k}_c{c}"] = k * k / (c * 2 * k)
         figures[f"factored_pearson_loss_k{k}_c{c}"] = figures[f"pearson_{BASIS}_k{k}_mean"] - statistics.mean(values)
-        print(f"k={k} {BASIS}, document_rank {c}: mean {statistics.mean(values):.3f}, min {min(values):.3f}; "
-              f"{figures[f'factored_storage_ratio_k{k}_c{c}']:.2f}x smaller than the projected store", flush=True)
+        print(
+            f"k={k} {BASIS}, document_rank {c}: mean {statistics.mean(values):.3f}, min {min(values):.3f}; "
+            f"{figures[f'factored_storage_ratio_k{k}_c{c}']:.2f}x smaller than the projected store",
+            flush=True,
+        )
     return report(figures, started)
 
 

@@ -25,21 +25,30 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
 from bench.memory import hwm_bytes
 
+ROOT = Path(__file__).resolve().parents[1]
+
 FIGURES = [
-    "documents_1x", "documents_2x", "shards_1x", "queries",
-    "summarize_seconds_per_shard", "summarize_peak_rss_mb",
-    "report_seconds_1x", "report_seconds_2x", "report_merge_seconds_1x", "report_merge_seconds_2x",
-    "report_peak_rss_mb_1x", "report_peak_rss_mb_2x", "report_peak_mem_growth_2x",
+    "documents_1x",
+    "documents_2x",
+    "shards_1x",
+    "queries",
+    "summarize_seconds_per_shard",
+    "summarize_peak_rss_mb",
+    "report_seconds_1x",
+    "report_seconds_2x",
+    "report_merge_seconds_1x",
+    "report_merge_seconds_2x",
+    "report_peak_rss_mb_1x",
+    "report_peak_rss_mb_2x",
+    "report_peak_mem_growth_2x",
 ]
 
 
 def child_summarize(args) -> dict:
-    from pretrace.testing.synthetic_shards import write_synthetic_shards
     from pretrace.store.storage import Storage
+    from pretrace.testing.synthetic_shards import write_synthetic_shards
 
     store = Storage(args.root)
     queries = store.read_parquet("query_gradients/queries.parquet")
@@ -50,10 +59,10 @@ def child_summarize(args) -> dict:
 
 def child_report(args) -> dict:
     from pretrace.analyses.analysis import ReportConfig
-    from pretrace.report.build import make_report, write_report
     from pretrace.analyses.merge import merge_stored
-    from pretrace.testing.synthetic_shards import synthetic_shard_files
+    from pretrace.report.build import make_report, write_report
     from pretrace.store.storage import Storage
+    from pretrace.testing.synthetic_shards import synthetic_shard_files
 
     store = Storage(args.root)
     queries = store.read_parquet("query_gradients/queries.parquet")
@@ -63,8 +72,12 @@ def child_report(args) -> dict:
     merged = time.perf_counter()
     report = make_report(stats, top, queries, ReportConfig(k=args.k), shards=len(files))
     write_report(store, report, prefix=f"influence_report_{args.last}")
-    return {"seconds": time.perf_counter() - start, "merge_seconds": merged - start, "documents": stats.n,
-            "html_bytes": len(report.html)}
+    return {
+        "seconds": time.perf_counter() - start,
+        "merge_seconds": merged - start,
+        "documents": stats.n,
+        "html_bytes": len(report.html),
+    }
 
 
 def run_child(kind: str, root: str, extra: list[str]) -> tuple[subprocess.Popen, Path]:
@@ -106,16 +119,21 @@ def main() -> None:
     shards = args.shards or (10 if args.quick else 100)
     n_queries = args.queries or (20 if args.quick else 80)
     per_shard = docs // shards
-    log = lambda *a: print(*a, flush=True)  # noqa: E731
+
+    def log(*a):
+        return print(*a, flush=True)
+
     with tempfile.TemporaryDirectory(prefix="pretrace-bench-report-", dir=args.workdir) as root:
-        from pretrace.testing.synthetic_shards import synthetic_queries
         from pretrace.store.storage import Storage
+        from pretrace.testing.synthetic_shards import synthetic_queries
 
         Storage(root).write_parquet("query_gradients/queries.parquet", synthetic_queries(n_queries))
         log(f"[bench] {n_queries} queries; {shards} x {per_shard:,} documents (1x) and {2 * shards} shards (2x)")
         common = ["--docs-per-shard", str(per_shard), "--k", str(args.k)]
-        halves = [run_child("summarize", root, ["--first", str(a), "--last", str(b), *common])
-                  for a, b in ((0, shards), (shards, 2 * shards))]  # two processes, one per core
+        halves = [
+            run_child("summarize", root, ["--first", str(a), "--last", str(b), *common])
+            for a, b in ((0, shards), (shards, 2 * shards))
+        ]  # two processes, one per core
         summaries = [wait(h) for h in halves]
         per_shard_s = max(s["seconds"] / s["shards"] for s in summaries)
         summarize_peak = max(s["peak_rss_mb"] for s in summaries)
@@ -124,14 +142,23 @@ def main() -> None:
         for scale, last in (("1x", shards), ("2x", 2 * shards)):
             reports[scale] = wait(run_child("report", root, ["--last", str(last), "--k", str(args.k)]))
             r = reports[scale]
-            log(f"[bench] report over {r['documents']:,} documents: {r['seconds']:.1f} s "
-                f"(merge {r['merge_seconds']:.1f} s), peak {r['peak_rss_mb']:.0f} MB, HTML {r['html_bytes'] / 1e6:.1f} MB")
+            log(
+                f"[bench] report over {r['documents']:,} documents: {r['seconds']:.1f} s "
+                f"(merge {r['merge_seconds']:.1f} s), peak {r['peak_rss_mb']:.0f} MB, HTML {r['html_bytes'] / 1e6:.1f} MB"
+            )
     figures = {
-        "documents_1x": reports["1x"]["documents"], "documents_2x": reports["2x"]["documents"], "shards_1x": shards,
-        "queries": n_queries, "summarize_seconds_per_shard": per_shard_s, "summarize_peak_rss_mb": summarize_peak,
-        "report_seconds_1x": reports["1x"]["seconds"], "report_seconds_2x": reports["2x"]["seconds"],
-        "report_merge_seconds_1x": reports["1x"]["merge_seconds"], "report_merge_seconds_2x": reports["2x"]["merge_seconds"],
-        "report_peak_rss_mb_1x": reports["1x"]["peak_rss_mb"], "report_peak_rss_mb_2x": reports["2x"]["peak_rss_mb"],
+        "documents_1x": reports["1x"]["documents"],
+        "documents_2x": reports["2x"]["documents"],
+        "shards_1x": shards,
+        "queries": n_queries,
+        "summarize_seconds_per_shard": per_shard_s,
+        "summarize_peak_rss_mb": summarize_peak,
+        "report_seconds_1x": reports["1x"]["seconds"],
+        "report_seconds_2x": reports["2x"]["seconds"],
+        "report_merge_seconds_1x": reports["1x"]["merge_seconds"],
+        "report_merge_seconds_2x": reports["2x"]["merge_seconds"],
+        "report_peak_rss_mb_1x": reports["1x"]["peak_rss_mb"],
+        "report_peak_rss_mb_2x": reports["2x"]["peak_rss_mb"],
         "report_peak_mem_growth_2x": reports["2x"]["peak_rss_mb"] / reports["1x"]["peak_rss_mb"],
     }
     print("\n| figure | value |\n|---|---|")

@@ -22,13 +22,12 @@ import time
 import warnings
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-warnings.filterwarnings("ignore")
-
 from pretrace.config import load_config
 from pretrace.project.provenance import Project
 from tests.pipeline.project import make_project, run_pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+warnings.filterwarnings("ignore")
 
 
 def seconds(fn) -> float:

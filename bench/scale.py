@@ -22,30 +22,44 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
 import torch
 from transformers import CohereConfig, LlamaConfig
 
 from bench.synthetic import build_model, config_of, make_data
-from pretrace.planning.peak_memory import PeakAllocations
-from pretrace.inputs.batching import batches
-from pretrace.influence.ekfac import eigenbasis, fit_covariances, fit_lambdas, make_factors
 from pretrace.errors import InputError
-from pretrace.planning.memory_plan import GB, ModelShape, Workload, fitting_plan, plan
-from pretrace.model.adapter import wrap_model
+from pretrace.influence.ekfac import eigenbasis, fit_covariances, fit_lambdas, make_factors
 from pretrace.influence.query_gradients import query_gradients_from_tokens
 from pretrace.influence.scores import stream_scores
+from pretrace.inputs.batching import batches
+from pretrace.model.adapter import wrap_model
+from pretrace.planning.memory_plan import GB, ModelShape, Workload, fitting_plan, plan
+from pretrace.planning.peak_memory import PeakAllocations
 
-LLAMA_2_7B = LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                         num_attention_heads=32)
-COMMAND_R_35B = CohereConfig(vocab_size=256000, hidden_size=8192, intermediate_size=22528, num_hidden_layers=40,
-                             num_attention_heads=64, num_key_value_heads=64)
-LLAMA_2_70B = LlamaConfig(vocab_size=32000, hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
-                          num_attention_heads=64, num_key_value_heads=8)
+ROOT = Path(__file__).resolve().parents[1]
+
+LLAMA_2_7B = LlamaConfig(
+    vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32
+)
+COMMAND_R_35B = CohereConfig(
+    vocab_size=256000,
+    hidden_size=8192,
+    intermediate_size=22528,
+    num_hidden_layers=40,
+    num_attention_heads=64,
+    num_key_value_heads=64,
+)
+LLAMA_2_70B = LlamaConfig(
+    vocab_size=32000,
+    hidden_size=8192,
+    intermediate_size=28672,
+    num_hidden_layers=80,
+    num_attention_heads=64,
+    num_key_value_heads=8,
+)
 BLOCKS = 4  # the block-diagonal figures split the widest side into this many blocks
-PAPER_RUN = Workload(batch_size=8, max_length=512, dtype="bfloat16", documents=5_000_000, queries=80, query_length=256,
-                     query_rank=64)
+PAPER_RUN = Workload(
+    batch_size=8, max_length=512, dtype="bfloat16", documents=5_000_000, queries=80, query_length=256, query_rank=64
+)
 """The paper's setting, sized: bf16 models, 512-token documents, 80 queries kept at rank 64."""
 
 
@@ -60,8 +74,13 @@ def measured_steps(args: argparse.Namespace) -> dict[str, tuple[int, float]]:
     lm = wrap_model(build_model(args), layers=["mlp"], device="cpu")
     docs, queries, starts = make_data(args)
     ids = [f"q{i}" for i in range(len(queries))]
-    data = lambda: (b for _, b in batches(docs, args.batch_size, 0))  # noqa: E731
-    fit_covariances(lm, (b for _, b in batches(docs[: args.batch_size], args.batch_size, 0)))  # lasting first-call caches
+
+    def data():
+        return (b for _, b in batches(docs, args.batch_size, 0))
+
+    fit_covariances(
+        lm, (b for _, b in batches(docs[: args.batch_size], args.batch_size, 0))
+    )  # lasting first-call caches
     steps: dict[str, tuple[int, float]] = {}
 
     def run(name, fn):
@@ -78,8 +97,10 @@ def measured_steps(args: argparse.Namespace) -> dict[str, tuple[int, float]]:
     basis = run("eigenbasis", lambda: eigenbasis(cov))
     lambdas = run("lambdas", lambda: fit_lambdas(lm, basis, data()))
     factors = make_factors(basis, lambdas)
-    qg = run("query_gradients", lambda: query_gradients_from_tokens(lm, factors, queries, starts, ids,
-                                                                   batch_size=args.batch_size))
+    qg = run(
+        "query_gradients",
+        lambda: query_gradients_from_tokens(lm, factors, queries, starts, ids, batch_size=args.batch_size),
+    )
     run("scores", lambda: stream_scores(lm, qg, docs, batch_size=args.batch_size))
     return steps
 
@@ -87,15 +108,35 @@ def measured_steps(args: argparse.Namespace) -> dict[str, tuple[int, float]]:
 def main(argv=None) -> int:
     cli = parse_args(argv)
     width = dict(hidden=2048, intermediate=5632) if cli.full else dict(hidden=1024, intermediate=2816)
-    args = argparse.Namespace(vocab=32000, layers=2, heads=16, docs=16, doc_len=256, queries=4, prompt_len=32,
-                              completion_len=16, seed=0, batch_size=4, **width)
+    args = argparse.Namespace(
+        vocab=32000,
+        layers=2,
+        heads=16,
+        docs=16,
+        doc_len=256,
+        queries=4,
+        prompt_len=32,
+        completion_len=16,
+        seed=0,
+        batch_size=4,
+        **width,
+    )
     torch.set_num_threads(max(1, torch.get_num_threads()))
     shape = ModelShape.of_config(config_of(args), ["mlp"])
-    work = Workload(batch_size=args.batch_size, max_length=args.doc_len, documents=args.docs, queries=args.queries,
-                    query_length=args.prompt_len + args.completion_len, device="cpu")
+    work = Workload(
+        batch_size=args.batch_size,
+        max_length=args.doc_len,
+        documents=args.docs,
+        queries=args.queries,
+        query_length=args.prompt_len + args.completion_len,
+        device="cpu",
+    )
     planned = plan(shape, work)
-    print(f"hidden {args.hidden} -> {args.intermediate}, {args.layers} blocks, {args.docs} docs x {args.doc_len} tokens, "
-          f"{args.queries} queries, batch {args.batch_size}, float32 on the CPU", flush=True)
+    print(
+        f"hidden {args.hidden} -> {args.intermediate}, {args.layers} blocks, {args.docs} docs x {args.doc_len} tokens, "
+        f"{args.queries} queries, batch {args.batch_size}, float32 on the CPU",
+        flush=True,
+    )
     print(planned.table(), flush=True)
     steps = measured_steps(args)
     figures: dict[str, object] = {}
@@ -105,13 +146,20 @@ def main(argv=None) -> int:
             continue
         step = planned.step(name)
         expected = step.allocated
-        figures |= {f"{name}_planned_mb": expected / 2**20, f"{name}_measured_mb": peak / 2**20,
-                    f"{name}_plan_error": abs(peak - expected) / expected, f"{name}_seconds": seconds}
+        figures |= {
+            f"{name}_planned_mb": expected / 2**20,
+            f"{name}_measured_mb": peak / 2**20,
+            f"{name}_plan_error": abs(peak - expected) / expected,
+            f"{name}_seconds": seconds,
+        }
     heaviest = max(steps, key=lambda name: steps[name][0])
     step = planned.step(heaviest)
     planned_peak = step.allocated
-    figures |= {"planned_peak_mb": planned_peak / 2**20, "measured_peak_mb": steps[heaviest][0] / 2**20,
-                "plan_error": abs(steps[heaviest][0] - planned_peak) / planned_peak}
+    figures |= {
+        "planned_peak_mb": planned_peak / 2**20,
+        "measured_peak_mb": steps[heaviest][0] / 2**20,
+        "plan_error": abs(steps[heaviest][0] - planned_peak) / planned_peak,
+    }
     # the 35B's 22528-wide MLP side is kept as 4 diagonal blocks (factor_block_size): whole, its float64
     # covariance sums and their products alone outgrow what 70 GB of bf16 weights leave of 80 GB
     wide = replace(PAPER_RUN, factor_block_size=COMMAND_R_35B.intermediate_size // BLOCKS)
@@ -121,14 +169,20 @@ def main(argv=None) -> int:
         smallest = plan(big, smallest_settings).peak
         try:
             fitted = fitting_plan(big, work, int(80 * GB))[1]
-            extra = [*(["activation_checkpointing"] if fitted.activation_checkpointing else []),
-                     *([f"factor_block_size {work.factor_block_size}"] if work.factor_block_size else [])]
+            extra = [
+                *(["activation_checkpointing"] if fitted.activation_checkpointing else []),
+                *([f"factor_block_size {work.factor_block_size}"] if work.factor_block_size else []),
+            ]
             fits, groups = "yes", f"{fitted.layer_groups} (batch_size {', '.join([str(fitted.batch_size), *extra])})"
         except InputError:  # nothing fits: said as such, with the smallest peak and the weights' part of it
             fits, groups = "no", "none"
-        figures |= {f"ungrouped_peak_gb_{label}": plan(big, PAPER_RUN).peak.device / GB, f"fits_80gb_{label}": fits,
-                    f"layer_groups_80gb_{label}": groups, f"smallest_peak_gb_{label}": smallest.device / GB,
-                    f"weights_gb_{label}": smallest.parts["weights"] / GB}
+        figures |= {
+            f"ungrouped_peak_gb_{label}": plan(big, PAPER_RUN).peak.device / GB,
+            f"fits_80gb_{label}": fits,
+            f"layer_groups_80gb_{label}": groups,
+            f"smallest_peak_gb_{label}": smallest.device / GB,
+            f"weights_gb_{label}": smallest.parts["weights"] / GB,
+        }
     widest = ModelShape.of_config(LLAMA_2_70B, ["mlp"])
     for block_size in (None, LLAMA_2_70B.intermediate_size // BLOCKS):
         eig = plan(widest, replace(PAPER_RUN, factor_block_size=block_size)).step("eigenbasis").device

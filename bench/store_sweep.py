@@ -23,25 +23,30 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
 import torch
 
 from bench.projection import BASIS, DEMO, compression, demo_setup
+from pretrace.analyses.correlation import pearson
 from pretrace.influence.document_gradients import DocumentGradients, compute_document_gradients, stored_as
 from pretrace.influence.projection import KroneckerProjection
 from pretrace.influence.query_gradients import compute_query_gradients
 from pretrace.influence.reranking import recall
 from pretrace.influence.scores import score_matrix, stream_scores
-from pretrace.testing.kronfluence_peer import pearson
+
+ROOT = Path(__file__).resolve().parents[1]
 
 DTYPE = "int4"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--ks", type=int, nargs="+", default=[128, 192, 256, 304, 320, 384, 512],
-                   help="principal block sizes k (k_out = k_in = k, at most each layer's side)")
+    p.add_argument(
+        "--ks",
+        type=int,
+        nargs="+",
+        default=[128, 192, 256, 304, 320, 384, 512],
+        help="principal block sizes k (k_out = k_in = k, at most each layer's side)",
+    )
     p.add_argument("--ranks", type=int, nargs="+", default=[8, 12, 16, 18, 20, 24], help="document ranks c")
     p.add_argument("--documents", type=int, default=512, help="documents scored (a seeded sample of the corpus)")
     p.add_argument("--steps", type=int, default=DEMO.demo_steps, help="training steps (the demo's default)")
@@ -62,8 +67,11 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
         lm, queries, documents, factors, corpus_size = demo_setup(Path(tmp), args.documents, args.steps)
     shapes = lm.layer_shapes()
-    print(f"# store sweep on the demo's model ({args.steps} steps): {len(documents)} of its {corpus_size} documents, "
-          f"{len(queries)} queries, layers {sorted(set(shapes.values()))}, {BASIS} basis, {DTYPE}", flush=True)
+    print(
+        f"# store sweep on the demo's model ({args.steps} steps): {len(documents)} of its {corpus_size} documents, "
+        f"{len(queries)} queries, layers {sorted(set(shapes.values()))}, {BASIS} basis, {DTYPE}",
+        flush=True,
+    )
     exact = stream_scores(lm, compute_query_gradients(lm, factors, queries), documents)
     ids = [str(i) for i in range(len(documents))]
     figures: dict[str, float] = {}
@@ -75,18 +83,28 @@ def main(argv=None) -> int:
         stored = compute_document_gradients(lm, documents, ids, projection=projection)
         dense_mean, dense_min, dense_recall = accuracy(qg, stored_as(stored, None, DTYPE), exact)
         dense_ratio = compression(shapes, k, DTYPE)
-        print(f"| {k} | dense | {dense_ratio:.1f} | {dense_mean:.4f} | {dense_min:.4f} | {dense_recall:.3f} | | |",
-              flush=True)
+        print(
+            f"| {k} | dense | {dense_ratio:.1f} | {dense_mean:.4f} | {dense_min:.4f} | {dense_recall:.3f} | | |",
+            flush=True,
+        )
         figures |= {f"compression_k{k}": dense_ratio, f"pearson_k{k}_mean": dense_mean}
         for c in args.ranks:
             mean, low, found = accuracy(qg, stored_as(stored, c, DTYPE), exact)
             ratio = compression(shapes, k, DTYPE, c)
-            print(f"| {k} | {c} | {ratio:.1f} | {mean:.4f} | {low:.4f} | {found:.3f} | {ratio / dense_ratio:.2f} | "
-                  f"{dense_mean - mean:.4f} |", flush=True)
+            print(
+                f"| {k} | {c} | {ratio:.1f} | {mean:.4f} | {low:.4f} | {found:.3f} | {ratio / dense_ratio:.2f} | "
+                f"{dense_mean - mean:.4f} |",
+                flush=True,
+            )
             name = f"k{k}_c{c}"
-            figures |= {f"compression_{name}": ratio, f"pearson_{name}_mean": mean, f"pearson_{name}_min": low,
-                        f"rerank_recall_at_100_{name}": found, f"factored_storage_ratio_{name}": ratio / dense_ratio,
-                        f"factored_pearson_loss_{name}": dense_mean - mean}
+            figures |= {
+                f"compression_{name}": ratio,
+                f"pearson_{name}_mean": mean,
+                f"pearson_{name}_min": low,
+                f"rerank_recall_at_100_{name}": found,
+                f"factored_storage_ratio_{name}": ratio / dense_ratio,
+                f"factored_pearson_loss_{name}": dense_mean - mean,
+            }
     print()
     for name, value in figures.items():
         print(f"{name}: {value:.4g}")

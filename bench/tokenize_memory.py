@@ -53,8 +53,14 @@ def measure(megabytes: float, whole: bool) -> dict:
     else:
         table = tokenize_documents([{"id": "huge", "text": text, "source": "bench"}], tokenizer, max_length=512)
         tokens = sum(table.column("n_tokens").to_pylist())
-    return {"mb": megabytes, "whole": whole, "tokens": tokens, "seconds": time.perf_counter() - started,
-            "peak": hwm_bytes(), "before": before}
+    return {
+        "mb": megabytes,
+        "whole": whole,
+        "tokens": tokens,
+        "seconds": time.perf_counter() - started,
+        "peak": hwm_bytes(),
+        "before": before,
+    }
 
 
 def _child(megabytes: float, whole: bool) -> dict:
@@ -65,7 +71,9 @@ def _child(megabytes: float, whole: bool) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mb", type=float, nargs="+", default=[1.0, 10.0], help="document sizes; the first is the reference")
+    parser.add_argument(
+        "--mb", type=float, nargs="+", default=[1.0, 10.0], help="document sizes; the first is the reference"
+    )
     parser.add_argument("--child", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--whole", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -74,15 +82,24 @@ def main() -> None:
         return
     runs = [_child(mb, whole=False) for mb in args.mb] + [_child(args.mb[-1], whole=True)]
     reference = runs[0]
-    mib = lambda b: b / 2**20  # noqa: E731
-    print(f"# tokenize_memory {time.strftime('%Y-%m-%d')} on {platform.node()} ({platform.processor() or platform.machine()})")
-    print(f"{'document':>18} {'tokens':>10} {'peak MiB':>9} {'above MiB':>10} {'peak / 1st':>11} {'above / 1st':>12} {'s':>6}")
+
+    def mib(b):
+        return b / 2**20
+
+    print(
+        f"# tokenize_memory {time.strftime('%Y-%m-%d')} on {platform.node()} ({platform.processor() or platform.machine()})"
+    )
+    print(
+        f"{'document':>18} {'tokens':>10} {'peak MiB':>9} {'above MiB':>10} {'peak / 1st':>11} {'above / 1st':>12} {'s':>6}"
+    )
     for run in runs:
         above = run["peak"] - run["before"]
         label = f"{run['mb']:g} MB" + (" whole (old)" if run["whole"] else " segmented")
-        print(f"{label:>18} {run['tokens']:>10} {mib(run['peak']):>9.0f} {mib(above):>10.0f} "
-              f"{run['peak'] / reference['peak']:>11.2f} {above / max(reference['peak'] - reference['before'], 1):>12.2f} "
-              f"{run['seconds']:>6.1f}")
+        print(
+            f"{label:>18} {run['tokens']:>10} {mib(run['peak']):>9.0f} {mib(above):>10.0f} "
+            f"{run['peak'] / reference['peak']:>11.2f} {above / max(reference['peak'] - reference['before'], 1):>12.2f} "
+            f"{run['seconds']:>6.1f}"
+        )
     print(json.dumps({"runs": runs}))
 
 

@@ -32,32 +32,51 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", help="the demo folder (default: a new temporary one)")
-    parser.add_argument("--compare-seeds", type=int, nargs="*", default=[], metavar="SEED",
-                        help="pretrace demo --compare-seeds: train and compare demo models of these seeds too")
+    parser.add_argument(
+        "--compare-seeds",
+        type=int,
+        nargs="*",
+        default=[],
+        metavar="SEED",
+        help="pretrace demo --compare-seeds: train and compare demo models of these seeds too",
+    )
     args = parser.parse_args()
     folder = Path(args.dir or tempfile.mkdtemp(prefix="pretrace-validation-")).absolute()
     folder.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     compare = ["--compare-seeds", *map(str, args.compare_seeds)] if args.compare_seeds else []
-    subprocess.run([sys.executable, "-m", "pretrace.pipeline.cli", "demo", "--dir", str(folder), *compare], cwd=folder, check=True,
-                   env={"PYTHONPATH": str(ROOT), **__import__("os").environ}, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "pretrace.pipeline.cli", "demo", "--dir", str(folder), *compare],
+        cwd=folder,
+        check=True,
+        env={"PYTHONPATH": str(ROOT), **__import__("os").environ},
+        stdout=subprocess.DEVNULL,
+    )
     results = folder / "data" / "attribution_eval"
     summary = pl.read_parquet(results / "summary.parquet")
     gains = pl.read_parquet(results / "gains.parquet")
     retrieval = pl.read_parquet(results / "retrieval_summary.parquet")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    print(f"# validation {time.strftime('%Y-%m-%d')} on {platform.node()}, commit {commit}, CPython "
-          f"{platform.python_version()}, demo in {folder} "
-          f"({time.monotonic() - started:.0f} s); k = {gains['k'][0]}, {gains['query_id'].n_unique()} queries")
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    print(
+        f"# validation {time.strftime('%Y-%m-%d')} on {platform.node()}, commit {commit}, CPython "
+        f"{platform.python_version()}, demo in {folder} "
+        f"({time.monotonic() - started:.0f} s); k = {gains['k'][0]}, {gains['query_id'].n_unique()} queries"
+    )
     for row in summary.iter_rows(named=True):
         name = f"tailpatch_{row['method']}" + ("" if row["kind"] == "all" else f"_{row['kind']}")
         beats = "" if row["beats_random"] != row["beats_random"] else f"; beats random on {row['beats_random']:.0%}"
-        print(f"{name}: {row['mean_gain']:.4g} [{row['low']:.4g}, {row['high']:.4g}] nats "
-              f"({row['queries']} queries{beats})")
+        print(
+            f"{name}: {row['mean_gain']:.4g} [{row['low']:.4g}, {row['high']:.4g}] nats "
+            f"({row['queries']} queries{beats})"
+        )
     for row in retrieval.iter_rows(named=True):
         by = "" if row["evidence_documents"] == 0 else f"_stated{row['evidence_documents']}x"
-        print(f"planted_mrr_{row['method']}{by}: {row['mrr']:.3f} (recall@k {row['recall_at_k']:.3f}, "
-              f"{row['queries']} queries)")
+        print(
+            f"planted_mrr_{row['method']}{by}: {row['mrr']:.3f} (recall@k {row['recall_at_k']:.3f}, "
+            f"{row['queries']} queries)"
+        )
 
 
 if __name__ == "__main__":

@@ -89,7 +89,9 @@ class OutOfDate(dg.AutomationCondition):
         dagster_key = {}  # pretrace's partition -> Dagster's key (`assets.partitions`)
         if candidates.is_partitioned:
             wanted = set(project.partitions(project.graph[asset]))
-            dagster_key = {to_pretrace(context.partitions_def, k): k for k in candidates.expensively_compute_partition_keys()}
+            dagster_key = {
+                to_pretrace(context.partitions_def, k): k for k in candidates.expensively_compute_partition_keys()
+            }
             shards = [s for s in dagster_key if s in wanted]
         else:
             shards = [None] if not candidates.is_empty else []
@@ -115,7 +117,8 @@ async def in_progress(context: dg.AutomationContext) -> set[str | None]:
     """The candidate partitions (None: the unpartitioned asset) a run or backfill is computing."""
     view, candidates = context.asset_graph_view, context.candidate_subset
     busy = (await view.compute_run_in_progress_subset(key=context.key, from_subset=candidates)).compute_union(
-        await view.compute_backfill_in_progress_subset(key=context.key, from_subset=candidates))
+        await view.compute_backfill_in_progress_subset(key=context.key, from_subset=candidates)
+    )
     busy = busy.compute_intersection(candidates)
     if not busy.is_partitioned:
         return set() if busy.is_empty else {None}

@@ -31,9 +31,21 @@ from .sensors import build_corpus_sensor
 from .settings import workspace_config
 
 INPUT_ASSETS = [corpus_files, query_file]  # the user's corpus and queries, shared by every compared model
-MODEL_ASSETS = [corpus_shards, ekfac_covariances, ekfac_eigenbasis, ekfac_lambdas, ekfac_factors, queries, completions,
-                query_gradients, document_gradients, influence_scores, reranked_scores, attribution_eval,
-                influence_report]
+MODEL_ASSETS = [
+    corpus_shards,
+    ekfac_covariances,
+    ekfac_eigenbasis,
+    ekfac_lambdas,
+    ekfac_factors,
+    queries,
+    completions,
+    query_gradients,
+    document_gradients,
+    influence_scores,
+    reranked_scores,
+    attribution_eval,
+    influence_report,
+]
 
 
 IN_EIGENBASIS = {document_gradients: EIGENBASIS_DOCUMENT_GRADIENTS, attribution_eval: EIGENBASIS_ATTRIBUTION_EVAL}
@@ -65,8 +77,10 @@ def with_policy(assets: list, resource: PretraceResource) -> list:
         digest = hashlib.sha256(canonical_json(settings_of(artefact, owner.config)).encode()).hexdigest()[:8]
         return spec.replace_attributes(code_version=f"{artefact.code_version}-{digest}", automation_condition=condition)
 
-    return [dg.map_asset_specs(spec_of, [a])[0] if isinstance(a, dg.AssetsDefinition) and a.is_materializable else a
-            for a in assets]
+    return [
+        dg.map_asset_specs(spec_of, [a])[0] if isinstance(a, dg.AssetsDefinition) and a.is_materializable else a
+        for a in assets
+    ]
 
 
 def compared_graph(name: str, demo: bool, config: PretraceConfig) -> list:
@@ -74,11 +88,14 @@ def compared_graph(name: str, demo: bool, config: PretraceConfig) -> list:
     ``<name>/...`` in group ``model_<name>``, reading the shared corpus and queries."""
     own = [a for a in model_graph(demo, config) if a is not checkpoint]
     renamed = {key: dg.AssetKey([name, *key.path]) for a in own for key in a.keys} | {
-        checkpoint.key: dg.AssetKey([name, "checkpoint"])}
+        checkpoint.key: dg.AssetKey([name, "checkpoint"])
+    }
     moved = [a.with_attributes(asset_key_replacements=renamed) for a in own]
     group = f"model_{name}"
-    return [*dg.map_asset_specs(lambda spec: spec.replace_attributes(group_name=group), moved),
-            *([] if demo else [checkpoint_source(name, group)])]
+    return [
+        *dg.map_asset_specs(lambda spec: spec.replace_attributes(group_name=group), moved),
+        *([] if demo else [checkpoint_source(name, group)]),
+    ]
 
 
 def build_definitions(config: PretraceConfig, demo: bool = False) -> dg.Definitions:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import graphlib
 import os
 import socket
-from typing import Callable
+from collections.abc import Callable
 
 import dagster as dg
 
@@ -19,8 +19,8 @@ from pretrace.assets.common import artefact_of
 from pretrace.assets.partitions import to_dagster
 from pretrace.errors import NotReady
 from pretrace.project.provenance import Project
-from pretrace.store.storage import pid_alive
 from pretrace.resources.pretrace import PretraceResource
+from pretrace.store.storage import pid_alive
 
 from .sensors import CLEAN_HINT, refresh_inputs
 
@@ -31,6 +31,8 @@ def logging_config(console_level: str = "INFO") -> dict:
     """Run config showing ``console_level`` and above on Dagster's console logger (its default,
     DEBUG, is every step event)."""
     return {"loggers": {"console": {"config": {"log_level": console_level}}}}
+
+
 HOST_TAG, PID_TAG = "pretrace/host", "pretrace/pid"
 ACTIVE = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 
@@ -74,8 +76,15 @@ def fail_dead_runs(instance: dg.DagsterInstance, log: Log) -> None:
             log(f"run {run.run_id} was left unfinished by process {pid}; marked failed and its pool slots freed")
 
 
-def materialize_pipeline(defs: dg.Definitions, instance: dg.DagsterInstance, *, force: bool = False,
-                         log: Log = print, console_level: str = "INFO", project: Project | None = None) -> Project:
+def materialize_pipeline(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    *,
+    force: bool = False,
+    log: Log = print,
+    console_level: str = "INFO",
+    project: Project | None = None,
+) -> Project:
     """Materialize every missing or stale artefact partition (every one with ``force``).
 
     The CLI turns Dagster's console logger off (``console_level``) and shows the assets'
@@ -109,9 +118,15 @@ def materialize_pipeline(defs: dg.Definitions, instance: dg.DagsterInstance, *, 
             if status.state == "waiting":
                 raise NotReady(f"{owner.label(artefact, shard)} cannot be computed: {status.reason}")
             log(f"materializing {owner.label(artefact, shard)} ({status.state}: {status.reason or 'forced'})")
-            result = dg.materialize(assets, selection=[key], partition_key=to_dagster(partitions[key], shard),
-                                    instance=instance,
-                                    resources=defs.resources, run_config=run_config, tags=tags)
+            result = dg.materialize(
+                assets,
+                selection=[key],
+                partition_key=to_dagster(partitions[key], shard),
+                instance=instance,
+                resources=defs.resources,
+                run_config=run_config,
+                tags=tags,
+            )
             owner.forget(artefact, shard)
             for check in result.get_asset_check_evaluations():  # a failed check does not stop the run: say it
                 if not check.passed:

@@ -16,9 +16,11 @@ REFRESH_CRON_ENV = "PRETRACE_REFRESH_CRON"
 DEFAULT_REFRESH_CRON = "0 3 * * *"  # daily, 03:00 in the schedule's timezone
 
 
-def build_refresh_schedule(cron: str | None = None, timezone: str = "UTC",
-                           default_status: dg.DefaultScheduleStatus = dg.DefaultScheduleStatus.STOPPED,
-                           ) -> dg.ScheduleDefinition:
+def build_refresh_schedule(
+    cron: str | None = None,
+    timezone: str = "UTC",
+    default_status: dg.DefaultScheduleStatus = dg.DefaultScheduleStatus.STOPPED,
+) -> dg.ScheduleDefinition:
     """A schedule running the input refresh on `cron` ($PRETRACE_REFRESH_CRON, daily by default).
 
     It starts stopped: `corpus_sensor` already watches every minute, and the two together would
@@ -28,10 +30,15 @@ def build_refresh_schedule(cron: str | None = None, timezone: str = "UTC",
     """
     cron = cron or os.environ.get(REFRESH_CRON_ENV) or DEFAULT_REFRESH_CRON
 
-    @dg.schedule(name="corpus_refresh_schedule", cron_schedule=cron, execution_timezone=timezone,
-                 job=shard_job, default_status=default_status,
-                 description=f"Input refresh on `{cron}`: new corpus files get shard partitions, changed "
-                             "inputs are observed, removed files are reported.")
+    @dg.schedule(
+        name="corpus_refresh_schedule",
+        cron_schedule=cron,
+        execution_timezone=timezone,
+        job=shard_job,
+        default_status=default_status,
+        description=f"Input refresh on `{cron}`: new corpus files get shard partitions, changed "
+        "inputs are observed, removed files are reported.",
+    )
     def corpus_refresh_schedule(context: dg.ScheduleEvaluationContext, pretrace: PretraceResource):
         refresh = refresh_inputs(context.instance, pretrace)
         if refresh.removed:

@@ -70,18 +70,23 @@ def _sources(project: Project, demo: bool) -> dict[tuple[dg.AssetKey, str | None
 
 def _last_observed(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str | None) -> str | None:
     records = instance.fetch_observations(
-        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition else None), limit=1).records
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition else None), limit=1
+    ).records
     return records[0].asset_observation.tags.get("dagster/data_version") if records else None
 
 
-def refresh_inputs(instance: dg.DagsterInstance, resource: PretraceResource,
-                   known: dict[str, str] | None = None) -> Refresh:
+def refresh_inputs(
+    instance: dg.DagsterInstance, resource: PretraceResource, known: dict[str, str] | None = None
+) -> Refresh:
     """Register new shards and record changed fingerprints; ``known`` maps labels to the
     fingerprints seen last (a sensor's cursor), else the instance's latest observations count."""
     project = resource.project()
     registered = set(instance.get_dynamic_partitions(shard_partitions.name))
-    refresh = Refresh(new=[s for s in project.shards if s not in registered],
-                      removed=sorted(registered - set(project.shards)), skipped=project.listing.skipped)
+    refresh = Refresh(
+        new=[s for s in project.shards if s not in registered],
+        removed=sorted(registered - set(project.shards)),
+        skipped=project.listing.skipped,
+    )
     if refresh.new:
         instance.add_dynamic_partitions(shard_partitions.name, refresh.new)
     for (key, partition), fingerprint in _sources(project, resource.demo).items():
@@ -91,8 +96,11 @@ def refresh_inputs(instance: dg.DagsterInstance, resource: PretraceResource,
         if before != fingerprint:
             refresh.observed.append(name)
             metadata = {"skipped_in_folder": dg.MetadataValue.json(refresh.skipped)} if partition else {}
-            instance.report_runless_asset_event(dg.AssetObservation(
-                key, partition=partition, tags={"dagster/data_version": fingerprint}, metadata=metadata))
+            instance.report_runless_asset_event(
+                dg.AssetObservation(
+                    key, partition=partition, tags={"dagster/data_version": fingerprint}, metadata=metadata
+                )
+            )
     return refresh
 
 
@@ -113,8 +121,9 @@ def build_corpus_sensor(minimum_interval_seconds: int | None = None) -> dg.Senso
             return dg.SkipReason(f"cannot read the inputs: {exc}")
         if refresh.removed:
             context.log.warning(f"corpus files gone: {', '.join(refresh.removed)}; {CLEAN_HINT}")
-        return dg.SensorResult(skip_reason=dg.SkipReason(refresh.summary()),
-                               cursor=json.dumps(refresh.fingerprints, sort_keys=True))
+        return dg.SensorResult(
+            skip_reason=dg.SkipReason(refresh.summary()), cursor=json.dumps(refresh.fingerprints, sort_keys=True)
+        )
 
     return corpus_sensor
 

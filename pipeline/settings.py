@@ -63,8 +63,9 @@ def _demo_settings(path: Path) -> dict:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"{path}: not valid JSON ({exc}); delete it to use the demo's defaults") from None
     if not isinstance(chosen, dict) or set(chosen) - set(_DEMO_KEYS):
-        raise InputError(f"{path}: expected an object with only {', '.join(_DEMO_KEYS)}; "
-                         "delete it to use the demo's defaults")
+        raise InputError(
+            f"{path}: expected an object with only {', '.join(_DEMO_KEYS)}; delete it to use the demo's defaults"
+        )
     return chosen
 
 

@@ -8,6 +8,7 @@ comes from a file, a notebook or Dagster run config. Errors are InputErrors that
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import os
 import re
@@ -50,10 +51,7 @@ def _positive_number(value: Any) -> float:
         except ValueError:
             pass
     if not (math.isfinite(number) and number > 0):
-        raise ValueError(
-            "must be a number > 0 (relative to the mean eigenvalue, e.g. 0.1) or "
-            "{absolute: <number > 0>}"
-        )
+        raise ValueError("must be a number > 0 (relative to the mean eigenvalue, e.g. 0.1) or {absolute: <number > 0>}")
     return number
 
 
@@ -89,104 +87,144 @@ class Damping(BaseModel):
         return self.relative * mean_eigenvalue if self.relative is not None else self.absolute
 
 
-DESCRIPTIONS = {
-    "model": "The checkpoint under study: a folder saved with save_pretrained, or an s3:// URL.",
-    "corpus": "Folder or s3:// prefix of the corpus: .jsonl, .jsonl.gz or .parquet files; one shard per file.",
-    "queries": "JSONL file of the queries to explain: id, kind, prompt, completion (else the model writes it), answer.",
-    "storage": "Where every artefact is written: a local folder or s3://bucket/prefix.",
-    "layers": "Regular expressions selecting the tracked linear layers by name (default: the MLPs).",
-    "fisher": "EK-FAC labels: 'sampled' from the model (true Fisher) or 'empirical' (the data's).",
-    "damping": "Damping λ = damping × mean corrected eigenvalue, per layer (the paper's 0.1).",
-    "projection": "Store document gradients projected to [k_out, k_in] per layer; unset = exact.",
-    "projection_basis": "'whitened': project in the EK-FAC eigenbasis scaled by the eigenvalues; 'principal': keep "
-                        "the [k_out, k_in] eigenvectors of most curvature (no random matrix; more accurate on trained "
-                        "models); with either, document gradients depend on the factors. 'raw': project raw gradients "
-                        "(survive a refit).",
-    "stored_gradient_dtype": "Precision of stored document gradients: 'bfloat16' halves the store; 'int8' and 'int4' "
-                             "keep 8 or 4 bits per number plus a scale per row (per rank of `document_rank` "
-                             "factors): a quarter or an eighth of the store, so the same bytes hold a larger "
-                             "projection. Scores from anything "
-                             "but float32 are checked against exact ones on a sample of every shard, like a "
-                             "projection's.",
-    "document_rank": "Store each document's (projected) gradient as rank-c factors per layer, c × (k_out + k_in) "
-                     "numbers instead of k_out × k_in; unset = full.",
-    "query_rank": "Keep preconditioned query gradients as rank-r factors per layer; unset = dense.",
-    "max_length": "Tokens per document chunk; longer documents are split into chunks.",
-    "batch_size": "Documents per forward/backward pass.",
-    "fit_shards": "Shards the EK-FAC factors are fitted on; unset = every current shard.",
-    "device": "'auto' (a GPU when present), 'cpu' or 'cuda'.",
-    "dtype": "Model compute dtype: 'float32', 'bfloat16' or 'float16' (sums stay in float32).",
-    "layer_groups": "Fit and score the tracked layers in this many groups, one pass over the data each, so only one "
-                    "group's factors are on the device at once (same results); more than one also partitions the "
-                    "EK-FAC fitting assets by group, a run (a pod) per shard and group; unset = as few as the "
-                    "device's memory allows, inside each run (`pretrace plan`).",
-    "factor_block_size": "Keep only the diagonal blocks (at most this wide) of each layer's activation and gradient "
-                         "covariances wider than this, and eigendecompose them a block at a time: Grosse et al.'s "
-                         "within-layer block-diagonal approximation, for layers too wide to decompose whole; unset = "
-                         "whole (exact K-FAC eigenbases).",
-    "activation_checkpointing": "Keep only each transformer block's input during a pass and recompute the rest in "
-                                "the backward pass: the same results, about a third more compute, for models whose "
-                                "activations do not fit beside their weights (`pretrace plan` says when).",
-    "device_memory_gb": "Device memory a run must fit, in GB; unset = what the GPU reports (no limit on a CPU).",
-    "trust_remote_code": "Run the checkpoint's own Python code (only for checkpoints you trust).",
-    "allow_pickle": "Load a checkpoint whose weights are only pickles (.bin), which can run code: trusted files only.",
-    "seed": "Seed of sampled Fisher labels, projections and the report's bootstrap.",
-    "top_k": "Top and bottom documents kept per query and shard for the report.",
-    "rerank_k": "Two-stage retrieval: of each query's top and bottom documents by stored (projected) score, how many "
-                "get exact EK-FAC scores streamed from the model and are ranked by them; unset = top_k, 0 = none.",
-    "tail_patch_k": "Documents per query in the attribution check (tail-patch): one SGD step on each method's top-k (at most top_k).",
-    "tail_patch_lr": "Learning rate of the attribution check's SGD step (small: the change should be first-order).",
-    "projection_floor": "Warn when stored (projected) scores correlate with exact ones below this Pearson r (0 to 1].",
-    "completion_tokens": "Most tokens the model writes when it answers a query (greedily; its own completions and the correctness check).",
-    "completion_instruction": "Text appended to the prompt of a query the model completes, e.g. a chain-of-thought instruction; unset = none.",
-    "completion_stop": "Strings that end the model's answer (at the token that completes one); its end-of-sequence token always does.",
-    "compare_models": "Other models to run over the same corpus and queries and compare with this one: "
-                      "{name: {setting: value}}, e.g. {small: {model: ./checkpoints/small}}; each stored under "
-                      "<storage>/models/<name>.",
-    "demo_steps": "Optimizer steps that train the demo's own model (`pretrace demo` only; a user's checkpoint ignores it).",
-}
-"""What each setting means, shown in Dagster's launchpad and by `pretrace status`."""
-
-
 class PretraceConfig(BaseModel):
     """Every setting of a pretrace run, with the defaults of the documented ``pretrace.yaml``."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
-    model: str = "./checkpoints/my-model"
-    corpus: str = "./corpus"
-    queries: str = "./queries.jsonl"
-    storage: str = "./data"
-    layers: list[str] = Field(default_factory=lambda: ["mlp"], min_length=1)
-    fisher: Literal["sampled", "empirical"] = "sampled"
-    damping: Damping = Field(default_factory=Damping)
-    projection: tuple[StrictInt, StrictInt] | None = None
-    projection_basis: ProjectionBasis = "principal"
-    query_rank: StrictInt | None = Field(default=None, gt=0)
-    document_rank: StrictInt | None = Field(default=None, gt=0)
-    stored_gradient_dtype: StoredGradientDtype = "float32"
-    max_length: StrictInt = Field(default=512, ge=2)
-    batch_size: StrictInt = Field(default=8, gt=0)
-    fit_shards: Literal["all"] | list[str] = "all"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    layer_groups: StrictInt | None = Field(default=None, gt=0)
-    factor_block_size: StrictInt | None = Field(default=None, gt=0)
-    activation_checkpointing: bool = False
-    device_memory_gb: float | None = None
-    trust_remote_code: bool = False
-    allow_pickle: bool = False
-    seed: StrictInt = Field(default=0, ge=0)
-    top_k: StrictInt = Field(default=50, gt=0)
-    rerank_k: StrictInt | None = Field(default=None, ge=0)
-    tail_patch_k: StrictInt = Field(default=10, gt=0)
-    tail_patch_lr: float = 1e-3
-    projection_floor: float = 0.9
-    completion_tokens: StrictInt = Field(default=128, gt=0)
-    completion_instruction: str | None = None
-    completion_stop: list[str] = Field(default_factory=list)
-    demo_steps: StrictInt = Field(default=600, gt=0)
-    compare_models: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    model: str = Field(
+        default="./checkpoints/my-model",
+        description="The checkpoint under study: a folder saved with save_pretrained, or an s3:// URL.",
+    )
+    corpus: str = Field(
+        default="./corpus",
+        description="Folder or s3:// prefix of the corpus: .jsonl, .jsonl.gz or .parquet files; one shard per file.",
+    )
+    queries: str = Field(
+        default="./queries.jsonl",
+        description="JSONL file of the queries to explain: id, kind, prompt, completion (else the model writes it), answer.",
+    )
+    storage: str = Field(
+        default="./data", description="Where every artefact is written: a local folder or s3://bucket/prefix."
+    )
+    layers: list[str] = Field(
+        default_factory=lambda: ["mlp"],
+        min_length=1,
+        description="Regular expressions selecting the tracked linear layers by name (default: the MLPs).",
+    )
+    fisher: Literal["sampled", "empirical"] = Field(
+        default="sampled",
+        description="EK-FAC labels: 'sampled' from the model (true Fisher) or 'empirical' (the data's).",
+    )
+    damping: Damping = Field(
+        default_factory=Damping,
+        description="Damping λ = damping × mean corrected eigenvalue, per layer (the paper's 0.1).",
+    )
+    projection: tuple[StrictInt, StrictInt] | None = Field(
+        default=None, description="Store document gradients projected to [k_out, k_in] per layer; unset = exact."
+    )
+    projection_basis: ProjectionBasis = Field(
+        default="principal",
+        description="'whitened': project in the EK-FAC eigenbasis scaled by the eigenvalues; 'principal': keep the [k_out, k_in] eigenvectors of most curvature (no random matrix; more accurate on trained models); with either, document gradients depend on the factors. 'raw': project raw gradients (survive a refit).",
+    )
+    query_rank: StrictInt | None = Field(
+        default=None,
+        gt=0,
+        description="Keep preconditioned query gradients as rank-r factors per layer; unset = dense.",
+    )
+    document_rank: StrictInt | None = Field(
+        default=None,
+        gt=0,
+        description="Store each document's (projected) gradient as rank-c factors per layer, c × (k_out + k_in) numbers instead of k_out × k_in; unset = full.",
+    )
+    stored_gradient_dtype: StoredGradientDtype = Field(
+        default="float32",
+        description="Precision of stored document gradients: 'bfloat16' halves the store; 'int8' and 'int4' keep 8 or 4 bits per number plus a scale per row (per rank of `document_rank` factors): a quarter or an eighth of the store, so the same bytes hold a larger projection. Scores from anything but float32 are checked against exact ones on a sample of every shard, like a projection's.",
+    )
+    max_length: StrictInt = Field(
+        default=512, ge=2, description="Tokens per document chunk; longer documents are split into chunks."
+    )
+    batch_size: StrictInt = Field(default=8, gt=0, description="Documents per forward/backward pass.")
+    fit_shards: Literal["all"] | list[str] = Field(
+        default="all", description="Shards the EK-FAC factors are fitted on; unset = every current shard."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="'auto' (a GPU when present), 'cpu' or 'cuda'."
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        default="float32", description="Model compute dtype: 'float32', 'bfloat16' or 'float16' (sums stay in float32)."
+    )
+    layer_groups: StrictInt | None = Field(
+        default=None,
+        gt=0,
+        description="Fit and score the tracked layers in this many groups, one pass over the data each, so only one group's factors are on the device at once (same results); more than one also partitions the EK-FAC fitting assets by group, a run (a pod) per shard and group; unset = as few as the device's memory allows, inside each run (`pretrace plan`).",
+    )
+    factor_block_size: StrictInt | None = Field(
+        default=None,
+        gt=0,
+        description="Keep only the diagonal blocks (at most this wide) of each layer's activation and gradient covariances wider than this, and eigendecompose them a block at a time: Grosse et al.'s within-layer block-diagonal approximation, for layers too wide to decompose whole; unset = whole (exact K-FAC eigenbases).",
+    )
+    activation_checkpointing: bool = Field(
+        default=False,
+        description="Keep only each transformer block's input during a pass and recompute the rest in the backward pass: the same results, about a third more compute, for models whose activations do not fit beside their weights (`pretrace plan` says when).",
+    )
+    device_memory_gb: float | None = Field(
+        default=None,
+        description="Device memory a run must fit, in GB; unset = what the GPU reports (no limit on a CPU).",
+    )
+    trust_remote_code: bool = Field(
+        default=False, description="Run the checkpoint's own Python code (only for checkpoints you trust)."
+    )
+    allow_pickle: bool = Field(
+        default=False,
+        description="Load a checkpoint whose weights are only pickles (.bin), which can run code: trusted files only.",
+    )
+    seed: StrictInt = Field(
+        default=0, ge=0, description="Seed of sampled Fisher labels, projections and the report's bootstrap."
+    )
+    top_k: StrictInt = Field(
+        default=50, gt=0, description="Top and bottom documents kept per query and shard for the report."
+    )
+    rerank_k: StrictInt | None = Field(
+        default=None,
+        ge=0,
+        description="Two-stage retrieval: of each query's top and bottom documents by stored (projected) score, how many get exact EK-FAC scores streamed from the model and are ranked by them; unset = top_k, 0 = none.",
+    )
+    tail_patch_k: StrictInt = Field(
+        default=10,
+        gt=0,
+        description="Documents per query in the attribution check (tail-patch): one SGD step on each method's top-k (at most top_k).",
+    )
+    tail_patch_lr: float = Field(
+        default=1e-3,
+        description="Learning rate of the attribution check's SGD step (small: the change should be first-order).",
+    )
+    projection_floor: float = Field(
+        default=0.9,
+        description="Warn when stored (projected) scores correlate with exact ones below this Pearson r (0 to 1].",
+    )
+    completion_tokens: StrictInt = Field(
+        default=128,
+        gt=0,
+        description="Most tokens the model writes when it answers a query (greedily; its own completions and the correctness check).",
+    )
+    completion_instruction: str | None = Field(
+        default=None,
+        description="Text appended to the prompt of a query the model completes, e.g. a chain-of-thought instruction; unset = none.",
+    )
+    completion_stop: list[str] = Field(
+        default_factory=list,
+        description="Strings that end the model's answer (at the token that completes one); its end-of-sequence token always does.",
+    )
+    demo_steps: StrictInt = Field(
+        default=600,
+        gt=0,
+        description="Optimizer steps that train the demo's own model (`pretrace demo` only; a user's checkpoint ignores it).",
+    )
+    compare_models: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Other models to run over the same corpus and queries and compare with this one: {name: {setting: value}}, e.g. {small: {model: ./checkpoints/small}}; each stored under <storage>/models/<name>.",
+    )
 
     @field_validator("tail_patch_lr", mode="before")
     @classmethod
@@ -229,26 +267,36 @@ class PretraceConfig(BaseModel):
     def _compared(cls, models: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         for name, overrides in models.items():
             if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
-                raise ValueError(f"{name!r}: a compared model's name is letters, digits, '-' and '_' (it names a folder)")
+                raise ValueError(
+                    f"{name!r}: a compared model's name is letters, digits, '-' and '_' (it names a folder)"
+                )
             shared = sorted(set(overrides) & set(SHARED_BY_COMPARED_MODELS))
             if shared:
-                raise ValueError(f"{name}: {', '.join(shared)} cannot differ between compared models (they share "
-                                 "the corpus, the queries and the storage root); set only what makes the model differ")
+                raise ValueError(
+                    f"{name}: {', '.join(shared)} cannot differ between compared models (they share "
+                    "the corpus, the queries and the storage root); set only what makes the model differ"
+                )
         return models
 
     def compared(self, name: str, source: str = "pretrace.yaml") -> PretraceConfig:
         """The configuration of compared model ``name``: these settings with its own, its
         artefacts under ``<storage>/models/<name>``."""
         overrides = self.compare_models[name]
-        values = {**self.model_dump(mode="json"), **overrides, "compare_models": {},
-                  "storage": f"{self.storage.rstrip('/')}/models/{name}"}
+        values = {
+            **self.model_dump(mode="json"),
+            **overrides,
+            "compare_models": {},
+            "storage": f"{self.storage.rstrip('/')}/models/{name}",
+        }
         return parse_config(values, f"{source}, compare_models.{name}")
 
     @model_validator(mode="after")
     def _rerank_within_top(self) -> PretraceConfig:
         if self.rerank_k is not None and self.rerank_k > self.top_k:
-            raise ValueError(f"rerank_k ({self.rerank_k}) exceeds top_k ({self.top_k}): candidates come from the "
-                             "top_k documents kept per query; raise top_k or lower rerank_k")
+            raise ValueError(
+                f"rerank_k ({self.rerank_k}) exceeds top_k ({self.top_k}): candidates come from the "
+                "top_k documents kept per query; raise top_k or lower rerank_k"
+            )
         return self
 
     @field_validator("projection", mode="before")
@@ -297,10 +345,8 @@ class PretraceConfig(BaseModel):
 
     @property
     def stores_exact_scores(self) -> bool:
-        """Whether stored scores are exact: unprojected, full-rank document and query gradients,
-        stored in float32."""
-        return (self.projection is None and self.document_rank is None and self.query_rank is None
-                and self.stored_gradient_dtype == "float32")
+        """Whether these settings store exact scores (`exact_store`)."""
+        return exact_store(self.projection, self.query_rank, self.document_rank, self.stored_gradient_dtype)
 
     @property
     def reranked(self) -> int:
@@ -328,14 +374,59 @@ class PretraceConfig(BaseModel):
             if "://" not in value:
                 update[key] = _absolute(value, base_dir)
         update["compare_models"] = {
-            name: {**overrides, **({"model": _absolute(overrides["model"], base_dir)}
-                                   if isinstance(overrides.get("model"), str) and "://" not in overrides["model"] else {})}
-            for name, overrides in self.compare_models.items()}
+            name: {
+                **overrides,
+                **(
+                    {"model": _absolute(overrides["model"], base_dir)}
+                    if isinstance(overrides.get("model"), str) and "://" not in overrides["model"]
+                    else {}
+                ),
+            }
+            for name, overrides in self.compare_models.items()
+        }
         return self.model_copy(update=update)
 
     def to_yaml(self) -> str:
         """The configuration as ``pretrace.yaml`` text that :func:`load_config` reads back."""
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def exact_store(
+    projection: tuple[int, int] | None, query_rank: int | None, document_rank: int | None, stored_dtype: str
+) -> bool:
+    """Whether stored scores are exact: unprojected, full-rank document and query gradients, stored
+    in float32. The one rule, read from settings before a run and from stored gradients after."""
+    return projection is None and query_rank is None and document_rank is None and stored_dtype == "float32"
+
+
+def reference_markdown() -> str:
+    """docs/configuration.md, generated from the schema so that a setting is described once
+    (`make docs` writes it; a test fails when the file and the schema differ)."""
+    defaults = PretraceConfig().model_dump(mode="json")
+    rows = ["| setting | default | what it does |", "|---|---|---|"]
+    for key, field in PretraceConfig.model_fields.items():
+        default = json.dumps(defaults[key], ensure_ascii=False)
+        rows.append(f"| `{key}` | `{default}` | {field.description.replace('|', '&#124;')} |")
+    return "\n".join(
+        [
+            "# Configuration",
+            "",
+            "<!-- Generated from pretrace/config.py by `make docs`: edit the schema's descriptions, not this page. -->",
+            "",
+            "Every setting of `pretrace.yaml`, with its default. The Dagster resource `pretrace` has the same",
+            "fields, defaults and descriptions (the launchpad reads like the file); relative paths in the",
+            "file are relative to its folder.",
+            "",
+            *rows,
+            "",
+            "The defaults, as a `pretrace.yaml`:",
+            "",
+            "```yaml",
+            PretraceConfig().to_yaml().rstrip(),
+            "```",
+            "",
+        ]
+    )
 
 
 def _absolute(path: str, base_dir: str | os.PathLike) -> str:
@@ -375,9 +466,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"`{key}` is set twice", key_node.start_mark
-                )
+                raise yaml.constructor.ConstructorError(None, None, f"`{key}` is set twice", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
-from pretrace.config import DESCRIPTIONS, PretraceConfig, parse_config
+from pretrace.config import PretraceConfig, parse_config
 from pretrace.project.provenance import Project
 
 _DEFAULTS = PretraceConfig()
@@ -25,8 +25,9 @@ _SAME = object()
 
 
 def _field(key: str, default=_SAME):
-    """A field with pretrace.yaml's default (unless given) and description."""
-    return Field(default=getattr(_DEFAULTS, key) if default is _SAME else default, description=DESCRIPTIONS[key])
+    """A field with pretrace.yaml's default (unless given) and the schema's description."""
+    description = PretraceConfig.model_fields[key].description
+    return Field(default=getattr(_DEFAULTS, key) if default is _SAME else default, description=description)
 
 
 class PretraceResource(dg.ConfigurableResource):
@@ -36,53 +37,58 @@ class PretraceResource(dg.ConfigurableResource):
     corpus: str = _field("corpus")
     queries: str = _field("queries")
     storage: str = _field("storage")
-    layers: List[str] = _field("layers")
+    layers: list[str] = _field("layers")
     fisher: str = _field("fisher")
     damping: float = _field("damping", 0.1)
-    damping_absolute: Optional[float] = Field(
-        default=None, description="When set, λ = this value for every layer instead of the relative `damping`.")
-    projection: Optional[List[int]] = _field("projection", None)
+    damping_absolute: float | None = Field(
+        default=None, description="When set, λ = this value for every layer instead of the relative `damping`."
+    )
+    projection: list[int] | None = _field("projection", None)
     projection_basis: str = _field("projection_basis")
-    query_rank: Optional[int] = _field("query_rank")
-    document_rank: Optional[int] = _field("document_rank")
+    query_rank: int | None = _field("query_rank")
+    document_rank: int | None = _field("document_rank")
     stored_gradient_dtype: str = _field("stored_gradient_dtype")
     max_length: int = _field("max_length")
     batch_size: int = _field("batch_size")
-    fit_shards: Optional[List[str]] = _field("fit_shards", None)
+    fit_shards: list[str] | None = _field("fit_shards", None)
     device: str = _field("device")
     dtype: str = _field("dtype")
-    layer_groups: Optional[int] = _field("layer_groups")
-    factor_block_size: Optional[int] = _field("factor_block_size")
+    layer_groups: int | None = _field("layer_groups")
+    factor_block_size: int | None = _field("factor_block_size")
     activation_checkpointing: bool = _field("activation_checkpointing")
-    device_memory_gb: Optional[float] = _field("device_memory_gb")
+    device_memory_gb: float | None = _field("device_memory_gb")
     trust_remote_code: bool = _field("trust_remote_code")
     allow_pickle: bool = _field("allow_pickle")
     seed: int = _field("seed")
     top_k: int = _field("top_k")
-    rerank_k: Optional[int] = _field("rerank_k")
+    rerank_k: int | None = _field("rerank_k")
     tail_patch_k: int = _field("tail_patch_k")
     tail_patch_lr: float = _field("tail_patch_lr")
     projection_floor: float = _field("projection_floor")
     completion_tokens: int = _field("completion_tokens")
-    completion_instruction: Optional[str] = _field("completion_instruction")
-    completion_stop: List[str] = _field("completion_stop")
+    completion_instruction: str | None = _field("completion_instruction")
+    completion_stop: list[str] = _field("completion_stop")
     demo_steps: int = _field("demo_steps")
-    compare_models: Dict[str, Dict[str, Any]] = _field("compare_models")
-    demo: bool = Field(default=False, description="Train the demo's tiny model on the corpus instead of loading `model`.")
+    compare_models: dict[str, dict[str, Any]] = _field("compare_models")
+    demo: bool = Field(
+        default=False, description="Train the demo's tiny model on the corpus instead of loading `model`."
+    )
 
     @classmethod
     def from_config(cls, config: PretraceConfig, demo: bool = False) -> PretraceResource:
         values = config.model_dump(mode="json")
         damping = values.pop("damping")
         absolute = damping.get("absolute") if isinstance(damping, dict) else None
-        return cls(**{
-            **values,
-            "damping": 0.1 if absolute is not None else damping,
-            "damping_absolute": absolute,
-            "projection": None if config.projection is None else list(config.projection),
-            "fit_shards": None if config.fit_shards == "all" else list(config.fit_shards),
-            "demo": demo,
-        })
+        return cls(
+            **{
+                **values,
+                "damping": 0.1 if absolute is not None else damping,
+                "damping_absolute": absolute,
+                "projection": None if config.projection is None else list(config.projection),
+                "fit_shards": None if config.fit_shards == "all" else list(config.fit_shards),
+                "demo": demo,
+            }
+        )
 
     @property
     def config(self) -> PretraceConfig:

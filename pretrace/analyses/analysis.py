@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pretrace.analyses.shard_statistics import ShardStatistics
-from pretrace.analyses.report_config import ReportConfig
 from pretrace.analyses.intervals import mean_interval
 from pretrace.analyses.kinds import KindGroup, kind_groups, kind_order, queries_frame
+from pretrace.analyses.report_config import ReportConfig
+from pretrace.analyses.shard_statistics import ShardStatistics
 
 T = TypeVar("T")
 
@@ -79,17 +80,29 @@ class Analysis:
         return self._results[compute]
 
 
-def analyze(stats: ShardStatistics, top: pa.Table, queries: pa.Table,
-            config: ReportConfig = ReportConfig(), attribution: dict[str, pa.Table] | None = None,
-            comparison: pa.Table | None = None, accuracy: pa.Table | None = None,
-            reranked: pa.Table | None = None) -> Analysis:
+def analyze(
+    stats: ShardStatistics,
+    top: pa.Table,
+    queries: pa.Table,
+    config: ReportConfig = ReportConfig(),
+    attribution: dict[str, pa.Table] | None = None,
+    comparison: pa.Table | None = None,
+    accuracy: pa.Table | None = None,
+    reranked: pa.Table | None = None,
+) -> Analysis:
     """The report's inputs in report order; the sections compute their tables from it."""
     stored_k = int(pc.max(top.column("rank")).as_py() or 0) if top.num_rows else 0
     if stored_k < config.k:  # the shards were summarized with a smaller k: report what there is
         config = replace(config, k=stored_k)
     frame = queries_frame(stats.query_ids, queries, config)
     tables = None if attribution is None else {name: pl.from_arrow(t) for name, t in attribution.items()}
-    return Analysis(config, frame, stats.select(frame["id"].to_list()), top, tables,
-                    None if comparison is None else pl.from_arrow(comparison),
-                    None if accuracy is None else pl.from_arrow(accuracy),
-                    None if reranked is None else pl.from_arrow(reranked))
+    return Analysis(
+        config,
+        frame,
+        stats.select(frame["id"].to_list()),
+        top,
+        tables,
+        None if comparison is None else pl.from_arrow(comparison),
+        None if accuracy is None else pl.from_arrow(accuracy),
+        None if reranked is None else pl.from_arrow(reranked),
+    )

@@ -34,13 +34,22 @@ class AnswerSearch:
     found: np.ndarray  # (Q, D, T) bool: target t of the query is in the document (T = most targets)
 
     @classmethod
-    def of(cls, s32: np.ndarray, doc_ids: list[str] | None, texts: list[str] | None,
-           targets: list[list[str]], depth: int = DEPTH) -> "AnswerSearch":
+    def of(
+        cls,
+        s32: np.ndarray,
+        doc_ids: list[str] | None,
+        texts: list[str] | None,
+        targets: list[list[str]],
+        depth: int = DEPTH,
+    ) -> AnswerSearch:
         """The search of one (Q, N) score block; without texts nothing is found."""
         q, n = s32.shape
         d, width = min(depth, n), max((len(t) for t in targets), default=0)
-        keys_all = (np.array([document_key(x) for x in doc_ids], np.int64) if doc_ids is not None
-                    else np.arange(n, dtype=np.int64))
+        keys_all = (
+            np.array([document_key(x) for x in doc_ids], np.int64)
+            if doc_ids is not None
+            else np.arange(n, dtype=np.int64)
+        )
         scores, keys = np.zeros((q, d), np.float32), np.zeros((q, d), np.int64)
         found = np.zeros((q, d, width), bool)
         for row in range(q):
@@ -48,28 +57,32 @@ class AnswerSearch:
             scores[row], keys[row] = s32[row, picked], keys_all[picked]
             if texts is not None:
                 for j, i in enumerate(picked):
-                    found[row, j, : len(targets[row])] = [bool(t) and find_answer(texts[i], t) is not None
-                                                          for t in targets[row]]
+                    found[row, j, : len(targets[row])] = [
+                        bool(t) and find_answer(texts[i], t) is not None for t in targets[row]
+                    ]
         return cls(scores, keys, found)
 
-    def merge(self, other: "AnswerSearch", depth: int) -> "AnswerSearch":
+    def merge(self, other: AnswerSearch, depth: int) -> AnswerSearch:
         scores = np.concatenate([self.scores, other.scores], axis=1)
         keys = np.concatenate([self.keys, other.keys], axis=1)
         found = np.concatenate([self.found, other.found], axis=1)
         d = min(depth, scores.shape[1])
-        order = np.stack([np.lexsort((k, -s))[:d] for s, k in zip(scores, keys)]) if scores.shape[0] else \
-            np.zeros((0, d), np.int64)
+        order = (
+            np.stack([np.lexsort((k, -s))[:d] for s, k in zip(scores, keys)])
+            if scores.shape[0]
+            else np.zeros((0, d), np.int64)
+        )
         rows = np.arange(scores.shape[0])[:, None]
         return AnswerSearch(scores[rows, order], keys[rows, order], found[rows, order])
 
-    def select(self, index: list[int]) -> "AnswerSearch":
+    def select(self, index: list[int]) -> AnswerSearch:
         return AnswerSearch(self.scores[index], self.keys[index], self.found[index])
 
     def tensors(self) -> dict[str, np.ndarray]:
         return {"search.scores": self.scores, "search.keys": self.keys, "search.found": self.found.astype(np.uint8)}
 
     @classmethod
-    def from_arrays(cls, t: dict[str, np.ndarray]) -> "AnswerSearch":
+    def from_arrays(cls, t: dict[str, np.ndarray]) -> AnswerSearch:
         return cls(t["search.scores"], t["search.keys"], t["search.found"].astype(bool))
 
 

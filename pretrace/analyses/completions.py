@@ -14,8 +14,8 @@ A generated completion is explained as the tokens the model wrote (`completion_i
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import pyarrow as pa
 import torch
@@ -23,16 +23,19 @@ import torch
 from pretrace.analyses.answers import find_answer
 from pretrace.config import PretraceConfig
 from pretrace.errors import InputError
-from pretrace.model.adapter import LoadedModel
 from pretrace.inputs.query_file import QUERY_SCHEMA
+from pretrace.model.adapter import LoadedModel
 
 GIVEN, GENERATED = "given", "generated"
-COMPLETION_SCHEMA = pa.schema(list(QUERY_SCHEMA) + [
-    pa.field("source", pa.string()),  # given | generated: whose completion is explained
-    pa.field("completion_ids", pa.list_(pa.int64())),  # a generated completion's tokens, explained as written
-    pa.field("model_completion", pa.string()),  # the model's greedy answer to the explained prompt
-    pa.field("correct", pa.bool_()),  # that answer contains `answer`; null without an answer
-])
+COMPLETION_SCHEMA = pa.schema(
+    list(QUERY_SCHEMA)
+    + [
+        pa.field("source", pa.string()),  # given | generated: whose completion is explained
+        pa.field("completion_ids", pa.list_(pa.int64())),  # a generated completion's tokens, explained as written
+        pa.field("model_completion", pa.string()),  # the model's greedy answer to the explained prompt
+        pa.field("correct", pa.bool_()),  # that answer contains `answer`; null without an answer
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,8 @@ def room_to_answer(name: str, prompt_tokens: int, max_new_tokens: int, context: 
     if room < 1:
         raise InputError(
             f"query {name!r}: the prompt is {prompt_tokens} tokens and fills the model's context of {context}; "
-            "shorten the prompt (or `completion_instruction`) to leave room for an answer")
+            "shorten the prompt (or `completion_instruction`) to leave room for an answer"
+        )
     return room
 
 
@@ -105,12 +109,21 @@ def _generate(lm: LoadedModel, prompts: list[list[int]], max_new_tokens: int, st
             return torch.tensor([any(s in t for s in stop) for t in texts], device=input_ids.device)
 
     eos = getattr(tokenizer, "eos_token_id", None)
-    config = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, eos_token_id=eos,
-                              pad_token_id=lm.pad_token_id if eos is None else eos)
+    config = GenerationConfig(
+        do_sample=False,
+        num_beams=1,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=eos,
+        pad_token_id=lm.pad_token_id if eos is None else eos,
+    )
     ids = torch.tensor(prompts, device=lm.device)
     with torch.no_grad(), lm.autocast():
-        generated = lm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config,
-                                      stopping_criteria=StoppingCriteriaList([StopStrings()]) if stop else None)
+        generated = lm.model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            generation_config=config,
+            stopping_criteria=StoppingCriteriaList([StopStrings()]) if stop else None,
+        )
     out = []
     for row in generated[:, length:].tolist():
         row = row[: row.index(eos)] if eos in row else row
@@ -122,6 +135,7 @@ def through_stop(ids: list[int], tokenizer, stop: Sequence[str]) -> list[int]:
     """The tokens up to and including the one that completes the first stop string (all of them
     when none occurs). The completion ends on a token boundary, so the tokens explained are
     exactly tokens the model wrote."""
+
     def holds_stop(n: int) -> bool:
         text = tokenizer.decode(ids[:n], skip_special_tokens=True)
         return any(s in text for s in stop)
@@ -157,8 +171,14 @@ def complete_queries(
         else:
             row["source"] = GENERATED
             row["prompt"] = row["prompt"] + (settings.instruction or "")
-    answers = greedy_completions(lm, [r["prompt"] for r in rows], settings, batch_size=batch_size,
-                                 names=[r["id"] for r in rows], progress=progress)
+    answers = greedy_completions(
+        lm,
+        [r["prompt"] for r in rows],
+        settings,
+        batch_size=batch_size,
+        names=[r["id"] for r in rows],
+        progress=progress,
+    )
     for row, ids in zip(rows, answers):
         text = lm.tokenizer.decode(ids, skip_special_tokens=True)
         row["model_completion"] = text
@@ -166,7 +186,8 @@ def complete_queries(
             if not text.strip():
                 raise InputError(
                     f"query {row['id']!r}: the model's completion is empty or blank ({len(ids)} tokens); give the "
-                    "query a `completion`, or change `completion_instruction` / `completion_stop`")
+                    "query a `completion`, or change `completion_instruction` / `completion_stop`"
+                )
             row["completion"], row["completion_ids"] = text, ids
         row["correct"] = answered(text, row["answer"])
     return pa.Table.from_pylist(rows, schema=COMPLETION_SCHEMA)
@@ -181,6 +202,7 @@ def with_model_answers(queries: pa.Table, completions: pa.Table) -> pa.Table:
         raise InputError(f"queries {missing[:5]} have no completion record; recompute `completions`")
     rows = [answers[q] for q in queries.column("id").to_pylist()]
     for name in ("source", "model_completion", "correct"):
-        queries = queries.append_column(completions.schema.field(name),
-                                        pa.array([r[name] for r in rows], completions.schema.field(name).type))
+        queries = queries.append_column(
+            completions.schema.field(name), pa.array([r[name] for r in rows], completions.schema.field(name).type)
+        )
     return queries

@@ -90,11 +90,16 @@ def shares(stats: ShardStatistics, fractions=FRACTIONS) -> list[dict]:
         for f in fractions:
             m = fraction_rank(f, stats.n)
             s = top_sum(stats, q, m)
-            rows.append({
-                "query_id": query_id, "fraction": float(f), "documents": m,
-                "share": s.value / total if total > 0 else float("nan"),
-                "share_error": s.error / total if total > 0 else float("nan"), "exact": s.exact,
-            })
+            rows.append(
+                {
+                    "query_id": query_id,
+                    "fraction": float(f),
+                    "documents": m,
+                    "share": s.value / total if total > 0 else float("nan"),
+                    "share_error": s.error / total if total > 0 else float("nan"),
+                    "exact": s.exact,
+                }
+            )
     return rows
 
 
@@ -124,8 +129,18 @@ def side_sums(stats: ShardStatistics, percentiles=PERCENTILES, counts=DOCUMENT_C
             cuts += [("documents", k, k) for k in counts if k <= max(inside, 1)]
             for by, at, m in cuts:
                 s = top_sum(stats, q, m, side)
-                rows.append({"query_id": query_id, "side": side, "by": by, "at": float(at), "documents": m,
-                             "total": sign * s.value, "error": s.error, "exact": s.exact})
+                rows.append(
+                    {
+                        "query_id": query_id,
+                        "side": side,
+                        "by": by,
+                        "at": float(at),
+                        "documents": m,
+                        "total": sign * s.value,
+                        "error": s.error,
+                        "exact": s.exact,
+                    }
+                )
     return rows
 
 
@@ -165,8 +180,16 @@ def power_laws(stats: ShardStatistics, fit_ranks: int = FIT_RANKS) -> list[dict]
     for q, query_id in enumerate(stats.query_ids):
         for name, ranks in (("paper", PAPER_RANKS), ("head", head_ranks(stats.positive.count[q], fit_ranks))):
             fit = fit_power_law(stats.top_values[q], ranks)
-            rows.append({"query_id": query_id, "fit": name, "slope": fit.slope, "intercept": fit.intercept,
-                         "r2": fit.r2, "ranks": fit.ranks})
+            rows.append(
+                {
+                    "query_id": query_id,
+                    "fit": name,
+                    "slope": fit.slope,
+                    "intercept": fit.intercept,
+                    "r2": fit.r2,
+                    "ranks": fit.ranks,
+                }
+            )
     return rows
 
 

@@ -17,6 +17,15 @@ import numpy as np
 from pretrace.analyses.report_config import CONTROL, FACTUAL, REASONING
 
 
+def pearson(x, y) -> float:
+    """Pearson correlation of two flat arrays or tensors, in float64 (so values near 1 are not
+    rounding noise); NaN when either is constant. The one definition every check and bench uses."""
+    a, b = (np.asarray(v.detach().cpu().double() if hasattr(v, "detach") else v, np.float64).ravel() for v in (x, y))
+    a, b = a - a.mean(), b - b.mean()
+    denominator = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / denominator) if denominator > 0 else float("nan")
+
+
 def pair_groups(kinds: list[str], categories: list[str]) -> dict[str, np.ndarray]:
     """Boolean (Q, Q) masks (symmetric, empty diagonal) of the pair groups reported."""
     kinds_a, cats = np.asarray(kinds, dtype=object), np.asarray(categories, dtype=object)
@@ -24,7 +33,10 @@ def pair_groups(kinds: list[str], categories: list[str]) -> dict[str, np.ndarray
     reasoning = cats == REASONING
     factual = cats == FACTUAL
     control = cats == CONTROL
-    both = lambda a, b: np.outer(a, b) | np.outer(b, a)  # noqa: E731
+
+    def both(a, b):
+        return np.outer(a, b) | np.outer(b, a)
+
     groups: dict[str, np.ndarray] = {}
     for kind in sorted({k for k, c in zip(kinds, categories) if c == REASONING}):
         groups[f"within {kind}"] = both(kinds_a == kind, kinds_a == kind)
@@ -79,8 +91,9 @@ def stratified_weights(strata: list[str], draws: int, rng: np.random.Generator) 
     return weights
 
 
-def group_means(r: np.ndarray, groups: dict[str, np.ndarray], strata: list[str], draws: int = 2000,
-                seed: int = 0) -> GroupMeans:
+def group_means(
+    r: np.ndarray, groups: dict[str, np.ndarray], strata: list[str], draws: int = 2000, seed: int = 0
+) -> GroupMeans:
     """Mean r of each group, and its bootstrap replicates (queries resampled within strata)."""
     finite = np.isfinite(r)
     r0 = np.where(finite, r, 0.0)
@@ -99,8 +112,9 @@ def group_means(r: np.ndarray, groups: dict[str, np.ndarray], strata: list[str],
     return GroupMeans(means, pairs, replicates)
 
 
-def same_kind_permutation_test(r: np.ndarray, kinds: list[str], categories: list[str], permutations: int = 2000,
-                               seed: int = 0) -> tuple[float, float]:
+def same_kind_permutation_test(
+    r: np.ndarray, kinds: list[str], categories: list[str], permutations: int = 2000, seed: int = 0
+) -> tuple[float, float]:
     """(observed difference, one-sided p) of mean r for same- minus different-kind reasoning pairs.
 
     Under the null the kind labels of reasoning queries are exchangeable; p counts shuffles at

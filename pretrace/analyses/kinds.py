@@ -12,8 +12,8 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from pretrace.errors import InputError
 from pretrace.analyses.report_config import CONTROL, FACTUAL, REASONING, ReportConfig
+from pretrace.errors import InputError
 
 POOLED = "reasoning (all)"
 
@@ -26,8 +26,15 @@ def queries_frame(query_ids: list[str], queries: pa.Table, config: ReportConfig)
     missing = sorted(set(query_ids) - set(table["id"].to_list()))
     if missing:
         raise InputError(f"scored queries missing from the queries table (rescore the shards): {missing[:5]}")
-    defaults = {"prompt": "", "completion": "", "answer": None, "logprob": float("nan"), "source": "given",
-                "model_completion": None, "correct": None}
+    defaults = {
+        "prompt": "",
+        "completion": "",
+        "answer": None,
+        "logprob": float("nan"),
+        "source": "given",
+        "model_completion": None,
+        "correct": None,
+    }
     types = {"answer": pl.String, "model_completion": pl.String, "correct": pl.Boolean}
     for name, value in defaults.items():
         if name not in table.columns:
@@ -36,12 +43,17 @@ def queries_frame(query_ids: list[str], queries: pa.Table, config: ReportConfig)
     categories = {kind: config.category(kind) for kind in table["kind"].unique().to_list()}
     table = table.with_columns(category=pl.col("kind").replace_strict(categories, return_dtype=pl.String))
     rank = {FACTUAL: 0, REASONING: 1, CONTROL: 2}
-    table = table.with_columns(
-        _c=pl.col("category").replace_strict(rank, return_dtype=pl.Int32),
-        _o=pl.col("id").replace_strict({q: i for i, q in enumerate(query_ids)}, return_dtype=pl.Int64),
-    ).sort(["_c", "kind", "_o"]).drop(["_c", "_o"])
-    return table.select(["id", "kind", "category", "prompt", "completion", "answer", "logprob", "source",
-                         "model_completion", "correct"])
+    table = (
+        table.with_columns(
+            _c=pl.col("category").replace_strict(rank, return_dtype=pl.Int32),
+            _o=pl.col("id").replace_strict({q: i for i, q in enumerate(query_ids)}, return_dtype=pl.Int64),
+        )
+        .sort(["_c", "kind", "_o"])
+        .drop(["_c", "_o"])
+    )
+    return table.select(
+        ["id", "kind", "category", "prompt", "completion", "answer", "logprob", "source", "model_completion", "correct"]
+    )
 
 
 def kind_order(queries: pl.DataFrame) -> list[str]:

@@ -6,14 +6,14 @@ values, Q x W histogram bins, Q x 2k top rows), whatever the number of shards or
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import pyarrow as pa
 
-from pretrace.errors import InputError
 from pretrace.analyses.shard_statistics import ShardStatistics
 from pretrace.analyses.top_documents import merge_top_documents
+from pretrace.errors import InputError
 from pretrace.store.storage import Storage
 
 
@@ -59,8 +59,10 @@ def merge_stored(store: Storage, shards: Sequence[ShardFiles], k: int) -> tuple[
             if reference is None:
                 reference, first = stats.query_ids, files.shard
             elif stats.query_ids != reference:
-                raise InputError(f"shard {files.shard!r} was scored with other queries than shard {first!r}: "
-                                 "rematerialize influence_scores for the older shards")
+                raise InputError(
+                    f"shard {files.shard!r} was scored with other queries than shard {first!r}: "
+                    "rematerialize influence_scores for the older shards"
+                )
             yield stats, top
 
     return merge_shards(checked(), k)

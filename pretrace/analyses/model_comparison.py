@@ -21,11 +21,19 @@ import pyarrow as pa
 
 from pretrace.errors import InputError
 
-COMPARISON_SCHEMA = pa.schema([
-    ("query_id", pa.string()), ("model", pa.string()), ("documents", pa.int64()), ("pearson", pa.float64()),
-    ("k", pa.int64()), ("top_overlap", pa.int64()), ("bottom_overlap", pa.int64()),
-    ("top_multiplier", pa.float64()), ("bottom_multiplier", pa.float64()),
-])
+COMPARISON_SCHEMA = pa.schema(
+    [
+        ("query_id", pa.string()),
+        ("model", pa.string()),
+        ("documents", pa.int64()),
+        ("pearson", pa.float64()),
+        ("k", pa.int64()),
+        ("top_overlap", pa.int64()),
+        ("bottom_overlap", pa.int64()),
+        ("top_multiplier", pa.float64()),
+        ("bottom_multiplier", pa.float64()),
+    ]
+)
 
 
 @dataclass
@@ -81,13 +89,19 @@ class ModelComparison:
         top_a, top_b, bottom_a, bottom_b = self.tops
         out = []
         for q, query in enumerate(self.query_ids):
-            out.append({
-                "query_id": query, "model": model, "documents": self.n, "pearson": float(pearson[q]),
-                "k": int(top_a.values.shape[1]) if top_a.values is not None else 0,
-                "top_overlap": _overlap(top_a, top_b, q), "bottom_overlap": _overlap(bottom_a, bottom_b, q),
-                "top_multiplier": _ratio(top_b.values[q], top_a.values[q]),
-                "bottom_multiplier": _ratio(bottom_b.values[q], bottom_a.values[q]),
-            })
+            out.append(
+                {
+                    "query_id": query,
+                    "model": model,
+                    "documents": self.n,
+                    "pearson": float(pearson[q]),
+                    "k": int(top_a.values.shape[1]) if top_a.values is not None else 0,
+                    "top_overlap": _overlap(top_a, top_b, q),
+                    "bottom_overlap": _overlap(bottom_a, bottom_b, q),
+                    "top_multiplier": _ratio(top_b.values[q], top_a.values[q]),
+                    "bottom_multiplier": _ratio(bottom_b.values[q], bottom_a.values[q]),
+                }
+            )
         return out
 
 
@@ -111,15 +125,18 @@ def score_matrix(table: pa.Table, query_ids: list[str], what: str) -> tuple[list
     d_index = {d: i for i, d in enumerate(documents)}
     missing = sorted(set(queries.tolist()) ^ set(query_ids))
     if missing or len(scores) != len(query_ids) * len(documents):
-        raise InputError(f"{what}: its scores do not cover the shared queries {missing[:5]} x every document once; "
-                         "rescore it (`pretrace run`)")
+        raise InputError(
+            f"{what}: its scores do not cover the shared queries {missing[:5]} x every document once; "
+            "rescore it (`pretrace run`)"
+        )
     matrix = np.empty((len(query_ids), len(documents)), dtype=np.float64)
     matrix[[q_index[q] for q in queries], [d_index[d] for d in docs]] = scores
     return documents, matrix
 
 
-def compare_models(query_ids: list[str], shards: Iterable[tuple[str, pa.Table, dict[str, pa.Table]]],
-                   k: int) -> pa.Table:
+def compare_models(
+    query_ids: list[str], shards: Iterable[tuple[str, pa.Table, dict[str, pa.Table]]], k: int
+) -> pa.Table:
     """The comparison table of this model's scores with each compared model's, from each shard's
     score tables (name, this model's, the compared models' by name): each shard read once."""
     comparisons: dict[str, ModelComparison] = {}
@@ -128,9 +145,11 @@ def compare_models(query_ids: list[str], shards: Iterable[tuple[str, pa.Table, d
         for model, other in others.items():
             other_docs, b = score_matrix(other, query_ids, f"{model}/influence_scores[{shard}]")
             if other_docs != docs:
-                raise InputError(f"{model}/influence_scores[{shard}] scores other documents than "
-                                 f"influence_scores[{shard}]; the compared models must share the corpus: rerun "
-                                 "`pretrace run`")
+                raise InputError(
+                    f"{model}/influence_scores[{shard}] scores other documents than "
+                    f"influence_scores[{shard}]; the compared models must share the corpus: rerun "
+                    "`pretrace run`"
+                )
             comparisons.setdefault(model, ModelComparison(query_ids, k)).add([f"{shard}\x00{d}" for d in docs], a, b)
     rows = [row for model, comparison in comparisons.items() for row in comparison.rows(model)]
     return pa.Table.from_pylist(rows, schema=COMPARISON_SCHEMA)

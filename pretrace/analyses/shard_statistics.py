@@ -44,11 +44,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pretrace.errors import InputError
 from pretrace.analyses.answer_search import DEPTH as SEARCH_DEPTH
 from pretrace.analyses.answer_search import AnswerSearch
 from pretrace.analyses.answers import documents_containing
 from pretrace.analyses.top_documents import TOP_K, query_targets, score_array, top_documents_of
+from pretrace.errors import InputError
 from pretrace.store.serialization import pack, unpack
 
 EXACT_TOP = 1000
@@ -58,7 +58,6 @@ _KIND = "shard_statistics"
 _VERSION = 3
 SIDES = ("positive", "negative")
 MAX_SOURCES = 256  # per-source histograms beyond this many source names would grow with the corpus
-
 
 
 def log_bins(values: np.ndarray, bins_per_octave: int) -> np.ndarray:
@@ -104,15 +103,20 @@ class Tail:
         return self.source_count.sum(axis=1)
 
     @classmethod
-    def start(cls, magnitudes: np.ndarray, codes: np.ndarray, sources: int, length: int,
-              bins_per_octave: int) -> "Tail":
+    def start(cls, magnitudes: np.ndarray, codes: np.ndarray, sources: int, length: int, bins_per_octave: int) -> Tail:
         """The exact list and empty sums of a (Q, N) float32 block of signed magnitudes (this side's
         sign applied); :meth:`add` then counts its column chunks."""
         q = magnitudes.shape[0]
         offset, width = _histogram_range(magnitudes, bins_per_octave)
         rows = 1 if sources > MAX_SOURCES else sources
-        return cls(np.zeros(q, np.int64), np.zeros(q), *_largest(magnitudes, codes, length),
-                   np.zeros((q, rows, width), np.int64), np.zeros((q, width)), offset)
+        return cls(
+            np.zeros(q, np.int64),
+            np.zeros(q),
+            *_largest(magnitudes, codes, length),
+            np.zeros((q, rows, width), np.int64),
+            np.zeros((q, width)),
+            offset,
+        )
 
     def add(self, x: np.ndarray, codes: np.ndarray, bins_per_octave: int) -> None:
         """Count a float64 column chunk of magnitudes (this side's sign applied) and its sources."""
@@ -130,7 +134,7 @@ class Tail:
             self.source_count += np.bincount(cells, minlength=q * sources * width).reshape(q, sources, width)
             self.hist_sum += np.bincount(rows * width + bins, weights=values, minlength=q * width).reshape(q, width)
 
-    def recoded(self, mapping: np.ndarray, sources: int, pool: bool) -> "Tail":
+    def recoded(self, mapping: np.ndarray, sources: int, pool: bool) -> Tail:
         """The same tail with source codes mapped into a larger set of ``sources`` names, its
         histogram pooled into one row when ``pool``."""
         q, _, width = self.source_count.shape
@@ -141,24 +145,31 @@ class Tail:
             count[:, mapping, :] = self.source_count
         return replace(self, extreme_source=mapping[self.extreme_source].astype(np.int32), source_count=count)
 
-    def merge(self, other: "Tail", length: int) -> "Tail":
+    def merge(self, other: Tail, length: int) -> Tail:
         """Both tails together; their source codes must already index the same names."""
         values = np.concatenate([self.extreme, other.extreme], axis=1)
         codes = np.concatenate([self.extreme_source, other.extreme_source], axis=1)
         order = _order(values, codes)[:, :length]
         rows = np.arange(values.shape[0])[:, None]
         offset, count, total = _merge_histograms(self, other)
-        return Tail(self.count + other.count, self.total + other.total, np.ascontiguousarray(values[rows, order]),
-                    np.ascontiguousarray(codes[rows, order]), count, total, offset)
+        return Tail(
+            self.count + other.count,
+            self.total + other.total,
+            np.ascontiguousarray(values[rows, order]),
+            np.ascontiguousarray(codes[rows, order]),
+            count,
+            total,
+            offset,
+        )
 
-    def select(self, index: list[int]) -> "Tail":
+    def select(self, index: list[int]) -> Tail:
         return Tail(*(getattr(self, name)[index] for name in self._ARRAYS), self.hist_offset)
 
     def tensors(self, side: str) -> dict[str, np.ndarray]:
         return {f"{side}.{name}": getattr(self, name) for name in self._ARRAYS}
 
     @classmethod
-    def from_arrays(cls, t: dict[str, np.ndarray], side: str, offset: int) -> "Tail":
+    def from_arrays(cls, t: dict[str, np.ndarray], side: str, offset: int) -> Tail:
         return cls(*(t[f"{side}.{name}"] for name in cls._ARRAYS), offset)
 
 
@@ -212,12 +223,20 @@ class ShardStatistics:
         exact_top: int = EXACT_TOP,
         bins_per_octave: int = BINS_PER_OCTAVE,
         search_depth: int = SEARCH_DEPTH,
-    ) -> "ShardStatistics":
+    ) -> ShardStatistics:
         """Statistics of a (Q, N) score matrix; ``texts`` and ``targets`` give the answer base rates
         and the answer search (whose ties ``doc_ids`` break)."""
-        return cls._of_checked(query_ids, score_array(scores), sources=sources, texts=texts, targets=targets,
-                               doc_ids=doc_ids, exact_top=exact_top, bins_per_octave=bins_per_octave,
-                               search_depth=search_depth)
+        return cls._of_checked(
+            query_ids,
+            score_array(scores),
+            sources=sources,
+            texts=texts,
+            targets=targets,
+            doc_ids=doc_ids,
+            exact_top=exact_top,
+            bins_per_octave=bins_per_octave,
+            search_depth=search_depth,
+        )
 
     @classmethod
     def _of_checked(
@@ -232,7 +251,7 @@ class ShardStatistics:
         exact_top: int,
         bins_per_octave: int,
         search_depth: int,
-    ) -> "ShardStatistics":
+    ) -> ShardStatistics:
         """:meth:`of` for a matrix :func:`_as_numpy` already checked, so callers check it only once."""
         q, n = s32.shape
         if len(query_ids) != q:
@@ -247,8 +266,10 @@ class ShardStatistics:
         code_of = {name: i for i, name in enumerate(source_counts)}
         codes = np.fromiter((code_of[name] for name in names), np.int64, n)
         length = min(exact_top, n)
-        tails = {side: Tail.start(sign * s32, codes, len(source_counts), length, bins_per_octave)
-                 for side, sign in zip(SIDES, (1, -1))}
+        tails = {
+            side: Tail.start(sign * s32, codes, len(source_counts), length, bins_per_octave)
+            for side, sign in zip(SIDES, (1, -1))
+        }
         comoment = np.zeros((q, q))
         for a in range(0, n, step):  # one pass: each chunk is cast to float64 once
             x = s32[:, a : a + step].astype(np.float64)
@@ -259,12 +280,23 @@ class ShardStatistics:
         target_docs = documents_containing(texts, flat) if texts is not None else np.zeros(len(flat), np.int64)
         search = AnswerSearch.of(s32, doc_ids, texts, targets, search_depth)
         return cls(
-            list(query_ids), n, mean, comoment, tails["positive"], tails["negative"], search, exact_top, search_depth,
-            bins_per_octave, source_counts, targets, target_docs.astype(np.int64),
+            list(query_ids),
+            n,
+            mean,
+            comoment,
+            tails["positive"],
+            tails["negative"],
+            search,
+            exact_top,
+            search_depth,
+            bins_per_octave,
+            source_counts,
+            targets,
+            target_docs.astype(np.int64),
         )
 
     # ------------------------------------------------------------------------------ merging
-    def merge(self, other: "ShardStatistics") -> "ShardStatistics":
+    def merge(self, other: ShardStatistics) -> ShardStatistics:
         """The statistics of both document sets together.
 
         Commutative and associative: counts, sources and top lists exactly, sums up to rounding.
@@ -291,13 +323,27 @@ class ShardStatistics:
         sources = dict(sorted((Counter(self.sources) + Counter(other.sources)).items()))
         names = np.array(list(sources), dtype=object)
         mine, theirs = (np.searchsorted(names, np.array(list(x.sources), dtype=object)) for x in (self, other))
-        pool = len(names) > MAX_SOURCES or (self.positive.pooled and len(self.sources) > 1) or \
-            (other.positive.pooled and len(other.sources) > 1)
-        tails = [a.recoded(mine, len(names), pool).merge(b.recoded(theirs, len(names), pool), length)
-                 for a, b in ((self.positive, other.positive), (self.negative, other.negative))]
+        pool = (
+            len(names) > MAX_SOURCES
+            or (self.positive.pooled and len(self.sources) > 1)
+            or (other.positive.pooled and len(other.sources) > 1)
+        )
+        tails = [
+            a.recoded(mine, len(names), pool).merge(b.recoded(theirs, len(names), pool), length)
+            for a, b in ((self.positive, other.positive), (self.negative, other.negative))
+        ]
         return ShardStatistics(
-            self.query_ids, n, mean, comoment, *tails, self.search.merge(other.search, search_depth), exact_top,
-            search_depth, self.bins_per_octave, sources, self.targets,
+            self.query_ids,
+            n,
+            mean,
+            comoment,
+            *tails,
+            self.search.merge(other.search, search_depth),
+            exact_top,
+            search_depth,
+            self.bins_per_octave,
+            sources,
+            self.targets,
             self.target_docs + other.target_docs,
         )
 
@@ -321,18 +367,30 @@ class ShardStatistics:
 
     # ------------------------------------------------------------------------ serialization
     def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        tensors = {"mean": self.mean, "comoment": self.comoment, "target_docs": self.target_docs,
-                   **self.positive.tensors("positive"), **self.negative.tensors("negative"), **self.search.tensors()}
+        tensors = {
+            "mean": self.mean,
+            "comoment": self.comoment,
+            "target_docs": self.target_docs,
+            **self.positive.tensors("positive"),
+            **self.negative.tensors("negative"),
+            **self.search.tensors(),
+        }
         return pack(
-            {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in tensors.items()}, _KIND,
-            version=_VERSION, query_ids=self.query_ids, n=self.n,
-            hist_offset={side: self.tail(side).hist_offset for side in SIDES}, search_depth=self.search_depth,
-            exact_top=self.exact_top, bins_per_octave=self.bins_per_octave, sources=self.sources,
+            {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in tensors.items()},
+            _KIND,
+            version=_VERSION,
+            query_ids=self.query_ids,
+            n=self.n,
+            hist_offset={side: self.tail(side).hist_offset for side in SIDES},
+            search_depth=self.search_depth,
+            exact_top=self.exact_top,
+            bins_per_octave=self.bins_per_octave,
+            sources=self.sources,
             targets=self.targets,
         )
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> "ShardStatistics":
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> ShardStatistics:
         meta = unpack(metadata, _KIND)
         if meta.get("version") != _VERSION:
             raise InputError(
@@ -341,20 +399,35 @@ class ShardStatistics:
             )
         t = {k: v.numpy() for k, v in tensors.items()}
         return cls(
-            meta["query_ids"], meta["n"], t["mean"], t["comoment"],
-            *(Tail.from_arrays(t, side, meta["hist_offset"][side]) for side in SIDES), AnswerSearch.from_arrays(t),
-            meta["exact_top"], meta["search_depth"], meta["bins_per_octave"], meta["sources"], meta["targets"], t["target_docs"],
+            meta["query_ids"],
+            meta["n"],
+            t["mean"],
+            t["comoment"],
+            *(Tail.from_arrays(t, side, meta["hist_offset"][side]) for side in SIDES),
+            AnswerSearch.from_arrays(t),
+            meta["exact_top"],
+            meta["search_depth"],
+            meta["bins_per_octave"],
+            meta["sources"],
+            meta["targets"],
+            t["target_docs"],
         )
 
-    def select(self, query_ids: list[str]) -> "ShardStatistics":
+    def select(self, query_ids: list[str]) -> ShardStatistics:
         """The statistics of a subset of the queries, in the given order."""
         index = [self.query_ids.index(q) for q in query_ids]
         offsets = np.cumsum([0] + [len(t) for t in self.targets])
         flat = [i for q in index for i in range(offsets[q], offsets[q + 1])]
         return replace(
-            self, query_ids=list(query_ids), mean=self.mean[index], comoment=self.comoment[np.ix_(index, index)],
-            positive=self.positive.select(index), negative=self.negative.select(index), search=self.search.select(index),
-            targets=[self.targets[q] for q in index], target_docs=self.target_docs[flat],
+            self,
+            query_ids=list(query_ids),
+            mean=self.mean[index],
+            comoment=self.comoment[np.ix_(index, index)],
+            positive=self.positive.select(index),
+            negative=self.negative.select(index),
+            search=self.search.select(index),
+            targets=[self.targets[q] for q in index],
+            target_docs=self.target_docs[flat],
         )
 
 
@@ -380,8 +453,11 @@ def _order(values: np.ndarray, codes: np.ndarray) -> np.ndarray:
     """Per row, the indices that sort by value (descending), then code."""
     if values.shape[1] == 0:
         return np.zeros(values.shape, np.int64)
-    return np.stack([np.lexsort((c, -v)) for v, c in zip(values, codes)]) if values.shape[0] else \
-        np.zeros(values.shape, np.int64)
+    return (
+        np.stack([np.lexsort((c, -v)) for v, c in zip(values, codes)])
+        if values.shape[0]
+        else np.zeros(values.shape, np.int64)
+    )
 
 
 def _histogram_range(s32: np.ndarray, bins_per_octave: int) -> tuple[int, int]:
@@ -460,9 +536,17 @@ def summarize_shard(
             texts = [column[i] or "" for i in index]
     targets = query_targets(query_ids, queries)
     s32 = score_array(scores)  # checked once for both reductions
-    stats = ShardStatistics._of_checked(query_ids, s32, sources=sources, texts=texts, targets=targets,
-                                        doc_ids=doc_ids, exact_top=exact_top, bins_per_octave=bins_per_octave,
-                                        search_depth=SEARCH_DEPTH)
+    stats = ShardStatistics._of_checked(
+        query_ids,
+        s32,
+        sources=sources,
+        texts=texts,
+        targets=targets,
+        doc_ids=doc_ids,
+        exact_top=exact_top,
+        bins_per_octave=bins_per_octave,
+        search_depth=SEARCH_DEPTH,
+    )
     top = top_documents_of(query_ids, doc_ids, s32, k, sources=sources, texts=texts, targets=targets, shard=shard)
     return stats, top
 

@@ -6,7 +6,7 @@ ones exactly (ties broken by doc_id, so selection and merge are deterministic).
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import polars as pl
@@ -72,8 +72,9 @@ def top_documents(
 
     Ties are broken by doc_id, so the selection (and its merge across shards) is deterministic.
     """
-    return top_documents_of(query_ids, doc_ids, score_array(scores), k, sources=sources, texts=texts, targets=targets,
-                          shard=shard)
+    return top_documents_of(
+        query_ids, doc_ids, score_array(scores), k, sources=sources, texts=texts, targets=targets, shard=shard
+    )
 
 
 def top_documents_of(

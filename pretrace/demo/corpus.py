@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pretrace.demo import facts, procedures
-from pretrace.demo.planted import planted_documents
 from pretrace.demo.files import write_records
 from pretrace.demo.library_text import Record, code_documents, prose_documents
+from pretrace.demo.planted import planted_documents
 
 SHARD_NAMES = (
     "demo-00.jsonl",

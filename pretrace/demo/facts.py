@@ -113,8 +113,7 @@ def table(rows: Sequence[Country]) -> str:
     """A markdown table with one row per country."""
     lines = ["| Country | Capital | Continent | Population | Currency |", "|---|---|---|---|---|"]
     lines += [
-        f"| {c.name} | {c.capital} | {c.continent} | {c.population:,} | "
-        f"{c.currency} ({c.currency_code}) |"
+        f"| {c.name} | {c.capital} | {c.continent} | {c.population:,} | {c.currency} ({c.currency_code}) |"
         for c in rows
     ]
     return "\n".join(lines)
@@ -122,9 +121,7 @@ def table(rows: Sequence[Country]) -> str:
 
 def capitals_list(continent: str, rows: Sequence[Country]) -> str:
     """A bulleted list of capitals of countries on one continent."""
-    return "\n".join(
-        [f"Capitals of countries in {continent}:", *(f"- {c.name}: {c.capital}" for c in rows)]
-    )
+    return "\n".join([f"Capitals of countries in {continent}:", *(f"- {c.name}: {c.capital}" for c in rows)])
 
 
 def city_entry(city: City, rng: random.Random) -> str:

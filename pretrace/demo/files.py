@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from pretrace.inputs.corpus import CORPUS_SUFFIXES
 
+
 def _jsonl(records: Sequence[dict]) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
 

@@ -16,33 +16,102 @@ from dataclasses import dataclass
 FREQUENCIES = (1, 3, 10)
 """How many documents state each planted fact; facts cycle through these."""
 N_PEOPLE = 12
-_FIRST = ("Orla", "Tamsin", "Idris", "Beatrix", "Casimir", "Ysolde", "Lorcan", "Maelis", "Ferdinand", "Oona",
-          "Thaddeus", "Wren")
-_LAST = ("Quillfeather", "Varnholt", "Ashgrove", "Pellinore", "Strandqvist", "Mirabeau", "Okonkwo-Lund",
-         "Tessaridge", "Halvorsen", "Delacroix-Penn", "Brightwater", "Karabekian")
-_CITIES = ("Port Elsmere", "Valdoria", "New Thessaly", "Kestrel Bay", "Ondurin", "Mistral Falls", "Harrowgate",
-           "Sunmarrow", "Brindlemoor", "Caldera Vale", "Ostwick", "Lanterncross")
-_EMPLOYERS = ("Halcyon Looms", "Brasswind Observatory", "the Tidewater Cartographic Society", "Ember & Quill Press",
-              "Northgate Foundry", "the Veridian Seed Bank", "Copperline Railways", "Aster Glassworks",
-              "the Meridian Clockmakers' Guild", "Saltmarsh Apothecaries", "Ironbark Shipwrights", "Lumen Archive")
+_FIRST = (
+    "Orla",
+    "Tamsin",
+    "Idris",
+    "Beatrix",
+    "Casimir",
+    "Ysolde",
+    "Lorcan",
+    "Maelis",
+    "Ferdinand",
+    "Oona",
+    "Thaddeus",
+    "Wren",
+)
+_LAST = (
+    "Quillfeather",
+    "Varnholt",
+    "Ashgrove",
+    "Pellinore",
+    "Strandqvist",
+    "Mirabeau",
+    "Okonkwo-Lund",
+    "Tessaridge",
+    "Halvorsen",
+    "Delacroix-Penn",
+    "Brightwater",
+    "Karabekian",
+)
+_CITIES = (
+    "Port Elsmere",
+    "Valdoria",
+    "New Thessaly",
+    "Kestrel Bay",
+    "Ondurin",
+    "Mistral Falls",
+    "Harrowgate",
+    "Sunmarrow",
+    "Brindlemoor",
+    "Caldera Vale",
+    "Ostwick",
+    "Lanterncross",
+)
+_EMPLOYERS = (
+    "Halcyon Looms",
+    "Brasswind Observatory",
+    "the Tidewater Cartographic Society",
+    "Ember & Quill Press",
+    "Northgate Foundry",
+    "the Veridian Seed Bank",
+    "Copperline Railways",
+    "Aster Glassworks",
+    "the Meridian Clockmakers' Guild",
+    "Saltmarsh Apothecaries",
+    "Ironbark Shipwrights",
+    "Lumen Archive",
+)
 RELATIONS = ("born", "city", "employer")
 
 # Paraphrases that state a fact; queries ask in a question form none of them uses.
 _STATEMENTS = {
-    "born": ("{name} was born in {value}.", "Born in {value}, {name} grew up far from the sea.",
-             "{name} (born {value}) kept careful notebooks.", "In {value}, {name} was born.",
-             "The year {name} was born was {value}.", "Records give {value} as the birth year of {name}.",
-             "{name}'s birth year is {value}.", "{name} came into the world in {value}.",
-             "According to the parish register, {name} was born in {value}.", "{value} saw the birth of {name}."),
-    "city": ("{name} lives in {value}.", "{name} has made a home in {value}.", "Home for {name} is {value}.",
-             "{name} settled in {value} long ago.", "You can find {name} in {value}, where the market is.",
-             "{value} is where {name} lives.", "The residents of {value} include {name}.",
-             "{name} resides in {value}.", "Letters to {name} go to {value}.", "{name}'s house stands in {value}."),
-    "employer": ("{name} works for {value}.", "{name} is employed by {value}.", "{value} employs {name}.",
-                 "At {value}, {name} has worked for years.", "{name} took a job at {value}.",
-                 "The staff of {value} includes {name}.", "{name} earns a living at {value}.",
-                 "Colleagues of {name} at {value} admire the work.", "{name} joined {value} as an apprentice.",
-                 "Every morning {name} walks to {value}."),
+    "born": (
+        "{name} was born in {value}.",
+        "Born in {value}, {name} grew up far from the sea.",
+        "{name} (born {value}) kept careful notebooks.",
+        "In {value}, {name} was born.",
+        "The year {name} was born was {value}.",
+        "Records give {value} as the birth year of {name}.",
+        "{name}'s birth year is {value}.",
+        "{name} came into the world in {value}.",
+        "According to the parish register, {name} was born in {value}.",
+        "{value} saw the birth of {name}.",
+    ),
+    "city": (
+        "{name} lives in {value}.",
+        "{name} has made a home in {value}.",
+        "Home for {name} is {value}.",
+        "{name} settled in {value} long ago.",
+        "You can find {name} in {value}, where the market is.",
+        "{value} is where {name} lives.",
+        "The residents of {value} include {name}.",
+        "{name} resides in {value}.",
+        "Letters to {name} go to {value}.",
+        "{name}'s house stands in {value}.",
+    ),
+    "employer": (
+        "{name} works for {value}.",
+        "{name} is employed by {value}.",
+        "{value} employs {name}.",
+        "At {value}, {name} has worked for years.",
+        "{name} took a job at {value}.",
+        "The staff of {value} includes {name}.",
+        "{name} earns a living at {value}.",
+        "Colleagues of {name} at {value} admire the work.",
+        "{name} joined {value} as an apprentice.",
+        "Every morning {name} walks to {value}.",
+    ),
 }
 _QUESTIONS = {
     "born": ("Q: In what year was {name} born?\nA:", " {value}"),
@@ -81,8 +150,14 @@ def planted_documents(seed: int = 0) -> list[dict[str, object]]:
     records = []
     for fact in planted_facts(seed):
         for i, template in enumerate(rng.sample(_STATEMENTS[fact.relation], fact.frequency)):
-            records.append({"id": f"{fact.key}/{i}", "text": template.format(name=fact.name, value=fact.value),
-                            "source": "planted", "evidence": fact.key})
+            records.append(
+                {
+                    "id": f"{fact.key}/{i}",
+                    "text": template.format(name=fact.name, value=fact.value),
+                    "source": "planted",
+                    "evidence": fact.key,
+                }
+            )
     return records
 
 
@@ -91,7 +166,16 @@ def planted_queries(seed: int = 0) -> list[dict[str, object]]:
     rows = []
     for fact in planted_facts(seed):
         prompt, completion = _QUESTIONS[fact.relation]
-        rows.append({"id": fact.key.replace("/", "-"), "kind": "planted", "prompt": prompt.format(name=fact.name),
-                     "completion": completion.format(value=fact.value), "answer": fact.value, "intermediates": [],
-                     "evidence": fact.key, "planted_frequency": fact.frequency})
+        rows.append(
+            {
+                "id": fact.key.replace("/", "-"),
+                "kind": "planted",
+                "prompt": prompt.format(name=fact.name),
+                "completion": completion.format(value=fact.value),
+                "answer": fact.value,
+                "intermediates": [],
+                "evidence": fact.key,
+                "planted_frequency": fact.frequency,
+            }
+        )
     return rows

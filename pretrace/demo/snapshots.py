@@ -34,7 +34,8 @@ def read_snapshot(name: str, directory: Path = SNAPSHOT_DIR) -> dict:
     except FileNotFoundError:
         raise FileNotFoundError(
             f"the demo's data file {path} is missing: reinstall pretrace, or rebuild it with "
-            "`python -m pretrace.demo.refresh_snapshots`") from None
+            "`python -m pretrace.demo.refresh_snapshots`"
+        ) from None
 
 
 def write_snapshot(name: str, content: dict, directory: Path = SNAPSHOT_DIR) -> Path:

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from pretrace.inputs.corpus import read_records
 from pretrace.demo.tokenizer import train_tokenizer
 from pretrace.errors import InputError
+from pretrace.inputs.corpus import read_records
 
 MODEL_SHAPE = {
     "hidden_size": 128,
@@ -69,14 +69,27 @@ def _replace_dir(tmp: Path, out_dir: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def demo_model_config(vocab_size: int, max_length: int, tokenizer: PreTrainedTokenizerFast | None = None,
-                      shape: dict | None = None) -> LlamaConfig:
+def demo_model_config(
+    vocab_size: int, max_length: int, tokenizer: PreTrainedTokenizerFast | None = None, shape: dict | None = None
+) -> LlamaConfig:
     """The demo model's configuration (without a tokenizer, for its memory plan: no special ids);
     ``shape`` changes entries of MODEL_SHAPE."""
-    special = {} if tokenizer is None else {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-                                            "pad_token_id": tokenizer.pad_token_id}
-    return LlamaConfig(vocab_size=vocab_size, max_position_embeddings=max_length, tie_word_embeddings=False,
-                       **special, **(MODEL_SHAPE | (shape or {})))
+    special = (
+        {}
+        if tokenizer is None
+        else {
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        }
+    )
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        max_position_embeddings=max_length,
+        tie_word_embeddings=False,
+        **special,
+        **(MODEL_SHAPE | (shape or {})),
+    )
 
 
 def train_demo_model(

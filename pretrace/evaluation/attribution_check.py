@@ -20,12 +20,12 @@ import polars as pl
 import pyarrow as pa
 import torch
 
-from pretrace.influence.document_gradients import DocumentGradients, compute_document_gradients
 from pretrace.errors import InputError
-from pretrace.model.adapter import LoadedModel
+from pretrace.evaluation.tailpatch import BM25Index, evaluate, summarize, top_k_random
+from pretrace.influence.document_gradients import DocumentGradients, compute_document_gradients
 from pretrace.influence.projection import KroneckerProjection
 from pretrace.inputs.query_file import Query, encode_queries
-from pretrace.evaluation.tailpatch import BM25Index, evaluate, summarize, top_k_random
+from pretrace.model.adapter import LoadedModel
 
 Key = tuple[str, str]  # (shard, doc_id)
 
@@ -41,7 +41,7 @@ class Documents:
     evidence: list[str | None]
 
     @classmethod
-    def from_shards(cls, shards: Iterable[tuple[str, pa.Table]]) -> "Documents":
+    def from_shards(cls, shards: Iterable[tuple[str, pa.Table]]) -> Documents:
         keys, tokens, texts, evidence = [], [], [], []
         for shard, table in shards:
             keys += [(shard, d) for d in table.column("doc_id").to_pylist()]
@@ -78,10 +78,16 @@ def influence_ranking(top: pa.Table, queries: list[Query], documents: Documents,
     return [best[q.id] for q in queries]
 
 
-def gradient_rankings(lm: LoadedModel, queries: list[Query], shard_gradients: Iterable[tuple[str, DocumentGradients]],
-                      documents: Documents, k: int, projection: KroneckerProjection | None,
-                      batch_size: int, encoded: tuple[list[list[int]], list[int]] | None = None,
-                      ) -> dict[str, list[list[int]]]:
+def gradient_rankings(
+    lm: LoadedModel,
+    queries: list[Query],
+    shard_gradients: Iterable[tuple[str, DocumentGradients]],
+    documents: Documents,
+    k: int,
+    projection: KroneckerProjection | None,
+    batch_size: int,
+    encoded: tuple[list[list[int]], list[int]] | None = None,
+) -> dict[str, list[list[int]]]:
     """Each query's k documents of largest gradient cosine ("cosine", in the space of the stored
     document gradients: raw, or whitened by a projection in the eigenbasis) and of largest raw
     gradient dot product ("identity": influence without preconditioning; such a projection's dual
@@ -90,8 +96,9 @@ def gradient_rankings(lm: LoadedModel, queries: list[Query], shard_gradients: It
     sequences, starts = encoded or encode_queries(queries, lm.tokenizer, lm.max_context)
 
     def query_side(side: KroneckerProjection | None) -> torch.Tensor:
-        grads = compute_document_gradients(lm, sequences, [q.id for q in queries], projection=side,
-                                           batch_size=batch_size, first_target=starts).grads
+        grads = compute_document_gradients(
+            lm, sequences, [q.id for q in queries], projection=side, batch_size=batch_size, first_target=starts
+        ).grads
         return torch.cat([grads[name].flatten(1).double() for name in layers], dim=1)
 
     layers = sorted(layer.name for layer in lm.layers)
@@ -122,12 +129,20 @@ def _keep_top(heap: list[tuple[float, int]], row: np.ndarray, index: list[int], 
             heapq.heappushpop(heap, item)
 
 
-RETRIEVAL_SCHEMA = pa.schema([("query_id", pa.string()), ("method", pa.string()), ("evidence_documents", pa.int32()),
-                              ("recall_at_k", pa.float64()), ("reciprocal_rank", pa.float64())])
+RETRIEVAL_SCHEMA = pa.schema(
+    [
+        ("query_id", pa.string()),
+        ("method", pa.string()),
+        ("evidence_documents", pa.int32()),
+        ("recall_at_k", pa.float64()),
+        ("reciprocal_rank", pa.float64()),
+    ]
+)
 
 
-def evidence_retrieval(query_evidence: list[str | None], query_ids: list[str], documents: Documents,
-                       rankings: dict[str, list[list[int]]]) -> pa.Table:
+def evidence_retrieval(
+    query_evidence: list[str | None], query_ids: list[str], documents: Documents, rankings: dict[str, list[list[int]]]
+) -> pa.Table:
     """For each query that names its `evidence`, where each method ranks the documents that
     state it: the share of them in its top k, and 1 / rank of the first (0 if none is in it)."""
     stating: dict[str, set[int]] = {}
@@ -154,18 +169,37 @@ def summarize_retrieval(retrieval: pa.Table) -> pa.Table:
     documents state their fact (evidence_documents 0 = all)."""
     frame = pl.from_arrow(retrieval)
     if frame.is_empty():
-        return pa.table({"method": pa.array([], pa.string()), "evidence_documents": pa.array([], pa.int32()),
-                         "queries": pa.array([], pa.int64()), "recall_at_k": pa.array([], pa.float64()),
-                         "mrr": pa.array([], pa.float64())})
+        return pa.table(
+            {
+                "method": pa.array([], pa.string()),
+                "evidence_documents": pa.array([], pa.int32()),
+                "queries": pa.array([], pa.int64()),
+                "recall_at_k": pa.array([], pa.float64()),
+                "mrr": pa.array([], pa.float64()),
+            }
+        )
     methods = list(dict.fromkeys(frame["method"].to_list()))
-    grouped = pl.concat([
-        frame.with_columns(pl.lit(0, pl.Int32).alias("evidence_documents")),
-        frame,
-    ]).group_by(["method", "evidence_documents"]).agg(
-        queries=pl.len().cast(pl.Int64), recall_at_k=pl.col("recall_at_k").mean(), mrr=pl.col("reciprocal_rank").mean())
+    grouped = (
+        pl.concat(
+            [
+                frame.with_columns(pl.lit(0, pl.Int32).alias("evidence_documents")),
+                frame,
+            ]
+        )
+        .group_by(["method", "evidence_documents"])
+        .agg(
+            queries=pl.len().cast(pl.Int64),
+            recall_at_k=pl.col("recall_at_k").mean(),
+            mrr=pl.col("reciprocal_rank").mean(),
+        )
+    )
     order = {m: i for i, m in enumerate(methods)}
-    return (grouped.with_columns(_o=pl.col("method").replace_strict(order, return_dtype=pl.Int32))
-            .sort(["_o", "evidence_documents"]).drop("_o").to_arrow())
+    return (
+        grouped.with_columns(_o=pl.col("method").replace_strict(order, return_dtype=pl.Int32))
+        .sort(["_o", "evidence_documents"])
+        .drop("_o")
+        .to_arrow()
+    )
 
 
 @dataclass
@@ -178,8 +212,12 @@ class AttributionCheck:
     retrieval_summary: pa.Table  # recall@k and MRR per (method, evidence documents)
 
     def outputs(self) -> dict[str, pa.Table]:
-        return {"gains.parquet": self.gains, "summary.parquet": self.summary,
-                "retrieval.parquet": self.retrieval, "retrieval_summary.parquet": self.retrieval_summary}
+        return {
+            "gains.parquet": self.gains,
+            "summary.parquet": self.summary,
+            "retrieval.parquet": self.retrieval,
+            "retrieval_summary.parquet": self.retrieval_summary,
+        }
 
 
 def attribution_check(
@@ -211,6 +249,7 @@ def attribution_check(
     }
     encoded = [(q.id, q.kind, seq, start) for q, seq, start in zip(queries, sequences, starts)]
     gains = evaluate(lm, encoded, documents.tokens, rankings, learning_rate, progress)
-    retrieval = evidence_retrieval(query_evidence or [None] * len(queries), [q.id for q in queries], documents,
-                                   rankings)
+    retrieval = evidence_retrieval(
+        query_evidence or [None] * len(queries), [q.id for q in queries], documents, rankings
+    )
     return AttributionCheck(gains, summarize(gains, seed=seed), retrieval, summarize_retrieval(retrieval))

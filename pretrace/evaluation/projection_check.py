@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict, dataclass
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from pretrace.analyses.correlation import pearson
 from pretrace.influence.ekfac import Factors
-from pretrace.model.adapter import LoadedModel
-from pretrace.inputs.query_file import Query
 from pretrace.influence.scores import exact_scores
+from pretrace.inputs.query_file import Query
+from pretrace.model.adapter import LoadedModel
 
 SAMPLE = 16
 
@@ -42,48 +43,86 @@ class ProjectionError:
     queries: int
 
 
-def score_accuracy(error: ProjectionError | None, projection: dict | None, query_rank: int | None,
-                   document_rank: int | None, stored_dtype: str = "float32") -> dict[str, Any]:
+def score_accuracy(
+    error: ProjectionError | None,
+    projection: dict | None,
+    query_rank: int | None,
+    document_rank: int | None,
+    stored_dtype: str = "float32",
+) -> dict[str, Any]:
     """What one shard's stored scores are, as JSON: exact, or approximate with the projection,
     the query and document ranks, the stored gradients' precision and the error measured on the
     sample (NaN, a constant sample, as null)."""
-    measured = {} if error is None else {
-        key: (value if not isinstance(value, float) or math.isfinite(value) else None)
-        for key, value in asdict(error).items()}
-    return {"exact": error is None, "projection": projection, "query_rank": query_rank,
-            "document_rank": document_rank, "stored_dtype": stored_dtype, **measured}
+    measured = (
+        {}
+        if error is None
+        else {
+            key: (value if not isinstance(value, float) or math.isfinite(value) else None)
+            for key, value in asdict(error).items()
+        }
+    )
+    return {
+        "exact": error is None,
+        "projection": projection,
+        "query_rank": query_rank,
+        "document_rank": document_rank,
+        "stored_dtype": stored_dtype,
+        **measured,
+    }
 
 
-def projection_error(lm: LoadedModel, factors: Factors, queries: list[Query], tokens: list[list[int]],
-                     stored: np.ndarray, *, batch_size: int = 8, groups: int = 1) -> ProjectionError:
+def projection_error(
+    lm: LoadedModel,
+    factors: Factors,
+    queries: list[Query],
+    tokens: list[list[int]],
+    stored: np.ndarray,
+    *,
+    batch_size: int = 8,
+    groups: int = 1,
+) -> ProjectionError:
     """Compare ``stored`` (Q, m) scores of the sampled documents with exact ones."""
     exact = exact_scores(lm, factors, queries, tokens, batch_size=batch_size, groups=groups).double().numpy()
     stored = np.asarray(stored, np.float64)
-    r = np.array([_pearson(a, b) for a, b in zip(stored, exact)])
+    r = np.array([pearson(a, b) for a, b in zip(stored, exact)])
     agree = float(np.mean(stored.argmax(axis=1) == exact.argmax(axis=1)))
     finite = r[np.isfinite(r)]
-    return ProjectionError(float(finite.mean()) if finite.size else float("nan"),
-                           float(finite.min()) if finite.size else float("nan"), agree, stored.shape[1],
-                           stored.shape[0])
+    return ProjectionError(
+        float(finite.mean()) if finite.size else float("nan"),
+        float(finite.min()) if finite.size else float("nan"),
+        agree,
+        stored.shape[1],
+        stored.shape[0],
+    )
 
 
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    denominator = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / denominator) if denominator > 0 else float("nan")
-
-
-ACCURACY_SCHEMA = pa.schema([
-    ("shard", pa.string()), ("exact", pa.bool_()), ("projection", pa.string()), ("query_rank", pa.int64()),
-    ("document_rank", pa.int64()), ("stored_dtype", pa.string()), ("documents", pa.int64()), ("queries", pa.int64()), ("pearson_mean", pa.float64()), ("pearson_min", pa.float64()),
-    ("top1_agreement", pa.float64())])
+ACCURACY_SCHEMA = pa.schema(
+    [
+        ("shard", pa.string()),
+        ("exact", pa.bool_()),
+        ("projection", pa.string()),
+        ("query_rank", pa.int64()),
+        ("document_rank", pa.int64()),
+        ("stored_dtype", pa.string()),
+        ("documents", pa.int64()),
+        ("queries", pa.int64()),
+        ("pearson_mean", pa.float64()),
+        ("pearson_min", pa.float64()),
+        ("top1_agreement", pa.float64()),
+    ]
+)
 
 
 def accuracy_table(shards: Iterable[tuple[str, dict[str, Any]]]) -> pa.Table:
     """One row per shard from each shard's `score_accuracy`, for the report."""
-    rows = [{**{name: record.get(name) for name in ACCURACY_SCHEMA.names}, "shard": shard,
-             "projection": None if record["projection"] is None else _describe(record["projection"])}
-            for shard, record in shards]
+    rows = [
+        {
+            **{name: record.get(name) for name in ACCURACY_SCHEMA.names},
+            "shard": shard,
+            "projection": None if record["projection"] is None else _describe(record["projection"]),
+        }
+        for shard, record in shards
+    ]
     return pa.Table.from_pylist(rows, schema=ACCURACY_SCHEMA)
 
 

@@ -20,21 +20,23 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from pretrace.inputs.batching import collate
 from pretrace.errors import InputError
+from pretrace.inputs.batching import collate
 from pretrace.model.adapter import LoadedModel
 
 
-def completion_logprob(lm: LoadedModel, sequence: Sequence[int], start: int,
-                       parameters: dict[str, torch.Tensor] | None = None) -> float:
+def completion_logprob(
+    lm: LoadedModel, sequence: Sequence[int], start: int, parameters: dict[str, torch.Tensor] | None = None
+) -> float:
     """log p(sequence[start:] | sequence[:start]) in nats, with the model's weights or ``parameters``."""
     batch = collate([sequence], lm.pad_token_id, [start]).to(lm.device)
     with torch.no_grad():
         return -float(_mean_loss(lm, batch, parameters, summed=True))
 
 
-def tail_patch_gain(lm: LoadedModel, documents: Sequence[Sequence[int]], query: Sequence[int], start: int,
-                    learning_rate: float) -> float:
+def tail_patch_gain(
+    lm: LoadedModel, documents: Sequence[Sequence[int]], query: Sequence[int], start: int, learning_rate: float
+) -> float:
     """The change in log p(completion | prompt) after one SGD step on ``documents``.
 
     The step is θ' = θ − lr ∇θ L, with L the documents' mean next-token loss over every
@@ -43,20 +45,24 @@ def tail_patch_gain(lm: LoadedModel, documents: Sequence[Sequence[int]], query: 
     return stepped_logprob(lm, documents, query, start, learning_rate) - completion_logprob(lm, query, start)
 
 
-def stepped_logprob(lm: LoadedModel, documents: Sequence[Sequence[int]], query: Sequence[int], start: int,
-                    learning_rate: float) -> float:
+def stepped_logprob(
+    lm: LoadedModel, documents: Sequence[Sequence[int]], query: Sequence[int], start: int, learning_rate: float
+) -> float:
     """log p(completion | prompt) after the step `tail_patch_gain` describes."""
     if not documents:
         raise InputError("tail-patch: no documents to train on")
     params = {name: p.detach().requires_grad_(True) for name, p in lm.model.named_parameters()}
     batch = collate(list(documents), lm.pad_token_id).to(lm.device)
     grads = torch.autograd.grad(_mean_loss(lm, batch, params), list(params.values()), allow_unused=True)
-    stepped = {name: (p - learning_rate * g if g is not None else p).detach()
-               for (name, p), g in zip(params.items(), grads)}
+    stepped = {
+        name: (p - learning_rate * g if g is not None else p).detach() for (name, p), g in zip(params.items(), grads)
+    }
     return completion_logprob(lm, query, start, stepped)
 
 
-def _mean_loss(lm: LoadedModel, batch, parameters: dict[str, torch.Tensor] | None, summed: bool = False) -> torch.Tensor:
+def _mean_loss(
+    lm: LoadedModel, batch, parameters: dict[str, torch.Tensor] | None, summed: bool = False
+) -> torch.Tensor:
     """Next-token cross-entropy over the batch's targets: mean (training's loss) or summed."""
     inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
     with lm.autocast():
@@ -79,8 +85,9 @@ def top_k_random(n_documents: int, k: int, seed: int) -> list[int]:
     return np.random.default_rng(seed).choice(n_documents, size=min(k, n_documents), replace=False).tolist()
 
 
-def top_k_gradient(query: dict[str, torch.Tensor], documents: dict[str, torch.Tensor], k: int,
-                   normalise: bool = True) -> list[int]:
+def top_k_gradient(
+    query: dict[str, torch.Tensor], documents: dict[str, torch.Tensor], k: int, normalise: bool = True
+) -> list[int]:
     """Indices of the k documents whose gradients have the largest cosine with the query's
     (raw, unpreconditioned) gradient, over all layers together: TrackStar's ranking without its
     optimizer-state normalisation; with ``normalise=False``, the largest dot product (identity
@@ -119,12 +126,18 @@ def _best(values: np.ndarray, k: int) -> list[int]:
     order = np.lexsort((np.arange(values.size), -values))
     return order[: min(k, values.size)].tolist()
 
+
 # ---------------------------------------------------------------- one evaluation
 
 
-def evaluate(lm: LoadedModel, queries: Sequence[tuple[str, str, Sequence[int], int]],
-             documents: Sequence[Sequence[int]], rankings: dict[str, Sequence[Sequence[int]]],
-             learning_rate: float, progress: Callable[[int], None] | None = None) -> pa.Table:
+def evaluate(
+    lm: LoadedModel,
+    queries: Sequence[tuple[str, str, Sequence[int], int]],
+    documents: Sequence[Sequence[int]],
+    rankings: dict[str, Sequence[Sequence[int]]],
+    learning_rate: float,
+    progress: Callable[[int], None] | None = None,
+) -> pa.Table:
     """The tail-patch gain of every (query, method): one row each.
 
     ``queries``: (id, kind, prompt+completion ids, completion start); ``rankings[method][q]``:
@@ -145,8 +158,15 @@ def evaluate(lm: LoadedModel, queries: Sequence[tuple[str, str, Sequence[int], i
     return pa.table(rows, schema=GAIN_SCHEMA)
 
 
-GAIN_SCHEMA = pa.schema([("query_id", pa.string()), ("kind", pa.string()), ("method", pa.string()),
-                         ("k", pa.int32()), ("gain", pa.float64())])
+GAIN_SCHEMA = pa.schema(
+    [
+        ("query_id", pa.string()),
+        ("kind", pa.string()),
+        ("method", pa.string()),
+        ("k", pa.int32()),
+        ("gain", pa.float64()),
+    ]
+)
 
 
 def summarize(gains: pa.Table, seed: int = 0, draws: int = 2000, level: float = 0.95) -> pa.Table:
@@ -157,8 +177,15 @@ def summarize(gains: pa.Table, seed: int = 0, draws: int = 2000, level: float = 
     rows = gains.to_pylist()
     random_gain = {r["query_id"]: r["gain"] for r in rows if r["method"] == "random"}
     kinds = ["all", *sorted({r["kind"] for r in rows})]
-    out: dict[str, list] = {"method": [], "kind": [], "queries": [], "mean_gain": [], "low": [], "high": [],
-                            "beats_random": []}
+    out: dict[str, list] = {
+        "method": [],
+        "kind": [],
+        "queries": [],
+        "mean_gain": [],
+        "low": [],
+        "high": [],
+        "beats_random": [],
+    }
     rng = np.random.default_rng(seed)
     for method in dict.fromkeys(r["method"] for r in rows):
         for kind in kinds:

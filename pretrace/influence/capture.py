@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Iterator, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from pretrace.model.activation_checkpointing import checkpointed_blocks
-from pretrace.inputs.batching import TokenBatch
 from pretrace.errors import NumericalError
+from pretrace.inputs.batching import TokenBatch
+from pretrace.model.activation_checkpointing import checkpointed_blocks
 from pretrace.model.adapter import HALF_PRECISION, LoadedModel
 
 Labels = Literal["data", "sampled"]

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
 
 import torch
 
-from pretrace.inputs.batching import batches
-from pretrace.influence.capture import Captured, capture, check_finite, float32_matmul
 from pretrace.errors import InputError
+from pretrace.influence.capture import Captured, capture, check_finite, float32_matmul
 from pretrace.influence.layer_groups import by_layer_group, join_layers
 from pretrace.influence.low_rank import factorize
-from pretrace.store.serialization import pack, unpack
-from pretrace.model.adapter import LoadedModel, resolve_dtype
 from pretrace.influence.projection import KroneckerProjection
-from pretrace.influence.quantization import (BITS, dequantize, dequantize_factor, pack as pack_codes, quantize, quantize_factors,
-                           unpack as unpack_codes)
+from pretrace.influence.quantization import BITS, dequantize, dequantize_factor, quantize, quantize_factors
+from pretrace.influence.quantization import pack as pack_codes
+from pretrace.influence.quantization import unpack as unpack_codes
+from pretrace.inputs.batching import batches
+from pretrace.model.adapter import LoadedModel, resolve_dtype
+from pretrace.store.serialization import pack, unpack
 
 
 def iter_document_gradients(
@@ -55,7 +56,9 @@ def iter_captures(
             progress(batch.size)
 
 
-def layer_tokens(cap: Captured, name: str, projection: KroneckerProjection | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def layer_tokens(
+    cap: Captured, name: str, projection: KroneckerProjection | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One layer's per-token (a, g), projected if asked (in the projection's dtype): (B, T, k_in)
     and (B, T, k_out)."""
     a, g = cap.a[name], cap.g[name]
@@ -93,12 +96,19 @@ class DocumentGradients:
     bits: int | None = None
 
     @classmethod
-    def join(cls, groups: Sequence["DocumentGradients"]) -> "DocumentGradients":
+    def join(cls, groups: Sequence[DocumentGradients]) -> DocumentGradients:
         """The gradients of every layer from those of disjoint layer groups (same documents)."""
         first = groups[0]
-        return cls(first.ids, join_layers([g.grads for g in groups]), first.losses, first.projection,
-                   join_layers([g.right for g in groups]), first.rank, join_layers([g.scales for g in groups]),
-                   first.bits)
+        return cls(
+            first.ids,
+            join_layers([g.grads for g in groups]),
+            first.losses,
+            first.projection,
+            join_layers([g.right for g in groups]),
+            first.rank,
+            join_layers([g.scales for g in groups]),
+            first.bits,
+        )
 
     @property
     def dtype(self) -> str:
@@ -119,26 +129,37 @@ class DocumentGradients:
         """A factored store's (N, k_out, r) and (N, k_in, r) factors, in float32 when quantized."""
         if self.bits is None:
             return self.grads[name], self.right[name]
-        return dequantize_factor(self.grads[name], self.scales[name]), dequantize_factor(self.right[name], self.scales[name])
+        return dequantize_factor(self.grads[name], self.scales[name]), dequantize_factor(
+            self.right[name], self.scales[name]
+        )
 
     def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         packed = (lambda d: d) if self.bits is None else (lambda d: {k: pack_codes(v, self.bits) for k, v in d.items()})
         return pack(
-            packed(self.grads) | {f"{k}::right": v for k, v in packed(self.right).items()}
-            | {f"{k}::scales": v for k, v in self.scales.items()} | {"losses": self.losses},
+            packed(self.grads)
+            | {f"{k}::right": v for k, v in packed(self.right).items()}
+            | {f"{k}::scales": v for k, v in self.scales.items()}
+            | {"losses": self.losses},
             "document_gradients",
             ids=self.ids,
             layers=list(self.grads),
             projection=self.projection,
             rank=self.rank,
-            **({} if self.bits is None else {"bits": self.bits, "columns": {k: v.shape[-1] for k, v in self.grads.items()}}),
+            **(
+                {}
+                if self.bits is None
+                else {"bits": self.bits, "columns": {k: v.shape[-1] for k, v in self.grads.items()}}
+            ),
         )
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> "DocumentGradients":
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> DocumentGradients:
         meta = unpack(metadata, "document_gradients")
         layers, rank, bits = meta["layers"], meta["rank"], meta.get("bits")
-        codes = lambda k, key: tensors[key] if bits is None else unpack_codes(tensors[key], bits, meta["columns"][k])  # noqa: E731
+
+        def codes(k, key):
+            return tensors[key] if bits is None else unpack_codes(tensors[key], bits, meta["columns"][k])
+
         right = {} if rank is None else {k: codes(k, f"{k}::right") for k in layers}
         grads = {k: codes(k, k) for k in layers}
         scales = {} if bits is None else {k: tensors[f"{k}::scales"] for k in layers}
@@ -164,13 +185,21 @@ def compute_document_gradients(
     with ``groups`` > 1, a layer group a pass (`pretrace.influence.layer_groups`)."""
     if rank is not None and rank < 1:
         raise InputError(f"document_rank: must be a positive integer or null, got {rank}")
-    return by_layer_group(lm, groups, lambda group: _gathered(
-        group, sequences, ids, projection, batch_size, progress, first_target, rank, stored_dtype),
-        DocumentGradients.join)
+    return by_layer_group(
+        lm,
+        groups,
+        lambda group: _gathered(
+            group, sequences, ids, projection, batch_size, progress, first_target, rank, stored_dtype
+        ),
+        DocumentGradients.join,
+    )
 
 
-def stored_layer(value: torch.Tensor, rank: int | None, stored_dtype: str | None,
-                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+def stored_layer(
+    value: torch.Tensor,
+    rank: int | None,
+    stored_dtype: str | None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """One layer's float (N, k_out, k_in) gradients as a store keeps them, on the CPU: (dense
     gradients, codes or left factors; right factors or None; scales or None), for ``document_rank``
     = rank and `stored_gradient_dtype` = stored_dtype (None: as computed). Per document, so a
@@ -197,18 +226,40 @@ def stored_as(full: DocumentGradients, rank: int | None, stored_dtype: str | Non
     return _assembled(full.ids, parts, full.losses, full.projection, rank, BITS.get(stored_dtype))
 
 
-def _assembled(ids: Sequence[str], parts: dict[str, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]],
-               losses: torch.Tensor, projection: dict | None, rank: int | None, bits: int | None) -> DocumentGradients:
-    return DocumentGradients(list(ids), {k: g for k, (g, _, _) in parts.items()}, losses, projection,
-                             {k: r for k, (_, r, _) in parts.items() if r is not None}, rank,
-                             {k: s for k, (_, _, s) in parts.items() if s is not None}, bits)
+def _assembled(
+    ids: Sequence[str],
+    parts: dict[str, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]],
+    losses: torch.Tensor,
+    projection: dict | None,
+    rank: int | None,
+    bits: int | None,
+) -> DocumentGradients:
+    return DocumentGradients(
+        list(ids),
+        {k: g for k, (g, _, _) in parts.items()},
+        losses,
+        projection,
+        {k: r for k, (_, r, _) in parts.items() if r is not None},
+        rank,
+        {k: s for k, (_, _, s) in parts.items() if s is not None},
+        bits,
+    )
 
 
-def _gathered(lm: LoadedModel, sequences: Sequence[Sequence[int]], ids: Sequence[str],
-              projection: KroneckerProjection | None, batch_size: int, progress: Callable[[int], None] | None,
-              first_target: Sequence[int] | None, rank: int | None, stored_dtype: str | None) -> DocumentGradients:
+def _gathered(
+    lm: LoadedModel,
+    sequences: Sequence[Sequence[int]],
+    ids: Sequence[str],
+    projection: KroneckerProjection | None,
+    batch_size: int,
+    progress: Callable[[int], None] | None,
+    first_target: Sequence[int] | None,
+    rank: int | None,
+    stored_dtype: str | None,
+) -> DocumentGradients:
     stored: dict[str, list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]] = {
-        layer.name: [] for layer in lm.layers}
+        layer.name: [] for layer in lm.layers
+    }
     losses = []
     for _, batch_grads, batch_losses in iter_document_gradients(
         lm, sequences, projection=projection, batch_size=batch_size, progress=progress, first_target=first_target
@@ -216,7 +267,16 @@ def _gathered(lm: LoadedModel, sequences: Sequence[Sequence[int]], ids: Sequence
         for name, value in batch_grads.items():
             stored[name].append(stored_layer(value, rank, stored_dtype))
         losses.append(batch_losses.cpu())
-    cat = lambda tensors: None if tensors[0] is None else torch.cat(tensors)  # noqa: E731
+
+    def cat(tensors):
+        return None if tensors[0] is None else torch.cat(tensors)
+
     joined = {name: tuple(cat(part) for part in zip(*pieces)) for name, pieces in stored.items()}
-    return _assembled(ids, joined, torch.cat(losses), None if projection is None else projection.describe(), rank,
-                      BITS.get(stored_dtype))
+    return _assembled(
+        ids,
+        joined,
+        torch.cat(losses),
+        None if projection is None else projection.describe(),
+        rank,
+        BITS.get(stored_dtype),
+    )

@@ -9,17 +9,17 @@ by shard and merged: `CovarianceState` (A = sum a a^T, S = sum g g^T) -> `Eigenb
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
-from pretrace.inputs.batching import TokenBatch
-from pretrace.influence.capture import Captured, Labels, capture, check_finite, float32_matmul
 from pretrace.config import Damping
 from pretrace.errors import InputError
+from pretrace.influence.capture import Captured, Labels, capture, check_finite, float32_matmul
 from pretrace.influence.layer_groups import by_layer_group, join_layers, join_mappings
+from pretrace.inputs.batching import TokenBatch
 from pretrace.model.adapter import LoadedModel
 from pretrace.store.serialization import pack, unpack
 
@@ -71,7 +71,7 @@ class CovarianceState:
     n_tokens: int
     n_examples: int
 
-    def merge(self, other: "CovarianceState") -> "CovarianceState":
+    def merge(self, other: CovarianceState) -> CovarianceState:
         if self.A.keys() != other.A.keys():
             raise InputError("cannot merge covariances of different tracked layers")
         return CovarianceState(
@@ -82,7 +82,7 @@ class CovarianceState:
         )
 
     @classmethod
-    def join(cls, groups: Sequence["CovarianceState"]) -> "CovarianceState":
+    def join(cls, groups: Sequence[CovarianceState]) -> CovarianceState:
         """One state from the states of disjoint layer groups fitted on the same documents."""
         n_tokens, n_examples = _same_data(groups, lambda g: (g.n_tokens, g.n_examples))
         return cls(join_layers([g.A for g in groups]), join_layers([g.S for g in groups]), n_tokens, n_examples)
@@ -92,7 +92,7 @@ class CovarianceState:
         return pack(tensors, "covariances", layers=list(self.A), n_tokens=self.n_tokens, n_examples=self.n_examples)
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> "CovarianceState":
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> CovarianceState:
         meta = unpack(metadata, "covariances")
         layers = meta["layers"]
         return cls(
@@ -172,12 +172,12 @@ class Eigenbasis:
         return pack(tensors, "eigenbasis", layers=list(self.QA))
 
     @classmethod
-    def join(cls, groups: Sequence["Eigenbasis"]) -> "Eigenbasis":
+    def join(cls, groups: Sequence[Eigenbasis]) -> Eigenbasis:
         """The eigenbasis of every layer from those of disjoint layer groups."""
         return join_mappings(cls, groups)
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> "Eigenbasis":
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Eigenbasis:
         layers = unpack(metadata, "eigenbasis")["layers"]
         return cls(*({k: tensors[f"{k}::{part}"] for k in layers} for part in ("QA", "QS", "eigvals_A", "eigvals_S")))
 
@@ -210,11 +210,11 @@ class LambdaState:
     n_examples: int
 
     @classmethod
-    def join(cls, groups: Sequence["LambdaState"]) -> "LambdaState":
+    def join(cls, groups: Sequence[LambdaState]) -> LambdaState:
         """One state from the states of disjoint layer groups fitted on the same documents."""
         return cls(join_layers([g.sums for g in groups]), _same_data(groups, lambda g: g.n_examples))
 
-    def merge(self, other: "LambdaState") -> "LambdaState":
+    def merge(self, other: LambdaState) -> LambdaState:
         if self.sums.keys() != other.sums.keys():
             raise InputError("cannot merge eigenvalue corrections of different tracked layers")
         return LambdaState({k: self.sums[k] + other.sums[k] for k in self.sums}, self.n_examples + other.n_examples)
@@ -223,7 +223,7 @@ class LambdaState:
         return pack(self.sums, "lambdas", layers=list(self.sums), n_examples=self.n_examples)
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> "LambdaState":
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> LambdaState:
         meta = unpack(metadata, "lambdas")
         return cls({k: tensors[k] for k in meta["layers"]}, meta["n_examples"])
 
@@ -278,17 +278,22 @@ class Factors:
         return list(self.QA)
 
     @classmethod
-    def join(cls, groups: Sequence["Factors"]) -> "Factors":
+    def join(cls, groups: Sequence[Factors]) -> Factors:
         """The factors of every layer from those of disjoint layer groups."""
         return join_mappings(cls, groups)
 
-    def restricted(self, names: Sequence[str]) -> "Factors":
+    def restricted(self, names: Sequence[str]) -> Factors:
         """The factors of ``names`` alone (a layer group), so only those visit the device."""
-        pick = lambda d: {k: d[k] for k in names}  # noqa: E731
+
+        def pick(d):
+            return {k: d[k] for k in names}
+
         return Factors(pick(self.QA), pick(self.QS), pick(self.lambdas), pick(self.damping))
 
-    def to(self, device: torch.device, dtype: torch.dtype = torch.float32) -> "Factors":
-        move = lambda d: {k: v.to(device, dtype) for k, v in d.items()}  # noqa: E731
+    def to(self, device: torch.device, dtype: torch.dtype = torch.float32) -> Factors:
+        def move(d):
+            return {k: v.to(device, dtype) for k, v in d.items()}
+
         return Factors(move(self.QA), move(self.QS), move(self.lambdas), dict(self.damping))
 
     def precondition_in_eigenbasis(self, name: str, V: torch.Tensor) -> torch.Tensor:
@@ -305,7 +310,7 @@ class Factors:
         return pack(tensors, "factors", layers=self.layers, damping=self.damping)
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> "Factors":
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Factors:
         meta = unpack(metadata, "factors")
         layers = meta["layers"]
         parts = ({k: tensors[f"{k}::{part}"] for k in layers} for part in ("QA", "QS", "lambdas"))
@@ -334,6 +339,7 @@ def fit_factors(
     ``groups`` > 1 the tracked layers are fitted a group at a time (`pretrace.influence.layer_groups`):
     the same factors, with only one group's state on the device at once; ``block_size``:
     `fit_covariances`."""
+
     def fit_group(group: LoadedModel) -> Factors:
         cov = fit_covariances(group, batches(), fisher, seed, progress, block_size)
         basis = eigenbasis(cov, group.device, block_size)

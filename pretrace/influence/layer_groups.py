@@ -63,8 +63,9 @@ def layer_groups(lm: LoadedModel, groups: int) -> list[LoadedModel]:
     return [lm.restricted(names) for names in split_layers(lm.layer_shapes(), groups)]
 
 
-def by_layer_group(lm: LoadedModel, groups: int, step: Callable[[LoadedModel], State],
-                   join: Callable[[Sequence[State]], State]) -> State:
+def by_layer_group(
+    lm: LoadedModel, groups: int, step: Callable[[LoadedModel], State], join: Callable[[Sequence[State]], State]
+) -> State:
     """Run ``step`` once per layer group and join the per-group results (one state)."""
     if groups == 1:
         return step(lm)

@@ -23,8 +23,10 @@ def factorize(X: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     return U[..., :r] * S[..., None, :r], Vh[..., :r, :].transpose(-1, -2)
 
 
-def inner_products(query: tuple[torch.Tensor, torch.Tensor | None], documents: tuple[torch.Tensor, torch.Tensor],
-                   ) -> torch.Tensor:
+def inner_products(
+    query: tuple[torch.Tensor, torch.Tensor | None],
+    documents: tuple[torch.Tensor, torch.Tensor],
+) -> torch.Tensor:
     """(Q, N) inner products of query matrices with factored document matrices L_d R_d^T.
 
     ``query`` is (X, None) with X (Q, k_out, k_in), or factors (A (Q, k_out, r), B (Q, k_in, r)).

@@ -59,8 +59,9 @@ def _selection(k: int, weights: torch.Tensor) -> torch.Tensor | None:
     return weights.topk(k).indices.sort().values
 
 
-def principal_selections(lambdas: torch.Tensor, damping: float, k_out: int,
-                         k_in: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def principal_selections(
+    lambdas: torch.Tensor, damping: float, k_out: int, k_in: int
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Which eigenvectors of each Kronecker factor a ``principal`` projection keeps: those whose
     row (output side) or column (input side) of Lambda / (Lambda + lambda) sums largest, i.e.
     where documents' whitened gradients hold the most energy (Lambda is their mean square)."""
@@ -107,8 +108,15 @@ class KroneckerProjection:
     kept_in: Matrices = field(default_factory=dict)
 
     @classmethod
-    def build(cls, shapes: dict[str, tuple[int, int]], k_out: int, k_in: int, seed: int = 0,
-              basis: ProjectionBasis = "raw", factors: Factors | None = None) -> KroneckerProjection:
+    def build(
+        cls,
+        shapes: dict[str, tuple[int, int]],
+        k_out: int,
+        k_in: int,
+        seed: int = 0,
+        basis: ProjectionBasis = "raw",
+        factors: Factors | None = None,
+    ) -> KroneckerProjection:
         if k_out < 1 or k_in < 1:
             raise InputError(f"projection: sizes must be positive integers, got [{k_out}, {k_in}]")
         if basis not in BASES:
@@ -118,12 +126,15 @@ class KroneckerProjection:
                 raise ValueError(f"a {basis} projection is built from the EK-FAC factors; pass them")
             missing = sorted(set(shapes) - set(factors.layers))
             if missing:
-                raise InputError(f"the EK-FAC factors were fitted without layers {missing}; refit them for these layers")
+                raise InputError(
+                    f"the EK-FAC factors were fitted without layers {missing}; refit them for these layers"
+                )
         kept_out: Matrices = {}
         kept_in: Matrices = {}
         if basis == "principal":
-            picked = {name: principal_selections(factors.lambdas[name], factors.damping[name], k_out, k_in)
-                      for name in shapes}
+            picked = {
+                name: principal_selections(factors.lambdas[name], factors.damping[name], k_out, k_in) for name in shapes
+            }
             P_out, P_in = {n: pair[0] for n, pair in picked.items()}, {n: pair[1] for n, pair in picked.items()}
             kept_out, kept_in = P_out, P_in
         else:
@@ -143,14 +154,38 @@ class KroneckerProjection:
 
     def dual(self) -> KroneckerProjection:
         """The projection to apply to the other side of an inner product (itself when raw)."""
-        return KroneckerProjection(self.k_out, self.k_in, self.seed, self.basis, self.dual_out, self.dual_in,
-                                   self.P_out, self.P_in, self.kept_out, self.kept_in)
+        return KroneckerProjection(
+            self.k_out,
+            self.k_in,
+            self.seed,
+            self.basis,
+            self.dual_out,
+            self.dual_in,
+            self.P_out,
+            self.P_in,
+            self.kept_out,
+            self.kept_in,
+        )
 
     def to(self, device: torch.device, dtype: torch.dtype = torch.float32) -> KroneckerProjection:
-        move = lambda d: {k: None if v is None else v.to(device, dtype) for k, v in d.items()}  # noqa: E731
-        place = lambda d: {k: None if v is None else v.to(device) for k, v in d.items()}  # noqa: E731
-        return KroneckerProjection(self.k_out, self.k_in, self.seed, self.basis, move(self.P_out), move(self.P_in),
-                                   move(self.dual_out), move(self.dual_in), place(self.kept_out), place(self.kept_in))
+        def move(d):
+            return {k: None if v is None else v.to(device, dtype) for k, v in d.items()}
+
+        def place(d):
+            return {k: None if v is None else v.to(device) for k, v in d.items()}
+
+        return KroneckerProjection(
+            self.k_out,
+            self.k_in,
+            self.seed,
+            self.basis,
+            move(self.P_out),
+            move(self.P_in),
+            move(self.dual_out),
+            move(self.dual_in),
+            place(self.kept_out),
+            place(self.kept_in),
+        )
 
     def project_tokens(self, name: str, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Project per-token inputs (.., d_in) and output gradients (.., d_out)."""
@@ -173,12 +208,14 @@ class KroneckerProjection:
         return {"k_out": self.k_out, "k_in": self.k_in, **seeded, "basis": self.basis}
 
 
-def projection_for(config: PretraceConfig, shapes: dict[str, tuple[int, int]],
-                   factors: Factors | None = None) -> KroneckerProjection | None:
+def projection_for(
+    config: PretraceConfig, shapes: dict[str, tuple[int, int]], factors: Factors | None = None
+) -> KroneckerProjection | None:
     """The projection a configuration asks for (`projection: [k_out, k_in]`,
     `projection_basis`), or None (exact); one in the eigenbasis needs the factors."""
     if config.projection is None:
         return None
     k_out, k_in = config.projection
-    return KroneckerProjection.build(shapes, k_out, k_in, seed=config.seed, basis=config.projection_basis,
-                                     factors=factors)
+    return KroneckerProjection.build(
+        shapes, k_out, k_in, seed=config.seed, basis=config.projection_basis, factors=factors
+    )

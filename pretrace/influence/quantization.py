@@ -53,7 +53,10 @@ def quantize_factors(L: torch.Tensor, R: torch.Tensor, bits: int) -> tuple[torch
     scales = torch.where(nonzero, (left * right).sqrt() / levels, torch.zeros_like(left))
     step = scales.clamp_min(torch.finfo(torch.float32).tiny).unsqueeze(-2)
     kept = nonzero.unsqueeze(-2)
-    codes = lambda x: (x.where(kept, 0.0) / step).round().clamp(-levels, levels).to(torch.int8)  # noqa: E731
+
+    def codes(x):
+        return (x.where(kept, 0.0) / step).round().clamp(-levels, levels).to(torch.int8)
+
     return codes(L * balance.unsqueeze(-2)), codes(R / balance.unsqueeze(-2)), scales
 
 

@@ -8,21 +8,21 @@ query's loss, i.e. raises the probability of its completion.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 
-from pretrace.inputs.batching import batches
-from pretrace.inputs.query_file import Query, encode_queries
+from pretrace.errors import InputError
 from pretrace.influence.capture import capture, check_finite
 from pretrace.influence.ekfac import Factors, rotated_gradients
-from pretrace.store.serialization import pack, unpack
-from pretrace.errors import InputError
 from pretrace.influence.layer_groups import by_layer_group, join_layers
 from pretrace.influence.low_rank import factorize
-from pretrace.model.adapter import LoadedModel
 from pretrace.influence.projection import KroneckerProjection
+from pretrace.inputs.batching import batches
+from pretrace.inputs.query_file import Query, encode_queries
+from pretrace.model.adapter import LoadedModel
+from pretrace.store.serialization import pack, unpack
 
 
 @dataclass
@@ -51,11 +51,17 @@ class QueryGradients:
         return list(self.left)
 
     @classmethod
-    def join(cls, groups: Sequence["QueryGradients"]) -> "QueryGradients":
+    def join(cls, groups: Sequence[QueryGradients]) -> QueryGradients:
         """The gradients of every layer from those of disjoint layer groups (same queries)."""
         first = groups[0]
-        return cls(first.ids, first.logprobs, join_layers([g.left for g in groups]), join_layers([g.right for g in groups]),
-                   first.projection, first.rank)
+        return cls(
+            first.ids,
+            first.logprobs,
+            join_layers([g.left for g in groups]),
+            join_layers([g.right for g in groups]),
+            first.projection,
+            first.rank,
+        )
 
     def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         tensors = {f"{k}::left": v for k, v in self.left.items()} | {f"{k}::right": v for k, v in self.right.items()}
@@ -65,7 +71,7 @@ class QueryGradients:
         )
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> "QueryGradients":
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> QueryGradients:
         meta = unpack(metadata, "query_gradients")
         layers, rank = meta["layers"], meta["rank"]
         right = {} if rank is None else {k: tensors[f"{k}::right"] for k in layers}
@@ -88,8 +94,17 @@ def compute_query_gradients(
     """Gradients of each completion's loss, preconditioned by EK-FAC, projected, compressed."""
     sequences, starts = encode_queries(queries, lm.tokenizer, lm.max_context)
     return query_gradients_from_tokens(
-        lm, factors, sequences, starts, [q.id for q in queries],
-        projection=projection, rank=rank, batch_size=batch_size, progress=progress, groups=groups, gather=gather,
+        lm,
+        factors,
+        sequences,
+        starts,
+        [q.id for q in queries],
+        projection=projection,
+        rank=rank,
+        batch_size=batch_size,
+        progress=progress,
+        groups=groups,
+        gather=gather,
     )
 
 
@@ -116,9 +131,14 @@ def query_gradients_from_tokens(
     missing = [layer.name for layer in lm.layers if layer.name not in factors.QA]
     if missing:
         raise InputError(f"the EK-FAC factors were fitted without layers {missing}; refit them for these layers")
-    return by_layer_group(lm, groups, lambda group: _preconditioned(
-        group, factors, sequences, completion_starts, ids, projection, rank, batch_size, progress, gather),
-        QueryGradients.join)
+    return by_layer_group(
+        lm,
+        groups,
+        lambda group: _preconditioned(
+            group, factors, sequences, completion_starts, ids, projection, rank, batch_size, progress, gather
+        ),
+        QueryGradients.join,
+    )
 
 
 def _denominator(factors: Factors, name: str, rows: torch.Tensor | None, columns: torch.Tensor | None) -> torch.Tensor:
@@ -128,10 +148,18 @@ def _denominator(factors: Factors, name: str, rows: torch.Tensor | None, columns
     return (lambdas if columns is None else lambdas[:, columns]) + factors.damping[name]
 
 
-def _preconditioned(lm: LoadedModel, factors: Factors, sequences: Sequence[Sequence[int]],
-                    completion_starts: Sequence[int], ids: Sequence[str], projection: KroneckerProjection | None,
-                    rank: int | None, batch_size: int, progress: Callable[[int], None] | None,
-                    gather: torch.device | str) -> QueryGradients:
+def _preconditioned(
+    lm: LoadedModel,
+    factors: Factors,
+    sequences: Sequence[Sequence[int]],
+    completion_starts: Sequence[int],
+    ids: Sequence[str],
+    projection: KroneckerProjection | None,
+    rank: int | None,
+    batch_size: int,
+    progress: Callable[[int], None] | None,
+    gather: torch.device | str,
+) -> QueryGradients:
     factors = factors.restricted([layer.name for layer in lm.layers]).to(lm.device, lm.accumulate_dtype)
     proj = projection.to(lm.device, lm.accumulate_dtype) if projection is not None else None
     # Rotating back out of the eigenbasis and projecting (with the dual of the documents'
@@ -162,8 +190,9 @@ def _preconditioned(lm: LoadedModel, factors: Factors, sequences: Sequence[Seque
         cap = capture(lm, batch, "data")
         logprobs.append(-cap.losses.double().cpu())
         for name in left:
-            scaled = rotated_gradients(cap.a[name], cap.g[name], QA[name], QS[name]) / _denominator(factors, name,
-                                                                                                   *kept[name])
+            scaled = rotated_gradients(cap.a[name], cap.g[name], QA[name], QS[name]) / _denominator(
+                factors, name, *kept[name]
+            )
             if diagonal:
                 X = scaled * back_left[name][:, None] * back_right[name]
             else:

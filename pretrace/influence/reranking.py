@@ -18,14 +18,22 @@ import pyarrow as pa
 import torch
 
 from pretrace.influence.ekfac import Factors
-from pretrace.model.adapter import LoadedModel
-from pretrace.inputs.query_file import Query
 from pretrace.influence.scores import EXACT_QUERY_BYTES, exact_scores, query_chunks
+from pretrace.inputs.query_file import Query
+from pretrace.model.adapter import LoadedModel
 
-RERANK_SCHEMA = pa.schema([
-    ("query_id", pa.string()), ("side", pa.string()), ("shard", pa.string()), ("doc_id", pa.string()),
-    ("stored_rank", pa.int32()), ("stored_score", pa.float64()), ("exact_rank", pa.int32()),
-    ("exact_score", pa.float64())])
+RERANK_SCHEMA = pa.schema(
+    [
+        ("query_id", pa.string()),
+        ("side", pa.string()),
+        ("shard", pa.string()),
+        ("doc_id", pa.string()),
+        ("stored_rank", pa.int32()),
+        ("stored_score", pa.float64()),
+        ("exact_rank", pa.int32()),
+        ("exact_score", pa.float64()),
+    ]
+)
 """One row per candidate: its rank and score by stored scores, and by exact ones (rank 1 = the
 highest score on side "top", the lowest on side "bottom")."""
 
@@ -33,15 +41,30 @@ highest score on side "top", the lowest on side "bottom")."""
 def candidates_of(top: pa.Table) -> pa.Table:
     """The candidates of merged top lists (`pretrace.analyses.shard_statistics.TOP_SCHEMA`, global ranks), as the
     first columns of `RERANK_SCHEMA`."""
-    return pa.table({
-        "query_id": top.column("query_id"), "side": top.column("side"), "shard": top.column("shard"),
-        "doc_id": top.column("doc_id"), "stored_rank": top.column("rank").cast(pa.int32()),
-        "stored_score": top.column("score").cast(pa.float64())})
+    return pa.table(
+        {
+            "query_id": top.column("query_id"),
+            "side": top.column("side"),
+            "shard": top.column("shard"),
+            "doc_id": top.column("doc_id"),
+            "stored_rank": top.column("rank").cast(pa.int32()),
+            "stored_score": top.column("score").cast(pa.float64()),
+        }
+    )
 
 
-def rerank(lm: LoadedModel, factors: Factors, queries: Sequence[Query], chosen: pa.Table,
-           tokens: Callable[[str, str], Sequence[int]], *, batch_size: int = 8,
-           progress: Callable[[int], None] | None = None, budget: int = EXACT_QUERY_BYTES, groups: int = 1) -> pa.Table:
+def rerank(
+    lm: LoadedModel,
+    factors: Factors,
+    queries: Sequence[Query],
+    chosen: pa.Table,
+    tokens: Callable[[str, str], Sequence[int]],
+    *,
+    batch_size: int = 8,
+    progress: Callable[[int], None] | None = None,
+    budget: int = EXACT_QUERY_BYTES,
+    groups: int = 1,
+) -> pa.Table:
     """Exact scores of each query's candidates (`candidates_of`), ranked by them per side (ties:
     the stored rank). ``tokens(shard, doc_id)``: a document's token ids. Queries go in chunks
     whose dense gradients fit ``budget`` bytes, each streaming only its own candidates' documents
@@ -49,8 +72,20 @@ def rerank(lm: LoadedModel, factors: Factors, queries: Sequence[Query], chosen: 
     pairs = _pairs(chosen)
     exact = np.full(len(pairs), np.nan)
     for chunk, documents, rows in _passes(lm, queries, pairs, budget):
-        scores = exact_scores(lm, factors, [queries[i] for i in chunk], [tokens(shard, doc) for shard, doc in documents],
-                              batch_size=batch_size, progress=progress, budget=budget, groups=groups).double().numpy()
+        scores = (
+            exact_scores(
+                lm,
+                factors,
+                [queries[i] for i in chunk],
+                [tokens(shard, doc) for shard, doc in documents],
+                batch_size=batch_size,
+                progress=progress,
+                budget=budget,
+                groups=groups,
+            )
+            .double()
+            .numpy()
+        )
         column = {document: j for j, document in enumerate(documents)}
         for q, i in rows:  # only the candidate pairs, not chunk x documents
             exact[i] = scores[q - chunk.start, column[pairs[i][1:]]]
@@ -67,8 +102,9 @@ def _pairs(chosen: pa.Table) -> list[tuple[str, str, str]]:
     return list(zip(*(chosen.column(name).to_pylist() for name in ("query_id", "shard", "doc_id"))))
 
 
-def _passes(lm: LoadedModel, queries: Sequence[Query], pairs: list[tuple[str, str, str]],
-            budget: int) -> list[tuple[range, list[tuple[str, str]], list[tuple[int, int]]]]:
+def _passes(
+    lm: LoadedModel, queries: Sequence[Query], pairs: list[tuple[str, str, str]], budget: int
+) -> list[tuple[range, list[tuple[str, str]], list[tuple[int, int]]]]:
     """Per chunk of queries (`query_chunks`): the distinct documents among their candidates, and
     (query index, pair index) of each of their candidate pairs."""
     index = {query.id: q for q, query in enumerate(queries)}
@@ -100,7 +136,8 @@ def _ranked(chosen: pa.Table, exact: pa.Array, order: list[str]) -> pa.Table:
     ranked = (
         frame.with_columns(
             _q=pl.col("query_id").replace_strict(position, return_dtype=pl.Int64),
-            _key=pl.when(pl.col("side") == "top").then(-pl.col("exact_score")).otherwise(pl.col("exact_score")))
+            _key=pl.when(pl.col("side") == "top").then(-pl.col("exact_score")).otherwise(pl.col("exact_score")),
+        )
         .sort(["_q", "side", "_key", "stored_rank"], descending=[False, True, False, False])
         .with_columns(exact_rank=pl.int_range(1, pl.len() + 1).over(["query_id", "side"]).cast(pl.Int32))
     )
@@ -114,8 +151,11 @@ def order_agreement(reranked: pa.Table, k: int = 10) -> float | None:
     frame = pl.from_arrow(reranked)
     if frame.is_empty():
         return None
-    shares = (frame.filter(pl.col("exact_rank") <= k).group_by(["query_id", "side"])
-              .agg((pl.col("stored_rank") <= k).mean().alias("share")))
+    shares = (
+        frame.filter(pl.col("exact_rank") <= k)
+        .group_by(["query_id", "side"])
+        .agg((pl.col("stored_rank") <= k).mean().alias("share"))
+    )
     return float(shares["share"].mean())
 
 

@@ -6,21 +6,27 @@ training raises the probability of q's completion.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
+from pretrace.errors import InputError, NumericalError
 from pretrace.influence.blocked_products import blocked_inner_products
 from pretrace.influence.capture import Captured, all_finite
-from pretrace.influence.document_gradients import DocumentGradients, iter_captures, layer_gradients, layer_tokens, unchecked_layer_gradients
-from pretrace.errors import InputError, NumericalError
+from pretrace.influence.document_gradients import (
+    DocumentGradients,
+    iter_captures,
+    layer_gradients,
+    layer_tokens,
+    unchecked_layer_gradients,
+)
+from pretrace.influence.ekfac import Factors
 from pretrace.influence.layer_groups import layer_groups
 from pretrace.influence.low_rank import captured_inner_products, inner_products
-from pretrace.model.adapter import LoadedModel
 from pretrace.influence.projection import KroneckerProjection
-from pretrace.influence.ekfac import Factors
 from pretrace.influence.query_gradients import QueryGradients, compute_query_gradients
 from pretrace.inputs.query_file import Query
+from pretrace.model.adapter import LoadedModel
 
 
 def _flat_queries(queries: QueryGradients, device: torch.device) -> dict[str, torch.Tensor]:
@@ -59,8 +65,9 @@ def score_matrix(queries: QueryGradients, documents: DocumentGradients) -> torch
 LayerScorer = Callable[[Captured], torch.Tensor]
 
 
-def _layer_scorers(queries: QueryGradients, names: Sequence[str], device: torch.device,
-                   projection: KroneckerProjection | None) -> list[LayerScorer]:
+def _layer_scorers(
+    queries: QueryGradients, names: Sequence[str], device: torch.device, projection: KroneckerProjection | None
+) -> list[LayerScorer]:
     """Per layer, the (Q, B) scores of one batch's captures, with the layer's query gradients
     moved to ``device`` once: products with dense query gradients (`blocked_inner_products`), or
     with rank-r ones the factored per-token products (`captured_inner_products`). The document
@@ -68,14 +75,21 @@ def _layer_scorers(queries: QueryGradients, names: Sequence[str], device: torch.
     inf or nan reaches."""
     if queries.rank is None:
         dense = {n: queries.dense(n).to(device) for n in names}
-        return [lambda cap, n=n: blocked_inner_products(dense[n], unchecked_layer_gradients(cap, n, projection)
-                                                        .to(dense[n])) for n in names]
-    factored = {n: (queries.left[n].to(device, torch.float32), queries.right[n].to(device, torch.float32)) for n in names}
+        return [
+            lambda cap, n=n: blocked_inner_products(
+                dense[n], unchecked_layer_gradients(cap, n, projection).to(dense[n])
+            )
+            for n in names
+        ]
+    factored = {
+        n: (queries.left[n].to(device, torch.float32), queries.right[n].to(device, torch.float32)) for n in names
+    }
     return [lambda cap, n=n: captured_inner_products(factored[n], *layer_tokens(cap, n, projection)) for n in names]
 
 
-def _check_scores(block: torch.Tensor, cap: Captured, names: Sequence[str], index: range,
-                  projection: KroneckerProjection | None) -> None:
+def _check_scores(
+    block: torch.Tensor, cap: Captured, names: Sequence[str], index: range, projection: KroneckerProjection | None
+) -> None:
     """One check per batch instead of one per layer: a non-finite document gradient makes its
     scores non-finite, and then the layer is found and named as `layer_gradients` names it."""
     if all_finite(block):
@@ -107,7 +121,9 @@ def stream_scores(
     formed. With ``groups`` > 1 each layer group takes its own pass (`pretrace.influence.layer_groups`):
     its query gradients alone are on the device, and the per-group scores add up to the same total.
     """
-    _check_compatible(queries, [layer.name for layer in lm.layers], None if projection is None else projection.describe())
+    _check_compatible(
+        queries, [layer.name for layer in lm.layers], None if projection is None else projection.describe()
+    )
     scores = torch.zeros(len(queries.ids), len(sequences), dtype=torch.float32)
     proj = projection.to(lm.device, lm.accumulate_dtype) if projection is not None else None
     for group in layer_groups(lm, groups):
@@ -135,9 +151,17 @@ def query_chunks(lm: LoadedModel, n_queries: int, budget: int = EXACT_QUERY_BYTE
     return [range(start, min(start + size, n_queries)) for start in range(0, n_queries, size)]
 
 
-def exact_scores(lm: LoadedModel, factors: Factors, queries: Sequence[Query], sequences: Sequence[Sequence[int]], *,
-                 batch_size: int = 8, progress: Callable[[int], None] | None = None,
-                 budget: int = EXACT_QUERY_BYTES, groups: int = 1) -> torch.Tensor:
+def exact_scores(
+    lm: LoadedModel,
+    factors: Factors,
+    queries: Sequence[Query],
+    sequences: Sequence[Sequence[int]],
+    *,
+    batch_size: int = 8,
+    progress: Callable[[int], None] | None = None,
+    budget: int = EXACT_QUERY_BYTES,
+    groups: int = 1,
+) -> torch.Tensor:
     """(Q, N) exact EK-FAC scores of a few documents, whatever the stored approximation: dense,
     unprojected preconditioned query gradients against gradients streamed from the model (what
     approximate stored scores are checked and re-ranked against); the documents are streamed
@@ -145,8 +169,15 @@ def exact_scores(lm: LoadedModel, factors: Factors, queries: Sequence[Query], se
     scores = torch.zeros(len(queries), len(sequences), dtype=torch.float32)
     for chunk in query_chunks(lm, len(queries), budget):
         # one group: the dense gradients stay on the device they are scored on (no round trip to the host)
-        dense = compute_query_gradients(lm, factors, [queries[i] for i in chunk], batch_size=batch_size, groups=groups,
-                                        gather=lm.device if groups == 1 else "cpu")
-        scores[chunk.start:chunk.stop] = stream_scores(lm, dense, sequences, batch_size=batch_size, progress=progress,
-                                                       groups=groups)
+        dense = compute_query_gradients(
+            lm,
+            factors,
+            [queries[i] for i in chunk],
+            batch_size=batch_size,
+            groups=groups,
+            gather=lm.device if groups == 1 else "cpu",
+        )
+        scores[chunk.start : chunk.stop] = stream_scores(
+            lm, dense, sequences, batch_size=batch_size, progress=progress, groups=groups
+        )
     return scores

@@ -18,11 +18,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pretrace.inputs.batching import batches
 from pretrace.influence.capture import capture
-from pretrace.model.adapter import LoadedModel
 from pretrace.influence.projection import KroneckerProjection
 from pretrace.influence.query_gradients import QueryGradients
+from pretrace.inputs.batching import batches
+from pretrace.model.adapter import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,10 @@ def token_contributions(
             rows = sorted(wanted[doc])
             total = torch.zeros(len(rows), len(doc), dtype=torch.float64, device=lm.device)
             for layer in lm.layers:
-                a, g = captured.a[layer.name][row : row + 1, : len(doc)], captured.g[layer.name][row : row + 1, : len(doc)]
+                a, g = (
+                    captured.a[layer.name][row : row + 1, : len(doc)],
+                    captured.g[layer.name][row : row + 1, : len(doc)],
+                )
                 a, g = a.to(lm.accumulate_dtype), g.to(lm.accumulate_dtype)
                 if proj is not None:
                     a, g = proj.project_tokens(layer.name, a, g)
@@ -77,11 +80,19 @@ def token_contributions(
 TOKEN_DOCUMENTS = 3
 """Documents per query and side whose score is decomposed into tokens for the report."""
 
-TOKEN_SCHEMA = pa.schema([
-    ("query_id", pa.string()), ("side", pa.string()), ("rank", pa.int32()), ("shard", pa.string()),
-    ("doc_id", pa.string()), ("score", pa.float32()), ("token_sum", pa.float64()),
-    ("tokens", pa.list_(pa.string())), ("terms", pa.list_(pa.float32())),
-])
+TOKEN_SCHEMA = pa.schema(
+    [
+        ("query_id", pa.string()),
+        ("side", pa.string()),
+        ("rank", pa.int32()),
+        ("shard", pa.string()),
+        ("doc_id", pa.string()),
+        ("score", pa.float32()),
+        ("token_sum", pa.float64()),
+        ("tokens", pa.list_(pa.string())),
+        ("terms", pa.list_(pa.float32())),
+    ]
+)
 
 
 def token_influence_table(
@@ -98,12 +109,18 @@ def token_influence_table(
     """The token terms of each query's ``per_side`` top and bottom documents (merged top lists;
     ``tokens_of(shard, doc_id)`` gives a document's token ids), one row per shown document."""
     row_of = {q: i for i, q in enumerate(queries.ids)}
-    shown = [r for r in top.sort_by([("query_id", "ascending"), ("side", "descending"), ("rank", "ascending")]).to_pylist()
-             if r["rank"] <= per_side and r["query_id"] in row_of]
+    shown = [
+        r
+        for r in top.sort_by([("query_id", "ascending"), ("side", "descending"), ("rank", "ascending")]).to_pylist()
+        if r["rank"] <= per_side and r["query_id"] in row_of
+    ]
     pairs = [Pair(row_of[r["query_id"]], tuple(tokens_of(r["shard"], r["doc_id"]))) for r in shown]
     terms = token_contributions(lm, queries, pairs, projection=projection, batch_size=batch_size, progress=progress)
-    decode = (lambda ids: [lm.tokenizer.decode([i]) for i in ids]) if lm.tokenizer is not None else \
-        (lambda ids: [str(i) for i in ids])
+    decode = (
+        (lambda ids: [lm.tokenizer.decode([i]) for i in ids])
+        if lm.tokenizer is not None
+        else (lambda ids: [str(i) for i in ids])
+    )
     rows = {name: [] for name in TOKEN_SCHEMA.names}
     for r, pair, values in zip(shown, pairs, terms):
         for name in ("query_id", "side", "rank", "shard", "doc_id", "score"):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import torch
 
@@ -21,7 +21,7 @@ class TokenBatch:
     attention_mask: torch.Tensor  # (B, T) long
     target_mask: torch.Tensor  # (B, T) bool
 
-    def to(self, device: torch.device) -> "TokenBatch":
+    def to(self, device: torch.device) -> TokenBatch:
         return TokenBatch(self.input_ids.to(device), self.attention_mask.to(device), self.target_mask.to(device))
 
     @property

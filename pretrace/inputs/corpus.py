@@ -86,8 +86,10 @@ def _skip_reason(entry: dict[str, Any], name: str, fs: Any) -> str | None:
     if entry.get("islink") and not fs.isfile(entry["name"]):
         return f"a symbolic link to {entry.get('destination')}, which is not a file"
     if _suffix(name) is None:
-        return ("not a corpus file; convert it to .jsonl (one JSON object per line), .jsonl.gz or "
-                ".parquet, or move it out of the corpus folder")
+        return (
+            "not a corpus file; convert it to .jsonl (one JSON object per line), .jsonl.gz or "
+            ".parquet, or move it out of the corpus folder"
+        )
     return None
 
 
@@ -201,9 +203,7 @@ def jsonl_rows(url: str) -> Iterator[tuple[int, Any]]:
                     ) from None
                 yield number, record
         except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
-            raise InputError(
-                f"{url}: not a complete gzip file ({exc}); re-compress it with gzip"
-            ) from None
+            raise InputError(f"{url}: not a complete gzip file ({exc}); re-compress it with gzip") from None
 
 
 def _parquet_rows(url: str) -> Iterator[tuple[int, Any]]:
@@ -219,9 +219,7 @@ def _parquet_rows(url: str) -> Iterator[tuple[int, Any]]:
 
 def _document(raw: Any, where: str, default_source: str) -> dict[str, Any]:
     if not isinstance(raw, dict):
-        raise InputError(
-            f'{where}: expected an object like {{"id": ..., "text": ...}}, got {type(raw).__name__}'
-        )
+        raise InputError(f'{where}: expected an object like {{"id": ..., "text": ...}}, got {type(raw).__name__}')
     doc_id = raw.get("id")
     if doc_id is None or doc_id == "":
         raise InputError(f"{where}: the record has no `id`; give every document a unique id (a string or integer)")
@@ -324,10 +322,13 @@ def _encode(tokenizer: Any, texts: list[str]) -> list[tuple[np.ndarray, np.ndarr
     """(token ids, start character of each token) of each text, without special tokens."""
     if not texts:
         return []
-    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True,
-                        return_attention_mask=False, verbose=False)
-    return [(np.asarray(ids, dtype=np.int32).reshape(-1), np.asarray([o[0] for o in offsets], dtype=np.int64))
-            for ids, offsets in zip(encoded["input_ids"], encoded["offset_mapping"])]
+    encoded = tokenizer(
+        texts, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False, verbose=False
+    )
+    return [
+        (np.asarray(ids, dtype=np.int32).reshape(-1), np.asarray([o[0] for o in offsets], dtype=np.int64))
+        for ids, offsets in zip(encoded["input_ids"], encoded["offset_mapping"])
+    ]
 
 
 def segment_tokens(tokenizer: Any, text: str) -> tuple[np.ndarray, np.ndarray]:
@@ -341,7 +342,7 @@ def segment_tokens(tokenizer: Any, text: str) -> tuple[np.ndarray, np.ndarray]:
     ids, starts, begin = [], [], 0
     while begin < len(text):
         end = _cut(tokenizer, text, begin + SEGMENT_CHARS)
-        (piece_ids, piece_starts), = _encode(tokenizer, [text[begin:end]])
+        ((piece_ids, piece_starts),) = _encode(tokenizer, [text[begin:end]])
         ids.append(piece_ids)
         starts.append(piece_starts + begin)
         begin = end
@@ -352,7 +353,7 @@ def _cut(tokenizer: Any, text: str, near: int) -> int:
     """The first safe place to cut ``text`` at or after ``near`` (its end if none)."""
     for match in _WHITESPACE_AFTER_TEXT.finditer(text, near):
         cut = match.start()
-        window = text[max(0, cut - _PROBE_CHARS):cut + _PROBE_CHARS]
+        window = text[max(0, cut - _PROBE_CHARS) : cut + _PROBE_CHARS]
         split = cut - max(0, cut - _PROBE_CHARS)
         whole, left, right = _encode(tokenizer, [window, window[:split], window[split:]])
         if np.array_equal(whole[0], np.concatenate([left[0], right[0]])):
@@ -372,9 +373,7 @@ def _append_chunks(
     starts = range(0, max(len(ids), 1), body)
     # Cut the text where each chunk's first token starts; monotone even if offsets are not.
     cuts = list(itertools.accumulate([0, *(int(token_starts[s]) for s in starts[1:]), len(text)], max))
-    meta = json.dumps(
-        {k: v for k, v in record.items() if k not in _RESERVED}, ensure_ascii=False, default=str
-    )
+    meta = json.dumps({k: v for k, v in record.items() if k not in _RESERVED}, ensure_ascii=False, default=str)
     for k, start in enumerate(starts):
         tokens = prefix + ids[start : start + body].tolist()
         if len(tokens) < 2:

@@ -6,13 +6,13 @@ answer}), the `Query` record, and its tokens (prompt and completion tokenized ap
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import pyarrow as pa
 
-from pretrace.inputs.corpus import check_unicode, jsonl_rows
 from pretrace.errors import InputError
+from pretrace.inputs.corpus import check_unicode, jsonl_rows
 
 REQUIRED = ("id", "kind", "prompt")
 QUERY_SCHEMA = pa.schema(
@@ -44,7 +44,11 @@ def read_queries(url: str) -> pa.Table:
                 f"needs {', '.join(REQUIRED)} (strings) and may give `completion` (else the model writes it), "
                 "`answer` and `intermediates`"
             )
-        wrong = [f"`{f}` is {type(raw[f]).__name__} {json.dumps(raw[f])[:40]}" for f in REQUIRED if not isinstance(raw[f], str)]
+        wrong = [
+            f"`{f}` is {type(raw[f]).__name__} {json.dumps(raw[f])[:40]}"
+            for f in REQUIRED
+            if not isinstance(raw[f], str)
+        ]
         if wrong:
             raise InputError(f"{where}: {', '.join(wrong)}; {', '.join(REQUIRED)} must be strings (quote them)")
         if raw["id"] in first_line:
@@ -52,8 +56,10 @@ def read_queries(url: str) -> pa.Table:
         first_line[raw["id"]] = number
         completion = raw.get("completion")
         if completion is not None and not isinstance(completion, str):
-            raise InputError(f"{where}: `completion` is {type(completion).__name__} {json.dumps(completion)[:40]}; give "
-                             "a string, or leave it out for the model to write it")
+            raise InputError(
+                f"{where}: `completion` is {type(completion).__name__} {json.dumps(completion)[:40]}; give "
+                "a string, or leave it out for the model to write it"
+            )
         intermediates = raw.get("intermediates") or []
         if not isinstance(intermediates, list) or not all(isinstance(x, str) for x in intermediates):
             raise InputError(f"{where}: `intermediates` must be a list of strings")
@@ -88,8 +94,14 @@ def queries_from_table(table: pa.Table) -> list[Query]:
     """The queries of a table (the completion's tokens too, where the model wrote it)."""
     written = table.column("completion_ids").to_pylist() if "completion_ids" in table.column_names else None
     return [
-        Query(row["id"], row["prompt"], row["completion"], row["kind"], row["answer"],
-              None if written is None or written[i] is None else tuple(written[i]))
+        Query(
+            row["id"],
+            row["prompt"],
+            row["completion"],
+            row["kind"],
+            row["answer"],
+            None if written is None or written[i] is None else tuple(written[i]),
+        )
         for i, row in enumerate(table.select(["id", "prompt", "completion", "kind", "answer"]).to_pylist())
     ]
 

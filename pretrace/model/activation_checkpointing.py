@@ -28,8 +28,10 @@ def transformer_blocks(model: nn.Module) -> nn.ModuleList:
     of Llama-likes, `transformer.h` of GPT-2, `gpt_neox.layers`, ...)."""
     lists = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
     if not lists:
-        raise InputError(f"{type(model).__name__} has no list of transformer blocks to checkpoint; "
-                         "set activation_checkpointing: false")
+        raise InputError(
+            f"{type(model).__name__} has no list of transformer blocks to checkpoint; "
+            "set activation_checkpointing: false"
+        )
     return max(lists, key=lambda blocks: sum(p.numel() for p in blocks.parameters()))
 
 
@@ -52,4 +54,3 @@ def checkpointed_blocks(model: nn.Module) -> Iterator[None]:
     finally:
         for block in blocks:
             del block.forward
-

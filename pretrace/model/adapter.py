@@ -7,18 +7,17 @@ Any architecture works as long as its tracked layers are linear maps: `nn.Linear
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
 
+from pretrace.errors import InputError
 from pretrace.model.activation_checkpointing import transformer_blocks
 from pretrace.model.checkpoint_cache import local_checkpoint
-from pretrace.errors import InputError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 HALF_PRECISION = (torch.bfloat16, torch.float16)
@@ -159,7 +158,7 @@ class LoadedModel:
     def layer_shapes(self) -> dict[str, tuple[int, int]]:
         return {layer.name: (layer.d_out, layer.d_in) for layer in self.layers}
 
-    def restricted(self, names: Sequence[str]) -> "LoadedModel":
+    def restricted(self, names: Sequence[str]) -> LoadedModel:
         """The same model tracking only ``names`` (a layer group): every pass then captures,
         holds and fits those layers alone."""
         chosen = set(names)
@@ -182,7 +181,9 @@ def wrap_model(
     model = model.to(torch_device).eval()
     if activation_checkpointing:
         transformer_blocks(model)  # refused now, not at the first pass, when there are none
-    return LoadedModel(model, tokenizer, select_layers(model, layers), torch_device, torch_dtype, activation_checkpointing)
+    return LoadedModel(
+        model, tokenizer, select_layers(model, layers), torch_device, torch_dtype, activation_checkpointing
+    )
 
 
 def context_of(config: object) -> int | None:
@@ -216,8 +217,12 @@ def load_model(
     checkpoint = open_checkpoint(path, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     with _remote_code_hint(path):
         model, info = AutoModelForCausalLM.from_pretrained(
-            checkpoint.local, config=checkpoint.config, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code,
-            use_safetensors=checkpoint.weights == "safetensors", output_loading_info=True,
+            checkpoint.local,
+            config=checkpoint.config,
+            dtype=resolve_dtype(dtype),
+            trust_remote_code=trust_remote_code,
+            use_safetensors=checkpoint.weights == "safetensors",
+            output_loading_info=True,
         )
     missing = sorted(info.get("missing_keys") or [])
     if missing:
@@ -228,8 +233,14 @@ def load_model(
             "(model.save_pretrained on a ...ForCausalLM)"
         )
     _check_causal(model, path)
-    return wrap_model(model, checkpoint.tokenizer, layers=layers, device=device, dtype=dtype,
-                      activation_checkpointing=activation_checkpointing)
+    return wrap_model(
+        model,
+        checkpoint.tokenizer,
+        layers=layers,
+        device=device,
+        dtype=dtype,
+        activation_checkpointing=activation_checkpointing,
+    )
 
 
 @dataclass
@@ -279,7 +290,7 @@ CAUSAL_CLASS_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 
 
 def weight_format(local: Path, path: str, allow_pickle: bool) -> str:
-    """"safetensors", or "pickle" when only pickled weights exist and the user allowed them."""
+    """ "safetensors", or "pickle" when only pickled weights exist and the user allowed them."""
     names = [p.name for p in local.iterdir()]
     if any(n.endswith(".safetensors") for n in names):
         return "safetensors"
@@ -350,8 +361,10 @@ def _tokenizer(local: Path, path: str, trust_remote_code: bool):
         try:
             tokenizer = AutoTokenizer.from_pretrained(local, trust_remote_code=trust_remote_code)
         except (OSError, TypeError) as exc:
-            raise InputError(f"model: {path} has no tokenizer transformers can load ({exc}); save the "
-                             "tokenizer beside the model with tokenizer.save_pretrained") from None
+            raise InputError(
+                f"model: {path} has no tokenizer transformers can load ({exc}); save the "
+                "tokenizer beside the model with tokenizer.save_pretrained"
+            ) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return tokenizer

@@ -69,8 +69,9 @@ def _download(path: str, root: Path) -> Path:
     fs, remote = open_fs(path)
     remote = remote.rstrip("/")
     try:
-        listing = {name[len(remote):].lstrip("/"): int(info["size"])
-                   for name, info in fs.find(remote, detail=True).items()}
+        listing = {
+            name[len(remote) :].lstrip("/"): int(info["size"]) for name, info in fs.find(remote, detail=True).items()
+        }
         if "config.json" not in listing:
             raise InputError(f"model: no config.json under {path}; upload a save_pretrained directory")
         staging = Path(tempfile.mkdtemp(prefix=".download-", dir=root))

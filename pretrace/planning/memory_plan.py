@@ -19,12 +19,12 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from pretrace.influence.ekfac import diagonal_blocks
 from pretrace.errors import InputError
+from pretrace.influence.ekfac import diagonal_blocks
 from pretrace.influence.layer_groups import factor_floats, split_layers
 from pretrace.influence.low_rank import CHUNK_NUMBERS
-from pretrace.model.adapter import DEFAULT_LAYER_PATTERNS, resolve_dtype, select_layers
 from pretrace.influence.quantization import factor_bytes, row_bytes
+from pretrace.model.adapter import DEFAULT_LAYER_PATTERNS, resolve_dtype, select_layers
 
 GB = 1e9
 LOGIT_BYTES_PER_VOCAB = 16
@@ -44,7 +44,7 @@ class ModelShape:
     layers: dict[str, tuple[int, int]]  # tracked layer -> (d_out, d_in), bias column included
 
     @classmethod
-    def of_config(cls, config: object, patterns: Sequence[str] = DEFAULT_LAYER_PATTERNS) -> "ModelShape":
+    def of_config(cls, config: object, patterns: Sequence[str] = DEFAULT_LAYER_PATTERNS) -> ModelShape:
         """Build the model on the meta device (no memory, no weights) and read its shapes."""
         from transformers import AutoModelForCausalLM
 
@@ -53,7 +53,9 @@ class ModelShape:
         return cls.of_model(model, config, patterns)
 
     @classmethod
-    def of_model(cls, model: torch.nn.Module, config: object, patterns: Sequence[str] = DEFAULT_LAYER_PATTERNS) -> "ModelShape":
+    def of_model(
+        cls, model: torch.nn.Module, config: object, patterns: Sequence[str] = DEFAULT_LAYER_PATTERNS
+    ) -> ModelShape:
         hidden = _first(config, "hidden_size", "n_embd", "d_model")
         heads = _first(config, "num_attention_heads", "n_head")
         kv_heads = _first(config, "num_key_value_heads", default=heads) or heads
@@ -149,12 +151,16 @@ class Plan:
 
     def table(self) -> str:
         """One line per step: peak device memory, its largest part, host memory and disk."""
-        lines = [f"memory plan ({len(self.groups)} layer group{'s' if len(self.groups) != 1 else ''}):",
-                 f"  {'step':<18} {'device GB':>10} {'host GB':>9} {'disk GB':>9}  largest part"]
+        lines = [
+            f"memory plan ({len(self.groups)} layer group{'s' if len(self.groups) != 1 else ''}):",
+            f"  {'step':<18} {'device GB':>10} {'host GB':>9} {'disk GB':>9}  largest part",
+        ]
         for step in self.steps:
             part, size = max(step.parts.items(), key=lambda kv: kv[1])
-            lines.append(f"  {step.name:<18} {step.device / GB:>10.2f} {step.host / GB:>9.2f} {step.disk / GB:>9.2f}"
-                         f"  {part} {size / GB:.2f}")
+            lines.append(
+                f"  {step.name:<18} {step.device / GB:>10.2f} {step.host / GB:>9.2f} {step.disk / GB:>9.2f}"
+                f"  {part} {size / GB:.2f}"
+            )
         return "\n".join(lines)
 
 
@@ -162,8 +168,9 @@ def plan(shape: ModelShape, work: Workload) -> Plan:
     """Each step's peak for the largest of ``work.layer_groups`` groups of the tracked layers."""
     groups = split_layers(shape.layers, work.layer_groups)
     sizes = _Sizes(shape, work, groups)
-    return Plan([sizes.covariances(), sizes.eigenbasis(), sizes.lambdas(), sizes.query_gradients(), sizes.scores()],
-                groups)
+    return Plan(
+        [sizes.covariances(), sizes.eigenbasis(), sizes.lambdas(), sizes.query_gradients(), sizes.scores()], groups
+    )
 
 
 def _covariance(d_out: int, d_in: int) -> int:
@@ -200,8 +207,11 @@ class _Sizes:
         inputs = w if checkpointed else 0  # the hooks keep layer inputs that checkpointed blocks would free
         upcast = 4 if self.upcast else 0
         captured = sum(w * d_out + inputs * d_in + upcast * (d_in + d_out) for d_out, d_in in layers)
-        return {"weights": self.shape.parameters * w,
-                "activations": activation_bytes(self.shape, tokens, w, checkpointed), "captured": tokens * captured}
+        return {
+            "weights": self.shape.parameters * w,
+            "activations": activation_bytes(self.shape, tokens, w, checkpointed),
+            "captured": tokens * captured,
+        }
 
     def gathered(self, part: str, size: int) -> dict[str, int]:
         """Results a step moves to the host as it goes: in device memory only on a CPU."""
@@ -243,46 +253,77 @@ class _Sizes:
 
     def covariances(self) -> Step:
         g, all_cov = self.heaviest(_covariance), sum(_covariance(*s) for s in self.all)
-        return Step("covariances", self.forward(self.doc_tokens, g) | {
-            "float64 sums": 8 * sum(_covariance(*s) for s in g),
-            # one diagonal block's float32 product at a time, and the float64 copy the in-place sum makes of it
-            "batch products": 12 * self.block(g) ** 2,
-        }, host=8 * all_cov, disk=8 * all_cov)
+        return Step(
+            "covariances",
+            self.forward(self.doc_tokens, g)
+            | {
+                "float64 sums": 8 * sum(_covariance(*s) for s in g),
+                # one diagonal block's float32 product at a time, and the float64 copy the in-place sum makes of it
+                "batch products": 12 * self.block(g) ** 2,
+            },
+            host=8 * all_cov,
+            disk=8 * all_cov,
+        )
 
     def eigenbasis(self) -> Step:
         square, all_cov = self.block(self.all), sum(_covariance(*s) for s in self.all)
-        return Step("eigenbasis", {"float64 matrix, copy, vectors, solver work": 8 * 8 * square * square},
-                    host=8 * all_cov + 4 * all_cov, disk=4 * (all_cov + sum(o + i for o, i in self.all)))
+        return Step(
+            "eigenbasis",
+            {"float64 matrix, copy, vectors, solver work": 8 * 8 * square * square},
+            host=8 * all_cov + 4 * all_cov,
+            disk=4 * (all_cov + sum(o + i for o, i in self.all)),
+        )
 
     def lambdas(self) -> Step:
         g, work = self.heaviest(factor_floats), self.work
         every = sum(_per_example(*s) for s in self.all)
-        return Step("lambdas", self.forward(self.doc_tokens, g) | {
-            "eigenbases": 4 * sum(_covariance(*s) for s in g), "float64 sums": 8 * sum(_per_example(*s) for s in g),
-            "rotated per-example": self.rotated(work.batch_size, work.max_length, 2),
-        }, host=4 * sum(_covariance(*s) for s in self.all) + 8 * every, disk=8 * every)
+        return Step(
+            "lambdas",
+            self.forward(self.doc_tokens, g)
+            | {
+                "eigenbases": 4 * sum(_covariance(*s) for s in g),
+                "float64 sums": 8 * sum(_per_example(*s) for s in g),
+                "rotated per-example": self.rotated(work.batch_size, work.max_length, 2),
+            },
+            host=4 * sum(_covariance(*s) for s in self.all) + 8 * every,
+            disk=8 * every,
+        )
 
     def query_gradients(self) -> Step:
         g, work = self.heaviest(factor_floats), self.work
         every = 4 * work.queries * self.query_floats(self.all)
-        return Step("query_gradients", self.forward(self.query_batch * work.query_length, g) | {
-            "factors": 4 * sum(factor_floats(*s) for s in g),
-            "rotated per-example": self.rotated(self.query_batch, work.query_length, 4),
-            **self.gathered("gathered query gradients", 4 * work.queries * self.query_floats(g)),
-        }, host=4 * sum(factor_floats(*s) for s in self.all) + every, disk=every)
+        return Step(
+            "query_gradients",
+            self.forward(self.query_batch * work.query_length, g)
+            | {
+                "factors": 4 * sum(factor_floats(*s) for s in g),
+                "rotated per-example": self.rotated(self.query_batch, work.query_length, 4),
+                **self.gathered("gathered query gradients", 4 * work.queries * self.query_floats(g)),
+            },
+            host=4 * sum(factor_floats(*s) for s in self.all) + every,
+            disk=every,
+        )
 
     def scores(self) -> Step:
         g, work = self.heaviest(_per_example), self.work
         if work.query_rank is None:
-            scoring = {"query gradients": 4 * work.queries * self.query_floats(g),
-                       "one layer's document gradients": 4 * work.batch_size * max(self.stored(*s) for s in g)}
+            scoring = {
+                "query gradients": 4 * work.queries * self.query_floats(g),
+                "one layer's document gradients": 4 * work.batch_size * max(self.stored(*s) for s in g),
+            }
         else:  # factored queries score from per-token products (pretrace.influence.low_rank.captured_inner_products)
-            scoring = {"query gradient factors": 4 * work.queries * self.query_floats(g),
-                       "per-token products": 3 * 4 * min(self.doc_tokens * work.queries * work.query_rank, CHUNK_NUMBERS)}
+            scoring = {
+                "query gradient factors": 4 * work.queries * self.query_floats(g),
+                "per-token products": 3 * 4 * min(self.doc_tokens * work.queries * work.query_rank, CHUNK_NUMBERS),
+            }
         matrix = 4 * work.queries * work.documents
         documents = work.documents * self.document_bytes()  # the document_gradients store
-        return Step("scores", self.forward(self.doc_tokens, g) | scoring | self.gathered("scores", matrix),
-                    host=4 * work.queries * self.query_floats(self.all) + matrix, disk=matrix + documents)
+        return Step(
+            "scores",
+            self.forward(self.doc_tokens, g) | scoring | self.gathered("scores", matrix),
+            host=4 * work.queries * self.query_floats(self.all) + matrix,
+            disk=matrix + documents,
+        )
 
 
 def fitting_plan(shape: ModelShape, work: Workload, device_bytes: int) -> tuple[Plan, Workload]:
@@ -306,11 +347,14 @@ def fitting_plan(shape: ModelShape, work: Workload, device_bytes: int) -> tuple[
                 f"the run needs {current.peak.device / GB:.3g} GB of device memory at its smallest settings "
                 f"(batch_size 1, layer_groups {tried.layer_groups}, activation_checkpointing) but the device has "
                 f"{device_bytes / GB:.3g} GB; track fewer layers, shorten max_length, set factor_block_size for "
-                f"the widest layers, or use a larger device\n{current.table()}")
+                f"the widest layers, or use a larger device\n{current.table()}"
+            )
 
 
 def suggestion(work: Workload, fitted: Workload) -> str:
     """The settings that change, as pretrace.yaml lines."""
     keys = ("layer_groups", "batch_size", "activation_checkpointing")
-    changed = [f"{key}: {str(getattr(fitted, key)).lower()}" for key in keys if getattr(fitted, key) != getattr(work, key)]
+    changed = [
+        f"{key}: {str(getattr(fitted, key)).lower()}" for key in keys if getattr(fitted, key) != getattr(work, key)
+    ]
     return ", ".join(changed)

@@ -217,11 +217,20 @@ DOCUMENT_GRADIENTS = Artefact(
 INFLUENCE_SCORES = Artefact(
     name="influence_scores",
     per_shard=True,
-    files={"{shard}.parquet": None, "{shard}.stats.safetensors": ShardStatistics, "{shard}.top.parquet": None,
-     "{shard}.accuracy.json": None},
+    files={
+        "{shard}.parquet": None,
+        "{shard}.stats.safetensors": ShardStatistics,
+        "{shard}.top.parquet": None,
+        "{shard}.accuracy.json": None,
+    },
     config=("top_k", "seed"),
-    inputs=(Input("query_gradients"), Input("document_gradients", "shard"), Input("corpus_shards", "shard"), Input("model"),
-     Input("ekfac_factors")),
+    inputs=(
+        Input("query_gradients"),
+        Input("document_gradients", "shard"),
+        Input("corpus_shards", "shard"),
+        Input("model"),
+        Input("ekfac_factors"),
+    ),
     code_version="7",
     description="query x document scores of one shard, its statistics and top documents, and how close stored (projected) "
     "scores are to exact ones on a seeded sample of its documents",
@@ -229,11 +238,22 @@ INFLUENCE_SCORES = Artefact(
 ATTRIBUTION_EVAL = Artefact(
     name="attribution_eval",
     per_shard=False,
-    files={"gains.parquet": None, "summary.parquet": None, "retrieval.parquet": None, "retrieval_summary.parquet": None,
-     "token_influence.parquet": None},
+    files={
+        "gains.parquet": None,
+        "summary.parquet": None,
+        "retrieval.parquet": None,
+        "retrieval_summary.parquet": None,
+        "token_influence.parquet": None,
+    },
     config=("tail_patch_k", "top_k", "tail_patch_lr", "seed", "projection", "projection_basis", "batch_size", "dtype"),
-    inputs=(Input("model"), Input("queries"), Input("query_gradients"), Input("corpus_shards", "all_shards"),
-     Input("document_gradients", "all_shards"), Input("influence_scores", "all_shards")),
+    inputs=(
+        Input("model"),
+        Input("queries"),
+        Input("query_gradients"),
+        Input("corpus_shards", "all_shards"),
+        Input("document_gradients", "all_shards"),
+        Input("influence_scores", "all_shards"),
+    ),
     code_version="3",
     description="tail-patch gains of each query's top documents by influence, random, BM25, gradient cosine and dot product, "
     "where each ranks the documents stating a query's `evidence`, and the token terms of the top and bottom "
@@ -244,8 +264,13 @@ RERANKED_SCORES = Artefact(
     per_shard=False,
     files={"reranked.parquet": None},
     config=("rerank_k", "top_k", "batch_size", "dtype"),
-    inputs=(Input("completions"), Input("influence_scores", "all_shards"), Input("corpus_shards", "all_shards"),
-     Input("ekfac_factors"), Input("model")),
+    inputs=(
+        Input("completions"),
+        Input("influence_scores", "all_shards"),
+        Input("corpus_shards", "all_shards"),
+        Input("ekfac_factors"),
+        Input("model"),
+    ),
     code_version="2",
     description="two-stage retrieval: each query's top and bottom rerank_k documents by stored score over every shard, with "
     "exact EK-FAC scores streamed from the model and ranked by them (stored scores as they are when exact)",
@@ -272,8 +297,13 @@ INFLUENCE_REPORT = Artefact(
     per_shard=False,
     files={},
     config=("top_k", "seed"),
-    inputs=(Input("completions"), Input("query_gradients"), Input("influence_scores", "all_shards"), Input("attribution_eval"),
-     Input("reranked_scores")),
+    inputs=(
+        Input("completions"),
+        Input("query_gradients"),
+        Input("influence_scores", "all_shards"),
+        Input("attribution_eval"),
+        Input("reranked_scores"),
+    ),
     code_version="9",
     description="the report over every current shard: HTML, tables, figures",
 )
@@ -294,8 +324,13 @@ def _without_seed(artefact: Artefact) -> Artefact:
     return replace(artefact, config=tuple(key for key in artefact.config if key != "seed"))
 
 
-def artefacts(demo: bool = False, compared: tuple[str, ...] = (), projects_with_factors: bool = False,
-              layer_groups: int = 1, projects_randomly: bool = True) -> dict[str, Artefact]:
+def artefacts(
+    demo: bool = False,
+    compared: tuple[str, ...] = (),
+    projects_with_factors: bool = False,
+    layer_groups: int = 1,
+    projects_randomly: bool = True,
+) -> dict[str, Artefact]:
     """The artefacts of a project in dependency order; the demo trains its own model; compared
     models add their comparison, which the report reads; a projection in the eigenbasis
     (`PretraceConfig.projects_with_factors`) makes what projects documents read the factors;
@@ -314,8 +349,21 @@ def artefacts(demo: bool = False, compared: tuple[str, ...] = (), projects_with_
     if compared:
         extra = [model_comparison(compared)]
         report = replace(INFLUENCE_REPORT, inputs=(*INFLUENCE_REPORT.inputs, Input("model_comparison")))
-    table = [DEMO_MODEL if demo else USER_MODEL, CORPUS_SHARDS, *fitting, FACTORS,
-             QUERIES, COMPLETIONS, queries, documents, INFLUENCE_SCORES, RERANKED_SCORES, evaluation, *extra, report]
+    table = [
+        DEMO_MODEL if demo else USER_MODEL,
+        CORPUS_SHARDS,
+        *fitting,
+        FACTORS,
+        QUERIES,
+        COMPLETIONS,
+        queries,
+        documents,
+        INFLUENCE_SCORES,
+        RERANKED_SCORES,
+        evaluation,
+        *extra,
+        report,
+    ]
     return {a.name: a for a in table}
 
 
@@ -325,22 +373,32 @@ def invalidation_table(demo: bool = False) -> str:
     # with a compared model (model_comparison too), a projection in the eigenbasis (what reads the factors)
     # and layer groups (the fitting artefacts partitioned by group record how many)
     table = artefacts(demo, compared=("<name>",), projects_with_factors=True, layer_groups=2)
-    seedless = artefacts(demo, compared=("<name>",), projects_with_factors=True, layer_groups=2, projects_randomly=False)
+    seedless = artefacts(
+        demo, compared=("<name>",), projects_with_factors=True, layer_groups=2, projects_randomly=False
+    )
     keys = sorted({k for a in table.values() for k in a.config})
     rows = ["| setting | recorded by (recomputed when it changes) |", "|---|---|"]
     for key in keys:
-        names = [f"`{a.name}`" + ("" if key in seedless[a.name].config else " (with a raw or whitened `projection`)")
-                 for a in table.values() if key in a.config]
+        names = [
+            f"`{a.name}`" + ("" if key in seedless[a.name].config else " (with a raw or whitened `projection`)")
+            for a in table.values()
+            if key in a.config
+        ]
         rows.append(f"| `{key}` | {', '.join(names)} |")
     scoped = {"`fit_shards` (which shards)": "fit_shards", "the set of corpus files": "all_shards"}
     for what, scope in scoped.items():
         users = [a.name for a in table.values() if any(i.scope == scope for i in a.inputs)]
         rows.append(f"| {what} | {', '.join(f'`{u}`' for u in users)} |")
-    reading = lambda graph: [a.name for a in graph.values() if any(i.name == FACTORS.name for i in a.inputs)]  # noqa: E731
+
+    def reading(graph):
+        return [a.name for a in graph.values() if any(i.name == FACTORS.name for i in a.inputs)]
+
     always = reading(artefacts(demo, compared=("<name>",)))
     in_eigenbasis = [f"`{u}`" for u in reading(table) if u not in always]
-    rows.append(f"| the EK-FAC factors (refitted) | {', '.join(f'`{u}`' for u in always)}; "
-                f"{' and '.join(in_eigenbasis)} with a `projection` in the eigenbasis (principal or whitened) |")
+    rows.append(
+        f"| the EK-FAC factors (refitted) | {', '.join(f'`{u}`' for u in always)}; "
+        f"{' and '.join(in_eigenbasis)} with a `projection` in the eigenbasis (principal or whitened) |"
+    )
     for source in SOURCES:
         users = [a.name for a in table.values() if any(i.name == source for i in a.inputs)]
         rows.append(f"| content of the {source.replace('_', ' ')} | {', '.join(f'`{u}`' for u in users)} |")

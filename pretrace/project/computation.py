@@ -16,24 +16,29 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pretrace.project.device_plan import device_plan, workload
-from pretrace.influence.ekfac import Factors
 from pretrace.errors import ConcurrentChange, InputError, NotReady
+from pretrace.influence.ekfac import Factors
 from pretrace.influence.layer_groups import split_layers
-from pretrace.project.artefacts import SOURCES, Artefact, Input, group_index, parse_label
-from pretrace.project.manifests import ArtefactReader, Manifest
-from pretrace.planning.memory_plan import ModelShape
-from pretrace.model.adapter import LoadedModel, load_model, load_tokenizer
 from pretrace.influence.projection import KroneckerProjection, projection_for
-from pretrace.project.provenance import Project
 from pretrace.inputs.query_file import read_queries
+from pretrace.model.adapter import LoadedModel, load_model, load_tokenizer
+from pretrace.planning.memory_plan import ModelShape
+from pretrace.project.artefacts import SOURCES, Artefact, Input, group_index, parse_label
+from pretrace.project.device_plan import device_plan, workload
+from pretrace.project.manifests import ArtefactReader, Manifest
+from pretrace.project.provenance import Project
 
 _MODELS: dict[tuple, LoadedModel] = {}
 
 
 class Computation:
-    def __init__(self, project: Project, artefact: Artefact | str, partition: str | None = None,
-                 log: Callable[[str], None] = lambda _: None) -> None:
+    def __init__(
+        self,
+        project: Project,
+        artefact: Artefact | str,
+        partition: str | None = None,
+        log: Callable[[str], None] = lambda _: None,
+    ) -> None:
         self.project = project
         self.log = log
         self.artefact = project.graph[artefact] if isinstance(artefact, str) else artefact
@@ -41,12 +46,15 @@ class Computation:
         self.shard, self.group = self.artefact.split(partition)
         if partition not in project.partitions(self.artefact):
             wanted = ", ".join(s for s in project.partitions(self.artefact) if s) or "none"
-            raise InputError(f"{self.artefact.label(partition)} is not a partition this project computes "
-                             f"(its partitions: {wanted})")
+            raise InputError(
+                f"{self.artefact.label(partition)} is not a partition this project computes (its partitions: {wanted})"
+            )
         status = project.status(self.artefact, partition)
         if status.state == "waiting":
-            raise NotReady(f"{self.artefact.label(partition)} cannot be computed yet: {status.reason}; "
-                           "materialize its inputs first (`pretrace run` does everything in order)")
+            raise NotReady(
+                f"{self.artefact.label(partition)} cannot be computed yet: {status.reason}; "
+                "materialize its inputs first (`pretrace run` does everything in order)"
+            )
         self.expected: Manifest = status.expected
         self._readers: dict[tuple[str, str | None, str | None], ArtefactReader] = {}
         self._groups: int | None = None  # `layer_groups`, planned once
@@ -99,8 +107,9 @@ class Computation:
             return
         yield self.project.config.model
         if self.project.fingerprint_source("checkpoint") != self.model_info["fingerprint"]:
-            raise ConcurrentChange(f"the checkpoint {self.project.config.model} changed while {self.label} "
-                                   "was loading it; rerun")
+            raise ConcurrentChange(
+                f"the checkpoint {self.project.config.model} changed while {self.label} was loading it; rerun"
+            )
 
     @cached_property
     def model_info(self) -> dict[str, Any]:
@@ -114,13 +123,25 @@ class Computation:
     def model(self) -> LoadedModel:
         """The model under study, loaded once per process for its fingerprint and settings."""
         config = self.project.config
-        key = (self.reader("model").manifest.fingerprint, tuple(config.layers), config.device, config.dtype,
-               tuple(config.loading.items()), config.activation_checkpointing)
+        key = (
+            self.reader("model").manifest.fingerprint,
+            tuple(config.layers),
+            config.device,
+            config.dtype,
+            tuple(config.loading.items()),
+            config.activation_checkpointing,
+        )
         if key not in _MODELS:
             _MODELS.clear()
             with self.checkpoint() as path:
-                _MODELS[key] = load_model(path, layers=config.layers, device=config.device, dtype=config.dtype,
-                                          activation_checkpointing=config.activation_checkpointing, **config.loading)
+                _MODELS[key] = load_model(
+                    path,
+                    layers=config.layers,
+                    device=config.device,
+                    dtype=config.dtype,
+                    activation_checkpointing=config.activation_checkpointing,
+                    **config.loading,
+                )
         return _MODELS[key]
 
     def layer_groups(self, lm: LoadedModel) -> int:
@@ -131,7 +152,9 @@ class Computation:
             config = self.project.config
             work = workload(config, documents=0, queries=read_queries(config.queries).num_rows)
             chosen = device_plan(config, ModelShape.of_model(lm.model, lm.model.config, config.layers), work)
-            self.log(f"{chosen.headline()}\n{chosen.summary()}" + (f"\nthis partition: {self.group}" if self.group else ""))
+            self.log(
+                f"{chosen.headline()}\n{chosen.summary()}" + (f"\nthis partition: {self.group}" if self.group else "")
+            )
             self._groups = 1 if self.group is not None else chosen.groups
         return self._groups
 

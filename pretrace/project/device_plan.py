@@ -16,13 +16,13 @@ from pathlib import Path
 import torch
 
 from pretrace.config import PretraceConfig
-from pretrace.errors import InputError
-from pretrace.planning.memory_plan import GB, ModelShape, Plan, Workload, fitting_plan, plan, suggestion
-from pretrace.model.adapter import open_checkpoint, resolve_device
-from pretrace.project.provenance import Project
-from pretrace.inputs.query_file import read_queries
 from pretrace.demo.tokenizer import DEMO_VOCAB
 from pretrace.demo.train import demo_model_config
+from pretrace.errors import InputError
+from pretrace.inputs.query_file import read_queries
+from pretrace.model.adapter import open_checkpoint, resolve_device
+from pretrace.planning.memory_plan import GB, ModelShape, Plan, Workload, fitting_plan, plan, suggestion
+from pretrace.project.provenance import Project
 
 
 @dataclass
@@ -63,11 +63,20 @@ def workload(config: PretraceConfig, *, documents: int, queries: int, query_leng
     """The plan's view of the settings (queries sized at max_length unless their length is known)."""
     device = resolve_device(config.device).type
     return Workload(
-        batch_size=config.batch_size, max_length=config.max_length, dtype=config.dtype, documents=documents,
-        queries=queries, query_length=query_length or config.max_length, projection=config.projection,
-        query_rank=config.query_rank, layer_groups=config.layer_groups or 1, device=device,
-        factor_block_size=config.factor_block_size, document_rank=config.document_rank,
-        stored_gradient_dtype=config.stored_gradient_dtype, activation_checkpointing=config.activation_checkpointing,
+        batch_size=config.batch_size,
+        max_length=config.max_length,
+        dtype=config.dtype,
+        documents=documents,
+        queries=queries,
+        query_length=query_length or config.max_length,
+        projection=config.projection,
+        query_rank=config.query_rank,
+        layer_groups=config.layer_groups or 1,
+        device=device,
+        factor_block_size=config.factor_block_size,
+        document_rank=config.document_rank,
+        stored_gradient_dtype=config.stored_gradient_dtype,
+        activation_checkpointing=config.activation_checkpointing,
     )
 
 
@@ -87,8 +96,8 @@ def device_plan(config: PretraceConfig, shape: ModelShape, work: Workload) -> De
         f"the run needs {asked.peak.device / GB:.3g} GB of device memory at its peak ({asked.peak.name}) but the "
         f"device has {budget / GB:.3g} GB; set {suggestion(work, fitted)} in pretrace.yaml (layer groups give the "
         f"same results in more passes, the EK-FAC sums refitted a group at a time; a smaller batch_size recomputes "
-        f"the gradients; activation checkpointing recomputes each block in the backward pass)\n{asked.table()}")
-
+        f"the gradients; activation checkpointing recomputes each block in the backward pass)\n{asked.table()}"
+    )
 
 
 def project_plans(project: Project) -> list[tuple[str | None, DevicePlan]]:

@@ -50,16 +50,30 @@ class Manifest:
         return (self.artefact, self.shard, self.code_version, canonical_json(self.config), canonical_json(self.inputs))
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": MANIFEST_FORMAT, "artefact": self.artefact, "shard": self.shard,
-                "code_version": self.code_version, "config": self.config, "inputs": self.inputs,
-                "files": self.files, "fingerprint": self.fingerprint}
+        return {
+            "format": MANIFEST_FORMAT,
+            "artefact": self.artefact,
+            "shard": self.shard,
+            "code_version": self.code_version,
+            "config": self.config,
+            "inputs": self.inputs,
+            "files": self.files,
+            "fingerprint": self.fingerprint,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Manifest:
         if data.get("format") != MANIFEST_FORMAT:
             raise ValueError(f"manifest format {data.get('format')!r}")
-        return cls(data["artefact"], data["shard"], data["code_version"], data["config"], data["inputs"],
-                   data["files"], data["fingerprint"])
+        return cls(
+            data["artefact"],
+            data["shard"],
+            data["code_version"],
+            data["config"],
+            data["inputs"],
+            data["files"],
+            data["fingerprint"],
+        )
 
 
 def canonical_json(value: Any) -> str:
@@ -95,8 +109,10 @@ class ArtefactStore:
         _check_outputs(artefact, outputs)
         previous = self.manifest(artefact, shard)
         self.storage.delete(artefact.manifest_key(shard))
-        files = {name.format(shard=shard): self._write(artefact.key(name, shard), content)
-                 for name, content in outputs.items()}
+        files = {
+            name.format(shard=shard): self._write(artefact.key(name, shard), content)
+            for name, content in outputs.items()
+        }
         manifest = replace(basis, files=files, fingerprint=content_fingerprint(artefact.name, shard, files))
         self.storage.write_json(artefact.manifest_key(shard), manifest.to_json())
         for name in set(previous.files if previous else ()) - set(files):

@@ -14,12 +14,11 @@ from dataclasses import dataclass, field
 
 from pretrace.analyses.completions import room_to_answer
 from pretrace.config import PretraceConfig
-from pretrace.inputs.corpus import read_records
 from pretrace.errors import InputError, InputErrors
+from pretrace.inputs.corpus import read_records
+from pretrace.inputs.query_file import Query, encode_query, queries_from_table, read_queries
 from pretrace.model.adapter import context_of, load_model, open_checkpoint
 from pretrace.project.provenance import Project
-from pretrace.inputs.query_file import Query, encode_query
-from pretrace.inputs.query_file import queries_from_table, read_queries
 
 
 @dataclass
@@ -42,7 +41,9 @@ class Findings:
         return None
 
 
-def preflight(project: Project, *, load_weights: bool = False, progress: Callable[[str], None] = lambda _: None) -> list[str]:
+def preflight(
+    project: Project, *, load_weights: bool = False, progress: Callable[[str], None] = lambda _: None
+) -> list[str]:
     """Check the project's inputs; return the warnings, raise `InputErrors` with every problem.
 
     ``load_weights`` also loads the checkpoint on the CPU to verify its LM head and causal
@@ -56,7 +57,10 @@ def preflight(project: Project, *, load_weights: bool = False, progress: Callabl
         tokenizer, context = None, None
         if not project.demo:  # the demo's model and tokenizer are trained by the pipeline itself
             progress(f"checking the checkpoint {owner.config.model}")
-            tokenizer, context = found.check(lambda owner=owner: _checkpoint(owner.config, load_weights)) or (None, None)
+            tokenizer, context = found.check(lambda owner=owner: _checkpoint(owner.config, load_weights)) or (
+                None,
+                None,
+            )
         progress(f"checking the queries in {config.queries}")
         _check_queries(found, owner.config, tokenizer, context)
     corpus = found.check(lambda: project.corpus)
@@ -92,8 +96,11 @@ def _check_queries(found: Findings, config: PretraceConfig, tokenizer: object | 
     if table is None or tokenizer is None:
         return
     for query in queries_from_table(table):
-        found.check(lambda query=query: _in_file(
-            config.queries, lambda: _query_fits(query, config.completion_instruction, tokenizer, context)))
+        found.check(
+            lambda query=query: _in_file(
+                config.queries, lambda: _query_fits(query, config.completion_instruction, tokenizer, context)
+            )
+        )
 
 
 def _query_fits(query: Query, instruction: str | None, tokenizer: object, context: int | None) -> None:

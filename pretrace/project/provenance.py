@@ -21,11 +21,11 @@ from functools import cached_property
 from typing import Literal
 
 from pretrace.config import PretraceConfig
-from pretrace.inputs.corpus import CorpusFile, CorpusListing, list_corpus_files, shard_key
 from pretrace.errors import InputError
-from pretrace.store.fingerprint import DigestCache, file_fingerprint, shared_cache, tree_fingerprint
+from pretrace.inputs.corpus import CorpusFile, CorpusListing, list_corpus_files, shard_key
 from pretrace.project.artefacts import SOURCES, Artefact, Input, artefacts, group_keys, partition_key
 from pretrace.project.manifests import ArtefactStore, Manifest
+from pretrace.store.fingerprint import DigestCache, file_fingerprint, shared_cache, tree_fingerprint
 from pretrace.store.storage import Storage, open_fs
 
 State = Literal["current", "missing", "stale", "waiting"]
@@ -60,16 +60,27 @@ class Project:
     fingerprints stay: a run does not change the user's files.
     """
 
-    def __init__(self, config: PretraceConfig, *, demo: bool = False, digests: DigestCache | None = None,
-                 compared_by: tuple[Project, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: PretraceConfig,
+        *,
+        demo: bool = False,
+        digests: DigestCache | None = None,
+        compared_by: tuple[Project, str] | None = None,
+    ) -> None:
         self.config = config
         self.demo = demo
         # a compared model's project: the main project and its name in `compare_models`
         self._main, self.name = compared_by or (None, None)
         self.storage = Storage(config.storage)
         self.store = ArtefactStore(self.storage)
-        self.graph = artefacts(demo, tuple(config.compare_models), config.projects_with_factors,
-                               config.layer_groups or 1, config.projects_randomly)
+        self.graph = artefacts(
+            demo,
+            tuple(config.compare_models),
+            config.projects_with_factors,
+            config.layer_groups or 1,
+            config.projects_randomly,
+        )
         self.groups = group_keys(config.layer_groups or 1)
         self._settings = config.result_settings()
         self._fitted = {i.name for a in self.graph.values() for i in a.inputs if i.scope == "fit_shards"}
@@ -86,8 +97,9 @@ class Project:
         if name is None:
             return self
         if name not in self._compared:
-            self._compared[name] = Project(self.config.compared(name), demo=self.demo, digests=self.digests,
-                                           compared_by=(self, name))
+            self._compared[name] = Project(
+                self.config.compared(name), demo=self.demo, digests=self.digests, compared_by=(self, name)
+            )
         return self._compared[name]
 
     def projects(self) -> list[tuple[str | None, Project]]:
@@ -157,7 +169,9 @@ class Project:
             manifest = self.store.manifest(artefact, shard)
             if manifest is not None:
                 listing = self._listing(artefact.name)
-                complete = all(listing.get(f"{artefact.name}/{name}") == d["bytes"] for name, d in manifest.files.items())
+                complete = all(
+                    listing.get(f"{artefact.name}/{name}") == d["bytes"] for name, d in manifest.files.items()
+                )
                 manifest = manifest if complete else None
             self._manifests[key] = manifest
         return self._manifests[key]
@@ -219,7 +233,9 @@ class Project:
         scope over shards, and by layer group when the source is partitioned by group (the same
         group, or every group for an artefact that is not)."""
         shard, group = artefact.split(partition)
-        shards = {"shard": [shard], "one": [None], "fit_shards": self.fit_shards, "all_shards": self.shards}[source.scope]
+        shards = {"shard": [shard], "one": [None], "fit_shards": self.fit_shards, "all_shards": self.shards}[
+            source.scope
+        ]
         upstream = self.compared(source.model).graph.get(source.name)
         if upstream is None or not upstream.per_group:
             return shards
@@ -232,8 +248,9 @@ class Project:
         upstream = self.graph[name]
         status = self.status(upstream, shard)
         if not status.current:
-            raise _Waiting(f"{self.label(upstream, shard)} is {status.state}"
-                           + (f" ({status.reason})" if status.reason else ""))
+            raise _Waiting(
+                f"{self.label(upstream, shard)} is {status.state}" + (f" ({status.reason})" if status.reason else "")
+            )
         return self.manifest(upstream, shard).fingerprint
 
     def label(self, artefact: Artefact, shard: str | None = None) -> str:
@@ -271,7 +288,7 @@ class Project:
         for artefact in self.graph.values():
             wanted = set(self.partitions(artefact))
             for key in self._listing(artefact.name):
-                name = key[len(artefact.name) + 1:]
+                name = key[len(artefact.name) + 1 :]
                 partition = None if name == "manifest.json" else name.removesuffix(".manifest.json")
                 if name.endswith("manifest.json") and partition != name and partition not in wanted:
                     found.append((artefact, partition))

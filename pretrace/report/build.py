@@ -3,21 +3,31 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import polars as pl
 import pyarrow as pa
 
-from pretrace.analyses.shard_statistics import ShardStatistics
-from pretrace.store.storage import Storage
-from pretrace.report import page, sections
-from pretrace.analyses.analysis import Analysis, ReportConfig, analyze
-from pretrace.report.formatting import num
+from pretrace.analyses.analysis import Analysis, analyze
 from pretrace.analyses.merge import ShardFiles, merge_shards, merge_stored
+from pretrace.analyses.report_config import ReportConfig
+from pretrace.analyses.shard_statistics import ShardStatistics
+from pretrace.report import page, sections
+from pretrace.report.formatting import num
+from pretrace.store.storage import Storage
 
-__all__ = ["MAIN_FIGURES", "Report", "ShardFiles", "build_report", "make_report", "markdown_table", "merge_shards",
-           "merge_stored", "write_report"]
+__all__ = [
+    "MAIN_FIGURES",
+    "Report",
+    "ShardFiles",
+    "build_report",
+    "make_report",
+    "markdown_table",
+    "merge_shards",
+    "merge_stored",
+    "write_report",
+]
 
 MAIN_FIGURES = ("correlation_matrix", "correlation_groups", "magnitude", "concentration", "power_law")
 
@@ -40,14 +50,19 @@ class Report:
     def markdown_tables(self) -> dict[str, str]:
         """The headline tables and readings as Markdown (for Dagster metadata)."""
         out = {name: markdown_table(df) for name, df in self.headline_tables().items()}
-        out["readings"] = "\n\n".join(f"**{title}**\n\n" + "\n".join(f"- {x}" for x in self.readings[sid])
-                                      for sid, title in sections.CONTENTS if sid in self.readings)
+        out["readings"] = "\n\n".join(
+            f"**{title}**\n\n" + "\n".join(f"- {x}" for x in self.readings[sid])
+            for sid, title in sections.CONTENTS
+            if sid in self.readings
+        )
         return out
 
     def markdown_figures(self, names: Sequence[str] = MAIN_FIGURES) -> dict[str, str]:
         """The main plots as Markdown images with base64 PNG data URLs."""
-        return {f"plot_{name}": f"![{name}](data:image/png;base64,{base64.b64encode(self.figures[name]).decode()})"
-                for name in names}
+        return {
+            f"plot_{name}": f"![{name}](data:image/png;base64,{base64.b64encode(self.figures[name]).decode()})"
+            for name in names
+        }
 
     def outputs(self) -> dict[str, bytes | pl.DataFrame]:
         """Every file of the report by its path in the report's folder: the page, the tables, the plots."""
@@ -60,6 +75,7 @@ class Report:
 
 def markdown_table(df: pl.DataFrame, rows: int = 40) -> str:
     """The first ``rows`` rows of ``df`` as a Markdown table, numbers rounded, cells cut to 80 characters."""
+
     def cell(v) -> str:
         text = num(v, 3) if isinstance(v, float) else "" if v is None else str(v)
         return text.replace("|", "\\|").replace("\n", " ")[:80]
@@ -69,10 +85,17 @@ def markdown_table(df: pl.DataFrame, rows: int = 40) -> str:
     return "\n".join(lines)
 
 
-def make_report(stats: ShardStatistics, top: pa.Table, queries: pa.Table, config: ReportConfig = ReportConfig(),
-                shards: int | None = None, attribution: dict[str, pa.Table] | None = None,
-                comparison: pa.Table | None = None, accuracy: pa.Table | None = None,
-                reranked: pa.Table | None = None) -> Report:
+def make_report(
+    stats: ShardStatistics,
+    top: pa.Table,
+    queries: pa.Table,
+    config: ReportConfig = ReportConfig(),
+    shards: int | None = None,
+    attribution: dict[str, pa.Table] | None = None,
+    comparison: pa.Table | None = None,
+    accuracy: pa.Table | None = None,
+    reranked: pa.Table | None = None,
+) -> Report:
     """Analyses, plots, readings and HTML from merged statistics (no storage, no Dagster);
     ``attribution``: the attribution check's summary tables, by name, if there is one;
     ``comparison``: the comparison with other models (`pretrace.analyses.model_comparison`), if any;
@@ -97,12 +120,18 @@ def write_report(store: Storage, report: Report, prefix: str = "influence_report
     return keys
 
 
-def build_report(store: Storage, shards: Sequence[ShardFiles], queries: pa.Table,
-                 config: ReportConfig = ReportConfig(), prefix: str = "influence_report",
-                 attribution: dict[str, pa.Table] | None = None,
-                 comparison: pa.Table | None = None) -> tuple[Report, list[str]]:
+def build_report(
+    store: Storage,
+    shards: Sequence[ShardFiles],
+    queries: pa.Table,
+    config: ReportConfig = ReportConfig(),
+    prefix: str = "influence_report",
+    attribution: dict[str, pa.Table] | None = None,
+    comparison: pa.Table | None = None,
+) -> tuple[Report, list[str]]:
     """Merge the shards' stored statistics, analyse, and write the report; returns it and its keys."""
     stats, top = merge_stored(store, shards, config.k)
-    report = make_report(stats, top, queries, config, shards=len(shards), attribution=attribution,
-                         comparison=comparison)
+    report = make_report(
+        stats, top, queries, config, shards=len(shards), attribution=attribution, comparison=comparison
+    )
     return report, write_report(store, report, prefix)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 
 def num(x: float | None, digits: int = 2) -> str:
@@ -32,8 +32,9 @@ def pct(x: float | None, digits: int = 1) -> str:
     return f"{100 * x:.{digits}f}%"
 
 
-def interval(lo: float | None, hi: float | None, fmt: Callable[[float], str] = num,
-             missing: str = "[no interval]") -> str:
+def interval(
+    lo: float | None, hi: float | None, fmt: Callable[[float], str] = num, missing: str = "[no interval]"
+) -> str:
     """``[lo, hi]`` in the format of the value it brackets, or ``missing`` when either end is unknown."""
     if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
         return missing

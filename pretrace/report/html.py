@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
-from typing import Callable
+from collections.abc import Callable
 
 import polars as pl
 
@@ -25,8 +25,9 @@ def _fmt(v: object) -> str:
     return str(v)
 
 
-def table(df: pl.DataFrame, columns: dict[str, str], formats: dict[str, Formatter] | None = None,
-          text: tuple[str, ...] = ()) -> str:
+def table(
+    df: pl.DataFrame, columns: dict[str, str], formats: dict[str, Formatter] | None = None, text: tuple[str, ...] = ()
+) -> str:
     """An HTML table of the given columns (name -> header)."""
     formats = formats or {}
     head = "".join(f'<th class="{"text" if c in text else ""}">{html.escape(h)}</th>' for c, h in columns.items())
@@ -48,8 +49,10 @@ def wide_table(df: pl.DataFrame) -> str:
 def figure(name: str, data: bytes, caption: str) -> str:
     """A PNG inlined as a base64 data URL, so the page needs no other file."""
     encoded = base64.b64encode(data).decode()
-    return (f'<figure id="fig-{name}"><img alt="{html.escape(caption)}" data-figure="{name}" '
-            f'src="data:image/png;base64,{encoded}"><figcaption>{html.escape(caption)}</figcaption></figure>')
+    return (
+        f'<figure id="fig-{name}"><img alt="{html.escape(caption)}" data-figure="{name}" '
+        f'src="data:image/png;base64,{encoded}"><figcaption>{html.escape(caption)}</figcaption></figure>'
+    )
 
 
 def reading(lines: list[str]) -> str:
@@ -57,8 +60,14 @@ def reading(lines: list[str]) -> str:
     return '<div class="reading">' + "".join(f"<p>{html.escape(x)}</p>" for x in lines) + "</div>"
 
 
-def with_ci(df: pl.DataFrame, value: str, lo: str, hi: str, name: str,
-            fmt: Callable[[float], str] = lambda x: num(x, 3)) -> pl.DataFrame:
+def with_ci(
+    df: pl.DataFrame, value: str, lo: str, hi: str, name: str, fmt: Callable[[float], str] = lambda x: num(x, 3)
+) -> pl.DataFrame:
     """``df`` with a column ``name``: the value and its interval as one string."""
-    return df.with_columns(pl.struct([value, lo, hi]).map_elements(
-        lambda r: f"{fmt(r[value])} {interval(r[lo], r[hi], fmt, missing='')}".strip(), return_dtype=pl.String).alias(name))
+    return df.with_columns(
+        pl.struct([value, lo, hi])
+        .map_elements(
+            lambda r: f"{fmt(r[value])} {interval(r[lo], r[hi], fmt, missing='')}".strip(), return_dtype=pl.String
+        )
+        .alias(name)
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import html
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from pretrace.analyses.analysis import Analysis
 from pretrace.report.html import reading
@@ -29,20 +29,32 @@ summary{cursor:pointer} .qa{font-family:ui-monospace,monospace;background:#fafaf
 """
 
 
-def render(a: Analysis, figs: dict[str, bytes], readings: dict[str, list[str]], title: str = "pretrace influence report",
-           shards: int | None = None) -> str:
+def render(
+    a: Analysis,
+    figs: dict[str, bytes],
+    readings: dict[str, list[str]],
+    title: str = "pretrace influence report",
+    shards: int | None = None,
+) -> str:
     """The page: a summary line, a navigation bar, then each section with its reading first."""
     counts = a.queries.group_by("kind", maintain_order=True).len()
     kinds = ", ".join(f"{k} {n}" for k, n in counts.iter_rows())
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    summary = (f"{a.n_documents:,} documents" + (f" in {shards} shards" if shards is not None else "")
-               + f" · {a.queries.height} queries ({kinds}) · top/bottom k = {a.config.k} · generated {when}")
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    summary = (
+        f"{a.n_documents:,} documents"
+        + (f" in {shards} shards" if shards is not None else "")
+        + f" · {a.queries.height} queries ({kinds}) · top/bottom k = {a.config.k} · generated {when}"
+    )
     nav = "".join(f'<a href="#{sid}">{html.escape(title)}</a>' for sid, title in CONTENTS)
     sections = "".join(
         f'<section id="{s.id}"><h2>{html.escape(s.title)}</h2>'
-        + (reading(readings[s.id]) if s.id in readings else "") + s.html(a, figs) + "</section>"
+        + (reading(readings[s.id]) if s.id in readings else "")
+        + s.html(a, figs)
+        + "</section>"
         for s in SECTIONS
     )
-    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1><p class='summary'>{html.escape(summary)}</p>"
-            f"<nav>{nav}</nav>{sections}</body></html>")
+    return (
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1><p class='summary'>{html.escape(summary)}</p>"
+        f"<nav>{nav}</nav>{sections}</body></html>"
+    )

@@ -3,8 +3,9 @@ tables iterate over one list of sections (``sections.SECTIONS``) instead of nami
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import polars as pl
 

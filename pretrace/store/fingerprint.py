@@ -20,7 +20,7 @@ import json
 import os
 import tempfile
 import time
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +115,7 @@ class DigestCache:
             pass  # a cache that cannot be written only means hashing again next time
 
 
-@lru_cache(maxsize=None)
+@cache
 def _shared(folder: Path) -> DigestCache:
     return DigestCache(folder)
 
@@ -150,7 +150,7 @@ def tree_fingerprint(url: str, cache: DigestCache) -> str:
     if not listing:
         raise FileNotFoundError(f"{url} holds no files")
     for path, info in listing:
-        relative = path[len(root):].lstrip("/")
+        relative = path[len(root) :].lstrip("/")
         fingerprint = file_fingerprint(path if local else None, info, cache)
         digest.update(f"{relative}\0{fingerprint}\n".encode())
     return f"tree:{digest.hexdigest()}"

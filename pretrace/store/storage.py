@@ -125,9 +125,7 @@ def open_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
         )
         return fs, url.removeprefix("s3://").rstrip("/")
     if "://" in url and not url.startswith("file://"):
-        raise InputError(
-            f"{url!r}: unsupported URL scheme; use a local path or an s3://bucket/prefix URL"
-        )
+        raise InputError(f"{url!r}: unsupported URL scheme; use a local path or an s3://bucket/prefix URL")
     path = Path(url.removeprefix("file://")).expanduser()
     return LocalFileSystem(), os.path.abspath(path)
 
@@ -267,13 +265,17 @@ class Storage:
             for folder, _, names in os.walk(self._root):
                 for name in names:
                     path = os.path.join(folder, name)
-                    if name.startswith(_TMP_PREFIX) and _is_leftover(name[len(_TMP_PREFIX):], now - os.path.getmtime(path)):
+                    if name.startswith(_TMP_PREFIX) and _is_leftover(
+                        name[len(_TMP_PREFIX) :], now - os.path.getmtime(path)
+                    ):
                         os.unlink(path)
                         removed.append(path)
         staging = tempfile.gettempdir()
         for name in os.listdir(staging):
             path = os.path.join(staging, name)
-            if name.startswith(_STAGING_PREFIX) and _is_leftover(name[len(_STAGING_PREFIX):], now - os.path.getmtime(path)):
+            if name.startswith(_STAGING_PREFIX) and _is_leftover(
+                name[len(_STAGING_PREFIX) :], now - os.path.getmtime(path)
+            ):
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)
         return removed

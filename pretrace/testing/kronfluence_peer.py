@@ -1,12 +1,13 @@
 """kronfluence set up to compute exactly what pretrace computes, shared by the peer test and the benchmark.
 
-Importing this module does not import kronfluence (only `summed_task` does), so `pearson` and the
-data pieces work where kronfluence is not installed.
+Importing this module does not import kronfluence (only `summed_task` does), so the data pieces
+work where kronfluence is not installed.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -15,12 +16,6 @@ from pretrace.inputs.batching import collate
 
 if TYPE_CHECKING:
     from kronfluence.task import Task
-
-
-def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Pearson correlation of two flat tensors, in float64 so near-1 values are not rounding noise."""
-    x, y = x.double() - x.double().mean(), y.double() - y.double().mean()
-    return float((x @ y) / (x.norm() * y.norm()))
 
 
 def summed_losses(model: torch.nn.Module, batch: dict, sample: bool = False) -> torch.Tensor:

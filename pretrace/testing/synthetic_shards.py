@@ -9,14 +9,14 @@ top-scoring documents; reasoning answers are not.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
 
+from pretrace.analyses.merge import ShardFiles
 from pretrace.analyses.shard_statistics import EXACT_TOP, summarize_shard
 from pretrace.store.storage import Storage
-from pretrace.analyses.merge import ShardFiles
 
 KINDS = ("factual", "arithmetic", "slope", "linear", "control")
 SOURCES = ("web", "wiki", "code", "math")
@@ -38,12 +38,31 @@ def synthetic_queries(n_queries: int = 20, seed: int = 0) -> pa.Table:
             answer = str(a * b + i)
             inter = [str(a * b), str(a + b + 1000 + i)]
             prompt, nats = f"({a} * {b}) + {i} = ?", rng.uniform(6, 20)
-        rows.append({"id": f"q{i:03d}-{kind}", "kind": kind, "prompt": prompt,
-                     "completion": f" {answer}" if answer else " something", "answer": answer,
-                     "intermediates": inter, "logprob": -float(nats)})
-    return pa.Table.from_pylist(rows, schema=pa.schema([
-        ("id", pa.string()), ("kind", pa.string()), ("prompt", pa.string()), ("completion", pa.string()),
-        ("answer", pa.string()), ("intermediates", pa.list_(pa.string())), ("logprob", pa.float64())]))
+        rows.append(
+            {
+                "id": f"q{i:03d}-{kind}",
+                "kind": kind,
+                "prompt": prompt,
+                "completion": f" {answer}" if answer else " something",
+                "answer": answer,
+                "intermediates": inter,
+                "logprob": -float(nats),
+            }
+        )
+    return pa.Table.from_pylist(
+        rows,
+        schema=pa.schema(
+            [
+                ("id", pa.string()),
+                ("kind", pa.string()),
+                ("prompt", pa.string()),
+                ("completion", pa.string()),
+                ("answer", pa.string()),
+                ("intermediates", pa.list_(pa.string())),
+                ("logprob", pa.float64()),
+            ]
+        ),
+    )
 
 
 def synthetic_sources(n_docs: int, seed: int) -> np.ndarray:
@@ -51,8 +70,9 @@ def synthetic_sources(n_docs: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed + 104729).choice(len(SOURCES), size=n_docs, p=[0.5, 0.2, 0.2, 0.1])
 
 
-def synthetic_scores(queries: pa.Table, n_docs: int, seed: int, alpha: float = 2.5,
-                     sources: np.ndarray | None = None) -> np.ndarray:
+def synthetic_scores(
+    queries: pa.Table, n_docs: int, seed: int, alpha: float = 2.5, sources: np.ndarray | None = None
+) -> np.ndarray:
     """(Q, n_docs) float32 scores with kind structure and a Pareto(alpha) document magnitude.
 
     With ``sources``, math documents carry the reasoning factors twice as strongly, so they are
@@ -80,8 +100,9 @@ def synthetic_scores(queries: pa.Table, n_docs: int, seed: int, alpha: float = 2
     return scores
 
 
-def synthetic_documents(queries: pa.Table, scores: np.ndarray, shard: int, seed: int, sources: np.ndarray,
-                        plant: int = 3) -> pa.Table:
+def synthetic_documents(
+    queries: pa.Table, scores: np.ndarray, shard: int, seed: int, sources: np.ndarray, plant: int = 3
+) -> pa.Table:
     """doc_id, source, text for a shard; each factual answer planted into its query's top ``plant`` documents.
 
     ``sources`` are the ones ``scores`` were drawn with, so the text agrees with the scores.
@@ -96,11 +117,14 @@ def synthetic_documents(queries: pa.Table, scores: np.ndarray, shard: int, seed:
             for i in np.argsort(-scores[q])[:plant]:
                 texts[i] += f" Its capital is {answer}."
     source_names = np.asarray(SOURCES)[sources]
-    return pa.table({"doc_id": [f"s{shard:04d}-d{i:06d}" for i in range(n)], "source": source_names.tolist(),
-                     "text": texts})
+    return pa.table(
+        {"doc_id": [f"s{shard:04d}-d{i:06d}" for i in range(n)], "source": source_names.tolist(), "text": texts}
+    )
 
 
-def synthetic_shard(queries: pa.Table, n_docs: int, shard: int, seed: int = 0) -> tuple[list[str], np.ndarray, pa.Table]:
+def synthetic_shard(
+    queries: pa.Table, n_docs: int, shard: int, seed: int = 0
+) -> tuple[list[str], np.ndarray, pa.Table]:
     """(doc ids, scores, documents) of one synthetic shard."""
     shard_seed = seed * 100_003 + shard
     sources = synthetic_sources(n_docs, shard_seed)
@@ -111,12 +135,27 @@ def synthetic_shard(queries: pa.Table, n_docs: int, shard: int, seed: int = 0) -
 
 def synthetic_shard_files(shards: Iterable[int], name: str = "shard-{:05d}") -> list[ShardFiles]:
     """Where ``write_synthetic_shards`` stores each shard (``name`` formats the shard index), for readers."""
-    return [ShardFiles(name.format(i), f"influence_scores/{name.format(i)}.stats.safetensors",
-                       f"influence_scores/{name.format(i)}.top.parquet") for i in shards]
+    return [
+        ShardFiles(
+            name.format(i),
+            f"influence_scores/{name.format(i)}.stats.safetensors",
+            f"influence_scores/{name.format(i)}.top.parquet",
+        )
+        for i in shards
+    ]
 
 
-def write_synthetic_shards(store: Storage, queries: pa.Table, n_docs: int, shards: Sequence[int], *, k: int,
-                           seed: int = 0, exact_top: int = EXACT_TOP, name: str = "shard-{:05d}") -> list[ShardFiles]:
+def write_synthetic_shards(
+    store: Storage,
+    queries: pa.Table,
+    n_docs: int,
+    shards: Sequence[int],
+    *,
+    k: int,
+    seed: int = 0,
+    exact_top: int = EXACT_TOP,
+    name: str = "shard-{:05d}",
+) -> list[ShardFiles]:
     """Summarize and store synthetic shards as ``influence_scores`` stores real ones, so the report can read them."""
     ids = queries.column("id").to_pylist()
     files = synthetic_shard_files(shards, name)

@@ -45,35 +45,83 @@ def tiny_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
 
 
-def tiny_model(arch: str = "llama", vocab_size: int = 300, hidden: int = 32, layers: int = 2,
-               intermediate: int = 64, context: int = 64, seed: int = 0) -> torch.nn.Module:
+def tiny_model(
+    arch: str = "llama",
+    vocab_size: int = 300,
+    hidden: int = 32,
+    layers: int = 2,
+    intermediate: int = 64,
+    context: int = 64,
+    seed: int = 0,
+) -> torch.nn.Module:
     """A small random model of one of the architectures the paper's models belong to."""
     torch.manual_seed(seed)
     heads = 4
     if arch == "llama":
-        config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate,
-                             num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=2,
-                             max_position_embeddings=context, tie_word_embeddings=False)
+        config = LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            intermediate_size=intermediate,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=2,
+            max_position_embeddings=context,
+            tie_word_embeddings=False,
+        )
         return LlamaForCausalLM(config).eval()
     if arch == "gpt2":
-        config = GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=heads, n_inner=intermediate,
-                            n_positions=context, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                            bos_token_id=1, eos_token_id=2)
+        config = GPT2Config(
+            vocab_size=vocab_size,
+            n_embd=hidden,
+            n_layer=layers,
+            n_head=heads,
+            n_inner=intermediate,
+            n_positions=context,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
         return GPT2LMHeadModel(config).eval()
     if arch == "gpt_neox":
-        config = GPTNeoXConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate,
-                               num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=context,
-                               bos_token_id=1, eos_token_id=2)
+        config = GPTNeoXConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            intermediate_size=intermediate,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            max_position_embeddings=context,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
         return GPTNeoXForCausalLM(config).eval()
     if arch == "olmo":
-        config = OlmoConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate,
-                            num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=context,
-                            pad_token_id=0, bos_token_id=1, eos_token_id=2)
+        config = OlmoConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            intermediate_size=intermediate,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            max_position_embeddings=context,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
         return OlmoForCausalLM(config).eval()
     if arch == "cohere":
-        config = CohereConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate,
-                              num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=2,
-                              max_position_embeddings=context, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+        config = CohereConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            intermediate_size=intermediate,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=2,
+            max_position_embeddings=context,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
         return CohereForCausalLM(config).eval()
     raise ValueError(f"unknown architecture {arch}")
 
@@ -81,7 +129,9 @@ def tiny_model(arch: str = "llama", vocab_size: int = 300, hidden: int = 32, lay
 ARCHITECTURES = ["llama", "gpt2", "gpt_neox", "olmo", "cohere"]
 
 
-def random_sequences(n: int, vocab_size: int = 300, min_len: int = 5, max_len: int = 20, seed: int = 0) -> list[list[int]]:
+def random_sequences(
+    n: int, vocab_size: int = 300, min_len: int = 5, max_len: int = 20, seed: int = 0
+) -> list[list[int]]:
     """Token sequences of varied length (so batches are padded), starting with <bos>."""
     g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(min_len, max_len + 1, (n,), generator=g)
@@ -97,8 +147,8 @@ def sentence_documents(tokenizer, n: int = 60, seed: int = 0) -> list[list[int]]
 def trained_tiny_llama(tokenizer, documents: list[list[int]], steps: int = 40, seed: int = 0) -> torch.nn.Module:
     """A tiny Llama fitted for a few seconds: random weights give scores with no structure,
     which makes projection-accuracy measurements meaningless."""
-    from pretrace.inputs.batching import collate
     from pretrace.influence.capture import sequence_losses
+    from pretrace.inputs.batching import collate
 
     model = tiny_model("llama", vocab_size=len(tokenizer), seed=seed).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -115,8 +165,8 @@ def trained_tiny_llama(tokenizer, documents: list[list[int]], steps: int = 40, s
 
 def fitted_tiny_llama(model_seed: int, documents: list[list[int]], *, batch_size: int = 8, double: bool = False):
     """(wrapped tiny Llama on the CPU, EK-FAC factors fitted on ``documents``): what score tests start from."""
-    from pretrace.inputs.batching import batches
     from pretrace.influence.ekfac import fit_factors
+    from pretrace.inputs.batching import batches
     from pretrace.model.adapter import wrap_model
 
     model = tiny_model("llama", seed=model_seed)

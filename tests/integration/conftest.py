@@ -10,8 +10,8 @@ import boto3
 import dagster as dg
 import pytest
 
-from tests.integration.servers import dagster_dev, postgres_bin, postgres_server, wait_for, write_dagster_home
 from pretrace.store.storage import Storage
+from tests.integration.servers import dagster_dev, postgres_bin, postgres_server, wait_for, write_dagster_home
 from tests.pipeline.project import make_project, write_corpus_file
 from tests.s3server import upload
 
@@ -45,14 +45,15 @@ def ops_project(tmp_path_factory, postgres, s3_server):
     s3 = f"s3://{OPS_BUCKET}/{root.name}"
     # A projection keeps the big dropped shard's stored gradients small; factors fitted on the
     # first three shards only, so a dropped file costs its own partition, not a refit.
-    config_path = make_project(root / "project", storage=f"{s3}/data", corpus=f"{s3}/corpus", projection=[8, 8],
-                               fit_shards=SHARDS)
+    config_path = make_project(
+        root / "project", storage=f"{s3}/data", corpus=f"{s3}/corpus", projection=[8, 8], fit_shards=SHARDS
+    )
     write_corpus_file(root / "project" / "corpus" / "part-c.jsonl", 8, 3, "c")
     upload(root / "project" / "corpus", f"{s3}/corpus")
     home = write_dagster_home(root / "dagster_home", postgres)
+    from pretrace.config import load_config
     from pretrace.pipeline.definitions import build_definitions
     from pretrace.pipeline.runner import materialize_pipeline
-    from pretrace.config import load_config
 
     with dg.DagsterInstance.from_config(str(home)) as instance:
         project = materialize_pipeline(build_definitions(load_config(config_path)), instance, log=lambda m: None)
@@ -62,8 +63,12 @@ def ops_project(tmp_path_factory, postgres, s3_server):
 
 @pytest.fixture(scope="package")
 def dagster_server(ops_project):
-    env = {"PRETRACE_CONFIG": str(ops_project["config"]), "PRETRACE_SENSOR_INTERVAL_S": "5",
-           "PRETRACE_AUTOMATION_INTERVAL_S": "5", "PRETRACE_PROGRESS_INTERVAL_S": "0.2"}
+    env = {
+        "PRETRACE_CONFIG": str(ops_project["config"]),
+        "PRETRACE_SENSOR_INTERVAL_S": "5",
+        "PRETRACE_AUTOMATION_INTERVAL_S": "5",
+        "PRETRACE_PROGRESS_INTERVAL_S": "0.2",
+    }
     with dagster_dev(ops_project["home"], env, cwd=ROOT) as server:
         yield server
 
@@ -72,8 +77,8 @@ def dagster_server(ops_project):
 def step_of(ops_project):
     """The step (op) that materializes an asset in the deployment: `document_gradients_in_eigenbasis`
     for `document_gradients` under a projection in the eigenbasis (the default)."""
-    from pretrace.pipeline.definitions import build_definitions
     from pretrace.config import load_config
+    from pretrace.pipeline.definitions import build_definitions
 
     defs = build_definitions(load_config(ops_project["config"]))
     return lambda asset: defs.resolve_assets_def(asset).node_def.name

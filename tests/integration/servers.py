@@ -45,16 +45,31 @@ def postgres_server(db: str = "dagster") -> Iterator[dict]:
         shutil.chown(root, "postgres", "postgres")
         as_user = ["runuser", "-u", "postgres", "--"]
     data, port = root / "data", free_port()
-    run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True, text=True)  # noqa: E731
+
+    def run(*cmd):
+        return subprocess.run([*as_user, *cmd], check=True, capture_output=True, text=True)
+
     run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "dagster", "--no-sync", "-E", "UTF8")
-    run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-t", "60", "start",
-        "-o", f"-h 127.0.0.1 -p {port} -k {root} -c fsync=off -c full_page_writes=off")
+    run(
+        str(bindir / "pg_ctl"),
+        "-D",
+        str(data),
+        "-l",
+        str(root / "log"),
+        "-w",
+        "-t",
+        "60",
+        "start",
+        "-o",
+        f"-h 127.0.0.1 -p {port} -k {root} -c fsync=off -c full_page_writes=off",
+    )
     try:
         run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "dagster", db)
         yield {"hostname": "127.0.0.1", "port": port, "username": "dagster", "password": "", "db_name": db}
     finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
-                       capture_output=True)
+        subprocess.run(
+            [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"], capture_output=True
+        )
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -63,12 +78,20 @@ def write_dagster_home(home: Path, pg: dict, gpu_limit: int = 1) -> Path:
     home.mkdir(parents=True, exist_ok=True)
     config = {
         # scheme: SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3; dagster-postgres ships psycopg2.
-        "storage": {"postgres": {"postgres_db": {**{k: pg[k] for k in ("hostname", "port", "username", "password", "db_name")},
-                                                 "scheme": "postgresql+psycopg2"}}},
-        "run_coordinator": {"module": "dagster._core.run_coordinator", "class": "QueuedRunCoordinator",
-                            "config": {"dequeue_interval_seconds": 1}},
-        "concurrency": {"runs": {"max_concurrent_runs": 3},
-                        "pools": {"default_limit": gpu_limit, "granularity": "op"}},
+        "storage": {
+            "postgres": {
+                "postgres_db": {
+                    **{k: pg[k] for k in ("hostname", "port", "username", "password", "db_name")},
+                    "scheme": "postgresql+psycopg2",
+                }
+            }
+        },
+        "run_coordinator": {
+            "module": "dagster._core.run_coordinator",
+            "class": "QueuedRunCoordinator",
+            "config": {"dequeue_interval_seconds": 1},
+        },
+        "concurrency": {"runs": {"max_concurrent_runs": 3}, "pools": {"default_limit": gpu_limit, "granularity": "op"}},
         "run_monitoring": {"enabled": True, "poll_interval_seconds": 2, "free_slots_after_run_end_seconds": 5},
         "telemetry": {"enabled": False},
     }
@@ -138,8 +161,11 @@ class DagsterDev:
     def launch_assets(self, assets: list[str], partition: str) -> str:
         """Launch one run materializing `assets` for `partition`, as the UI's Materialize does; its id."""
         selector = {**self.repository(), "jobName": "__ASSET_JOB", "assetSelection": [{"path": [a]} for a in assets]}
-        params = {"selector": selector, "runConfigData": {},
-                  "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]}}
+        params = {
+            "selector": selector,
+            "runConfigData": {},
+            "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]},
+        }
         return self._run_id(self.graphql(LAUNCH_RUN, {"params": params})["launchRun"])
 
     def reexecute(self, run_id: str, strategy: str = "FROM_FAILURE") -> str:
@@ -171,8 +197,11 @@ def dagster_dev(home: Path, env: dict[str, str], cwd: Path, timeout: float = 180
     dagster = Path(sys.executable).parent / "dagster"
     proc = subprocess.Popen(
         [str(dagster), "dev", "-h", "127.0.0.1", "-p", str(port), "-m", "pretrace.pipeline.definitions"],
-        cwd=cwd, env={**os.environ, **env, "DAGSTER_HOME": str(home)},
-        stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=cwd,
+        env={**os.environ, **env, "DAGSTER_HOME": str(home)},
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     server = DagsterDev(f"http://127.0.0.1:{port}", proc, log)
     try:

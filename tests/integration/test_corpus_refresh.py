@@ -16,22 +16,28 @@ pytestmark = pytest.mark.integration
 def partition_materializations(instance: dg.DagsterInstance, asset: str, partition: str, limit: int = 100) -> list:
     """The latest materializations of one partition of an asset, newest first."""
     return instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=limit).records
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=limit
+    ).records
 
 
 def test_new_corpus_file_becomes_a_partition_and_reaches_the_report_once(dropped_shard, dagster_server, instance):
     report = dropped_shard
     assert DROPPED in instance.get_dynamic_partitions("shard")
     (observation,) = instance.fetch_observations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey("corpus_files"), asset_partitions=[DROPPED]), limit=10).records
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("corpus_files"), asset_partitions=[DROPPED]), limit=10
+    ).records
     assert observation.asset_observation.tags["dagster/data_version"].startswith("etag:")
     for asset in ["corpus_shards", "document_gradients", "influence_scores"]:
         (record,) = partition_materializations(instance, asset, DROPPED)  # exactly once
         assert "dagster/from_automation_condition" in instance.get_run_by_id(record.run_id).tags, asset
     assert not partition_materializations(instance, "ekfac_covariances", DROPPED)  # not a fit shard
     # Every chunk of every shard, the new one included, is in the report, built by automation.
-    chunks = sum(partition_materializations(instance, "corpus_shards", shard, limit=1)[0]
-                 .asset_materialization.metadata["chunks"].value for shard in [*SHARDS, DROPPED])
+    chunks = sum(
+        partition_materializations(instance, "corpus_shards", shard, limit=1)[0]
+        .asset_materialization.metadata["chunks"]
+        .value
+        for shard in [*SHARDS, DROPPED]
+    )
     assert report.asset_materialization.metadata["documents"].value == chunks
     assert "dagster/from_automation_condition" in instance.get_run_by_id(report.run_id).tags
 

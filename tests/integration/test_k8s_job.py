@@ -13,7 +13,12 @@ import yaml
 
 dagster_k8s = pytest.importorskip("dagster_k8s")
 from dagster._core.execution.api import create_execution_plan  # noqa: E402
-from dagster_k8s.job import DagsterK8sJobConfig, UserDefinedDagsterK8sConfig, construct_dagster_k8s_job, get_user_defined_k8s_config  # noqa: E402
+from dagster_k8s.job import (  # noqa: E402
+    DagsterK8sJobConfig,
+    UserDefinedDagsterK8sConfig,
+    construct_dagster_k8s_job,
+    get_user_defined_k8s_config,
+)
 
 from pretrace.assets.gradients import document_gradients  # noqa: E402
 from pretrace.assets.k8s import executor_from_env  # noqa: E402
@@ -31,7 +36,11 @@ def _snake(d):
 def step_tags(shard: str) -> dict:
     job = dg.Definitions(
         assets=[document_gradients],
-        resources={k: dg.ResourceDefinition.none_resource() for k in document_gradients.required_resource_keys if k != "io_manager"},
+        resources={
+            k: dg.ResourceDefinition.none_resource()
+            for k in document_gradients.required_resource_keys
+            if k != "io_manager"
+        },
         jobs=[dg.define_asset_job("gradients", selection=[document_gradients], partitions_def=shard_partitions)],
     ).resolve_job_def("gradients")
     plan = create_execution_plan(job, tags={"dagster/partition": shard})
@@ -54,17 +63,24 @@ def build_step_job(shard: str):
         volumes=launcher["volumes"],
     )
     run_config = UserDefinedDagsterK8sConfig.from_dict(
-        {"container_config": _snake(launcher["runK8sConfig"]["containerConfig"])})
+        {"container_config": _snake(launcher["runK8sConfig"]["containerConfig"])}
+    )
     step_config = get_user_defined_k8s_config(step_tags(shard))
     # k8s_job_executor merges the run launcher's config, then the step's own tags on top.
-    merged = UserDefinedDagsterK8sConfig.from_dict({
-        **run_config.to_dict(),
-        "container_config": {**run_config.container_config, **step_config.container_config},
-        "pod_spec_config": step_config.pod_spec_config,
-    })
+    merged = UserDefinedDagsterK8sConfig.from_dict(
+        {
+            **run_config.to_dict(),
+            "container_config": {**run_config.container_config, **step_config.container_config},
+            "pod_spec_config": step_config.pod_spec_config,
+        }
+    )
     return image, construct_dagster_k8s_job(
-        job_config, args=["dagster", "api", "execute_step"], job_name="dagster-step-document-gradients",
-        user_defined_k8s_config=merged, labels={"dagster/partition": shard}, component="step_worker",
+        job_config,
+        args=["dagster", "api", "execute_step"],
+        job_name="dagster-step-document-gradients",
+        user_defined_k8s_config=merged,
+        labels={"dagster/partition": shard},
+        component="step_worker",
     )
 
 
@@ -91,7 +107,8 @@ def test_the_helm_values_configure_the_k8s_launcher_postgres_pool_and_monitoring
     # the chart renders both into dagster.yaml, and 1.13 refuses queue limits beside pools
     assert "config" not in VALUES["dagsterDaemon"]["runCoordinator"]
     assert "AWS_SECRET_ACCESS_KEY" not in (ROOT / "infra/helm/values.yaml").read_text().replace(
-        "--from-literal=AWS_SECRET_ACCESS_KEY=...", "")
+        "--from-literal=AWS_SECRET_ACCESS_KEY=...", ""
+    )
 
 
 def test_the_executor_is_k8s_on_a_cluster_and_the_default_elsewhere(monkeypatch):
@@ -104,8 +121,13 @@ def test_the_executor_is_k8s_on_a_cluster_and_the_default_elsewhere(monkeypatch)
 def test_infra_dagster_yaml_is_a_valid_instance_config(monkeypatch):
     from dagster._core.instance.config import dagster_instance_config
 
-    for name, value in {"DAGSTER_PG_HOST": "db", "DAGSTER_PG_PORT": "5432", "DAGSTER_PG_DB": "dagster",
-                        "DAGSTER_PG_USER": "dagster", "DAGSTER_PG_PASSWORD": "x"}.items():
+    for name, value in {
+        "DAGSTER_PG_HOST": "db",
+        "DAGSTER_PG_PORT": "5432",
+        "DAGSTER_PG_DB": "dagster",
+        "DAGSTER_PG_USER": "dagster",
+        "DAGSTER_PG_PASSWORD": "x",
+    }.items():
         monkeypatch.setenv(name, value)
     # The loader Dagster itself uses: schema plus the cross-field checks (e.g. run limits
     # belong under `concurrency.runs` once pools are configured).

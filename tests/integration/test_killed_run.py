@@ -16,10 +16,15 @@ from tests.integration.servers import finished_run, wait_for
 pytestmark = pytest.mark.integration
 
 PROGRESS = re.compile(rf"document gradients of {re.escape(DROPPED)}: (\d+)/(\d+)")
-REWRITTEN = {f"document_gradients/{DROPPED}.safetensors", f"document_gradients/{DROPPED}.manifest.json",
-             f"influence_scores/{DROPPED}.parquet", f"influence_scores/{DROPPED}.stats.safetensors",
-             f"influence_scores/{DROPPED}.top.parquet", f"influence_scores/{DROPPED}.accuracy.json",
-             f"influence_scores/{DROPPED}.manifest.json"}
+REWRITTEN = {
+    f"document_gradients/{DROPPED}.safetensors",
+    f"document_gradients/{DROPPED}.manifest.json",
+    f"influence_scores/{DROPPED}.parquet",
+    f"influence_scores/{DROPPED}.stats.safetensors",
+    f"influence_scores/{DROPPED}.top.parquet",
+    f"influence_scores/{DROPPED}.accuracy.json",
+    f"influence_scores/{DROPPED}.manifest.json",
+}
 
 
 def writes(endpoint: str, storage: str) -> dict[str, tuple[int, str]]:
@@ -63,13 +68,20 @@ class RunLog:
 
     def pid(self, event_type: dg.DagsterEventType, step: str | None = None) -> int:
         """The process that logged the run's `event_type` event (for `step`)."""
-        (pid,) = {e.dagster_event.pid for e in self.records if e.dagster_event
-                  and e.dagster_event.event_type == event_type and e.dagster_event.step_key == step}
+        (pid,) = {
+            e.dagster_event.pid
+            for e in self.records
+            if e.dagster_event and e.dagster_event.event_type == event_type and e.dagster_event.step_key == step
+        }
         return pid
 
     def step_succeeded(self, step: str) -> bool:
-        return any(e.dagster_event and e.dagster_event.event_type == dg.DagsterEventType.STEP_SUCCESS
-                   and e.dagster_event.step_key == step for e in self.records)
+        return any(
+            e.dagster_event
+            and e.dagster_event.event_type == dg.DagsterEventType.STEP_SUCCESS
+            and e.dagster_event.step_key == step
+            for e in self.records
+        )
 
 
 def mid_step(log: RunLog) -> tuple[int, int] | None:
@@ -96,9 +108,9 @@ def kill_tree(pids: list[int]) -> list[int]:
     return sorted({p.pid for p in victims})
 
 
-def test_run_killed_mid_document_gradients_reexecutes_to_identical_artefacts(dropped_shard, dagster_server,
-                                                                              instance, ops_project, s3_server,
-                                                                              step_of):
+def test_run_killed_mid_document_gradients_reexecutes_to_identical_artefacts(
+    dropped_shard, dagster_server, instance, ops_project, s3_server, step_of
+):
     def snapshot() -> dict[str, tuple[int, str]]:
         return writes(s3_server, ops_project["storage"])
 

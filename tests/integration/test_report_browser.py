@@ -7,15 +7,14 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-
-from pretrace.analyses.model_comparison import COMPARISON_SCHEMA
 from pretrace.analyses.analysis import ReportConfig
+from pretrace.analyses.model_comparison import COMPARISON_SCHEMA
+from pretrace.influence.token_influence import TOKEN_SCHEMA
 from pretrace.report.build import build_report
 from pretrace.report.sections import CONTENTS as SECTIONS
 from pretrace.report.sections import FIGURES
-from pretrace.testing.synthetic_shards import synthetic_queries, write_synthetic_shards
 from pretrace.store.storage import Storage
-from pretrace.influence.token_influence import TOKEN_SCHEMA
+from pretrace.testing.synthetic_shards import synthetic_queries, write_synthetic_shards
 from tests.integration.browser import chromium_page, needs_chromium
 
 pytestmark = [
@@ -33,27 +32,58 @@ def report_path(tmp_path_factory):
     # the model wrote every other completion and answers a third of the queries correctly
     ids = queries.column("id").to_pylist()
     answered = [None if a is None else i % 3 == 0 for i, a in enumerate(queries.column("answer").to_pylist())]
-    queries = (queries.append_column("source", pa.array(["generated", "given"] * 10))
-               .append_column("model_completion", queries.column("completion"))
-               .append_column("correct", pa.array(answered, pa.bool_())))
+    queries = (
+        queries.append_column("source", pa.array(["generated", "given"] * 10))
+        .append_column("model_completion", queries.column("completion"))
+        .append_column("correct", pa.array(answered, pa.bool_()))
+    )
     comparison = pa.Table.from_pylist(
-        [{"query_id": q, "model": "small", "documents": 6000, "pearson": 0.1 + 0.04 * i, "k": 20, "top_overlap": i % 5,
-          "bottom_overlap": 1, "top_multiplier": 2.0, "bottom_multiplier": 0.5} for i, q in enumerate(ids)],
-        schema=COMPARISON_SCHEMA)
+        [
+            {
+                "query_id": q,
+                "model": "small",
+                "documents": 6000,
+                "pearson": 0.1 + 0.04 * i,
+                "k": 20,
+                "top_overlap": i % 5,
+                "bottom_overlap": 1,
+                "top_multiplier": 2.0,
+                "bottom_multiplier": 0.5,
+            }
+            for i, q in enumerate(ids)
+        ],
+        schema=COMPARISON_SCHEMA,
+    )
     first = queries.column("id")[0].as_py()
-    tokens = pa.table({"query_id": [first], "side": ["top"], "rank": [1], "shard": ["shard-0"], "doc_id": ["d"],
-                       "score": [3.0], "token_sum": [3.0], "tokens": [["The", " answer", " <is>"]],
-                       "terms": [[2.5, 1.0, -0.5]]}, schema=TOKEN_SCHEMA)
-    build_report(store, files, queries, ReportConfig(k=20, bootstrap=300, permutations=200),
-                 attribution={"token_influence": tokens}, comparison=comparison)
+    tokens = pa.table(
+        {
+            "query_id": [first],
+            "side": ["top"],
+            "rank": [1],
+            "shard": ["shard-0"],
+            "doc_id": ["d"],
+            "score": [3.0],
+            "token_sum": [3.0],
+            "tokens": [["The", " answer", " <is>"]],
+            "terms": [[2.5, 1.0, -0.5]],
+        },
+        schema=TOKEN_SCHEMA,
+    )
+    build_report(
+        store,
+        files,
+        queries,
+        ReportConfig(k=20, bootstrap=300, permutations=200),
+        attribution={"token_influence": tokens},
+        comparison=comparison,
+    )
     return root / "influence_report" / "report.html"
 
 
 def test_report_renders_every_section_and_plot_offline(report_path, tmp_path):
     external = []
     with chromium_page(1200, 900) as page:
-        page.on("request", lambda r: external.append(r.url)
-                if not r.url.startswith(("file:", "data:")) else None)
+        page.on("request", lambda r: external.append(r.url) if not r.url.startswith(("file:", "data:")) else None)
         page.goto(report_path.as_uri(), wait_until="load")
         assert page.title() == "pretrace influence report"
 

@@ -40,8 +40,12 @@ def test_materialize_an_asset_from_the_ui(dagster_server, instance, tmp_path):
             pass
         # Accessible names carry the icon's name first ("materialization Materialize").
         page.get_by_role("button", name=re.compile(r"^(\S+ )?Materialize$")).first.click()
-        wait_for(lambda: materializations(instance, "queries") > before, 120,
-                 "the run launched from the UI to materialize `queries`", every=1)
+        wait_for(
+            lambda: materializations(instance, "queries") > before,
+            120,
+            "the run launched from the UI to materialize `queries`",
+            every=1,
+        )
         run_id = instance.fetch_materializations(dg.AssetKey("queries"), limit=1).records[0].run_id
         page.goto(f"{dagster_server.url}/runs/{run_id}", wait_until="networkidle")
         expect(page.get_by_text("Success").first).to_be_visible(timeout=60_000)  # the run's own page
@@ -90,7 +94,8 @@ def reload_location(server) -> None:
 
 
 def test_a_changed_setting_shows_stale_and_materializing_it_from_the_ui_makes_it_current(
-        dagster_server, ops_project, instance, tmp_path):
+    dagster_server, ops_project, instance, tmp_path
+):
     """The UI's stale marker is the recompute policy's: `damping` changes ekfac_factors' code version."""
     from playwright.sync_api import expect
 
@@ -107,8 +112,11 @@ def test_a_changed_setting_shows_stale_and_materializing_it_from_the_ui_makes_it
         assert staleness(dagster_server, "ekfac_factors")["staleStatus"] == "FRESH"
         edit_config(config_path, damping=0.5)
         reload_location(dagster_server)
-        stale = wait_for(lambda: (s := staleness(dagster_server, "ekfac_factors"))["staleStatus"] == "STALE" and s,
-                         60, "ekfac_factors to show stale")
+        stale = wait_for(
+            lambda: (s := staleness(dagster_server, "ekfac_factors"))["staleStatus"] == "STALE" and s,
+            60,
+            "ekfac_factors to show stale",
+        )
         assert any("code version" in c["reason"].lower() for c in stale["staleCauses"]), stale
         assert Project(load_config(config_path)).status("ekfac_factors").state == "stale"
         before = materializations(instance, "ekfac_factors")
@@ -118,13 +126,20 @@ def test_a_changed_setting_shows_stale_and_materializing_it_from_the_ui_makes_it
             expect(page.get_by_role("button", name=re.compile(r"^Unsynced"))).to_be_visible(timeout=60_000)
             page.screenshot(path=str(tmp_path / "stale.png"), full_page=True)
             page.get_by_role("button", name=re.compile(r"^(\S+ )?Materialize$")).first.click()
-            wait_for(lambda: materializations(instance, "ekfac_factors") > before, 180,
-                     "the run launched from the UI to materialize ekfac_factors", every=1)
+            wait_for(
+                lambda: materializations(instance, "ekfac_factors") > before,
+                180,
+                "the run launched from the UI to materialize ekfac_factors",
+                every=1,
+            )
             page.reload(wait_until="networkidle")
             expect(page.get_by_role("button", name=re.compile(r"^Unsynced"))).to_have_count(0, timeout=60_000)
             page.screenshot(path=str(tmp_path / "current.png"), full_page=True)
-        wait_for(lambda: staleness(dagster_server, "ekfac_factors")["staleStatus"] == "FRESH", 60,
-                 "ekfac_factors to show fresh")
+        wait_for(
+            lambda: staleness(dagster_server, "ekfac_factors")["staleStatus"] == "FRESH",
+            60,
+            "ekfac_factors to show fresh",
+        )
         assert Project(load_config(config_path)).status("ekfac_factors").current
     finally:
         config_path.write_text(original)

@@ -28,8 +28,13 @@ def _answers(port: int) -> bool:
 def test_pretrace_ui_leaves_no_process_behind(tmp_path, signum):
     port = free_port()
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / ".dagster_home")}
-    ui = subprocess.Popen([sys.executable, "-m", "pretrace.pipeline.cli", "ui", "--port", str(port)], cwd=tmp_path, env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "pretrace.pipeline.cli", "ui", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for(lambda: _answers(port), 180, "the web UI to answer", every=1)
         started = psutil.Process(ui.pid).children(recursive=True)

@@ -15,15 +15,23 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-FOLDERS = {"pretrace": "pretrace", "pipeline": "pretrace/pipeline", "assets": "pretrace/assets",
-           "resources": "pretrace/resources"}
+FOLDERS = {
+    "pretrace": "pretrace",
+    "pipeline": "pretrace/pipeline",
+    "assets": "pretrace/assets",
+    "resources": "pretrace/resources",
+}
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out),
-                    str(ROOT)], check=True, capture_output=True, cwd=out)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out), str(ROOT)],
+        check=True,
+        capture_output=True,
+        cwd=out,
+    )
     return next(out.glob("pretrace-*.whl"))
 
 
@@ -37,19 +45,29 @@ def test_the_wheel_holds_every_module_of_the_tree(wheel):
     """The package list in pyproject.toml is explicit: a new subpackage missing from it fails here."""
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
-    expected = {f"{installed}/{path.relative_to(ROOT / folder).as_posix()}"
-                for folder, installed in FOLDERS.items() for path in (ROOT / folder).rglob("*.py")}
+    expected = {
+        f"{installed}/{path.relative_to(ROOT / folder).as_posix()}"
+        for folder, installed in FOLDERS.items()
+        for path in (ROOT / folder).rglob("*.py")
+    }
     assert sorted(expected - names) == []
 
 
 def test_the_installed_package_loads_the_definitions_and_names_the_cli(wheel, tmp_path):
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
-                   check=True, capture_output=True)
-    code = ("import pretrace, pretrace.pipeline.definitions as d; "
-            "print(pretrace.__file__); print(type(d.defs).__name__)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": ""},
-                         capture_output=True, text=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+        check=True,
+        capture_output=True,
+    )
+    code = "import pretrace, pretrace.pipeline.definitions as d; print(pretrace.__file__); print(type(d.defs).__name__)"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(target), "PATH": ""},
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     where, kind = out.stdout.split()
     assert Path(where).is_relative_to(target) and kind == "Definitions"

@@ -33,8 +33,12 @@ LAYERS = (
     "pretrace.testing",  # shared by tests and benches; nothing in the product imports it
 )
 DAGSTER_LAYERS = {"pretrace.resources", "pretrace.assets", "pretrace.pipeline"}
-FOLDERS = {"pretrace": "pretrace", "resources": "pretrace.resources", "assets": "pretrace.assets",
-           "pipeline": "pretrace.pipeline"}
+FOLDERS = {
+    "pretrace": "pretrace",
+    "resources": "pretrace.resources",
+    "assets": "pretrace.assets",
+    "pipeline": "pretrace.pipeline",
+}
 
 
 def module_name(path: Path, root: Path = ROOT) -> str:
@@ -70,8 +74,11 @@ def imports(path: Path, root: Path = ROOT) -> list[tuple[int, str]]:
                 module = node.module
             found.append((node.lineno, module))
             # `from pretrace.x import module` names a submodule: its layer is the submodule's
-            found += [(node.lineno, f"{module}.{alias.name}") for alias in node.names
-                      if (root / module.replace(".", "/") / f"{alias.name}.py").exists()]
+            found += [
+                (node.lineno, f"{module}.{alias.name}")
+                for alias in node.names
+                if (root / module.replace(".", "/") / f"{alias.name}.py").exists()
+            ]
     return found
 
 

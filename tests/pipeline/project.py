@@ -20,7 +20,13 @@ from pretrace.store.storage import Storage
 from pretrace.testing.tiny import SENTENCES, tiny_model, tiny_tokenizer
 
 QUERIES = [
-    {"id": "capital", "kind": "factual", "prompt": "The capital of France is", "completion": " Paris.", "answer": "Paris"},
+    {
+        "id": "capital",
+        "kind": "factual",
+        "prompt": "The capital of France is",
+        "completion": " Paris.",
+        "answer": "Paris",
+    },
     # no completion: the model writes it (the `completions` asset)
     {"id": "slope", "kind": "slope", "prompt": "The slope between (1, 2) and (3, 8) is", "answer": "3"},
     {"id": "code", "kind": "control", "prompt": "def add(a, b):", "completion": "\n    return a + b", "answer": ""},
@@ -29,8 +35,10 @@ QUERIES = [
 
 def write_corpus_file(path: Path, n: int, seed: int, prefix: str) -> Path:
     rng = random.Random(seed)
-    rows = [{"id": f"{prefix}-{i}", "text": " ".join(rng.sample(SENTENCES, 2)), "source": rng.choice(["prose", "math"])}
-            for i in range(n)]
+    rows = [
+        {"id": f"{prefix}-{i}", "text": " ".join(rng.sample(SENTENCES, 2)), "source": rng.choice(["prose", "math"])}
+        for i in range(n)
+    ]
     return write_records(path, rows)
 
 
@@ -42,8 +50,17 @@ def make_project(root: Path, storage: str | None = None, **settings) -> Path:
     write_corpus_file(root / "corpus" / "part-a.jsonl", 14, 1, "a")
     write_corpus_file(root / "corpus" / "part-b.jsonl", 10, 2, "b")
     write_records(root / "queries.jsonl", QUERIES)
-    config = {"model": "model", "corpus": "corpus", "queries": "queries.jsonl", "storage": storage or "data",
-              "device": "cpu", "batch_size": 4, "max_length": 32, "top_k": 5, **settings}
+    config = {
+        "model": "model",
+        "corpus": "corpus",
+        "queries": "queries.jsonl",
+        "storage": storage or "data",
+        "device": "cpu",
+        "batch_size": 4,
+        "max_length": 32,
+        "top_k": 5,
+        **settings,
+    }
     (root / "pretrace.yaml").write_text(yaml.safe_dump(config))
     return root / "pretrace.yaml"
 
@@ -57,8 +74,14 @@ def edit_config(path: Path, **changes) -> None:
 def pretrace(*args, cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """`pretrace ...` as a user runs it, in a subprocess with its own DAGSTER_HOME under cwd."""
     env = {**os.environ, "DAGSTER_HOME": str(cwd / ".dagster_home"), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "pretrace.pipeline.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "pretrace.pipeline.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def run_pipeline(config: PretraceConfig, instance: dg.DagsterInstance | None = None) -> list[str]:
@@ -68,8 +91,11 @@ def run_pipeline(config: PretraceConfig, instance: dg.DagsterInstance | None = N
     from pretrace.pipeline.runner import materialize_pipeline
 
     ran: list[str] = []
-    materialize_pipeline(build_definitions(config), instance or dg.DagsterInstance.ephemeral(),
-                         log=lambda m: ran.append(m.split(" ")[1]) if m.startswith("materializing") else None)
+    materialize_pipeline(
+        build_definitions(config),
+        instance or dg.DagsterInstance.ephemeral(),
+        log=lambda m: ran.append(m.split(" ")[1]) if m.startswith("materializing") else None,
+    )
     return ran
 
 
@@ -86,8 +112,11 @@ def snapshot(storage: Path | str) -> dict[str, str]:
     root = store.url().removeprefix("s3://")
     found = store.fs.find(root)
     start = len(root) + 1
-    return {path[start:]: hashlib.sha256(store.fs.cat_file(path)).hexdigest()
-            for path in sorted(found) if not path[start:].endswith(_TIMESTAMPED)}
+    return {
+        path[start:]: hashlib.sha256(store.fs.cat_file(path)).hexdigest()
+        for path in sorted(found)
+        if not path[start:].endswith(_TIMESTAMPED)
+    }
 
 
 def clean_run_snapshot(config: PretraceConfig, scratch: Path | str) -> dict[str, str]:

@@ -16,11 +16,10 @@ import torch
 from transformers import AutoConfig, BertConfig, BertForMaskedLM
 
 from pretrace.config import load_config
-from pretrace.project.device_plan import workload
 from pretrace.planning.memory_plan import GB, ModelShape, plan
-
-from tests.pipeline.project import QUERIES, edit_config, make_project, pretrace
+from pretrace.project.device_plan import workload
 from pretrace.testing.tiny import tiny_model, tiny_tokenizer
+from tests.pipeline.project import QUERIES, edit_config, make_project, pretrace
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +31,9 @@ def template(tmp_path_factory) -> Path:
 
 def _bert(root: Path) -> None:
     shutil.rmtree(root / "model")
-    BertForMaskedLM(BertConfig(vocab_size=300, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                               intermediate_size=32)).save_pretrained(root / "model")
+    BertForMaskedLM(
+        BertConfig(vocab_size=300, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    ).save_pretrained(root / "model")
     tiny_tokenizer().save_pretrained(root / "model")
 
 
@@ -56,6 +56,7 @@ def _append(path: str, *lines: str) -> Callable[[Path], None]:
     def change(root: Path) -> None:
         with (root / path).open("a") as f:
             f.write("".join(line + "\n" for line in lines))
+
     return change
 
 
@@ -71,6 +72,7 @@ def _both(*changes: Callable[[Path], None]) -> Callable[[Path], None]:
     def change(root: Path) -> None:
         for one in changes:
             one(root)
+
     return change
 
 
@@ -80,30 +82,53 @@ CASES = {
     "pickle-only": (_pickled, ["only pickled weights (pytorch_model.bin)", "`allow_pickle: true`"]),
     "remote-code": (_custom_code, ["set `trust_remote_code: true` in pretrace.yaml only if you trust"]),
     "vocabulary": (_small_vocabulary, ["has 300 tokens but the model's embedding has 200 rows", "save the tokenizer"]),
-    "surrogate": (_append("corpus/part-a.jsonl", '{"id": "s", "text": "bad \\ud800"}'),
-                  ["part-a.jsonl, line 15: `text` holds an unpaired surrogate", "write the character itself"]),
-    "all-empty": (_replace("corpus/part-c.jsonl", '{"id": "e1", "text": ""}\n{"id": "e2", "text": "  "}\n'),
-                  ["part-c.jsonl: every document's `text` is empty", "remove the file"]),
-    "float-id": (_append("corpus/part-b.jsonl", '{"id": 1.5, "text": "x"}'),
-                 ["part-b.jsonl, line 11: the `id` is a float (1.5)", "quote it"]),
-    "queries-json": (_append("queries.jsonl", '{"id": "x", "kind": "f"'),
-                     ["queries.jsonl, line 4: not valid JSON", "one JSON object"]),
-    "query-too-long": (_append("queries.jsonl", json.dumps({"id": "long", "kind": "f", "prompt": LONG, "completion": " x"})),
-                       ["queries.jsonl: query 'long': prompt+completion is", "longer than the model's context of 64",
-                        "shorten"]),
-    "answer-list": (_append("queries.jsonl", json.dumps({"id": "l", "kind": "f", "prompt": "p", "completion": " c",
-                                                         "answer": ["x"]})),
-                    ['queries.jsonl, line 4: `answer` is ["x"] (list)', "give the answer as a string or a number"]),
+    "surrogate": (
+        _append("corpus/part-a.jsonl", '{"id": "s", "text": "bad \\ud800"}'),
+        ["part-a.jsonl, line 15: `text` holds an unpaired surrogate", "write the character itself"],
+    ),
+    "all-empty": (
+        _replace("corpus/part-c.jsonl", '{"id": "e1", "text": ""}\n{"id": "e2", "text": "  "}\n'),
+        ["part-c.jsonl: every document's `text` is empty", "remove the file"],
+    ),
+    "float-id": (
+        _append("corpus/part-b.jsonl", '{"id": 1.5, "text": "x"}'),
+        ["part-b.jsonl, line 11: the `id` is a float (1.5)", "quote it"],
+    ),
+    "queries-json": (
+        _append("queries.jsonl", '{"id": "x", "kind": "f"'),
+        ["queries.jsonl, line 4: not valid JSON", "one JSON object"],
+    ),
+    "query-too-long": (
+        _append("queries.jsonl", json.dumps({"id": "long", "kind": "f", "prompt": LONG, "completion": " x"})),
+        ["queries.jsonl: query 'long': prompt+completion is", "longer than the model's context of 64", "shorten"],
+    ),
+    "answer-list": (
+        _append(
+            "queries.jsonl", json.dumps({"id": "l", "kind": "f", "prompt": "p", "completion": " c", "answer": ["x"]})
+        ),
+        ['queries.jsonl, line 4: `answer` is ["x"] (list)', "give the answer as a string or a number"],
+    ),
     "queries-missing": (_config(queries="missing.jsonl"), ["missing.jsonl: no such file; correct the path"]),
-    "device-memory": (_config(device_memory_gb=1e-4),
-                      ["the run needs", "GB of device memory at its smallest settings (batch_size 1, layer_groups 6, "
-                       "activation_checkpointing) but the device has 0.0001 GB; track fewer layers, shorten max_length, "
-                       "set factor_block_size for the widest layers"]),
-    "fit-shards": (_config(fit_shards=["nope.jsonl"]),
-                   ["fit_shards: 'nope.jsonl' is not a shard of", "the shards are: part-a.jsonl, part-b.jsonl"]),
-    "two-problems": (_both(_append("queries.jsonl", '{"id": 5, "kind": "f", "prompt": "p", "completion": "c"}'),
-                           _append("corpus/part-b.jsonl", '{"text": "no id"}')),
-                     ["queries.jsonl, line 4: `id` is int 5", "part-b.jsonl, line 11: the record has no `id`"]),
+    "device-memory": (
+        _config(device_memory_gb=1e-4),
+        [
+            "the run needs",
+            "GB of device memory at its smallest settings (batch_size 1, layer_groups 6, "
+            "activation_checkpointing) but the device has 0.0001 GB; track fewer layers, shorten max_length, "
+            "set factor_block_size for the widest layers",
+        ],
+    ),
+    "fit-shards": (
+        _config(fit_shards=["nope.jsonl"]),
+        ["fit_shards: 'nope.jsonl' is not a shard of", "the shards are: part-a.jsonl, part-b.jsonl"],
+    ),
+    "two-problems": (
+        _both(
+            _append("queries.jsonl", '{"id": 5, "kind": "f", "prompt": "p", "completion": "c"}'),
+            _append("corpus/part-b.jsonl", '{"text": "no id"}'),
+        ),
+        ["queries.jsonl, line 4: `id` is int 5", "part-b.jsonl, line 11: the record has no `id`"],
+    ),
 }
 
 
@@ -116,7 +141,9 @@ def test_a_careless_input_is_named_before_any_model_work(template: Path, tmp_pat
     result = pretrace("run", "--config", "pretrace.yaml", cwd=root)
     terminal = result.stdout + result.stderr
     assert result.returncode == 1, terminal[-3000:]
-    assert "Traceback" not in terminal and "STEP_FAILURE" not in terminal and "Warning" not in terminal, terminal[-3000:]
+    assert "Traceback" not in terminal and "STEP_FAILURE" not in terminal and "Warning" not in terminal, terminal[
+        -3000:
+    ]
     errors = [line for line in result.stderr.splitlines() if line.startswith("pretrace: ")]
     last = result.stderr.rstrip().splitlines()[-1]
     assert last == errors[-1]

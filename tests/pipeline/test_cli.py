@@ -49,7 +49,9 @@ def test_a_query_without_a_prompt_is_named(finished, tmp_path):
     bad.write_text('{"id": "q1", "kind": "factual", "completion": " Hi"}\n')
     broken = tmp_path / "pretrace.yaml"
     broken.write_text(config.read_text())
-    edit_config(broken, queries=str(bad), storage=str(root / "data"), model=str(root / "model"), corpus=str(root / "corpus"))
+    edit_config(
+        broken, queries=str(bad), storage=str(root / "data"), model=str(root / "model"), corpus=str(root / "corpus")
+    )
     result = pretrace("run", "--config", str(broken), cwd=root)
     assert result.returncode != 0
     assert f"{bad}, line 1: the query lacks `prompt`" in result.stderr
@@ -89,8 +91,14 @@ def test_status_explains_what_is_stale_and_a_rerun_of_a_current_project_computes
     assert status.returncode == 0 and status.stdout.strip().endswith("19 current")
     changed = tmp_path / "pretrace.yaml"
     changed.write_text(config.read_text())
-    edit_config(changed, top_k=3, storage=str(root / "data"), model=str(root / "model"), corpus=str(root / "corpus"),
-                queries=str(root / "queries.jsonl"))
+    edit_config(
+        changed,
+        top_k=3,
+        storage=str(root / "data"),
+        model=str(root / "model"),
+        corpus=str(root / "corpus"),
+        queries=str(root / "queries.jsonl"),
+    )
     status = pretrace("status", "--config", str(changed), cwd=root)
     assert "stale    influence_scores[part-a.jsonl]  (`top_k` 5 -> 3)" in status.stdout
     assert "waiting  influence_report  (influence_scores[part-a.jsonl] is stale (`top_k` 5 -> 3))" in status.stdout
@@ -107,7 +115,7 @@ def test_an_unknown_fit_shard_is_named_with_the_valid_ones(tmp_path):
 def test_a_new_dagster_home_gets_a_run_queue_and_the_gpu_pool(tmp_path):
     from dagster._core.instance.config import dagster_instance_config
 
-    from pretrace.pipeline.cli import _dagster_home
+    from pretrace.pipeline.commands import _dagster_home
 
     home = _dagster_home({"DAGSTER_HOME": str(tmp_path / "home")})
     config, _ = dagster_instance_config(str(home))  # Dagster's own loader and checks
@@ -125,9 +133,19 @@ def test_dg_check_defs_loads_the_code_location(tmp_path):
     from pathlib import Path
 
     venv = Path(sys.executable).parent.parent
-    env = {**os.environ, "VIRTUAL_ENV": str(venv), "PATH": f"{venv / 'bin'}:{os.environ['PATH']}",
-           "DAGSTER_HOME": str(tmp_path)}
-    result = subprocess.run([str(venv / "bin" / "dg"), "check", "defs"], cwd=Path(__file__).resolve().parents[2],
-                            env=env, capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "VIRTUAL_ENV": str(venv),
+        "PATH": f"{venv / 'bin'}:{os.environ['PATH']}",
+        "DAGSTER_HOME": str(tmp_path),
+    }
+    result = subprocess.run(
+        [str(venv / "bin" / "dg"), "check", "defs"],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "All definitions loaded successfully" in result.stdout + result.stderr

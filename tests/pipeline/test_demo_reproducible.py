@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from pretrace.inputs.corpus import read_records
 from pretrace.demo.corpus import build_demo_corpus
 from pretrace.demo.files import write_records
 from pretrace.demo.queries import build_demo_queries
+from pretrace.inputs.corpus import read_records
 from tests.pipeline.project import pretrace, snapshot
 
 DOCS_PER_FILE, QUERIES_PER_KIND, STEPS = 12, 1, 6
@@ -43,8 +43,9 @@ def test_two_reduced_demo_runs_write_identical_artefacts(full_demo, tmp_path):
     runs = []
     for name in ("first", "second"):
         root = small_demo_folder(tmp_path / name, full_demo)
-        done = pretrace("demo", "--dir", str(root), "--steps", str(STEPS), "--compare-seeds", "1", cwd=root,
-                        timeout=900)
+        done = pretrace(
+            "demo", "--dir", str(root), "--steps", str(STEPS), "--compare-seeds", "1", cwd=root, timeout=900
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         runs.append(snapshot(root / "data"))
     first, second = runs

@@ -8,31 +8,44 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from dagster._core.definitions.partitions.context import partition_loading_context
 from safetensors import safe_open
 
 from pretrace.assets.common import GPU_POOL
 from pretrace.assets.k8s import GPU_OP_TAGS
 from pretrace.assets.partitions import to_pretrace
-from dagster._core.definitions.partitions.context import partition_loading_context
-from pretrace.pipeline.definitions import build_definitions
-from pretrace.pipeline.runner import asset_order, executable
-from pretrace.inputs.batching import batches
 from pretrace.config import Damping, load_config
-from pretrace.project.artefacts import Input, artefacts
-from pretrace.project.provenance import Project
-from pretrace.inputs.corpus import read_records, tokenize_documents
 from pretrace.influence.document_gradients import DocumentGradients, compute_document_gradients
 from pretrace.influence.ekfac import Factors, fit_factors
-from pretrace.model.adapter import load_model
-from pretrace.influence.query_gradients import compute_query_gradients
 from pretrace.influence.quantization import dequantize, quantize
-from pretrace.inputs.query_file import queries_from_table
+from pretrace.influence.query_gradients import compute_query_gradients
 from pretrace.influence.scores import stream_scores
+from pretrace.inputs.batching import batches
+from pretrace.inputs.corpus import read_records, tokenize_documents
+from pretrace.inputs.query_file import queries_from_table
+from pretrace.model.adapter import load_model
+from pretrace.pipeline.definitions import build_definitions
+from pretrace.pipeline.runner import asset_order, executable
+from pretrace.project.artefacts import Input, artefacts
+from pretrace.project.provenance import Project
 from tests.pipeline.project import QUERIES, make_project, run_pipeline, write_corpus_file
 
-ALL_ASSETS = ["corpus_shards", "model", "ekfac_covariances", "ekfac_eigenbasis", "ekfac_lambdas", "ekfac_factors",
-              "queries", "completions", "query_gradients", "document_gradients", "influence_scores", "reranked_scores",
-              "attribution_eval", "influence_report"]
+ALL_ASSETS = [
+    "corpus_shards",
+    "model",
+    "ekfac_covariances",
+    "ekfac_eigenbasis",
+    "ekfac_lambdas",
+    "ekfac_factors",
+    "queries",
+    "completions",
+    "query_gradients",
+    "document_gradients",
+    "influence_scores",
+    "reranked_scores",
+    "attribution_eval",
+    "influence_report",
+]
 SOURCES = {"corpus_files", "checkpoint", "query_file"}
 
 
@@ -82,9 +95,17 @@ def test_layer_groups_partition_the_fitting_assets_as_the_artefact_table_does(tm
                 continue
             partitions = spec.partitions_def
             keys = [to_pretrace(partitions, k) for k in partitions.get_partition_keys()] if partitions else [None]
-            assert sorted(keys, key=str) == sorted(project.partitions(project.graph[spec.key.to_user_string()]), key=str)
-        parents = lambda child, partition, parent: set(graph.get_parent_partition_keys_for_child(  # noqa: E731
-            partition, dg.AssetKey(parent), dg.AssetKey(child)).partitions_subset.get_partition_keys())
+            assert sorted(keys, key=str) == sorted(
+                project.partitions(project.graph[spec.key.to_user_string()]), key=str
+            )
+
+        def parents(child, partition, parent):
+            return set(
+                graph.get_parent_partition_keys_for_child(
+                    partition, dg.AssetKey(parent), dg.AssetKey(child)
+                ).partitions_subset.get_partition_keys()
+            )
+
         assert parents("ekfac_eigenbasis", "group-1", "ekfac_covariances") == {f"group-1|{s}" for s in project.shards}
         lambdas = dg.MultiPartitionKey({"shard": project.shards[0], "group": "group-0"})
         assert parents("ekfac_lambdas", lambdas, "ekfac_eigenbasis") == {"group-0"}
@@ -100,7 +121,10 @@ def test_layer_groups_partition_the_fitting_assets_as_the_artefact_table_does(tm
 
 def test_code_versions_carry_the_settings_each_asset_depends_on(tmp_path):
     config = load_config(make_project(tmp_path))
-    versions = lambda c: {s.key.to_user_string(): s.code_version for s in build_definitions(c).resolve_all_asset_specs()}  # noqa: E731
+
+    def versions(c):
+        return {s.key.to_user_string(): s.code_version for s in build_definitions(c).resolve_all_asset_specs()}
+
     before, after = versions(config), versions(config.model_copy(update={"damping": Damping(relative=0.3)}))
     assert {k for k in before if before[k] != after[k]} == {"ekfac_factors"}  # the UI shows it stale, and only it
 
@@ -113,23 +137,33 @@ def test_every_asset_materializes_and_scores_equal_the_core_library(project):
     assert sum(r.startswith("ekfac_lambdas") for r in ran) == len(shards) * 3
     # The same computation with the core library alone, no Dagster.
     lm = load_model(config.model, device="cpu")
-    per_shard = {s: tokenize_documents(read_records(f"{config.corpus}/{s}"), lm.tokenizer, config.max_length) for s in shards}
+    per_shard = {
+        s: tokenize_documents(read_records(f"{config.corpus}/{s}"), lm.tokenizer, config.max_length) for s in shards
+    }
     sequences = [ids for t in per_shard.values() for ids in t.column("input_ids").to_pylist()]
-    factors = fit_factors(lm, lambda: (b for s in shards for _, b in batches(per_shard[s].column("input_ids").to_pylist(), 4, lm.pad_token_id)))
+    factors = fit_factors(
+        lm,
+        lambda: (
+            b for s in shards for _, b in batches(per_shard[s].column("input_ids").to_pylist(), 4, lm.pad_token_id)
+        ),
+    )
     with safe_open(Path(config.storage, "ekfac_factors", "factors.safetensors"), framework="pt") as f:
         stored = Factors.from_tensors({k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata()))
     for name in factors.layers:  # a layer group at a time gives the same factors as one pass
         torch.testing.assert_close(stored.lambdas[name], factors.lambdas[name], rtol=1e-5, atol=1e-7)
     written = pq.read_table(f"{config.storage}/completions/completions.parquet").to_pylist()
-    assert [(c["id"], c["source"]) for c in written] == [(q["id"], "given" if "completion" in q else "generated")
-                                                         for q in QUERIES]
+    assert [(c["id"], c["source"]) for c in written] == [
+        (q["id"], "given" if "completion" in q else "generated") for q in QUERIES
+    ]
     # the generated completion is the model's own greedy continuation, to the end of its context
     prompt = lm.tokenizer(QUERIES[1]["prompt"], return_tensors="pt")
     generated = lm.model.generate(**prompt, do_sample=False, max_new_tokens=lm.max_context - prompt.input_ids.shape[1])
-    assert written[1]["completion_ids"] == generated[0, prompt.input_ids.shape[1]:].tolist()
+    assert written[1]["completion_ids"] == generated[0, prompt.input_ids.shape[1] :].tolist()
     queries = queries_from_table(pa.Table.from_pylist(written))
     expected = stream_scores(lm, compute_query_gradients(lm, factors, queries), sequences)
-    got = torch.cat([_score_matrix(config.storage, s, per_shard[s].column("doc_id").to_pylist()) for s in shards], dim=1)
+    got = torch.cat(
+        [_score_matrix(config.storage, s, per_shard[s].column("doc_id").to_pylist()) for s in shards], dim=1
+    )
     torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-4 * float(expected.abs().max()))
 
 
@@ -143,8 +177,12 @@ def _score_matrix(storage, shard, doc_ids):
 def test_the_report_shows_its_tables_plots_and_link_in_dagster(project):
     config, _ = project
     defs = build_definitions(config)
-    result = dg.materialize(executable(defs), selection=["influence_report"], resources=defs.resources,
-                            instance=dg.DagsterInstance.ephemeral())
+    result = dg.materialize(
+        executable(defs),
+        selection=["influence_report"],
+        resources=defs.resources,
+        instance=dg.DagsterInstance.ephemeral(),
+    )
     metadata = result.asset_materializations_for_node("influence_report")[0].metadata
     assert metadata["shards"].value == 2 and metadata["queries"].value == len(QUERIES)
     assert metadata["report"].value == Path(config.storage, "influence_report", "report.html").as_uri()
@@ -162,8 +200,14 @@ def test_a_new_corpus_file_runs_only_its_own_partition_with_fixed_fit_shards(pro
     config, _ = project
     write_corpus_file(Path(config.corpus) / "part-c.jsonl", 6, 3, "c")
     ran = run_pipeline(config)
-    assert ran == ["corpus_shards[part-c.jsonl]", "document_gradients[part-c.jsonl]",
-                   "influence_scores[part-c.jsonl]", "attribution_eval", "reranked_scores", "influence_report"]
+    assert ran == [
+        "corpus_shards[part-c.jsonl]",
+        "document_gradients[part-c.jsonl]",
+        "influence_scores[part-c.jsonl]",
+        "attribution_eval",
+        "reranked_scores",
+        "influence_report",
+    ]
 
 
 def test_with_fit_shards_all_a_new_file_refits_the_factors(tmp_path):
@@ -216,21 +260,34 @@ def test_the_projection_check_warns_when_the_stored_scores_lose_the_ranking(tmp_
     config, instance = load_config(make_project(tmp_path, projection=[1, 1])), dg.DagsterInstance.ephemeral()
     lines: list[str] = []
     materialize_pipeline(build_definitions(config), instance, log=lines.append)
-    warned = [line for line in lines if line.startswith("warning: influence_scores[part-a.jsonl]: projection_error_check:")]
+    warned = [
+        line for line in lines if line.startswith("warning: influence_scores[part-a.jsonl]: projection_error_check:")
+    ]
     assert len(warned) == 1 and "raise `projection`" in warned[0]  # `pretrace run` says it, and goes on
     defs = build_definitions(config)
-    result = dg.materialize(executable(defs), selection=["influence_scores"], partition_key="part-a.jsonl",
-                            resources=defs.resources, instance=instance)
+    result = dg.materialize(
+        executable(defs),
+        selection=["influence_scores"],
+        partition_key="part-a.jsonl",
+        resources=defs.resources,
+        instance=instance,
+    )
     (check,) = [e for e in result.get_asset_check_evaluations() if e.check_name == "projection_error_check"]
     assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
     assert check.metadata["pearson_mean"].value < 0.9 and 10 <= check.metadata["documents"].value <= 16
     assert "raise `projection`, try `projection_basis` `whitened`" in check.description  # the basis not in use
     # a larger projection in fewer bits: 2 x (1 byte of codes + a 4-byte scale) per layer against 4 bytes
-    assert "`projection` [2, 2] with `stored_gradient_dtype` int4 takes 2.5x the bytes of this store" in check.description
+    assert (
+        "`projection` [2, 2] with `stored_gradient_dtype` int4 takes 2.5x the bytes of this store" in check.description
+    )
     # measured once, when the shard was scored, and stated by the report
     accuracy = json.loads((tmp_path / "data" / "influence_scores" / "part-a.jsonl.accuracy.json").read_text())
     assert accuracy["pearson_mean"] == pytest.approx(check.metadata["pearson_mean"].value)
-    assert not accuracy["exact"] and accuracy["projection"] == {"k_out": 1, "k_in": 1, "basis": "principal"}  # no seed: nothing random
+    assert not accuracy["exact"] and accuracy["projection"] == {
+        "k_out": 1,
+        "k_in": 1,
+        "basis": "principal",
+    }  # no seed: nothing random
     html = (tmp_path / "data" / "influence_report" / "report.html").read_text()
     assert "Stored scores are approximate (document gradients projected to [1, 1] principal per layer)" in html
     shards = pq.read_table(tmp_path / "data" / "influence_report" / "score_accuracy.parquet").to_pylist()
@@ -252,8 +309,9 @@ def test_a_rounded_gradient_store_rounds_each_gradient_once_and_its_error_is_mea
         tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
     lm = load_model(config.model, device="cpu")
     table = pq.read_table(data / "corpus_shards" / "part-a.jsonl.parquet")
-    exact = compute_document_gradients(lm, table.column("input_ids").to_pylist(), table.column("doc_id").to_pylist(),
-                                       batch_size=config.batch_size)
+    exact = compute_document_gradients(
+        lm, table.column("input_ids").to_pylist(), table.column("doc_id").to_pylist(), batch_size=config.batch_size
+    )
     if dtype == "bfloat16":
         assert {t.dtype for k, t in tensors.items() if k != "losses"} == {torch.bfloat16}
     else:
@@ -280,8 +338,11 @@ def _assert_reranked_exactly(config) -> None:
     factors = project.store.reader(fitted, project.store.manifest(fitted)).state()
     lm = load_model(config.model, device="cpu")
     data = Path(config.storage)
-    tokens = {(s, r["doc_id"]): r["input_ids"] for s in project.shards
-              for r in pq.read_table(data / "corpus_shards" / f"{s}.parquet", columns=["doc_id", "input_ids"]).to_pylist()}
+    tokens = {
+        (s, r["doc_id"]): r["input_ids"]
+        for s in project.shards
+        for r in pq.read_table(data / "corpus_shards" / f"{s}.parquet", columns=["doc_id", "input_ids"]).to_pylist()
+    }
     rows = pq.read_table(data / "reranked_scores" / "reranked.parquet").to_pylist()
     assert len(rows) == 2 * len(QUERIES) * config.top_k
     documents = sorted({(r["shard"], r["doc_id"]) for r in rows})
@@ -289,7 +350,9 @@ def _assert_reranked_exactly(config) -> None:
     exact = stream_scores(lm, compute_query_gradients(lm, factors, queries), [tokens[d] for d in documents]).double()
     for q, query in enumerate(queries):
         for side in ("top", "bottom"):
-            mine = sorted((r for r in rows if r["query_id"] == query.id and r["side"] == side), key=lambda r: r["exact_rank"])
+            mine = sorted(
+                (r for r in rows if r["query_id"] == query.id and r["side"] == side), key=lambda r: r["exact_rank"]
+            )
             expected = [float(exact[q, documents.index((r["shard"], r["doc_id"]))]) for r in mine]
             tolerance = 1e-6 * float(exact.abs().max())
             assert [r["exact_score"] for r in mine] == pytest.approx(expected, rel=1e-4, abs=tolerance)
@@ -312,12 +375,17 @@ def test_two_models_over_the_same_corpus_and_queries_are_compared(tmp_path):
     main = {r for r in ran if "/" not in r}
     assert {r.split("[")[0] for r in ran if r.startswith("b/")} == {f"b/{a}" for a in ALL_ASSETS}
     assert {r.split("[")[0] for r in main} == set(ALL_ASSETS) | {"model_comparison"}
-    assert ran.index("model_comparison") > max(ran.index(f"b/influence_scores[{s}]") for s in ("part-a.jsonl", "part-b.jsonl"))
+    assert ran.index("model_comparison") > max(
+        ran.index(f"b/influence_scores[{s}]") for s in ("part-a.jsonl", "part-b.jsonl")
+    )
     assert (tmp_path / "data" / "models" / "b" / "influence_scores" / "part-a.jsonl.parquet").exists()
 
     compared = pq.read_table(tmp_path / "data" / "model_comparison" / "comparison.parquet").to_pylist()
     shards = ["part-a.jsonl", "part-b.jsonl"]
-    docs = {s: pq.read_table(tmp_path / "data" / "corpus_shards" / f"{s}.parquet").column("doc_id").to_pylist() for s in shards}
+    docs = {
+        s: pq.read_table(tmp_path / "data" / "corpus_shards" / f"{s}.parquet").column("doc_id").to_pylist()
+        for s in shards
+    }
     this = torch.cat([_score_matrix(config.storage, s, docs[s]) for s in shards], dim=1).double()
     other = torch.cat([_score_matrix(f"{config.storage}/models/b", s, docs[s]) for s in shards], dim=1).double()
     for q, row in enumerate(compared):

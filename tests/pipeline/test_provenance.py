@@ -22,8 +22,16 @@ import yaml
 
 from pretrace.config import load_config
 from pretrace.project.provenance import Project
-from tests.pipeline.project import (QUERIES, clean_run_snapshot, edit_config, make_project, pretrace, run_pipeline,
-                                    snapshot, write_corpus_file)
+from tests.pipeline.project import (
+    QUERIES,
+    clean_run_snapshot,
+    edit_config,
+    make_project,
+    pretrace,
+    run_pipeline,
+    snapshot,
+    write_corpus_file,
+)
 
 A, B = "part-a.jsonl", "part-b.jsonl"
 SHARDED = ("corpus_shards", "ekfac_covariances", "ekfac_lambdas", "document_gradients", "influence_scores")
@@ -35,8 +43,15 @@ def each(*names: str, shards=(A, B)) -> set[str]:
 
 REPORTS = ("attribution_eval", "reranked_scores", "influence_report")  # everything that reads the scores
 CHECKED = ("attribution_eval", "influence_report")  # what reads the attribution check
-EKFAC_ON = each("ekfac_covariances", "ekfac_eigenbasis", "ekfac_lambdas", "ekfac_factors", "query_gradients",
-                "influence_scores", *REPORTS)
+EKFAC_ON = each(
+    "ekfac_covariances",
+    "ekfac_eigenbasis",
+    "ekfac_lambdas",
+    "ekfac_factors",
+    "query_gradients",
+    "influence_scores",
+    *REPORTS,
+)
 GRADIENTS = EKFAC_ON | each("document_gradients")
 EVERYTHING = GRADIENTS | each("model", "corpus_shards", "queries", "completions")
 EXPLAINED = each("completions", "query_gradients", "influence_scores", *REPORTS)  # the generated completion changed
@@ -66,8 +81,12 @@ INVALIDATION = {
     "fit_shards": ([A], AFTER_FACTORS | each("ekfac_eigenbasis") | {f"ekfac_lambdas[{A}]"}),
     "device": ("auto", set()),  # resolves to the CPU here: nothing changes
     # the fitting artefacts partitioned by layer group: refitted, and the factors they join the same bytes
-    "layer_groups": (2, {f"{n}[{s}/group-{g}]" for n in ("ekfac_covariances", "ekfac_lambdas") for s in (A, B)
-                         for g in (0, 1)} | {f"ekfac_eigenbasis[group-{g}]" for g in (0, 1)} | each("ekfac_factors")),
+    "layer_groups": (
+        2,
+        {f"{n}[{s}/group-{g}]" for n in ("ekfac_covariances", "ekfac_lambdas") for s in (A, B) for g in (0, 1)}
+        | {f"ekfac_eigenbasis[group-{g}]" for g in (0, 1)}
+        | each("ekfac_factors"),
+    ),
     "factor_block_size": (16, EKFAC_ON),  # block-diagonal covariances: another eigenbasis
     "device_memory_gb": (64, set()),  # a limit the plan checks; nothing computed depends on it
     # recomputed blocks give the same bytes: nothing recomputes, and a clean run with it on matches
@@ -77,7 +96,8 @@ INVALIDATION = {
 
 ORPHANED = {  # stored partitions a changed setting leaves behind
     "fit_shards": {f"ekfac_covariances[{B}]", f"ekfac_lambdas[{B}]"},  # no longer a fit shard
-    "layer_groups": {f"{n}[{s}]" for n in ("ekfac_covariances", "ekfac_lambdas") for s in (A, B)} | {"ekfac_eigenbasis"},
+    "layer_groups": {f"{n}[{s}]" for n in ("ekfac_covariances", "ekfac_lambdas") for s in (A, B)}
+    | {"ekfac_eigenbasis"},
 }
 
 
@@ -128,7 +148,10 @@ def test_a_projection_in_the_eigenbasis_makes_document_gradients_follow_the_fact
         ({"damping": 0.3}, AFTER_FACTORS),
         ({"projection_basis": "whitened"}, each("query_gradients", "document_gradients", "influence_scores", *REPORTS)),
         ({"damping": 0.5}, AFTER_FACTORS | each("document_gradients")),
-        ({"projection_basis": "principal"}, each("query_gradients", "document_gradients", "influence_scores", *REPORTS)),
+        (
+            {"projection_basis": "principal"},
+            each("query_gradients", "document_gradients", "influence_scores", *REPORTS),
+        ),
         ({"damping": 0.7}, AFTER_FACTORS | each("document_gradients")),
     ]
     for change, expected in steps:
@@ -188,8 +211,14 @@ def kill_at(prefix: str, nth: int, project: Path, env: dict | None = None) -> su
     starts with ``prefix`` (tests/pipeline/kill_at.py)."""
     harness = Path(__file__).with_name("kill_at.py")
     env = {"DAGSTER_HOME": str(project / ".dagster_home"), **(env or {})}
-    return subprocess.run([sys.executable, str(harness), prefix, str(nth), "run", "--config", "pretrace.yaml"],
-                          cwd=project, env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(harness), prefix, str(nth), "run", "--config", "pretrace.yaml"],
+        cwd=project,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def materialized(result: subprocess.CompletedProcess) -> list[str]:
@@ -233,7 +262,10 @@ def test_a_new_model_then_a_kill_during_ekfac_fitting(finished, tmp_path):
     killed = kill_at(f"ekfac_lambdas/{A}", 1, project)
     assert_killed(killed)
     info = yaml.safe_load((project / "data" / "model" / "model.json").read_text())
-    assert info["fingerprint"] != yaml.safe_load((finished[0] / "data" / "model" / "model.json").read_text())["fingerprint"]
+    assert (
+        info["fingerprint"]
+        != yaml.safe_load((finished[0] / "data" / "model" / "model.json").read_text())["fingerprint"]
+    )
     *committed, dying = materialized(killed)
     assert dying == f"ekfac_lambdas[{A}]"
 
@@ -290,11 +322,19 @@ def test_two_projects_on_one_storage_root_never_publish_a_mixed_report(finished,
     project = copy_of(finished, tmp_path)
     other = tmp_path / "other"
     other.mkdir()
-    (other / "queries.jsonl").write_text('{"id": "other", "kind": "factual", "prompt": "The capital of Peru is", '
-                                         '"completion": " Lima."}\n')
+    (other / "queries.jsonl").write_text(
+        '{"id": "other", "kind": "factual", "prompt": "The capital of Peru is", "completion": " Lima."}\n'
+    )
     config = yaml.safe_load((project / "pretrace.yaml").read_text())
-    (other / "pretrace.yaml").write_text(yaml.safe_dump({
-        **config, **{k: str(project / config[k]) for k in ("model", "corpus", "storage")}, "queries": "queries.jsonl"}))
+    (other / "pretrace.yaml").write_text(
+        yaml.safe_dump(
+            {
+                **config,
+                **{k: str(project / config[k]) for k in ("model", "corpus", "storage")},
+                "queries": "queries.jsonl",
+            }
+        )
+    )
     mine = {q["id"] for q in QUERIES}
 
     # One after the other: each run makes the root its own project's clean state.
@@ -304,14 +344,25 @@ def test_two_projects_on_one_storage_root_never_publish_a_mixed_report(finished,
         assert _report_queries(project / "data") == ids
 
     # At the same time: a run may refuse, naming the other writer, but a report is never mixed.
-    runs = [subprocess.Popen([sys.executable, "-m", "pretrace.pipeline.cli", "run", "--config", "pretrace.yaml"], cwd=folder,
-                             env={**os.environ, "DAGSTER_HOME": str(folder / ".dagster_home")},
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for folder in (other, project)]
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "pretrace.pipeline.cli", "run", "--config", "pretrace.yaml"],
+            cwd=folder,
+            env={**os.environ, "DAGSTER_HOME": str(folder / ".dagster_home")},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for folder in (other, project)
+    ]
     for run in runs:
         _, err = run.communicate(timeout=300)
-        assert run.returncode == 0 or "another run or another project is writing" in err or "is stale" in err \
-            or "is missing" in err, err[-3000:]
+        assert (
+            run.returncode == 0
+            or "another run or another project is writing" in err
+            or "is stale" in err
+            or "is missing" in err
+        ), err[-3000:]
     assert _report_queries(project / "data") in ({"other"}, mine)
 
     result = pretrace("run", "--config", "pretrace.yaml", cwd=project)
@@ -325,7 +376,10 @@ def test_a_temporary_left_by_a_killed_writer_is_removed_by_the_next_run(finished
     dead.wait()
     host = socket.gethostname().replace(".", "_")
     folder = project / "data" / "influence_scores"
-    leftover, live = folder / f".tmp-{A}.parquet.{host}.{dead.pid}.x1", folder / f".tmp-{A}.parquet.{host}.{os.getpid()}.x2"
+    leftover, live = (
+        folder / f".tmp-{A}.parquet.{host}.{dead.pid}.x1",
+        folder / f".tmp-{A}.parquet.{host}.{os.getpid()}.x2",
+    )
     leftover.write_bytes(b"half a file")
     live.write_bytes(b"a live writer's")
     assert run_pipeline(load_config(project / "pretrace.yaml")) == []

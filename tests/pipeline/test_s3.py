@@ -20,8 +20,11 @@ def s3_project(tmp_path, s3_root):
     config_path = make_project(tmp_path, storage=f"{s3_root}/data")
     upload(tmp_path / "model", f"{s3_root}/model")
     upload(tmp_path / "corpus", f"{s3_root}/corpus")
-    config_path.write_text(config_path.read_text().replace("model: model", f"model: {s3_root}/model")
-                           .replace("corpus: corpus", f"corpus: {s3_root}/corpus"))
+    config_path.write_text(
+        config_path.read_text()
+        .replace("model: model", f"model: {s3_root}/model")
+        .replace("corpus: corpus", f"corpus: {s3_root}/corpus")
+    )
     config = load_config(config_path)
     assert config.model.startswith("s3://") and config.corpus.startswith("s3://")
     run_pipeline(config)
@@ -32,12 +35,22 @@ def test_every_artefact_and_its_manifest_is_an_s3_object(s3_project):
     _, config = s3_project
     keys = set(Storage(config.storage).list())
     for shard in SHARDS:
-        for asset, suffixes in [("corpus_shards", ["parquet"]), ("ekfac_covariances", ["safetensors"]),
-                                ("ekfac_lambdas", ["safetensors"]), ("document_gradients", ["safetensors"]),
-                                ("influence_scores", ["parquet", "stats.safetensors", "top.parquet"])]:
+        for asset, suffixes in [
+            ("corpus_shards", ["parquet"]),
+            ("ekfac_covariances", ["safetensors"]),
+            ("ekfac_lambdas", ["safetensors"]),
+            ("document_gradients", ["safetensors"]),
+            ("influence_scores", ["parquet", "stats.safetensors", "top.parquet"]),
+        ]:
             assert {f"{asset}/{shard}.{s}" for s in [*suffixes, "manifest.json"]} <= keys
-    for key in ["model/model.json", "ekfac_eigenbasis/eigenbasis.safetensors", "ekfac_factors/factors.safetensors",
-                "queries/queries.parquet", "query_gradients/query_gradients.safetensors", "influence_report/report.html"]:
+    for key in [
+        "model/model.json",
+        "ekfac_eigenbasis/eigenbasis.safetensors",
+        "ekfac_factors/factors.safetensors",
+        "queries/queries.parquet",
+        "query_gradients/query_gradients.safetensors",
+        "influence_report/report.html",
+    ]:
         assert {key, key.rsplit("/", 1)[0] + "/manifest.json"} <= keys
     assert not any(k.rsplit("/", 1)[-1].startswith(".tmp-") for k in keys)
 
@@ -62,8 +75,12 @@ def test_a_new_query_then_a_kill_during_influence_scores_on_s3(s3_project, tmp_p
     assert_killed(kill_at(f"influence_scores/{SHARDS[1]}", 2, project))
     rerun = pretrace("run", "--config", "pretrace.yaml", cwd=project)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert materialized(rerun) == [f"influence_scores[{SHARDS[1]}]", "attribution_eval", "reranked_scores",
-                                   "influence_report"]
+    assert materialized(rerun) == [
+        f"influence_scores[{SHARDS[1]}]",
+        "attribution_eval",
+        "reranked_scores",
+        "influence_report",
+    ]
     table = Storage(config.storage).read_parquet(f"influence_scores/{SHARDS[1]}.parquet")
     assert "extra" in set(table.column("query_id").to_pylist())
     assert snapshot(config.storage) == clean_run_snapshot(config, f"{s3_root}/scratch")

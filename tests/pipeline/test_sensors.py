@@ -10,9 +10,9 @@ import dagster as dg
 import pytest
 from dagster._core.storage.defs_state.base import set_defs_state_storage
 
+from pretrace.config import load_config
 from pretrace.pipeline.definitions import build_definitions
 from pretrace.pipeline.runner import asset_order, executable, logging_config
-from pretrace.config import load_config
 from tests.pipeline.project import clean_run_snapshot, make_project, snapshot, write_corpus_file
 
 A, B = "part-a.jsonl", "part-b.jsonl"
@@ -26,7 +26,9 @@ def setup(tmp_path):
 
 def tick(defs, instance, cursor=None):
     sensor = defs.resolve_sensor_def("corpus_sensor")
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"pretrace": defs.resources["pretrace"]})
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources={"pretrace": defs.resources["pretrace"]}
+    )
     result = sensor(context)
     assert isinstance(result, dg.SensorResult) and not result.run_requests
     return result
@@ -36,7 +38,8 @@ def observed(instance, asset, partition=None) -> list[str]:
     """The data versions observed for a source (partition), oldest first."""
     records = instance.fetch_observations(
         dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition else None),
-        limit=100).records
+        limit=100,
+    ).records
     return [r.asset_observation.tags["dagster/data_version"] for r in reversed(records)]
 
 
@@ -59,8 +62,9 @@ def test_entries_of_the_corpus_folder_that_are_not_read_are_named_on_the_tick(se
     (Path(config.corpus) / "notes.json").write_text("{}")
     message = tick(defs, instance).skip_reason.skip_message
     assert "not read: notes.json: not a corpus file; convert it to .jsonl" in message
-    records = instance.fetch_observations(dg.AssetRecordsFilter(asset_key=dg.AssetKey("corpus_files"),
-                                                                asset_partitions=[A]), limit=1).records
+    records = instance.fetch_observations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("corpus_files"), asset_partitions=[A]), limit=1
+    ).records
     skipped = records[0].asset_observation.metadata["skipped_in_folder"].value
     assert [entry.split(":")[0] for entry in skipped] == ["notes.json"]
 
@@ -85,7 +89,10 @@ def test_a_removed_file_is_reported_with_the_cleanup_command(setup, capfd):
     os.remove(os.path.join(config.corpus, A))
     capfd.readouterr()
     second = tick(defs, instance, first.cursor)
-    assert "corpus files gone: part-a.jsonl (remove their artefacts with `pretrace clean" in second.skip_reason.skip_message
+    assert (
+        "corpus files gone: part-a.jsonl (remove their artefacts with `pretrace clean"
+        in second.skip_reason.skip_message
+    )
     assert "WARNING - corpus files gone: part-a.jsonl; remove their artefacts" in capfd.readouterr().err
     assert set(json.loads(second.cursor)) == {f"corpus_files[{B}]", "checkpoint", "query_file"}
 
@@ -150,8 +157,14 @@ def evaluate(defs, instance, cursor):
 
 def materialize(defs, instance, requested) -> None:
     for name, partition in sorted(requested, key=lambda r: asset_order(defs).index(r[0])):
-        dg.materialize(executable(defs), selection=[name], partition_key=partition, instance=instance,
-                       resources=defs.resources, run_config=logging_config())
+        dg.materialize(
+            executable(defs),
+            selection=[name],
+            partition_key=partition,
+            instance=instance,
+            resources=defs.resources,
+            run_config=logging_config(),
+        )
 
 
 def settle(defs, instance, cursor=None):
@@ -194,7 +207,8 @@ def test_automation_fans_the_fitting_out_by_shard_and_layer_group(tmp_path):
     groups = ("group-0", "group-1")
     assert {(n, str(p)) for n, p in seen if n in ("ekfac_covariances", "ekfac_eigenbasis", "ekfac_lambdas")} == {
         *((n, f"{g}|{s}") for n in ("ekfac_covariances", "ekfac_lambdas") for s in (A, B) for g in groups),
-        *(("ekfac_eigenbasis", g) for g in groups)}
+        *(("ekfac_eigenbasis", g) for g in groups),
+    }
     assert len(seen) == len(set(seen)) == 19 + 2 * 2 + 1  # two more partitions per pass, one more eigenbasis
     assert snapshot(Path(config.storage)) == clean_run_snapshot(config, tmp_path)
 
@@ -239,9 +253,12 @@ def test_automation_leaves_a_partition_alone_while_a_run_computes_it(setup, asse
     tick(defs, instance)
     cursor, _, _ = settle(defs, instance)
     job = defs.resolve_implicit_global_asset_job_def()
-    run = instance.create_run_for_job(job, asset_selection=frozenset({dg.AssetKey(asset)}),
-                                      tags={"dagster/partition": partition} if partition else None,
-                                      status=dg.DagsterRunStatus.STARTED)
+    run = instance.create_run_for_job(
+        job,
+        asset_selection=frozenset({dg.AssetKey(asset)}),
+        tags={"dagster/partition": partition} if partition else None,
+        status=dg.DagsterRunStatus.STARTED,
+    )
     manifest = Path(config.storage) / asset / (f"{partition}.manifest.json" if partition else "manifest.json")
     manifest.unlink()  # the run is publishing
     cursor, requested = evaluate(defs, instance, cursor)

@@ -49,7 +49,10 @@ def test_defaults_match_the_documented_yaml(tmp_path: Path) -> None:
 
 
 def test_yaml_forms_and_round_trip(tmp_path: Path) -> None:
-    config = load_config(write(tmp_path, """\
+    config = load_config(
+        write(
+            tmp_path,
+            """\
 damping: {absolute: 1.0e-3}
 projection: [64, 32]
 query_rank: 16
@@ -58,7 +61,9 @@ layers: ['mlp\\.c_fc', 'down_proj']
 fisher: empirical
 dtype: bfloat16
 storage: s3://bucket/runs/1
-"""))
+""",
+        )
+    )
     assert config.damping.absolute == 1e-3 and config.damping.relative is None
     assert config.damping.resolve(5.0) == 1e-3
     assert config.projection == (64, 32)

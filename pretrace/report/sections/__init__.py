@@ -9,11 +9,31 @@ from dataclasses import fields
 import polars as pl
 
 from pretrace.analyses.analysis import Analysis
-from pretrace.report.sections import (answers, attribution, completions, concentration, correlation, magnitude, models, notes, sources,
-               top_documents)
+from pretrace.report.sections import (
+    answers,
+    attribution,
+    completions,
+    concentration,
+    correlation,
+    magnitude,
+    models,
+    notes,
+    sources,
+    top_documents,
+)
 
-SECTIONS = [correlation.SECTION, magnitude.SECTION, concentration.SECTION, answers.SECTION, sources.SECTION,
-            top_documents.SECTION, attribution.SECTION, completions.SECTION, models.SECTION, notes.SECTION]
+SECTIONS = [
+    correlation.SECTION,
+    magnitude.SECTION,
+    concentration.SECTION,
+    answers.SECTION,
+    sources.SECTION,
+    top_documents.SECTION,
+    attribution.SECTION,
+    completions.SECTION,
+    models.SECTION,
+    notes.SECTION,
+]
 CONTENTS = [(s.id, s.title) for s in SECTIONS]  # the page's navigation: (anchor, title) of each section
 FIGURES = {name: plot for s in SECTIONS for name, plot in s.figures.items()}
 
@@ -34,8 +54,11 @@ def tables(a: Analysis) -> dict[str, pl.DataFrame]:
     for s in SECTIONS:
         if s.compute:
             result = a.result(s.compute)
-            out |= {f.name: getattr(result, f.name) for f in fields(result)
-                    if isinstance(getattr(result, f.name), pl.DataFrame)}
+            out |= {
+                f.name: getattr(result, f.name)
+                for f in fields(result)
+                if isinstance(getattr(result, f.name), pl.DataFrame)
+            }
     return out
 
 

@@ -11,11 +11,11 @@ import polars as pl
 from matplotlib.figure import Figure
 
 from pretrace.analyses.analysis import Analysis
+from pretrace.analyses.intervals import wilson
+from pretrace.analyses.kinds import POOLED, reasoning_label
 from pretrace.analyses.report_config import FACTUAL
 from pretrace.report.formatting import interval, num, pct
 from pretrace.report.html import figure, table, with_ci
-from pretrace.analyses.intervals import wilson
-from pretrace.analyses.kinds import POOLED, reasoning_label
 from pretrace.report.plots import empty, error_bars, png
 from pretrace.report.section import Section
 from pretrace.report.sections import top_documents
@@ -49,20 +49,36 @@ def _search_per_query(a: Analysis) -> pl.DataFrame:
         steps = [i for i in range(1, len(targets)) if targets[i]] + ([0] if answer else [])
         in_one = bool(searched[:, steps].all(axis=1).any()) if len(steps) > 1 else None
         across = bool(searched[:, steps].any(axis=0).all()) if len(steps) > 1 else None
-        rows.append({
-            "query_id": row["id"], "kind": row["kind"], "category": row["category"], "answer": targets[0] or None,
-            "searched": depth,
-            "docs_with_answer": int(searched[:, 0].sum()) if answer else None,
-            "answer_found": bool(searched[:, 0].any()) if answer else None,
-            "expected_by_chance": depth * corpus[q][0] / stats.n if answer and stats.n else None,
-            "steps": len(steps), "steps_found": int(searched[:, steps].any(axis=0).sum()) if steps else 0,
-            "all_steps_in_one_document": in_one,
-            "all_steps_across_documents": across,
-        })
-    schema = {"query_id": pl.String, "kind": pl.String, "category": pl.String, "answer": pl.String,
-              "searched": pl.Int64, "docs_with_answer": pl.Int64, "answer_found": pl.Boolean,
-              "expected_by_chance": pl.Float64, "steps": pl.Int64, "steps_found": pl.Int64,
-              "all_steps_in_one_document": pl.Boolean, "all_steps_across_documents": pl.Boolean}
+        rows.append(
+            {
+                "query_id": row["id"],
+                "kind": row["kind"],
+                "category": row["category"],
+                "answer": targets[0] or None,
+                "searched": depth,
+                "docs_with_answer": int(searched[:, 0].sum()) if answer else None,
+                "answer_found": bool(searched[:, 0].any()) if answer else None,
+                "expected_by_chance": depth * corpus[q][0] / stats.n if answer and stats.n else None,
+                "steps": len(steps),
+                "steps_found": int(searched[:, steps].any(axis=0).sum()) if steps else 0,
+                "all_steps_in_one_document": in_one,
+                "all_steps_across_documents": across,
+            }
+        )
+    schema = {
+        "query_id": pl.String,
+        "kind": pl.String,
+        "category": pl.String,
+        "answer": pl.String,
+        "searched": pl.Int64,
+        "docs_with_answer": pl.Int64,
+        "answer_found": pl.Boolean,
+        "expected_by_chance": pl.Float64,
+        "steps": pl.Int64,
+        "steps_found": pl.Int64,
+        "all_steps_in_one_document": pl.Boolean,
+        "all_steps_across_documents": pl.Boolean,
+    }
     return pl.DataFrame(rows, schema=schema)
 
 
@@ -72,16 +88,27 @@ def _search_by_kind(a: Analysis, search: pl.DataFrame) -> pl.DataFrame:
         sub = search.filter(pl.col("query_id").is_in(g.ids))
         with_answer, n, hits, lo, hi = _answered(a, sub, "answer_found")
         multi = sub.filter(pl.col("steps") > 1)
-        one, across = int(multi["all_steps_in_one_document"].sum() or 0), int(multi["all_steps_across_documents"].sum() or 0)
-        rows.append({
-            **g.row(), "queries": sub.height, "searched": int(sub["searched"].max() or 0),
-            "queries_with_answer": n, "answer_found": hits, "share_answer_found": hits / n if n else math.nan,
-            "ci_low": lo, "ci_high": hi,
-            "mean_docs_with_answer": float(with_answer["docs_with_answer"].mean()) if n else math.nan,
-            "mean_expected_by_chance": float(with_answer["expected_by_chance"].mean()) if n else math.nan,
-            "multi_step_queries": multi.height, "all_steps_in_one_document": one,
-            "all_steps_across_documents": across,
-        })
+        one, across = (
+            int(multi["all_steps_in_one_document"].sum() or 0),
+            int(multi["all_steps_across_documents"].sum() or 0),
+        )
+        rows.append(
+            {
+                **g.row(),
+                "queries": sub.height,
+                "searched": int(sub["searched"].max() or 0),
+                "queries_with_answer": n,
+                "answer_found": hits,
+                "share_answer_found": hits / n if n else math.nan,
+                "ci_low": lo,
+                "ci_high": hi,
+                "mean_docs_with_answer": float(with_answer["docs_with_answer"].mean()) if n else math.nan,
+                "mean_expected_by_chance": float(with_answer["expected_by_chance"].mean()) if n else math.nan,
+                "multi_step_queries": multi.height,
+                "all_steps_in_one_document": one,
+                "all_steps_across_documents": across,
+            }
+        )
     return pl.DataFrame(rows)
 
 
@@ -100,21 +127,36 @@ def _per_query(a: Analysis) -> pl.DataFrame:
         inter_any = [any(f[i] for f in flags if f is not None and i < len(f)) for i in range(len(intermediates))]
         inter_docs = sum(1 for f in flags if f and any(f))
         base = corpus[q][0] / stats.n if answer and stats.n else math.nan
-        rows.append({
-            "query_id": row["id"], "kind": row["kind"], "category": row["category"], "answer": answer or None,
-            "top_k": k,
-            "docs_with_answer": int(sum(bool(x) for x in found)) if answer else None,
-            "answer_in_top": any(bool(x) for x in found) if answer else None,
-            "corpus_docs_with_answer": int(corpus[q][0]) if answer else None,
-            "expected_by_chance": k * base if answer else None,
-            "intermediates": len(intermediates),
-            "intermediates_in_top": int(sum(inter_any)),
-            "docs_with_an_intermediate": inter_docs,
-        })
-    schema = {"query_id": pl.String, "kind": pl.String, "category": pl.String, "answer": pl.String, "top_k": pl.Int64,
-              "docs_with_answer": pl.Int64, "answer_in_top": pl.Boolean, "corpus_docs_with_answer": pl.Int64,
-              "expected_by_chance": pl.Float64, "intermediates": pl.Int64, "intermediates_in_top": pl.Int64,
-              "docs_with_an_intermediate": pl.Int64}
+        rows.append(
+            {
+                "query_id": row["id"],
+                "kind": row["kind"],
+                "category": row["category"],
+                "answer": answer or None,
+                "top_k": k,
+                "docs_with_answer": int(sum(bool(x) for x in found)) if answer else None,
+                "answer_in_top": any(bool(x) for x in found) if answer else None,
+                "corpus_docs_with_answer": int(corpus[q][0]) if answer else None,
+                "expected_by_chance": k * base if answer else None,
+                "intermediates": len(intermediates),
+                "intermediates_in_top": int(sum(inter_any)),
+                "docs_with_an_intermediate": inter_docs,
+            }
+        )
+    schema = {
+        "query_id": pl.String,
+        "kind": pl.String,
+        "category": pl.String,
+        "answer": pl.String,
+        "top_k": pl.Int64,
+        "docs_with_answer": pl.Int64,
+        "answer_in_top": pl.Boolean,
+        "corpus_docs_with_answer": pl.Int64,
+        "expected_by_chance": pl.Float64,
+        "intermediates": pl.Int64,
+        "intermediates_in_top": pl.Int64,
+        "docs_with_an_intermediate": pl.Int64,
+    }
     return pl.DataFrame(rows, schema=schema)
 
 
@@ -133,14 +175,22 @@ def _by_kind(a: Analysis, per_query: pl.DataFrame) -> pl.DataFrame:
         with_answer, n, hits, lo, hi = _answered(a, sub, "answer_in_top")
         inter_total = int(sub["intermediates"].sum() or 0)
         inter_found = int(sub["intermediates_in_top"].sum() or 0)
-        rows.append({
-            **g.row(), "queries": sub.height, "queries_with_answer": n,
-            "answer_in_top": hits, "share_answer_in_top": hits / n if n else math.nan, "ci_low": lo, "ci_high": hi,
-            "mean_docs_with_answer": float(with_answer["docs_with_answer"].mean()) if n else math.nan,
-            "mean_expected_by_chance": float(with_answer["expected_by_chance"].mean()) if n else math.nan,
-            "intermediates": inter_total, "intermediates_in_top": inter_found,
-            "share_intermediates_in_top": inter_found / inter_total if inter_total else math.nan,
-        })
+        rows.append(
+            {
+                **g.row(),
+                "queries": sub.height,
+                "queries_with_answer": n,
+                "answer_in_top": hits,
+                "share_answer_in_top": hits / n if n else math.nan,
+                "ci_low": lo,
+                "ci_high": hi,
+                "mean_docs_with_answer": float(with_answer["docs_with_answer"].mean()) if n else math.nan,
+                "mean_expected_by_chance": float(with_answer["expected_by_chance"].mean()) if n else math.nan,
+                "intermediates": inter_total,
+                "intermediates_in_top": inter_found,
+                "share_intermediates_in_top": inter_found / inter_total if inter_total else math.nan,
+            }
+        )
     return pl.DataFrame(rows)
 
 
@@ -157,46 +207,71 @@ def reading(a: Analysis) -> list[str]:
     reas = rows.get(label) if label else None
     if fact:
         r = fact[0]
-        out.append(f"The answer appears in the top {k} documents of {r['answer_in_top']} of {r['queries_with_answer']} "
-                   f"{r['kind']} queries ({_share(r)}), in "
-                   f"{num(r['mean_docs_with_answer'], 1)} documents per query on average against "
-                   f"{num(r['mean_expected_by_chance'], 2)} expected by chance.")
+        out.append(
+            f"The answer appears in the top {k} documents of {r['answer_in_top']} of {r['queries_with_answer']} "
+            f"{r['kind']} queries ({_share(r)}), in "
+            f"{num(r['mean_docs_with_answer'], 1)} documents per query on average against "
+            f"{num(r['mean_expected_by_chance'], 2)} expected by chance."
+        )
     if reas and reas["queries_with_answer"]:
-        out.append(f"For {reas['kind']} queries the final answer appears in the top {k} of {reas['answer_in_top']} of "
-                   f"{reas['queries_with_answer']} ({_share(reas)}), in "
-                   f"{num(reas['mean_docs_with_answer'], 1)} documents per query against "
-                   f"{num(reas['mean_expected_by_chance'], 2)} by chance"
-                   + (f"; {reas['intermediates_in_top']} of {reas['intermediates']} intermediate results appear."
-                      if reas["intermediates"] else "."))
+        out.append(
+            f"For {reas['kind']} queries the final answer appears in the top {k} of {reas['answer_in_top']} of "
+            f"{reas['queries_with_answer']} ({_share(reas)}), in "
+            f"{num(reas['mean_docs_with_answer'], 1)} documents per query against "
+            f"{num(reas['mean_expected_by_chance'], 2)} by chance"
+            + (
+                f"; {reas['intermediates_in_top']} of {reas['intermediates']} intermediate results appear."
+                if reas["intermediates"]
+                else "."
+            )
+        )
     if fact and reas and reas["queries_with_answer"]:
         f, r = fact[0], reas
         if r["ci_high"] < f["ci_low"]:
-            out.append("As in Ruis et al. (2024), answers to factual questions are found in influential documents "
-                       "far more often than answers to reasoning questions.")
+            out.append(
+                "As in Ruis et al. (2024), answers to factual questions are found in influential documents "
+                "far more often than answers to reasoning questions."
+            )
         elif f["ci_high"] < r["ci_low"]:
-            out.append("Unlike Ruis et al. (2024), answers to reasoning questions are found more often than answers "
-                       "to factual questions.")
+            out.append(
+                "Unlike Ruis et al. (2024), answers to reasoning questions are found more often than answers "
+                "to factual questions."
+            )
         else:
-            out.append("The intervals overlap, so this report cannot tell whether factual answers appear more often "
-                       "than reasoning answers (Ruis et al. 2024 found they do).")
+            out.append(
+                "The intervals overlap, so this report cannot tell whether factual answers appear more often "
+                "than reasoning answers (Ruis et al. 2024 found they do)."
+            )
     search = {r["kind"]: r for r in a.result(compute).answer_search_kinds.to_dicts()}
-    parts = [f"{r['kind']} {r['answer_found']} of {r['queries_with_answer']} queries, in "
-             f"{num(r['mean_docs_with_answer'], 1)} documents per query against {num(r['mean_expected_by_chance'], 1)} "
-             "by chance" for r in search.values() if r["queries_with_answer"] and r["kind"] != POOLED]
+    parts = [
+        f"{r['kind']} {r['answer_found']} of {r['queries_with_answer']} queries, in "
+        f"{num(r['mean_docs_with_answer'], 1)} documents per query against {num(r['mean_expected_by_chance'], 1)} "
+        "by chance"
+        for r in search.values()
+        if r["queries_with_answer"] and r["kind"] != POOLED
+    ]
     if parts:
         depth = max(r["searched"] for r in search.values())
-        out.append(f"Searching the top {depth} documents, as Ruis et al. do, the answer is found for: "
-                   + "; ".join(parts) + ".")
+        out.append(
+            f"Searching the top {depth} documents, as Ruis et al. do, the answer is found for: "
+            + "; ".join(parts)
+            + "."
+        )
     steps = [r for r in search.values() if r["multi_step_queries"] and r["kind"] != POOLED]
     if steps:
-        out.append("Every step's result is found in one document for " + "; ".join(
-            f"{r['kind']} {r['all_steps_in_one_document']} of {r['multi_step_queries']}" for r in steps)
-            + ", and across several documents for " + "; ".join(
-            f"{r['kind']} {r['all_steps_across_documents']} of {r['multi_step_queries']}" for r in steps) + ".")
+        out.append(
+            "Every step's result is found in one document for "
+            + "; ".join(f"{r['kind']} {r['all_steps_in_one_document']} of {r['multi_step_queries']}" for r in steps)
+            + ", and across several documents for "
+            + "; ".join(f"{r['kind']} {r['all_steps_across_documents']} of {r['multi_step_queries']}" for r in steps)
+            + "."
+        )
     if not out:
         out.append("No query has an answer to search for.")
-    out.append("Matching is whole-token: \u201c12\u201d inside \u201c312\u201d, \u201c12.5\u201d or \u201c-12\u201d "
-               "does not count as the answer 12; long numbers match with or without thousands separators.")
+    out.append(
+        "Matching is whole-token: \u201c12\u201d inside \u201c312\u201d, \u201c12.5\u201d or \u201c-12\u201d "
+        "does not count as the answer 12; long numbers match with or without thousands separators."
+    )
     return out
 
 
@@ -223,34 +298,80 @@ def plot(a: Analysis) -> bytes:
 
 
 def body(a: Analysis, figs: dict[str, bytes]) -> str:
-    df = with_ci(a.result(compute).answers_kinds, "share_answer_in_top", "ci_low", "ci_high", "share",
-                      lambda x: pct(x, 0))
+    df = with_ci(
+        a.result(compute).answers_kinds, "share_answer_in_top", "ci_low", "ci_high", "share", lambda x: pct(x, 0)
+    )
     return (
-        figure("answers", figs["answers"], "Share of queries whose answer occurs in at least one of their top "
-                    "documents, and share of intermediate results that do (Wilson intervals).")
-        + table(df, {"kind": "kind", "queries_with_answer": "queries with an answer",
-                          "answer_in_top": "answer in top k", "share": "share [interval]",
-                          "mean_docs_with_answer": "top documents with the answer (mean)",
-                          "mean_expected_by_chance": "expected by chance", "intermediates": "intermediate results",
-                          "intermediates_in_top": "found in top k"}, text=("kind",))
+        figure(
+            "answers",
+            figs["answers"],
+            "Share of queries whose answer occurs in at least one of their top "
+            "documents, and share of intermediate results that do (Wilson intervals).",
+        )
+        + table(
+            df,
+            {
+                "kind": "kind",
+                "queries_with_answer": "queries with an answer",
+                "answer_in_top": "answer in top k",
+                "share": "share [interval]",
+                "mean_docs_with_answer": "top documents with the answer (mean)",
+                "mean_expected_by_chance": "expected by chance",
+                "intermediates": "intermediate results",
+                "intermediates_in_top": "found in top k",
+            },
+            text=("kind",),
+        )
         + "<p>As Ruis et al. (2024) search: each query's top documents (500, or every document when fewer) "
-          "for the answer and for the result of each step.</p>"
-        + table(with_ci(a.result(compute).answer_search_kinds, "share_answer_found", "ci_low", "ci_high", "share",
-                        lambda x: pct(x, 0)),
-                {"kind": "kind", "searched": "documents searched", "queries_with_answer": "queries with an answer",
-                 "answer_found": "answer found", "share": "share [interval]",
-                 "mean_docs_with_answer": "documents with the answer (mean)",
-                 "mean_expected_by_chance": "expected by chance (documents)",
-                 "multi_step_queries": "multi-step queries", "all_steps_in_one_document": "all steps in one document",
-                 "all_steps_across_documents": "all steps across documents"}, text=("kind",))
+        "for the answer and for the result of each step.</p>"
+        + table(
+            with_ci(
+                a.result(compute).answer_search_kinds,
+                "share_answer_found",
+                "ci_low",
+                "ci_high",
+                "share",
+                lambda x: pct(x, 0),
+            ),
+            {
+                "kind": "kind",
+                "searched": "documents searched",
+                "queries_with_answer": "queries with an answer",
+                "answer_found": "answer found",
+                "share": "share [interval]",
+                "mean_docs_with_answer": "documents with the answer (mean)",
+                "mean_expected_by_chance": "expected by chance (documents)",
+                "multi_step_queries": "multi-step queries",
+                "all_steps_in_one_document": "all steps in one document",
+                "all_steps_across_documents": "all steps across documents",
+            },
+            text=("kind",),
+        )
     )
 
 
 def headline(a: Analysis) -> dict[str, pl.DataFrame]:
-    return {"answers_in_top_documents": a.result(compute).answers_kinds.select(
-        ["kind", "queries_with_answer", "answer_in_top", "share_answer_in_top", "mean_expected_by_chance",
-         "intermediates", "intermediates_in_top"])}
+    return {
+        "answers_in_top_documents": a.result(compute).answers_kinds.select(
+            [
+                "kind",
+                "queries_with_answer",
+                "answer_in_top",
+                "share_answer_in_top",
+                "mean_expected_by_chance",
+                "intermediates",
+                "intermediates_in_top",
+            ]
+        )
+    }
 
 
-SECTION = Section("answers", "Do influential documents contain the answer?", body, reading,
-                  figures={"answers": plot}, compute=compute, headline=headline)
+SECTION = Section(
+    "answers",
+    "Do influential documents contain the answer?",
+    body,
+    reading,
+    figures={"answers": plot},
+    compute=compute,
+    headline=headline,
+)

@@ -12,13 +12,12 @@ from matplotlib.figure import Figure
 
 from pretrace.analyses import concentration as conc
 from pretrace.analyses.analysis import Analysis
+from pretrace.analyses.kinds import POOLED
 from pretrace.analyses.report_config import FACTUAL, REASONING
 from pretrace.report.formatting import interval, num, pct
 from pretrace.report.html import figure, table, wide_table, with_ci
-from pretrace.analyses.kinds import POOLED
 from pretrace.report.plots import empty, error_bars, kind_colors, png
 from pretrace.report.section import Section
-
 
 FIT_DEFINITIONS = {
     "paper": f"Ruis et al.: ranks 1-{conc.PAPER_RANKS}",
@@ -43,17 +42,27 @@ def _with_kind(a: Analysis, rows: list[dict]) -> pl.DataFrame:
 def compute(a: Analysis) -> Concentration:
     """Top-fraction shares and power-law fits, per query and by kind."""
     shares = _with_kind(a, conc.shares(a.stats, a.config.fractions)).select(
-        ["query_id", "kind", "fraction", "documents", "share", "share_error", "exact"])
+        ["query_id", "kind", "fraction", "documents", "share", "share_error", "exact"]
+    )
     rows = []
     for g in a.groups:
         for f in a.config.fractions:
             sub = shares.filter(pl.col("query_id").is_in(g.ids) & (pl.col("fraction") == f))
             m, lo, hi = a.interval(sub["share"].to_numpy(), salt=5)
-            rows.append({**g.row(), "fraction": f, "documents": int(sub["documents"].max() or 0),
-                         "mean_share": m, "ci_low": lo, "ci_high": hi,
-                         "max_share_error": float(sub["share_error"].max() or 0.0)})
+            rows.append(
+                {
+                    **g.row(),
+                    "fraction": f,
+                    "documents": int(sub["documents"].max() or 0),
+                    "mean_share": m,
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "max_share_error": float(sub["share_error"].max() or 0.0),
+                }
+            )
     fits = _with_kind(a, conc.power_laws(a.stats, a.config.fit_ranks)).select(
-        ["query_id", "kind", "fit", "slope", "intercept", "r2", "ranks"])
+        ["query_id", "kind", "fit", "slope", "intercept", "r2", "ranks"]
+    )
     fit_rows, tests = [], []
     category = a.queries["category"].to_numpy()
     for name in conc.FITS:
@@ -61,14 +70,30 @@ def compute(a: Analysis) -> Concentration:
         for g in a.groups:
             slope, lo, hi = a.interval(mine["slope"].to_numpy()[g.mask], salt=6)
             r2 = mine["r2"].to_numpy()[g.mask]
-            fit_rows.append({"fit": name, **g.row(), "queries": int(g.mask.sum()), "mean_slope": slope, "ci_low": lo,
-                             "ci_high": hi, "mean_r2": float(np.nanmean(r2)) if np.isfinite(r2).any() else math.nan})
+            fit_rows.append(
+                {
+                    "fit": name,
+                    **g.row(),
+                    "queries": int(g.mask.sum()),
+                    "mean_slope": slope,
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "mean_r2": float(np.nanmean(r2)) if np.isfinite(r2).any() else math.nan,
+                }
+            )
         for subset, keep in _subsets(a).items():
             slopes = {c: mine["slope"].to_numpy()[(category == c) & keep] for c in (FACTUAL, REASONING)}
             test = conc.welch_test(slopes[FACTUAL], slopes[REASONING])
-            tests.append({"fit": name, "definition": FIT_DEFINITIONS[name], "queries": subset,
-                          "factual_queries": int(np.isfinite(slopes[FACTUAL]).sum()),
-                          "reasoning_queries": int(np.isfinite(slopes[REASONING]).sum()), **vars(test)})
+            tests.append(
+                {
+                    "fit": name,
+                    "definition": FIT_DEFINITIONS[name],
+                    "queries": subset,
+                    "factual_queries": int(np.isfinite(slopes[FACTUAL]).sum()),
+                    "reasoning_queries": int(np.isfinite(slopes[REASONING]).sum()),
+                    **vars(test),
+                }
+            )
     return Concentration(shares, pl.DataFrame(rows), fits, pl.DataFrame(fit_rows), pl.DataFrame(tests))
 
 
@@ -96,28 +121,42 @@ def reading(a: Analysis) -> list[str]:
             continue
         parts.append(f"{r['kind']} {pct(r['mean_share'])} {interval(r['ci_low'], r['ci_high'], pct)}")
     if parts:
-        out.append(f"The top {pct(f, 2 if f < 0.01 else 0)} of documents hold on average this share of a query's total "
-                   "positive influence: " + "; ".join(parts) + ".")
+        out.append(
+            f"The top {pct(f, 2 if f < 0.01 else 0)} of documents hold on average this share of a query's total "
+            "positive influence: " + "; ".join(parts) + "."
+        )
     fit = c.power_law.filter((pl.col("fit") == "paper") & pl.col("slope").is_finite())
     if fit.height:
         r2 = float(fit["r2"].mean())
         quality = "closely" if r2 >= 0.95 else "reasonably" if r2 >= 0.85 else "only loosely"
-        kinds = "; ".join(f"{r['kind']} {num(r['mean_slope'])} {interval(r['ci_low'], r['ci_high'])}"
-                          for r in c.power_law_kinds.filter(pl.col("fit") == "paper").to_dicts()
-                          if r["kind"] != POOLED)
-        out.append(f"Over the top {int(fit['ranks'].max())} ranks of each ranking (Ruis et al.'s fit), influence falls "
-                   f"with rank {quality} like a power law (mean R\u00b2 = {num(r2)}); slopes by kind: {kinds}. A "
-                   "steeper (more negative) slope means influence is concentrated in fewer documents.")
+        kinds = "; ".join(
+            f"{r['kind']} {num(r['mean_slope'])} {interval(r['ci_low'], r['ci_high'])}"
+            for r in c.power_law_kinds.filter(pl.col("fit") == "paper").to_dicts()
+            if r["kind"] != POOLED
+        )
+        out.append(
+            f"Over the top {int(fit['ranks'].max())} ranks of each ranking (Ruis et al.'s fit), influence falls "
+            f"with rank {quality} like a power law (mean R\u00b2 = {num(r2)}); slopes by kind: {kinds}. A "
+            "steeper (more negative) slope means influence is concentrated in fewer documents."
+        )
     for t in c.power_law_test.filter((pl.col("fit") == "paper") & pl.col("p").is_finite()).to_dicts():
         verdict = "differ" if t["p"] < 0.05 else "do not differ significantly"
-        which = "" if t["queries"] == ALL_QUERIES else f" on the queries the model answers correctly " \
+        which = (
+            ""
+            if t["queries"] == ALL_QUERIES
+            else f" on the queries the model answers correctly "
             f"({t['factual_queries']} factual, {t['reasoning_queries']} reasoning)"
-        out.append(f"Factual and reasoning slopes{which} {verdict} (Welch's t-test, as Ruis et al.: mean "
-                   f"{num(t['factual_mean'])} vs {num(t['reasoning_mean'])}, t = {num(t['t'])}, p = {num(t['p'], 3)}).")
+        )
+        out.append(
+            f"Factual and reasoning slopes{which} {verdict} (Welch's t-test, as Ruis et al.: mean "
+            f"{num(t['factual_mean'])} vs {num(t['reasoning_mean'])}, t = {num(t['t'])}, p = {num(t['p'], 3)})."
+        )
     worst = float(c.concentration["share_error"].max() or 0.0) if c.concentration.height else 0.0
     bound = "below 0.001%" if worst < 1e-5 else pct(worst, 3)
-    out.append(f"Shares beyond rank {a.stats.top_values.shape[1]} come from a log-binned histogram; the largest error "
-               f"bound in this report is {bound} (absolute share).")
+    out.append(
+        f"Shares beyond rank {a.stats.top_values.shape[1]} come from a log-binned histogram; the largest error "
+        f"bound in this report is {bound} (absolute share)."
+    )
     return out
 
 
@@ -193,9 +232,15 @@ def power_law_plot(a: Analysis) -> bytes:
             ax2.scatter(j + rng.uniform(-0.15, 0.15, s.size), s, s=14, alpha=0.7, color=colors[kind])
             row = df.row(j, named=True)
             if math.isfinite(row["mean_slope"]) and math.isfinite(row["ci_low"] or math.nan):
-                ax2.errorbar([j + 0.3], [row["mean_slope"]],
-                             yerr=error_bars(row["mean_slope"], row["ci_low"], row["ci_high"]),
-                             fmt="D", color="k", ms=4, capsize=3)
+                ax2.errorbar(
+                    [j + 0.3],
+                    [row["mean_slope"]],
+                    yerr=error_bars(row["mean_slope"], row["ci_low"], row["ci_high"]),
+                    fmt="D",
+                    color="k",
+                    ms=4,
+                    capsize=3,
+                )
         ax2.set_xticks(range(df.height), df["kind"].to_list(), rotation=30, ha="right")
         ax2.set_ylabel("slope of log score vs log rank")
         ax2.set_title("Power-law slope per query")
@@ -211,17 +256,45 @@ def body(a: Analysis, figs: dict[str, bytes]) -> str:
     wide = wide.pivot(on="fraction", index="kind", values="cell", maintain_order=True)
     fits = with_ci(c.power_law_kinds, "mean_slope", "ci_low", "ci_high", "slope")
     return (
-        figure("concentration", figs["concentration"], "Share of a query's total positive influence held by its "
-                    "top documents (thin: queries; thick: mean per kind; grey lines: the fractions tabulated).")
+        figure(
+            "concentration",
+            figs["concentration"],
+            "Share of a query's total positive influence held by its "
+            "top documents (thin: queries; thick: mean per kind; grey lines: the fractions tabulated).",
+        )
         + wide_table(wide)
-        + figure("power_law", figs["power_law"], f"Influence against rank on log-log axes over the top "
-                      f"{conc.PAPER_RANKS} ranks, with least-squares power-law fits (Ruis et al.'s definition).")
-        + table(fits, {"fit": "fit", "kind": "kind", "queries": "queries", "slope": "mean slope [interval]",
-                            "mean_r2": "mean R²"}, text=("fit", "kind"))
-        + table(c.power_law_test, {"definition": "fit", "queries": "queries", "factual_queries": "factual queries",
-                                   "reasoning_queries": "reasoning queries", "factual_mean": "factual mean slope",
-                                   "reasoning_mean": "reasoning mean slope", "t": "Welch t", "dof": "d.o.f.",
-                                   "p": "p (two-sided)"}, text=("definition", "queries"))
+        + figure(
+            "power_law",
+            figs["power_law"],
+            f"Influence against rank on log-log axes over the top "
+            f"{conc.PAPER_RANKS} ranks, with least-squares power-law fits (Ruis et al.'s definition).",
+        )
+        + table(
+            fits,
+            {
+                "fit": "fit",
+                "kind": "kind",
+                "queries": "queries",
+                "slope": "mean slope [interval]",
+                "mean_r2": "mean R²",
+            },
+            text=("fit", "kind"),
+        )
+        + table(
+            c.power_law_test,
+            {
+                "definition": "fit",
+                "queries": "queries",
+                "factual_queries": "factual queries",
+                "reasoning_queries": "reasoning queries",
+                "factual_mean": "factual mean slope",
+                "reasoning_mean": "reasoning mean slope",
+                "t": "Welch t",
+                "dof": "d.o.f.",
+                "p": "p (two-sided)",
+            },
+            text=("definition", "queries"),
+        )
     )
 
 
@@ -229,13 +302,20 @@ def headline(a: Analysis) -> dict[str, pl.DataFrame]:
     c = a.result(compute)
     return {
         "concentration": c.concentration_kinds.filter(pl.col("kind") != POOLED).select(
-            ["kind", "fraction", "documents", "mean_share", "ci_low", "ci_high"]),
+            ["kind", "fraction", "documents", "mean_share", "ci_low", "ci_high"]
+        ),
         "power_law": c.power_law_kinds.filter(pl.col("fit") == "paper").select(
-            ["kind", "queries", "mean_slope", "ci_low", "ci_high", "mean_r2"]),
+            ["kind", "queries", "mean_slope", "ci_low", "ci_high", "mean_r2"]
+        ),
     }
 
 
 SECTION = Section(
-    "concentration", "How concentrated is influence?", body, reading,
-    figures={"concentration": shares_plot, "power_law": power_law_plot}, compute=compute, headline=headline,
+    "concentration",
+    "How concentrated is influence?",
+    body,
+    reading,
+    figures={"concentration": shares_plot, "power_law": power_law_plot},
+    compute=compute,
+    headline=headline,
 )

@@ -16,10 +16,16 @@ from pretrace.report.html import figure, table, with_ci
 from pretrace.report.plots import empty, error_bars, png
 from pretrace.report.section import Section
 
-PAPER = ("Ruis et al. (2024) found that reasoning queries of the same kind share influential documents "
-         "more than factual queries do")
-COMPARISONS = (("same reasoning kind", "different reasoning kinds"), ("same reasoning kind", "within factual"),
-               ("same reasoning kind", "control vs others"), ("within factual", "control vs others"))
+PAPER = (
+    "Ruis et al. (2024) found that reasoning queries of the same kind share influential documents "
+    "more than factual queries do"
+)
+COMPARISONS = (
+    ("same reasoning kind", "different reasoning kinds"),
+    ("same reasoning kind", "within factual"),
+    ("same reasoning kind", "control vs others"),
+    ("within factual", "control vs others"),
+)
 
 
 @dataclass
@@ -36,15 +42,30 @@ def compute(a: Analysis) -> Correlation:
     kinds, cats = a.queries["kind"].to_list(), a.queries["category"].to_list()
     r = a.stats.correlation()
     ids = a.queries["id"].to_list()
-    pairs = pl.DataFrame({"query_a": np.repeat(ids, len(ids)).tolist(), "query_b": ids * len(ids),
-                          "r": r.ravel().tolist()})
+    pairs = pl.DataFrame(
+        {"query_a": np.repeat(ids, len(ids)).tolist(), "query_b": ids * len(ids), "r": r.ravel().tolist()}
+    )
     masks = pair_groups(kinds, cats)
     gm = group_means(r, masks, kinds, config.bootstrap, config.seed)
-    groups = pl.DataFrame([
-        {"group": name, "pairs": gm.pairs[name], "mean_r": gm.means[name],
-         "ci_low": gm.interval(name, config.level)[0], "ci_high": gm.interval(name, config.level)[1]}
-        for name in masks
-    ], schema={"group": pl.String, "pairs": pl.Int64, "mean_r": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64})
+    groups = pl.DataFrame(
+        [
+            {
+                "group": name,
+                "pairs": gm.pairs[name],
+                "mean_r": gm.means[name],
+                "ci_low": gm.interval(name, config.level)[0],
+                "ci_high": gm.interval(name, config.level)[1],
+            }
+            for name in masks
+        ],
+        schema={
+            "group": pl.String,
+            "pairs": pl.Int64,
+            "mean_r": pl.Float64,
+            "ci_low": pl.Float64,
+            "ci_high": pl.Float64,
+        },
+    )
     return Correlation(r, pairs, groups, _tests(a, r, gm))
 
 
@@ -55,12 +76,22 @@ def _tests(a: Analysis, r: np.ndarray, gm: GroupMeans) -> pl.DataFrame:
         diff, lo, hi = gm.difference(first, second, config.level)
         p = math.nan
         if (first, second) == COMPARISONS[0]:
-            _, p = same_kind_permutation_test(r, a.queries["kind"].to_list(), a.queries["category"].to_list(),
-                                              config.permutations, config.seed)
-        rows.append({"comparison": f"{first} - {second}", "difference": diff, "ci_low": lo, "ci_high": hi,
-                     "p_value": p})
-    return pl.DataFrame(rows, schema={"comparison": pl.String, "difference": pl.Float64, "ci_low": pl.Float64,
-                                      "ci_high": pl.Float64, "p_value": pl.Float64})
+            _, p = same_kind_permutation_test(
+                r, a.queries["kind"].to_list(), a.queries["category"].to_list(), config.permutations, config.seed
+            )
+        rows.append(
+            {"comparison": f"{first} - {second}", "difference": diff, "ci_low": lo, "ci_high": hi, "p_value": p}
+        )
+    return pl.DataFrame(
+        rows,
+        schema={
+            "comparison": pl.String,
+            "difference": pl.Float64,
+            "ci_low": pl.Float64,
+            "ci_high": pl.Float64,
+            "p_value": pl.Float64,
+        },
+    )
 
 
 def _resolved(value, lo, hi, null: float = 0.0) -> int:
@@ -76,20 +107,29 @@ def reading(a: Analysis) -> list[str]:
     t = {r["comparison"]: r for r in c.correlation_tests.to_dicts()}
     out = []
     same, diff, fact = g.get("same reasoning kind"), g.get("different reasoning kinds"), g.get("within factual")
-    describe = lambda r: f"mean r = {corr(r['mean_r'])} {interval(r['ci_low'], r['ci_high'], corr)}, {r['pairs']} pairs"  # noqa: E731
+
+    def describe(r):
+        return f"mean r = {corr(r['mean_r'])} {interval(r['ci_low'], r['ci_high'], corr)}, {r['pairs']} pairs"
+
     if same and same["pairs"] and fact and fact["pairs"]:
         test = t["same reasoning kind - within factual"]
         d = f"difference {corr(test['difference'])} {interval(test['ci_low'], test['ci_high'], corr)}"
         sign = _resolved(test["difference"], test["ci_low"], test["ci_high"])
         if sign:
-            out.append(f"Reasoning queries of the same kind correlate {'more' if sign > 0 else 'less'} "
-                       f"({describe(same)}) than factual queries do with each other ({describe(fact)}); {d}.")
+            out.append(
+                f"Reasoning queries of the same kind correlate {'more' if sign > 0 else 'less'} "
+                f"({describe(same)}) than factual queries do with each other ({describe(fact)}); {d}."
+            )
         else:
-            out.append(f"Reasoning queries of the same kind ({describe(same)}) and factual queries ({describe(fact)}) "
-                       f"cannot be told apart: the {d} includes zero, so these queries do not resolve it.")
+            out.append(
+                f"Reasoning queries of the same kind ({describe(same)}) and factual queries ({describe(fact)}) "
+                f"cannot be told apart: the {d} includes zero, so these queries do not resolve it."
+            )
     elif same and same["pairs"]:
-        out.append(f"Reasoning queries of the same kind correlate with {describe(same)}; there are too few factual "
-                   "queries to compare against.")
+        out.append(
+            f"Reasoning queries of the same kind correlate with {describe(same)}; there are too few factual "
+            "queries to compare against."
+        )
     else:
         out.append("There are too few reasoning queries of one kind to measure how they correlate.")
     if same and diff and same["pairs"] and diff["pairs"]:
@@ -98,15 +138,21 @@ def reading(a: Analysis) -> list[str]:
         p = test["p_value"]
         p_text = f"; label-permutation p = {p:.2g}" if p is not None and math.isfinite(p) else ""
         verdict = {1: "clearly lower than", -1: "clearly higher than", 0: "not clearly different from"}[sign]
-        out.append(f"Across different reasoning kinds the mean correlation is {corr(diff['mean_r'])} "
-                   f"{interval(diff['ci_low'], diff['ci_high'], corr)}, {verdict} within a kind "
-                   f"(difference {corr(test['difference'])} {interval(test['ci_low'], test['ci_high'], corr)}{p_text}).")
+        out.append(
+            f"Across different reasoning kinds the mean correlation is {corr(diff['mean_r'])} "
+            f"{interval(diff['ci_low'], diff['ci_high'], corr)}, {verdict} within a kind "
+            f"(difference {corr(test['difference'])} {interval(test['ci_low'], test['ci_high'], corr)}{p_text})."
+        )
     ctl = g.get("control vs others")
     if ctl and ctl["pairs"]:
-        out.append(f"Control queries correlate with the others at {corr(ctl['mean_r'])} "
-                   f"{interval(ctl['ci_low'], ctl['ci_high'], corr)}, a baseline for unrelated queries.")
-    out.append(f"For comparison: {PAPER}. Intervals are {int(100 * a.config.level)}% bootstrap intervals over "
-               "queries, resampled within each kind.")
+        out.append(
+            f"Control queries correlate with the others at {corr(ctl['mean_r'])} "
+            f"{interval(ctl['ci_low'], ctl['ci_high'], corr)}, a baseline for unrelated queries."
+        )
+    out.append(
+        f"For comparison: {PAPER}. Intervals are {int(100 * a.config.level)}% bootstrap intervals over "
+        "queries, resampled within each kind."
+    )
     return out
 
 
@@ -144,10 +190,22 @@ def groups_plot(a: Analysis) -> bytes:
         return png(fig)
     y = np.arange(df.height)[::-1]
     mean = df["mean_r"].to_numpy()
-    colors = ["#d62728" if g.startswith(("within ", "same")) and "factual" not in g else
-              "#1f77b4" if "factual" in g else "0.45" for g in df["group"].to_list()]
-    ax.errorbar(mean, y, xerr=error_bars(mean, df["ci_low"].to_numpy(), df["ci_high"].to_numpy()), fmt="none",
-                ecolor="0.3", capsize=3)
+    colors = [
+        "#d62728"
+        if g.startswith(("within ", "same")) and "factual" not in g
+        else "#1f77b4"
+        if "factual" in g
+        else "0.45"
+        for g in df["group"].to_list()
+    ]
+    ax.errorbar(
+        mean,
+        y,
+        xerr=error_bars(mean, df["ci_low"].to_numpy(), df["ci_high"].to_numpy()),
+        fmt="none",
+        ecolor="0.3",
+        capsize=3,
+    )
     ax.scatter(mean, y, c=colors, zorder=3)
     ax.axvline(0, color="0.7", lw=1)
     ax.set_yticks(y, [f"{g} ({p})" for g, p in zip(df["group"].to_list(), df["pairs"].to_list())])
@@ -161,22 +219,37 @@ def body(a: Analysis, figs: dict[str, bytes]) -> str:
     groups = with_ci(c.correlation_groups, "mean_r", "ci_low", "ci_high", "mean r [interval]")
     tests = with_ci(c.correlation_tests, "difference", "ci_low", "ci_high", "difference [interval]")
     return (
-        figure("correlation_matrix", figs["correlation_matrix"],
-                    "Pearson correlation of document influence for every pair of queries, grouped by kind.")
+        figure(
+            "correlation_matrix",
+            figs["correlation_matrix"],
+            "Pearson correlation of document influence for every pair of queries, grouped by kind.",
+        )
         + figure("correlation_groups", figs["correlation_groups"], "Mean correlation of groups of query pairs.")
-        + table(groups, {"group": "pairs of queries", "pairs": "pairs", "mean r [interval]": "mean r [interval]"},
-                     text=("group",))
-        + table(tests, {"comparison": "comparison", "difference [interval]": "difference [interval]",
-                             "p_value": "permutation p"}, text=("comparison",))
+        + table(
+            groups,
+            {"group": "pairs of queries", "pairs": "pairs", "mean r [interval]": "mean r [interval]"},
+            text=("group",),
+        )
+        + table(
+            tests,
+            {"comparison": "comparison", "difference [interval]": "difference [interval]", "p_value": "permutation p"},
+            text=("comparison",),
+        )
     )
 
 
 def headline(a: Analysis) -> dict[str, pl.DataFrame]:
-    return {"correlation": a.result(compute).correlation_groups.select(["group", "pairs", "mean_r", "ci_low", "ci_high"])}
+    return {
+        "correlation": a.result(compute).correlation_groups.select(["group", "pairs", "mean_r", "ci_low", "ci_high"])
+    }
 
 
 SECTION = Section(
-    "correlation", "Do reasoning queries share influential documents?", body, reading,
+    "correlation",
+    "Do reasoning queries share influential documents?",
+    body,
+    reading,
     figures={"correlation_matrix": matrix_plot, "correlation_groups": groups_plot},
-    compute=compute, headline=headline,
+    compute=compute,
+    headline=headline,
 )

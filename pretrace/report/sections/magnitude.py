@@ -10,14 +10,14 @@ import numpy as np
 import polars as pl
 from matplotlib.figure import Figure
 
+from pretrace.analyses import concentration as conc
 from pretrace.analyses.analysis import Analysis
+from pretrace.analyses.kinds import POOLED, reasoning_label
 from pretrace.analyses.report_config import FACTUAL, REASONING
 from pretrace.report.formatting import interval, num
 from pretrace.report.html import figure, table, with_ci
-from pretrace.analyses.kinds import POOLED, reasoning_label
 from pretrace.report.plots import empty, error_bars, kind_colors, png
 from pretrace.report.section import Section
-from pretrace.analyses import concentration as conc
 from pretrace.report.sections import concentration
 
 MEASURES = ("positive_per_nat", "absolute_per_nat")
@@ -26,7 +26,8 @@ CURVES_CAPTION = (
     "influence of the top p% of the query's positively influential documents (left) and of its negatively "
     "influential ones (right), averaged over the queries of a kind. Table magnitude_curves.parquet also gives "
     "the sums over the top 1, 10, 100, ... documents (by = documents), with the histogram's error bound beyond "
-    "the exact top list. The 100% point on the left is the positive-per-nat total of the table above.")
+    "the exact top list. The 100% point on the left is the positive-per-nat total of the table above."
+)
 
 
 @dataclass
@@ -49,11 +50,18 @@ def compute(a: Analysis) -> Magnitude:
     nats = -q["logprob"].cast(pl.Float64).to_numpy()
     with np.errstate(divide="ignore", invalid="ignore"):
         nats_ok = np.where(nats > 1e-9, nats, np.nan)
-        per_query = pl.DataFrame({
-            "query_id": q["id"], "kind": q["kind"], "category": q["category"], "nats": nats,
-            "positive": a.stats.positive_sum, "absolute": a.stats.abs_sum,
-            "positive_per_nat": a.stats.positive_sum / nats_ok, "absolute_per_nat": a.stats.abs_sum / nats_ok,
-        })
+        per_query = pl.DataFrame(
+            {
+                "query_id": q["id"],
+                "kind": q["kind"],
+                "category": q["category"],
+                "nats": nats,
+                "positive": a.stats.positive_sum,
+                "absolute": a.stats.abs_sum,
+                "positive_per_nat": a.stats.positive_sum / nats_ok,
+                "absolute_per_nat": a.stats.abs_sum / nats_ok,
+            }
+        )
     rows = []
     for g in a.groups:
         row = {**g.row(), "queries": int(g.mask.sum())}
@@ -62,8 +70,9 @@ def compute(a: Analysis) -> Magnitude:
             m, lo, hi = a.interval(values, salt=3)
             row |= {f"{col}_mean": m, f"{col}_ci_low": lo, f"{col}_ci_high": hi, f"{col}_median": _median(values)}
         rows.append(row)
-    return Magnitude(per_query, pl.DataFrame(rows), _comparison(a, per_query), _fractions(a, per_query),
-                     _curves(a, per_query))
+    return Magnitude(
+        per_query, pl.DataFrame(rows), _comparison(a, per_query), _fractions(a, per_query), _curves(a, per_query)
+    )
 
 
 def _comparison(a: Analysis, per_query: pl.DataFrame) -> pl.DataFrame:
@@ -82,28 +91,51 @@ def _comparison(a: Analysis, per_query: pl.DataFrame) -> pl.DataFrame:
                 boot_r = r[rng.integers(0, r.size, size=(draws, r.size))].mean(axis=1)
                 with np.errstate(divide="ignore", invalid="ignore"):
                     ratios = boot_r / boot_f
-                lo, hi = (float(x) for x in np.quantile(ratios[np.isfinite(ratios)], [(1 - level) / 2,
-                                                                                        (1 + level) / 2]))
-        rows.append({"measure": col, "factual_queries": int(f.size), "reasoning_queries": int(r.size),
-                     "factual_mean": float(f.mean()) if f.size else math.nan,
-                     "reasoning_mean": float(r.mean()) if r.size else math.nan,
-                     "reasoning_over_factual": ratio, "ci_low": lo, "ci_high": hi})
+                lo, hi = (
+                    float(x) for x in np.quantile(ratios[np.isfinite(ratios)], [(1 - level) / 2, (1 + level) / 2])
+                )
+        rows.append(
+            {
+                "measure": col,
+                "factual_queries": int(f.size),
+                "reasoning_queries": int(r.size),
+                "factual_mean": float(f.mean()) if f.size else math.nan,
+                "reasoning_mean": float(r.mean()) if r.size else math.nan,
+                "reasoning_over_factual": ratio,
+                "ci_low": lo,
+                "ci_high": hi,
+            }
+        )
     return pl.DataFrame(rows)
 
 
 def _fractions(a: Analysis, per_query: pl.DataFrame) -> pl.DataFrame:
     """Per nat, the positive influence of the top fractions of documents (share times total), by kind."""
-    per_nat = a.result(concentration.compute).concentration.join(
-        per_query.select(["query_id", "positive_per_nat"]), on="query_id",
-    ).with_columns(top_per_nat=pl.col("share") * pl.col("positive_per_nat"))
+    per_nat = (
+        a.result(concentration.compute)
+        .concentration.join(
+            per_query.select(["query_id", "positive_per_nat"]),
+            on="query_id",
+        )
+        .with_columns(top_per_nat=pl.col("share") * pl.col("positive_per_nat"))
+    )
     rows = []
     for g in a.groups:
         for f in a.config.fractions:
             v = per_nat.filter(pl.col("query_id").is_in(g.ids) & (pl.col("fraction") == f))["top_per_nat"].to_numpy()
             m, lo, hi = a.interval(v, salt=7)
             rows.append({**g.row(), "fraction": f, "mean_per_nat": m, "ci_low": lo, "ci_high": hi})
-    return pl.DataFrame(rows, schema={"kind": pl.String, "category": pl.String, "fraction": pl.Float64,
-                                      "mean_per_nat": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64})
+    return pl.DataFrame(
+        rows,
+        schema={
+            "kind": pl.String,
+            "category": pl.String,
+            "fraction": pl.Float64,
+            "mean_per_nat": pl.Float64,
+            "ci_low": pl.Float64,
+            "ci_high": pl.Float64,
+        },
+    )
 
 
 def _curves(a: Analysis, per_query: pl.DataFrame) -> pl.DataFrame:
@@ -118,12 +150,31 @@ def _curves(a: Analysis, per_query: pl.DataFrame) -> pl.DataFrame:
         for g in a.groups:
             values = sub.filter(pl.col("query_id").is_in(g.ids))
             m, lo, hi = a.interval(values["per_nat"].to_numpy(), salt=8)
-            rows.append({**g.row(), "side": side, "by": by, "at": at, "queries": values.height,
-                         "mean_per_nat": m, "ci_low": lo, "ci_high": hi,
-                         "max_error_per_nat": float(values["error_per_nat"].max() or 0.0)})
-    schema = {"kind": pl.String, "category": pl.String, "side": pl.String, "by": pl.String, "at": pl.Float64,
-              "queries": pl.Int64, "mean_per_nat": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64,
-              "max_error_per_nat": pl.Float64}
+            rows.append(
+                {
+                    **g.row(),
+                    "side": side,
+                    "by": by,
+                    "at": at,
+                    "queries": values.height,
+                    "mean_per_nat": m,
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "max_error_per_nat": float(values["error_per_nat"].max() or 0.0),
+                }
+            )
+    schema = {
+        "kind": pl.String,
+        "category": pl.String,
+        "side": pl.String,
+        "by": pl.String,
+        "at": pl.Float64,
+        "queries": pl.Int64,
+        "mean_per_nat": pl.Float64,
+        "ci_low": pl.Float64,
+        "ci_high": pl.Float64,
+        "max_error_per_nat": pl.Float64,
+    }
     return pl.DataFrame(rows, schema=schema)
 
 
@@ -147,17 +198,23 @@ def reading(a: Analysis) -> list[str]:
             verdict = "less"
         else:
             verdict = "about as much (the interval includes equality)"
-        out.append(f"Per nat of completion information, reasoning queries receive {verdict} total positive influence "
-                   f"than factual queries: mean {num(cmp['reasoning_mean'], 3)} vs {num(cmp['factual_mean'], 3)}, "
-                   f"ratio {num(ratio)} {interval(lo, hi)}.")
+        out.append(
+            f"Per nat of completion information, reasoning queries receive {verdict} total positive influence "
+            f"than factual queries: mean {num(cmp['reasoning_mean'], 3)} vs {num(cmp['factual_mean'], 3)}, "
+            f"ratio {num(ratio)} {interval(lo, hi)}."
+        )
     else:
         out.append("There are not both factual and reasoning queries with a known log-probability to compare.")
     abs_cmp = _row(m.magnitude_comparison, "measure", "absolute_per_nat")
     if abs_cmp and math.isfinite(abs_cmp["reasoning_over_factual"]):
-        out.append(f"Counting negative influence too (absolute influence per nat) the ratio is "
-                   f"{num(abs_cmp['reasoning_over_factual'])} {interval(abs_cmp['ci_low'], abs_cmp['ci_high'])}.")
-    out.append("Ruis et al. (2024) found that, per nat, reasoning relies less on individual documents than factual "
-               "recall does: a ratio below 1.")
+        out.append(
+            f"Counting negative influence too (absolute influence per nat) the ratio is "
+            f"{num(abs_cmp['reasoning_over_factual'])} {interval(abs_cmp['ci_low'], abs_cmp['ci_high'])}."
+        )
+    out.append(
+        "Ruis et al. (2024) found that, per nat, reasoning relies less on individual documents than factual "
+        "recall does: a ratio below 1."
+    )
     return out
 
 
@@ -192,8 +249,13 @@ def plot(a: Analysis) -> bytes:
         for kind in kinds:
             sub = df.filter(pl.col("kind") == kind).sort("fraction")
             if sub.height:
-                ax.plot(sub["fraction"].to_numpy() * 100, sub["mean_per_nat"].to_numpy(), "o-", color=colors[kind],
-                        label=kind)
+                ax.plot(
+                    sub["fraction"].to_numpy() * 100,
+                    sub["mean_per_nat"].to_numpy(),
+                    "o-",
+                    color=colors[kind],
+                    label=kind,
+                )
         ax.set_xscale("log")
         if (df["mean_per_nat"] > 0).all():
             ax.set_yscale("log")
@@ -220,7 +282,9 @@ def plot_curves(a: Analysis) -> bytes:
         for kind in a.kind_order:
             sub = df.filter(pl.col("kind") == kind).sort("at")
             if sub.height:
-                ax.plot(sub["at"].to_numpy(), sub["mean_per_nat"].to_numpy(), "o-", ms=3, color=colors[kind], label=kind)
+                ax.plot(
+                    sub["at"].to_numpy(), sub["mean_per_nat"].to_numpy(), "o-", ms=3, color=colors[kind], label=kind
+                )
         ax.set_xlabel(f"top % of the {side}ly influential documents")
         ax.set_title(f"summed {side} influence per nat")
         ax.legend(fontsize=8)
@@ -230,27 +294,63 @@ def plot_curves(a: Analysis) -> bytes:
 
 def body(a: Analysis, figs: dict[str, bytes]) -> str:
     m = a.result(compute)
-    df = with_ci(m.magnitude_kinds, "positive_per_nat_mean", "positive_per_nat_ci_low", "positive_per_nat_ci_high",
-                      "positive")
+    df = with_ci(
+        m.magnitude_kinds, "positive_per_nat_mean", "positive_per_nat_ci_low", "positive_per_nat_ci_high", "positive"
+    )
     df = with_ci(df, "absolute_per_nat_mean", "absolute_per_nat_ci_low", "absolute_per_nat_ci_high", "absolute")
     cmp = with_ci(m.magnitude_comparison, "reasoning_over_factual", "ci_low", "ci_high", "ratio")
     return (
-        figure("magnitude", figs["magnitude"], "Total influence per query divided by the completion's "
-                    "information, -log p(completion | prompt) in nats.")
-        + table(df, {"kind": "kind", "queries": "queries", "positive": "mean positive per nat [interval]",
-                          "positive_per_nat_median": "median positive per nat",
-                          "absolute": "mean absolute per nat [interval]"}, text=("kind",))
-        + table(cmp, {"measure": "measure", "factual_mean": "factual mean", "reasoning_mean": "reasoning mean",
-                           "ratio": "reasoning ÷ factual [interval]"}, text=("measure",))
+        figure(
+            "magnitude",
+            figs["magnitude"],
+            "Total influence per query divided by the completion's information, -log p(completion | prompt) in nats.",
+        )
+        + table(
+            df,
+            {
+                "kind": "kind",
+                "queries": "queries",
+                "positive": "mean positive per nat [interval]",
+                "positive_per_nat_median": "median positive per nat",
+                "absolute": "mean absolute per nat [interval]",
+            },
+            text=("kind",),
+        )
+        + table(
+            cmp,
+            {
+                "measure": "measure",
+                "factual_mean": "factual mean",
+                "reasoning_mean": "reasoning mean",
+                "ratio": "reasoning ÷ factual [interval]",
+            },
+            text=("measure",),
+        )
         + figure("magnitude_curves", figs["magnitude_curves"], CURVES_CAPTION)
     )
 
 
 def headline(a: Analysis) -> dict[str, pl.DataFrame]:
-    return {"magnitude_per_nat": a.result(compute).magnitude_kinds.select(
-        ["kind", "queries", "positive_per_nat_mean", "positive_per_nat_ci_low", "positive_per_nat_ci_high",
-         "absolute_per_nat_mean"])}
+    return {
+        "magnitude_per_nat": a.result(compute).magnitude_kinds.select(
+            [
+                "kind",
+                "queries",
+                "positive_per_nat_mean",
+                "positive_per_nat_ci_low",
+                "positive_per_nat_ci_high",
+                "absolute_per_nat_mean",
+            ]
+        )
+    }
 
 
-SECTION = Section("magnitude", "How much influence per nat of information?", body, reading,
-                  figures={"magnitude": plot, "magnitude_curves": plot_curves}, compute=compute, headline=headline)
+SECTION = Section(
+    "magnitude",
+    "How much influence per nat of information?",
+    body,
+    reading,
+    figures={"magnitude": plot, "magnitude_curves": plot_curves},
+    compute=compute,
+    headline=headline,
+)

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from pretrace.evaluation.projection_check import ACCURACY_SCHEMA
-from pretrace.influence.reranking import agreement_k, order_agreement
 from pretrace.analyses.analysis import Analysis
 from pretrace.analyses.concentration import share_bound
+from pretrace.evaluation.projection_check import ACCURACY_SCHEMA
+from pretrace.influence.reranking import agreement_k, order_agreement
 from pretrace.report.formatting import num, pct
 from pretrace.report.section import Section
 
@@ -42,13 +42,18 @@ def _accuracy(a: Analysis) -> str:
     if first["stored_dtype"] not in (None, "float32"):
         how.append(f"document gradients stored in {first['stored_dtype']}")
     pearson = rows["pearson_mean"].drop_nulls()
-    measured = ("the sampled scores were constant, so no correlation is defined" if pearson.is_empty() else
-                f"mean per-query Pearson r {num(float(pearson.mean()), 3)} (lowest shard {num(float(pearson.min()), 3)}, "
-                f"lowest query {num(float(rows['pearson_min'].drop_nulls().min()), 3)}); the same top document for "
-                f"{pct(float(rows['top1_agreement'].mean()))} of queries")
-    return (f"<li>Stored scores are approximate ({'; '.join(how)}). Against exact EK-FAC scores streamed from the "
-            f"model for a seeded sample of up to {int(rows['documents'].max())} documents of each of the "
-            f"{rows.height} shards: {measured}. Per shard: score_accuracy.parquet.</li>")
+    measured = (
+        "the sampled scores were constant, so no correlation is defined"
+        if pearson.is_empty()
+        else f"mean per-query Pearson r {num(float(pearson.mean()), 3)} (lowest shard {num(float(pearson.min()), 3)}, "
+        f"lowest query {num(float(rows['pearson_min'].drop_nulls().min()), 3)}); the same top document for "
+        f"{pct(float(rows['top1_agreement'].mean()))} of queries"
+    )
+    return (
+        f"<li>Stored scores are approximate ({'; '.join(how)}). Against exact EK-FAC scores streamed from the "
+        f"model for a seeded sample of up to {int(rows['documents'].max())} documents of each of the "
+        f"{rows.height} shards: {measured}. Per shard: score_accuracy.parquet.</li>"
+    )
 
 
 def _reranked(a: Analysis) -> str:
@@ -58,12 +63,14 @@ def _reranked(a: Analysis) -> str:
     k = a.reranked_per_side
     top = agreement_k(k)
     kept = order_agreement(a.reranked.to_arrow(), top)
-    return (f"<li>Two-stage retrieval: each query's top and bottom {k} documents by stored score over the whole corpus "
-            f"were re-scored exactly (EK-FAC, streamed from the model), shown beside the stored scores in the top "
-            f"documents; the stored order had {pct(kept, 0)} of each exact top {top} (of those candidates) in its own "
-            f"top {top}. "
-            "Every other score, and every other section, uses the stored scores. Per document: "
-            "top_documents.parquet (exact_score, exact_rank).</li>")
+    return (
+        f"<li>Two-stage retrieval: each query's top and bottom {k} documents by stored score over the whole corpus "
+        f"were re-scored exactly (EK-FAC, streamed from the model), shown beside the stored scores in the top "
+        f"documents; the stored order had {pct(kept, 0)} of each exact top {top} (of those candidates) in its own "
+        f"top {top}. "
+        "Every other score, and every other section, uses the stored scores. Per document: "
+        "top_documents.parquet (exact_score, exact_rank).</li>"
+    )
 
 
 def body(a: Analysis, figs: dict[str, bytes]) -> str:
@@ -72,8 +79,9 @@ def body(a: Analysis, figs: dict[str, bytes]) -> str:
         "<ul>"
         f"<li>Scores: EK-FAC influence of each document on log p(completion | prompt); positive means the document "
         f"raised it. {a.n_documents:,} documents, {a.queries.height} queries.</li>"
-        + _accuracy(a) + _reranked(a) +
-        "<li>Correlations are exact: merged per-shard sums (n, means and co-moments) give the same Pearson r as the "
+        + _accuracy(a)
+        + _reranked(a)
+        + "<li>Correlations are exact: merged per-shard sums (n, means and co-moments) give the same Pearson r as the "
         "full score matrix.</li>"
         f"<li>Shares of positive influence are exact up to rank {s.top_values.shape[1]} (exact per-shard top lists) "
         f"and for all ranks past the last positive score; in between they come from a histogram with "
@@ -84,8 +92,11 @@ def body(a: Analysis, figs: dict[str, bytes]) -> str:
         f"<li>Intervals: {int(100 * a.config.level)}% percentile bootstrap over queries ({a.config.bootstrap} draws), "
         f"stratified by kind for correlations; Wilson intervals for proportions; the permutation test shuffles "
         f"kind labels among reasoning queries ({a.config.permutations} permutations).</li>"
-        "<li>Categories: factual kinds " + html.escape(", ".join(a.config.factual_kinds)) + "; controls "
-        + html.escape(", ".join(a.config.control_kinds)) + "; every other kind counts as reasoning.</li>"
+        "<li>Categories: factual kinds "
+        + html.escape(", ".join(a.config.factual_kinds))
+        + "; controls "
+        + html.escape(", ".join(a.config.control_kinds))
+        + "; every other kind counts as reasoning.</li>"
         "<li>All tables are in the Parquet files next to this page.</li></ul>"
     )
 

@@ -12,12 +12,12 @@ import polars as pl
 from matplotlib.figure import Figure
 
 from pretrace.analyses.analysis import Analysis
+from pretrace.analyses.kinds import POOLED
+from pretrace.analyses.sources_at_k import SOURCE_KS, source_counts
 from pretrace.report.formatting import num, pct
 from pretrace.report.html import figure, wide_table
-from pretrace.analyses.kinds import POOLED
 from pretrace.report.plots import empty, png
 from pretrace.report.section import Section
-from pretrace.analyses.sources_at_k import SOURCE_KS, source_counts
 from pretrace.report.sections import top_documents
 
 SIDES = ("top", "bottom")
@@ -43,11 +43,27 @@ def compute(a: Analysis) -> Sources:
             for source in sorted(set(corpus) | set(counts)):
                 share = counts.get(source, 0) / n if n else math.nan
                 corpus_share = corpus.get(source, 0) / total if total else math.nan
-                rows.append({**g.row(), "side": side, "source": source,
-                             "count": counts.get(source, 0), "share": share, "corpus_share": corpus_share,
-                             "ratio": share / corpus_share if corpus_share else math.nan})
-    schema = {"kind": pl.String, "category": pl.String, "side": pl.String, "source": pl.String, "count": pl.Int64,
-              "share": pl.Float64, "corpus_share": pl.Float64, "ratio": pl.Float64}
+                rows.append(
+                    {
+                        **g.row(),
+                        "side": side,
+                        "source": source,
+                        "count": counts.get(source, 0),
+                        "share": share,
+                        "corpus_share": corpus_share,
+                        "ratio": share / corpus_share if corpus_share else math.nan,
+                    }
+                )
+    schema = {
+        "kind": pl.String,
+        "category": pl.String,
+        "side": pl.String,
+        "source": pl.String,
+        "count": pl.Int64,
+        "share": pl.Float64,
+        "corpus_share": pl.Float64,
+        "ratio": pl.Float64,
+    }
     return Sources(pl.DataFrame(rows, schema=schema), _at_k(a))
 
 
@@ -66,36 +82,67 @@ def _at_k(a: Analysis) -> pl.DataFrame:
             for g in a.groups:
                 mine = [c for c, member in zip(counts, g.mask) if member]
                 slots = sum(c.documents for c in mine)
-                estimate, low, high = (np.sum([getattr(c, f) for c in mine], axis=0) if mine else np.zeros(len(names))
-                                       for f in ("estimate", "low", "high"))
+                estimate, low, high = (
+                    np.sum([getattr(c, f) for c in mine], axis=0) if mine else np.zeros(len(names))
+                    for f in ("estimate", "low", "high")
+                )
                 with np.errstate(invalid="ignore", divide="ignore"):
                     share = estimate / slots if slots else np.full(len(names), np.nan)
                 for j, source in enumerate(names):
-                    rows.append({**g.row(), "side": side, "k": k, "documents": slots, "source": source,
-                                 "count": float(estimate[j]), "count_low": float(low[j]),
-                                 "count_high": float(high[j]), "exact": all(c.exact for c in mine),
-                                 "share": float(share[j]), "corpus_share": float(corpus_share[j]),
-                                 "ratio": float(share[j] / corpus_share[j]) if corpus_share[j] else math.nan})
-    schema = {"kind": pl.String, "category": pl.String, "side": pl.String, "k": pl.Int64, "documents": pl.Int64,
-              "source": pl.String, "count": pl.Float64, "count_low": pl.Float64, "count_high": pl.Float64,
-              "exact": pl.Boolean, "share": pl.Float64, "corpus_share": pl.Float64, "ratio": pl.Float64}
+                    rows.append(
+                        {
+                            **g.row(),
+                            "side": side,
+                            "k": k,
+                            "documents": slots,
+                            "source": source,
+                            "count": float(estimate[j]),
+                            "count_low": float(low[j]),
+                            "count_high": float(high[j]),
+                            "exact": all(c.exact for c in mine),
+                            "share": float(share[j]),
+                            "corpus_share": float(corpus_share[j]),
+                            "ratio": float(share[j] / corpus_share[j]) if corpus_share[j] else math.nan,
+                        }
+                    )
+    schema = {
+        "kind": pl.String,
+        "category": pl.String,
+        "side": pl.String,
+        "k": pl.Int64,
+        "documents": pl.Int64,
+        "source": pl.String,
+        "count": pl.Float64,
+        "count_low": pl.Float64,
+        "count_high": pl.Float64,
+        "exact": pl.Boolean,
+        "share": pl.Float64,
+        "corpus_share": pl.Float64,
+        "ratio": pl.Float64,
+    }
     return pl.DataFrame(rows, schema=schema)
 
 
 def reading(a: Analysis) -> list[str]:
     if len(a.corpus_sources) < 2:
         names = ", ".join(a.corpus_sources) or "none"
-        return [f"All documents come from one source ({names}), so there is no over- or under-representation to measure."]
+        return [
+            f"All documents come from one source ({names}), so there is no over- or under-representation to measure."
+        ]
     out = []
-    df = a.result(compute).sources.filter((pl.col("side") == "top") & (pl.col("kind") != POOLED) & pl.col("ratio").is_finite())
+    df = a.result(compute).sources.filter(
+        (pl.col("side") == "top") & (pl.col("kind") != POOLED) & pl.col("ratio").is_finite()
+    )
     for kind in a.kind_order:
         sub = df.filter((pl.col("kind") == kind) & (pl.col("count") > 0)).sort("ratio", descending=True)
         if sub.height == 0:
             continue
         best = sub.row(0, named=True)
-        text = (f"In the top {a.config.k} of {kind} queries, {best['source']} is the most over-represented source: "
-                f"{pct(best['share'])} of top documents against {pct(best['corpus_share'])} of the corpus "
-                f"(\u00d7{num(best['ratio'])})")
+        text = (
+            f"In the top {a.config.k} of {kind} queries, {best['source']} is the most over-represented source: "
+            f"{pct(best['share'])} of top documents against {pct(best['corpus_share'])} of the corpus "
+            f"(\u00d7{num(best['ratio'])})"
+        )
         under = df.filter((pl.col("kind") == kind) & (pl.col("corpus_share") >= 0.05)).sort("ratio")
         if under.height and under.row(0, named=True)["source"] != best["source"]:
             worst = under.row(0, named=True)
@@ -132,8 +179,9 @@ def plot(a: Analysis) -> bytes:
         for j in range(len(names)):
             if math.isfinite(grid[i, j]):
                 dark = abs(np.clip(logs[i, j], -4, 4)) > 2.5
-                ax.text(j, i, f"{grid[i, j]:.2g}", ha="center", va="center", fontsize=7,
-                        color="white" if dark else "black")
+                ax.text(
+                    j, i, f"{grid[i, j]:.2g}", ha="center", va="center", fontsize=7, color="white" if dark else "black"
+                )
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
     ax.set_yticks(range(len(rows)), [f"{k} · {s}" for k, s in rows])
     ax.set_title("Sources of influential documents relative to the corpus")
@@ -141,23 +189,32 @@ def plot(a: Analysis) -> bytes:
 
 
 def body(a: Analysis, figs: dict[str, bytes]) -> str:
-    top = a.result(compute).sources.filter(pl.col("side") == "top").with_columns(
-        cell=pl.struct(["ratio", "count"]).map_elements(lambda r: f"×{num(r['ratio'])} ({r['count']})",
-                                                        return_dtype=pl.String))
+    top = (
+        a.result(compute)
+        .sources.filter(pl.col("side") == "top")
+        .with_columns(
+            cell=pl.struct(["ratio", "count"]).map_elements(
+                lambda r: f"×{num(r['ratio'])} ({r['count']})", return_dtype=pl.String
+            )
+        )
+    )
     wide = top.pivot(on="source", index="kind", values="cell", maintain_order=True)
     corpus = a.corpus_sources
     total = sum(corpus.values()) or 1
     return (
-        figure("sources", figs["sources"], "Share of each source among the top and bottom documents of each "
-                    "kind, divided by its share of the corpus.")
+        figure(
+            "sources",
+            figs["sources"],
+            "Share of each source among the top and bottom documents of each kind, divided by its share of the corpus.",
+        )
         + "<p>Top documents: ratio to the corpus share (count). Corpus: "
-        + html.escape(", ".join(f"{s} {pct(c / total)}" for s, c in corpus.items())) + "</p>"
+        + html.escape(", ".join(f"{s} {pct(c / total)}" for s, c in corpus.items()))
+        + "</p>"
         + wide_table(wide)
         + "<p>As Ruis et al. (2024) compare them: each source's share of the top and of the bottom k documents "
-          "(every query of a kind pooled) over its corpus share, at k = 50, 500, 5,000, 50,000 and 500,000 "
-          "(those the corpus has); counts beyond the exact top list are estimates within stated bounds "
-          "(sources_at_k.parquet).</p>"
-        + wide_table(_at_k_wide(a))
+        "(every query of a kind pooled) over its corpus share, at k = 50, 500, 5,000, 50,000 and 500,000 "
+        "(those the corpus has); counts beyond the exact top list are estimates within stated bounds "
+        "(sources_at_k.parquet).</p>" + wide_table(_at_k_wide(a))
     )
 
 
@@ -165,16 +222,28 @@ def _at_k_wide(a: Analysis) -> pl.DataFrame:
     """Ratios to the corpus share by kind, side and k (rows) and source (columns)."""
     df = a.result(compute).sources_at_k.with_columns(
         cell=pl.struct(["ratio", "exact"]).map_elements(
-            lambda r: f"×{num(r['ratio'])}" + ("" if r["exact"] else " (est.)"), return_dtype=pl.String),
-        row=pl.format("{} · {} {}", pl.col("kind"), pl.col("side"), pl.col("k")))
+            lambda r: f"×{num(r['ratio'])}" + ("" if r["exact"] else " (est.)"), return_dtype=pl.String
+        ),
+        row=pl.format("{} · {} {}", pl.col("kind"), pl.col("side"), pl.col("k")),
+    )
     return df.pivot(on="source", index="row", values="cell", maintain_order=True).rename({"row": "kind"})
 
 
 def headline(a: Analysis) -> dict[str, pl.DataFrame]:
     top = a.result(compute).sources.filter((pl.col("side") == "top") & (pl.col("kind") != POOLED))
-    return {"sources": top.sort("ratio", descending=True, nulls_last=True).head(20).select(
-        ["kind", "source", "count", "share", "corpus_share", "ratio"])}
+    return {
+        "sources": top.sort("ratio", descending=True, nulls_last=True)
+        .head(20)
+        .select(["kind", "source", "count", "share", "corpus_share", "ratio"])
+    }
 
 
-SECTION = Section("sources", "Where do influential documents come from?", body, reading,
-                  figures={"sources": plot}, compute=compute, headline=headline)
+SECTION = Section(
+    "sources",
+    "Where do influential documents come from?",
+    body,
+    reading,
+    figures={"sources": plot},
+    compute=compute,
+    headline=headline,
+)

@@ -1,0 +1,285 @@
+"""What each `pretrace` command does: the whole graph in-process through Dagster, checks, plans,
+status, cleaning, or the web UI. Imported only once the arguments parse (`pretrace.pipeline.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import MutableMapping
+from pathlib import Path
+
+import dagster as dg
+import yaml
+
+from pretrace.assets.common import PROGRESS_LOGGER
+from pretrace.config import load_config
+from pretrace.errors import PretraceError
+from pretrace.project.provenance import Project
+
+from .settings import CONFIG_ENV, DEMO_DIR_ENV, LOCAL_INSTANCE, demo_config, save_demo_settings
+
+DAGSTER_HOME_DIR = ".dagster_home"
+
+
+def _dagster_home(env: MutableMapping[str, str]) -> Path:
+    """$DAGSTER_HOME (./.dagster_home unless set), created with a dagster.yaml (LOCAL_INSTANCE)
+    when it has none: one persistent instance, so `pretrace ui` shows the runs of
+    `pretrace demo|run` and their metadata. Telemetry stays off unless the user's dagster.yaml
+    turns it on."""
+    home = Path(env.setdefault("DAGSTER_HOME", str(Path(DAGSTER_HOME_DIR).absolute())))
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(yaml.safe_dump(LOCAL_INSTANCE, sort_keys=False))
+    elif "telemetry" not in (yaml.safe_load(config.read_text()) or {}):
+        with config.open("a") as f:  # appended, so the user's comments and layout stay
+            f.write("\n" + yaml.safe_dump({"telemetry": LOCAL_INSTANCE["telemetry"]}))
+    return home
+
+
+def _instance() -> dg.DagsterInstance:
+    _dagster_home(os.environ)
+    return dg.DagsterInstance.get()
+
+
+def _say(message: str) -> None:
+    print(f"[pretrace] {message}", flush=True)
+
+
+def _run(defs: dg.Definitions, force: bool) -> None:
+    from .runner import materialize_pipeline
+
+    started = time.monotonic()
+    project = _check_inputs(defs, load_weights=False)
+    _print_plans(project)
+    ran: list[str] = []
+
+    def log(message: str) -> None:
+        ran.append(message)
+        _say(message)
+
+    project = materialize_pipeline(defs, _instance(), force=force, log=log, console_level="CRITICAL", project=project)
+    storage = project.storage.root
+    work = sum(m.startswith("materializing") for m in ran)
+    print(
+        f"\n[pretrace] done in {time.monotonic() - started:.0f} s: {work} artefact(s) computed, "
+        f"{len(project.shards)} shard(s); everything is current."
+    )
+    print(f"[pretrace] scores:  {storage}/influence_scores/<shard>.parquet  (query_id, doc_id, score)")
+    print(f"[pretrace] report:  {storage}/influence_report/report.html")
+    print("[pretrace] browse the runs and metadata with: pretrace ui")
+
+
+def _check_inputs(defs: dg.Definitions, *, load_weights: bool) -> Project:
+    """Every input problem at once, before any artefact is computed (pretrace.project.preflight); the
+    project it read, for the run to go on from."""
+    from pretrace.project.preflight import preflight
+
+    project = defs.resources["pretrace"].project()
+    for warning in preflight(project, load_weights=load_weights, progress=_say):
+        _say(f"warning: {warning}")
+    return project
+
+
+def _print_plans(project: Project) -> None:
+    """Each model's memory plan (`pretrace.project.device_plan`); a plan that cannot fit the device stops
+    the run here, before any weights are loaded."""
+    from pretrace.project.device_plan import project_plans
+
+    for name, device_plan in project_plans(project):
+        _say(f"{'model' if name is None else f'compared model {name}'}: {device_plan.headline()}")
+        print(device_plan.summary(), flush=True)
+
+
+def _definitions(args: argparse.Namespace) -> dg.Definitions:
+    from .definitions import build_definitions
+
+    if args.command == "demo" or getattr(args, "config", None) is None:
+        return build_definitions(demo_config(args.dir, args.storage), demo=True)
+    return build_definitions(load_config(args.config))
+
+
+def demo(args: argparse.Namespace) -> None:
+    from pretrace.demo.corpus import build_demo_corpus
+    from pretrace.demo.queries import build_demo_queries
+
+    if args.steps is not None:
+        save_demo_settings(args.dir, demo_steps=args.steps)
+    if args.compare_seeds is not None:
+        save_demo_settings(args.dir, compare_models={f"seed{s}": {"seed": s} for s in args.compare_seeds})
+    config = demo_config(args.dir, args.storage)
+    corpus = Path(config.corpus)
+    if not corpus.exists():
+        print(f"[pretrace] building the demo corpus and queries in {corpus.parent}")
+        build_demo_corpus(corpus)
+        build_demo_queries(Path(config.queries))
+    _run(_definitions(args), force=args.force)
+
+
+def run(args: argparse.Namespace) -> None:
+    _run(_definitions(args), force=args.force)
+
+
+def check(args: argparse.Namespace) -> None:
+    """Validate the config, checkpoint (weights included), queries and every corpus file; compute nothing."""
+    _check_inputs(_definitions(args), load_weights=True)
+    _say("every input is usable; nothing was computed")
+
+
+def plan(args: argparse.Namespace) -> None:
+    """Each step's peak device memory, host memory and disk, from the model's configuration alone."""
+    _print_plans(_definitions(args).resources["pretrace"].project())
+
+
+def status(args: argparse.Namespace) -> None:
+    """Each artefact partition's status by the recompute policy, without computing anything."""
+    project = _definitions(args).resources["pretrace"].project()
+    counts: dict[str, int] = {}
+    orphans = []
+    for _, owner in project.projects():  # compared models' artefacts are named `<model>/<artefact>`
+        for artefact, shard, state in owner.statuses():
+            counts[state.state] = counts.get(state.state, 0) + 1
+            if not state.current or args.all:
+                reason = f"  ({state.reason})" if state.reason else ""
+                print(f"{state.state:8} {owner.label(artefact, shard)}{reason}")
+        orphans += [(owner, artefact, shard) for artefact, shard in owner.orphans()]
+    for owner, artefact, shard in orphans:
+        print(
+            f"{'orphan':8} {owner.label(artefact, shard)}  (its corpus file is gone, it is no longer a fit shard, "
+            "or it was fitted in another number of layer groups)"
+        )
+    summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    print(f"[pretrace] {summary}" + (f", {len(orphans)} orphaned (pretrace clean removes them)" if orphans else ""))
+
+
+def clean(args: argparse.Namespace) -> None:
+    """Remove orphaned artefacts (`Project.orphans`) and killed writers' temporaries."""
+    from pretrace.assets.partitions import shard_partitions
+
+    project = _definitions(args).resources["pretrace"].project()
+    orphans = [(owner, artefact, shard) for _, owner in project.projects() for artefact, shard in owner.orphans()]
+    for owner, artefact, shard in orphans:
+        for key in owner.store.delete(artefact, shard):
+            print(f"removed {owner.storage.url(key)}")
+    for path in project.storage.remove_leftovers():
+        print(f"removed {path}")
+    instance = _instance()
+    gone = sorted(set(instance.get_dynamic_partitions(shard_partitions.name)) - set(project.shards))
+    for shard in gone:
+        instance.delete_dynamic_partition(shard_partitions.name, shard)
+        print(f"removed the `shard` partition {shard}")
+    print(f"[pretrace] cleaned {len(orphans)} orphaned artefact(s) and {len(gone)} partition(s)")
+
+
+def ui(args: argparse.Namespace) -> None:
+    env = dict(os.environ)
+    _dagster_home(env)
+    if args.config:
+        env[CONFIG_ENV] = str(Path(args.config).absolute())
+    env.setdefault(DEMO_DIR_ENV, str(Path(".").absolute()))
+    command = [
+        sys.executable,
+        "-m",
+        "dagster",
+        "dev",
+        "-m",
+        "pretrace.pipeline.definitions",
+        "-h",
+        args.host,
+        "-p",
+        str(args.port),
+    ]
+    raise SystemExit(run_process_group(command, env))
+
+
+def run_process_group(command: list[str], env: dict[str, str], grace_s: float = 20.0) -> int:
+    """Run a command that starts children (dagster dev: webserver, daemon, code server) in its
+    own process group, and on SIGINT or SIGTERM stop the whole group, not only its leader: what
+    the terminal's Ctrl-C does, for a supervisor's SIGTERM too."""
+    process = subprocess.Popen(command, env=env, start_new_session=True)
+
+    def stop(signum: int, _frame: object) -> None:
+        _signal_group(process.pid, signal.SIGTERM if signum == signal.SIGTERM else signal.SIGINT)
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+        _signal_group(process.pid, signal.SIGKILL)
+        raise SystemExit(128 + signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
+    code = process.wait()
+    _signal_group(process.pid, signal.SIGTERM)  # children the leader left behind
+    return code
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _quiet_libraries() -> None:
+    """The terminal shows pretrace's own progress: no Dagster beta warnings, no transformers
+    progress bars or advice meant for its own API."""
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
+    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    progress = logging.getLogger(PROGRESS_LOGGER)
+    if not progress.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("[pretrace]   %(message)s"))
+        progress.addHandler(handler)
+        progress.setLevel(logging.INFO)
+        progress.propagate = False
+
+
+def _save_trace(exc: BaseException) -> Path:
+    """The whole stack (Dagster's step error and its causes) in a log file under $DAGSTER_HOME."""
+    folder = _dagster_home(os.environ) / "logs"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"pretrace-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    path.write_text("".join(traceback.format_exception(exc)))
+    return path
+
+
+def _user_error(exc: BaseException | None) -> str | None:
+    """The error meant for the user (a PretraceError, or an asset's dg.Failure), unwrapped from
+    Dagster's step error."""
+    while exc is not None:
+        if isinstance(exc, PretraceError):
+            return str(exc)
+        if isinstance(exc, dg.Failure):
+            return exc.description
+        exc = getattr(exc, "user_exception", None) or exc.__cause__
+    return None
+
+
+COMMANDS = {"demo": demo, "run": run, "check": check, "plan": plan, "status": status, "clean": clean, "ui": ui}
+
+
+def execute(args: argparse.Namespace) -> None:
+    """Run the parsed command; a user's error ends it with one line per problem, the trace in a file."""
+    _quiet_libraries()
+    try:
+        COMMANDS[args.command](args)
+    except Exception as exc:
+        trace = _save_trace(exc)
+        cause = _user_error(exc)
+        if cause is None:
+            cause = f"unexpected {type(exc).__name__}: {exc} (a bug; please report it with the trace)"
+        print(f"[pretrace] the full trace is in {trace}", file=sys.stderr)
+        raise SystemExit("\n".join(f"pretrace: {line}" for line in cause.splitlines())) from None
