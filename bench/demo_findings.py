@@ -1,8 +1,8 @@
-"""The figures the README quotes from the demo's report, printed from its Parquet tables.
+"""The figures the docs quote from the demo's report, printed from its Parquet tables.
 
     python -m bench.demo_findings ./data     # the storage root of a finished `pretrace demo`
 
-So the README's numbers are read from a file this command wrote, never typed from memory: the
+So the documented numbers are read from a file this command wrote, never typed from memory: the
 model's training losses, top-20 source counts of each reasoning kind, the per-nat ratio, the
 correlation groups, the factual kinds' sources, the paper-defined power-law test, influence-per-nat
 curves, step-by-step answer search and sources at several k, how many queries the model answers

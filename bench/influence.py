@@ -14,7 +14,7 @@ documents and queries are random token ids drawn from a Zipf distribution over t
 (a rough imitation of natural token frequencies). Random weights and random text are enough for
 timings; the projection-accuracy figure on them is a statement about this synthetic setup only.
 
-Output: a human-readable log, a markdown table for the README, then one `name: value` line
+Output: a human-readable log, a markdown table for the docs, then one `name: value` line
 per figure (the machine-readable part; tests/bench/test_bench_smoke.py parses it).
 """
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import json
 import logging
 import math
@@ -34,6 +35,8 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import get_args
 
@@ -53,7 +56,7 @@ from pretrace.influence.query_gradients import compute_query_gradients, query_gr
 from pretrace.influence.reranking import recall
 from pretrace.influence.scores import score_matrix, stream_scores
 from pretrace.inputs.batching import batches
-from pretrace.model.adapter import wrap_model
+from pretrace.model.adapter import LoadedModel, wrap_model
 from pretrace.testing.kronfluence_peer import Sequences, collate_fn, summed_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -463,156 +466,184 @@ def shape_flags(args) -> list[str]:
 # ----------------------------------------------------------------------------- main
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    if args.memory_child:
-        memory_child(args)
-        return 0
-    torch.set_num_threads(args.threads)
-    wall = time.perf_counter()
+@dataclass
+class Run:
+    """One benchmark run's model, data and log: what every measurement below works on."""
 
-    def log(*parts):
-        print(f"[{time.perf_counter() - wall:5.0f}s]", *parts, flush=True)
+    args: argparse.Namespace
+    model: torch.nn.Module
+    lm: LoadedModel
+    docs: list[list[int]]
+    queries: list[list[int]]
+    starts: list[int]
+    log: Callable[..., None]
 
-    model = build_model(args)
-    lm = wrap_model(model, None, layers=["mlp"], device="cpu")
-    docs, queries, starts = make_data(args)
-    qids = [str(i) for i in range(len(queries))]
-    n_params = sum(p.numel() for p in model.parameters())
-    tracked = sum(layer.d_in * layer.d_out for layer in lm.layers)
-    B, R, R_slow = args.batch_size, args.repeats, args.slow_repeats
+    @property
+    def qids(self) -> list[str]:
+        return [str(i) for i in range(len(self.queries))]
+
+    @property
+    def tracked(self) -> int:
+        return sum(layer.d_in * layer.d_out for layer in self.lm.layers)
+
+    def batches(self):
+        return (b for _, b in batches(self.docs, self.args.batch_size, self.lm.pad_token_id))
+
+    def query_gradients(self, factors: Factors, projection: KroneckerProjection | None = None):
+        B = self.args.batch_size
+        return query_gradients_from_tokens(
+            self.lm, factors, self.queries, self.starts, self.qids, projection=projection, batch_size=B
+        )
+
+
+@dataclass
+class Exact:
+    """pretrace's exact path, timed: the baseline, factors, query gradients and streamed scores."""
+
+    base: float
+    t_factors: float
+    t_queries: float
+    t_stream: float
+    factors: Factors
+    scores: torch.Tensor
+
+
+def describe_setup(run: Run) -> None:
+    args, lm, log = run.args, run.lm, run.log
+    n_params = sum(p.numel() for p in run.model.parameters())
     log(f"# pretrace influence benchmark ({'quick' if args.quick else 'default'} shape)")
     log(
         f"model: random Llama, {args.layers} layers, hidden {args.hidden}, MLP {args.intermediate}, "
         f"{args.heads} heads, vocab {args.vocab} ({n_params / 1e6:.1f}M parameters; {len(lm.layers)} tracked "
-        f"MLP linears, {tracked / 1e6:.2f}M tracked weights), float32"
+        f"MLP linears, {run.tracked / 1e6:.2f}M tracked weights), float32"
     )
     log(
         f"data: {args.docs} documents x {args.doc_len} tokens, {args.queries} queries x "
         f"({args.prompt_len} prompt + {args.completion_len} completion) tokens; random Zipf token ids"
     )
     log(
-        f"batch size {B}, torch threads {args.threads}, {args.fisher} Fisher, median of {R} runs "
-        f"({R_slow} for factor fitting and kronfluence), projection {args.projection[0]}x{args.projection[1]} "
-        "per layer for stored document gradients"
+        f"batch size {args.batch_size}, torch threads {args.threads}, {args.fisher} Fisher, median of "
+        f"{args.repeats} runs ({args.slow_repeats} for factor fitting and kronfluence), projection "
+        f"{args.projection[0]}x{args.projection[1]} per layer for stored document gradients"
     )
     log(
         "the baseline (fwdbwd) is a training step without the optimizer over all the documents: forward with "
         "Hugging Face's labels= loss, loss.backward() into parameter .grad"
     )
 
-    def batches_fn():
-        return (b for _, b in batches(docs, B, lm.pad_token_id))
 
-    results: dict[str, float] = {}
+def warm_up(run: Run) -> None:
+    """Every path once on a small slice (allocator, kernels, lazy imports)."""
+    B = run.args.batch_size
+    few = run.docs[: 2 * B]
+    fwdbwd(run.model, few, B)
+    factors = fit_factors(run.lm, lambda: (b for _, b in batches(few, B, 0)), fisher=run.args.fisher)
+    warm = query_gradients_from_tokens(run.lm, factors, run.queries[:B], run.starts[:B], run.qids[:B], batch_size=B)
+    stream_scores(run.lm, warm, few, batch_size=B)
 
-    # Warm-up: every path once on a small slice (allocator, kernels, lazy imports).
-    few = docs[: 2 * B]
-    fwdbwd(model, few, B)
-    warm_factors = fit_factors(lm, lambda: (b for _, b in batches(few, B, 0)), fisher=args.fisher)
-    warm_q = query_gradients_from_tokens(lm, warm_factors, queries[:B], starts[:B], qids[:B], batch_size=B)
-    stream_scores(lm, warm_q, few, batch_size=B)
 
-    base, times = median_time(lambda: fwdbwd(model, docs, B), R)
+def exact_path(run: Run, results: dict[str, float]) -> Exact:
+    """The baseline and pretrace's exact path: factors, query gradients, streamed scores."""
+    args, log, B = run.args, run.log, run.args.batch_size
+    base, times = median_time(lambda: fwdbwd(run.model, run.docs, B), args.repeats)
     log(f"baseline fwdbwd over the documents: {base:.2f} s median {fmt_times(times)}")
-
-    factors = None
+    factors = queries = scores = None
 
     def fit():
         nonlocal factors
-        factors = fit_factors(lm, batches_fn, fisher=args.fisher)
+        factors = fit_factors(run.lm, run.batches, fisher=args.fisher)
 
-    t_factors, times = median_time(fit, R_slow)
+    t_factors, times = median_time(fit, args.slow_repeats)
     results["factors_vs_fwdbwd"] = t_factors / base
     log(
         f"pretrace fit_factors (covariance pass, eigh, eigenvalue-correction pass): {t_factors:.2f} s {fmt_times(times)}"
     )
 
-    qg_exact = None
-
     def exact_queries():
-        nonlocal qg_exact
-        qg_exact = query_gradients_from_tokens(lm, factors, queries, starts, qids, batch_size=B)
+        nonlocal queries
+        queries = run.query_gradients(factors)
 
-    t_qexact, times = median_time(exact_queries, R)
-    log(f"pretrace exact query gradients ({args.queries} queries): {t_qexact:.2f} s {fmt_times(times)}")
-    exact = None
+    t_queries, times = median_time(exact_queries, args.repeats)
+    log(f"pretrace exact query gradients ({args.queries} queries): {t_queries:.2f} s {fmt_times(times)}")
 
     def stream():
-        nonlocal exact
-        exact = stream_scores(lm, qg_exact, docs, batch_size=B)
+        nonlocal scores
+        scores = stream_scores(run.lm, queries, run.docs, batch_size=B)
 
-    t_stream, times = median_time(stream, R)
+    t_stream, times = median_time(stream, args.repeats)
     results["score_vs_fwdbwd"] = t_stream / base
     log(
         f"pretrace stream_scores ({args.queries} x {args.docs}, exact, query gradients precomputed): "
         f"{t_stream:.2f} s {fmt_times(times)}"
     )
+    return Exact(base, t_factors, t_queries, t_stream, factors, scores)
 
-    # New queries against stored projected document gradients (computed here, not timed).
-    proj = KroneckerProjection.build(
-        lm.layer_shapes(), *args.projection, seed=args.seed, basis=args.projection_basis, factors=factors
+
+def stored_store(run: Run, projection: KroneckerProjection) -> DocumentGradients:
+    args = run.args
+    doc_ids = [str(i) for i in range(len(run.docs))]
+    return compute_document_gradients(
+        run.lm,
+        run.docs,
+        doc_ids,
+        projection=projection,
+        batch_size=args.batch_size,
+        rank=args.document_rank,
+        stored_dtype=args.stored_dtype,
     )
-    doc_ids = [str(i) for i in range(len(docs))]
-    stored = compute_document_gradients(
-        lm, docs, doc_ids, projection=proj, batch_size=B, rank=args.document_rank, stored_dtype=args.stored_dtype
+
+
+def new_query_figures(run: Run, exact: Exact, results: dict[str, float]) -> float:
+    """New queries against stored projected document gradients: their time, the stored scores'
+    accuracy against exact ones, the other bases at the same size and two-stage recall. Returns
+    the new queries' time."""
+    args, lm, log, B = run.args, run.lm, run.log, run.args.batch_size
+    build = partial(
+        KroneckerProjection.build, lm.layer_shapes(), *args.projection, seed=args.seed, factors=exact.factors
     )
+    projection = build(basis=args.projection_basis)
+    stored = stored_store(run, projection)  # computed here, not timed
     projected = None
 
-    projected_queries = None
-
     def new_queries():
-        nonlocal projected, projected_queries
-        projected_queries = query_gradients_from_tokens(
-            lm, factors, queries, starts, qids, projection=proj, batch_size=B
-        )
-        projected = score_matrix(projected_queries, stored)
+        nonlocal projected
+        projected = score_matrix(run.query_gradients(exact.factors, projection), stored)
 
-    t_new, times = median_time(new_queries, R)
-    results["new_queries_vs_fwdbwd"] = t_new / base
+    t_new, times = median_time(new_queries, args.repeats)
+    results["new_queries_vs_fwdbwd"] = t_new / exact.base
 
     def query_pass():  # what a new query costs at least: its own forward and backward pass, captured
-        for _, batch in batches(queries, B, lm.pad_token_id, first_target=starts):
+        for _, batch in batches(run.queries, B, lm.pad_token_id, first_target=run.starts):
             capture(lm, batch, "data")
 
-    t_pass, pass_times = median_time(query_pass, R)
-    results["query_pass_vs_fwdbwd"] = t_pass / base
+    t_pass, pass_times = median_time(query_pass, args.repeats)
+    results["query_pass_vs_fwdbwd"] = t_pass / exact.base
     stored_mb = stored_bytes(stored) / 2**20
     log(
         f"pretrace new queries (projected query gradients + score_matrix against {stored_mb:.1f} MiB of stored "
-        f"{store_name(args)} document gradients): {t_new:.2f} s {fmt_times(times)}; of which at least the queries' own forward and "
-        f"backward pass: {t_pass:.2f} s {fmt_times(pass_times)}"
+        f"{store_name(args)} document gradients): {t_new:.2f} s {fmt_times(times)}; of which at least the queries' "
+        f"own forward and backward pass: {t_pass:.2f} s {fmt_times(pass_times)}"
     )
-    correlations = [pearson(projected[i], exact[i]) for i in range(len(queries))]
+
+    def mean_pearson(scores: torch.Tensor) -> float:
+        return statistics.mean(pearson(scores[i], exact.scores[i]) for i in range(len(run.queries)))
+
+    correlations = [pearson(projected[i], exact.scores[i]) for i in range(len(run.queries))]
     results["projected_pearson"] = statistics.mean(correlations)
     results["projected_pearson_min"] = min(correlations)
-    results["projection_compression"] = tracked * 4 * len(docs) / stored_bytes(stored)
-    # Context: the other bases at the same size, untimed.
-    for basis in CONTEXT_BASES:
+    results["projection_compression"] = run.tracked * 4 * len(run.docs) / stored_bytes(stored)
+    for basis in CONTEXT_BASES:  # context: the other bases at the same size, untimed
         if basis == args.projection_basis:
             results[f"projected_pearson_{basis}"] = results["projected_pearson"]
             continue
-        other = KroneckerProjection.build(
-            lm.layer_shapes(), *args.projection, seed=args.seed, basis=basis, factors=factors
-        )
-        other_scores = score_matrix(
-            query_gradients_from_tokens(lm, factors, queries, starts, qids, projection=other, batch_size=B),
-            compute_document_gradients(
-                lm,
-                docs,
-                doc_ids,
-                projection=other,
-                batch_size=B,
-                rank=args.document_rank,
-                stored_dtype=args.stored_dtype,
-            ),
-        )
-        results[f"projected_pearson_{basis}"] = statistics.mean(
-            pearson(other_scores[i], exact[i]) for i in range(len(queries))
+        other = build(basis=basis)
+        results[f"projected_pearson_{basis}"] = mean_pearson(
+            score_matrix(run.query_gradients(exact.factors, other), stored_store(run, other))
         )
     # Two-stage retrieval: the stored scores' top 2t candidates, re-scored exactly, against the exact top t.
+    n_docs = len(run.docs)
     for top in (100, 10):
-        results[f"rerank_recall_at_{top}"] = recall(projected, exact, min(2 * top, len(docs)), min(top, len(docs)))
+        results[f"rerank_recall_at_{top}"] = recall(projected, exact.scores, min(2 * top, n_docs), min(top, n_docs))
     log(
         f"projected scores against exact ones: mean per-query Pearson {results['projected_pearson']:.3f} "
         f"({args.projection_basis}), "
@@ -620,120 +651,95 @@ def main(argv=None) -> int:
         + "; "
         f"{results['projection_compression']:.0f}x smaller than dense gradients"
     )
+    return t_new
 
-    # kronfluence on the same work.
+
+def kronfluence_figures(run: Run, exact: Exact, results: dict[str, float]) -> None:
+    """kronfluence on the same work: factors, pairwise scores (accumulated and with its defaults)."""
+    args, log, docs, B = run.args, run.log, run.docs, run.args.batch_size
     nan = float("nan")
     results["kronfluence_vs_pretrace"] = results["kronfluence_factors_vs_fwdbwd"] = nan
     results["kronfluence_default_vs_pretrace"] = nan
-    try:
-        import kronfluence  # noqa: F401
-    except ImportError:
+    if args.no_kronfluence:
+        return
+    if importlib.util.find_spec("kronfluence") is None:
         log("kronfluence is not installed: its figures are nan")
-        args.no_kronfluence = True
-    if not args.no_kronfluence:
-        with tempfile.TemporaryDirectory(prefix="bench-kronfluence-") as out:
-            kfit, kscore = kronfluence_runner(lm, args, docs, queries, starts, out)
-            if not args.quick:  # warm-up
-                kfit(n_docs=2 * B)
-                kscore(n_queries=B, n_docs=B)
-            t_kfit, times = median_time(kfit, R_slow)  # the last fit is the one scored with
-            log(f"kronfluence fit_all_factors: {t_kfit:.2f} s {fmt_times(times)}")
-            theirs = None
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-kronfluence-") as out:
+        kfit, kscore = kronfluence_runner(run.lm, args, docs, run.queries, run.starts, out)
+        if not args.quick:  # warm-up
+            kfit(n_docs=2 * B)
+            kscore(n_queries=B, n_docs=B)
+        t_kfit, times = median_time(kfit, args.slow_repeats)  # the last fit is the one scored with
+        log(f"kronfluence fit_all_factors: {t_kfit:.2f} s {fmt_times(times)}")
+        theirs = None
 
-            def kron_scores():
-                nonlocal theirs
-                theirs = kscore()
+        def kron_scores():
+            nonlocal theirs
+            theirs = kscore()
 
-            t_kscore, times = median_time(kron_scores, R_slow)
-            log(
-                f"kronfluence compute_pairwise_scores (its query gradients included; all query batches "
-                f"accumulated, so one pass over the documents like pretrace): {t_kscore:.2f} s {fmt_times(times)}"
-            )
-            # Context: kronfluence's default ScoreArguments go over the documents once per query
-            # batch; measured on a slice of the documents (both sides) to keep the run short.
-            n_sub = min(len(docs), max(B, len(docs) // 16))
-            t_kdefault, times = median_time(lambda: kscore(n_docs=n_sub, accumulate=False), R_slow)
-            log(
-                f"kronfluence compute_pairwise_scores with default ScoreArguments ({math.ceil(len(queries) / B)} "
-                f"passes over the documents), on the first {n_sub} documents: {t_kdefault:.2f} s {fmt_times(times)}"
-            )
-        sub = docs[:n_sub]
-        t_sub, times = median_time(
-            lambda: stream_scores(
-                lm, query_gradients_from_tokens(lm, factors, queries, starts, qids, batch_size=B), sub, batch_size=B
-            ),
-            R_slow,
-        )
+        t_kscore, times = median_time(kron_scores, args.slow_repeats)
         log(
-            f"  pretrace on those {n_sub} documents (exact query gradients + stream_scores): {t_sub:.2f} s {fmt_times(times)}"
+            f"kronfluence compute_pairwise_scores (its query gradients included; all query batches "
+            f"accumulated, so one pass over the documents like pretrace): {t_kscore:.2f} s {fmt_times(times)}"
         )
-        results["kronfluence_default_vs_pretrace"] = t_kdefault / t_sub
-        ours = t_qexact + t_stream
-        results["kronfluence_vs_pretrace"] = t_kscore / ours
-        results["kronfluence_factors_vs_fwdbwd"] = t_kfit / base
-        agree = [pearson(theirs[i], exact[i]) for i in range(len(queries))]
-        rel = float((theirs - exact).norm() / exact.norm())
+        # Context: kronfluence's default ScoreArguments go over the documents once per query
+        # batch; measured on a slice of the documents (both sides) to keep the run short.
+        n_sub = min(len(docs), max(B, len(docs) // 16))
+        t_kdefault, times = median_time(lambda: kscore(n_docs=n_sub, accumulate=False), args.slow_repeats)
         log(
-            f"  pretrace on the same work (exact query gradients + stream_scores): {ours:.2f} s; kronfluence's "
-            f"scores against pretrace's: min per-query Pearson {min(agree):.6f}, relative error {rel:.1e}"
+            f"kronfluence compute_pairwise_scores with default ScoreArguments ({math.ceil(len(run.queries) / B)} "
+            f"passes over the documents), on the first {n_sub} documents: {t_kdefault:.2f} s {fmt_times(times)}"
         )
+    sub = docs[:n_sub]
+    t_sub, times = median_time(
+        lambda: stream_scores(run.lm, run.query_gradients(exact.factors), sub, batch_size=B), args.slow_repeats
+    )
+    log(
+        f"  pretrace on those {n_sub} documents (exact query gradients + stream_scores): {t_sub:.2f} s {fmt_times(times)}"
+    )
+    results["kronfluence_default_vs_pretrace"] = t_kdefault / t_sub
+    ours = exact.t_queries + exact.t_stream
+    results["kronfluence_vs_pretrace"] = t_kscore / ours
+    results["kronfluence_factors_vs_fwdbwd"] = t_kfit / exact.base
+    agree = [pearson(theirs[i], exact.scores[i]) for i in range(len(run.queries))]
+    rel = float((theirs - exact.scores).norm() / exact.scores.norm())
+    log(
+        f"  pretrace on the same work (exact query gradients + stream_scores): {ours:.2f} s; kronfluence's "
+        f"scores against pretrace's: min per-query Pearson {min(agree):.6f}, relative error {rel:.1e}"
+    )
 
-    # bergson on the same work, against pretrace's times of this run.
-    if args.no_bergson:
-        results |= dict.fromkeys(BERGSON_FIGURES, nan)
-    else:
-        from bench.bergson_peer import bergson_figures
 
-        results |= bergson_figures(
-            lm,
-            args,
-            docs,
-            queries,
-            starts,
-            exact,
-            {"factors": t_factors, "pairwise": t_qexact + t_stream, "new_queries": t_new},
-            log,
+def memory_figures(run: Run, factors: Factors, results: dict[str, float]) -> None:
+    """Peak memory of scoring N and 2N documents and of the baseline, each in a fresh process."""
+    args, log = run.args, run.log
+    results["peak_mem_mb"] = results["peak_mem_growth_2x"] = results["fwdbwd_peak_mem_mb"] = float("nan")
+    if args.no_memory:
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-memory-") as directory:
+        tensors, metadata = factors.to_tensors()
+        save_file(tensors, os.path.join(directory, "factors.safetensors"))
+        with open(os.path.join(directory, "factors.json"), "w") as f:
+            json.dump(metadata, f)
+        jobs = [("score", args.docs), ("score", 2 * args.docs), ("fwdbwd", args.docs)]
+        one, two, base_mem = memory_children(args, directory, jobs)
+    results["peak_mem_mb"] = one["hwm"] / 2**20
+    results["peak_mem_growth_2x"] = two["hwm"] / one["hwm"]
+    results["fwdbwd_peak_mem_mb"] = base_mem["hwm"] / 2**20
+    for (mode, n), m in zip(jobs, (one, two, base_mem)):
+        what = "stream_scores" if mode == "score" else "baseline fwdbwd"
+        mib = {key: m[key] / 2**20 for key in ("hwm", "hwm_before", "before", "sampled_peak")}
+        log(
+            f"memory, {what} over {n} documents (fresh process): peak RSS (VmHWM) {mib['hwm']:.0f} MiB "
+            f"({mib['hwm_before']:.0f} before the operation); RSS before {mib['before']:.0f} MiB, "
+            f"sampled peak during {mib['sampled_peak']:.0f} MiB"
         )
+    log(f"  (the exact query gradients held while scoring are {run.tracked * args.queries * 4 / 2**20:.0f} MiB)")
 
-    # Memory: each measurement in its own fresh process.
-    results["peak_mem_mb"] = results["peak_mem_growth_2x"] = results["fwdbwd_peak_mem_mb"] = nan
-    if not args.no_memory:
-        with tempfile.TemporaryDirectory(prefix="bench-memory-") as directory:
-            tensors, metadata = factors.to_tensors()
-            save_file(tensors, os.path.join(directory, "factors.safetensors"))
-            with open(os.path.join(directory, "factors.json"), "w") as f:
-                json.dump(metadata, f)
-            jobs = [("score", args.docs), ("score", 2 * args.docs), ("fwdbwd", args.docs)]
-            one, two, base_mem = memory_children(args, directory, jobs)
 
-        def mb(v):
-            return v / 2**20
-
-        results["peak_mem_mb"] = mb(one["hwm"])
-        results["peak_mem_growth_2x"] = two["hwm"] / one["hwm"]
-        results["fwdbwd_peak_mem_mb"] = mb(base_mem["hwm"])
-        qg_mb = tracked * args.queries * 4 / 2**20
-        for (mode, n), m in zip(jobs, (one, two, base_mem)):
-            what = "stream_scores" if mode == "score" else "baseline fwdbwd"
-            log(
-                f"memory, {what} over {n} documents (fresh process): peak RSS (VmHWM) {mb(m['hwm']):.0f} MiB "
-                f"({mb(m['hwm_before']):.0f} before the operation); RSS before {mb(m['before']):.0f} MiB, "
-                f"sampled peak during {mb(m['sampled_peak']):.0f} MiB"
-            )
-        log(f"  (the exact query gradients held while scoring are {qg_mb:.0f} MiB)")
-
-    # Accuracy on a trained model (a random one's scores have no structure), untimed.
-    results |= dict.fromkeys(TRAINED_FIGURES, nan)
-    if not args.no_trained and args.projection[0] == args.projection[1]:
-        results |= trained_figures(args, log)
-
-    total = time.perf_counter() - wall
-    log(f"baseline fwdbwd {base:.2f} s on this machine; whole benchmark {total:.0f} s\n")
-    from bench.bergson_peer import peer_projection  # here: bergson_peer imports this module
-
-    peer_k = peer_projection(lm, args)
-
-    describe = {
+def descriptions(args: argparse.Namespace, peer_k: int) -> dict[str, str]:
+    """What each figure measures, for the markdown table."""
+    return {
         "score_vs_fwdbwd": f"stream_scores, {args.queries} queries x {args.docs} docs, exact, query gradients "
         "precomputed / fwdbwd",
         "kronfluence_vs_pretrace": "kronfluence compute_pairwise_scores / pretrace exact query gradients + "
@@ -779,6 +785,10 @@ def main(argv=None) -> int:
         "fwdbwd_peak_mem_mb": f"peak RSS (VmHWM, MiB) of a fresh process running fwdbwd over {args.docs} docs "
         "(context)",
     }
+
+
+def print_figures(results: dict[str, float], describe: dict[str, str]) -> None:
+    """The markdown table, then one `name: value` line per figure (what tests and scripts parse)."""
     print("| figure | value | target | what it measures |")
     print("|---|---|---|---|")
     for name in FIGURES:
@@ -786,6 +796,43 @@ def main(argv=None) -> int:
     print()
     for name in FIGURES:
         print(f"{name}: {results[name]:.4g}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.memory_child:
+        memory_child(args)
+        return 0
+    torch.set_num_threads(args.threads)
+    wall = time.perf_counter()
+
+    def log(*parts):
+        print(f"[{time.perf_counter() - wall:5.0f}s]", *parts, flush=True)
+
+    model = build_model(args)
+    run = Run(args, model, wrap_model(model, None, layers=["mlp"], device="cpu"), *make_data(args), log)
+    describe_setup(run)
+    results: dict[str, float] = {}
+    warm_up(run)
+    exact = exact_path(run, results)
+    t_new = new_query_figures(run, exact, results)
+    kronfluence_figures(run, exact, results)
+    if args.no_bergson:
+        results |= dict.fromkeys(BERGSON_FIGURES, float("nan"))
+    else:
+        from bench.bergson_peer import bergson_figures
+
+        times = {"factors": exact.t_factors, "pairwise": exact.t_queries + exact.t_stream, "new_queries": t_new}
+        results |= bergson_figures(run.lm, args, run.docs, run.queries, run.starts, exact.scores, times, log)
+    memory_figures(run, exact.factors, results)
+    # Accuracy on a trained model (a random one's scores have no structure), untimed.
+    results |= dict.fromkeys(TRAINED_FIGURES, float("nan"))
+    if not args.no_trained and args.projection[0] == args.projection[1]:
+        results |= trained_figures(args, log)
+    log(f"baseline fwdbwd {exact.base:.2f} s on this machine; whole benchmark {time.perf_counter() - wall:.0f} s\n")
+    from bench.bergson_peer import peer_projection  # here: bergson_peer imports this module
+
+    print_figures(results, descriptions(args, peer_projection(run.lm, args)))
     return 0
 
 

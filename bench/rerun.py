@@ -4,7 +4,7 @@ policy's evaluation over many shards.
     python -m bench.rerun              # ~1 minute on a 2-core CPU
     python -m bench.rerun --shards 200 # the policy figure at another corpus size
 
-1. The tiny test project (tests/pipeline/project.py: two shards, three queries), run in-process
+1. The tiny test project (pretrace/testing/project.py: two shards, three queries), run in-process
    with `pretrace run`'s runner: the first run, then a rerun with nothing changed, which must
    compute nothing. Figure: rerun / first run.
 2. A storage root of N shards whose every artefact is current (manifests committed through
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pretrace.config import load_config
 from pretrace.project.provenance import Project
-from tests.pipeline.project import make_project, run_pipeline
+from pretrace.testing.project import make_project, run_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 warnings.filterwarnings("ignore")

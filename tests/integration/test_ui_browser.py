@@ -101,7 +101,7 @@ def test_a_changed_setting_shows_stale_and_materializing_it_from_the_ui_makes_it
 
     from pretrace.config import load_config
     from pretrace.project.provenance import Project
-    from tests.pipeline.project import edit_config
+    from pretrace.testing.project import edit_config
 
     config_path = ops_project["config"]
     original = config_path.read_text()

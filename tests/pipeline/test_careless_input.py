@@ -18,8 +18,8 @@ from transformers import AutoConfig, BertConfig, BertForMaskedLM
 from pretrace.config import load_config
 from pretrace.planning.memory_plan import GB, ModelShape, plan
 from pretrace.project.device_plan import workload
+from pretrace.testing.project import QUERIES, edit_config, make_project, pretrace
 from pretrace.testing.tiny import tiny_model, tiny_tokenizer
-from tests.pipeline.project import QUERIES, edit_config, make_project, pretrace
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 import pyarrow.parquet as pq
 import pytest
 
-from tests.pipeline.project import QUERIES, edit_config, make_project, pretrace
+from pretrace.testing.project import QUERIES, edit_config, make_project, pretrace
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from pretrace.demo.corpus import build_demo_corpus
 from pretrace.demo.files import write_records
 from pretrace.demo.queries import build_demo_queries
 from pretrace.inputs.corpus import read_records
-from tests.pipeline.project import pretrace, snapshot
+from pretrace.testing.project import pretrace, snapshot
 
 DOCS_PER_FILE, QUERIES_PER_KIND, STEPS = 12, 1, 6
 

@@ -28,7 +28,7 @@ from pretrace.pipeline.definitions import build_definitions
 from pretrace.pipeline.runner import asset_order, executable
 from pretrace.project.artefacts import Input, artefacts
 from pretrace.project.provenance import Project
-from tests.pipeline.project import QUERIES, make_project, run_pipeline, write_corpus_file
+from pretrace.testing.project import QUERIES, make_project, run_pipeline, write_corpus_file
 
 ALL_ASSETS = [
     "corpus_shards",

@@ -22,7 +22,7 @@ import yaml
 
 from pretrace.config import load_config
 from pretrace.project.provenance import Project
-from tests.pipeline.project import (
+from pretrace.testing.project import (
     QUERIES,
     clean_run_snapshot,
     edit_config,

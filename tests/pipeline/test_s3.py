@@ -6,7 +6,7 @@ import pytest
 
 from pretrace.config import load_config
 from pretrace.store.storage import Storage
-from tests.pipeline.project import clean_run_snapshot, make_project, pretrace, run_pipeline, snapshot
+from pretrace.testing.project import clean_run_snapshot, make_project, pretrace, run_pipeline, snapshot
 from tests.pipeline.test_provenance import assert_killed, kill_at, materialized
 from tests.s3server import upload
 

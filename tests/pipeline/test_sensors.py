@@ -13,7 +13,7 @@ from dagster._core.storage.defs_state.base import set_defs_state_storage
 from pretrace.config import load_config
 from pretrace.pipeline.definitions import build_definitions
 from pretrace.pipeline.runner import asset_order, executable, logging_config
-from tests.pipeline.project import clean_run_snapshot, make_project, snapshot, write_corpus_file
+from pretrace.testing.project import clean_run_snapshot, make_project, snapshot, write_corpus_file
 
 A, B = "part-a.jsonl", "part-b.jsonl"
 
