@@ -1,4 +1,4 @@
-"""`pretrace demo | run | check | plan | status | clean | ui`: the command line.
+"""`pretrace demo | run | check | plan | status | verify | clean | ui`: the command line.
 
 Only the parser lives here, so `pretrace --help` and argument errors answer at once; a command's
 work (Dagster, torch, transformers) is imported once its arguments parse (`commands`).
@@ -62,6 +62,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--all", action="store_true", help="list current artefacts too")
     _demo_arguments(p)
     p.set_defaults(command="status")
+    p = commands.add_parser(
+        "verify", help="hash every stored file again: which artefacts are damaged, and what a run recomputes"
+    )
+    p.add_argument("--config", help="pretrace.yaml (default: the demo)")
+    _demo_arguments(p)
+    p.set_defaults(command="verify")
     p = commands.add_parser("clean", help="remove the artefacts and partitions of corpus files that are gone")
     p.add_argument("--config", help="pretrace.yaml (default: the demo)")
     _demo_arguments(p)

@@ -140,13 +140,33 @@ def plan(args: argparse.Namespace) -> None:
 
 def status(args: argparse.Namespace) -> None:
     """Each artefact partition's status by the recompute policy, without computing anything."""
-    project = _definitions(args).resources["pretrace"].project()
+    _print_statuses(_definitions(args).resources["pretrace"].project(), args.all)
+
+
+def verify(args: argparse.Namespace) -> None:
+    """Every stored file hashed again, no kept digest trusted: which artefacts are damaged (their
+    bytes are not the ones their manifests record) and what a run would recompute."""
+    from pretrace.store.fingerprint import DigestCache
+
+    resource = _definitions(args).resources["pretrace"]
+    project = Project(resource.config, demo=resource.demo, digests=DigestCache(persistent=False))
+    damaged = _print_statuses(project, show_all=False)
+    if damaged:
+        raise SystemExit(f"pretrace: {damaged} damaged artefact(s); `pretrace run` recomputes them")
+    _say("every stored file holds the bytes its manifest records")
+
+
+def _print_statuses(project: Project, show_all: bool) -> int:
+    """Print each artefact partition's status (all, or those not current) and a summary; how
+    many are damaged."""
     counts: dict[str, int] = {}
+    damaged = 0
     orphans = []
     for _, owner in project.projects():  # compared models' artefacts are named `<model>/<artefact>`
         for artefact, shard, state in owner.statuses():
             counts[state.state] = counts.get(state.state, 0) + 1
-            if not state.current or args.all:
+            damaged += state.reason.startswith("damaged")
+            if not state.current or show_all:
                 reason = f"  ({state.reason})" if state.reason else ""
                 print(f"{state.state:8} {owner.label(artefact, shard)}{reason}")
         orphans += [(owner, artefact, shard) for artefact, shard in owner.orphans()]
@@ -157,6 +177,7 @@ def status(args: argparse.Namespace) -> None:
         )
     summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
     print(f"[pretrace] {summary}" + (f", {len(orphans)} orphaned (pretrace clean removes them)" if orphans else ""))
+    return damaged
 
 
 def clean(args: argparse.Namespace) -> None:
@@ -268,7 +289,16 @@ def _user_error(exc: BaseException | None) -> str | None:
     return None
 
 
-COMMANDS = {"demo": demo, "run": run, "check": check, "plan": plan, "status": status, "clean": clean, "ui": ui}
+COMMANDS = {
+    "demo": demo,
+    "run": run,
+    "check": check,
+    "plan": plan,
+    "status": status,
+    "verify": verify,
+    "clean": clean,
+    "ui": ui,
+}
 
 
 def execute(args: argparse.Namespace) -> None:

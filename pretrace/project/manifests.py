@@ -28,6 +28,7 @@ from safetensors import safe_open
 
 from pretrace.errors import ConcurrentChange
 from pretrace.project.artefacts import Artefact
+from pretrace.store.fingerprint import DigestCache
 from pretrace.store.storage import Storage
 
 MANIFEST_FORMAT = 1
@@ -93,8 +94,11 @@ Content = Any  # a state with to_tensors(), a pa.Table / pl.DataFrame, a dict (J
 class ArtefactStore:
     """Commits and reads artefacts with their manifests under one storage root."""
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, digests: DigestCache | None = None) -> None:
         self.storage = storage
+        self.digests = digests
+        """Where a local root's fresh files are verified and their digests kept, so a rerun
+        verifies them by their stamp instead of hashing them again."""
 
     def manifest(self, artefact: Artefact, shard: str | None = None) -> Manifest | None:
         """The stored manifest, or None when absent or unreadable (an unreadable one is no commit)."""
@@ -113,11 +117,22 @@ class ArtefactStore:
             name.format(shard=shard): self._write(artefact.key(name, shard), content)
             for name, content in outputs.items()
         }
+        self._verify_published(artefact, files)
         manifest = replace(basis, files=files, fingerprint=content_fingerprint(artefact.name, shard, files))
         self.storage.write_json(artefact.manifest_key(shard), manifest.to_json())
         for name in set(previous.files if previous else ()) - set(files):
             self.storage.delete(f"{artefact.name}/{name}")  # files the new version no longer has
         return manifest
+
+    def _verify_published(self, artefact: Artefact, files: dict[str, dict[str, Any]]) -> None:
+        """Each published local file hashed again under its final stamp before the manifest
+        commits it: a file replaced meanwhile is caught, and the digests a rerun checks are known."""
+        if self.digests is None:
+            return
+        for name, digest in files.items():
+            path = self.storage.local_path(f"{artefact.name}/{name}")
+            if path is not None and self.digests.digest(str(path)) != digest["sha256"]:
+                raise ConcurrentChange(f"{path} was replaced while it was being committed")
 
     def _write(self, key: str, content: Content) -> dict[str, Any]:
         if hasattr(content, "to_tensors"):

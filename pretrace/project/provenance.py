@@ -8,7 +8,8 @@ condition, the corpus sensor, `pretrace status` and the assets themselves all as
 
 Statuses:
 - ``current``: nothing to do;
-- ``missing``: never computed, deleted, or a run died while writing it;
+- ``missing``: never computed, deleted, a run died while writing it, or damaged: a file's bytes
+  are not the ones its manifest records (verified by content, see `manifest`);
 - ``stale``: computed from something else than what it would be computed from now (the reason
   says what differs);
 - ``waiting``: an input is not current yet, so what it would be computed from is not known.
@@ -25,7 +26,7 @@ from pretrace.errors import InputError
 from pretrace.inputs.corpus import CorpusFile, CorpusListing, list_corpus_files, shard_key
 from pretrace.project.artefacts import SOURCES, Artefact, Input, artefacts, group_keys, partition_key
 from pretrace.project.manifests import ArtefactStore, Manifest
-from pretrace.store.fingerprint import DigestCache, file_fingerprint, shared_cache, tree_fingerprint
+from pretrace.store.fingerprint import DigestCache, file_fingerprint, shared_cache, stored_digest, tree_fingerprint
 from pretrace.store.storage import Storage, open_fs
 
 State = Literal["current", "missing", "stale", "waiting"]
@@ -73,7 +74,8 @@ class Project:
         # a compared model's project: the main project and its name in `compare_models`
         self._main, self.name = compared_by or (None, None)
         self.storage = Storage(config.storage)
-        self.store = ArtefactStore(self.storage)
+        self.digests = digests or shared_cache()
+        self.store = ArtefactStore(self.storage, self.digests)
         self.graph = artefacts(
             demo,
             tuple(config.compare_models),
@@ -84,12 +86,12 @@ class Project:
         self.groups = group_keys(config.layer_groups or 1)
         self._settings = config.result_settings()
         self._fitted = {i.name for a in self.graph.values() for i in a.inputs if i.scope == "fit_shards"}
-        self.digests = digests or shared_cache()
         self._sources: dict[tuple[str, str | None], str] = {}
         self._manifests: dict[tuple[str, str | None], Manifest | None] = {}
         self._statuses: dict[tuple[str, str | None], Status] = {}
         self._dependents: dict[tuple[str, str | None], set[tuple[str, str | None]]] = {}
-        self._listings: dict[str, dict[str, int]] = {}
+        self._listings: dict[str, dict[str, dict]] = {}
+        self._damaged: dict[tuple[str, str | None], str] = {}
         self._compared: dict[str, Project] = {}
 
     def compared(self, name: str | None) -> Project:
@@ -163,22 +165,30 @@ class Project:
 
     # ----------------------------------------------------------------------- stored state
     def manifest(self, artefact: Artefact, shard: str | None = None) -> Manifest | None:
-        """The stored manifest, when it and every file it lists are in storage."""
+        """The stored manifest, when it is in storage and every file it lists holds the bytes it
+        records: the same size and the same SHA-256. Digests are taken from the bytes, and kept
+        only while the file's stamp holds (`pretrace.store.fingerprint.stored_digest`), so a
+        file changed in any way since it was verified is hashed again."""
         key = (artefact.name, shard)
         if key not in self._manifests:
             manifest = self.store.manifest(artefact, shard)
             if manifest is not None:
                 listing = self._listing(artefact.name)
-                complete = all(
-                    listing.get(f"{artefact.name}/{name}") == d["bytes"] for name, d in manifest.files.items()
-                )
-                manifest = manifest if complete else None
+                for name, digest in manifest.files.items():
+                    info = listing.get(f"{artefact.name}/{name}")
+                    if info is None or int(info.get("size") or 0) != digest["bytes"]:
+                        manifest = None
+                        break
+                    if stored_digest(self.storage, f"{artefact.name}/{name}", info, self.digests) != digest["sha256"]:
+                        self._damaged[key] = f"damaged: {artefact.name}/{name} is not the bytes its manifest records"
+                        manifest = None
+                        break
             self._manifests[key] = manifest
         return self._manifests[key]
 
-    def _listing(self, name: str) -> dict[str, int]:
+    def _listing(self, name: str) -> dict[str, dict]:
         if name not in self._listings:
-            self._listings[name] = self.storage.listing(name)
+            self._listings[name] = self.storage.listing_details(name)
         return self._listings[name]
 
     def forget(self, artefact: Artefact | None = None, shard: str | None = None) -> None:
@@ -191,11 +201,13 @@ class Project:
             self._dependents.clear()
             self._manifests.clear()
             self._listings.clear()
+            self._damaged.clear()
             return
         self._forget_status((artefact.name, shard))
         if self._main is not None:  # what the main project computed from it (the comparison)
             self._main._forget_status((f"{self.name}/{artefact.name}", shard))
         self._manifests.pop((artefact.name, shard), None)
+        self._damaged.pop((artefact.name, shard), None)
         listing = self._listings.get(artefact.name)
         if listing is None:
             return
@@ -204,7 +216,7 @@ class Project:
         keys += [f"{artefact.name}/{name}" for name in (manifest.files if manifest else ())]
         for key in keys:
             try:
-                listing[key] = self.storage.size(key)
+                listing[key] = self.storage.info(key)
             except FileNotFoundError:
                 listing.pop(key, None)
 
@@ -271,7 +283,7 @@ class Project:
             return Status("waiting", str(waiting))
         stored = self.manifest(artefact, shard)
         if stored is None:
-            return Status("missing", "not in storage", expected)
+            return Status("missing", self._damaged.get((artefact.name, shard), "not in storage"), expected)
         if stored.basis() != expected.basis():
             return Status("stale", describe_difference(stored, expected), expected)
         return Status("current", "", expected)

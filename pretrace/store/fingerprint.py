@@ -1,4 +1,5 @@
-"""Content fingerprints of the user's inputs: corpus files, checkpoints and query files.
+"""Content fingerprints of the user's inputs (corpus files, checkpoints, query files), and the
+verified digests of stored artefact files.
 
 A fingerprint changes exactly when content does. Modification times do not qualify: copy tools
 keep them across content changes (``cp -p``, ``rsync -t``) and round them across copies of
@@ -20,12 +21,13 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from pretrace.errors import InputError
-from pretrace.store.storage import open_fs, sha256_file
+from pretrace.store.storage import Storage, open_fs, sha256_file
 
 CACHE_ENV = "PRETRACE_CACHE_DIR"
 _SAVE_EVERY_S = 5.0
@@ -59,15 +61,19 @@ def _stat_signature(stat: os.stat_result) -> str:
 
 
 class DigestCache:
-    """Path -> (stat signature, SHA-256) on local disk, shared by every process of the user.
+    """Path or URL -> (stamp, SHA-256) on local disk, shared by every process of the user.
 
-    Writes replace the whole file atomically; two processes racing lose an entry at worst,
-    which only costs hashing that file again.
+    A stamp is what changes whenever the bytes do: a local file's stat signature, an object's
+    ETag and size. A digest is taken from the bytes themselves, and trusted again only while the
+    stamp it was taken under holds. Writes replace the whole file atomically; two processes
+    racing lose an entry at worst, which only costs hashing that file again. ``persistent=False``
+    starts empty and saves nothing: every digest is taken from the bytes (`pretrace verify`).
     """
 
-    def __init__(self, folder: str | os.PathLike | None = None) -> None:
+    def __init__(self, folder: str | os.PathLike | None = None, *, persistent: bool = True) -> None:
         self.path = cache_folder(folder) / "digests.json"
-        self._entries: dict[str, list[str]] | None = None
+        self._entries: dict[str, list[str]] | None = None if persistent else {}
+        self._persistent = persistent
         self._saved = time.monotonic()
         self._dirty = False
 
@@ -91,13 +97,29 @@ class DigestCache:
         digest = sha256_file(path)
         if _stat_signature(os.stat(path)) != before:
             raise OSError(f"{path} changed while it was being read; try again once it is complete")
-        entries[path] = [before, digest]
+        self._remember(path, before, digest)
+        return digest
+
+    def remote_digest(self, url: str, info: dict[str, Any], fetch: Callable[[], str]) -> str:
+        """SHA-256 of the object at ``url`` (``fetch`` downloads and hashes it), fetched only
+        when the ETag and size its listing entry ``info`` shows are new."""
+        stamp = remote_fingerprint(info)
+        known = self._load().get(url)
+        if known and known[0] == stamp:
+            return known[1]
+        digest = fetch()
+        self._remember(url, stamp, digest)
+        return digest
+
+    def _remember(self, key: str, stamp: str, digest: str) -> None:
+        self._load()[key] = [stamp, digest]
+        if not self._persistent:
+            return
         if not self._dirty:
             atexit.register(self.save)  # what the last seconds hashed is kept too (save unregisters it)
         self._dirty = True
         if time.monotonic() - self._saved > _SAVE_EVERY_S:
             self.save()
-        return digest
 
     def save(self) -> None:
         """Write new digests (at most every few seconds while hashing many files, and at exit)."""
@@ -139,6 +161,16 @@ def file_fingerprint(local_path: str | None, info: dict[str, Any], cache: Digest
     if local_path is not None:
         return f"sha256:{cache.digest(local_path)}"
     return remote_fingerprint(info)
+
+
+def stored_digest(storage: Storage, key: str, info: dict[str, Any], cache: DigestCache) -> str:
+    """SHA-256 of a stored artefact file, from its bytes unless ``cache`` holds it under the
+    file's current stamp (stat signature locally; ETag and size, from listing entry ``info``, on
+    an object store)."""
+    local = storage.local_path(key)
+    if local is not None:
+        return cache.digest(str(local))
+    return cache.remote_digest(storage.url(key), info, lambda: storage.sha256(key))
 
 
 def tree_fingerprint(url: str, cache: DigestCache) -> str:

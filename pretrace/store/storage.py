@@ -167,6 +167,15 @@ class Storage:
         """Bytes stored under ``key``."""
         return int(self.fs.size(self._path(key)))
 
+    def info(self, key: str) -> dict[str, Any]:
+        """What a listing says of ``key`` (size; an object store's ETag); FileNotFoundError if absent."""
+        return self.fs.info(self._path(key))
+
+    def sha256(self, key: str) -> str:
+        """SHA-256 of the bytes under ``key`` (downloaded first when the root is remote)."""
+        with self._local_copy(key) as path:
+            return sha256_file(path)
+
     def list(self, prefix: str = "") -> list[str]:
         """Keys of all objects under the folder ``prefix``: recursive, sorted, no temp files."""
         return sorted(self.listing(prefix))
@@ -244,17 +253,18 @@ class Storage:
 
     def listing(self, prefix: str = "") -> dict[str, int]:
         """Every key under ``prefix`` with its size, in one recursive listing; no temp files."""
+        return {key: int(info.get("size") or 0) for key, info in self.listing_details(prefix).items()}
+
+    def listing_details(self, prefix: str = "") -> dict[str, dict[str, Any]]:
+        """Every key under ``prefix`` with what the listing says of it (size; an object store's
+        ETag), in one recursive listing; no temp files."""
         base = self._path(prefix) if prefix else self._root
         start = len(self._root) + 1
         try:
             found = self.fs.find(base, detail=True)
         except FileNotFoundError:
             return {}
-        return {
-            p[start:]: int(info.get("size") or 0)
-            for p, info in found.items()
-            if not p.rsplit("/", 1)[-1].startswith(_TMP_PREFIX)
-        }
+        return {p[start:]: info for p, info in found.items() if not p.rsplit("/", 1)[-1].startswith(_TMP_PREFIX)}
 
     def remove_leftovers(self) -> list[str]:
         """Delete the temporaries of killed writers (under the root, and S3 staging in local

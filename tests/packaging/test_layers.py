@@ -32,7 +32,12 @@ LAYERS = (
     "pretrace.pipeline",
     "pretrace.testing",  # shared by tests and benches; nothing in the product imports it
 )
-DAGSTER_LAYERS = {"pretrace.resources", "pretrace.assets", "pretrace.pipeline", "pretrace.testing"}  # may import Dagster
+DAGSTER_LAYERS = {
+    "pretrace.resources",
+    "pretrace.assets",
+    "pretrace.pipeline",
+    "pretrace.testing",
+}  # may import Dagster
 FOLDERS = {
     "pretrace": "pretrace",
     "resources": "pretrace.resources",

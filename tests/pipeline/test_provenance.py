@@ -206,6 +206,56 @@ def test_an_artefact_file_deleted_from_storage_is_missing(finished, tmp_path):
     assert snapshot(project / "data") == finished[1]
 
 
+def corrupt(path: Path, old: bytes, new: bytes) -> None:
+    """Change bytes in place, keeping the file's size and modification time (as bit rot, or an
+    edit that restores the mtime, would)."""
+    data, stat = path.read_bytes(), path.stat()
+    assert len(old) == len(new) and old in data
+    path.write_bytes(data.replace(old, new, 1))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def last_bytes_flipped(path: Path) -> tuple[bytes, bytes]:
+    """(old, new) that change one byte near the end of a file (a tensor's data in safetensors)."""
+    data = path.read_bytes()
+    return data[-5:], data[-5:-4] + bytes([data[-4] ^ 1]) + data[-3:]
+
+
+@pytest.mark.parametrize(
+    ("key", "change", "recomputed"),
+    [
+        # a final artefact that still reads: query id `capital` becomes `bapital` in every row
+        (f"influence_scores/{A}.parquet", (b"capital", b"bapital"), [f"influence_scores[{A}]"]),
+        # an intermediate one: one number of the preconditioner
+        ("ekfac_factors/factors.safetensors", None, ["ekfac_factors"]),
+    ],
+)
+def test_a_same_size_corruption_is_recomputed_to_a_clean_runs_bytes(key, change, recomputed, finished, tmp_path):
+    project = copy_of(finished, tmp_path)
+    config = load_config(project / "pretrace.yaml")
+    assert run_pipeline(config) == []  # the copy's digests are taken once, then kept by stamp
+    path = project / "data" / key
+    corrupt(path, *(change or last_bytes_flipped(path)))
+    artefact, shard = recomputed[0].removesuffix("]").partition("[")[::2]
+    status = Project(config).status(artefact, shard or None)
+    assert (status.state, status.reason) == ("missing", f"damaged: {key} is not the bytes its manifest records")
+    assert run_pipeline(config) == recomputed  # recomputed to the same bytes: nothing downstream
+    assert snapshot(project / "data") == finished[1]
+
+
+def test_verify_names_a_damaged_artefact_and_exits_non_zero(finished, tmp_path):
+    project = copy_of(finished, tmp_path)
+    clean = pretrace("verify", "--config", "pretrace.yaml", cwd=project)
+    assert clean.returncode == 0 and "every stored file holds the bytes its manifest records" in clean.stdout
+    path = project / "data" / "document_gradients" / f"{B}.safetensors"
+    corrupt(path, *last_bytes_flipped(path))
+    damaged = pretrace("verify", "--config", "pretrace.yaml", cwd=project)
+    assert damaged.returncode == 1, damaged.stdout + damaged.stderr
+    line = f"missing  document_gradients[{B}]  (damaged: document_gradients/{B}.safetensors is not the bytes"
+    assert line in damaged.stdout
+    assert "1 damaged artefact(s); `pretrace run` recomputes them" in damaged.stderr
+
+
 def kill_at(prefix: str, nth: int, project: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     """`pretrace run` as a user runs it, SIGKILLed as it starts writing the nth file whose key
     starts with ``prefix`` (tests/pipeline/kill_at.py)."""

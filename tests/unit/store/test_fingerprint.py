@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
 import pytest
 
 from pretrace.store import fingerprint
-from pretrace.store.fingerprint import DigestCache, tree_fingerprint
+from pretrace.store.fingerprint import DigestCache, stored_digest, tree_fingerprint
 
 
 @pytest.fixture
@@ -81,3 +82,41 @@ def test_s3_objects_are_fingerprinted_by_etag(s3_root, tmp_path):
     store.write_bytes("ckpt/config.json", b'{"a": 1}')
     assert tree_fingerprint(f"{s3_root}/ckpt", cache) != first
     assert not Path(cache.path).exists()  # nothing was hashed locally
+
+
+def test_a_kept_digest_is_trusted_only_by_a_persistent_cache(tmp_path):
+    """`pretrace verify` takes every digest from the bytes: a kept entry gone wrong (here forged
+    under the file's own stamp) fools the persistent cache, never a fresh one."""
+    path = tmp_path / "a.txt"
+    path.write_bytes(b"data")
+    cache = DigestCache(tmp_path / "cache")
+    cache.digest(str(path))
+    cache.save()
+    entries = json.loads(cache.path.read_text())
+    entries[str(path)][1] = "0" * 64
+    cache.path.write_text(json.dumps(entries))
+    assert DigestCache(tmp_path / "cache").digest(str(path)) == "0" * 64
+    fresh = DigestCache(tmp_path / "cache", persistent=False)
+    assert fresh.digest(str(path)) == hashlib.sha256(b"data").hexdigest()
+    fresh.save()
+    assert json.loads(cache.path.read_text()) == entries  # a fresh cache writes nothing
+
+
+@pytest.mark.integration
+def test_a_stored_object_is_downloaded_again_only_when_its_etag_changes(s3_root, tmp_path, monkeypatch):
+    from pretrace.store.storage import Storage
+
+    fetched: list[str] = []
+    original = Storage.sha256
+    monkeypatch.setattr(Storage, "sha256", lambda self, key: fetched.append(key) or original(self, key))
+    store = Storage(s3_root)
+    store.write_bytes("artefact/x.bin", b"one")
+    cache = DigestCache(tmp_path / "cache")
+
+    def digest() -> str:
+        return stored_digest(store, "artefact/x.bin", store.listing_details("artefact")["artefact/x.bin"], cache)
+
+    assert digest() == digest() == hashlib.sha256(b"one").hexdigest()
+    store.write_bytes("artefact/x.bin", b"two")
+    assert digest() == hashlib.sha256(b"two").hexdigest()
+    assert fetched == ["artefact/x.bin", "artefact/x.bin"]
