@@ -35,6 +35,10 @@ PATH_KEYS = ("model", "corpus", "queries", "storage")
 """Keys holding a local path or URL; relative paths are relative to the YAML file's folder."""
 SHARED_BY_COMPARED_MODELS = ("corpus", "queries", "storage", "compare_models")
 """Settings every compared model takes from the main configuration."""
+SIDE_LIMIT = 1 << 16
+"""The widest linear-layer side any setting may name (Llama-3-405B's MLP is 53,248 wide): a rank,
+projection or block beyond it is a typo, refused when the configuration loads rather than after
+hours of work or at the first allocation."""
 ProjectionBasis = Literal["whitened", "principal", "raw"]
 """How stored document gradients are projected (`pretrace.influence.projection`)."""
 StoredGradientDtype = Literal["float32", "bfloat16", "int8", "int4"]
@@ -130,11 +134,13 @@ class PretraceConfig(BaseModel):
     query_rank: StrictInt | None = Field(
         default=None,
         gt=0,
+        le=SIDE_LIMIT,
         description="Keep preconditioned query gradients as rank-r factors per layer; unset = dense.",
     )
     document_rank: StrictInt | None = Field(
         default=None,
         gt=0,
+        le=SIDE_LIMIT,
         description="Store each document's (projected) gradient as rank-c factors per layer, c × (k_out + k_in) numbers instead of k_out × k_in; unset = full.",
     )
     stored_gradient_dtype: StoredGradientDtype = Field(
@@ -142,9 +148,9 @@ class PretraceConfig(BaseModel):
         description="Precision of stored document gradients: 'bfloat16' halves the store; 'int8' and 'int4' keep 8 or 4 bits per number plus a scale per row (per rank of `document_rank` factors): a quarter or an eighth of the store, so the same bytes hold a larger projection. Scores from anything but float32 are checked against exact ones on a sample of every shard, like a projection's.",
     )
     max_length: StrictInt = Field(
-        default=512, ge=2, description="Tokens per document chunk; longer documents are split into chunks."
+        default=512, ge=2, le=1 << 20, description="Tokens per document chunk; longer documents are split into chunks."
     )
-    batch_size: StrictInt = Field(default=8, gt=0, description="Documents per forward/backward pass.")
+    batch_size: StrictInt = Field(default=8, gt=0, le=1 << 16, description="Documents per forward/backward pass.")
     fit_shards: Literal["all"] | list[str] = Field(
         default="all", description="Shards the EK-FAC factors are fitted on; unset = every current shard."
     )
@@ -157,11 +163,13 @@ class PretraceConfig(BaseModel):
     layer_groups: StrictInt | None = Field(
         default=None,
         gt=0,
+        le=1 << 12,
         description="Fit and score the tracked layers in this many groups, one pass over the data each, so only one group's factors are on the device at once (same results); more than one also partitions the EK-FAC fitting assets by group, a run (a pod) per shard and group; unset = as few as the device's memory allows, inside each run (`pretrace plan`).",
     )
     factor_block_size: StrictInt | None = Field(
         default=None,
         gt=0,
+        le=SIDE_LIMIT,
         description="Keep only the diagonal blocks (at most this wide) of each layer's activation and gradient covariances wider than this, and eigendecompose them a block at a time: Grosse et al.'s within-layer block-diagonal approximation, for layers too wide to decompose whole; unset = whole (exact K-FAC eigenbases).",
     )
     activation_checkpointing: bool = Field(
@@ -180,10 +188,13 @@ class PretraceConfig(BaseModel):
         description="Load a checkpoint whose weights are only pickles (.bin), which can run code: trusted files only.",
     )
     seed: StrictInt = Field(
-        default=0, ge=0, description="Seed of sampled Fisher labels, projections and the report's bootstrap."
+        default=0,
+        ge=0,
+        le=2**32 - 1,
+        description="Seed of sampled Fisher labels, projections and the report's bootstrap.",
     )
     top_k: StrictInt = Field(
-        default=50, gt=0, description="Top and bottom documents kept per query and shard for the report."
+        default=50, gt=0, le=100_000, description="Top and bottom documents kept per query and shard for the report."
     )
     rerank_k: StrictInt | None = Field(
         default=None,
@@ -193,6 +204,7 @@ class PretraceConfig(BaseModel):
     tail_patch_k: StrictInt = Field(
         default=10,
         gt=0,
+        le=10_000,
         description="Documents per query in the attribution check (tail-patch): one SGD step on each method's top-k (at most top_k).",
     )
     tail_patch_lr: float = Field(
@@ -206,6 +218,7 @@ class PretraceConfig(BaseModel):
     completion_tokens: StrictInt = Field(
         default=128,
         gt=0,
+        le=1 << 16,
         description="Most tokens the model writes when it answers a query (greedily; its own completions and the correctness check).",
     )
     completion_instruction: str | None = Field(
@@ -219,6 +232,7 @@ class PretraceConfig(BaseModel):
     demo_steps: StrictInt = Field(
         default=600,
         gt=0,
+        le=1_000_000,
         description="Optimizer steps that train the demo's own model (`pretrace demo` only; a user's checkpoint ignores it).",
     )
     compare_models: dict[str, dict[str, Any]] = Field(
@@ -305,8 +319,8 @@ class PretraceConfig(BaseModel):
         if value is None or value == "none":
             return None
         pair = isinstance(value, (list, tuple)) and len(value) == 2
-        if not pair or not all(type(k) is int and k > 0 for k in value):
-            raise ValueError('must be "none" or [k_out, k_in], two integers > 0')
+        if not pair or not all(type(k) is int and 0 < k <= SIDE_LIMIT for k in value):
+            raise ValueError(f'must be "none" or [k_out, k_in], two integers from 1 to {SIDE_LIMIT}')
         return tuple(value)
 
     @field_serializer("projection")

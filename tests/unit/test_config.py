@@ -124,6 +124,38 @@ def test_bad_values_name_file_and_key(tmp_path: Path, text: str, key: str) -> No
         load_config(path)
 
 
+BOUNDED = (
+    "max_length",
+    "batch_size",
+    "query_rank",
+    "document_rank",
+    "layer_groups",
+    "factor_block_size",
+    "seed",
+    "top_k",
+    "tail_patch_k",
+    "completion_tokens",
+    "demo_steps",
+)
+
+
+@pytest.mark.parametrize("value", [2**64, 10**10])
+@pytest.mark.parametrize("key", BOUNDED)
+def test_every_count_is_bounded_when_the_config_loads(tmp_path: Path, key: str, value: int) -> None:
+    """A count no run could use (a typo, an overflow) is refused at load, naming its bound."""
+    path = write(tmp_path, f"{key}: {value}\n")
+    with pytest.raises(InputError, match=re.escape(f"`{key}`: Input should be less than or equal to")):
+        load_config(path)
+
+
+def test_a_projection_side_is_bounded(tmp_path: Path) -> None:
+    path = write(tmp_path, f"projection: [64, {2**64}]\n")
+    with pytest.raises(
+        InputError, match=re.escape('`projection`: must be "none" or [k_out, k_in], two integers from 1 to 65536')
+    ):
+        load_config(path)
+
+
 @pytest.mark.parametrize(
     "text, pattern",
     [
