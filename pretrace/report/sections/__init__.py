@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 
+import matplotlib
 import polars as pl
 
 from pretrace.analyses.analysis import Analysis
@@ -39,8 +40,10 @@ FIGURES = {name: plot for s in SECTIONS for name, plot in s.figures.items()}
 
 
 def render_figures(a: Analysis) -> dict[str, bytes]:
-    """Every plot as PNG bytes, by name."""
-    return {name: plot(a) for name, plot in FIGURES.items()}
+    """Every plot as PNG bytes, by name. Text is drawn as written: query kinds, sources and ids
+    are the user's data, and one holding `$...$` is a label, not mathtext to parse (or fail on)."""
+    with matplotlib.rc_context({"text.parse_math": False}):
+        return {name: plot(a) for name, plot in FIGURES.items()}
 
 
 def readings(a: Analysis) -> dict[str, list[str]]:

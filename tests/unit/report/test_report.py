@@ -630,3 +630,12 @@ def test_error_bars_of_a_degenerate_interval_are_zero_not_negative():
     assert (bars >= 0).all() and bars.shape == (2, 3)
     assert bars[1, 0] == 0.0  # 0.3 - (0.1 + 0.2) < 0 would be refused by matplotlib
     assert bars[:, 1:].tolist() == [[0.0, 0.5], [1.0, 0.0]]
+
+
+def test_a_kind_that_looks_like_mathtext_is_drawn_as_written(synthetic, parts):
+    """Query kinds are the user's text: `$...$` in one (here unparsable as mathtext) is a label."""
+    queries, _, _ = synthetic
+    kinds = [f"{kind} $x^$" if kind != "factual" else kind for kind in queries.column("kind").to_pylist()]
+    renamed = queries.set_column(queries.schema.get_field_index("kind"), "kind", pa.array(kinds))
+    figures = sections.render_figures(analyze(*merge_shards(parts, FAST.k), renamed, FAST))
+    assert figures and all(png.startswith(b"\x89PNG") for png in figures.values())
