@@ -201,6 +201,12 @@ def jsonl_rows(url: str) -> Iterator[tuple[int, Any]]:
                         f"{url}, line {number}: not valid JSON ({exc.msg} at column {exc.colno}); "
                         "each line must hold exactly one JSON object"
                     ) from None
+                except RecursionError:
+                    raise InputError(
+                        f"{url}, line {number}: JSON nested too deeply to read; flatten the record"
+                    ) from None
+                except ValueError as exc:  # an integer of more digits than Python converts
+                    raise InputError(f"{url}, line {number}: {exc}; store such a number as a string") from None
                 yield number, record
         except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
             raise InputError(f"{url}: not a complete gzip file ({exc}); re-compress it with gzip") from None

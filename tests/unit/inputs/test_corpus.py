@@ -172,8 +172,13 @@ def test_bad_records_name_file_and_line(tmp_path: Path, case: str, suffix: str) 
         (b'{"id": "a", "text": "x"}\n{"id": "b", "text": "\xff"}\n', r"line 2: not valid UTF-8"),
         (b"", r"no records"),
         (b"\n  \n", r"no records"),
+        (
+            b'{"id": "a", "text": "x"}\n{"id": "b", "text": "y", "meta": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n",
+            r"line 2: JSON nested too deeply to read; flatten the record",
+        ),
+        (b'{"id": "a", "text": "x", "n": ' + b"7" * 5000 + b"}\n", r"line 1: Exceeds the limit .* as a string"),
     ],
-    ids=["json", "utf8", "empty", "blank"],
+    ids=["json", "utf8", "empty", "blank", "deep", "huge-integer"],
 )
 def test_unreadable_lines_name_file_and_line(tmp_path: Path, content: bytes, pattern: str) -> None:
     path = tmp_path / "bad.jsonl"
