@@ -1,5 +1,7 @@
 """Errors that name the culprit and the fix, so users never have to read a torch traceback."""
 
+import errno
+
 
 class PretraceError(Exception):
     """Base class of every error pretrace raises on purpose."""
@@ -27,3 +29,16 @@ class InputErrors(InputError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = list(problems)
         super().__init__("\n".join(self.problems))
+
+
+class StorageFull(PretraceError, OSError):
+    """The storage root's disk (or quota) is full: one line, no retry, nothing half-written."""
+
+
+def no_space_left(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk or quota is full. Writers in Rust (safetensors) and C++
+    (Arrow) report it in their message only, with the OS's words or its error number."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    return any(sign in text for sign in ("No space left on device", "Disk quota exceeded", "os error 28"))

@@ -32,7 +32,7 @@ from fsspec.implementations.local import LocalFileSystem
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from pretrace.errors import ConcurrentChange, InputError
+from pretrace.errors import ConcurrentChange, InputError, StorageFull, no_space_left
 
 if TYPE_CHECKING:
     import polars as pl
@@ -85,6 +85,22 @@ def _is_leftover(name: str, age_s: float) -> bool:
         if host == _HOST and pid.isdigit():
             return not pid_alive(int(pid))
     return age_s > STALE_TEMPORARY_S
+
+
+@contextmanager
+def _full_disk_named(url: str) -> Iterator[None]:
+    """A full disk while writing ``url`` becomes one `StorageFull` line (its temporary is gone)."""
+    try:
+        yield
+    except StorageFull:
+        raise
+    except Exception as exc:
+        if not no_space_left(exc):
+            raise
+        raise StorageFull(
+            f"no space left on the device while writing {url}; free space there or point `storage` at a larger "
+            "disk, then run again (nothing half-written was kept)"
+        ) from exc
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -201,6 +217,10 @@ class Storage:
         Files get the mode the user's umask gives, as any other tool would write them.
         """
         path = self._path(key)
+        with _full_disk_named(self.url(key)):
+            return self._publish(path, fill)
+
+    def _publish(self, path: str, fill: Callable[[str], None]) -> dict[str, object]:
         if self._local:
             folder, name = os.path.split(path)
             os.makedirs(folder, exist_ok=True)

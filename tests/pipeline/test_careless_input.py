@@ -5,9 +5,11 @@ on the terminal; `pretrace check` finds the same without computing anything."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -184,3 +186,31 @@ def test_the_plan_chooses_layer_groups_that_fit_or_names_the_setting_that_would(
     result = pretrace("plan", "--config", "pretrace.yaml", cwd=root)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"set layer_groups: {groups} in pretrace.yaml (layer groups give the same results" in result.stderr
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A file system of 300 KB of its own (a tmpfs): a storage root whose disk fills up."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_path: Path, small_disk: Path) -> None:
+    make_project(tmp_path / "project", storage=str(small_disk / "data"))
+    done = pretrace("run", "--config", "pretrace.yaml", cwd=tmp_path / "project")
+    assert done.returncode == 1
+    said = [line for line in done.stderr.splitlines() if line.startswith("pretrace:")]
+    assert len(said) == 1, done.stderr[-3000:]
+    assert re.fullmatch(
+        rf"pretrace: no space left on the device while writing {re.escape(str(small_disk))}/data/\S+; free space "
+        r"there or point `storage` at a larger disk, then run again \(nothing half-written was kept\)",
+        said[0],
+    )
+    assert [p.name for p in (small_disk / "data").rglob(".tmp-*")] == []
