@@ -17,6 +17,7 @@ Statuses:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal
@@ -69,6 +70,7 @@ class Project:
         digests: DigestCache | None = None,
         compared_by: tuple[Project, str] | None = None,
     ) -> None:
+        refuse_overlapping_storage(config, demo)
         self.config = config
         self.demo = demo
         # a compared model's project: the main project and its name in `compare_models`
@@ -295,16 +297,47 @@ class Project:
     def orphans(self) -> list[tuple[Artefact, str | None]]:
         """Stored partitions the project no longer has (removed or renamed corpus files, shards
         dropped from `fit_shards`, fitting artefacts of another number of `layer_groups`):
-        reported, and removed by `pretrace clean`."""
+        reported, and removed by `pretrace clean`. Only a manifest pretrace wrote (one that reads
+        as this artefact's, of that partition) counts: a user's file of a similar name is not
+        pretrace's to remove."""
         found = []
         for artefact in self.graph.values():
             wanted = set(self.partitions(artefact))
             for key in self._listing(artefact.name):
                 name = key[len(artefact.name) + 1 :]
                 partition = None if name == "manifest.json" else name.removesuffix(".manifest.json")
-                if name.endswith("manifest.json") and partition != name and partition not in wanted:
+                if not name.endswith("manifest.json") or partition == name or partition in wanted:
+                    continue
+                stored = self.store.manifest(artefact, partition)
+                if stored is not None and (stored.artefact, stored.shard) == (artefact.name, partition):
                     found.append((artefact, partition))
         return found
+
+
+def refuse_overlapping_storage(config: PretraceConfig, demo: bool = False) -> None:
+    """The storage root shares no folder with the inputs: pretrace writes, verifies and cleans
+    only under its root, so a root inside the checkpoint folder (or holding the corpus) would
+    write among the user's files and change their fingerprints. The demo trains its own model."""
+    root = _location(config.storage)
+    for key in ("corpus", "queries") if demo else ("model", "corpus", "queries"):
+        value = getattr(config, key)
+        other = _location(value)
+        if _within(root, other) or _within(other, root):
+            raise InputError(
+                f"`storage` ({config.storage}) overlaps `{key}` ({value}): pretrace would write among your "
+                "inputs; give `storage` a folder of its own beside them, e.g. `storage: ./data`"
+            )
+
+
+def _location(url: str) -> str:
+    """A comparable location: ``s3://bucket/prefix``, or a local path with symlinks resolved."""
+    if url.startswith("s3://"):
+        return url.rstrip("/")
+    return os.path.realpath(os.path.expanduser(url.removeprefix("file://")))
+
+
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
 def settings_of(artefact: Artefact, config: PretraceConfig) -> dict:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -45,8 +46,10 @@ _S3_CONFIG = {
     "read_timeout": 15,
     "retries": {"mode": "standard", "total_max_attempts": 2},
 }
-_TMP_PREFIX = ".tmp-"
-_STAGING_PREFIX = "pretrace-staging-"
+_TMP_PREFIX = ".pretrace-tmp."
+_STAGING_PREFIX = "pretrace-staging."
+_WRITER = re.compile(r"(?P<host>[^.]+)\.(?P<pid>\d+)\.")
+"""What follows either prefix in a name pretrace writes: its writer's host and pid."""
 STALE_TEMPORARY_S = 24 * 3600
 """Temporaries of another machine are removed only when older than this: their writer may live."""
 
@@ -78,12 +81,15 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def _is_leftover(name: str, age_s: float) -> bool:
-    """A temporary whose writer is dead: this machine's and its pid gone, or old enough."""
-    parts = name.split(".")
-    for host, pid in zip(parts, parts[1:]):
-        if host == _HOST and pid.isdigit():
-            return not pid_alive(int(pid))
+def _is_leftover(name: str, prefix: str, age_s: float) -> bool:
+    """A temporary pretrace wrote (its prefix, then its writer's host and pid) whose writer is
+    dead: this machine's and its pid gone, or another machine's and old enough. Any other name
+    is not pretrace's, and never removed."""
+    writer = _WRITER.match(name, len(prefix)) if name.startswith(prefix) else None
+    if writer is None:
+        return False
+    if writer["host"] == _HOST:
+        return not pid_alive(int(writer["pid"]))
     return age_s > STALE_TEMPORARY_S
 
 
@@ -224,7 +230,7 @@ class Storage:
         if self._local:
             folder, name = os.path.split(path)
             os.makedirs(folder, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{_TMP_PREFIX}{name}.{_writer_tag()}")
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{_TMP_PREFIX}{_writer_tag()}{name}.")
             os.close(fd)
             try:
                 fill(tmp)
@@ -295,17 +301,13 @@ class Storage:
             for folder, _, names in os.walk(self._root):
                 for name in names:
                     path = os.path.join(folder, name)
-                    if name.startswith(_TMP_PREFIX) and _is_leftover(
-                        name[len(_TMP_PREFIX) :], now - os.path.getmtime(path)
-                    ):
+                    if _is_leftover(name, _TMP_PREFIX, now - os.path.getmtime(path)):
                         os.unlink(path)
                         removed.append(path)
         staging = tempfile.gettempdir()
         for name in os.listdir(staging):
             path = os.path.join(staging, name)
-            if name.startswith(_STAGING_PREFIX) and _is_leftover(
-                name[len(_STAGING_PREFIX) :], now - os.path.getmtime(path)
-            ):
+            if _is_leftover(name, _STAGING_PREFIX, now - os.path.getmtime(path)):
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)
         return removed
@@ -368,7 +370,7 @@ class Storage:
 
     def check_writable(self) -> None:
         """Write, read back and delete a probe object, so a bad root fails before any work."""
-        probe = f"{_TMP_PREFIX}probe-{os.getpid()}-{os.urandom(4).hex()}"
+        probe = f"{_TMP_PREFIX}{_writer_tag()}probe-{os.urandom(4).hex()}"
         try:
             self.write_bytes(probe, b"ok")
             if self.read_bytes(probe) != b"ok":

@@ -111,6 +111,11 @@ CASES = {
         ['queries.jsonl, line 4: `answer` is ["x"] (list)', "give the answer as a string or a number"],
     ),
     "queries-missing": (_config(queries="missing.jsonl"), ["missing.jsonl: no such file; correct the path"]),
+    "storage-holds-the-inputs": (
+        _config(storage="."),
+        ["overlaps `model`", "give `storage` a folder of its own beside them"],
+    ),
+    "storage-in-the-checkpoint": (_config(storage="model/artefacts"), ["overlaps `model`", "pretrace would write"]),
     "device-memory": (
         _config(device_memory_gb=1e-4),
         [
@@ -213,4 +218,4 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_path: Path,
         r"there or point `storage` at a larger disk, then run again \(nothing half-written was kept\)",
         said[0],
     )
-    assert [p.name for p in (small_disk / "data").rglob(".tmp-*")] == []
+    assert [p.name for p in (small_disk / "data").rglob(".pretrace-tmp.*")] == []

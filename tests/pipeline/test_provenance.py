@@ -427,10 +427,32 @@ def test_a_temporary_left_by_a_killed_writer_is_removed_by_the_next_run(finished
     host = socket.gethostname().replace(".", "_")
     folder = project / "data" / "influence_scores"
     leftover, live = (
-        folder / f".tmp-{A}.parquet.{host}.{dead.pid}.x1",
-        folder / f".tmp-{A}.parquet.{host}.{os.getpid()}.x2",
+        folder / f".pretrace-tmp.{host}.{dead.pid}.{A}.parquet.x1",
+        folder / f".pretrace-tmp.{host}.{os.getpid()}.{A}.parquet.x2",
     )
     leftover.write_bytes(b"half a file")
     live.write_bytes(b"a live writer's")
     assert run_pipeline(load_config(project / "pretrace.yaml")) == []
     assert not leftover.exists() and live.exists()
+
+
+def test_files_pretrace_did_not_write_are_kept_through_run_and_clean(finished, tmp_path):
+    """Only pretrace's own temporaries and manifests are removed: a user's old `.tmp-` file, a
+    name that merely starts like pretrace's, and a manifest-like file in a user's subfolder stay."""
+    project = copy_of(finished, tmp_path)
+    data = project / "data"
+    (data / "notes").mkdir()
+    mine = [
+        data / ".tmp-draft.txt",
+        data / "influence_scores" / ".pretrace-tmp.not-a-writer-tag",
+        data / "influence_scores" / "notes" / "mine.manifest.json",
+        data / "notes" / "x.manifest.json",
+    ]
+    for path in mine:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+        os.utime(path, (0, 0))  # older than any age limit
+    assert run_pipeline(load_config(project / "pretrace.yaml")) == []
+    cleaned = pretrace("clean", "--config", "pretrace.yaml", cwd=project)
+    assert cleaned.returncode == 0, cleaned.stderr[-3000:]
+    assert all(path.exists() for path in mine), [str(p) for p in mine if not p.exists()]

@@ -52,7 +52,7 @@ def test_every_artefact_and_its_manifest_is_an_s3_object(s3_project):
         "influence_report/report.html",
     ]:
         assert {key, key.rsplit("/", 1)[0] + "/manifest.json"} <= keys
-    assert not any(k.rsplit("/", 1)[-1].startswith(".tmp-") for k in keys)
+    assert not any(k.rsplit("/", 1)[-1].startswith(".pretrace-tmp.") for k in keys)
 
 
 def test_a_wiped_s3_prefix_is_recomputed_to_the_same_bytes(s3_project):
