@@ -32,6 +32,9 @@ from pydantic import (
 from pretrace.errors import InputError
 
 PATH_KEYS = ("model", "corpus", "queries", "storage")
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+"""A Hugging Face model id (`org/name`): a `model` of this form that is no folder beside the
+configuration is looked up, offline, in the local Hugging Face cache (`pretrace.model.hub_cache`)."""
 """Keys holding a local path or URL; relative paths are relative to the YAML file's folder."""
 SHARED_BY_COMPARED_MODELS = ("corpus", "queries", "storage", "compare_models")
 """Settings every compared model takes from the main configuration."""
@@ -386,12 +389,12 @@ class PretraceConfig(BaseModel):
         for key in PATH_KEYS:
             value = getattr(self, key)
             if "://" not in value:
-                update[key] = _absolute(value, base_dir)
+                update[key] = _model_location(value, base_dir) if key == "model" else _absolute(value, base_dir)
         update["compare_models"] = {
             name: {
                 **overrides,
                 **(
-                    {"model": _absolute(overrides["model"], base_dir)}
+                    {"model": _model_location(overrides["model"], base_dir)}
                     if isinstance(overrides.get("model"), str) and "://" not in overrides["model"]
                     else {}
                 ),
@@ -441,6 +444,14 @@ def reference_markdown() -> str:
             "",
         ]
     )
+
+
+def _model_location(value: str, base_dir: str | os.PathLike) -> str:
+    """A Hugging Face id with no such folder beside the configuration stays an id; any other
+    local path is made absolute."""
+    if HUB_ID.fullmatch(value) and not os.path.exists(os.path.join(base_dir, value)):
+        return value
+    return _absolute(value, base_dir)
 
 
 def _absolute(path: str, base_dir: str | os.PathLike) -> str:

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from pretrace.errors import InputError
+from pretrace.model.hub_cache import checkpoint_folder
 from pretrace.store.fingerprint import cache_folder, private_folder, shared_cache, tree_fingerprint
 from pretrace.store.storage import open_fs
 
@@ -24,7 +25,9 @@ FILES_RECORD = ".pretrace-files.json"
 
 
 def local_checkpoint(path: str) -> Path:
-    """A local folder holding the checkpoint at ``path`` (a folder, or an fsspec URL)."""
+    """A local folder holding the checkpoint at ``path`` (a folder, an fsspec URL, or a Hugging
+    Face id in the local cache)."""
+    path = checkpoint_folder(path)
     if "://" not in path or path.startswith("file://"):
         local = Path(path.removeprefix("file://")).expanduser()
         if not local.is_dir():

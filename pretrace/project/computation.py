@@ -22,6 +22,7 @@ from pretrace.influence.layer_groups import split_layers
 from pretrace.influence.projection import KroneckerProjection, projection_for
 from pretrace.inputs.query_file import read_queries
 from pretrace.model.adapter import LoadedModel, load_model, load_tokenizer
+from pretrace.model.hub_cache import hub_revision
 from pretrace.planning.memory_plan import ModelShape
 from pretrace.project.artefacts import SOURCES, Artefact, Input, group_index, parse_label
 from pretrace.project.device_plan import device_plan, workload
@@ -177,7 +178,9 @@ class Computation:
 def model_description(path: str | Path, fingerprint: str, layers: list[str], **loading: bool) -> dict[str, Any]:
     """What the `model` artefact records of a checkpoint (loaded on the CPU to validate it)."""
     lm = load_model(str(path), layers=layers, device="cpu", **loading)
+    revision = hub_revision(str(path))
     return {
+        **({"hub_revision": revision} if revision else {}),  # a Hugging Face id's cached commit
         "fingerprint": fingerprint,
         "architecture": type(lm.model).__name__,
         "parameters": sum(p.numel() for p in lm.model.parameters()),

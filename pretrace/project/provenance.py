@@ -25,6 +25,7 @@ from typing import Literal
 from pretrace.config import PretraceConfig
 from pretrace.errors import InputError
 from pretrace.inputs.corpus import CorpusFile, CorpusListing, list_corpus_files, shard_key
+from pretrace.model.hub_cache import checkpoint_folder
 from pretrace.project.artefacts import SOURCES, Artefact, Input, artefacts, group_keys, partition_key
 from pretrace.project.manifests import ArtefactStore, Manifest
 from pretrace.store.fingerprint import DigestCache, file_fingerprint, shared_cache, stored_digest, tree_fingerprint
@@ -369,7 +370,7 @@ def describe_difference(stored: Manifest, expected: Manifest) -> str:
 
 def _checkpoint_fingerprint(url: str, digests: DigestCache) -> str:
     try:
-        return tree_fingerprint(url, digests)
+        return tree_fingerprint(checkpoint_folder(url), digests)
     except FileNotFoundError:
         raise InputError(f"model: {url} holds no checkpoint; give a folder saved with save_pretrained") from None
 

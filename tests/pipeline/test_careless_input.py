@@ -4,6 +4,7 @@ on the terminal; `pretrace check` finds the same without computing anything."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -18,7 +19,9 @@ import torch
 from transformers import AutoConfig, BertConfig, BertForMaskedLM
 
 from pretrace.config import load_config
+from pretrace.model.hub_cache import checkpoint_folder
 from pretrace.planning.memory_plan import GB, ModelShape, plan
+from pretrace.project.computation import model_description
 from pretrace.project.device_plan import workload
 from pretrace.testing.project import QUERIES, edit_config, make_project, pretrace
 from pretrace.testing.tiny import tiny_model, tiny_tokenizer
@@ -219,3 +222,47 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_path: Path,
         said[0],
     )
     assert [p.name for p in (small_disk / "data").rglob(".pretrace-tmp.*")] == []
+
+
+def hub_cache_with(model: Path, cache: Path, repo_id: str, commit: str) -> Path:
+    """A Hugging Face cache laid out by hand, as `huggingface-cli download` leaves it: blobs,
+    refs/main naming the commit, and a snapshot of symlinks."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (repo / "blobs").mkdir()
+    for file in model.iterdir():
+        blob = repo / "blobs" / hashlib.sha256(file.read_bytes()).hexdigest()
+        shutil.copyfile(file, blob)
+        (snapshot / file.name).symlink_to(os.path.relpath(blob, snapshot))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def test_a_model_named_by_its_hugging_face_id_is_found_in_the_local_cache(template: Path, tmp_path: Path) -> None:
+    root = tmp_path / "project"
+    shutil.copytree(template, root)
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = hub_cache_with(root / "model", tmp_path / "hub", "acme/tiny-llama", commit)
+    shutil.rmtree(root / "model")
+    edit_config(root / "pretrace.yaml", model="acme/tiny-llama")
+    env = {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    checked = pretrace("check", "--config", "pretrace.yaml", cwd=root, env=env)
+    assert checked.returncode == 0, checked.stderr[-3000:]
+    config = load_config(root / "pretrace.yaml")
+    assert config.model == "acme/tiny-llama"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+        assert checkpoint_folder(config.model) == str(snapshot)
+        assert model_description(config.model, "f", ["mlp"])["hub_revision"] == commit
+    edit_config(root / "pretrace.yaml", model="acme/not-downloaded")
+    missing = pretrace("check", "--config", "pretrace.yaml", cwd=root, env=env)
+    assert missing.returncode == 1
+    assert (
+        missing.stderr.rstrip()
+        .splitlines()[-1]
+        .startswith(
+            "pretrace: model: acme/not-downloaded is neither a folder nor a model in the local Hugging Face cache"
+        )
+    )
