@@ -54,6 +54,8 @@ def _say(message: str) -> None:
 
 
 def _run(defs: dg.Definitions, force: bool) -> None:
+    from pretrace.project.run_lock import exclusive_run
+
     from .runner import materialize_pipeline
 
     started = time.monotonic()
@@ -65,7 +67,10 @@ def _run(defs: dg.Definitions, force: bool) -> None:
         ran.append(message)
         _say(message)
 
-    project = materialize_pipeline(defs, _instance(), force=force, log=log, console_level="CRITICAL", project=project)
+    with exclusive_run(project.storage):
+        project = materialize_pipeline(
+            defs, _instance(), force=force, log=log, console_level="CRITICAL", project=project
+        )
     storage = project.storage.root
     work = sum(m.startswith("materializing") for m in ran)
     print(

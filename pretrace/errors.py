@@ -19,6 +19,10 @@ class ConcurrentChange(PretraceError, RuntimeError):
     """An artefact changed while a run read it: another run or project writes the same root."""
 
 
+class RunInProgress(PretraceError, RuntimeError):
+    """Another `pretrace run` on this machine is computing the same storage root."""
+
+
 class NotReady(PretraceError, RuntimeError):
     """An artefact was asked for before the artefacts it is computed from are current."""
 

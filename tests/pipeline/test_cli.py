@@ -149,3 +149,31 @@ def test_dg_check_defs_loads_the_code_location(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "All definitions loaded successfully" in result.stdout + result.stderr
+
+
+def test_a_second_run_of_a_running_project_says_so_and_the_first_finishes(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    config = make_project(tmp_path)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "pretrace.pipeline.cli", "run", "--config", str(config)],
+        cwd=tmp_path,
+        env={**os.environ, "DAGSTER_HOME": str(tmp_path / ".dagster_home")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in first.stdout:  # the first run is computing
+        if "materializing" in line:
+            break
+    second = pretrace("run", "--config", str(config), cwd=tmp_path)
+    assert second.returncode == 1
+    assert second.stderr.rstrip().splitlines()[-1] == (
+        f"pretrace: another `pretrace run` (pid {first.pid}) is computing {tmp_path / 'data'}; "
+        "wait for it to finish (or stop it), then run again"
+    )
+    first.stdout.read()
+    assert first.wait(timeout=600) == 0, first.stderr.read()[-3000:]
+    assert pretrace("run", "--config", str(config), cwd=tmp_path).returncode == 0  # the lock went with it
