@@ -125,14 +125,20 @@ class ArtefactStore:
         return manifest
 
     def _verify_published(self, artefact: Artefact, files: dict[str, dict[str, Any]]) -> None:
-        """Each published local file hashed again under its final stamp before the manifest
-        commits it: a file replaced meanwhile is caught, and the digests a rerun checks are known."""
+        """Each published file's digest kept under its final stamp before the manifest commits
+        it, and saved at once for other processes, so no later status hashes or downloads it
+        again. A local file is hashed again (one replaced meanwhile is caught); an object is
+        kept under the ETag its listing shows (a reader still verifies its bytes)."""
         if self.digests is None:
             return
         for name, digest in files.items():
-            path = self.storage.local_path(f"{artefact.name}/{name}")
-            if path is not None and self.digests.digest(str(path)) != digest["sha256"]:
+            key = f"{artefact.name}/{name}"
+            path = self.storage.local_path(key)
+            if path is None:
+                self.digests.remember_remote(self.storage.url(key), self.storage.info(key), digest["sha256"])
+            elif self.digests.digest(str(path)) != digest["sha256"]:
                 raise ConcurrentChange(f"{path} was replaced while it was being committed")
+        self.digests.save()
 
     def _write(self, key: str, content: Content) -> dict[str, Any]:
         if hasattr(content, "to_tensors"):

@@ -65,35 +65,59 @@ class DigestCache:
 
     A stamp is what changes whenever the bytes do: a local file's stat signature, an object's
     ETag and size. A digest is taken from the bytes themselves, and trusted again only while the
-    stamp it was taken under holds. Writes replace the whole file atomically; two processes
-    racing lose an entry at worst, which only costs hashing that file again. ``persistent=False``
-    starts empty and saves nothing: every digest is taken from the bytes (`pretrace verify`).
+    stamp it was taken under holds. Processes share the file: a miss first reads what others
+    saved since, and a save merges this process's new digests into what is there (the file is
+    replaced atomically; two processes racing lose an entry at worst, which only costs hashing
+    that file again). ``persistent=False`` starts empty and saves nothing: every digest is taken
+    from the bytes (`pretrace verify`).
     """
 
     def __init__(self, folder: str | os.PathLike | None = None, *, persistent: bool = True) -> None:
         self.path = cache_folder(folder) / "digests.json"
         self._entries: dict[str, list[str]] | None = None if persistent else {}
         self._persistent = persistent
+        self._read_version: int | None = None
+        self._new: set[str] = set()
         self._saved = time.monotonic()
         self._dirty = False
 
     def _load(self) -> dict[str, list[str]]:
         if self._entries is None:
-            try:
-                private_folder(self.path.parent)
-                self._entries = json.loads(self.path.read_text())
-            except (OSError, ValueError):  # InputError included: a cache not ours is not read
-                self._entries = {}
+            self._entries = self._read() or {}
         return self._entries
+
+    def _read(self) -> dict[str, list[str]] | None:
+        """The saved digests, if the file changed since this process last read it."""
+        try:
+            private_folder(self.path.parent)
+            version = self.path.stat().st_mtime_ns
+            if version == self._read_version:
+                return None
+            saved = json.loads(self.path.read_text())
+        except (OSError, ValueError):  # InputError included: a cache not ours is not read
+            return None
+        self._read_version = version
+        return saved if isinstance(saved, dict) else None
+
+    def _known(self, key: str, stamp: str) -> str | None:
+        """The kept digest of ``key`` under ``stamp``, looking at what other processes saved
+        since when this process has none."""
+        entries = self._load()
+        known = entries.get(key)
+        if not (known and known[0] == stamp) and self._persistent:
+            saved = self._read()
+            if saved is not None:
+                entries.update({k: v for k, v in saved.items() if k not in self._new})
+                known = entries.get(key)
+        return known[1] if known and known[0] == stamp else None
 
     def digest(self, path: str) -> str:
         """SHA-256 of the local file ``path``, hashed only when its stat signature is new."""
         path = os.path.abspath(path)
         before = _stat_signature(os.stat(path))
-        entries = self._load()
-        known = entries.get(path)
-        if known and known[0] == before:
-            return known[1]
+        known = self._known(path, before)
+        if known is not None:
+            return known
         digest = sha256_file(path)
         if _stat_signature(os.stat(path)) != before:
             raise OSError(f"{path} changed while it was being read; try again once it is complete")
@@ -104,17 +128,23 @@ class DigestCache:
         """SHA-256 of the object at ``url`` (``fetch`` downloads and hashes it), fetched only
         when the ETag and size its listing entry ``info`` shows are new."""
         stamp = remote_fingerprint(info)
-        known = self._load().get(url)
-        if known and known[0] == stamp:
-            return known[1]
+        known = self._known(url, stamp)
+        if known is not None:
+            return known
         digest = fetch()
         self._remember(url, stamp, digest)
         return digest
+
+    def remember_remote(self, url: str, info: dict[str, Any], digest: str) -> None:
+        """Keep the digest of an object this process just wrote, under the ETag and size its
+        listing ``info`` shows, so no process downloads it to verify it."""
+        self._remember(url, remote_fingerprint(info), digest)
 
     def _remember(self, key: str, stamp: str, digest: str) -> None:
         self._load()[key] = [stamp, digest]
         if not self._persistent:
             return
+        self._new.add(key)
         if not self._dirty:
             atexit.register(self.save)  # what the last seconds hashed is kept too (save unregisters it)
         self._dirty = True
@@ -127,12 +157,16 @@ class DigestCache:
             return
         atexit.unregister(self.save)
         self._saved, self._dirty = time.monotonic(), False
+        mine = {key: self._entries[key] for key in self._new}
+        self._new = set()
         try:
-            private_folder(self.path.parent)
+            saved = self._read()
+            merged = {**self._entries, **(saved or {}), **mine}
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".digests-")
             with os.fdopen(fd, "w") as f:
-                json.dump(self._entries, f)
+                json.dump(merged, f)
             os.replace(tmp, self.path)
+            self._entries, self._read_version = merged, self.path.stat().st_mtime_ns
         except (OSError, InputError):
             pass  # a cache that cannot be written only means hashing again next time
 

@@ -120,3 +120,19 @@ def test_a_stored_object_is_downloaded_again_only_when_its_etag_changes(s3_root,
     store.write_bytes("artefact/x.bin", b"two")
     assert digest() == hashlib.sha256(b"two").hexdigest()
     assert fetched == ["artefact/x.bin", "artefact/x.bin"]
+
+
+def test_processes_share_what_each_hashed(tmp_path, hashed):
+    """A cache that read the file before another process saved sees that process's digests on
+    a miss (no second hash), and a save keeps what others saved meanwhile."""
+    first, second = tmp_path / "first.bin", tmp_path / "second.bin"
+    first.write_bytes(b"one")
+    second.write_bytes(b"two")
+    early, late = DigestCache(tmp_path / "cache"), DigestCache(tmp_path / "cache")
+    early.digest(str(second))  # `early` has read the (empty) cache and hashed `second`
+    late.digest(str(first))
+    late.save()
+    assert early.digest(str(first)) == hashlib.sha256(b"one").hexdigest()
+    assert hashed == [str(second), str(first)]  # `first` was hashed once, by `late`
+    early.save()
+    assert set(json.loads(early.path.read_text())) == {str(first), str(second)}
