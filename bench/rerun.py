@@ -29,9 +29,10 @@ import warnings
 from pathlib import Path
 
 from pretrace.config import load_config
+from pretrace.pipeline.runner import run_in_process as run_pipeline
 from pretrace.project.provenance import Project
 from pretrace.store.fingerprint import CACHE_ENV, DigestCache
-from pretrace.testing.project import make_project, run_pipeline
+from pretrace.testing.project import make_project
 
 ROOT = Path(__file__).resolve().parents[1]
 warnings.filterwarnings("ignore")

@@ -17,6 +17,7 @@ import dagster as dg
 
 from pretrace.assets.common import artefact_of
 from pretrace.assets.partitions import to_dagster
+from pretrace.config import PretraceConfig
 from pretrace.errors import NotReady
 from pretrace.project.provenance import Project
 from pretrace.resources.pretrace import PretraceResource
@@ -133,3 +134,17 @@ def materialize_pipeline(
                     kind = "warning" if check.severity == dg.AssetCheckSeverity.WARN else "check failed"
                     log(f"{kind}: {owner.label(artefact, shard)}: {check.check_name}: {check.description or 'failed'}")
     return project
+
+
+def run_in_process(config: PretraceConfig, instance: dg.DagsterInstance | None = None) -> list[str]:
+    """`pretrace run` in-process (a fresh ephemeral instance unless given), quietly: the artefact
+    partitions it materialized, in order. What tests and benches run a project with."""
+    from .definitions import build_definitions
+
+    ran: list[str] = []
+    materialize_pipeline(
+        build_definitions(config),
+        instance or dg.DagsterInstance.ephemeral(),
+        log=lambda m: ran.append(m.split(" ")[1]) if m.startswith("materializing") else None,
+    )
+    return ran

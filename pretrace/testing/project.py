@@ -11,11 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import dagster as dg
 import yaml
 
 from pretrace.config import PretraceConfig
 from pretrace.demo.files import write_records
+from pretrace.pipeline.runner import run_in_process as run_pipeline
 from pretrace.store.storage import Storage
 from pretrace.testing.tiny import SENTENCES, tiny_model, tiny_tokenizer
 
@@ -82,21 +82,6 @@ def pretrace(*args, cwd: Path, env: dict | None = None, timeout: float = 300) ->
         text=True,
         timeout=timeout,
     )
-
-
-def run_pipeline(config: PretraceConfig, instance: dg.DagsterInstance | None = None) -> list[str]:
-    """`pretrace run` in-process (a fresh ephemeral instance unless given): the artefact
-    partitions it materialized, in order."""
-    from pretrace.pipeline.definitions import build_definitions
-    from pretrace.pipeline.runner import materialize_pipeline
-
-    ran: list[str] = []
-    materialize_pipeline(
-        build_definitions(config),
-        instance or dg.DagsterInstance.ephemeral(),
-        log=lambda m: ran.append(m.split(" ")[1]) if m.startswith("materializing") else None,
-    )
-    return ran
 
 
 # The report's page carries the time it was made (a compared model's report's too, under
