@@ -11,7 +11,7 @@ KRONFLUENCE_SPEC ?= kronfluence==1.0.1
 BERGSON_SPEC ?= bergson==2.5.1 datasets==5.2.0 multiprocess==0.70.19 dill==0.4.1 pandas==3.1.1 xxhash==4.1.0 \
 	simple-parsing==0.1.9 ml_dtypes==0.6.0 petname==2.9 jaxtyping==0.3.11 peft==0.21.2
 
-.PHONY: demo test lint format docs ui bench venv clean
+.PHONY: demo test lint format docs ui bench venv clean lock
 
 venv: $(VENV)/.installed
 
@@ -52,3 +52,8 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) data site .pytest_cache
+
+# infra/requirements.lock: every package of the deployment image at one version, resolved by uv
+# from PyPI (pyproject.toml plus infra/requirements.in); outside .venv, which it leaves alone.
+lock:
+	PYTHON=$(PYTHON) sh infra/lock.sh

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,6 +31,14 @@ console logger is off (in `dagster dev` it has no handler and stays silent)."""
 # Transient failures (an S3 hiccup, an OOM-killed worker's retry) get two more tries; errors in
 # the user's input or settings are dg.Failures that are never retried.
 RETRY = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)
+# The machine and process of an in-process run (`pretrace run`), whose steps run in that process.
+HOST_TAG, PID_TAG = "pretrace/host", "pretrace/pid"
+
+
+class StepInterrupted(dg.Failure):
+    """SIGINT or SIGTERM stopped a step of an in-process run: its user stopped `pretrace run`, so
+    the step must not be retried (Dagster retries an interrupted step under its retry policy, which
+    is right for a deployed step whose pod was preempted, and which would ignore the signal here)."""
 
 
 def seconds_from_env(name: str, default: float, minimum: float = 0.0) -> float:
@@ -93,13 +102,19 @@ def artefact_of(key: dg.AssetKey) -> tuple[str | None, str]:
 @contextmanager
 def computing(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> Iterator[Computation]:
     """The computation of this asset's artefact (this partition's), with user errors unwrapped."""
-    with user_errors():
-        # A backfill run of one shard has a one-key partition range, not a partition key: read
-        # the key itself, which Dagster gives for both.
-        partitions = context.assets_def.partitions_def
-        partition = to_pretrace(partitions, context.partition_key) if partitions else None
-        model, artefact = artefact_of(context.assets_def.key)
-        yield Computation(pretrace.project().compared(model), artefact, partition, log=context.log.info)
+    try:
+        with user_errors():
+            # A backfill run of one shard has a one-key partition range, not a partition key: read
+            # the key itself, which Dagster gives for both.
+            partitions = context.assets_def.partitions_def
+            partition = to_pretrace(partitions, context.partition_key) if partitions else None
+            model, artefact = artefact_of(context.assets_def.key)
+            yield Computation(pretrace.project().compared(model), artefact, partition, log=context.log.info)
+    except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError) as exc:
+        tags = context.run.tags
+        if tags.get(HOST_TAG) != socket.gethostname() or tags.get(PID_TAG) != str(os.getpid()):
+            raise
+        raise StepInterrupted(description="stopped by a signal", allow_retries=False) from exc
 
 
 def materialized(computation: Computation, manifest: Manifest, started: float, **metadata) -> dg.MaterializeResult:

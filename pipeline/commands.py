@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 import dagster as dg
 import yaml
 
-from pretrace.assets.common import PROGRESS_LOGGER
+from pretrace.assets.common import PROGRESS_LOGGER, StepInterrupted
 from pretrace.config import load_config
 from pretrace.errors import PretraceError
 from pretrace.project.provenance import Project
@@ -53,8 +54,9 @@ def _say(message: str) -> None:
     print(f"[pretrace] {message}", flush=True)
 
 
-def _run(defs: dg.Definitions, force: bool) -> None:
-    from pretrace.project.run_lock import exclusive_run
+def _run(defs: dg.Definitions, force: bool, config: str | None = None) -> None:
+    """Compute what is stale; ``config``: the pretrace.yaml (None for the demo), for the UI hint."""
+    from pretrace.project.run_lock import exclusive_run, project_inputs
 
     from .runner import materialize_pipeline
 
@@ -67,7 +69,7 @@ def _run(defs: dg.Definitions, force: bool) -> None:
         ran.append(message)
         _say(message)
 
-    with exclusive_run(project.storage):
+    with exclusive_run(project.storage, project_inputs(project.config)):
         project = materialize_pipeline(
             defs, _instance(), force=force, log=log, console_level="CRITICAL", project=project
         )
@@ -79,7 +81,8 @@ def _run(defs: dg.Definitions, force: bool) -> None:
     )
     print(f"[pretrace] scores:  {storage}/influence_scores/<shard>.parquet  (query_id, doc_id, score)")
     print(f"[pretrace] report:  {storage}/influence_report/report.html")
-    print("[pretrace] browse the runs and metadata with: pretrace ui")
+    ui = "pretrace ui" if config is None else f"pretrace ui --config {shlex.quote(config)}"
+    print(f"[pretrace] browse the runs and metadata with: {ui}")
 
 
 def _check_inputs(defs: dg.Definitions, *, load_weights: bool) -> Project:
@@ -129,7 +132,7 @@ def demo(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    _run(_definitions(args), force=args.force)
+    _run(_definitions(args), force=args.force, config=args.config)
 
 
 def check(args: argparse.Namespace) -> None:
@@ -306,11 +309,34 @@ COMMANDS = {
 }
 
 
+def _stop_on_signals() -> None:
+    """SIGINT and SIGTERM both stop the command, also where the shell started it in the background
+    with SIGINT ignored. Dagster's in-process run saves this handler, maps both signals to its own
+    interrupt while a step runs, and puts this one back after each run; had the ignored handler been
+    the one it saved, every signal between two runs would be ignored."""
+
+    def stop(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
+
+
+INTERRUPTED = (
+    "stopped by a signal; finished artefacts are kept and the one being written was discarded: "
+    "run the same command again to go on"
+)
+
+
 def execute(args: argparse.Namespace) -> None:
     """Run the parsed command; a user's error ends it with one line per problem, the trace in a file."""
+    _stop_on_signals()
     _quiet_libraries()
     try:
         COMMANDS[args.command](args)
+    except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError, StepInterrupted):
+        print(f"pretrace: {INTERRUPTED}", file=sys.stderr)
+        raise SystemExit(130) from None
     except Exception as exc:
         trace = _save_trace(exc)
         cause = _user_error(exc)

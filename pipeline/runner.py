@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import dagster as dg
 
-from pretrace.assets.common import artefact_of
+from pretrace.assets.common import HOST_TAG, PID_TAG, artefact_of
 from pretrace.assets.partitions import to_dagster
 from pretrace.config import PretraceConfig
 from pretrace.errors import NotReady
@@ -34,7 +34,6 @@ def logging_config(console_level: str = "INFO") -> dict:
     return {"loggers": {"console": {"config": {"log_level": console_level}}}}
 
 
-HOST_TAG, PID_TAG = "pretrace/host", "pretrace/pid"
 ACTIVE = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 
 

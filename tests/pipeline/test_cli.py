@@ -1,9 +1,15 @@
 """`pretrace run` as a user runs it, and the clear errors bad input gets."""
 
+import os
+import signal
+import subprocess
+import sys
+
 import pyarrow.parquet as pq
 import pytest
 
-from pretrace.testing.project import QUERIES, edit_config, make_project, pretrace
+from pretrace.pipeline.commands import INTERRUPTED
+from pretrace.testing.project import QUERIES, edit_config, make_project, pretrace, snapshot
 
 
 @pytest.fixture(scope="module")
@@ -151,29 +157,66 @@ def test_dg_check_defs_loads_the_code_location(tmp_path):
     assert "All definitions loaded successfully" in result.stdout + result.stderr
 
 
-def test_a_second_run_of_a_running_project_says_so_and_the_first_finishes(tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    config = make_project(tmp_path)
-    first = subprocess.Popen(
+def _background_run(config, root):
+    """`pretrace run` as a script's `cmd &` starts it: SIGINT ignored."""
+    return subprocess.Popen(
         [sys.executable, "-m", "pretrace.pipeline.cli", "run", "--config", str(config)],
-        cwd=tmp_path,
-        env={**os.environ, "DAGSTER_HOME": str(tmp_path / ".dagster_home")},
+        cwd=root,
+        env={**os.environ, "DAGSTER_HOME": str(root / ".dagster_home")},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
-    for line in first.stdout:  # the first run is computing
-        if "materializing" in line:
+
+
+def test_sigterm_stops_a_background_run_with_one_line_and_the_rerun_finishes(tmp_path):
+    config = make_project(tmp_path)
+    run = _background_run(config, tmp_path)
+    for line in run.stdout:
+        if "materializing document_gradients" in line:
             break
-    second = pretrace("run", "--config", str(config), cwd=tmp_path)
-    assert second.returncode == 1
-    assert second.stderr.rstrip().splitlines()[-1] == (
-        f"pretrace: another `pretrace run` (pid {first.pid}) is computing {tmp_path / 'data'}; "
-        "wait for it to finish (or stop it), then run again"
-    )
-    first.stdout.read()
-    assert first.wait(timeout=600) == 0, first.stderr.read()[-3000:]
-    assert pretrace("run", "--config", str(config), cwd=tmp_path).returncode == 0  # the lock went with it
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=120) == 130
+    assert run.stderr.read().splitlines() == [f"pretrace: {INTERRUPTED}"]
+    assert "done in" not in run.stdout.read()
+    rerun = pretrace("run", "--config", str(config), cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "materializing document_gradients" in rerun.stdout
+    assert not [f for f in snapshot(tmp_path / "data") if ".pretrace-tmp" in f]
+    assert rerun.stdout.rstrip().endswith(f"browse the runs and metadata with: pretrace ui --config {config}")
+
+
+HOLD_THE_LOCK = """
+import sys, time
+from pretrace.config import load_config
+from pretrace.project.run_lock import exclusive_run, project_inputs
+from pretrace.store.storage import Storage
+config = load_config(sys.argv[1])
+with exclusive_run(Storage(config.storage), project_inputs(config)):
+    print("holding", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_running_project_refuses_a_second_run_and_another_project_on_its_root(tmp_path):
+    config = make_project(tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_LOCK, str(config)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "holding\n"
+        second = pretrace("run", "--config", str(config), cwd=tmp_path)
+        assert second.returncode == 1
+        assert second.stderr.rstrip().splitlines()[-1] == (
+            f"pretrace: another `pretrace run` (pid {holder.pid}) is computing {tmp_path / 'data'}; "
+            "wait for it to finish (or stop it), then run again"
+        )
+        other = make_project(tmp_path / "other", storage=str(tmp_path / "data"))
+        refused = pretrace("run", "--config", str(other), cwd=tmp_path / "other")
+        assert refused.returncode == 1
+        assert refused.stderr.rstrip().splitlines()[-1] == (
+            f"pretrace: another project (model {tmp_path / 'model'}, corpus {tmp_path / 'corpus'}, queries "
+            f"{tmp_path / 'queries.jsonl'}; pid {holder.pid}) is computing {tmp_path / 'data'}: two projects "
+            "cannot share a storage root; give this one its own `storage`"
+        )
+    finally:
+        holder.kill()
