@@ -99,7 +99,7 @@ class OutOfDate(dg.AutomationCondition):
         pending = {str(s): requested[str(s)] for s in busy if str(s) in requested}
         due = []
         for shard in (s for s in shards if s not in busy):
-            digest = expected_digest(project, asset, shard)
+            digest = expected_digest(project, asset, shard) or after_requested_inputs(context, project, asset, shard)
             if digest is None:
                 continue
             pending[str(shard)] = digest
@@ -111,6 +111,33 @@ class OutOfDate(dg.AutomationCondition):
             true_subset = candidates if due else context.get_empty_subset()
         # Only what is still out of date is remembered, so the cursor stays small.
         return dg.AutomationResult(context=context, true_subset=true_subset, cursor=json.dumps(pending, sort_keys=True))
+
+
+def after_requested_inputs(
+    context: dg.AutomationContext, project: Project, asset: str, shard: str | None
+) -> str | None:
+    """A waiting partition whose every out-of-date input is requested in this tick, in a run it can
+    join (same partitions), joins that run: a digest of those inputs' requests, else None. So a
+    new corpus file's tokens, gradients and scores are one run, and the unpartitioned chain after
+    them another, instead of one run per stage."""
+    from dagster._core.definitions.assets.graph.asset_graph import executable_in_same_run
+
+    if project.status(asset, shard).state != "waiting":
+        return None
+    basis = []
+    for owner, name, partition in project.waiting_on(asset, shard):
+        key = dg.AssetKey([*([owner.name] if owner.name else []), name])
+        requested = context.request_subsets_by_key.get(key)
+        if requested is None or not executable_in_same_run(context.asset_graph, child_key=context.key, parent_key=key):
+            return None
+        if requested.is_partitioned:
+            keys = {to_pretrace(requested.partitions_def, k) for k in requested.expensively_compute_partition_keys()}
+            if partition not in keys:
+                return None
+        elif requested.is_empty:
+            return None
+        basis.append(f"{key.to_user_string()}[{partition}]:{expected_digest(owner, name, partition) or 'joined'}")
+    return "after-" + hashlib.sha256(canonical_json(sorted(basis)).encode()).hexdigest()[:16] if basis else None
 
 
 async def in_progress(context: dg.AutomationContext) -> set[str | None]:

@@ -1,4 +1,4 @@
-"""`pretrace demo | run | check | plan | status | verify | clean | ui`: the command line.
+"""`pretrace demo | run | check | plan | status | verify | clean | ui | report`: the command line.
 
 Only the parser lives here, so `pretrace --help` and argument errors answer at once; a command's
 work (Dagster, torch, transformers) is imported once its arguments parse (`commands`).
@@ -77,6 +77,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=3000)
     p.set_defaults(command="ui")
+    p = commands.add_parser(
+        "report", help="serve the committed report to a browser over HTTP, read-only (the UI's report links)"
+    )
+    p.add_argument("--config", help="pretrace.yaml (default: the demo)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1: this machine only)"
+    )
+    p.add_argument(
+        "--port", type=int, help="default: $PRETRACE_REPORT_PORT, else 3080, the port the UI's report links name"
+    )
+    _demo_arguments(p)
+    p.set_defaults(command="report")
     args = parser.parse_args(argv)
     from pretrace.pipeline import commands
 

@@ -1,5 +1,6 @@
 """What each `pretrace` command does: the whole graph in-process through Dagster, checks, plans,
-status, cleaning, or the web UI. Imported only once the arguments parse (`pretrace.pipeline.cli`)."""
+status, cleaning, the web UI, or the report's server. Imported only once the arguments parse
+(`pretrace.pipeline.cli`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import sys
 import time
 import traceback
 import warnings
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import dagster as dg
@@ -21,10 +23,10 @@ import yaml
 
 from pretrace.assets.common import PROGRESS_LOGGER, StepInterrupted
 from pretrace.config import load_config
-from pretrace.errors import PretraceError
+from pretrace.errors import InputError, PretraceError
 from pretrace.project.provenance import Project
 
-from .settings import CONFIG_ENV, DEMO_DIR_ENV, LOCAL_INSTANCE, demo_config, save_demo_settings
+from .settings import CONFIG_ENV, DEMO_DIR_ENV, LOCAL_INSTANCE, demo_config, save_demo_settings, workspace_config
 
 DAGSTER_HOME_DIR = ".dagster_home"
 
@@ -81,8 +83,18 @@ def _run(defs: dg.Definitions, force: bool, config: str | None = None) -> None:
     )
     print(f"[pretrace] scores:  {storage}/influence_scores/<shard>.parquet  (query_id, doc_id, score)")
     print(f"[pretrace] report:  {storage}/influence_report/report.html")
-    ui = "pretrace ui" if config is None else f"pretrace ui --config {shlex.quote(config)}"
-    print(f"[pretrace] browse the runs and metadata with: {ui}")
+    print(f"[pretrace] open the report in a browser with: {_command('report', config)}")
+    print(f"[pretrace] browse the runs and metadata with: {_command('ui', config)}")
+
+
+def _command(name: str, config: str | None) -> str:
+    """The `pretrace` command line of ``name`` on this project: its --config, or none for the demo."""
+    return f"pretrace {name}" if config is None else f"pretrace {name} --config {shlex.quote(config)}"
+
+
+def _rerun(config: str | None) -> str:
+    """The command that computes what is missing or stale: of the config, or of the demo."""
+    return "pretrace demo" if config is None else _command("run", config)
 
 
 def _check_inputs(defs: dg.Definitions, *, load_weights: bool) -> Project:
@@ -225,7 +237,38 @@ def ui(args: argparse.Namespace) -> None:
         "-p",
         str(args.port),
     ]
-    raise SystemExit(run_process_group(command, env))
+    with _report_beside(env):
+        raise SystemExit(run_process_group(command, env))
+
+
+def _report_beside(env: Mapping[str, str]) -> AbstractContextManager[object]:
+    """The report's server, in this process, while `dagster dev` runs in ``env``: the UI's report
+    links open, and the server stops with the UI. One that cannot start (its port is taken, by
+    `pretrace report` say) is a warning: the UI starts anyway."""
+    from pretrace.report.serve import ReportSite, in_background, report_port, serve_report
+
+    try:
+        config, demo = workspace_config(env)
+        server = serve_report(ReportSite(config, demo, _rerun(env.get(CONFIG_ENV))), port=report_port(env))
+    except InputError as exc:
+        _say(f"warning: the report is not served: {exc}")
+        return nullcontext()
+    _say(f"the report: {server.url}")
+    return in_background(server)
+
+
+def report(args: argparse.Namespace) -> None:
+    """Serve the committed report, read-only, until stopped: the address the UI's links open."""
+    from pretrace.report.serve import ReportSite, serve_report
+
+    resource = _definitions(args).resources["pretrace"]
+    site = ReportSite(resource.config, resource.demo, _rerun(args.config))
+    with serve_report(site, args.host, args.port) as server:
+        _say(f"the report: {server.url}  (read-only; Ctrl-C stops)")
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            _say("stopped serving the report")
 
 
 def run_process_group(command: list[str], env: dict[str, str], grace_s: float = 20.0) -> int:
@@ -306,6 +349,7 @@ COMMANDS = {
     "verify": verify,
     "clean": clean,
     "ui": ui,
+    "report": report,
 }
 
 

@@ -2,16 +2,14 @@
 
 import dagster as dg
 
-from pretrace.assets.corpus import corpus_shards
 from pretrace.assets.ekfac import ekfac_covariances, ekfac_lambdas
-from pretrace.assets.gradients import document_gradients
 from pretrace.assets.partitions import shard_partitions
-from pretrace.assets.scores import influence_scores
 
 # What a new corpus file needs: its tokens, its document gradients and its scores.
+SHARD_ASSETS = ("corpus_shards", "document_gradients", "influence_scores")
 shard_job = dg.define_asset_job(
     "shard_job",
-    selection=dg.AssetSelection.assets(corpus_shards, document_gradients, influence_scores),
+    selection=dg.AssetSelection.assets(*SHARD_ASSETS),
     partitions_def=shard_partitions,
     description="Tokenize one corpus file, compute its document gradients and score it against every query.",
 )

@@ -1,10 +1,11 @@
 """Watching the user's inputs: corpus files become shard partitions, and every input's content
 fingerprint is recorded as an observation, so the UI marks what a change made stale.
 
-The same refresh (`refresh_inputs`) runs in the `corpus_sensor` (every minute) and the
-`corpus_refresh_schedule` (pipeline/schedules.py, daily by default). It requests no runs itself:
-what must be recomputed is decided by the recompute policy, and the automation sensor
-(pipeline/automation.py) launches it. Per tick:
+The same refresh (`find_changes`) runs in the `corpus_sensor` (every minute), which returns it
+as its `SensorResult` (partition requests and observations, so each tick shows what it did),
+and in the `corpus_refresh_schedule` (pipeline/schedules.py, daily by default), which applies it
+and launches the new files' runs. What else must be recomputed is decided by the recompute
+policy, and the automation sensor (pipeline/automation.py) launches it. Per tick:
 
 - a new corpus file registers its `shard` partition;
 - a corpus file, checkpoint or queries file whose content fingerprint changed gets an
@@ -44,6 +45,11 @@ class Refresh:
     observed: list[str] = field(default_factory=list)  # labels whose fingerprint changed
     fingerprints: dict[str, str] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)  # entries of the corpus folder not read, with why
+    observations: list[dg.AssetObservation] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.new or self.observations)
 
     def summary(self) -> str:
         parts = [f"{len(self.fingerprints)} inputs watched"]
@@ -75,11 +81,12 @@ def _last_observed(instance: dg.DagsterInstance, key: dg.AssetKey, partition: st
     return records[0].asset_observation.tags.get("dagster/data_version") if records else None
 
 
-def refresh_inputs(
+def find_changes(
     instance: dg.DagsterInstance, resource: PretraceResource, known: dict[str, str] | None = None
 ) -> Refresh:
-    """Register new shards and record changed fingerprints; ``known`` maps labels to the
-    fingerprints seen last (a sensor's cursor), else the instance's latest observations count."""
+    """New shards, removed ones, and an observation for each input whose fingerprint changed;
+    nothing is written. ``known`` maps labels to the fingerprints seen last (a sensor's cursor),
+    else the instance's latest observations count."""
     project = resource.project()
     registered = set(instance.get_dynamic_partitions(shard_partitions.name))
     refresh = Refresh(
@@ -87,8 +94,6 @@ def refresh_inputs(
         removed=sorted(registered - set(project.shards)),
         skipped=project.listing.skipped,
     )
-    if refresh.new:
-        instance.add_dynamic_partitions(shard_partitions.name, refresh.new)
     for (key, partition), fingerprint in _sources(project, resource.demo).items():
         name = label(key.to_user_string(), partition)
         refresh.fingerprints[name] = fingerprint
@@ -96,11 +101,22 @@ def refresh_inputs(
         if before != fingerprint:
             refresh.observed.append(name)
             metadata = {"skipped_in_folder": dg.MetadataValue.json(refresh.skipped)} if partition else {}
-            instance.report_runless_asset_event(
+            refresh.observations.append(
                 dg.AssetObservation(
                     key, partition=partition, tags={"dagster/data_version": fingerprint}, metadata=metadata
                 )
             )
+    return refresh
+
+
+def refresh_inputs(instance: dg.DagsterInstance, resource: PretraceResource) -> Refresh:
+    """`find_changes`, applied to the instance at once: for callers that are not a sensor (the
+    schedule, `pretrace run`)."""
+    refresh = find_changes(instance, resource)
+    if refresh.new:
+        instance.add_dynamic_partitions(shard_partitions.name, refresh.new)
+    for observation in refresh.observations:
+        instance.report_runless_asset_event(observation)
     return refresh
 
 
@@ -116,13 +132,18 @@ def build_corpus_sensor(minimum_interval_seconds: int | None = None) -> dg.Senso
     )
     def corpus_sensor(context: dg.SensorEvaluationContext, pretrace: PretraceResource):
         try:
-            refresh = refresh_inputs(context.instance, pretrace, json.loads(context.cursor) if context.cursor else None)
+            refresh = find_changes(context.instance, pretrace, json.loads(context.cursor) if context.cursor else None)
         except PretraceError as exc:  # an unreadable input is the user's to fix: say so on the tick
             return dg.SkipReason(f"cannot read the inputs: {exc}")
         if refresh.removed:
             context.log.warning(f"corpus files gone: {', '.join(refresh.removed)}; {CLEAN_HINT}")
+        if refresh.changed:
+            context.log.info(refresh.summary())
         return dg.SensorResult(
-            skip_reason=dg.SkipReason(refresh.summary()), cursor=json.dumps(refresh.fingerprints, sort_keys=True)
+            dynamic_partitions_requests=[shard_partitions.build_add_request(refresh.new)] if refresh.new else None,
+            asset_events=refresh.observations,
+            skip_reason=None if refresh.changed else dg.SkipReason(refresh.summary()),
+            cursor=json.dumps(refresh.fingerprints, sort_keys=True),
         )
 
     return corpus_sensor

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from pretrace.config import PretraceConfig, load_config, parse_config
@@ -69,12 +70,13 @@ def _demo_settings(path: Path) -> dict:
     return chosen
 
 
-def workspace_config() -> tuple[PretraceConfig, bool]:
-    """(config, is_demo) for `dagster dev`: $PRETRACE_CONFIG if set, else the demo."""
-    path = os.environ.get(CONFIG_ENV)
+def workspace_config(env: Mapping[str, str] = os.environ) -> tuple[PretraceConfig, bool]:
+    """(config, is_demo) for `dagster dev`: $PRETRACE_CONFIG if set, else the demo; ``env``: the
+    environment `dagster dev` is given (`pretrace ui` serves the report of the same project)."""
+    path = env.get(CONFIG_ENV)
     if path:
         return load_config(path), False
-    return demo_config(os.environ.get(DEMO_DIR_ENV, ".")), True
+    return demo_config(env.get(DEMO_DIR_ENV, ".")), True
 
 
 LOCAL_INSTANCE = {

@@ -291,6 +291,22 @@ class Project:
             return Status("stale", describe_difference(stored, expected), expected)
         return Status("current", "", expected)
 
+    def waiting_on(self, artefact: Artefact | str, shard: str | None = None) -> list[tuple[Project, str, str | None]]:
+        """(owning project, artefact, partition) of every input partition that is not current:
+        what a waiting artefact waits for (a scheduler may compute them first, in the same run)."""
+        artefact = self.graph[artefact] if isinstance(artefact, str) else artefact
+        found = []
+        for source in artefact.inputs:
+            if source.name in SOURCES:
+                continue
+            owner = self.compared(source.model)
+            found += [
+                (owner, source.name, s)
+                for s in self._scope(source, shard, artefact)
+                if not owner.status(source.name, s).current
+            ]
+        return found
+
     def statuses(self) -> list[tuple[Artefact, str | None, Status]]:
         """The status of every artefact partition the project should have, in dependency order."""
         return [(a, s, self.status(a, s)) for a in self.graph.values() for s in self.partitions(a)]

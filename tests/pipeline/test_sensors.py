@@ -25,13 +25,25 @@ def setup(tmp_path):
 
 
 def tick(defs, instance, cursor=None):
+    """One corpus_sensor tick, its result applied to the instance as the daemon applies it."""
     sensor = defs.resolve_sensor_def("corpus_sensor")
     context = dg.build_sensor_context(
         instance=instance, cursor=cursor, resources={"pretrace": defs.resources["pretrace"]}
     )
     result = sensor(context)
     assert isinstance(result, dg.SensorResult) and not result.run_requests
+    for request in result.dynamic_partitions_requests or []:
+        instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
+    for event in result.asset_events:
+        instance.report_runless_asset_event(event)
     return result
+
+
+def tick_log(defs, instance, capfd, cursor=None) -> tuple[dg.SensorResult, str]:
+    """A tick and what it says: its skip reason, or the summary it logs when it did something."""
+    capfd.readouterr()
+    result = tick(defs, instance, cursor)
+    return result, result.skip_reason.skip_message if result.skip_reason else capfd.readouterr().err
 
 
 def observed(instance, asset, partition=None) -> list[str]:
@@ -43,11 +55,15 @@ def observed(instance, asset, partition=None) -> list[str]:
     return [r.asset_observation.tags["dagster/data_version"] for r in reversed(records)]
 
 
-def test_new_files_become_partitions_and_every_input_is_observed_once(setup):
+def test_new_files_become_partitions_and_every_input_is_observed_once(setup, capfd):
+    """The tick returns what it found (partition requests, observations) and says it in its log."""
     _, defs, instance = setup
-    first = tick(defs, instance)
+    first, said = tick_log(defs, instance, capfd)
+    assert first.skip_reason is None
+    assert [(r.partitions_def_name, r.partition_keys) for r in first.dynamic_partitions_requests] == [("shard", [A, B])]
+    assert len(first.asset_events) == 4
     assert set(instance.get_dynamic_partitions("shard")) == {A, B}
-    assert "new shards: part-a.jsonl, part-b.jsonl" in first.skip_reason.skip_message
+    assert "INFO - 4 inputs watched; new shards: part-a.jsonl, part-b.jsonl; changed: " in said
     for asset, partition in (("corpus_files", A), ("corpus_files", B), ("checkpoint", None), ("query_file", None)):
         (version,) = observed(instance, asset, partition)
         assert version.startswith(("sha256:", "tree:")), version
@@ -57,10 +73,10 @@ def test_new_files_become_partitions_and_every_input_is_observed_once(setup):
     assert len(observed(instance, "corpus_files", A)) == 1
 
 
-def test_entries_of_the_corpus_folder_that_are_not_read_are_named_on_the_tick(setup):
+def test_entries_of_the_corpus_folder_that_are_not_read_are_named_on_the_tick(setup, capfd):
     config, defs, instance = setup
     (Path(config.corpus) / "notes.json").write_text("{}")
-    message = tick(defs, instance).skip_reason.skip_message
+    _, message = tick_log(defs, instance, capfd)
     assert "not read: notes.json: not a corpus file; convert it to .jsonl" in message
     records = instance.fetch_observations(
         dg.AssetRecordsFilter(asset_key=dg.AssetKey("corpus_files"), asset_partitions=[A]), limit=1
@@ -69,7 +85,7 @@ def test_entries_of_the_corpus_folder_that_are_not_read_are_named_on_the_tick(se
     assert [entry.split(":")[0] for entry in skipped] == ["notes.json"]
 
 
-def test_content_changes_are_observed_and_touches_are_not(setup):
+def test_content_changes_are_observed_and_touches_are_not(setup, capfd):
     config, defs, instance = setup
     first = tick(defs, instance)
     path = Path(config.corpus) / B
@@ -78,8 +94,8 @@ def test_content_changes_are_observed_and_touches_are_not(setup):
     assert tick(defs, instance, first.cursor).skip_reason.skip_message.startswith("no new or changed inputs")
     write_corpus_file(path, 12, 9, "b2")
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # new bytes, old modification time
-    second = tick(defs, instance, first.cursor)
-    assert f"changed: corpus_files[{B}]" in second.skip_reason.skip_message
+    second, said = tick_log(defs, instance, capfd, first.cursor)
+    assert f"changed: corpus_files[{B}]" in said and second.skip_reason is None
     assert len(observed(instance, "corpus_files", B)) == 2 and len(observed(instance, "corpus_files", A)) == 1
 
 
@@ -121,7 +137,7 @@ def test_the_schedule_runs_the_same_refresh(setup, tmp_path, isolated_defs_state
     assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
     with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
         context = dg.build_schedule_context(instance=instance, resources={"pretrace": defs.resources["pretrace"]})
-        result = schedule(context)
+        result = schedule(context)  # nothing computed yet: the shards' tokens wait for the model
         assert isinstance(result, dg.SkipReason) and "new shards" in result.skip_message
         assert set(instance.get_dynamic_partitions("shard")) == {A, B}
         context = dg.build_schedule_context(instance=instance, resources={"pretrace": defs.resources["pretrace"]})
@@ -169,32 +185,56 @@ def materialize(defs, instance, requested) -> None:
 
 def settle(defs, instance, cursor=None):
     """Tick and materialize what each tick requests until nothing is: (the cursor then, every
-    request in order, the number of ticks that requested something)."""
-    seen, ticks = [], 0
+    request in order, the requests of each tick)."""
+    seen, ticks = [], []
     while True:
         cursor, requested = evaluate(defs, instance, cursor)
         if not requested:
             return cursor, seen, ticks
         seen += sorted(requested, key=str)
+        ticks.append(requested)
         materialize(defs, instance, requested)
-        ticks += 1
 
 
-def test_automation_brings_a_new_project_to_the_clean_state_requesting_each_partition_once(setup, tmp_path):
-    config, defs, instance = setup
-    tick(defs, instance)  # the sensor registers the shards
-    cursor, seen, ticks = settle(defs, instance)
-    assert len(seen) == len(set(seen)) == 19  # every artefact partition, once
-    assert [r for r in seen if r[0] == "influence_report"] == [("influence_report", None)]
-    assert ticks == 10  # stage by stage (the graph's depth): each waits for its inputs to be current
-    assert snapshot(Path(config.storage)) == clean_run_snapshot(config, tmp_path)
+def runs(ticks) -> int:
+    """The runs automation launches for these ticks: one per partition (or unpartitioned set) a tick requests."""
+    return sum(len({partition for _, partition in requested}) for requested in ticks)
 
-    # A new corpus file: its shard flows through, and the report is rebuilt once, at the end.
-    write_corpus_file(Path(config.corpus) / "part-c.jsonl", 6, 3, "c")
-    tick(defs, instance)
-    _, requested_all, _ = settle(defs, instance, cursor)
-    assert ("influence_report", None) in requested_all and requested_all[-1] == ("influence_report", None)
-    assert ("corpus_shards", "part-c.jsonl") in requested_all
+
+def test_automation_brings_a_new_project_to_the_clean_state_and_a_new_file_to_the_report_in_two_runs(
+    tmp_path, isolated_defs_state
+):
+    """Each partition is requested once; a partition whose inputs are requested in the same tick
+    for the same partition joins their run, so a new corpus file (outside the fit) is one run for
+    its tokens, gradients and scores and one for the report. The refresh schedule finds the file
+    and launches the first of the two itself."""
+    config = load_config(make_project(tmp_path, fit_shards=[A, B]))
+    defs = build_definitions(config)
+    (tmp_path / "instance").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "instance")) as instance:  # a schedule needs a stored instance
+        tick(defs, instance)  # the sensor registers the shards
+        cursor, seen, ticks = settle(defs, instance)
+        assert len(seen) == len(set(seen)) == 19  # every artefact partition, once
+        assert [r for r in seen if r[0] == "influence_report"] == [("influence_report", None)]
+        assert len(ticks) == 7  # stage by stage where the partitioning changes (shards -> one -> shards ...)
+        assert {("model", None), ("queries", None), ("completions", None)} == ticks[0]
+        assert snapshot(Path(config.storage)) == clean_run_snapshot(config, tmp_path)
+
+        new = "part-c.jsonl"
+        write_corpus_file(Path(config.corpus) / new, 6, 3, "c")
+        schedule = defs.resolve_schedule_def("corpus_refresh_schedule")
+        context = dg.build_schedule_context(instance=instance, resources={"pretrace": defs.resources["pretrace"]})
+        (run,) = schedule(context)
+        assert run.partition_key == new
+        assert run.asset_selection == [
+            dg.AssetKey(n) for n in ("corpus_shards", "document_gradients", "influence_scores")
+        ]
+        _, _, ticks = settle(defs, instance, cursor)
+        assert ticks == [
+            {("corpus_shards", new), ("document_gradients", new), ("influence_scores", new)},
+            {("attribution_eval", None), ("reranked_scores", None), ("influence_report", None)},
+        ]
+        assert runs(ticks) == 2
 
 
 def test_automation_fans_the_fitting_out_by_shard_and_layer_group(tmp_path):
@@ -234,7 +274,8 @@ def test_automation_recomputes_what_a_wiped_storage_root_lost(setup, tmp_path):
     cursor, _, _ = settle(defs, instance)
     shutil.rmtree(config.storage)
     cursor, requested = evaluate(defs, instance, cursor)
-    assert requested == {("model", None), ("queries", None)}  # the roots first, whatever the instance remembers
+    # The roots first (and what joins their run), whatever the instance remembers.
+    assert requested == {("model", None), ("queries", None), ("completions", None)}
 
 
 def test_automation_with_unreadable_inputs_requests_nothing_and_says_why(setup, caplog):
