@@ -1,6 +1,14 @@
-"""Asset checks: what must hold of the stored artefacts, checked after each materialization."""
+"""Asset checks: what must hold of the stored artefacts, checked in the step that commits them.
+
+Each check is a spec on its asset and runs at the end of that asset's step, on the files just
+committed: a check of its own would be a step (on a cluster, a pod) of its own for a few reads.
+The report's coverage check is the exception: it asks about every shard, so it stays a check
+of its own that runs after the report.
+"""
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import dagster as dg
 import numpy as np
@@ -8,11 +16,10 @@ import pyarrow.compute as pc
 
 from pretrace.influence.projection import BASES
 from pretrace.influence.quantization import BITS, row_bytes
-from pretrace.project.manifests import ArtefactReader
+from pretrace.project.computation import Computation
+from pretrace.project.manifests import ArtefactReader, Manifest
 from pretrace.project.provenance import Project
 from pretrace.resources.pretrace import PretraceResource
-
-from .partitions import shard_partitions
 
 
 def _stored(project: Project, name: str, shard: str | None = None) -> ArtefactReader | None:
@@ -22,39 +29,15 @@ def _stored(project: Project, name: str, shard: str | None = None) -> ArtefactRe
     return project.store.reader(artefact, manifest) if manifest else None
 
 
-def _missing(name: str) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(passed=False, description=f"no committed {name} artefact in storage")
-
-
-@dg.asset_check(
-    asset="corpus_shards",
-    partitions_def=shard_partitions,
-    blocking=True,
-    description="Every document chunk of a shard has its own id, so every score names one document.",
-)
-def unique_document_ids(context: dg.AssetCheckExecutionContext, pretrace: PretraceResource) -> dg.AssetCheckResult:
-    reader = _stored(pretrace.project(), "corpus_shards", context.partition_key)
-    if reader is None:
-        return _missing("corpus_shards")
+def unique_document_ids(project: Project, shard: str | None, reader: ArtefactReader) -> dg.AssetCheckResult:
     ids = reader.table("{shard}.parquet", ["doc_id"]).column("doc_id")
     duplicates = len(ids) - len(pc.unique(ids))
     return dg.AssetCheckResult(passed=not duplicates, metadata={"chunks": len(ids), "duplicates": int(duplicates)})
 
 
-@dg.asset_check(
-    asset="influence_scores",
-    partitions_def=shard_partitions,
-    description="One finite score per (query, document chunk) of the shard.",
-)
-def scores_complete_and_finite(
-    context: dg.AssetCheckExecutionContext, pretrace: PretraceResource
-) -> dg.AssetCheckResult:
-    project = pretrace.project()
-    reader = _stored(project, "influence_scores", context.partition_key)
-    if reader is None:
-        return _missing("influence_scores")
+def scores_complete_and_finite(project: Project, shard: str | None, reader: ArtefactReader) -> dg.AssetCheckResult:
     scores = reader.table("{shard}.parquet")
-    documents = _stored(project, "corpus_shards", context.partition_key)
+    documents = _stored(project, "corpus_shards", shard)
     query_side = _stored(project, "query_gradients")
     n_docs = documents.table("{shard}.parquet", ["doc_id"]).num_rows if documents else -1
     n_queries = query_side.table("queries.parquet", ["id"]).num_rows if query_side else -1
@@ -67,19 +50,8 @@ def scores_complete_and_finite(
     )
 
 
-@dg.asset_check(
-    asset="influence_scores",
-    partitions_def=shard_partitions,
-    description="Stored scores (projected documents, low-rank queries) against exact EK-FAC scores "
-    "on a seeded sample of the shard's documents, as measured when the shard was scored; "
-    "warns below `projection_floor`.",
-)
-def projection_error_check(context: dg.AssetCheckExecutionContext, pretrace: PretraceResource) -> dg.AssetCheckResult:
-    project = pretrace.project()
+def projection_error_check(project: Project, shard: str | None, reader: ArtefactReader) -> dg.AssetCheckResult:
     config = project.config
-    reader = _stored(project, "influence_scores", context.partition_key)
-    if reader is None:
-        return _missing("influence_scores")
     accuracy = reader.json("{shard}.accuracy.json")
     if accuracy["exact"]:
         return dg.AssetCheckResult(passed=True, metadata={"scores": "exact: no projection, dense query gradients"})
@@ -118,11 +90,7 @@ def projection_error_check(context: dg.AssetCheckExecutionContext, pretrace: Pre
     )
 
 
-@dg.asset_check(asset="ekfac_factors", description="Damping is positive and finite on every layer.")
-def damping_positive(pretrace: PretraceResource) -> dg.AssetCheckResult:
-    reader = _stored(pretrace.project(), "ekfac_factors")
-    if reader is None:
-        return _missing("ekfac_factors")
+def damping_positive(project: Project, shard: str | None, reader: ArtefactReader) -> dg.AssetCheckResult:
     damping = reader.state().damping
     bad = {name: value for name, value in damping.items() if not (math.isfinite(value) and value > 0)}
     return dg.AssetCheckResult(passed=not bad, metadata={"layers": len(damping), "bad": dg.MetadataValue.json(bad)})
@@ -146,10 +114,61 @@ def report_covers_current_corpus(pretrace: PretraceResource) -> dg.AssetCheckRes
     )
 
 
-CHECKS = [
-    unique_document_ids,
-    scores_complete_and_finite,
-    projection_error_check,
-    damping_positive,
-    report_covers_current_corpus,
-]
+@dataclass(frozen=True)
+class Check:
+    """A check run in its asset's step, on the reader of the files the step committed."""
+
+    spec: dg.AssetCheckSpec
+    evaluate: Callable[[Project, str | None, ArtefactReader], dg.AssetCheckResult]
+
+
+def _check(asset: str, evaluate: Callable, description: str, blocking: bool = False) -> Check:
+    return Check(
+        dg.AssetCheckSpec(evaluate.__name__, asset=asset, description=description, blocking=blocking), evaluate
+    )
+
+
+IN_STEP = {
+    "corpus_shards": [
+        _check(
+            "corpus_shards",
+            unique_document_ids,
+            "Every document chunk of a shard has its own id, so every score names one document.",
+            blocking=True,
+        )
+    ],
+    "influence_scores": [
+        _check(
+            "influence_scores",
+            scores_complete_and_finite,
+            "One finite score per (query, document chunk) of the shard.",
+        ),
+        _check(
+            "influence_scores",
+            projection_error_check,
+            "Stored scores (projected documents, low-rank queries) against exact EK-FAC scores on a seeded "
+            "sample of the shard's documents, as measured when the shard was scored; warns below "
+            "`projection_floor`.",
+        ),
+    ],
+    "ekfac_factors": [
+        _check("ekfac_factors", damping_positive, "Damping is positive and finite on every layer."),
+    ],
+}
+
+
+def check_specs(asset: str) -> list[dg.AssetCheckSpec]:
+    """The specs an asset declares for the checks its step runs."""
+    return [check.spec for check in IN_STEP.get(asset, [])]
+
+
+def check_results(run: Computation, manifest: Manifest) -> list[dg.AssetCheckResult]:
+    """The checks of the artefact ``run`` just committed as ``manifest``, on its files."""
+    reader = run.project.store.reader(run.artefact, manifest)
+    return [
+        check.evaluate(run.project, run.shard, reader)._replace(check_name=check.spec.name)
+        for check in IN_STEP.get(run.artefact.name, [])
+    ]
+
+
+CHECKS = [report_covers_current_corpus]

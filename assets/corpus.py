@@ -10,6 +10,7 @@ import dagster as dg
 from pretrace.inputs.corpus import read_records, tokenize_documents
 from pretrace.resources.pretrace import PretraceResource
 
+from .checks import check_specs
 from .common import RETRY, computing, materialized, say, table_preview, user_errors
 from .partitions import PER_SHARD, shard_partitions
 
@@ -41,7 +42,14 @@ def counted(records: Iterable[dict], counter: Counter) -> Iterator[dict]:
         yield record
 
 
-@dg.asset(**PER_SHARD, deps=[corpus_files, "model"], group_name="corpus", kinds={"parquet"}, retry_policy=RETRY)
+@dg.asset(
+    **PER_SHARD,
+    deps=[corpus_files, "model"],
+    group_name="corpus",
+    kinds={"parquet"},
+    retry_policy=RETRY,
+    check_specs=check_specs("corpus_shards"),
+)
 def corpus_shards(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> dg.MaterializeResult:
     """Tokenized documents of one corpus file; long documents are split into traceable chunks."""
     started = time.monotonic()

@@ -31,6 +31,7 @@ from pretrace.project.artefacts import partition_key
 from pretrace.project.computation import Computation
 from pretrace.resources.pretrace import PretraceResource
 
+from .checks import check_specs
 from .common import GPU_ASSET, RETRY, computing, materialized, progress_logger
 from .partitions import GROUP, SHARD, group_partitions, shard_and_group_partitions, shard_partitions
 
@@ -187,7 +188,13 @@ def fitting_assets(layer_groups: int) -> tuple[dg.AssetsDefinition, ...]:
 ekfac_covariances, ekfac_eigenbasis, ekfac_lambdas = fitting_assets(1)
 
 
-@dg.asset(deps=[ekfac_lambdas, ekfac_eigenbasis], group_name="ekfac", kinds={"safetensors"}, retry_policy=RETRY)
+@dg.asset(
+    deps=[ekfac_lambdas, ekfac_eigenbasis],
+    group_name="ekfac",
+    kinds={"safetensors"},
+    retry_policy=RETRY,
+    check_specs=check_specs("ekfac_factors"),
+)
 def ekfac_factors(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> dg.MaterializeResult:
     """The preconditioner: eigenbasis, averaged corrected eigenvalues and per-layer damping (the
     layer groups' joined)."""

@@ -18,6 +18,7 @@ from pretrace.inputs.query_file import queries_from_table
 from pretrace.project.computation import Computation
 from pretrace.resources.pretrace import PretraceResource
 
+from .checks import check_specs
 from .common import GPU_ASSET, RETRY, computing, materialized, table_preview
 from .corpus import corpus_shards
 from .ekfac import ekfac_factors
@@ -32,6 +33,7 @@ from .queries import query_gradients
     group_name="influence",
     kinds={"parquet"},
     retry_policy=RETRY,
+    check_specs=check_specs("influence_scores"),
     **GPU_ASSET,
 )
 def influence_scores(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> dg.MaterializeResult:

@@ -28,6 +28,7 @@ from pretrace.pipeline.definitions import build_definitions
 from pretrace.pipeline.runner import asset_order, executable
 from pretrace.project.artefacts import Input, artefacts
 from pretrace.project.provenance import Project
+from pretrace.report.serve import report_url
 from pretrace.testing.project import QUERIES, make_project, run_pipeline, write_corpus_file
 
 ALL_ASSETS = [
@@ -185,11 +186,12 @@ def test_the_report_shows_its_tables_plots_and_link_in_dagster(project):
     )
     metadata = result.asset_materializations_for_node("influence_report")[0].metadata
     assert metadata["shards"].value == 2 and metadata["queries"].value == len(QUERIES)
-    assert metadata["report"].value == Path(config.storage, "influence_report", "report.html").as_uri()
+    assert metadata["report"].value == report_url()  # on the report server: a browser opens it from the UI
+    assert metadata["report_path"].value == f"{config.storage}/influence_report/report.html"
     correlation = metadata["correlation"]
     assert isinstance(correlation, dg.TableMetadataValue)
     assert [c.name for c in correlation.schema.columns][:3] == ["group", "pairs", "mean_r"]
-    assert metadata["plot_correlation_matrix"].value.startswith("![correlation_matrix](data:image/png;base64,")
+    assert metadata["plot_correlation_matrix"].value == report_url("figures/correlation_matrix.png")
     assert result.get_asset_check_evaluations()[0].passed  # it covers every current shard
     html = Path(config.storage, "influence_report", "report.html").read_text()
     assert "Stored scores are exact: unprojected document gradients, dense query gradients." in html
@@ -274,6 +276,8 @@ def test_the_projection_check_warns_when_the_stored_scores_lose_the_ranking(tmp_
     )
     (check,) = [e for e in result.get_asset_check_evaluations() if e.check_name == "projection_error_check"]
     assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    # the checks ran in the asset's own step: no step (on a cluster, no pod) of their own
+    assert {e.step_key for e in result.all_events if e.step_key} == {"influence_scores"}
     assert check.metadata["pearson_mean"].value < 0.9 and 10 <= check.metadata["documents"].value <= 16
     assert "raise `projection`, try `projection_basis` `whitened`" in check.description  # the basis not in use
     # a larger projection in fewer bits: 2 x (1 byte of codes + a 4-byte scale) per layer against 4 bytes
