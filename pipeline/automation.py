@@ -50,9 +50,7 @@ def tick_project(resource: PretraceResource, evaluation_time: object) -> Project
 def expected_digest(project: Project, asset: str, shard: str | None) -> str | None:
     """A short digest of the manifest the partition would be computed under, when runnable."""
     status = project.status(asset, shard)
-    if not status.runnable:
-        return None
-    return hashlib.sha256(canonical_json(list(status.expected.basis())).encode()).hexdigest()[:16]
+    return status.expected.basis_digest() if status.runnable else None
 
 
 class OutOfDate(dg.AutomationCondition):

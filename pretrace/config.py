@@ -157,6 +157,11 @@ class PretraceConfig(BaseModel):
     fit_shards: Literal["all"] | list[str] = Field(
         default="all", description="Shards the EK-FAC factors are fitted on; unset = every current shard."
     )
+    exclude_files: list[str] = Field(
+        default=[],
+        max_length=1 << 20,
+        description="Corpus files (by file name) left out of everything, the fit and the report included: a file that fails to read blocks what depends on it until it is fixed or listed here. The report names every file left out.",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="'auto' (a GPU when present), 'cpu' or 'cuda'."
     )

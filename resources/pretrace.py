@@ -51,6 +51,7 @@ class PretraceResource(dg.ConfigurableResource):
     max_length: int = _field("max_length")
     batch_size: int = _field("batch_size")
     fit_shards: list[str] | None = _field("fit_shards", None)
+    exclude_files: list[str] = _field("exclude_files")
     device: str = _field("device")
     dtype: str = _field("dtype")
     layer_groups: int | None = _field("layer_groups")

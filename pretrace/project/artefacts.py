@@ -102,6 +102,10 @@ class Artefact:
     def manifest_key(self, shard: str | None = None) -> str:
         return f"{self.name}/{shard}.manifest.json" if shard is not None else f"{self.name}/manifest.json"
 
+    def failure_key(self, shard: str | None = None) -> str:
+        """Where a computation that failed on bad input records why, and in which state."""
+        return f"{self.name}/{shard}.failed.json" if shard is not None else f"{self.name}/failed.json"
+
     def label(self, shard: str | None = None) -> str:
         return label(self.name, shard if self.partitioned else None)
 

@@ -93,8 +93,19 @@ class Computation:
     def commit(self, outputs: dict[str, Any]) -> Manifest:
         self.check_sources()
         manifest = self.project.store.commit(self.artefact, self.expected, outputs)
+        failure = self.artefact.failure_key(self.partition)
+        if self.project.storage.exists(failure):  # an earlier state failed; this one did not
+            self.project.storage.delete(failure)
         self.project.forget(self.artefact, self.partition)
         return manifest
+
+    def record_failure(self, error: InputError) -> None:
+        """Keep why this state of the artefact cannot be computed (bad input), so that status
+        and everything downstream name it until the input or a setting changes."""
+        self.project.storage.write_json(
+            self.artefact.failure_key(self.partition), {"basis": self.expected.basis_digest(), "error": str(error)}
+        )
+        self.project.forget(self.artefact, self.partition)
 
     # ------------------------------------------------------------------ the model
     @contextmanager

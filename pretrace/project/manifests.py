@@ -50,6 +50,10 @@ class Manifest:
         """Everything that decides the artefact's bytes; equal bases mean equal artefacts."""
         return (self.artefact, self.shard, self.code_version, canonical_json(self.config), canonical_json(self.inputs))
 
+    def basis_digest(self) -> str:
+        """A short digest of the basis: names one state of an artefact's inputs and settings."""
+        return hashlib.sha256(canonical_json(list(self.basis())).encode()).hexdigest()[:16]
+
     def to_json(self) -> dict[str, Any]:
         return {
             "format": MANIFEST_FORMAT,

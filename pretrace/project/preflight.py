@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pretrace.analyses.completions import room_to_answer
 from pretrace.config import PretraceConfig
 from pretrace.errors import InputError, InputErrors
-from pretrace.inputs.corpus import read_records
+from pretrace.inputs.corpus import CorpusFile, read_records
 from pretrace.inputs.query_file import Query, encode_query, queries_from_table, read_queries
 from pretrace.model.adapter import context_of, load_model, open_checkpoint
 from pretrace.project.provenance import Project
@@ -65,12 +65,12 @@ def preflight(
         _check_queries(found, owner.config, tokenizer, context)
     corpus = found.check(lambda: project.corpus)
     if corpus is not None:
-        found.warnings.extend(f"{config.corpus}: skipped {entry}" for entry in project.listing.skipped)
+        found.warnings.extend(f"{config.corpus}: skipped {entry}" for entry in project.left_out)
         found.check(lambda: project.fit_shards)
         pending = [s for s in project.shards if load_weights or not (storage_readable and _tokenized(project, s))]
         progress(f"checking the records of {len(pending)} corpus file(s)")
         for shard in pending:
-            found.check(lambda shard=shard: _check_corpus_file(corpus[shard].url))
+            found.check(lambda shard=shard: _check_corpus_file(corpus[shard]))
     if found.problems:
         raise InputErrors(found.problems)
     return found.warnings
@@ -112,10 +112,13 @@ def _query_fits(query: Query, instruction: str | None, tokenizer: object, contex
         room_to_answer(query.id, len(prompt), 1, context)
 
 
-def _check_corpus_file(url: str) -> None:
-    usable = sum(1 for record in read_records(url) if record["text"].strip())
-    if usable == 0:
-        raise InputError(f"{url}: every document's `text` is empty; add text or remove the file")
+def _check_corpus_file(file: CorpusFile) -> None:
+    """Every record of the file reads and some has text; a problem names the way to go on without it."""
+    try:
+        if not sum(1 for record in read_records(file.url) if record["text"].strip()):
+            raise InputError(f"{file.url}: every document's `text` is empty; add text or remove the file")
+    except InputError as exc:
+        raise InputError(f"{exc} (or list {file.name} in `exclude_files` to go on without it)") from None
 
 
 def _in_file(url: str, step: Callable[[], object]) -> object:

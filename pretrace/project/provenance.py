@@ -120,8 +120,23 @@ class Project:
 
     @cached_property
     def corpus(self) -> dict[str, CorpusFile]:
-        """The corpus files present now, by shard key."""
-        return {shard_key(f.name): f for f in self.listing.files}
+        """The corpus files present now and not left out (`exclude_files`), by shard key."""
+        excluded = set(self.config.exclude_files)
+        unknown = sorted(excluded - {f.name for f in self.listing.files})
+        if unknown:
+            raise InputError(
+                f"exclude_files: {', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} not a file of "
+                f"{self.config.corpus}; remove {'it' if len(unknown) == 1 else 'them'} from `exclude_files`"
+            )
+        return {shard_key(f.name): f for f in self.listing.files if f.name not in excluded}
+
+    @property
+    def left_out(self) -> list[str]:
+        """Entries of the corpus folder that are in no result, each with why."""
+        return [
+            *self.listing.skipped,
+            *(f"{name}: left out by `exclude_files`" for name in sorted(self.config.exclude_files)),
+        ]
 
     @cached_property
     def shards(self) -> list[str]:
@@ -214,7 +229,11 @@ class Project:
         listing = self._listings.get(artefact.name)
         if listing is None:
             return
-        keys = [artefact.manifest_key(shard), *(artefact.key(f, shard) for f in artefact.files if not f.endswith("/"))]
+        keys = [
+            artefact.manifest_key(shard),
+            artefact.failure_key(shard),
+            *(artefact.key(f, shard) for f in artefact.files if not f.endswith("/")),
+        ]
         manifest = self.store.manifest(artefact, shard)
         keys += [f"{artefact.name}/{name}" for name in (manifest.files if manifest else ())]
         for key in keys:
@@ -286,7 +305,8 @@ class Project:
             return Status("waiting", str(waiting))
         stored = self.manifest(artefact, shard)
         if stored is None:
-            return Status("missing", self._damaged.get((artefact.name, shard), "not in storage"), expected)
+            why = self._damaged.get((artefact.name, shard)) or self._failure(artefact, shard, expected)
+            return Status("missing", why or "not in storage", expected)
         if stored.basis() != expected.basis():
             return Status("stale", describe_difference(stored, expected), expected)
         return Status("current", "", expected)
@@ -306,6 +326,18 @@ class Project:
                 if not owner.status(source.name, s).current
             ]
         return found
+
+    def _failure(self, artefact: Artefact, shard: str | None, expected: Manifest) -> str | None:
+        """Why computing this state failed on bad input, if it did (`Computation.record_failure`)."""
+        key = artefact.failure_key(shard)
+        if key not in self._listing(artefact.name):
+            return None
+        note = self.storage.read_json(key)
+        if note.get("basis") != expected.basis_digest():  # an input or setting changed since: try again
+            return None
+        file_shard, _ = artefact.split(shard)
+        hint = f"; to go on without {self.corpus[file_shard].name}, list it in `exclude_files`" if file_shard else ""
+        return f"failed: {note['error']}{hint}"
 
     def statuses(self) -> list[tuple[Artefact, str | None, Status]]:
         """The status of every artefact partition the project should have, in dependency order."""

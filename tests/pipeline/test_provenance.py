@@ -21,6 +21,9 @@ import pytest
 import yaml
 
 from pretrace.config import load_config
+from pretrace.errors import InputError
+from pretrace.pipeline.definitions import build_definitions
+from pretrace.pipeline.runner import executable
 from pretrace.project.provenance import Project
 from pretrace.testing.project import (
     QUERIES,
@@ -457,3 +460,57 @@ def test_files_pretrace_did_not_write_are_kept_through_run_and_clean(finished, t
     cleaned = pretrace("clean", "--config", "pretrace.yaml", cwd=project)
     assert cleaned.returncode == 0, cleaned.stderr[-3000:]
     assert all(path.exists() for path in mine), [str(p) for p in mine if not p.exists()]
+
+
+def test_a_bad_corpus_file_is_named_by_everything_that_waits_on_it_until_left_out(finished, tmp_path):
+    """Its partition fails with the file and line; status names that failure up the chain (not
+    "not in storage"); `exclude_files` lets the rest go on, and the project says the file is left
+    out; a fixed file is tried again and its failure record goes."""
+    root = copy_of(finished, tmp_path)
+    bad = root / "corpus" / "part-c.jsonl"
+    bad.write_text('{"id": "c-1", "text": "fine"}\n{"id": "c-2", "text": 7}\n')
+    config = load_config(root / "pretrace.yaml")
+    defs, instance = build_definitions(config), dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("shard", ["part-c.jsonl"])
+    result = dg.materialize(
+        executable(defs),
+        selection=["corpus_shards"],
+        partition_key="part-c.jsonl",
+        instance=instance,
+        resources=defs.resources,
+        raise_on_error=False,
+    )
+    assert not result.success
+    project = Project(config)
+    status = project.status("corpus_shards", "part-c.jsonl")
+    assert status.state == "missing" and status.reason.startswith(f"failed: {bad}, line 2: ")
+    assert status.reason.endswith("; to go on without part-c.jsonl, list it in `exclude_files`")
+    waiting = project.status("ekfac_eigenbasis")
+    assert waiting.state == "waiting" and "corpus_shards[part-c.jsonl] is missing (failed: " in waiting.reason
+
+    edit_config(root / "pretrace.yaml", exclude_files=["part-c.jsonl"])
+    left_out = Project(load_config(root / "pretrace.yaml"))
+    assert left_out.shards == [A, B] and left_out.left_out == ["part-c.jsonl: left out by `exclude_files`"]
+    assert left_out.status("influence_report").current  # the rest is as it was
+
+    edit_config(root / "pretrace.yaml", exclude_files=[])
+    write_corpus_file(bad, 6, 3, "c")  # fixed
+    fixed = Project(load_config(root / "pretrace.yaml"))
+    assert fixed.status("corpus_shards", "part-c.jsonl").reason == "not in storage"
+    assert (root / "data" / "corpus_shards" / "part-c.jsonl.failed.json").exists()
+    defs = build_definitions(load_config(root / "pretrace.yaml"))
+    dg.materialize(
+        executable(defs),
+        selection=["corpus_shards"],
+        partition_key="part-c.jsonl",
+        instance=instance,
+        resources=defs.resources,
+    )
+    assert not (root / "data" / "corpus_shards" / "part-c.jsonl.failed.json").exists()
+
+
+def test_exclude_files_naming_no_file_is_refused(finished, tmp_path):
+    root = copy_of(finished, tmp_path, storage=False)
+    edit_config(root / "pretrace.yaml", exclude_files=["nope.jsonl"])
+    with pytest.raises(InputError, match=r"exclude_files: 'nope.jsonl' is not a file of .*; remove it from"):
+        Project(load_config(root / "pretrace.yaml")).status("corpus_shards", A)
