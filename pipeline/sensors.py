@@ -12,25 +12,37 @@ policy, and the automation sensor (pipeline/automation.py) launches it. Per tick
   observation with the new fingerprint as its data version (the UI then shows downstream
   assets as stale; a file merely touched or copied with rounded times does not change);
 - a removed (or renamed) file is reported, with the command that removes its artefacts
-  (`pretrace clean`); the report already covers only the files present.
+  (`pretrace clean`); the report already covers only the files present;
+- an edit of the code location's pretrace.yaml ($PRETRACE_CONFIG) is named on the tick, each
+  setting with its old and new value, and observed on every asset whose artefact depends on it:
+  the UI says why before the code location is reloaded (which then shows the new code versions,
+  and lets automation compute with the new settings).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 
 import dagster as dg
 
 from pretrace.assets.common import seconds_from_env
 from pretrace.assets.partitions import shard_partitions
+from pretrace.config import PretraceConfig, load_config
 from pretrace.errors import PretraceError
 from pretrace.project.artefacts import label
-from pretrace.project.provenance import Project
+from pretrace.project.manifests import canonical_json
+from pretrace.project.provenance import Project, settings_of
 from pretrace.resources.pretrace import PretraceResource
+
+from .settings import CONFIG_ENV
 
 SENSOR_INTERVAL_ENV = "PRETRACE_SENSOR_INTERVAL_S"
 CLEAN_HINT = "remove their artefacts with `pretrace clean --config <pretrace.yaml>`"
+RELOAD_HINT = "reload the code location to compute with them"
+SETTINGS_LABEL = "pretrace.yaml"  # the cursor's entry for the settings file
 
 
 def interval_from_env(name: str, default: int) -> int:
@@ -46,6 +58,7 @@ class Refresh:
     fingerprints: dict[str, str] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)  # entries of the corpus folder not read, with why
     observations: list[dg.AssetObservation] = field(default_factory=list)
+    settings: list[str] = field(default_factory=list)  # "`key` old -> new" of an edited pretrace.yaml
 
     @property
     def changed(self) -> bool:
@@ -57,6 +70,8 @@ class Refresh:
             parts.append(f"new shards: {', '.join(self.new)}")
         if self.observed:
             parts.append(f"changed: {', '.join(self.observed)}")
+        if self.settings:
+            parts.append(f"pretrace.yaml changed: {', '.join(self.settings)} ({RELOAD_HINT})")
         if self.removed:
             parts.append(f"corpus files gone: {', '.join(self.removed)} ({CLEAN_HINT})")
         if self.skipped:
@@ -106,7 +121,37 @@ def find_changes(
                     key, partition=partition, tags={"dagster/data_version": fingerprint}, metadata=metadata
                 )
             )
+    _observe_settings(refresh, project, resource.config, known)
     return refresh
+
+
+def _observe_settings(refresh: Refresh, project: Project, loaded: PretraceConfig, known: dict[str, str] | None) -> None:
+    """Name each setting the code location's pretrace.yaml changed since it was loaded, and
+    observe it on every asset whose artefact depends on it (once per state of the file)."""
+    path = os.environ.get(CONFIG_ENV)
+    if not path:
+        return
+    edited = load_config(path)
+    digest = hashlib.sha256(canonical_json(edited.model_dump(mode="json")).encode()).hexdigest()[:16]
+    refresh.fingerprints[SETTINGS_LABEL] = digest
+    if edited == loaded or (known or {}).get(SETTINGS_LABEL) == digest:
+        return
+    before, after = loaded.model_dump(mode="json"), edited.model_dump(mode="json")
+    refresh.settings = [f"`{k}` {before[k]!r} -> {after[k]!r}" for k in sorted(after) if before.get(k) != after[k]]
+    for model, owner in project.projects():
+        for artefact in owner.graph.values():
+            old, new = (
+                settings_of(artefact, owner.config),
+                settings_of(artefact, edited.compared(model) if model else edited),
+            )
+            changed = [f"`{k}` {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(new) if old.get(k) != new[k]]
+            if changed:
+                refresh.observations.append(
+                    dg.AssetObservation(
+                        dg.AssetKey([*([model] if model else []), artefact.name]),
+                        metadata={"settings changed": f"{', '.join(changed)} in {path} ({RELOAD_HINT})"},
+                    )
+                )
 
 
 def refresh_inputs(instance: dg.DagsterInstance, resource: PretraceResource) -> Refresh:

@@ -404,3 +404,21 @@ def test_two_models_over_the_same_corpus_and_queries_are_compared(tmp_path):
     rerun = run_pipeline(config)
     assert {r for r in rerun if "/" not in r} == {"model_comparison", "influence_report"}
     assert f"b/influence_scores[{shards[0]}]" in rerun and "b/model" in rerun
+
+
+def test_launchpad_settings_are_refused_with_what_to_do_instead(tmp_path):
+    """A run config for the resource would fall back to class defaults for every setting it does
+    not name (another model, corpus and storage): refused at once, before anything is read."""
+    from pretrace.assets.common import PER_RUN_SETTINGS
+
+    defs = build_definitions(load_config(make_project(tmp_path)))
+    result = dg.materialize(
+        executable(defs),
+        selection=["queries"],
+        resources=defs.resources,
+        run_config={"resources": {"pretrace": {"config": {"top_k": 6}}}},
+        raise_on_error=False,
+    )
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    assert failure.step_failure_data.user_failure_data.description == PER_RUN_SETTINGS
+    assert not (tmp_path / "data" / "queries").exists()

@@ -13,7 +13,7 @@ from dagster._core.storage.defs_state.base import set_defs_state_storage
 from pretrace.config import load_config
 from pretrace.pipeline.definitions import build_definitions
 from pretrace.pipeline.runner import asset_order, executable, logging_config
-from pretrace.testing.project import clean_run_snapshot, make_project, snapshot, write_corpus_file
+from pretrace.testing.project import clean_run_snapshot, edit_config, make_project, snapshot, write_corpus_file
 
 A, B = "part-a.jsonl", "part-b.jsonl"
 
@@ -307,3 +307,27 @@ def test_automation_leaves_a_partition_alone_while_a_run_computes_it(setup, asse
     instance.report_run_failed(run, "killed while publishing")
     cursor, requested = evaluate(defs, instance, cursor)
     assert requested == {(asset, partition)}
+
+
+def test_an_edited_config_is_named_with_old_and_new_values_on_the_next_tick(setup, capfd, monkeypatch):
+    """Before any reload: the tick says which setting changed, and every asset depending on it
+    gets an observation saying so (what the UI shows); the next tick says nothing more."""
+    config, defs, instance = setup
+    path = Path(config.storage).parent / "pretrace.yaml"
+    monkeypatch.setenv("PRETRACE_CONFIG", str(path))
+    first = tick(defs, instance)
+    edit_config(path, top_k=6)
+    second, said = tick_log(defs, instance, capfd, first.cursor)
+    assert "pretrace.yaml changed: `top_k` 5 -> 6 (reload the code location to compute with them)" in said
+    observed_settings = {
+        e.asset_key.to_user_string(): e.metadata["settings changed"].value
+        for e in second.asset_events
+        if "settings changed" in e.metadata
+    }
+    assert set(observed_settings) == {"influence_scores", "reranked_scores", "attribution_eval", "influence_report"}
+    assert (
+        observed_settings["influence_scores"]
+        == f"`top_k` 5 -> 6 in {path} (reload the code location to compute with them)"
+    )
+    third = tick(defs, instance, second.cursor)
+    assert third.skip_reason is not None and not third.asset_events
