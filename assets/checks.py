@@ -2,8 +2,6 @@
 
 Each check is a spec on its asset and runs at the end of that asset's step, on the files just
 committed: a check of its own would be a step (on a cluster, a pod) of its own for a few reads.
-The report's coverage check is the exception: it asks about every shard, so it stays a check
-of its own that runs after the report.
 """
 
 import math
@@ -19,7 +17,6 @@ from pretrace.influence.quantization import BITS, row_bytes
 from pretrace.project.computation import Computation
 from pretrace.project.manifests import ArtefactReader, Manifest
 from pretrace.project.provenance import Project
-from pretrace.resources.pretrace import PretraceResource
 
 
 def _stored(project: Project, name: str, shard: str | None = None) -> ArtefactReader | None:
@@ -96,12 +93,7 @@ def damping_positive(project: Project, shard: str | None, reader: ArtefactReader
     return dg.AssetCheckResult(passed=not bad, metadata={"layers": len(damping), "bad": dg.MetadataValue.json(bad)})
 
 
-@dg.asset_check(
-    asset="influence_report",
-    description="The report covers every current shard, each scored with the current query gradients.",
-)
-def report_covers_current_corpus(pretrace: PretraceResource) -> dg.AssetCheckResult:
-    project = pretrace.project()
+def report_covers_current_corpus(project: Project, shard: str | None, reader: ArtefactReader) -> dg.AssetCheckResult:
     status = project.status("influence_report")
     unscored = [s for s in project.shards if not project.status("influence_scores", s).current]
     return dg.AssetCheckResult(
@@ -154,6 +146,13 @@ IN_STEP = {
     "ekfac_factors": [
         _check("ekfac_factors", damping_positive, "Damping is positive and finite on every layer."),
     ],
+    "influence_report": [
+        _check(
+            "influence_report",
+            report_covers_current_corpus,
+            "The report covers every current shard, each scored with the current query gradients.",
+        ),
+    ],
 }
 
 
@@ -169,6 +168,3 @@ def check_results(run: Computation, manifest: Manifest) -> list[dg.AssetCheckRes
         check.evaluate(run.project, run.shard, reader)._replace(check_name=check.spec.name)
         for check in IN_STEP.get(run.artefact.name, [])
     ]
-
-
-CHECKS = [report_covers_current_corpus]

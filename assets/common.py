@@ -8,16 +8,17 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
 
-from pretrace.errors import ConcurrentChange, PretraceError
+from pretrace.errors import ConcurrentChange, InputError, PretraceError
 from pretrace.project.computation import Computation
 from pretrace.project.manifests import Manifest
+from pretrace.report.serve import report_url
 from pretrace.resources.pretrace import PretraceResource
 
+from .checks import check_results
 from .k8s import GPU_OP_TAGS
 from .partitions import to_pretrace
 
@@ -33,6 +34,14 @@ console logger is off (in `dagster dev` it has no handler and stays silent)."""
 RETRY = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)
 # The machine and process of an in-process run (`pretrace run`), whose steps run in that process.
 HOST_TAG, PID_TAG = "pretrace/host", "pretrace/pid"
+
+
+PER_RUN_SETTINGS = (
+    "per-run settings are refused: every run uses the settings of the code location's pretrace.yaml "
+    "($PRETRACE_CONFIG), so that what storage holds matches one configuration. Launch without a "
+    "`resources:` section; to change a setting, edit pretrace.yaml (the corpus sensor's next tick "
+    "names what it makes stale), reload the code location, and materialize what is stale."
+)
 
 
 class StepInterrupted(dg.Failure):
@@ -102,6 +111,8 @@ def artefact_of(key: dg.AssetKey) -> tuple[str | None, str]:
 @contextmanager
 def computing(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> Iterator[Computation]:
     """The computation of this asset's artefact (this partition's), with user errors unwrapped."""
+    if (context.run.run_config.get("resources") or {}).get("pretrace"):
+        raise dg.Failure(description=PER_RUN_SETTINGS, allow_retries=False)
     try:
         with user_errors():
             # A backfill run of one shard has a one-key partition range, not a partition key: read
@@ -109,7 +120,12 @@ def computing(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> 
             partitions = context.assets_def.partitions_def
             partition = to_pretrace(partitions, context.partition_key) if partitions else None
             model, artefact = artefact_of(context.assets_def.key)
-            yield Computation(pretrace.project().compared(model), artefact, partition, log=context.log.info)
+            computation = Computation(pretrace.project().compared(model), artefact, partition, log=context.log.info)
+            try:
+                yield computation
+            except InputError as exc:  # bad input: status and what waits on it name it, until it changes
+                computation.record_failure(exc)
+                raise
     except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError) as exc:
         tags = context.run.tags
         if tags.get(HOST_TAG) != socket.gethostname() or tags.get(PID_TAG) != str(os.getpid()):
@@ -123,6 +139,7 @@ def materialized(computation: Computation, manifest: Manifest, started: float, *
     storage = computation.project.storage
     keys = [f"{manifest.artefact}/{name}" for name in manifest.files]
     return dg.MaterializeResult(
+        check_results=check_results(computation, manifest),
         metadata={
             "paths": dg.MetadataValue.json([storage.url(k) for k in keys][:50]),
             "bytes": sum(d["bytes"] for d in manifest.files.values()),
@@ -157,9 +174,10 @@ def table_metadata(records: list[dict], columns: dict[str, str]) -> dg.MetadataV
     )
 
 
-def report_link(url: str) -> dg.MetadataValue:
-    """A clickable link to a report: file:// for a local root, the s3:// URL otherwise."""
-    return dg.MetadataValue.url(Path(url).as_uri()) if "://" not in url else dg.MetadataValue.path(url)
+def report_link(model: str | None, file: str) -> dg.MetadataValue:
+    """A link the Dagster UI opens: a file of a model's report on the report server (`pretrace
+    report`, or `pretrace ui` beside the UI); a browser follows no file:// or s3:// link from a page."""
+    return dg.MetadataValue.url(report_url(file, model))
 
 
 def also_reading(

@@ -7,15 +7,15 @@ import dagster as dg
 from pretrace.analyses.analysis import ReportConfig
 from pretrace.analyses.completions import with_model_answers
 from pretrace.evaluation.projection_check import accuracy_table
-from pretrace.report.build import make_report, merge_shards
+from pretrace.report.build import REPORT_PAGE, figure_file, make_report, merge_shards
 from pretrace.resources.pretrace import PretraceResource
 
+from .checks import check_specs
 from .common import RETRY, computing, materialized, report_link, table_metadata
 from .evaluation import attribution_eval
 from .retrieval import reranked_scores
 from .scores import influence_scores
 
-REPORT_FILE = "report.html"
 REPORT_DEPS = [
     influence_scores.key,
     dg.AssetKey("completions"),
@@ -26,7 +26,13 @@ REPORT_DEPS = [
 REPORT_KINDS = {"parquet", "html"}
 
 
-@dg.asset(deps=REPORT_DEPS, group_name="report", kinds=REPORT_KINDS, retry_policy=RETRY)
+@dg.asset(
+    deps=REPORT_DEPS,
+    group_name="report",
+    kinds=REPORT_KINDS,
+    retry_policy=RETRY,
+    check_specs=check_specs("influence_report"),
+)
 def influence_report(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> dg.MaterializeResult:
     """Correlations between queries, influence per nat, concentration, answers and sources in the
     top documents, and the top/bottom documents of every query: an HTML page plus Parquet tables,
@@ -42,6 +48,7 @@ def build_report_with_comparison() -> dg.AssetsDefinition:
     @dg.multi_asset(
         name="influence_report_with_comparison",
         retry_policy=RETRY,
+        check_specs=check_specs("influence_report"),
         specs=[
             dg.AssetSpec(
                 influence_report.key,
@@ -95,18 +102,21 @@ def report(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> dg.
             comparison=comparison,
             accuracy=accuracy,
             reranked=reranked,
+            left_out=config.exclude_files,
         )
         manifest = run.commit(built.outputs())
     tables = {
         name: table_metadata(list(df.iter_rows(named=True)), {c: str(t) for c, t in df.schema.items()})
         for name, df in built.headline_tables().items()
     }
-    figures = {name: dg.MetadataValue.md(text) for name, text in built.markdown_figures().items()}
+    model = run.project.name
+    figures = {f"plot_{name}": report_link(model, figure_file(name)) for name in built.figures}
     return materialized(
         run,
         manifest,
         started,
-        report=report_link(run.project.storage.url("influence_report", REPORT_FILE)),
+        report=report_link(model, REPORT_PAGE),
+        report_path=dg.MetadataValue.path(run.project.storage.url("influence_report", REPORT_PAGE)),
         shards=len(shards),
         documents=built.analysis.n_documents,
         queries=built.analysis.queries.height,

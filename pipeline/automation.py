@@ -124,6 +124,8 @@ def after_requested_inputs(
         return None
     basis = []
     for owner, name, partition in project.waiting_on(asset, shard):
+        if not owner.first_computation(name, partition):
+            return None
         key = dg.AssetKey([*([owner.name] if owner.name else []), name])
         requested = context.request_subsets_by_key.get(key)
         if requested is None or not executable_in_same_run(context.asset_graph, child_key=context.key, parent_key=key):

@@ -6,7 +6,6 @@ import hashlib
 
 import dagster as dg
 
-from pretrace.assets.checks import CHECKS
 from pretrace.assets.common import artefact_of
 from pretrace.assets.comparison import build_model_comparison
 from pretrace.assets.corpus import corpus_files, corpus_shards
@@ -110,7 +109,6 @@ def build_definitions(config: PretraceConfig, demo: bool = False) -> dg.Definiti
     graphs = [asset for name in compared for asset in compared_graph(name, demo, config.compared(name))]
     return dg.Definitions(
         assets=with_policy([*INPUT_ASSETS, *main, *graphs, *comparison], resource),
-        asset_checks=CHECKS,
         jobs=JOBS,
         schedules=[build_refresh_schedule()],
         sensors=[build_corpus_sensor(), build_automation_sensor()],

@@ -19,6 +19,7 @@ from pretrace.assets.common import HOST_TAG, PID_TAG, artefact_of
 from pretrace.assets.partitions import to_dagster
 from pretrace.config import PretraceConfig
 from pretrace.errors import NotReady
+from pretrace.project.artefacts import Artefact
 from pretrace.project.provenance import Project
 from pretrace.resources.pretrace import PretraceResource
 from pretrace.store.storage import pid_alive
@@ -34,6 +35,7 @@ def logging_config(console_level: str = "INFO") -> dict:
     return {"loggers": {"console": {"config": {"log_level": console_level}}}}
 
 
+STORAGE_TAG = "pretrace/storage"  # the project a run computed, by its storage root
 ACTIVE = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 
 
@@ -76,6 +78,57 @@ def fail_dead_runs(instance: dg.DagsterInstance, log: Log) -> None:
             log(f"run {run.run_id} was left unfinished by process {pid}; marked failed and its pool slots freed")
 
 
+Item = tuple[str | None, str, str | None]  # (compared model, artefact, partition)
+Member = tuple[dg.AssetKey, Project, Artefact, str | None]
+
+
+def _partitions(defs: dg.Definitions, project: Project) -> list[Member]:
+    """Every artefact partition the project should have, in the asset graph's order."""
+    found = []
+    for name in asset_order(defs):
+        key = dg.AssetKey.from_user_string(name)
+        model, artefact_name = artefact_of(key)
+        owner = project.compared(model)  # a compared model's artefacts are keyed `<model>/<artefact>`
+        if artefact_name in owner.graph:
+            artefact = owner.graph[artefact_name]
+            found += [(key, owner, artefact, shard) for shard in owner.partitions(artefact)]
+    return found
+
+
+def due_together(
+    defs: dg.Definitions, project: Project, partitions: dict, force: bool, done: set[Item]
+) -> list[Member]:
+    """What can be computed now: each out-of-date partition (each not yet recomputed, with
+    ``force``) whose inputs are current, or are computed in the same run (the same partition of
+    assets partitioned alike), as automation requests them (pipeline.automation)."""
+    wave: list[Member] = []
+    chosen: set[Item] = set()
+    for key, owner, artefact, shard in _partitions(defs, project):
+        item = (owner.name, artefact.name, shard)
+        if item in done or (not force and owner.status(artefact, shard).current):
+            continue
+        same_run = True
+        for upstream, name, partition in owner.input_partitions(artefact, shard):
+            if (upstream.name, name, partition) in done or (not force and upstream.status(name, partition).current):
+                continue
+            upstream_key = dg.AssetKey([*([upstream.name] if upstream.name else []), name])
+            joins = partitions[upstream_key] == partitions[key] and partition == shard
+            joins = joins and upstream.first_computation(name, partition)
+            same_run = same_run and joins and (upstream.name, name, partition) in chosen
+        if same_run:
+            wave.append((key, owner, artefact, shard))
+            chosen.add(item)
+    return wave
+
+
+def _runs(wave: list[Member], partitions: dict) -> list[list[Member]]:
+    """The wave's runs: one per partition of assets partitioned alike, in the graph's order."""
+    runs: dict[tuple, list[Member]] = {}
+    for member in wave:
+        runs.setdefault((partitions[member[0]], member[3]), []).append(member)
+    return list(runs.values())
+
+
 def materialize_pipeline(
     defs: dg.Definitions,
     instance: dg.DagsterInstance,
@@ -103,35 +156,34 @@ def materialize_pipeline(
         log(f"corpus files gone, not in the results: {', '.join(refresh.removed)}; {CLEAN_HINT}")
     assets = executable(defs)
     partitions = {spec.key: spec.partitions_def for spec in defs.resolve_all_asset_specs()}
-    tags = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
-    for name in asset_order(defs):
-        key = dg.AssetKey.from_user_string(name)
-        model, artefact_name = artefact_of(key)
-        owner = project.compared(model)  # a compared model's artefacts are keyed `<model>/<artefact>`
-        if artefact_name not in owner.graph:
-            continue
-        artefact = owner.graph[artefact_name]
-        for shard in owner.partitions(artefact):
-            status = owner.status(artefact, shard)
-            if status.current and not force:
-                continue
-            if status.state == "waiting":
-                raise NotReady(f"{owner.label(artefact, shard)} cannot be computed: {status.reason}")
-            log(f"materializing {owner.label(artefact, shard)} ({status.state}: {status.reason or 'forced'})")
+    tags = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), STORAGE_TAG: project.storage.url()}
+    done: set[Item] = set()
+    while wave := due_together(defs, project, partitions, force, done):
+        for members in _runs(wave, partitions):
+            for _, owner, artefact, shard in members:
+                status = owner.status(artefact, shard)
+                log(f"materializing {owner.label(artefact, shard)} ({status.state}: {status.reason or 'forced'})")
             result = dg.materialize(
                 assets,
-                selection=[key],
-                partition_key=to_dagster(partitions[key], shard),
+                selection=[key for key, *_ in members],
+                partition_key=to_dagster(partitions[members[0][0]], members[0][3]),
                 instance=instance,
                 resources=defs.resources,
                 run_config=run_config,
                 tags=tags,
             )
-            owner.forget(artefact, shard)
+            for _, owner, artefact, shard in members:
+                owner.forget(artefact, shard)
+                done.add((owner.name, artefact.name, shard))
+            labels = {key: owner.label(artefact, shard) for key, owner, artefact, shard in members}
             for check in result.get_asset_check_evaluations():  # a failed check does not stop the run: say it
                 if not check.passed:
                     kind = "warning" if check.severity == dg.AssetCheckSeverity.WARN else "check failed"
-                    log(f"{kind}: {owner.label(artefact, shard)}: {check.check_name}: {check.description or 'failed'}")
+                    log(f"{kind}: {labels[check.asset_key]}: {check.check_name}: {check.description or 'failed'}")
+    for _, owner, artefact, shard in _partitions(defs, project):
+        status = owner.status(artefact, shard)
+        if not status.current:
+            raise NotReady(f"{owner.label(artefact, shard)} cannot be computed: {status.reason}")
     return project
 
 

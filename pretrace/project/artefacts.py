@@ -300,7 +300,7 @@ INFLUENCE_REPORT = Artefact(
     name="influence_report",
     per_shard=False,
     files={},
-    config=("top_k", "seed"),
+    config=("top_k", "seed", "exclude_files"),
     inputs=(
         Input("completions"),
         Input("query_gradients"),

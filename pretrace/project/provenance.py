@@ -311,21 +311,30 @@ class Project:
             return Status("stale", describe_difference(stored, expected), expected)
         return Status("current", "", expected)
 
-    def waiting_on(self, artefact: Artefact | str, shard: str | None = None) -> list[tuple[Project, str, str | None]]:
-        """(owning project, artefact, partition) of every input partition that is not current:
-        what a waiting artefact waits for (a scheduler may compute them first, in the same run)."""
+    def input_partitions(
+        self, artefact: Artefact | str, shard: str | None = None
+    ) -> list[tuple[Project, str, str | None]]:
+        """(owning project, artefact, partition) of every artefact partition ``artefact``'s
+        ``shard`` is computed from (the user's files aside)."""
         artefact = self.graph[artefact] if isinstance(artefact, str) else artefact
-        found = []
-        for source in artefact.inputs:
-            if source.name in SOURCES:
-                continue
-            owner = self.compared(source.model)
-            found += [
-                (owner, source.name, s)
-                for s in self._scope(source, shard, artefact)
-                if not owner.status(source.name, s).current
-            ]
-        return found
+        return [
+            (self.compared(source.model), source.name, s)
+            for source in artefact.inputs
+            if source.name not in SOURCES
+            for s in self._scope(source, shard, artefact)
+        ]
+
+    def first_computation(self, artefact: Artefact | str, shard: str | None = None) -> bool:
+        """Whether storage holds no manifest of this partition at all. Only then may what reads it
+        be computed in the same run: a partition computed before (stale, damaged) may come back
+        with the same bytes, and then what reads it is current and must not be recomputed."""
+        artefact = self.graph[artefact] if isinstance(artefact, str) else artefact
+        return artefact.manifest_key(shard) not in self._listing(artefact.name)
+
+    def waiting_on(self, artefact: Artefact | str, shard: str | None = None) -> list[tuple[Project, str, str | None]]:
+        """The input partitions that are not current: what a waiting artefact waits for (a
+        scheduler may compute them first, in the same run)."""
+        return [(o, n, s) for o, n, s in self.input_partitions(artefact, shard) if not o.status(n, s).current]
 
     def _failure(self, artefact: Artefact, shard: str | None, expected: Manifest) -> str | None:
         """Why computing this state failed on bad input, if it did (`Computation.record_failure`)."""

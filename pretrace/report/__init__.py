@@ -10,6 +10,8 @@ Modules, one job each:
 - ``page``: the self-contained HTML page.
 - ``build``: the :class:`~pretrace.report.build.Report` (figures, readings, HTML, files) and
   writing it.
+- ``serve``: the committed report over HTTP, read-only, verified against its manifest
+  (`pretrace report`, and `pretrace ui` beside the Dagster UI).
 
 Usage without Dagster::
 

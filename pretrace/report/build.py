@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,10 +17,11 @@ from pretrace.report.formatting import num
 from pretrace.store.storage import Storage
 
 __all__ = [
-    "MAIN_FIGURES",
+    "REPORT_PAGE",
     "Report",
     "ShardFiles",
     "build_report",
+    "figure_file",
     "make_report",
     "markdown_table",
     "merge_shards",
@@ -29,7 +29,12 @@ __all__ = [
     "write_report",
 ]
 
-MAIN_FIGURES = ("correlation_matrix", "correlation_groups", "magnitude", "concentration", "power_law")
+REPORT_PAGE = "report.html"
+
+
+def figure_file(name: str) -> str:
+    """A plot's file in the report's folder: one name for the stored file and the links to it."""
+    return f"figures/{name}.png"
 
 
 @dataclass
@@ -57,19 +62,12 @@ class Report:
         )
         return out
 
-    def markdown_figures(self, names: Sequence[str] = MAIN_FIGURES) -> dict[str, str]:
-        """The main plots as Markdown images with base64 PNG data URLs."""
-        return {
-            f"plot_{name}": f"![{name}](data:image/png;base64,{base64.b64encode(self.figures[name]).decode()})"
-            for name in names
-        }
-
     def outputs(self) -> dict[str, bytes | pl.DataFrame]:
         """Every file of the report by its path in the report's folder: the page, the tables, the plots."""
         return {
-            "report.html": self.html.encode("utf-8"),
+            REPORT_PAGE: self.html.encode("utf-8"),
             **{f"{name}.parquet": df for name, df in self.tables().items()},
-            **{f"figures/{name}.png": data for name, data in self.figures.items()},
+            **{figure_file(name): data for name, data in self.figures.items()},
         }
 
 
@@ -95,16 +93,20 @@ def make_report(
     comparison: pa.Table | None = None,
     accuracy: pa.Table | None = None,
     reranked: pa.Table | None = None,
+    left_out: Sequence[str] = (),
 ) -> Report:
     """Analyses, plots, readings and HTML from merged statistics (no storage, no Dagster);
     ``attribution``: the attribution check's summary tables, by name, if there is one;
     ``comparison``: the comparison with other models (`pretrace.analyses.model_comparison`), if any;
     ``accuracy``: each shard's stored against exact scores (`pretrace.evaluation.projection_check`), if known;
-    ``reranked``: exact scores of the top lists' candidates (`pretrace.influence.reranking`), if computed."""
+    ``reranked``: exact scores of the top lists' candidates (`pretrace.influence.reranking`), if computed;
+    ``left_out``: the corpus files the project leaves out (`exclude_files`), named on the page."""
     analysis = analyze(stats, top, queries, config, attribution, comparison, accuracy, reranked)
     figures = sections.render_figures(analysis)
     readings = sections.readings(analysis)
-    return Report(analysis, figures, readings, page.render(analysis, figures, readings, shards=shards))
+    return Report(
+        analysis, figures, readings, page.render(analysis, figures, readings, shards=shards, left_out=left_out)
+    )
 
 
 def write_report(store: Storage, report: Report, prefix: str = "influence_report") -> list[str]:

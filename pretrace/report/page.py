@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from pretrace.analyses.analysis import Analysis
@@ -35,8 +36,10 @@ def render(
     readings: dict[str, list[str]],
     title: str = "pretrace influence report",
     shards: int | None = None,
+    left_out: Sequence[str] = (),
 ) -> str:
-    """The page: a summary line, a navigation bar, then each section with its reading first."""
+    """The page: a summary line (and the corpus files left out), a navigation bar, then each
+    section with its reading first."""
     counts = a.queries.group_by("kind", maintain_order=True).len()
     kinds = ", ".join(f"{k} {n}" for k, n in counts.iter_rows())
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -56,5 +59,6 @@ def render(
     return (
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1><p class='summary'>{html.escape(summary)}</p>"
-        f"<nav>{nav}</nav>{sections}</body></html>"
+        + (f"<p class='summary'>Left out (`exclude_files`): {html.escape(', '.join(left_out))}</p>" if left_out else "")
+        + f"<nav>{nav}</nav>{sections}</body></html>"
     )

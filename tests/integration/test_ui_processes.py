@@ -1,10 +1,11 @@
 """`pretrace ui` is stopped as a whole: SIGTERM (a supervisor) or SIGINT (Ctrl-C) to the
-pretrace process leaves no `dagster dev`, webserver, daemon or code server behind."""
+pretrace process leaves no `dagster dev`, webserver, daemon, code server or report server behind."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -24,10 +25,18 @@ def _answers(port: int) -> bool:
         return False
 
 
+def _listens(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except OSError:
+        return False
+    return True
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_pretrace_ui_leaves_no_process_behind(tmp_path, signum):
-    port = free_port()
-    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / ".dagster_home")}
+    port, report_port = free_port(), free_port()
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / ".dagster_home"), "PRETRACE_REPORT_PORT": str(report_port)}
     ui = subprocess.Popen(
         [sys.executable, "-m", "pretrace.pipeline.cli", "ui", "--port", str(port)],
         cwd=tmp_path,
@@ -39,11 +48,12 @@ def test_pretrace_ui_leaves_no_process_behind(tmp_path, signum):
         wait_for(lambda: _answers(port), 180, "the web UI to answer", every=1)
         started = psutil.Process(ui.pid).children(recursive=True)
         assert len(started) >= 3, [p.cmdline() for p in started]  # dagster dev, webserver, daemon (+ code servers)
+        assert _listens(report_port)  # the report's server, beside the UI
         ui.send_signal(signum)
         ui.wait(timeout=60)
         _, alive = psutil.wait_procs(started, timeout=30)
         assert not alive, [p.cmdline() for p in alive]
-        assert not _answers(port)
+        assert not _answers(port) and not _listens(report_port)
     finally:
         for child in psutil.Process(ui.pid).children(recursive=True) if ui.poll() is None else []:
             child.kill()

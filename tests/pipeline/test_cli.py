@@ -35,6 +35,19 @@ def test_run_writes_the_documented_outputs(finished):
         assert set(table.column("query_id").to_pylist()) == {q["id"] for q in QUERIES}
 
 
+def test_a_run_groups_its_work_into_few_dagster_runs_tagged_with_the_project(finished):
+    """Each partition of assets partitioned alike, with its inputs never computed before, joins
+    one run: a fresh project's 19 artefact partitions are 10 runs, not 19."""
+    import dagster as dg
+
+    root, _, result = finished
+    assert result.stdout.count("[pretrace] materializing ") == 19
+    with dg.DagsterInstance.local_temp(str(root / ".dagster_home")) as instance:
+        runs = instance.get_runs()
+    assert len(runs) == 10
+    assert {run.tags["pretrace/storage"] for run in runs} == {str(root / "data")}
+
+
 def test_a_bad_corpus_record_is_named_and_damages_nothing(finished):
     root, config, _ = finished
     scores = root / "data" / "influence_scores" / "part-a.jsonl.parquet"

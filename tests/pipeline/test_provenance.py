@@ -413,7 +413,7 @@ def test_two_projects_on_one_storage_root_never_publish_a_mixed_report(finished,
         assert (
             run.returncode == 0
             or "another run or another project is writing" in err
-            or "another `pretrace run`" in err  # on one machine, one run per storage root at a time
+            or "two projects cannot share a storage root" in err  # on one machine, one run per root at a time
             or "is stale" in err
             or "is missing" in err
         ), err[-3000:]
@@ -491,7 +491,11 @@ def test_a_bad_corpus_file_is_named_by_everything_that_waits_on_it_until_left_ou
     edit_config(root / "pretrace.yaml", exclude_files=["part-c.jsonl"])
     left_out = Project(load_config(root / "pretrace.yaml"))
     assert left_out.shards == [A, B] and left_out.left_out == ["part-c.jsonl: left out by `exclude_files`"]
-    assert left_out.status("influence_report").current  # the rest is as it was
+    report = left_out.status("influence_report")
+    assert report.state == "stale" and report.reason == "`exclude_files` [] -> ['part-c.jsonl']"
+    assert run_pipeline(load_config(root / "pretrace.yaml")) == ["influence_report"]  # the rest is as it was
+    page = (root / "data" / "influence_report" / "report.html").read_text()
+    assert "Left out (`exclude_files`): part-c.jsonl" in page
 
     edit_config(root / "pretrace.yaml", exclude_files=[])
     write_corpus_file(bad, 6, 3, "c")  # fixed
