@@ -184,10 +184,12 @@ def build_corpus_sensor(minimum_interval_seconds: int | None = None) -> dg.Senso
             context.log.warning(f"corpus files gone: {', '.join(refresh.removed)}; {CLEAN_HINT}")
         if refresh.changed:
             context.log.info(refresh.summary())
+        # The summary is the tick's message too: Dagster calls a tick that requests no run
+        # skipped, and lists the partitions it added and the events it reported beside it.
         return dg.SensorResult(
             dynamic_partitions_requests=[shard_partitions.build_add_request(refresh.new)] if refresh.new else None,
             asset_events=refresh.observations,
-            skip_reason=None if refresh.changed else dg.SkipReason(refresh.summary()),
+            skip_reason=dg.SkipReason(refresh.summary()),
             cursor=json.dumps(refresh.fingerprints, sort_keys=True),
         )
 

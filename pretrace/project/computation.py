@@ -93,9 +93,8 @@ class Computation:
     def commit(self, outputs: dict[str, Any]) -> Manifest:
         self.check_sources()
         manifest = self.project.store.commit(self.artefact, self.expected, outputs)
-        failure = self.artefact.failure_key(self.partition)
-        if self.project.storage.exists(failure):  # an earlier state failed; this one did not
-            self.project.storage.delete(failure)
+        if self.project.recorded_failure(self.artefact, self.partition):  # an earlier state failed; not this one
+            self.project.storage.delete(self.artefact.failure_key(self.partition))
         self.project.forget(self.artefact, self.partition)
         return manifest
 
@@ -105,7 +104,7 @@ class Computation:
         self.project.storage.write_json(
             self.artefact.failure_key(self.partition), {"basis": self.expected.basis_digest(), "error": str(error)}
         )
-        self.project.forget(self.artefact, self.partition)
+        self.project.forget()  # a new file in the artefact's folder: list it again
 
     # ------------------------------------------------------------------ the model
     @contextmanager

@@ -231,7 +231,7 @@ class Project:
             return
         keys = [
             artefact.manifest_key(shard),
-            artefact.failure_key(shard),
+            *([artefact.failure_key(shard)] if self.recorded_failure(artefact, shard) else []),
             *(artefact.key(f, shard) for f in artefact.files if not f.endswith("/")),
         ]
         manifest = self.store.manifest(artefact, shard)
@@ -336,12 +336,15 @@ class Project:
         scheduler may compute them first, in the same run)."""
         return [(o, n, s) for o, n, s in self.input_partitions(artefact, shard) if not o.status(n, s).current]
 
+    def recorded_failure(self, artefact: Artefact, shard: str | None = None) -> bool:
+        """Whether storage holds a failure record of this partition (`Computation.record_failure`)."""
+        return artefact.failure_key(shard) in self._listing(artefact.name)
+
     def _failure(self, artefact: Artefact, shard: str | None, expected: Manifest) -> str | None:
         """Why computing this state failed on bad input, if it did (`Computation.record_failure`)."""
-        key = artefact.failure_key(shard)
-        if key not in self._listing(artefact.name):
+        if not self.recorded_failure(artefact, shard):
             return None
-        note = self.storage.read_json(key)
+        note = self.storage.read_json(artefact.failure_key(shard))
         if note.get("basis") != expected.basis_digest():  # an input or setting changed since: try again
             return None
         file_shard, _ = artefact.split(shard)

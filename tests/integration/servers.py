@@ -134,11 +134,14 @@ mutation($params: {input_type}!) {{
 LAUNCH_RUN = _run_mutation("launchRun", "executionParams", "ExecutionParams")
 REEXECUTE_RUN = _run_mutation("launchRunReexecution", "reexecutionParams", "ReexecutionParams")
 REPOSITORIES = "{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }"
-LATEST_TICK = """
-query($selector: SensorSelector!) {
+TICKS = """
+query($selector: SensorSelector!, $limit: Int!) {
   sensorOrError(sensorSelector: $selector) {
     __typename
-    ... on Sensor { sensorState { ticks(limit: 1) { status timestamp cursor skipReason } } }
+    ... on Sensor { sensorState { ticks(limit: $limit) {
+      status timestamp cursor skipReason
+      dynamicPartitionsRequestResults { partitionsDefName partitionKeys type }
+    } } }
   }
 }"""
 
@@ -152,10 +155,14 @@ class DagsterDev:
         (repo,) = self.graphql(REPOSITORIES)["repositoriesOrError"]["nodes"]
         return {"repositoryLocationName": repo["location"]["name"], "repositoryName": repo["name"]}
 
-    def latest_tick(self, sensor: str) -> dict | None:
-        """status, timestamp, cursor and skipReason of a sensor's latest tick."""
+    def ticks(self, sensor: str, limit: int = 100) -> list[dict]:
+        """A sensor's latest ticks, newest first: status, timestamp, cursor, skipReason and the
+        partitions each requested, as the UI's tick history shows them."""
         selector = {**self.repository(), "sensorName": sensor}
-        ticks = self.graphql(LATEST_TICK, {"selector": selector})["sensorOrError"]["sensorState"]["ticks"]
+        return self.graphql(TICKS, {"selector": selector, "limit": limit})["sensorOrError"]["sensorState"]["ticks"]
+
+    def latest_tick(self, sensor: str) -> dict | None:
+        ticks = self.ticks(sensor, limit=1)
         return ticks[0] if ticks else None
 
     def launch_assets(self, assets: list[str], partition: str) -> str:

@@ -27,9 +27,19 @@ def test_new_corpus_file_becomes_a_partition_and_reaches_the_report_once(dropped
         dg.AssetRecordsFilter(asset_key=dg.AssetKey("corpus_files"), asset_partitions=[DROPPED]), limit=10
     ).records
     assert observation.asset_observation.tags["dagster/data_version"].startswith("etag:")
+    # The tick that found the file says so in the UI's tick history: the partition it added, and
+    # what it found (Dagster calls a tick that requests no run skipped, whatever else it did).
+    (found,) = [t for t in dagster_server.ticks("corpus_sensor") if t["dynamicPartitionsRequestResults"]]
+    assert f"new shards: {DROPPED}" in found["skipReason"]
+    assert found["dynamicPartitionsRequestResults"] == [
+        {"partitionsDefName": "shard", "partitionKeys": [DROPPED], "type": "ADD_PARTITIONS"}
+    ]
+    shard_runs = set()
     for asset in ["corpus_shards", "document_gradients", "influence_scores"]:
         (record,) = partition_materializations(instance, asset, DROPPED)  # exactly once
         assert "dagster/from_automation_condition" in instance.get_run_by_id(record.run_id).tags, asset
+        shard_runs.add(record.run_id)
+    assert len(shard_runs) == 1  # the shard's three artefacts are one run
     assert not partition_materializations(instance, "ekfac_covariances", DROPPED)  # not a fit shard
     # Every chunk of every shard, the new one included, is in the report, built by automation.
     chunks = sum(
