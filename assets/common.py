@@ -108,6 +108,11 @@ def artefact_of(key: dg.AssetKey) -> tuple[str | None, str]:
     return (key.path[0] if len(key.path) > 1 else None), key.path[-1]
 
 
+def asset_key(model: str | None, artefact: str) -> dg.AssetKey:
+    """The asset key of a model's artefact: the inverse of `artefact_of`."""
+    return dg.AssetKey([*([model] if model else []), artefact])
+
+
 @contextmanager
 def computing(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> Iterator[Computation]:
     """The computation of this asset's artefact (this partition's), with user errors unwrapped."""

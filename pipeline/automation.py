@@ -24,7 +24,7 @@ import json
 
 import dagster as dg
 
-from pretrace.assets.common import artefact_of
+from pretrace.assets.common import artefact_of, asset_key
 from pretrace.assets.partitions import to_pretrace
 from pretrace.errors import PretraceError
 from pretrace.project.manifests import canonical_json
@@ -114,21 +114,18 @@ class OutOfDate(dg.AutomationCondition):
 def after_requested_inputs(
     context: dg.AutomationContext, project: Project, asset: str, shard: str | None
 ) -> str | None:
-    """A waiting partition whose every out-of-date input is requested in this tick, in a run it can
-    join (same partitions), joins that run: a digest of those inputs' requests, else None. So a
-    new corpus file's tokens, gradients and scores are one run, and the unpartitioned chain after
-    them another, instead of one run per stage."""
-    from dagster._core.definitions.assets.graph.asset_graph import executable_in_same_run
-
+    """A waiting partition whose every out-of-date input is requested in this tick, in a run it may
+    join (`Project.may_join`), joins that run: a digest of those inputs' requests, else None. So
+    a new corpus file's tokens, gradients and scores are one run instead of one run per stage."""
     if project.status(asset, shard).state != "waiting":
         return None
     basis = []
     for owner, name, partition in project.waiting_on(asset, shard):
-        if not owner.first_computation(name, partition):
+        if not project.may_join(asset, shard, owner, name, partition):
             return None
-        key = dg.AssetKey([*([owner.name] if owner.name else []), name])
+        key = asset_key(owner.name, name)
         requested = context.request_subsets_by_key.get(key)
-        if requested is None or not executable_in_same_run(context.asset_graph, child_key=context.key, parent_key=key):
+        if requested is None:
             return None
         if requested.is_partitioned:
             keys = {to_pretrace(requested.partitions_def, k) for k in requested.expensively_compute_partition_keys()}

@@ -95,15 +95,13 @@ def _partitions(defs: dg.Definitions, project: Project) -> list[Member]:
     return found
 
 
-def due_together(
-    defs: dg.Definitions, project: Project, partitions: dict, force: bool, done: set[Item]
-) -> list[Member]:
-    """What can be computed now: each out-of-date partition (each not yet recomputed, with
-    ``force``) whose inputs are current, or are computed in the same run (the same partition of
-    assets partitioned alike), as automation requests them (pipeline.automation)."""
+def due_together(everything: list[Member], force: bool, done: set[Item]) -> list[Member]:
+    """What can be computed now, of ``everything`` (`_partitions`): each out-of-date partition
+    (each not yet recomputed, with ``force``) whose inputs are current, or may join the run that
+    computes them (`Project.may_join`), as automation requests them (pipeline.automation)."""
     wave: list[Member] = []
     chosen: set[Item] = set()
-    for key, owner, artefact, shard in _partitions(defs, project):
+    for key, owner, artefact, shard in everything:
         item = (owner.name, artefact.name, shard)
         if item in done or (not force and owner.status(artefact, shard).current):
             continue
@@ -111,10 +109,10 @@ def due_together(
         for upstream, name, partition in owner.input_partitions(artefact, shard):
             if (upstream.name, name, partition) in done or (not force and upstream.status(name, partition).current):
                 continue
-            upstream_key = dg.AssetKey([*([upstream.name] if upstream.name else []), name])
-            joins = partitions[upstream_key] == partitions[key] and partition == shard
-            joins = joins and upstream.first_computation(name, partition)
-            same_run = same_run and joins and (upstream.name, name, partition) in chosen
+            joins = (upstream.name, name, partition) in chosen and owner.may_join(
+                artefact, shard, upstream, name, partition
+            )
+            same_run = same_run and joins
         if same_run:
             wave.append((key, owner, artefact, shard))
             chosen.add(item)
@@ -157,8 +155,9 @@ def materialize_pipeline(
     assets = executable(defs)
     partitions = {spec.key: spec.partitions_def for spec in defs.resolve_all_asset_specs()}
     tags = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), STORAGE_TAG: project.storage.url()}
+    everything = _partitions(defs, project)
     done: set[Item] = set()
-    while wave := due_together(defs, project, partitions, force, done):
+    while wave := due_together(everything, force, done):
         for members in _runs(wave, partitions):
             for _, owner, artefact, shard in members:
                 status = owner.status(artefact, shard)
@@ -180,7 +179,7 @@ def materialize_pipeline(
                 if not check.passed:
                     kind = "warning" if check.severity == dg.AssetCheckSeverity.WARN else "check failed"
                     log(f"{kind}: {labels[check.asset_key]}: {check.check_name}: {check.description or 'failed'}")
-    for _, owner, artefact, shard in _partitions(defs, project):
+    for _, owner, artefact, shard in everything:
         status = owner.status(artefact, shard)
         if not status.current:
             raise NotReady(f"{owner.label(artefact, shard)} cannot be computed: {status.reason}")

@@ -26,7 +26,7 @@ def shard_run(project: Project, shard: str) -> dg.RunRequest | None:
     for name in SHARD_ASSETS:
         status = project.status(name, shard)
         joins = status.state == "waiting" and all(
-            owner is project and upstream in due and partition == shard and project.first_computation(upstream, shard)
+            owner is project and upstream in due and project.may_join(name, shard, owner, upstream, partition)
             for owner, upstream, partition in project.waiting_on(name, shard)
         )
         if status.runnable or joins:

@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from pretrace.assets.common import seconds_from_env
+from pretrace.assets.common import asset_key, seconds_from_env
 from pretrace.assets.partitions import shard_partitions
 from pretrace.config import PretraceConfig, load_config
 from pretrace.errors import PretraceError
 from pretrace.project.artefacts import label
 from pretrace.project.manifests import canonical_json
-from pretrace.project.provenance import Project, settings_of
+from pretrace.project.provenance import Project, setting_changes, settings_of
 from pretrace.resources.pretrace import PretraceResource
 
 from .settings import CONFIG_ENV
@@ -85,7 +85,7 @@ def _sources(project: Project, demo: bool) -> dict[tuple[dg.AssetKey, str | None
     found[(dg.AssetKey("query_file"), None)] = project.source("query_file")
     if not demo:  # each model's checkpoint, a compared model's keyed `<model>/checkpoint`
         for model, owner in project.projects():
-            found[(dg.AssetKey([*([model] if model else []), "checkpoint"]), None)] = owner.source("checkpoint")
+            found[(asset_key(model, "checkpoint"), None)] = owner.source("checkpoint")
     return found
 
 
@@ -136,19 +136,15 @@ def _observe_settings(refresh: Refresh, project: Project, loaded: PretraceConfig
     refresh.fingerprints[SETTINGS_LABEL] = digest
     if edited == loaded or (known or {}).get(SETTINGS_LABEL) == digest:
         return
-    before, after = loaded.model_dump(mode="json"), edited.model_dump(mode="json")
-    refresh.settings = [f"`{k}` {before[k]!r} -> {after[k]!r}" for k in sorted(after) if before.get(k) != after[k]]
+    refresh.settings = setting_changes(loaded.model_dump(mode="json"), edited.model_dump(mode="json"))
     for model, owner in project.projects():
         for artefact in owner.graph.values():
-            old, new = (
-                settings_of(artefact, owner.config),
-                settings_of(artefact, edited.compared(model) if model else edited),
-            )
-            changed = [f"`{k}` {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(new) if old.get(k) != new[k]]
+            new = edited.compared(model) if model else edited
+            changed = setting_changes(settings_of(artefact, owner.config), settings_of(artefact, new))
             if changed:
                 refresh.observations.append(
                     dg.AssetObservation(
-                        dg.AssetKey([*([model] if model else []), artefact.name]),
+                        asset_key(model, artefact.name),
                         metadata={"settings changed": f"{', '.join(changed)} in {path} ({RELOAD_HINT})"},
                     )
                 )

@@ -324,12 +324,20 @@ class Project:
             for s in self._scope(source, shard, artefact)
         ]
 
-    def first_computation(self, artefact: Artefact | str, shard: str | None = None) -> bool:
-        """Whether storage holds no manifest of this partition at all. Only then may what reads it
-        be computed in the same run: a partition computed before (stale, damaged) may come back
-        with the same bytes, and then what reads it is current and must not be recomputed."""
+    def may_join(
+        self, artefact: Artefact | str, shard: str | None, upstream: Project, name: str, partition: str | None
+    ) -> bool:
+        """Whether ``artefact``'s ``shard`` may be computed in the same run as its input ``name``'s
+        ``partition`` (of ``upstream``): the same partition of artefacts partitioned alike, and an
+        input never computed before. One computed before (stale, damaged) may come back with the
+        same bytes, and then what reads it is current and must not be recomputed."""
         artefact = self.graph[artefact] if isinstance(artefact, str) else artefact
-        return artefact.manifest_key(shard) not in self._listing(artefact.name)
+        source = upstream.graph[name]
+        return (
+            partition == shard
+            and (source.per_shard, source.per_group) == (artefact.per_shard, artefact.per_group)
+            and source.manifest_key(partition) not in upstream._listing(name)
+        )
 
     def waiting_on(self, artefact: Artefact | str, shard: str | None = None) -> list[tuple[Project, str, str | None]]:
         """The input partitions that are not current: what a waiting artefact waits for (a
@@ -410,14 +418,21 @@ def _pick(artefact: Artefact, settings: dict) -> dict:
     return {key: settings[key] for key in artefact.config}
 
 
+def setting_changes(before: dict, after: dict) -> list[str]:
+    r"""Each setting that differs, as ``\`key\` old -> new``: how statuses, logs and the UI name a change."""
+    return [
+        f"`{key}` {before.get(key)!r} -> {after.get(key)!r}"
+        for key in sorted(set(before) | set(after))
+        if before.get(key) != after.get(key)
+    ]
+
+
 def describe_difference(stored: Manifest, expected: Manifest) -> str:
     """What differs between a stored manifest and the expected one, in a few words."""
     parts = []
     if stored.code_version != expected.code_version:
         parts.append(f"code version {stored.code_version} -> {expected.code_version}")
-    for key in sorted(set(stored.config) | set(expected.config)):
-        if stored.config.get(key) != expected.config.get(key):
-            parts.append(f"`{key}` {stored.config.get(key)!r} -> {expected.config.get(key)!r}")
+    parts += setting_changes(stored.config, expected.config)
     changed = [k for k in expected.inputs if k in stored.inputs and stored.inputs[k] != expected.inputs[k]]
     added = [k for k in expected.inputs if k not in stored.inputs]
     removed = [k for k in stored.inputs if k not in expected.inputs]

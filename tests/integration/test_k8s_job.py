@@ -116,23 +116,3 @@ def test_the_executor_is_k8s_on_a_cluster_and_the_default_elsewhere(monkeypatch)
     assert executor_from_env() is None
     monkeypatch.setenv("PRETRACE_EXECUTOR", "k8s")
     assert executor_from_env() is dagster_k8s.k8s_job_executor
-
-
-def test_infra_dagster_yaml_is_a_valid_instance_config(monkeypatch):
-    from dagster._core.instance.config import dagster_instance_config
-
-    for name, value in {
-        "DAGSTER_PG_HOST": "db",
-        "DAGSTER_PG_PORT": "5432",
-        "DAGSTER_PG_DB": "dagster",
-        "DAGSTER_PG_USER": "dagster",
-        "DAGSTER_PG_PASSWORD": "x",
-    }.items():
-        monkeypatch.setenv(name, value)
-    # The loader Dagster itself uses: schema plus the cross-field checks (e.g. run limits
-    # belong under `concurrency.runs` once pools are configured).
-    dagster_instance_config(str(ROOT / "infra"))
-    config = yaml.safe_load((ROOT / "infra/dagster.yaml").read_text())
-    assert config["concurrency"]["pools"]["default_limit"] == 1
-    assert config["run_monitoring"]["free_slots_after_run_end_seconds"] > 0
-    assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"

@@ -251,8 +251,13 @@ def instance_env(monkeypatch):
 def test_infra_dagster_yaml_loads_with_dagsters_instance_schema(instance_env):
     from dagster._core.instance.config import dagster_instance_config
 
+    # The loader Dagster itself uses: schema plus the cross-field checks (e.g. run limits
+    # belong under `concurrency.runs` once pools are configured).
     config, _ = dagster_instance_config(str(INFRA))
     assert config["compute_logs"]["class"] == "S3ComputeLogManager"
+    assert config["concurrency"]["pools"]["default_limit"] == 1
+    assert config["run_monitoring"]["free_slots_after_run_end_seconds"] > 0
+    assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
 
 
 def test_the_compute_log_config_passes_dagster_aws_own_schema(instance_env):
