@@ -15,6 +15,7 @@ from typing import Any
 
 import dagster as dg
 
+from pretrace.errors import InputError
 from pretrace.influence.ekfac import (
     CovarianceState,
     Eigenbasis,
@@ -26,6 +27,7 @@ from pretrace.influence.ekfac import (
 )
 from pretrace.influence.layer_groups import by_layer_group
 from pretrace.inputs.batching import batches
+from pretrace.inputs.fit_sample import in_sample, sample_threshold
 from pretrace.model.adapter import resolve_device
 from pretrace.project.artefacts import partition_key
 from pretrace.project.computation import Computation
@@ -50,12 +52,7 @@ def _shard_pass(
         full = run.model()
         groups = run.layer_groups(full)
         lm = run.group_model(full)
-        sequences = (
-            run.reader("corpus_shards", run.shard)
-            .table("{shard}.parquet", ["input_ids"])
-            .column("input_ids")
-            .to_pylist()
-        )
+        sequences = _fit_sequences(run)
         progress = progress_logger(context, len(sequences) * groups, f"{what} of {run.label}")
         state = by_layer_group(
             lm,
@@ -67,6 +64,21 @@ def _shard_pass(
         )
         manifest = run.commit({"{shard}.safetensors": state})
     return materialized(run, manifest, started, documents=len(sequences), layer_groups=groups, layers=len(lm.layers))
+
+
+def _doc_ids(run: Computation, shard: str) -> list[str]:
+    return run.reader("corpus_shards", shard).table("{shard}.parquet", ["doc_id"]).column("doc_id").to_pylist()
+
+
+def _fit_sequences(run: Computation) -> list[list[int]]:
+    """The token ids of the shard's documents in the fit sample (`fit_documents`), in file order."""
+    config = run.project.config
+    ids = ((shard, _doc_ids(run, shard)) for shard in run.project.fit_shards)  # read for a count only
+    keep = in_sample(
+        config.seed, run.shard, _doc_ids(run, run.shard), sample_threshold(config.fit_documents, config.seed, ids)
+    )
+    table = run.reader("corpus_shards", run.shard).table("{shard}.parquet", ["input_ids"])
+    return [tokens for tokens, kept in zip(table.column("input_ids").to_pylist(), keep, strict=True) if kept]
 
 
 def _summed(run: Computation, name: str, group: str | None) -> Any:
@@ -93,6 +105,10 @@ def _eigenbasis(context: dg.AssetExecutionContext, pretrace: PretraceResource) -
     with computing(context, pretrace) as run:
         covariances = _summed(run, "ekfac_covariances", run.group)
         config = run.project.config
+        if covariances.n_examples == 0:
+            raise InputError(
+                f"fit_documents: the sample of {config.fit_documents} holds no document of the fit shards; raise it"
+            )
         basis = eigenbasis(covariances, resolve_device(config.device), config.factor_block_size)
         (file,) = run.artefact.files
         manifest = run.commit({file: basis})

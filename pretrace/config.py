@@ -157,6 +157,10 @@ class PretraceConfig(BaseModel):
     fit_shards: Literal["all"] | list[str] = Field(
         default="all", description="Shards the EK-FAC factors are fitted on; unset = every current shard."
     )
+    fit_documents: StrictInt | float | None = Field(
+        default=None,
+        description="Fit the EK-FAC factors on a seeded sample of the fit shards' documents, as Grosse et al. and the paper did: a fraction in (0, 1] (each document kept by a hash of `seed` and its id: a new file never changes which old documents are sampled) or a count > 1 (the documents of smallest hash over every fit shard: a new fit shard refits every shard's passes); unset = every document of the fit shards.",
+    )
     exclude_files: list[str] = Field(
         default=[],
         max_length=1 << 20,
@@ -183,6 +187,12 @@ class PretraceConfig(BaseModel):
     activation_checkpointing: bool = Field(
         default=False,
         description="Keep only each transformer block's input during a pass and recompute the rest in the backward pass: the same results, about a third more compute, for models whose activations do not fit beside their weights (`pretrace plan` says when).",
+    )
+    gpus_per_step: int = Field(
+        default=1,
+        gt=0,
+        le=1 << 10,
+        description="GPUs one step uses; more than 1 runs the step under torchrun, one process per GPU.",
     )
     device_memory_gb: float | None = Field(
         default=None,
@@ -344,6 +354,18 @@ class PretraceConfig(BaseModel):
             except re.error as exc:
                 raise ValueError(f"{pattern!r} is not a valid regular expression ({exc})") from None
         return patterns
+
+    @field_validator("fit_documents", mode="before")
+    @classmethod
+    def _fit_documents(cls, value: Any) -> int | float | None:
+        """A number <= 1 is a fraction, a whole number > 1 a count (so a float from the Dagster
+        launchpad, 5000.0, is the count it reads as)."""
+        if value is None:
+            return None
+        number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+        if not (0 < number <= 1 or (number > 1 and float(number).is_integer())):
+            raise ValueError("must be a fraction in (0, 1], e.g. 0.1, or a whole count of documents > 1, e.g. 5000")
+        return float(number) if number <= 1 else int(number)
 
     @field_validator("fit_shards", mode="before")
     @classmethod

@@ -116,7 +116,7 @@ SOURCES = ("corpus_file", "checkpoint", "query_file")
 # batch_size is among the inputs of every gradient: the padding of a batch changes float
 # rounding (and which labels the sampled Fisher draws), so a clean run at another batch size
 # would not give the same bytes. `device` is not: `auto` resolves per machine.
-_TRACKED = ("fisher", "seed", "batch_size", "dtype")  # what changes an EK-FAC pass's sums
+_TRACKED = ("fisher", "seed", "batch_size", "dtype", "fit_documents")  # what changes an EK-FAC pass's sums
 
 USER_MODEL = Artefact(
     name="model",
@@ -324,6 +324,12 @@ def _per_group(artefact: Artefact) -> Artefact:
     return replace(artefact, per_group=True, files=files, config=(*artefact.config, "layer_groups"))
 
 
+def _sampled_by_count(artefact: Artefact) -> Artefact:
+    """``artefact`` fitted on a count of documents (`fit_documents`): which documents of a shard
+    are in the sample depends on the ids of every fit shard (`pretrace.inputs.fit_sample`)."""
+    return replace(artefact, inputs=(*artefact.inputs, Input("corpus_shards", "fit_shards")))
+
+
 def _without_seed(artefact: Artefact) -> Artefact:
     return replace(artefact, config=tuple(key for key in artefact.config if key != "seed"))
 
@@ -334,14 +340,18 @@ def artefacts(
     projects_with_factors: bool = False,
     layer_groups: int = 1,
     projects_randomly: bool = True,
+    samples_by_count: bool = False,
 ) -> dict[str, Artefact]:
     """The artefacts of a project in dependency order; the demo trains its own model; compared
     models add their comparison, which the report reads; a projection in the eigenbasis
     (`PretraceConfig.projects_with_factors`) makes what projects documents read the factors;
     more than one layer group partitions the EK-FAC fitting chain by group; gradients depend on
-    the seed only through a random projection (`PretraceConfig.projects_randomly`)."""
+    the seed only through a random projection (`PretraceConfig.projects_randomly`); a fit on a
+    count of documents makes the fitting passes read every fit shard's ids."""
     report = INFLUENCE_REPORT
     fitting = [COVARIANCES, EIGENBASIS, LAMBDAS]
+    if samples_by_count:
+        fitting = [_sampled_by_count(a) if a.per_shard else a for a in fitting]
     if layer_groups > 1:
         fitting = [_per_group(a) for a in fitting]
     queries, documents, evaluation = QUERY_GRADIENTS, DOCUMENT_GRADIENTS, ATTRIBUTION_EVAL
@@ -393,6 +403,12 @@ def invalidation_table(demo: bool = False) -> str:
     for what, scope in scoped.items():
         users = [a.name for a in table.values() if any(i.scope == scope for i in a.inputs)]
         rows.append(f"| {what} | {', '.join(f'`{u}`' for u in users)} |")
+    by_count = artefacts(demo, layer_groups=2, samples_by_count=True)
+    sampled = [a.name for a in by_count.values() if a.per_shard and Input("corpus_shards", "fit_shards") in a.inputs]
+    rows.append(
+        f"| the fit shards' documents, with a count of `fit_documents` | {', '.join(f'`{u}`' for u in sampled)} "
+        "(of every fit shard) |"
+    )
 
     def reading(graph):
         return [a.name for a in graph.values() if any(i.name == FACTORS.name for i in a.inputs)]

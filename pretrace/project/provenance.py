@@ -85,6 +85,7 @@ class Project:
             config.projects_with_factors,
             config.layer_groups or 1,
             config.projects_randomly,
+            samples_by_count=isinstance(config.fit_documents, int),
         )
         self.groups = group_keys(config.layer_groups or 1)
         self._settings = config.result_settings()

@@ -213,11 +213,13 @@ def test_a_new_corpus_file_runs_only_its_own_partition_with_fixed_fit_shards(pro
 
 
 def test_with_fit_shards_all_a_new_file_refits_the_factors(tmp_path):
-    config = load_config(make_project(tmp_path))
+    # fitted on a sampled fraction: the old shards' samples, and so their covariances, stay as they were
+    config = load_config(make_project(tmp_path, fit_documents=0.5))
     run_pipeline(config)
     write_corpus_file(Path(config.corpus) / "part-c.jsonl", 6, 3, "c")
     ran = run_pipeline(config)
     assert {"ekfac_covariances[part-c.jsonl]", "ekfac_eigenbasis", "ekfac_factors", "query_gradients"} <= set(ran)
+    assert not {"ekfac_covariances[part-a.jsonl]", "ekfac_covariances[part-b.jsonl]"} & set(ran)
     assert "document_gradients[part-a.jsonl]" not in ran  # document gradients never depend on the factors
 
 
