@@ -18,11 +18,13 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from pretrace.errors import NumericalError
 from pretrace.inputs.batching import TokenBatch
 from pretrace.model.activation_checkpointing import checkpointed_blocks
 from pretrace.model.adapter import HALF_PRECISION, LoadedModel
+from pretrace.model.lm_head import SplitModel, split_at_head
 
 Labels = Literal["data", "sampled"]
 
@@ -71,6 +73,46 @@ def _differentiable_embeddings(module, inputs, output):
     return output.detach().requires_grad_(True)
 
 
+LOGITS_CHUNK_TOKENS = 512
+"""Predicted positions whose logits exist at once in a captured pass. At Command-R's 256k
+vocabulary a chunk's float32 logits are 0.5 GB, where a 2048-token document's are 2.1 GB (with
+their log-softmax and gradients, 8.4 GB); the head's matrix products stay large enough to run
+at full speed."""
+
+
+def _predicting(batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The positions whose next token is a target: (B, T-1) mask, their targets and the index of
+    each one's sequence, in row-major order (the order sampled labels are drawn in)."""
+    mask = batch.target_mask[:, 1:].bool()
+    return mask, batch.input_ids[:, 1:][mask], mask.nonzero()[:, 0]
+
+
+def _uniforms(rows: int, labels: Labels, generator: torch.Generator | None, device: torch.device):
+    """One uniform number per predicted position for sampled labels (None for data labels),
+    drawn at once so that chunked and unchunked losses draw the same labels."""
+    if labels != "sampled":
+        return None
+    return torch.rand(rows, generator=generator, device=device)
+
+
+def _row_losses(logits: torch.Tensor, targets: torch.Tensor, uniforms: torch.Tensor | None) -> torch.Tensor:
+    """Next-token NLL of each row of (rows, vocab) logits, in float32 or wider. With ``uniforms``
+    the targets are drawn from the model's own predictive distribution (inverse CDF of the row's
+    softmax at the row's uniform), which makes the gradient covariance the true Fisher rather
+    than the empirical one."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    if uniforms is not None:
+        with torch.no_grad():
+            cdf = torch.softmax(logits, dim=-1).cumsum(dim=-1)
+            point = (uniforms.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
+            targets = torch.searchsorted(cdf, point, right=True).squeeze(-1).clamp_(max=logits.shape[-1] - 1)
+    return F.cross_entropy(logits, targets, reduction="none")
+
+
+def _per_sequence(rows: torch.Tensor, sequence: torch.Tensor, size: int) -> torch.Tensor:
+    return torch.zeros(size, dtype=rows.dtype, device=rows.device).index_add_(0, sequence, rows)
+
+
 def sequence_losses(
     logits: torch.Tensor,
     batch: TokenBatch,
@@ -78,25 +120,52 @@ def sequence_losses(
     generator: torch.Generator | None = None,
     first: int | None = None,
 ) -> torch.Tensor:
-    """Summed next-token negative log-likelihood of each sequence over its target tokens.
+    """Summed next-token negative log-likelihood of each sequence over its target tokens, from
+    logits of every position at once (`chunked_sequence_losses` computes the same from hidden
+    states, a chunk at a time).
 
     `logits` cover every position, or (with `first`) only positions first..T-2, the ones that
-    predict tokens first+1..T-1. With labels="sampled" the targets are drawn from the model's
-    own predictive distribution, which makes the gradient covariance the true Fisher rather
-    than the empirical one.
+    predict tokens first+1..T-1. Sampled labels (`_row_losses`) are drawn from ``generator``.
     """
     if first is None:
         first, logits = 0, logits[:, :-1]
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    mask = batch.target_mask[:, first + 1 :]
-    targets = batch.input_ids[:, first + 1 :]
-    vocab = logits.shape[-1]
-    if labels == "sampled":
-        with torch.no_grad():
-            probs = torch.softmax(logits.reshape(-1, vocab), dim=-1)
-            targets = torch.multinomial(probs, 1, generator=generator).view_as(targets)
-    nll = F.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1), reduction="none")
-    return (nll.view_as(targets) * mask).sum(dim=1)
+    mask, targets, sequence = _predicting(batch)
+    rows = logits[mask[:, first:]]
+    uniforms = _uniforms(len(rows), labels, generator, logits.device)
+    return _per_sequence(_row_losses(rows, targets, uniforms), sequence, batch.size)
+
+
+def chunked_sequence_losses(
+    split: SplitModel,
+    hidden: torch.Tensor,
+    batch: TokenBatch,
+    labels: Labels = "data",
+    generator: torch.Generator | None = None,
+    chunk_tokens: int = LOGITS_CHUNK_TOKENS,
+) -> torch.Tensor:
+    """`sequence_losses` (the same labels drawn, the same values to float rounding) from the final
+    hidden states (B, T, hidden), ``chunk_tokens`` predicted positions at a time through the LM
+    head. Each chunk runs checkpointed: its logits are freed once its losses are computed and
+    recomputed, a chunk at a time, when the backward pass reaches it, so no more than one
+    chunk's (chunk_tokens x vocab) float32 logits ever exist."""
+    mask, targets, sequence = _predicting(batch)
+    rows = hidden[:, :-1][mask]
+    uniforms = _uniforms(len(rows), labels, generator, hidden.device)
+
+    def chunk_losses(h, t, u):
+        return _row_losses(split.head(h), t, u)
+
+    pieces = []
+    for start in range(0, len(rows), chunk_tokens):
+        part = slice(start, start + chunk_tokens)
+        u = None if uniforms is None else uniforms[part]
+        pieces.append(
+            checkpoint(chunk_losses, rows[part], targets[part], u, use_reentrant=False, preserve_rng_state=False)
+        )
+    losses = (
+        torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.promote_types(hidden.dtype, torch.float32))
+    )
+    return _per_sequence(losses, sequence, batch.size)
 
 
 def capture(
@@ -104,9 +173,18 @@ def capture(
     batch: TokenBatch,
     labels: Labels = "data",
     generator: torch.Generator | None = None,
+    chunk_tokens: int | None = LOGITS_CHUNK_TOKENS,
 ) -> Captured:
-    """Run one forward and one backward pass and return (a, g) of every tracked layer."""
+    """Run one forward and one backward pass and return (a, g) of every tracked layer.
+
+    The loss is computed from the final hidden states ``chunk_tokens`` predicted positions at a
+    time (`chunked_sequence_losses`); from all logits at once when ``chunk_tokens`` is None, when
+    the LM head is itself a tracked layer (its hooks must see one call), or when the model cannot
+    be split at its head (`pretrace.model.lm_head`)."""
     batch = batch.to(lm.device)
+    head = lm.model.get_output_embeddings() if hasattr(lm.model, "get_output_embeddings") else None
+    head_tracked = head is not None and any(layer.module is head for layer in lm.layers)
+    split = None if chunk_tokens is None or head_tracked else split_at_head(lm.model)
     inputs: dict[str, torch.Tensor] = {}
     outputs: dict[str, torch.Tensor] = {}
     grads: dict[str, torch.Tensor] = {}
@@ -128,21 +206,13 @@ def capture(
     for layer in lm.layers:
         handles.append(layer.module.register_forward_hook(forward_hook(layer.name)))
     handles.append(lm.model.get_input_embeddings().register_forward_hook(_differentiable_embeddings))
-    # The LM head and softmax dominate small models: compute them only where tokens are predicted.
-    first = _first_predicting_position(batch)
-    options = {"logits_to_keep": torch.arange(first, batch.input_ids.shape[1] - 1, device=lm.device)}
-    if not _accepts(type(lm.model), "logits_to_keep"):
-        first, options = None, {}
-    if lm.activation_checkpointing and _accepts(type(lm.model), "use_cache"):
-        options["use_cache"] = False  # a recomputed block would append its keys and values to the cache again
     blocks = checkpointed_blocks(lm.model) if lm.activation_checkpointing else nullcontext()
     try:
         with blocks, _frozen_parameters(lm.model):  # frozen through the backward too, where blocks are recomputed
-            with lm.autocast():
-                logits = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **options).logits
-            if not all_finite(logits):
-                _raise_first_non_finite(outputs)
-            losses = sequence_losses(logits, batch, labels, generator, first)
+            if split is None:
+                losses = _unchunked_losses(lm, batch, labels, generator, outputs, trimmed=not head_tracked)
+            else:
+                losses = _chunked_losses(lm, split, batch, labels, generator, outputs, chunk_tokens)
             losses.sum().backward()
     finally:
         for handle in handles:
@@ -165,6 +235,42 @@ def capture(
         a[layer.name] = torch.cat([x, mask.to(x.dtype)], dim=-1) if layer.has_bias else x
         g[layer.name] = grad
     return Captured(a, g, losses.detach())
+
+
+def _unchunked_losses(lm, batch, labels, generator, outputs, trimmed: bool) -> torch.Tensor:
+    """The model's own forward, every predicting position's logits at once; ``trimmed``: only
+    from the first predicting position on (not for a tracked head, whose hooks see every position)."""
+    # The LM head and softmax dominate small models: compute them only where tokens are predicted.
+    first = _first_predicting_position(batch)
+    options = {"logits_to_keep": torch.arange(first, batch.input_ids.shape[1] - 1, device=lm.device)}
+    if not trimmed or not _accepts(type(lm.model), "logits_to_keep"):
+        first, options = None, {}
+    options |= _no_cache(lm.model)
+    with lm.autocast():
+        logits = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **options).logits
+    if not all_finite(logits):
+        _raise_first_non_finite(outputs)
+    return sequence_losses(logits, batch, labels, generator, first)
+
+
+def _chunked_losses(lm, split, batch, labels, generator, outputs, chunk_tokens) -> torch.Tensor:
+    """The body's forward to the final hidden states, then the head a chunk at a time."""
+    with lm.autocast():
+        hidden = split.hidden_states(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, **_no_cache(split.body)
+        )
+        if not all_finite(hidden):
+            _raise_first_non_finite(outputs)
+        losses = chunked_sequence_losses(split, hidden, batch, labels, generator, chunk_tokens)
+    if not all_finite(losses):
+        _raise_first_non_finite(outputs)
+    return losses
+
+
+def _no_cache(model: torch.nn.Module) -> dict[str, bool]:
+    """No key-value cache: a captured pass never generates, and a checkpointed block's
+    recomputation would append its keys and values to the cache again."""
+    return {"use_cache": False} if _accepts(type(model), "use_cache") else {}
 
 
 def _first_predicting_position(batch: TokenBatch) -> int:
