@@ -41,7 +41,12 @@ def compute_attribution_eval(context: dg.AssetExecutionContext, pretrace: Pretra
         lm = run.model()
         projection = run.projection(lm)
         documents = Documents.from_shards(
-            (s, run.reader("corpus_shards", s).table("{shard}.parquet", ["doc_id", "input_ids", "text", "meta"]))
+            (
+                s,
+                run.reader("corpus_shards", s).table(
+                    "{shard}.parquet", ["doc_id", "input_ids", "text", "meta", "source"]
+                ),
+            )
             for s in shards
         )
         top = merge_top_documents((run.reader("influence_scores", s).table("{shard}.top.parquet") for s in shards), k)

@@ -84,7 +84,8 @@ def report(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> dg.
         )
         check = run.reader("attribution_eval")
         attribution = {
-            name: check.table(f"{name}.parquet") for name in ("summary", "retrieval_summary", "token_influence")
+            name: check.table(f"{name}.parquet")
+            for name in ("summary", "retrieval_summary", "token_influence", "gains", "retrieval", "rankings")
         }
         comparison = (
             run.reader("model_comparison").table("comparison.parquet")

@@ -12,6 +12,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pretrace.analyses.cutoffs import Cutoff, resolve_k
 from pretrace.analyses.intervals import mean_interval
 from pretrace.analyses.kinds import KindGroup, kind_groups, kind_order, queries_frame
 from pretrace.analyses.report_config import ReportConfig
@@ -45,6 +46,31 @@ class Analysis:
     @property
     def corpus_sources(self) -> dict[str, int]:
         return dict(self.stats.sources)
+
+    def cutoffs(self) -> list[Cutoff]:
+        """Every top-k cut-off the report reads, as counts and corpus fractions."""
+        n = self.n_documents
+        how = "fraction" if self.config.top_fraction is not None else "count"
+        out = [
+            Cutoff(
+                "top and bottom documents per query (top documents, sources, answers in the top k)",
+                self.config.k,
+                n,
+                how,
+            ),
+            Cutoff("answer search depth (Ruis et al.'s top 500)", min(self.stats.search_depth, n), n, "count"),
+        ]
+        gains = (self.attribution or {}).get("gains")
+        if gains is not None and not gains.is_empty():
+            out.append(
+                Cutoff(
+                    "attribution check: each method's top k (tail-patch, source shares)",
+                    int(gains["k"].max()),
+                    n,
+                    "count",
+                )
+            )
+        return out
 
     @cached_property
     def kind_order(self) -> list[str]:
@@ -92,8 +118,8 @@ def analyze(
 ) -> Analysis:
     """The report's inputs in report order; the sections compute their tables from it."""
     stored_k = int(pc.max(top.column("rank")).as_py() or 0) if top.num_rows else 0
-    if stored_k < config.k:  # the shards were summarized with a smaller k: report what there is
-        config = replace(config, k=stored_k)
+    # a k given as a corpus fraction is resolved here; either is capped by the k the shards kept
+    config = replace(config, k=resolve_k(stats.n, config.k, config.top_fraction, stored_k)[0])
     frame = queries_frame(stats.query_ids, queries, config)
     tables = None if attribution is None else {name: pl.from_arrow(t) for name, t in attribution.items()}
     return Analysis(

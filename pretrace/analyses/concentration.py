@@ -14,12 +14,21 @@ scores and P = total positive influence.
   bound. Since X >= r lo and the width is at most r (hi - lo), the bound is never more than
   (2^(1/B) - 1) / 2 of S(m) (2.2 % for B = 16 bins per octave) and is usually far smaller.
 
-Power law: least-squares line through (log rank, log score) over ranks 1..R of the exact top
-list; the slope is the exponent of score ~ rank^slope and R^2 the goodness of fit. For scores
-drawn from a Pareto tail P(S > s) ~ s^-alpha the expected slope is -1/alpha. Two definitions:
-``paper``, Ruis et al.'s, R = 500 (``PAPER_RANKS``), slopes of factual and reasoning queries
-compared with Welch's t-test; and ``head``, R = min(fit_ranks (1000), L, max(10, positive
-documents / 10)), which on a small corpus stops before its positive scores run out.
+Power law: the exponent of score ~ rank^slope over ranks 1..R of the exact top list. For scores
+drawn from a Pareto tail P(S > s) ~ s^-a the expected slope is -1/a. Three definitions, one per
+row (the ``fit`` column), never mixed in a table row:
+
+- ``paper``, Ruis et al.'s: least squares of log score on log rank, R = 500 (``PAPER_RANKS``);
+- ``head``: the same least squares over R = min(fit_ranks (1000), L, max(10, positive documents
+  / 10)), which on a small corpus stops before its positive scores run out;
+- ``mle``: maximum likelihood (Clauset, Shalizi & Newman 2009, continuous; with x_min the score
+  at rank R of ``head``, this is Hill's estimator): a = (R - 1) / sum_{r<R} ln(s_r / x_min),
+  slope = -1/a, standard error |slope| / sqrt(R - 1).
+
+Least squares on log-log is biased: consecutive ranks' log scores are strongly correlated
+(each is a sum of the spacings above it), so the fitted slope leans toward the few top ranks
+and its R^2 overstates the fit; its error is not the regression's. Slopes of factual and
+reasoning queries are compared with Welch's t-test under every definition.
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ from pretrace.analyses.shard_statistics import ShardStatistics, bin_edges, fract
 FRACTIONS = (1e-4, 1e-3, 1e-2, 1e-1)
 FIT_RANKS = 1000
 PAPER_RANKS = 500
-FITS = ("paper", "head")
+FITS = ("paper", "head", "mle")
 PERCENTILES = tuple(range(5, 101, 5))
 """Percentiles of a query's documents on one side of its ranking (Ruis et al.'s influence-per-nat
 curves: the top p% of the positively, or negatively, influential documents)."""
@@ -166,6 +175,35 @@ def fit_power_law(values: np.ndarray, fit_ranks: int = FIT_RANKS) -> PowerLaw:
     return PowerLaw(float(slope), float(intercept), float(r2), int(v.size))
 
 
+def pareto_mle(x: np.ndarray, x_min: float) -> tuple[float, float]:
+    """Maximum-likelihood exponent alpha of a continuous power-law density p(x) ~ x^-alpha over
+    x >= x_min (Clauset et al. 2009, eq. 3.1) and its standard error (alpha - 1) / sqrt(n)."""
+    v = np.asarray(x, dtype=np.float64)
+    v = v[v >= x_min]
+    logs = np.log(v / x_min).sum() if v.size else 0.0
+    if x_min <= 0 or v.size == 0 or logs <= 0:
+        return float("nan"), float("nan")
+    alpha = 1.0 + v.size / logs
+    return float(alpha), float((alpha - 1.0) / math.sqrt(v.size))
+
+
+def fit_power_law_mle(values: np.ndarray, fit_ranks: int = FIT_RANKS) -> PowerLaw:
+    """Rank exponent by maximum likelihood over the top ranks with positive scores: x_min is the
+    score at the last rank R, the R - 1 scores above it give alpha; slope = -1 / (alpha - 1).
+    The intercept puts the line through (R, x_min); R^2 is that line's on log-log axes."""
+    v = np.asarray(values, dtype=np.float64)[:fit_ranks]
+    v = v[: int(np.argmin(v > 0)) if (v <= 0).any() else v.size]
+    alpha, _ = pareto_mle(v[:-1], float(v[-1])) if v.size >= 3 else (float("nan"), float("nan"))
+    if not math.isfinite(alpha):
+        return PowerLaw(float("nan"), float("nan"), float("nan"), int(v.size))
+    slope = -1.0 / (alpha - 1.0)
+    x, y = np.log(np.arange(1, v.size + 1)), np.log(v)
+    intercept = y[-1] - slope * x[-1]
+    spread = ((y - y.mean()) ** 2).sum()
+    r2 = 1 - ((y - intercept - slope * x) ** 2).sum() / spread if spread > 0 else float("nan")
+    return PowerLaw(float(slope), float(intercept), float(r2), int(v.size))
+
+
 def head_ranks(positive_count: int, fit_ranks: int = FIT_RANKS) -> int:
     """How many top ranks count as "the top of the ranking": at most ``fit_ranks`` and at most a
     tenth of the positive documents (at least 10), so a small corpus is not fitted down to where
@@ -178,8 +216,9 @@ def power_laws(stats: ShardStatistics, fit_ranks: int = FIT_RANKS) -> list[dict]
     definitions (``FITS``)."""
     rows = []
     for q, query_id in enumerate(stats.query_ids):
-        for name, ranks in (("paper", PAPER_RANKS), ("head", head_ranks(stats.positive.count[q], fit_ranks))):
-            fit = fit_power_law(stats.top_values[q], ranks)
+        head = head_ranks(stats.positive.count[q], fit_ranks)
+        for name, ranks in (("paper", PAPER_RANKS), ("head", head), ("mle", head)):
+            fit = (fit_power_law_mle if name == "mle" else fit_power_law)(stats.top_values[q], ranks)
             rows.append(
                 {
                     "query_id": query_id,

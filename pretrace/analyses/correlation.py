@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pretrace.analyses.report_config import CONTROL, FACTUAL, REASONING
+from pretrace.analyses.report_config import CONTROL, FACTUAL, PLANTED, REASONING
 
 
 def pearson(x, y) -> float:
@@ -43,6 +43,9 @@ def pair_groups(kinds: list[str], categories: list[str]) -> dict[str, np.ndarray
     groups["same reasoning kind"] = both(reasoning, reasoning) & same_kind
     groups["different reasoning kinds"] = both(reasoning, reasoning) & ~same_kind
     groups["within factual"] = both(factual, factual)
+    planted = cats == PLANTED
+    if planted.any():  # planted facts are their own kind: never pooled into "within factual"
+        groups["within planted"] = both(planted, planted)
     groups["reasoning vs factual"] = both(reasoning, factual)
     groups["control vs others"] = both(control, ~control)
     # Ruis et al. read control queries among themselves, and factual controls apart from reasoning

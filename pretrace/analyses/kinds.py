@@ -1,7 +1,8 @@
 """The queries in report order, and the groups of queries that every per-kind table has a row for.
 
-Per-kind tables list factual kinds first, then reasoning kinds, then controls, and add a pooled
-"reasoning (all)" row after the reasoning kinds when there are several of them.
+Per-kind tables list factual kinds first, then planted facts (their own category, never pooled
+into factual), then reasoning kinds, then controls, and add a pooled "reasoning (all)" row after
+the reasoning kinds when there are several of them.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from pretrace.analyses.report_config import CONTROL, FACTUAL, REASONING, ReportConfig
+from pretrace.analyses.report_config import CATEGORIES, REASONING, ReportConfig
 from pretrace.errors import InputError
 
 POOLED = "reasoning (all)"
@@ -42,7 +43,7 @@ def queries_frame(query_ids: list[str], queries: pa.Table, config: ReportConfig)
     table = table.filter(pl.col("id").is_in(query_ids))
     categories = {kind: config.category(kind) for kind in table["kind"].unique().to_list()}
     table = table.with_columns(category=pl.col("kind").replace_strict(categories, return_dtype=pl.String))
-    rank = {FACTUAL: 0, REASONING: 1, CONTROL: 2}
+    rank = {c: i for i, c in enumerate(CATEGORIES)}
     table = (
         table.with_columns(
             _c=pl.col("category").replace_strict(rank, return_dtype=pl.Int32),
@@ -82,7 +83,7 @@ def kind_groups(queries: pl.DataFrame) -> list[KindGroup]:
     cats = queries["category"].to_numpy()
     labelled = [(k, cats[kinds == k][0], kinds == k) for k in kind_order(queries)]
     if len({k for k, c, _ in labelled if c == REASONING}) > 1:
-        last_reasoning = sum(1 for _, c, _ in labelled if c in (FACTUAL, REASONING))
+        last_reasoning = sum(1 for _, c, _ in labelled if CATEGORIES.index(c) <= CATEGORIES.index(REASONING))
         labelled.insert(last_reasoning, (POOLED, REASONING, cats == REASONING))
     return [KindGroup(label, cat, mask, ids[mask].tolist()) for label, cat, mask in labelled]
 

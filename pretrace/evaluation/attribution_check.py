@@ -32,24 +32,28 @@ Key = tuple[str, str]  # (shard, doc_id)
 
 @dataclass
 class Documents:
-    """The corpus as the check sees it: keys, token ids, text and `evidence` (the key of the
-    fact a document states, from its record's `evidence` field, if any), in one order."""
+    """The corpus as the check sees it: keys, token ids, text, `evidence` (the key of the
+    fact a document states, from its record's `evidence` field, if any) and source (when the
+    shards carry one: the rankings' source shares are read beside influence's), in one order."""
 
     keys: list[Key]
     tokens: list[list[int]]
     texts: list[str]
     evidence: list[str | None]
+    sources: list[str] | None = None
 
     @classmethod
     def from_shards(cls, shards: Iterable[tuple[str, pa.Table]]) -> Documents:
-        keys, tokens, texts, evidence = [], [], [], []
+        keys, tokens, texts, evidence, sources = [], [], [], [], []
         for shard, table in shards:
             keys += [(shard, d) for d in table.column("doc_id").to_pylist()]
             tokens += table.column("input_ids").to_pylist()
             texts += table.column("text").to_pylist()
             metas = table.column("meta").to_pylist() if "meta" in table.column_names else [None] * table.num_rows
             evidence += [_evidence(m) for m in metas]
-        return cls(keys, tokens, texts, evidence)
+            names = table.column("source").to_pylist() if "source" in table.column_names else [None] * table.num_rows
+            sources += [name or "unknown" for name in names]
+        return cls(keys, tokens, texts, evidence, sources)
 
     @cached_property
     def position(self) -> dict[Key, int]:
@@ -127,6 +131,35 @@ def _keep_top(heap: list[tuple[float, int]], row: np.ndarray, index: list[int], 
             heapq.heappush(heap, item)
         else:
             heapq.heappushpop(heap, item)
+
+
+RANKING_SCHEMA = pa.schema(
+    [
+        ("query_id", pa.string()),
+        ("method", pa.string()),
+        ("rank", pa.int32()),
+        ("shard", pa.string()),
+        ("doc_id", pa.string()),
+        ("source", pa.string()),
+    ]
+)
+
+
+def ranking_table(query_ids: list[str], documents: Documents, rankings: dict[str, list[list[int]]]) -> pa.Table:
+    """Every method's top k per query as rows (rank 1 first), with each document's source: the
+    report sets the baselines' source shares beside influence's, on the same queries and k."""
+    rows: dict[str, list] = {name: [] for name in RANKING_SCHEMA.names}
+    sources = documents.sources or ["unknown"] * len(documents.keys)
+    for method, ranking in rankings.items():
+        for query_id, chosen in zip(query_ids, ranking):
+            for rank, i in enumerate(chosen, start=1):
+                rows["query_id"].append(query_id)
+                rows["method"].append(method)
+                rows["rank"].append(rank)
+                rows["shard"].append(documents.keys[i][0])
+                rows["doc_id"].append(documents.keys[i][1])
+                rows["source"].append(sources[i])
+    return pa.table(rows, schema=RANKING_SCHEMA)
 
 
 RETRIEVAL_SCHEMA = pa.schema(
@@ -210,6 +243,7 @@ class AttributionCheck:
     summary: pa.Table  # mean gain per (method, kind)
     retrieval: pa.Table  # evidence found per (query, method), for queries that name their evidence
     retrieval_summary: pa.Table  # recall@k and MRR per (method, evidence documents)
+    rankings: pa.Table  # each method's top k per query, with sources (RANKING_SCHEMA)
 
     def outputs(self) -> dict[str, pa.Table]:
         return {
@@ -217,6 +251,7 @@ class AttributionCheck:
             "summary.parquet": self.summary,
             "retrieval.parquet": self.retrieval,
             "retrieval_summary.parquet": self.retrieval_summary,
+            "rankings.parquet": self.rankings,
         }
 
 
@@ -252,4 +287,10 @@ def attribution_check(
     retrieval = evidence_retrieval(
         query_evidence or [None] * len(queries), [q.id for q in queries], documents, rankings
     )
-    return AttributionCheck(gains, summarize(gains, seed=seed), retrieval, summarize_retrieval(retrieval))
+    return AttributionCheck(
+        gains,
+        summarize(gains, seed=seed),
+        retrieval,
+        summarize_retrieval(retrieval),
+        ranking_table([q.id for q in queries], documents, rankings),
+    )

@@ -39,3 +39,13 @@ def interval(
     if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
         return missing
     return f"[{fmt(lo)}, {fmt(hi)}]"
+
+
+SMALL_N = 10
+"""Below this many queries a bootstrap interval is marked: resampling so few values gives
+intervals that are too narrow and coarse (few distinct resamples), to be read as rough."""
+
+
+def small_n_mark(n: int | None) -> str:
+    """The mark appended to an interval over fewer than ``SMALL_N`` queries ("" otherwise)."""
+    return f" (n = {n} < {SMALL_N}: rough)" if n is not None and 0 < n < SMALL_N else ""

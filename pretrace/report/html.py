@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import polars as pl
 
-from pretrace.report.formatting import interval, num
+from pretrace.report.formatting import interval, num, small_n_mark
 
 Formatter = Callable[[object], str]
 
@@ -61,13 +61,20 @@ def reading(lines: list[str]) -> str:
 
 
 def with_ci(
-    df: pl.DataFrame, value: str, lo: str, hi: str, name: str, fmt: Callable[[float], str] = lambda x: num(x, 3)
+    df: pl.DataFrame,
+    value: str,
+    lo: str,
+    hi: str,
+    name: str,
+    fmt: Callable[[float], str] = lambda x: num(x, 3),
+    n: str = "queries",
 ) -> pl.DataFrame:
-    """``df`` with a column ``name``: the value and its interval as one string."""
-    return df.with_columns(
-        pl.struct([value, lo, hi])
-        .map_elements(
-            lambda r: f"{fmt(r[value])} {interval(r[lo], r[hi], fmt, missing='')}".strip(), return_dtype=pl.String
-        )
-        .alias(name)
-    )
+    """``df`` with a column ``name``: the value and its interval as one string; an interval over
+    fewer than ``SMALL_N`` queries (the count in column ``n``, when ``df`` has it) is marked."""
+    columns = [value, lo, hi] + ([n] if n in df.columns else [])
+
+    def cell(r: dict) -> str:
+        bracket = interval(r[lo], r[hi], fmt, missing="")
+        return f"{fmt(r[value])} {bracket}{small_n_mark(r.get(n))}" if bracket else fmt(r[value])
+
+    return df.with_columns(pl.struct(columns).map_elements(cell, return_dtype=pl.String).alias(name))

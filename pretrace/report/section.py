@@ -23,3 +23,6 @@ class Section:
     # written as Parquet under the field's name
     compute: Callable[[Analysis], Any] | None = None
     headline: Callable[[Analysis], dict[str, pl.DataFrame]] | None = None  # tables for Dagster metadata, by name
+    # its hypothesis tests, one dict each: test, comparison, queries (n) and p (uncorrected); the
+    # report corrects every test on the page together (``sections.report_tests``)
+    tests: Callable[[Analysis], list[dict]] | None = None

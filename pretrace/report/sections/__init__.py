@@ -10,20 +10,24 @@ import matplotlib
 import polars as pl
 
 from pretrace.analyses.analysis import Analysis
+from pretrace.analyses.multiplicity import benjamini_hochberg, holm
 from pretrace.report.sections import (
     answers,
     attribution,
     completions,
     concentration,
     correlation,
+    cutoffs,
     magnitude,
     models,
     notes,
     sources,
+    tests,
     top_documents,
 )
 
 SECTIONS = [
+    cutoffs.SECTION,
     correlation.SECTION,
     magnitude.SECTION,
     concentration.SECTION,
@@ -33,6 +37,7 @@ SECTIONS = [
     attribution.SECTION,
     completions.SECTION,
     models.SECTION,
+    tests.SECTION,
     notes.SECTION,
 ]
 CONTENTS = [(s.id, s.title) for s in SECTIONS]  # the page's navigation: (anchor, title) of each section
@@ -72,3 +77,38 @@ def headline_tables(a: Analysis) -> dict[str, pl.DataFrame]:
         if s.headline:
             out |= s.headline(a)
     return out
+
+
+TESTS_SCHEMA = {
+    "section": pl.String,
+    "test": pl.String,
+    "comparison": pl.String,
+    "queries": pl.Int64,
+    "p": pl.Float64,
+    "p_holm": pl.Float64,
+    "p_bh": pl.Float64,
+}
+
+
+def _report_tests(a: Analysis) -> pl.DataFrame:
+    rows = [{"section": s.id, **row} for s in SECTIONS if s.tests for row in s.tests(a)]
+    frame = pl.DataFrame(
+        [{k: r.get(k) for k in ("section", "test", "comparison", "queries", "p")} for r in rows],
+        schema={k: v for k, v in TESTS_SCHEMA.items() if k not in ("p_holm", "p_bh")},
+    )
+    p = frame["p"].to_numpy() if frame.height else []
+    return frame.with_columns(
+        p_holm=pl.Series(holm(p), dtype=pl.Float64), p_bh=pl.Series(benjamini_hochberg(p), dtype=pl.Float64)
+    )
+
+
+def report_tests(a: Analysis) -> pl.DataFrame:
+    """Every hypothesis test on the page, one row each, with its p-value adjusted across all of
+    them: Holm (family-wise error, what the readings quote) and Benjamini-Hochberg (false discovery rate)."""
+    return a.result(_report_tests)
+
+
+def adjusted_p(a: Analysis, section: str, comparison: str) -> float:
+    """The Holm-adjusted p of one test of the page (NaN when there is no such test)."""
+    rows = report_tests(a).filter((pl.col("section") == section) & (pl.col("comparison") == comparison))
+    return float(rows["p_holm"][0]) if rows.height and rows["p_holm"][0] is not None else float("nan")

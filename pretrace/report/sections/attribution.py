@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from pretrace.analyses.analysis import Analysis
+from pretrace.evaluation.method_comparisons import method_comparisons
 from pretrace.report.formatting import interval, num, pct
 from pretrace.report.html import table, with_ci
 from pretrace.report.section import Section
@@ -24,22 +25,63 @@ BASELINES = {
 class Attribution:
     tail_patch: pl.DataFrame  # method, kind, queries, mean_gain, low, high, beats_random
     evidence_retrieval: pl.DataFrame  # method, evidence_documents (0 = all), queries, recall_at_k, mrr
+    method_comparisons: pl.DataFrame  # influence against each baseline, paired per query (uncorrected p)
 
 
 def compute(a: Analysis) -> Attribution:
     check = a.attribution or {}
     empty = pl.DataFrame()
-    return Attribution(check.get("summary", empty), check.get("retrieval_summary", empty))
+    paired = method_comparisons(check.get("gains"), check.get("retrieval"), seed=a.config.seed)
+    return Attribution(check.get("summary", empty), check.get("retrieval_summary", empty), paired)
+
+
+def _comparison(r: dict) -> str:
+    return f"influence vs {r['baseline']}: {r['measure'].replace('_', ' ')}, {r['subset']}"
+
+
+def tests(a: Analysis) -> list[dict]:
+    """Influence against each baseline on each ground truth: the paired sign-flip permutation test."""
+    return [
+        {
+            "test": "paired sign-flip permutation test",
+            "comparison": _comparison(r),
+            "queries": r["queries"],
+            "p": r["permutation_p"],
+        }
+        for r in a.result(compute).method_comparisons.to_dicts()
+    ]
+
+
+def _paired_reading(a: Analysis) -> list[str]:
+    """Where influence's mean differs from a baseline's on the same queries, after correction."""
+    from pretrace.report.sections import adjusted_p  # the package corrects every test of the page
+
+    lines = []
+    rows = a.result(compute).method_comparisons
+    for measure, subset in dict.fromkeys(zip(rows["measure"].to_list(), rows["subset"].to_list())):
+        mine = rows.filter((pl.col("measure") == measure) & (pl.col("subset") == subset)).to_dicts()
+        parts = []
+        for r in mine:
+            p = adjusted_p(a, SECTION.id, _comparison(r))
+            side = "above" if r["mean_difference"] > 0 else "below"
+            verdict = side if p < 0.05 else f"not distinguishable ({side} on average)"
+            parts.append(f"{r['baseline']} {verdict}: difference {num(r['mean_difference'], 3)}, Holm p = {num(p, 3)}")
+        if parts:
+            lines.append(
+                f"Paired over the same {mine[0]['queries']} queries ({measure.replace('_', ' ')}, {subset}), influence "
+                f"against each baseline: " + "; ".join(parts) + "."
+            )
+    return lines
 
 
 def reading(a: Analysis) -> list[str]:
     result = a.result(compute)
     if result.tail_patch.is_empty():
-        return ["This report was built without the attribution check."]
+        return _paired_reading(a) or ["This report was built without the attribution check."]
     overall = {r["method"]: r for r in result.tail_patch.filter(pl.col("kind") == "all").iter_rows(named=True)}
     mine = overall.get("influence")
     if mine is None:
-        return []
+        return _paired_reading(a)
 
     def said(row: dict) -> str:
         return f"{num(row['mean_gain'], 3)} nats {interval(row['low'], row['high'], lambda x: num(x, 3), missing='')}".strip()
@@ -65,11 +107,15 @@ def reading(a: Analysis) -> list[str]:
             f"For the {n} queries whose evidence is known (documents stating the fact), the mean reciprocal "
             f"rank of the first such document in each method's top k is: {ranked} (1 = always first)."
         )
-    return lines
+    return lines + _paired_reading(a)
 
 
 def body(a: Analysis, figs: dict[str, bytes]) -> str:
     result = a.result(compute)
+    return _tail_patch_html(result) + _paired_html(result)
+
+
+def _tail_patch_html(result: Attribution) -> str:
     if result.tail_patch.is_empty():
         return ""
     gains = with_ci(result.tail_patch, "mean_gain", "low", "high", "gain")
@@ -106,4 +152,29 @@ def body(a: Analysis, figs: dict[str, bytes]) -> str:
     return html
 
 
-SECTION = Section("attribution", "Attribution check (tail-patch)", body, reading, compute=compute)
+def _paired_html(result: Attribution) -> str:
+    paired = result.method_comparisons
+    if paired.is_empty():
+        return ""
+    return (
+        "<h3>Influence against each baseline, paired over the same queries</h3>"
+        + table(
+            paired,
+            {
+                "measure": "measure",
+                "subset": "queries",
+                "baseline": "baseline",
+                "queries": "n",
+                "influence_mean": "influence mean",
+                "baseline_mean": "baseline mean",
+                "mean_difference": "difference",
+                "permutation_p": "sign-flip p",
+                "wilcoxon_p": "Wilcoxon p",
+            },
+            text=("measure", "subset", "baseline"),
+        )
+        + "<p>p-values here are uncorrected; the report's tests table gives them adjusted (Holm).</p>"
+    )
+
+
+SECTION = Section("attribution", "Attribution check (tail-patch)", body, reading, compute=compute, tests=tests)

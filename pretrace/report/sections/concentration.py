@@ -20,8 +20,9 @@ from pretrace.report.plots import empty, error_bars, kind_colors, png
 from pretrace.report.section import Section
 
 FIT_DEFINITIONS = {
-    "paper": f"Ruis et al.: ranks 1-{conc.PAPER_RANKS}",
-    "head": f"pretrace: ranks 1-min({conc.FIT_RANKS}, max(10, positive documents / 10))",
+    "paper": f"Ruis et al.: least squares on log-log, ranks 1-{conc.PAPER_RANKS}",
+    "head": f"least squares on log-log, ranks 1-min({conc.FIT_RANKS}, max(10, positive documents / 10))",
+    "mle": "maximum likelihood (Clauset et al.; Hill), x_min = the score at the head fit's last rank",
 }
 
 
@@ -139,8 +140,21 @@ def reading(a: Analysis) -> list[str]:
             f"with rank {quality} like a power law (mean R\u00b2 = {num(r2)}); slopes by kind: {kinds}. A "
             "steeper (more negative) slope means influence is concentrated in fewer documents."
         )
+    mle = [
+        f"{r['kind']} {num(r['mean_slope'])} {interval(r['ci_low'], r['ci_high'])}"
+        for r in c.power_law_kinds.filter(pl.col("fit") == "mle").to_dicts()
+        if r["kind"] != POOLED
+    ]
+    if mle:
+        out.append(
+            "Least squares on log-log axes is biased toward the top ranks; by maximum likelihood (Clauset et al.; "
+            "x_min the score at the head fit's last rank) the mean slopes are: " + "; ".join(mle) + "."
+        )
+    from pretrace.report.sections import adjusted_p  # the package corrects every test of the page
+
     for t in c.power_law_test.filter((pl.col("fit") == "paper") & pl.col("p").is_finite()).to_dicts():
-        verdict = "differ" if t["p"] < 0.05 else "do not differ significantly"
+        p_holm = adjusted_p(a, SECTION.id, _comparison(t))
+        verdict = "differ" if p_holm < 0.05 else "do not differ significantly"
         which = (
             ""
             if t["queries"] == ALL_QUERIES
@@ -149,7 +163,8 @@ def reading(a: Analysis) -> list[str]:
         )
         out.append(
             f"Factual and reasoning slopes{which} {verdict} (Welch's t-test, as Ruis et al.: mean "
-            f"{num(t['factual_mean'])} vs {num(t['reasoning_mean'])}, t = {num(t['t'])}, p = {num(t['p'], 3)})."
+            f"{num(t['factual_mean'])} vs {num(t['reasoning_mean'])}, t = {num(t['t'])}, p = {num(t['p'], 3)}, "
+            f"Holm-adjusted across the report's tests {num(p_holm, 3)}; planted facts are not among the factual)."
         )
     worst = float(c.concentration["share_error"].max() or 0.0) if c.concentration.height else 0.0
     bound = "below 0.001%" if worst < 1e-5 else pct(worst, 3)
@@ -267,7 +282,8 @@ def body(a: Analysis, figs: dict[str, bytes]) -> str:
             "power_law",
             figs["power_law"],
             f"Influence against rank on log-log axes over the top "
-            f"{conc.PAPER_RANKS} ranks, with least-squares power-law fits (Ruis et al.'s definition).",
+            f"{conc.PAPER_RANKS} ranks, with least-squares power-law fits (Ruis et al.'s definition; least squares "
+            "on log-log is biased toward the top ranks, so the table also gives the maximum-likelihood slope).",
         )
         + table(
             fits,
@@ -298,6 +314,23 @@ def body(a: Analysis, figs: dict[str, bytes]) -> str:
     )
 
 
+def _comparison(t: dict) -> str:
+    return f"factual vs reasoning slopes ({t['fit']} fit, {t['queries']} queries)"
+
+
+def tests(a: Analysis) -> list[dict]:
+    """The slope tests, by fit and subset of queries."""
+    return [
+        {
+            "test": "Welch's t-test",
+            "comparison": _comparison(t),
+            "queries": t["factual_queries"] + t["reasoning_queries"],
+            "p": t["p"],
+        }
+        for t in a.result(compute).power_law_test.to_dicts()
+    ]
+
+
 def headline(a: Analysis) -> dict[str, pl.DataFrame]:
     c = a.result(compute)
     return {
@@ -318,4 +351,5 @@ SECTION = Section(
     figures={"concentration": shares_plot, "power_law": power_law_plot},
     compute=compute,
     headline=headline,
+    tests=tests,
 )

@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 
 from pretrace.analyses.analysis import Analysis
 from pretrace.analyses.correlation import GroupMeans, group_means, pair_groups, same_kind_permutation_test
+from pretrace.analyses.report_config import REASONING
 from pretrace.report.formatting import corr, interval
 from pretrace.report.html import figure, table, with_ci
 from pretrace.report.plots import empty, error_bars, png
@@ -136,7 +137,14 @@ def reading(a: Analysis) -> list[str]:
         test = t["same reasoning kind - different reasoning kinds"]
         sign = _resolved(test["difference"], test["ci_low"], test["ci_high"])
         p = test["p_value"]
-        p_text = f"; label-permutation p = {p:.2g}" if p is not None and math.isfinite(p) else ""
+        from pretrace.report.sections import adjusted_p  # the package corrects every test of the page
+
+        p_holm = adjusted_p(a, SECTION.id, test["comparison"])
+        p_text = (
+            f"; label-permutation p = {p:.2g}, Holm-adjusted across the report's tests {p_holm:.2g}"
+            if p is not None and math.isfinite(p)
+            else ""
+        )
         verdict = {1: "clearly lower than", -1: "clearly higher than", 0: "not clearly different from"}[sign]
         out.append(
             f"Across different reasoning kinds the mean correlation is {corr(diff['mean_r'])} "
@@ -244,6 +252,20 @@ def headline(a: Analysis) -> dict[str, pl.DataFrame]:
     }
 
 
+def tests(a: Analysis) -> list[dict]:
+    """The label-permutation test of same-kind against cross-kind reasoning pairs."""
+    return [
+        {
+            "test": "kind-label permutation test",
+            "comparison": t["comparison"],
+            "queries": int((a.queries["category"] == REASONING).sum()),
+            "p": t["p_value"],
+        }
+        for t in a.result(compute).correlation_tests.to_dicts()
+        if t["p_value"] is not None and math.isfinite(t["p_value"])
+    ]
+
+
 SECTION = Section(
     "correlation",
     "Do reasoning queries share influential documents?",
@@ -252,4 +274,5 @@ SECTION = Section(
     figures={"correlation_matrix": matrix_plot, "correlation_groups": groups_plot},
     compute=compute,
     headline=headline,
+    tests=tests,
 )

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 import polars as pl
 
 from pretrace.analyses.analysis import Analysis
-from pretrace.analyses.concentration import share_bound
+from pretrace.analyses.concentration import PAPER_RANKS, share_bound
+from pretrace.analyses.report_config import CATEGORY_MEANING
 from pretrace.evaluation.projection_check import ACCURACY_SCHEMA
 from pretrace.influence.reranking import agreement_k, order_agreement
-from pretrace.report.formatting import num, pct
+from pretrace.report.formatting import SMALL_N, num, pct
 from pretrace.report.section import Section
 
 
@@ -87,18 +88,42 @@ def body(a: Analysis, figs: dict[str, bytes]) -> str:
         f"and for all ranks past the last positive score; in between they come from a histogram with "
         f"{s.bins_per_octave} log-spaced bins per octave, whose error is bounded per value (at most "
         f"{pct(share_bound(s.bins_per_octave), 1)} of the share, reported in concentration.parquet as share_error).</li>"
-        f"<li>Power-law fits: least squares of log score on log rank over the top of each ranking: at most "
-        f"{a.config.fit_ranks} ranks and at most a tenth of the query's positive documents.</li>"
+        f"<li>Power-law fits, one definition per row (the fit column): 'paper', Ruis et al.'s least squares of "
+        f"log score on log rank over ranks 1-{PAPER_RANKS}; 'head', the same over at most {a.config.fit_ranks} ranks "
+        "and at most a tenth of the query's positive documents; 'mle', maximum likelihood (Clauset et al. 2009, "
+        "continuous; Hill's estimator) over the head's ranks with x_min the score at its last rank, slope = "
+        "-1/(alpha - 1). Least squares on log-log is biased (its points are correlated order statistics, so it "
+        "leans on the top ranks and its R\u00b2 overstates the fit); the readings quote the 'paper' fit, "
+        "as Ruis et al. do, beside the MLE.</li>"
         f"<li>Intervals: {int(100 * a.config.level)}% percentile bootstrap over queries ({a.config.bootstrap} draws), "
         f"stratified by kind for correlations; Wilson intervals for proportions; the permutation test shuffles "
         f"kind labels among reasoning queries ({a.config.permutations} permutations).</li>"
-        "<li>Categories: factual kinds "
-        + html.escape(", ".join(a.config.factual_kinds))
-        + "; controls "
-        + html.escape(", ".join(a.config.control_kinds))
-        + "; every other kind counts as reasoning.</li>"
+        + _categories(a)
+        + "<li>Units: a score is the first-order change in log p(completion | prompt), in nats, per unit of weight "
+        "given to the document's summed next-token loss in training (upweighting it by a small \u03b5 changes log p "
+        "by \u03b5 times the score). Influence per nat divides a score by the completion's information, "
+        "-log p(completion | prompt) in nats, so it is a change in log p per nat of information, per unit of "
+        "document weight.</li>"
+        f"<li>Tests: every p-value on the page is also given adjusted across all of the page's tests (Holm, "
+        "quoted by the readings, and Benjamini-Hochberg; the tests section); methods compared on the same queries "
+        f"are compared by paired tests. Intervals over fewer than {SMALL_N} queries are marked 'rough'.</li>"
+        "<li>Cut-offs: every top-k is given as a count and as a share of the corpus (the cut-offs section), and "
+        "flagged when it covers more than 5% of it.</li>"
         "<li>All tables are in the Parquet files next to this page.</li></ul>"
     )
+
+
+def _categories(a: Analysis) -> str:
+    """What each category of query is, and which of this report's kinds fall in it."""
+    by_category: dict[str, list[str]] = {}
+    for kind, category in dict(zip(a.queries["kind"].to_list(), a.queries["category"].to_list())).items():
+        by_category.setdefault(category, []).append(kind)
+    items = "".join(
+        f"<li>{html.escape(category)} ({html.escape(', '.join(by_category.get(category, [])) or 'no queries')}): "
+        f"{html.escape(meaning)}</li>"
+        for category, meaning in CATEGORY_MEANING.items()
+    )
+    return f"<li>Categories of query kinds, each read apart (no table pools two):<ul>{items}</ul></li>"
 
 
 SECTION = Section("notes", "Method and approximations", body, compute=compute)

@@ -12,7 +12,10 @@ import polars as pl
 from matplotlib.figure import Figure
 
 from pretrace.analyses.analysis import Analysis
+from pretrace.analyses.cutoffs import PAPER_DOCUMENTS, WARN_FRACTION
 from pretrace.analyses.kinds import POOLED
+from pretrace.analyses.method_sources import method_source_shares
+from pretrace.analyses.shard_statistics import fraction_rank
 from pretrace.analyses.sources_at_k import SOURCE_KS, source_counts
 from pretrace.report.formatting import num, pct
 from pretrace.report.html import figure, wide_table
@@ -26,7 +29,8 @@ SIDES = ("top", "bottom")
 @dataclass
 class Sources:
     sources: pl.DataFrame  # per kind, side and source: count, share, corpus share and their ratio
-    sources_at_k: pl.DataFrame  # the same at Ruis et al.'s k (50 ... 500,000, capped by the corpus)
+    sources_at_k: pl.DataFrame  # the same at Ruis et al.'s k (50 ... 500,000) as counts and as corpus fractions
+    sources_by_method: pl.DataFrame  # the same for influence, BM25, cosine and dot product, same queries and k
 
 
 def compute(a: Analysis) -> Sources:
@@ -64,7 +68,25 @@ def compute(a: Analysis) -> Sources:
         "corpus_share": pl.Float64,
         "ratio": pl.Float64,
     }
-    return Sources(pl.DataFrame(rows, schema=schema), _at_k(a))
+    rankings = (a.attribution or {}).get("rankings")
+    by_method = method_source_shares(
+        rankings
+        if rankings is not None
+        else pl.DataFrame(schema={"query_id": pl.String, "method": pl.String, "source": pl.String}),
+        a.groups,
+        a.corpus_sources,
+    )
+    return Sources(pl.DataFrame(rows, schema=schema), _at_k(a), by_method)
+
+
+def _cuts(n: int) -> list[tuple[str, int]]:
+    """Ruis et al.'s k as counts (those the corpus has) and as the same fractions of their corpus
+    (every one, at least one document): (how it was set, k)."""
+    counts = [(f"{k:,} documents", k) for k in SOURCE_KS if k <= n] or [(f"{n:,} documents", n)]
+    fractions = [
+        (f"{pct(k / PAPER_DOCUMENTS, 3)} of the corpus", fraction_rank(k / PAPER_DOCUMENTS, n)) for k in SOURCE_KS
+    ]
+    return counts + fractions
 
 
 def _at_k(a: Analysis) -> pl.DataFrame:
@@ -74,10 +96,9 @@ def _at_k(a: Analysis) -> pl.DataFrame:
     corpus = a.corpus_sources
     names, total = list(corpus), sum(corpus.values())
     corpus_share = np.array([corpus[s] / total for s in names]) if total else np.full(len(names), np.nan)
-    ks = [k for k in SOURCE_KS if k <= a.n_documents] or [a.n_documents]
     rows = []
     for side in SIDES:
-        for k in ks:
+        for cut, k in _cuts(a.n_documents):
             counts = [source_counts(a.stats, q, k, side) for q in range(len(a.stats.query_ids))]
             for g in a.groups:
                 mine = [c for c, member in zip(counts, g.mask) if member]
@@ -93,7 +114,9 @@ def _at_k(a: Analysis) -> pl.DataFrame:
                         {
                             **g.row(),
                             "side": side,
+                            "cutoff": cut,
                             "k": k,
+                            "corpus_fraction": k / a.n_documents if a.n_documents else math.nan,
                             "documents": slots,
                             "source": source,
                             "count": float(estimate[j]),
@@ -109,7 +132,9 @@ def _at_k(a: Analysis) -> pl.DataFrame:
         "kind": pl.String,
         "category": pl.String,
         "side": pl.String,
+        "cutoff": pl.String,
         "k": pl.Int64,
+        "corpus_fraction": pl.Float64,
         "documents": pl.Int64,
         "source": pl.String,
         "count": pl.Float64,
@@ -141,7 +166,7 @@ def reading(a: Analysis) -> list[str]:
         text = (
             f"In the top {a.config.k} of {kind} queries, {best['source']} is the most over-represented source: "
             f"{pct(best['share'])} of top documents against {pct(best['corpus_share'])} of the corpus "
-            f"(\u00d7{num(best['ratio'])})"
+            f"(\u00d7{num(best['ratio'])}{_baselines(a, kind, best['source'])})"
         )
         under = df.filter((pl.col("kind") == kind) & (pl.col("corpus_share") >= 0.05)).sort("ratio")
         if under.height and under.row(0, named=True)["source"] != best["source"]:
@@ -150,8 +175,31 @@ def reading(a: Analysis) -> list[str]:
         out.append(text + ".")
     if not out:
         out.append("No top documents to attribute to sources.")
+    share = a.config.k / a.n_documents if a.n_documents else math.nan
+    out.insert(
+        0,
+        f"The top {a.config.k} is {pct(share, 2)} of the corpus's {a.n_documents:,} documents"
+        + (
+            f", more than {pct(WARN_FRACTION, 0)} of it: over-representation in so wide a cut-off is diluted "
+            "toward 1 and says little."
+            if share > WARN_FRACTION
+            else "."
+        ),
+    )
     out.append("A ratio above 1 means the source is more common among influential documents than in the corpus.")
     return out
+
+
+def _baselines(a: Analysis, kind: str, source: str) -> str:
+    """The same source's ratio in the baselines' top k of the kind (same queries, same k), if known."""
+    df = a.result(compute).sources_by_method.filter(
+        (pl.col("kind") == kind) & (pl.col("source") == source) & (pl.col("method") != "influence")
+    )
+    if df.is_empty():
+        return "; no BM25 or gradient-cosine ranking to compare with"
+    k = int(df["k"].max())
+    ratios = ", ".join(f"{r['method']} \u00d7{num(r['ratio'])}" for r in df.iter_rows(named=True))
+    return f"; in the baselines' top {k} of the same queries: {ratios}"
 
 
 def plot(a: Analysis) -> bytes:
@@ -214,7 +262,29 @@ def body(a: Analysis, figs: dict[str, bytes]) -> str:
         + "<p>As Ruis et al. (2024) compare them: each source's share of the top and of the bottom k documents "
         "(every query of a kind pooled) over its corpus share, at k = 50, 500, 5,000, 50,000 and 500,000 "
         "(those the corpus has); counts beyond the exact top list are estimates within stated bounds "
-        "(sources_at_k.parquet).</p>" + wide_table(_at_k_wide(a))
+        "(sources_at_k.parquet), and at the same fractions of this corpus as those k are of their 5 million "
+        "documents.</p>" + wide_table(_at_k_wide(a)) + _by_method_html(a)
+    )
+
+
+def _by_method_html(a: Analysis) -> str:
+    """Influence's source ratios beside BM25's, gradient cosine's and dot product's (same queries, same k)."""
+    df = a.result(compute).sources_by_method
+    if df.is_empty():
+        return "<p>No baseline rankings (the attribution check's rankings.parquet) to set beside influence's.</p>"
+    cells = df.with_columns(
+        cell=pl.struct(["ratio", "count"]).map_elements(
+            lambda r: f"\u00d7{num(r['ratio'])} ({r['count']})", return_dtype=pl.String
+        ),
+        row=pl.format("{} · {}", pl.col("kind"), pl.col("method")),
+    )
+    wide = cells.pivot(on="source", index="row", values="cell", maintain_order=True).rename({"row": "kind"})
+    k = int(df["k"].max())
+    return (
+        f"<p>Each method's top {k} (the attribution check's k; {pct(k / a.n_documents if a.n_documents else math.nan, 2)} "
+        "of the corpus), same queries: ratio to the corpus share (count). A source that BM25 (word overlap) or "
+        "gradient cosine over-represents as much as influence does is not evidence about influence "
+        "(sources_by_method.parquet).</p>" + wide_table(wide)
     )
 
 
@@ -224,7 +294,7 @@ def _at_k_wide(a: Analysis) -> pl.DataFrame:
         cell=pl.struct(["ratio", "exact"]).map_elements(
             lambda r: f"×{num(r['ratio'])}" + ("" if r["exact"] else " (est.)"), return_dtype=pl.String
         ),
-        row=pl.format("{} · {} {}", pl.col("kind"), pl.col("side"), pl.col("k")),
+        row=pl.format("{} · {} {} (k = {})", pl.col("kind"), pl.col("side"), pl.col("cutoff"), pl.col("k")),
     )
     return df.pivot(on="source", index="row", values="cell", maintain_order=True).rename({"row": "kind"})
 

@@ -34,7 +34,10 @@ def setup():
     for shard, part in (("a.jsonl", texts[:7]), ("b.parquet", texts[7:])):
         ids = [f"d{i}" for i in range(len(part))]  # the same ids in both files
         tokens = [tokenizer(t)["input_ids"] for t in part]
-        shards.append((shard, pa.table({"doc_id": ids, "input_ids": tokens, "text": part})))
+        table = pa.table({"doc_id": ids, "input_ids": tokens, "text": part})
+        if shard == "a.jsonl":  # one shard names sources, the other does not ("unknown")
+            table = table.append_column("source", pa.array(["web" if i % 2 else "math" for i in range(len(part))]))
+        shards.append((shard, table))
     return lm, Documents.from_shards(shards), shards
 
 
@@ -109,7 +112,13 @@ def test_the_check_runs_every_method_for_every_query(setup):
         "summary.parquet",
         "retrieval.parquet",
         "retrieval_summary.parquet",
+        "rankings.parquet",
     }
+    rankings = check.rankings.to_pylist()
+    assert len(rankings) == len(QUERIES) * 5 * 3  # every method's top 3 of every query
+    source = dict(zip(documents.keys, documents.sources))
+    assert all(r["source"] == source[(r["shard"], r["doc_id"])] for r in rankings)
+    assert set(documents.sources) == {"web", "math", "unknown"}
 
 
 def test_evidence_retrieval_counts_where_each_method_ranks_the_stating_documents():

@@ -169,8 +169,20 @@ def test_source_ratios_match_a_hand_count():
 
 def test_sources_at_the_papers_k_pool_each_side_of_a_kinds_rankings():
     a, _ = hand_analysis()
-    df = a.result(sections.sources.compute).sources_at_k
+    every = a.result(sections.sources.compute).sources_at_k
+    # Ruis et al.'s k as fractions of their 5M documents: 50 ... 500,000 are 0.001% ... 10%, of 8 documents at most 1
+    fractions = every.filter(pl.col("cutoff").str.ends_with("of the corpus"))
+    assert set(fractions["cutoff"]) == {
+        "0.001% of the corpus",
+        "0.010% of the corpus",
+        "0.100% of the corpus",
+        "1.000% of the corpus",
+        "10.000% of the corpus",
+    }
+    assert set(fractions["k"]) == {1} and set(fractions["corpus_fraction"]) == {1 / 8}
+    df = every.filter(pl.col("cutoff").str.ends_with("documents"))
     assert set(df["k"]) == {8}  # 50 > 8 documents: the whole corpus, as far as each side reaches
+    assert set(df["corpus_fraction"]) == {1.0}
     got = {(r["kind"], r["side"], r["source"]): r for r in df.to_dicts()}
     # f's 5 positive documents: d2 (A), d4 d5 (B), d6 d7 (C); its 2 negative ones d0 d1 (A)
     top_a, top_b = got[("factual", "top", "A")], got[("factual", "top", "B")]
