@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from pretrace.errors import InputError
+from pretrace.influence.capture import LOGITS_CHUNK_TOKENS
 from pretrace.influence.ekfac import diagonal_blocks
 from pretrace.influence.layer_groups import factor_floats, split_layers
 from pretrace.influence.low_rank import CHUNK_NUMBERS
@@ -28,7 +29,8 @@ from pretrace.model.adapter import DEFAULT_LAYER_PATTERNS, resolve_dtype, select
 
 GB = 1e9
 LOGIT_BYTES_PER_VOCAB = 16
-"""Per token and vocabulary entry at the loss: float32 logits, their log-softmax and the two gradients."""
+"""Per position of a logits chunk (`LOGITS_CHUNK_TOKENS`) and vocabulary entry at the loss: float32
+logits, their log-softmax and the two gradients."""
 
 
 @dataclass(frozen=True)
@@ -104,13 +106,17 @@ def activation_bytes(shape: ModelShape, tokens: int, itemsize: int, checkpointed
     """The model's own tensors alive at the peak of one forward and backward with frozen weights:
     per block and token the residual stream, attention's saved queries, keys, values and output,
     the MLP's four intermediate tensors (in the compute dtype; norms keep float32 copies when it is
-    narrower), and the float32 logits at the loss. Checkpointed (`pretrace.model.activation_checkpointing`),
-    each block keeps its input alone and one block's tensors live again while it is recomputed."""
+    narrower), and at the loss the predicted positions' final hidden states with their gradient and
+    one chunk's float32 logits (`pretrace.influence.capture.chunked_sequence_losses` recomputes a
+    chunk's logits in the backward pass, so one chunk's exist at a time). Checkpointed
+    (`pretrace.model.activation_checkpointing`), each block keeps its input alone and one block's
+    tensors live again while it is recomputed."""
     per_block = itemsize * (6 * shape.hidden + 2 * shape.kv_hidden + 4 * shape.intermediate)
     if itemsize < 4:
         per_block += 2 * 4 * shape.hidden
     kept = shape.blocks * itemsize * shape.hidden + per_block if checkpointed else shape.blocks * per_block
-    return tokens * (kept + LOGIT_BYTES_PER_VOCAB * shape.vocab)
+    logits = min(tokens, LOGITS_CHUNK_TOKENS) * LOGIT_BYTES_PER_VOCAB * shape.vocab
+    return tokens * (kept + 2 * itemsize * shape.hidden) + logits
 
 
 LOADED = ("weights", "eigenbases", "factors", "query gradients", "query gradient factors")
