@@ -107,13 +107,14 @@ def build_definitions(config: PretraceConfig, demo: bool = False) -> dg.Definiti
         comparison = [build_model_comparison(compared)]
         main = [build_report_with_comparison() if a is influence_report else a for a in main]
     graphs = [asset for name in compared for asset in compared_graph(name, demo, config.compared(name))]
+    assets = with_policy([*INPUT_ASSETS, *main, *graphs, *comparison], resource)
     return dg.Definitions(
-        assets=with_policy([*INPUT_ASSETS, *main, *graphs, *comparison], resource),
+        assets=assets,
         jobs=JOBS,
         schedules=[build_refresh_schedule()],
         sensors=[build_corpus_sensor(), build_automation_sensor()],
         resources={"pretrace": resource},
-        executor=executor_from_env(),  # k8s_job_executor on a cluster, so GPU op tags reach pods
+        executor=executor_from_env(config, assets, demo),  # on a cluster: k8s_job_executor, GPU pods sized by the plan
     )
 
 

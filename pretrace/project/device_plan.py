@@ -100,12 +100,13 @@ def device_plan(config: PretraceConfig, shape: ModelShape, work: Workload) -> De
     )
 
 
-def project_plans(project: Project) -> list[tuple[str | None, DevicePlan]]:
+def project_plans(project: Project, largest_shard: bool = False) -> list[tuple[str | None, DevicePlan]]:
     """The plan of the project's model and of each compared model, from their configurations
-    alone (no weights), sized by the queries file and the documents tokenized so far."""
+    alone (no weights), sized by the queries file and the documents tokenized so far (of the
+    largest shard alone with ``largest_shard``: what one step of a per-shard asset holds)."""
     demo_unbuilt = project.demo and not Path(project.config.queries).exists()  # `pretrace demo` writes it
     queries = 0 if demo_unbuilt else read_queries(project.config.queries).num_rows
-    documents = 0 if demo_unbuilt else _tokenized_documents(project)
+    documents = 0 if demo_unbuilt else _tokenized_documents(project, largest_shard)
     plans = []
     for name, owner in project.projects():
         config = owner.config
@@ -118,12 +119,13 @@ def project_plans(project: Project) -> list[tuple[str | None, DevicePlan]]:
     return plans
 
 
-def _tokenized_documents(project: Project) -> int:
-    """Documents of the corpus shards tokenized and current (their count is known without reading the corpus)."""
+def _tokenized_documents(project: Project, largest_shard: bool = False) -> int:
+    """Documents of the corpus shards tokenized and current (their count is known without reading
+    the corpus): in all, or in the largest shard."""
     artefact = project.graph["corpus_shards"]
-    total = 0
+    counts = [0]
     for shard in project.shards:
         manifest = project.manifest(artefact, shard)
         if manifest is not None and project.status(artefact, shard).current:
-            total += project.store.reader(artefact, manifest).table("{shard}.parquet", ["doc_id"]).num_rows
-    return total
+            counts.append(project.store.reader(artefact, manifest).table("{shard}.parquet", ["doc_id"]).num_rows)
+    return max(counts) if largest_shard else sum(counts)

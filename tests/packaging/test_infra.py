@@ -155,6 +155,45 @@ def test_rbac_lets_run_pods_launch_their_step_jobs():
     assert VALUES["migrate"]["enabled"] is False
 
 
+# --- GPU step pods ---------------------------------------------------------------------------
+
+CHECKPOINT_VOLUME = list(yaml.safe_load_all((INFRA / "checkpoint-volume.yaml").read_text()))
+
+
+def test_every_pretrace_pod_mounts_the_checkpoint_volume_read_only_at_one_path():
+    """The code server (it plans from the checkpoint's config) and the run and step pods (they load
+    it) read the checkpoint from the volume the fill job wrote, so no step pod downloads it."""
+    claim, fill = CHECKPOINT_VOLUME
+    assert claim["kind"] == "PersistentVolumeClaim" and fill["kind"] == "Job"
+    (deployment,) = VALUES["dagster-user-deployments"]["deployments"]
+    launcher = VALUES["runLauncher"]["config"]["k8sRunLauncher"]
+    paths = set()
+    for holder in (deployment, launcher):
+        (volume,) = [v for v in holder["volumes"] if "persistentVolumeClaim" in v]
+        assert volume["persistentVolumeClaim"] == {"claimName": claim["metadata"]["name"], "readOnly": True}
+        (mount,) = [m for m in holder["volumeMounts"] if m["name"] == volume["name"]]
+        assert mount["readOnly"] is True
+        paths.add(mount["mountPath"])
+    (path,) = paths
+    spec = fill["spec"]["template"]["spec"]
+    (volume,) = spec["volumes"]
+    assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    (container,) = spec["containers"]
+    assert container["volumeMounts"] == [{"name": volume["name"], "mountPath": path}]
+    target = next(e["value"] for e in container["env"] if e["name"] == "TARGET")
+    assert target.startswith(path + "/")  # where pretrace.yaml's `model:` points
+    assert container["image"].split(":")[0] == deployment["image"]["repository"]
+
+
+def test_the_code_server_and_the_run_pods_select_the_same_gpu_nodes():
+    """The run pod sizes its steps' pods (it loads the definitions again): both read one selector."""
+    (deployment,) = VALUES["dagster-user-deployments"]["deployments"]
+    served = {e["name"]: e["value"] for e in deployment["env"]}
+    launched = dict(v.split("=", 1) for v in VALUES["runLauncher"]["config"]["k8sRunLauncher"]["envVars"])
+    assert served["PRETRACE_GPU_NODE_SELECTOR"] == launched["PRETRACE_GPU_NODE_SELECTOR"]
+    assert served["PRETRACE_EXECUTOR"] == launched["PRETRACE_EXECUTOR"] == "k8s"
+
+
 # --- one Dagster version everywhere -----------------------------------------------------------
 
 
