@@ -7,7 +7,10 @@ after one SGD step on each query's top-k documents by influence, by k random doc
 BM25, by raw-gradient cosine and by raw-gradient dot product, over all queries and per query kind, with 95% bootstrap
 intervals, and how often each method beat random on the same query; then, for the questions
 about planted facts, the mean reciprocal rank (and recall@k) of the documents stating the fact
-in each method's top k, over all of them and by how many documents state the fact.
+in each method's top k, over all of them and by how many documents state the fact; then influence
+against each baseline (cosine, dot product, BM25, random) paired over the same queries on both
+ground truths: mean difference, sign-flip permutation and Wilcoxon p, and the permutation p
+Holm-adjusted across these comparisons.
 
     python -m bench.validation                 # a fresh demo in a temporary folder (~10 min on 2 cores)
     python -m bench.validation --dir ./demo    # reuse (or create) a demo folder: reruns compute nothing new
@@ -25,6 +28,9 @@ import time
 from pathlib import Path
 
 import polars as pl
+
+from pretrace.analyses.multiplicity import holm
+from pretrace.evaluation.method_comparisons import method_comparisons
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,6 +62,7 @@ def main() -> None:
     summary = pl.read_parquet(results / "summary.parquet")
     gains = pl.read_parquet(results / "gains.parquet")
     retrieval = pl.read_parquet(results / "retrieval_summary.parquet")
+    per_query = pl.read_parquet(results / "retrieval.parquet")
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
@@ -77,6 +84,25 @@ def main() -> None:
             f"planted_mrr_{row['method']}{by}: {row['mrr']:.3f} (recall@k {row['recall_at_k']:.3f}, "
             f"{row['queries']} queries)"
         )
+    for line in paired_lines(gains, per_query):
+        print(line)
+
+
+def paired_lines(gains: pl.DataFrame, retrieval: pl.DataFrame, seed: int = 0) -> list[str]:
+    """One `name: value` line per comparison of influence with a baseline on the same queries."""
+    rows = method_comparisons(gains, retrieval, seed=seed)
+    adjusted = holm(rows["permutation_p"].to_numpy()) if rows.height else []
+    lines = []
+    for row, p_holm in zip(rows.iter_rows(named=True), adjusted):
+        measure = "tailpatch" if row["measure"] == "tail_patch_gain" else "planted_rr"
+        subset = "" if row["subset"].startswith("all") else "_stated" + row["subset"].split()[2] + "x"
+        lines.append(
+            f"paired_{measure}{subset}_influence_vs_{row['baseline']}: difference {row['mean_difference']:.4g} "
+            f"(influence {row['influence_mean']:.4g}, {row['baseline']} {row['baseline_mean']:.4g}; "
+            f"{row['queries']} queries; sign-flip p {row['permutation_p']:.3g}, Wilcoxon p {row['wilcoxon_p']:.3g}, "
+            f"Holm p {p_holm:.3g} over {rows.height} comparisons)"
+        )
+    return lines
 
 
 if __name__ == "__main__":
