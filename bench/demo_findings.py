@@ -83,12 +83,33 @@ def main() -> None:
             f"documents per query (by chance {row['mean_expected_by_chance']:.3g}){steps}"
         )
     at_k = pl.read_parquet(report / "sources_at_k.parquet").filter(
-        (pl.col("kind") == POOLED) & pl.col("source").is_in(["math_procedure", "math_result"])
+        (pl.col("kind") == POOLED)
+        & pl.col("source").is_in(["math_procedure", "math_result"])
+        & pl.col("cutoff").str.ends_with("documents")  # the paper's k as counts; as fractions below
     )
     for row in at_k.iter_rows(named=True):
         print(
             f"sources_reasoning_{row['side']}{row['k']}_{row['source']}: {row['ratio']:.2f}x corpus share "
-            f"({row['count']:.0f} of {row['documents']} slots{'' if row['exact'] else ', estimated'})"
+            f"({row['count']:.0f} of {row['documents']} slots, {row['corpus_fraction']:.2%} of the corpus"
+            f"{'' if row['exact'] else ', estimated'})"
+        )
+    by_method = pl.read_parquet(report / "sources_by_method.parquet").filter(
+        (pl.col("kind") == POOLED) & pl.col("source").is_in(["math_procedure", "math_result"])
+    )
+    for row in by_method.iter_rows(named=True):
+        print(
+            f"sources_reasoning_top{row['k']}_{row['source']}_{row['method']}: {row['ratio']:.2f}x corpus share "
+            f"({row['count']} of {row['documents']} slots)"
+        )
+    for row in pl.read_parquet(report / "cutoffs.parquet").iter_rows(named=True):
+        print(
+            f"cutoff_{row['analysis'].split(' (')[0].replace(' ', '_')}: k = {row['k']}, {row['fraction']:.2%} of "
+            f"{row['corpus']} documents{' (over 5%)' if row['too_wide'] else ''}"
+        )
+    for row in pl.read_parquet(report / "report_tests.parquet").iter_rows(named=True):
+        print(
+            f"test_{row['section']}: {row['comparison']}: p {row['p']:.3g}, Holm {row['p_holm']:.3g} "
+            f"({row['test']}, n = {row['queries']})"
         )
     for row in (
         pl.read_parquet(report / "completions_kinds.parquet")
