@@ -9,6 +9,7 @@ import torch
 
 from pretrace.errors import InputError
 from pretrace.influence.capture import Captured, capture, check_finite, float32_matmul
+from pretrace.influence.distributed import Ranks
 from pretrace.influence.layer_groups import by_layer_group, join_layers
 from pretrace.influence.low_rank import factorize
 from pretrace.influence.projection import KroneckerProjection
@@ -35,8 +36,13 @@ def iter_document_gradients(
     (d_out, d_in) per-document gradient is never formed. ``first_target`` makes the loss that
     of each sequence's tokens from that index on (a query's completion): the raw query
     gradient, in the same space as the documents'.
+
+    On the device, besides the model and its captured (a, g): the projection's P_out and P_in of
+    the tracked layers alone (`KroneckerProjection.for_documents`), in the pass's float32 (float64
+    for a float64 model), rounded once from the float64 they are computed in; never the factors.
     """
-    proj = projection.to(lm.device, lm.accumulate_dtype) if projection is not None else None
+    names = [layer.name for layer in lm.layers]
+    proj = None if projection is None else projection.for_documents(names, lm.device, lm.accumulate_dtype)
     for index, cap in iter_captures(lm, sequences, batch_size=batch_size, progress=progress, first_target=first_target):
         yield index, {layer.name: layer_gradients(cap, layer.name, proj) for layer in lm.layers}, cap.losses
 
@@ -192,6 +198,41 @@ def compute_document_gradients(
             group, sequences, ids, projection, batch_size, progress, first_target, rank, stored_dtype
         ),
         DocumentGradients.join,
+    )
+
+
+def compute_document_gradients_by_rank(
+    lm: LoadedModel, sequences: Sequence[Sequence[int]], ids: Sequence[str], ranks: Ranks, **options
+) -> DocumentGradients | None:
+    """`compute_document_gradients` (same ``options``) under torch.distributed: each rank computes
+    its contiguous block of whole batches (`Ranks.block`), and rank 0 gathers every block in
+    document order and returns the whole store; the other ranks return None."""
+    batch_size = options.get("batch_size", 8)
+    if ranks.single:
+        return compute_document_gradients(lm, sequences, ids, **options)
+    mine = ranks.block(len(sequences), batch_size)
+    counts = [len(Ranks(r, ranks.world).block(len(sequences), batch_size)) for r in range(ranks.world)]
+    rows: dict[str, torch.Tensor] = {}
+    if mine:  # a rank past the last batch computes nothing (rank 0 always has the first batch)
+        part = compute_document_gradients(lm, sequences[mine.start : mine.stop], ids[mine.start : mine.stop], **options)
+        fields = {"grads": part.grads, "right": part.right, "scales": part.scales}
+        rows = {f"{kind}::{k}": v for kind, d in fields.items() for k, v in d.items()} | {"losses": part.losses}
+    gathered = ranks.gather_rows(rows, counts)
+    if gathered is None:
+        return None
+
+    def layers(kind: str) -> dict[str, torch.Tensor]:
+        return {k: gathered[f"{kind}::{k}"] for k in fields[kind]}
+
+    return DocumentGradients(
+        list(ids),
+        layers("grads"),
+        gathered["losses"],
+        part.projection,
+        layers("right"),
+        part.rank,
+        layers("scales"),
+        part.bits,
     )
 
 

@@ -18,6 +18,7 @@ import torch
 from pretrace.config import Damping
 from pretrace.errors import InputError
 from pretrace.influence.capture import Captured, Labels, capture, check_finite, float32_matmul
+from pretrace.influence.distributed import Ranks
 from pretrace.influence.layer_groups import by_layer_group, join_layers, join_mappings
 from pretrace.inputs.batching import TokenBatch
 from pretrace.model.adapter import LoadedModel
@@ -25,6 +26,7 @@ from pretrace.store.serialization import pack, unpack
 
 Progress = Callable[[int], None]
 FISHER_LABELS: dict[str, Labels] = {"sampled": "sampled", "empirical": "data"}
+SINGLE = Ranks()
 
 
 def batch_generator(batch: TokenBatch, seed: int, device: torch.device) -> torch.Generator:
@@ -113,13 +115,70 @@ def diagonal_blocks(size: int, block_size: int | None) -> list[slice]:
     return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
 
 
-def _accumulate(total: torch.Tensor, x: torch.Tensor, block_size: int | None, what: str, name: str) -> None:
-    """Add x^T x (float32 products) into the float64 ``total``: all of it, or only its diagonal
-    blocks (Grosse et al.'s within-layer block-diagonal approximation), the rest left zero."""
-    for block in diagonal_blocks(x.shape[1], block_size):
-        part = float32_matmul(x[:, block].T, x[:, block])
-        check_finite(part, what, name)
-        total[block, block] += part
+FLUSH_EVERY = 64
+"""Terms a `DeviceSum` adds in its running precision before adding the running sum into its
+float64 total: a term then costs one fused product-and-add on the device instead of a float64
+pass over the matrix, and a sum over a long shard stays as exact as float64 (a float32 running
+sum of a shard's many terms would drop the small ones: tests/unit/influence/test_device_sums.py)."""
+
+
+class DeviceSum:
+    """A (rows, columns) float64 sum kept on the device: terms accumulate in float32 (float64
+    for float64 terms) and are folded into the float64 total every `FLUSH_EVERY` terms, so
+    nothing crosses to the host or waits for the device per batch."""
+
+    def __init__(self, rows: int, columns: int, device: torch.device, flush_every: int = FLUSH_EVERY) -> None:
+        self._total = torch.zeros(rows, columns, dtype=torch.float64, device=device)
+        self._running: torch.Tensor | None = None
+        self._terms = 0
+        self._flush_every = flush_every
+
+    def _buffer(self, dtype: torch.dtype) -> torch.Tensor:
+        if self._running is None:
+            wide = torch.float64 if dtype == torch.float64 else torch.float32
+            self._running = torch.zeros_like(self._total, dtype=wide)
+        return self._running
+
+    def add(self, term: torch.Tensor) -> None:
+        self._buffer(term.dtype).add_(term)
+        self._counted()
+
+    def add_gram(self, x: torch.Tensor, block_size: int | None = None) -> None:
+        """Add x^T x (float32 products or wider): all of it, or only its diagonal blocks
+        (Grosse et al.'s within-layer block-diagonal approximation), the rest left zero."""
+        running = self._buffer(x.dtype)
+        for block in diagonal_blocks(x.shape[1], block_size):
+            part = x[:, block]
+            if part.dtype == running.dtype:
+                running[block, block].addmm_(part.T, part)
+            else:  # half precision: products accumulate in float32 on tensor cores
+                running[block, block] += float32_matmul(part.T, part)
+        self._counted()
+
+    def _counted(self) -> None:
+        self._terms += 1
+        if self._terms % self._flush_every == 0:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._running is not None:
+            self._total += self._running
+            self._running.zero_()
+
+    def total(self) -> torch.Tensor:
+        """The float64 sum of every term added, on the device."""
+        self._flush()
+        return self._total
+
+
+def _device_totals(sums: dict[str, DeviceSum], what: str, ranks: Ranks) -> dict[str, torch.Tensor]:
+    """The float64 totals summed over the ranks, checked finite once (a non-finite term leaves
+    its sum non-finite), then on the host: one copy per call, not one per batch."""
+    totals = {name: s.total() for name, s in sums.items()}
+    ranks.sum_(totals.values())
+    for name, total in totals.items():
+        check_finite(total, what, name)
+    return {name: total.cpu() for name, total in totals.items()}
 
 
 def fit_covariances(
@@ -129,30 +188,29 @@ def fit_covariances(
     seed: int = 0,
     progress: Progress | None = None,
     block_size: int | None = None,
+    ranks: Ranks = SINGLE,
 ) -> CovarianceState:
-    """First EK-FAC pass: A and S summed in float64 over every real token, on the model's device
-    (a batch's float32 products are added into float64 sums there, so nothing crosses to the
-    host per batch); the sums come back to the host. With ``block_size``, a side wider than it
-    keeps only its diagonal blocks (`diagonal_blocks`): a layer too wide to eigendecompose whole
-    is decomposed a block at a time."""
-    A = {layer.name: _zeros(layer.d_in, layer.d_in, lm.device) for layer in lm.layers}
-    S = {layer.name: _zeros(layer.d_out, layer.d_out, lm.device) for layer in lm.layers}
+    """First EK-FAC pass: A and S summed over every real token on the model's device
+    (`DeviceSum`); the float64 sums come back to the host once. With ``block_size``, a side
+    wider than it keeps only its diagonal blocks (`diagonal_blocks`): a layer too wide to
+    eigendecompose whole is decomposed a block at a time. Under torch.distributed (``ranks``)
+    each rank sums every world-th batch and the sums are all-reduced on the device."""
+    A = {layer.name: DeviceSum(layer.d_in, layer.d_in, lm.device) for layer in lm.layers}
+    S = {layer.name: DeviceSum(layer.d_out, layer.d_out, lm.device) for layer in lm.layers}
     n_tokens = n_examples = 0
-    for batch, cap in _fitting_passes(lm, batches, fisher, seed, progress):
+    for batch, cap in _fitting_passes(lm, ranks.strided(batches), fisher, seed, progress):
         for name in A:
-            _accumulate(A[name], cap.a[name].flatten(0, 1), block_size, "activation covariance", name)
-            _accumulate(S[name], cap.g[name].flatten(0, 1), block_size, "gradient covariance", name)
+            A[name].add_gram(cap.a[name].flatten(0, 1), block_size)
+            S[name].add_gram(cap.g[name].flatten(0, 1), block_size)
         n_tokens += batch.n_tokens
         n_examples += batch.size
-    return CovarianceState(_to_host(A), _to_host(S), n_tokens, n_examples)
-
-
-def _zeros(rows: int, columns: int, device: torch.device) -> torch.Tensor:
-    return torch.zeros(rows, columns, dtype=torch.float64, device=device)
-
-
-def _to_host(sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {name: value.cpu() for name, value in sums.items()}
+    n_tokens, n_examples = ranks.sum_counts([n_tokens, n_examples], lm.device)
+    return CovarianceState(
+        _device_totals(A, "activation covariance", ranks),
+        _device_totals(S, "gradient covariance", ranks),
+        n_tokens,
+        n_examples,
+    )
 
 
 @dataclass
@@ -183,9 +241,10 @@ class Eigenbasis:
 
 
 def eigenbasis(cov: CovarianceState, device: torch.device | str = "cpu", block_size: int | None = None) -> Eigenbasis:
-    """Eigendecompose the token-averaged covariances in float64 on ``device``, one matrix (with
-    ``block_size``: one diagonal block, `fit_covariances`) at a time (a GPU's float64
-    eigensolver is far faster than the host's for d in the thousands). A block-diagonal side
+    """Eigendecompose the token-averaged covariances in float64 on ``device`` (on the host for a
+    matrix the device cannot hold), one matrix (with ``block_size``: one diagonal block,
+    `fit_covariances`) at a time (a GPU's float64 eigensolver is far faster than the host's for
+    d in the thousands). A block-diagonal side
     has a block-diagonal eigenbasis, stored whole so every use of the factors is unchanged."""
     if cov.n_tokens == 0:
         raise InputError("no tokens were seen while fitting covariances: the fitting data is empty")
@@ -195,11 +254,27 @@ def eigenbasis(cov: CovarianceState, device: torch.device | str = "cpu", block_s
             size = source.shape[0]
             Q[name], e[name] = torch.zeros(size, size), torch.zeros(size)
             for block in diagonal_blocks(size, block_size):
-                matrix = source[block, block].to(device, torch.float64) / cov.n_tokens
-                check_finite(matrix, "covariance", name)
-                values, vectors = torch.linalg.eigh(0.5 * (matrix + matrix.T))
+                values, vectors = _eigh(source[block, block], cov.n_tokens, device, name)
                 Q[name][block, block], e[name][block] = vectors.float().cpu(), values.float().cpu()
     return Eigenbasis(QA, QS, eA, eS)
+
+
+def _eigh(
+    block: torch.Tensor, n_tokens: int, device: torch.device | str, name: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues and eigenvectors of a token-averaged covariance block in float64, on
+    ``device`` when its memory holds the matrix and the solver's workspace, else on the host."""
+    try:
+        return _float64_eigh(block.to(device), n_tokens, name)
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return _float64_eigh(block.cpu(), n_tokens, name)
+
+
+def _float64_eigh(block: torch.Tensor, n_tokens: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    matrix = block.to(torch.float64) / n_tokens
+    check_finite(matrix, "covariance", name)
+    return torch.linalg.eigh(0.5 * (matrix + matrix.T))
 
 
 @dataclass
@@ -248,20 +323,20 @@ def fit_lambdas(
     fisher: str = "sampled",
     seed: int = 0,
     progress: Progress | None = None,
+    ranks: Ranks = SINGLE,
 ) -> LambdaState:
-    """Second EK-FAC pass: the eigenvalue correction, summed in float64 over examples."""
-    sums = {layer.name: _zeros(layer.d_out, layer.d_in, lm.device) for layer in lm.layers}
+    """Second EK-FAC pass: the eigenvalue correction, summed over examples on the device
+    (`DeviceSum`) and all-reduced over ``ranks`` like `fit_covariances`."""
+    sums = {layer.name: DeviceSum(layer.d_out, layer.d_in, lm.device) for layer in lm.layers}
     QA = {k: basis.QA[k].to(lm.device, lm.accumulate_dtype) for k in sums}
     QS = {k: basis.QS[k].to(lm.device, lm.accumulate_dtype) for k in sums}
     n_examples = 0
-    for batch, cap in _fitting_passes(lm, batches, fisher, seed, progress):
+    for batch, cap in _fitting_passes(lm, ranks.strided(batches), fisher, seed, progress):
         for name in sums:
-            rotated = rotated_gradients(cap.a[name], cap.g[name], QA[name], QS[name])
-            squared = rotated.square().sum(dim=0)
-            check_finite(squared, "eigenvalue correction", name)
-            sums[name] += squared
+            sums[name].add(rotated_gradients(cap.a[name], cap.g[name], QA[name], QS[name]).square().sum(dim=0))
         n_examples += batch.size
-    return LambdaState(_to_host(sums), n_examples)
+    (n_examples,) = ranks.sum_counts([n_examples], lm.device)
+    return LambdaState(_device_totals(sums, "eigenvalue correction", ranks), n_examples)
 
 
 @dataclass
@@ -334,15 +409,17 @@ def fit_factors(
     progress: Progress | None = None,
     groups: int = 1,
     block_size: int | None = None,
+    ranks: Ranks = SINGLE,
 ) -> Factors:
     """All passes in one call, for notebooks; `batches` is called once per pass. With
     ``groups`` > 1 the tracked layers are fitted a group at a time (`pretrace.influence.layer_groups`):
     the same factors, with only one group's state on the device at once; ``block_size``:
-    `fit_covariances`."""
+    `fit_covariances`; ``ranks``: each rank fits its share of the batches (`pretrace.influence.distributed`),
+    every rank gets the same factors."""
 
     def fit_group(group: LoadedModel) -> Factors:
-        cov = fit_covariances(group, batches(), fisher, seed, progress, block_size)
-        basis = eigenbasis(cov, group.device, block_size)
-        return make_factors(basis, fit_lambdas(group, basis, batches(), fisher, seed, progress), damping)
+        cov = fit_covariances(group, batches(), fisher, seed, progress, block_size, ranks)
+        basis = eigenbasis(cov, group.device, block_size)  # the same all-reduced sums on every rank
+        return make_factors(basis, fit_lambdas(group, basis, batches(), fisher, seed, progress, ranks), damping)
 
     return by_layer_group(lm, groups, fit_group, Factors.join)

@@ -123,6 +123,12 @@ def test_ekfac_equals_exact_damped_fisher_when_kronecker_is_exact():
     torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-6 * float(expected.abs().max()))
 
 
+def assert_same_sum(got: torch.Tensor, expected: torch.Tensor) -> None:
+    """Equal to float32 rounding: a fit's terms add in float32 on the device before its float64
+    total (`DeviceSum`), so sums split otherwise differ by a few float32 ulps of their largest entry."""
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6 * float(expected.abs().max()))
+
+
 @pytest.mark.parametrize("fisher", ["empirical", "sampled"])
 def test_merged_partial_fits_equal_one_fit(fisher):
     lm = wrap_model(tiny_model("llama"), device="cpu")
@@ -137,8 +143,8 @@ def test_merged_partial_fits_equal_one_fit(fisher):
     )
     assert (merged.n_tokens, merged.n_examples) == (whole.n_tokens, whole.n_examples)
     for name in whole.A:
-        torch.testing.assert_close(merged.A[name], whole.A[name], rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(merged.S[name], whole.S[name], rtol=1e-12, atol=1e-14)
+        assert_same_sum(merged.A[name], whole.A[name])
+        assert_same_sum(merged.S[name], whole.S[name])
     basis = eigenbasis(whole)
     lam_whole = fit_lambdas(lm, basis, all_batches(seqs), fisher, seed=3)
     lam_merged = fit_lambdas(lm, basis, all_batches(seqs[:12]), fisher, seed=3).merge(
@@ -146,7 +152,7 @@ def test_merged_partial_fits_equal_one_fit(fisher):
     )
     assert lam_merged.n_examples == 24
     for name in lam_whole.sums:
-        torch.testing.assert_close(lam_merged.sums[name], lam_whole.sums[name], rtol=1e-12, atol=1e-16)
+        assert_same_sum(lam_merged.sums[name], lam_whole.sums[name])
 
 
 def test_sampled_and_empirical_fisher_differ():
