@@ -97,7 +97,7 @@ def report(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> dg.
             stats,
             top,
             queries,
-            ReportConfig(k=config.top_k, seed=config.seed),
+            ReportConfig(k=config.top_k, top_fraction=config.report_top_fraction, seed=config.seed),
             shards=len(shards),
             attribution=attribution,
             comparison=comparison,

@@ -214,6 +214,12 @@ class PretraceConfig(BaseModel):
     top_k: StrictInt = Field(
         default=50, gt=0, le=100_000, description="Top and bottom documents kept per query and shard for the report."
     )
+    report_top_fraction: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="The report's top and bottom k per query as a fraction of the corpus (Ruis et al.'s k = 500 of 5M documents is 0.0001), at most top_k; unset = top_k documents. The report states either as a count and a corpus share, and flags one over 5%.",
+    )
     rerank_k: StrictInt | None = Field(
         default=None,
         ge=0,

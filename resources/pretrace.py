@@ -64,6 +64,7 @@ class PretraceResource(dg.ConfigurableResource):
     allow_pickle: bool = _field("allow_pickle")
     seed: int = _field("seed")
     top_k: int = _field("top_k")
+    report_top_fraction: float | None = _field("report_top_fraction")
     rerank_k: int | None = _field("rerank_k")
     tail_patch_k: int = _field("tail_patch_k")
     tail_patch_lr: float = _field("tail_patch_lr")

@@ -21,9 +21,12 @@ row (the ``fit`` column), never mixed in a table row:
 - ``paper``, Ruis et al.'s: least squares of log score on log rank, R = 500 (``PAPER_RANKS``);
 - ``head``: the same least squares over R = min(fit_ranks (1000), L, max(10, positive documents
   / 10)), which on a small corpus stops before its positive scores run out;
-- ``mle``: maximum likelihood (Clauset, Shalizi & Newman 2009, continuous; with x_min the score
-  at rank R of ``head``, this is Hill's estimator): a = (R - 1) / sum_{r<R} ln(s_r / x_min),
-  slope = -1/a, standard error |slope| / sqrt(R - 1).
+- ``mle``: maximum likelihood as Clauset, Shalizi & Newman (2009) fit a continuous power law:
+  for x_min the score at rank R, a = (R - 1) / sum_{r<R} ln(s_r / x_min) (Hill's estimator),
+  slope = -1/a, standard error |slope| / sqrt(R - 1); R is chosen, among ranks
+  ``MIN_TAIL`` + 1 ... min(fit_ranks, L, positive documents), as the one whose fitted tail is
+  closest to the scores above x_min (smallest Kolmogorov-Smirnov distance). The row's ``ranks``
+  is R: x_min is the score at that rank.
 
 Least squares on log-log is biased: consecutive ranks' log scores are strongly correlated
 (each is a sum of the spacings above it), so the fitted slope leans toward the few top ranks
@@ -44,6 +47,7 @@ FRACTIONS = (1e-4, 1e-3, 1e-2, 1e-1)
 FIT_RANKS = 1000
 PAPER_RANKS = 500
 FITS = ("paper", "head", "mle")
+MIN_TAIL = 10  # scores above x_min at least, for a maximum-likelihood fit
 PERCENTILES = tuple(range(5, 101, 5))
 """Percentiles of a query's documents on one side of its ranking (Ruis et al.'s influence-per-nat
 curves: the top p% of the positively, or negatively, influential documents)."""
@@ -187,12 +191,15 @@ def pareto_mle(x: np.ndarray, x_min: float) -> tuple[float, float]:
     return float(alpha), float((alpha - 1.0) / math.sqrt(v.size))
 
 
-def fit_power_law_mle(values: np.ndarray, fit_ranks: int = FIT_RANKS) -> PowerLaw:
+def fit_power_law_mle(values: np.ndarray, fit_ranks: int = FIT_RANKS, x_min_rank: int | None = None) -> PowerLaw:
     """Rank exponent by maximum likelihood over the top ranks with positive scores: x_min is the
-    score at the last rank R, the R - 1 scores above it give alpha; slope = -1 / (alpha - 1).
-    The intercept puts the line through (R, x_min); R^2 is that line's on log-log axes."""
+    score at rank R (``x_min_rank``, or Clauset et al.'s choice: the R of smallest KS distance),
+    the R - 1 scores above it give alpha; slope = -1 / (alpha - 1). The intercept puts the line
+    through (R, x_min); R^2 is that line's on log-log axes."""
     v = np.asarray(values, dtype=np.float64)[:fit_ranks]
     v = v[: int(np.argmin(v > 0)) if (v <= 0).any() else v.size]
+    r = x_min_rank if x_min_rank is not None else _clauset_rank(v)
+    v = v[:r]
     alpha, _ = pareto_mle(v[:-1], float(v[-1])) if v.size >= 3 else (float("nan"), float("nan"))
     if not math.isfinite(alpha):
         return PowerLaw(float("nan"), float("nan"), float("nan"), int(v.size))
@@ -202,6 +209,28 @@ def fit_power_law_mle(values: np.ndarray, fit_ranks: int = FIT_RANKS) -> PowerLa
     spread = ((y - y.mean()) ** 2).sum()
     r2 = 1 - ((y - intercept - slope * x) ** 2).sum() / spread if spread > 0 else float("nan")
     return PowerLaw(float(slope), float(intercept), float(r2), int(v.size))
+
+
+def _clauset_rank(v: np.ndarray, candidates: int = 48) -> int:
+    """The rank R whose score, as x_min, gives the tail fit closest to the scores above it: the
+    smallest KS distance between their empirical CCDF and the fitted (x / x_min)^-a, over about
+    ``candidates`` log-spaced R from MIN_TAIL + 1 (all of ``v``, descending and positive, if fewer)."""
+    if v.size <= MIN_TAIL + 1:
+        return int(v.size)
+    logs = np.log(v)
+    best, best_d = v.size, math.inf
+    for r in np.unique(np.geomspace(MIN_TAIL + 1, v.size, candidates).astype(int)):
+        above = logs[: r - 1] - logs[r - 1]  # ln(s / x_min) of the r - 1 scores above, descending
+        total = above.sum()
+        if total <= 0:
+            continue
+        a = (r - 1) / total
+        fitted = np.exp(-a * above)  # P(S >= s) under the fit
+        i = np.arange(1, r)
+        d = max(np.abs(i / (r - 1) - fitted).max(), np.abs((i - 1) / (r - 1) - fitted).max())
+        if d < best_d:
+            best, best_d = int(r), d
+    return best
 
 
 def head_ranks(positive_count: int, fit_ranks: int = FIT_RANKS) -> int:
@@ -217,7 +246,7 @@ def power_laws(stats: ShardStatistics, fit_ranks: int = FIT_RANKS) -> list[dict]
     rows = []
     for q, query_id in enumerate(stats.query_ids):
         head = head_ranks(stats.positive.count[q], fit_ranks)
-        for name, ranks in (("paper", PAPER_RANKS), ("head", head), ("mle", head)):
+        for name, ranks in (("paper", PAPER_RANKS), ("head", head), ("mle", fit_ranks)):
             fit = (fit_power_law_mle if name == "mle" else fit_power_law)(stats.top_values[q], ranks)
             rows.append(
                 {

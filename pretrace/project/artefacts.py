@@ -248,6 +248,7 @@ ATTRIBUTION_EVAL = Artefact(
         "retrieval.parquet": None,
         "retrieval_summary.parquet": None,
         "token_influence.parquet": None,
+        "rankings.parquet": None,
     },
     config=("tail_patch_k", "top_k", "tail_patch_lr", "seed", "projection", "projection_basis", "batch_size", "dtype"),
     inputs=(
@@ -258,7 +259,7 @@ ATTRIBUTION_EVAL = Artefact(
         Input("document_gradients", "all_shards"),
         Input("influence_scores", "all_shards"),
     ),
-    code_version="3",
+    code_version="4",
     description="tail-patch gains of each query's top documents by influence, random, BM25, gradient cosine and dot product, "
     "where each ranks the documents stating a query's `evidence`, and the token terms of the top and bottom "
     "documents' scores",
@@ -300,7 +301,7 @@ INFLUENCE_REPORT = Artefact(
     name="influence_report",
     per_shard=False,
     files={},
-    config=("top_k", "seed", "exclude_files"),
+    config=("top_k", "report_top_fraction", "seed", "exclude_files"),
     inputs=(
         Input("completions"),
         Input("query_gradients"),
@@ -308,7 +309,7 @@ INFLUENCE_REPORT = Artefact(
         Input("attribution_eval"),
         Input("reranked_scores"),
     ),
-    code_version="9",
+    code_version="10",
     description="the report over every current shard: HTML, tables, figures",
 )
 

@@ -22,7 +22,7 @@ from pretrace.report.section import Section
 FIT_DEFINITIONS = {
     "paper": f"Ruis et al.: least squares on log-log, ranks 1-{conc.PAPER_RANKS}",
     "head": f"least squares on log-log, ranks 1-min({conc.FIT_RANKS}, max(10, positive documents / 10))",
-    "mle": "maximum likelihood (Clauset et al.; Hill), x_min = the score at the head fit's last rank",
+    "mle": f"maximum likelihood (Clauset et al.), x_min at the rank (of at most {conc.FIT_RANKS}) of smallest KS distance",
 }
 
 
@@ -147,8 +147,9 @@ def reading(a: Analysis) -> list[str]:
     ]
     if mle:
         out.append(
-            "Least squares on log-log axes is biased toward the top ranks; by maximum likelihood (Clauset et al.; "
-            "x_min the score at the head fit's last rank) the mean slopes are: " + "; ".join(mle) + "."
+            "Least squares on log-log axes is biased toward the top ranks; by maximum likelihood (Clauset et al.: "
+            "x_min chosen per query by the smallest Kolmogorov-Smirnov distance, its rank in power_law.parquet) the "
+            "mean slopes are: " + "; ".join(mle) + "."
         )
     from pretrace.report.sections import adjusted_p  # the package corrects every test of the page
 

@@ -62,10 +62,23 @@ def test_the_mle_exponent_recovers_a_known_power_law(a):
     # the rank form: the top R scores, x_min the R-th; slope -1/a with error (1/a) / sqrt(R - 1)
     top = np.sort(x)[::-1]
     r = 2_000
-    fit = fit_power_law_mle(top, r)
+    fit = fit_power_law_mle(top, 5_000, x_min_rank=r)
     assert fit.ranks == r
     assert abs(fit.slope + 1 / a) < 4 * (1 / a) / math.sqrt(r - 1)
     assert math.log(top[r - 1]) == pytest.approx(fit.intercept + fit.slope * math.log(r))
+    chosen = fit_power_law_mle(top, 1_000)  # x_min by Clauset et al.'s KS criterion: the whole sample is a tail
+    assert abs(chosen.slope + 1 / a) < 4 * (1 / a) / math.sqrt(chosen.ranks - 1)
+
+
+def test_the_ks_criterion_puts_x_min_where_the_power_law_starts():
+    """A Pareto tail (a = 1.5) of 300 scores above 1 over a flat body of 3,000 in (0.5, 1): x_min
+    is chosen near rank 300, and the slope is the tail's, where a fit down into the body is not."""
+    rng = np.random.default_rng(11)
+    scores = np.sort(np.concatenate([rng.uniform(size=300) ** (-1 / 1.5), rng.uniform(0.5, 1.0, 3_000)]))[::-1]
+    fit = fit_power_law_mle(scores, 3_300)
+    assert 150 <= fit.ranks <= 330
+    assert abs(fit.slope + 1 / 1.5) < 4 * (1 / 1.5) / math.sqrt(fit.ranks - 1)
+    assert fit_power_law_mle(scores, 3_300, x_min_rank=3_000).slope > -0.5  # the body flattens a fit taken too deep
 
 
 def test_the_mle_needs_positive_scores_above_x_min():
