@@ -1,12 +1,14 @@
 """The benchmarks run end to end on small shapes and print their figures as `name: value` lines."""
 
 import importlib.util
+import json
 import math
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,3 +99,30 @@ def test_the_projection_benchmarks_sparse_store_keeps_each_documents_largest_ent
         assert sorted(nonzero.tolist()) == sorted(original.flatten().abs().topk(3).indices.tolist())
         assert torch.equal(document.flatten()[nonzero], original.flatten()[nonzero])
     assert torch.equal(largest_entries(stored, 24).grads["layer"], grads)
+
+
+def test_the_7b_benchmark_runs_scaled_down_and_writes_every_figure(tmp_path):
+    out = tmp_path / "gpu-7b.json"
+    values, stdout = run_bench("gpu_7b.py", "--tiny", "--out", str(out))
+    written = json.loads(out.read_text())
+    assert written["tiny"] is True and written["device"] == "cpu"
+    for name in (
+        "train_step_tokens_per_s",
+        "factor_passes_vs_train_step",
+        "score_resident_vs_train_step_tokens_per_s",
+        "document_gradients_vs_train_step_tokens_per_s",
+        "study_gpu_days_7b_h100",
+    ):
+        assert math.isfinite(float(values[name])) and float(values[name]) > 0, f"{name}:\n{stdout[-2000:]}"
+        assert float(values[name]) == pytest.approx(written[name], rel=1e-3)
+    assert written["query_gradients_computed"] == written["queries"]
+
+
+def test_the_7b_benchmark_stops_before_its_deadline_with_what_it_measured(tmp_path):
+    from bench.gpu_7b import extrapolated, main
+
+    out = tmp_path / "gpu-7b.json"
+    assert main(["--tiny", "--deadline-s", "0", "--out", str(out)]) == 0
+    written = json.loads(out.read_text())
+    assert "train_seconds" in written and written["stopped_before"].startswith("covariances")
+    assert extrapolated(1.0, 1.5, 2, 32) == 1.0 + 31 * 0.5  # one block's share, times the other 31
