@@ -1,9 +1,12 @@
-"""The demo queries: factual, three reasoning tasks, unrelated controls, and questions about
-the planted facts (`pretrace.demo.planted`).
+"""The demo queries: factual, three reasoning tasks, controls of Ruis et al.'s kind, and
+questions about the planted facts (`pretrace.demo.planted`).
 
 Factual queries ask for facts the corpus states in several wordings; reasoning queries are
 worked in the corpus's numbered-steps style on problems held out of the corpus, so only the
-procedure, never the result, can be found in a document.
+procedure, never the result, can be found in a document. Controls have the surface form of a
+factual query ("The capital of X is") or of a reasoning one ("Problem: ... Step 1: ...
+Answer:") but state their answer in the prompt, so they need neither a stored fact nor a
+procedure: `factual_control` and `reasoning_control`, read apart as Ruis et al. read theirs.
 """
 
 from __future__ import annotations
@@ -16,21 +19,19 @@ from pretrace.demo.files import write_records
 from pretrace.demo.planted import planted_queries
 
 PER_KIND = 8
-KINDS = ("factual", *procedures.TASKS, "control")
-# (prompt, completion) continuations of everyday English and Python, unrelated to facts or maths;
-# each completion starts a new pre-token, so tokenizing prompt + completion splits at the seam.
-_CONTROLS = (
-    ("The opposite of hot is", " cold."),
-    ("Monday, Tuesday,", " Wednesday."),
-    ("Once upon a", " time."),
-    ("Red, green and", " blue."),
-    ("The cat sat on the", " mat."),
-    ("def add(a, b):\n    return", " a + b"),
-    ("for i in range(10):\n    print(", "i)"),
-    ("The sun rises in the", " east."),
-    ("import numpy as", " np"),
-    ("class Point:\n    def __init__(self, x, y):\n        self.x =", " x"),
-)
+PER_CONTROL_KIND = PER_KIND // 2
+CONTROL_KINDS = ("factual_control", "reasoning_control")
+KINDS = ("factual", *procedures.TASKS, *CONTROL_KINDS)
+# Invented places and people: nothing the corpus states, so a control's answer can only be read
+# off its own prompt.
+_PLACES = ("Vostria", "Quellmark", "Ardenvale", "Tirnossa", "Belmuir", "Ostrevan", "Kalvoria", "Drumhollow")
+_CITIES = ("Pelleron", "Marrowby", "Suthcliff", "Evanlow", "Corrisand", "Hadleith", "Wynmere", "Tolvarra")
+_THINGS = ("apples", "boxes", "coins", "books", "chairs", "stamps", "shells", "cards")
+
+
+def per_kind(kind: str) -> int:
+    """How many demo queries a kind has."""
+    return PER_CONTROL_KIND if kind in CONTROL_KINDS else PER_KIND
 
 
 def _query(
@@ -80,16 +81,24 @@ def _reasoning(task: str, rng: random.Random) -> list[dict[str, object]]:
     ]
 
 
-def _control(rng: random.Random) -> list[dict[str, object]]:
-    pairs = rng.sample(_CONTROLS, PER_KIND)
-    return [
-        _query(f"control-{i}", "control", prompt, completion, _answer(completion))
-        for i, (prompt, completion) in enumerate(pairs)
-    ]
+def _controls(rng: random.Random) -> list[dict[str, object]]:
+    """Controls of both forms: a factual query's and a reasoning query's, the answer stated in the prompt."""
+    rows = []
+    for i, (place, city) in enumerate(
+        zip(rng.sample(_PLACES, PER_CONTROL_KIND), rng.sample(_CITIES, PER_CONTROL_KIND))
+    ):
+        prompt = f"The capital of {place} is {city}. The capital of {place} is"
+        rows.append(_query(f"factual_control-{i}", "factual_control", prompt, f" {city}.", city))
+    for i, thing in enumerate(rng.sample(_THINGS, PER_CONTROL_KIND)):
+        n = str(rng.randint(10, 99))
+        prompt = f"Problem: A shelf holds {n} {thing}. How many {thing} does the shelf hold?\n"
+        completion = f"Step 1: The shelf holds {n} {thing}.\nAnswer: {n}"
+        rows.append(_query(f"reasoning_control-{i}", "reasoning_control", prompt, completion, n))
+    return rows
 
 
 def build_demo_queries(path: Path, *, seed: int = 0) -> Path:
-    """Write PER_KIND queries of each of KINDS as JSONL to path.
+    """Write `per_kind` queries of each of KINDS as JSONL to path.
 
     Records: id, kind, prompt, completion, answer, intermediates (the intermediate results of
     a reasoning query's procedure; empty for the other kinds, so every record has one schema).
@@ -97,7 +106,7 @@ def build_demo_queries(path: Path, *, seed: int = 0) -> Path:
     rows = [
         *_factual(random.Random(f"{seed}:factual")),
         *(row for task in procedures.TASKS for row in _reasoning(task, random.Random(f"{seed}:{task}"))),
-        *_control(random.Random(f"{seed}:control")),
+        *_controls(random.Random(f"{seed}:control")),
         *planted_queries(seed),
     ]
     path.parent.mkdir(parents=True, exist_ok=True)

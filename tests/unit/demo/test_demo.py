@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from pretrace.demo import facts, procedures
 from pretrace.demo.corpus import build_demo_corpus
 from pretrace.demo.files import write_records
-from pretrace.demo.queries import KINDS, PER_KIND, build_demo_queries
+from pretrace.demo.queries import KINDS, build_demo_queries, per_kind
 from pretrace.demo.tokenizer import train_tokenizer
 from pretrace.demo.train import train_demo_model
 from pretrace.errors import InputError
@@ -81,7 +81,7 @@ def test_procedures_compute_the_right_answers():
 
 
 def test_queries_have_every_kind_and_a_consistent_schema(queries):
-    assert [q["kind"] for q in queries if q["kind"] != "planted"] == [k for k in KINDS for _ in range(PER_KIND)]
+    assert [q["kind"] for q in queries if q["kind"] != "planted"] == [k for k in KINDS for _ in range(per_kind(k))]
     assert len({q["id"] for q in queries}) == len(queries)
     for q in queries:
         assert q["answer"] and q["answer"] in q["completion"]
