@@ -14,6 +14,28 @@ def _demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dir", default=".", help="where the demo's demo-data/ and data/ are (default: here)")
 
 
+def _plan_arguments(p: argparse.ArgumentParser) -> None:
+    """`pretrace plan --gpu ...`: a study planned for named hardware, not this machine."""
+    p.add_argument("--gpu", help="plan for this card: h100-80gb, h200-141gb, or a memory size such as 80GB")
+    p.add_argument("--gpus", type=int, help="GPUs sharing the work (default 1)")
+    p.add_argument("--host-memory", help="host memory of a step's pod, e.g. 256GB (default: not checked)")
+    p.add_argument("--disk", help="disk for the whole study's artefacts, e.g. 20TB (default 1PB)")
+    p.add_argument(
+        "--model", help="the model folder (or URL) whose config.json is planned (default: the config's model)"
+    )
+    p.add_argument("--documents", type=int, help="documents in the corpus (default: counted from its files' bytes)")
+    p.add_argument(
+        "--tokens-per-document", type=int, help="mean tokens a document, with --documents (default max_length)"
+    )
+    p.add_argument(
+        "--bytes-per-token",
+        type=float,
+        help="corpus bytes a token when counting from the files (default: measured with the model's tokenizer, else 4)",
+    )
+    p.add_argument("--queries", type=int, help="queries to explain (default: the queries file's count)")
+    p.add_argument("--rates", help="folder of bench/gpu.py result files, gpu-<date>-*.json (default bench/results)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="pretrace",
@@ -51,11 +73,13 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(command="check")
     p = commands.add_parser(
         "plan",
-        help="the memory each step will need (device, host, disk), and the layer groups "
-        "a run will use; loads no weights",
+        help="the memory each step will need (device, host, disk) and the layer groups a run will use; "
+        "with --gpu, the cheapest setting for that hardware and the study's GPU-hours, from the model's "
+        "config.json alone (no weights, no tokenizer needed)",
     )
     p.add_argument("--config", help="pretrace.yaml (default: the demo)")
     _demo_arguments(p)
+    _plan_arguments(p)
     p.set_defaults(command="plan")
     p = commands.add_parser("status", help="which artefacts are current, missing or stale, and why")
     p.add_argument("--config", help="pretrace.yaml (default: the demo)")

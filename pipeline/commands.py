@@ -22,7 +22,7 @@ import dagster as dg
 import yaml
 
 from pretrace.assets.common import PROGRESS_LOGGER, StepInterrupted
-from pretrace.config import load_config
+from pretrace.config import PretraceConfig, load_config
 from pretrace.errors import InputError, PretraceError
 from pretrace.project.provenance import Project
 
@@ -153,9 +153,48 @@ def check(args: argparse.Namespace) -> None:
     _say("every input is usable; nothing was computed")
 
 
+_STUDY_FLAGS = ("gpus", "host_memory", "disk", "model", "documents", "tokens_per_document", "bytes_per_token")
+_STUDY_FLAGS += ("queries", "rates")
+
+
 def plan(args: argparse.Namespace) -> None:
-    """Each step's peak device memory, host memory and disk, from the model's configuration alone."""
+    """Each step's peak device memory, host memory and disk, from the model's configuration alone;
+    with --gpu, for that hardware: the cheapest setting that fits and the study's GPU-hours."""
+    if args.gpu is not None:
+        _print_study_plan(args)
+        return
+    given = [flag for flag in _STUDY_FLAGS if getattr(args, flag) is not None]
+    if given:
+        flag = given[0].replace("_", "-")
+        raise InputError(f"--{flag} plans for named hardware: give --gpu too, e.g. --gpu h100-80gb")
     _print_plans(_definitions(args).resources["pretrace"].project())
+
+
+def _print_study_plan(args: argparse.Namespace) -> None:
+    """`pretrace.project.device_plan.plan_study` of the config (or the demo's) on the --gpu target."""
+    from pretrace.planning.measured_rates import RESULTS
+    from pretrace.planning.targets import target
+    from pretrace.project.device_plan import plan_study
+
+    demo = args.config is None and args.model is None
+    if args.config is not None:
+        config = load_config(args.config)
+    else:  # the demo's settings, or pretrace's defaults for a model given alone
+        config = demo_config(args.dir, args.storage) if demo else PretraceConfig(model=args.model)
+    hardware = target(args.gpu, args.gpus or 1, args.host_memory, args.disk)
+    study = plan_study(
+        config,
+        hardware,
+        demo=demo,
+        model=args.model,
+        documents=args.documents,
+        tokens_per_document=args.tokens_per_document,
+        bytes_per_token=args.bytes_per_token,
+        queries=args.queries,
+        rates_folder=Path(args.rates) if args.rates else RESULTS,
+    )
+    _say(f"study plan for {hardware.name}, from the model's configuration (no weights loaded)")
+    print(study.report(), flush=True)
 
 
 def status(args: argparse.Namespace) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from functools import cache
 
 import torch
 
@@ -100,6 +101,11 @@ class Workload:
     document_rank: int | None = None
     stored_gradient_dtype: str = "float32"
     activation_checkpointing: bool = False
+    document_tokens: int | None = None  # mean tokens a document (time estimates); unset = max_length
+    fit_documents: int | float | None = None  # the EK-FAC fitting sample (a count or a fraction); unset = all
+    partitioned_groups: bool = False
+    """Layer groups are separate steps (`layer_groups` set above 1: a pod per shard and group), so a
+    fitting step's host memory holds its own group's sums; within one step every group's are joined."""
 
 
 def activation_bytes(shape: ModelShape, tokens: int, itemsize: int, checkpointed: bool = False) -> int:
@@ -172,11 +178,29 @@ class Plan:
 
 def plan(shape: ModelShape, work: Workload) -> Plan:
     """Each step's peak for the largest of ``work.layer_groups`` groups of the tracked layers."""
-    groups = split_layers(shape.layers, work.layer_groups)
-    sizes = _Sizes(shape, work, groups)
+    groups = _split(tuple(shape.layers.items()), work.layer_groups)
+    sizes = _Sizes(shape, work)
     return Plan(
         [sizes.covariances(), sizes.eigenbasis(), sizes.lambdas(), sizes.query_gradients(), sizes.scores()], groups
     )
+
+
+@cache
+def _split(layers: tuple[tuple[str, tuple[int, int]], ...], groups: int) -> list[list[str]]:
+    """`split_layers`, once per shape and count: a chooser plans the same groupings many times."""
+    return split_layers(dict(layers), groups)
+
+
+@cache
+def _heaviest(layers: tuple[tuple[str, tuple[int, int]], ...], groups: int, size) -> list[tuple[int, int]]:
+    """The shapes of the group with the largest total ``size``: the one that sets the peak."""
+    shape = dict(layers)
+    shapes = [[shape[name] for name in group] for group in _split(layers, groups)]
+    return max(shapes, key=lambda group: sum(size(*s) for s in group))
+
+
+def _sides(d_out: int, d_in: int) -> int:
+    return d_out + d_in
 
 
 def _covariance(d_out: int, d_in: int) -> int:
@@ -190,8 +214,8 @@ def _per_example(d_out: int, d_in: int) -> int:
 class _Sizes:
     """The bytes of each step's parts for one model shape, workload and grouping."""
 
-    def __init__(self, shape: ModelShape, work: Workload, groups: list[list[str]]) -> None:
-        self.shape, self.work, self.groups = shape, work, groups
+    def __init__(self, shape: ModelShape, work: Workload) -> None:
+        self.shape, self.work = shape, work
         self.w = resolve_dtype(work.dtype).itemsize
         self.all = list(shape.layers.values())
         self.upcast = self.w < 4 and work.device != "cuda"  # a GPU keeps captured bf16/fp16 values as they are
@@ -199,10 +223,15 @@ class _Sizes:
         self.query_batch = min(work.batch_size, max(work.queries, 1))
         self.k_out, self.k_in = work.projection or (None, None)
 
+    def on_host(self, size) -> int:
+        """Floats of ``size`` over the layers a fitting step holds on the host: its own group's when
+        groups are separate steps (`Workload.partitioned_groups`), else every layer's."""
+        layers = self.heaviest(size) if self.work.partitioned_groups else self.all
+        return sum(size(*s) for s in layers)
+
     def heaviest(self, size) -> list[tuple[int, int]]:
         """The shapes of the group with the largest total ``size``: the one that sets the peak."""
-        shapes = [[self.shape.layers[name] for name in group] for group in self.groups]
-        return max(shapes, key=lambda group: sum(size(*s) for s in group))
+        return _heaviest(tuple(self.shape.layers.items()), self.work.layer_groups, size)
 
     def forward(self, tokens: int, layers: list[tuple[int, int]]) -> dict[str, int]:
         """A captured pass: weights, the model's activations (the tracked layers' inputs among
@@ -258,40 +287,40 @@ class _Sizes:
         return max(b.stop - b.start for side in sides for b in diagonal_blocks(side, self.work.factor_block_size))
 
     def covariances(self) -> Step:
-        g, all_cov = self.heaviest(_covariance), sum(_covariance(*s) for s in self.all)
+        g, all_cov = self.heaviest(_covariance), self.on_host(_covariance)
         return Step(
             "covariances",
             self.forward(self.doc_tokens, g)
             | {
-                "float64 sums": 8 * sum(_covariance(*s) for s in g),
-                # one diagonal block's float32 product at a time, and the float64 copy the in-place sum makes of it
-                "batch products": 12 * self.block(g) ** 2,
+                # `pretrace.influence.ekfac.DeviceSum`: a float64 total and the float32 running sum folded into it
+                "float64 sums": 12 * sum(_covariance(*s) for s in g),
+                "batch products": 4 * self.block(g) ** 2,  # one diagonal block's float32 product at a time
             },
             host=8 * all_cov,
             disk=8 * all_cov,
         )
 
     def eigenbasis(self) -> Step:
-        square, all_cov = self.block(self.all), sum(_covariance(*s) for s in self.all)
+        square, all_cov = self.block(self.all), self.on_host(_covariance)
         return Step(
             "eigenbasis",
             {"float64 matrix, copy, vectors, solver work": 8 * 8 * square * square},
             host=8 * all_cov + 4 * all_cov,
-            disk=4 * (all_cov + sum(o + i for o, i in self.all)),
+            disk=4 * (all_cov + self.on_host(_sides)),
         )
 
     def lambdas(self) -> Step:
         g, work = self.heaviest(factor_floats), self.work
-        every = sum(_per_example(*s) for s in self.all)
+        every = self.on_host(_per_example)
         return Step(
             "lambdas",
             self.forward(self.doc_tokens, g)
             | {
                 "eigenbases": 4 * sum(_covariance(*s) for s in g),
-                "float64 sums": 8 * sum(_per_example(*s) for s in g),
+                "float64 sums": 12 * sum(_per_example(*s) for s in g),  # as the covariances' (`DeviceSum`)
                 "rotated per-example": self.rotated(work.batch_size, work.max_length, 2),
             },
-            host=4 * sum(_covariance(*s) for s in self.all) + 8 * every,
+            host=4 * self.on_host(_covariance) + 8 * every,
             disk=8 * every,
         )
 
@@ -310,6 +339,15 @@ class _Sizes:
             disk=every,
         )
 
+    def projection(self, layers: list[tuple[int, int]]) -> dict[str, int]:
+        """What projecting document gradients holds on the device: per layer the kept k_out x d_out and
+        k_in x d_in eigenvectors (or random matrices) and the k_out x k_in corrected eigenvalues, in
+        float32; never the full eigenbases, which only the query gradients' preconditioning needs."""
+        if self.work.projection is None:
+            return {}
+        kept = [(*self.kept(o, i), o, i) for o, i in layers]
+        return {"kept eigenvectors": 4 * sum(ko * o + ki * i + ko * ki for ko, ki, o, i in kept)}
+
     def scores(self) -> Step:
         g, work = self.heaviest(_per_example), self.work
         if work.query_rank is None:
@@ -326,7 +364,7 @@ class _Sizes:
         documents = work.documents * self.document_bytes()  # the document_gradients store
         return Step(
             "scores",
-            self.forward(self.doc_tokens, g) | scoring | self.gathered("scores", matrix),
+            self.forward(self.doc_tokens, g) | scoring | self.projection(g) | self.gathered("scores", matrix),
             host=4 * work.queries * self.query_floats(self.all) + matrix,
             disk=matrix + documents,
         )

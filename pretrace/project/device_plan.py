@@ -19,10 +19,17 @@ from pretrace.config import PretraceConfig
 from pretrace.demo.tokenizer import DEMO_VOCAB
 from pretrace.demo.train import demo_model_config
 from pretrace.errors import InputError
+from pretrace.inputs.corpus import list_corpus_files
+from pretrace.inputs.fit_sample import sampled_documents
 from pretrace.inputs.query_file import read_queries
 from pretrace.model.adapter import open_checkpoint, resolve_device
+from pretrace.planning.cheapest import Assessed, cheapest, settings_lines
+from pretrace.planning.measured_rates import RESULTS, MeasuredRates, measured_rates
 from pretrace.planning.memory_plan import GB, ModelShape, Plan, Workload, fitting_plan, plan, suggestion
+from pretrace.planning.study_inputs import CorpusSize, corpus_size, local_tokenizer, model_configuration
+from pretrace.planning.targets import Target
 from pretrace.project.provenance import Project
+from pretrace.store.storage import open_fs
 
 
 @dataclass
@@ -77,6 +84,8 @@ def workload(config: PretraceConfig, *, documents: int, queries: int, query_leng
         document_rank=config.document_rank,
         stored_gradient_dtype=config.stored_gradient_dtype,
         activation_checkpointing=config.activation_checkpointing,
+        fit_documents=config.fit_documents,
+        partitioned_groups=(config.layer_groups or 1) > 1,
     )
 
 
@@ -129,3 +138,106 @@ def _tokenized_documents(project: Project, largest_shard: bool = False) -> int:
         if manifest is not None and project.status(artefact, shard).current:
             counts.append(project.store.reader(artefact, manifest).table("{shard}.parquet", ["doc_id"]).num_rows)
     return max(counts) if largest_shard else sum(counts)
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """A study on a target: the cheapest setting that fits, its plan and time, and what they rest on."""
+
+    asked: Workload
+    chosen: Assessed
+    target: Target
+    rates: MeasuredRates
+    corpus: CorpusSize
+    parameters: int
+    layers: int
+
+    def report(self) -> str:
+        work, chosen = self.asked, self.chosen.work
+        sample = sampled_documents(work.fit_documents, work.documents)
+        return "\n".join(
+            [
+                f"target: {self.target.describe()}",
+                f"model: {self.parameters / 1e9:.2f}B parameters, {self.layers} tracked layers, {work.dtype}",
+                f"corpus: {self.corpus.documents:,} documents of {self.corpus.tokens_per_document:,} tokens "
+                f"({self.corpus.tokens / 1e9:.3g}B tokens; {self.corpus.counted}); EK-FAC fitted on {sample:,} of them; "
+                f"{work.queries} queries",
+                f"cheapest setting that fits: {settings_lines(chosen)}",
+                self.chosen.plan.table(),
+                f"  study disk {self.chosen.disk / GB:,.1f} GB (every artefact; the fitting sums once per fit shard)",
+                self.chosen.estimate.table(),
+                "measured rates (the training step's scaled to this model by 6 x parameters FLOPs a token):",
+                *(f"  {line}" for line in self.rates.cited()),
+            ]
+        )
+
+
+def study_workload(config: PretraceConfig, corpus: CorpusSize, queries: int) -> Workload:
+    """The settings and counts of a study run on GPUs (`workload`, sized by ``corpus``)."""
+    work = workload(config, documents=corpus.documents, queries=queries)
+    return replace(work, device="cuda", document_tokens=corpus.tokens_per_document)
+
+
+def study_plan(
+    config: PretraceConfig,
+    model_config: object,
+    target: Target,
+    corpus: CorpusSize,
+    *,
+    queries: int,
+    fit_shards: int = 1,
+    rates_folder: Path = RESULTS,
+) -> StudyPlan:
+    """The cheapest setting of ``config``'s study on ``target`` (`pretrace.planning.cheapest`), from the
+    model's configuration alone; `InputError` naming the setting that would let it run when none fits."""
+    shape = ModelShape.of_config(model_config, config.layers)
+    work = study_workload(config, corpus, queries)
+    rates = measured_rates(target.card, rates_folder)
+    chosen = cheapest(shape, work, target, rates, fit_shards)
+    return StudyPlan(work, chosen, target, rates, corpus, shape.parameters, len(shape.layers))
+
+
+def plan_study(
+    config: PretraceConfig,
+    target: Target,
+    *,
+    demo: bool = False,
+    model: str | None = None,
+    documents: int | None = None,
+    tokens_per_document: int | None = None,
+    bytes_per_token: float | None = None,
+    queries: int | None = None,
+    rates_folder: Path = RESULTS,
+) -> StudyPlan:
+    """`study_plan` of a pretrace.yaml's settings (``model`` in place of its model when given): the
+    model's config.json, the corpus counted by `corpus_size`, the queries file's count unless
+    ``queries`` is given, every corpus file a fit shard unless `fit_shards` names them."""
+    model = model or config.model
+    model_config = (
+        demo_model_config(DEMO_VOCAB, config.max_length)
+        if demo
+        else model_configuration(model, config.trust_remote_code)
+    )
+    tokenizer = None if demo or bytes_per_token is not None or documents is not None else local_tokenizer(model)
+    corpus = corpus_size(
+        config.corpus,
+        config.max_length,
+        documents=documents,
+        tokens_per_document=tokens_per_document,
+        bytes_per_token=bytes_per_token,
+        tokenizer=tokenizer,
+    )
+    if queries is None:
+        queries = read_queries(config.queries).num_rows if _exists(config.queries) else 0
+    if config.fit_shards != "all":
+        fit_shards = len(config.fit_shards)
+    else:
+        fit_shards = len(list_corpus_files(config.corpus).files) if _exists(config.corpus) else 1
+    return study_plan(
+        config, model_config, target, corpus, queries=queries, fit_shards=max(fit_shards, 1), rates_folder=rates_folder
+    )
+
+
+def _exists(url: str) -> bool:
+    fs, path = open_fs(url)
+    return fs.exists(path)

@@ -1,0 +1,190 @@
+"""The cheapest setting a study can run with on a target, by estimated time, or a refusal that names
+the setting that would let it run.
+
+The choice is among layer groups, batch size (the asked one and its halves), activation
+checkpointing and the stored gradients' precision (the asked one and narrower), subject to every
+step's device and host memory and the study's disk (`targets.Target`). Time comes from
+`study_cost.study_estimate`: each layer group repeats every pass and checkpointing recomputes
+forwards, while the batch size and the store's precision cost nothing per token. So the
+cheapest setting has, for each batch size and checkpointing, the fewest groups that fit, and ties
+go to the larger batch, fewer groups, no checkpointing, then the more precise store (`order`).
+`cheapest` searches that way; `cheapest_by_enumeration` tries every setting of the same grid, and
+exists to check it (`bench/scale.py`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, replace
+
+from pretrace.errors import InputError
+from pretrace.planning.measured_rates import MeasuredRates
+from pretrace.planning.memory_plan import GB, ModelShape, Plan, Workload, plan
+from pretrace.planning.study_cost import Estimate, study_estimate
+from pretrace.planning.targets import Target
+
+STORE_DTYPES = ("float32", "bfloat16", "int8", "int4")
+"""Stored gradient precisions, most precise first: the chooser never picks a wider one than asked."""
+
+FITTING_STEPS = ("covariances", "lambdas")
+"""Steps that write their sums once per fit shard."""
+
+
+def batch_sizes(work: Workload) -> list[int]:
+    """The asked batch size and its halves down to 1."""
+    return [work.batch_size >> k for k in range(work.batch_size.bit_length())]
+
+
+def store_dtypes(work: Workload) -> list[str]:
+    return list(STORE_DTYPES[STORE_DTYPES.index(work.stored_gradient_dtype) :])
+
+
+def grid(shape: ModelShape, work: Workload) -> list[Workload]:
+    """Every setting the chooser may pick for ``work``."""
+    return [
+        setting(work, groups, batch, checkpointed, dtype)
+        for groups, batch, checkpointed, dtype in itertools.product(
+            range(1, len(shape.layers) + 1), batch_sizes(work), (False, True), store_dtypes(work)
+        )
+    ]
+
+
+def setting(work: Workload, groups: int, batch: int, checkpointed: bool, dtype: str) -> Workload:
+    """``work`` with these settings; more than one group runs as separate steps (`layer_groups` set)."""
+    return replace(
+        work,
+        layer_groups=groups,
+        batch_size=batch,
+        activation_checkpointing=checkpointed,
+        stored_gradient_dtype=dtype,
+        partitioned_groups=groups > 1,
+    )
+
+
+def study_disk(shape: ModelShape, work: Workload, fit_shards: int = 1) -> int:
+    """Bytes the whole study writes: every step's artefacts, the fitting sums once per fit shard.
+    The same for any grouping, batch size and checkpointing, so planned once for each other setting."""
+    same = replace(work, layer_groups=1, partitioned_groups=False, batch_size=1, activation_checkpointing=False)
+    key = (shape.parameters, shape.blocks, shape.hidden, shape.vocab, tuple(shape.layers.items()), same, fit_shards)
+    if key not in _DISKS:
+        whole = plan(shape, same)
+        _DISKS[key] = sum(step.disk * (fit_shards if step.name in FITTING_STEPS else 1) for step in whole.steps)
+    return _DISKS[key]
+
+
+_DISKS: dict[tuple, int] = {}
+
+
+@dataclass(frozen=True)
+class Assessed:
+    """One setting: its plan, time, disk, and the budgets it exceeds."""
+
+    work: Workload
+    plan: Plan
+    estimate: Estimate
+    disk: int
+    problems: tuple[str, ...]  # among "device", "host", "disk"
+
+    @property
+    def feasible(self) -> bool:
+        return not self.problems
+
+
+def order(work: Workload, estimate: Estimate) -> tuple:
+    """Cheapest first; among equal times the larger batch, fewer groups, no checkpointing, the more precise store."""
+    return (
+        round(estimate.gpu_hours, 9),
+        -work.batch_size,
+        work.layer_groups,
+        work.activation_checkpointing,
+        STORE_DTYPES.index(work.stored_gradient_dtype),
+    )
+
+
+def memory_problems(planned: Plan, target: Target) -> tuple[str, ...]:
+    device = any(step.device > target.device_bytes for step in planned.steps)
+    host = target.host_bytes is not None and any(step.host > target.host_bytes for step in planned.steps)
+    return (*(["device"] if device else []), *(["host"] if host else []))
+
+
+def assess(shape: ModelShape, work: Workload, target: Target, rates: MeasuredRates, fit_shards: int = 1) -> Assessed:
+    planned, disk = plan(shape, work), study_disk(shape, work, fit_shards)
+    problems = (*memory_problems(planned, target), *(["disk"] if disk > target.disk_bytes else []))
+    return Assessed(work, planned, study_estimate(shape, work, rates, target.gpus), disk, problems)
+
+
+def cheapest_by_enumeration(
+    shape: ModelShape, work: Workload, target: Target, rates: MeasuredRates, fit_shards: int = 1
+) -> Assessed | None:
+    """Every setting of `grid` assessed; the first by `order` of those that fit (None if none does)."""
+    feasible = [a for a in (assess(shape, w, target, rates, fit_shards) for w in grid(shape, work)) if a.feasible]
+    return min(feasible, key=lambda a: order(a.work, a.estimate), default=None)
+
+
+def cheapest(shape: ModelShape, work: Workload, target: Target, rates: MeasuredRates, fit_shards: int = 1) -> Assessed:
+    """The cheapest setting that fits ``target`` (module docstring); `InputError` naming the setting
+    that would let the study run when none does."""
+    dtype = next(
+        (
+            d
+            for d in store_dtypes(work)
+            if study_disk(shape, replace(work, stored_gradient_dtype=d), fit_shards) <= target.disk_bytes
+        ),
+        None,
+    )
+    if dtype is None:
+        raise InputError(_disk_refusal(shape, work, target, fit_shards))
+    fitting = []
+    for batch, checkpointed in itertools.product(batch_sizes(work), (False, True)):
+        for groups in range(1, len(shape.layers) + 1):  # time grows with groups: the fewest that fit
+            tried = setting(work, groups, batch, checkpointed, dtype)
+            if not memory_problems(plan(shape, tried), target):
+                fitting.append(tried)
+                break
+    if not fitting:
+        raise InputError(_memory_refusal(shape, work, target))
+    estimates = {id(w): study_estimate(shape, w, rates, target.gpus) for w in fitting}
+    best = min(fitting, key=lambda w: order(w, estimates[id(w)]))
+    return Assessed(best, plan(shape, best), estimates[id(best)], study_disk(shape, best, fit_shards), ())
+
+
+def settings_lines(chosen: Workload) -> str:
+    """The settings the chooser picks, as pretrace.yaml lines."""
+    keys = ("layer_groups", "batch_size", "activation_checkpointing", "stored_gradient_dtype")
+    return ", ".join(f"{key}: {str(getattr(chosen, key)).lower()}" for key in keys)
+
+
+def _memory_refusal(shape: ModelShape, work: Workload, target: Target) -> str:
+    smallest = plan(shape, setting(work, len(shape.layers), 1, True, work.stored_gradient_dtype))
+    device = max(smallest.steps, key=lambda step: step.device)
+    if device.device > target.device_bytes:
+        return (
+            f"the {device.name} step needs {device.device / GB:.3g} GB of device memory at its smallest settings "
+            f"(batch_size: 1, layer_groups: {len(shape.layers)}, activation_checkpointing: true) but {target.name} has "
+            f"{target.device_bytes / GB:.3g} GB; set factor_block_size for the widest layers, shorten max_length, "
+            "track fewer layers (layers:), or plan for a larger --gpu"
+        )
+    host = max(smallest.steps, key=lambda step: step.host)
+    return (
+        f"the {host.name} step needs {host.host / GB:.3g} GB of host memory at its least (layer_groups: "
+        f"{len(shape.layers)}) but --host-memory gives {target.host_bytes / GB:.3g} GB; give the step pods at least "
+        f"{host.host / GB:.3g} GB (--host-memory), or track fewer layers (layers:)"
+    )
+
+
+def _disk_refusal(shape: ModelShape, work: Workload, target: Target, fit_shards: int) -> str:
+    """The largest square projection whose store fits the disk in the asked precision."""
+    need = study_disk(shape, replace(work, stored_gradient_dtype=STORE_DTYPES[-1]), fit_shards)
+    widest = max(side for layer in shape.layers.values() for side in layer)
+    lo, hi = 0, widest  # the largest k in [0, widest] whose store fits: bisection (the store grows with k)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        fits = study_disk(shape, replace(work, projection=(mid, mid)), fit_shards) <= target.disk_bytes
+        lo, hi = (mid, hi) if fits else (lo, mid - 1)
+    said = f"the study writes {need / 1e12:.3g} TB even with stored_gradient_dtype: int4 but --disk gives {target.disk_bytes / 1e12:.3g} TB"
+    if lo == 0:
+        return f"{said}; its factors and scores alone do not fit: give it more disk (--disk)"
+    return (
+        f"{said}; set projection: [{lo}, {lo}] in pretrace.yaml (the largest that fits at stored_gradient_dtype: "
+        f"{work.stored_gradient_dtype}; or a smaller one, or document_rank), or give it more disk (--disk)"
+    )

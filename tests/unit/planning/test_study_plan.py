@@ -1,0 +1,181 @@
+"""The study plan: the cheapest setting against brute force, its time arithmetic, the rates it reads,
+and its refusals."""
+
+import itertools
+import json
+from dataclasses import replace
+
+import pytest
+
+from pretrace.errors import InputError
+from pretrace.planning.cheapest import cheapest, study_disk
+from pretrace.planning.measured_rates import SCALE_RUN_LAYERS, MeasuredRates, Rate, measured_rates
+from pretrace.planning.memory_plan import ModelShape, Workload, plan
+from pretrace.planning.study_cost import study_estimate
+from pretrace.planning.targets import parse_size, target
+from pretrace.testing.published_shapes import PUBLISHED_SHAPES, WIDE_BLOCKS
+
+
+def rates(score=0.8, fit=8.0, train=40_000.0, parameters=1_100_000_000) -> MeasuredRates:
+    def r(value):
+        return Rate(value, "gpu-2026-01-01-test.json", "NVIDIA H100 80GB HBM3")
+
+    return MeasuredRates(r(train), parameters, r(score), r(fit), r(30.0), r(24.0))
+
+
+PAPER = Workload(
+    batch_size=8,
+    max_length=2048,
+    dtype="bfloat16",
+    documents=5_000_000,
+    document_tokens=500,
+    fit_documents=0.1,
+    queries=80,
+    query_length=256,
+    query_rank=64,
+    projection=(304, 304),
+    document_rank=18,
+    stored_gradient_dtype="int8",
+)
+
+
+@pytest.fixture(scope="module")
+def shapes() -> dict[str, ModelShape]:
+    return {name: ModelShape.of_config(config, ["mlp"]) for name, config in PUBLISHED_SHAPES.items()}
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED_SHAPES))
+def test_the_chosen_setting_is_the_cheapest_that_fits_by_brute_force(name, shapes):
+    """Every setting of the grid, planned and timed; the chooser's pick is the one of least time
+    among those within the budgets (ties: larger batch, fewer groups, no checkpointing, more bits).
+    At 6 TB the 35B's int8 store does not fit, the 7B-class ones' does."""
+    shape, work = shapes[name], replace(PAPER, factor_block_size=WIDE_BLOCKS.get(name))
+    card = "h200-141gb" if name == "Command-R-35B" else "h100-80gb"  # 35B's weights leave 80 GB too little
+    budget, measured = target(card, host_memory="400GB", disk="6TB"), rates()
+    best = None
+    for groups, batch, checkpointed, dtype in itertools.product(
+        range(1, len(shape.layers) + 1), (8, 4, 2, 1), (False, True), ("int8", "int4")
+    ):
+        tried = replace(
+            work,
+            layer_groups=groups,
+            batch_size=batch,
+            activation_checkpointing=checkpointed,
+            stored_gradient_dtype=dtype,
+            partitioned_groups=groups > 1,
+        )
+        planned = plan(shape, tried)
+        if (
+            max(step.device for step in planned.steps) > budget.device_bytes
+            or max(step.host for step in planned.steps) > 400e9
+            or study_disk(shape, tried) > 6e12
+        ):
+            continue
+        key = (
+            round(study_estimate(shape, tried, measured).gpu_hours, 9),
+            -batch,
+            groups,
+            checkpointed,
+            dtype != "int8",
+        )
+        best = min(best or (key, tried), (key, tried), key=lambda pair: pair[0])
+    assert best is not None and best[1].stored_gradient_dtype == ("int4" if name == "Command-R-35B" else "int8")
+    assert cheapest(shape, work, budget, measured).work == best[1]
+
+
+def test_the_estimate_counts_each_stage_in_training_steps_of_the_model(shapes):
+    """By hand: 6.74B parameters at 40,000 tokens/s x 1.1B / 6.74B; 3 groups with checkpointing add
+    2 x 4/6 + 3 x 2/6 training steps a token to every pass."""
+    shape = shapes["Llama-2-7B"]
+    work = replace(PAPER, layer_groups=3, activation_checkpointing=True)
+    step = shape.parameters / (40_000 * 1.1e9)  # seconds a token
+    extra = 2 * 4 / 6 + 3 * 2 / 6
+    seconds = study_estimate(shape, work, rates(score=0.8, fit=8.0)).seconds
+    assert seconds["fit covariances"] == pytest.approx(250e6 * step * (4.0 + extra))
+    assert seconds["eigenvalue corrections"] == seconds["fit covariances"]
+    assert seconds["document gradients"] == pytest.approx(2.5e9 * step * (1 / 0.8 + extra))
+    cubes = sum(side**3 for layer in shape.layers.values() for side in layer)
+    assert seconds["eigendecomposition"] == pytest.approx(
+        30.0 * cubes / sum(s**3 for lay in SCALE_RUN_LAYERS for s in lay)
+    )
+
+
+def test_the_scoring_pass_holds_the_kept_eigenvectors_not_the_eigenbases(shapes):
+    shape = shapes["Llama-2-7B"]
+    projected = plan(shape, PAPER).step("scores").parts
+    per_block = 4 * 3 * (304 * 11008 + 304 * 4096 + 304 * 304)  # three MLP layers, 11008 x 4096 or its transpose
+    assert projected["kept eigenvectors"] == 32 * per_block  # one group: every block's, float32
+    assert (
+        "eigenbases" not in projected
+        and "kept eigenvectors" not in plan(shape, replace(PAPER, projection=None)).step("scores").parts
+    )
+
+
+def test_a_store_that_cannot_fit_the_disk_is_refused_with_the_projection_that_would(shapes):
+    shape = shapes["Llama-2-7B"]
+    exact = replace(PAPER, projection=None, document_rank=None, stored_gradient_dtype="float32")
+    assert study_disk(shape, exact) > 1e16  # tens of petabytes
+    with pytest.raises(InputError, match=r"set projection: \[(\d+), \1\] in pretrace.yaml") as refused:
+        cheapest(shape, exact, target("h100-80gb"), rates())
+    k = int(refused.value.args[0].split("set projection: [")[1].split(",")[0])
+    assert (
+        study_disk(shape, replace(exact, projection=(k, k)))
+        <= 1e15
+        < study_disk(shape, replace(exact, projection=(k + 1, k + 1)))
+    )
+
+
+def test_a_step_beyond_the_host_memory_is_refused_with_what_it_needs(shapes):
+    shape = shapes["Llama-2-7B"]  # its query gradients step loads every layer's factors: 70 GB
+    with pytest.raises(InputError, match=r"the query_gradients step needs 7\d.\d GB of host memory .* gives 51.5 GB"):
+        cheapest(shape, PAPER, target("h100-80gb", host_memory="48GiB"), rates())
+    chosen = cheapest(shape, PAPER, target("h100-80gb", host_memory="80GB"), rates())
+    assert max(step.host for step in chosen.plan.steps) <= 80e9
+
+
+def test_the_newest_usable_result_file_gives_each_rate_and_the_cards_own_its_training_rate(tmp_path):
+    base = {
+        "parameters": 1_100_048_384,
+        "tf32": False,
+        "train_step_tokens_per_s": 1.0,
+        "factor_passes_vs_train_step": 30.0,
+    }
+    base |= {"score_vs_train_step_tokens_per_s": 0.1, "eigendecomposition_seconds": 9.0, "query_gradients_seconds": 9.0}
+    files = {
+        "gpu-2026-01-01-h100.json": {**base, "device": "NVIDIA H100", "train_step_tokens_per_s": 100.0},
+        "gpu-2026-02-01-h200.json": {**base, "device": "NVIDIA H200", "train_step_tokens_per_s": 200.0},
+        "gpu-2026-03-01-h200-tf32.json": {
+            **base,
+            "device": "NVIDIA H200",
+            "tf32": True,
+            "factor_passes_vs_train_step": 1.0,
+        },
+        "gpu-2026-03-02-h200-quick.json": {**base, "device": "NVIDIA H200", "parameters": 19_000_000},
+        "gpu-2026-02-15-h200-resident.json": {
+            **base,
+            "device": "NVIDIA H200",
+            "score_resident_vs_train_step_tokens_per_s": 0.8,
+        },
+    }
+    for name, figures in files.items():
+        (tmp_path / name).write_text(json.dumps(figures))
+    on_h100, on_any = measured_rates("H100", tmp_path), measured_rates(None, tmp_path)
+    assert (on_h100.train_tokens_per_s.value, on_h100.train_tokens_per_s.source) == (100.0, "gpu-2026-01-01-h100.json")
+    assert on_any.train_tokens_per_s.source == "gpu-2026-02-15-h200-resident.json"  # newest usable: not tf32, not quick
+    assert (on_h100.score_vs_train.value, on_h100.score_vs_train.card) == (0.8, "NVIDIA H200")
+    assert on_h100.fit_vs_train.value == 30.0
+    assert on_h100.train_tokens_per_s_at(2_200_096_768) == 50.0  # 6 x parameters FLOPs a token
+    with pytest.raises(
+        InputError, match="no GPU result file in .* holds train_step_tokens_per_s; run `python -m bench.gpu"
+    ):
+        measured_rates("H100", tmp_path / "nothing")
+
+
+def test_targets_and_sizes():
+    assert target("H100-80GB").device_bytes == 80e9 and target("h200-141gb").card == "H200"
+    assert target("96GB").device_bytes == 96e9 and target("96GB").card is None
+    assert parse_size("2TiB", "--disk") == 2 * 2**40 and parse_size("256", "--host-memory") == 256e9
+    with pytest.raises(InputError, match=r"--gpu: 'a100' is neither a card \(h100-80gb, h200-141gb\) nor a size"):
+        target("a100")
+    with pytest.raises(InputError, match=r"--disk: '20 TBs' is not a size; give e.g. 80GB"):
+        target("h100-80gb", disk="20 TBs")
