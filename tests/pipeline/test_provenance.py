@@ -72,7 +72,7 @@ INVALIDATION = {
     "tail_patch_lr": (0.01, each(*CHECKED)),
     "rerank_k": (2, each("reranked_scores", "influence_report")),
     "fisher": ("empirical", EKFAC_ON),
-    "fit_documents": (0.5, EKFAC_ON),  # the factors fitted on a sample of every fit shard
+    "fit_documents": (12, EKFAC_ON),  # a count: each shard's sample depends on every fit shard's ids
     "seed": (1, EKFAC_ON),  # the sampled Fisher's labels: new factors; unprojected gradients never read the seed
     "batch_size": (3, GRADIENTS | each("completions")),
     "dtype": ("bfloat16", GRADIENTS | each("completions")),
