@@ -82,7 +82,7 @@ def compute(a: Analysis) -> Sources:
 def _cuts(n: int) -> list[tuple[str, int]]:
     """Ruis et al.'s k as counts (those the corpus has) and as the same fractions of their corpus
     (every one, at least one document): (how it was set, k)."""
-    counts = [(f"{k:,} documents", k) for k in SOURCE_KS if k <= n] or [(f"{n:,} documents", n)]
+    counts = [(f"{k} documents", k) for k in SOURCE_KS if k <= n] or [(f"{n} documents", n)]
     fractions = [
         (f"{pct(k / PAPER_DOCUMENTS, 3)} of the corpus", fraction_rank(k / PAPER_DOCUMENTS, n)) for k in SOURCE_KS
     ]
