@@ -10,12 +10,13 @@ three are partitioned by layer group too (layers are independent in EK-FAC), and
 
 import time
 from collections.abc import Callable
-from functools import cache, reduce
+from functools import cache, partial, reduce
 from typing import Any
 
 import dagster as dg
 
 from pretrace.errors import InputError
+from pretrace.influence.distributed import SINGLE, Ranks
 from pretrace.influence.ekfac import (
     CovarianceState,
     Eigenbasis,
@@ -36,34 +37,46 @@ from pretrace.resources.pretrace import PretraceResource
 from .checks import check_specs
 from .common import GPU_ASSET, RETRY, computing, materialized, progress_logger
 from .partitions import GROUP, SHARD, group_partitions, shard_and_group_partitions, shard_partitions
+from .torchrun import Progresses, stepped_under_torchrun
 
 FITTING = {**GPU_ASSET, "retry_policy": RETRY}
 EKFAC = {"group_name": "ekfac", "kinds": {"pytorch", "safetensors"}}
 
 
-def _shard_pass(
-    context: dg.AssetExecutionContext, pretrace: PretraceResource, what: str, fit: Callable, join: Callable
-) -> dg.MaterializeResult:
-    """One fitting pass over a fit shard's documents per layer group, the groups' states joined
-    (or over one group's layers, for a partition of one layer group)."""
+def _shard_pass(context: dg.AssetExecutionContext, pretrace: PretraceResource, name: str) -> dg.MaterializeResult:
+    """A fitting pass of this partition (`shard_pass_state`), under torchrun with `gpus_per_step` > 1."""
     started = time.monotonic()
     with computing(context, pretrace) as run:
-        config = run.project.config
-        full = run.model()
-        groups = run.layer_groups(full)
-        lm = run.group_model(full)
-        sequences = _fit_sequences(run)
-        progress = progress_logger(context, len(sequences) * groups, f"{what} of {run.label}")
-        state = by_layer_group(
-            lm,
-            groups,
-            lambda group: fit(
-                run, group, (b for _, b in batches(sequences, config.batch_size, lm.pad_token_id)), progress
-            ),
-            join,
-        )
+        if run.project.config.gpus_per_step > 1:
+            return stepped_under_torchrun(context, pretrace, run, started)
+        state, metadata = shard_pass_state(run, name, partial(progress_logger, context))
         manifest = run.commit({"{shard}.safetensors": state})
-    return materialized(run, manifest, started, documents=len(sequences), layer_groups=groups, layers=len(lm.layers))
+    return materialized(run, manifest, started, **metadata)
+
+
+def shard_pass_state(
+    run: Computation, name: str, progresses: Progresses, ranks: Ranks = SINGLE
+) -> tuple[Any, dict[str, Any]]:
+    """One fitting pass (`SHARD_PASSES[name]`) over a fit shard's documents per layer group, the
+    groups' states joined (or over one group's layers, for a partition of one layer group), and
+    its description; under torch.distributed each rank passes over its share of the batches and
+    every rank gets the summed state."""
+    what, fit, join = SHARD_PASSES[name]
+    config = run.project.config
+    full = run.model()
+    groups = run.layer_groups(full)
+    lm = run.group_model(full)
+    sequences = _fit_sequences(run)
+    progress = progresses(len(sequences) * groups, f"{what} of {run.label}")
+    state = by_layer_group(
+        lm,
+        groups,
+        lambda group: fit(
+            run, group, (b for _, b in batches(sequences, config.batch_size, lm.pad_token_id)), progress, ranks
+        ),
+        join,
+    )
+    return state, {"documents": len(sequences), "layer_groups": groups, "layers": len(lm.layers)}
 
 
 def _doc_ids(run: Computation, shard: str) -> list[str]:
@@ -89,15 +102,12 @@ def _summed(run: Computation, name: str, group: str | None) -> Any:
 
 
 def _covariances(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> dg.MaterializeResult:
-    return _shard_pass(
-        context,
-        pretrace,
-        "covariances",
-        lambda run, lm, data, progress: fit_covariances(
-            lm, data, run.project.config.fisher, run.project.config.seed, progress, run.project.config.factor_block_size
-        ),
-        CovarianceState.join,
-    )
+    return _shard_pass(context, pretrace, "ekfac_covariances")
+
+
+def _fit_covariances(run: Computation, lm, data, progress, ranks: Ranks) -> CovarianceState:
+    config = run.project.config
+    return fit_covariances(lm, data, config.fisher, config.seed, progress, config.factor_block_size, ranks)
 
 
 def _eigenbasis(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> dg.MaterializeResult:
@@ -124,20 +134,20 @@ def _eigenbasis(context: dg.AssetExecutionContext, pretrace: PretraceResource) -
 
 
 def _lambdas(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> dg.MaterializeResult:
-    return _shard_pass(
-        context,
-        pretrace,
-        "eigenvalue corrections",
-        lambda run, lm, data, progress: fit_lambdas(
-            lm,
-            run.reader("ekfac_eigenbasis", run.group).state(),
-            data,
-            run.project.config.fisher,
-            run.project.config.seed,
-            progress,
-        ),
-        LambdaState.join,
-    )
+    return _shard_pass(context, pretrace, "ekfac_lambdas")
+
+
+def _fit_lambdas(run: Computation, lm, data, progress, ranks: Ranks) -> LambdaState:
+    config = run.project.config
+    basis = run.reader("ekfac_eigenbasis", run.group).state()
+    return fit_lambdas(lm, basis, data, config.fisher, config.seed, progress, ranks)
+
+
+SHARD_PASSES: dict[str, tuple[str, Callable, Callable]] = {
+    "ekfac_covariances": ("covariances", _fit_covariances, CovarianceState.join),
+    "ekfac_lambdas": ("eigenvalue corrections", _fit_lambdas, LambdaState.join),
+}
+"""Each per-shard fitting artefact: what its pass is called, its fit, and how groups join."""
 
 
 @cache

@@ -12,8 +12,12 @@ Without a process group, `Ranks()` is the single process and every call here is 
 from __future__ import annotations
 
 import itertools
+import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -21,10 +25,14 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from pretrace.errors import InputError
+from pretrace import errors
+from pretrace.errors import InputError, PretraceError
 
 T = TypeVar("T")
 GPUS_PER_STEP = "gpus_per_step"
+ERROR_PREFIX, RESULT_PREFIX = "pretrace-error: ", "pretrace-result: "
+"""How ranks report to the process that launched torchrun, one line each: a pretrace error, and
+the writing rank's description of what it wrote (JSON)."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,10 @@ class Ranks:
             dist.barrier(group=self._host_group)
 
 
+SINGLE = Ranks()
+"""The single process: no process group, every call above a no-op."""
+
+
 def visible_devices() -> int:
     """GPUs this process can use (0 on a machine without CUDA)."""
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -135,3 +147,54 @@ def process_group(device: str) -> Iterator[Ranks]:
         yield Ranks.current()
     finally:
         dist.destroy_process_group()
+
+
+def error_line(error: PretraceError) -> str:
+    """The line a failing rank prints, for `run_torchrun` to raise the same error in the launcher."""
+    return ERROR_PREFIX + json.dumps({"type": type(error).__name__, "message": str(error)})
+
+
+def result_line(description: dict) -> str:
+    """The line the writing rank prints: what `run_torchrun` returns."""
+    return RESULT_PREFIX + json.dumps(description)
+
+
+def _raised(line: str) -> PretraceError:
+    reported = json.loads(line.removeprefix(ERROR_PREFIX))
+    kind = getattr(errors, reported["type"], PretraceError)
+    return (kind if isinstance(kind, type) and issubclass(kind, PretraceError) else PretraceError)(reported["message"])
+
+
+def run_torchrun(module: str, arguments: Sequence[str], processes: int, log: Callable[[str], None]) -> dict:
+    """Run ``python -m module *arguments`` under torchrun, ``processes`` processes on this machine,
+    and wait: each output line goes to ``log``, a failure is raised here as the error a rank
+    reported (`error_line`: an InputError stays an InputError) or with torchrun's last line, and
+    success returns the writing rank's description (`result_line`; empty without one)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+    reported: str | None = None
+    result: dict = {}
+    last: deque[str] = deque(maxlen=1)
+    with subprocess.Popen(
+        [*command, "-m", module, *arguments], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as child:
+        try:
+            for line in child.stdout:
+                line = line.rstrip("\n")
+                if line.startswith(ERROR_PREFIX):
+                    reported = reported or line
+                elif line.startswith(RESULT_PREFIX):
+                    result = json.loads(line.removeprefix(RESULT_PREFIX))
+                elif line.strip():
+                    last.append(line)
+                    log(line)
+        except BaseException:  # the launcher was stopped: stop the ranks too
+            child.terminate()
+            raise
+    if child.returncode != 0:
+        if reported is not None:
+            raise _raised(reported)
+        raise PretraceError(
+            f"torchrun ({GPUS_PER_STEP}: {processes}) of {module} exited with status {child.returncode}: "
+            + (last[0] if last else "no output")
+        )
+    return result

@@ -18,7 +18,7 @@ import torch
 from pretrace.config import Damping
 from pretrace.errors import InputError
 from pretrace.influence.capture import Captured, Labels, capture, check_finite, float32_matmul
-from pretrace.influence.distributed import Ranks
+from pretrace.influence.distributed import SINGLE, Ranks
 from pretrace.influence.layer_groups import by_layer_group, join_layers, join_mappings
 from pretrace.inputs.batching import TokenBatch
 from pretrace.model.adapter import LoadedModel
@@ -26,7 +26,6 @@ from pretrace.store.serialization import pack, unpack
 
 Progress = Callable[[int], None]
 FISHER_LABELS: dict[str, Labels] = {"sampled": "sampled", "empirical": "data"}
-SINGLE = Ranks()
 
 
 def batch_generator(batch: TokenBatch, seed: int, device: torch.device) -> torch.Generator:

@@ -27,6 +27,7 @@ def fit_and_store(out: Path) -> None:
     """Covariances, eigenbasis, eigenvalue corrections, factors and two document stores of the
     tiny model, each saved to ``out`` as safetensors by the writing rank."""
     torch.set_num_threads(1)
+    out.mkdir(parents=True, exist_ok=True)
     with process_group("cpu") as ranks:
         lm = wrap_model(tiny_model("llama"), device="cpu")
         sequences = random_sequences(DOCUMENTS, seed=5)
@@ -45,7 +46,6 @@ def fit_and_store(out: Path) -> None:
                 lm, sequences, ids, ranks, batch_size=BATCH_SIZE, **options
             )
         if ranks.writes:
-            out.mkdir(parents=True, exist_ok=True)
             for name, state in states.items():
                 tensors, metadata = state.to_tensors()
                 save_file({k: v.contiguous() for k, v in tensors.items()}, out / f"{name}.safetensors", metadata)

@@ -1,15 +1,21 @@
 """Data parallel on torch.distributed: two gloo processes under torchrun fit the same factors
 and store the same document gradients, in document order, as one process."""
 
-import os
-import subprocess
-import sys
+import threading
 
 import pytest
 import torch
 from safetensors import safe_open
 
-from pretrace.influence.distributed import Ranks
+from pretrace.errors import ConcurrentChange, InputError, PretraceError
+from pretrace.influence.distributed import (
+    Ranks,
+    _raised,
+    check_gpus_per_step,
+    error_line,
+    run_torchrun,
+    visible_devices,
+)
 from pretrace.influence.document_gradients import DocumentGradients
 from pretrace.influence.ekfac import CovarianceState, Factors, LambdaState
 from pretrace.influence.query_gradients import query_gradients_from_tokens
@@ -30,19 +36,44 @@ def load(folder, name, cls):
 def runs(tmp_path_factory):
     """The same fit and stores from one process (this one) and from two under torchrun."""
     one, two = tmp_path_factory.mktemp("one"), tmp_path_factory.mktemp("two")
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone"]
-    child = subprocess.Popen(
-        [*torchrun, "-m", "pretrace.testing.distributed_fit", str(two)],
-        env=env | {"OMP_NUM_THREADS": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    lines, failure = [], []
+
+    def under_torchrun():
+        try:
+            run_torchrun("pretrace.testing.distributed_fit", [str(two)], 2, lines.append)
+        except Exception as exc:  # raised in the test below, with the ranks' output
+            failure.append(exc)
+
+    child = threading.Thread(target=under_torchrun)
+    child.start()
     fit_and_store(one)
-    output, _ = child.communicate(timeout=300)
-    assert child.returncode == 0, output[-3000:]
+    child.join(timeout=300)
+    assert not failure and not child.is_alive(), "\n".join(lines[-30:])
     return one, two
+
+
+def test_a_failing_rank_fails_the_launcher_with_its_last_line(tmp_path):
+    (tmp_path / "taken").write_text("a file where the ranks' folder should be")
+    with pytest.raises(
+        PretraceError,
+        match=r"torchrun \(gpus_per_step: 2\) of pretrace\.testing\.distributed_fit exited with status 1: .+",
+    ):
+        run_torchrun("pretrace.testing.distributed_fit", [str(tmp_path / "taken")], 2, lambda line: None)
+
+
+def test_a_ranks_pretrace_error_is_raised_again_as_itself():
+    line = error_line(InputError("layers: no layer matches 'mlpp'\nsee the list"))
+    assert "\n" not in line
+    error = _raised(line)
+    assert type(error) is InputError and str(error) == "layers: no layer matches 'mlpp'\nsee the list"
+    assert type(_raised(error_line(ConcurrentChange("x")))) is ConcurrentChange
+
+
+def test_more_gpus_than_the_machine_has_are_refused_but_not_on_a_cpu():
+    if visible_devices() < 3:
+        with pytest.raises(InputError, match=r"gpus_per_step: 3 GPUs asked for a step but this machine has \d; lower"):
+            check_gpus_per_step(3, "auto")
+    check_gpus_per_step(3, "cpu")  # gloo processes: any count runs
 
 
 def test_blocks_are_whole_batches_in_document_order_and_strides_cover_every_batch():
