@@ -192,7 +192,7 @@ class PretraceConfig(BaseModel):
         default=1,
         gt=0,
         le=1 << 10,
-        description="GPUs one step uses; more than 1 runs the step under torchrun, one process per GPU.",
+        description="GPUs one step uses; more than 1 runs the EK-FAC fitting passes and document gradients under torchrun, one process per GPU, each on its share of the shard's batches (fitting sums all-reduced, gradients gathered in document order: the same results to float rounding). A machine with fewer GPUs refuses the step; with `device: cpu` the processes use gloo on the CPU (for tests).",
     )
     device_memory_gb: float | None = Field(
         default=None,
