@@ -28,8 +28,9 @@ Three bases:
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, get_args
+from typing import TYPE_CHECKING, Protocol, get_args
 
 import torch
 
@@ -41,6 +42,16 @@ if TYPE_CHECKING:
 
 BASES: tuple[str, ...] = get_args(ProjectionBasis)
 Matrices = dict[str, torch.Tensor | None]  # None: the identity
+
+
+class FactorSource(Protocol):
+    """The EK-FAC factors, or anything that hands them out a layer at a time (a stored file read
+    layer by layer, so a 7B model's 70 GB of factors never sit in host memory at once)."""
+
+    @property
+    def layers(self) -> list[str]: ...
+
+    def restricted(self, names: Sequence[str]) -> Factors: ...
 
 
 def _gaussian(k: int, d: int, seed: int, salt: str) -> torch.Tensor | None:
@@ -115,42 +126,41 @@ class KroneckerProjection:
         k_in: int,
         seed: int = 0,
         basis: ProjectionBasis = "raw",
-        factors: Factors | None = None,
+        factors: FactorSource | None = None,
+        dtype: torch.dtype = torch.float32,
     ) -> KroneckerProjection:
+        """The projection of layers ``shapes``; in the eigenbasis, computed in float64 on the host
+        from one layer's factors at a time and kept in ``dtype`` (float32: what a pass computes in;
+        the raw basis's Gaussian matrices are drawn in float32 whatever ``dtype``)."""
         if k_out < 1 or k_in < 1:
             raise InputError(f"projection: sizes must be positive integers, got [{k_out}, {k_in}]")
         if basis not in BASES:
             raise InputError(f"projection_basis: {basis!r} is not one of {', '.join(BASES)}")
-        if basis != "raw":
-            if factors is None:
-                raise ValueError(f"a {basis} projection is built from the EK-FAC factors; pass them")
-            missing = sorted(set(shapes) - set(factors.layers))
-            if missing:
-                raise InputError(
-                    f"the EK-FAC factors were fitted without layers {missing}; refit them for these layers"
-                )
-        kept_out: Matrices = {}
-        kept_in: Matrices = {}
-        if basis == "principal":
-            picked = {
-                name: principal_selections(factors.lambdas[name], factors.damping[name], k_out, k_in) for name in shapes
-            }
-            P_out, P_in = {n: pair[0] for n, pair in picked.items()}, {n: pair[1] for n, pair in picked.items()}
-            kept_out, kept_in = P_out, P_in
-        else:
+        if basis == "raw":
             P_out = {name: _gaussian(k_out, d_out, seed, f"{name}:out") for name, (d_out, _) in shapes.items()}
             P_in = {name: _gaussian(k_in, d_in, seed, f"{name}:in") for name, (_, d_in) in shapes.items()}
-        if basis == "raw":
             return cls(k_out, k_in, seed, basis, P_out, P_in, P_out, P_in)
-        out, in_, dual_out, dual_in = {}, {}, {}, {}
-        for name in shapes:
-            u, v = kronecker_scales(factors.lambdas[name], factors.damping[name])
-            QS_T, QA_T = factors.QS[name].double().T, factors.QA[name].double().T
-            out[name] = _times(P_out[name], u[:, None] * QS_T).float()
-            dual_out[name] = _times(P_out[name], QS_T / u[:, None]).float()
-            in_[name] = _times(P_in[name], v[:, None] * QA_T).float()
-            dual_in[name] = _times(P_in[name], QA_T / v[:, None]).float()
-        return cls(k_out, k_in, seed, basis, out, in_, dual_out, dual_in, kept_out, kept_in)
+        if factors is None:
+            raise ValueError(f"a {basis} projection is built from the EK-FAC factors; pass them")
+        missing = sorted(set(shapes) - set(factors.layers))
+        if missing:
+            raise InputError(f"the EK-FAC factors were fitted without layers {missing}; refit them for these layers")
+        built = cls(k_out, k_in, seed, basis, {}, {}, {}, {})
+        for name, (d_out, d_in) in shapes.items():
+            layer = factors.restricted([name])
+            QS, QA, lambdas, damping = layer.QS[name], layer.QA[name], layer.lambdas[name], layer.damping[name]
+            if basis == "principal":
+                P_out, P_in = principal_selections(lambdas, damping, k_out, k_in)
+                built.kept_out[name], built.kept_in[name] = P_out, P_in
+            else:
+                P_out, P_in = _gaussian(k_out, d_out, seed, f"{name}:out"), _gaussian(k_in, d_in, seed, f"{name}:in")
+            u, v = kronecker_scales(lambdas, damping)
+            QS_T, QA_T = QS.double().T, QA.double().T
+            built.P_out[name] = _times(P_out, u[:, None] * QS_T).to(dtype)
+            built.dual_out[name] = _times(P_out, QS_T / u[:, None]).to(dtype)
+            built.P_in[name] = _times(P_in, v[:, None] * QA_T).to(dtype)
+            built.dual_in[name] = _times(P_in, QA_T / v[:, None]).to(dtype)
+        return built
 
     def dual(self) -> KroneckerProjection:
         """The projection to apply to the other side of an inner product (itself when raw)."""
@@ -165,6 +175,21 @@ class KroneckerProjection:
             self.P_in,
             self.kept_out,
             self.kept_in,
+        )
+
+    def for_documents(self, names: Sequence[str], device: torch.device, dtype: torch.dtype) -> KroneckerProjection:
+        """What a document pass over layers ``names`` applies, on ``device`` in ``dtype`` (the pass's
+        float32, or float64 for a float64 model): their ``P_out`` (k_out, d_out) and ``P_in``
+        (k_in, d_in) alone. The duals (the queries'), the other layers' matrices and the factors
+        the matrices were made from stay behind; for a principal projection these matrices are
+        the kept eigenvectors, scaled."""
+        kept = set(names)
+
+        def move(d):
+            return {k: None if v is None else v.to(device, dtype) for k, v in d.items() if k in kept}
+
+        return KroneckerProjection(
+            self.k_out, self.k_in, self.seed, self.basis, move(self.P_out), move(self.P_in), {}, {}
         )
 
     def to(self, device: torch.device, dtype: torch.dtype = torch.float32) -> KroneckerProjection:
@@ -196,9 +221,9 @@ class KroneckerProjection:
         """P_out X P_in^T for X of shape (..., d_out, d_in)."""
         P_in, P_out = self.P_in[name], self.P_out[name]
         if P_out is not None:
-            X = P_out @ X
+            X = P_out @ X.to(P_out.dtype)
         if P_in is not None:
-            X = X @ P_in.T
+            X = X.to(P_in.dtype) @ P_in.T
         return X
 
     def describe(self) -> dict:

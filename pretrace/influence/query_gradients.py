@@ -141,11 +141,60 @@ def query_gradients_from_tokens(
     )
 
 
-def _denominator(factors: Factors, name: str, rows: torch.Tensor | None, columns: torch.Tensor | None) -> torch.Tensor:
-    """Lambda + lambda over the kept eigenvectors (None: all), made when used: held for every
-    layer at once, it would be as large as the tracked weights."""
+@dataclass
+class LayerPreconditioner:
+    """What one layer's query gradients are preconditioned and projected with, on the device in
+    the pass's float32 (float64 for a float64 model): the eigenbases Q_S (d_out, m_out) and Q_A
+    (d_in, m_in) and the corrected eigenvalues Lambda (m_out, m_in) that a query is rotated onto
+    (all of them, m = d, unless a principal projection keeps m_out = k_out and m_in = k_in), and
+    the pair that rotates back and projects (the projection's dual times Q): (k, m) matrices, or
+    for a principal projection the (k,) scales of a diagonal pair."""
+
+    QS: torch.Tensor
+    QA: torch.Tensor
+    lambdas: torch.Tensor
+    damping: float
+    back_left: torch.Tensor
+    back_right: torch.Tensor
+    diagonal: bool
+
+    def denominator(self) -> torch.Tensor:
+        """Lambda + lambda, made when used rather than held beside Lambda for every layer."""
+        return self.lambdas + self.damping
+
+
+def layer_preconditioner(
+    factors: Factors,
+    name: str,
+    projection: KroneckerProjection | None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> LayerPreconditioner:
+    """One layer's `LayerPreconditioner`, moved to ``device`` in ``dtype``. A principal projection
+    reads only its kept eigenvectors: they are selected on the host, so the rest never reach the
+    device, and its pair (its dual's scales, diag(dual @ Q_kept)) is computed there in float64.
+    Rotating back out of the eigenbasis and projecting (with the dual of the documents'
+    projection, so that inner products with them estimate the score) compose into one pair, made
+    on the device from the full eigenbases for the other bases."""
+    rows = None if projection is None else projection.kept_out.get(name)
+    columns = None if projection is None else projection.kept_in.get(name)
+    QS = factors.QS[name] if rows is None else factors.QS[name][:, rows]
+    QA = factors.QA[name] if columns is None else factors.QA[name][:, columns]
     lambdas = factors.lambdas[name] if rows is None else factors.lambdas[name][rows]
-    return (lambdas if columns is None else lambdas[:, columns]) + factors.damping[name]
+    lambdas = lambdas if columns is None else lambdas[:, columns]
+    diagonal = projection is not None and projection.basis == "principal"
+    if diagonal:
+        left = (projection.dual_out[name].to(QS.device, torch.float64) * QS.double().T).sum(dim=1)
+        right = (projection.dual_in[name].to(QA.device, torch.float64) * QA.double().T).sum(dim=1)
+    QS, QA, lambdas = (t.to(device, dtype) for t in (QS, QA, lambdas))
+    if not diagonal:
+        out = None if projection is None else projection.dual_out[name]
+        in_ = None if projection is None else projection.dual_in[name]
+        left = QS if out is None else out.to(device, dtype) @ QS
+        right = QA if in_ is None else in_.to(device, dtype) @ QA
+    return LayerPreconditioner(
+        QS, QA, lambdas, factors.damping[name], left.to(device, dtype), right.to(device, dtype), diagonal
+    )
 
 
 def _preconditioned(
@@ -160,28 +209,10 @@ def _preconditioned(
     progress: Callable[[int], None] | None,
     gather: torch.device | str,
 ) -> QueryGradients:
-    factors = factors.restricted([layer.name for layer in lm.layers]).to(lm.device, lm.accumulate_dtype)
-    proj = projection.to(lm.device, lm.accumulate_dtype) if projection is not None else None
-    # Rotating back out of the eigenbasis and projecting (with the dual of the documents'
-    # projection, so that inner products with them estimate the score) compose into one pair.
-    # A principal projection reads only its kept eigenvectors: only those are rotated onto, and
-    # the pair is then diagonal (its dual is those eigenvectors scaled), applied elementwise
-    # instead of as two k x k products per query.
-    diagonal = proj is not None and proj.basis == "principal"
-    QS, QA, kept, back_left, back_right = {}, {}, {}, {}, {}
-    for name in factors.layers:
-        rows = None if proj is None else proj.kept_out.get(name)
-        columns = None if proj is None else proj.kept_in.get(name)
-        kept[name] = rows, columns
-        QS[name] = factors.QS[name] if rows is None else factors.QS[name][:, rows]
-        QA[name] = factors.QA[name] if columns is None else factors.QA[name][:, columns]
-        out = None if proj is None else proj.dual_out[name]
-        in_ = None if proj is None else proj.dual_in[name]
-        if diagonal:  # diag(dual @ Q_kept): the dual's scales
-            back_left[name], back_right[name] = (out * QS[name].T).sum(dim=1), (in_ * QA[name].T).sum(dim=1)
-        else:
-            back_left[name] = QS[name] if out is None else out @ QS[name]
-            back_right[name] = QA[name] if in_ is None else in_ @ QA[name]
+    layers = {
+        layer.name: layer_preconditioner(factors, layer.name, projection, lm.device, lm.accumulate_dtype)
+        for layer in lm.layers
+    }
     left: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in lm.layers}
     right: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in lm.layers}
     logprobs = []
@@ -190,13 +221,12 @@ def _preconditioned(
         cap = capture(lm, batch, "data")
         logprobs.append(-cap.losses.double().cpu())
         for name in left:
-            scaled = rotated_gradients(cap.a[name], cap.g[name], QA[name], QS[name]) / _denominator(
-                factors, name, *kept[name]
-            )
-            if diagonal:
-                X = scaled * back_left[name][:, None] * back_right[name]
+            layer = layers[name]
+            scaled = rotated_gradients(cap.a[name], cap.g[name], layer.QA, layer.QS) / layer.denominator()
+            if layer.diagonal:
+                X = scaled * layer.back_left[:, None] * layer.back_right
             else:
-                X = back_left[name] @ scaled @ back_right[name].T
+                X = layer.back_left @ scaled @ layer.back_right.T
             check_finite(X, "preconditioned query gradient", name)
             if rank is None:
                 left[name].append(X.to(gather))

@@ -10,11 +10,13 @@ publishing a result mixed from two states of the storage root.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 from typing import Any
+
+from safetensors import safe_open
 
 from pretrace.errors import ConcurrentChange, InputError, NotReady
 from pretrace.influence.ekfac import Factors
@@ -28,6 +30,7 @@ from pretrace.project.artefacts import SOURCES, Artefact, Input, group_index, pa
 from pretrace.project.device_plan import device_plan, workload
 from pretrace.project.manifests import ArtefactReader, Manifest
 from pretrace.project.provenance import Project
+from pretrace.store.serialization import pack, unpack
 
 _MODELS: dict[tuple, LoadedModel] = {}
 
@@ -177,12 +180,47 @@ class Computation:
         return lm.restricted(groups[group_index(self.group)])
 
     def projection(self, lm: LoadedModel, factors: Factors | None = None) -> KroneckerProjection | None:
-        """The projection of stored document gradients; a whitened one is built from the
-        factors (read here unless given)."""
+        """The projection of stored document gradients; one in the eigenbasis is built from the
+        factors: those given, else the stored ones read a layer at a time (`StoredFactors`)."""
         config = self.project.config
-        if factors is None and config.projects_with_factors:
-            factors = self.reader("ekfac_factors").state()
-        return projection_for(config, lm.layer_shapes(), factors)
+        if factors is not None or not config.projects_with_factors:
+            return projection_for(config, lm.layer_shapes(), factors)
+        with self.reader("ekfac_factors").path("factors.safetensors") as path, safe_open(path, framework="pt") as file:
+            return projection_for(config, lm.layer_shapes(), StoredFactors(file))
+
+
+class StoredFactors:
+    """Stored EK-FAC factors handed out a layer at a time (a `FactorSource`), each read from the
+    open safetensors file when asked for: building a projection then holds one layer's factors in
+    host memory, not a 7B model's 70 GB."""
+
+    def __init__(self, file: Any) -> None:
+        self._file = file
+        self._meta = unpack(file.metadata(), "factors")
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self._meta["layers"])
+
+    def restricted(self, names: Sequence[str]) -> Factors:
+        meta = {key: value for key, value in self._meta.items() if key != "kind"} | {"layers": list(names)}
+        return Factors.from_tensors(_FileTensors(self._file), pack({}, "factors", **meta)[1])
+
+
+class _FileTensors(Mapping[str, Any]):
+    """An open safetensors file as a mapping that reads a tensor when it is looked up."""
+
+    def __init__(self, file: Any) -> None:
+        self._file = file
+
+    def __getitem__(self, key: str) -> Any:
+        return self._file.get_tensor(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._file.keys())
+
+    def __len__(self) -> int:
+        return len(self._file.keys())
 
 
 def model_description(path: str | Path, fingerprint: str, layers: list[str], **loading: bool) -> dict[str, Any]:
