@@ -125,9 +125,10 @@ def stream_scores(
         queries, [layer.name for layer in lm.layers], None if projection is None else projection.describe()
     )
     scores = torch.zeros(len(queries.ids), len(sequences), dtype=torch.float32)
-    proj = projection.to(lm.device, lm.accumulate_dtype) if projection is not None else None
     for group in layer_groups(lm, groups):
         names = [layer.name for layer in group.layers]
+        # the group's documents' matrices alone (`KroneckerProjection.for_documents`), never the factors
+        proj = None if projection is None else projection.for_documents(names, lm.device, lm.accumulate_dtype)
         scorers = _layer_scorers(queries, names, lm.device, proj)
         for index, cap in iter_captures(group, sequences, batch_size=batch_size, progress=progress):
             block = torch.zeros(len(queries.ids), len(index), dtype=torch.float32, device=lm.device)
