@@ -10,9 +10,14 @@ Random-initialised Llama (no download), float32 on the CPU, a small Zipf-random 
 the inputs already in memory, such as the weights) is printed beside it. The same covariances are
 also eigendecomposed in diagonal blocks (`factor_block_size`: the widest side in 4 blocks), timed
 against the whole, and the plan sizes that decomposition for Llama-2-70B's MLPs whole and in blocks.
-The plans on 80 GB GPUs (`fitting_plan`: layer groups, then smaller batches, then activation
-checkpointing) are of Llama-2-7B's MLPs as they are and of Command-R-35B's with the 22528-wide side
-in 4 diagonal blocks. Prints one `name: value` line per figure.
+The paper's study is then planned on H100s (`pretrace.planning.cheapest`: the cheapest setting
+that fits 80 GB, by time estimated from the newest GPU result files in bench/results, each named):
+Llama-2-7B's MLPs, and Command-R-35B's with the 22528-wide side in 4 diagonal blocks, bf16, 2048-token
+documents, 5M documents of 2.5B tokens, EK-FAC fitted on a 10% sample, every document through the
+default store (304 x 304 principal projections kept as rank-18 int4 factors), 80 queries at rank 64.
+`one_pass_floor_gpu_days_7b_h100` is one pass of document gradients over the corpus at the measured
+scoring rate; `plan_is_cheapest` checks the chosen setting against every setting of the same grid
+for six published shapes. Prints one `name: value` line per figure.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from transformers import CohereConfig, LlamaConfig
+from transformers import LlamaConfig
 
 from bench.synthetic import build_model, config_of, make_data
 from pretrace.errors import InputError
@@ -32,22 +37,18 @@ from pretrace.influence.query_gradients import query_gradients_from_tokens
 from pretrace.influence.scores import stream_scores
 from pretrace.inputs.batching import batches
 from pretrace.model.adapter import wrap_model
-from pretrace.planning.memory_plan import GB, ModelShape, Workload, fitting_plan, plan
+from pretrace.planning.cheapest import cheapest, cheapest_by_enumeration, setting, settings_lines
+from pretrace.planning.measured_rates import measured_rates
+from pretrace.planning.memory_plan import GB, ModelShape, Workload, plan
 from pretrace.planning.peak_memory import PeakAllocations
+from pretrace.planning.study_cost import corpus_tokens
+from pretrace.planning.targets import target
+from pretrace.testing.published_shapes import PUBLISHED_SHAPES, WIDE_BLOCKS
 
 ROOT = Path(__file__).resolve().parents[1]
 
-LLAMA_2_7B = LlamaConfig(
-    vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32
-)
-COMMAND_R_35B = CohereConfig(
-    vocab_size=256000,
-    hidden_size=8192,
-    intermediate_size=22528,
-    num_hidden_layers=40,
-    num_attention_heads=64,
-    num_key_value_heads=64,
-)
+LLAMA_2_7B = PUBLISHED_SHAPES["Llama-2-7B"]
+COMMAND_R_35B = PUBLISHED_SHAPES["Command-R-35B"]
 LLAMA_2_70B = LlamaConfig(
     vocab_size=32000,
     hidden_size=8192,
@@ -60,7 +61,22 @@ BLOCKS = 4  # the block-diagonal figures split the widest side into this many bl
 PAPER_RUN = Workload(
     batch_size=8, max_length=512, dtype="bfloat16", documents=5_000_000, queries=80, query_length=256, query_rank=64
 )
-"""The paper's setting, sized: bf16 models, 512-token documents, 80 queries kept at rank 64."""
+"""bf16 models, 512-token documents, 80 queries kept at rank 64: the 70B eigendecomposition figures' setting."""
+PAPER_STUDY = Workload(
+    batch_size=8,
+    max_length=2048,
+    dtype="bfloat16",
+    documents=5_000_000,
+    document_tokens=500,
+    fit_documents=0.1,
+    queries=80,
+    query_length=256,
+    query_rank=64,
+    projection=(304, 304),
+    document_rank=18,
+    stored_gradient_dtype="int4",
+)
+"""The paper's study: 5M documents of 2.5B tokens (2048 at most), fitted on a 10% sample, the default store."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -103,6 +119,51 @@ def measured_steps(args: argparse.Namespace) -> dict[str, tuple[int, float]]:
     )
     run("scores", lambda: stream_scores(lm, qg, docs, batch_size=args.batch_size))
     return steps
+
+
+def study_figures() -> dict[str, object]:
+    """The paper's study planned on 80 GB H100s (module docstring), and the chooser checked by enumeration."""
+    h100 = target("h100-80gb")
+    rates = measured_rates(h100.card)
+    for line in rates.cited():
+        print(f"rate {line}", flush=True)
+    figures: dict[str, object] = {}
+    # the 35B's 22528-wide MLP side is kept as 4 diagonal blocks (factor_block_size): whole, its
+    # eigendecomposition alone outgrows what 70 GB of bf16 weights leave of 80 GB
+    blocked = replace(PAPER_STUDY, factor_block_size=WIDE_BLOCKS["Command-R-35B"])
+    for label, config, work in (("7b", LLAMA_2_7B, PAPER_STUDY), ("35b", COMMAND_R_35B, blocked)):
+        big = ModelShape.of_config(config, ["mlp"])
+        smallest = plan(big, setting(work, len(big.layers), 1, True, work.stored_gradient_dtype)).peak
+        try:
+            chosen = cheapest(big, work, h100, rates)
+            fits, days, setting_lines = "yes", chosen.estimate.gpu_hours / 24, settings_lines(chosen.work)
+        except InputError as refused:  # nothing fits: said as such, with why
+            fits, days, setting_lines = "no", "none", f"none ({refused})"
+        figures |= {
+            f"fits_80gb_{label}{'_2048' if label == '35b' else ''}": fits,
+            f"chosen_setting_{label}_h100": setting_lines,
+            f"study_gpu_days_{label}_h100": days,
+            f"smallest_peak_gb_{label}": smallest.device / GB,
+            f"weights_gb_{label}": smallest.parts["weights"] / GB,
+        }
+        if label == "7b":
+            floor = corpus_tokens(work) / (rates.train_tokens_per_s_at(big.parameters) * rates.score_vs_train.value)
+            figures["one_pass_floor_gpu_days_7b_h100"] = floor / 86400
+            if fits == "yes":
+                figures["study_vs_floor_7b"] = days * 86400 / floor
+    agree = []
+    for name, config in PUBLISHED_SHAPES.items():
+        shape = ModelShape.of_config(config, ["mlp"])
+        work = replace(PAPER_STUDY, factor_block_size=WIDE_BLOCKS.get(name))
+        try:
+            chosen = cheapest(shape, work, h100, rates).work
+        except InputError:
+            chosen = None
+        by_enumeration = cheapest_by_enumeration(shape, work, h100, rates)
+        agree.append(chosen == (by_enumeration and by_enumeration.work))
+        print(f"  {name}: {'none fits' if chosen is None else settings_lines(chosen)}", flush=True)
+    figures["plan_is_cheapest"] = "yes" if all(agree) else "no"
+    return figures
 
 
 def main(argv=None) -> int:
@@ -160,29 +221,7 @@ def main(argv=None) -> int:
         "measured_peak_mb": steps[heaviest][0] / 2**20,
         "plan_error": abs(steps[heaviest][0] - planned_peak) / planned_peak,
     }
-    # the 35B's 22528-wide MLP side is kept as 4 diagonal blocks (factor_block_size): whole, its float64
-    # covariance sums and their products alone outgrow what 70 GB of bf16 weights leave of 80 GB
-    wide = replace(PAPER_RUN, factor_block_size=COMMAND_R_35B.intermediate_size // BLOCKS)
-    for label, config, work in (("7b", LLAMA_2_7B, PAPER_RUN), ("35b", COMMAND_R_35B, wide)):
-        big = ModelShape.of_config(config, ["mlp"])
-        smallest_settings = replace(work, batch_size=1, layer_groups=len(big.layers), activation_checkpointing=True)
-        smallest = plan(big, smallest_settings).peak
-        try:
-            fitted = fitting_plan(big, work, int(80 * GB))[1]
-            extra = [
-                *(["activation_checkpointing"] if fitted.activation_checkpointing else []),
-                *([f"factor_block_size {work.factor_block_size}"] if work.factor_block_size else []),
-            ]
-            fits, groups = "yes", f"{fitted.layer_groups} (batch_size {', '.join([str(fitted.batch_size), *extra])})"
-        except InputError:  # nothing fits: said as such, with the smallest peak and the weights' part of it
-            fits, groups = "no", "none"
-        figures |= {
-            f"ungrouped_peak_gb_{label}": plan(big, PAPER_RUN).peak.device / GB,
-            f"fits_80gb_{label}": fits,
-            f"layer_groups_80gb_{label}": groups,
-            f"smallest_peak_gb_{label}": smallest.device / GB,
-            f"weights_gb_{label}": smallest.parts["weights"] / GB,
-        }
+    figures |= study_figures()
     widest = ModelShape.of_config(LLAMA_2_70B, ["mlp"])
     for block_size in (None, LLAMA_2_70B.intermediate_size // BLOCKS):
         eig = plan(widest, replace(PAPER_RUN, factor_block_size=block_size)).step("eigenbasis").device

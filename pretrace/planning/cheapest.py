@@ -161,8 +161,8 @@ def _memory_refusal(shape: ModelShape, work: Workload, target: Target) -> str:
         return (
             f"the {device.name} step needs {device.device / GB:.3g} GB of device memory at its smallest settings "
             f"(batch_size: 1, layer_groups: {len(shape.layers)}, activation_checkpointing: true) but {target.name} has "
-            f"{target.device_bytes / GB:.3g} GB; set factor_block_size for the widest layers, shorten max_length, "
-            "track fewer layers (layers:), or plan for a larger --gpu"
+            f"{target.device_bytes / GB:.3g} GB; {'' if work.factor_block_size else 'set factor_block_size for the widest layers, '}"
+            "shorten max_length, track fewer layers (layers:), or plan for a larger --gpu"
         )
     host = max(smallest.steps, key=lambda step: step.host)
     return (
