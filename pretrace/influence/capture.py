@@ -162,10 +162,8 @@ def chunked_sequence_losses(
         pieces.append(
             checkpoint(chunk_losses, rows[part], targets[part], u, use_reentrant=False, preserve_rng_state=False)
         )
-    losses = (
-        torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.promote_types(hidden.dtype, torch.float32))
-    )
-    return _per_sequence(losses, sequence, batch.size)
+    losses = torch.cat(pieces) if pieces else rows.sum(dim=-1)  # no predicted position: empty, in the graph
+    return _per_sequence(losses.to(torch.promote_types(losses.dtype, torch.float32)), sequence, batch.size)
 
 
 def capture(
