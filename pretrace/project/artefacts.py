@@ -151,7 +151,7 @@ COVARIANCES = Artefact(
     files={"{shard}.safetensors": CovarianceState},
     config=(*_TRACKED, "factor_block_size"),
     inputs=(Input("corpus_shards", "shard"), Input("model")),
-    code_version="1",
+    code_version="2",  # 2: sampled labels drawn by inverse CDF, one uniform per predicted position
     description="sums of a aᵀ and g gᵀ per tracked layer over one fit shard",
 )
 EIGENBASIS = Artefact(
@@ -169,7 +169,7 @@ LAMBDAS = Artefact(
     files={"{shard}.safetensors": LambdaState},
     config=_TRACKED,
     inputs=(Input("corpus_shards", "shard"), Input("model"), Input("ekfac_eigenbasis")),
-    code_version="1",
+    code_version="2",  # 2: sampled labels drawn by inverse CDF, one uniform per predicted position
     description="sums of the eigenvalue correction over one fit shard",
 )
 FACTORS = Artefact(
@@ -206,7 +206,7 @@ QUERY_GRADIENTS = Artefact(
     files={"query_gradients.safetensors": QueryGradients, "queries.parquet": None},
     config=("projection", "projection_basis", "query_rank", "seed", "batch_size", "dtype"),
     inputs=(Input("completions"), Input("ekfac_factors"), Input("model")),
-    code_version="4",
+    code_version="5",  # 5: a principal projection's diagonal pair computed in float64
     description="preconditioned query gradients, and each completion's log-probability",
 )
 DOCUMENT_GRADIENTS = Artefact(
