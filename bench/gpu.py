@@ -50,7 +50,8 @@ from pretrace.influence.query_gradients import query_gradients_from_tokens
 from pretrace.influence.scores import score_matrix, stream_scores
 from pretrace.inputs.batching import batches
 from pretrace.model.adapter import wrap_model
-from pretrace.planning.memory_plan import GB, ModelShape, Workload, fitting_plan
+from pretrace.planning.cheapest import fitting_plan
+from pretrace.planning.memory_plan import GB, ModelShape, Workload
 
 ROOT = Path(__file__).resolve().parents[1]
 

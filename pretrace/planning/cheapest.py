@@ -15,12 +15,13 @@ exists to check it (`bench/scale.py`).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from pretrace.errors import InputError
 from pretrace.planning.measured_rates import MeasuredRates
 from pretrace.planning.memory_plan import GB, ModelShape, Plan, Workload, plan
-from pretrace.planning.study_cost import Estimate, study_estimate
+from pretrace.planning.study_cost import Estimate, extra_steps, study_estimate
 from pretrace.planning.targets import Target
 
 STORE_DTYPES = ("float32", "bfloat16", "int8", "int4")
@@ -121,6 +122,24 @@ def cheapest_by_enumeration(
     return min(feasible, key=lambda a: order(a.work, a.estimate), default=None)
 
 
+def fewest_groups(shape: ModelShape, work: Workload, fits: Callable[[Plan], bool]) -> Workload | None:
+    """``work`` in the fewest layer groups whose plan ``fits`` (time grows with groups), or None."""
+    for groups in range(1, len(shape.layers) + 1):
+        tried = setting(work, groups, work.batch_size, work.activation_checkpointing, work.stored_gradient_dtype)
+        if fits(plan(shape, tried)):
+            return tried
+    return None
+
+
+def _fitting(shape: ModelShape, work: Workload, fits: Callable[[Plan], bool]) -> list[Workload]:
+    """For each batch size and checkpointing, the fewest groups that fit: the only settings that can be cheapest."""
+    found = (
+        fewest_groups(shape, setting(work, 1, batch, checkpointed, work.stored_gradient_dtype), fits)
+        for batch, checkpointed in itertools.product(batch_sizes(work), (False, True))
+    )
+    return [tried for tried in found if tried is not None]
+
+
 def cheapest(shape: ModelShape, work: Workload, target: Target, rates: MeasuredRates, fit_shards: int = 1) -> Assessed:
     """The cheapest setting that fits ``target`` (module docstring); `InputError` naming the setting
     that would let the study run when none does."""
@@ -134,18 +153,32 @@ def cheapest(shape: ModelShape, work: Workload, target: Target, rates: MeasuredR
     )
     if dtype is None:
         raise InputError(_disk_refusal(shape, work, target, fit_shards))
-    fitting = []
-    for batch, checkpointed in itertools.product(batch_sizes(work), (False, True)):
-        for groups in range(1, len(shape.layers) + 1):  # time grows with groups: the fewest that fit
-            tried = setting(work, groups, batch, checkpointed, dtype)
-            if not memory_problems(plan(shape, tried), target):
-                fitting.append(tried)
-                break
+    fitting = _fitting(shape, replace(work, stored_gradient_dtype=dtype), lambda p: not memory_problems(p, target))
     if not fitting:
         raise InputError(_memory_refusal(shape, work, target))
     estimates = {id(w): study_estimate(shape, w, rates, target.gpus) for w in fitting}
     best = min(fitting, key=lambda w: order(w, estimates[id(w)]))
     return Assessed(best, plan(shape, best), estimates[id(best)], study_disk(shape, best, fit_shards), ())
+
+
+def fitting_plan(shape: ModelShape, work: Workload, device_bytes: int) -> tuple[Plan, Workload]:
+    """The cheapest setting of ``work`` whose every step fits ``device_bytes`` (layer groups, batch
+    size, checkpointing), with no rates: a setting's estimated time is the same increasing function
+    of `extra_steps` whatever the rates, so ordering by it orders by time. `InputError` when nothing
+    fits, with the plan of the smallest settings."""
+    found = _fitting(shape, work, lambda p: p.peak.device <= device_bytes)
+    if not found:
+        smallest = plan(shape, setting(work, len(shape.layers), 1, True, work.stored_gradient_dtype))
+        raise InputError(
+            f"the run needs {smallest.peak.device / GB:.3g} GB of device memory at its smallest settings "
+            f"(batch_size 1, layer_groups {len(shape.layers)}, activation_checkpointing) but the device has "
+            f"{device_bytes / GB:.3g} GB; track fewer layers, shorten max_length, set factor_block_size for "
+            f"the widest layers, or use a larger device\n{smallest.table()}"
+        )
+    best = min(
+        found, key=lambda w: (round(extra_steps(w), 9), -w.batch_size, w.layer_groups, w.activation_checkpointing)
+    )
+    return plan(shape, best), best
 
 
 def settings_lines(chosen: Workload) -> str:

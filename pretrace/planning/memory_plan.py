@@ -15,7 +15,7 @@ tests measure the whole against real allocations (`pretrace.planning.peak_memory
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cache
 
 import torch
@@ -368,31 +368,6 @@ class _Sizes:
             host=4 * work.queries * self.query_floats(self.all) + matrix,
             disk=matrix + documents,
         )
-
-
-def fitting_plan(shape: ModelShape, work: Workload, device_bytes: int) -> tuple[Plan, Workload]:
-    """The plan of ``work`` if it fits ``device_bytes``, else of the nearest settings that do:
-    more layer groups first (same results, more passes), then smaller batches, then all of that
-    again with activation checkpointing (same results, more compute). Raises `InputError` when
-    nothing fits, with the plan of the smallest settings."""
-    tried = work
-    while True:
-        current = plan(shape, tried)
-        if current.peak.device <= device_bytes:
-            return current, tried
-        if tried.layer_groups < len(shape.layers):
-            tried = replace(tried, layer_groups=tried.layer_groups + 1)
-        elif tried.batch_size > 1:
-            tried = replace(tried, batch_size=tried.batch_size // 2, layer_groups=work.layer_groups)
-        elif not tried.activation_checkpointing:
-            tried = replace(work, activation_checkpointing=True)
-        else:
-            raise InputError(
-                f"the run needs {current.peak.device / GB:.3g} GB of device memory at its smallest settings "
-                f"(batch_size 1, layer_groups {tried.layer_groups}, activation_checkpointing) but the device has "
-                f"{device_bytes / GB:.3g} GB; track fewer layers, shorten max_length, set factor_block_size for "
-                f"the widest layers, or use a larger device\n{current.table()}"
-            )
 
 
 def suggestion(work: Workload, fitted: Workload) -> str:

@@ -5,7 +5,8 @@ which settings would fit.
 groups change no artefact: each layer's factors and gradients are the same bytes whatever the
 grouping). A batch size is never changed behind the user's back (it changes float rounding, so
 it is among the artefacts' inputs): when even one layer per group does not fit, the run is
-refused with the batch size that would.
+refused with the batch size that would, and when a smaller batch would take fewer passes the
+plan says so (`pretrace.planning.cheapest.fitting_plan`).
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from pretrace.inputs.corpus import list_corpus_files
 from pretrace.inputs.fit_sample import sampled_documents
 from pretrace.inputs.query_file import read_queries
 from pretrace.model.adapter import open_checkpoint, resolve_device
-from pretrace.planning.cheapest import Assessed, cheapest, settings_lines
+from pretrace.planning.cheapest import Assessed, cheapest, fewest_groups, fitting_plan, settings_lines
 from pretrace.planning.measured_rates import RESULTS, MeasuredRates, measured_rates
-from pretrace.planning.memory_plan import GB, ModelShape, Plan, Workload, fitting_plan, plan, suggestion
+from pretrace.planning.memory_plan import GB, ModelShape, Plan, Workload, plan, suggestion
 from pretrace.planning.study_inputs import CorpusSize, corpus_size, local_tokenizer, model_configuration
 from pretrace.planning.targets import Target
 from pretrace.project.provenance import Project
@@ -40,6 +41,7 @@ class DevicePlan:
     work: Workload
     budget: int | None  # bytes of device memory; None on a CPU without `device_memory_gb`
     chosen: bool  # the plan chose the layer groups (`layer_groups` unset)
+    cheaper: str | None = None  # settings that would take fewer passes (a smaller batch size), as pretrace.yaml lines
 
     @property
     def groups(self) -> int:
@@ -47,7 +49,8 @@ class DevicePlan:
 
     def headline(self) -> str:
         if self.chosen:
-            return f"layer_groups: {self.groups} (chosen by the plan)"
+            fewer = f"; in fewer passes: {self.cheaper}" if self.cheaper else ""
+            return f"layer_groups: {self.groups} (chosen by the plan){fewer}"
         fan_out = " (the EK-FAC fitting partitioned by group: a run per shard and group)" if self.groups > 1 else ""
         return f"layer_groups: {self.groups}{fan_out}"
 
@@ -96,16 +99,19 @@ def device_plan(config: PretraceConfig, shape: ModelShape, work: Workload) -> De
     asked = plan(shape, work)
     if budget is None or asked.peak.device <= budget:
         return DevicePlan(asked, work, budget, automatic)
-    fitted_plan, fitted = fitting_plan(shape, replace(work, layer_groups=1), budget)  # raises when nothing fits
-    user_settings = ("batch_size", "activation_checkpointing")
-    applied_by_itself = all(getattr(fitted, key) == getattr(work, key) for key in user_settings)
-    if automatic and applied_by_itself:  # layer groups alone: a run can choose them; the rest the user sets
-        return DevicePlan(fitted_plan, fitted, budget, automatic)
+    base = replace(work, layer_groups=1)
+    best = fitting_plan(shape, base, budget)[1]  # the cheapest setting; raises when nothing fits
+    own = fewest_groups(shape, base, lambda planned: planned.peak.device <= budget)  # at the asked batch size
+    cheaper = None if own is None or best == own else suggestion(work, best)
+    if automatic and own is not None:  # layer groups alone: a run can choose them; the rest the user sets
+        own = replace(own, partitioned_groups=work.partitioned_groups)
+        return DevicePlan(plan(shape, own), own, budget, automatic, cheaper)
     raise InputError(
         f"the run needs {asked.peak.device / GB:.3g} GB of device memory at its peak ({asked.peak.name}) but the "
-        f"device has {budget / GB:.3g} GB; set {suggestion(work, fitted)} in pretrace.yaml (layer groups give the "
-        f"same results in more passes, the EK-FAC sums refitted a group at a time; a smaller batch_size recomputes "
-        f"the gradients; activation checkpointing recomputes each block in the backward pass)\n{asked.table()}"
+        f"device has {budget / GB:.3g} GB; set {suggestion(work, own or best)} in pretrace.yaml (layer groups give "
+        f"the same results in more passes, the EK-FAC sums refitted a group at a time; a smaller batch_size "
+        f"recomputes the gradients; activation checkpointing recomputes each block in the backward pass)"
+        f"{f'; in fewer passes: {cheaper}' if cheaper else ''}\n{asked.table()}"
     )
 
 

@@ -1,5 +1,6 @@
 """The memory plan against allocations measured on the same tiny model, and its refusals."""
 
+import itertools
 from dataclasses import replace
 
 import pytest
@@ -15,7 +16,8 @@ from pretrace.influence.query_gradients import query_gradients_from_tokens
 from pretrace.influence.scores import stream_scores
 from pretrace.inputs.batching import batches
 from pretrace.model.adapter import wrap_model
-from pretrace.planning.memory_plan import ModelShape, Workload, fitting_plan, plan, suggestion
+from pretrace.planning.cheapest import fitting_plan
+from pretrace.planning.memory_plan import ModelShape, Workload, plan, suggestion
 from pretrace.planning.peak_memory import PeakAllocations
 from pretrace.project.device_plan import device_plan, workload
 
@@ -155,13 +157,25 @@ SEVEN_B = LlamaConfig(
 )
 
 
-def test_a_run_too_large_for_the_device_gets_the_settings_that_fit():
+def test_a_run_too_large_for_the_device_gets_the_settings_of_fewest_passes_that_fit():
+    """Against every setting: each layer group repeats a forward and backward (4/6 of a training
+    step) and checkpointing a forward (2/6) in every group; the fewest passes win, then the larger
+    batch, fewer groups, no checkpointing. Layer groups first (as the plan once did) is not it."""
     shape = ModelShape.of_config(SEVEN_B, ["mlp"])
     work = Workload(batch_size=8, max_length=512, dtype="bfloat16", documents=1000, queries=8, query_length=64)
     assert plan(shape, work).peak.device > 80e9
     fitted_plan, fitted = fitting_plan(shape, work, int(80e9))
-    assert fitted_plan.peak.device <= 80e9 and fitted.layer_groups > 1 and fitted.batch_size == 8
-    assert suggestion(work, fitted) == f"layer_groups: {fitted.layer_groups}"
+    best = min(
+        (groups * 4 + checkpointed * groups * 2, -batch, groups, checkpointed)
+        for groups, batch, checkpointed in itertools.product(range(1, 97), (8, 4, 2, 1), (False, True))
+        if plan(
+            shape, replace(work, layer_groups=groups, batch_size=batch, activation_checkpointing=checkpointed)
+        ).peak.device
+        <= 80e9
+    )
+    assert (fitted.layer_groups, -fitted.batch_size, fitted.activation_checkpointing) == (best[2], best[1], best[3])
+    assert fitted_plan.peak.device <= 80e9 and fitted.batch_size < 8  # at batch 8 it takes more groups
+    assert suggestion(work, fitted) == f"layer_groups: {fitted.layer_groups}, batch_size: {fitted.batch_size}"
     with pytest.raises(
         InputError,
         match=r"needs [\d.]+ GB of device memory at its smallest settings .*batch_size 1, "
@@ -193,8 +207,13 @@ def test_the_device_plan_chooses_groups_or_refuses_with_the_setting_that_fits():
     chosen = device_plan(
         PretraceConfig(**settings), shape, workload(PretraceConfig(**settings), documents=0, queries=8)
     )
-    assert chosen.chosen and chosen.groups > 1 and chosen.plan.peak.device <= 80e9
-    assert chosen.headline() == f"layer_groups: {chosen.groups} (chosen by the plan)"
+    assert chosen.chosen and chosen.groups > 1 and chosen.plan.peak.device <= 80e9 and chosen.work.batch_size == 8
+    fewer = fitting_plan(shape, replace(chosen.work, layer_groups=1), int(80e9))[1]  # at a smaller batch
+    assert fewer.layer_groups < chosen.groups and fewer.batch_size < 8
+    assert chosen.headline() == (
+        f"layer_groups: {chosen.groups} (chosen by the plan); in fewer passes: layer_groups: {fewer.layer_groups}, "
+        f"batch_size: {fewer.batch_size}"
+    )
     grouped = PretraceConfig(**settings, layer_groups=chosen.groups)
     fanned = device_plan(grouped, shape, workload(grouped, documents=0, queries=8))
     assert fanned.plan.peak.device == chosen.plan.peak.device
@@ -203,12 +222,16 @@ def test_the_device_plan_chooses_groups_or_refuses_with_the_setting_that_fits():
         == f"layer_groups: {chosen.groups} (the EK-FAC fitting partitioned by group: a run per shard and group)"
     )
     fixed = PretraceConfig(**settings, layer_groups=1)
-    with pytest.raises(InputError, match=rf"device has 80 GB; set layer_groups: {chosen.groups} in pretrace.yaml"):
+    with pytest.raises(
+        InputError,
+        match=rf"device has 80 GB; set layer_groups: {chosen.groups} in pretrace.yaml .*backward pass\); in fewer "
+        rf"passes: layer_groups: {fewer.layer_groups}, batch_size: {fewer.batch_size}\n",
+    ):
         device_plan(fixed, shape, workload(fixed, documents=0, queries=8))
     small = PretraceConfig(**{**settings, "device_memory_gb": 40.0})  # one layer a group at batch 8 needs 48.5 GB
     with pytest.raises(
         InputError,
-        match=r"set layer_groups: \d+, batch_size: 4 in pretrace.yaml .*a smaller "
+        match=r"set layer_groups: \d+, batch_size: [124] in pretrace.yaml .*a smaller "
         r"batch_size recomputes the gradients",
     ):
         device_plan(small, shape, workload(small, documents=0, queries=8))
