@@ -3,6 +3,7 @@ and its refusals."""
 
 import itertools
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -12,6 +13,7 @@ from pretrace.planning.cheapest import cheapest, study_disk
 from pretrace.planning.measured_rates import SCALE_RUN_LAYERS, MeasuredRates, Rate, measured_rates
 from pretrace.planning.memory_plan import ModelShape, Workload, plan
 from pretrace.planning.study_cost import study_estimate
+from pretrace.planning.study_inputs import DEFAULT_BYTES_PER_TOKEN, corpus_size
 from pretrace.planning.targets import parse_size, target
 from pretrace.testing.published_shapes import PUBLISHED_SHAPES, WIDE_BLOCKS
 
@@ -179,3 +181,26 @@ def test_targets_and_sizes():
         target("a100")
     with pytest.raises(InputError, match=r"--disk: '20 TBs' is not a size; give e.g. 80GB"):
         target("h100-80gb", disk="20 TBs")
+
+
+class WordTokenizer:
+    """A token a space-separated word: counts a hand can check."""
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": text.split()}
+
+
+def test_the_corpus_is_counted_from_its_bytes_at_the_tokenizers_rate_or_the_stated_one(tmp_path):
+    texts = ["aaa " * 10, "bb " * 30]  # 40 and 90 bytes; 10 and 30 words
+    (tmp_path / "part.jsonl").write_text(
+        "".join(json.dumps({"id": str(i), "text": t}) + "\n" for i, t in enumerate(texts))
+    )
+    size = (tmp_path / "part.jsonl").stat().st_size
+    stated = corpus_size(str(tmp_path), 16, bytes_per_token=2.0)
+    assert (stated.documents, stated.tokens_per_document) == (math.ceil(size / 2 / 16), 16)  # full chunks
+    assert corpus_size(str(tmp_path), 16).documents == math.ceil(size / DEFAULT_BYTES_PER_TOKEN / 16)
+    sampled = corpus_size(str(tmp_path), 16, tokenizer=WordTokenizer())
+    # 130 text bytes over 40 words; chunks of at most 16 words: 1 + 2, so 40 / 3 = 13 tokens a chunk
+    assert sampled.tokens_per_document == 13 and sampled.documents == math.ceil(size / (130 / 40) / 13)
+    given = corpus_size(str(tmp_path / "absent"), 16, documents=1000, tokens_per_document=300)
+    assert given.tokens == 300_000 and "--documents 1,000 x 300 tokens" in given.counted
