@@ -39,7 +39,9 @@ def iter_document_gradients(
 
     On the device, besides the model and its captured (a, g): the projection's P_out and P_in of
     the tracked layers alone (`KroneckerProjection.for_documents`), in the pass's float32 (float64
-    for a float64 model), rounded once from the float64 they are computed in; never the factors.
+    for a float64 model): in the eigenbasis computed in float64 and rounded once (5e-8 of the
+    largest score, `tests/unit/influence/test_scoring_memory.py`), raw ones drawn in float32;
+    never the factors.
     """
     names = [layer.name for layer in lm.layers]
     proj = None if projection is None else projection.for_documents(names, lm.device, lm.accumulate_dtype)
