@@ -18,6 +18,8 @@ from typing import Any
 
 from pretrace.errors import InputError
 from pretrace.inputs.corpus import list_corpus_files, read_records
+from pretrace.model.adapter import _causal_config as causal_config
+from pretrace.model.hub_cache import checkpoint_folder
 from pretrace.store.storage import open_fs
 
 DEFAULT_BYTES_PER_TOKEN = 4.0
@@ -27,24 +29,23 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
 
 def model_configuration(path: str, trust_remote_code: bool = False) -> Any:
-    """The model's configuration from its config.json alone: a local folder's, or that one file
-    copied from a URL (the weights stay where they are)."""
-    from transformers import AutoConfig
-
-    fs, folder = open_fs(path)
+    """The model's configuration from its config.json alone, refused unless it is a causal LM's
+    (as a load would be): a local folder's, or that one file copied from a URL (the weights stay
+    where they are)."""
+    fs, folder = open_fs(checkpoint_folder(path))  # a Hugging Face id: its cached snapshot
     source = f"{folder.rstrip('/')}/config.json"
     if not fs.exists(source):
         raise InputError(f"model: {path} has no config.json; save the model with save_pretrained")
     if "://" not in path:
-        return AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        return causal_config(Path(folder), path, trust_remote_code)
     with tempfile.TemporaryDirectory() as copy:
         fs.get_file(source, f"{copy}/config.json")
-        return AutoConfig.from_pretrained(copy, trust_remote_code=trust_remote_code)
+        return causal_config(Path(copy), path, trust_remote_code)
 
 
 def local_tokenizer(path: str) -> Any | None:
     """The model folder's tokenizer when it is a local folder that has one, else None."""
-    folder = Path(path)
+    folder = Path(checkpoint_folder(path))
     if "://" in path or not any((folder / name).exists() for name in TOKENIZER_FILES):
         return None
     from transformers import AutoTokenizer

@@ -23,7 +23,7 @@ from pretrace.errors import InputError
 from pretrace.inputs.corpus import list_corpus_files
 from pretrace.inputs.fit_sample import sampled_documents
 from pretrace.inputs.query_file import read_queries
-from pretrace.model.adapter import open_checkpoint, resolve_device
+from pretrace.model.adapter import resolve_device
 from pretrace.planning.cheapest import Assessed, cheapest, fewest_groups, fitting_plan, settings_lines
 from pretrace.planning.measured_rates import RESULTS, MeasuredRates, measured_rates
 from pretrace.planning.memory_plan import GB, ModelShape, Plan, Workload, plan, suggestion
@@ -128,7 +128,7 @@ def project_plans(project: Project, largest_shard: bool = False) -> list[tuple[s
         if project.demo:
             model_config = demo_model_config(DEMO_VOCAB, config.max_length)
         else:
-            model_config = open_checkpoint(config.model, **config.loading).config
+            model_config = model_configuration(config.model, config.trust_remote_code)  # no weights needed
         work = workload(config, documents=documents, queries=queries)
         plans.append((name, device_plan(config, ModelShape.of_config(model_config, config.layers), work)))
     return plans

@@ -64,3 +64,17 @@ def test_a_store_beyond_the_disk_and_a_step_beyond_host_memory_are_refused_with_
 def test_hardware_flags_without_a_gpu_are_refused(model: Path):
     with pytest.raises(SystemExit, match="--model plans for named hardware: give --gpu too, e.g. --gpu h100-80gb"):
         main(["plan", "--model", str(model), "--documents", "10"])
+
+
+def test_the_plan_for_this_machine_needs_no_weights_either(model: Path, tmp_path: Path, capsys):
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "part.jsonl").write_text('{"id": "a", "text": "hello"}\n')
+    (tmp_path / "queries.jsonl").write_text(
+        '{"id": "q", "kind": "k", "prompt": "p", "completion": "c", "answer": "c"}\n'
+    )
+    (tmp_path / "pretrace.yaml").write_text(f"model: {model}\ndevice: cpu\n")
+    main(["plan", "--config", "pretrace.yaml"])
+    out = capsys.readouterr().out
+    assert (
+        "model: layer_groups: 1 (chosen by the plan)" in out and "peak " in out and "(covariances): no limit set" in out
+    )
