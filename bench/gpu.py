@@ -50,8 +50,9 @@ from pretrace.influence.query_gradients import query_gradients_from_tokens
 from pretrace.influence.scores import score_matrix, stream_scores
 from pretrace.inputs.batching import batches
 from pretrace.model.adapter import wrap_model
-from pretrace.planning.cheapest import fitting_plan
+from pretrace.planning.cheapest import fewest_groups
 from pretrace.planning.memory_plan import GB, ModelShape, Workload
+from pretrace.planning.memory_plan import plan as memory_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -304,7 +305,10 @@ def scale(quick: bool, results: dict, profile: str | None = None) -> None:
         query_length=args.prompt_len + args.completion_len,
     )
     total = torch.cuda.mem_get_info()[1]
-    plan, fitted = fitting_plan(model_shape, work, int(0.9 * total))
+    fitted = fewest_groups(model_shape, work, lambda planned: planned.peak.device <= 0.9 * total)  # at batch B
+    if fitted is None:
+        raise SystemExit(f"the scale run does not fit {total / GB:.1f} GB at batch {B} in any layer groups")
+    plan = memory_plan(model_shape, fitted)
     print(
         f"model: {model_shape.parameters / 1e9:.2f}B parameters, {len(model_shape.layers)} tracked layers; "
         f"{args.docs} docs x {args.doc_len} tokens, {args.queries} queries, batch {B}; device {total / GB:.1f} GB",
