@@ -340,13 +340,14 @@ class _Sizes:
         )
 
     def projection(self, layers: list[tuple[int, int]]) -> dict[str, int]:
-        """What projecting document gradients holds on the device: per layer the kept k_out x d_out and
-        k_in x d_in eigenvectors (or random matrices) and the k_out x k_in corrected eigenvalues, in
-        float32; never the full eigenbases, which only the query gradients' preconditioning needs."""
+        """What projecting document gradients holds on the device (`KroneckerProjection.for_documents`):
+        per layer the k_out x d_out and k_in x d_in matrices (the kept eigenvectors, scaled by the
+        corrected eigenvalues, or random ones) in float32; never the full eigenbases, which only
+        the query gradients' preconditioning needs."""
         if self.work.projection is None:
             return {}
-        kept = [(*self.kept(o, i), o, i) for o, i in layers]
-        return {"kept eigenvectors": 4 * sum(ko * o + ki * i + ko * ki for ko, ki, o, i in kept)}
+        sides = ((k, d) for o, i in layers for k, d in zip(self.kept(o, i), (o, i), strict=True))
+        return {"kept eigenvectors": 4 * sum(k * d for k, d in sides if k < d)}  # a side kept whole needs none
 
     def scores(self) -> Step:
         g, work = self.heaviest(_per_example), self.work

@@ -235,3 +235,15 @@ def test_the_device_plan_chooses_groups_or_refuses_with_the_setting_that_fits():
         r"batch_size recomputes the gradients",
     ):
         device_plan(small, shape, workload(small, documents=0, queries=8))
+
+
+@pytest.mark.parametrize("projection", [(8, 8), (500, 7)])
+def test_the_scoring_pass_is_planned_to_hold_the_projections_document_matrices_alone(projection):
+    """The bytes of what a document pass moves to the device (`KroneckerProjection.for_documents`)."""
+    model = wrap_model(LlamaForCausalLM(CONFIG).eval(), layers=["mlp"], device="cpu")
+    built = KroneckerProjection.build(model.layer_shapes(), *projection, seed=0, basis="raw")
+    held = built.for_documents(list(model.layer_shapes()), torch.device("cpu"), torch.float32)
+    tensors = [t for side in (held.P_out, held.P_in) for t in side.values() if t is not None]
+    work = Workload(batch_size=4, max_length=16, documents=6, device="cpu", projection=projection)
+    planned = plan(ModelShape.of_config(CONFIG, ["mlp"]), work).step("scores").parts["kept eigenvectors"]
+    assert planned == sum(t.numel() * t.element_size() for t in tensors)

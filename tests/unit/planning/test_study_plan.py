@@ -105,7 +105,7 @@ def test_the_estimate_counts_each_stage_in_training_steps_of_the_model(shapes):
 def test_the_scoring_pass_holds_the_kept_eigenvectors_not_the_eigenbases(shapes):
     shape = shapes["Llama-2-7B"]
     projected = plan(shape, PAPER).step("scores").parts
-    per_block = 4 * 3 * (304 * 11008 + 304 * 4096 + 304 * 304)  # three MLP layers, 11008 x 4096 or its transpose
+    per_block = 4 * 3 * (304 * 11008 + 304 * 4096)  # three MLP layers, 11008 x 4096 or its transpose
     assert projected["kept eigenvectors"] == 32 * per_block  # one group: every block's, float32
     assert (
         "eigenbases" not in projected
