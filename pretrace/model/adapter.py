@@ -257,14 +257,14 @@ def open_checkpoint(path: str, *, trust_remote_code: bool = False, allow_pickle:
     """Everything about a checkpoint that can be checked without its weights, from one local
     copy: a causal LM's configuration, safe weight files and a tokenizer that fits the model."""
     local = local_checkpoint(path)
-    config = _causal_config(local, path, trust_remote_code)
+    config = causal_config(local, path, trust_remote_code)
     weights = weight_format(local, path, allow_pickle)
     tokenizer = _tokenizer(local, path, trust_remote_code)
     check_vocabulary(tokenizer, config, path)
     return Checkpoint(local, config, weights, tokenizer)
 
 
-def _causal_config(local: Path, path: str, trust_remote_code: bool):
+def causal_config(local: Path, path: str, trust_remote_code: bool):
     """The checkpoint's configuration, refused unless it describes a causal LM."""
     from transformers import AutoConfig, AutoModelForCausalLM
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from pretrace.errors import InputError
 from pretrace.inputs.corpus import list_corpus_files, read_records
-from pretrace.model.adapter import _causal_config as causal_config
+from pretrace.model.adapter import causal_config
 from pretrace.model.hub_cache import checkpoint_folder
 from pretrace.store.storage import open_fs
 
