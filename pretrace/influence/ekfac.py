@@ -9,7 +9,7 @@ by shard and merged: `CovarianceState` (A = sum a a^T, S = sum g g^T) -> `Eigenb
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -142,16 +142,13 @@ class DeviceSum:
         self._buffer(term.dtype).add_(term)
         self._counted()
 
-    def add_gram(self, x: torch.Tensor, block_size: int | None = None) -> None:
-        """Add x^T x (float32 products or wider): all of it, or only its diagonal blocks
-        (Grosse et al.'s within-layer block-diagonal approximation), the rest left zero."""
+    def add_gram(self, x: torch.Tensor) -> None:
+        """Add x^T x (float32 products or wider)."""
         running = self._buffer(x.dtype)
-        for block in diagonal_blocks(x.shape[1], block_size):
-            part = x[:, block]
-            if part.dtype == running.dtype:
-                running[block, block].addmm_(part.T, part)
-            else:  # half precision: products accumulate in float32 on tensor cores
-                running[block, block] += float32_matmul(part.T, part)
+        if x.dtype == running.dtype:
+            running.addmm_(x.T, x)
+        else:  # half precision: products accumulate in float32 on tensor cores
+            running += float32_matmul(x.T, x)
         self._counted()
 
     def _counted(self) -> None:
@@ -169,15 +166,59 @@ class DeviceSum:
         self._flush()
         return self._total
 
+    def parts(self) -> list[torch.Tensor]:
+        """The device tensors to all-reduce (`_device_totals`)."""
+        return [self.total()]
 
-def _device_totals(sums: dict[str, DeviceSum], what: str, ranks: Ranks) -> dict[str, torch.Tensor]:
-    """The float64 totals summed over the ranks, checked finite once (a non-finite term leaves
-    its sum non-finite), then on the host: one copy per call, not one per batch."""
-    totals = {name: s.total() for name, s in sums.items()}
-    ranks.sum_(totals.values())
-    for name, total in totals.items():
-        check_finite(total, what, name)
-    return {name: total.cpu() for name, total in totals.items()}
+    def whole(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The sum from its `parts` on the host."""
+        return parts[0]
+
+
+class BlockDiagonalSum:
+    """A side's covariance sum x^T x kept as its diagonal blocks only (`diagonal_blocks`; Grosse
+    et al.'s within-layer block-diagonal approximation), a `DeviceSum` per block: the device holds
+    12 bytes per element of the blocks, never of the whole (size, size) square."""
+
+    def __init__(
+        self, size: int, device: torch.device, block_size: int | None = None, flush_every: int = FLUSH_EVERY
+    ) -> None:
+        self.size = size
+        self.blocks = diagonal_blocks(size, block_size)
+        self._sums = [DeviceSum(b.stop - b.start, b.stop - b.start, device, flush_every) for b in self.blocks]
+
+    def add_gram(self, x: torch.Tensor) -> None:
+        """Add each diagonal block of x^T x."""
+        for block, total in zip(self.blocks, self._sums, strict=True):
+            total.add_gram(x[:, block])
+
+    def parts(self) -> list[torch.Tensor]:
+        """Each block's float64 total, on the device (`_device_totals`)."""
+        return [total.total() for total in self._sums]
+
+    def whole(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The blocks placed on the diagonal of a (size, size) float64 square, zero elsewhere (the
+        stored `CovarianceState`, decomposed a block at a time by `eigenbasis`); one block is the square."""
+        if len(parts) == 1:
+            return parts[0]
+        square = torch.zeros(self.size, self.size, dtype=torch.float64, device=parts[0].device)
+        for block, part in zip(self.blocks, parts, strict=True):
+            square[block, block] = part
+        return square
+
+
+def _device_totals(
+    sums: Mapping[str, DeviceSum | BlockDiagonalSum], what: str, ranks: Ranks
+) -> dict[str, torch.Tensor]:
+    """The float64 totals (a block-diagonal sum's blocks) summed over the ranks, checked finite
+    once (a non-finite term leaves its sum non-finite), then on the host: one copy per call, not
+    one per batch."""
+    parts = {name: s.parts() for name, s in sums.items()}
+    ranks.sum_(part for layer in parts.values() for part in layer)
+    for name, layer in parts.items():
+        for part in layer:
+            check_finite(part, what, name)
+    return {name: sums[name].whole([part.cpu() for part in layer]) for name, layer in parts.items()}
 
 
 def fit_covariances(
@@ -191,16 +232,16 @@ def fit_covariances(
 ) -> CovarianceState:
     """First EK-FAC pass: A and S summed over every real token on the model's device
     (`DeviceSum`); the float64 sums come back to the host once. With ``block_size``, a side
-    wider than it keeps only its diagonal blocks (`diagonal_blocks`): a layer too wide to
-    eigendecompose whole is decomposed a block at a time. Under torch.distributed (``ranks``)
+    wider than it keeps only its diagonal blocks (`BlockDiagonalSum`: on the device, the blocks
+    alone): a layer too wide to eigendecompose whole is decomposed a block at a time. Under torch.distributed (``ranks``)
     each rank sums every world-th batch and the sums are all-reduced on the device."""
-    A = {layer.name: DeviceSum(layer.d_in, layer.d_in, lm.device) for layer in lm.layers}
-    S = {layer.name: DeviceSum(layer.d_out, layer.d_out, lm.device) for layer in lm.layers}
+    A = {layer.name: BlockDiagonalSum(layer.d_in, lm.device, block_size) for layer in lm.layers}
+    S = {layer.name: BlockDiagonalSum(layer.d_out, lm.device, block_size) for layer in lm.layers}
     n_tokens = n_examples = 0
     for batch, cap in _fitting_passes(lm, ranks.strided(batches), fisher, seed, progress):
         for name in A:
-            A[name].add_gram(cap.a[name].flatten(0, 1), block_size)
-            S[name].add_gram(cap.g[name].flatten(0, 1), block_size)
+            A[name].add_gram(cap.a[name].flatten(0, 1))
+            S[name].add_gram(cap.g[name].flatten(0, 1))
         n_tokens += batch.n_tokens
         n_examples += batch.size
     n_tokens, n_examples = ranks.sum_counts([n_tokens, n_examples], lm.device)

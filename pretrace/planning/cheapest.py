@@ -182,8 +182,10 @@ def fitting_plan(shape: ModelShape, work: Workload, device_bytes: int) -> tuple[
 
 
 def settings_lines(chosen: Workload) -> str:
-    """The settings the chooser picks, as pretrace.yaml lines."""
+    """The settings the chooser picks, as pretrace.yaml lines, and the factor_block_size the plan
+    assumes when one is set (not chosen: it changes the factors, not only their cost)."""
     keys = ("layer_groups", "batch_size", "activation_checkpointing", "stored_gradient_dtype")
+    keys += ("factor_block_size",) if chosen.factor_block_size is not None else ()
     return ", ".join(f"{key}: {str(getattr(chosen, key)).lower()}" for key in keys)
 
 

@@ -207,6 +207,21 @@ def _covariance(d_out: int, d_in: int) -> int:
     return d_in * d_in + d_out * d_out
 
 
+@cache
+def _kept_covariance(block_size: int | None):
+    """Floats of a layer's covariance sums as the device keeps them (`BlockDiagonalSum`): each
+    side's diagonal blocks of at most ``block_size``, the whole squares without one."""
+
+    def size(d_out: int, d_in: int) -> int:
+        return sum(_split_squares(side, block_size) for side in (d_out, d_in))
+
+    return size
+
+
+def _split_squares(side: int, block_size: int | None) -> int:
+    return sum((b.stop - b.start) ** 2 for b in diagonal_blocks(side, block_size))
+
+
 def _per_example(d_out: int, d_in: int) -> int:
     return d_out * d_in
 
@@ -287,15 +302,21 @@ class _Sizes:
         return max(b.stop - b.start for side in sides for b in diagonal_blocks(side, self.work.factor_block_size))
 
     def covariances(self) -> Step:
-        g, all_cov = self.heaviest(_covariance), self.on_host(_covariance)
+        kept, block_size = _kept_covariance(self.work.factor_block_size), self.work.factor_block_size
+        g, all_cov = self.heaviest(kept), self.on_host(_covariance)
+        passed = self.forward(self.doc_tokens, g) | {
+            # `pretrace.influence.ekfac.BlockDiagonalSum`: per diagonal block (the whole side
+            # without factor_block_size) a float64 total and the float32 running sum folded into it
+            "float64 sums": 12 * sum(kept(*s) for s in g),
+            "batch products": 4 * self.block(g) ** 2,  # one diagonal block's float32 product at a time
+        }
+        # on a CPU the blocks are placed in their stored squares after the pass has freed its tensors
+        freed = sum(passed[part] for part in ("activations", "captured", "batch products"))
+        split = sum(side * side for s in g for side in s if len(diagonal_blocks(side, block_size)) > 1)
+        squares = self.gathered("stored squares beyond the pass's freed tensors", 8 * split - freed)
         return Step(
             "covariances",
-            self.forward(self.doc_tokens, g)
-            | {
-                # `pretrace.influence.ekfac.DeviceSum`: a float64 total and the float32 running sum folded into it
-                "float64 sums": 12 * sum(_covariance(*s) for s in g),
-                "batch products": 4 * self.block(g) ** 2,  # one diagonal block's float32 product at a time
-            },
+            passed | {k: v for k, v in squares.items() if v > 0},
             host=8 * all_cov,
             disk=8 * all_cov,
         )

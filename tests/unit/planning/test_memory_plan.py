@@ -10,7 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from pretrace.config import PretraceConfig
 from pretrace.errors import InputError
 from pretrace.influence.document_gradients import compute_document_gradients
-from pretrace.influence.ekfac import eigenbasis, fit_covariances, fit_lambdas, make_factors
+from pretrace.influence.ekfac import BlockDiagonalSum, eigenbasis, fit_covariances, fit_lambdas, make_factors
 from pretrace.influence.projection import KroneckerProjection
 from pretrace.influence.query_gradients import query_gradients_from_tokens
 from pretrace.influence.scores import stream_scores
@@ -247,3 +247,18 @@ def test_the_scoring_pass_is_planned_to_hold_the_projections_document_matrices_a
     work = Workload(batch_size=4, max_length=16, documents=6, device="cpu", projection=projection)
     planned = plan(ModelShape.of_config(CONFIG, ["mlp"]), work).step("scores").parts["kept eigenvectors"]
     assert planned == sum(t.numel() * t.element_size() for t in tensors)
+
+
+@pytest.mark.parametrize("block_size", [None, 4, 3])
+def test_the_planned_covariance_sums_are_the_bytes_the_device_sums_hold(block_size):
+    """`BlockDiagonalSum` keeps a float64 total and a float32 running sum per diagonal block only:
+    the plan's "float64 sums" are the bytes they hold once a term has been added."""
+    shape = ModelShape(parameters=0, blocks=1, hidden=7, kv_hidden=7, intermediate=10, vocab=8, layers={"l": (10, 7)})
+    planned = plan(shape, Workload(factor_block_size=block_size)).step("covariances").parts["float64 sums"]
+    with PeakAllocations() as m:
+        sums = [BlockDiagonalSum(side, torch.device("cpu"), block_size) for side in (7, 10)]
+        for total, side in zip(sums, (7, 10), strict=True):
+            total.add_gram(torch.ones(2, side))
+        held = m.live
+    assert planned == held
+    assert held < 12 * (7 * 7 + 10 * 10) if block_size else held == 12 * (7 * 7 + 10 * 10)
