@@ -140,7 +140,7 @@ def _lambdas(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> d
 def _fit_lambdas(run: Computation, lm, data, progress, ranks: Ranks) -> LambdaState:
     config = run.project.config
     basis = run.reader("ekfac_eigenbasis", run.group).state()
-    return fit_lambdas(lm, basis, data, config.fisher, config.seed, progress, ranks)
+    return fit_lambdas(lm, basis, data, config.fisher, config.seed, progress, ranks, config.factor_block_size)
 
 
 SHARD_PASSES: dict[str, tuple[str, Callable, Callable]] = {

@@ -343,10 +343,59 @@ class LambdaState:
         return cls({k: tensors[k] for k in meta["layers"]}, meta["n_examples"])
 
 
-def rotated_gradients(a: torch.Tensor, g: torch.Tensor, QA: torch.Tensor, QS: torch.Tensor) -> torch.Tensor:
+@dataclass(frozen=True)
+class BlockDiagonal:
+    """A square matrix zero off its diagonal blocks, held as the blocks alone: a block-diagonal
+    eigenbasis (`factor_block_size`) on the device costs the blocks' floats, not the square's.
+    ``x @ Q``, ``Q @ x`` and ``Q.T`` multiply block by block, so `rotated_gradients` takes it as is."""
+
+    blocks: list[slice]
+    parts: list[torch.Tensor]
+
+    @classmethod
+    def of(
+        cls, square: torch.Tensor, block_size: int | None, device: torch.device, dtype: torch.dtype
+    ) -> torch.Tensor | BlockDiagonal:
+        """``square`` on the device: as its blocks when ``block_size`` splits it, else whole."""
+        blocks = diagonal_blocks(square.shape[0], block_size)
+        if len(blocks) == 1:
+            return square.to(device, dtype)
+        if any(square[b, : b.start].any() or square[b, b.stop :].any() for b in blocks):
+            raise InputError(
+                f"factor_block_size: {block_size} does not split the eigenbasis into its blocks; "
+                "refit the eigenbasis with the same factor_block_size"
+            )
+        return cls(blocks, [square[block, block].to(device, dtype) for block in blocks])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.blocks[-1].stop,) * 2
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.parts[0].dtype
+
+    @property
+    def T(self) -> BlockDiagonal:
+        return BlockDiagonal(self.blocks, [part.T for part in self.parts])
+
+    def __rmatmul__(self, x: torch.Tensor) -> torch.Tensor:
+        out = x.new_empty(*x.shape[:-1], self.shape[1])
+        for block, part in zip(self.blocks, self.parts, strict=True):
+            out[..., block] = x[..., block] @ part
+        return out
+
+    def __matmul__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.T.__rmatmul__(x.transpose(-1, -2)).transpose(-1, -2)
+
+
+def rotated_gradients(
+    a: torch.Tensor, g: torch.Tensor, QA: torch.Tensor | BlockDiagonal, QS: torch.Tensor | BlockDiagonal
+) -> torch.Tensor:
     """Per-example Q_S^T (sum_t g_t a_t^T) Q_A, rotating whichever side is cheaper (in the
     eigenbases' dtype: captured half-precision values are upcast first). Q_S and Q_A may be
-    some of the eigenvectors only (k_out, k_in columns): the result is then that block."""
+    some of the eigenvectors only (k_out, k_in columns): the result is then that block; or
+    block-diagonal (`BlockDiagonal`)."""
     a, g = a.to(QA.dtype), g.to(QS.dtype)
     tokens, d_in, d_out = a.shape[1], a.shape[2], g.shape[2]
     k_in, k_out = QA.shape[1], QS.shape[1]
@@ -364,12 +413,14 @@ def fit_lambdas(
     seed: int = 0,
     progress: Progress | None = None,
     ranks: Ranks = SINGLE,
+    block_size: int | None = None,
 ) -> LambdaState:
     """Second EK-FAC pass: the eigenvalue correction, summed over examples on the device
-    (`DeviceSum`) and all-reduced over ``ranks`` like `fit_covariances`."""
+    (`DeviceSum`) and all-reduced over ``ranks`` like `fit_covariances`. With the fit's
+    ``block_size``, a block-diagonal eigenbasis is on the device as its blocks (`BlockDiagonal`)."""
     sums = {layer.name: DeviceSum(layer.d_out, layer.d_in, lm.device) for layer in lm.layers}
-    QA = {k: basis.QA[k].to(lm.device, lm.accumulate_dtype) for k in sums}
-    QS = {k: basis.QS[k].to(lm.device, lm.accumulate_dtype) for k in sums}
+    QA = {k: BlockDiagonal.of(basis.QA[k], block_size, lm.device, lm.accumulate_dtype) for k in sums}
+    QS = {k: BlockDiagonal.of(basis.QS[k], block_size, lm.device, lm.accumulate_dtype) for k in sums}
     n_examples = 0
     for batch, cap in _fitting_passes(lm, ranks.strided(batches), fisher, seed, progress):
         for name in sums:
@@ -460,6 +511,8 @@ def fit_factors(
     def fit_group(group: LoadedModel) -> Factors:
         cov = fit_covariances(group, batches(), fisher, seed, progress, block_size, ranks)
         basis = eigenbasis(cov, group.device, block_size)  # the same all-reduced sums on every rank
-        return make_factors(basis, fit_lambdas(group, basis, batches(), fisher, seed, progress, ranks), damping)
+        return make_factors(
+            basis, fit_lambdas(group, basis, batches(), fisher, seed, progress, ranks, block_size), damping
+        )
 
     return by_layer_group(lm, groups, fit_group, Factors.join)

@@ -337,7 +337,8 @@ class _Sizes:
             "lambdas",
             self.forward(self.doc_tokens, g)
             | {
-                "eigenbases": 4 * sum(_covariance(*s) for s in g),
+                # a block-diagonal eigenbasis as its blocks (`pretrace.influence.ekfac.BlockDiagonal`)
+                "eigenbases": 4 * sum(_kept_covariance(work.factor_block_size)(*s) for s in g),
                 "float64 sums": 12 * sum(_per_example(*s) for s in g),  # as the covariances' (`DeviceSum`)
                 "rotated per-example": self.rotated(work.batch_size, work.max_length, 2),
             },

@@ -12,6 +12,7 @@ from pretrace.errors import InputError, NumericalError
 from pretrace.influence.capture import capture
 from pretrace.influence.document_gradients import compute_document_gradients
 from pretrace.influence.ekfac import (
+    BlockDiagonal,
     CovarianceState,
     Eigenbasis,
     Factors,
@@ -259,6 +260,43 @@ def test_block_diagonal_factors_equal_ekfac_of_the_covariances_masked_to_their_d
     got, expected = factors["blocked"].inverse_hvp(name, V), factors["dense"].inverse_hvp(name, V)
     torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-4 * float(expected.abs().max()))
     assert (plain.inverse_hvp(name, V) - got).norm() > 0.05 * got.norm()  # an approximation, not the whole layer
+
+
+@pytest.mark.parametrize("tokens", [1, 50])  # the two ways round of `rotated_gradients`
+def test_a_block_diagonal_eigenbasis_held_as_its_blocks_rotates_as_the_square(tokens):
+    g = torch.Generator().manual_seed(6)
+
+    def square(size, block_size):
+        Q = torch.zeros(size, size, dtype=torch.float64)
+        for block in diagonal_blocks(size, block_size):
+            Q[block, block] = torch.randn(
+                block.stop - block.start, block.stop - block.start, generator=g, dtype=Q.dtype
+            )
+        return Q
+
+    QA, QS = square(10, 4), square(7, 3)
+    held = [BlockDiagonal.of(Q, size, torch.device("cpu"), torch.float64) for Q, size in ((QA, 4), (QS, 3))]
+    assert [len(h.parts) for h in held] == [3, 3] and held[0].shape == (10, 10)
+    a = torch.randn(2, tokens, 10, generator=g, dtype=torch.float64)
+    grads = torch.randn(2, tokens, 7, generator=g, dtype=torch.float64)
+    expected = rotated_gradients(a, grads, QA, QS)
+    torch.testing.assert_close(rotated_gradients(a, grads, *held), expected, rtol=1e-12, atol=1e-12)
+    with pytest.raises(InputError, match="factor_block_size: 5 does not split the eigenbasis"):
+        BlockDiagonal.of(QA, 5, torch.device("cpu"), torch.float64)
+
+
+def test_fitting_with_a_block_size_gives_the_factors_of_the_blocked_covariances_with_whole_eigenbases():
+    """`fit_factors` with ``block_size`` holds the sums and eigenbases as blocks on the device: the
+    same factors as the blocked covariances' eigenbasis used as full (zero-padded) squares."""
+    lm = wrap_model(tiny_model("llama"), device="cpu")  # MLP sides 32 and 64: blocks of 16
+    data = [b for _, b in batches(random_sequences(12, seed=4), 4, 0)]
+    basis = eigenbasis(fit_covariances(lm, data, "empirical", block_size=16), block_size=16)
+    expected = make_factors(basis, fit_lambdas(lm, basis, data, "empirical"))
+    got = fit_factors(lm, lambda: data, "empirical", block_size=16)
+    for name in expected.layers:
+        torch.testing.assert_close(got.QA[name], expected.QA[name], rtol=0, atol=0)
+        torch.testing.assert_close(got.QS[name], expected.QS[name], rtol=0, atol=0)
+        torch.testing.assert_close(got.lambdas[name], expected.lambdas[name], rtol=1e-5, atol=1e-7)
 
 
 def test_a_block_size_wider_than_every_layer_changes_nothing():

@@ -102,6 +102,11 @@ def test_block_diagonal_covariances_are_planned_and_shrink_the_eigendecompositio
         fit_covariances(lm, data(), block_size=64)
     planned = plan(shape, work).step("covariances").allocated
     assert abs(planned - m.peak) <= 0.2 * m.peak, (planned, m.peak)
+    basis = eigenbasis(fit_covariances(lm, data(), block_size=64), block_size=64)
+    with PeakAllocations() as m:  # the eigenbases' blocks: views of the loaded squares on a CPU
+        fit_lambdas(lm, basis, data(), block_size=64)
+    planned = plan(shape, work).step("lambdas").allocated
+    assert abs(planned - m.peak) <= 0.2 * m.peak, (planned, m.peak)
     # the widest side (352) in blocks of at most 64: the decomposition's matrices are 64 wide, not 352
     whole = plan(shape, Workload(batch_size=B, max_length=T, device="cpu")).step("eigenbasis").device
     assert plan(shape, work).step("eigenbasis").device * (352 / 64) ** 2 == pytest.approx(whole)
