@@ -97,16 +97,20 @@ def _uniforms(rows: int, labels: Labels, generator: torch.Generator | None, devi
 
 def _row_losses(logits: torch.Tensor, targets: torch.Tensor, uniforms: torch.Tensor | None) -> torch.Tensor:
     """Next-token NLL of each row of (rows, vocab) logits, in float32 or wider. With ``uniforms``
-    the targets are drawn from the model's own predictive distribution (inverse CDF of the row's
-    softmax at the row's uniform), which makes the gradient covariance the true Fisher rather
-    than the empirical one."""
+    the targets are drawn from the model's own predictive distribution (`_sampled_targets`),
+    which makes the gradient covariance the true Fisher rather than the empirical one."""
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if uniforms is not None:
-        with torch.no_grad():
-            cdf = torch.softmax(logits, dim=-1).cumsum(dim=-1)
-            point = (uniforms.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
-            targets = torch.searchsorted(cdf, point, right=True).squeeze(-1).clamp_(max=logits.shape[-1] - 1)
+        targets = _sampled_targets(logits, uniforms)
     return F.cross_entropy(logits, targets, reduction="none")
+
+
+@torch.no_grad()
+def _sampled_targets(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Each row's label drawn by the inverse CDF of its softmax at the row's uniform number."""
+    cdf = torch.softmax(logits, dim=-1).cumsum_(dim=-1)
+    point = (uniforms.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
+    return torch.searchsorted(cdf, point, right=True).squeeze(-1).clamp_(max=logits.shape[-1] - 1)
 
 
 def _per_sequence(rows: torch.Tensor, sequence: torch.Tensor, size: int) -> torch.Tensor:
@@ -145,25 +149,103 @@ def chunked_sequence_losses(
 ) -> torch.Tensor:
     """`sequence_losses` (the same labels drawn, the same values to float rounding) from the final
     hidden states (B, T, hidden), ``chunk_tokens`` predicted positions at a time through the LM
-    head. Each chunk runs checkpointed: its logits are freed once its losses are computed and
-    recomputed, a chunk at a time, when the backward pass reaches it, so no more than one
-    chunk's (chunk_tokens x vocab) float32 logits ever exist."""
+    head, so that no more than one chunk's (chunk_tokens x vocab) float32 logits ever exist.
+
+    Where the head is a plain linear map (`SplitModel.linear_head_weight`), each chunk's gradient
+    with respect to its hidden states is computed in closed form with its losses and its logits
+    freed at once (`_linear_head_losses`); any other head runs checkpointed, its logits
+    recomputed a chunk at a time in the backward pass."""
     mask, targets, sequence = _predicting(batch)
     rows = hidden[:, :-1][mask]
     uniforms = _uniforms(len(rows), labels, generator, hidden.device)
+    weight = split.linear_head_weight
+    if weight is None:
+        losses = _checkpointed_head_losses(split, rows, targets, uniforms, chunk_tokens)
+    else:
+        losses = _linear_head_losses(split, weight, rows, targets, uniforms, chunk_tokens)
+    return _per_sequence(losses, sequence, batch.size)
 
+
+def _chunks(rows: int, chunk_tokens: int) -> Iterator[slice]:
+    return (slice(start, start + chunk_tokens) for start in range(0, rows, chunk_tokens))
+
+
+def _checkpointed_head_losses(split, rows, targets, uniforms, chunk_tokens) -> torch.Tensor:
     def chunk_losses(h, t, u):
         return _row_losses(split.head(h), t, u)
 
-    pieces = []
-    for start in range(0, len(rows), chunk_tokens):
-        part = slice(start, start + chunk_tokens)
-        u = None if uniforms is None else uniforms[part]
-        pieces.append(
-            checkpoint(chunk_losses, rows[part], targets[part], u, use_reentrant=False, preserve_rng_state=False)
+    pieces = [
+        checkpoint(
+            chunk_losses,
+            rows[part],
+            targets[part],
+            None if uniforms is None else uniforms[part],
+            use_reentrant=False,
+            preserve_rng_state=False,
         )
+        for part in _chunks(len(rows), chunk_tokens)
+    ]
     losses = torch.cat(pieces) if pieces else rows.sum(dim=-1)  # no predicted position: empty, in the graph
-    return _per_sequence(losses.to(torch.promote_types(losses.dtype, torch.float32)), sequence, batch.size)
+    return losses.to(torch.promote_types(losses.dtype, torch.float32))
+
+
+class _GivenGradient(torch.autograd.Function):
+    """Losses of ``rows`` whose gradient with respect to the rows is already known."""
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, losses: torch.Tensor, grad_rows: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(grad_rows)
+        return losses.clone()
+
+    @staticmethod
+    def backward(ctx, grad_losses: torch.Tensor):
+        (grad_rows,) = ctx.saved_tensors
+        return grad_rows * grad_losses.unsqueeze(-1).to(grad_rows.dtype), None, None
+
+
+def _linear_head_losses(split, weight, rows, targets, uniforms, chunk_tokens) -> torch.Tensor:
+    """Each chunk's NLL and, while its logits exist, the NLL's gradient with respect to its hidden
+    states: ((softmax - onehot) through the family's scale and soft cap) @ weight. The backward
+    pass then only hands these gradients on: no logit is computed twice."""
+    wide = torch.promote_types(rows.dtype, torch.float32)
+    losses = torch.empty(len(rows), dtype=wide, device=rows.device)
+    grad_rows = torch.empty_like(rows) if rows.requires_grad else None
+    with torch.no_grad():
+        for part in _chunks(len(rows), chunk_tokens):
+            u = None if uniforms is None else uniforms[part]
+            losses[part], grad = _nll_and_hidden_gradient(
+                split, weight, rows[part], targets[part], u, grad_rows is not None
+            )
+            if grad_rows is not None:
+                grad_rows[part] = grad
+    if grad_rows is None:
+        return losses
+    return _GivenGradient.apply(rows, losses, grad_rows)
+
+
+def _nll_and_hidden_gradient(split, weight, hidden, targets, uniforms, need_gradient: bool):
+    """The rows' NLL (as `_row_losses`: the same labels drawn, the same values to float rounding)
+    and its gradient with respect to ``hidden`` (None unless ``need_gradient``): the float32
+    logits are turned into their softmax and then into the gradient in place, one copy in all."""
+    product = split.output_embeddings(hidden)
+    logits = split.after_head(product)
+    probs = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    del logits
+    if uniforms is not None:
+        targets = _sampled_targets(probs, uniforms)
+    picked = targets.unsqueeze(-1)
+    # In place: probs may be product itself, which only a soft cap's backward reads (and a soft
+    # cap's logits are a tensor of their own).
+    probs.sub_(probs.amax(dim=-1, keepdim=True))
+    shifted_target = probs.gather(-1, picked).squeeze(-1)
+    sums = probs.exp_().sum(dim=-1)
+    losses = sums.log() - shifted_target  # logsumexp - logit, both shifted by the row's max
+    if not need_gradient:
+        return losses, None
+    grad = probs.div_(sums.unsqueeze(-1))
+    grad.scatter_add_(-1, picked, torch.full_like(picked, -1, dtype=grad.dtype))  # softmax - onehot
+    grad = split.after_head_backward(product, grad)  # d loss / d product
+    return losses, (grad.to(product.dtype) @ weight.to(product.dtype)).to(hidden.dtype)
 
 
 def capture(

@@ -151,7 +151,8 @@ COVARIANCES = Artefact(
     files={"{shard}.safetensors": CovarianceState},
     config=(*_TRACKED, "factor_block_size"),
     inputs=(Input("corpus_shards", "shard"), Input("model")),
-    code_version="2",  # 2: sampled labels drawn by inverse CDF, one uniform per predicted position
+    code_version="3",  # 2: sampled labels drawn by inverse CDF, one uniform per predicted position; 3: the
+    # head's gradient in closed form, chunk by chunk (g differs from autograd's by float rounding)
     description="sums of a aᵀ and g gᵀ per tracked layer over one fit shard",
 )
 EIGENBASIS = Artefact(
@@ -169,7 +170,8 @@ LAMBDAS = Artefact(
     files={"{shard}.safetensors": LambdaState},
     config=_TRACKED,
     inputs=(Input("corpus_shards", "shard"), Input("model"), Input("ekfac_eigenbasis")),
-    code_version="2",  # 2: sampled labels drawn by inverse CDF, one uniform per predicted position
+    code_version="3",  # 2: sampled labels drawn by inverse CDF, one uniform per predicted position; 3: the
+    # head's gradient in closed form, chunk by chunk (g differs from autograd's by float rounding)
     description="sums of the eigenvalue correction over one fit shard",
 )
 FACTORS = Artefact(
