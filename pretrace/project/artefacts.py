@@ -208,7 +208,8 @@ QUERY_GRADIENTS = Artefact(
     files={"query_gradients.safetensors": QueryGradients, "queries.parquet": None},
     config=("projection", "projection_basis", "query_rank", "seed", "batch_size", "dtype"),
     inputs=(Input("completions"), Input("ekfac_factors"), Input("model")),
-    code_version="5",  # 5: a principal projection's diagonal pair computed in float64
+    code_version="5",  # 5: a principal projection's diagonal pair computed in float64; losses through the LM head
+    # in chunks, its gradient in closed form (float rounding)
     description="preconditioned query gradients, and each completion's log-probability",
 )
 DOCUMENT_GRADIENTS = Artefact(
@@ -217,7 +218,7 @@ DOCUMENT_GRADIENTS = Artefact(
     files={"{shard}.safetensors": DocumentGradients},
     config=("projection", "projection_basis", "document_rank", "stored_gradient_dtype", "seed", "batch_size", "dtype"),
     inputs=(Input("corpus_shards", "shard"), Input("model")),
-    code_version="2",
+    code_version="3",  # 3: losses through the LM head in chunks, its gradient in closed form (float rounding)
     description="per-document loss gradients of one shard",
 )
 INFLUENCE_SCORES = Artefact(
@@ -237,7 +238,7 @@ INFLUENCE_SCORES = Artefact(
         Input("model"),
         Input("ekfac_factors"),
     ),
-    code_version="7",
+    code_version="8",  # 8: losses through the LM head in chunks, its gradient in closed form (float rounding): the exact-score sample
     description="query x document scores of one shard, its statistics and top documents, and how close stored (projected) "
     "scores are to exact ones on a seeded sample of its documents",
 )
@@ -261,7 +262,7 @@ ATTRIBUTION_EVAL = Artefact(
         Input("document_gradients", "all_shards"),
         Input("influence_scores", "all_shards"),
     ),
-    code_version="4",
+    code_version="4",  # 4: rankings.parquet; losses through the LM head in chunks (float rounding)
     description="tail-patch gains of each query's top documents by influence, random, BM25, gradient cosine and dot product, "
     "where each ranks the documents stating a query's `evidence`, and the token terms of the top and bottom "
     "documents' scores",
@@ -278,7 +279,7 @@ RERANKED_SCORES = Artefact(
         Input("ekfac_factors"),
         Input("model"),
     ),
-    code_version="2",
+    code_version="3",  # 3: losses through the LM head in chunks, its gradient in closed form (float rounding): exact re-scoring
     description="two-stage retrieval: each query's top and bottom rerank_k documents by stored score over every shard, with "
     "exact EK-FAC scores streamed from the model and ranked by them (stored scores as they are when exact)",
 )
