@@ -176,7 +176,7 @@ class PretraceConfig(BaseModel):
         default=None,
         gt=0,
         le=1 << 12,
-        description="Fit and score the tracked layers in this many groups, one pass over the data each, so only one group's factors are on the device at once (same results); more than one also partitions the EK-FAC fitting assets by group, a run (a pod) per shard and group; unset = as few as the device's memory allows, inside each run (`pretrace plan`).",
+        description="Fit the EK-FAC factors of the tracked layers in this many groups, one pass over the data each, so only one group's sums and factors are on the device at once (same results); more than one also partitions the EK-FAC fitting assets by group, a run (a pod) per shard and group; unset = as few as the device's memory allows, inside each run (`pretrace plan`). The query- and document-gradient passes take the fewest groups their own steps fit in, whatever this says (with a projection the document pass holds the kept eigenvectors only).",
     )
     factor_block_size: StrictInt | None = Field(
         default=None,

@@ -106,6 +106,22 @@ class Workload:
     partitioned_groups: bool = False
     """Layer groups are separate steps (`layer_groups` set above 1: a pod per shard and group), so a
     fitting step's host memory holds its own group's sums; within one step every group's are joined."""
+    query_groups: int | None = None
+    """Layer groups of the query-gradient pass (the `query_gradients` step); unset = `layer_groups`."""
+    document_groups: int | None = None
+    """Layer groups of the document-gradient (scoring) pass (the `scores` step); unset = `layer_groups`.
+    The scoring passes hold other tensors than fitting (the projection's matrices, not the covariance
+    sums), so each takes the fewest groups its own step fits in: only the fitting chain is
+    partitioned by group, and a group changes no layer's gradients."""
+
+    def groups_of(self, step: str) -> int:
+        """The layer groups ``step``'s pass takes (`SCORING_GROUPS`; else `layer_groups`)."""
+        own = SCORING_GROUPS.get(step)
+        return (getattr(self, own) if own else None) or self.layer_groups
+
+
+SCORING_GROUPS = {"query_gradients": "query_groups", "scores": "document_groups"}
+"""The scoring steps, each with the `Workload` field of its own layer groups."""
 
 
 def activation_bytes(shape: ModelShape, tokens: int, itemsize: int, checkpointed: bool = False) -> int:
@@ -138,6 +154,7 @@ class Step:
     parts: dict[str, int]
     host: int = 0
     disk: int = 0
+    groups: int | None = None  # the layer groups its pass takes, when not the plan's (`Workload.groups_of`)
 
     @property
     def device(self) -> int:
@@ -162,22 +179,23 @@ class Plan:
         return next(step for step in self.steps if step.name == name)
 
     def table(self) -> str:
-        """One line per step: peak device memory, its largest part, host memory and disk."""
+        """One line per step: its layer groups, peak device memory, its largest part, host memory and disk."""
         lines = [
             f"memory plan ({len(self.groups)} layer group{'s' if len(self.groups) != 1 else ''}):",
-            f"  {'step':<18} {'device GB':>10} {'host GB':>9} {'disk GB':>9}  largest part",
+            f"  {'step':<18} {'groups':>6} {'device GB':>10} {'host GB':>9} {'disk GB':>9}  largest part",
         ]
         for step in self.steps:
             part, size = max(step.parts.items(), key=lambda kv: kv[1])
             lines.append(
-                f"  {step.name:<18} {step.device / GB:>10.2f} {step.host / GB:>9.2f} {step.disk / GB:>9.2f}"
-                f"  {part} {size / GB:.2f}"
+                f"  {step.name:<18} {step.groups or len(self.groups):>6} {step.device / GB:>10.2f}"
+                f" {step.host / GB:>9.2f} {step.disk / GB:>9.2f}  {part} {size / GB:.2f}"
             )
         return "\n".join(lines)
 
 
 def plan(shape: ModelShape, work: Workload) -> Plan:
-    """Each step's peak for the largest of ``work.layer_groups`` groups of the tracked layers."""
+    """Each step's peak for the largest of its groups of the tracked layers: ``work.layer_groups``
+    for the fitting chain, the scoring steps' own counts for theirs (`Workload.groups_of`)."""
     groups = _split(tuple(shape.layers.items()), work.layer_groups)
     sizes = _Sizes(shape, work)
     return Plan(
@@ -218,8 +236,14 @@ def _kept_covariance(block_size: int | None):
     return size
 
 
+@cache  # the chooser plans the same sides thousands of times
 def _split_squares(side: int, block_size: int | None) -> int:
     return sum((b.stop - b.start) ** 2 for b in diagonal_blocks(side, block_size))
+
+
+@cache
+def _widest_block(side: int, block_size: int | None) -> int:
+    return max(b.stop - b.start for b in diagonal_blocks(side, block_size))
 
 
 def _per_example(d_out: int, d_in: int) -> int:
@@ -244,9 +268,9 @@ class _Sizes:
         layers = self.heaviest(size) if self.work.partitioned_groups else self.all
         return sum(size(*s) for s in layers)
 
-    def heaviest(self, size) -> list[tuple[int, int]]:
-        """The shapes of the group with the largest total ``size``: the one that sets the peak."""
-        return _heaviest(tuple(self.shape.layers.items()), self.work.layer_groups, size)
+    def heaviest(self, size, step: str = "covariances") -> list[tuple[int, int]]:
+        """The shapes of ``step``'s group with the largest total ``size``: the one that sets the peak."""
+        return _heaviest(tuple(self.shape.layers.items()), self.work.groups_of(step), size)
 
     def forward(self, tokens: int, layers: list[tuple[int, int]]) -> dict[str, int]:
         """A captured pass: weights, the model's activations (the tracked layers' inputs among
@@ -298,8 +322,7 @@ class _Sizes:
 
     def block(self, layers: list[tuple[int, int]]) -> int:
         """The widest diagonal block of these layers' factors (`factor_block_size`)."""
-        sides = [side for shape in layers for side in shape]
-        return max(b.stop - b.start for side in sides for b in diagonal_blocks(side, self.work.factor_block_size))
+        return max(_widest_block(side, self.work.factor_block_size) for shape in layers for side in shape)
 
     def covariances(self) -> Step:
         kept, block_size = _kept_covariance(self.work.factor_block_size), self.work.factor_block_size
@@ -347,7 +370,7 @@ class _Sizes:
         )
 
     def query_gradients(self) -> Step:
-        g, work = self.heaviest(factor_floats), self.work
+        g, work = self.heaviest(factor_floats, "query_gradients"), self.work
         every = 4 * work.queries * self.query_floats(self.all)
         return Step(
             "query_gradients",
@@ -359,6 +382,7 @@ class _Sizes:
             },
             host=4 * sum(factor_floats(*s) for s in self.all) + every,
             disk=every,
+            groups=work.groups_of("query_gradients"),
         )
 
     def projection(self, layers: list[tuple[int, int]]) -> dict[str, int]:
@@ -372,7 +396,7 @@ class _Sizes:
         return {"kept eigenvectors": 4 * sum(k * d for k, d in sides if k < d)}  # a side kept whole needs none
 
     def scores(self) -> Step:
-        g, work = self.heaviest(_per_example), self.work
+        g, work = self.heaviest(_per_example, "scores"), self.work
         if work.query_rank is None:
             scoring = {
                 "query gradients": 4 * work.queries * self.query_floats(g),
@@ -390,6 +414,7 @@ class _Sizes:
             self.forward(self.doc_tokens, g) | scoring | self.projection(g) | self.gathered("scores", matrix),
             host=4 * work.queries * self.query_floats(self.all) + matrix,
             disk=matrix + documents,
+            groups=work.groups_of("scores"),
         )
 
 

@@ -34,6 +34,17 @@ from pretrace.store.serialization import pack, unpack
 
 _MODELS: dict[tuple, LoadedModel] = {}
 
+SCORING_STEPS = {
+    "query_gradients": ("query_gradients",),
+    "document_gradients": ("scores",),
+    # exact scores of sampled or reranked documents: the full factors (as the query pass holds them)
+    # with documents at the batch size (as the document pass runs them)
+    "influence_scores": ("query_gradients", "scores"),
+    "reranked_scores": ("query_gradients", "scores"),
+}
+"""The scoring computations, with the memory plan's steps whose fit sets their layer groups; the
+rest are the EK-FAC fitting chain's, which take `layer_groups` (`Computation.layer_groups`)."""
+
 
 class Computation:
     def __init__(
@@ -159,17 +170,24 @@ class Computation:
         return _MODELS[key]
 
     def layer_groups(self, lm: LoadedModel) -> int:
-        """How many layer groups this computation's passes take: `layer_groups`, or as few as the
-        device's memory allows; refused, with the settings that would fit, when even those do not
+        """How many layer groups this computation's passes take: for the fitting chain
+        `layer_groups`, or as few as the device's memory allows; for a scoring computation
+        (`SCORING_STEPS`) the fewest in which its own steps fit, whatever `layer_groups` says (one
+        without a device budget). Refused, with the settings that would fit, when even those do not
         (`pretrace.project.device_plan`). A partition of one layer group is one pass over its group."""
         if self._groups is None:
             config = self.project.config
             work = workload(config, documents=0, queries=read_queries(config.queries).num_rows)
             chosen = device_plan(config, ModelShape.of_model(lm.model, lm.model.config, config.layers), work)
-            self.log(
-                f"{chosen.headline()}\n{chosen.summary()}" + (f"\nthis partition: {self.group}" if self.group else "")
-            )
-            self._groups = 1 if self.group is not None else chosen.groups
+            steps = SCORING_STEPS.get(self.artefact.name)
+            groups = max(chosen.groups_of(step) for step in steps) if steps else chosen.groups
+            if self.group:
+                this = f"this partition: {self.group}"
+            else:
+                why = "the fewest its own steps fit in" if steps else "the fitting chain's"
+                this = f"{self.artefact.name} in {groups} layer group{'s' if groups != 1 else ''} ({why})"
+            self.log(f"{chosen.headline()}\n{chosen.summary()}\n{this}")
+            self._groups = 1 if self.group is not None else groups
         return self._groups
 
     def group_model(self, lm: LoadedModel) -> LoadedModel:

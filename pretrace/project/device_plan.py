@@ -3,7 +3,10 @@ which settings would fit.
 
 `layer_groups` unset lets the plan choose as few groups as the device's memory allows (layer
 groups change no artefact: each layer's factors and gradients are the same bytes whatever the
-grouping). A batch size is never changed behind the user's back (it changes float rounding, so
+grouping). `layer_groups` governs the EK-FAC fitting chain, the only one partitioned by group; the
+scoring passes (query and document gradients) always take the fewest groups their own steps fit
+in (`DevicePlan.groups_of`): with a projection the document pass holds the kept eigenvectors, not
+the eigenbases, and mostly needs none. A batch size is never changed behind the user's back (it changes float rounding, so
 it is among the artefacts' inputs): when even one layer per group does not fit, the run is
 refused with the batch size that would, and when a smaller batch would take fewer passes the
 plan says so (`pretrace.planning.cheapest.fitting_plan`).
@@ -24,9 +27,17 @@ from pretrace.inputs.corpus import list_corpus_files
 from pretrace.inputs.fit_sample import sampled_documents
 from pretrace.inputs.query_file import read_queries
 from pretrace.model.adapter import resolve_device
-from pretrace.planning.cheapest import Assessed, cheapest, fewest_groups, fitting_plan, settings_lines
+from pretrace.planning.cheapest import (
+    Assessed,
+    cheapest,
+    fewest_groups,
+    fewest_scoring_groups,
+    fitting_plan,
+    scoring_groups_line,
+    settings_lines,
+)
 from pretrace.planning.measured_rates import RESULTS, MeasuredRates, measured_rates
-from pretrace.planning.memory_plan import GB, ModelShape, Plan, Workload, plan, suggestion
+from pretrace.planning.memory_plan import GB, ModelShape, Plan, Step, Workload, plan, suggestion
 from pretrace.planning.study_inputs import CorpusSize, corpus_size, local_tokenizer, model_configuration
 from pretrace.planning.targets import Target
 from pretrace.project.provenance import Project
@@ -45,14 +56,20 @@ class DevicePlan:
 
     @property
     def groups(self) -> int:
+        """The EK-FAC fitting chain's layer groups."""
         return self.work.layer_groups
 
+    def groups_of(self, step: str) -> int:
+        """The layer groups of ``step``'s pass (a `pretrace.planning.memory_plan` step name)."""
+        return self.work.groups_of(step)
+
     def headline(self) -> str:
+        scoring = f"; {scoring_groups_line(self.work)}, the fewest that fit"
         if self.chosen:
             fewer = f"; in fewer passes: {self.cheaper}" if self.cheaper else ""
-            return f"layer_groups: {self.groups} (chosen by the plan){fewer}"
+            return f"layer_groups: {self.groups} (chosen by the plan){scoring}{fewer}"
         fan_out = " (the EK-FAC fitting partitioned by group: a run per shard and group)" if self.groups > 1 else ""
-        return f"layer_groups: {self.groups}{fan_out}"
+        return f"layer_groups: {self.groups}{fan_out}{scoring}"
 
     def summary(self) -> str:
         fits = "no limit set" if self.budget is None else f"fits the device's {self.budget / GB:.3g} GB"
@@ -93,15 +110,22 @@ def workload(config: PretraceConfig, *, documents: int, queries: int, query_leng
 
 
 def device_plan(config: PretraceConfig, shape: ModelShape, work: Workload) -> DevicePlan:
-    """The plan of these settings on the configured device; `InputError` when they do not fit,
-    with the plan and the settings that would."""
+    """The plan of these settings on the configured device, each scoring pass in the fewest groups
+    its step fits in (one without a budget); `InputError` when they do not fit, with the plan and
+    the settings that would."""
     budget, automatic = device_budget(config), config.layer_groups is None
-    asked = plan(shape, work)
-    if budget is None or asked.peak.device <= budget:
-        return DevicePlan(asked, work, budget, automatic)
+
+    def fits(step: Step) -> bool:
+        return budget is None or step.device <= budget
+
+    scored = fewest_scoring_groups(shape, work, fits)
+    asked = plan(shape, scored or work)
+    if scored is not None and all(fits(step) for step in asked.steps):
+        return DevicePlan(asked, scored, budget, automatic)
     base = replace(work, layer_groups=1)
     best = fitting_plan(shape, base, budget)[1]  # the cheapest setting; raises when nothing fits
-    own = fewest_groups(shape, base, lambda planned: planned.peak.device <= budget)  # at the asked batch size
+    own = fewest_groups(shape, base, fits)  # at the asked batch size
+    own = own and fewest_scoring_groups(shape, own, fits)
     cheaper = None if own is None or best == own else suggestion(work, best)
     if automatic and own is not None:  # layer groups alone: a run can choose them; the rest the user sets
         own = replace(own, partitioned_groups=work.partitioned_groups)

@@ -53,8 +53,9 @@ SOURCES = {"corpus_files", "checkpoint", "query_file"}
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
-    # three layer groups: the fitting passes a partition per (shard, group), every other pass a group
-    # at a time, checked below against the core library ungrouped
+    # three layer groups: the fitting passes a partition per (shard, group), the scoring passes in the
+    # fewest groups their own steps fit in (one: no device limit here), checked below against the
+    # core library ungrouped
     config = load_config(make_project(root, fit_shards=["part-a.jsonl", "part-b.jsonl"], layer_groups=3))
     ran = run_pipeline(config)
     return config, ran

@@ -37,8 +37,10 @@ def test_a_config_json_alone_gets_a_plan_and_an_estimate_for_the_named_card(mode
     out = capsys.readouterr().out
     assert "target: 1 x h100-80gb (80 GB a GPU)" in out and "6.74B parameters, 96 tracked layers, bfloat16" in out
     assert "5,000,000 documents of 500 tokens (2.5B tokens" in out and "EK-FAC fitted on 500,000 of them" in out
-    chosen = re.search(r"cheapest setting that fits: layer_groups: (\d+), batch_size: (\d+)", out)
+    chosen = re.search(r"cheapest setting that fits: layer_groups: (\d+) \(fitting; ([^)]*)\), batch_size: (\d+)", out)
     assert chosen and f"memory plan ({chosen.group(1)} layer group" in out
+    # the document pass holds the kept eigenvectors alone: ungrouped on 80 GB, whatever fitting needs
+    assert chosen.group(2).endswith("document gradients in 1") and re.search(r"\n  scores +1 +\d", out)
     for stage in ("fit covariances", "eigendecomposition", "eigenvalue corrections", "query gradients"):
         assert re.search(rf"  {stage} +\d+\.\d", out), stage
     days = float(re.search(r"whole study +[\d.]+ +\(([\d.]+) GPU-days\)", out).group(1))

@@ -215,16 +215,23 @@ def test_the_device_plan_chooses_groups_or_refuses_with_the_setting_that_fits():
     assert chosen.chosen and chosen.groups > 1 and chosen.plan.peak.device <= 80e9 and chosen.work.batch_size == 8
     fewer = fitting_plan(shape, replace(chosen.work, layer_groups=1), int(80e9))[1]  # at a smaller batch
     assert fewer.layer_groups < chosen.groups and fewer.batch_size < 8
+    # each scoring pass in the fewest groups its own step fits in: the query pass holds every factor
+    query, documents = chosen.groups_of("query_gradients"), chosen.groups_of("scores")
+    assert plan(shape, replace(chosen.work, query_groups=query - 1)).step("query_gradients").device > 80e9
+    assert (
+        documents == 1 or plan(shape, replace(chosen.work, document_groups=documents - 1)).step("scores").device > 80e9
+    )
+    scoring = f"query gradients in {query} groups, document gradients in {documents}, the fewest that fit"
     assert chosen.headline() == (
-        f"layer_groups: {chosen.groups} (chosen by the plan); in fewer passes: layer_groups: {fewer.layer_groups}, "
-        f"batch_size: {fewer.batch_size}"
+        f"layer_groups: {chosen.groups} (chosen by the plan); {scoring}; in fewer passes: "
+        f"layer_groups: {fewer.layer_groups}, batch_size: {fewer.batch_size}"
     )
     grouped = PretraceConfig(**settings, layer_groups=chosen.groups)
     fanned = device_plan(grouped, shape, workload(grouped, documents=0, queries=8))
     assert fanned.plan.peak.device == chosen.plan.peak.device
     assert (
         fanned.headline()
-        == f"layer_groups: {chosen.groups} (the EK-FAC fitting partitioned by group: a run per shard and group)"
+        == f"layer_groups: {chosen.groups} (the EK-FAC fitting partitioned by group: a run per shard and group); {scoring}"
     )
     fixed = PretraceConfig(**settings, layer_groups=1)
     with pytest.raises(

@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 
 from pretrace.errors import InputError
-from pretrace.planning.cheapest import cheapest, study_disk
+from pretrace.planning.cheapest import cheapest, settings_lines, study_disk
 from pretrace.planning.measured_rates import SCALE_RUN_LAYERS, MeasuredRates, Rate, measured_rates
 from pretrace.planning.memory_plan import ModelShape, Workload, plan
 from pretrace.planning.study_cost import study_estimate
@@ -50,37 +50,56 @@ def shapes() -> dict[str, ModelShape]:
 def test_the_chosen_setting_is_the_cheapest_that_fits_by_brute_force(name, shapes):
     """Every setting of the grid, planned and timed; the chooser's pick is the one of least time
     among those within the budgets (ties: larger batch, fewer groups, no checkpointing, more bits).
-    At 6 TB the 35B's int8 store does not fit, the 7B-class ones' does."""
+    At 6 TB the 35B's int8 store does not fit, the 7B-class ones' does. Each scoring pass's groups
+    are tried at every count for each batch, checkpointing and store (they change only their own
+    step and stage), and the least-time count that fits goes with every fitting setting."""
     shape, work = shapes[name], replace(PAPER, factor_block_size=WIDE_BLOCKS.get(name))
     card = "h200-141gb" if name == "Command-R-35B" else "h100-80gb"  # 35B's weights leave 80 GB too little
     budget, measured = target(card, host_memory="400GB", disk="6TB"), rates()
+    counts = range(1, len(shape.layers) + 1)
+
+    def least(step: str, own: str, stage: str, **chosen) -> int | None:
+        timed = []
+        for groups in counts:
+            tried = replace(work, **chosen, **{own: groups})
+            planned = plan(shape, tried).step(step)
+            if planned.device <= budget.device_bytes and planned.host <= 400e9:
+                timed.append((round(study_estimate(shape, tried, measured).seconds[stage], 9), groups))
+        return min(timed)[1] if timed else None
+
     best = None
-    for groups, batch, checkpointed, dtype in itertools.product(
-        range(1, len(shape.layers) + 1), (8, 4, 2, 1), (False, True), ("int8", "int4")
-    ):
-        tried = replace(
-            work,
-            layer_groups=groups,
-            batch_size=batch,
-            activation_checkpointing=checkpointed,
-            stored_gradient_dtype=dtype,
-            partitioned_groups=groups > 1,
-        )
-        planned = plan(shape, tried)
-        if (
-            max(step.device for step in planned.steps) > budget.device_bytes
-            or max(step.host for step in planned.steps) > 400e9
-            or study_disk(shape, tried) > 6e12
-        ):
+    for batch, checkpointed, dtype in itertools.product((8, 4, 2, 1), (False, True), ("int8", "int4")):
+        chosen = dict(batch_size=batch, activation_checkpointing=checkpointed, stored_gradient_dtype=dtype)
+        query = least("query_gradients", "query_groups", "query gradients", **chosen)
+        documents = least("scores", "document_groups", "document gradients", **chosen)
+        if query is None or documents is None:
             continue
-        key = (
-            round(study_estimate(shape, tried, measured).gpu_hours, 9),
-            -batch,
-            groups,
-            checkpointed,
-            dtype != "int8",
-        )
-        best = min(best or (key, tried), (key, tried), key=lambda pair: pair[0])
+        for groups in counts:
+            tried = replace(
+                work,
+                **chosen,
+                layer_groups=groups,
+                query_groups=query,
+                document_groups=documents,
+                partitioned_groups=groups > 1,
+            )
+            planned = plan(shape, tried)
+            if (
+                max(step.device for step in planned.steps) > budget.device_bytes
+                or max(step.host for step in planned.steps) > 400e9
+                or study_disk(shape, tried) > 6e12
+            ):
+                continue
+            key = (
+                round(study_estimate(shape, tried, measured).gpu_hours, 9),
+                -batch,
+                groups,
+                query,
+                documents,
+                checkpointed,
+                dtype != "int8",
+            )
+            best = min(best or (key, tried), (key, tried), key=lambda pair: pair[0])
     assert best is not None and best[1].stored_gradient_dtype == ("int4" if name == "Command-R-35B" else "int8")
     assert cheapest(shape, work, budget, measured).work == best[1]
 
@@ -96,10 +115,34 @@ def test_the_estimate_counts_each_stage_in_training_steps_of_the_model(shapes):
     assert seconds["fit covariances"] == pytest.approx(250e6 * step * (4.0 + extra))
     assert seconds["eigenvalue corrections"] == seconds["fit covariances"]
     assert seconds["document gradients"] == pytest.approx(2.5e9 * step * (1 / 0.8 + extra))
+    ungrouped = study_estimate(shape, replace(work, document_groups=1), rates(score=0.8, fit=8.0)).seconds
+    assert ungrouped["document gradients"] == pytest.approx(2.5e9 * step * (1 / 0.8 + 2 / 6))  # its recompute alone
+    assert ungrouped["fit covariances"] == seconds["fit covariances"]
     cubes = sum(side**3 for layer in shape.layers.values() for side in layer)
     assert seconds["eigendecomposition"] == pytest.approx(
         30.0 * cubes / sum(s**3 for lay in SCALE_RUN_LAYERS for s in lay)
     )
+
+
+def test_the_7b_scores_in_one_group_on_80gb_while_fitting_is_grouped_and_the_study_costs_less(shapes):
+    """The document pass holds the kept eigenvectors, not the eigenbases: ungrouped on an 80 GB
+    card, while the fitting chain needs groups. Scoring in the fitting's groups (as the planner
+    once did) repeats the corpus's forward and backward once more a group: by hand, 4/6 of a
+    training step a token each."""
+    shape, measured = shapes["Llama-2-7B"], rates()
+    chosen = cheapest(shape, PAPER, target("h100-80gb"), measured)
+    work = chosen.work
+    assert work.layer_groups > 1 and work.groups_of("scores") == 1 and not work.activation_checkpointing
+    assert (
+        plan(shape, replace(work, query_groups=work.groups_of("query_gradients") - 1)).step("query_gradients").device
+        > 80e9
+    )  # the query pass holds every factor: its own fewest groups
+    assert "(fitting; " in settings_lines(work) and "document gradients in 1)" in settings_lines(work)
+    alike = study_estimate(shape, replace(work, query_groups=None, document_groups=None), measured)
+    step = shape.parameters / (40_000 * 1.1e9)  # seconds a training step takes a token
+    saved = alike.seconds["document gradients"] - chosen.estimate.seconds["document gradients"]
+    assert saved == pytest.approx(2.5e9 * step * (work.layer_groups - 1) * 4 / 6)
+    assert chosen.estimate.gpu_hours < alike.gpu_hours
 
 
 def test_the_scoring_pass_holds_the_kept_eigenvectors_not_the_eigenbases(shapes):
