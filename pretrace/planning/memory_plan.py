@@ -29,9 +29,13 @@ from pretrace.influence.quantization import factor_bytes, row_bytes
 from pretrace.model.adapter import DEFAULT_LAYER_PATTERNS, resolve_dtype, select_layers
 
 GB = 1e9
-LOGIT_BYTES_PER_VOCAB = 16
-"""Per position of a logits chunk (`LOGITS_CHUNK_TOKENS`) and vocabulary entry at the loss: float32
-logits, their log-softmax and the two gradients."""
+LOGIT_BYTES_PER_VOCAB = 12
+"""Per position of a logits chunk (`LOGITS_CHUNK_TOKENS`) and vocabulary entry at the loss: the
+float32 logits, turned into their softmax in place, and while sampled labels are drawn (the Fisher
+passes) the draw's probabilities and their cumulative sums; a narrower head adds its own output and
+that output's gradient (`NARROW_HEAD_BYTES_PER_VOCAB`). Passes on the data's labels hold less: the
+plan keeps the larger."""
+NARROW_HEAD_BYTES_PER_VOCAB = 4
 
 
 @dataclass(frozen=True)
@@ -129,15 +133,16 @@ def activation_bytes(shape: ModelShape, tokens: int, itemsize: int, checkpointed
     per block and token the residual stream, attention's saved queries, keys, values and output,
     the MLP's four intermediate tensors (in the compute dtype; norms keep float32 copies when it is
     narrower), and at the loss the predicted positions' final hidden states with their gradient and
-    one chunk's float32 logits (`pretrace.influence.capture.chunked_sequence_losses` recomputes a
-    chunk's logits in the backward pass, so one chunk's exist at a time). Checkpointed
+    one chunk's logits (`pretrace.influence.capture.chunked_sequence_losses` computes each chunk's
+    gradient with its loss and frees its logits, so one chunk's exist at a time). Checkpointed
     (`pretrace.model.activation_checkpointing`), each block keeps its input alone and one block's
     tensors live again while it is recomputed."""
     per_block = itemsize * (6 * shape.hidden + 2 * shape.kv_hidden + 4 * shape.intermediate)
     if itemsize < 4:
         per_block += 2 * 4 * shape.hidden
     kept = shape.blocks * itemsize * shape.hidden + per_block if checkpointed else shape.blocks * per_block
-    logits = min(tokens, LOGITS_CHUNK_TOKENS) * LOGIT_BYTES_PER_VOCAB * shape.vocab
+    per_vocab = LOGIT_BYTES_PER_VOCAB + (NARROW_HEAD_BYTES_PER_VOCAB if itemsize < 4 else 0)
+    logits = min(tokens, LOGITS_CHUNK_TOKENS) * per_vocab * shape.vocab
     return tokens * (kept + 2 * itemsize * shape.hidden) + logits
 
 
