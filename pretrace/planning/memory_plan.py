@@ -29,12 +29,12 @@ from pretrace.influence.quantization import factor_bytes, row_bytes
 from pretrace.model.adapter import DEFAULT_LAYER_PATTERNS, resolve_dtype, select_layers
 
 GB = 1e9
-LOGIT_BYTES_PER_VOCAB = 12
+LOGIT_BYTES_PER_VOCAB = 4
 """Per position of a logits chunk (`LOGITS_CHUNK_TOKENS`) and vocabulary entry at the loss: the
-float32 logits, turned into their softmax in place, and while sampled labels are drawn (the Fisher
-passes) the draw's probabilities and their cumulative sums; a narrower head adds its own output and
-that output's gradient (`NARROW_HEAD_BYTES_PER_VOCAB`). Passes on the data's labels hold less: the
-plan keeps the larger."""
+float32 logits, turned into their softmax in place. Drawing sampled labels (`fisher: sampled`, the
+fitting passes) adds the draw's probabilities and their cumulative sums (`SAMPLING_BYTES_PER_VOCAB`);
+a narrower head adds its own output and that output's gradient (`NARROW_HEAD_BYTES_PER_VOCAB`)."""
+SAMPLING_BYTES_PER_VOCAB = 8
 NARROW_HEAD_BYTES_PER_VOCAB = 4
 
 
@@ -107,6 +107,7 @@ class Workload:
     activation_checkpointing: bool = False
     document_tokens: int | None = None  # mean tokens a document (time estimates); unset = max_length
     fit_documents: int | float | None = None  # the EK-FAC fitting sample (a count or a fraction); unset = all
+    fisher: str = "sampled"  # the fitting passes' labels: drawn from the model, or the data's ("empirical")
     partitioned_groups: bool = False
     """Layer groups are separate steps (`layer_groups` set above 1: a pod per shard and group), so a
     fitting step's host memory holds its own group's sums; within one step every group's are joined."""
@@ -128,7 +129,9 @@ SCORING_GROUPS = {"query_gradients": "query_groups", "scores": "document_groups"
 """The scoring steps, each with the `Workload` field of its own layer groups."""
 
 
-def activation_bytes(shape: ModelShape, tokens: int, itemsize: int, checkpointed: bool = False) -> int:
+def activation_bytes(
+    shape: ModelShape, tokens: int, itemsize: int, checkpointed: bool = False, sampled: bool = False
+) -> int:
     """The model's own tensors alive at the peak of one forward and backward with frozen weights:
     per block and token the residual stream, attention's saved queries, keys, values and output,
     the MLP's four intermediate tensors (in the compute dtype; norms keep float32 copies when it is
@@ -141,7 +144,11 @@ def activation_bytes(shape: ModelShape, tokens: int, itemsize: int, checkpointed
     if itemsize < 4:
         per_block += 2 * 4 * shape.hidden
     kept = shape.blocks * itemsize * shape.hidden + per_block if checkpointed else shape.blocks * per_block
-    per_vocab = LOGIT_BYTES_PER_VOCAB + (NARROW_HEAD_BYTES_PER_VOCAB if itemsize < 4 else 0)
+    per_vocab = (
+        LOGIT_BYTES_PER_VOCAB
+        + (SAMPLING_BYTES_PER_VOCAB if sampled else 0)
+        + (NARROW_HEAD_BYTES_PER_VOCAB if itemsize < 4 else 0)
+    )
     logits = min(tokens, LOGITS_CHUNK_TOKENS) * per_vocab * shape.vocab
     return tokens * (kept + 2 * itemsize * shape.hidden) + logits
 
@@ -277,18 +284,21 @@ class _Sizes:
         """The shapes of ``step``'s group with the largest total ``size``: the one that sets the peak."""
         return _heaviest(tuple(self.shape.layers.items()), self.work.groups_of(step), size)
 
-    def forward(self, tokens: int, layers: list[tuple[int, int]]) -> dict[str, int]:
+    def forward(self, tokens: int, layers: list[tuple[int, int]], fitting: bool = False) -> dict[str, int]:
         """A captured pass: weights, the model's activations (the tracked layers' inputs among
         them), and per tracked layer per token the output gradient the hook keeps, plus float32
         copies of inputs and gradients where they are upcast. Summed: the backward pass makes the
-        gradients while most activations are still alive."""
+        gradients while most activations are still alive. A ``fitting`` pass draws its labels
+        when `Workload.fisher` is sampled."""
         w, checkpointed = self.w, self.work.activation_checkpointing
         inputs = w if checkpointed else 0  # the hooks keep layer inputs that checkpointed blocks would free
         upcast = 4 if self.upcast else 0
         captured = sum(w * d_out + inputs * d_in + upcast * (d_in + d_out) for d_out, d_in in layers)
         return {
             "weights": self.shape.parameters * w,
-            "activations": activation_bytes(self.shape, tokens, w, checkpointed),
+            "activations": activation_bytes(
+                self.shape, tokens, w, checkpointed, sampled=fitting and self.work.fisher == "sampled"
+            ),
             "captured": tokens * captured,
         }
 
@@ -332,7 +342,7 @@ class _Sizes:
     def covariances(self) -> Step:
         kept, block_size = _kept_covariance(self.work.factor_block_size), self.work.factor_block_size
         g, all_cov = self.heaviest(kept), self.on_host(_covariance)
-        passed = self.forward(self.doc_tokens, g) | {
+        passed = self.forward(self.doc_tokens, g, fitting=True) | {
             # `pretrace.influence.ekfac.BlockDiagonalSum`: per diagonal block (the whole side
             # without factor_block_size) a float64 total and the float32 running sum folded into it
             "float64 sums": 12 * sum(kept(*s) for s in g),
@@ -363,7 +373,7 @@ class _Sizes:
         every = self.on_host(_per_example)
         return Step(
             "lambdas",
-            self.forward(self.doc_tokens, g)
+            self.forward(self.doc_tokens, g, fitting=True)
             | {
                 # a block-diagonal eigenbasis as its blocks (`pretrace.influence.ekfac.BlockDiagonal`)
                 "eigenbases": 4 * sum(_kept_covariance(work.factor_block_size)(*s) for s in g),

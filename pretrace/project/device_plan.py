@@ -105,6 +105,7 @@ def workload(config: PretraceConfig, *, documents: int, queries: int, query_leng
         stored_gradient_dtype=config.stored_gradient_dtype,
         activation_checkpointing=config.activation_checkpointing,
         fit_documents=config.fit_documents,
+        fisher=config.fisher,
         partitioned_groups=(config.layer_groups or 1) > 1,
     )
 
