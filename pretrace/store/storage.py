@@ -21,7 +21,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,16 +81,19 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def _is_leftover(name: str, prefix: str, age_s: float) -> bool:
+def _is_leftover(name: str, prefix: str, path: str, now: float) -> bool:
     """A temporary pretrace wrote (its prefix, then its writer's host and pid) whose writer is
-    dead: this machine's and its pid gone, or another machine's and old enough. Any other name
-    is not pretrace's, and never removed."""
+    dead: this machine's and its pid gone, or another machine's and old enough (one its writer
+    has just renamed or removed is not). Any other name is not pretrace's, and never removed."""
     writer = _WRITER.match(name, len(prefix)) if name.startswith(prefix) else None
     if writer is None:
         return False
     if writer["host"] == _HOST:
         return not pid_alive(int(writer["pid"]))
-    return age_s > STALE_TEMPORARY_S
+    try:
+        return now - os.path.getmtime(path) > STALE_TEMPORARY_S
+    except FileNotFoundError:
+        return False
 
 
 @contextmanager
@@ -294,20 +297,22 @@ class Storage:
 
     def remove_leftovers(self) -> list[str]:
         """Delete the temporaries of killed writers (under the root, and S3 staging in local
-        temp space); a live writer's are kept. Returns what was removed."""
+        temp space); a live writer's are kept. Returns what was removed. A file that another
+        writer renames or removes while this looks is its writer's business, not an error."""
         removed = []
         now = time.time()
         if self._local and os.path.isdir(self._root):
             for folder, _, names in os.walk(self._root):
                 for name in names:
                     path = os.path.join(folder, name)
-                    if _is_leftover(name, _TMP_PREFIX, now - os.path.getmtime(path)):
-                        os.unlink(path)
-                        removed.append(path)
+                    if _is_leftover(name, _TMP_PREFIX, path, now):
+                        with suppress(FileNotFoundError):
+                            os.unlink(path)
+                            removed.append(path)
         staging = tempfile.gettempdir()
         for name in os.listdir(staging):
             path = os.path.join(staging, name)
-            if _is_leftover(name, _STAGING_PREFIX, now - os.path.getmtime(path)):
+            if _is_leftover(name, _STAGING_PREFIX, path, now):
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)
         return removed

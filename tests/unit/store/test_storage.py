@@ -130,3 +130,19 @@ def test_unreachable_endpoint_fails_fast(unreachable_s3: str) -> None:
 def test_open_fs_rejects_unknown_schemes() -> None:
     with pytest.raises(InputError, match="unsupported URL scheme"):
         open_fs("ftp://host/corpus")
+
+
+def test_leftovers_are_another_hosts_old_temporaries_and_one_renamed_while_looked_at_is_skipped(tmp_path) -> None:
+    from pretrace.store.storage import STALE_TEMPORARY_S, _is_leftover
+
+    name = ".pretrace-tmp.otherhost.12345.x.parquet"
+    old, fresh = tmp_path / "old", tmp_path / "fresh"
+    old.write_bytes(b"x")
+    fresh.write_bytes(b"y")
+    now = time.time()
+    os.utime(old, (now - STALE_TEMPORARY_S - 60, now - STALE_TEMPORARY_S - 60))
+    assert _is_leftover(name, ".pretrace-tmp.", str(old), now)
+    assert not _is_leftover(name, ".pretrace-tmp.", str(fresh), now)
+    # its writer renamed it between the listing and the look: not a leftover, and no error
+    assert not _is_leftover(name, ".pretrace-tmp.", str(tmp_path / "renamed-away"), now)
+    assert not _is_leftover("user-file.parquet", ".pretrace-tmp.", str(old), now)
