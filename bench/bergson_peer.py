@@ -45,9 +45,6 @@ from pathlib import Path
 
 import torch
 
-# the repository root, so `python bench/<name>.py` imports bench.* as `python -m bench.<name>` does
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from bench.influence import BERGSON_FIGURES, median_time, parse_args
 from bench.projection import compression, k_at_compression
 from bench.synthetic import build_model, make_data

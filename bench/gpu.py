@@ -30,16 +30,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 from transformers import LlamaForCausalLM
-
-# the repository root, so `python bench/<name>.py` imports bench.* as `python -m bench.<name>` does
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.synthetic import build_model, config_of, make_data
 from pretrace.analyses.correlation import pearson

@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import re
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,9 +42,6 @@ from pathlib import Path
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
-
-# the repository root, so `python bench/<name>.py` imports bench.* as `python -m bench.<name>` does
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.gpu import training_step
 from bench.scale import LLAMA_2_7B, PAPER_RUN

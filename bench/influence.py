@@ -43,9 +43,6 @@ from typing import get_args
 import torch
 from safetensors.torch import load_file, save_file
 
-# the repository root, so `python bench/<name>.py` imports bench.* as `python -m bench.<name>` does
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from bench.memory import hwm_bytes as _hwm_bytes
 from bench.projection import DEMO, QUERIES, demo_setup, store_accuracy, trained_setup
 from bench.synthetic import build_model, make_data

@@ -25,9 +25,6 @@ import tempfile
 import time
 from pathlib import Path
 
-# the repository root, so `python bench/<name>.py` imports bench.* as `python -m bench.<name>` does
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from bench.memory import hwm_bytes
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,16 +23,12 @@ for six published shapes. Prints one `name: value` line per figure.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 from transformers import LlamaConfig
-
-# the repository root, so `python bench/<name>.py` imports bench.* as `python -m bench.<name>` does
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.synthetic import build_model, config_of, make_data
 from pretrace.errors import InputError

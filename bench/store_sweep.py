@@ -25,9 +25,6 @@ from pathlib import Path
 
 import torch
 
-# the repository root, so `python bench/<name>.py` imports bench.* as `python -m bench.<name>` does
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from bench.projection import BASIS, DEMO, compression, demo_setup
 from pretrace.analyses.correlation import pearson
 from pretrace.influence.document_gradients import DocumentGradients, compute_document_gradients, stored_as
