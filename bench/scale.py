@@ -43,7 +43,7 @@ from pretrace.planning.memory_plan import GB, ModelShape, Workload, plan
 from pretrace.planning.peak_memory import PeakAllocations
 from pretrace.planning.study_cost import corpus_tokens
 from pretrace.planning.targets import target
-from pretrace.testing.published_shapes import PUBLISHED_SHAPES, WIDE_BLOCKS
+from pretrace.testing.published_shapes import PAPER_STUDY, PUBLISHED_SHAPES, WIDE_BLOCKS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,21 +62,6 @@ PAPER_RUN = Workload(
     batch_size=8, max_length=512, dtype="bfloat16", documents=5_000_000, queries=80, query_length=256, query_rank=64
 )
 """bf16 models, 512-token documents, 80 queries kept at rank 64: the 70B eigendecomposition figures' setting."""
-PAPER_STUDY = Workload(
-    batch_size=8,
-    max_length=2048,
-    dtype="bfloat16",
-    documents=5_000_000,
-    document_tokens=500,
-    fit_documents=0.1,
-    queries=80,
-    query_length=256,
-    query_rank=64,
-    projection=(304, 304),
-    document_rank=18,
-    stored_gradient_dtype="int4",
-)
-"""The paper's study: 5M documents of 2.5B tokens (2048 at most), fitted on a 10% sample, the default store."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -1,9 +1,11 @@
 """The configurations of published models the plan is checked on (their config.json values, no
-weights): the paper's 7B and 35B and four 7B-class models of other families."""
+weights): the paper's 7B and 35B and four 7B-class models of other families, and the paper's study as a workload."""
 
 from __future__ import annotations
 
 from transformers import Cohere2Config, CohereConfig, GPTNeoXConfig, LlamaConfig, Olmo2Config, PretrainedConfig
+
+from pretrace.planning.memory_plan import Workload
 
 PUBLISHED_SHAPES: dict[str, PretrainedConfig] = {
     "Llama-2-7B": LlamaConfig(
@@ -43,3 +45,19 @@ PUBLISHED_SHAPES: dict[str, PretrainedConfig] = {
 
 WIDE_BLOCKS = {"Command-R-35B": 22528 // 4}
 """`factor_block_size` the plans give a model whose widest MLP side is decomposed in 4 diagonal blocks."""
+
+PAPER_STUDY = Workload(
+    batch_size=8,
+    max_length=2048,
+    dtype="bfloat16",
+    documents=5_000_000,
+    document_tokens=500,
+    fit_documents=0.1,
+    queries=80,
+    query_length=256,
+    query_rank=64,
+    projection=(304, 304),
+    document_rank=18,
+    stored_gradient_dtype="int4",
+)
+"""The paper's study: 5M documents of 2.5B tokens (2048 at most), fitted on a 10% sample, the default store."""

@@ -11,11 +11,11 @@ import pytest
 from pretrace.errors import InputError
 from pretrace.planning.cheapest import cheapest, settings_lines, study_disk
 from pretrace.planning.measured_rates import SCALE_RUN_LAYERS, MeasuredRates, Rate, measured_rates
-from pretrace.planning.memory_plan import ModelShape, Workload, plan
+from pretrace.planning.memory_plan import ModelShape, plan
 from pretrace.planning.study_cost import study_estimate
 from pretrace.planning.study_inputs import DEFAULT_BYTES_PER_TOKEN, corpus_size
 from pretrace.planning.targets import parse_size, target
-from pretrace.testing.published_shapes import PUBLISHED_SHAPES, WIDE_BLOCKS
+from pretrace.testing.published_shapes import PAPER_STUDY, PUBLISHED_SHAPES, WIDE_BLOCKS
 
 
 def rates(score=0.8, fit=8.0, train=40_000.0, parameters=1_100_000_000) -> MeasuredRates:
@@ -25,20 +25,7 @@ def rates(score=0.8, fit=8.0, train=40_000.0, parameters=1_100_000_000) -> Measu
     return MeasuredRates(r(train), parameters, r(score), r(fit), r(30.0), r(24.0))
 
 
-PAPER = Workload(
-    batch_size=8,
-    max_length=2048,
-    dtype="bfloat16",
-    documents=5_000_000,
-    document_tokens=500,
-    fit_documents=0.1,
-    queries=80,
-    query_length=256,
-    query_rank=64,
-    projection=(304, 304),
-    document_rank=18,
-    stored_gradient_dtype="int8",
-)
+PAPER = replace(PAPER_STUDY, stored_gradient_dtype="int8")
 
 
 @pytest.fixture(scope="module")
