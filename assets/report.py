@@ -85,7 +85,15 @@ def report(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> dg.
         check = run.reader("attribution_eval")
         attribution = {
             name: check.table(f"{name}.parquet")
-            for name in ("summary", "retrieval_summary", "token_influence", "gains", "retrieval", "rankings")
+            for name in (
+                "summary",
+                "retrieval_summary",
+                "token_influence",
+                "gains",
+                "retrieval",
+                "rankings",
+                "evidence",
+            )
         }
         comparison = (
             run.reader("model_comparison").table("comparison.parquet")

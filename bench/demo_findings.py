@@ -21,6 +21,7 @@ from pathlib import Path
 
 import polars as pl
 
+from bench.validation import detection_lines
 from pretrace.analyses.kinds import POOLED
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,7 +135,9 @@ def main() -> None:
         print(f"tailpatch_{row['method']}: {row['mean_gain']:.4g} [{row['low']:.4g}, {row['high']:.4g}]")
     for row in pl.read_parquet(report / "evidence_retrieval.parquet").iter_rows(named=True):
         by = "" if row["evidence_documents"] == 0 else f"_stated{row['evidence_documents']}x"
-        print(f"planted_mrr_{row['method']}{by}: {row['mrr']:.3f} (recall@k {row['recall_at_k']:.3f})")
+        print(f"{row['kind']}_mrr_{row['method']}{by}: {row['mrr']:.3f} (recall@k {row['recall_at_k']:.3f})")
+    for line in detection_lines(pl.read_parquet(report / "answer_detection_summary.parquet")):
+        print(line)
     for row in pl.read_parquet(report / "score_accuracy.parquet").iter_rows(named=True):
         print(
             f"score_accuracy_{row['shard']}: mean per-query Pearson {row['pearson_mean']:.3f} (lowest query "

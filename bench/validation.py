@@ -5,12 +5,15 @@ EK-FAC influence, the `attribution_eval` asset) in a folder and prints one `name
 figure from the tail-patch summary the pipeline wrote: the mean change in log p(completion)
 after one SGD step on each query's top-k documents by influence, by k random documents, by
 BM25, by raw-gradient cosine and by raw-gradient dot product, over all queries and per query kind, with 95% bootstrap
-intervals, and how often each method beat random on the same query; then, for the questions
-about planted facts, the mean reciprocal rank (and recall@k) of the documents stating the fact
-in each method's top k, over all of them and by how many documents state the fact; then influence
-against each baseline (cosine, dot product, BM25, random) paired over the same queries on both
-ground truths: mean difference, sign-flip permutation and Wilcoxon p, and the permutation p
-Holm-adjusted across these comparisons.
+intervals, and how often each method beat random on the same query (gradient-normalised
+influence too: influence_unit, influence_relatif); then, for the queries that name their evidence
+(per kind: planted facts, planted reasoning), the mean reciprocal rank (and recall@k) of the
+documents stating it in each method's top k, over all of them and by how many documents state it
+(`<kind>_mrr_<method>[_stated<n>x]`); then influence against each other method (cosine, dot
+product, BM25, random, the normalised variants) paired over the same queries on both ground
+truths: mean difference, sign-flip permutation and Wilcoxon p, and the permutation p
+Holm-adjusted across these comparisons; last, the answer search's positive control from the
+report (`answer_search_detection_rate[_stated<n>x]`: detected / retrieved, with n).
 
     python -m bench.validation                 # a fresh demo in a temporary folder (~10 min on 2 cores)
     python -m bench.validation --dir ./demo    # reuse (or create) a demo folder: reruns compute nothing new
@@ -81,26 +84,47 @@ def main() -> None:
     for row in retrieval.iter_rows(named=True):
         by = "" if row["evidence_documents"] == 0 else f"_stated{row['evidence_documents']}x"
         print(
-            f"planted_mrr_{row['method']}{by}: {row['mrr']:.3f} (recall@k {row['recall_at_k']:.3f}, "
+            f"{row['kind']}_mrr_{row['method']}{by}: {row['mrr']:.3f} (recall@k {row['recall_at_k']:.3f}, "
             f"{row['queries']} queries)"
         )
     for line in paired_lines(gains, per_query):
         print(line)
+    for line in detection_lines(
+        pl.read_parquet(folder / "data" / "influence_report" / "answer_detection_summary.parquet")
+    ):
+        print(line)
 
 
 def paired_lines(gains: pl.DataFrame, retrieval: pl.DataFrame, seed: int = 0) -> list[str]:
-    """One `name: value` line per comparison of influence with a baseline on the same queries."""
+    """One `name: value` line per comparison of influence with another method on the same queries:
+    the baselines and the gradient-normalised variants; reciprocal ranks per query kind."""
     rows = method_comparisons(gains, retrieval, seed=seed)
     adjusted = holm(rows["permutation_p"].to_numpy()) if rows.height else []
     lines = []
     for row, p_holm in zip(rows.iter_rows(named=True), adjusted):
-        measure = "tailpatch" if row["measure"] == "tail_patch_gain" else "planted_rr"
-        subset = "" if row["subset"].startswith("all") else "_stated" + row["subset"].split()[2] + "x"
+        stated = row["evidence_documents"]
+        measure = "tailpatch" if row["measure"] == "tail_patch_gain" else f"{row['kind'] or 'evidence'}_rr"
+        subset = f"_stated{stated}x" if stated else ""
         lines.append(
             f"paired_{measure}{subset}_influence_vs_{row['baseline']}: difference {row['mean_difference']:.4g} "
             f"(influence {row['influence_mean']:.4g}, {row['baseline']} {row['baseline_mean']:.4g}; "
             f"{row['queries']} queries; sign-flip p {row['permutation_p']:.3g}, Wilcoxon p {row['wilcoxon_p']:.3g}, "
             f"Holm p {p_holm:.3g} over {rows.height} comparisons)"
+        )
+    return lines
+
+
+def detection_lines(summary: pl.DataFrame) -> list[str]:
+    """The answer search's positive control (the report's answer_detection_summary): over every
+    control query, then by how often the corpus states the evidence."""
+    lines = []
+    for row in summary.iter_rows(named=True):
+        by = "" if row["frequency"] == 0 else f"_stated{row['frequency']}x"
+        lines.append(
+            f"answer_search_detection_rate{by}: {row['detection_rate']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}] "
+            f"({row['detected']} of {row['retrieved']} retrieved queries: answer and every step result found in a "
+            f"retrieved evidence document; answer alone {row['answer_detected']}; step results "
+            f"{row['steps_detected']} of {row['steps']}; {row['queries']} control queries)"
         )
     return lines
 

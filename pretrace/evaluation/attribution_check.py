@@ -21,9 +21,11 @@ import pyarrow as pa
 import torch
 
 from pretrace.errors import InputError
+from pretrace.evaluation.normalised_influence import TINY, SelfInfluence, normalised_influence
 from pretrace.evaluation.tailpatch import BM25Index, evaluate, summarize, top_k_random
 from pretrace.influence.document_gradients import DocumentGradients, compute_document_gradients
-from pretrace.influence.projection import KroneckerProjection
+from pretrace.influence.projection import FactorSource, KroneckerProjection
+from pretrace.influence.query_gradients import QueryGradients
 from pretrace.inputs.query_file import Query, encode_queries
 from pretrace.model.adapter import LoadedModel
 
@@ -67,9 +69,21 @@ def query_evidence(table: pa.Table, queries: list[Query]) -> list[str | None]:
     return [_evidence(by_id.get(q.id)) for q in queries]
 
 
+def query_frequency(table: pa.Table, queries: list[Query]) -> list[int | None]:
+    """Each query's `planted_frequency` (how many times the corpus states its evidence, from the
+    queries table's `meta`), in the order of ``queries``; None where it is not given."""
+    by_id = dict(zip(table.column("id").to_pylist(), table.column("meta").to_pylist()))
+    return [_frequency(by_id.get(q.id)) for q in queries]
+
+
 def _evidence(meta: str | None) -> str | None:
     value = json.loads(meta).get("evidence") if meta else None
     return value if isinstance(value, str) else None
+
+
+def _frequency(meta: str | None) -> int | None:
+    value = json.loads(meta).get("planted_frequency") if meta else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def influence_ranking(top: pa.Table, queries: list[Query], documents: Documents, k: int) -> list[list[int]]:
@@ -91,12 +105,16 @@ def gradient_rankings(
     projection: KroneckerProjection | None,
     batch_size: int,
     encoded: tuple[list[list[int]], list[int]] | None = None,
+    preconditioned: QueryGradients | None = None,
+    self_influence: SelfInfluence | None = None,
 ) -> dict[str, list[list[int]]]:
     """Each query's k documents of largest gradient cosine ("cosine", in the space of the stored
     document gradients: raw, or whitened by a projection in the eigenbasis) and of largest raw
     gradient dot product ("identity": influence without preconditioning; such a projection's dual
     takes the query back to raw inner products), over every shard in one pass. ``encoded``: the
-    queries' `encode_queries`, if the caller has it."""
+    queries' `encode_queries`, if the caller has it. With the stored ``preconditioned`` query
+    gradients, also gradient-normalised influence (`pretrace.evaluation.normalised_influence`):
+    unit-normalised, and RelatIF where ``self_influence`` can be computed from the store."""
     sequences, starts = encoded or encode_queries(queries, lm.tokenizer, lm.max_context)
 
     def query_side(side: KroneckerProjection | None) -> torch.Tensor:
@@ -105,22 +123,41 @@ def gradient_rankings(
         ).grads
         return torch.cat([grads[name].flatten(1).double() for name in layers], dim=1)
 
-    layers = sorted(layer.name for layer in lm.layers)
+    layers = lm_layers(lm)
     q = query_side(projection)
     q_raw = q if projection is None or projection.basis == "raw" else query_side(projection.dual())
+    qp = None if preconditioned is None else _preconditioned_rows(preconditioned, queries, layers)
     position = documents.position
-    heaps = {method: [[] for _ in queries] for method in ("cosine", "identity")}
+    heaps: dict[str, list[list[tuple[float, int]]]] = {m: [[] for _ in queries] for m in ("cosine", "identity")}
     for shard, grads in shard_gradients:
         if set(grads.grads) != set(layers):
             raise InputError(f"document_gradients[{shard}] tracks other layers than the model; recompute it")
         d = torch.cat([grads.dense(name).flatten(1).double() for name in layers], dim=1)
-        cosine = q @ d.T / (q.norm(dim=1, keepdim=True) * d.norm(dim=1)).clamp_min(1e-300)
-        dot = q_raw @ d.T
+        norms = d.norm(dim=1)
+        values = {
+            "cosine": q @ d.T / (q.norm(dim=1, keepdim=True) * norms).clamp_min(TINY),
+            "identity": q_raw @ d.T,
+        }
+        if qp is not None:
+            selfs = None if self_influence is None else self_influence(grads)
+            values |= normalised_influence(qp @ d.T, q.norm(dim=1), norms, selfs)
         index = [position[(shard, doc_id)] for doc_id in grads.ids]
-        for method, values in (("cosine", cosine), ("identity", dot)):
-            for row, heap in zip(values.numpy(), heaps[method]):
+        for method, matrix in values.items():
+            for row, heap in zip(matrix.numpy(), heaps.setdefault(method, [[] for _ in queries])):
                 _keep_top(heap, row, index, k)
     return {method: [[-i for _, i in sorted(heap, reverse=True)] for heap in found] for method, found in heaps.items()}
+
+
+def _preconditioned_rows(stored: QueryGradients, queries: list[Query], layers: list[str]) -> torch.Tensor:
+    """The stored preconditioned gradients of ``queries`` (by id), layers in ``layers`` order, as rows."""
+    if set(stored.layers) != set(layers):
+        raise InputError("query_gradients track other layers than the model; recompute them")
+    row = {query_id: i for i, query_id in enumerate(stored.ids)}
+    missing = [x.id for x in queries if x.id not in row]
+    if missing:
+        raise InputError(f"query_gradients lack queries {missing[:5]}; recompute them")
+    picked = [row[x.id] for x in queries]
+    return torch.cat([stored.dense(name)[picked].flatten(1).double() for name in layers], dim=1)
 
 
 def _keep_top(heap: list[tuple[float, int]], row: np.ndarray, index: list[int], k: int) -> None:
@@ -165,6 +202,7 @@ def ranking_table(query_ids: list[str], documents: Documents, rankings: dict[str
 RETRIEVAL_SCHEMA = pa.schema(
     [
         ("query_id", pa.string()),
+        ("kind", pa.string()),
         ("method", pa.string()),
         ("evidence_documents", pa.int32()),
         ("recall_at_k", pa.float64()),
@@ -174,10 +212,15 @@ RETRIEVAL_SCHEMA = pa.schema(
 
 
 def evidence_retrieval(
-    query_evidence: list[str | None], query_ids: list[str], documents: Documents, rankings: dict[str, list[list[int]]]
+    query_evidence: list[str | None],
+    query_ids: list[str],
+    documents: Documents,
+    rankings: dict[str, list[list[int]]],
+    kinds: list[str],
 ) -> pa.Table:
     """For each query that names its `evidence`, where each method ranks the documents that
-    state it: the share of them in its top k, and 1 / rank of the first (0 if none is in it)."""
+    state it: the share of them in its top k, and 1 / rank of the first (0 if none is in it);
+    with the query's kind (planted facts and planted reasoning are read apart)."""
     stating: dict[str, set[int]] = {}
     for i, key in enumerate(documents.evidence):
         if key is not None:
@@ -190,6 +233,7 @@ def evidence_retrieval(
         for method, ranking in rankings.items():
             ranks = [r for r, i in enumerate(ranking[q], start=1) if i in relevant]
             rows["query_id"].append(query_id)
+            rows["kind"].append(kinds[q])
             rows["method"].append(method)
             rows["evidence_documents"].append(len(relevant))
             rows["recall_at_k"].append(len(ranks) / len(relevant))
@@ -197,14 +241,51 @@ def evidence_retrieval(
     return pa.table(rows, schema=RETRIEVAL_SCHEMA)
 
 
+EVIDENCE_SCHEMA = pa.schema(
+    [
+        ("query_id", pa.string()),
+        ("frequency", pa.int32()),
+        ("shard", pa.string()),
+        ("doc_id", pa.string()),
+    ]
+)
+
+
+def evidence_documents(
+    query_ids: list[str],
+    query_evidence: list[str | None],
+    documents: Documents,
+    query_frequency: list[int | None] | None = None,
+) -> pa.Table:
+    """For each query that names its `evidence`, every document stating it, with how often the
+    corpus states it (the query's `planted_frequency`, else the number of such documents): what
+    the report's positive control of the answer search (`pretrace.analyses.answer_detection`)
+    needs to know where retrieval happened."""
+    stating: dict[str, list[int]] = {}
+    for i, key in enumerate(documents.evidence):
+        if key is not None:
+            stating.setdefault(key, []).append(i)
+    frequencies = query_frequency or [None] * len(query_ids)
+    rows: dict[str, list] = {name: [] for name in EVIDENCE_SCHEMA.names}
+    for query_id, key, frequency in zip(query_ids, query_evidence, frequencies):
+        relevant = stating.get(key or "", [])
+        for i in relevant:
+            rows["query_id"].append(query_id)
+            rows["frequency"].append(frequency if frequency is not None else len(relevant))
+            rows["shard"].append(documents.keys[i][0])
+            rows["doc_id"].append(documents.keys[i][1])
+    return pa.table(rows, schema=EVIDENCE_SCHEMA)
+
+
 def summarize_retrieval(retrieval: pa.Table) -> pa.Table:
-    """Mean recall@k and MRR per method, over all queries with evidence and by how many
-    documents state their fact (evidence_documents 0 = all)."""
+    """Mean recall@k and MRR per method and query kind (kinds never pooled), over all the kind's
+    queries with evidence and by how many documents state their evidence (evidence_documents 0 = all)."""
     frame = pl.from_arrow(retrieval)
     if frame.is_empty():
         return pa.table(
             {
                 "method": pa.array([], pa.string()),
+                "kind": pa.array([], pa.string()),
                 "evidence_documents": pa.array([], pa.int32()),
                 "queries": pa.array([], pa.int64()),
                 "recall_at_k": pa.array([], pa.float64()),
@@ -219,7 +300,7 @@ def summarize_retrieval(retrieval: pa.Table) -> pa.Table:
                 frame,
             ]
         )
-        .group_by(["method", "evidence_documents"])
+        .group_by(["method", "kind", "evidence_documents"])
         .agg(
             queries=pl.len().cast(pl.Int64),
             recall_at_k=pl.col("recall_at_k").mean(),
@@ -229,8 +310,9 @@ def summarize_retrieval(retrieval: pa.Table) -> pa.Table:
     order = {m: i for i, m in enumerate(methods)}
     return (
         grouped.with_columns(_o=pl.col("method").replace_strict(order, return_dtype=pl.Int32))
-        .sort(["_o", "evidence_documents"])
+        .sort(["_o", "kind", "evidence_documents"])
         .drop("_o")
+        .select(["method", "kind", "evidence_documents", "queries", "recall_at_k", "mrr"])
         .to_arrow()
     )
 
@@ -244,6 +326,7 @@ class AttributionCheck:
     retrieval: pa.Table  # evidence found per (query, method), for queries that name their evidence
     retrieval_summary: pa.Table  # recall@k and MRR per (method, evidence documents)
     rankings: pa.Table  # each method's top k per query, with sources (RANKING_SCHEMA)
+    evidence: pa.Table  # the documents stating each query's evidence (EVIDENCE_SCHEMA)
 
     def outputs(self) -> dict[str, pa.Table]:
         return {
@@ -252,6 +335,7 @@ class AttributionCheck:
             "retrieval.parquet": self.retrieval,
             "retrieval_summary.parquet": self.retrieval_summary,
             "rankings.parquet": self.rankings,
+            "evidence.parquet": self.evidence,
         }
 
 
@@ -263,15 +347,20 @@ def attribution_check(
     shard_gradients: Iterable[tuple[str, DocumentGradients]],
     *,
     query_evidence: list[str | None] | None = None,
+    query_frequency: list[int | None] | None = None,
     k: int,
     learning_rate: float,
     seed: int,
     projection: KroneckerProjection | None,
     batch_size: int,
     progress: Callable[[int], None] | None = None,
+    preconditioned: QueryGradients | None = None,
+    factors: FactorSource | None = None,
 ) -> AttributionCheck:
     """Each method's top-k documents of every query: their tail-patch gain, and (for queries
-    that name their `evidence`) how many of the documents stating it they include."""
+    that name their `evidence`) how many of the documents stating it they include. With the
+    stored ``preconditioned`` query gradients, gradient-normalised influence is measured too
+    (RelatIF where the store and ``factors`` give the self-influence: `SelfInfluence.of_store`)."""
     if not documents.keys:
         raise InputError("the attribution check needs at least one document")
     bm25 = BM25Index(documents.texts)
@@ -280,17 +369,33 @@ def attribution_check(
         "influence": influence_ranking(top, queries, documents, k),
         "random": [top_k_random(len(documents.keys), k, seed + i) for i in range(len(queries))],
         "bm25": [bm25.top_k(q.prompt + q.completion, k) for q in queries],
-        **gradient_rankings(lm, queries, shard_gradients, documents, k, projection, batch_size, (sequences, starts)),
+        **gradient_rankings(
+            lm,
+            queries,
+            shard_gradients,
+            documents,
+            k,
+            projection,
+            batch_size,
+            (sequences, starts),
+            preconditioned,
+            None if preconditioned is None else SelfInfluence.of_store(projection, factors, lm_layers(lm)),
+        ),
     }
     encoded = [(q.id, q.kind, seq, start) for q, seq, start in zip(queries, sequences, starts)]
     gains = evaluate(lm, encoded, documents.tokens, rankings, learning_rate, progress)
-    retrieval = evidence_retrieval(
-        query_evidence or [None] * len(queries), [q.id for q in queries], documents, rankings
-    )
+    ids, evidence = [q.id for q in queries], query_evidence or [None] * len(queries)
+    retrieval = evidence_retrieval(evidence, ids, documents, rankings, [q.kind for q in queries])
     return AttributionCheck(
         gains,
         summarize(gains, seed=seed),
         retrieval,
         summarize_retrieval(retrieval),
-        ranking_table([q.id for q in queries], documents, rankings),
+        ranking_table(ids, documents, rankings),
+        evidence_documents(ids, evidence, documents, query_frequency),
     )
+
+
+def lm_layers(lm: LoadedModel) -> list[str]:
+    """The tracked layers' names, in the order the gradient rankings concatenate them."""
+    return sorted(layer.name for layer in lm.layers)

@@ -1,8 +1,8 @@
 """Influence against each baseline on the ground truths, query by query.
 
 The attribution check measures every method on the same queries: the tail-patch gain (every
-query) and the reciprocal rank of the first document stating a planted fact (queries that name
-their evidence, also by how many documents state the fact). Means alone cannot say whether
+query) and the reciprocal rank of the first document stating a query's evidence (queries that name
+their evidence, per kind, also by how many documents state it). Means alone cannot say whether
 influence beats a baseline; these rows pair the two methods' values per query
 (`pretrace.analyses.paired`).
 """
@@ -19,6 +19,8 @@ MEASURES = {"tail_patch_gain": "gain", "reciprocal_rank": "reciprocal_rank"}
 SCHEMA = {
     "measure": pl.String,
     "subset": pl.String,
+    "kind": pl.String,  # the queries' kind (reciprocal rank: kinds never pooled); null: every query
+    "evidence_documents": pl.Int64,  # documents stating the evidence; 0: all of the kind; null: tail-patch
     "baseline": pl.String,
     "queries": pl.Int64,
     "influence_mean": pl.Float64,
@@ -34,16 +36,21 @@ def method_comparisons(gains: pl.DataFrame | None, retrieval: pl.DataFrame | Non
     the same queries, their mean difference, and the paired tests' p-values (uncorrected)."""
     rows: list[dict] = []
     if gains is not None and not gains.is_empty():
-        rows += _compare(gains, "tail_patch_gain", "all queries", seed)
+        rows += _compare(gains, "tail_patch_gain", "all queries", seed, {"kind": None, "evidence_documents": None})
     if retrieval is not None and not retrieval.is_empty():
-        rows += _compare(retrieval, "reciprocal_rank", "all planted facts", seed)
-        for stated in sorted(set(retrieval["evidence_documents"].to_list())):
-            subset = retrieval.filter(pl.col("evidence_documents") == stated)
-            rows += _compare(subset, "reciprocal_rank", f"facts stated {stated} times", seed)
+        kinds = retrieval["kind"] if "kind" in retrieval.columns else pl.Series([None] * retrieval.height)
+        for kind in dict.fromkeys(kinds.to_list()):
+            mine = retrieval.filter(kinds == kind) if kind is not None else retrieval
+            name = f"{kind} queries" if kind is not None else "queries with evidence"
+            rows += _compare(mine, "reciprocal_rank", name, seed, {"kind": kind, "evidence_documents": 0})
+            for stated in sorted(set(mine["evidence_documents"].to_list())):
+                subset = mine.filter(pl.col("evidence_documents") == stated)
+                labels = {"kind": kind, "evidence_documents": stated}
+                rows += _compare(subset, "reciprocal_rank", f"{name} stated {stated} times", seed, labels)
     return pl.DataFrame(rows, schema=SCHEMA)
 
 
-def _compare(frame: pl.DataFrame, measure: str, subset: str, seed: int) -> list[dict]:
+def _compare(frame: pl.DataFrame, measure: str, subset: str, seed: int, labels: dict) -> list[dict]:
     column = MEASURES[measure]
     wide = frame.pivot(on="method", index="query_id", values=column, aggregate_function="first")
     if REFERENCE not in wide.columns:
@@ -58,6 +65,7 @@ def _compare(frame: pl.DataFrame, measure: str, subset: str, seed: int) -> list[
             {
                 "measure": measure,
                 "subset": subset,
+                **labels,
                 "baseline": baseline,
                 "queries": test.n,
                 "influence_mean": float(mine[both].mean()) if both.any() else float("nan"),

@@ -252,6 +252,7 @@ ATTRIBUTION_EVAL = Artefact(
         "retrieval_summary.parquet": None,
         "token_influence.parquet": None,
         "rankings.parquet": None,
+        "evidence.parquet": None,
     },
     config=("tail_patch_k", "top_k", "tail_patch_lr", "seed", "projection", "projection_basis", "batch_size", "dtype"),
     inputs=(
@@ -262,10 +263,10 @@ ATTRIBUTION_EVAL = Artefact(
         Input("document_gradients", "all_shards"),
         Input("influence_scores", "all_shards"),
     ),
-    code_version="4",  # 4: rankings.parquet; losses through the LM head in chunks (float rounding)
-    description="tail-patch gains of each query's top documents by influence, random, BM25, gradient cosine and dot product, "
-    "where each ranks the documents stating a query's `evidence`, and the token terms of the top and bottom "
-    "documents' scores",
+    code_version="5",  # 5: gradient-normalised influence, evidence.parquet; 4: rankings.parquet, chunked LM-head losses
+    description="tail-patch gains of each query's top documents by influence, random, BM25, gradient cosine and dot product "
+    "and gradient-normalised influence (unit-normalised, RelatIF), where each ranks the documents stating a query's "
+    "`evidence`, those documents, and the token terms of the top and bottom documents' scores",
 )
 RERANKED_SCORES = Artefact(
     name="reranked_scores",
@@ -312,7 +313,7 @@ INFLUENCE_REPORT = Artefact(
         Input("attribution_eval"),
         Input("reranked_scores"),
     ),
-    code_version="10",
+    code_version="11",  # 11: the answer search's positive control (answer_detection tables)
     description="the report over every current shard: HTML, tables, figures",
 )
 

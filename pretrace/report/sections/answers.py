@@ -11,6 +11,7 @@ import polars as pl
 from matplotlib.figure import Figure
 
 from pretrace.analyses.analysis import Analysis
+from pretrace.analyses.answer_detection import PER_QUERY_SCHEMA, answer_detection, detection_summary
 from pretrace.analyses.intervals import wilson
 from pretrace.analyses.kinds import POOLED, reasoning_label
 from pretrace.analyses.report_config import FACTUAL
@@ -27,12 +28,32 @@ class Answers:
     answers_kinds: pl.DataFrame
     answer_search: pl.DataFrame  # per query: Ruis et al.'s search of the top 500, step by step
     answer_search_kinds: pl.DataFrame
+    answer_detection: pl.DataFrame  # per control query: evidence retrieved in the top k, and detected
+    answer_detection_summary: pl.DataFrame  # the search's detection rate, by stated frequency
 
 
 def compute(a: Analysis) -> Answers:
-    """Answers and intermediate results found in the top documents, per query and by kind."""
-    per_query, search = _per_query(a), _search_per_query(a)
-    return Answers(per_query, _by_kind(a, per_query), search, _search_by_kind(a, search))
+    """Answers and intermediate results found in the top documents, per query and by kind, and the
+    search's positive control (`pretrace.analyses.answer_detection`)."""
+    per_query, search, detection = _per_query(a), _search_per_query(a), _detection(a)
+    return Answers(
+        per_query,
+        _by_kind(a, per_query),
+        search,
+        _search_by_kind(a, search),
+        detection,
+        detection_summary(detection, a.config.level),
+    )
+
+
+def _detection(a: Analysis) -> pl.DataFrame:
+    """Control queries (known evidence, with step results) at the report's k: from the top lists
+    this section searches and the attribution check's documents stating each query's evidence."""
+    evidence = (a.attribution or {}).get("evidence")
+    if evidence is None:
+        return pl.DataFrame(schema=PER_QUERY_SCHEMA)
+    top = a.result(top_documents.compute).top_documents
+    return answer_detection(top, evidence, dict(zip(a.queries["id"].to_list(), a.stats.targets)), a.config.k)
 
 
 def _search_per_query(a: Analysis) -> pl.DataFrame:
@@ -266,6 +287,7 @@ def reading(a: Analysis) -> list[str]:
             + "; ".join(f"{r['kind']} {r['all_steps_across_documents']} of {r['multi_step_queries']}" for r in steps)
             + "."
         )
+    out += _detection_reading(a)
     if not out:
         out.append("No query has an answer to search for.")
     out.append(
@@ -273,6 +295,34 @@ def reading(a: Analysis) -> list[str]:
         "does not count as the answer 12; long numbers match with or without thousands separators."
     )
     return out
+
+
+def _detection_reading(a: Analysis) -> list[str]:
+    """The positive control, beside the search's findings: how often the search detects retrieval."""
+    rows = a.result(compute).answer_detection_summary.to_dicts()
+    if not rows:
+        return []
+    overall, by = rows[0], rows[1:]
+    if not overall["retrieved"]:
+        return [
+            f"Positive control: none of the {overall['queries']} queries with planted evidence and step results "
+            f"had a document stating it in its top {a.config.k}, so the search's detection rate is not measured."
+        ]
+    rate = f"{pct(overall['detection_rate'], 0)} {interval(overall['ci_low'], overall['ci_high'], lambda x: pct(x, 0))}"
+    split = "; ".join(
+        f"stated {r['frequency']} time{'s' if r['frequency'] != 1 else ''}: {r['detected']} of {r['retrieved']} "
+        f"retrieved (of {r['queries']} queries)"
+        for r in by
+    )
+    return [
+        f"Positive control: for {overall['retrieved']} of {overall['queries']} queries with planted evidence and step "
+        f"results, a document stating it is in the top {a.config.k}; the search finds the answer and every step result "
+        f"in it for {overall['detected']} of them ({rate}; the answer alone for {overall['answer_detected']}; "
+        f"{overall['steps_detected']} of {overall['steps']} step results)"
+        + (f"; {split}" if split else "")
+        + ". A lower rate means the search misses answers that are there, so its \u201cnot found\u201d counts above "
+        "overstate their absence."
+    ]
 
 
 def plot(a: Analysis) -> bytes:
@@ -347,11 +397,42 @@ def body(a: Analysis, figs: dict[str, bytes]) -> str:
             },
             text=("kind",),
         )
+        + _detection_html(a)
+    )
+
+
+def _detection_html(a: Analysis) -> str:
+    summary = a.result(compute).answer_detection_summary
+    if summary.is_empty():
+        return ""
+    df = with_ci(
+        summary, "detection_rate", "ci_low", "ci_high", "rate", lambda x: pct(x, 0), n="retrieved"
+    ).with_columns(pl.col("frequency").cast(pl.String).replace({"0": "all"}))
+    return (
+        f"<p>Positive control of the search: queries whose evidence (documents stating the answer and every step "
+        f"result) is planted in the corpus. Retrieved: a document stating it is in the query's top {a.config.k} by "
+        "influence. Detected: the answer and every step result are found in it by the matching rules below. "
+        "Detection rate = detected / retrieved (Wilson intervals).</p>"
+        + table(
+            df,
+            {
+                "frequency": "times stated",
+                "queries": "queries",
+                "retrieved": "retrieved",
+                "detected": "detected",
+                "rate": "detection rate [interval]",
+                "answer_detected": "answer found",
+                "steps": "step results",
+                "steps_detected": "step results found",
+            },
+            text=("frequency",),
+        )
     )
 
 
 def headline(a: Analysis) -> dict[str, pl.DataFrame]:
     return {
+        "answer_search_detection": a.result(compute).answer_detection_summary,
         "answers_in_top_documents": a.result(compute).answers_kinds.select(
             [
                 "kind",
@@ -362,7 +443,7 @@ def headline(a: Analysis) -> dict[str, pl.DataFrame]:
                 "intermediates",
                 "intermediates_in_top",
             ]
-        )
+        ),
     }
 
 

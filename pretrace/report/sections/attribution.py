@@ -19,6 +19,12 @@ BASELINES = {
     "cosine": "gradient cosine's top k",
     "identity": "the raw gradient dot product's top k",
 }
+VARIANTS = {
+    "influence_unit": "unit-normalised influence",
+    "influence_relatif": "RelatIF",
+}
+"""Gradient-normalised influence (`pretrace.evaluation.normalised_influence`): influence divided by
+the gradients' norms in the stored space, and by the root of the document's self-influence."""
 
 
 @dataclass
@@ -99,20 +105,62 @@ def reading(a: Analysis) -> list[str]:
         "model more likely to give its answer."
     ]
     retrieval = result.evidence_retrieval
-    if not retrieval.is_empty():
-        mrr = {r["method"]: r for r in retrieval.filter(pl.col("evidence_documents") == 0).iter_rows(named=True)}
+    for kind in dict.fromkeys(retrieval["kind"].to_list()) if not retrieval.is_empty() else []:
+        overall_rows = retrieval.filter((pl.col("kind") == kind) & (pl.col("evidence_documents") == 0))
+        mrr = {r["method"]: r for r in overall_rows.iter_rows(named=True)}
         ranked = ", ".join(f"{m} {num(r['mrr'], 2)}" for m, r in mrr.items())
         n = next(iter(mrr.values()))["queries"]
         lines.append(
-            f"For the {n} queries whose evidence is known (documents stating the fact), the mean reciprocal "
+            f"For the {n} {kind} queries whose evidence is known (documents stating it), the mean reciprocal "
             f"rank of the first such document in each method's top k is: {ranked} (1 = always first)."
         )
-    return lines + _paired_reading(a)
+    return lines + _variants_reading(result) + _paired_reading(a)
+
+
+def _variants_reading(result: Attribution) -> list[str]:
+    """Gradient-normalised influence beside plain influence: the mean tail-patch gain, and the MRR
+    on the facts the corpus states most often (where plain influence ranks them worst)."""
+    overall = {r["method"]: r for r in result.tail_patch.filter(pl.col("kind") == "all").iter_rows(named=True)}
+    present = [m for m in VARIANTS if m in overall]
+    if not present:
+        return []
+    gains = "; ".join(f"{VARIANTS[m]} {num(overall[m]['mean_gain'], 3)} nats" for m in present)
+    line = (
+        "Gradient-normalised influence divides each score by the document's gradient norm (unit-normalised, "
+        "in the space of the gradient cosine) or by the root of its self-influence g\u1d40H\u207b\u00b9g "
+        f"(RelatIF): mean tail-patch gain {gains}, against influence's {num(overall['influence']['mean_gain'], 3)}"
+    )
+    retrieval = result.evidence_retrieval
+    parts = []
+    for kind in dict.fromkeys(retrieval["kind"].to_list()) if not retrieval.is_empty() else []:
+        mine = retrieval.filter(pl.col("kind") == kind)
+        most = int(mine["evidence_documents"].max())
+        mrr = {r["method"]: r["mrr"] for r in mine.filter(pl.col("evidence_documents") == most).iter_rows(named=True)}
+        parts.append(
+            f"{kind} queries whose evidence {most} documents state: "
+            + ", ".join(f"{VARIANTS.get(m, m)} {num(mrr[m], 2)}" for m in ["influence", *present] if m in mrr)
+        )
+    if parts:
+        line += "; MRR on " + "; on ".join(parts)
+    return [line + " (paired tests against influence below)."]
 
 
 def body(a: Analysis, figs: dict[str, bytes]) -> str:
     result = a.result(compute)
-    return _tail_patch_html(result) + _paired_html(result)
+    return _tail_patch_html(result) + _variants_html(result) + _paired_html(result)
+
+
+def _variants_html(result: Attribution) -> str:
+    if not set(VARIANTS) & set(result.tail_patch["method"].to_list() if not result.tail_patch.is_empty() else []):
+        return ""
+    return (
+        "<p>influence_unit: influence divided by the query's and the document's gradient norms, both in the space "
+        "of the stored document gradients (where the gradient cosine is computed). influence_relatif (RelatIF, "
+        "Barshan et al. 2020): influence divided by the square root of the document's self-influence "
+        "g\u1d40H\u207b\u00b9g, from the stored gradient: exact for an unprojected store, exact on the kept block "
+        "for a principal projection (the dropped low-curvature rest is missing, as from the scores), estimated by "
+        "the whitened norm for a whitened one, and not measured for a raw projection.</p>"
+    )
 
 
 def _tail_patch_html(result: Attribution) -> str:
@@ -138,16 +186,17 @@ def _tail_patch_html(result: Attribution) -> str:
             .otherwise(pl.col("evidence_documents").cast(pl.String) + " documents")
             .alias("stated_by")
         )
-        html += "<h3>Where the documents stating a query's fact rank</h3>" + table(
+        html += "<h3>Where the documents stating a query's evidence rank</h3>" + table(
             retrieval,
             {
                 "method": "method",
-                "stated_by": "fact stated by",
+                "kind": "queries",
+                "stated_by": "evidence stated by",
                 "queries": "n",
                 "recall_at_k": "recall@k",
                 "mrr": "MRR",
             },
-            text=("method", "stated_by"),
+            text=("method", "kind", "stated_by"),
         )
     return html
 
@@ -157,7 +206,7 @@ def _paired_html(result: Attribution) -> str:
     if paired.is_empty():
         return ""
     return (
-        "<h3>Influence against each baseline, paired over the same queries</h3>"
+        "<h3>Influence against each baseline and each normalised variant, paired over the same queries</h3>"
         + table(
             paired,
             {

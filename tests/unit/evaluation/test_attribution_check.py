@@ -7,6 +7,7 @@ from pretrace.analyses.top_documents import merge_top_documents, top_documents
 from pretrace.evaluation.attribution_check import (
     Documents,
     attribution_check,
+    evidence_documents,
     evidence_retrieval,
     gradient_rankings,
     influence_ranking,
@@ -113,6 +114,7 @@ def test_the_check_runs_every_method_for_every_query(setup):
         "retrieval.parquet",
         "retrieval_summary.parquet",
         "rankings.parquet",
+        "evidence.parquet",
     }
     rankings = check.rankings.to_pylist()
     assert len(rankings) == len(QUERIES) * 5 * 3  # every method's top 3 of every query
@@ -126,7 +128,7 @@ def test_evidence_retrieval_counts_where_each_method_ranks_the_stating_documents
         [("s", str(i)) for i in range(6)], [[1, 2]] * 6, [""] * 6, [None, "f1", "f1", "f2", None, "f1"]
     )
     rankings = {"influence": [[2, 0, 5], [4, 0, 1], [0, 1, 2]], "bm25": [[0, 4, 3], [3, 2, 1], [0, 1, 2]]}
-    table = evidence_retrieval(["f1", "f2", None], ["a", "b", "c"], documents, rankings)
+    table = evidence_retrieval(["f1", "f2", None], ["a", "b", "c"], documents, rankings, ["planted"] * 3)
     rows = {
         (r["query_id"], r["method"]): (r["evidence_documents"], r["recall_at_k"], r["reciprocal_rank"])
         for r in table.to_pylist()
@@ -138,8 +140,23 @@ def test_evidence_retrieval_counts_where_each_method_ranks_the_stating_documents
         ("b", "bm25"): (1, 1.0, 1.0),
     }
     summary = {
-        (r["method"], r["evidence_documents"]): (r["queries"], r["recall_at_k"], r["mrr"])
+        (r["method"], r["kind"], r["evidence_documents"]): (r["queries"], r["recall_at_k"], r["mrr"])
         for r in summarize_retrieval(table).to_pylist()
     }
-    assert summary[("influence", 0)] == (2, pytest.approx(1 / 3), 0.5)
-    assert summary[("bm25", 3)] == (1, 0.0, 0.0) and summary[("bm25", 1)] == (1, 1.0, 1.0)
+    assert summary[("influence", "planted", 0)] == (2, pytest.approx(1 / 3), 0.5)
+    assert summary[("bm25", "planted", 3)] == (1, 0.0, 0.0) and summary[("bm25", "planted", 1)] == (1, 1.0, 1.0)
+    # another kind's queries with evidence are summarized apart, never pooled with planted facts
+    kinds = evidence_retrieval(["f1", "f2", None], ["a", "b", "c"], documents, rankings, ["planted", "reasoning", "x"])
+    split = {
+        (r["method"], r["kind"], r["evidence_documents"]): (r["queries"], r["mrr"])
+        for r in summarize_retrieval(kinds).to_pylist()
+    }
+    assert split[("influence", "planted", 0)] == (1, 1.0) and split[("influence", "reasoning", 0)] == (1, 0.0)
+
+
+def test_evidence_documents_lists_each_querys_stating_documents_with_its_frequency():
+    documents = Documents([("s", str(i)) for i in range(5)], [[1, 2]] * 5, [""] * 5, [None, "f1", "f2", "f1", "f2"])
+    table = evidence_documents(["a", "b", "c", "d"], ["f1", "f2", None, "f3"], documents, [10, None, 3, 1])
+    rows = [(r["query_id"], r["frequency"], r["shard"], r["doc_id"]) for r in table.to_pylist()]
+    # a's frequency as its query states it; b's, not stated, counted from the documents; c, d: none stated
+    assert rows == [("a", 10, "s", "1"), ("a", 10, "s", "3"), ("b", 2, "s", "2"), ("b", 2, "s", "4")]
