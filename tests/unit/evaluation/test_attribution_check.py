@@ -2,6 +2,7 @@
 
 import pyarrow as pa
 import pytest
+import torch
 
 from pretrace.analyses.top_documents import merge_top_documents, top_documents
 from pretrace.evaluation.attribution_check import (
@@ -15,6 +16,8 @@ from pretrace.evaluation.attribution_check import (
 )
 from pretrace.evaluation.tailpatch import top_k_gradient
 from pretrace.influence.document_gradients import compute_document_gradients
+from pretrace.influence.ekfac import Factors
+from pretrace.influence.query_gradients import compute_query_gradients
 from pretrace.inputs.query_file import Query
 from pretrace.model.adapter import wrap_model
 from pretrace.testing.tiny import SENTENCES, tiny_model, tiny_tokenizer
@@ -83,6 +86,13 @@ def test_influence_ranking_follows_the_merged_top_lists_by_shard_and_id(setup):
 
 def test_the_check_runs_every_method_for_every_query(setup):
     lm, documents, shards = setup
+    # H = I (no damping): the stored query gradients are the raw ones, RelatIF divides by |g_d|
+    factors = Factors(
+        {layer.name: torch.eye(layer.d_in) for layer in lm.layers},
+        {layer.name: torch.eye(layer.d_out) for layer in lm.layers},
+        {layer.name: torch.ones(layer.d_out, layer.d_in) for layer in lm.layers},
+        {layer.name: 0.0 for layer in lm.layers},
+    )
     tops = [
         top_documents(
             [q.id for q in QUERIES], table.column("doc_id").to_pylist(), [[1.0] * table.num_rows] * 2, 3, shard=shard
@@ -101,10 +111,13 @@ def test_the_check_runs_every_method_for_every_query(setup):
         seed=0,
         projection=None,
         batch_size=4,
+        preconditioned=compute_query_gradients(lm, factors, QUERIES),
+        factors=factors,
     )
     gains = check.gains
+    methods = ("influence", "random", "bm25", "cosine", "identity", "influence_unit", "influence_relatif")
     assert sorted(set(zip(gains.column("query_id").to_pylist(), gains.column("method").to_pylist()))) == sorted(
-        (q.id, m) for q in QUERIES for m in ("influence", "random", "bm25", "cosine", "identity")
+        (q.id, m) for q in QUERIES for m in methods
     )
     assert set(check.summary.column("kind").to_pylist()) == {"all", "factual", "math"}
     assert check.retrieval.num_rows == 0  # no document states "fact" here
@@ -117,7 +130,7 @@ def test_the_check_runs_every_method_for_every_query(setup):
         "evidence.parquet",
     }
     rankings = check.rankings.to_pylist()
-    assert len(rankings) == len(QUERIES) * 5 * 3  # every method's top 3 of every query
+    assert len(rankings) == len(QUERIES) * len(methods) * 3  # every method's top 3 of every query
     source = dict(zip(documents.keys, documents.sources))
     assert all(r["source"] == source[(r["shard"], r["doc_id"])] for r in rankings)
     assert set(documents.sources) == {"web", "math", "unknown"}

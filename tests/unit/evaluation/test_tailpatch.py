@@ -109,3 +109,22 @@ def test_evaluate_and_summarize(lm):
     by_query = {(r["query_id"], r["method"]): r["gain"] for r in gains.to_pylist()}
     assert influence_all["mean_gain"] == pytest.approx((by_query["q1", "influence"] + by_query["q2", "influence"]) / 2)
     assert influence_all["beats_random"] == 1.0 and influence_all["queries"] == 2
+
+
+def test_methods_choosing_the_same_documents_share_one_step(lm, monkeypatch):
+    import pretrace.evaluation.tailpatch as tailpatch
+
+    docs = [QUERY, *random_sequences(4, min_len=8, max_len=8, seed=9)]
+    steps = []
+    real = tailpatch.stepped_logprob
+
+    def counted(lm, documents, *args):
+        steps.append(len(documents))
+        return real(lm, documents, *args)
+
+    monkeypatch.setattr(tailpatch, "stepped_logprob", counted)
+    rankings = {"influence": [[1, 2]], "influence_unit": [[2, 1]], "influence_relatif": [[1, 3]]}
+    gains = {r["method"]: r["gain"] for r in evaluate(lm, [("q", "f", QUERY, START)], docs, rankings, 0.05).to_pylist()}
+    assert len(steps) == 2  # {1, 2} once (in either order), {1, 3} once
+    assert gains["influence_unit"] == gains["influence"] != gains["influence_relatif"]
+    assert gains["influence_relatif"] == pytest.approx(tail_patch_gain(lm, [docs[1], docs[3]], QUERY, START, 0.05))
