@@ -1,5 +1,6 @@
 """`pretrace run`: bring every artefact up to date in-process, recomputing exactly what the
-recompute policy says is missing or stale (pretrace.project.provenance), in the asset graph's order.
+recompute policy says is missing or stale (pretrace.project.provenance), in the asset graph's order,
+as one asset backfill in the instance (pipeline/backfill.py: why not one Dagster run).
 
 Before any work: the storage root must be writable, runs of this machine whose process died are
 marked failed (they would stay STARTED for ever), and temporaries that killed writers left are
@@ -12,6 +13,7 @@ import graphlib
 import os
 import socket
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import dagster as dg
 
@@ -24,6 +26,7 @@ from pretrace.project.provenance import Project
 from pretrace.resources.pretrace import PretraceResource
 from pretrace.store.storage import pid_alive
 
+from .backfill import RunBackfill, close_dead_backfills
 from .sensors import CLEAN_HINT, refresh_inputs
 
 Log = Callable[[str], None]
@@ -66,16 +69,26 @@ def executable(defs: dg.Definitions) -> list:
     return [*defs.assets, *(defs.asset_checks or [])]
 
 
+def _dead(tags: dict[str, str]) -> int | None:
+    """The process id in ``tags`` when that process is gone, else None."""
+    pid = int(tags.get(PID_TAG, 0))
+    return pid if pid and pid != os.getpid() and not pid_alive(pid) else None
+
+
 def fail_dead_runs(instance: dg.DagsterInstance, log: Log) -> None:
     """Runs this machine started in-process whose process is gone (SIGKILL, OOM) are failed,
     and the `gpu` pool slots they held are freed, as run monitoring does for deployed runs (no
-    daemon watches in-process runs: without this, the next run would wait for a dead holder)."""
-    for run in instance.get_runs(dg.RunsFilter(statuses=ACTIVE, tags={HOST_TAG: socket.gethostname()})):
-        pid = int(run.tags.get(PID_TAG, 0))
-        if pid and pid != os.getpid() and not pid_alive(pid):
+    daemon watches in-process runs: without this, the next run would wait for a dead holder);
+    the backfill such a process left in progress is closed as failed."""
+    here = {HOST_TAG: socket.gethostname()}
+    for run in instance.get_runs(dg.RunsFilter(statuses=ACTIVE, tags=here)):
+        pid = _dead(run.tags)
+        if pid:
             instance.report_run_failed(run, f"its process {pid} is gone (killed or crashed)")
             instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
             log(f"run {run.run_id} was left unfinished by process {pid}; marked failed and its pool slots freed")
+    for backfill in close_dead_backfills(instance, here, lambda b: _dead(b.tags) is not None):
+        log(f"backfill {backfill} was left unfinished by a process that is gone; marked failed")
 
 
 Item = tuple[str | None, str, str | None]  # (compared model, artefact, partition)
@@ -156,33 +169,42 @@ def materialize_pipeline(
     partitions = {spec.key: spec.partitions_def for spec in defs.resolve_all_asset_specs()}
     tags = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), STORAGE_TAG: project.storage.url()}
     everything = _partitions(defs, project)
+    due = [
+        (key, to_dagster(partitions[key], shard))
+        for key, owner, artefact, shard in everything
+        if force or not owner.status(artefact, shard).current
+    ]
+    backfill = RunBackfill(instance, defs, due, tags, title=f"pretrace run {project.storage.url()}") if due else None
     done: set[Item] = set()
-    while wave := due_together(everything, force, done):
-        for members in _runs(wave, partitions):
-            for _, owner, artefact, shard in members:
-                status = owner.status(artefact, shard)
-                log(f"materializing {owner.label(artefact, shard)} ({status.state}: {status.reason or 'forced'})")
-            result = dg.materialize(
-                assets,
-                selection=[key for key, *_ in members],
-                partition_key=to_dagster(partitions[members[0][0]], members[0][3]),
-                instance=instance,
-                resources=defs.resources,
-                run_config=run_config,
-                tags=tags,
-            )
-            for _, owner, artefact, shard in members:
-                owner.forget(artefact, shard)
-                done.add((owner.name, artefact.name, shard))
-            labels = {key: owner.label(artefact, shard) for key, owner, artefact, shard in members}
-            for check in result.get_asset_check_evaluations():  # a failed check does not stop the run: say it
-                if not check.passed:
-                    kind = "warning" if check.severity == dg.AssetCheckSeverity.WARN else "check failed"
-                    log(f"{kind}: {labels[check.asset_key]}: {check.check_name}: {check.description or 'failed'}")
-    for _, owner, artefact, shard in everything:
-        status = owner.status(artefact, shard)
-        if not status.current:
-            raise NotReady(f"{owner.label(artefact, shard)} cannot be computed: {status.reason}")
+    with backfill.closing() if backfill else nullcontext():
+        while wave := due_together(everything, force, done):
+            for members in _runs(wave, partitions):
+                for _, owner, artefact, shard in members:
+                    status = owner.status(artefact, shard)
+                    log(f"materializing {owner.label(artefact, shard)} ({status.state}: {status.reason or 'forced'})")
+                partition = to_dagster(partitions[members[0][0]], members[0][3])
+                result = dg.materialize(
+                    assets,
+                    selection=[key for key, *_ in members],
+                    partition_key=partition,
+                    instance=instance,
+                    resources=defs.resources,
+                    run_config=run_config,
+                    tags={**tags, **backfill.run_tags},
+                )
+                backfill.materialized([(key, partition) for key, *_ in members])
+                for _, owner, artefact, shard in members:
+                    owner.forget(artefact, shard)
+                    done.add((owner.name, artefact.name, shard))
+                labels = {key: owner.label(artefact, shard) for key, owner, artefact, shard in members}
+                for check in result.get_asset_check_evaluations():  # a failed check does not stop the run: say it
+                    if not check.passed:
+                        kind = "warning" if check.severity == dg.AssetCheckSeverity.WARN else "check failed"
+                        log(f"{kind}: {labels[check.asset_key]}: {check.check_name}: {check.description or 'failed'}")
+        for _, owner, artefact, shard in everything:
+            status = owner.status(artefact, shard)
+            if not status.current:
+                raise NotReady(f"{owner.label(artefact, shard)} cannot be computed: {status.reason}")
     return project
 
 
