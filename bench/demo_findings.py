@@ -7,7 +7,8 @@ model's training losses, top-20 source counts of each reasoning kind, the per-na
 correlation groups, the factual kinds' sources, the paper-defined power-law test, influence-per-nat
 curves, step-by-step answer search and sources at several k, how many queries the model answers
 correctly, the comparison with other models (when `--compare-seeds` was given), the attribution
-check (tail-patch and planted-fact retrieval), each shard's measured score accuracy, and the
+check (tail-patch and retrieval of known evidence, per kind), the answer search's positive control
+(its detection rate), each shard's measured score accuracy, and the
 planted documents' loss by how often their fact is stated.
 """
 
