@@ -259,11 +259,14 @@ def clean(args: argparse.Namespace) -> None:
 
 
 def ui(args: argparse.Namespace) -> None:
+    from .sensors import UI_URL_ENV
+
     env = dict(os.environ)
     _dagster_home(env)
     if args.config:
         env[CONFIG_ENV] = str(Path(args.config).absolute())
     env.setdefault(DEMO_DIR_ENV, str(Path(".").absolute()))
+    env.setdefault(UI_URL_ENV, _local_url(args.host, args.port))  # the corpus sensor reloads the location
     command = [
         sys.executable,
         "-m",
@@ -278,6 +281,11 @@ def ui(args: argparse.Namespace) -> None:
     ]
     with _report_beside(env):
         raise SystemExit(run_process_group(command, env))
+
+
+def _local_url(host: str, port: int) -> str:
+    """The webserver's address from this machine (a wildcard host listens on loopback too)."""
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
 
 
 def _report_beside(env: Mapping[str, str]) -> AbstractContextManager[object]:

@@ -14,16 +14,21 @@ policy, and the automation sensor (pipeline/automation.py) launches it. Per tick
 - a removed (or renamed) file is reported, with the command that removes its artefacts
   (`pretrace clean`); the report already covers only the files present;
 - an edit of the code location's pretrace.yaml ($PRETRACE_CONFIG) is named on the tick, each
-  setting with its old and new value, and observed on every asset whose artefact depends on it:
-  the UI says why before the code location is reloaded (which then shows the new code versions,
-  and lets automation compute with the new settings).
+  setting with its old and new value, and observed on every asset whose artefact depends on it
+  (the asset's events say why); the code location is then reloaded through the webserver at
+  $PRETRACE_UI_URL (`pretrace ui` sets it), as its Reload button does, so the UI shows the new
+  code versions (the assets stale) and automation computes with the new settings. A sensor has
+  no handle on the workspace that serves it: Dagster's way is the webserver's GraphQL API.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import threading
+import urllib.request
 from dataclasses import dataclass, field
 
 import dagster as dg
@@ -40,9 +45,18 @@ from pretrace.resources.pretrace import PretraceResource
 from .settings import CONFIG_ENV
 
 SENSOR_INTERVAL_ENV = "PRETRACE_SENSOR_INTERVAL_S"
+UI_URL_ENV = "PRETRACE_UI_URL"  # the webserver serving this code location, to reload it
 CLEAN_HINT = "remove their artefacts with `pretrace clean --config <pretrace.yaml>`"
 RELOAD_HINT = "reload the code location to compute with them"
+RELOADING = "the code location reloads to compute with them"
+RELOAD_LOCATION = """
+mutation($name: String!) {
+  reloadRepositoryLocation(repositoryLocationName: $name) {
+    __typename ... on PythonError { message } ... on UnauthorizedError { message }
+  }
+}"""
 SETTINGS_LABEL = "pretrace.yaml"  # the cursor's entry for the settings file
+_LOG = logging.getLogger(__name__)
 
 
 def interval_from_env(name: str, default: int) -> int:
@@ -71,7 +85,7 @@ class Refresh:
         if self.observed:
             parts.append(f"changed: {', '.join(self.observed)}")
         if self.settings:
-            parts.append(f"pretrace.yaml changed: {', '.join(self.settings)} ({RELOAD_HINT})")
+            parts.append(f"pretrace.yaml changed: {', '.join(self.settings)} ({reload_hint()})")
         if self.removed:
             parts.append(f"corpus files gone: {', '.join(self.removed)} ({CLEAN_HINT})")
         if self.skipped:
@@ -145,9 +159,43 @@ def _observe_settings(refresh: Refresh, project: Project, loaded: PretraceConfig
                 refresh.observations.append(
                     dg.AssetObservation(
                         asset_key(model, artefact.name),
-                        metadata={"settings changed": f"{', '.join(changed)} in {path} ({RELOAD_HINT})"},
+                        metadata={"settings changed": f"{', '.join(changed)} in {path} ({reload_hint()})"},
                     )
                 )
+
+
+def reload_hint() -> str:
+    """What happens next after an edit of pretrace.yaml: the location reloads, or the user reloads it."""
+    return RELOADING if os.environ.get(UI_URL_ENV) else RELOAD_HINT
+
+
+def reload_in_background(location: str) -> threading.Thread | None:
+    """Ask the webserver at $PRETRACE_UI_URL to reload ``location`` (its GraphQL
+    `reloadRepositoryLocation`, the UI's Reload button), once the tick has returned: the reload
+    replaces the code server this sensor runs in (a failure is logged by the code server, the
+    tick being over). None without a webserver to ask."""
+    url = os.environ.get(UI_URL_ENV)
+    if not url:
+        return None
+
+    def reload() -> None:
+        body = json.dumps({"query": RELOAD_LOCATION, "variables": {"name": location}}).encode()
+        request = urllib.request.Request(
+            f"{url.rstrip('/')}/graphql", data=body, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=300) as response:
+                answer = json.loads(response.read())
+        except OSError as exc:
+            _LOG.warning(f"could not reload the code location {location} through {url}: {exc}; {RELOAD_HINT}")
+            return
+        result = (answer.get("data") or {}).get("reloadRepositoryLocation") or {}
+        if answer.get("errors") or "message" in result:
+            _LOG.warning(f"{url} did not reload {location}: {answer.get('errors') or result['message']}; {RELOAD_HINT}")
+
+    thread = threading.Thread(target=reload, name="pretrace-reload", daemon=True)
+    thread.start()
+    return thread
 
 
 def refresh_inputs(instance: dg.DagsterInstance, resource: PretraceResource) -> Refresh:
@@ -180,6 +228,8 @@ def build_corpus_sensor(minimum_interval_seconds: int | None = None) -> dg.Senso
             context.log.warning(f"corpus files gone: {', '.join(refresh.removed)}; {CLEAN_HINT}")
         if refresh.changed:
             context.log.info(refresh.summary())
+        if refresh.settings and context.code_location_origin is not None:
+            reload_in_background(context.code_location_origin.location_name)
         # The summary is the tick's message too: Dagster calls a tick that requests no run
         # skipped, and lists the partitions it added and the events it reported beside it.
         return dg.SensorResult(

@@ -5,8 +5,10 @@ import signal
 import subprocess
 import sys
 
+import dagster as dg
 import pyarrow.parquet as pq
 import pytest
+from dagster._core.execution.backfill import BulkActionStatus
 
 from pretrace.pipeline.commands import INTERRUPTED
 from pretrace.testing.project import QUERIES, edit_config, make_project, pretrace, snapshot
@@ -35,17 +37,26 @@ def test_run_writes_the_documented_outputs(finished):
         assert set(table.column("query_id").to_pylist()) == {q["id"] for q in QUERIES}
 
 
-def test_a_run_groups_its_work_into_few_dagster_runs_tagged_with_the_project(finished):
+def test_a_run_is_one_backfill_of_few_dagster_runs_tagged_with_the_project(finished):
     """Each partition of assets partitioned alike, with its inputs never computed before, joins
-    one run: a fresh project's 19 artefact partitions are 10 runs, not 19."""
-    import dagster as dg
+    one Dagster run: a fresh project's 19 artefact partitions are 10 runs, not 19; the runs are
+    one asset backfill, the one entry the UI's Runs page lists, targeting exactly those 19."""
+    from pretrace.config import load_config
+    from pretrace.pipeline.definitions import build_definitions
 
-    root, _, result = finished
+    root, config, result = finished
     assert result.stdout.count("[pretrace] materializing ") == 19
     with dg.DagsterInstance.local_temp(str(root / ".dagster_home")) as instance:
         runs = instance.get_runs()
+        (backfill,) = instance.get_backfills()
+        assert instance.get_runs(dg.RunsFilter(exclude_subruns=True)) == []  # nothing else in the Runs page
     assert len(runs) == 10
-    assert {run.tags["pretrace/storage"] for run in runs} == {str(root / "data")}
+    assert {run.tags["pretrace/storage"] for run in runs} == {str(root / "data")} == {backfill.tags["pretrace/storage"]}
+    assert {run.tags["dagster/backfill"] for run in runs} == {backfill.backfill_id}
+    assert backfill.status == BulkActionStatus.COMPLETED_SUCCESS and backfill.title == f"pretrace run {root / 'data'}"
+    data = backfill.get_asset_backfill_data(build_definitions(load_config(config)).resolve_asset_graph())
+    assert data.target_subset == data.materialized_subset
+    assert data.target_subset.num_partitions_and_non_partitioned_assets == 19
 
 
 def test_a_bad_corpus_record_is_named_and_damages_nothing(finished):
@@ -198,6 +209,9 @@ def test_sigterm_stops_a_background_run_with_one_line_and_the_rerun_finishes(tmp
     assert "materializing document_gradients" in rerun.stdout
     assert not [f for f in snapshot(tmp_path / "data") if ".pretrace-tmp" in f]
     assert rerun.stdout.rstrip().endswith(f"browse the runs and metadata with: pretrace ui --config {config}")
+    with dg.DagsterInstance.local_temp(str(tmp_path / ".dagster_home")) as instance:
+        statuses = [b.status for b in instance.get_backfills()]  # newest first
+    assert statuses == [BulkActionStatus.COMPLETED_SUCCESS, BulkActionStatus.CANCELED]  # the stopped one closed
 
 
 HOLD_THE_LOCK = """
@@ -233,3 +247,26 @@ def test_a_running_project_refuses_a_second_run_and_another_project_on_its_root(
         )
     finally:
         holder.kill()
+
+
+def test_the_ui_hint_opens_the_project_just_run(finished, monkeypatch):
+    """`pretrace ui --config <the config>`, the last line of a run, serves that project's code
+    location (not the demo), told the webserver's address so its sensor can reload it."""
+    import argparse
+    from contextlib import nullcontext
+
+    from pretrace.pipeline import commands
+    from pretrace.pipeline.settings import workspace_config
+
+    root, config, result = finished
+    assert result.stdout.rstrip().endswith(f"browse the runs and metadata with: pretrace ui --config {config}")
+    started = {}
+    monkeypatch.setattr(commands, "run_process_group", lambda command, env: started.update(env) or 0)
+    monkeypatch.setattr(commands, "_report_beside", lambda env: nullcontext())
+    monkeypatch.setenv("DAGSTER_HOME", str(root / ".dagster_home"))
+    monkeypatch.delenv("PRETRACE_UI_URL", raising=False)
+    with pytest.raises(SystemExit):
+        commands.ui(argparse.Namespace(config=str(config), host="0.0.0.0", port=3001))
+    loaded, demo = workspace_config(started)
+    assert not demo and loaded.storage == str(root / "data")
+    assert started["PRETRACE_UI_URL"] == "http://127.0.0.1:3001"

@@ -4,6 +4,7 @@ import gc
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import dagster as dg
@@ -332,3 +333,42 @@ def test_an_edited_config_is_named_with_old_and_new_values_on_the_next_tick(setu
     )
     third = tick(defs, instance, second.cursor)
     assert third.skip_reason.skip_message.startswith("no new or changed inputs") and not third.asset_events
+
+
+def test_with_a_webserver_to_ask_the_sensor_reloads_its_code_location(setup, capfd, monkeypatch):
+    """With $PRETRACE_UI_URL (`pretrace ui` sets it), the tick says the location reloads, and the
+    reload is the webserver's GraphQL mutation the UI's Reload button sends."""
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from pretrace.pipeline.sensors import reload_in_background
+
+    received = []
+
+    class Webserver(BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append((self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
+            body = json.dumps({"data": {"reloadRepositoryLocation": {"__typename": "WorkspaceLocationEntry"}}})
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Webserver)
+    threading.Thread(target=server.handle_request, daemon=True).start()
+    monkeypatch.setenv("PRETRACE_UI_URL", f"http://127.0.0.1:{server.server_port}")
+    config, defs, instance = setup
+    path = Path(config.storage).parent / "pretrace.yaml"
+    monkeypatch.setenv("PRETRACE_CONFIG", str(path))
+    first = tick(defs, instance)
+    edit_config(path, top_k=6)
+    _, said = tick_log(defs, instance, capfd, first.cursor)
+    assert "pretrace.yaml changed: `top_k` 5 -> 6 (the code location reloads to compute with them)" in said
+    reload_in_background("pretrace.pipeline.definitions").join(30)
+    server.server_close()
+    ((url_path, request),) = received
+    assert url_path == "/graphql" and request["variables"] == {"name": "pretrace.pipeline.definitions"}
+    assert "reloadRepositoryLocation(repositoryLocationName: $name)" in request["query"]
+    monkeypatch.delenv("PRETRACE_UI_URL")
+    assert reload_in_background("pretrace.pipeline.definitions") is None  # no webserver to ask
