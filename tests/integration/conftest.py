@@ -68,6 +68,7 @@ def dagster_server(ops_project):
         "PRETRACE_SENSOR_INTERVAL_S": "5",
         "PRETRACE_AUTOMATION_INTERVAL_S": "5",
         "PRETRACE_PROGRESS_INTERVAL_S": "0.2",
+        "PRETRACE_REFRESH_CRON": "* * * * *",  # the refresh schedule (off until a test starts it) every minute
     }
     with dagster_dev(ops_project["home"], env, cwd=ROOT) as server:
         yield server

@@ -198,19 +198,21 @@ class DagsterDev:
 
 @contextlib.contextmanager
 def dagster_dev(home: Path, env: dict[str, str], cwd: Path, timeout: float = 180) -> Iterator[DagsterDev]:
-    """`dagster dev` (webserver + daemon) on 127.0.0.1 and a free port; yields a DagsterDev."""
+    """`dagster dev` (webserver + daemon) on 127.0.0.1 and a free port, told its own address as
+    `pretrace ui` tells it (so the corpus sensor can reload the code location); yields a DagsterDev."""
     port = free_port()
+    url = f"http://127.0.0.1:{port}"
     log = home / "dagster-dev.log"
     dagster = Path(sys.executable).parent / "dagster"
     proc = subprocess.Popen(
         [str(dagster), "dev", "-h", "127.0.0.1", "-p", str(port), "-m", "pretrace.pipeline.definitions"],
         cwd=cwd,
-        env={**os.environ, **env, "DAGSTER_HOME": str(home)},
+        env={**os.environ, "PRETRACE_UI_URL": url, **env, "DAGSTER_HOME": str(home)},
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    server = DagsterDev(f"http://127.0.0.1:{port}", proc, log)
+    server = DagsterDev(url, proc, log)
     try:
         deadline = time.monotonic() + timeout
         while True:

@@ -2,6 +2,7 @@
 partitions and the report's metadata."""
 
 import re
+import time
 
 import dagster as dg
 import pytest
@@ -84,6 +85,31 @@ mutation($name: String!) {
 }"""
 
 
+OBSERVATIONS = """
+query($key: AssetKeyInput!) {
+  assetNodeOrError(assetKey: $key) { ... on AssetNode { assetObservations(limit: 5) {
+    timestamp metadataEntries { label ... on TextMetadataEntry { text } }
+  } } }
+}"""
+
+
+def settings_changed(server, asset: str, after: float) -> str | None:
+    """The `settings changed` entry of the asset's latest observation since `after`: what its
+    page's events say."""
+    for event in server.graphql(OBSERVATIONS, {"key": {"path": [asset]}})["assetNodeOrError"]["assetObservations"]:
+        if float(event["timestamp"]) / 1000 > after:
+            for entry in event["metadataEntries"]:
+                if entry["label"] == "settings changed":
+                    return entry["text"]
+    return None
+
+
+def code_version_changed(server, asset: str) -> dict | None:
+    """The asset's staleness when it is stale by its own code version (a reloaded setting)."""
+    state = staleness(server, asset)
+    return state if any("code version" in c["reason"].lower() for c in state["staleCauses"]) else None
+
+
 def staleness(server, asset: str) -> dict:
     return server.graphql(STALENESS, {"key": {"path": [asset]}})["assetNodeOrError"]
 
@@ -96,7 +122,9 @@ def reload_location(server) -> None:
 def test_a_changed_setting_shows_stale_and_materializing_it_from_the_ui_makes_it_current(
     dagster_server, ops_project, instance, tmp_path
 ):
-    """The UI's stale marker is the recompute policy's: `damping` changes ekfac_factors' code version."""
+    """The UI's stale marker is the recompute policy's: `damping` changes ekfac_factors' code
+    version. Without a manual reload: the corpus sensor's next tick names the setting with its
+    old and new value, on the tick and in the asset's events, and reloads the code location."""
     from playwright.sync_api import expect
 
     from pretrace.config import load_config
@@ -110,14 +138,17 @@ def test_a_changed_setting_shows_stale_and_materializing_it_from_the_ui_makes_it
     dagster_server.graphql(STOP_SENSOR, {"id": sensor_id})  # the user, not automation, materializes it here
     try:
         assert staleness(dagster_server, "ekfac_factors")["staleStatus"] == "FRESH"
+        edited = time.time()
         edit_config(config_path, damping=0.5)
-        reload_location(dagster_server)
-        stale = wait_for(
-            lambda: (s := staleness(dagster_server, "ekfac_factors"))["staleStatus"] == "STALE" and s,
-            60,
-            "ekfac_factors to show stale",
-        )
-        assert any("code version" in c["reason"].lower() for c in stale["staleCauses"]), stale
+        reason = wait_for(lambda: settings_changed(dagster_server, "ekfac_factors", edited), 60, "the tick naming it")
+        assert reason.startswith("`damping` ") and reason.endswith(
+            f" -> 0.5 in {config_path} (the code location reloads to compute with them)"
+        ), reason
+        ticks = dagster_server.ticks("corpus_sensor", limit=30)  # newest first
+        (naming,) = [t for t in ticks if "pretrace.yaml changed: `damping` " in (t["skipReason"] or "")]
+        assert not [t for t in ticks if edited < t["timestamp"] < naming["timestamp"]], "not the next tick"
+        stale = wait_for(lambda: code_version_changed(dagster_server, "ekfac_factors"), 120, "the location's reload")
+        assert stale["staleStatus"] == "STALE"
         assert Project(load_config(config_path)).status("ekfac_factors").state == "stale"
         before = materializations(instance, "ekfac_factors")
         with chromium_page() as page:

@@ -285,8 +285,12 @@ def assert_killed(result: subprocess.CompletedProcess) -> None:
 
 
 def left_started(project: Path) -> list:
+    """The runs, and the `pretrace run` backfills, still marked in progress."""
+    from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
+
     with dg.DagsterInstance.from_config(str(project / ".dagster_home")) as instance:
-        return instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+        backfills = instance.get_backfills(filters=BulkActionsFilter(statuses=[BulkActionStatus.REQUESTED]))
+        return [*instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])), *backfills]
 
 
 def test_a_new_query_then_a_kill_during_influence_scores(finished, tmp_path):
@@ -298,7 +302,7 @@ def test_a_new_query_then_a_kill_during_influence_scores(finished, tmp_path):
     assert_killed(kill_at(f"influence_scores/{B}", 2, project))
     assert (project / "data" / "influence_scores" / f"{A}.manifest.json").exists()
     assert not (project / "data" / "influence_scores" / f"{B}.manifest.json").exists()
-    assert len(left_started(project)) == 1
+    assert len(left_started(project)) == 2  # the run and its backfill
 
     rerun = pretrace("run", "--config", "pretrace.yaml", cwd=project)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
