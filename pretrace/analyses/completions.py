@@ -5,8 +5,8 @@ queries it answers correctly apart from those it does not. So a query may leave 
 completion and the model writes one, greedily, from the prompt followed by an optional
 instruction ("Let's think step by step."). Every query is also answered once greedily from
 the prompt it is explained with, so each one says whether the *model* answers it: `correct`
-is true when that greedy answer contains the query's answer by the matching rules of
-`pretrace.analyses.answers` (null when the query gives no answer). For a query with a given
+is true when the last non-empty line of that greedy answer contains the query's answer by the
+matching rules of `pretrace.analyses.answers` (null when the query gives no answer). For a query with a given
 completion the explained completion stays the user's; only `correct` comes from the model.
 A generated completion is explained as the tokens the model wrote (`completion_ids`).
 """
@@ -72,14 +72,17 @@ def greedy_completions(
     *,
     batch_size: int = 8,
     names: Sequence[str] | None = None,
+    stops: Sequence[Sequence[str]] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> list[list[int]]:
-    """The tokens of the model's greedy continuation of each prompt (end-of-sequence left out).
+    """The tokens of the model's greedy continuation of each prompt (end-of-sequence left out),
+    ended by a string of ``settings.stop`` or of the prompt's own ``stops``.
 
     Prompts are batched only with prompts of the same token length, so no padding enters a
     forward pass and each completion is what the prompt alone would give.
     """
     names = list(names) if names is not None else [str(i) for i in range(len(prompts))]
+    own = [tuple(s) for s in stops] if stops is not None else [() for _ in prompts]
     encoded = [lm.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
     by_length: dict[int, list[int]] = defaultdict(list)
     for i, ids in enumerate(encoded):
@@ -89,24 +92,28 @@ def greedy_completions(
         room = room_to_answer(names[members[0]], length, settings.max_new_tokens, lm.max_context)
         for start in range(0, len(members), batch_size):
             chunk = members[start : start + batch_size]
-            for i, ids in zip(chunk, _generate(lm, [encoded[i] for i in chunk], room, settings.stop)):
+            chunk_stops = [(*settings.stop, *own[i]) for i in chunk]
+            for i, ids in zip(chunk, _generate(lm, [encoded[i] for i in chunk], room, chunk_stops)):
                 out[i] = ids
             if progress is not None:
                 progress(len(chunk))
     return out
 
 
-def _generate(lm: LoadedModel, prompts: list[list[int]], max_new_tokens: int, stop: Sequence[str]) -> list[list[int]]:
+def _generate(
+    lm: LoadedModel, prompts: list[list[int]], max_new_tokens: int, stops: list[tuple[str, ...]]
+) -> list[list[int]]:
+    """Greedy continuations of same-length prompts, each ended by its own stop strings."""
     from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
     tokenizer, length = lm.tokenizer, len(prompts[0])
 
     class StopStrings(StoppingCriteria):
-        """Ends a sequence once its text holds a stop string (it is cut there afterwards)."""
+        """Ends a sequence once its text holds one of its stop strings (it is cut there afterwards)."""
 
         def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
             texts = tokenizer.batch_decode(input_ids[:, length:], skip_special_tokens=True)
-            return torch.tensor([any(s in t for s in stop) for t in texts], device=input_ids.device)
+            return torch.tensor([any(s in t for s in stop) for t, stop in zip(texts, stops)], device=input_ids.device)
 
     eos = getattr(tokenizer, "eos_token_id", None)
     config = GenerationConfig(
@@ -122,10 +129,10 @@ def _generate(lm: LoadedModel, prompts: list[list[int]], max_new_tokens: int, st
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
             generation_config=config,
-            stopping_criteria=StoppingCriteriaList([StopStrings()]) if stop else None,
+            stopping_criteria=StoppingCriteriaList([StopStrings()]) if any(stops) else None,
         )
     out = []
-    for row in generated[:, length:].tolist():
+    for row, stop in zip(generated[:, length:].tolist(), stops):
         row = row[: row.index(eos)] if eos in row else row
         out.append(through_stop(row, tokenizer, stop))
     return out
@@ -150,8 +157,13 @@ def through_stop(ids: list[int], tokenizer, stop: Sequence[str]) -> list[int]:
 
 
 def answered(completion: str, answer: str | None) -> bool | None:
-    """Whether a completion states the answer; None when there is no answer to look for."""
-    return None if not answer else find_answer(completion, answer) is not None
+    """Whether a completion's last non-empty line states the answer (a worked solution ends with
+    its answer; an intermediate result that happens to equal it does not count); None when there
+    is no answer to look for."""
+    if not answer:
+        return None
+    lines = [line for line in completion.splitlines() if line.strip()]
+    return bool(lines) and find_answer(lines[-1], answer) is not None
 
 
 def complete_queries(
@@ -177,6 +189,7 @@ def complete_queries(
         settings,
         batch_size=batch_size,
         names=[r["id"] for r in rows],
+        stops=[r.get("stop") or () for r in rows],
         progress=progress,
     )
     for row, ids in zip(rows, answers):

@@ -1,7 +1,10 @@
 """The user's queries: reading the queries file (JSONL records {id, kind, prompt, completion,
 answer}), the `Query` record, and its tokens (prompt and completion tokenized apart).
 
-`completion` may be left out (or empty): the `completions` asset then has the model write it."""
+`completion` may be left out (or empty): the `completions` asset then has the model write it,
+ending at its end-of-sequence token, at a string of the `completion_stop` setting, or at one of
+the query's own `stop` strings (a factual question's answer ends at "." where a worked solution
+runs over several sentences)."""
 
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ QUERY_SCHEMA = pa.schema(
         ("completion", pa.string()),
         ("answer", pa.string()),
         ("intermediates", pa.list_(pa.string())),
+        ("stop", pa.list_(pa.string())),
         ("meta", pa.string()),
     ]
 )
@@ -60,19 +64,28 @@ def read_queries(url: str) -> pa.Table:
                 f"{where}: `completion` is {type(completion).__name__} {json.dumps(completion)[:40]}; give "
                 "a string, or leave it out for the model to write it"
             )
-        intermediates = raw.get("intermediates") or []
-        if not isinstance(intermediates, list) or not all(isinstance(x, str) for x in intermediates):
-            raise InputError(f"{where}: `intermediates` must be a list of strings")
+        intermediates = _strings(raw, "intermediates", where)
+        stop = _strings(raw, "stop", where)
+        if not all(stop):
+            raise InputError(f'{where}: `stop` must be a list of non-empty strings, e.g. ["."]')
         for field in REQUIRED:
             columns[field].append(raw[field])
         columns["completion"].append(completion if completion and completion.strip() else "")
         columns["answer"].append(_answer(raw.get("answer"), where))
         columns["intermediates"].append(intermediates)
+        columns["stop"].append(stop)
         extra = {k: v for k, v in raw.items() if k not in QUERY_SCHEMA.names}
         columns["meta"].append(json.dumps(extra, ensure_ascii=False, default=str))
     if not first_line:
         raise InputError(f"{url}: the file has no queries; add one JSON object per line")
     return pa.table(columns, schema=QUERY_SCHEMA)
+
+
+def _strings(raw: dict, field: str, where: str) -> list[str]:
+    values = raw.get(field) or []
+    if not isinstance(values, list) or not all(isinstance(x, str) for x in values):
+        raise InputError(f"{where}: `{field}` must be a list of strings")
+    return values
 
 
 def _answer(value: object, where: str) -> str:

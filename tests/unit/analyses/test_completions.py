@@ -13,6 +13,7 @@ from pretrace.analyses.completions import (
     GENERATED,
     GIVEN,
     GenerationSettings,
+    answered,
     complete_queries,
     greedy_completions,
     through_stop,
@@ -196,3 +197,30 @@ def test_the_queries_file_may_leave_the_completion_out_but_not_give_a_non_string
     assert table.column("completion").to_pylist() == ["", ""]
     with pytest.raises(InputError, match=r"line 1: `completion` is int 3; give a string, or leave it out"):
         _queries(tmp_path, [{"id": "a", "kind": "f", "prompt": "p", "completion": 3}])
+
+
+def test_a_query_s_own_stop_strings_end_its_answer_and_only_its_own(lm, tmp_path):
+    table = _queries(
+        tmp_path,
+        [
+            {"id": "own", "kind": "f", "prompt": "The capital of Peru is", "answer": "Lima", "stop": ["Li"]},
+            {"id": "none", "kind": "f", "prompt": "The capital of Peru is", "answer": "Lima"},
+        ],
+    )
+    done = {r["id"]: r for r in complete_queries(lm, table, GenerationSettings(max_new_tokens=8)).to_pylist()}
+    assert lm.tokenizer.decode(done["own"]["completion_ids"]).startswith(" Li")
+    assert done["own"]["completion_ids"] == done["none"]["completion_ids"][: len(done["own"]["completion_ids"])]
+    assert len(done["own"]["completion_ids"]) < len(done["none"]["completion_ids"])
+    assert done["none"]["completion"] == " Lima."
+    with pytest.raises(InputError, match=r"line 1: `stop` must be a list of non-empty strings"):
+        _queries(tmp_path, [{"id": "a", "kind": "f", "prompt": "p", "stop": [""]}])
+    with pytest.raises(InputError, match=r"line 1: `stop` must be a list of strings"):
+        _queries(tmp_path, [{"id": "a", "kind": "f", "prompt": "p", "stop": "."}])
+
+
+def test_correct_means_the_last_line_states_the_answer_not_a_step_that_equals_it():
+    worked = "Step 1: 3 - 1 = 2.\nStep 2: 2 * 4 = 8.\nAnswer: 8\n"
+    assert answered(worked, "8") is True
+    assert answered(worked, "2") is False  # an intermediate result, not the answer given
+    assert answered(" Paris.", "Paris") is True and answered("", "Paris") is False
+    assert answered(worked, None) is None
