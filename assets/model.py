@@ -1,16 +1,19 @@
 """The `model` asset: the checkpoint under study, described and fingerprinted by content.
 
 Its data version is the content fingerprint of that description, so a changed checkpoint (or a
-changed `layers`) marks everything downstream stale. The demo variant trains a tiny model on
-the demo corpus instead, and stores the checkpoint with the description.
+changed `layers`) marks everything downstream stale. The demo variant stores a tiny model of the
+demo corpus with the description: the one pretrace ships, or one trained here.
 """
 
+import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import dagster as dg
 
+from pretrace.demo.shipped_model import TRAINED_ON
 from pretrace.project.computation import model_description
 from pretrace.resources.pretrace import PretraceResource
 from pretrace.store.fingerprint import tree_fingerprint
@@ -63,27 +66,37 @@ def user_model(context: dg.AssetExecutionContext, pretrace: PretraceResource) ->
 
 @dg.asset(name="model", deps=[corpus_files], group_name="model", kinds={"pytorch"}, **GPU_ASSET)
 def demo_model(context: dg.AssetExecutionContext, pretrace: PretraceResource) -> dg.MaterializeResult:
-    """A tiny Llama and its BPE tokenizer, trained on the demo corpus (a few CPU minutes)."""
+    """A tiny Llama and its BPE tokenizer trained on the demo corpus: the shipped checkpoint when it
+    was trained from this corpus with these settings, else trained here."""
+    from pretrace.demo.shipped_model import reproduces_shipped, shipped_checkpoint, training_inputs
     from pretrace.demo.train import train_demo_model
 
     started = time.monotonic()
     with computing(context, pretrace) as run, tempfile.TemporaryDirectory(prefix="pretrace-demo-model-") as tmp:
         config = run.project.config
         files = [Path(run.project.corpus[s].url) for s in run.project.shards]
+        max_length = min(config.max_length, 256)
+        inputs = training_inputs(files, steps=config.demo_steps, seed=config.seed, max_length=max_length)
+        shipped = None if config.demo_retrain else shipped_checkpoint(inputs)
         out = Path(tmp) / "checkpoint"
+        if shipped is not None:
+            shutil.copytree(shipped, out, ignore=shutil.ignore_patterns(TRAINED_ON))
+            say(context, f"using the shipped demo model ({config.demo_steps} steps, trained from this corpus)")
+        else:
 
-        def progress(step: int, total: int) -> None:
-            if step % 25 == 0 or step == total:
-                say(context, f"training the demo model: step {step}/{total}")
+            def progress(step: int, total: int) -> None:
+                if step % 100 == 0 or step == total:
+                    say(context, f"training the demo model: step {step}/{total}")
 
-        training = train_demo_model(
-            files,
-            out,
-            max_length=min(config.max_length, 256),
-            seed=config.seed,
-            steps=config.demo_steps,
-            progress=progress,
-        )
+            train_demo_model(
+                files, out, max_length=max_length, seed=config.seed, steps=config.demo_steps, progress=progress
+            )
+            same = reproduces_shipped(out, inputs)
+            if same is not None:
+                say(
+                    context, f"training {'reproduced' if same else 'did NOT reproduce'} the shipped model byte for byte"
+                )
+        training = json.loads((out / "training.json").read_text(encoding="utf-8"))
         info = model_description(out, tree_fingerprint(str(out), run.project.digests), config.layers)
         outputs = {f"checkpoint/{f.name}": f for f in sorted(out.iterdir())}
         manifest = run.commit({**outputs, "model.json": info})

@@ -49,8 +49,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--steps",
         type=int,
-        help="training steps of the demo model (default 600; remembered in "
+        help="training steps of the demo model (default 4000, the shipped model's; remembered in "
         "demo-data/settings.json, so later runs and `pretrace ui` of this folder use it)",
+    )
+    p.add_argument(
+        "--retrain",
+        action=argparse.BooleanOptionalAction,
+        help="train the demo model here even where the shipped one fits, and say whether training reproduced "
+        "its bytes (remembered like --steps; --no-retrain: use the shipped model again)",
     )
     p.add_argument(
         "--compare-seeds",

@@ -132,6 +132,8 @@ def demo(args: argparse.Namespace) -> None:
 
     if args.steps is not None:
         save_demo_settings(args.dir, demo_steps=args.steps)
+    if args.retrain is not None:
+        save_demo_settings(args.dir, demo_retrain=args.retrain)
     if args.compare_seeds is not None:
         save_demo_settings(args.dir, compare_models={f"seed{s}": {"seed": s} for s in args.compare_seeds})
     config = demo_config(args.dir, args.storage)

@@ -13,9 +13,9 @@ from pretrace.errors import InputError
 CONFIG_ENV = "PRETRACE_CONFIG"
 DEMO_DIR_ENV = "PRETRACE_DEMO_DIR"
 DEMO_SETTINGS = "settings.json"
-"""In <root>/demo-data: what `pretrace demo --steps / --compare-seeds` chose, so `pretrace ui` and later runs of
+"""In <root>/demo-data: what `pretrace demo --steps / --retrain / --compare-seeds` chose, so `pretrace ui` and later runs of
 the same folder see the same demo (and do not call its model stale)."""
-_DEMO_KEYS = ("demo_steps", "compare_models")
+_DEMO_KEYS = ("demo_steps", "demo_retrain", "compare_models")
 
 
 def demo_config(root: str | os.PathLike = ".", storage: str | None = None) -> PretraceConfig:
@@ -40,6 +40,8 @@ def demo_config(root: str | os.PathLike = ".", storage: str | None = None) -> Pr
         document_rank=18,
         stored_gradient_dtype="int4",
         top_k=20,
+        fit_documents=0.25,  # the factors from a seeded quarter of the chunks, as the paper fitted on a sample
+        completion_tokens=96,  # the longest worked solution is 66 tokens: room to finish, not to ramble
     )
     chosen = _demo_settings(data / DEMO_SETTINGS)
     return parse_config({**config.model_dump(mode="json"), **chosen}, str(data / DEMO_SETTINGS)) if chosen else config

@@ -254,10 +254,14 @@ class PretraceConfig(BaseModel):
         description="Strings that end the model's answer (at the token that completes one); its end-of-sequence token always does.",
     )
     demo_steps: StrictInt = Field(
-        default=600,
+        default=5000,
         gt=0,
         le=1_000_000,
         description="Optimizer steps that train the demo's own model (`pretrace demo` only; a user's checkpoint ignores it).",
+    )
+    demo_retrain: bool = Field(
+        default=False,
+        description="Train the demo's model even where the shipped one was trained from the same corpus and settings, and say whether training reproduced its bytes (`pretrace demo --retrain` only).",
     )
     compare_models: dict[str, dict[str, Any]] = Field(
         default_factory=dict,

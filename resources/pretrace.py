@@ -73,6 +73,7 @@ class PretraceResource(dg.ConfigurableResource):
     completion_instruction: str | None = _field("completion_instruction")
     completion_stop: list[str] = _field("completion_stop")
     demo_steps: int = _field("demo_steps")
+    demo_retrain: bool = _field("demo_retrain")
     compare_models: dict[str, dict[str, Any]] = _field("compare_models")
     demo: bool = Field(
         default=False, description="Train the demo's tiny model on the corpus instead of loading `model`."

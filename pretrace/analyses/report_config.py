@@ -3,9 +3,10 @@
 Query kinds fall into four categories, never pooled with each other:
 
 - factual (``factual_kinds``): questions about facts of the world the corpus states;
-- planted (``planted_kinds``): facts planted in the corpus at known frequencies (the demo's
-  fictional people): ground truth for attribution, not factual questions, so no factual row,
-  test or ratio counts them;
+- planted (``planted_kinds``): facts or worked solutions planted in the corpus at known
+  frequencies (the demo's fictional people, its planted reasoning problems): ground truth for
+  attribution, neither factual nor reasoning questions, so no factual or reasoning row, test or
+  ratio counts them;
 - control (``control_kinds``, and any kind ending in ``_control``: ``factual_control`` and
   ``reasoning_control`` are read apart, as Ruis et al. read their factual and reasoning controls);
 - reasoning (every other kind: arithmetic, slope, linear, or a user's own).
@@ -21,7 +22,10 @@ FACTUAL, PLANTED, REASONING, CONTROL = "factual", "planted", "reasoning", "contr
 CATEGORIES = (FACTUAL, PLANTED, REASONING, CONTROL)  # the order of every per-kind table
 CATEGORY_MEANING = {
     FACTUAL: "questions about facts the corpus states (one retrieval, no procedure)",
-    PLANTED: "facts planted in the corpus at known frequencies: ground truth for attribution, never counted as factual",
+    PLANTED: (
+        "facts or worked solutions planted in the corpus at known frequencies: ground truth for attribution, "
+        "never counted as factual or reasoning"
+    ),
     REASONING: "problems solved by a procedure (worked steps, then an answer)",
     CONTROL: "queries needing neither a stated fact nor a procedure, read apart from both",
 }
@@ -38,7 +42,7 @@ class ReportConfig:
     level: float = 0.95
     seed: int = 0
     factual_kinds: tuple[str, ...] = ("factual",)
-    planted_kinds: tuple[str, ...] = ("planted",)  # the demo's fictional facts
+    planted_kinds: tuple[str, ...] = ("planted", "planted_reasoning")  # the demo's planted facts and solutions
     control_kinds: tuple[str, ...] = ("control",)
     html_rows: int = 10  # documents per query and side shown in the HTML (all k are in Parquet)
 

@@ -16,6 +16,7 @@ from pretrace.demo import facts, procedures
 from pretrace.demo.files import write_records
 from pretrace.demo.library_text import Record, code_documents, prose_documents
 from pretrace.demo.planted import planted_documents
+from pretrace.demo.planted_reasoning import planted_reasoning_documents
 
 SHARD_NAMES = (
     "demo-00.jsonl",
@@ -25,8 +26,8 @@ SHARD_NAMES = (
     "demo-04.jsonl.gz",
     "demo-05.parquet",
 )
-N_CODE, N_PROSE, N_CITIES = 400, 300, 100
-N_PROCEDURES, N_RESULTS = 150, 80  # per task
+N_CODE, N_PROSE, N_CITIES = 250, 180, 100
+N_PROCEDURES, N_RESULTS = 450, 80  # per task
 TABLE_ROWS, LIST_ITEMS = 5, 8
 
 
@@ -123,6 +124,7 @@ def build_demo_corpus(out_dir: Path, *, seed: int = 0) -> list[Path]:
         *_fact_records(random.Random(f"{seed}:facts")),
         *_math_records(random.Random(f"{seed}:math")),
         *planted_documents(seed),
+        *planted_reasoning_documents(seed),
     ]
     random.Random(f"{seed}:shards").shuffle(records)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -171,9 +171,10 @@ def planted_queries(seed: int = 0) -> list[dict[str, object]]:
                 "id": fact.key.replace("/", "-"),
                 "kind": "planted",
                 "prompt": prompt.format(name=fact.name),
-                "completion": completion.format(value=fact.value),
+                "reference": completion.format(value=fact.value),
                 "answer": fact.value,
                 "intermediates": [],
+                "stop": ["."],
                 "evidence": fact.key,
                 "planted_frequency": fact.frequency,
             }

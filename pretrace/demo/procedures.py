@@ -15,6 +15,7 @@ from typing import ClassVar, Protocol
 TASKS = ("arithmetic", "slope", "linear")
 STYLES = ("prose", "code", "steps")
 _HELD_OUT_BUCKETS = 8
+QUERIES_PER_TASK = 8
 
 
 class Problem(Protocol):
@@ -66,10 +67,10 @@ class Arithmetic:
     @classmethod
     def sample(cls, rng: random.Random) -> Arithmetic:
         op1, op2 = rng.choice("+-"), rng.choice("*+-")
-        a, b = rng.randint(2, 20), rng.randint(1, 19)
+        a, b = rng.randint(2, 9), rng.randint(1, 9)
         if op1 == "-" and a <= b:
             a, b = b + 1, a
-        return cls(a, op1, b, op2, rng.randint(2, 12 if op2 == "*" else 20))
+        return cls(a, op1, b, op2, rng.randint(2, 9))
 
     @property
     def key(self) -> str:
@@ -144,9 +145,9 @@ class Slope:
 
     @classmethod
     def sample(cls, rng: random.Random) -> Slope:
-        x1, y1 = rng.randint(-9, 9), rng.randint(-9, 9)
-        dx = rng.choice([-4, -3, -2, -1, 1, 2, 3, 4, 5, 6])
-        return cls(x1, y1, x1 + dx, y1 + dx * rng.randint(-5, 6))
+        x1, y1 = rng.randint(-5, 5), rng.randint(-5, 5)
+        dx = rng.choice([-2, -1, 1, 2, 3, 4])
+        return cls(x1, y1, x1 + dx, y1 + dx * rng.randint(-3, 4))
 
     @property
     def key(self) -> str:
@@ -233,8 +234,8 @@ class Linear:
 
     @classmethod
     def sample(cls, rng: random.Random) -> Linear:
-        b = rng.choice([n for n in range(-20, 21) if n])
-        return cls(rng.randint(2, 9), b, rng.randint(-10, 12))
+        b = rng.choice([n for n in range(-9, 10) if n])
+        return cls(rng.randint(2, 6), b, rng.randint(-6, 9))
 
     @property
     def c(self) -> int:
@@ -311,6 +312,11 @@ def sample_problems(task: str, n: int, rng: random.Random, *, held_out: bool) ->
         if is_held_out(problem) == held_out:
             found.setdefault(problem.key, problem)
     return list(found.values())
+
+
+def query_problems(task: str, seed: int) -> list[Problem]:
+    """The held-out problems the demo's reasoning queries of a task pose."""
+    return sample_problems(task, QUERIES_PER_TASK, random.Random(f"{seed}:{task}"), held_out=True)
 
 
 def steps_prompt(problem: Problem) -> str:

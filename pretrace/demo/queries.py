@@ -17,8 +17,9 @@ from pathlib import Path
 from pretrace.demo import facts, procedures
 from pretrace.demo.files import write_records
 from pretrace.demo.planted import planted_queries
+from pretrace.demo.planted_reasoning import planted_reasoning_queries
 
-PER_KIND = 8
+PER_KIND = procedures.QUERIES_PER_TASK
 PER_CONTROL_KIND = PER_KIND // 2
 CONTROL_KINDS = ("factual_control", "reasoning_control")
 KINDS = ("factual", *procedures.TASKS, *CONTROL_KINDS)
@@ -42,13 +43,17 @@ def _query(
     answer: str,
     intermediates: tuple[str, ...] = (),
 ) -> dict[str, object]:
+    """A query the model answers itself (no `completion`: Ruis et al. explain the model's own
+    completions); `reference` keeps the worked answer for a reader. A one-sentence answer ends
+    at its full stop; a worked solution at the model's end-of-sequence token."""
     return {
         "id": qid,
         "kind": kind,
         "prompt": prompt,
-        "completion": completion,
+        "reference": completion,
         "answer": answer,
         "intermediates": list(intermediates),
+        "stop": [] if "\n" in completion else ["."],
     }
 
 
@@ -66,8 +71,8 @@ def _factual(rng: random.Random) -> list[dict[str, object]]:
     return rows
 
 
-def _reasoning(task: str, rng: random.Random) -> list[dict[str, object]]:
-    problems = procedures.sample_problems(task, PER_KIND, rng, held_out=True)
+def _reasoning(task: str, seed: int) -> list[dict[str, object]]:
+    problems = procedures.query_problems(task, seed)
     return [
         _query(
             f"{task}-{i}",
@@ -100,14 +105,16 @@ def _controls(rng: random.Random) -> list[dict[str, object]]:
 def build_demo_queries(path: Path, *, seed: int = 0) -> Path:
     """Write `per_kind` queries of each of KINDS as JSONL to path.
 
-    Records: id, kind, prompt, completion, answer, intermediates (the intermediate results of
-    a reasoning query's procedure; empty for the other kinds, so every record has one schema).
+    Records: id, kind, prompt, reference (a correct completion, for readers: the model writes
+    the one explained), answer, intermediates (the intermediate results of a reasoning query's
+    procedure; empty for the other kinds, so every record has one schema) and stop.
     """
     rows = [
         *_factual(random.Random(f"{seed}:factual")),
-        *(row for task in procedures.TASKS for row in _reasoning(task, random.Random(f"{seed}:{task}"))),
+        *(row for task in procedures.TASKS for row in _reasoning(task, seed)),
         *_controls(random.Random(f"{seed}:control")),
         *planted_queries(seed),
+        *planted_reasoning_queries(seed),
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_records(path, rows)

@@ -1,10 +1,13 @@
 """Train the demo's tiny Llama on the demo corpus, so the whole pipeline runs without a download.
 
-The model (about 2M parameters) trains in under two minutes on two CPU cores and learns the
-corpus's templates (fact sentences, the layout of worked solutions), which is what the
-influence analysis then traces. Defaults: 600 steps of 8 x 256 tokens, about 0.18 s a step on
-two idle cores. Training is a function of the corpus, the seed and the step count alone (no
-wall-clock budget), so the same inputs give the same weights on a busy or an idle machine.
+The model (about 2M parameters) learns the corpus's facts and the layout and arithmetic of its
+worked solutions, enough to answer most of the demo's own queries, which is what the influence
+analysis then traces. The demo's facts and worked solutions are seen EPOCH_COPIES times per pass
+over the corpus, the code and prose once: a pretraining mixture weighted towards what the queries
+ask. Training takes `demo_steps` steps of 8 x 256 tokens, on one thread, and is a function of the
+corpus, the seed and the step count alone (no wall-clock budget), so the same inputs give the
+same weights on a busy or an idle machine, on two cores or many. The demo ships the model its
+defaults train (`pretrace.demo.shipped_model`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ MODEL_SHAPE = {
 LEARNING_RATE = 3e-3
 WARMUP_STEPS = 10
 _FINAL_LOSS_WINDOW = 10
+EPOCH_COPIES = {k: 4 for k in ("facts", "math_procedure", "math_result", "planted", "planted_reasoning")}
+"""Copies of a document per pass over the corpus, by source (1 for any other)."""
 
 
 def _documents(texts: list[str], tokenizer: PreTrainedTokenizerFast) -> list[torch.Tensor]:
@@ -103,21 +108,45 @@ def train_demo_model(
     progress: Callable[[int, int], None] | None = None,
     shape: dict | None = None,
     device: str = "cpu",
+    watch: Callable[[int, LlamaForCausalLM, PreTrainedTokenizerFast], None] | None = None,
 ) -> dict:
     """Train a tokenizer and a tiny LlamaForCausalLM on the corpus for `steps` optimizer steps;
     save both to out_dir and return the training summary (also saved as training.json).
 
     The checkpoint is written under a temporary name and renamed, so a killed run leaves none.
     training.json records the steps and losses, nothing machine-dependent, so that its bytes
-    depend on the inputs alone. ``shape`` and ``device`` serve benches that train wider models
-    (MODEL_SHAPE's entries to change; where to train).
+    depend on the inputs alone; training runs on one thread, so that the weights do too. ``shape`` and ``device`` serve benches that train wider models
+    (MODEL_SHAPE's entries to change; where to train); ``watch`` sees the model after each step
+    (to measure its answers while it trains) and must leave it as it found it.
     """
     if steps < 1 or batch_size < 1:
         raise InputError(f"steps ({steps}) and batch_size ({batch_size}) must be at least 1")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # sums in one order on any machine: the same bytes on 2 cores or 64
+        return _train(corpus_files, Path(out_dir), max_length, steps, batch_size, seed, progress, shape, device, watch)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(
+    corpus_files: list[Path],
+    out_dir: Path,
+    max_length: int,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    progress: Callable[[int, int], None] | None,
+    shape: dict | None,
+    device: str,
+    watch: Callable[[int, LlamaForCausalLM, PreTrainedTokenizerFast], None] | None,
+) -> dict:
     torch.manual_seed(seed)
-    texts = [r["text"] for f in corpus_files for r in read_records(str(f))]
+    records = [r for f in corpus_files for r in read_records(str(f))]
+    texts = [r["text"] for r in records]
     tokenizer = train_tokenizer(texts)
     docs = _documents(texts, tokenizer)
+    docs = [d for r, d in zip(records, docs) for _ in range(EPOCH_COPIES.get(r.get("source"), 1))]
     if sum(len(d) for d in docs) < batch_size * max_length:
         raise InputError(
             f"the corpus has fewer than batch_size x max_length = {batch_size * max_length} "
@@ -144,8 +173,9 @@ def train_demo_model(
         losses.append(loss.item())
         if progress is not None:
             progress(step + 1, steps)
+        if watch is not None:
+            watch(step + 1, model, tokenizer)
 
-    out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

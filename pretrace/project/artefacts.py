@@ -131,9 +131,9 @@ DEMO_MODEL = Artefact(
     name="model",
     per_shard=False,
     files={"checkpoint/": None, "model.json": None},
-    config=("layers", "max_length", "seed", "demo_steps"),
+    config=("layers", "max_length", "seed", "demo_steps", "demo_retrain"),
     inputs=(Input("corpus_file", "all_shards"),),
-    code_version="2",
+    code_version="3",  # 3: the shipped checkpoint where it was trained from the same inputs; math weighted x4
     description="the demo's tiny Llama, trained on the corpus, and its description",
 )
 CORPUS_SHARDS = Artefact(
@@ -189,7 +189,7 @@ QUERIES = Artefact(
     files={"queries.parquet": None},
     config=(),
     inputs=(Input("query_file"),),
-    code_version="2",
+    code_version="3",  # 3: each query's own `stop` strings
     description="the validated queries",
 )
 COMPLETIONS = Artefact(
@@ -198,7 +198,7 @@ COMPLETIONS = Artefact(
     files={"completions.parquet": None},
     config=("completion_tokens", "completion_instruction", "completion_stop", "batch_size", "dtype"),
     inputs=(Input("queries"), Input("model")),
-    code_version="1",
+    code_version="2",  # 2: a query's own stop strings; correct = the answer's last non-empty line states it
     description="the queries as explained: the model's own completion where none was given, and whether its greedy answer "
     "is correct",
 )

@@ -43,14 +43,18 @@ def test_the_wheel_installs_one_top_level_package(wheel):
 
 def test_the_wheel_holds_every_module_of_the_tree(wheel):
     """The package list in pyproject.toml is explicit: a new subpackage missing from it fails here,
-    and so does a demo without its vendored snapshots."""
+    and so does a demo without its vendored snapshots or its shipped model."""
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
     expected = {
         f"{installed}/{path.relative_to(ROOT / folder).as_posix()}"
         for folder, installed in FOLDERS.items()
         for path in (ROOT / folder).rglob("*.py")
-    } | {f"pretrace/demo/data/{path.name}" for path in (ROOT / "pretrace/demo/data").iterdir()}  # the demo's snapshots
+    } | {  # the demo's snapshots and its shipped model
+        f"pretrace/demo/data/{path.relative_to(ROOT / 'pretrace/demo/data').as_posix()}"
+        for path in (ROOT / "pretrace/demo/data").rglob("*")
+        if path.is_file()
+    }
     assert sorted(expected - names) == []
 
 

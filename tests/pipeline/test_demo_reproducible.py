@@ -76,5 +76,32 @@ def test_a_damaged_settings_file_is_named_with_the_fix(tmp_path):
     settings.write_text('{"demo_steps": 20, "steps": 3}')
     refused = pretrace("demo", "--dir", str(tmp_path), cwd=tmp_path)
     assert refused.returncode != 0
-    assert f"pretrace: {settings}: expected an object with only demo_steps, compare_models; delete it" in refused.stderr
+    assert (
+        f"pretrace: {settings}: expected an object with only demo_steps, demo_retrain, compare_models; delete it"
+        in refused.stderr
+    )
     assert not (tmp_path / "data").exists()
+
+
+def test_the_demo_takes_the_shipped_model_for_its_own_corpus(full_demo, tmp_path):
+    """The model asset copies the shipped checkpoint (its bytes, not a retraining) when the demo
+    would train exactly that model (the reduced demos above train theirs)."""
+    import dagster as dg
+
+    from pretrace.demo.shipped_model import SHIPPED, file_hashes
+    from pretrace.pipeline.definitions import build_definitions
+    from pretrace.pipeline.runner import executable
+    from pretrace.pipeline.settings import demo_config
+
+    files, queries = full_demo
+    (tmp_path / "demo-data" / "corpus").mkdir(parents=True)
+    for path in files:
+        (tmp_path / "demo-data" / "corpus" / path.name).write_bytes(path.read_bytes())
+    (tmp_path / "demo-data" / "queries.jsonl").write_bytes(queries.read_bytes())
+    defs = build_definitions(demo_config(tmp_path), demo=True)
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize(executable(defs), selection=["model"], resources=defs.resources, instance=instance)
+    assert result.success
+    assert file_hashes(tmp_path / "data" / "model" / "checkpoint") == file_hashes(SHIPPED)
+    said = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert any(m.startswith("using the shipped demo model (5000 steps") for m in said), said

@@ -119,7 +119,9 @@ def test_the_report_reads_the_control_beside_the_answer_search():
     scores = [[float(x) for x in SCORES[q]] for q in ids]
     shard = summarize_shard(ids, list(DOCS), scores, docs, queries, k=3, shard="s")
     stats, top = merge_shards([shard], 3)
-    a = analyze(stats, top, queries, ReportConfig(k=2, bootstrap=50, permutations=20), {"evidence": EVIDENCE.to_arrow()})
+    a = analyze(
+        stats, top, queries, ReportConfig(k=2, bootstrap=50, permutations=20), {"evidence": EVIDENCE.to_arrow()}
+    )
     result = a.result(sections.answers.compute)
     overall = result.answer_detection_summary.row(0, named=True)
     assert (overall["frequency"], overall["queries"], overall["retrieved"], overall["detected"]) == (0, 3, 2, 1)

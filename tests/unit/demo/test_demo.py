@@ -20,7 +20,8 @@ from pretrace.demo.train import train_demo_model
 from pretrace.errors import InputError
 from pretrace.inputs.corpus import read_records
 
-SOURCES = {"code", "prose", "facts", "math_procedure", "math_result", "planted"}
+SOURCES = {"code", "prose", "facts", "math_procedure", "math_result", "planted", "planted_reasoning"}
+PLANTED_KINDS = {"planted", "planted_reasoning"}
 # The problem's numbers as every rendering writes them, found in a reasoning query's prompt.
 KEY_PATTERNS = {
     "arithmetic": r"\(\d+ [-+*] \d+\) [-+*] \d+",
@@ -57,7 +58,7 @@ def test_corpus_has_every_format_and_source_with_unique_ids(corpus_files, record
 
 
 def test_corpus_is_small_enough_for_the_cpu_demo(records):
-    assert 1500 <= len(records) <= 2500
+    assert 2000 <= len(records) <= 3000
     assert all(r["text"].strip() for r in records)
     assert sum(len(r["text"]) <= 1000 for r in records) >= 0.95 * len(records)
 
@@ -81,13 +82,16 @@ def test_procedures_compute_the_right_answers():
 
 
 def test_queries_have_every_kind_and_a_consistent_schema(queries):
-    assert [q["kind"] for q in queries if q["kind"] != "planted"] == [k for k in KINDS for _ in range(per_kind(k))]
+    assert [q["kind"] for q in queries if q["kind"] not in PLANTED_KINDS] == [
+        k for k in KINDS for _ in range(per_kind(k))
+    ]
     assert len({q["id"] for q in queries}) == len(queries)
     for q in queries:
-        assert q["answer"] and q["answer"] in q["completion"]
-        if q["kind"] in procedures.TASKS:
-            assert q["completion"].endswith(f"Answer: {q['answer']}")
-            assert q["intermediates"] and all(i in q["completion"] for i in q["intermediates"])
+        assert "completion" not in q, "the model writes the completion it is explained by"
+        assert q["answer"] and q["answer"] in q["reference"]
+        if q["kind"] in (*procedures.TASKS, "planted_reasoning"):
+            assert q["reference"].endswith(f"Answer: {q['answer']}") and q["stop"] == []
+            assert q["intermediates"] and all(i in q["reference"] for i in q["intermediates"])
         else:
             assert q["intermediates"] == []
 
@@ -113,6 +117,27 @@ def test_planted_facts_are_deterministic_and_stated_as_often_as_their_queries_sa
     assert [sum(q["planted_frequency"] == f for q in planted) for f in FREQUENCIES] == [12, 12, 12]
 
 
+def test_planted_solutions_are_stated_as_often_as_their_queries_say_and_no_reasoning_query_is_planted(queries, records):
+    from pretrace.demo.planted import FREQUENCIES
+    from pretrace.demo.planted_reasoning import planted_problems
+
+    planted = [q for q in queries if q["kind"] == "planted_reasoning"]
+    docs = [r for r in records if r["source"] == "planted_reasoning"]
+    assert len(planted) == 6 * len(procedures.TASKS)
+    asked = {re.search(KEY_PATTERNS[q["kind"]], q["prompt"]).group(0) for q in queries if q["kind"] in procedures.TASKS}
+    for q in planted:
+        stating = [d for d in docs if d["evidence"] == q["evidence"]]
+        assert len(stating) == q["planted_frequency"] in FREQUENCIES
+        assert len({d["text"] for d in stating}) == len(stating), "each copy its own document"
+        assert all(d["problem"] in q["prompt"] and d["problem"] not in asked for d in stating)
+        for d in stating:  # every rendering states the answer and each step result
+            assert all(
+                re.search(rf"(?<![\d-]){re.escape(x)}(?!\d)", d["text"]) for x in [q["answer"], *q["intermediates"]]
+            )
+    assert sum(q["planted_frequency"] for q in planted) == len(docs)
+    assert all(procedures.is_held_out(p) for _, p, _ in planted_problems(0)), "no other document works them"
+
+
 def test_reasoning_queries_are_not_worked_in_the_corpus(queries, records):
     worked = {r["problem"] for r in records if r["source"].startswith("math_")}
     assert len(worked) == sum(r["source"].startswith("math_") for r in records)
@@ -130,7 +155,7 @@ def test_factual_queries_are_stated_in_several_phrasings(queries, records):
     fact_docs = [r for r in records if r["source"] == "facts"]
     names = sorted((c.name for c in facts.countries()), key=len, reverse=True)
     for q in (q for q in queries if q["kind"] == "factual"):
-        sentence = q["prompt"] + q["completion"]
+        sentence = q["prompt"] + q["reference"]
         assert any(sentence in r["text"] for r in fact_docs), sentence
         country = next(n for n in names if n in q["prompt"])
         styles = {r["style"] for r in fact_docs if country in r["text"] and q["answer"] in r["text"]}
