@@ -162,7 +162,8 @@ def planted_documents(seed: int = 0) -> list[dict[str, object]]:
 
 
 def planted_queries(seed: int = 0) -> list[dict[str, object]]:
-    """One question per planted fact, answered by its value."""
+    """One question per planted fact, answered by its value. The completion is given, not the
+    model's: the ground truth is which documents state *this* answer, whatever the model says."""
     rows = []
     for fact in planted_facts(seed):
         prompt, completion = _QUESTIONS[fact.relation]
@@ -171,7 +172,7 @@ def planted_queries(seed: int = 0) -> list[dict[str, object]]:
                 "id": fact.key.replace("/", "-"),
                 "kind": "planted",
                 "prompt": prompt.format(name=fact.name),
-                "reference": completion.format(value=fact.value),
+                "completion": completion.format(value=fact.value),
                 "answer": fact.value,
                 "intermediates": [],
                 "stop": ["."],

@@ -73,13 +73,14 @@ def planted_reasoning_documents(seed: int = 0) -> list[dict[str, object]]:
 
 
 def planted_reasoning_queries(seed: int = 0) -> list[dict[str, object]]:
-    """One query per planted problem, posed and worked as the reasoning queries are."""
+    """One query per planted problem, posed and worked as the reasoning queries are; its worked
+    solution is given (the ground truth is which documents state it), as for planted facts."""
     return [
         {
             "id": key.replace("/", "-"),
             "kind": KIND,
             "prompt": procedures.steps_prompt(problem),
-            "reference": procedures.steps_solution(problem),
+            "completion": procedures.steps_solution(problem),
             "answer": problem.answer,
             "intermediates": list(problem.intermediates),
             "stop": [],
