@@ -33,6 +33,7 @@ import time
 import numpy as np
 import torch
 
+from pretrace.analyses.paired import paired_test
 from pretrace.config import Damping
 from pretrace.evaluation.tailpatch import completion_logprob
 from pretrace.influence.document_gradients import compute_document_gradients
@@ -175,14 +176,37 @@ def main() -> None:
         f"vocabulary {vocab}; {time.monotonic() - started:.0f} s"
     )
     figures = {}
-    for name in scores:
-        per_query = np.array([spearman(predicted[name][:, q], measured[:, q]) for q in range(len(queries))])
-        per_query = per_query[np.isfinite(per_query)]
-        boot = per_query[rng.integers(0, per_query.size, (2000, per_query.size))].mean(axis=1)
-        low, high = np.quantile(boot, [0.025, 0.975])
-        figures[name] = {"mean": float(per_query.mean()), "low": float(low), "high": float(high)}
-        print(f"lds_{name}: {per_query.mean():.3f} [{low:.3f}, {high:.3f}]")
+    lds = {
+        name: np.array([spearman(predicted[name][:, q], measured[:, q]) for q in range(len(queries))])
+        for name in scores
+    }
+    for name, values in lds.items():
+        low, high = _interval(values, rng)
+        figures[name] = {"mean": float(np.nanmean(values)), "low": low, "high": high}
+        print(f"lds_{name}: {np.nanmean(values):.3f} [{low:.3f}, {high:.3f}]")
+    # Methods are compared on the same queries: the paired difference, not two overlapping intervals.
+    for other in (name for name in lds if name != "ekfac"):
+        test = paired_test(lds["ekfac"], lds[other])
+        low, high = _interval(lds["ekfac"] - lds[other], rng)
+        figures[f"ekfac_minus_{other}"] = {
+            "mean": test.mean_difference,
+            "low": low,
+            "high": high,
+            "p": test.permutation_p,
+        }
+        print(
+            f"lds_ekfac_minus_{other}: {test.mean_difference:.3f} [{low:.3f}, {high:.3f}] "
+            f"(paired over {test.n} queries, sign-flip p {test.permutation_p:.3g})"
+        )
     print(json.dumps(figures))
+
+
+def _interval(values: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
+    """95% bootstrap interval of the mean over queries (non-finite values left out)."""
+    kept = values[np.isfinite(values)]
+    boot = kept[rng.integers(0, kept.size, (2000, kept.size))].mean(axis=1)
+    low, high = np.quantile(boot, [0.025, 0.975])
+    return float(low), float(high)
 
 
 if __name__ == "__main__":
