@@ -13,6 +13,7 @@ automation leaves its partitions alone while it is in progress).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -28,6 +29,18 @@ from dagster._core.utils import make_new_backfill_id
 from pretrace.assets.common import StepInterrupted
 
 Target = tuple[dg.AssetKey, str | None]  # an asset and its Dagster partition key
+
+
+_TITLE_LIMIT = 100  # Dagster refuses a longer backfill title
+_NOT_IN_TITLES = re.compile(r'[%*"]')  # nor one with these characters
+
+
+def backfill_title(storage: str) -> str:
+    """ "pretrace run <storage>" as Dagster accepts a title: a long storage root keeps its end
+    (the part that tells projects apart), and the characters titles refuse become "_"."""
+    head, where = "pretrace run ", _NOT_IN_TITLES.sub("_", storage)
+    room = _TITLE_LIMIT - len(head)
+    return head + (where if len(where) <= room else "…" + where[-(room - 1) :])
 
 
 class RunBackfill:

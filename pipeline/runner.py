@@ -26,7 +26,7 @@ from pretrace.project.provenance import Project
 from pretrace.resources.pretrace import PretraceResource
 from pretrace.store.storage import pid_alive
 
-from .backfill import RunBackfill, close_dead_backfills
+from .backfill import RunBackfill, backfill_title, close_dead_backfills
 from .sensors import CLEAN_HINT, refresh_inputs
 
 Log = Callable[[str], None]
@@ -174,7 +174,7 @@ def materialize_pipeline(
         for key, owner, artefact, shard in everything
         if force or not owner.status(artefact, shard).current
     ]
-    backfill = RunBackfill(instance, defs, due, tags, title=f"pretrace run {project.storage.url()}") if due else None
+    backfill = RunBackfill(instance, defs, due, tags, title=backfill_title(project.storage.url())) if due else None
     done: set[Item] = set()
     with backfill.closing() if backfill else nullcontext():
         while wave := due_together(everything, force, done):

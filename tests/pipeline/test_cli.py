@@ -270,3 +270,15 @@ def test_the_ui_hint_opens_the_project_just_run(finished, monkeypatch):
     loaded, demo = workspace_config(started)
     assert not demo and loaded.storage == str(root / "data")
     assert started["PRETRACE_UI_URL"] == "http://127.0.0.1:3001"
+
+
+def test_a_long_or_odd_storage_root_still_gives_a_backfill_title_dagster_accepts():
+    from dagster._core.definitions.utils import is_valid_title_and_reason
+
+    from pretrace.pipeline.backfill import backfill_title
+
+    assert backfill_title("/data/project") == "pretrace run /data/project"
+    long = "s3://bucket/" + "deep/" * 40 + 'odd%*"name'
+    title = backfill_title(long)
+    assert is_valid_title_and_reason(title) == (True, None), title
+    assert title.startswith("pretrace run …") and title.endswith("deep/odd___name")
