@@ -50,14 +50,19 @@ def file_hashes(checkpoint: Path) -> dict[str, str]:
     return {p.name: _sha256(p) for p in sorted(checkpoint.iterdir()) if p.is_file() and p.name != TRAINED_ON}
 
 
+def _record(shipped: Path) -> dict | None:
+    """What the shipped checkpoint records about itself (None when none ships)."""
+    try:
+        return json.loads((shipped / TRAINED_ON).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+
+
 def shipped_checkpoint(inputs: dict[str, object], shipped: Path = SHIPPED) -> Path | None:
     """The shipped checkpoint folder when it was trained from ``inputs``, else None; a shipped
     checkpoint whose files are not the bytes it records is refused (reinstall, or retrain)."""
-    try:
-        record = json.loads((shipped / TRAINED_ON).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    if record["inputs"] != inputs:
+    record = _record(shipped)
+    if record is None or record["inputs"] != inputs:
         return None
     if file_hashes(shipped) != record["files"]:
         raise InputError(
@@ -70,11 +75,10 @@ def shipped_checkpoint(inputs: dict[str, object], shipped: Path = SHIPPED) -> Pa
 def reproduces_shipped(checkpoint: Path, inputs: dict[str, object], shipped: Path = SHIPPED) -> bool | None:
     """Whether a freshly trained checkpoint is, byte for byte, the shipped one of the same inputs
     (None when none ships for them)."""
-    record_path = shipped / TRAINED_ON
-    if not record_path.exists():
+    record = _record(shipped)
+    if record is None or record["inputs"] != inputs:
         return None
-    record = json.loads(record_path.read_text(encoding="utf-8"))
-    return record["files"] == file_hashes(checkpoint) if record["inputs"] == inputs else None
+    return record["files"] == file_hashes(checkpoint)
 
 
 def ship(checkpoint: Path, inputs: dict[str, object], answers: dict[str, str], shipped: Path = SHIPPED) -> None:

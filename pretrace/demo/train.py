@@ -18,6 +18,7 @@ import math
 import os
 import shutil
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -65,6 +66,16 @@ def _lr_factor(step: int, done: float) -> float:
     return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, done)))
 
 
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _replace_dir(tmp: Path, out_dir: Path) -> None:
     """Move a finished checkpoint into place, replacing any previous one."""
     old = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.old")
@@ -97,6 +108,7 @@ def demo_model_config(
     )
 
 
+@_one_thread()  # sums in one order on any machine: the same bytes on 2 cores or 64
 def train_demo_model(
     corpus_files: list[Path],
     out_dir: Path,
@@ -115,32 +127,13 @@ def train_demo_model(
 
     The checkpoint is written under a temporary name and renamed, so a killed run leaves none.
     training.json records the steps and losses, nothing machine-dependent, so that its bytes
-    depend on the inputs alone; training runs on one thread, so that the weights do too. ``shape`` and ``device`` serve benches that train wider models
-    (MODEL_SHAPE's entries to change; where to train); ``watch`` sees the model after each step
-    (to measure its answers while it trains) and must leave it as it found it.
+    depend on the inputs alone; training runs on one thread, so that the weights do too.
+    ``shape`` and ``device`` serve benches that train wider models (MODEL_SHAPE's entries to
+    change; where to train); ``watch`` sees the model after each step (to measure its answers
+    while it trains) and must leave it as it found it.
     """
     if steps < 1 or batch_size < 1:
         raise InputError(f"steps ({steps}) and batch_size ({batch_size}) must be at least 1")
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)  # sums in one order on any machine: the same bytes on 2 cores or 64
-        return _train(corpus_files, Path(out_dir), max_length, steps, batch_size, seed, progress, shape, device, watch)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _train(
-    corpus_files: list[Path],
-    out_dir: Path,
-    max_length: int,
-    steps: int,
-    batch_size: int,
-    seed: int,
-    progress: Callable[[int, int], None] | None,
-    shape: dict | None,
-    device: str,
-    watch: Callable[[int, LlamaForCausalLM, PreTrainedTokenizerFast], None] | None,
-) -> dict:
     torch.manual_seed(seed)
     records = [r for f in corpus_files for r in read_records(str(f))]
     texts = [r["text"] for r in records]
@@ -176,6 +169,7 @@ def _train(
         if watch is not None:
             watch(step + 1, model, tokenizer)
 
+    out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

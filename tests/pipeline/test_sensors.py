@@ -311,15 +311,22 @@ def test_automation_leaves_a_partition_alone_while_a_run_computes_it(setup, asse
     assert requested == {(asset, partition)}
 
 
-def test_an_edited_config_is_named_with_old_and_new_values_on_the_next_tick(setup, capfd, monkeypatch):
-    """Before any reload: the tick says which setting changed, and every asset depending on it
-    gets an observation saying so (what the UI shows); the next tick says nothing more."""
+def tick_after_raising_top_k(setup, capfd, monkeypatch):
+    """(config path, tick result, tick log) of the tick after the project's top_k went 5 -> 6."""
     config, defs, instance = setup
     path = Path(config.storage).parent / "pretrace.yaml"
     monkeypatch.setenv("PRETRACE_CONFIG", str(path))
     first = tick(defs, instance)
     edit_config(path, top_k=6)
     second, said = tick_log(defs, instance, capfd, first.cursor)
+    return path, second, said
+
+
+def test_an_edited_config_is_named_with_old_and_new_values_on_the_next_tick(setup, capfd, monkeypatch):
+    """Before any reload: the tick says which setting changed, and every asset depending on it
+    gets an observation saying so (what the UI shows); the next tick says nothing more."""
+    _, defs, instance = setup
+    path, second, said = tick_after_raising_top_k(setup, capfd, monkeypatch)
     assert "pretrace.yaml changed: `top_k` 5 -> 6 (reload the code location to compute with them)" in said
     observed_settings = {
         e.asset_key.to_user_string(): e.metadata["settings changed"].value
@@ -358,12 +365,7 @@ def test_with_a_webserver_to_ask_the_sensor_reloads_its_code_location(setup, cap
     server = HTTPServer(("127.0.0.1", 0), Webserver)
     threading.Thread(target=server.handle_request, daemon=True).start()
     monkeypatch.setenv("PRETRACE_UI_URL", f"http://127.0.0.1:{server.server_port}")
-    config, defs, instance = setup
-    path = Path(config.storage).parent / "pretrace.yaml"
-    monkeypatch.setenv("PRETRACE_CONFIG", str(path))
-    first = tick(defs, instance)
-    edit_config(path, top_k=6)
-    _, said = tick_log(defs, instance, capfd, first.cursor)
+    _, _, said = tick_after_raising_top_k(setup, capfd, monkeypatch)
     assert "pretrace.yaml changed: `top_k` 5 -> 6 (the code location reloads to compute with them)" in said
     reload_in_background("pretrace.pipeline.definitions").join(30)
     server.server_close()
