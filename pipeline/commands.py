@@ -9,7 +9,6 @@ import logging
 import os
 import shlex
 import signal
-import subprocess
 import sys
 import time
 import traceback
@@ -27,6 +26,7 @@ from pretrace.errors import InputError, PretraceError
 from pretrace.project.provenance import Project
 
 from .settings import CONFIG_ENV, DEMO_DIR_ENV, LOCAL_INSTANCE, demo_config, save_demo_settings, workspace_config
+from .signals import STOP_SIGNALS, record_signals, run_process_group
 
 DAGSTER_HOME_DIR = ".dagster_home"
 
@@ -320,35 +320,6 @@ def report(args: argparse.Namespace) -> None:
             _say("stopped serving the report")
 
 
-def run_process_group(command: list[str], env: dict[str, str], grace_s: float = 20.0) -> int:
-    """Run a command that starts children (dagster dev: webserver, daemon, code server) in its
-    own process group, and on SIGINT or SIGTERM stop the whole group, not only its leader: what
-    the terminal's Ctrl-C does, for a supervisor's SIGTERM too."""
-    process = subprocess.Popen(command, env=env, start_new_session=True)
-
-    def stop(signum: int, _frame: object) -> None:
-        _signal_group(process.pid, signal.SIGTERM if signum == signal.SIGTERM else signal.SIGINT)
-        try:
-            process.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            pass
-        _signal_group(process.pid, signal.SIGKILL)
-        raise SystemExit(128 + signum)
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, stop)
-    code = process.wait()
-    _signal_group(process.pid, signal.SIGTERM)  # children the leader left behind
-    return code
-
-
-def _signal_group(pgid: int, signum: int) -> None:
-    try:
-        os.killpg(pgid, signum)
-    except ProcessLookupError:
-        pass
-
-
 def _quiet_libraries() -> None:
     """The terminal shows pretrace's own progress: no Dagster beta warnings, no transformers
     progress bars or advice meant for its own API."""
@@ -406,13 +377,15 @@ def _stop_on_signals() -> None:
     """SIGINT and SIGTERM both stop the command, also where the shell started it in the background
     with SIGINT ignored. Dagster's in-process run saves this handler, maps both signals to its own
     interrupt while a step runs, and puts this one back after each run; had the ignored handler been
-    the one it saved, every signal between two runs would be ignored."""
+    the one it saved, every signal between two runs would be ignored. A signal Dagster's handler
+    took after its last check is read back between runs (`signals`)."""
 
     def stop(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, stop)
+    record_signals()
 
 
 INTERRUPTED = (

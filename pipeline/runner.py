@@ -28,6 +28,7 @@ from pretrace.store.storage import pid_alive
 
 from .backfill import RunBackfill, backfill_title, close_dead_backfills
 from .sensors import CLEAN_HINT, refresh_inputs
+from .signals import raise_if_stopped
 
 Log = Callable[[str], None]
 
@@ -201,6 +202,7 @@ def materialize_pipeline(
                     if not check.passed:
                         kind = "warning" if check.severity == dg.AssetCheckSeverity.WARN else "check failed"
                         log(f"{kind}: {labels[check.asset_key]}: {check.check_name}: {check.description or 'failed'}")
+                raise_if_stopped()  # a signal Dagster took in the run's last moments, after its own checks
         for _, owner, artefact, shard in everything:
             status = owner.status(artefact, shard)
             if not status.current:
