@@ -386,7 +386,7 @@ def trained_model(args) -> str:
         "the tests' briefly trained tiny Llama (64 x 32 layers), its documents and queries"
         if args.quick
         else f"the demo's model trained as `pretrace demo` trains it ({DEMO.demo_steps} steps), {args.trained_documents} "
-        "of its corpus's documents and its 76 queries"
+        "of its corpus's documents and its queries"
     )
 
 

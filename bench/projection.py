@@ -50,6 +50,7 @@ import torch
 from pretrace.analyses.correlation import pearson
 from pretrace.demo.corpus import build_demo_corpus
 from pretrace.demo.queries import build_demo_queries
+from pretrace.demo.shipped_model import shipped_checkpoint, training_inputs
 from pretrace.demo.train import train_demo_model
 from pretrace.influence.document_gradients import DocumentGradients, compute_document_gradients, stored_as
 from pretrace.influence.ekfac import fit_factors
@@ -200,14 +201,21 @@ def model_shape(args: argparse.Namespace) -> dict:
 def demo_setup(workdir: Path, documents: int, steps: int, shape: dict | None = None, device: str = "cpu"):
     """(demo model, its queries, a seeded sample of ``documents`` of its corpus's documents,
     factors fitted on the whole corpus with the demo's settings), built and trained as `pretrace
-    demo` does for ``steps`` (reshaped by ``shape``: `model_shape`)."""
+    demo` does for ``steps`` (reshaped by ``shape``: `model_shape`): the shipped model where
+    `pretrace demo` would take it."""
     files = build_demo_corpus(workdir / "corpus")
     queries = queries_from_table(read_queries(str(build_demo_queries(workdir / "queries.jsonl"))))
-    trained = train_demo_model(
-        files, workdir / "model", max_length=DEMO.max_length, steps=steps, shape=shape or {}, device=device
-    )
-    print(f"# trained: loss {trained['initial_loss']:.3f} -> {trained['final_loss']:.3f}", flush=True)
-    lm = load_model(str(workdir / "model"), device=device)
+    inputs = training_inputs(files, steps=steps, seed=DEMO.seed, max_length=DEMO.max_length)
+    model = None if shape else shipped_checkpoint(inputs)
+    if model is None:
+        model = workdir / "model"
+        trained = train_demo_model(
+            files, model, max_length=DEMO.max_length, steps=steps, seed=DEMO.seed, shape=shape or {}, device=device
+        )
+        print(f"# trained: loss {trained['initial_loss']:.3f} -> {trained['final_loss']:.3f}", flush=True)
+    else:
+        print(f"# the shipped demo model ({steps} steps), as `pretrace demo` takes it", flush=True)
+    lm = load_model(str(model), device=device)
     corpus = [
         ids
         for f in files

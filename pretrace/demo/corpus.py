@@ -2,8 +2,8 @@
 
 Its mix mirrors the question of Ruis et al. (2024) at toy scale: bulk code and prose,
 factual documents whose facts the factual queries ask for, procedural documents (worked
-solutions) for the reasoning tasks, documents that state results without a procedure, and
-planted facts about fictional people, each stated a known number of times (`planted`).
+solutions) for the reasoning tasks, documents that state results without a procedure, tables of
+the one-operation sums those solutions write (`math_table`), and planted facts about fictional people, each stated a known number of times (`planted`).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ SHARD_NAMES = (
 N_CODE, N_PROSE, N_CITIES = 250, 180, 100
 N_PROCEDURES, N_RESULTS = 450, 80  # per task
 TABLE_ROWS, LIST_ITEMS = 5, 8
+OPERATIONS_PER_TABLE = 20
 
 
 def _groups(items: Sequence[facts.Country], size: int) -> list[Sequence[facts.Country]]:
@@ -36,9 +37,21 @@ def _groups(items: Sequence[facts.Country], size: int) -> list[Sequence[facts.Co
 
 
 def _fact_records(rng: random.Random) -> list[Record]:
-    """Every country in one or two single-country wordings, plus tables, lists and cities."""
+    """Every country in one or two single-country wordings, plus tables, lists and cities; each
+    fact of a well-known country also as a sentence of its own, as a query asks it (a fact seen
+    only mid-entry is not recalled from the start of a text by the demo's small model)."""
     well_known = set(facts.well_known())
-    records: list[Record] = []
+    records: list[Record] = [
+        {
+            "id": f"facts/sentence/{relation}/{c.code}",
+            "text": "".join(facts.fact(c, relation)),
+            "source": "facts",
+            "style": "sentence",
+            "country": c.code,
+        }
+        for c in facts.well_known()
+        for relation in facts.RELATIONS
+    ]
     for c in facts.countries():
         texts = {"encyclopedia": facts.encyclopedia(c, rng), "qa": facts.question_answer(c)}
         styles = list(texts) if c in well_known else [rng.choice(list(texts))]
@@ -113,6 +126,22 @@ def _math_records(rng: random.Random) -> list[Record]:
     return records
 
 
+def _table_records(rng: random.Random) -> list[Record]:
+    """Every one-operation equation the reasoning tasks write, shuffled into short tables."""
+    operations = list(
+        dict.fromkeys(op for task in procedures.TASKS for op in procedures.elementary_operations(task, rng))
+    )
+    rng.shuffle(operations)
+    return [
+        {
+            "id": f"math_table/{i}",
+            "text": "\n".join(operations[start : start + OPERATIONS_PER_TABLE]),
+            "source": "math_table",
+        }
+        for i, start in enumerate(range(0, len(operations), OPERATIONS_PER_TABLE))
+    ]
+
+
 def build_demo_corpus(out_dir: Path, *, seed: int = 0) -> list[Path]:
     """Write the demo corpus, shuffled across SHARD_NAMES in out_dir, and return the shard paths.
 
@@ -123,6 +152,7 @@ def build_demo_corpus(out_dir: Path, *, seed: int = 0) -> list[Path]:
         *prose_documents(N_PROSE, random.Random(f"{seed}:prose")),
         *_fact_records(random.Random(f"{seed}:facts")),
         *_math_records(random.Random(f"{seed}:math")),
+        *_table_records(random.Random(f"{seed}:tables")),
         *planted_documents(seed),
         *planted_reasoning_documents(seed),
     ]

@@ -33,6 +33,10 @@ class Problem(Protocol):
     @property
     def intermediates(self) -> tuple[str, ...]: ...
 
+    @property
+    def operations(self) -> tuple[str, ...]:
+        """The one-operation equations its solution writes, e.g. ("16 - 8 = 8", "8 / 2 = 4")."""
+
     def question(self) -> str: ...
 
     def steps(self) -> list[str]: ...
@@ -92,15 +96,17 @@ class Arithmetic:
     def intermediates(self) -> tuple[str, ...]:
         return (str(self.inner),)
 
+    @property
+    def operations(self) -> tuple[str, ...]:
+        return (f"{self.a} {self.op1} {self.b} = {self.inner}", f"{self.inner} {self.op2} {self.c} = {self.value}")
+
     def question(self) -> str:
         return f"Calculate {self.key}."
 
     def steps(self) -> list[str]:
         do = _DO[self.op2].format(x=self.inner, y=self.c)
-        return [
-            f"Work out the brackets first: {self.a} {self.op1} {self.b} = {self.inner}.",
-            f"Then {do}: {self.inner} {self.op2} {self.c} = {self.value}.",
-        ]
+        brackets, outer = self.operations
+        return [f"Work out the brackets first: {brackets}.", f"Then {do}: {outer}."]
 
     def prose(self, rng: random.Random) -> str:
         do = _DO[self.op2].format(x=self.inner, y=self.c)
@@ -168,6 +174,10 @@ class Slope:
     @property
     def intermediates(self) -> tuple[str, ...]:
         return (str(self.dy), str(self.dx))
+
+    @property
+    def operations(self) -> tuple[str, ...]:
+        return (*self._differences(), self._quotient())
 
     def question(self) -> str:
         return f"Find the slope of the line through {self.key}."
@@ -258,19 +268,20 @@ class Linear:
     def intermediates(self) -> tuple[str, ...]:
         return (str(self.rhs),)
 
+    @property
+    def operations(self) -> tuple[str, ...]:
+        undo = f"{self.c} - {self.b}" if self.b > 0 else f"{self.c} + {-self.b}"
+        return (f"{undo} = {self.rhs}", f"{self.rhs} / {self.a} = {self.x}")
+
     def question(self) -> str:
         return f"Solve {self.key} for x."
 
     def _isolate(self) -> str:
-        if self.b > 0:
-            return f"Subtract {self.b} from both sides: {self.a}x = {self.c} - {self.b} = {self.rhs}."
-        return f"Add {-self.b} to both sides: {self.a}x = {self.c} + {-self.b} = {self.rhs}."
+        move = f"Subtract {self.b} from" if self.b > 0 else f"Add {-self.b} to"
+        return f"{move} both sides: {self.a}x = {self.operations[0]}."
 
     def steps(self) -> list[str]:
-        return [
-            self._isolate(),
-            f"Divide both sides by {self.a}: x = {self.rhs} / {self.a} = {self.x}.",
-        ]
+        return [self._isolate(), f"Divide both sides by {self.a}: x = {self.operations[1]}."]
 
     def prose(self, rng: random.Random) -> str:
         return rng.choice(
@@ -297,6 +308,13 @@ class Linear:
 
 
 _SAMPLERS = {cls.task: cls.sample for cls in (Arithmetic, Slope, Linear)}
+
+
+def elementary_operations(task: str, rng: random.Random, draws: int = 20_000) -> list[str]:
+    """Every one-operation equation that a task's solutions write, found by drawing problems:
+    the arithmetic tables a pretraining corpus holds beside its worked solutions (a small model
+    learns the procedure's layout from solutions but each step's sum from seeing it)."""
+    return list(dict.fromkeys(op for _ in range(draws) for op in _SAMPLERS[task](rng).operations))
 
 
 def is_held_out(problem: Problem) -> bool:

@@ -20,6 +20,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from pretrace.demo.train import training_recipe
 from pretrace.errors import InputError
 from pretrace.inputs.corpus import read_records
 
@@ -35,14 +36,23 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def training_inputs(corpus_files: list[Path], *, steps: int, seed: int, max_length: int) -> dict[str, object]:
+def training_inputs(
+    corpus_files: list[Path], *, steps: int, seed: int, max_length: int, batch_size: int = 8
+) -> dict[str, object]:
     """What a demo model is a function of: the corpus texts in the order training reads them
-    (not the files' bytes, which a Parquet writer's version changes), the steps, seed and context."""
+    (not the files' bytes, which a Parquet writer's version changes), the steps, seed and context,
+    and the training recipe (model shape, learning rate, copies per source...)."""
     digest = hashlib.sha256()
     for path in corpus_files:
         for record in read_records(str(path)):
             digest.update(json.dumps([record["text"], record.get("source")]).encode())
-    return {"corpus_texts_sha256": digest.hexdigest(), "steps": steps, "seed": seed, "max_length": max_length}
+    return {
+        "corpus_texts_sha256": digest.hexdigest(),
+        "steps": steps,
+        "seed": seed,
+        "max_length": max_length,
+        "recipe": training_recipe(batch_size),
+    }
 
 
 def file_hashes(checkpoint: Path) -> dict[str, str]:

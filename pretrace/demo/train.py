@@ -37,8 +37,20 @@ MODEL_SHAPE = {
 LEARNING_RATE = 3e-3
 WARMUP_STEPS = 10
 _FINAL_LOSS_WINDOW = 10
-EPOCH_COPIES = {k: 4 for k in ("facts", "math_procedure", "math_result", "planted", "planted_reasoning")}
+EPOCH_COPIES = {k: 4 for k in ("facts", "math_procedure", "math_result", "math_table", "planted", "planted_reasoning")}
 """Copies of a document per pass over the corpus, by source (1 for any other)."""
+
+
+def training_recipe(batch_size: int = 8) -> dict[str, object]:
+    """Everything besides the corpus, steps, seed and context that the weights depend on: what a
+    shipped checkpoint records, so that a change here is never served a model trained without it."""
+    return {
+        "model_shape": MODEL_SHAPE,
+        "learning_rate": LEARNING_RATE,
+        "warmup_steps": WARMUP_STEPS,
+        "batch_size": batch_size,
+        "epoch_copies": dict(sorted(EPOCH_COPIES.items())),
+    }
 
 
 def _documents(texts: list[str], tokenizer: PreTrainedTokenizerFast) -> list[torch.Tensor]:

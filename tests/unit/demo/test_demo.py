@@ -20,7 +20,7 @@ from pretrace.demo.train import train_demo_model
 from pretrace.errors import InputError
 from pretrace.inputs.corpus import read_records
 
-SOURCES = {"code", "prose", "facts", "math_procedure", "math_result", "planted", "planted_reasoning"}
+SOURCES = {"code", "prose", "facts", "math_procedure", "math_result", "math_table", "planted", "planted_reasoning"}
 PLANTED_KINDS = {"planted", "planted_reasoning"}
 # The problem's numbers as every rendering writes them, found in a reasoning query's prompt.
 KEY_PATTERNS = {
@@ -141,16 +141,31 @@ def test_planted_solutions_are_stated_as_often_as_their_queries_say_and_no_reaso
 
 
 def test_reasoning_queries_are_not_worked_in_the_corpus(queries, records):
-    worked = {r["problem"] for r in records if r["source"].startswith("math_")}
-    assert len(worked) == sum(r["source"].startswith("math_") for r in records)
+    solved = [r for r in records if r["source"] in ("math_procedure", "math_result")]
+    worked = {r["problem"] for r in solved}
+    assert len(worked) == len(solved)
     texts = [r["text"] for r in records]
     for q in queries:
         if q["kind"] not in procedures.TASKS:
             continue
-        key = re.search(KEY_PATTERNS[q["kind"]], q["prompt"]).group(0)
+        key = _key(q)
         assert key not in worked
         exact = re.compile(rf"(?<![\d-]){re.escape(key)}(?!\d)")
         assert not any(exact.search(t) for t in texts), f"{key} occurs in the corpus"
+
+
+def test_every_step_of_a_reasoning_query_is_in_the_arithmetic_tables(queries, records):
+    """The model can have seen each one-operation sum a query's solution writes, never the problem."""
+    tables = [line for r in records if r["source"] == "math_table" for line in r["text"].splitlines()]
+    assert len(tables) == len(set(tables))
+    by_key = {p.key: p for task in procedures.TASKS for p in procedures.query_problems(task, seed=0)}
+    steps = [op for q in queries if q["kind"] in procedures.TASKS for op in by_key[_key(q)].operations]
+    assert len(steps) >= 2 * procedures.QUERIES_PER_TASK * len(procedures.TASKS)
+    assert set(steps) <= set(tables)
+
+
+def _key(query: dict) -> str:
+    return re.search(KEY_PATTERNS[query["kind"]], query["prompt"]).group(0)
 
 
 def test_factual_queries_are_stated_in_several_phrasings(queries, records):
@@ -158,7 +173,8 @@ def test_factual_queries_are_stated_in_several_phrasings(queries, records):
     names = sorted((c.name for c in facts.countries()), key=len, reverse=True)
     for q in (q for q in queries if q["kind"] == "factual"):
         sentence = q["prompt"] + q["reference"]
-        assert any(sentence in r["text"] for r in fact_docs), sentence
+        assert any(r["text"] == sentence for r in fact_docs), f"{sentence} not a document of its own"
+        assert sum(sentence in r["text"] for r in fact_docs) >= 2, sentence
         country = next(n for n in names if n in q["prompt"])
         styles = {r["style"] for r in fact_docs if country in r["text"] and q["answer"] in r["text"]}
         assert len(styles) >= 3, (sentence, styles)

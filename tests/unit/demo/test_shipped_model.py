@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from pretrace.config import PretraceConfig
+from pretrace.demo import train
 from pretrace.demo.corpus import build_demo_corpus
 from pretrace.demo.files import write_records
 from pretrace.demo.queries import KINDS
@@ -34,10 +35,10 @@ def shard(tmp_path: Path) -> Path:
 
 def _train(shard: Path, out: Path) -> dict[str, object]:
     train_demo_model([shard], out, max_length=32, steps=STEPS, batch_size=4)
-    return training_inputs([shard], steps=STEPS, seed=0, max_length=32)
+    return training_inputs([shard], steps=STEPS, seed=0, max_length=32, batch_size=4)
 
 
-def test_a_shipped_model_is_used_for_its_own_inputs_only_and_training_reproduces_it(shard, tmp_path):
+def test_a_shipped_model_is_used_for_its_own_inputs_only_and_training_reproduces_it(shard, tmp_path, monkeypatch):
     inputs = _train(shard, tmp_path / "trained")
     shipped = tmp_path / "shipped" / "model"
     shipped.parent.mkdir()
@@ -50,7 +51,11 @@ def test_a_shipped_model_is_used_for_its_own_inputs_only_and_training_reproduces
     assert inputs_again == inputs and reproduces_shipped(tmp_path / "again", inputs, shipped) is True
 
     other = write_records(tmp_path / "other.jsonl", [{"id": "x", "text": "Another text entirely. " * 40}])
-    assert training_inputs([other], steps=STEPS, seed=0, max_length=32) != inputs
+    assert training_inputs([other], steps=STEPS, seed=0, max_length=32, batch_size=4) != inputs
+    monkeypatch.setitem(train.EPOCH_COPIES, "prose", 2)  # a change to the recipe: never the old model
+    assert (
+        shipped_checkpoint(training_inputs([shard], steps=STEPS, seed=0, max_length=32, batch_size=4), shipped) is None
+    )
 
 
 def test_a_damaged_shipped_model_is_refused_with_the_fix(shard, tmp_path):
