@@ -39,6 +39,7 @@ then one `name: value` line per figure.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
 import time
@@ -198,13 +199,23 @@ def model_shape(args: argparse.Namespace) -> dict:
     }
 
 
+def demo_queries_with_completions(path: Path) -> list:
+    """The demo's queries, each completion given: a query the demo's model answers itself takes
+    its `reference` (the store is measured on fixed text, not on what a model writes)."""
+    references = {row["id"]: row.get("reference") for row in map(json.loads, path.read_text().splitlines())}
+    return [
+        q if q.completion else replace(q, completion=references[q.id])
+        for q in queries_from_table(read_queries(str(path)))
+    ]
+
+
 def demo_setup(workdir: Path, documents: int, steps: int, shape: dict | None = None, device: str = "cpu"):
     """(demo model, its queries, a seeded sample of ``documents`` of its corpus's documents,
     factors fitted on the whole corpus with the demo's settings), built and trained as `pretrace
     demo` does for ``steps`` (reshaped by ``shape``: `model_shape`): the shipped model where
     `pretrace demo` would take it."""
     files = build_demo_corpus(workdir / "corpus")
-    queries = queries_from_table(read_queries(str(build_demo_queries(workdir / "queries.jsonl"))))
+    queries = demo_queries_with_completions(build_demo_queries(workdir / "queries.jsonl"))
     inputs = training_inputs(files, steps=steps, seed=DEMO.seed, max_length=DEMO.max_length)
     model = None if shape else shipped_checkpoint(inputs)
     if model is None:

@@ -101,6 +101,20 @@ def test_the_projection_benchmarks_sparse_store_keeps_each_documents_largest_ent
     assert torch.equal(largest_entries(stored, 24).grads["layer"], grads)
 
 
+def test_the_demo_benchmarks_measure_every_demo_query_on_its_reference_completion(tmp_path):
+    """The demo's queries leave the completion to its model; a bench that scores them on the
+    demo's model takes the reference one (the query encodes: no empty completion)."""
+    from bench.projection import demo_queries_with_completions
+    from pretrace.demo.queries import build_demo_queries
+
+    path = build_demo_queries(tmp_path / "queries.jsonl")
+    rows = {row["id"]: row for row in map(json.loads, path.read_text().splitlines())}
+    queries = demo_queries_with_completions(path)
+    assert len(queries) == len(rows) and any(not row.get("completion") for row in rows.values())
+    for q in queries:
+        assert q.completion == (rows[q.id].get("completion") or rows[q.id]["reference"]) != ""
+
+
 def test_the_7b_benchmark_runs_scaled_down_and_writes_every_figure(tmp_path):
     out = tmp_path / "gpu-7b.json"
     values, stdout = run_bench("gpu_7b.py", "--tiny", "--out", str(out))
