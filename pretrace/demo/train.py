@@ -2,12 +2,12 @@
 
 The model (about 2M parameters) learns the corpus's facts and the layout and arithmetic of its
 worked solutions, enough to answer most of the demo's own queries, which is what the influence
-analysis then traces. The demo's facts and worked solutions are seen EPOCH_COPIES times per pass
-over the corpus, the code and prose once: a pretraining mixture weighted towards what the queries
-ask. Training takes `demo_steps` steps of 8 x 256 tokens, on one thread, and is a function of the
-corpus, the seed and the step count alone (no wall-clock budget), so the same inputs give the
-same weights on a busy or an idle machine, on two cores or many. The demo ships the model its
-defaults train (`pretrace.demo.shipped_model`).
+analysis then traces. The demo's facts, worked solutions and arithmetic tables are seen
+EPOCH_COPIES times per pass over the corpus, the code and prose once: a pretraining mixture
+weighted towards what the queries ask. Training takes `demo_steps` steps of 8 x 256 tokens, on
+one thread, and is a function of the corpus, the seed, the step count and `training_recipe` alone
+(no wall-clock budget), so the same inputs give the same weights on a busy or an idle machine,
+on two cores or many. The demo ships the model its defaults train (`pretrace.demo.shipped_model`).
 """
 
 from __future__ import annotations
