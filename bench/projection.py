@@ -7,9 +7,10 @@
                                             # the demo's model 4x wider, on a GPU
 
 With ``--model demo`` the model is the demo's (a 2M-parameter Llama with 128 x 512 MLP layers,
-the shape of bench/influence.py's random one), trained as `pretrace demo` trains it, on the
-demo's corpus, with its 76 queries; factors are fitted on the whole corpus with the pipeline's
-default settings, and a seeded sample of --documents documents is scored exactly and through
+the shape of bench/influence.py's random one), trained as `pretrace demo` trains it (the shipped
+one at the default steps), on the demo's corpus, with its queries (on their reference
+completions); factors are fitted on the whole corpus with the pipeline's default settings, and a
+seeded sample of --documents documents is scored exactly and through
 float32 projections of 32 x 32 (64x smaller than dense float32 gradients: about the bytes of the
 demo's store, 304 x 304 as rank-18 int4 factors) and, at --ks, by default 64 and 128 too, to show how accuracy grows with k,
 whitened (over the seeds) and principal (no seed, once). Per basis it prints the mean and
