@@ -60,13 +60,19 @@ def run_process_group(command: list[str], env: dict[str, str], grace_s: float = 
     own process group, and on SIGINT or SIGTERM stop the whole group, not only its leader: what
     the terminal's Ctrl-C does, for a supervisor's SIGTERM too. The group has ``grace_s`` to
     exit on the signal passed on, none after a second one; then it is killed."""
-    process = subprocess.Popen(command, env=env, start_new_session=True)
 
     def stop(signum: int, _frame: object) -> None:
         raise _Stopped(signum)  # out of the wait below: a wait inside the handler could not reap
 
+    # Caught before the child starts, so that it starts with the default actions: a signal this
+    # process inherited as ignored (a shell's background job ignores SIGINT; Dagster's in-process
+    # runs copy SIGINT's handler to SIGTERM) would otherwise be ignored by the whole group too.
     for signum in STOP_SIGNALS:
         signal.signal(signum, stop)
+    try:
+        process = subprocess.Popen(command, env=env, start_new_session=True)
+    except _Stopped as early:
+        raise SystemExit(128 + early.signum) from None
     try:
         code = process.wait()
     except _Stopped as first:

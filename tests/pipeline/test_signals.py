@@ -57,8 +57,10 @@ def test_other_signals_and_earlier_ones_do_not_stop(swallowing_handlers):
 
 
 SUPERVISE_A_TREE = """
-import os, sys
+import os, signal, sys
 from pipeline.signals import run_process_group
+for ignored in (signal.SIGINT, signal.SIGTERM):  # as a background job inherits SIGINT, or after Dagster
+    signal.signal(ignored, signal.SIG_IGN)
 tree = [sys.executable, "-c", (
     "import subprocess, sys, time\\n"
     "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\\n"
@@ -71,8 +73,9 @@ sys.exit(run_process_group(tree, dict(os.environ), grace_s=600))
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_supervised_process_group_stops_whole_on_either_signal(signum):
     """What `pretrace ui` does with `dagster dev` and its children (the real one is driven by
-    tests/integration/test_ui_processes.py), on a tree of two sleeping Pythons: stopped as soon
-    as they exit, not after the grace period (600 s here)."""
+    tests/integration/test_ui_processes.py), on a tree of two sleeping Pythons started by a
+    process that ignored both signals: stopped as soon as they exit, not after the grace period
+    (600 s here)."""
     supervisor = subprocess.Popen([sys.executable, "-c", SUPERVISE_A_TREE])
     try:
         wait_for(lambda: len(psutil.Process(supervisor.pid).children(recursive=True)) == 2, 60, "the tree to start")
