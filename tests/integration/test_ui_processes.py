@@ -1,5 +1,6 @@
-"""`pretrace ui` is stopped as a whole: SIGTERM (a supervisor) or SIGINT (Ctrl-C) to the
-pretrace process leaves no `dagster dev`, webserver, daemon, code server or report server behind."""
+"""`pretrace ui` is stopped as a whole: SIGTERM (a supervisor) to the pretrace process leaves no
+`dagster dev`, webserver, daemon, code server or report server behind. SIGINT (Ctrl-C) takes the
+same path, passed on as SIGINT: tests/pipeline/test_signals.py drives both on a cheap tree."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import sys
 import urllib.request
 
 import psutil
-import pytest
 
 from tests.integration.servers import wait_for
 from tests.s3server import free_port
@@ -33,8 +33,7 @@ def _listens(port: int) -> bool:
     return True
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_pretrace_ui_leaves_no_process_behind(tmp_path, signum):
+def test_pretrace_ui_leaves_no_process_behind(tmp_path):
     port, report_port = free_port(), free_port()
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / ".dagster_home"), "PRETRACE_REPORT_PORT": str(report_port)}
     ui = subprocess.Popen(
@@ -49,7 +48,7 @@ def test_pretrace_ui_leaves_no_process_behind(tmp_path, signum):
         started = psutil.Process(ui.pid).children(recursive=True)
         assert len(started) >= 3, [p.cmdline() for p in started]  # dagster dev, webserver, daemon (+ code servers)
         assert _listens(report_port)  # the report's server, beside the UI
-        ui.send_signal(signum)
+        ui.send_signal(signal.SIGTERM)
         ui.wait(timeout=60)
         _, alive = psutil.wait_procs(started, timeout=30)
         assert not alive, [p.cmdline() for p in alive]
