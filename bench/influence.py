@@ -57,6 +57,7 @@ from pretrace.influence.reranking import recall
 from pretrace.influence.scores import score_matrix, stream_scores
 from pretrace.inputs.batching import batches
 from pretrace.model.adapter import LoadedModel, wrap_model
+from pretrace.model.threads import torch_threads
 from pretrace.testing.kronfluence_peer import Sequences, collate_fn, summed_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -393,9 +394,7 @@ def trained_model(args) -> str:
 def trained_figures(args, log) -> dict[str, float]:
     """`store_accuracy` of the benchmark's store (--projection, --stored-dtype) on a trained model:
     the demo's (the tests' tiny one with --quick), on every core: nothing here is timed."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count() or 1)
-    try:
+    with torch_threads(os.cpu_count() or 1):
         if args.quick:
             (lm, documents, factors), queries = trained_setup(), QUERIES
         else:
@@ -410,8 +409,6 @@ def trained_figures(args, log) -> dict[str, float]:
             if args.document_rank is None
             else store_accuracy(lm, queries, documents, factors, exact, args.projection[0], args.stored_dtype)
         )
-    finally:
-        torch.set_num_threads(threads)
     log(
         f"on {trained_model(args)}: the {store_name(args)} store's scores against exact ones: mean per-query "
         f"Pearson {accuracy['pearson_mean']:.3f} (min {accuracy['pearson_min']:.3f}; {dense['pearson_mean']:.3f} "

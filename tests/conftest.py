@@ -3,7 +3,6 @@ and a trained tiny Llama."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -47,25 +46,13 @@ def one_thread_everywhere() -> Iterator[None]:
     machine, a process that takes every core oversubscribes them and runs many times slower; and
     float sums depend on the thread count, so byte comparisons between a run in a subprocess and
     one in-process need the same count on both sides."""
+    from pretrace.model.threads import torch_threads
+
     with pytest.MonkeyPatch.context() as mp:
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             mp.setenv(name, "1")
-        with _torch_on_one_thread():
+        with torch_threads(1):  # 2 oversubscribed threads: small steps ~60x slower (15 s vs 0.2 s)
             yield
-
-
-@contextlib.contextmanager
-def _torch_on_one_thread() -> Iterator[None]:
-    """On a shared 2-core machine, two torch threads oversubscribed by other processes made small
-    training steps ~60x slower (measured 15 s vs 0.2 s for 10 steps); one thread avoids that."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

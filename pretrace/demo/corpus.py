@@ -3,7 +3,8 @@
 Its mix mirrors the question of Ruis et al. (2024) at toy scale: bulk code and prose,
 factual documents whose facts the factual queries ask for, procedural documents (worked
 solutions) for the reasoning tasks, documents that state results without a procedure, tables of
-the one-operation sums those solutions write (`math_table`), and planted facts about fictional people, each stated a known number of times (`planted`).
+the one-operation sums those solutions write (`math_table`), and planted facts about fictional
+people, each stated a known number of times (`planted`).
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ import math
 import os
 import shutil
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -27,6 +26,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from pretrace.demo.tokenizer import train_tokenizer
 from pretrace.errors import InputError
 from pretrace.inputs.corpus import read_records
+from pretrace.model.threads import torch_threads
 
 MODEL_SHAPE = {
     "hidden_size": 128,
@@ -78,16 +78,6 @@ def _lr_factor(step: int, done: float) -> float:
     return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, done)))
 
 
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _replace_dir(tmp: Path, out_dir: Path) -> None:
     """Move a finished checkpoint into place, replacing any previous one."""
     old = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.old")
@@ -120,7 +110,7 @@ def demo_model_config(
     )
 
 
-@_one_thread()  # sums in one order on any machine: the same bytes on 2 cores or 64
+@torch_threads(1)  # sums in one order on any machine: the same bytes on 2 cores or 64
 def train_demo_model(
     corpus_files: list[Path],
     out_dir: Path,
