@@ -31,34 +31,38 @@ SCHEMA = {
 }
 
 
+def share_rows(counts: dict[str, int], documents: int, corpus: dict[str, int]) -> list[dict]:
+    """Per source (of the corpus or the counts): its count among ``documents`` top documents, that
+    share, its corpus share and their ratio (over 1: over-represented among the top documents)."""
+    total = sum(corpus.values())
+    rows = []
+    for source in sorted(set(corpus) | set(counts)):
+        share = counts.get(source, 0) / documents if documents else math.nan
+        corpus_share = corpus.get(source, 0) / total if total else math.nan
+        rows.append(
+            {
+                "source": source,
+                "count": counts.get(source, 0),
+                "share": share,
+                "corpus_share": corpus_share,
+                "ratio": share / corpus_share if corpus_share else math.nan,
+            }
+        )
+    return rows
+
+
 def method_source_shares(rankings: pl.DataFrame, groups: list[KindGroup], corpus: dict[str, int]) -> pl.DataFrame:
     """Per kind group, method and source: how many of the group's queries' top-k documents (every
     query pooled) come from the source, that share, the source's corpus share and their ratio.
     ``rankings``: query_id, method, rank, source rows; methods outside ``METHODS`` (random) are left out."""
-    total = sum(corpus.values())
     methods = [m for m in METHODS if m in set(rankings["method"].to_list())] if rankings.height else []
     rows = []
     for g in groups:
         mine = rankings.filter(pl.col("query_id").is_in(g.ids))
         for method in methods:
             sub = mine.filter(pl.col("method") == method)
-            counts = dict(sub.group_by("source").len().iter_rows())
             n = sub.height
             k = int(sub.group_by("query_id").len()["len"].max() or 0) if n else 0
-            for source in sorted(set(corpus) | set(counts)):
-                share = counts.get(source, 0) / n if n else math.nan
-                corpus_share = corpus.get(source, 0) / total if total else math.nan
-                rows.append(
-                    {
-                        **g.row(),
-                        "method": method,
-                        "k": k,
-                        "documents": n,
-                        "source": source,
-                        "count": counts.get(source, 0),
-                        "share": share,
-                        "corpus_share": corpus_share,
-                        "ratio": share / corpus_share if corpus_share else math.nan,
-                    }
-                )
+            counts = dict(sub.group_by("source").len().iter_rows())
+            rows += [{**g.row(), "method": method, "k": k, "documents": n, **r} for r in share_rows(counts, n, corpus)]
     return pl.DataFrame(rows, schema=SCHEMA)

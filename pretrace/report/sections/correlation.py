@@ -10,7 +10,14 @@ import polars as pl
 from matplotlib.figure import Figure
 
 from pretrace.analyses.analysis import Analysis
-from pretrace.analyses.correlation import GroupMeans, group_means, pair_groups, same_kind_permutation_test
+from pretrace.analyses.correlation import (
+    ANSWERS,
+    GroupMeans,
+    answered_group,
+    group_means,
+    pair_groups,
+    same_kind_permutation_test,
+)
 from pretrace.analyses.report_config import REASONING
 from pretrace.report.formatting import corr, interval
 from pretrace.report.html import figure, table, with_ci
@@ -26,6 +33,7 @@ COMPARISONS = (
     ("same reasoning kind", "within factual"),
     ("same reasoning kind", "control vs others"),
     ("within factual", "control vs others"),
+    (answered_group("same reasoning kind", "correctly"), answered_group("within factual", "correctly")),
 )
 
 
@@ -46,7 +54,7 @@ def compute(a: Analysis) -> Correlation:
     pairs = pl.DataFrame(
         {"query_a": np.repeat(ids, len(ids)).tolist(), "query_b": ids * len(ids), "r": r.ravel().tolist()}
     )
-    masks = pair_groups(kinds, cats)
+    masks = pair_groups(kinds, cats, a.queries["correct"].to_list())
     gm = group_means(r, masks, kinds, config.bootstrap, config.seed)
     groups = pl.DataFrame(
         [
@@ -74,6 +82,8 @@ def _tests(a: Analysis, r: np.ndarray, gm: GroupMeans) -> pl.DataFrame:
     config = a.config
     rows = []
     for first, second in COMPARISONS:
+        if first not in gm.means or second not in gm.means:  # the model's answers were not checked
+            continue
         diff, lo, hi = gm.difference(first, second, config.level)
         p = math.nan
         if (first, second) == COMPARISONS[0]:
@@ -150,6 +160,26 @@ def reading(a: Analysis) -> list[str]:
             f"Across different reasoning kinds the mean correlation is {corr(diff['mean_r'])} "
             f"{interval(diff['ci_low'], diff['ci_high'], corr)}, {verdict} within a kind "
             f"(difference {corr(test['difference'])} {interval(test['ci_low'], test['ci_high'], corr)}{p_text})."
+        )
+    split = [
+        f"{name} {describe(g[answered_group(name, answers)])}"
+        for name in ("same reasoning kind", "within factual")
+        for answers in ANSWERS
+        if (g.get(answered_group(name, answers)) or {}).get("pairs")
+    ]
+    if split:
+        test = t.get(COMPARISONS[-1][0] + " - " + COMPARISONS[-1][1])
+        difference = (
+            f"; same reasoning kind minus within factual, both answered correctly: {corr(test['difference'])} "
+            f"{interval(test['ci_low'], test['ci_high'], corr)}"
+            if test
+            else ""
+        )
+        out.append(
+            "Split by the model's own answers (pairs of queries both answered correctly, or both not): "
+            + "; ".join(split)
+            + difference
+            + "."
         )
     ctl = g.get("control vs others")
     if ctl and ctl["pairs"]:

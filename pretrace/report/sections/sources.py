@@ -12,9 +12,10 @@ import polars as pl
 from matplotlib.figure import Figure
 
 from pretrace.analyses.analysis import Analysis
+from pretrace.analyses.correlation import ANSWERS
 from pretrace.analyses.cutoffs import PAPER_DOCUMENTS, WARN_FRACTION
 from pretrace.analyses.kinds import POOLED
-from pretrace.analyses.method_sources import method_source_shares
+from pretrace.analyses.method_sources import method_source_shares, share_rows
 from pretrace.analyses.shard_statistics import fraction_rank
 from pretrace.analyses.sources_at_k import SOURCE_KS, source_counts
 from pretrace.report.formatting import num, pct
@@ -31,43 +32,45 @@ class Sources:
     sources: pl.DataFrame  # per kind, side and source: count, share, corpus share and their ratio
     sources_at_k: pl.DataFrame  # the same at Ruis et al.'s k (50 ... 500,000) as counts and as corpus fractions
     sources_by_method: pl.DataFrame  # the same for influence, BM25, cosine and dot product, same queries and k
+    sources_by_answer: pl.DataFrame  # `sources` for the queries the model answers correctly and those it does not
+
+
+SHARE_SCHEMA = {
+    "queries": pl.Int64,
+    "side": pl.String,
+    "source": pl.String,
+    "count": pl.Int64,
+    "share": pl.Float64,
+    "corpus_share": pl.Float64,
+    "ratio": pl.Float64,
+}
+
+
+def _shares(top: pl.DataFrame, ids: list[str], corpus: dict[str, int]) -> list[dict]:
+    """Per side and source, the share of these queries' top (bottom) documents (every query
+    pooled) from the source, over its corpus share."""
+    rows = []
+    for side in SIDES:
+        sub = top.filter((pl.col("side") == side) & pl.col("query_id").is_in(ids))
+        counts = dict(sub.group_by("source").len().iter_rows())
+        rows += [{"queries": len(ids), "side": side, **r} for r in share_rows(counts, sub.height, corpus)]
+    return rows
 
 
 def compute(a: Analysis) -> Sources:
     """Counts and shares of each source among the top and bottom documents of each kind."""
     top = a.result(top_documents.compute).top_documents
     corpus = a.corpus_sources
-    total = sum(corpus.values())
-    rows = []
-    for g in a.groups:
-        for side in SIDES:
-            sub = top.filter((pl.col("side") == side) & pl.col("query_id").is_in(g.ids))
-            counts = dict(sub.group_by("source").len().iter_rows())
-            n = sub.height
-            for source in sorted(set(corpus) | set(counts)):
-                share = counts.get(source, 0) / n if n else math.nan
-                corpus_share = corpus.get(source, 0) / total if total else math.nan
-                rows.append(
-                    {
-                        **g.row(),
-                        "side": side,
-                        "source": source,
-                        "count": counts.get(source, 0),
-                        "share": share,
-                        "corpus_share": corpus_share,
-                        "ratio": share / corpus_share if corpus_share else math.nan,
-                    }
-                )
-    schema = {
-        "kind": pl.String,
-        "category": pl.String,
-        "side": pl.String,
-        "source": pl.String,
-        "count": pl.Int64,
-        "share": pl.Float64,
-        "corpus_share": pl.Float64,
-        "ratio": pl.Float64,
-    }
+    schema = {"kind": pl.String, "category": pl.String, **SHARE_SCHEMA}
+    rows = [{**g.row(), **r} for g in a.groups for r in _shares(top, g.ids, corpus)]
+    correct = dict(zip(a.queries["id"].to_list(), a.queries["correct"].to_list()))
+    by_answer = [
+        {**g.row(), "answered": answers, **r}
+        for g in a.groups
+        for answers, value in ANSWERS.items()
+        if any(correct[q] is not None for q in g.ids)
+        for r in _shares(top, [q for q in g.ids if correct[q] is not None and correct[q] == value], corpus)
+    ]
     rankings = (a.attribution or {}).get("rankings")
     by_method = method_source_shares(
         rankings
@@ -76,7 +79,14 @@ def compute(a: Analysis) -> Sources:
         a.groups,
         a.corpus_sources,
     )
-    return Sources(pl.DataFrame(rows, schema=schema), _at_k(a), by_method)
+    return Sources(
+        pl.DataFrame(rows, schema=schema),
+        _at_k(a),
+        by_method,
+        pl.DataFrame(
+            by_answer, schema={"kind": pl.String, "category": pl.String, "answered": pl.String, **SHARE_SCHEMA}
+        ),
+    )
 
 
 def _cuts(n: int) -> list[tuple[str, int]]:
@@ -166,7 +176,7 @@ def reading(a: Analysis) -> list[str]:
         text = (
             f"In the top {a.config.k} of {kind} queries, {best['source']} is the most over-represented source: "
             f"{pct(best['share'])} of top documents against {pct(best['corpus_share'])} of the corpus "
-            f"(\u00d7{num(best['ratio'])}{_baselines(a, kind, best['source'])})"
+            f"(\u00d7{num(best['ratio'])}{_by_answer(a, kind, best['source'])}{_baselines(a, kind, best['source'])})"
         )
         under = df.filter((pl.col("kind") == kind) & (pl.col("corpus_share") >= 0.05)).sort("ratio")
         if under.height and under.row(0, named=True)["source"] != best["source"]:
@@ -188,6 +198,20 @@ def reading(a: Analysis) -> list[str]:
     )
     out.append("A ratio above 1 means the source is more common among influential documents than in the corpus.")
     return out
+
+
+def _by_answer(a: Analysis, kind: str, source: str) -> str:
+    """The same source's ratio among the kind's queries the model answers correctly and among the
+    others, with their numbers, if its answers were checked."""
+    df = a.result(compute).sources_by_answer.filter(
+        (pl.col("kind") == kind) & (pl.col("source") == source) & (pl.col("side") == "top")
+    )
+    parts = [
+        f"\u00d7{num(r['ratio'])} among the {r['queries']} answered {r['answered']}"
+        for r in df.iter_rows(named=True)
+        if r["queries"]
+    ]
+    return "; " + ", ".join(parts) if parts else ""
 
 
 def _baselines(a: Analysis, kind: str, source: str) -> str:
@@ -236,17 +260,19 @@ def plot(a: Analysis) -> bytes:
     return png(fig)
 
 
-def body(a: Analysis, figs: dict[str, bytes]) -> str:
-    top = (
-        a.result(compute)
-        .sources.filter(pl.col("side") == "top")
-        .with_columns(
-            cell=pl.struct(["ratio", "count"]).map_elements(
-                lambda r: f"×{num(r['ratio'])} ({r['count']})", return_dtype=pl.String
-            )
-        )
+def _ratio_wide(df: pl.DataFrame, row: pl.Expr) -> pl.DataFrame:
+    """Rows named by ``row``, a column per source, cells "ratio to the corpus share (count)"."""
+    cells = df.with_columns(
+        cell=pl.struct(["ratio", "count"]).map_elements(
+            lambda r: f"\u00d7{num(r['ratio'])} ({r['count']})", return_dtype=pl.String
+        ),
+        row=row,
     )
-    wide = top.pivot(on="source", index="kind", values="cell", maintain_order=True)
+    return cells.pivot(on="source", index="row", values="cell", maintain_order=True).rename({"row": "kind"})
+
+
+def body(a: Analysis, figs: dict[str, bytes]) -> str:
+    wide = _ratio_wide(a.result(compute).sources.filter(pl.col("side") == "top"), pl.col("kind"))
     corpus = a.corpus_sources
     total = sum(corpus.values()) or 1
     return (
@@ -259,6 +285,7 @@ def body(a: Analysis, figs: dict[str, bytes]) -> str:
         + html.escape(", ".join(f"{s} {pct(c / total)}" for s, c in corpus.items()))
         + "</p>"
         + wide_table(wide)
+        + _by_answer_html(a)
         + "<p>As Ruis et al. (2024) compare them: each source's share of the top and of the bottom k documents "
         "(every query of a kind pooled) over its corpus share, at k = 50, 500, 5,000, 50,000 and 500,000 "
         "(those the corpus has); counts beyond the exact top list are estimates within stated bounds "
@@ -267,18 +294,26 @@ def body(a: Analysis, figs: dict[str, bytes]) -> str:
     )
 
 
+def _by_answer_html(a: Analysis) -> str:
+    """The top documents' source ratios split by whether the model answers the query correctly."""
+    df = a.result(compute).sources_by_answer.filter((pl.col("side") == "top") & (pl.col("queries") > 0))
+    if df.is_empty():
+        return ""
+    wide = _ratio_wide(
+        df, pl.format("{} · answered {} ({} queries)", pl.col("kind"), pl.col("answered"), pl.col("queries"))
+    )
+    return (
+        "<p>The same, for the queries the model answers correctly and those it does not (its own greedy answers; "
+        "sources_by_answer.parquet).</p>" + wide_table(wide)
+    )
+
+
 def _by_method_html(a: Analysis) -> str:
     """Influence's source ratios beside BM25's, gradient cosine's and dot product's (same queries, same k)."""
     df = a.result(compute).sources_by_method
     if df.is_empty():
         return "<p>No baseline rankings (the attribution check's rankings.parquet) to set beside influence's.</p>"
-    cells = df.with_columns(
-        cell=pl.struct(["ratio", "count"]).map_elements(
-            lambda r: f"\u00d7{num(r['ratio'])} ({r['count']})", return_dtype=pl.String
-        ),
-        row=pl.format("{} · {}", pl.col("kind"), pl.col("method")),
-    )
-    wide = cells.pivot(on="source", index="row", values="cell", maintain_order=True).rename({"row": "kind"})
+    wide = _ratio_wide(df, pl.format("{} · {}", pl.col("kind"), pl.col("method")))
     k = int(df["k"].max())
     return (
         f"<p>Each method's top {k} (the attribution check's k; {pct(k / a.n_documents if a.n_documents else math.nan, 2)} "

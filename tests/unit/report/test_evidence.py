@@ -144,3 +144,44 @@ def test_intervals_over_fewer_than_ten_queries_are_marked():
     df = pl.DataFrame({"queries": [8, 12], "m": [1.0, 2.0], "lo": [0.5, 1.5], "hi": [1.5, 2.5]})
     cells = with_ci(df, "m", "lo", "hi", "cell")["cell"].to_list()
     assert cells[0].endswith("(n = 8 < 10: rough)") and "rough" not in cells[1]
+
+
+def test_sources_and_correlations_split_by_the_models_answers_count_by_brute_force():
+    """20 synthetic queries of which the model answers some correctly: the split tables hold, per
+    kind and answer, exactly the sources of those queries' top k by raw score, and the split
+    correlation groups the mean Pearson r of exactly the pairs both answered alike."""
+    base = synthetic_queries(20, seed=3)
+    ids, kinds = base.column("id").to_pylist(), base.column("kind").to_pylist()
+    correct = [None if k == "control" else i % 3 != 0 for i, k in enumerate(kinds)]
+    queries = base.append_column("correct", pa.array(correct, pa.bool_()))
+    doc_ids, scores, docs = synthetic_shard(base, N_DOCS, 0, seed=3)
+    stats, top = summarize_shard(ids, doc_ids, scores, docs, queries, k=CONFIG.k, exact_top=100)
+    a = analyze(stats, top, queries, CONFIG)
+    source_of = np.asarray(docs.column("source").to_pylist(), dtype=object)
+    by_answer = a.result(sections.sources.compute).sources_by_answer.filter(pl.col("side") == "top")
+    assert set(by_answer["kind"]) == {"factual", "arithmetic", "slope", "linear", "reasoning (all)"}  # control unchecked
+    for kind in ("factual", "slope"):
+        for answered, value in (("correctly", True), ("incorrectly", False)):
+            rows = [i for i, (k, c) in enumerate(zip(kinds, correct)) if k == kind and c is value]
+            best = [np.argsort(-scores[i], kind="stable")[: CONFIG.k] for i in rows]
+            assert all((scores[i][b] > 0).all() for i, b in zip(rows, best))
+            expected = {s: int(sum((source_of[b] == s).sum() for b in best)) for s in set(source_of)}
+            got = by_answer.filter((pl.col("kind") == kind) & (pl.col("answered") == answered))
+            assert set(got["queries"]) == {len(rows)}
+            assert {r["source"]: r["count"] for r in got.to_dicts() if r["count"]} == {
+                s: n for s, n in expected.items() if n
+            }
+    r = np.corrcoef(scores.astype(np.float64))
+    groups = {g["group"]: g for g in a.result(sections.correlation.compute).correlation_groups.to_dicts()}
+    reasoning = [i for i, k in enumerate(kinds) if k in ("arithmetic", "slope", "linear")]
+    for answered, value in (("correctly", True), ("incorrectly", False)):
+        pairs = [
+            r[i, j]
+            for i in reasoning
+            for j in reasoning
+            if i < j and kinds[i] == kinds[j] and correct[i] is value and correct[j] is value
+        ]
+        g = groups[f"same reasoning kind, both answered {answered}"]
+        assert g["pairs"] == len(pairs) and g["mean_r"] == pytest.approx(np.mean(pairs), abs=1e-5)
+    assert any("Split by the model's own answers" in line for line in sections.correlation.reading(a))
+    assert any("answered correctly" in line for line in sections.sources.reading(a))
