@@ -44,6 +44,14 @@ def main() -> None:
     sources = pl.read_parquet(report / "sources.parquet").filter(pl.col("side") == "top")
     for row in sources.sort(["kind", "source"]).iter_rows(named=True):
         print(f"top_{row['kind']}_{row['source']}: {row['count']} slots, {row['ratio']:.2f}x corpus share")
+    by_answer = pl.read_parquet(report / "sources_by_answer.parquet").filter(
+        (pl.col("side") == "top") & (pl.col("queries") > 0)
+    )
+    for row in by_answer.sort(["kind", "answered", "source"]).iter_rows(named=True):
+        print(
+            f"top_{row['kind']}_answered_{row['answered']}_{row['source']}: {row['count']} slots, "
+            f"{row['ratio']:.2f}x corpus share ({row['queries']} queries)"
+        )
     for row in pl.read_parquet(report / "magnitude_comparison.parquet").iter_rows(named=True):
         print(
             f"{row['measure']}_reasoning_over_factual: {row['reasoning_over_factual']:.3f} "
@@ -51,7 +59,7 @@ def main() -> None:
             f"{row['reasoning_queries']} reasoning queries)"
         )
     for row in pl.read_parquet(report / "correlation_groups.parquet").iter_rows(named=True):
-        name = row["group"].replace(" ", "_")
+        name = row["group"].replace(",", "").replace(" ", "_")
         print(
             f"correlation_{name}: {row['mean_r']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}] ({row['pairs']} pairs)"
         )

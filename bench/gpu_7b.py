@@ -14,7 +14,7 @@ Steps, each timed (synchronized) and its peak allocation (`torch.cuda.max_memory
 printed against the memory plan of the same tracked layers (`pretrace.planning.memory_plan`):
 the bf16 training step (forward, backward into every parameter: the baseline), covariances,
 eigendecomposition, eigenvalue corrections, query gradients, scoring (streamed, the rank-64 query
-gradients resident on the device) and document gradients through the default store (304 x 304
+gradients resident on the device) and document gradients through the compact store (304 x 304
 principal projection, rank 18). The JSON result is rewritten after every step, and the run stops
 before ``--deadline-s`` (default 420 s), so a lost machine or a slow step still leaves figures.
 
@@ -23,7 +23,7 @@ Rates at every block's MLPs: each pass is timed with the first block's MLPs and 
 T(1) + 31 x (T(2) - T(1)) (the forward and backward are paid once whatever is tracked). Ratios to
 the training step are of those extrapolated times, and `study_gpu_days_7b_h100` is the estimate
 of `pretrace.planning.study_cost` for the paper's study (Llama-2-7B's MLPs, 5M documents of 2.5B
-tokens, factors fitted on a 10% sample, every document through the default store, 80 queries at
+tokens, factors fitted on a 10% sample, every document through the compact store, 80 queries at
 rank 64) in the setting the planner chooses for one H100 (`pretrace.planning.cheapest`), with the
 rates of this run.
 """
@@ -46,6 +46,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from bench.gpu import training_step
 from bench.scale import LLAMA_2_7B, PAPER_RUN
 from bench.synthetic import make_data
+from pretrace.config import COMPACT_STORE
 from pretrace.errors import InputError
 from pretrace.influence.document_gradients import compute_document_gradients
 from pretrace.influence.ekfac import Eigenbasis, Factors, eigenbasis, fit_covariances, fit_lambdas, make_factors
@@ -63,16 +64,14 @@ ROOT = Path(__file__).resolve().parents[1]
 QUERIES, QUERY_RANK, QUERY_CHUNK = 80, 64, 8
 QUERY_BUDGET_S = 60.0
 """Seconds of query gradients computed before the rest are repeats (`chunked_queries`)."""
-DEFAULT_STORE = {"projection": (304, 304), "document_rank": 18}
-"""The demo's store (docs/performance.md), which the paper's study sends every document through."""
 PAPER_STUDY = replace(
     PAPER_RUN,
     max_length=2048,
     document_tokens=500,  # 2.5B tokens over 5M documents
     fit_documents=0.1,
-    projection=DEFAULT_STORE["projection"],
-    document_rank=DEFAULT_STORE["document_rank"],
-    stored_gradient_dtype="int4",
+    projection=COMPACT_STORE["projection"],
+    document_rank=COMPACT_STORE["document_rank"],
+    stored_gradient_dtype=COMPACT_STORE["stored_gradient_dtype"],
 )
 """The paper's study (issue 29): what `study_gpu_days_7b_h100` estimates."""
 STEPS = ("covariances", "eigenbasis", "lambdas", "query_gradients", "scores")
@@ -233,11 +232,11 @@ def of_layers(queries: QueryGradients, lm: LoadedModel) -> QueryGradients:
 def document_passes(
     run: Run, lm: LoadedModel, docs: list, factors: Factors, queries: QueryGradients, label: str
 ) -> bool:
-    """Scoring (streamed) and document gradients through the default store; False when stopped."""
+    """Scoring (streamed) and document gradients through the compact store; False when stopped."""
     budget = 2 * run.results["train_seconds"]
     ids = [str(i) for i in range(len(docs))]
     store = KroneckerProjection.build(
-        lm.layer_shapes(), *DEFAULT_STORE["projection"], basis="principal", factors=factors
+        lm.layer_shapes(), *COMPACT_STORE["projection"], basis="principal", factors=factors
     )
     return all(
         run.step(name, label, fn, budget) is not None
@@ -246,7 +245,7 @@ def document_passes(
             (
                 "document_gradients",
                 lambda: compute_document_gradients(
-                    lm, docs, ids, projection=store, rank=DEFAULT_STORE["document_rank"], batch_size=1
+                    lm, docs, ids, projection=store, rank=COMPACT_STORE["document_rank"], batch_size=1
                 ),
             ),
         )

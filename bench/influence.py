@@ -47,7 +47,7 @@ from bench.memory import hwm_bytes as _hwm_bytes
 from bench.projection import DEMO, QUERIES, demo_setup, store_accuracy, trained_setup
 from bench.synthetic import build_model, make_data
 from pretrace.analyses.correlation import pearson
-from pretrace.config import StoredGradientDtype
+from pretrace.config import COMPACT_STORE, StoredGradientDtype
 from pretrace.influence.capture import capture
 from pretrace.influence.document_gradients import DocumentGradients, compute_document_gradients
 from pretrace.influence.ekfac import Factors, fit_factors
@@ -135,22 +135,22 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--projection",
         type=int,
         nargs=2,
-        default=list(DEMO.projection),
+        default=list(COMPACT_STORE["projection"]),
         metavar=("K_OUT", "K_IN"),
-        help="Kronecker projection of stored document gradients, per layer (default: the demo's, "
-        f"{DEMO.projection[0]} {DEMO.projection[1]})",
+        help="Kronecker projection of stored document gradients, per layer (default: the compact store's, "
+        f"{COMPACT_STORE['projection'][0]} {COMPACT_STORE['projection'][1]})",
     )
     p.add_argument(
         "--stored-dtype",
         choices=get_args(StoredGradientDtype),
-        default=DEMO.stored_gradient_dtype,
-        help=f"stored_gradient_dtype of that store (default: the demo's, {DEMO.stored_gradient_dtype})",
+        default=COMPACT_STORE["stored_gradient_dtype"],
+        help=f"stored_gradient_dtype of that store (default: the compact store's, {COMPACT_STORE['stored_gradient_dtype']})",
     )
     p.add_argument(
         "--document-rank",
         type=int,
-        default=DEMO.document_rank,
-        help=f"document_rank of that store (default: the demo's, {DEMO.document_rank}); 0: dense",
+        default=COMPACT_STORE["document_rank"],
+        help=f"document_rank of that store (default: the compact store's, {COMPACT_STORE['document_rank']}); 0: dense",
     )
     p.add_argument(
         "--projection-basis",

@@ -12,7 +12,7 @@ one at the default steps), on the demo's corpus, with its queries (on their refe
 completions); factors are fitted on the whole corpus with the pipeline's default settings, and a
 seeded sample of --documents documents is scored exactly and through
 float32 projections of 32 x 32 (64x smaller than dense float32 gradients: about the bytes of the
-demo's store, 304 x 304 as rank-18 int4 factors) and, at --ks, by default 64 and 128 too, to show how accuracy grows with k,
+compact store, 304 x 304 as rank-18 int4 factors) and, at --ks, by default 64 and 128 too, to show how accuracy grows with k,
 whitened (over the seeds) and principal (no seed, once). Per basis it prints the mean and
 minimum per-query Pearson against exact scores, the Pearson that rank-c factors of the 32 x 32
 store (each --ranks c) lose, the share of each query's exact top 100 among the stored top 200
@@ -23,7 +23,7 @@ spent otherwise: the (k, k) gradient kept as rank-c factors with c (2k) = 32 x 3
 (`stored_gradient_dtype` int8 or int4) at the largest k that keeps 64x compression in bytes (int4:
 86 x 86), and int4 at four times float32's k at 64x (`pearson_principal_k{k}_{dtype}_*`,
 `rerank_recall_at_*_principal_k{k}_{dtype}`, with its compression in bytes). Issue 14's figures
-on a trained model at the default store are bench/influence.py's (`projected_pearson_trained`).
+on a trained model at the compact store are bench/influence.py's (`projected_pearson_trained`).
 
 The model is the tiny Llama of the tests (MLP layers 64 x 32 and 32 x 64), trained for a few
 seconds on templated sentences: a random model's scores have no structure, so accuracy figures

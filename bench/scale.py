@@ -14,7 +14,7 @@ The paper's study is then planned on H100s (`pretrace.planning.cheapest`: the ch
 that fits 80 GB, by time estimated from the newest GPU result files in bench/results, each named):
 Llama-2-7B's MLPs, and Command-R-35B's with the 22528-wide side in 4 diagonal blocks, bf16, 2048-token
 documents, 5M documents of 2.5B tokens, EK-FAC fitted on a 10% sample, every document through the
-default store (304 x 304 principal projections kept as rank-18 int4 factors), 80 queries at rank 64.
+compact store (`COMPACT_STORE`: 304 x 304 principal projections kept as rank-18 int4 factors), 80 queries at rank 64.
 `one_pass_floor_gpu_days_7b_h100` is one pass of document gradients over the corpus at the measured
 scoring rate; `plan_is_cheapest` checks the chosen setting against every setting of the same grid
 for six published shapes. Prints one `name: value` line per figure.

@@ -3,16 +3,17 @@
     python -m bench.store_sweep                          # ~12 minutes on a shared 2-core CPU
     python -m bench.store_sweep --ks 256 304 --ranks 16 18
 
-The demo's model is trained as `pretrace demo` trains it and a seeded sample of --documents of
-its corpus's documents is scored by its 76 queries, exactly and through each (k, k) principal
+The demo's model (the shipped one at the default steps) and a seeded sample of --documents of
+its corpus's documents, scored by its queries, exactly and through each (k, k) principal
 projection: stored dense in int4, and as rank-c factors in int4 (`document_rank`, one scale per
 rank), for every c in --ranks. Per (k, c) it prints the compression (dense float32 gradient
 bytes / stored bytes), the mean and minimum per-query Pearson against exact scores, the
 two-stage recall of each exact top 100 among the stored top 200, and, against the dense int4
 store of the same k, how many times fewer bytes the factors take and how much Pearson they lose.
-The demo's store (`projection: [304, 304]`, `document_rank: 18`) is the widest block whose
-factors at the smallest rank losing at most 0.02 keep 64x compression. Output: a table, then one
-`name: value` line per figure.
+On the 600-step model of 2026-11-28, the compact store (`COMPACT_STORE`: 304 x 304 at rank 18)
+was the widest block whose factors at the smallest rank losing at most 0.02 keep 64x
+compression; on the shipped model the demo keeps the whole eigenbasis dense in int4 (k = 512).
+Output: a table, then one `name: value` line per figure.
 """
 
 from __future__ import annotations

@@ -47,6 +47,11 @@ ProjectionBasis = Literal["whitened", "principal", "raw"]
 StoredGradientDtype = Literal["float32", "bfloat16", "int8", "int4"]
 QUANTIZED_DTYPES = tuple(d for d in get_args(StoredGradientDtype) if d.startswith("int"))
 """The stored precisions `pretrace.influence.quantization` writes, dense or factored."""
+COMPACT_STORE: dict[str, Any] = {"projection": (304, 304), "document_rank": 18, "stored_gradient_dtype": "int4"}
+"""The 64x store, for corpora whose stored gradients would not fit dense: each layer's 304 x 304
+principal block as rank-18 int4 factors, 1/66 of dense float32 bytes on 512 x 128 layers. What the
+scale benches and the paper-study plan store; on a longer-trained model it keeps much less than
+on a briefly trained one (docs/performance.md, "Projection accuracy")."""
 
 
 def _positive_number(value: Any) -> float:

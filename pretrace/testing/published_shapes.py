@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from transformers import Cohere2Config, CohereConfig, GPTNeoXConfig, LlamaConfig, Olmo2Config, PretrainedConfig
 
+from pretrace.config import COMPACT_STORE
 from pretrace.planning.memory_plan import Workload
 
 PUBLISHED_SHAPES: dict[str, PretrainedConfig] = {
@@ -56,8 +57,6 @@ PAPER_STUDY = Workload(
     queries=80,
     query_length=256,
     query_rank=64,
-    projection=(304, 304),
-    document_rank=18,
-    stored_gradient_dtype="int4",
+    **COMPACT_STORE,
 )
-"""The paper's study: 5M documents of 2.5B tokens (2048 at most), fitted on a 10% sample, the default store."""
+"""The paper's study: 5M documents of 2.5B tokens (2048 at most), fitted on a 10% sample, the compact store."""
