@@ -300,7 +300,7 @@ def _by_answer_html(a: Analysis) -> str:
     if df.is_empty():
         return ""
     wide = _ratio_wide(
-        df, pl.format("{} · answered {} ({} queries)", pl.col("kind"), pl.col("answered"), pl.col("queries"))
+        df, pl.format("{} · answered {} (n = {})", pl.col("kind"), pl.col("answered"), pl.col("queries"))
     )
     return (
         "<p>The same, for the queries the model answers correctly and those it does not (its own greedy answers; "
