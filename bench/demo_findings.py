@@ -53,8 +53,9 @@ def main() -> None:
             f"{row['ratio']:.2f}x corpus share ({row['queries']} queries)"
         )
     for row in pl.read_parquet(report / "magnitude_comparison.parquet").iter_rows(named=True):
+        subset = "" if row["queries"] == "all" else "_" + row["queries"].replace(" ", "_")
         print(
-            f"{row['measure']}_reasoning_over_factual: {row['reasoning_over_factual']:.3f} "
+            f"{row['measure']}{subset}_reasoning_over_factual: {row['reasoning_over_factual']:.3f} "
             f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}] ({row['factual_queries']} factual, "
             f"{row['reasoning_queries']} reasoning queries)"
         )

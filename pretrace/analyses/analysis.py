@@ -19,6 +19,7 @@ from pretrace.analyses.report_config import ReportConfig
 from pretrace.analyses.shard_statistics import ShardStatistics
 
 T = TypeVar("T")
+ALL_QUERIES, ANSWERED_CORRECTLY = "all", "answered correctly"
 
 
 @dataclass
@@ -79,6 +80,15 @@ class Analysis:
     @cached_property
     def groups(self) -> list[KindGroup]:
         return kind_groups(self.queries)
+
+    def answer_subsets(self) -> dict[str, np.ndarray]:
+        """The queries a factual-against-reasoning comparison runs on: all, and (as Ruis et al. also
+        do) those the model answers correctly, when its answers were checked."""
+        correct = self.queries["correct"]
+        subsets = {ALL_QUERIES: np.ones(self.queries.height, dtype=bool)}
+        if correct.is_not_null().any():
+            subsets[ANSWERED_CORRECTLY] = correct.fill_null(False).to_numpy()
+        return subsets
 
     def interval(self, values: np.ndarray, salt: int) -> tuple[float, float, float]:
         """Mean and bootstrap interval of ``values``; each table's ``salt`` gives it its own draws."""

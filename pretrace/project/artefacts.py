@@ -313,7 +313,7 @@ INFLUENCE_REPORT = Artefact(
         Input("attribution_eval"),
         Input("reranked_scores"),
     ),
-    code_version="11",  # 11: the answer search's positive control (answer_detection tables)
+    code_version="12",  # 12: sources, correlation groups and per-nat ratios split by the model's answers; 11: answer_detection
     description="the report over every current shard: HTML, tables, figures",
 )
 

@@ -11,7 +11,7 @@ import polars as pl
 from matplotlib.figure import Figure
 
 from pretrace.analyses import concentration as conc
-from pretrace.analyses.analysis import Analysis
+from pretrace.analyses.analysis import ALL_QUERIES, Analysis
 from pretrace.analyses.kinds import POOLED
 from pretrace.analyses.report_config import FACTUAL, REASONING
 from pretrace.report.formatting import interval, num, pct
@@ -82,7 +82,7 @@ def compute(a: Analysis) -> Concentration:
                     "mean_r2": float(np.nanmean(r2)) if np.isfinite(r2).any() else math.nan,
                 }
             )
-        for subset, keep in _subsets(a).items():
+        for subset, keep in a.answer_subsets().items():
             slopes = {c: mine["slope"].to_numpy()[(category == c) & keep] for c in (FACTUAL, REASONING)}
             test = conc.welch_test(slopes[FACTUAL], slopes[REASONING])
             tests.append(
@@ -96,19 +96,6 @@ def compute(a: Analysis) -> Concentration:
                 }
             )
     return Concentration(shares, pl.DataFrame(rows), fits, pl.DataFrame(fit_rows), pl.DataFrame(tests))
-
-
-ALL_QUERIES, ANSWERED_CORRECTLY = "all", "answered correctly"
-
-
-def _subsets(a: Analysis) -> dict[str, np.ndarray]:
-    """The queries a slope test runs on: all, and (as Ruis et al. also do) those the model answers
-    correctly, when the model's answers were checked."""
-    correct = a.queries["correct"]
-    subsets = {ALL_QUERIES: np.ones(a.queries.height, dtype=bool)}
-    if correct.is_not_null().any():
-        subsets[ANSWERED_CORRECTLY] = correct.fill_null(False).to_numpy()
-    return subsets
 
 
 def reading(a: Analysis) -> list[str]:

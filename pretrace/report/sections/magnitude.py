@@ -11,7 +11,7 @@ import polars as pl
 from matplotlib.figure import Figure
 
 from pretrace.analyses import concentration as conc
-from pretrace.analyses.analysis import Analysis
+from pretrace.analyses.analysis import ALL_QUERIES, ANSWERED_CORRECTLY, Analysis
 from pretrace.analyses.kinds import POOLED, reasoning_label
 from pretrace.analyses.report_config import FACTUAL, REASONING
 from pretrace.report.formatting import interval, num
@@ -76,36 +76,40 @@ def compute(a: Analysis) -> Magnitude:
 
 
 def _comparison(a: Analysis, per_query: pl.DataFrame) -> pl.DataFrame:
-    """Mean influence per nat of reasoning queries over that of factual queries, with an interval."""
+    """Mean influence per nat of reasoning queries over that of factual queries, with an interval,
+    on all queries and on those the model answers correctly."""
     draws, level, rng = a.config.bootstrap, a.config.level, a.rng(4)
     rows = []
-    for col in MEASURES:
-        f = per_query.filter(pl.col("category") == FACTUAL)[col].to_numpy()
-        r = per_query.filter(pl.col("category") == REASONING)[col].to_numpy()
-        f, r = f[np.isfinite(f)], r[np.isfinite(r)]
-        ratio = lo = hi = math.nan
-        if f.size and r.size and f.mean() > 0:
-            ratio = float(r.mean() / f.mean())
-            if f.size > 1 and r.size > 1:
-                boot_f = f[rng.integers(0, f.size, size=(draws, f.size))].mean(axis=1)
-                boot_r = r[rng.integers(0, r.size, size=(draws, r.size))].mean(axis=1)
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    ratios = boot_r / boot_f
-                lo, hi = (
-                    float(x) for x in np.quantile(ratios[np.isfinite(ratios)], [(1 - level) / 2, (1 + level) / 2])
-                )
-        rows.append(
-            {
-                "measure": col,
-                "factual_queries": int(f.size),
-                "reasoning_queries": int(r.size),
-                "factual_mean": float(f.mean()) if f.size else math.nan,
-                "reasoning_mean": float(r.mean()) if r.size else math.nan,
-                "reasoning_over_factual": ratio,
-                "ci_low": lo,
-                "ci_high": hi,
-            }
-        )
+    for subset, keep in a.answer_subsets().items():
+        mine = per_query.filter(pl.Series(keep))
+        for col in MEASURES:
+            f = mine.filter(pl.col("category") == FACTUAL)[col].to_numpy()
+            r = mine.filter(pl.col("category") == REASONING)[col].to_numpy()
+            f, r = f[np.isfinite(f)], r[np.isfinite(r)]
+            ratio = lo = hi = math.nan
+            if f.size and r.size and f.mean() > 0:
+                ratio = float(r.mean() / f.mean())
+                if f.size > 1 and r.size > 1:
+                    boot_f = f[rng.integers(0, f.size, size=(draws, f.size))].mean(axis=1)
+                    boot_r = r[rng.integers(0, r.size, size=(draws, r.size))].mean(axis=1)
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        ratios = boot_r / boot_f
+                    lo, hi = (
+                        float(x) for x in np.quantile(ratios[np.isfinite(ratios)], [(1 - level) / 2, (1 + level) / 2])
+                    )
+            rows.append(
+                {
+                    "queries": subset,
+                    "measure": col,
+                    "factual_queries": int(f.size),
+                    "reasoning_queries": int(r.size),
+                    "factual_mean": float(f.mean()) if f.size else math.nan,
+                    "reasoning_mean": float(r.mean()) if r.size else math.nan,
+                    "reasoning_over_factual": ratio,
+                    "ci_low": lo,
+                    "ci_high": hi,
+                }
+            )
     return pl.DataFrame(rows)
 
 
@@ -186,7 +190,8 @@ def _row(df: pl.DataFrame, column: str, value) -> dict | None:
 def reading(a: Analysis) -> list[str]:
     m = a.result(compute)
     out = []
-    cmp = _row(m.magnitude_comparison, "measure", "positive_per_nat")
+    everyone = m.magnitude_comparison.filter(pl.col("queries") == ALL_QUERIES)
+    cmp = _row(everyone, "measure", "positive_per_nat")
     fact_rows = m.magnitude_kinds.filter(pl.col("category") == FACTUAL).to_dicts()
     label = reasoning_label(a.groups)
     reas = _row(m.magnitude_kinds, "kind", label) if label else None
@@ -205,7 +210,16 @@ def reading(a: Analysis) -> list[str]:
         )
     else:
         out.append("There are not both factual and reasoning queries with a known log-probability to compare.")
-    abs_cmp = _row(m.magnitude_comparison, "measure", "absolute_per_nat")
+    correct = _row(
+        m.magnitude_comparison.filter(pl.col("queries") == ANSWERED_CORRECTLY), "measure", "positive_per_nat"
+    )
+    if correct and math.isfinite(correct["reasoning_over_factual"]):
+        out.append(
+            f"On the queries the model answers correctly ({correct['factual_queries']} factual, "
+            f"{correct['reasoning_queries']} reasoning) the ratio is {num(correct['reasoning_over_factual'])} "
+            f"{interval(correct['ci_low'], correct['ci_high'])}."
+        )
+    abs_cmp = _row(everyone, "measure", "absolute_per_nat")
     if abs_cmp and math.isfinite(abs_cmp["reasoning_over_factual"]):
         out.append(
             f"Counting negative influence too (absolute influence per nat) the ratio is "
@@ -298,7 +312,8 @@ def body(a: Analysis, figs: dict[str, bytes]) -> str:
         m.magnitude_kinds, "positive_per_nat_mean", "positive_per_nat_ci_low", "positive_per_nat_ci_high", "positive"
     )
     df = with_ci(df, "absolute_per_nat_mean", "absolute_per_nat_ci_low", "absolute_per_nat_ci_high", "absolute")
-    cmp = with_ci(m.magnitude_comparison, "reasoning_over_factual", "ci_low", "ci_high", "ratio")
+    smaller = m.magnitude_comparison.with_columns(n=pl.min_horizontal("factual_queries", "reasoning_queries"))
+    cmp = with_ci(smaller, "reasoning_over_factual", "ci_low", "ci_high", "ratio", n="n")
     return (
         figure(
             "magnitude",
@@ -319,12 +334,15 @@ def body(a: Analysis, figs: dict[str, bytes]) -> str:
         + table(
             cmp,
             {
+                "queries": "queries",
                 "measure": "measure",
+                "factual_queries": "factual (n)",
+                "reasoning_queries": "reasoning (n)",
                 "factual_mean": "factual mean",
                 "reasoning_mean": "reasoning mean",
                 "ratio": "reasoning ÷ factual [interval]",
             },
-            text=("measure",),
+            text=("queries", "measure"),
         )
         + figure("magnitude_curves", figs["magnitude_curves"], CURVES_CAPTION)
     )

@@ -146,10 +146,11 @@ def test_intervals_over_fewer_than_ten_queries_are_marked():
     assert cells[0].endswith("(n = 8 < 10: rough)") and "rough" not in cells[1]
 
 
-def test_sources_and_correlations_split_by_the_models_answers_count_by_brute_force():
+def test_sources_correlations_and_per_nat_split_by_the_models_answers_count_by_brute_force():
     """20 synthetic queries of which the model answers some correctly: the split tables hold, per
-    kind and answer, exactly the sources of those queries' top k by raw score, and the split
-    correlation groups the mean Pearson r of exactly the pairs both answered alike."""
+    kind and answer, exactly the sources of those queries' top k by raw score, the split
+    correlation groups the mean Pearson r of exactly the pairs both answered alike, and the
+    per-nat ratio on the correct ones exactly theirs."""
     base = synthetic_queries(20, seed=3)
     ids, kinds = base.column("id").to_pylist(), base.column("kind").to_pylist()
     correct = [None if k == "control" else i % 3 != 0 for i, k in enumerate(kinds)]
@@ -183,5 +184,16 @@ def test_sources_and_correlations_split_by_the_models_answers_count_by_brute_for
         ]
         g = groups[f"same reasoning kind, both answered {answered}"]
         assert g["pairs"] == len(pairs) and g["mean_r"] == pytest.approx(np.mean(pairs), abs=1e-5)
+    nats = -np.asarray(base.column("logprob").to_pylist())
+    per_nat = np.clip(scores.astype(np.float64), 0, None).sum(axis=1) / nats
+    mean = {
+        category: per_nat[[i for i, k in enumerate(kinds) if k in members and correct[i] is True]].mean()
+        for category, members in (("factual", {"factual"}), ("reasoning", {"arithmetic", "slope", "linear"}))
+    }
+    ratio = a.result(sections.magnitude.compute).magnitude_comparison.filter(
+        (pl.col("queries") == "answered correctly") & (pl.col("measure") == "positive_per_nat")
+    )
+    assert ratio["reasoning_over_factual"][0] == pytest.approx(mean["reasoning"] / mean["factual"], rel=1e-5)
     assert any("Split by the model's own answers" in line for line in sections.correlation.reading(a))
+    assert any("On the queries the model answers correctly" in line for line in sections.magnitude.reading(a))
     assert any("answered correctly" in line for line in sections.sources.reading(a))
