@@ -160,7 +160,8 @@ def test_sources_correlations_and_per_nat_split_by_the_models_answers_count_by_b
     a = analyze(stats, top, queries, CONFIG)
     source_of = np.asarray(docs.column("source").to_pylist(), dtype=object)
     by_answer = a.result(sections.sources.compute).sources_by_answer.filter(pl.col("side") == "top")
-    assert set(by_answer["kind"]) == {"factual", "arithmetic", "slope", "linear", "reasoning (all)"}  # control unchecked
+    checked = {"factual", "arithmetic", "slope", "linear", "reasoning (all)"}  # control answers are not checked
+    assert set(by_answer["kind"]) == checked
     for kind in ("factual", "slope"):
         for answered, value in (("correctly", True), ("incorrectly", False)):
             rows = [i for i, (k, c) in enumerate(zip(kinds, correct)) if k == kind and c is value]
