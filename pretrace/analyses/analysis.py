@@ -20,6 +20,8 @@ from pretrace.analyses.shard_statistics import ShardStatistics
 
 T = TypeVar("T")
 ALL_QUERIES, ANSWERED_CORRECTLY = "all", "answered correctly"
+ANSWERS = {"correctly": True, "incorrectly": False}
+"""How the model answered the queries a split reads: correctly, or not."""
 
 
 @dataclass
@@ -81,13 +83,21 @@ class Analysis:
     def groups(self) -> list[KindGroup]:
         return kind_groups(self.queries)
 
+    def answer_masks(self) -> dict[str, np.ndarray]:
+        """Per ANSWERS label, which queries the model answered that way (unchecked ones in
+        neither); empty when no answer was checked."""
+        correct = self.queries["correct"]
+        if not correct.is_not_null().any():
+            return {}
+        return {label: (correct == value).fill_null(False).to_numpy() for label, value in ANSWERS.items()}
+
     def answer_subsets(self) -> dict[str, np.ndarray]:
         """The queries a factual-against-reasoning comparison runs on: all, and (as Ruis et al. also
         do) those the model answers correctly, when its answers were checked."""
-        correct = self.queries["correct"]
+        masks = self.answer_masks()
         subsets = {ALL_QUERIES: np.ones(self.queries.height, dtype=bool)}
-        if correct.is_not_null().any():
-            subsets[ANSWERED_CORRECTLY] = correct.fill_null(False).to_numpy()
+        if masks:
+            subsets[ANSWERED_CORRECTLY] = masks["correctly"]
         return subsets
 
     def interval(self, values: np.ndarray, salt: int) -> tuple[float, float, float]:

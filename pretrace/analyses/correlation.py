@@ -26,23 +26,20 @@ def pearson(x, y) -> float:
     return float((a * b).sum() / denominator) if denominator > 0 else float("nan")
 
 
-ANSWERS = {"correctly": True, "incorrectly": False}
-"""The model's answers a pair group is split by: both queries answered correctly, or both not."""
-
-
 def answered_group(group: str, answers: str) -> str:
     """The name of a pair group restricted to pairs of queries both answered ``answers``."""
     return f"{group}, both answered {answers}"
 
 
 def pair_groups(
-    kinds: list[str], categories: list[str], correct: list[bool | None] | None = None
+    kinds: list[str], categories: list[str], answers: dict[str, np.ndarray] | None = None
 ) -> dict[str, np.ndarray]:
     """Boolean (Q, Q) masks (symmetric, empty diagonal) of the pair groups reported.
 
-    With ``correct`` (whether the model answers each query correctly; None where unchecked) the
-    same-reasoning-kind and within-factual groups are also split by the model's answers, as Ruis et
-    al. read their findings on correct and incorrect completions apart."""
+    With ``answers`` (per label, which queries the model answered that way:
+    `Analysis.answer_masks`) the same-reasoning-kind and within-factual groups are also split by
+    the model's answers, as Ruis et al. read their findings on correct and incorrect completions
+    apart."""
     kinds_a, cats = np.asarray(kinds, dtype=object), np.asarray(categories, dtype=object)
     same_kind = kinds_a[:, None] == kinds_a[None, :]
     reasoning = cats == REASONING
@@ -70,12 +67,10 @@ def pair_groups(
         groups[f"within {kind}"] = both(mine, mine)
         groups[f"{kind} vs factual"] = both(mine, factual)
         groups[f"{kind} vs reasoning"] = both(mine, reasoning)
-    if correct is not None and any(c is not None for c in correct):
-        for answers, value in ANSWERS.items():
-            mine = np.array([c is not None and bool(c) == value for c in correct])
-            pair = np.outer(mine, mine)
-            for name in ("same reasoning kind", "within factual"):
-                groups[answered_group(name, answers)] = groups[name] & pair
+    for label, mine in (answers or {}).items():
+        pair = np.outer(mine, mine)
+        for name in ("same reasoning kind", "within factual"):
+            groups[answered_group(name, label)] = groups[name] & pair
     eye = np.eye(len(kinds), dtype=bool)
     return {name: mask & ~eye for name, mask in groups.items()}
 

@@ -9,9 +9,8 @@ import numpy as np
 import polars as pl
 from matplotlib.figure import Figure
 
-from pretrace.analyses.analysis import Analysis
+from pretrace.analyses.analysis import ANSWERS, Analysis
 from pretrace.analyses.correlation import (
-    ANSWERS,
     GroupMeans,
     answered_group,
     group_means,
@@ -54,7 +53,7 @@ def compute(a: Analysis) -> Correlation:
     pairs = pl.DataFrame(
         {"query_a": np.repeat(ids, len(ids)).tolist(), "query_b": ids * len(ids), "r": r.ravel().tolist()}
     )
-    masks = pair_groups(kinds, cats, a.queries["correct"].to_list())
+    masks = pair_groups(kinds, cats, a.answer_masks())
     gm = group_means(r, masks, kinds, config.bootstrap, config.seed)
     groups = pl.DataFrame(
         [

@@ -12,7 +12,6 @@ import polars as pl
 from matplotlib.figure import Figure
 
 from pretrace.analyses.analysis import Analysis
-from pretrace.analyses.correlation import ANSWERS
 from pretrace.analyses.cutoffs import PAPER_DOCUMENTS, WARN_FRACTION
 from pretrace.analyses.kinds import POOLED
 from pretrace.analyses.method_sources import method_source_shares, share_rows
@@ -63,13 +62,15 @@ def compute(a: Analysis) -> Sources:
     corpus = a.corpus_sources
     schema = {"kind": pl.String, "category": pl.String, **SHARE_SCHEMA}
     rows = [{**g.row(), **r} for g in a.groups for r in _shares(top, g.ids, corpus)]
-    correct = dict(zip(a.queries["id"].to_list(), a.queries["correct"].to_list()))
+    ids = np.asarray(a.queries["id"].to_list(), dtype=object)
+    masks = a.answer_masks()
+    checked = np.logical_or.reduce(list(masks.values())) if masks else None
     by_answer = [
-        {**g.row(), "answered": answers, **r}
+        {**g.row(), "answered": label, **r}
         for g in a.groups
-        for answers, value in ANSWERS.items()
-        if any(correct[q] is not None for q in g.ids)
-        for r in _shares(top, [q for q in g.ids if correct[q] is not None and correct[q] == value], corpus)
+        if checked is not None and (g.mask & checked).any()
+        for label, mine in masks.items()
+        for r in _shares(top, ids[g.mask & mine].tolist(), corpus)
     ]
     rankings = (a.attribution or {}).get("rankings")
     by_method = method_source_shares(
